@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One-time, idempotent set-up of libtorch for tch-rpo.
+#
+# Installs PyPI's torch==2.11.0 (the libtorch that tch 0.24 pins) with its dependencies into a virtual
+# environment in a per-user cache folder keyed by the torch version, so every clone and CI run shares it,
+# and links it as `.libtorch` in the repository root. `.cargo/config.toml` points LIBTORCH at that link,
+# so plain `cargo build/test/run/bench` then work with no environment variables.
+#
+# Environment overrides:
+#   TCH_RPO_VENV   where the virtual environment lives
+#                  (default: ${XDG_CACHE_HOME:-$HOME/.cache}/tch-rpo/torch-2.11.0-py<ver>)
+#   PYTHON         the Python 3 interpreter used to create it (default: python3)
+set -euo pipefail
+
+TORCH_VERSION=2.11.0
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+python=${PYTHON:-python3}
+if ! command -v "$python" >/dev/null 2>&1; then
+  echo "setup: '$python' not found; install Python 3 (3.10-3.13) or set PYTHON" >&2
+  exit 1
+fi
+pyver=$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+venv=${TCH_RPO_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/tch-rpo/torch-$TORCH_VERSION-py$pyver}
+stamp="$venv/.tch-rpo-torch-$TORCH_VERSION"
+
+if [ ! -f "$stamp" ]; then
+  # No stamp: a fresh machine, or an install that was interrupted. Start over.
+  echo "setup: installing torch==$TORCH_VERSION into $venv (about 4.6 GB, a few minutes, once)" >&2
+  rm -rf "$venv"
+  mkdir -p "$(dirname "$venv")"
+  "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION" numpy
+  touch "$stamp"
+fi
+
+torch_dir=$("$venv/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+got=$("$venv/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')
+if [ "$got" != "$TORCH_VERSION" ]; then
+  echo "setup: $venv has torch $got, expected $TORCH_VERSION; remove it and rerun" >&2
+  exit 1
+fi
+ln -sfn "$torch_dir" "$repo_root/.libtorch"
+ln -sfn "$venv" "$repo_root/.venv"
+echo "setup: libtorch $TORCH_VERSION at $torch_dir (linked as .libtorch)" >&2

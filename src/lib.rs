@@ -1,0 +1,79 @@
+//! # tch-rpo
+//!
+//! Preference-optimization losses for language models on libtorch (through [`tch`]): chunked log-prob
+//! gathering, the DPO family, SFT with explicit normalization, and **RPO** — Regularized Preference
+//! Optimization (Liu et al., NeurIPS 2024), DPO plus an SFT term that provably curbs reward
+//! overoptimization:
+//!
+//! ```text
+//! L_RPO(θ) = η·β · E[−log π_θ(y_w | x)]
+//!          + E[−log σ(β·(log π_θ(y_w|x) − log π_ref(y_w|x)) − β·(log π_θ(y_l|x) − log π_ref(y_l|x)))]
+//! ```
+//!
+//! where `log π(y|x)` sums the per-token log-probs of the response (prompt excluded).
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use tch::{Device, Kind, Tensor};
+//! use tch_rpo::{rpo_loss_from_logits, LogProbOptions, ReferenceLogits, RpoConfig};
+//!
+//! # fn main() -> tch_rpo::Result<()> {
+//! let (pairs, seq, vocab) = (2, 16, 100);
+//! // One forward pass over 2B rows: B chosen sequences, then B rejected ones.
+//! let policy_logits = Tensor::randn([2 * pairs, seq, vocab], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+//! let reference_logits = Tensor::randn([2 * pairs, seq, vocab], (Kind::Float, Device::Cpu));
+//! // Labels = input ids, with prompt and padding positions set to -100.
+//! let labels = Tensor::randint(vocab, [2 * pairs, seq], (Kind::Int64, Device::Cpu));
+//! let _ = labels.narrow(1, 0, 4).fill_(-100); // a 4-token prompt
+//!
+//! let config = RpoConfig::paper_gemma_series(); // sigmoid DPO, β = 0.05, + η·β · summed chosen NLL
+//! let out = rpo_loss_from_logits(
+//!     &config,
+//!     &policy_logits,
+//!     &labels,
+//!     ReferenceLogits::Logits(&reference_logits),
+//!     &LogProbOptions::causal(), // logits at t predict token t+1
+//!     None,
+//! )?;
+//! out.loss.backward();
+//! for (name, value) in out.metric_values()? {
+//!     println!("{name}: {value:.4}");
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Modules
+//! - [`logprobs`]: per-token / per-sequence log-probs from `[B, T, V]` logits, chunked and f32-accurate.
+//! - [`loss::dpo`]: sigmoid (cDPO), hinge, IPO, robust, exo_pair, nca_pair, bco_pair, sppo_hard, apo_zero,
+//!   apo_down, discopop, and weighted sums of them, with TRL's metric names.
+//! - [`loss::sft`]: chosen-response NLL with the normalization named (sequence sum / sequence mean / token
+//!   mean) and whole-step normalizers for gradient accumulation.
+//! - [`loss::rpo`]: RPO = DPO + c · SFT, with the paper's presets and the OpenRLHF / TRL weightings.
+//! - [`error`]: the one [`Error`] enum; every public function returns [`Result`].
+//!
+//! # Devices and validation
+//! Everything runs on the device of its inputs; nothing is copied to the host except by the optional
+//! validation (label range, finiteness, token counts), which syncs the device and can be switched off
+//! ([`LogProbOptions::validate`], [`DpoConfig::validate`]).
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod logprobs;
+pub mod loss;
+mod validate;
+
+pub use error::{Error, Result};
+pub use logprobs::{
+    sequence_logprobs, token_logprobs, LogProbOptions, SequenceLogProbs, TokenLogProbs, DEFAULT_CHUNK_BYTES,
+    DEFAULT_IGNORE_INDEX,
+};
+pub use loss::dpo::{dpo_loss, DpoConfig, DpoLoss, DpoOutput};
+pub use loss::metrics::PreferenceMetrics;
+pub use loss::rpo::{
+    pair_logprobs, rpo_loss, rpo_loss_from_logits, ReferenceLogits, RpoConfig, RpoOutput, SftWeight,
+    PAPER_ETA,
+};
+pub use loss::sft::{count_tokens, sft_loss, SftNormalization, SftOutput};
+pub use loss::{GlobalBatch, PreferenceBatch, Reference};

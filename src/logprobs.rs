@@ -1,0 +1,405 @@
+//! Per-token and per-sequence log-probabilities of target ids, gathered from logits in chunks.
+//!
+//! For logits `z ∈ ℝ^{B×T×V}` and labels `y ∈ ℤ^{B×T}` the per-token log-probability is
+//!
+//! ```text
+//! log p(y_{b,t}) = z_{b,t,y_{b,t}} − logsumexp_v z_{b,t,v}
+//! ```
+//!
+//! computed in chunks of rows, each chunk upcast to f32 (f64 stays f64), so the result is f32-accurate for
+//! bf16/f16 logits and no second `[B, T, V]` tensor (such as a full `log_softmax`) is ever allocated.
+//! Positions whose label equals the ignore index get log-prob `0` and are excluded from the mask.
+//!
+//! With [`LogProbOptions::shift`] (the causal-LM convention) the logits at position `t` predict the label at
+//! `t + 1`: the result has `T − 1` positions, `log p(y_{b,t+1} | z_{b,t})`.
+//!
+//! # Memory
+//! Forward: one f32 chunk of at most [`LogProbOptions::chunk_bytes`] bytes plus `[B, T]`-sized outputs.
+//! Backward (when the logits require grad): f32/f64 logits save nothing larger than the logits themselves
+//! (the chunks are views); bf16/f16 logits save one softmax tensor in the logits' own dtype (the same size as
+//! the logits), instead of the f32 copy that upcasting under autograd would keep.
+
+use crate::error::{Error, Result};
+use crate::validate;
+use tch::{Kind, Tensor};
+
+/// The ignore index used by PyTorch, Hugging Face and TRL: positions with this label are not scored.
+pub const DEFAULT_IGNORE_INDEX: i64 = -100;
+
+/// Default upper bound of the f32 working chunk, in bytes (32 MiB).
+pub const DEFAULT_CHUNK_BYTES: usize = 32 << 20;
+
+/// Options of [`token_logprobs`] and [`sequence_logprobs`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogProbOptions {
+    /// Label value that marks positions to skip (prompt, padding). Default [`DEFAULT_IGNORE_INDEX`] (−100).
+    pub ignore_index: i64,
+    /// Causal shift: logits at `t` predict the label at `t + 1` (result has `T − 1` positions).
+    /// Default `false` (labels are already aligned with the logits).
+    pub shift: bool,
+    /// Upper bound of one f32 working chunk in bytes; the number of rows per chunk is
+    /// `max(1, chunk_bytes / (V · 4))`. Default [`DEFAULT_CHUNK_BYTES`].
+    pub chunk_bytes: usize,
+    /// Check label range and finiteness of the result. These checks read values back from the device
+    /// (a sync on CUDA); switch off for speed once inputs are known to be good. Default `true`.
+    pub validate: bool,
+}
+
+impl Default for LogProbOptions {
+    fn default() -> Self {
+        Self {
+            ignore_index: DEFAULT_IGNORE_INDEX,
+            shift: false,
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+            validate: true,
+        }
+    }
+}
+
+impl LogProbOptions {
+    /// Options for causal-LM logits: shifted labels, defaults otherwise.
+    pub fn causal() -> Self {
+        Self {
+            shift: true,
+            ..Self::default()
+        }
+    }
+    /// Sets [`LogProbOptions::ignore_index`].
+    pub fn with_ignore_index(mut self, ignore_index: i64) -> Self {
+        self.ignore_index = ignore_index;
+        self
+    }
+    /// Sets [`LogProbOptions::shift`].
+    pub fn with_shift(mut self, shift: bool) -> Self {
+        self.shift = shift;
+        self
+    }
+    /// Sets [`LogProbOptions::chunk_bytes`].
+    pub fn with_chunk_bytes(mut self, chunk_bytes: usize) -> Self {
+        self.chunk_bytes = chunk_bytes;
+        self
+    }
+    /// Sets [`LogProbOptions::validate`].
+    pub fn with_validate(mut self, validate: bool) -> Self {
+        self.validate = validate;
+        self
+    }
+}
+
+/// Per-token log-probabilities and the mask of scored positions.
+#[derive(Debug)]
+pub struct TokenLogProbs {
+    /// `[B, T']` log-probabilities (f32; f64 for f64 logits), `0` where the label is ignored.
+    /// `T' = T − 1` with [`LogProbOptions::shift`], else `T`. Differentiable w.r.t. the logits.
+    pub logps: Tensor,
+    /// `[B, T']` bool, `true` where the label is scored.
+    pub mask: Tensor,
+}
+
+impl TokenLogProbs {
+    /// Per-sequence sum and valid-token count.
+    pub fn sequence(&self) -> Result<SequenceLogProbs> {
+        let kind = self.logps.f_kind()?;
+        Ok(SequenceLogProbs {
+            sum: self.logps.f_sum_dim_intlist(-1, false, kind)?,
+            count: self.mask.f_sum_dim_intlist(-1, false, Kind::Int64)?,
+        })
+    }
+}
+
+/// Per-sequence log-probabilities: `sum[b] = Σ_t log p(y_{b,t})` over scored positions and their count.
+#[derive(Debug)]
+pub struct SequenceLogProbs {
+    /// `[B]` summed log-probability of each sequence's scored tokens (f32 or f64), differentiable.
+    pub sum: Tensor,
+    /// `[B]` i64 number of scored tokens per sequence.
+    pub count: Tensor,
+}
+
+impl SequenceLogProbs {
+    /// Wraps precomputed per-sequence sums `[B]` (float) and token counts `[B]` (any integer or float dtype).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] / [`Error::BatchMismatch`] / [`Error::EmptyBatch`] for shapes, [`Error::DType`] if
+    /// `sum` is not floating point, [`Error::DeviceMismatch`] if they live on different devices.
+    pub fn new(sum: Tensor, count: Tensor) -> Result<Self> {
+        validate::float_tensor("sum", &sum)?;
+        let b = validate::per_pair("sum", &sum, "sum", None)?;
+        validate::per_pair("count", &count, "sum", Some(b))?;
+        validate::same_device("count", &count, "sum", &sum)?;
+        let count = count.f_to_kind(Kind::Int64)?;
+        Ok(Self { sum, count })
+    }
+
+    /// Number of sequences `B`.
+    pub fn len(&self) -> i64 {
+        self.sum.size().first().copied().unwrap_or(0)
+    }
+
+    /// Whether there are no sequences.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `[B]` mean log-probability per scored token, `sum / count`.
+    ///
+    /// # Errors
+    /// With `validate`, [`Error::NoValidTokens`] if a sequence has no scored token (its mean is undefined).
+    pub fn mean(&self, validate: bool) -> Result<Tensor> {
+        if validate {
+            validate::nonzero_counts("labels", &self.count, "the per-sequence mean")?;
+        }
+        let count = self.count.f_to_kind(self.sum.f_kind()?)?;
+        Ok(self.sum.f_div(&count)?)
+    }
+
+    /// Splits a concatenated batch `[2B]` (chosen rows first, then rejected, the layout of one concatenated
+    /// forward pass) into `(chosen [B], rejected [B])`.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if the number of rows is odd, [`Error::EmptyBatch`] if it is zero.
+    pub fn split_pairs(&self) -> Result<(SequenceLogProbs, SequenceLogProbs)> {
+        let n = self.len();
+        if n == 0 {
+            return Err(Error::EmptyBatch {
+                arg: "logits",
+                shape: self.sum.size(),
+            });
+        }
+        if n % 2 != 0 {
+            return Err(Error::Shape {
+                arg: "logits",
+                expected: "an even number of rows [2B]: B chosen rows followed by B rejected rows".into(),
+                got: self.sum.size(),
+            });
+        }
+        let b = n / 2;
+        let part = |start| -> Result<SequenceLogProbs> {
+            Ok(SequenceLogProbs {
+                sum: self.sum.f_narrow(0, start, b)?,
+                count: self.count.f_narrow(0, start, b)?,
+            })
+        };
+        Ok((part(0)?, part(b)?))
+    }
+
+    /// Detached copy (no autograd history), e.g. to store reference log-probs.
+    pub fn detach(&self) -> Result<SequenceLogProbs> {
+        Ok(SequenceLogProbs {
+            sum: self.sum.f_detach()?,
+            count: self.count.f_detach()?,
+        })
+    }
+}
+
+/// Per-token log-probabilities of `labels` under `logits`.
+///
+/// # Arguments
+/// - `logits`: `[B, T, V]`, f32, f64, bf16 or f16, any device, any strides (chunks are views).
+/// - `labels`: `[B, T]` i64 on the same device; values in `[0, V)` or `options.ignore_index`.
+///
+/// # Returns
+/// [`TokenLogProbs`] with `[B, T']` log-probs (f32, or f64 for f64 logits; `0` at ignored positions) and
+/// the bool mask. Gradients flow to `logits`.
+///
+/// # Errors
+/// - [`Error::Shape`]: logits not rank 3, labels not `[B, T]` matching the logits.
+/// - [`Error::DType`]: logits not floating point, labels not i64.
+/// - [`Error::DeviceMismatch`]: labels and logits on different devices.
+/// - [`Error::EmptyBatch`]: `B`, `T'` or `V` is zero.
+/// - [`Error::InvalidParameter`]: `chunk_bytes == 0`.
+/// - with `validate`: [`Error::LabelOutOfRange`] for a label outside `[0, V)` that is not the ignore index;
+///   [`Error::NonFinite`] if a scored position's log-prob is not finite (NaN or +inf anywhere in that row of
+///   logits, or −inf at the target). Rows whose label is ignored may hold anything: they do not affect the
+///   result.
+pub fn token_logprobs(logits: &Tensor, labels: &Tensor, options: &LogProbOptions) -> Result<TokenLogProbs> {
+    let kind = validate::float_tensor("logits", logits)?;
+    let size = validate::rank("logits", logits, 3, "[B, T, V]")?;
+    let (b, t, v) = (size[0], size[1], size[2]);
+    let label_kind = labels.f_kind()?;
+    if label_kind != Kind::Int64 {
+        return Err(Error::DType {
+            arg: "labels",
+            expected: "i64 token ids",
+            got: label_kind,
+        });
+    }
+    let label_size = labels.size();
+    if label_size != [b, t] {
+        return Err(Error::Shape {
+            arg: "labels",
+            expected: format!("[B, T] = [{b}, {t}] matching logits {size:?}"),
+            got: label_size,
+        });
+    }
+    validate::same_device("labels", labels, "logits", logits)?;
+    if options.chunk_bytes == 0 {
+        return Err(Error::InvalidParameter {
+            name: "chunk_bytes",
+            value: 0.0,
+            requirement: "must be > 0",
+        });
+    }
+    let steps = if options.shift { t - 1 } else { t };
+    if b == 0 || steps <= 0 || v == 0 {
+        return Err(Error::EmptyBatch {
+            arg: "logits",
+            shape: size,
+        });
+    }
+
+    let (logits, labels) = if options.shift {
+        (logits.f_narrow(1, 0, steps)?, labels.f_narrow(1, 1, steps)?)
+    } else {
+        (logits.shallow_clone(), labels.shallow_clone())
+    };
+    let mask = labels.f_ne(options.ignore_index)?;
+    if options.validate {
+        check_label_range(
+            &labels,
+            &mask,
+            v,
+            options.ignore_index,
+            t,
+            i64::from(options.shift),
+        )?;
+    }
+    // Ignored positions gather a harmless in-range id; their result is overwritten below.
+    let safe_labels = labels.f_masked_fill(&mask.f_logical_not()?, 0)?;
+
+    let out_kind = validate::compute_kind(kind);
+    let rows_per_chunk = (options.chunk_bytes / (v as usize * out_kind.elt_size_in_bytes())).max(1) as i64;
+    let mut pieces = Vec::new();
+    if rows_per_chunk >= steps {
+        // Whole sequences per chunk: chunk over the batch dimension.
+        let seqs = (rows_per_chunk / steps).max(1);
+        let mut b0 = 0;
+        while b0 < b {
+            let n = seqs.min(b - b0);
+            let z = logits.f_narrow(0, b0, n)?;
+            let y = safe_labels.f_narrow(0, b0, n)?;
+            pieces.push(chunk_logprobs(&z, &y, out_kind)?);
+            b0 += n;
+        }
+    } else {
+        for bi in 0..b {
+            let z_row = logits.f_select(0, bi)?;
+            let y_row = safe_labels.f_select(0, bi)?;
+            let mut t0 = 0;
+            while t0 < steps {
+                let n = rows_per_chunk.min(steps - t0);
+                let z = z_row.f_narrow(0, t0, n)?.f_unsqueeze(0)?;
+                let y = y_row.f_narrow(0, t0, n)?.f_unsqueeze(0)?;
+                pieces.push(chunk_logprobs(&z, &y, out_kind)?);
+                t0 += n;
+            }
+        }
+    }
+    let logps = if pieces.len() == 1 {
+        pieces.pop().expect("one piece")
+    } else if rows_per_chunk >= steps {
+        Tensor::f_cat(&pieces, 0)?
+    } else {
+        Tensor::f_cat(&pieces, 1)?.f_reshape([b, steps])?
+    };
+    let logps = logps.f_masked_fill(&mask.f_logical_not()?, 0.0)?;
+    if options.validate {
+        let bad = logps
+            .f_isfinite()?
+            .f_logical_not()?
+            .f_logical_and(&mask)?
+            .f_sum(Kind::Int64)?
+            .f_int64_value(&[])?;
+        if bad > 0 {
+            return Err(Error::NonFinite {
+                arg: "logits",
+                count: bad,
+                location: "in rows with a scored label (NaN/+inf in the row or −inf at the target)",
+            });
+        }
+    }
+    Ok(TokenLogProbs { logps, mask })
+}
+
+/// Per-sequence summed log-probabilities and valid-token counts: [`token_logprobs`] followed by
+/// [`TokenLogProbs::sequence`]. Shapes: logits `[B, T, V]`, labels `[B, T]` → `sum [B]`, `count [B]`.
+///
+/// # Errors
+/// As [`token_logprobs`].
+pub fn sequence_logprobs(
+    logits: &Tensor,
+    labels: &Tensor,
+    options: &LogProbOptions,
+) -> Result<SequenceLogProbs> {
+    token_logprobs(logits, labels, options)?.sequence()
+}
+
+/// Log-probs of one chunk: `z` `[n, m, V]` (a view of the logits), `y` `[n, m]` in-range ids.
+fn chunk_logprobs(z: &Tensor, y: &Tensor, out_kind: Kind) -> Result<Tensor> {
+    let idx = y.f_unsqueeze(-1)?;
+    let kind = z.f_kind()?;
+    if kind == out_kind {
+        // f32 / f64: logsumexp and gather on the view; autograd saves views only.
+        let lse = z.f_logsumexp(-1, false)?;
+        let target = z.f_gather(-1, &idx, false)?.f_squeeze_dim(-1)?;
+        return Ok(target.f_sub(&lse)?);
+    }
+    // bf16 / f16: the value is computed from an f32 copy of the chunk.
+    let (lse, softmax) = tch::no_grad(|| -> Result<(Tensor, Option<Tensor>)> {
+        let zf = z.f_to_kind(out_kind)?;
+        let lse = zf.f_logsumexp(-1, false)?;
+        let softmax = if z.requires_grad() {
+            Some(zf.f_sub(&lse.f_unsqueeze(-1)?)?.f_exp()?.f_to_kind(kind)?)
+        } else {
+            None
+        };
+        Ok((lse, softmax))
+    })?;
+    let target = z
+        .f_gather(-1, &idx, false)?
+        .f_squeeze_dim(-1)?
+        .f_to_kind(out_kind)?;
+    match softmax {
+        None => Ok(target.f_sub(&lse)?),
+        Some(p) => {
+            // Surrogate with value `lse` and gradient `softmax(z)` w.r.t. z: autograd keeps only `p`, in the
+            // logits' dtype, instead of the f32 chunk that differentiating logsumexp(z.to(f32)) would keep.
+            let s = z.f_mul(&p)?.f_sum_dim_intlist(-1, false, out_kind)?;
+            let lse = lse.f_add(&s.f_sub(&s.f_detach()?)?)?;
+            Ok(target.f_sub(&lse)?)
+        }
+    }
+}
+
+/// `labels` may be the shifted view; `position` is reported in the caller's `[B, T]` label tensor.
+fn check_label_range(
+    labels: &Tensor,
+    mask: &Tensor,
+    vocab: i64,
+    ignore_index: i64,
+    full_len: i64,
+    col_offset: i64,
+) -> Result<()> {
+    let bad = labels
+        .f_lt(0)?
+        .f_logical_or(&labels.f_ge(vocab)?)?
+        .f_logical_and(mask)?;
+    if bad.f_any()?.f_int64_value(&[])? != 0 {
+        let flat = bad.f_reshape([-1])?;
+        let position = flat
+            .f_to_kind(Kind::Int64)?
+            .f_argmax(0, false)?
+            .f_int64_value(&[])?;
+        let size = labels.size();
+        let (row, col) = (position / size[1], position % size[1]);
+        let value = labels.f_int64_value(&[row, col])?;
+        return Err(Error::LabelOutOfRange {
+            arg: "labels",
+            value,
+            position: row * full_len + col + col_offset,
+            vocab,
+            ignore_index,
+        });
+    }
+    Ok(())
+}

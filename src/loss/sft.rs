@@ -1,0 +1,124 @@
+//! SFT: negative log-likelihood of the chosen responses, with the normalization named explicitly.
+//!
+//! With `s_i = Σ_t log π_θ(y_w,t | x, y_w,<t)` (the summed log-prob of chosen response `i`), `n_i` its
+//! number of scored tokens, `B` the pairs of this batch, and optional whole-step totals `P` (pairs) and
+//! `N` (chosen tokens) from a [`GlobalBatch`]:
+//!
+//! | [`SftNormalization`] | loss (local) | loss (with [`GlobalBatch`]) | used by |
+//! |---|---|---|---|
+//! | `SequenceSum` | `−(1/B)·Σ_i s_i` | `−(1/P)·Σ_i s_i` | RPO paper, main results (η·β coefficient) |
+//! | `SequenceMean` | `−(1/B)·Σ_i s_i/n_i` | `−(1/P)·Σ_i s_i/n_i` | OpenRLHF `nll_loss_coef`, paper appendix |
+//! | `TokenMean` | `−Σ_i s_i / Σ_i n_i` | `−(1/N)·Σ_i s_i` | TRL `"sft"` loss, Liger-Kernel `compute_nll_loss` |
+//!
+//! The same coefficient means very different things under different normalizations: a summed NLL over a
+//! 300-token response is ~300× the token mean. Compare coefficients only within one normalization.
+
+use crate::error::{Error, Result};
+use crate::logprobs::SequenceLogProbs;
+use crate::loss::dpo::{check_sequences, reduce_pairs};
+use crate::loss::GlobalBatch;
+use crate::validate;
+use tch::{Kind, Tensor};
+
+/// How the chosen-response NLL is normalized (formulas in the [module docs](self)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SftNormalization {
+    /// Per-sequence sum of `−log p`, mean over pairs (the RPO paper's main recipe).
+    SequenceSum,
+    /// Per-sequence mean of `−log p` over its tokens, mean over pairs (OpenRLHF, the paper's appendix).
+    SequenceMean,
+    /// Mean of `−log p` over all chosen tokens of the batch (TRL, Liger-Kernel).
+    TokenMean,
+}
+
+impl SftNormalization {
+    /// A short name (`"sequence_sum"`, `"sequence_mean"`, `"token_mean"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SftNormalization::SequenceSum => "sequence_sum",
+            SftNormalization::SequenceMean => "sequence_mean",
+            SftNormalization::TokenMean => "token_mean",
+        }
+    }
+}
+
+/// Result of [`sft_loss`].
+#[derive(Debug)]
+pub struct SftOutput {
+    /// Scalar NLL under the chosen normalization (differentiable).
+    pub loss: Tensor,
+    /// `[B]` per-sequence NLL in pair units: `loss = mean(per_sequence)` (or `Σ per_sequence / P` with a
+    /// [`GlobalBatch`]). `SequenceSum`: `−s_i`; `SequenceMean`: `−s_i/n_i`; `TokenMean`: `−s_i·B/Σn`
+    /// (or `−s_i·P/N`). Lets RPO form per-pair losses that reduce exactly like the total.
+    pub per_sequence: Tensor,
+}
+
+/// The SFT loss (NLL of the chosen responses).
+///
+/// # Arguments
+/// - `normalization`: see [`SftNormalization`].
+/// - `chosen`: policy log-probs of the chosen responses, `sum [B]` (float), `count [B]`.
+/// - `global`: whole-step totals for gradient accumulation, or `None`.
+/// - `validate`: check token counts (syncs the device).
+///
+/// # Errors
+/// [`Error::Shape`], [`Error::EmptyBatch`], [`Error::DType`], [`Error::DeviceMismatch`] for `chosen`;
+/// [`Error::InvalidParameter`] for a non-positive or non-finite global total; with `validate`,
+/// [`Error::NoValidTokens`] when `SequenceMean` meets a sequence with no token, or `TokenMean` a batch
+/// with no token (and no global token count).
+pub fn sft_loss(
+    normalization: SftNormalization,
+    chosen: &SequenceLogProbs,
+    global: Option<GlobalBatch>,
+    validate: bool,
+) -> Result<SftOutput> {
+    let kind = check_sequences("chosen.sum", "chosen.count", chosen, None)?;
+    let nll = chosen.sum.f_neg()?;
+    let per_sequence = match normalization {
+        SftNormalization::SequenceSum => nll,
+        SftNormalization::SequenceMean => {
+            if validate {
+                validate::nonzero_counts(
+                    "chosen.count",
+                    &chosen.count,
+                    "the sequence-mean SFT normalization",
+                )?;
+            }
+            nll.f_div(&chosen.count.f_to_kind(kind)?)?
+        }
+        SftNormalization::TokenMean => {
+            let pairs = match global {
+                Some(g) => {
+                    validate::positive_finite("global.pairs", g.pairs)?;
+                    g.pairs
+                }
+                None => chosen.len() as f64,
+            };
+            match global {
+                Some(g) => {
+                    validate::positive_finite("global.chosen_tokens", g.chosen_tokens)?;
+                    nll.f_mul_scalar(pairs / g.chosen_tokens)?
+                }
+                None => {
+                    let tokens = chosen.count.f_sum(kind)?;
+                    if validate && tokens.f_double_value(&[])? <= 0.0 {
+                        return Err(Error::NoValidTokens {
+                            arg: "chosen.count",
+                            index: 0,
+                            reduction: "the token-mean SFT normalization (no sequence of the batch has one)",
+                        });
+                    }
+                    nll.f_mul_scalar(pairs)?.f_div(&tokens)?
+                }
+            }
+        }
+    };
+    let loss = reduce_pairs(&per_sequence, global)?;
+    Ok(SftOutput { loss, per_sequence })
+}
+
+/// The whole-step chosen-token count of a micro-batch's chosen log-probs, as f64 (syncs the device).
+/// Sum it over the micro-batches of a step to fill [`GlobalBatch::chosen_tokens`].
+pub fn count_tokens(chosen: &SequenceLogProbs) -> Result<f64> {
+    Ok(chosen.count.f_sum(Kind::Int64)?.f_int64_value(&[])? as f64)
+}
