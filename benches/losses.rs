@@ -1,1 +1,91 @@
-fn main() {}
+//! Criterion benches: chunked log-prob gathering vs `log_softmax` + `gather`, and each loss on
+//! per-sequence log-probs. Run: `cargo bench --bench losses` (numbers in docs/benchmarks.md).
+//! Shapes fit a 2-core, 24 GiB CPU machine: B = 8, T = 512, V ∈ {32000, 128256}.
+//! `TCH_RPO_BENCH_QUICK=1` runs only V = 32000 with fewer samples.
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use std::hint::black_box;
+use std::time::Duration;
+use tch::{Device, Kind, Tensor};
+use tch_rpo::{
+    dpo_loss, rpo_loss, sequence_logprobs, sft_loss, DpoConfig, DpoLoss, LogProbOptions, PreferenceBatch,
+    Reference, RpoConfig, SequenceLogProbs, SftNormalization,
+};
+
+fn naive_logprobs(logits: &Tensor, labels: &Tensor) -> Tensor {
+    let mask = labels.ne(-100);
+    let safe = labels.masked_fill(&mask.logical_not(), 0);
+    let lp = logits.log_softmax(-1, Kind::Float).gather(-1, &safe.unsqueeze(-1), false).squeeze_dim(-1);
+    lp.masked_fill(&mask.logical_not(), 0.0).sum_dim_intlist(-1, false, Kind::Float)
+}
+
+fn inputs(b: i64, t: i64, v: i64) -> (Tensor, Tensor) {
+    tch::manual_seed(0);
+    let logits = Tensor::randn([b, t, v], (Kind::Float, Device::Cpu));
+    let labels = Tensor::randint(v, [b, t], (Kind::Int64, Device::Cpu));
+    let _ = labels.narrow(1, 0, t / 2).fill_(-100);
+    (logits, labels)
+}
+
+fn gather(c: &mut Criterion) {
+    let quick = std::env::var_os("TCH_RPO_BENCH_QUICK").is_some();
+    let vocabs: &[i64] = if quick { &[32000] } else { &[32000, 128256] };
+    let mut group = c.benchmark_group("logprobs_b8_t512");
+    group.sample_size(10).measurement_time(Duration::from_secs(if quick { 5 } else { 20 }));
+    for &v in vocabs {
+        let (logits, labels) = inputs(8, 512, v);
+        let opts = LogProbOptions::default().with_validate(false);
+        group.bench_with_input(BenchmarkId::new("chunked", v), &v, |bch, _| {
+            bch.iter(|| black_box(sequence_logprobs(&logits, &labels, &opts).expect("logprobs").sum))
+        });
+        group.bench_with_input(BenchmarkId::new("log_softmax_gather", v), &v, |bch, _| {
+            bch.iter(|| black_box(naive_logprobs(&logits, &labels)))
+        });
+    }
+    group.finish();
+}
+
+fn losses(c: &mut Criterion) {
+    let b = 64;
+    tch::manual_seed(1);
+    let seq = |shift: f64| {
+        SequenceLogProbs::new(
+            Tensor::randn([b], (Kind::Float, Device::Cpu)) * 10.0 - 100.0 + shift,
+            Tensor::randint_low(1, 300, [b], (Kind::Int64, Device::Cpu)),
+        )
+        .expect("sequence log-probs")
+    };
+    let (chosen, rejected) = (seq(1.0), seq(0.0));
+    let ref_c = Tensor::randn([b], (Kind::Float, Device::Cpu)) - 100.0;
+    let ref_r = Tensor::randn([b], (Kind::Float, Device::Cpu)) - 100.0;
+    let batch = PreferenceBatch::new(
+        &chosen,
+        &rejected,
+        Reference::LogProbs {
+            chosen: &ref_c,
+            rejected: &ref_r,
+        },
+    );
+    let mut group = c.benchmark_group("loss_b64");
+    group.sample_size(30).measurement_time(Duration::from_secs(2));
+    for variant in DpoLoss::ALL {
+        let mut cfg = DpoConfig::new(variant, 0.1).with_label_smoothing(0.1);
+        cfg.validate = false;
+        group.bench_function(BenchmarkId::new("dpo", variant.name()), |bch| {
+            bch.iter(|| black_box(dpo_loss(&cfg, &batch).expect("dpo").loss))
+        });
+    }
+    for norm in [SftNormalization::SequenceSum, SftNormalization::SequenceMean, SftNormalization::TokenMean] {
+        group.bench_function(BenchmarkId::new("sft", norm.name()), |bch| {
+            bch.iter(|| black_box(sft_loss(norm, &chosen, None, false).expect("sft").loss))
+        });
+    }
+    let mut rpo = RpoConfig::default();
+    rpo.dpo.validate = false;
+    group.bench_function("rpo_paper_default", |bch| {
+        bch.iter(|| black_box(rpo_loss(&rpo, &batch).expect("rpo").loss))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, gather, losses);
+criterion_main!(benches);
