@@ -14,8 +14,12 @@ use tch_rpo::{
 fn naive_logprobs(logits: &Tensor, labels: &Tensor) -> Tensor {
     let mask = labels.ne(-100);
     let safe = labels.masked_fill(&mask.logical_not(), 0);
-    let lp = logits.log_softmax(-1, Kind::Float).gather(-1, &safe.unsqueeze(-1), false).squeeze_dim(-1);
-    lp.masked_fill(&mask.logical_not(), 0.0).sum_dim_intlist(-1, false, Kind::Float)
+    let lp = logits
+        .log_softmax(-1, Kind::Float)
+        .gather(-1, &safe.unsqueeze(-1), false)
+        .squeeze_dim(-1);
+    lp.masked_fill(&mask.logical_not(), 0.0)
+        .sum_dim_intlist(-1, false, Kind::Float)
 }
 
 fn inputs(b: i64, t: i64, v: i64) -> (Tensor, Tensor) {
@@ -30,7 +34,9 @@ fn gather(c: &mut Criterion) {
     let quick = std::env::var_os("TCH_RPO_BENCH_QUICK").is_some();
     let vocabs: &[i64] = if quick { &[32000] } else { &[32000, 128256] };
     let mut group = c.benchmark_group("logprobs_b8_t512");
-    group.sample_size(10).measurement_time(Duration::from_secs(if quick { 5 } else { 20 }));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(if quick { 5 } else { 20 }));
     for &v in vocabs {
         let (logits, labels) = inputs(8, 512, v);
         let opts = LogProbOptions::default().with_validate(false);
@@ -74,7 +80,11 @@ fn losses(c: &mut Criterion) {
             bch.iter(|| black_box(dpo_loss(&cfg, &batch).expect("dpo").loss))
         });
     }
-    for norm in [SftNormalization::SequenceSum, SftNormalization::SequenceMean, SftNormalization::TokenMean] {
+    for norm in [
+        SftNormalization::SequenceSum,
+        SftNormalization::SequenceMean,
+        SftNormalization::TokenMean,
+    ] {
         group.bench_function(BenchmarkId::new("sft", norm.name()), |bch| {
             bch.iter(|| black_box(sft_loss(norm, &chosen, None, false).expect("sft").loss))
         });

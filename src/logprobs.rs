@@ -26,8 +26,8 @@ use tch::{Kind, Tensor};
 /// The ignore index used by PyTorch, Hugging Face and TRL: positions with this label are not scored.
 pub const DEFAULT_IGNORE_INDEX: i64 = -100;
 
-/// Default upper bound of the f32 working chunk, in bytes (32 MiB).
-pub const DEFAULT_CHUNK_BYTES: usize = 32 << 20;
+/// Default upper bound of the f32 working chunk, in bytes (8 MiB).
+pub const DEFAULT_CHUNK_BYTES: usize = 8 << 20;
 
 /// Options of [`token_logprobs`] and [`sequence_logprobs`].
 #[derive(Debug, Clone, PartialEq)]
@@ -248,6 +248,7 @@ pub fn token_logprobs(logits: &Tensor, labels: &Tensor, options: &LogProbOptions
         });
     }
 
+    let full_logits = logits;
     let (logits, labels) = if options.shift {
         (logits.f_narrow(1, 0, steps)?, labels.f_narrow(1, 1, steps)?)
     } else {
@@ -269,38 +270,51 @@ pub fn token_logprobs(logits: &Tensor, labels: &Tensor, options: &LogProbOptions
 
     let out_kind = validate::compute_kind(kind);
     let rows_per_chunk = (options.chunk_bytes / (v as usize * out_kind.elt_size_in_bytes())).max(1) as i64;
-    let mut pieces = Vec::new();
-    if rows_per_chunk >= steps {
-        // Whole sequences per chunk: chunk over the batch dimension.
-        let seqs = (rows_per_chunk / steps).max(1);
-        let mut b0 = 0;
-        while b0 < b {
-            let n = seqs.min(b - b0);
-            let z = logits.f_narrow(0, b0, n)?;
-            let y = safe_labels.f_narrow(0, b0, n)?;
-            pieces.push(chunk_logprobs(&z, &y, out_kind)?);
-            b0 += n;
-        }
-    } else {
-        for bi in 0..b {
-            let z_row = logits.f_select(0, bi)?;
-            let y_row = safe_labels.f_select(0, bi)?;
-            let mut t0 = 0;
-            while t0 < steps {
-                let n = rows_per_chunk.min(steps - t0);
-                let z = z_row.f_narrow(0, t0, n)?.f_unsqueeze(0)?;
-                let y = y_row.f_narrow(0, t0, n)?.f_unsqueeze(0)?;
-                pieces.push(chunk_logprobs(&z, &y, out_kind)?);
-                t0 += n;
-            }
-        }
-    }
-    let logps = if pieces.len() == 1 {
-        pieces.pop().expect("one piece")
+    // Chunks come from `split`, not `narrow`: all pieces of a split share one autograd node, whose backward
+    // assembles the logits' gradient once. (A `narrow` per chunk would allocate and add a full-size zero
+    // gradient per chunk in backward.)
+    let logps = if full_logits.is_contiguous() {
+        // Rows of the unshifted logits as a [B·T, V] view, one level of chunks. With the shift, the last
+        // position of each sequence gets a dummy target and is dropped from the (small) result.
+        let targets = if options.shift {
+            let pad = safe_labels.f_narrow(1, 0, 1)?.f_zeros_like()?;
+            Tensor::f_cat(&[&safe_labels, &pad], 1)?
+        } else {
+            safe_labels.shallow_clone()
+        };
+        let zs = full_logits.f_view([b * t, v])?.f_split(rows_per_chunk, 0)?;
+        let ys = targets.f_view([b * t])?.f_split(rows_per_chunk, 0)?;
+        let pieces = zs
+            .iter()
+            .zip(&ys)
+            .map(|(z, y)| chunk_logprobs(z, y, out_kind))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::f_cat(&pieces, 0)?.f_view([b, t])?.f_narrow(1, 0, steps)?
     } else if rows_per_chunk >= steps {
+        // Strided logits, whole sequences per chunk: split the batch dimension.
+        let seqs = (rows_per_chunk / steps).max(1);
+        let zs = logits.f_split(seqs, 0)?;
+        let ys = safe_labels.f_split(seqs, 0)?;
+        let pieces = zs
+            .iter()
+            .zip(&ys)
+            .map(|(z, y)| chunk_logprobs(z, y, out_kind))
+            .collect::<Result<Vec<_>>>()?;
         Tensor::f_cat(&pieces, 0)?
     } else {
-        Tensor::f_cat(&pieces, 1)?.f_reshape([b, steps])?
+        // Strided logits, long sequences: one sequence at a time, split over time.
+        let mut rows = Vec::with_capacity(b as usize);
+        for (z_row, y_row) in logits.f_split(1, 0)?.iter().zip(&safe_labels.f_split(1, 0)?) {
+            let zs = z_row.f_split(rows_per_chunk, 1)?;
+            let ys = y_row.f_split(rows_per_chunk, 1)?;
+            let pieces = zs
+                .iter()
+                .zip(&ys)
+                .map(|(z, y)| chunk_logprobs(z, y, out_kind))
+                .collect::<Result<Vec<_>>>()?;
+            rows.push(Tensor::f_cat(&pieces, 1)?);
+        }
+        Tensor::f_cat(&rows, 0)?
     };
     let logps = logps.f_masked_fill(&mask.f_logical_not()?, 0.0)?;
     if options.validate {
