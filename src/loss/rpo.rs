@@ -17,6 +17,7 @@
 //! | [`RpoConfig::paper`]`(β, η)` | sigmoid, β | `SequenceSum` | η·β |
 //! | [`RpoConfig::openrlhf`]`(β, coef)` | sigmoid, β | `SequenceMean` | `coef` (OpenRLHF default 0.2, no β) |
 //! | [`RpoConfig::trl`]`(β, w)` | sigmoid, β | `TokenMean` | `w` (TRL recipe 0.005) |
+//! | [`RpoConfig::sft_only`]`(norm)` | weight 0 | `norm` | 1 (plain SFT, reference-free) |
 //!
 //! **Warning:** the same number means different things under different normalizations. η·β = 5e-5 on a
 //! summed NLL of a 300-token response weighs like 0.015 on its token mean; OpenRLHF's 0.2 on a
@@ -95,6 +96,15 @@ impl RpoConfig {
             dpo: DpoConfig::new(DpoLoss::Sigmoid, beta),
             sft_weight: SftWeight::Absolute(sft_weight),
             sft_normalization: SftNormalization::TokenMean,
+        }
+    }
+    /// Plain SFT on the chosen responses (e.g. to train the reference policy before DPO/RPO): the DPO term
+    /// has weight 0 and the NLL coefficient is 1. Use it with [`Reference::Free`]: no reference is needed.
+    pub fn sft_only(normalization: SftNormalization) -> Self {
+        Self {
+            dpo: DpoConfig::new(DpoLoss::Sigmoid, 1.0).with_losses(vec![(DpoLoss::Sigmoid, 0.0)]),
+            sft_weight: SftWeight::Absolute(1.0),
+            sft_normalization: normalization,
         }
     }
     /// Replaces the DPO part (keeps the SFT weight and normalization).
