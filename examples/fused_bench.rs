@@ -178,7 +178,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let kb = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
     // Σ|x| as one fused reduction (no x-sized temporary that would inflate the peak RSS).
     let abs_sum = |t: &Tensor| -> Result<f64, tch::TchError> {
-        t.f_linalg_vector_norm(1.0, None::<&[i64]>, false, None::<Kind>)?
+        let flat = t.f_reshape([-1])?;
+        flat.f_norm_scalaropt_dim(1.0, [0i64].as_slice(), false)?
             .f_double_value(&[])
     };
     println!(
