@@ -69,8 +69,8 @@ mod validate;
 
 pub use error::{Error, Result};
 pub use fused::{
-    fused_dpo_loss, fused_loss, fused_rpo_loss, fused_sequence_logprobs, fused_sft_loss, FusedLoss, FusedOptions,
-    FusedReference, HiddenStates, LinearHead, DEFAULT_FUSED_CHUNK_BYTES,
+    fused_dpo_loss, fused_loss, fused_rpo_loss, fused_sequence_logprobs, fused_sft_loss, FusedLoss,
+    FusedOptions, FusedReference, HiddenStates, LinearHead, DEFAULT_FUSED_CHUNK_BYTES,
 };
 pub use logprobs::{
     sequence_logprobs, token_logprobs, LogProbOptions, SequenceLogProbs, TokenLogProbs, DEFAULT_CHUNK_BYTES,

@@ -41,9 +41,20 @@ struct Case {
 fn case_strategy() -> impl Strategy<Value = Case> {
     (
         (0i64..1_000_000, 1i64..=3, 2i64..=7, 1i64..=9, 2i64..=24),
-        (any::<bool>(), any::<bool>(), prop_oneof![Just(1.0), 0.5f64..2.0], prop::option::of(1.0f64..5.0)),
+        (
+            any::<bool>(),
+            any::<bool>(),
+            prop_oneof![Just(1.0), 0.5f64..2.0],
+            prop::option::of(1.0f64..5.0),
+        ),
         prop_oneof![Just(1usize), Just(200usize), Just(3000usize), Just(64usize << 20)],
-        (0usize..DpoLoss::ALL.len(), 0.01f64..1.0, 0usize..3, 0.0f64..1.0, 0usize..3),
+        (
+            0usize..DpoLoss::ALL.len(),
+            0.01f64..1.0,
+            0usize..3,
+            0.0f64..1.0,
+            0usize..3,
+        ),
         (prop_oneof![Just(0.0), 0.05f64..0.45], any::<bool>()),
     )
         .prop_map(
@@ -257,11 +268,21 @@ fn compare(fused: &Run, unfused: &Run, atol: f64, rtol: f64) -> Result<(), TestC
     assert_close("per_pair", &f.per_pair, &u.per_pair, atol, rtol)?;
     assert_close("dpo.loss", &f.dpo.loss, &u.dpo.loss, atol, rtol)?;
     assert_close("sft.loss", &f.sft.loss, &u.sft.loss, atol, rtol)?;
-    for ((name, a), (_, b)) in f.dpo.metrics.values().unwrap().iter().zip(u.dpo.metrics.values().unwrap()) {
+    for ((name, a), (_, b)) in f
+        .dpo
+        .metrics
+        .values()
+        .unwrap()
+        .iter()
+        .zip(u.dpo.metrics.values().unwrap())
+    {
         if *name == "rewards/accuracies" {
             continue; // a strict comparison of nearly tied rewards may flip; checked below on margins
         }
-        prop_assert!((a - b).abs() <= atol + rtol * b.abs(), "{name}: fused {a} vs unfused {b}");
+        prop_assert!(
+            (a - b).abs() <= atol + rtol * b.abs(),
+            "{name}: fused {a} vs unfused {b}"
+        );
     }
     assert_close("grad hidden", &fused.grad_h, &unfused.grad_h, atol, rtol)?;
     assert_close("grad weight", &fused.grad_w, &unfused.grad_w, atol, rtol)?;
@@ -430,7 +451,10 @@ fn tiny_model_trains_identically() {
                 let (w, b) = if tied {
                     (emb.ws.shallow_clone(), None)
                 } else {
-                    (head.ws.shallow_clone(), head.bs.as_ref().map(|b| b.shallow_clone()))
+                    (
+                        head.ws.shallow_clone(),
+                        head.bs.as_ref().map(|b| b.shallow_clone()),
+                    )
                 };
                 let loss = if fused {
                     let mut lh = LinearHead::new(&w);

@@ -125,7 +125,9 @@ pub(crate) fn prepare(
     let flat_index = seq_ids.f_mul_scalar(steps_full)?.f_add(&cols)?;
     let targets = shifted.f_masked_select(&mask)?;
     let tokens = targets.size()[0];
-    let h_valid = hidden.f_reshape([rows * steps_full, h])?.f_index_select(0, &flat_index)?;
+    let h_valid = hidden
+        .f_reshape([rows * steps_full, h])?
+        .f_index_select(0, &flat_index)?;
     Ok(Prepared {
         h_valid,
         targets,
@@ -238,8 +240,9 @@ pub(crate) fn backward(
         let h_valid = prep.h_valid.f_detach()?;
         let rows = chunk_rows(options, prep.vocab, compute);
         // Slice of the vocabulary for the low-precision weight-gradient product (bounds its temporary).
-        let vocab_slice =
-            ((options.chunk_bytes / (h.max(1) as usize * kind.elt_size_in_bytes())).max(1) as i64).min(prep.vocab);
+        let vocab_slice = ((options.chunk_bytes / (h.max(1) as usize * kind.elt_size_in_bytes())).max(1)
+            as i64)
+            .min(prep.vocab);
         let mut start = 0;
         while start < prep.tokens {
             let n = rows.min(prep.tokens - start);
@@ -256,7 +259,11 @@ pub(crate) fn backward(
                 }
                 Some(cap) => {
                     let z_target = z.f_gather(1, &targets_c, false)?;
-                    let factor_target = z_target.f_div_scalar(cap)?.f_square()?.f_neg()?.f_add_scalar(1.0)?;
+                    let factor_target = z_target
+                        .f_div_scalar(cap)?
+                        .f_square()?
+                        .f_neg()?
+                        .f_add_scalar(1.0)?;
                     let mut p = z.f_sub(&lse_c)?.f_exp()?;
                     let _ = z.f_div_scalar_(cap)?.f_square_()?.f_neg_()?.f_add_scalar_(1.0)?;
                     let _ = p.f_mul_(&z)?;

@@ -349,17 +349,26 @@ where
     let loss = loss.f_detach()?;
     let surrogate = match coef_rows {
         Some(coef_rows) => {
-            let coef = coef_rows.f_to_kind(prep.compute)?.f_index_select(0, &prep.seq_ids)?;
+            let coef = coef_rows
+                .f_to_kind(prep.compute)?
+                .f_index_select(0, &prep.seq_ids)?;
             let grads = engine::backward(&prep, &head, options, &lse, &coef, needs)?;
             surrogate(&prep, &head, &grads)?
         }
         // The loss does not depend on the log-probs: zero gradients, still a differentiable result.
         None => zero_surrogate(&prep, &head, needs)?,
     };
-    let loss = loss.f_add(&surrogate.f_sub(&surrogate.f_detach()?)?.f_to_kind(loss.f_kind()?)?)?;
+    let loss = loss.f_add(
+        &surrogate
+            .f_sub(&surrogate.f_detach()?)?
+            .f_to_kind(loss.f_kind()?)?,
+    )?;
     Ok(FusedLoss {
         loss,
-        logps: SequenceLogProbs { sum: sums, count: counts },
+        logps: SequenceLogProbs {
+            sum: sums,
+            count: counts,
+        },
         value,
     })
 }
