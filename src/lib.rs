@@ -51,6 +51,8 @@
 //! - [`loss::sft`]: chosen-response NLL with the normalization named (sequence sum / sequence mean / token
 //!   mean) and whole-step normalizers for gradient accumulation.
 //! - [`loss::rpo`]: RPO = DPO + c · SFT, with the paper's presets and the OpenRLHF / TRL weightings.
+//! - [`fused`]: the same losses from final hidden states and the LM-head weight, chunked over scored
+//!   tokens, never holding the `[2B, T, V]` logits (optional logit scale and Gemma-2 soft-cap).
 //! - [`error`]: the one [`Error`] enum; every public function returns [`Result`].
 //!
 //! # Devices and validation
@@ -60,11 +62,16 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod fused;
 pub mod logprobs;
 pub mod loss;
 mod validate;
 
 pub use error::{Error, Result};
+pub use fused::{
+    fused_dpo_loss, fused_loss, fused_rpo_loss, fused_sequence_logprobs, fused_sft_loss, FusedLoss,
+    FusedOptions, FusedReference, HiddenStates, LinearHead, DEFAULT_FUSED_CHUNK_BYTES,
+};
 pub use logprobs::{
     sequence_logprobs, token_logprobs, LogProbOptions, SequenceLogProbs, TokenLogProbs, DEFAULT_CHUNK_BYTES,
     DEFAULT_IGNORE_INDEX,

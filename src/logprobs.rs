@@ -386,7 +386,7 @@ fn chunk_logprobs(z: &Tensor, y: &Tensor, out_kind: Kind) -> Result<Tensor> {
 }
 
 /// `labels` may be the shifted view; `position` is reported in the caller's `[B, T]` label tensor.
-fn check_label_range(
+pub(crate) fn check_label_range(
     labels: &Tensor,
     mask: &Tensor,
     vocab: i64,

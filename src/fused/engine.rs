@@ -1,0 +1,321 @@
+//! The chunked passes of the fused path: input checks, valid-token selection, pass 1 (log-probs under
+//! no_grad), pass 2 (analytic gradients), and the surrogate that injects them into autograd.
+
+use super::{FusedOptions, LinearHead};
+use crate::error::{Error, Result};
+use crate::logprobs::check_label_range;
+use crate::validate;
+use tch::{Kind, Tensor};
+
+/// The valid (scored) tokens of a batch, gathered once.
+pub(crate) struct Prepared {
+    /// `[N, H]` hidden states of the scored positions, in the hidden states' dtype. Carries autograd
+    /// history to the caller's hidden states when they require grad (for the surrogate).
+    pub h_valid: Tensor,
+    /// `[N]` i64 target ids.
+    pub targets: Tensor,
+    /// `[N]` i64 row (sequence) of each scored token.
+    pub seq_ids: Tensor,
+    /// `[R]` i64 scored tokens per row.
+    pub counts: Tensor,
+    /// Number of rows `R`.
+    pub rows: i64,
+    /// Number of scored tokens `N`.
+    pub tokens: i64,
+    /// Vocabulary size `V`.
+    pub vocab: i64,
+    /// Dtype of the hidden states and head.
+    pub kind: Kind,
+    /// Dtype of the log-probs and gradient accumulators (f32; f64 for f64 inputs).
+    pub compute: Kind,
+}
+
+/// Checks `hidden [R, T, H]`, `head` (`weight [V, H]`, `bias [V]`), `labels [R, T]` and the options, and
+/// gathers the scored positions. `names` are the argument names used in errors (hidden, weight, bias).
+pub(crate) fn prepare(
+    hidden: &Tensor,
+    head: &LinearHead<'_>,
+    labels: &Tensor,
+    options: &FusedOptions,
+    names: [&'static str; 3],
+) -> Result<Prepared> {
+    let [hidden_arg, weight_arg, bias_arg] = names;
+    options.check()?;
+    let kind = validate::float_tensor(hidden_arg, hidden)?;
+    let size = validate::rank(hidden_arg, hidden, 3, "[R, T, H] hidden states")?;
+    let (rows, steps_full, h) = (size[0], size[1], size[2]);
+    let weight = head.weight;
+    let w_kind = validate::float_tensor(weight_arg, weight)?;
+    let w_size = validate::rank(weight_arg, weight, 2, "[V, H] linear-head weight")?;
+    validate::same_device(weight_arg, weight, hidden_arg, hidden)?;
+    let vocab = w_size[0];
+    if w_size[1] != h {
+        return Err(Error::Shape {
+            arg: weight_arg,
+            expected: format!("[V, H] with H = {h} matching the hidden states {size:?}"),
+            got: w_size,
+        });
+    }
+    if w_kind != kind {
+        return Err(Error::DType {
+            arg: weight_arg,
+            expected: "the hidden states' dtype",
+            got: w_kind,
+        });
+    }
+    if let Some(bias) = head.bias {
+        let b_kind = validate::float_tensor(bias_arg, bias)?;
+        validate::same_device(bias_arg, bias, hidden_arg, hidden)?;
+        if bias.size() != [vocab] {
+            return Err(Error::Shape {
+                arg: bias_arg,
+                expected: format!("[V] = [{vocab}] matching the head weight"),
+                got: bias.size(),
+            });
+        }
+        if b_kind != kind {
+            return Err(Error::DType {
+                arg: bias_arg,
+                expected: "the hidden states' dtype",
+                got: b_kind,
+            });
+        }
+    }
+    let label_kind = labels.f_kind()?;
+    if label_kind != Kind::Int64 {
+        return Err(Error::DType {
+            arg: "labels",
+            expected: "i64 token ids",
+            got: label_kind,
+        });
+    }
+    if labels.size() != [rows, steps_full] {
+        return Err(Error::Shape {
+            arg: "labels",
+            expected: format!("[R, T] = [{rows}, {steps_full}] matching the hidden states {size:?}"),
+            got: labels.size(),
+        });
+    }
+    validate::same_device("labels", labels, hidden_arg, hidden)?;
+    let shift = i64::from(options.shift);
+    let steps = steps_full - shift;
+    if rows == 0 || steps <= 0 || h == 0 {
+        return Err(Error::EmptyBatch {
+            arg: hidden_arg,
+            shape: size,
+        });
+    }
+    if vocab == 0 {
+        return Err(Error::EmptyBatch {
+            arg: weight_arg,
+            shape: w_size,
+        });
+    }
+
+    // Position t of the hidden states scores label t + shift.
+    let shifted = labels.f_narrow(1, shift, steps)?;
+    let mask = shifted.f_ne(options.ignore_index)?;
+    if options.validate {
+        check_label_range(&shifted, &mask, vocab, options.ignore_index, steps_full, shift)?;
+    }
+    let counts = mask.f_sum_dim_intlist(-1, false, Kind::Int64)?;
+    let positions = mask.f_nonzero()?; // [N, 2] (row, column), row-major like masked_select
+    let seq_ids = positions.f_select(1, 0)?.f_contiguous()?;
+    let cols = positions.f_select(1, 1)?;
+    let flat_index = seq_ids.f_mul_scalar(steps_full)?.f_add(&cols)?;
+    let targets = shifted.f_masked_select(&mask)?;
+    let tokens = targets.size()[0];
+    let h_valid = hidden
+        .f_reshape([rows * steps_full, h])?
+        .f_index_select(0, &flat_index)?;
+    Ok(Prepared {
+        h_valid,
+        targets,
+        seq_ids,
+        counts,
+        rows,
+        tokens,
+        vocab,
+        kind,
+        compute: validate::compute_kind(kind),
+    })
+}
+
+/// Rows per chunk: two `[rows, V]` buffers in the compute dtype fit the budget.
+fn chunk_rows(options: &FusedOptions, vocab: i64, compute: Kind) -> i64 {
+    let per_row = 2 * vocab as usize * compute.elt_size_in_bytes();
+    (options.chunk_bytes / per_row).max(1) as i64
+}
+
+/// `[n, V]` logits of one chunk in the compute dtype: `softcap(scale · (h·Wᵀ + b))`.
+fn chunk_logits(h: &Tensor, head: &LinearHead<'_>, options: &FusedOptions, compute: Kind) -> Result<Tensor> {
+    let linear = h.f_linear(head.weight, head.bias)?;
+    let mut z = if linear.f_kind()? == compute {
+        linear
+    } else {
+        linear.f_to_kind(compute)?
+    };
+    if options.logit_scale != 1.0 {
+        let _ = z.f_mul_scalar_(options.logit_scale)?;
+    }
+    if let Some(cap) = options.final_logit_softcap {
+        let _ = z.f_div_scalar_(cap)?.f_tanh_()?.f_mul_scalar_(cap)?;
+    }
+    Ok(z)
+}
+
+/// Pass 1 (no grad): per-row sums of the scored tokens' log-probs `[R]` and each token's logsumexp `[N]`,
+/// both in the compute dtype.
+pub(crate) fn forward(
+    prep: &Prepared,
+    head: &LinearHead<'_>,
+    options: &FusedOptions,
+) -> Result<(Tensor, Tensor)> {
+    tch::no_grad(|| {
+        let device = prep.h_valid.device();
+        let mut sums = Tensor::f_zeros([prep.rows], (prep.compute, device))?;
+        let lse_all = Tensor::f_empty([prep.tokens], (prep.compute, device))?;
+        let h_valid = prep.h_valid.f_detach()?;
+        let rows = chunk_rows(options, prep.vocab, prep.compute);
+        let mut start = 0;
+        while start < prep.tokens {
+            let n = rows.min(prep.tokens - start);
+            let z = chunk_logits(&h_valid.f_narrow(0, start, n)?, head, options, prep.compute)?;
+            let lse = z.f_logsumexp(-1, false)?;
+            let target = z
+                .f_gather(1, &prep.targets.f_narrow(0, start, n)?.f_unsqueeze(1)?, false)?
+                .f_squeeze_dim(1)?;
+            let logp = target.f_sub(&lse)?;
+            let _ = sums.f_index_add_(0, &prep.seq_ids.f_narrow(0, start, n)?, &logp)?;
+            lse_all.f_narrow(0, start, n)?.f_copy_(&lse)?;
+            start += n;
+        }
+        Ok((sums, lse_all))
+    })
+}
+
+/// Which gradients pass 2 computes.
+#[derive(Clone, Copy)]
+pub(crate) struct Needs {
+    pub hidden: bool,
+    pub weight: bool,
+    pub bias: bool,
+}
+
+/// Gradients of the loss, in the compute dtype: `[N, H]` w.r.t. the scored hidden states, `[V, H]` w.r.t.
+/// the weight, `[V]` w.r.t. the bias.
+pub(crate) struct Grads {
+    pub hidden: Option<Tensor>,
+    pub weight: Option<Tensor>,
+    pub bias: Option<Tensor>,
+}
+
+/// Pass 2 (no grad): recomputes each chunk's logits and applies `dL/dz = c·(onehot(y) − softmax(z))`,
+/// chained through the soft-cap and the scale, with `c` = `coef [N]` (dL/d(sum of the token's row)).
+pub(crate) fn backward(
+    prep: &Prepared,
+    head: &LinearHead<'_>,
+    options: &FusedOptions,
+    lse_all: &Tensor,
+    coef: &Tensor,
+    needs: Needs,
+) -> Result<Grads> {
+    tch::no_grad(|| {
+        let device = prep.h_valid.device();
+        let (compute, kind) = (prep.compute, prep.kind);
+        let h = prep.h_valid.size()[1];
+        let weight = head.weight;
+        let mut grad_h = match needs.hidden {
+            true => Some(Tensor::f_empty([prep.tokens, h], (compute, device))?),
+            false => None,
+        };
+        let mut grad_w = match needs.weight {
+            true => Some(Tensor::f_zeros([prep.vocab, h], (compute, device))?),
+            false => None,
+        };
+        let mut grad_b = match needs.bias {
+            true => Some(Tensor::f_zeros([prep.vocab], (compute, device))?),
+            false => None,
+        };
+        let h_valid = prep.h_valid.f_detach()?;
+        let rows = chunk_rows(options, prep.vocab, compute);
+        // Slice of the vocabulary for the low-precision weight-gradient product (bounds its temporary).
+        let vocab_slice = ((options.chunk_bytes / (h.max(1) as usize * kind.elt_size_in_bytes())).max(1)
+            as i64)
+            .min(prep.vocab);
+        let mut start = 0;
+        while start < prep.tokens {
+            let n = rows.min(prep.tokens - start);
+            let hc = h_valid.f_narrow(0, start, n)?;
+            let mut z = chunk_logits(&hc, head, options, compute)?;
+            let coef_c = coef.f_narrow(0, start, n)?.f_unsqueeze(1)?;
+            let lse_c = lse_all.f_narrow(0, start, n)?.f_unsqueeze(1)?;
+            let targets_c = prep.targets.f_narrow(0, start, n)?.f_unsqueeze(1)?;
+            // g = c · f · (onehot − p), f = d softcap / du = 1 − (z / cap)² (1 without a soft-cap).
+            let (mut g, onehot_coef) = match options.final_logit_softcap {
+                None => {
+                    let _ = z.f_sub_(&lse_c)?.f_exp_()?;
+                    (z, coef_c.shallow_clone())
+                }
+                Some(cap) => {
+                    let z_target = z.f_gather(1, &targets_c, false)?;
+                    let factor_target = z_target
+                        .f_div_scalar(cap)?
+                        .f_square()?
+                        .f_neg()?
+                        .f_add_scalar(1.0)?;
+                    let mut p = z.f_sub(&lse_c)?.f_exp()?;
+                    let _ = z.f_div_scalar_(cap)?.f_square_()?.f_neg_()?.f_add_scalar_(1.0)?;
+                    let _ = p.f_mul_(&z)?;
+                    (p, coef_c.f_mul(&factor_target)?)
+                }
+            };
+            let _ = g.f_mul_(&coef_c.f_neg()?)?;
+            let _ = g.f_scatter_add_(1, &targets_c, &onehot_coef)?;
+            if options.logit_scale != 1.0 {
+                let _ = g.f_mul_scalar_(options.logit_scale)?;
+            }
+            if let Some(gb) = grad_b.as_mut() {
+                let _ = gb.f_add_(&g.f_sum_dim_intlist(0, false, compute)?)?;
+            }
+            let g_low = if kind == compute {
+                g.shallow_clone()
+            } else {
+                g.f_to_kind(kind)?
+            };
+            if let Some(gh) = grad_h.as_mut() {
+                gh.f_narrow(0, start, n)?.f_copy_(&g_low.f_mm(weight)?)?;
+            }
+            if let Some(gw) = grad_w.as_mut() {
+                if kind == compute {
+                    let _ = gw.f_addmm_(&g.f_tr()?, &hc)?;
+                } else {
+                    let mut v0 = 0;
+                    while v0 < prep.vocab {
+                        let m = vocab_slice.min(prep.vocab - v0);
+                        let part = g_low.f_narrow(1, v0, m)?.f_tr()?.f_mm(&hc)?;
+                        let _ = gw.f_narrow(0, v0, m)?.f_add_(&part)?;
+                        v0 += m;
+                    }
+                }
+            }
+            start += n;
+        }
+        Ok(Grads {
+            hidden: grad_h,
+            weight: grad_w,
+            bias: grad_b,
+        })
+    })
+}
+
+/// `Σ(x ⊙ g)` in the compute dtype, with `g` detached: its gradient w.r.t. `x` is exactly `g` (cast to `x`'s
+/// dtype by autograd). Uses a dot product when the dtypes agree (no `x`-sized temporary).
+pub(crate) fn inner(x: &Tensor, g: &Tensor, compute: Kind) -> Result<Tensor> {
+    let g = g.f_detach()?;
+    if x.f_kind()? == compute {
+        Ok(x.f_reshape([-1])?.f_dot(&g.f_reshape([-1])?)?)
+    } else {
+        Ok(x.f_mul(&g)?.f_sum(compute)?)
+    }
+}
