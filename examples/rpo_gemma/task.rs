@@ -1,9 +1,15 @@
 //! The example's task: preference pairs whose correct answer a program can check.
 //!
-//! Two-operand addition of small integers: prompt `"a+b="` with `a, b` in `[0, 50)`, chosen = the correct sum,
-//! rejected = a plausible wrong sum (off by one, a forgotten / spurious carry = off by ten, or the two digits
-//! swapped). Records are generated deterministically from a seed ([`generate_split`]), checked with
-//! [`is_correct`], and written as JSON Lines `{"prompt","chosen","rejected"}` ([`write_jsonl`]).
+//! Reverse a short word: prompt `"<word>>"` (a word of 3–5 letters from `a`–`h`, then `>`), chosen = the
+//! word reversed, rejected = a plausible wrong answer (two adjacent letters swapped, one letter replaced by
+//! its neighbour in the alphabet, the word not reversed, or the last letter dropped). Records are generated
+//! deterministically from a seed ([`generate_split`]), checked with [`is_correct`], and written as JSON Lines
+//! `{"prompt","chosen","rejected"}` ([`write_jsonl`]).
+//!
+//! Why this task: a 2-layer, 64-wide model learns it from a few hundred pairs in a few hundred steps on a
+//! CPU (SFT alone: about 65% of held-out prompts right after 400 steps of 16, 95% after 600), so the gold
+//! metric moves within the default run's budget. Two-digit addition (`"12+35="`), tried first, stayed
+//! below 12% held-out accuracy after 1,200 steps at the same size.
 //!
 //! The shipped files `examples/rpo_gemma/data/{train,heldout}.jsonl` are
 //! `generate_split(DATA_SEED, TRAIN_SIZE, HELDOUT_SIZE)`; regenerate them with
@@ -29,17 +35,21 @@ pub const DATA_SEED: u64 = 2024;
 pub const TRAIN_SIZE: usize = 512;
 /// Prompts in the shipped `heldout.jsonl` (no prompt in common with the training file).
 pub const HELDOUT_SIZE: usize = 128;
-/// Operands are drawn from `[0, OPERAND_LIMIT)`.
-pub const OPERAND_LIMIT: u64 = 50;
+/// The letters words are made of.
+pub const ALPHABET: &str = "abcdefgh";
+/// Word lengths are drawn from `MIN_LEN..=MAX_LEN`.
+pub const MIN_LEN: usize = 3;
+/// See [`MIN_LEN`].
+pub const MAX_LEN: usize = 5;
 
 /// One preference pair.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
-    /// The prompt, e.g. `"12+35="`.
+    /// The prompt, e.g. `"abcd>"`.
     pub prompt: String,
-    /// The correct answer, e.g. `"47"`.
+    /// The correct answer, e.g. `"dcba"`.
     pub chosen: String,
-    /// A plausible wrong answer, e.g. `"37"`.
+    /// A plausible wrong answer, e.g. `"dbca"`.
     pub rejected: String,
 }
 
@@ -56,75 +66,83 @@ impl SplitMix64 {
     }
 
     /// Uniform in `[0, n)` (n ≤ 2^32: the modulo bias is negligible).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
     }
 }
 
-/// Parses `"a+b="` into `(a, b)`; `None` if the prompt is not of that form.
-fn parse_prompt(prompt: &str) -> Option<(u64, u64)> {
-    let body = prompt.strip_suffix('=')?;
-    let (a, b) = body.split_once('+')?;
-    let digits = |s: &str| !s.is_empty() && s.len() <= 9 && s.bytes().all(|c| c.is_ascii_digit());
-    if !digits(a) || !digits(b) {
-        return None;
-    }
-    Some((a.parse().ok()?, b.parse().ok()?))
+/// The word of a prompt `"<word>>"`; `None` if the prompt is not of that form.
+fn parse_prompt(prompt: &str) -> Option<&str> {
+    let word = prompt.strip_suffix('>')?;
+    (!word.is_empty() && word.chars().all(|c| ALPHABET.contains(c))).then_some(word)
 }
 
-/// Whether `answer` is the correct answer to `prompt` (the decimal sum, no sign, no leading zeros, no
-/// spaces). A prompt that is not `"a+b="` has no correct answer (false).
+fn reversed(word: &str) -> String {
+    word.chars().rev().collect()
+}
+
+/// Whether `answer` is the correct answer to `prompt`: the prompt's word reversed, exactly. A prompt that
+/// is not `"<word>>"` (letters of [`ALPHABET`]) has no correct answer (false).
 pub fn is_correct(prompt: &str, answer: &str) -> bool {
-    parse_prompt(prompt).is_some_and(|(a, b)| answer == (a + b).to_string())
+    parse_prompt(prompt).is_some_and(|word| answer == reversed(word))
 }
 
-/// A plausible wrong answer for `a + b`: off by one, off by ten (carry mistake), or the digits swapped.
-fn wrong_answer(a: u64, b: u64, rng: &mut SplitMix64) -> String {
-    let sum = a + b;
+/// A plausible wrong answer for reversing `word`: two adjacent letters of the correct answer swapped,
+/// one letter replaced by its neighbour in the alphabet, the word copied unreversed, or the last letter
+/// dropped. Never the correct answer.
+fn wrong_answer(word: &str, rng: &mut SplitMix64) -> String {
+    let correct: Vec<char> = reversed(word).chars().collect();
+    let letters: Vec<char> = ALPHABET.chars().collect();
     loop {
-        let candidate: Option<u64> = match rng.below(5) {
-            0 => Some(sum + 1),
-            1 => sum.checked_sub(1),
-            2 => Some(sum + 10),
-            3 => sum.checked_sub(10),
-            _ => {
-                let digits = sum.to_string();
-                (digits.len() == 2 && digits.as_bytes()[0] != digits.as_bytes()[1] && sum % 10 != 0)
-                    .then(|| digits.chars().rev().collect::<String>().parse().ok())
-                    .flatten()
+        let mut wrong = correct.clone();
+        match rng.below(4) {
+            0 => {
+                let i = rng.below(wrong.len() - 1);
+                wrong.swap(i, i + 1);
             }
-        };
-        if let Some(wrong) = candidate.filter(|w| *w != sum) {
-            return wrong.to_string();
+            1 => {
+                let i = rng.below(wrong.len());
+                let pos = letters.iter().position(|c| *c == wrong[i]).unwrap_or(0);
+                let step = if rng.below(2) == 0 { 1 } else { letters.len() - 1 };
+                wrong[i] = letters[(pos + step) % letters.len()];
+            }
+            2 => wrong = word.chars().collect(),
+            _ => {
+                wrong.pop();
+            }
+        }
+        if wrong != correct {
+            return wrong.into_iter().collect();
         }
     }
 }
 
 /// `n_train` training pairs and `n_heldout` held-out pairs, all with distinct prompts (no prompt in both),
-/// deterministic in `seed`. Panics never; if more prompts are asked for than exist (`OPERAND_LIMIT²`),
-/// the sets are truncated.
+/// deterministic in `seed`.
 pub fn generate_split(seed: u64, n_train: usize, n_heldout: usize) -> (Vec<Record>, Vec<Record>) {
     let all = generate(seed, n_train + n_heldout);
-    let n_train = n_train.min(all.len());
-    let (train, heldout) = all.split_at(n_train);
+    let (train, heldout) = all.split_at(n_train.min(all.len()));
     (train.to_vec(), heldout.to_vec())
 }
 
-/// `n` pairs with distinct prompts, deterministic in `seed` (at most `OPERAND_LIMIT²` of them).
+/// `n` pairs with distinct prompts, deterministic in `seed` (at most the number of distinct words).
 pub fn generate(seed: u64, n: usize) -> Vec<Record> {
-    let n = n.min((OPERAND_LIMIT * OPERAND_LIMIT) as usize);
+    let words: usize = (MIN_LEN..=MAX_LEN).map(|l| ALPHABET.len().pow(l as u32)).sum();
+    let n = n.min(words);
+    let letters: Vec<char> = ALPHABET.chars().collect();
     let mut rng = SplitMix64(seed);
     let mut seen = HashSet::new();
     let mut records = Vec::with_capacity(n);
     while records.len() < n {
-        let (a, b) = (rng.below(OPERAND_LIMIT), rng.below(OPERAND_LIMIT));
-        if !seen.insert((a, b)) {
+        let len = MIN_LEN + rng.below(MAX_LEN - MIN_LEN + 1);
+        let word: String = (0..len).map(|_| letters[rng.below(letters.len())]).collect();
+        if !seen.insert(word.clone()) {
             continue;
         }
-        let rejected = wrong_answer(a, b, &mut rng);
+        let rejected = wrong_answer(&word, &mut rng);
         records.push(Record {
-            prompt: format!("{a}+{b}="),
-            chosen: (a + b).to_string(),
+            prompt: format!("{word}>"),
+            chosen: reversed(&word),
             rejected,
         });
     }
@@ -164,7 +182,7 @@ impl CharVocab {
     /// Beginning-of-sequence id.
     pub const BOS: i64 = 2;
     /// The characters, with ids `3..3 + CHARS.len()`.
-    pub const CHARS: &'static str = "0123456789+-=*/ ";
+    pub const CHARS: &'static str = "abcdefghijklmnopqrstuvwxyz0123456789+-=>*/ ";
 
     /// The vocabulary.
     pub fn new() -> Self {
