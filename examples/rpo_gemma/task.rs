@@ -6,10 +6,12 @@
 //! deterministically from a seed ([`generate_split`]), checked with [`is_correct`], and written as JSON Lines
 //! `{"prompt","chosen","rejected"}` ([`write_jsonl`]).
 //!
-//! Why this task: a 2-layer, 64-wide model learns it from a few hundred pairs in a few hundred steps on a
-//! CPU (SFT alone: about 65% of held-out prompts right after 400 steps of 16, 95% after 600), so the gold
-//! metric moves within the default run's budget. Two-digit addition (`"12+35="`), tried first, stayed
-//! below 12% held-out accuracy after 1,200 steps at the same size.
+//! Why this task: the default model (`GemmaConfig::small_gemma2`: 2 layers, 64 wide, 73k parameters) learns
+//! it from a few hundred pairs within the default run's budget. In a development probe (plain SFT on the
+//! chosen answers, AdamW lr 3e-3, batches of 16, seed 0, release build on the 2-core CI-like machine) the
+//! held-out greedy accuracy was 20% after 200 steps, 65% after 400 and 95% after 600, at about 8 ms per
+//! step. Two-digit addition (`"12+35="`), tried first at the same size, stayed below 12% after 1,200
+//! steps. The example's own run reports the numbers that count.
 //!
 //! The shipped files `examples/rpo_gemma/data/{train,heldout}.jsonl` are
 //! `generate_split(DATA_SEED, TRAIN_SIZE, HELDOUT_SIZE)`; regenerate them with
