@@ -245,8 +245,10 @@ pub fn dpo_pair<F: Float>(variant: &str, p: &DpoParams, lc: F, lr: F, nc: i64, n
         "apo_zero" => one - sigmoid(beta * lc) + sigmoid(beta * lr),
         "apo_down" => sigmoid(beta * lc) + one - sigmoid(z),
         "discopop" => {
-            let m = sigmoid(z / c::<F>(p.discopop_tau));
-            (one - m) * (-log_sigmoid(z)) + m * (-z).exp()
+            let tau = c::<F>(p.discopop_tau);
+            let m = sigmoid(z / tau);
+            // m·e^{−z} = exp(log σ(z/τ) − z): no 0·∞ when e^{−z} overflows.
+            (one - m) * (-log_sigmoid(z)) + (log_sigmoid(z / tau) - z).exp()
         }
         other => panic!("unknown variant {other}"),
     }
