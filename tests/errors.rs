@@ -602,8 +602,10 @@ fn invalid_label_smoothing() {
 
 #[test]
 fn other_invalid_dpo_parameters() {
-    let mut config = DpoConfig::default();
-    config.discopop_tau = 0.0;
+    let config = DpoConfig {
+        discopop_tau: 0.0,
+        ..DpoConfig::default()
+    };
     assert!(matches!(
         dpo_err(config),
         Error::InvalidParameter {
@@ -611,8 +613,10 @@ fn other_invalid_dpo_parameters() {
             ..
         }
     ));
-    let mut config = DpoConfig::default();
-    config.bco_delta = f64::NAN;
+    let config = DpoConfig {
+        bco_delta: f64::NAN,
+        ..DpoConfig::default()
+    };
     assert!(matches!(
         dpo_err(config),
         Error::InvalidParameter {
@@ -963,8 +967,10 @@ fn validation_off_skips_the_checks() {
             rejected: &bad,
         },
     );
-    let mut config = DpoConfig::default();
-    config.validate = false;
+    let config = DpoConfig {
+        validate: false,
+        ..DpoConfig::default()
+    };
     assert!(dpo_loss(&config, &batch).is_ok());
 
     // Label range: the crate's check is skipped; on CPU libtorch's own gather bounds check still fires
