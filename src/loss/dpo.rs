@@ -369,10 +369,12 @@ fn per_pair_loss(config: &DpoConfig, batch: &PreferenceBatch<'_>, r: &LogRatios)
                 a.f_add(&z.f_sigmoid()?.f_rsub_scalar(1.0)?)?
             }
             DpoLoss::DiscoPop => {
-                let m = z.f_div_scalar(config.discopop_tau)?.f_sigmoid()?;
+                let scaled = z.f_div_scalar(config.discopop_tau)?;
+                let m = scaled.f_sigmoid()?;
                 let logistic = z.f_log_sigmoid()?.f_neg()?;
-                let expo = z.f_neg()?.f_exp()?;
-                logistic.f_mul(&m.f_rsub_scalar(1.0)?)?.f_add(&m.f_mul(&expo)?)?
+                // m·e^{−z} as exp(log σ(z/τ) − z): the naive product is 0·∞ = NaN once e^{−z} overflows.
+                let modulated_exp = scaled.f_log_sigmoid()?.f_sub(&z)?.f_exp()?;
+                logistic.f_mul(&m.f_rsub_scalar(1.0)?)?.f_add(&modulated_exp)?
             }
         };
         let loss = if weight == 1.0 {

@@ -1,0 +1,338 @@
+//! Log-prob gathering against the plain-Rust reference: values, masks, counts, chunking, dtypes, strides
+//! and gradients (including the bf16/f16 surrogate used when the logits require grad).
+//!
+//! Tolerances:
+//! - f64 logits: 1e-10 absolute (+ 1e-12 relative).
+//! - f32 logits: 2e-5 absolute per token (+ 1e-5 relative); logsumexp over ≤ 512 f32 values of magnitude
+//!   ≤ ~40 is accurate to a few ulps of 40.
+//! - bf16 / f16 logits: the library upcasts each chunk to f32, so against the reference evaluated on the
+//!   *rounded* logits the f32 tolerance holds. Against the unrounded logits the documented looser bound is
+//!   `|Δ log p| ≤ 2·max|z − round(z)|` (logsumexp is 1-Lipschitz in the max-norm), plus the f32 tolerance.
+//! - bf16 gradients are stored in bf16 (8 significant bits): 1e-2 absolute per element, per unit upstream.
+
+mod common;
+
+use approx::assert_relative_eq;
+use common::*;
+use proptest::prelude::*;
+use tch::{Kind, Tensor};
+use tch_rpo::{sequence_logprobs, token_logprobs, LogProbOptions, DEFAULT_CHUNK_BYTES};
+
+/// One random log-prob problem.
+#[derive(Debug, Clone)]
+struct Case {
+    b: usize,
+    t: usize,
+    v: usize,
+    shift: bool,
+    ignore_index: i64,
+    chunk_bytes: usize,
+    scale: f64,
+    p_ignore: f64,
+    seed: u64,
+}
+
+impl Case {
+    fn dims(&self) -> (usize, usize, usize) {
+        (self.b, self.t, self.v)
+    }
+    fn options(&self) -> LogProbOptions {
+        LogProbOptions::default()
+            .with_shift(self.shift)
+            .with_ignore_index(self.ignore_index)
+            .with_chunk_bytes(self.chunk_bytes)
+    }
+    fn data(&self) -> (Vec<f64>, Vec<i64>) {
+        let mut rng = DataRng::new(self.seed);
+        let logits = rng.normals(self.b * self.t * self.v, self.scale);
+        let labels = random_labels(&mut rng, self.dims(), self.ignore_index, self.p_ignore, 0.2);
+        (logits, labels)
+    }
+}
+
+fn case_strategy() -> impl Strategy<Value = Case> {
+    (1usize..=8, 1usize..=64, 2usize..=512, any::<bool>(), any::<u64>())
+        .prop_flat_map(|(b, t, v, shift, seed)| {
+            let t = if shift { t.max(2) } else { t };
+            let ignore = prop_oneof![
+                Just(-100i64),
+                Just(-1i64),
+                0..(v as i64),
+                (v as i64)..(v as i64 + 10)
+            ];
+            // Small chunk sizes force many chunks (down to one row of V per chunk); large ones whole batches.
+            let chunk = prop_oneof![
+                Just(1usize),
+                (1usize..=8).prop_map(move |rows| rows * v * 4),
+                (1usize..=3).prop_map(move |seqs| seqs * t * v * 4 + 3),
+                Just(DEFAULT_CHUNK_BYTES),
+            ];
+            let scale = prop_oneof![Just(0.5f64), Just(3.0), Just(10.0)];
+            let p_ignore = prop_oneof![Just(0.0f64), Just(0.3), Just(0.9)];
+            (Just((b, t, v, shift, seed)), ignore, chunk, scale, p_ignore)
+        })
+        .prop_map(
+            |((b, t, v, shift, seed), ignore_index, chunk_bytes, scale, p_ignore)| Case {
+                b,
+                t,
+                v,
+                shift,
+                ignore_index,
+                chunk_bytes,
+                scale,
+                p_ignore,
+                seed,
+            },
+        )
+}
+
+fn shape(c: &Case) -> [i64; 3] {
+    [c.b as i64, c.t as i64, c.v as i64]
+}
+
+/// Compares the library's token and sequence log-probs for `kind` logits with the reference.
+fn check_values(c: &Case, kind: Kind) {
+    let (logits, labels) = c.data();
+    let held = rounded(&logits, kind);
+    let z = tensor(&held, &shape(c), kind);
+    let y = int_tensor(&labels, &[c.b as i64, c.t as i64]);
+    let out = token_logprobs(&z, &y, &c.options()).expect("token_logprobs");
+    let want = token_logprobs_ref(&held, &labels, c);
+
+    let expected_kind = if kind == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    };
+    assert_eq!(out.logps.kind(), expected_kind);
+    assert_eq!(out.logps.size(), [c.b as i64, want.steps as i64]);
+    let mask: Vec<bool> = int_values(&out.mask).iter().map(|&m| m != 0).collect();
+    assert_eq!(mask, want.mask, "mask");
+
+    let (abs, rel) = if kind == Kind::Double {
+        (1e-10, 1e-12)
+    } else {
+        (2e-5, 1e-5)
+    };
+    assert_close(&values(&out.logps), &want.logps, abs, rel, "token logps");
+
+    let seq = sequence_logprobs(&z, &y, &c.options()).expect("sequence_logprobs");
+    assert_eq!(int_values(&seq.count), want.counts(), "counts");
+    assert_close(&values(&seq.sum), &want.sums(), abs * c.t as f64, rel, "sums");
+
+    // Per-sequence mean, on rows that have a token (rows without one are an error, tested in errors.rs).
+    if want.counts().iter().all(|&n| n > 0) {
+        let mean = seq.mean(true).expect("mean");
+        assert_close(&values(&mean), &want.means(), abs, rel, "means");
+    }
+
+    if kind == Kind::BFloat16 || kind == Kind::Half {
+        // Against the unrounded logits: the documented looser bound.
+        let exact = token_logprobs_ref(&logits, &labels, c);
+        let max_round = logits
+            .iter()
+            .zip(&held)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert_close(
+            &values(&out.logps),
+            &exact.logps,
+            2.0 * max_round + abs,
+            rel,
+            "vs unrounded",
+        );
+    }
+}
+
+fn token_logprobs_ref(logits: &[f64], labels: &[i64], c: &Case) -> RefTokens<f64> {
+    common::token_logprobs(logits, labels, c.dims(), c.ignore_index, c.shift)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn f32_matches_reference(c in case_strategy()) {
+        check_values(&c, Kind::Float);
+    }
+
+    #[test]
+    fn f64_matches_reference(c in case_strategy()) {
+        check_values(&c, Kind::Double);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn bf16_matches_reference(c in case_strategy()) {
+        check_values(&c, Kind::BFloat16);
+    }
+
+    #[test]
+    fn f16_matches_reference(c in case_strategy()) {
+        check_values(&c, Kind::Half);
+    }
+
+    /// Autograd gradient of `Σ w·log p` w.r.t. f64 logits equals `w·(onehot − softmax)`.
+    #[test]
+    fn f64_gradient_matches_analytic(c in case_strategy(), wseed in any::<u64>()) {
+        check_gradient(&c, Kind::Double, wseed, 1e-10);
+    }
+
+    /// Same in f32.
+    #[test]
+    fn f32_gradient_matches_analytic(c in case_strategy(), wseed in any::<u64>()) {
+        check_gradient(&c, Kind::Float, wseed, 1e-5);
+    }
+
+    /// The bf16 surrogate: its value is the f32-accurate log-prob and its gradient is
+    /// `w·(onehot − softmax)` (held in bf16).
+    #[test]
+    fn bf16_surrogate_value_and_gradient(c in case_strategy(), wseed in any::<u64>()) {
+        check_gradient(&c, Kind::BFloat16, wseed, 1e-2);
+    }
+
+    /// f16 takes the same surrogate path.
+    #[test]
+    fn f16_surrogate_value_and_gradient(c in case_strategy(), wseed in any::<u64>()) {
+        check_gradient(&c, Kind::Half, wseed, 2e-3);
+    }
+
+    /// Chunked gathering equals `log_softmax` + `gather` for several chunk sizes (f32, within 1e-6), and
+    /// every chunk size passes through the same comparison.
+    #[test]
+    fn chunking_equals_log_softmax_gather(c in case_strategy()) {
+        let (logits, labels) = c.data();
+        let z = tensor(&logits, &shape(&c), Kind::Float);
+        let y = int_tensor(&labels, &[c.b as i64, c.t as i64]);
+        let steps = if c.shift { c.t - 1 } else { c.t } as i64;
+        let (zs, ys) = if c.shift {
+            (z.narrow(1, 0, steps), y.narrow(1, 1, steps))
+        } else {
+            (z.shallow_clone(), y.shallow_clone())
+        };
+        let valid = ys.ne(c.ignore_index);
+        let safe = ys.masked_fill(&valid.logical_not(), 0);
+        let plain = zs
+            .log_softmax(-1, Kind::Float)
+            .gather(-1, &safe.unsqueeze(-1), false)
+            .squeeze_dim(-1)
+            .masked_fill(&valid.logical_not(), 0.0);
+        let plain = values(&plain);
+        // `z − logsumexp(z)` and `log_softmax` round differently: both are exact to a few ulps of the
+        // logsumexp, so the comparison is 1e-6 scaled by max(1, |logsumexp|) of the row.
+        let lse_scale: Vec<f64> = (0..c.b * steps as usize)
+            .map(|i| {
+                let (bi, ti) = (i / steps as usize, i % steps as usize);
+                let off = (bi * c.t + ti) * c.v;
+                logsumexp(&logits[off..off + c.v]).abs().max(1.0)
+            })
+            .collect();
+        let default = values(&token_logprobs(&z, &y, &c.options().with_chunk_bytes(DEFAULT_CHUNK_BYTES)).unwrap().logps);
+        let v = c.v;
+        for chunk_bytes in [1, 4 * v, 4 * v * 3 + 1, 4 * v * c.t, 4 * v * c.t * 2 + 5, DEFAULT_CHUNK_BYTES] {
+            let opts = c.options().with_chunk_bytes(chunk_bytes);
+            let got = values(&token_logprobs(&z, &y, &opts).unwrap().logps);
+            for i in 0..got.len() {
+                let diff = (got[i] - plain[i]).abs();
+                assert!(
+                    diff <= 1e-6 * lse_scale[i],
+                    "chunk_bytes {chunk_bytes}, position {i}: {} vs log_softmax {} (diff {diff:e})",
+                    got[i],
+                    plain[i]
+                );
+            }
+            // Chunking itself adds no error: every chunk size agrees with the default within 1e-6.
+            assert_close(&got, &default, 1e-6, 0.0, &format!("chunk_bytes {chunk_bytes} vs default"));
+        }
+    }
+}
+
+fn check_gradient(c: &Case, kind: Kind, wseed: u64, tol: f64) {
+    let (logits, labels) = c.data();
+    let held = rounded(&logits, kind);
+    let z = tensor(&held, &shape(c), kind).set_requires_grad(true);
+    let y = int_tensor(&labels, &[c.b as i64, c.t as i64]);
+    let out = token_logprobs(&z, &y, &c.options()).expect("token_logprobs");
+    let steps = if c.shift { c.t - 1 } else { c.t };
+    let mut rng = DataRng::new(wseed);
+    let w: Vec<f64> = (0..c.b * steps).map(|_| rng.range(-1.5, 1.5)).collect();
+
+    // Value (the surrogate must not change it).
+    let want = token_logprobs_ref(&held, &labels, c);
+    let (abs, rel) = if kind == Kind::Double {
+        (1e-10, 1e-12)
+    } else {
+        (2e-5, 1e-5)
+    };
+    assert_close(&values(&out.logps), &want.logps, abs, rel, "value under autograd");
+
+    let weights = tensor(&w, &[c.b as i64, steps as i64], out.logps.kind());
+    let objective = (&out.logps * weights).sum(out.logps.kind());
+    let grad = Tensor::run_backward(&[&objective], &[&z], false, false)
+        .pop()
+        .unwrap();
+    assert_eq!(grad.kind(), kind, "gradient dtype");
+    let want_grad = token_logprobs_grad(&held, &labels, c.dims(), c.ignore_index, c.shift, &w);
+    assert_close(&values(&grad), &want_grad, tol, 1e-5, "gradient");
+}
+
+/// Logits that are a non-contiguous view (transposed storage, sliced vocabulary) give the same result as
+/// a contiguous copy, and match the reference.
+#[test]
+fn non_contiguous_logits() {
+    let (b, t, v) = (3usize, 7usize, 40usize);
+    let mut rng = DataRng::new(11);
+    let logits = rng.normals(b * t * v, 2.0);
+    let labels = random_labels(&mut rng, (b, t, v), -100, 0.2, 0.0);
+    // Storage [T, B, V+5], transposed to [B, T, V+5] and narrowed to V.
+    let base = Tensor::randn(
+        [t as i64, b as i64, v as i64 + 5],
+        (Kind::Float, tch::Device::Cpu),
+    );
+    let mut view = base.transpose(0, 1).narrow(2, 0, v as i64);
+    tch::no_grad(|| view.copy_(&tensor(&logits, &[b as i64, t as i64, v as i64], Kind::Float)));
+    assert!(!view.is_contiguous());
+    let y = int_tensor(&labels, &[b as i64, t as i64]);
+    for chunk in [1, 4 * v * 2, DEFAULT_CHUNK_BYTES] {
+        for shift in [false, true] {
+            let opts = LogProbOptions::default()
+                .with_chunk_bytes(chunk)
+                .with_shift(shift);
+            let got = token_logprobs(&view, &y, &opts).unwrap();
+            let want = common::token_logprobs(&logits, &labels, (b, t, v), -100, shift);
+            assert_close(&values(&got.logps), &want.logps, 2e-5, 1e-5, "non-contiguous");
+        }
+    }
+}
+
+/// A worked example small enough to check by hand: uniform logits give `−ln V` per scored token.
+#[test]
+fn uniform_logits_give_minus_ln_v() {
+    let (b, t, v) = (2i64, 5i64, 8i64);
+    let z = Tensor::zeros([b, t, v], (Kind::Float, tch::Device::Cpu));
+    let y = int_tensor(&[1, 2, -100, 3, 4, -100, -100, -100, 7, 0], &[b, t]);
+    let seq = sequence_logprobs(&z, &y, &LogProbOptions::default()).unwrap();
+    assert_eq!(int_values(&seq.count), vec![4, 2]);
+    let sums = values(&seq.sum);
+    assert_relative_eq!(sums[0], -4.0 * (8f64).ln(), max_relative = 1e-6);
+    assert_relative_eq!(sums[1], -2.0 * (8f64).ln(), max_relative = 1e-6);
+    // With the causal shift, row 0 scores labels 2, 3, 4 (position 0 is dropped).
+    let seq = sequence_logprobs(&z, &y, &LogProbOptions::causal()).unwrap();
+    assert_eq!(int_values(&seq.count), vec![3, 2]);
+}
+
+/// A row whose labels are all ignored has sum 0, count 0, and a zero gradient.
+#[test]
+fn fully_ignored_row() {
+    let z = Tensor::randn([2, 4, 6], (Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
+    let y = int_tensor(&[-100, -100, -100, -100, 1, 2, 3, 4], &[2, 4]);
+    let seq = sequence_logprobs(&z, &y, &LogProbOptions::default()).unwrap();
+    assert_eq!(values(&seq.sum)[0], 0.0);
+    assert_eq!(int_values(&seq.count), vec![0, 4]);
+    seq.sum.sum(Kind::Double).backward();
+    let g = values(&z.grad().narrow(0, 0, 1));
+    assert!(g.iter().all(|&x| x == 0.0));
+}
