@@ -51,6 +51,9 @@
 //! - [`loss::sft`]: chosen-response NLL with the normalization named (sequence sum / sequence mean / token
 //!   mean) and whole-step normalizers for gradient accumulation.
 //! - [`loss::rpo`]: RPO = DPO + c · SFT, with the paper's presets and the OpenRLHF / TRL weightings.
+//! - [`train`] (feature `train`, default): the [`train::PolicyModel`] trait, the [`train::RpoTrainer`] with
+//!   its own AdamW, schedule, gradient accumulation, skip-on-non-finite safety, metrics and checkpoints.
+//! - [`data`] (feature `train`, default): JSON Lines preference records, tokenizers, collation.
 //! - [`error`]: the one [`Error`] enum; every public function returns [`Result`].
 //!
 //! # Devices and validation
@@ -59,9 +62,13 @@
 //! ([`LogProbOptions::validate`], [`DpoConfig::validate`]).
 #![warn(missing_docs)]
 
+#[cfg(feature = "train")]
+pub mod data;
 pub mod error;
 pub mod logprobs;
 pub mod loss;
+#[cfg(feature = "train")]
+pub mod train;
 mod validate;
 
 pub use error::{Error, Result};
