@@ -59,7 +59,7 @@ pub struct RpoTrainerConfig {
     pub max_grad_norm: Option<f64>,
     /// Logits or hidden-state path.
     pub loss_path: LossPath,
-    /// Seed of the data order (and of libtorch's generator, set once at construction).
+    /// Seed of the data order (saved in checkpoints).
     pub seed: u64,
     /// How rows are scored. Default [`LogProbOptions::causal`].
     pub logprobs: LogProbOptions,
@@ -203,7 +203,8 @@ impl std::fmt::Debug for RpoTrainer {
 
 impl RpoTrainer {
     /// A trainer for `model` (its parameters that require grad are trained) against `reference`.
-    /// Calls `tch::manual_seed(config.seed)`.
+    /// The trainer draws no random numbers from libtorch (and does not reseed its global generator, which
+    /// other threads may be using): seed your model's initialization yourself.
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] / [`Error::Config`] for an invalid configuration (β, η, AdamW, schedule,
@@ -219,7 +220,6 @@ impl RpoTrainer {
         if let Some(norm) = config.max_grad_norm {
             crate::validate::positive_finite("max_grad_norm", norm)?;
         }
-        tch::manual_seed(config.seed as i64);
         let optimizer = AdamW::new(config.optimizer, &model.named_parameters())?;
         Ok(Self {
             model,

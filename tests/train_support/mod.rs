@@ -22,8 +22,11 @@ pub struct TinyLm {
 }
 
 impl TinyLm {
-    /// Built with `tch::manual_seed(seed)` so two calls give identical weights.
+    /// Built with `tch::manual_seed(seed)` so two calls give identical weights. libtorch's generator is
+    /// global and tests run in parallel threads, so seeding and drawing happen under one lock.
     pub fn new(seed: i64, hidden: i64) -> Self {
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(seed);
         let vs = nn::VarStore::new(Device::Cpu);
         let root = vs.root();
