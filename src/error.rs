@@ -19,6 +19,11 @@ use tch::{Device, Kind, TchError};
 /// | [`Error::NoValidTokens`] | a sequence has no valid token but the reduction divides by its token count (validation on) |
 /// | [`Error::InvalidParameter`] | β ≤ 0, label smoothing outside `[0, 0.5)`, a non-positive normalizer, … |
 /// | [`Error::NonFinite`] | logits (or log-probs) contain NaN / ±inf where they matter (validation on) |
+/// | [`Error::Data`] | a preference record is malformed (bad JSON, missing field, empty response): file and line |
+/// | [`Error::Io`] | reading or writing a file failed |
+/// | [`Error::Checkpoint`] | a checkpoint is missing, truncated, corrupted, or does not fit the model |
+/// | [`Error::Tokenizer`] | a tokenizer could not be loaded or failed to encode |
+/// | [`Error::Config`] | a trainer / collation setting is inconsistent (e.g. max prompt length ≥ max length) |
 /// | [`Error::Torch`] | libtorch itself reported an error |
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -118,6 +123,45 @@ pub enum Error {
         /// Where, in words (e.g. "in rows with a valid label").
         location: &'static str,
     },
+    /// A preference record is malformed. `file` and `line` (1-based) locate it.
+    #[error("{file}:{line}: {message}")]
+    Data {
+        /// The file (or source name) the record came from.
+        file: String,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// An I/O operation on `path` failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A checkpoint cannot be used: missing or truncated file, checksum mismatch, unknown format, or
+    /// tensors that do not match the model.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The checkpoint directory or file.
+        path: String,
+        /// What is wrong, in words.
+        reason: String,
+    },
+    /// A tokenizer could not be loaded or failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// A configuration value is inconsistent with another one or unsupported.
+    #[error("`{name}` is invalid: {requirement}")]
+    Config {
+        /// The setting's name.
+        name: &'static str,
+        /// What it must satisfy, with the values seen.
+        requirement: String,
+    },
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] TchError),
@@ -125,3 +169,13 @@ pub enum Error {
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+}

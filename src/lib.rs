@@ -53,6 +53,9 @@
 //! - [`loss::rpo`]: RPO = DPO + c · SFT, with the paper's presets and the OpenRLHF / TRL weightings.
 //! - [`fused`]: the same losses from final hidden states and the LM-head weight, chunked over scored
 //!   tokens, never holding the `[2B, T, V]` logits (optional logit scale and Gemma-2 soft-cap).
+//! - [`train`] (feature `train`, default): the [`train::PolicyModel`] trait, the [`train::RpoTrainer`] with
+//!   its own AdamW, schedule, gradient accumulation, skip-on-non-finite safety, metrics and checkpoints.
+//! - [`data`] (feature `train`, default): JSON Lines preference records, tokenizers, collation.
 //! - [`error`]: the one [`Error`] enum; every public function returns [`Result`].
 //!
 //! # Devices and validation
@@ -61,10 +64,14 @@
 //! ([`LogProbOptions::validate`], [`DpoConfig::validate`]).
 #![warn(missing_docs)]
 
+#[cfg(feature = "train")]
+pub mod data;
 pub mod error;
 pub mod fused;
 pub mod logprobs;
 pub mod loss;
+#[cfg(feature = "train")]
+pub mod train;
 mod validate;
 
 pub use error::{Error, Result};

@@ -1,0 +1,287 @@
+//! Crash-safe checkpoints with integrity checks.
+//!
+//! A checkpoint is a directory `step-NNNNNNNN` (a suffix `-k` if that name is taken) under the run's
+//! checkpoint directory, holding:
+//!
+//! | file | content |
+//! |---|---|
+//! | `model.safetensors` | every model parameter, by its [`crate::train::PolicyModel::named_parameters`] name |
+//! | `optimizer.safetensors` | AdamW state: `m/<name>`, `v/<name>` (f32), `master/<name>` (f32 master weights) |
+//! | `trainer_state.json` | step, Adam step count, skipped steps, schedule, data position, seed |
+//! | `manifest.json` | format tag, and for each file above its size in bytes and FNV-1a 64 checksum |
+//!
+//! # Atomicity
+//! Everything is written into a temporary directory `.tmp-…` next to the final one; each file is fsynced,
+//! the manifest is written last, the temporary directory is fsynced and renamed to its final name, and the
+//! parent is fsynced. Only then is the pointer file `latest` replaced the same way (temp file, fsync,
+//! rename, fsync). A crash at any point leaves the previous checkpoint and pointer intact; an interrupted
+//! save leaves at most a `.tmp-…` directory, which loading ignores.
+//!
+//! # Integrity
+//! [`load`] refuses a checkpoint whose manifest is missing or unreadable, or a file whose size or checksum
+//! differs from the manifest (a truncated or corrupted file), with an [`Error::Checkpoint`] naming it.
+
+use crate::error::{Error, Result};
+use serde_json::{json, Value};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use tch::{Device, Tensor};
+
+/// The manifest's format tag.
+pub const FORMAT: &str = "tch-rpo-checkpoint";
+/// The manifest's format version.
+pub const VERSION: u64 = 1;
+/// The model weights file.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// The optimizer state file.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// The trainer state file.
+pub const STATE_FILE: &str = "trainer_state.json";
+/// The manifest file.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// The pointer file naming the newest complete checkpoint.
+pub const LATEST_FILE: &str = "latest";
+
+/// FNV-1a, 64 bits, of a file's bytes, read in blocks.
+///
+/// # Errors
+/// [`Error::Io`] if the file cannot be read.
+pub fn file_checksum(path: &Path) -> Result<(u64, u64)> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut len: u64 = 0;
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        for &byte in &buffer[..n] {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        len += n as u64;
+    }
+    Ok((len, hash))
+}
+
+fn sync_path(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(path, e))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = File::create(path).map_err(|e| Error::io(path, e))?;
+    file.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    file.sync_all().map_err(|e| Error::io(path, e))
+}
+
+fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let host: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(name, t)| {
+            Ok((
+                name.clone(),
+                t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    Tensor::write_safetensors(&host, path)?;
+    sync_path(path)
+}
+
+/// What [`save`] writes.
+#[derive(Debug)]
+pub struct CheckpointData {
+    /// The optimizer step the checkpoint was taken after.
+    pub step: u64,
+    /// Model parameters by name.
+    pub model: Vec<(String, Tensor)>,
+    /// Optimizer state tensors by name.
+    pub optimizer: Vec<(String, Tensor)>,
+    /// The trainer state (JSON object).
+    pub state: Value,
+}
+
+/// Writes a checkpoint under `dir` atomically and points `dir/latest` at it; returns its path.
+///
+/// # Errors
+/// [`Error::Io`] if a file cannot be written; [`Error::Torch`] if a tensor cannot be serialized.
+pub fn save(dir: &Path, data: &CheckpointData) -> Result<PathBuf> {
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let base = format!("step-{:08}", data.step);
+    let mut name = base.clone();
+    let mut k = 1;
+    while dir.join(&name).exists() {
+        name = format!("{base}-{k}");
+        k += 1;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let tmp = dir.join(format!(".tmp-{name}-{}-{nanos}", std::process::id()));
+    fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+
+    write_tensors(&tmp.join(MODEL_FILE), &data.model)?;
+    write_tensors(&tmp.join(OPTIMIZER_FILE), &data.optimizer)?;
+    let state = serde_json::to_vec_pretty(&data.state).map_err(|e| Error::Checkpoint {
+        path: tmp.display().to_string(),
+        reason: format!("cannot serialize the trainer state: {e}"),
+    })?;
+    write_synced(&tmp.join(STATE_FILE), &state)?;
+    let mut files = Vec::new();
+    for file in [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE] {
+        let (bytes, hash) = file_checksum(&tmp.join(file))?;
+        files.push(json!({"name": file, "bytes": bytes, "fnv1a64": format!("{hash:016x}")}));
+    }
+    let manifest = json!({"format": FORMAT, "version": VERSION, "step": data.step, "files": files});
+    let manifest = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Checkpoint {
+        path: tmp.display().to_string(),
+        reason: format!("cannot serialize the manifest: {e}"),
+    })?;
+    write_synced(&tmp.join(MANIFEST_FILE), &manifest)?;
+    sync_path(&tmp)?;
+    let final_path = dir.join(&name);
+    fs::rename(&tmp, &final_path).map_err(|e| Error::io(&final_path, e))?;
+    sync_path(dir)?;
+
+    let pointer_tmp = dir.join(format!(".tmp-{LATEST_FILE}-{}-{nanos}", std::process::id()));
+    write_synced(&pointer_tmp, name.as_bytes())?;
+    let pointer = dir.join(LATEST_FILE);
+    fs::rename(&pointer_tmp, &pointer).map_err(|e| Error::io(&pointer, e))?;
+    sync_path(dir)?;
+    Ok(final_path)
+}
+
+/// The checkpoint `dir/latest` points at, or `None` if there is no pointer yet.
+///
+/// # Errors
+/// [`Error::Io`] if the pointer cannot be read; [`Error::Checkpoint`] if it names a missing directory.
+pub fn latest(dir: &Path) -> Result<Option<PathBuf>> {
+    let pointer = dir.join(LATEST_FILE);
+    let name = match fs::read_to_string(&pointer) {
+        Ok(name) => name,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&pointer, e)),
+    };
+    let path = dir.join(name.trim());
+    if !path.is_dir() {
+        return Err(Error::Checkpoint {
+            path: pointer.display().to_string(),
+            reason: format!("points at `{}`, which does not exist", name.trim()),
+        });
+    }
+    Ok(Some(path))
+}
+
+/// A checkpoint read back by [`load`] (tensors on the CPU).
+#[derive(Debug)]
+pub struct LoadedCheckpoint {
+    /// Its directory.
+    pub path: PathBuf,
+    /// Model parameters by name.
+    pub model: Vec<(String, Tensor)>,
+    /// Optimizer state tensors by name.
+    pub optimizer: Vec<(String, Tensor)>,
+    /// The trainer state.
+    pub state: Value,
+}
+
+/// Checks the manifest of the checkpoint at `path` (sizes and checksums of every file).
+///
+/// # Errors
+/// [`Error::Checkpoint`] naming the problem: no or unreadable manifest, unknown format, a missing file, a
+/// size or checksum mismatch.
+pub fn verify(path: &Path) -> Result<()> {
+    let bad = |reason: String| Error::Checkpoint {
+        path: path.display().to_string(),
+        reason,
+    };
+    let manifest_path = path.join(MANIFEST_FILE);
+    let text = fs::read(&manifest_path).map_err(|e| {
+        bad(format!(
+            "cannot read `{MANIFEST_FILE}` ({e}): the checkpoint is incomplete or not one"
+        ))
+    })?;
+    let manifest: Value = serde_json::from_slice(&text).map_err(|e| {
+        bad(format!(
+            "`{MANIFEST_FILE}` is not valid JSON ({e}): truncated or corrupted"
+        ))
+    })?;
+    if manifest.get("format").and_then(Value::as_str) != Some(FORMAT)
+        || manifest.get("version").and_then(Value::as_u64) != Some(VERSION)
+    {
+        return Err(bad(format!(
+            "`{MANIFEST_FILE}` is not a {FORMAT} version {VERSION} manifest"
+        )));
+    }
+    let files = manifest
+        .get("files")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad(format!("`{MANIFEST_FILE}` lists no files")))?;
+    for required in [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE] {
+        if !files
+            .iter()
+            .any(|f| f.get("name").and_then(Value::as_str) == Some(required))
+        {
+            return Err(bad(format!("`{MANIFEST_FILE}` does not list `{required}`")));
+        }
+    }
+    for entry in files {
+        let (Some(name), Some(bytes), Some(hash)) = (
+            entry.get("name").and_then(Value::as_str),
+            entry.get("bytes").and_then(Value::as_u64),
+            entry.get("fnv1a64").and_then(Value::as_str),
+        ) else {
+            return Err(bad(format!("`{MANIFEST_FILE}` has a malformed entry: {entry}")));
+        };
+        if name.contains('/') || name.contains("..") {
+            return Err(bad(format!(
+                "`{MANIFEST_FILE}` names a file outside the checkpoint: {name}"
+            )));
+        }
+        let file = path.join(name);
+        let actual_len = fs::metadata(&file)
+            .map_err(|e| bad(format!("`{name}` is missing ({e})")))?
+            .len();
+        if actual_len != bytes {
+            return Err(bad(format!(
+                "`{name}` has {actual_len} bytes but the manifest says {bytes}: the file is truncated or was \
+                 overwritten"
+            )));
+        }
+        let (_, actual) = file_checksum(&file)?;
+        if format!("{actual:016x}") != hash {
+            return Err(bad(format!(
+                "`{name}` has checksum {actual:016x} but the manifest says {hash}: the file is corrupted"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Verifies ([`verify`]) and reads the checkpoint at `path`.
+///
+/// # Errors
+/// As [`verify`]; [`Error::Checkpoint`] if a file cannot be parsed.
+pub fn load(path: &Path) -> Result<LoadedCheckpoint> {
+    verify(path)?;
+    let bad = |file: &str, e: &dyn std::fmt::Display| Error::Checkpoint {
+        path: path.display().to_string(),
+        reason: format!("`{file}` cannot be read: {e}"),
+    };
+    let model = Tensor::read_safetensors(path.join(MODEL_FILE)).map_err(|e| bad(MODEL_FILE, &e))?;
+    let optimizer =
+        Tensor::read_safetensors(path.join(OPTIMIZER_FILE)).map_err(|e| bad(OPTIMIZER_FILE, &e))?;
+    let state_bytes = fs::read(path.join(STATE_FILE)).map_err(|e| bad(STATE_FILE, &e))?;
+    let state: Value = serde_json::from_slice(&state_bytes).map_err(|e| bad(STATE_FILE, &e))?;
+    Ok(LoadedCheckpoint {
+        path: path.to_path_buf(),
+        model,
+        optimizer,
+        state,
+    })
+}

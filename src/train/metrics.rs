@@ -1,0 +1,205 @@
+//! Step metrics with the names TRL users know, a JSON Lines log, and a terminal progress line.
+
+use crate::error::{Error, Result};
+use serde_json::{Map, Value};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The metrics of one training or evaluation step (means over the step's pairs unless said otherwise).
+///
+/// JSON names (as written by [`StepMetrics::to_json`]): `step`, `epoch`, `loss`, `loss/dpo`, `nll`,
+/// `rewards/chosen`, `rewards/rejected`, `rewards/accuracies`, `rewards/margins`, `logps/chosen`,
+/// `logps/rejected`, `grad_norm`, `lr`, `pairs`, `tokens`, `tokens_per_second`, `skipped`, `skip_reason`,
+/// `skipped_steps`. Non-finite numbers are written as `null`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StepMetrics {
+    /// Optimizer steps taken so far, this one included (for evaluation: the step evaluated after).
+    pub step: u64,
+    /// The data epoch the step's last micro-batch came from (0-based), when known.
+    pub epoch: Option<u64>,
+    /// The RPO loss of the step (DPO + c · SFT), as one batch of all its pairs.
+    pub loss: f64,
+    /// The DPO part.
+    pub loss_dpo: f64,
+    /// The SFT part (NLL of the chosen responses under the configured normalization).
+    pub nll: f64,
+    /// Mean `β·(log π(y_w) − log π_ref(y_w))`.
+    pub rewards_chosen: f64,
+    /// Mean `β·(log π(y_l) − log π_ref(y_l))`.
+    pub rewards_rejected: f64,
+    /// Fraction of pairs whose chosen reward exceeds the rejected one.
+    pub rewards_accuracies: f64,
+    /// Mean reward margin.
+    pub rewards_margins: f64,
+    /// Mean summed log-prob of the chosen responses.
+    pub logps_chosen: f64,
+    /// Mean summed log-prob of the rejected responses.
+    pub logps_rejected: f64,
+    /// Total gradient norm before clipping (`None` for evaluation, or when the loss was non-finite).
+    pub grad_norm: Option<f64>,
+    /// Learning rate of the step (`None` for evaluation).
+    pub lr: Option<f64>,
+    /// Pairs in the step.
+    pub pairs: usize,
+    /// Non-padding tokens in the step (chosen and rejected rows).
+    pub tokens: i64,
+    /// `tokens` / wall-clock seconds of the step.
+    pub tokens_per_second: f64,
+    /// Whether the optimizer step was skipped (non-finite loss or gradient).
+    pub skipped: bool,
+    /// Why it was skipped.
+    pub skip_reason: Option<String>,
+    /// Skipped steps so far in the run, this one included.
+    pub skipped_steps: u64,
+}
+
+fn number(value: f64) -> Value {
+    serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number)
+}
+
+impl StepMetrics {
+    /// The metrics as one JSON object (names in the [type docs](StepMetrics)).
+    pub fn to_json(&self) -> Value {
+        let mut map = Map::new();
+        map.insert("step".into(), self.step.into());
+        map.insert("epoch".into(), self.epoch.map_or(Value::Null, Value::from));
+        for (name, value) in self.values() {
+            map.insert(name.into(), number(value));
+        }
+        map.insert("grad_norm".into(), self.grad_norm.map_or(Value::Null, number));
+        map.insert("lr".into(), self.lr.map_or(Value::Null, number));
+        map.insert("pairs".into(), self.pairs.into());
+        map.insert("tokens".into(), self.tokens.into());
+        map.insert("tokens_per_second".into(), number(self.tokens_per_second));
+        map.insert("skipped".into(), self.skipped.into());
+        map.insert(
+            "skip_reason".into(),
+            self.skip_reason.clone().map_or(Value::Null, Value::from),
+        );
+        map.insert("skipped_steps".into(), self.skipped_steps.into());
+        Value::Object(map)
+    }
+
+    /// `(name, value)` of the loss and preference metrics.
+    pub fn values(&self) -> [(&'static str, f64); 9] {
+        [
+            ("loss", self.loss),
+            ("loss/dpo", self.loss_dpo),
+            ("nll", self.nll),
+            ("rewards/chosen", self.rewards_chosen),
+            ("rewards/rejected", self.rewards_rejected),
+            ("rewards/accuracies", self.rewards_accuracies),
+            ("rewards/margins", self.rewards_margins),
+            ("logps/chosen", self.logps_chosen),
+            ("logps/rejected", self.logps_rejected),
+        ]
+    }
+}
+
+/// Appends one JSON object per line to a file (flushed after each line).
+#[derive(Debug)]
+pub struct JsonlLogger {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl JsonlLogger {
+    /// Opens `path` for appending (created if absent, with its parent directories).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if it cannot be opened.
+    pub fn append(path: &Path) -> Result<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// Writes `value` as one line.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if writing fails.
+    pub fn log(&mut self, value: &Value) -> Result<()> {
+        writeln!(self.file, "{value}")
+            .and_then(|_| self.file.flush())
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// A one-line progress display with ETA on stderr, drawn only when stderr is a terminal.
+#[derive(Debug)]
+pub struct Progress {
+    enabled: bool,
+    start: Instant,
+    first_step: u64,
+    total: u64,
+}
+
+impl Progress {
+    /// A progress line for steps `first_step..total`; `enabled` is and-ed with "stderr is a terminal".
+    pub fn new(enabled: bool, first_step: u64, total: u64) -> Self {
+        Self {
+            enabled: enabled && std::io::stderr().is_terminal(),
+            start: Instant::now(),
+            first_step,
+            total,
+        }
+    }
+
+    /// Redraws the line after `metrics`.
+    pub fn update(&self, metrics: &StepMetrics) {
+        if !self.enabled {
+            return;
+        }
+        let done = metrics.step.saturating_sub(self.first_step).max(1);
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let eta = elapsed / done as f64 * self.total.saturating_sub(metrics.step) as f64;
+        let width = 24;
+        let filled = (width as f64 * metrics.step as f64 / self.total.max(1) as f64).round() as usize;
+        let bar: String = "#".repeat(filled.min(width)) + &"-".repeat(width - filled.min(width));
+        let mut line = format!(
+            "\r[{bar}] {}/{} loss {:.4} acc {:.2} lr {:.2e} {:.0} tok/s eta {}",
+            metrics.step,
+            self.total,
+            metrics.loss,
+            metrics.rewards_accuracies,
+            metrics.lr.unwrap_or(0.0),
+            metrics.tokens_per_second,
+            format_duration(eta)
+        );
+        if metrics.skipped_steps > 0 {
+            line.push_str(&format!(" skipped {}", metrics.skipped_steps));
+        }
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "{line}\x1b[K");
+        let _ = err.flush();
+    }
+
+    /// Ends the line.
+    pub fn finish(&self) {
+        if self.enabled {
+            eprintln!();
+        }
+    }
+}
+
+fn format_duration(seconds: f64) -> String {
+    if !seconds.is_finite() {
+        return "?".to_string();
+    }
+    let s = seconds.round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}

@@ -1,0 +1,345 @@
+//! AdamW implemented on tensors, so that its whole state (moments, step count, master weights) can be
+//! saved and restored exactly (tch's `nn::Optimizer` does not expose its state).
+//!
+//! For step `t = 1, 2, …`, learning rate `lr`, gradient `g` of parameter `w` (PyTorch's `AdamW`):
+//!
+//! ```text
+//! m ← β1·m + (1 − β1)·g
+//! v ← β2·v + (1 − β2)·g²
+//! w ← w·(1 − lr·λ)                              (decoupled weight decay; only in the decay group)
+//! w ← w − (lr / (1 − β1^t)) · m / (sqrt(v) / sqrt(1 − β2^t) + ε)
+//! ```
+//!
+//! Moments are kept in f32 whatever the parameter dtype. For parameters that are not f32 or f64 (bf16,
+//! f16) an f32 **master copy** is updated and rounded into the parameter after each step, so updates far
+//! below bf16's resolution (the paper's lr 5e-7) still accumulate.
+//!
+//! # Weight-decay groups
+//! [`default_decay_rule`]: decay only tensors with at least two dimensions whose name does not mention an
+//! embedding (`embed`, `wte`, `wpe`) or a norm (`norm`, `ln`); so no decay on biases, norm scales and
+//! embedding tables. Override with [`AdamWConfig::decay_rule`].
+
+use crate::error::{Error, Result};
+use tch::{Kind, Tensor};
+
+/// Decides from a parameter's name and shape whether it is weight-decayed.
+pub type DecayRule = fn(&str, &[i64]) -> bool;
+
+/// The default [`DecayRule`] (see the [module docs](self)).
+pub fn default_decay_rule(name: &str, shape: &[i64]) -> bool {
+    let lower = name.to_ascii_lowercase();
+    let excluded = ["embed", "wte", "wpe", "norm"]
+        .iter()
+        .any(|pattern| lower.contains(pattern))
+        || lower
+            .split(['.', '/', '_'])
+            .any(|part| part == "ln" || part.starts_with("ln"));
+    shape.len() >= 2 && !excluded
+}
+
+/// AdamW hyper-parameters (the learning rate comes from the schedule at each step).
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWConfig {
+    /// β1. Default 0.9.
+    pub beta1: f64,
+    /// β2. Default 0.999.
+    pub beta2: f64,
+    /// ε. Default 1e-8.
+    pub eps: f64,
+    /// Decoupled weight decay λ for the decay group. Default 0 (Hugging Face's default, used by the paper).
+    pub weight_decay: f64,
+    /// Which parameters are decayed. Default [`default_decay_rule`].
+    pub decay_rule: DecayRule,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decay_rule: default_decay_rule,
+        }
+    }
+}
+
+impl AdamWConfig {
+    /// Checks the hyper-parameters.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for β outside `[0, 1)`, ε ≤ 0 or a negative weight decay.
+    pub fn check(&self) -> Result<()> {
+        for (name, value) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&value) {
+                return Err(Error::InvalidParameter {
+                    name,
+                    value,
+                    requirement: "must be in [0, 1)",
+                });
+            }
+        }
+        crate::validate::positive_finite("eps", self.eps)?;
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::InvalidParameter {
+                name: "weight_decay",
+                value: self.weight_decay,
+                requirement: "must be finite and >= 0",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One trained parameter and its optimizer state.
+#[derive(Debug)]
+pub struct ParamState {
+    /// The parameter's name.
+    pub name: String,
+    /// The parameter (shares storage with the model).
+    pub param: Tensor,
+    /// Whether it is in the weight-decay group.
+    pub decay: bool,
+    /// First moment, f32, the parameter's shape.
+    pub m: Tensor,
+    /// Second moment, f32, the parameter's shape.
+    pub v: Tensor,
+    /// f32 master copy for low-precision parameters, else `None`.
+    pub master: Option<Tensor>,
+}
+
+/// AdamW over named parameters (formulas in the [module docs](self)).
+#[derive(Debug)]
+pub struct AdamW {
+    config: AdamWConfig,
+    params: Vec<ParamState>,
+    step: u64,
+}
+
+impl AdamW {
+    /// An optimizer for the parameters that require grad, in the given order, with zeroed moments.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] from [`AdamWConfig::check`]; [`Error::Config`] if no parameter requires
+    /// grad or names repeat; [`Error::Torch`] if state cannot be allocated.
+    pub fn new(config: AdamWConfig, named_parameters: &[(String, Tensor)]) -> Result<Self> {
+        config.check()?;
+        let mut params = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (name, param) in named_parameters {
+            if !seen.insert(name.as_str()) {
+                return Err(Error::Config {
+                    name: "named_parameters",
+                    requirement: format!("parameter names must be unique; `{name}` repeats"),
+                });
+            }
+            if !param.requires_grad() {
+                continue;
+            }
+            let kind = param.f_kind()?;
+            let zeros = || param.f_zeros_like()?.f_to_kind(Kind::Float);
+            let master = match kind {
+                Kind::Float | Kind::Double => None,
+                _ => Some(tch::no_grad(|| param.f_detach()?.f_to_kind(Kind::Float))?),
+            };
+            params.push(ParamState {
+                name: name.clone(),
+                decay: (config.decay_rule)(name, &param.size()),
+                m: zeros()?,
+                v: zeros()?,
+                param: param.shallow_clone(),
+                master,
+            });
+        }
+        if params.is_empty() {
+            return Err(Error::Config {
+                name: "named_parameters",
+                requirement: "no parameter requires grad: nothing to train".to_string(),
+            });
+        }
+        Ok(Self {
+            config,
+            params,
+            step: 0,
+        })
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> &AdamWConfig {
+        &self.config
+    }
+
+    /// Number of updates applied so far (`t` of the last update).
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// The parameters and their state.
+    pub fn params(&self) -> &[ParamState] {
+        &self.params
+    }
+
+    /// `(decayed, not decayed)` parameter names.
+    pub fn groups(&self) -> (Vec<&str>, Vec<&str>) {
+        let (decay, no_decay): (Vec<_>, Vec<_>) = self.params.iter().partition(|p| p.decay);
+        (
+            decay.iter().map(|p| p.name.as_str()).collect(),
+            no_decay.iter().map(|p| p.name.as_str()).collect(),
+        )
+    }
+
+    /// Sets every gradient to zero (where defined).
+    pub fn zero_grad(&mut self) {
+        for p in &mut self.params {
+            p.param.zero_grad();
+        }
+    }
+
+    /// The global L2 norm of all gradients, `sqrt(Σ_p ||g_p||²)`, computed in f32 (syncs the device).
+    /// Parameters without a gradient count as zero.
+    ///
+    /// # Errors
+    /// [`Error::Torch`] if an op fails.
+    pub fn grad_norm(&self) -> Result<f64> {
+        let mut norms = Vec::with_capacity(self.params.len());
+        for p in &self.params {
+            let grad = p.param.f_grad()?;
+            if grad.defined() {
+                norms.push(grad.f_to_kind(Kind::Float)?.f_norm()?);
+            }
+        }
+        if norms.is_empty() {
+            return Ok(0.0);
+        }
+        Ok(Tensor::f_stack(&norms, 0)?.f_norm()?.f_double_value(&[])?)
+    }
+
+    /// Scales every gradient by `factor` (for clipping).
+    ///
+    /// # Errors
+    /// [`Error::Torch`] if an op fails.
+    pub fn scale_grads(&mut self, factor: f64) -> Result<()> {
+        tch::no_grad(|| -> Result<()> {
+            for p in &self.params {
+                let mut grad = p.param.f_grad()?;
+                if grad.defined() {
+                    let _ = grad.f_mul_scalar_(factor)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Applies one AdamW update with learning rate `lr` to the parameters that have a gradient.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for a negative or non-finite lr; [`Error::Torch`] if an op fails.
+    pub fn step(&mut self, lr: f64) -> Result<()> {
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(Error::InvalidParameter {
+                name: "lr",
+                value: lr,
+                requirement: "must be finite and >= 0",
+            });
+        }
+        self.step += 1;
+        let t = self.step as i32;
+        let c = self.config;
+        let bias_correction1 = 1.0 - c.beta1.powi(t);
+        let bias_correction2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+        let step_size = lr / bias_correction1;
+        tch::no_grad(|| -> Result<()> {
+            for p in &mut self.params {
+                let grad = p.param.f_grad()?;
+                if !grad.defined() {
+                    continue;
+                }
+                let grad = grad.f_to_kind(Kind::Float)?;
+                let _ =
+                    p.m.f_mul_scalar_(c.beta1)?
+                        .f_add_(&grad.f_mul_scalar(1.0 - c.beta1)?)?;
+                let _ =
+                    p.v.f_mul_scalar_(c.beta2)?
+                        .f_add_(&grad.f_square()?.f_mul_scalar(1.0 - c.beta2)?)?;
+                let denom =
+                    p.v.f_sqrt()?
+                        .f_div_scalar(bias_correction2_sqrt)?
+                        .f_add_scalar(c.eps)?;
+                let update = p.m.f_div(&denom)?.f_mul_scalar(step_size)?;
+                let decay = if p.decay { 1.0 - lr * c.weight_decay } else { 1.0 };
+                match &mut p.master {
+                    Some(master) => {
+                        if decay != 1.0 {
+                            let _ = master.f_mul_scalar_(decay)?;
+                        }
+                        let _ = master.f_sub_(&update)?;
+                        p.param.f_copy_(master)?;
+                    }
+                    None => {
+                        if decay != 1.0 {
+                            let _ = p.param.f_mul_scalar_(decay)?;
+                        }
+                        let kind = p.param.f_kind()?;
+                        let _ = p.param.f_sub_(&update.f_to_kind(kind)?)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The state as named tensors: `m/<name>`, `v/<name>`, `master/<name>` (for checkpoints).
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::with_capacity(3 * self.params.len());
+        for p in &self.params {
+            out.push((format!("m/{}", p.name), p.m.shallow_clone()));
+            out.push((format!("v/{}", p.name), p.v.shallow_clone()));
+            if let Some(master) = &p.master {
+                out.push((format!("master/{}", p.name), master.shallow_clone()));
+            }
+        }
+        out
+    }
+
+    /// Restores the state written by [`AdamW::state_tensors`] and the step count.
+    ///
+    /// # Errors
+    /// [`Error::Checkpoint`] (with `source` as path) if a tensor is missing, extra, or has the wrong shape.
+    pub fn load_state(&mut self, step: u64, tensors: Vec<(String, Tensor)>, source: &str) -> Result<()> {
+        let mut map: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
+        let bad = |reason: String| Error::Checkpoint {
+            path: source.to_string(),
+            reason,
+        };
+        tch::no_grad(|| -> Result<()> {
+            for p in &mut self.params {
+                let mut slots: Vec<(&str, &mut Tensor)> = vec![("m", &mut p.m), ("v", &mut p.v)];
+                if let Some(master) = &mut p.master {
+                    slots.push(("master", master));
+                }
+                for (prefix, slot) in slots {
+                    let key = format!("{prefix}/{}", p.name);
+                    let saved = map
+                        .remove(&key)
+                        .ok_or_else(|| bad(format!("optimizer state `{key}` is missing")))?;
+                    if saved.size() != slot.size() {
+                        return Err(bad(format!(
+                            "optimizer state `{key}` has shape {:?}, the model needs {:?}",
+                            saved.size(),
+                            slot.size()
+                        )));
+                    }
+                    slot.f_copy_(&saved)?;
+                }
+            }
+            Ok(())
+        })?;
+        if let Some(extra) = map.keys().next() {
+            return Err(bad(format!(
+                "optimizer state `{extra}` belongs to no trained parameter"
+            )));
+        }
+        self.step = step;
+        Ok(())
+    }
+}

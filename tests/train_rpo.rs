@@ -1,0 +1,405 @@
+//! RpoTrainer: learning, gradient accumulation, non-finite safety, reference sources, AdamW and schedule
+//! against plain-Rust f64 formulas.
+#![cfg(feature = "train")]
+
+mod train_support;
+
+use tch::{Device, Kind, Tensor};
+use tch_rpo::data::{
+    encode_record, ByteTokenizer, CollateConfig, CollatedBatch, Collator, EncodedPair, PreferenceRecord, Text,
+};
+use tch_rpo::train::{
+    AdamW, AdamWConfig, Decay, FitOptions, LossPath, LrSchedule, PolicyModel, ReferenceCache,
+    ReferenceSource, RpoTrainer, RpoTrainerConfig, Trainer,
+};
+use tch_rpo::{rpo_loss_from_logits, LogProbOptions, ReferenceLogits, RpoConfig};
+use train_support::{max_param_diff, preference_pairs, TinyLm, POISON};
+
+const HIDDEN: i64 = 16;
+
+fn collator() -> Collator {
+    Collator::new(CollateConfig::new(ByteTokenizer::PAD)).unwrap()
+}
+
+fn batch(pairs: &[EncodedPair], indices: &[usize]) -> CollatedBatch {
+    let chosen: Vec<(usize, &EncodedPair)> = indices.iter().map(|&i| (i, &pairs[i])).collect();
+    collator().collate(&chosen, Device::Cpu).unwrap()
+}
+
+fn config(rpo: RpoConfig, lr: f64, total_steps: u64, warmup_ratio: f64) -> RpoTrainerConfig {
+    RpoTrainerConfig {
+        schedule: LrSchedule::with_warmup_ratio(lr, total_steps, warmup_ratio, Decay::Cosine).unwrap(),
+        seed: 7,
+        ..RpoTrainerConfig::paper(rpo, total_steps).unwrap()
+    }
+}
+
+fn trainer(seed: i64, reference: ReferenceSource, config: RpoTrainerConfig) -> RpoTrainer {
+    RpoTrainer::new(Box::new(TinyLm::new(seed, HIDDEN)), reference, config).unwrap()
+}
+
+fn model_reference(seed: i64) -> ReferenceSource {
+    ReferenceSource::Model(Box::new(TinyLm::new(seed, HIDDEN)))
+}
+
+fn mean(xs: impl Iterator<Item = f64>) -> f64 {
+    let v: Vec<f64> = xs.collect();
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+#[test]
+fn rpo_loss_falls_and_reward_accuracy_rises() {
+    let pairs = preference_pairs(16);
+    let mut t = trainer(
+        1,
+        model_reference(1),
+        config(RpoConfig::paper(0.1, 0.005), 5e-3, 30, 0.1),
+    );
+    let before = t.evaluate(&pairs, &collator(), 8).unwrap();
+    // policy == reference: every reward is 0, the loss is ln 2 + c·NLL
+    assert!(before.rewards_accuracies.abs() < 1e-12 && before.rewards_margins.abs() < 1e-6);
+    let mut options = FitOptions::new(8, 1);
+    options.progress = false;
+    let history = t.fit(&pairs, &collator(), &options).unwrap();
+    assert_eq!(history.len(), 30);
+    assert!(history.iter().all(|m| !m.skipped));
+    let first = mean(history[..3].iter().map(|m| m.loss));
+    let last = mean(history[27..].iter().map(|m| m.loss));
+    assert!(last < first - 0.2, "loss {first} -> {last}");
+    let first_acc = mean(history[..3].iter().map(|m| m.rewards_accuracies));
+    let last_acc = mean(history[27..].iter().map(|m| m.rewards_accuracies));
+    assert!(last_acc > first_acc + 0.5, "accuracy {first_acc} -> {last_acc}");
+    let after = t.evaluate(&pairs, &collator(), 8).unwrap();
+    assert!(after.rewards_accuracies >= 0.9, "{after:?}");
+    assert!(after.loss_dpo < std::f64::consts::LN_2 - 0.2, "{after:?}");
+    assert!(after.rewards_margins > 0.0);
+}
+
+/// N micro-batches (uneven sizes) give the loss, gradient norm and update of one batch of the same pairs,
+/// for each SFT normalization (token-mean needs the whole step's chosen-token count).
+#[test]
+fn gradient_accumulation_equals_one_batch() {
+    let pairs = preference_pairs(7);
+    for rpo in [
+        RpoConfig::paper(0.1, 0.5),
+        RpoConfig::trl(0.1, 1.0),
+        RpoConfig::openrlhf(0.1, 0.2),
+    ] {
+        let cfg = || {
+            let mut c = config(rpo.clone(), 1e-2, 4, 0.0);
+            c.max_grad_norm = None;
+            c
+        };
+        let mut whole = trainer(3, model_reference(4), cfg());
+        let mut split = trainer(3, model_reference(4), cfg());
+        let one = whole
+            .train_step(&[batch(&pairs, &[0, 1, 2, 3, 4, 5, 6])])
+            .unwrap();
+        let many = split
+            .train_step(&[
+                batch(&pairs, &[0, 1, 2]),
+                batch(&pairs, &[3]),
+                batch(&pairs, &[4, 5, 6]),
+            ])
+            .unwrap();
+        let close = |a: f64, b: f64, what: &str| {
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
+                "{}: {what} {a} vs {b}",
+                rpo.describe()
+            );
+        };
+        close(one.loss, many.loss, "loss");
+        close(one.nll, many.nll, "nll");
+        close(one.grad_norm.unwrap(), many.grad_norm.unwrap(), "grad_norm");
+        close(one.rewards_accuracies, many.rewards_accuracies, "accuracy");
+        close(one.logps_chosen, many.logps_chosen, "logps/chosen");
+        assert_eq!(one.pairs, 7);
+        assert_eq!(many.pairs, 7);
+        let diff = max_param_diff(
+            &whole.model().named_parameters(),
+            &split.model().named_parameters(),
+        );
+        // Adam's first update is ≈ lr·g/|g| per element, so float-order noise on elements whose gradient is
+        // almost zero shows up at a small fraction of lr (1e-2) — bound it at 1e-3·lr.
+        assert!(diff < 1e-5, "{}: parameters differ by {diff}", rpo.describe());
+        // and the update did happen
+        let untouched = TinyLm::new(3, HIDDEN);
+        assert!(max_param_diff(&whole.model().named_parameters(), &untouched.params()) > 1e-3);
+    }
+}
+
+fn assert_untouched(t: &RpoTrainer, snapshot: &[(String, Tensor)]) {
+    assert_eq!(max_param_diff(&t.model().named_parameters(), snapshot), 0.0);
+    assert_eq!(t.optimizer().step_count(), 0);
+    for p in t.optimizer().params() {
+        assert_eq!(p.m.abs().max().double_value(&[]), 0.0, "{}", p.name);
+        assert_eq!(p.v.abs().max().double_value(&[]), 0.0, "{}", p.name);
+    }
+}
+
+#[test]
+fn nan_reference_logprob_skips_the_step() {
+    let pairs = preference_pairs(6);
+    let mut chosen = vec![-10.0; 6];
+    chosen[2] = f64::NAN;
+    let cache = ReferenceCache::from_values(chosen, vec![-12.0; 6]).unwrap();
+    let mut t = trainer(
+        5,
+        ReferenceSource::Cached(cache),
+        config(RpoConfig::paper(0.1, 0.005), 1e-2, 10, 0.0),
+    );
+    let snapshot = TinyLm::new(5, HIDDEN).snapshot();
+    let m = t
+        .train_step(&[batch(&pairs, &[0, 1]), batch(&pairs, &[2, 3])])
+        .unwrap();
+    assert!(m.skipped, "{m:?}");
+    assert!(m.skip_reason.as_deref().unwrap().contains("non-finite"));
+    assert_eq!((m.skipped_steps, t.skipped_steps(), t.step()), (1, 1, 1));
+    assert!(m.to_json()["loss"].is_null());
+    assert_untouched(&t, &snapshot);
+    // a clean batch trains
+    let m = t.train_step(&[batch(&pairs, &[0, 1, 4, 5])]).unwrap();
+    assert!(!m.skipped && m.loss.is_finite());
+    assert_eq!((m.skipped_steps, t.optimizer().step_count()), (1, 1));
+    assert!(max_param_diff(&t.model().named_parameters(), &snapshot) > 0.0);
+}
+
+#[test]
+fn nan_gradient_with_finite_loss_skips_the_step() {
+    let tokenizer = ByteTokenizer::new();
+    let poisoned = PreferenceRecord::new(
+        Text::Plain(format!("poison {}", POISON as u8 as char)),
+        Text::Plain("yes".into()),
+        Text::Plain("no".into()),
+    )
+    .unwrap();
+    let mut pairs = preference_pairs(3);
+    pairs.push(encode_record(&tokenizer, &poisoned).unwrap());
+    let mut t = trainer(
+        6,
+        model_reference(6),
+        config(RpoConfig::paper(0.1, 0.005), 1e-2, 10, 0.0),
+    );
+    let snapshot = TinyLm::new(6, HIDDEN).snapshot();
+    let m = t.train_step(&[batch(&pairs, &[0, 3])]).unwrap();
+    assert!(m.loss.is_finite(), "the loss itself is finite: {m:?}");
+    assert!(
+        m.skipped && m.skip_reason.as_deref().unwrap().contains("gradient"),
+        "{m:?}"
+    );
+    assert!(!m.grad_norm.unwrap().is_finite());
+    assert_untouched(&t, &snapshot);
+    assert!(!t.train_step(&[batch(&pairs, &[0, 1, 2])]).unwrap().skipped);
+}
+
+#[test]
+fn eval_step_reports_the_training_loss_and_changes_nothing() {
+    let pairs = preference_pairs(4);
+    let mut t = trainer(
+        8,
+        model_reference(9),
+        config(RpoConfig::paper(0.1, 0.005), 1e-2, 10, 0.0),
+    );
+    let b = batch(&pairs, &[0, 1, 2, 3]);
+    let snapshot = TinyLm::new(8, HIDDEN).snapshot();
+    let eval = t.eval_step(&b).unwrap();
+    assert!(eval.grad_norm.is_none() && eval.lr.is_none() && !eval.skipped);
+    assert_untouched(&t, &snapshot);
+    assert_eq!(t.step(), 0);
+    let train = t.train_step(&[b]).unwrap();
+    assert!(
+        (eval.loss - train.loss).abs() < 1e-6,
+        "{} vs {}",
+        eval.loss,
+        train.loss
+    );
+    assert!((eval.rewards_margins - train.rewards_margins).abs() < 1e-6);
+}
+
+#[test]
+fn cached_reference_matches_the_reference_model() {
+    let pairs = preference_pairs(8);
+    let reference = TinyLm::new(11, HIDDEN);
+    let cache =
+        ReferenceCache::compute(&reference, &pairs, &collator(), 3, &LogProbOptions::causal()).unwrap();
+    assert_eq!(cache.len(), 8);
+    let cfg = || config(RpoConfig::paper(0.1, 0.005), 1e-2, 3, 0.0);
+    let mut with_model = trainer(10, model_reference(11), cfg());
+    let mut with_cache = trainer(10, ReferenceSource::Cached(cache.clone()), cfg());
+    let mut options = FitOptions::new(4, 1);
+    options.progress = false;
+    let a = with_model.fit(&pairs, &collator(), &options).unwrap();
+    let b = with_cache.fit(&pairs, &collator(), &options).unwrap();
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x.loss - y.loss).abs() < 1e-6 && (x.rewards_chosen - y.rewards_chosen).abs() < 1e-6);
+    }
+    // the cache holds what the model says, per pair
+    let b0 = batch(&pairs, &[5]);
+    let logits = reference.forward(&b0.input_ids, &b0.attention_mask).unwrap();
+    let lp = tch_rpo::sequence_logprobs(&logits, &b0.labels, &LogProbOptions::causal()).unwrap();
+    let (c, r) = cache.get(5).unwrap();
+    assert!((lp.sum.double_value(&[0]) - c).abs() < 1e-5 && (lp.sum.double_value(&[1]) - r).abs() < 1e-5);
+    // save / load round trip
+    let dir = std::env::temp_dir().join(format!("tch-rpo-refcache-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    cache.save(&dir.join("ref.safetensors")).unwrap();
+    assert_eq!(ReferenceCache::load(&dir.join("ref.safetensors")).unwrap(), cache);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn hidden_state_path_matches_logits_path() {
+    let pairs = preference_pairs(6);
+    let mut cfg = config(RpoConfig::paper(0.1, 0.005), 1e-2, 2, 0.0);
+    let mut logits = trainer(12, ReferenceSource::Free, cfg.clone());
+    cfg.loss_path = LossPath::Hidden;
+    let mut hidden = trainer(12, ReferenceSource::Free, cfg);
+    for _ in 0..2 {
+        let a = logits.train_step(&[batch(&pairs, &[0, 1, 2, 3, 4, 5])]).unwrap();
+        let b = hidden.train_step(&[batch(&pairs, &[0, 1, 2, 3, 4, 5])]).unwrap();
+        assert!((a.loss - b.loss).abs() < 1e-6 && (a.grad_norm.unwrap() - b.grad_norm.unwrap()).abs() < 1e-5);
+    }
+}
+
+/// The reported gradient norm equals `sqrt(Σ g²)` computed here independently, in f64.
+#[test]
+fn grad_norm_is_the_global_l2_norm() {
+    let pairs = preference_pairs(4);
+    let rpo = RpoConfig::paper(0.1, 0.005);
+    let mut t = trainer(13, ReferenceSource::Free, config(rpo.clone(), 1e-2, 2, 0.0));
+    let b = batch(&pairs, &[0, 1, 2, 3]);
+    let reported = t
+        .train_step(&[batch(&pairs, &[0, 1, 2, 3])])
+        .unwrap()
+        .grad_norm
+        .unwrap();
+    let model = TinyLm::new(13, HIDDEN);
+    let logits = model.forward(&b.input_ids, &b.attention_mask).unwrap();
+    let out = rpo_loss_from_logits(
+        &rpo,
+        &logits,
+        &b.labels,
+        ReferenceLogits::Free,
+        &LogProbOptions::causal(),
+        None,
+    )
+    .unwrap();
+    out.loss.backward();
+    let mut squares = 0.0f64;
+    for (_, p) in model.params() {
+        let g = p.grad();
+        if g.defined() {
+            let values = Vec::<f64>::try_from(&g.to_kind(Kind::Double).flatten(0, -1)).unwrap();
+            squares += values.iter().map(|x| x * x).sum::<f64>();
+        }
+    }
+    assert!(
+        (reported - squares.sqrt()).abs() < 1e-5 * squares.sqrt(),
+        "{reported} vs {}",
+        squares.sqrt()
+    );
+}
+
+#[test]
+fn weight_decay_groups_follow_names_and_shapes() {
+    let t = trainer(
+        14,
+        ReferenceSource::Free,
+        config(RpoConfig::default(), 1e-2, 2, 0.0),
+    );
+    let (decay, no_decay) = t.optimizer().groups();
+    assert_eq!(decay, vec!["ctx.weight", "lm_head.weight", "proj.weight"]);
+    assert_eq!(
+        no_decay,
+        vec!["embed.weight", "norm.weight", "poison.gate", "proj.bias"]
+    );
+}
+
+/// AdamW against the update rule written out in f64 (decay group and no-decay group).
+#[test]
+fn adamw_matches_the_f64_formula() {
+    let (lr, wd, b1, b2, eps) = (0.05, 0.1, 0.9, 0.999, 1e-8);
+    let w = Tensor::from_slice(&[0.5f32, -1.0, 2.0])
+        .view([3, 1])
+        .set_requires_grad(true);
+    let bias = Tensor::from_slice(&[0.3f32, -0.2]).set_requires_grad(true);
+    let named = vec![
+        ("layer.weight".to_string(), w.shallow_clone()),
+        ("layer.bias".to_string(), bias.shallow_clone()),
+    ];
+    let config = AdamWConfig {
+        weight_decay: wd,
+        ..AdamWConfig::default()
+    };
+    let mut opt = AdamW::new(config, &named).unwrap();
+    let coefficients = [1.0, -2.0, 0.5, 3.0, -1.5];
+    let mut expected: Vec<f64> = vec![0.5, -1.0, 2.0, 0.3, -0.2];
+    let mut m = [0.0f64; 5];
+    let mut v = [0.0f64; 5];
+    for t in 1..=4 {
+        opt.zero_grad();
+        // loss = Σ c_i · x_i³  → g_i = 3 c_i x_i²
+        let all = Tensor::cat(&[w.view([3]), bias.shallow_clone()], 0);
+        let loss = (all.pow_tensor_scalar(3) * Tensor::from_slice(&coefficients).to_kind(Kind::Float))
+            .sum(Kind::Float);
+        loss.backward();
+        opt.step(lr).unwrap();
+        for i in 0..5 {
+            let x = expected[i];
+            let g = 3.0 * coefficients[i] * x * x;
+            m[i] = b1 * m[i] + (1.0 - b1) * g;
+            v[i] = b2 * v[i] + (1.0 - b2) * g * g;
+            let decayed = if i < 3 { x * (1.0 - lr * wd) } else { x };
+            let m_hat = m[i] / (1.0 - b1.powi(t));
+            let v_hat = v[i] / (1.0 - b2.powi(t));
+            expected[i] = decayed - lr * m_hat / (v_hat.sqrt() + eps);
+        }
+    }
+    let got: Vec<f64> =
+        Vec::<f64>::try_from(&Tensor::cat(&[w.view([3]), bias], 0).to_kind(Kind::Double)).unwrap();
+    for (g, e) in got.iter().zip(&expected) {
+        assert!((g - e).abs() < 1e-5, "{got:?} vs {expected:?}");
+    }
+    assert_eq!(opt.step_count(), 4);
+}
+
+/// bf16 parameters get f32 master weights: updates far below bf16's resolution accumulate.
+#[test]
+fn bf16_parameters_accumulate_small_updates_through_master_weights() {
+    let w = Tensor::ones([4], (Kind::BFloat16, Device::Cpu)).set_requires_grad(true);
+    let mut opt = AdamW::new(AdamWConfig::default(), &[("w".to_string(), w.shallow_clone())]).unwrap();
+    assert!(opt.params()[0].master.is_some());
+    for _ in 0..200 {
+        opt.zero_grad();
+        w.sum(Kind::Float).backward(); // g = 1: each Adam update is ≈ lr
+        opt.step(1e-4).unwrap(); // 1e-4 ≪ bf16 spacing at 1.0 (2^-7 ≈ 0.0078)
+    }
+    let master = opt.params()[0].master.as_ref().unwrap().double_value(&[0]);
+    assert!((master - (1.0 - 200.0 * 1e-4)).abs() < 1e-4, "{master}");
+    let value = w.to_kind(Kind::Double).double_value(&[0]);
+    assert!(
+        (value - master).abs() < 0.008 && value < 0.99,
+        "bf16 weight {value}, master {master}"
+    );
+}
+
+#[test]
+fn schedule_is_linear_warmup_then_cosine() {
+    let s = LrSchedule::paper(2.0, 100).unwrap();
+    assert_eq!(s.warmup_steps, 10);
+    let expected = |step: u64| -> f64 {
+        if step < 10 {
+            2.0 * step as f64 / 10.0
+        } else {
+            let p = (step - 10) as f64 / 90.0;
+            2.0 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+        }
+    };
+    for step in [0, 1, 5, 9, 10, 11, 40, 55, 99, 100] {
+        assert!((s.lr_at(step) - expected(step)).abs() < 1e-12, "step {step}");
+    }
+    assert!((s.lr_at(55) - 1.0).abs() < 1e-12);
+    assert!(LrSchedule::with_warmup_ratio(1.0, 10, 1.5, Decay::Cosine).is_err());
+    assert!(LrSchedule::paper(1.0, 0).is_err());
+}
