@@ -221,8 +221,15 @@ fn eval_step_reports_the_training_loss_and_changes_nothing() {
 fn cached_reference_matches_the_reference_model() {
     let pairs = preference_pairs(8);
     let reference = TinyLm::new(11, HIDDEN);
-    let cache =
-        ReferenceCache::compute(&reference, &pairs, &collator(), 3, &LogProbOptions::causal()).unwrap();
+    let cache = ReferenceCache::compute(
+        &reference,
+        &pairs,
+        &collator(),
+        3,
+        &LogProbOptions::causal(),
+        LossPath::Logits,
+    )
+    .unwrap();
     assert_eq!(cache.len(), 8);
     let cfg = || config(RpoConfig::paper(0.1, 0.005), 1e-2, 3, 0.0);
     let mut with_model = trainer(10, model_reference(11), cfg());

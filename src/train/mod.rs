@@ -33,7 +33,7 @@ pub mod schedule;
 pub mod trainer;
 
 pub use metrics::{JsonlLogger, Progress, StepMetrics};
-pub use model::{var_store_parameters, HiddenStates, PolicyModel};
+pub use model::{var_store_parameters, HiddenOutput, PolicyModel};
 pub use optim::{default_decay_rule, AdamW, AdamWConfig, DecayRule, ParamState};
 pub use reference::{ReferenceCache, ReferenceSource};
 pub use schedule::{Decay, LrSchedule};

@@ -6,12 +6,14 @@ use tch::{nn::VarStore, Device, Tensor};
 /// The final hidden states and the LM-head weight, for a fused linear-head loss that never materializes
 /// the `[N, T, V]` logits.
 #[derive(Debug)]
-pub struct HiddenStates {
+pub struct HiddenOutput {
     /// `[N, T, H]` final hidden states (after the last norm), differentiable.
     pub hidden: Tensor,
     /// `[V, H]` LM-head weight (`logits = hidden · weightᵀ`), the parameter itself (not a copy), so that
-    /// gradients reach it. A soft-capping or scaling head cannot use this path.
+    /// gradients reach it (a head tied to the embedding included).
     pub lm_head_weight: Tensor,
+    /// Final-logit soft-cap `c` of models that compute `tanh(z / c) · c` (Gemma 2); `None` for a plain head.
+    pub final_logit_softcap: Option<f64>,
 }
 
 /// A causal language model the trainer can train or use as a reference.
@@ -50,7 +52,7 @@ pub trait PolicyModel: Send {
     ///
     /// # Errors
     /// Whatever the model's ops return.
-    fn forward_hidden(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Option<HiddenStates>> {
+    fn forward_hidden(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Option<HiddenOutput>> {
         let _ = (input_ids, attention_mask);
         Ok(None)
     }

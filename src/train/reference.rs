@@ -2,8 +2,10 @@
 
 use crate::data::{CollatedBatch, Collator, EncodedPair};
 use crate::error::{Error, Result};
+use crate::fused::{fused_sequence_logprobs, FusedOptions, LinearHead};
 use crate::logprobs::{sequence_logprobs, LogProbOptions};
 use crate::train::model::PolicyModel;
+use crate::train::trainer::LossPath;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -57,7 +59,8 @@ impl ReferenceCache {
     }
 
     /// One pass of `model` under `no_grad` over all `pairs` (in order, `batch_pairs` at a time), scoring
-    /// each row with `options` (use [`LogProbOptions::causal`] for a causal LM).
+    /// each row with `options` (use [`LogProbOptions::causal`] for a causal LM) on `path`: the logits, or the
+    /// fused head pass on `forward_hidden` — use the path the policy will be trained on.
     ///
     /// # Errors
     /// Whatever collation, the model and [`sequence_logprobs`] return.
@@ -67,6 +70,7 @@ impl ReferenceCache {
         collator: &Collator,
         batch_pairs: usize,
         options: &LogProbOptions,
+        path: LossPath,
     ) -> Result<Self> {
         let batch_pairs = batch_pairs.max(1);
         let mut chosen = Vec::with_capacity(pairs.len());
@@ -74,7 +78,7 @@ impl ReferenceCache {
         let indexed: Vec<(usize, &EncodedPair)> = pairs.iter().enumerate().collect();
         for chunk in indexed.chunks(batch_pairs) {
             let batch = collator.collate(chunk, model.device())?;
-            let sums = model_logprobs(model, &batch, options)?.f_to_kind(Kind::Double)?;
+            let sums = model_logprobs(model, &batch, options, path)?.f_to_kind(Kind::Double)?;
             let b = chunk.len();
             let values: Vec<f64> = Vec::<f64>::try_from(&sums.f_to_device(Device::Cpu)?)?;
             chosen.extend_from_slice(&values[..b]);
@@ -162,12 +166,28 @@ pub(crate) fn model_logprobs(
     model: &dyn PolicyModel,
     batch: &CollatedBatch,
     options: &LogProbOptions,
+    path: LossPath,
 ) -> Result<Tensor> {
     tch::no_grad(|| -> Result<Tensor> {
         let device = model.device();
         let input_ids = batch.input_ids.f_to_device(device)?;
         let attention_mask = batch.attention_mask.f_to_device(device)?;
         let labels = batch.labels.f_to_device(device)?;
+        // The same path as the policy's, so that policy == reference gives exactly zero rewards.
+        if path == LossPath::Hidden {
+            let states = model
+                .forward_hidden(&input_ids, &attention_mask)?
+                .ok_or(Error::Config {
+                    name: "loss_path",
+                    requirement: "LossPath::Hidden needs a reference model whose forward_hidden returns Some"
+                        .to_string(),
+                })?;
+            let fused = FusedOptions::from(options).with_final_logit_softcap(states.final_logit_softcap);
+            let head = LinearHead::new(&states.lm_head_weight);
+            return Ok(fused_sequence_logprobs(&states.hidden, head, &labels, &fused)?
+                .sum
+                .f_detach()?);
+        }
         let logits = model.forward(&input_ids, &attention_mask)?;
         Ok(sequence_logprobs(&logits, &labels, options)?.sum.f_detach()?)
     })

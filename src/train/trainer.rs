@@ -2,6 +2,7 @@
 
 use crate::data::{BatchSampler, CollatedBatch, Collator, EncodedPair, SamplerPosition};
 use crate::error::{Error, Result};
+use crate::fused::{fused_rpo_loss, FusedOptions, FusedReference, HiddenStates as FusedHidden, LinearHead};
 use crate::logprobs::LogProbOptions;
 use crate::loss::rpo::{rpo_loss_from_logits, ReferenceLogits, RpoConfig, RpoOutput};
 use crate::loss::GlobalBatch;
@@ -39,9 +40,9 @@ pub enum LossPath {
     /// From the `[2B, T, V]` logits of [`PolicyModel::forward`] (chunked log-softmax).
     #[default]
     Logits,
-    /// From [`PolicyModel::forward_hidden`] (final hidden states and LM-head weight). **Hook for the fused
-    /// linear-head loss**: today it forms the logits as `hidden · Wᵀ` and continues as [`LossPath::Logits`];
-    /// the fused kernel replaces that one product in `RpoTrainer::policy_output`.
+    /// From [`PolicyModel::forward_hidden`] (final hidden states and LM-head weight) through the fused
+    /// linear-head loss ([`crate::fused`]): the `[2B, T, V]` logits are never formed, prompt and padding
+    /// tokens never reach the head. Same loss and gradients as [`LossPath::Logits`] within f32 rounding.
     Hidden,
 }
 
@@ -268,52 +269,70 @@ impl RpoTrainer {
         self.model
     }
 
-    /// The policy's logits for `batch`, through the configured [`LossPath`].
-    fn policy_output(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        match self.config.loss_path {
-            LossPath::Logits => self.model.forward(input_ids, attention_mask),
-            LossPath::Hidden => {
-                let states = self
-                    .model
-                    .forward_hidden(input_ids, attention_mask)?
-                    .ok_or(Error::Config {
-                        name: "loss_path",
-                        requirement: "LossPath::Hidden needs a model whose forward_hidden returns Some"
-                            .to_string(),
-                    })?;
-                // Fused-loss hook: replace this product (and the log-softmax after it) by the chunked
-                // linear-head kernel on (states.hidden, states.lm_head_weight).
-                Ok(states.hidden.f_matmul(&states.lm_head_weight.f_tr()?)?)
-            }
-        }
-    }
-
     /// Forward pass and loss of one micro-batch (reference first, so its activations are freed).
+    /// [`LossPath::Logits`] gathers log-probs from the model's logits; [`LossPath::Hidden`] runs the fused
+    /// linear-head loss ([`crate::fused::fused_rpo_loss`]) on the final hidden states and the head weight,
+    /// never forming the `[2B, T, V]` logits.
     fn micro_batch_loss(&self, batch: &CollatedBatch, global: Option<GlobalBatch>) -> Result<RpoOutput> {
         let device = self.model.device();
         let reference = match &self.reference {
-            ReferenceSource::Model(model) => {
-                Some(model_logprobs(model.as_ref(), batch, &self.config.logprobs)?.f_to_device(device)?)
-            }
+            ReferenceSource::Model(model) => Some(
+                model_logprobs(
+                    model.as_ref(),
+                    batch,
+                    &self.config.logprobs,
+                    self.config.loss_path,
+                )?
+                .f_to_device(device)?,
+            ),
             ReferenceSource::Cached(cache) => Some(cache.lookup(&batch.indices, device)?),
             ReferenceSource::Free => None,
         };
         let input_ids = batch.input_ids.f_to_device(device)?;
         let attention_mask = batch.attention_mask.f_to_device(device)?;
         let labels = batch.labels.f_to_device(device)?;
-        let logits = self.policy_output(&input_ids, &attention_mask)?;
-        let reference = match &reference {
-            Some(sums) => ReferenceLogits::LogProbs(sums),
-            None => ReferenceLogits::Free,
-        };
-        rpo_loss_from_logits(
-            &self.config.rpo,
-            &logits,
-            &labels,
-            reference,
-            &self.config.logprobs,
-            global,
-        )
+        match self.config.loss_path {
+            LossPath::Logits => {
+                let logits = self.model.forward(&input_ids, &attention_mask)?;
+                let reference = match &reference {
+                    Some(sums) => ReferenceLogits::LogProbs(sums),
+                    None => ReferenceLogits::Free,
+                };
+                rpo_loss_from_logits(
+                    &self.config.rpo,
+                    &logits,
+                    &labels,
+                    reference,
+                    &self.config.logprobs,
+                    global,
+                )
+            }
+            LossPath::Hidden => {
+                let states =
+                    self.model
+                        .forward_hidden(&input_ids, &attention_mask)?
+                        .ok_or(Error::Config {
+                            name: "loss_path",
+                            requirement: "LossPath::Hidden needs a model whose forward_hidden returns Some"
+                                .to_string(),
+                        })?;
+                let reference = match &reference {
+                    Some(sums) => FusedReference::LogProbs(sums),
+                    None => FusedReference::Free,
+                };
+                let options = FusedOptions::from(&self.config.logprobs)
+                    .with_final_logit_softcap(states.final_logit_softcap);
+                fused_rpo_loss(
+                    &self.config.rpo,
+                    FusedHidden::Concatenated(&states.hidden),
+                    LinearHead::new(&states.lm_head_weight),
+                    &labels,
+                    reference,
+                    &options,
+                    global,
+                )
+            }
+        }
     }
 
     fn global_batch(batches: &[&CollatedBatch]) -> Result<(GlobalBatch, usize, i64)> {

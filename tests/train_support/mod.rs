@@ -4,7 +4,7 @@
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 use tch_rpo::data::{encode_records, ByteTokenizer, EncodedPair, PreferenceRecord, Text};
-use tch_rpo::train::{var_store_parameters, HiddenStates, PolicyModel};
+use tch_rpo::train::{var_store_parameters, HiddenOutput, PolicyModel};
 
 /// Byte id that, when present in a batch, makes the gradient (not the loss) NaN.
 pub const POISON: i64 = b'~' as i64;
@@ -98,10 +98,11 @@ impl PolicyModel for TinyLm {
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
-    ) -> tch_rpo::Result<Option<HiddenStates>> {
-        Ok(Some(HiddenStates {
+    ) -> tch_rpo::Result<Option<HiddenOutput>> {
+        Ok(Some(HiddenOutput {
             hidden: self.hidden(input_ids, attention_mask)?,
             lm_head_weight: self.head.shallow_clone(),
+            final_logit_softcap: None,
         }))
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
