@@ -216,14 +216,7 @@ pub fn token_logprobs(logits: &Tensor, labels: &Tensor, options: &LogProbOptions
     let kind = validate::float_tensor("logits", logits)?;
     let size = validate::rank("logits", logits, 3, "[B, T, V]")?;
     let (b, t, v) = (size[0], size[1], size[2]);
-    let label_kind = labels.f_kind()?;
-    if label_kind != Kind::Int64 {
-        return Err(Error::DType {
-            arg: "labels",
-            expected: "i64 token ids",
-            got: label_kind,
-        });
-    }
+    validate::int64_labels("labels", labels)?;
     let label_size = labels.size();
     if label_size != [b, t] {
         return Err(Error::Shape {

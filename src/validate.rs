@@ -29,6 +29,19 @@ pub(crate) fn float_tensor(arg: &'static str, t: &Tensor) -> Result<Kind> {
     Ok(kind)
 }
 
+/// Errors with [`Error::DType`] unless `t` holds i64 token ids.
+pub(crate) fn int64_labels(arg: &'static str, t: &Tensor) -> Result<()> {
+    let kind = t.f_kind()?;
+    if kind != Kind::Int64 {
+        return Err(Error::DType {
+            arg,
+            expected: "i64 token ids",
+            got: kind,
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn rank(arg: &'static str, t: &Tensor, dims: usize, expected: &str) -> Result<Vec<i64>> {
     let size = t.size();
     if size.len() != dims {

@@ -81,14 +81,7 @@ pub(crate) fn prepare(
             });
         }
     }
-    let label_kind = labels.f_kind()?;
-    if label_kind != Kind::Int64 {
-        return Err(Error::DType {
-            arg: "labels",
-            expected: "i64 token ids",
-            got: label_kind,
-        });
-    }
+    validate::int64_labels("labels", labels)?;
     if labels.size() != [rows, steps_full] {
         return Err(Error::Shape {
             arg: "labels",
