@@ -14,7 +14,9 @@
 //! `t + 1`: the result has `T − 1` positions, `log p(y_{b,t+1} | z_{b,t})`.
 //!
 //! # Memory
-//! Forward: one f32 chunk of at most [`LogProbOptions::chunk_bytes`] bytes plus `[B, T]`-sized outputs.
+//! Without autograd (logits that do not require grad, e.g. a reference model's): one f32 scratch buffer of at
+//! most [`LogProbOptions::chunk_bytes`] bytes, reused by every chunk (so no chunk-sized allocation per chunk),
+//! plus `[B, T]`-sized outputs.
 //! Backward (when the logits require grad): f32/f64 logits save nothing larger than the logits themselves
 //! (the chunks are views); bf16/f16 logits save one softmax tensor in the logits' own dtype (the same size as
 //! the logits), instead of the f32 copy that upcasting under autograd would keep.
@@ -263,6 +265,19 @@ pub fn token_logprobs(logits: &Tensor, labels: &Tensor, options: &LogProbOptions
 
     let out_kind = validate::compute_kind(kind);
     let rows_per_chunk = (options.chunk_bytes / (v as usize * out_kind.elt_size_in_bytes())).max(1) as i64;
+    // Without autograd, every chunk reuses one scratch buffer (no per-chunk allocation of chunk size).
+    let scratch = if logits.requires_grad() {
+        None
+    } else {
+        Some(Tensor::f_empty(
+            [rows_per_chunk.min(b * t), v],
+            (out_kind, logits.device()),
+        )?)
+    };
+    let chunk = |z: &Tensor, y: &Tensor| match &scratch {
+        Some(buffer) => tch::no_grad(|| chunk_logprobs_into(z, y, buffer, out_kind)),
+        None => chunk_logprobs(z, y, out_kind),
+    };
     // Chunks come from `split`, not `narrow`: all pieces of a split share one autograd node, whose backward
     // assembles the logits' gradient once. (A `narrow` per chunk would allocate and add a full-size zero
     // gradient per chunk in backward.)
@@ -280,7 +295,7 @@ pub fn token_logprobs(logits: &Tensor, labels: &Tensor, options: &LogProbOptions
         let pieces = zs
             .iter()
             .zip(&ys)
-            .map(|(z, y)| chunk_logprobs(z, y, out_kind))
+            .map(|(z, y)| chunk(z, y))
             .collect::<Result<Vec<_>>>()?;
         Tensor::f_cat(&pieces, 0)?.f_view([b, t])?.f_narrow(1, 0, steps)?
     } else if rows_per_chunk >= steps {
@@ -291,7 +306,7 @@ pub fn token_logprobs(logits: &Tensor, labels: &Tensor, options: &LogProbOptions
         let pieces = zs
             .iter()
             .zip(&ys)
-            .map(|(z, y)| chunk_logprobs(z, y, out_kind))
+            .map(|(z, y)| chunk(z, y))
             .collect::<Result<Vec<_>>>()?;
         Tensor::f_cat(&pieces, 0)?
     } else {
@@ -303,7 +318,7 @@ pub fn token_logprobs(logits: &Tensor, labels: &Tensor, options: &LogProbOptions
             let pieces = zs
                 .iter()
                 .zip(&ys)
-                .map(|(z, y)| chunk_logprobs(z, y, out_kind))
+                .map(|(z, y)| chunk(z, y))
                 .collect::<Result<Vec<_>>>()?;
             rows.push(Tensor::f_cat(&pieces, 1)?);
         }
@@ -341,7 +356,37 @@ pub fn sequence_logprobs(
     token_logprobs(logits, labels, options)?.sequence()
 }
 
-/// Log-probs of one chunk: `z` `[n, m, V]` (a view of the logits), `y` `[n, m]` in-range ids.
+/// Log-probs of one chunk without autograd, computed in `buffer` (`[rows, V]`, `out_kind`, at least as many
+/// rows as the chunk): `z[y] − (m + log Σ exp(z − m))` with `m` the row maximum.
+fn chunk_logprobs_into(z: &Tensor, y: &Tensor, buffer: &Tensor, out_kind: Kind) -> Result<Tensor> {
+    let shape = z.size();
+    let rows: i64 = shape[..shape.len() - 1].iter().product();
+    let mut work = buffer.f_narrow(0, 0, rows)?.f_view(shape.as_slice())?;
+    let idx = y.f_unsqueeze(-1)?;
+    let max = if z.f_kind()? == out_kind {
+        let max = z.f_amax(-1, true)?;
+        let _ = z.f_sub_out(&work, &max)?;
+        max
+    } else {
+        // Upcast into the buffer in one kernel (a mixed-dtype op would allocate a converted temporary).
+        work.f_copy_(z)?;
+        let max = work.f_amax(-1, true)?;
+        let _ = work.f_sub_(&max)?;
+        max
+    };
+    let target = z
+        .f_gather(-1, &idx, false)?
+        .f_squeeze_dim(-1)?
+        .f_to_kind(out_kind)?;
+    let _ = work.f_exp_()?;
+    let lse = work
+        .f_sum_dim_intlist(-1, false, out_kind)?
+        .f_log()?
+        .f_add(&max.f_squeeze_dim(-1)?)?;
+    Ok(target.f_sub(&lse)?)
+}
+
+/// Log-probs of one chunk with autograd: `z` `[n, m, V]` (a view of the logits), `y` `[n, m]` in-range ids.
 fn chunk_logprobs(z: &Tensor, y: &Tensor, out_kind: Kind) -> Result<Tensor> {
     let idx = y.f_unsqueeze(-1)?;
     let kind = z.f_kind()?;

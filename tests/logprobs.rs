@@ -336,3 +336,27 @@ fn fully_ignored_row() {
     let g = values(&z.grad().narrow(0, 0, 1));
     assert!(g.iter().all(|&x| x == 0.0));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    /// Logits without autograd take the scratch-buffer kernel; logits that require grad take the autograd
+    /// kernels (views for f32/f64, the surrogate for bf16/f16). Both must give the same values.
+    #[test]
+    fn no_grad_and_autograd_kernels_agree(c in case_strategy(), kind_ix in 0usize..4) {
+        let kind = [Kind::Float, Kind::Double, Kind::BFloat16, Kind::Half][kind_ix];
+        let (logits, labels) = c.data();
+        let z = tensor(&rounded(&logits, kind), &shape(&c), kind);
+        let y = int_tensor(&labels, &[c.b as i64, c.t as i64]);
+        let plain = token_logprobs(&z, &y, &c.options()).expect("no-grad kernel");
+        let z_grad = z.detach().set_requires_grad(true);
+        let tracked = token_logprobs(&z_grad, &y, &c.options()).expect("autograd kernel");
+        prop_assert!(tracked.logps.requires_grad());
+        prop_assert!(!plain.logps.requires_grad());
+        let a: Vec<f64> = Vec::try_from(plain.logps.to_kind(Kind::Double).flatten(0, -1)).unwrap();
+        let b: Vec<f64> = Vec::try_from(tracked.logps.detach().to_kind(Kind::Double).flatten(0, -1)).unwrap();
+        let tol = if kind == Kind::Double { 1e-12 } else { 2e-5 };
+        for (x, w) in a.iter().zip(&b) {
+            prop_assert!((x - w).abs() <= tol * (1.0 + w.abs()), "{x} vs {w}");
+        }
+    }
+}
