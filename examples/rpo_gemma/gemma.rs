@@ -680,8 +680,14 @@ impl Layer {
         Self {
             input_layernorm: self.input_layernorm.shallow_clone(),
             post_attention_layernorm: self.post_attention_layernorm.shallow_clone(),
-            pre_feedforward_layernorm: self.pre_feedforward_layernorm.as_ref().map(RmsNorm::shallow_clone),
-            post_feedforward_layernorm: self.post_feedforward_layernorm.as_ref().map(RmsNorm::shallow_clone),
+            pre_feedforward_layernorm: self
+                .pre_feedforward_layernorm
+                .as_ref()
+                .map(RmsNorm::shallow_clone),
+            post_feedforward_layernorm: self
+                .post_feedforward_layernorm
+                .as_ref()
+                .map(RmsNorm::shallow_clone),
             attention: self.attention.shallow_clone(),
             mlp: self.mlp.shallow_clone(),
         }

@@ -92,8 +92,13 @@ struct Args {
     #[arg(long, value_name = "DIR", default_value = "output/rpo_gemma")]
     output: PathBuf,
     /// Evaluations per epoch (table rows / plot points).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 4)]
     evals_per_epoch: usize,
+    /// libtorch CPU threads. Default: 1 for the built-in small model (its ops are too small to gain from
+    /// threads, and busy-waiting threads slow it down a lot on a shared machine), libtorch's default with
+    /// --model-dir.
+    #[arg(long)]
+    threads: Option<i32>,
     /// A very short run (seconds): 64 training pairs, 32 held-out prompts, 1 epoch of each stage.
     #[arg(long)]
     quick: bool,
@@ -132,6 +137,9 @@ impl Args {
             seed: self.seed,
             output: self.output.clone(),
             evals_per_epoch: self.evals_per_epoch,
+            threads: self
+                .threads
+                .or(if self.model_dir.is_none() { Some(1) } else { None }),
             ..run::RunConfig::default()
         };
         if self.quick {

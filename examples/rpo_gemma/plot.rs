@@ -31,7 +31,10 @@ pub fn chosen_logp_svg(path: &Path, rows: &[Row]) -> Result<(), Box<dyn std::err
     let root = SVGBackend::new(path, (760, 460)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Chosen-response log-prob during training: DPO vs RPO", ("sans-serif", 20))
+        .caption(
+            "Chosen-response log-prob during training: DPO vs RPO",
+            ("sans-serif", 20),
+        )
         .margin(14)
         .x_label_area_size(44)
         .y_label_area_size(64)

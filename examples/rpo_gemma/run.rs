@@ -23,7 +23,8 @@ use crate::gemma::{greedy_decode, Gemma, GemmaConfig, GemmaError};
 use crate::task::{self, CharVocab};
 
 /// The exact header of `metrics.csv`.
-pub const CSV_HEADER: &str = "method,epoch,step,chosen_logp,rejected_logp,reward_accuracy,reward_margin,gold_accuracy";
+pub const CSV_HEADER: &str =
+    "method,epoch,step,chosen_logp,rejected_logp,reward_accuracy,reward_margin,gold_accuracy";
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -74,6 +75,10 @@ pub struct RunConfig {
     pub hidden_size: Option<i64>,
     /// See [`RunConfig::hidden_size`].
     pub layers: Option<i64>,
+    /// libtorch's intra-op CPU threads (`None`: libtorch's default). The small model's ops are too small
+    /// to gain from threads, and on a busy machine idle-spinning OpenMP threads slowed the default run
+    /// about 30× (measured), so the default run uses 1.
+    pub threads: Option<i32>,
     /// Print the table and progress.
     pub verbose: bool,
 }
@@ -98,11 +103,12 @@ impl Default for RunConfig {
             fused: false,
             seed: 42,
             output: PathBuf::from("output/rpo_gemma"),
-            evals_per_epoch: 2,
+            evals_per_epoch: 4,
             train_limit: None,
             heldout_limit: None,
             hidden_size: None,
             layers: None,
+            threads: Some(1),
             verbose: true,
         }
     }
@@ -205,7 +211,10 @@ impl PolicyModel for GemmaPolicy {
         if hidden_states(Tensor::new(), Tensor::new(), softcap).is_none() {
             return Ok(None);
         }
-        let hidden = self.model.forward_hidden(input_ids, attention_mask).map_err(torch)?;
+        let hidden = self
+            .model
+            .forward_hidden(input_ids, attention_mask)
+            .map_err(torch)?;
         Ok(hidden_states(hidden, self.model.head_weight(), softcap))
     }
 
@@ -425,6 +434,7 @@ impl Stage<'_> {
             reward_margin: metrics.rewards_margins,
             gold_accuracy: gold.accuracy(model)?,
         };
+
         if self.verbose {
             println!("{}", format_row(&row));
         }
@@ -491,6 +501,9 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, BoxError> {
             return Err("--device cuda: no CUDA device is available to libtorch".into());
         }
     }
+    if let Some(threads) = config.threads {
+        tch::set_num_threads(threads);
+    }
     std::fs::create_dir_all(&config.output).map_err(|e| format!("{}: {e}", config.output.display()))?;
     let csv = config.output.join("metrics.csv");
     let svg = config.output.join("chosen_logp.svg");
@@ -504,7 +517,10 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, BoxError> {
         Some(dir) => hf_codec(dir)?,
         None => Box::new(CharVocab::new()),
     };
-    let train_path = config.data.clone().unwrap_or_else(|| data_dir().join("train.jsonl"));
+    let train_path = config
+        .data
+        .clone()
+        .unwrap_or_else(|| data_dir().join("train.jsonl"));
     let mut records = PreferenceDataset::from_jsonl(&train_path, OnMalformed::Error)?.records;
     if let Some(n) = config.train_limit {
         records.truncate(n);
@@ -538,15 +554,22 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, BoxError> {
     )?;
 
     let sft_policy = load_policy(config, codec.vocab_size())?;
-    let params: i64 = sft_policy.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+    let params: i64 = sft_policy
+        .vs
+        .trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum();
     let batches_per_epoch = pairs.len().div_ceil(config.batch_size) as u64;
     let steps_per_epoch = batches_per_epoch.div_ceil(config.grad_accum as u64).max(1);
     if config.verbose {
         println!(
-            "{:?} model, {params} parameters, {:?} {:?}; {} training pairs, {} held-out prompts; {} steps per epoch",
+            "{:?} model, {params} parameters, {:?} {:?}, {} threads; {} training pairs, {} held-out prompts; \
+             {} steps per epoch",
             sft_policy.model.arch(),
             config.device,
             config.kind,
+            tch::get_num_threads(),
             pairs.len(),
             gold.prompts.len(),
             steps_per_epoch
@@ -655,7 +678,12 @@ fn policy_with(
     vs.set_kind(kind);
     let variables = vs.variables();
     if variables.len() != params.len() {
-        return Err(format!("{} parameters to copy into a model of {}", params.len(), variables.len()).into());
+        return Err(format!(
+            "{} parameters to copy into a model of {}",
+            params.len(),
+            variables.len()
+        )
+        .into());
     }
     tch::no_grad(|| -> Result<(), BoxError> {
         for (name, value) in params {
