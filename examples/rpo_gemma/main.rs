@@ -33,7 +33,7 @@ enum DtypeArg {
 /// 3-5 letters), on CPU, in about a minute. Writes OUTPUT/metrics.csv, OUTPUT/chosen_logp.svg and
 /// OUTPUT/train_log.jsonl (the trainer's per-step JSON Lines log).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// A Hugging Face Gemma / Gemma 2 checkpoint directory (config.json, model.safetensors or a sharded
     /// model.safetensors.index.json, tokenizer.json; needs `--features hf-tokenizers`). Default: the small

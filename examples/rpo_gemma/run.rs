@@ -289,7 +289,7 @@ impl Tokenizer for HfCodec {
 impl Codec for HfCodec {
     fn decode(&self, ids: &[i64]) -> Result<String, BoxError> {
         let ids: Vec<u32> = ids.iter().filter_map(|&i| u32::try_from(i).ok()).collect();
-        Ok(self.decoder.decode(&ids, true)?)
+        self.decoder.decode(&ids, true).map_err(|e| e.to_string().into())
     }
 }
 
@@ -578,6 +578,18 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, BoxError> {
     let mut fit = FitOptions::new(config.batch_size, config.grad_accum);
     fit.log_path = Some(log.clone());
     fit.progress = config.verbose;
+    if config.fused
+        && hidden_states(
+            Tensor::new(),
+            Tensor::new(),
+            sft_policy.model.final_logit_softcap(),
+        )
+        .is_none()
+    {
+        return Err("--fused: this version of the trainer's hidden-state path forms the logits as hidden · Wᵀ \
+                    and cannot apply Gemma 2's final-logit soft-cap, which this model has; run without --fused"
+            .into());
+    }
     let loss_path = if config.fused {
         LossPath::Hidden
     } else {
