@@ -538,6 +538,13 @@ impl RmsNorm {
         }
     }
 
+    fn shallow_clone(&self) -> Self {
+        Self {
+            weight: self.weight.shallow_clone(),
+            eps: self.eps,
+        }
+    }
+
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let x = xs.f_to_kind(Kind::Float)?;
         let mean_square = x.f_square()?.f_mean_dim(-1, true, Kind::Float)?;
@@ -580,6 +587,16 @@ struct Attention {
 }
 
 impl Attention {
+    fn shallow_clone(&self) -> Self {
+        Self {
+            q_proj: self.q_proj.shallow_clone(),
+            k_proj: self.k_proj.shallow_clone(),
+            v_proj: self.v_proj.shallow_clone(),
+            o_proj: self.o_proj.shallow_clone(),
+            ..*self
+        }
+    }
+
     /// `xs` [N, T, H]; `cos`, `sin` [T, head_dim] in the activation dtype; `blocked` [N, 1, T, T] bool
     /// (true = the query may not see the key).
     fn forward(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor, blocked: &Tensor) -> Result<Tensor> {
@@ -628,6 +645,15 @@ struct Mlp {
 }
 
 impl Mlp {
+    fn shallow_clone(&self) -> Self {
+        Self {
+            gate_proj: self.gate_proj.shallow_clone(),
+            up_proj: self.up_proj.shallow_clone(),
+            down_proj: self.down_proj.shallow_clone(),
+            activation: self.activation,
+        }
+    }
+
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let approximate = match self.activation {
             Activation::GeluTanh => "tanh",
@@ -650,6 +676,23 @@ struct Layer {
 }
 
 impl Layer {
+    fn shallow_clone(&self) -> Self {
+        Self {
+            input_layernorm: self.input_layernorm.shallow_clone(),
+            post_attention_layernorm: self.post_attention_layernorm.shallow_clone(),
+            pre_feedforward_layernorm: self
+                .pre_feedforward_layernorm
+                .as_ref()
+                .map(RmsNorm::shallow_clone),
+            post_feedforward_layernorm: self
+                .post_feedforward_layernorm
+                .as_ref()
+                .map(RmsNorm::shallow_clone),
+            attention: self.attention.shallow_clone(),
+            mlp: self.mlp.shallow_clone(),
+        }
+    }
+
     fn forward(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor, blocked: &Tensor) -> Result<Tensor> {
         let attn = self
             .attention
@@ -773,6 +816,20 @@ impl Gemma {
         vs.set_kind(kind);
         load_checkpoint(&vs, dir, &config)?;
         Ok((vs, model))
+    }
+
+    /// A second handle on the same model: every parameter tensor is a shallow clone sharing storage (and
+    /// in-place updates) with this one, e.g. to decode with a model that a trainer owns and updates.
+    pub fn shallow_clone(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            arch: self.arch,
+            embed_tokens: self.embed_tokens.shallow_clone(),
+            layers: self.layers.iter().map(Layer::shallow_clone).collect(),
+            norm: self.norm.shallow_clone(),
+            rope_theta: self.rope_theta,
+            any_sliding: self.any_sliding,
+        }
     }
 
     /// The configuration.
