@@ -11,6 +11,15 @@ mod run;
 mod task;
 
 use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// libtorch's random generator is global: runs (which seed it, then initialize a model) must not overlap.
+static RUN_LOCK: Mutex<()> = Mutex::new(());
+
+fn run_locked(config: &run::RunConfig) -> Result<run::RunSummary, Box<dyn std::error::Error>> {
+    let _guard = RUN_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    run::run(config)
+}
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tch_rpo_{name}_{}", std::process::id()));
@@ -35,7 +44,7 @@ fn tiny(output: PathBuf) -> run::RunConfig {
 #[test]
 fn short_run_writes_sane_csv_and_svg() {
     let output = temp_dir("rpo_gemma_run");
-    let summary = run::run(&tiny(output.clone())).expect("run");
+    let summary = run_locked(&tiny(output.clone())).expect("run");
 
     let csv = std::fs::read_to_string(output.join("metrics.csv")).expect("metrics.csv");
     let mut lines = csv.lines();
@@ -112,7 +121,43 @@ fn missing_data_file_is_an_error() {
         data: Some(output.join("does_not_exist.jsonl")),
         ..tiny(output.clone())
     };
-    let error = run::run(&config).expect_err("missing file").to_string();
+    let error = run_locked(&config).expect_err("missing file").to_string();
     assert!(error.contains("does_not_exist.jsonl"), "{error}");
     let _ = std::fs::remove_dir_all(&output);
+}
+
+/// The same short run through the fused linear-head loss (`--fused`): the default model is a Gemma 2 with a
+/// final-logit soft-cap, which the fused pass applies. Its metrics must match the logits path closely
+/// (same data, same seed; only f32 rounding differs over a few steps).
+#[test]
+fn fused_short_run_matches_the_logits_path() {
+    let read = |dir: &PathBuf| -> Vec<Vec<f64>> {
+        std::fs::read_to_string(dir.join("metrics.csv"))
+            .expect("metrics.csv")
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').skip(1).map(|f| f.parse::<f64>().expect(l)).collect())
+            .collect()
+    };
+    let plain_dir = temp_dir("rpo_gemma_plain");
+    run_locked(&tiny(plain_dir.clone())).expect("logits run");
+    let fused_dir = temp_dir("rpo_gemma_fused");
+    run_locked(&run::RunConfig {
+        fused: true,
+        ..tiny(fused_dir.clone())
+    })
+    .expect("fused run");
+    let (plain, fused) = (read(&plain_dir), read(&fused_dir));
+    assert_eq!(plain.len(), fused.len());
+    for (p, f) in plain.iter().zip(&fused) {
+        // chosen_logp and rejected_logp (columns 2 and 3 after the method).
+        for col in [2, 3] {
+            assert!(
+                (p[col] - f[col]).abs() <= 1e-3 * (1.0 + p[col].abs()),
+                "{p:?} vs {f:?}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&plain_dir);
+    let _ = std::fs::remove_dir_all(&fused_dir);
 }

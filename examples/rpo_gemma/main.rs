@@ -82,7 +82,7 @@ struct Args {
     /// Maximum prompt tokens (longer prompts keep their end).
     #[arg(long, default_value_t = 16)]
     max_prompt_length: usize,
-    /// Train through the hidden-state path (LossPath::Hidden, the fused-loss hook).
+    /// Train through the fused linear-head loss (LossPath::Hidden: hidden states + head weight, no logits).
     #[arg(long)]
     fused: bool,
     /// Seed of the init and of the data order.

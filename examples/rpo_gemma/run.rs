@@ -14,7 +14,7 @@ use tch_rpo::data::{
     encode_records, CollateConfig, Collator, EncodedPair, OnMalformed, PreferenceDataset, Tokenizer,
 };
 use tch_rpo::train::{
-    var_store_parameters, AdamWConfig, FitOptions, HiddenStates, LossPath, LrSchedule, PolicyModel,
+    var_store_parameters, AdamWConfig, FitOptions, HiddenOutput, LossPath, LrSchedule, PolicyModel,
     ReferenceCache, ReferenceSource, RpoTrainer, RpoTrainerConfig, StepMetrics,
 };
 use tch_rpo::{LogProbOptions, RpoConfig, SftNormalization};
@@ -183,20 +183,6 @@ fn torch(error: GemmaError) -> tch_rpo::Error {
     }
 }
 
-/// The one place [`HiddenStates`] is built for the fused path. The trainer of this branch forms the logits
-/// as `hidden · Wᵀ` and cannot apply Gemma 2's final-logit soft-cap, so a soft-capped model offers no
-/// hidden states (the trainer then reports that `LossPath::Hidden` needs them). Once `HiddenStates` has a
-/// `final_logit_softcap` field, set it to `softcap` here and drop the guard.
-fn hidden_states(hidden: Tensor, lm_head_weight: Tensor, softcap: Option<f64>) -> Option<HiddenStates> {
-    if softcap.is_some() {
-        return None;
-    }
-    Some(HiddenStates {
-        hidden,
-        lm_head_weight,
-    })
-}
-
 impl PolicyModel for GemmaPolicy {
     fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> tch_rpo::Result<Tensor> {
         self.model.forward(input_ids, attention_mask).map_err(torch)
@@ -206,16 +192,16 @@ impl PolicyModel for GemmaPolicy {
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
-    ) -> tch_rpo::Result<Option<HiddenStates>> {
-        let softcap = self.model.final_logit_softcap();
-        if hidden_states(Tensor::new(), Tensor::new(), softcap).is_none() {
-            return Ok(None);
-        }
+    ) -> tch_rpo::Result<Option<HiddenOutput>> {
         let hidden = self
             .model
             .forward_hidden(input_ids, attention_mask)
             .map_err(torch)?;
-        Ok(hidden_states(hidden, self.model.head_weight(), softcap))
+        Ok(Some(HiddenOutput {
+            hidden,
+            lm_head_weight: self.model.head_weight(),
+            final_logit_softcap: self.model.final_logit_softcap(),
+        }))
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
@@ -578,18 +564,6 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, BoxError> {
     let mut fit = FitOptions::new(config.batch_size, config.grad_accum);
     fit.log_path = Some(log.clone());
     fit.progress = config.verbose;
-    if config.fused
-        && hidden_states(
-            Tensor::new(),
-            Tensor::new(),
-            sft_policy.model.final_logit_softcap(),
-        )
-        .is_none()
-    {
-        return Err("--fused: this version of the trainer's hidden-state path forms the logits as hidden · Wᵀ \
-                    and cannot apply Gemma 2's final-logit soft-cap, which this model has; run without --fused"
-            .into());
-    }
     let loss_path = if config.fused {
         LossPath::Hidden
     } else {
@@ -643,7 +617,14 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, BoxError> {
     drop(sft_params);
 
     // 2. Reference log-probs of the SFT model, once.
-    let cache = ReferenceCache::compute(&sft_policy, &pairs, &collator, 64, &LogProbOptions::causal())?;
+    let cache = ReferenceCache::compute(
+        &sft_policy,
+        &pairs,
+        &collator,
+        64,
+        &LogProbOptions::causal(),
+        loss_path,
+    )?;
 
     // 3. DPO and RPO from the same start, same data order and seed.
     for (method, rpo) in [
