@@ -669,7 +669,7 @@ impl HeaderReader<'_> {
         match count.checked_mul(min_bytes) {
             Some(bytes) if bytes <= self.remaining() => Ok(()),
             _ => Err(self.error(format!(
-                "corrupt header: {count} {what} at offset {} cannot fit in the remaining {} bytes of the file",
+                "truncated or corrupt header: {count} {what} at offset {} cannot fit in the remaining {} bytes of the file",
                 self.pos,
                 self.remaining()
             ))),
@@ -710,7 +710,7 @@ impl HeaderReader<'_> {
         let len = self.u64(what)?;
         if len > self.remaining() {
             return Err(self.error(format!(
-                "corrupt or truncated header: {what} claims {len} bytes at offset {}, but only {} remain",
+                "truncated or corrupt header: {what} claims {len} bytes at offset {}, but only {} remain",
                 self.pos,
                 self.remaining()
             )));
