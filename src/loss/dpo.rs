@@ -387,5 +387,9 @@ fn per_pair_loss(config: &DpoConfig, batch: &PreferenceBatch<'_>, r: &LogRatios)
             Some(t) => t.f_add(&loss)?,
         });
     }
-    Ok(total.expect("config.validate() ensures at least one variant"))
+    total.ok_or(Error::InvalidParameter {
+        name: "losses",
+        value: 0.0,
+        requirement: "at least one (variant, weight) pair is needed",
+    })
 }
