@@ -28,7 +28,13 @@ if [ ! -f "$stamp" ]; then
   echo "setup: installing torch==$TORCH_VERSION into $venv (about 4.6 GB, a few minutes, once)" >&2
   rm -rf "$venv"
   mkdir -p "$(dirname "$venv")"
-  "$python" -m venv "$venv"
+  if ! "$python" -m venv "$venv" 2>/dev/null; then
+    # Debian/Ubuntu's system Python ships venv without ensurepip (package python3-venv); fall back to virtualenv.
+    rm -rf "$venv"
+    echo "setup: '$python -m venv' failed; trying virtualenv (or install python3-venv)" >&2
+    "$python" -m pip install --quiet --user virtualenv || "$python" -m pip install --quiet --user --break-system-packages virtualenv
+    "$python" -m virtualenv --quiet "$venv"
+  fi
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION" numpy
   touch "$stamp"
 fi
