@@ -23,6 +23,7 @@ use tch::{Device, Kind, TchError};
 /// | [`Error::Io`] | reading or writing a file failed |
 /// | [`Error::Checkpoint`] | a checkpoint is missing, truncated, corrupted, or does not fit the model |
 /// | [`Error::Tokenizer`] | a tokenizer could not be loaded or failed to encode |
+/// | [`Error::Gguf`] | a GGUF file is malformed, truncated, uses an unsupported tensor type, or lacks a tensor / key |
 /// | [`Error::Config`] | a trainer / collation setting is inconsistent (e.g. max prompt length ≥ max length) |
 /// | [`Error::Torch`] | libtorch itself reported an error |
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +148,16 @@ pub enum Error {
     #[error("checkpoint {path}: {reason}")]
     Checkpoint {
         /// The checkpoint directory or file.
+        path: String,
+        /// What is wrong, in words.
+        reason: String,
+    },
+    /// A GGUF file cannot be read or used: bad magic, unsupported version, truncated header or tensor data,
+    /// a misaligned or out-of-range tensor offset, an unknown or unsupported tensor type, a missing tensor
+    /// or metadata key, or a metadata value of the wrong type.
+    #[error("GGUF {path}: {reason}")]
+    Gguf {
+        /// The GGUF file (or `<memory>` for in-memory dequantization).
         path: String,
         /// What is wrong, in words.
         reason: String,

@@ -56,6 +56,8 @@
 //! - [`train`] (feature `train`, default): the [`train::PolicyModel`] trait, the [`train::RpoTrainer`] with
 //!   its own AdamW, schedule, gradient accumulation, skip-on-non-finite safety, metrics and checkpoints.
 //! - [`data`] (feature `train`, default): JSON Lines preference records, tokenizers, collation.
+//! - [`gguf`] (feature `gguf`, default): GGUF files (llama.cpp's format): metadata, tensor infos, and
+//!   tensors dequantized (F32/F16/BF16, Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q4_K/Q5_K/Q6_K) into tch tensors.
 //! - [`error`]: the one [`Error`] enum; every public function returns [`Result`].
 //!
 //! # Devices and validation
@@ -68,6 +70,8 @@
 pub mod data;
 pub mod error;
 pub mod fused;
+#[cfg(feature = "gguf")]
+pub mod gguf;
 pub mod logprobs;
 pub mod loss;
 #[cfg(feature = "train")]
