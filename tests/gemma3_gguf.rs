@@ -19,8 +19,9 @@ use tch_rpo::data::{ChatTemplate, Message, Tokenizer};
 use tch_rpo::gguf::GgufFile;
 
 /// Logits are compared in f32 with this absolute tolerance (logits are O(10); transformers and this model
-/// use the same dequantized weights, so only the order of floating-point operations differs).
-const LOGIT_TOLERANCE: f64 = 2e-3;
+/// use the same dequantized weights, so only the order of floating-point operations differs: measured
+/// largest difference 1.7e-5 on a 2-core x86 CPU).
+const LOGIT_TOLERANCE: f64 = 5e-4;
 
 fn gguf_path() -> PathBuf {
     if let Ok(path) = std::env::var("TCH_RPO_GEMMA3_GGUF") {
@@ -140,13 +141,17 @@ fn tokenizer_matches_transformers() {
     assert_eq!(tok.decode(&ids, true), "user\nHi\nmodel\n");
 }
 
-/// Logits of `model` at `positions` of one unpadded sequence, `[positions.len(), V]` f32 on the CPU,
-/// computed from the hidden states so the long prompt does not need a [T, V] matrix.
-fn logits_at(model: &gemma::Gemma, ids: &[i64], positions: &[i64]) -> Tensor {
+/// The final hidden states `[T, H]` of one unpadded sequence.
+fn hidden_of(model: &gemma::Gemma, ids: &[i64]) -> Tensor {
     let input = Tensor::from_slice(ids).view([1, -1]);
     let mask = input.ones_like();
-    let hidden = model.forward_hidden(&input, &mask).expect("forward");
-    let rows = hidden.get(0).index_select(0, &Tensor::from_slice(positions));
+    tch::no_grad(|| model.forward_hidden(&input, &mask).expect("forward").get(0))
+}
+
+/// Logits at `positions` from the hidden states `[T, H]`: `[positions.len(), V]` f32 (the head applied to
+/// those rows only, so the long prompt needs no [T, V] matrix).
+fn logits_at(model: &gemma::Gemma, hidden: &Tensor, positions: &[i64]) -> Tensor {
+    let rows = hidden.index_select(0, &Tensor::from_slice(positions));
     let logits = rows.matmul(&model.head_weight().tr());
     assert!(model.final_logit_softcap().is_none(), "Gemma 3 270M has no final soft-cap");
     logits.to_kind(Kind::Float)
@@ -184,7 +189,8 @@ fn logits_and_greedy_decoding_match_transformers() {
         }
 
         // Last position: top-20 and row statistics.
-        let last = logits_at(&model, &ids, &[t - 1]).get(0);
+        let hidden = hidden_of(&model, &ids);
+        let last = logits_at(&model, &hidden, &[t - 1]).get(0);
         let row: Vec<f32> = Vec::try_from(&last).expect("row");
         let expected_top = ids_of(&case["top_ids"]);
         let expected_values = floats_of(&case["top_values"]);
@@ -217,12 +223,13 @@ fn logits_and_greedy_decoding_match_transformers() {
 
         // Probe ids at several positions (for the long prompt: around the window edge 512).
         let positions = ids_of(&case["probe_positions"]);
-        let probes = logits_at(&model, &ids, &positions);
+        let probes = logits_at(&model, &hidden, &positions);
         let probe_index = Tensor::from_slice(&probe_ids);
         let got = probes.index_select(1, &probe_index);
-        for (p, expected_row) in positions.iter().zip(case["probe_values"].as_array().expect("rows")) {
-            let got_row: Vec<f32> = Vec::try_from(got.get(positions.iter().position(|q| q == p).unwrap_or(0) as i64))
-                .expect("probe row");
+        let expected_rows = case["probe_values"].as_array().expect("rows");
+        assert_eq!(expected_rows.len(), positions.len());
+        for (k, (p, expected_row)) in positions.iter().zip(expected_rows).enumerate() {
+            let got_row: Vec<f32> = Vec::try_from(got.get(k as i64)).expect("probe row");
             for (g, e) in got_row.iter().zip(floats_of(expected_row)) {
                 let diff = (f64::from(*g) - e).abs();
                 worst = worst.max(diff);
@@ -235,7 +242,8 @@ fn logits_and_greedy_decoding_match_transformers() {
         let all: Vec<i64> = (0..t).collect();
         let mut argmax = Vec::new();
         for chunk in all.chunks(64) {
-            argmax.extend(Vec::<i64>::try_from(&logits_at(&model, &ids, chunk).argmax(-1, false)).expect("argmax"));
+            let logits = logits_at(&model, &hidden, chunk);
+            argmax.extend(Vec::<i64>::try_from(&logits.argmax(-1, false)).expect("argmax"));
         }
         let mismatches = argmax.iter().zip(&expected_argmax).filter(|(a, b)| a != b).count();
         assert_eq!(mismatches, 0, "{name}: argmax differs at {mismatches} of {t} positions");
