@@ -9,6 +9,12 @@
 mod gemma;
 #[path = "../examples/rpo_gemma/gguf_tokenizer.rs"]
 mod gguf_tokenizer;
+#[path = "../examples/rpo_gemma/plot.rs"]
+mod plot;
+#[path = "../examples/rpo_gemma/run.rs"]
+mod run;
+#[path = "../examples/rpo_gemma/task.rs"]
+mod task;
 
 use std::path::{Path, PathBuf};
 
@@ -44,7 +50,11 @@ fn gguf_path() -> PathBuf {
     match output {
         Ok(out) if out.status.success() => {
             let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-            assert!(path.is_file(), "assemble() returned {}, which is not a file", path.display());
+            assert!(
+                path.is_file(),
+                "assemble() returned {}, which is not a file",
+                path.display()
+            );
             path
         }
         other => panic!(
@@ -105,10 +115,18 @@ fn tokenizer_matches_transformers() {
         }
         let decoded = tok.decode(&expected, false);
         if decoded != case["decoded"].as_str().expect("decoded") {
-            failures.push(format!("decode of {text:?}: got {decoded:?}, transformers {:?}", case["decoded"]));
+            failures.push(format!(
+                "decode of {text:?}: got {decoded:?}, transformers {:?}",
+                case["decoded"]
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 
     // With BOS (the trait leaves it to the data pipeline; the file says add_bos_token = true).
     let bos = &fx["bos_example"];
@@ -133,7 +151,10 @@ fn tokenizer_matches_transformers() {
             true,
         )
         .expect("template");
-    assert_eq!(prompt, "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n");
+    assert_eq!(
+        prompt,
+        "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+    );
     let ids = tok.encode(&prompt).expect("encode");
     assert_eq!(ids[0], 105);
     assert_eq!(ids.iter().filter(|&&i| i == 105).count(), 2);
@@ -153,7 +174,10 @@ fn hidden_of(model: &gemma::Gemma, ids: &[i64]) -> Tensor {
 fn logits_at(model: &gemma::Gemma, hidden: &Tensor, positions: &[i64]) -> Tensor {
     let rows = hidden.index_select(0, &Tensor::from_slice(positions));
     let logits = rows.matmul(&model.head_weight().tr());
-    assert!(model.final_logit_softcap().is_none(), "Gemma 3 270M has no final soft-cap");
+    assert!(
+        model.final_logit_softcap().is_none(),
+        "Gemma 3 270M has no final soft-cap"
+    );
     logits.to_kind(Kind::Float)
 }
 
@@ -164,7 +188,12 @@ fn logits_and_greedy_decoding_match_transformers() {
     let config = model.config();
     assert_eq!(config.model_type, "gemma3_text");
     assert_eq!(
-        (config.hidden_size, config.num_hidden_layers, config.kv_heads(), config.head_size()),
+        (
+            config.hidden_size,
+            config.num_hidden_layers,
+            config.kv_heads(),
+            config.head_size()
+        ),
         (640, 18, 1, 256)
     );
     assert_eq!(config.rope_bases().expect("rope"), (1e6, 1e4));
@@ -181,11 +210,17 @@ fn logits_and_greedy_decoding_match_transformers() {
         let ids = ids_of(&case["ids"]);
         // The prompt through our tokenizer gives the same ids.
         let mut ours = vec![2];
-        ours.extend(tok.encode(case["prompt"].as_str().expect("prompt")).expect("encode"));
+        ours.extend(
+            tok.encode(case["prompt"].as_str().expect("prompt"))
+                .expect("encode"),
+        );
         assert_eq!(ours, ids, "{name}: prompt ids");
         let t = ids.len() as i64;
         if name == "long" {
-            assert!(t > 600, "the long prompt must exceed the 512-token window, has {t}");
+            assert!(
+                t > 600,
+                "the long prompt must exceed the 512-token window, has {t}"
+            );
         }
 
         // Last position: top-20 and row statistics.
@@ -197,7 +232,11 @@ fn logits_and_greedy_decoding_match_transformers() {
         for (id, value) in expected_top.iter().zip(&expected_values) {
             let diff = (f64::from(row[*id as usize]) - value).abs();
             worst = worst.max(diff);
-            assert!(diff < LOGIT_TOLERANCE, "{name}: logit of top id {id}: {} vs {value}", row[*id as usize]);
+            assert!(
+                diff < LOGIT_TOLERANCE,
+                "{name}: logit of top id {id}: {} vs {value}",
+                row[*id as usize]
+            );
         }
         let (top_values, top_ids) = last.topk(20, 0, true, true);
         let top_ids = Vec::<i64>::try_from(&top_ids).expect("ids");
@@ -206,7 +245,10 @@ fn logits_and_greedy_decoding_match_transformers() {
         for (k, (id, expected)) in top_ids.iter().zip(&expected_top).enumerate() {
             if id != expected {
                 let gap = (expected_values[k] - f64::from(top_values[k])).abs();
-                assert!(gap < LOGIT_TOLERANCE, "{name}: top-{k} id {id} vs {expected} (gap {gap})");
+                assert!(
+                    gap < LOGIT_TOLERANCE,
+                    "{name}: top-{k} id {id} vs {expected} (gap {gap})"
+                );
             }
         }
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
@@ -218,7 +260,10 @@ fn logits_and_greedy_decoding_match_transformers() {
             ("logsumexp", lse, &case["logsumexp"]),
         ] {
             let expected = expected.as_f64().expect("stat");
-            assert!((got - expected).abs() < LOGIT_TOLERANCE, "{name}: {what} {got} vs {expected}");
+            assert!(
+                (got - expected).abs() < LOGIT_TOLERANCE,
+                "{name}: {what} {got} vs {expected}"
+            );
         }
 
         // Probe ids at several positions (for the long prompt: around the window edge 512).
@@ -233,7 +278,10 @@ fn logits_and_greedy_decoding_match_transformers() {
             for (g, e) in got_row.iter().zip(floats_of(expected_row)) {
                 let diff = (f64::from(*g) - e).abs();
                 worst = worst.max(diff);
-                assert!(diff < LOGIT_TOLERANCE, "{name}: position {p}: probe logit {g} vs {e}");
+                assert!(
+                    diff < LOGIT_TOLERANCE,
+                    "{name}: position {p}: probe logit {g} vs {e}"
+                );
             }
         }
 
@@ -245,8 +293,15 @@ fn logits_and_greedy_decoding_match_transformers() {
             let logits = logits_at(&model, &hidden, chunk);
             argmax.extend(Vec::<i64>::try_from(&logits.argmax(-1, false)).expect("argmax"));
         }
-        let mismatches = argmax.iter().zip(&expected_argmax).filter(|(a, b)| a != b).count();
-        assert_eq!(mismatches, 0, "{name}: argmax differs at {mismatches} of {t} positions");
+        let mismatches = argmax
+            .iter()
+            .zip(&expected_argmax)
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(
+            mismatches, 0,
+            "{name}: argmax differs at {mismatches} of {t} positions"
+        );
     }
     eprintln!("largest |logit difference| vs transformers: {worst:.2e}");
 
@@ -255,7 +310,10 @@ fn logits_and_greedy_decoding_match_transformers() {
     let prompt_ids = ids_of(&greedy["prompt_ids"]);
     let generated = gemma::greedy_decode(&model, &[prompt_ids], 10, 1, 0, Device::Cpu).expect("decode");
     assert_eq!(generated[0], ids_of(&greedy["new_ids"]));
-    assert_eq!(tok.decode(&generated[0], true), greedy["text"].as_str().expect("text"));
+    assert_eq!(
+        tok.decode(&generated[0], true),
+        greedy["text"].as_str().expect("text")
+    );
 }
 
 #[test]
@@ -266,10 +324,58 @@ fn gguf_errors_are_clear() {
         .err()
         .expect("not a Gemma 3 file")
         .to_string();
-    assert!(error.contains("general.architecture") || error.contains("gemma3"), "{error}");
+    assert!(
+        error.contains("general.architecture") || error.contains("gemma3"),
+        "{error}"
+    );
     let error = gemma::Gemma::from_gguf(Path::new("/nonexistent.gguf"), Device::Cpu, Kind::Float)
         .err()
         .expect("missing file")
         .to_string();
     assert!(error.contains("/nonexistent.gguf"), "{error}");
+}
+
+/// The example's `--gguf` flow, very short: 4 pairs of the shipped set, one RPO step of 2 pairs.
+#[test]
+fn gguf_rpo_run_takes_a_step() {
+    let output = std::env::temp_dir().join(format!("tch_rpo_gemma3_run_{}", std::process::id()));
+    let config = run::RunConfig {
+        gguf: Some(gguf_path()),
+        sft_epochs: 0,
+        rpo_only: true,
+        max_steps: Some(1),
+        train_limit: Some(4),
+        batch_size: 2,
+        eval_batch: 4,
+        max_length: 48,
+        max_prompt_length: 24,
+        lr: 1e-5,
+        evals_per_epoch: 1,
+        threads: None,
+        verbose: false,
+        output: output.clone(),
+        ..run::RunConfig::default()
+    };
+    let summary = run::run(&config).expect("run");
+    let rows = &summary.rows;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows
+        .iter()
+        .all(|r| r.method == "rpo" && r.gold_accuracy.is_none()));
+    assert_eq!((rows[0].step, rows[1].step), (0, 1));
+    // At the start the policy is the reference: zero margin, no wins.
+    assert!(
+        rows[0].reward_margin.abs() < 1e-3 && rows[0].reward_accuracy == 0.0,
+        "{:?}",
+        rows[0]
+    );
+    for r in rows {
+        assert!(r.chosen_logp.is_finite() && r.chosen_logp < 0.0, "{r:?}");
+        assert!(r.rejected_logp.is_finite() && r.rejected_logp < 0.0, "{r:?}");
+    }
+    // One step changed the model.
+    assert_ne!(rows[0].chosen_logp, rows[1].chosen_logp);
+    let csv = std::fs::read_to_string(output.join("metrics.csv")).expect("metrics.csv");
+    assert_eq!(csv.lines().count(), 3);
+    std::fs::remove_dir_all(&output).ok();
 }

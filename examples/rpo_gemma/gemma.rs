@@ -437,7 +437,11 @@ impl GemmaConfig {
             Some(types) => types.clone(),
             None => (0..layers)
                 .map(|i| {
-                    let pattern = if self.arch().ok() == Some(GemmaArch::Gemma3) { 6 } else { 2 };
+                    let pattern = if self.arch().ok() == Some(GemmaArch::Gemma3) {
+                        6
+                    } else {
+                        2
+                    };
                     if (i + 1) % pattern != 0 {
                         "sliding_attention"
                     } else {
@@ -1427,9 +1431,8 @@ pub fn load_gguf(vs: &nn::VarStore, file: &tch_rpo::gguf::GgufFile, config: &Gem
     let path = file.path().to_path_buf();
     let mut by_gguf = HashMap::new();
     for name in expected.keys() {
-        let gguf = gguf_tensor_name(name).ok_or_else(|| {
-            GemmaError::Config(format!("parameter {name} has no GGUF counterpart"))
-        })?;
+        let gguf = gguf_tensor_name(name)
+            .ok_or_else(|| GemmaError::Config(format!("parameter {name} has no GGUF counterpart")))?;
         by_gguf.insert(gguf, name.clone());
     }
     for info in file.tensors() {
@@ -1450,7 +1453,9 @@ pub fn load_gguf(vs: &nn::VarStore, file: &tch_rpo::gguf::GgufFile, config: &Gem
             });
         }
         let (Some(shape), Some(variable)) = (expected.get(name), variables.get(name)) else {
-            return Err(GemmaError::Config(format!("parameter {name} is not in the model")));
+            return Err(GemmaError::Config(format!(
+                "parameter {name} is not in the model"
+            )));
         };
         let info = file.tensor_info(gguf).map_err(gguf_error)?;
         if &info.shape != shape {
@@ -1461,7 +1466,9 @@ pub fn load_gguf(vs: &nn::VarStore, file: &tch_rpo::gguf::GgufFile, config: &Gem
                 got: info.shape.clone(),
             });
         }
-        let mut value = file.tensor(gguf, Kind::Float, variable.device()).map_err(gguf_error)?;
+        let mut value = file
+            .tensor(gguf, Kind::Float, variable.device())
+            .map_err(gguf_error)?;
         if gguf.ends_with("norm.weight") {
             value = value.f_sub_scalar(1.0)?;
         }

@@ -87,7 +87,10 @@ impl GgufTokenizer {
                 Some(_) => {
                     let id = file.get_i64(&key)?;
                     if id < 0 || id as usize >= raw.len() {
-                        return Err(tokenizer_error(file, format!("{key} = {id} is outside the vocabulary")));
+                        return Err(tokenizer_error(
+                            file,
+                            format!("{key} = {id} is outside the vocabulary"),
+                        ));
                     }
                     Ok(Some(id))
                 }
@@ -113,7 +116,16 @@ impl GgufTokenizer {
                 }
             })
             .collect();
-        Ok(Self::build(tokens, raw.iter().map(|t| t.to_string()).collect(), types, bos_id, eos_id, unk_id, pad_id, add_bos))
+        Ok(Self::build(
+            tokens,
+            raw.iter().map(|t| t.to_string()).collect(),
+            types,
+            bos_id,
+            eos_id,
+            unk_id,
+            pad_id,
+            add_bos,
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -181,7 +193,10 @@ impl GgufTokenizer {
 
     /// The token string of `id` (with `▁` for spaces), if `id` is in the vocabulary.
     pub fn token(&self, id: i64) -> Option<&str> {
-        usize::try_from(id).ok().and_then(|i| self.tokens.get(i)).map(String::as_str)
+        usize::try_from(id)
+            .ok()
+            .and_then(|i| self.tokens.get(i))
+            .map(String::as_str)
     }
 
     /// The id of a token string (as spelled in the vocabulary, e.g. `"<start_of_turn>"`, `"▁the"`).
@@ -246,8 +261,9 @@ impl GgufTokenizer {
         }
         // Merge the lowest-ranked adjacent pair (leftmost among equals) until none can merge.
         let rank_at = |symbols: &[u32], i: usize| self.merges.get(&(symbols[i], symbols[i + 1])).copied();
-        let mut ranks: Vec<Option<(u64, u32)>> =
-            (0..symbols.len().saturating_sub(1)).map(|i| rank_at(&symbols, i)).collect();
+        let mut ranks: Vec<Option<(u64, u32)>> = (0..symbols.len().saturating_sub(1))
+            .map(|i| rank_at(&symbols, i))
+            .collect();
         loop {
             let best = ranks
                 .iter()
