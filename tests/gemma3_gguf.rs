@@ -335,7 +335,8 @@ fn gguf_errors_are_clear() {
     assert!(error.contains("/nonexistent.gguf"), "{error}");
 }
 
-/// The example's `--gguf` flow, very short: 4 pairs of the shipped set, one RPO step of 2 pairs.
+/// The example's `--gguf` flow, very short: 4 pairs of the shipped set, two RPO steps of 2 pairs (the
+/// warmup starts from learning rate 0, so the first step leaves the weights as they are).
 #[test]
 fn gguf_rpo_run_takes_a_step() {
     let output = std::env::temp_dir().join(format!("tch_rpo_gemma3_run_{}", std::process::id()));
@@ -343,7 +344,7 @@ fn gguf_rpo_run_takes_a_step() {
         gguf: Some(gguf_path()),
         sft_epochs: 0,
         rpo_only: true,
-        max_steps: Some(1),
+        max_steps: Some(2),
         train_limit: Some(4),
         batch_size: 2,
         eval_batch: 4,
@@ -362,7 +363,7 @@ fn gguf_rpo_run_takes_a_step() {
     assert!(rows
         .iter()
         .all(|r| r.method == "rpo" && r.gold_accuracy.is_none()));
-    assert_eq!((rows[0].step, rows[1].step), (0, 1));
+    assert_eq!((rows[0].step, rows[1].step), (0, 2));
     // At the start the policy is the reference: zero margin, no wins.
     assert!(
         rows[0].reward_margin.abs() < 1e-3 && rows[0].reward_accuracy == 0.0,
@@ -373,9 +374,52 @@ fn gguf_rpo_run_takes_a_step() {
         assert!(r.chosen_logp.is_finite() && r.chosen_logp < 0.0, "{r:?}");
         assert!(r.rejected_logp.is_finite() && r.rejected_logp < 0.0, "{r:?}");
     }
-    // One step changed the model.
+    // The second step changed the model.
     assert_ne!(rows[0].chosen_logp, rows[1].chosen_logp);
     let csv = std::fs::read_to_string(output.join("metrics.csv")).expect("metrics.csv");
     assert_eq!(csv.lines().count(), 3);
     std::fs::remove_dir_all(&output).ok();
+}
+
+/// A Gemma 3 config.json (no GGUF needed): transformers' defaults where fields are absent.
+#[test]
+fn gemma3_config_json_defaults() {
+    let text = r#"{"model_type": "gemma3_text", "vocab_size": 100, "hidden_size": 32,
+        "intermediate_size": 64, "num_hidden_layers": 12, "num_attention_heads": 2,
+        "num_key_value_heads": 1, "head_dim": 16, "sliding_window": 8}"#;
+    let config = gemma::GemmaConfig::from_json_str(text, Path::new("config.json")).expect("parse");
+    config.validate().expect("valid");
+    assert_eq!(config.final_logit_softcapping, None);
+    assert_eq!(config.attn_logit_softcapping, None);
+    assert_eq!(config.rope_bases().expect("rope"), (1e6, 1e4));
+    let windows = config.layer_windows().expect("windows");
+    let global: Vec<usize> = (0..12).filter(|&i| windows[i].is_none()).collect();
+    assert_eq!(global, [5, 11]);
+    let shapes = config.parameter_shapes().expect("shapes");
+    assert_eq!(shapes["model.layers.3.self_attn.q_norm.weight"], [16]);
+    assert_eq!(shapes["model.layers.3.post_feedforward_layernorm.weight"], [32]);
+    // Every parameter has a GGUF name, and the mapping is one-to-one.
+    let names: std::collections::HashSet<String> = shapes
+        .keys()
+        .map(|n| gemma::gguf_tensor_name(n).expect("gguf name"))
+        .collect();
+    assert_eq!(names.len(), shapes.len());
+    // transformers ≥ 5 style nested RoPE parameters, and an explicit soft-cap.
+    let text = r#"{"model_type": "gemma3_text", "vocab_size": 100, "hidden_size": 32,
+        "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "head_dim": 16,
+        "final_logit_softcapping": 30.0,
+        "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 5e5},
+                            "sliding_attention": {"rope_type": "default", "rope_theta": 2e4}}}"#;
+    let config = gemma::GemmaConfig::from_json_str(text, Path::new("config.json")).expect("parse");
+    assert_eq!(config.rope_bases().expect("rope"), (5e5, 2e4));
+    assert_eq!(config.final_logit_softcapping, Some(30.0));
+    let linear = text.replace(
+        r#""rope_type": "default", "rope_theta": 5e5"#,
+        r#""rope_type": "linear", "factor": 8.0"#,
+    );
+    let config = gemma::GemmaConfig::from_json_str(&linear, Path::new("config.json")).expect("parse");
+    assert!(
+        config.validate().is_err(),
+        "linear RoPE scaling is not implemented and must be refused"
+    );
 }
