@@ -419,8 +419,9 @@ impl Stage<'_> {
             fit.max_steps = Some(every.min(total - trainer.step()));
             let started = Instant::now();
             let history = trainer.fit(self.pairs, self.collator, &fit)?;
-            if self.verbose && !history.is_empty() {
-                let seconds = started.elapsed().as_secs_f64();
+            let seconds = started.elapsed().as_secs_f64();
+            // Time per step, for models where it matters (a real model on CPU), not the small default one.
+            if self.verbose && !history.is_empty() && seconds >= history.len() as f64 {
                 eprintln!(
                     "{}: {} steps in {seconds:.1} s ({:.1} s/step)",
                     self.method,
