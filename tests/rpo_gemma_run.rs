@@ -3,6 +3,8 @@
 //! and `chosen_logp.svg` (an SVG with a DPO and an RPO series).
 #[path = "../examples/rpo_gemma/gemma.rs"]
 mod gemma;
+#[path = "../examples/rpo_gemma/gguf_tokenizer.rs"]
+mod gguf_tokenizer;
 #[path = "../examples/rpo_gemma/plot.rs"]
 mod plot;
 #[path = "../examples/rpo_gemma/run.rs"]

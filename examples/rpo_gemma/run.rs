@@ -20,6 +20,7 @@ use tch_rpo::train::{
 use tch_rpo::{LogProbOptions, RpoConfig, SftNormalization};
 
 use crate::gemma::{greedy_decode, Gemma, GemmaConfig, GemmaError};
+use crate::gguf_tokenizer::GgufTokenizer;
 use crate::task::{self, CharVocab};
 
 /// The exact header of `metrics.csv`.
@@ -33,6 +34,14 @@ type BoxError = Box<dyn std::error::Error>;
 pub struct RunConfig {
     /// A Hugging Face Gemma checkpoint directory (`None`: the small seeded random-init model).
     pub model_dir: Option<PathBuf>,
+    /// A Gemma 3 GGUF file: model and tokenizer from it (takes precedence over `model_dir`).
+    pub gguf: Option<PathBuf>,
+    /// Train only RPO (no DPO comparison run).
+    pub rpo_only: bool,
+    /// Stop each of DPO / RPO after this many optimizer steps (the LR schedule is sized to it).
+    pub max_steps: Option<u64>,
+    /// Pairs per forward pass when evaluating and when computing the reference log-probs.
+    pub eval_batch: usize,
     /// A JSON Lines preference file (`None`: the shipped word-reversal training set).
     pub data: Option<PathBuf>,
     /// Where the model and the batches live.
@@ -87,6 +96,10 @@ impl Default for RunConfig {
     fn default() -> Self {
         Self {
             model_dir: None,
+            gguf: None,
+            rpo_only: false,
+            max_steps: None,
+            eval_batch: 64,
             data: None,
             device: Device::Cpu,
             kind: Kind::Float,
@@ -243,6 +256,12 @@ impl Codec for CharVocab {
     }
 }
 
+impl Codec for GgufTokenizer {
+    fn decode(&self, ids: &[i64]) -> Result<String, BoxError> {
+        Ok(GgufTokenizer::decode(self, ids, true))
+    }
+}
+
 #[cfg(feature = "hf-tokenizers")]
 struct HfCodec {
     tokenizer: tch_rpo::data::HfTokenizer,
@@ -302,8 +321,12 @@ pub fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rpo_gemma/data")
 }
 
-/// The policy to train: a checkpoint, or the seeded small Gemma 2.
+/// The policy to train: a GGUF file, a checkpoint, or the seeded small Gemma 2.
 fn load_policy(config: &RunConfig, vocab_size: i64) -> Result<GemmaPolicy, BoxError> {
+    if let Some(path) = &config.gguf {
+        let (vs, model, _) = Gemma::from_gguf(path, config.device, config.kind)?;
+        return Ok(GemmaPolicy::new(vs, model));
+    }
     match &config.model_dir {
         Some(dir) => {
             let (vs, model) = Gemma::from_pretrained(dir, config.device, config.kind)?;
@@ -394,7 +417,18 @@ impl Stage<'_> {
         while trainer.step() < total {
             let mut fit = self.fit.clone();
             fit.max_steps = Some(every.min(total - trainer.step()));
+            let started = Instant::now();
             let history = trainer.fit(self.pairs, self.collator, &fit)?;
+            let seconds = started.elapsed().as_secs_f64();
+            // Time per step, for models where it matters (a real model on CPU), not the small default one.
+            if self.verbose && !history.is_empty() && seconds >= history.len() as f64 {
+                eprintln!(
+                    "{}: {} steps in {seconds:.1} s ({:.1} s/step)",
+                    self.method,
+                    history.len(),
+                    seconds / history.len() as f64
+                );
+            }
             if let Some(skipped) = history.iter().find(|m| m.skipped) {
                 eprintln!(
                     "warning: {} step {} skipped: {}",
@@ -499,14 +533,19 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, BoxError> {
     }
 
     // Tokenizer, data, held-out prompts.
-    let codec: Box<dyn Codec> = match &config.model_dir {
-        Some(dir) => hf_codec(dir)?,
-        None => Box::new(CharVocab::new()),
+    let codec: Box<dyn Codec> = match (&config.gguf, &config.model_dir) {
+        (Some(path), _) => {
+            let file = tch_rpo::gguf::GgufFile::open(path)?;
+            Box::new(GgufTokenizer::from_gguf(&file)?)
+        }
+        (None, Some(dir)) => hf_codec(dir)?,
+        (None, None) => Box::new(CharVocab::new()),
     };
-    let train_path = config
-        .data
-        .clone()
-        .unwrap_or_else(|| data_dir().join("train.jsonl"));
+    let default_data = match config.gguf {
+        Some(_) => data_dir().join("gemma3_prefs.jsonl"),
+        None => data_dir().join("train.jsonl"),
+    };
+    let train_path = config.data.clone().unwrap_or(default_data);
     let mut records = PreferenceDataset::from_jsonl(&train_path, OnMalformed::Error)?.records;
     if let Some(n) = config.train_limit {
         records.truncate(n);
@@ -515,9 +554,9 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, BoxError> {
         return Err(format!("{}: no preference records", train_path.display()).into());
     }
     let pairs = encode_records(codec.as_ref(), &records)?;
-    let heldout: Vec<String> = match &config.data {
-        Some(_) => Vec::new(),
-        None => {
+    let heldout: Vec<String> = match (&config.data, &config.gguf) {
+        (Some(_), _) | (_, Some(_)) => Vec::new(),
+        (None, None) => {
             let mut prompts: Vec<String> = task::read_jsonl(&data_dir().join("heldout.jsonl"))?
                 .into_iter()
                 .map(|r| r.prompt)
@@ -548,6 +587,10 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, BoxError> {
         .sum();
     let batches_per_epoch = pairs.len().div_ceil(config.batch_size) as u64;
     let steps_per_epoch = batches_per_epoch.div_ceil(config.grad_accum as u64).max(1);
+    let total_steps = |epochs: usize| -> u64 {
+        let steps = steps_per_epoch * epochs as u64;
+        config.max_steps.map_or(steps, |m| m.clamp(1, steps.max(1)))
+    };
     if config.verbose {
         println!(
             "{:?} model, {params} parameters, {:?} {:?}, {} threads; {} training pairs, {} held-out prompts; \
@@ -573,7 +616,7 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, BoxError> {
         Ok(RpoTrainerConfig {
             rpo,
             optimizer: AdamWConfig::default(),
-            schedule: LrSchedule::paper(lr, steps_per_epoch * epochs as u64)?,
+            schedule: LrSchedule::paper(lr, total_steps(epochs))?,
             max_grad_norm: Some(1.0),
             loss_path,
             seed: config.seed,
@@ -585,7 +628,7 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, BoxError> {
         pairs: &pairs,
         collator: &collator,
         fit: fit.clone(),
-        eval_batch: 64,
+        eval_batch: config.eval_batch.max(1),
         steps_per_epoch,
         evals_per_epoch: config.evals_per_epoch,
         verbose: config.verbose,
@@ -597,7 +640,8 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, BoxError> {
     // 1. SFT on the chosen responses (reference-free; DPO weight 0): the reference policy.
     let mut rows = Vec::new();
     let gemma_config = sft_policy.model.config().clone();
-    let sft_params = if config.sft_epochs > 0 {
+    // Without SFT the loaded model itself is the reference (no copy).
+    let sft_policy = if config.sft_epochs > 0 {
         let sft_model = sft_policy.model.shallow_clone();
         let mut trainer = RpoTrainer::new(
             Box::new(sft_policy),
@@ -609,28 +653,31 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, BoxError> {
             )?,
         )?;
         rows.extend(stage("sft").run(&mut trainer, &sft_model, &gold)?);
-        trainer.into_model().named_parameters()
+        let params = trainer.into_model().named_parameters();
+        policy_with(&gemma_config, config.device, config.kind, &params)?
     } else {
-        sft_policy.named_parameters()
+        sft_policy
     };
-    let sft_policy = policy_with(&gemma_config, config.device, config.kind, &sft_params)?;
-    drop(sft_params);
 
     // 2. Reference log-probs of the SFT model, once.
     let cache = ReferenceCache::compute(
         &sft_policy,
         &pairs,
         &collator,
-        64,
+        config.eval_batch.max(1),
         &LogProbOptions::causal(),
         loss_path,
     )?;
 
     // 3. DPO and RPO from the same start, same data order and seed.
-    for (method, rpo) in [
+    let methods = [
         ("dpo", RpoConfig::paper(config.beta, 0.0)),
         ("rpo", RpoConfig::paper(config.beta, config.eta)),
-    ] {
+    ];
+    for (method, rpo) in methods
+        .into_iter()
+        .filter(|(m, _)| !config.rpo_only || *m == "rpo")
+    {
         let policy = policy_with(
             &gemma_config,
             config.device,
