@@ -9,7 +9,7 @@
 //!    hidden states: prompt and padding tokens never reach the matmul.
 //! 2. **Pass 1** (no grad): for chunks of scored tokens, logits in f32, logsumexp and the target logit →
 //!    per-token log-prob, scatter-added into per-sequence sums `[2B]` (f32).
-//! 3. The loss ([`rpo_loss`](crate::rpo_loss), [`dpo_loss`](crate::dpo_loss), [`sft_loss`](crate::sft_loss))
+//! 3. The loss ([`rpo_loss`], [`dpo_loss`], [`sft_loss`])
 //!    is evaluated on those small tensors with ordinary autograd; one backward to a leaf gives
 //!    `dL/d(sum of sequence r)` — the coefficient `c` of every token of `r`.
 //! 4. **Pass 2** (no grad): recompute each chunk's logits and apply `dL/dz = c · (onehot(y) − softmax(z))`

@@ -1,6 +1,6 @@
 //! The trainer (feature `train`, on by default): the [`PolicyModel`] trait models implement, the
 //! [`Trainer`] trait, and [`RpoTrainer`] with its own [`AdamW`] ([`optim`]), learning-rate schedule
-//! ([`schedule`]), reference log-probs ([`reference`]), metrics and logs ([`metrics`]) and crash-safe
+//! ([`schedule`]), reference log-probs ([`reference`](mod@reference)), metrics and logs ([`metrics`]) and crash-safe
 //! checkpoints ([`checkpoint`]). Design notes: `docs/design.md`, section "Trainer".
 //!
 //! ```no_run
