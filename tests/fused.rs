@@ -438,13 +438,22 @@ fn tiny_model_trains_identically() {
         let _ = labels.get(1).narrow(0, 5, 2).fill_(-100); // padding in one row
         let ref_sums = Tensor::randn([2 * pairs], (Kind::Float, CPU)) - 10.0;
         let config = RpoConfig::paper(0.5, 0.3);
-        let train = |fused: bool| -> Vec<(String, Tensor)> {
-            tch::manual_seed(5);
-            let vs = nn::VarStore::new(CPU);
+        let layers = |vs: &nn::VarStore| {
             let root = vs.root();
-            let emb = nn::embedding(&root / "emb", v, h, Default::default());
-            let mid = nn::linear(&root / "mid", h, h, Default::default());
-            let head = nn::linear(&root / "head", h, v, Default::default());
+            (
+                nn::embedding(&root / "emb", v, h, Default::default()),
+                nn::linear(&root / "mid", h, h, Default::default()),
+                nn::linear(&root / "head", h, v, Default::default()),
+            )
+        };
+        // Both runs start from copies of one initialization (not from re-seeding libtorch's global generator,
+        // which tests on other threads may be drawing from at the same time).
+        let init = nn::VarStore::new(CPU);
+        let _ = layers(&init);
+        let train = |fused: bool| -> Vec<(String, Tensor)> {
+            let mut vs = nn::VarStore::new(CPU);
+            let (emb, mid, head) = layers(&vs);
+            vs.copy(&init).unwrap();
             let mut opt = nn::Sgd::default().build(&vs, 0.5).unwrap();
             for _ in 0..4 {
                 let hidden = mid.forward(&emb.forward(&ids)).tanh();
@@ -498,10 +507,7 @@ fn tiny_model_trains_identically() {
         }
         // The run actually moved the parameters.
         let moved = {
-            tch::manual_seed(5);
-            let vs = nn::VarStore::new(CPU);
-            let _ = nn::embedding(vs.root() / "emb", v, h, Default::default());
-            let e0 = vs.variables()["emb.weight"].copy();
+            let e0 = init.variables()["emb.weight"].copy();
             let e1 = &a.iter().find(|(n, _)| n == "emb.weight").unwrap().1;
             (e1 - e0).abs().max().double_value(&[])
         };

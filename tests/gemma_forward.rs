@@ -13,7 +13,8 @@ use std::sync::Mutex;
 use gemma::{load_checkpoint, Gemma, GemmaConfig, GemmaError};
 use tch::{nn, Device, Kind, Tensor};
 
-/// Held by the tests that draw from libtorch's global random generator (seeded init must not interleave).
+/// Held by every test here: libtorch's random generator is global, and a seeded init must not interleave
+/// with another test drawing from it.
 static RNG: Mutex<()> = Mutex::new(());
 
 /// Max |ours − transformers| allowed on f32 logits (values up to ~7).
@@ -65,16 +66,19 @@ fn check_against_reference(name: &str, arch: gemma::GemmaArch) {
 
 #[test]
 fn gemma1_logits_match_transformers() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     check_against_reference("gemma_tiny", gemma::GemmaArch::Gemma);
 }
 
 #[test]
 fn gemma2_logits_match_transformers() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     check_against_reference("gemma2_tiny", gemma::GemmaArch::Gemma2);
 }
 
 #[test]
 fn bf16_forward_is_close_to_f32() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let dir = fixture("gemma2_tiny");
     let (_vs, model) = Gemma::from_pretrained(&dir, Device::Cpu, Kind::BFloat16).unwrap();
     let exp = expected("gemma2_tiny");
@@ -89,6 +93,7 @@ fn bf16_forward_is_close_to_f32() {
 /// tokens run alone without padding.
 #[test]
 fn right_padding_does_not_change_real_tokens() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     for name in ["gemma_tiny", "gemma2_tiny"] {
         let (_vs, model) = Gemma::from_pretrained(&fixture(name), Device::Cpu, Kind::Float).unwrap();
         let exp = expected(name);
@@ -146,6 +151,7 @@ fn load_err(dir: &Path) -> GemmaError {
 
 #[test]
 fn sharded_checkpoint_loads_like_single_file() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let dir = scratch_dir(
         "sharded",
         "gemma2_tiny",
@@ -191,6 +197,7 @@ fn sharded_checkpoint_loads_like_single_file() {
 
 #[test]
 fn missing_tensor_is_reported_by_name() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let victim = "model.layers.1.mlp.up_proj.weight";
     let dir = scratch_dir(
         "missing",
@@ -213,6 +220,7 @@ fn missing_tensor_is_reported_by_name() {
 
 #[test]
 fn shape_mismatch_is_reported() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     // The config says 2 kv heads where the file has 1 (k_proj [24, 64] vs the implied [48, 64]).
     let dir = scratch_dir(
         "shape",
@@ -238,6 +246,7 @@ fn shape_mismatch_is_reported() {
 
 #[test]
 fn architecture_mismatch_and_unknown_model_type_are_errors() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     // Gemma 2 weights under a Gemma 1 config: the extra norms are unexpected.
     let dir = scratch_dir(
         "arch",
@@ -273,6 +282,7 @@ fn architecture_mismatch_and_unknown_model_type_are_errors() {
 
 #[test]
 fn config_validation() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let base = GemmaConfig::small_gemma2(32);
     base.validate().unwrap();
     let mut bad = base.clone();
@@ -368,6 +378,7 @@ fn random_init_is_seeded_and_round_trips() {
 
 #[test]
 fn tensor_loader_counts_every_parameter() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let config = GemmaConfig::from_file(&fixture("gemma2_tiny").join("config.json")).unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
     let _model = Gemma::new(&vs.root(), &config).unwrap();
