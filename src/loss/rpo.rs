@@ -274,19 +274,13 @@ pub fn rpo_loss_from_logits(
         }
         ReferenceLogits::Free => None,
     };
-    let (ref_chosen, ref_rejected) = match &reference_sums {
-        Some(sums) => {
-            let b = chosen.len();
-            (Some(sums.f_narrow(0, 0, b)?), Some(sums.f_narrow(0, b, b)?))
-        }
-        None => (None, None),
-    };
-    let reference = match (&ref_chosen, &ref_rejected) {
-        (Some(c), Some(r)) => Reference::LogProbs {
-            chosen: c,
-            rejected: r,
-        },
-        _ => Reference::Free,
+    let b = chosen.len();
+    let reference_pairs = reference_sums
+        .map(|sums| -> Result<(Tensor, Tensor)> { Ok((sums.f_narrow(0, 0, b)?, sums.f_narrow(0, b, b)?)) })
+        .transpose()?;
+    let reference = match &reference_pairs {
+        Some((chosen, rejected)) => Reference::LogProbs { chosen, rejected },
+        None => Reference::Free,
     };
     let mut batch = PreferenceBatch::new(&chosen, &rejected, reference);
     batch.global = global;

@@ -86,32 +86,25 @@ pub fn sft_loss(
             }
             nll.f_div(&chosen.count.f_to_kind(kind)?)?
         }
-        SftNormalization::TokenMean => {
-            let pairs = match global {
-                Some(g) => {
-                    validate::positive_finite("global.pairs", g.pairs)?;
-                    g.pairs
-                }
-                None => chosen.len() as f64,
-            };
-            match global {
-                Some(g) => {
-                    validate::positive_finite("global.chosen_tokens", g.chosen_tokens)?;
-                    nll.f_mul_scalar(pairs / g.chosen_tokens)?
-                }
-                None => {
-                    let tokens = chosen.count.f_sum(kind)?;
-                    if validate && tokens.f_double_value(&[])? <= 0.0 {
-                        return Err(Error::NoValidTokens {
-                            arg: "chosen.count",
-                            index: 0,
-                            reduction: "the token-mean SFT normalization (no sequence of the batch has one)",
-                        });
-                    }
-                    nll.f_mul_scalar(pairs)?.f_div(&tokens)?
-                }
+        // −Σ s_i / N overall, in pair units: −s_i · P / N.
+        SftNormalization::TokenMean => match global {
+            Some(g) => {
+                validate::positive_finite("global.pairs", g.pairs)?;
+                validate::positive_finite("global.chosen_tokens", g.chosen_tokens)?;
+                nll.f_mul_scalar(g.pairs / g.chosen_tokens)?
             }
-        }
+            None => {
+                let tokens = chosen.count.f_sum(kind)?;
+                if validate && tokens.f_double_value(&[])? <= 0.0 {
+                    return Err(Error::NoValidTokens {
+                        arg: "chosen.count",
+                        index: 0,
+                        reduction: "the token-mean SFT normalization (no sequence of the batch has one)",
+                    });
+                }
+                nll.f_mul_scalar(chosen.len() as f64)?.f_div(&tokens)?
+            }
+        },
     };
     let loss = reduce_pairs(&per_sequence, global)?;
     Ok(SftOutput { loss, per_sequence })

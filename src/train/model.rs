@@ -1,6 +1,8 @@
 //! The one trait a model implements to be trained by [`crate::train::RpoTrainer`].
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::fused::FusedOptions;
+use crate::logprobs::LogProbOptions;
 use tch::{nn::VarStore, Device, Tensor};
 
 /// The final hidden states and the LM-head weight, for a fused linear-head loss that never materializes
@@ -14,6 +16,30 @@ pub struct HiddenOutput {
     pub lm_head_weight: Tensor,
     /// Final-logit soft-cap `c` of models that compute `tanh(z / c) · c` (Gemma 2); `None` for a plain head.
     pub final_logit_softcap: Option<f64>,
+}
+
+impl HiddenOutput {
+    /// The fused-path options for this output: `options`' ignore index, shift and validation, plus the
+    /// model's final-logit soft-cap.
+    pub(crate) fn fused_options(&self, options: &LogProbOptions) -> FusedOptions {
+        FusedOptions::from(options).with_final_logit_softcap(self.final_logit_softcap)
+    }
+}
+
+/// [`PolicyModel::forward_hidden`] for the fused path, which needs it: `None` becomes [`Error::Config`].
+pub(crate) fn required_hidden(
+    model: &dyn PolicyModel,
+    input_ids: &Tensor,
+    attention_mask: &Tensor,
+) -> Result<HiddenOutput> {
+    model
+        .forward_hidden(input_ids, attention_mask)?
+        .ok_or(Error::Config {
+            name: "loss_path",
+            requirement:
+                "LossPath::Hidden needs a model (policy and reference) whose forward_hidden returns Some"
+                    .to_string(),
+        })
 }
 
 /// A causal language model the trainer can train or use as a reference.

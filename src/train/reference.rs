@@ -2,9 +2,9 @@
 
 use crate::data::{CollatedBatch, Collator, EncodedPair};
 use crate::error::{Error, Result};
-use crate::fused::{fused_sequence_logprobs, FusedOptions, LinearHead};
+use crate::fused::{fused_sequence_logprobs, LinearHead};
 use crate::logprobs::{sequence_logprobs, LogProbOptions};
-use crate::train::model::PolicyModel;
+use crate::train::model::{required_hidden, PolicyModel};
 use crate::train::trainer::LossPath;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -169,26 +169,21 @@ pub(crate) fn model_logprobs(
     path: LossPath,
 ) -> Result<Tensor> {
     tch::no_grad(|| -> Result<Tensor> {
-        let device = model.device();
-        let input_ids = batch.input_ids.f_to_device(device)?;
-        let attention_mask = batch.attention_mask.f_to_device(device)?;
-        let labels = batch.labels.f_to_device(device)?;
+        let batch = batch.to_device(model.device())?;
         // The same path as the policy's, so that policy == reference gives exactly zero rewards.
         if path == LossPath::Hidden {
-            let states = model
-                .forward_hidden(&input_ids, &attention_mask)?
-                .ok_or(Error::Config {
-                    name: "loss_path",
-                    requirement: "LossPath::Hidden needs a reference model whose forward_hidden returns Some"
-                        .to_string(),
-                })?;
-            let fused = FusedOptions::from(options).with_final_logit_softcap(states.final_logit_softcap);
+            let states = required_hidden(model, &batch.input_ids, &batch.attention_mask)?;
             let head = LinearHead::new(&states.lm_head_weight);
-            return Ok(fused_sequence_logprobs(&states.hidden, head, &labels, &fused)?
-                .sum
-                .f_detach()?);
+            let fused = states.fused_options(options);
+            return Ok(
+                fused_sequence_logprobs(&states.hidden, head, &batch.labels, &fused)?
+                    .sum
+                    .f_detach()?,
+            );
         }
-        let logits = model.forward(&input_ids, &attention_mask)?;
-        Ok(sequence_logprobs(&logits, &labels, options)?.sum.f_detach()?)
+        let logits = model.forward(&batch.input_ids, &batch.attention_mask)?;
+        Ok(sequence_logprobs(&logits, &batch.labels, options)?
+            .sum
+            .f_detach()?)
     })
 }

@@ -2,13 +2,13 @@
 
 use crate::data::{BatchSampler, CollatedBatch, Collator, EncodedPair, SamplerPosition};
 use crate::error::{Error, Result};
-use crate::fused::{fused_rpo_loss, FusedOptions, FusedReference, HiddenStates as FusedHidden, LinearHead};
+use crate::fused::{fused_rpo_loss, FusedReference, HiddenStates as FusedHidden, LinearHead};
 use crate::logprobs::LogProbOptions;
 use crate::loss::rpo::{rpo_loss_from_logits, ReferenceLogits, RpoConfig, RpoOutput};
 use crate::loss::GlobalBatch;
 use crate::train::checkpoint::{self, CheckpointData};
 use crate::train::metrics::{JsonlLogger, Progress, StepMetrics};
-use crate::train::model::PolicyModel;
+use crate::train::model::{required_hidden, PolicyModel};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::reference::{model_logprobs, ReferenceSource};
 use crate::train::schedule::{Decay, LrSchedule};
@@ -288,9 +288,12 @@ impl RpoTrainer {
             ReferenceSource::Cached(cache) => Some(cache.lookup(&batch.indices, device)?),
             ReferenceSource::Free => None,
         };
-        let input_ids = batch.input_ids.f_to_device(device)?;
-        let attention_mask = batch.attention_mask.f_to_device(device)?;
-        let labels = batch.labels.f_to_device(device)?;
+        let CollatedBatch {
+            input_ids,
+            attention_mask,
+            labels,
+            ..
+        } = batch.to_device(device)?;
         match self.config.loss_path {
             LossPath::Logits => {
                 let logits = self.model.forward(&input_ids, &attention_mask)?;
@@ -308,20 +311,12 @@ impl RpoTrainer {
                 )
             }
             LossPath::Hidden => {
-                let states =
-                    self.model
-                        .forward_hidden(&input_ids, &attention_mask)?
-                        .ok_or(Error::Config {
-                            name: "loss_path",
-                            requirement: "LossPath::Hidden needs a model whose forward_hidden returns Some"
-                                .to_string(),
-                        })?;
+                let states = required_hidden(self.model.as_ref(), &input_ids, &attention_mask)?;
                 let reference = match &reference {
                     Some(sums) => FusedReference::LogProbs(sums),
                     None => FusedReference::Free,
                 };
-                let options = FusedOptions::from(&self.config.logprobs)
-                    .with_final_logit_softcap(states.final_logit_softcap);
+                let options = states.fused_options(&self.config.logprobs);
                 fused_rpo_loss(
                     &self.config.rpo,
                     FusedHidden::Concatenated(&states.hidden),
