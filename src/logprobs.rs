@@ -281,6 +281,16 @@ pub fn token_logprobs(logits: &Tensor, labels: &Tensor, options: &LogProbOptions
     // Chunks come from `split`, not `narrow`: all pieces of a split share one autograd node, whose backward
     // assembles the logits' gradient once. (A `narrow` per chunk would allocate and add a full-size zero
     // gradient per chunk in backward.)
+    // Splits `z` and its targets `y` along `dim` into chunks of `size`, and concatenates the chunk results.
+    let chunked = |z: &Tensor, y: &Tensor, size: i64, dim: i64| -> Result<Tensor> {
+        let pieces = z
+            .f_split(size, dim)?
+            .iter()
+            .zip(&y.f_split(size, dim)?)
+            .map(|(z, y)| chunk(z, y))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::f_cat(&pieces, dim)?)
+    };
     let logps = if full_logits.is_contiguous() {
         // Rows of the unshifted logits as a [B·T, V] view, one level of chunks. With the shift, the last
         // position of each sequence gets a dummy target and is dropped from the (small) result.
@@ -290,37 +300,21 @@ pub fn token_logprobs(logits: &Tensor, labels: &Tensor, options: &LogProbOptions
         } else {
             safe_labels.shallow_clone()
         };
-        let zs = full_logits.f_view([b * t, v])?.f_split(rows_per_chunk, 0)?;
-        let ys = targets.f_view([b * t])?.f_split(rows_per_chunk, 0)?;
-        let pieces = zs
-            .iter()
-            .zip(&ys)
-            .map(|(z, y)| chunk(z, y))
-            .collect::<Result<Vec<_>>>()?;
-        Tensor::f_cat(&pieces, 0)?.f_view([b, t])?.f_narrow(1, 0, steps)?
+        let flat = chunked(
+            &full_logits.f_view([b * t, v])?,
+            &targets.f_view([b * t])?,
+            rows_per_chunk,
+            0,
+        )?;
+        flat.f_view([b, t])?.f_narrow(1, 0, steps)?
     } else if rows_per_chunk >= steps {
         // Strided logits, whole sequences per chunk: split the batch dimension.
-        let seqs = (rows_per_chunk / steps).max(1);
-        let zs = logits.f_split(seqs, 0)?;
-        let ys = safe_labels.f_split(seqs, 0)?;
-        let pieces = zs
-            .iter()
-            .zip(&ys)
-            .map(|(z, y)| chunk(z, y))
-            .collect::<Result<Vec<_>>>()?;
-        Tensor::f_cat(&pieces, 0)?
+        chunked(&logits, &safe_labels, (rows_per_chunk / steps).max(1), 0)?
     } else {
         // Strided logits, long sequences: one sequence at a time, split over time.
         let mut rows = Vec::with_capacity(b as usize);
         for (z_row, y_row) in logits.f_split(1, 0)?.iter().zip(&safe_labels.f_split(1, 0)?) {
-            let zs = z_row.f_split(rows_per_chunk, 1)?;
-            let ys = y_row.f_split(rows_per_chunk, 1)?;
-            let pieces = zs
-                .iter()
-                .zip(&ys)
-                .map(|(z, y)| chunk(z, y))
-                .collect::<Result<Vec<_>>>()?;
-            rows.push(Tensor::f_cat(&pieces, 1)?);
+            rows.push(chunked(z_row, y_row, rows_per_chunk, 1)?);
         }
         Tensor::f_cat(&rows, 0)?
     };
