@@ -278,10 +278,10 @@ pub fn token_logprobs(logits: &Tensor, labels: &Tensor, options: &LogProbOptions
         Some(buffer) => tch::no_grad(|| chunk_logprobs_into(z, y, buffer, out_kind)),
         None => chunk_logprobs(z, y, out_kind),
     };
+    // Splits `z` and its targets `y` along `dim` into chunks of `size` and concatenates the chunk results.
     // Chunks come from `split`, not `narrow`: all pieces of a split share one autograd node, whose backward
-    // assembles the logits' gradient once. (A `narrow` per chunk would allocate and add a full-size zero
-    // gradient per chunk in backward.)
-    // Splits `z` and its targets `y` along `dim` into chunks of `size`, and concatenates the chunk results.
+    // assembles the logits' gradient once (a `narrow` per chunk would allocate and add a full-size zero
+    // gradient per chunk in backward).
     let chunked = |z: &Tensor, y: &Tensor, size: i64, dim: i64| -> Result<Tensor> {
         let pieces = z
             .f_split(size, dim)?
