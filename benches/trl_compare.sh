@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Whole RPO training steps of Gemma 3 270M (the PyPI GGUF), TRL's DPOTrainer vs tch-rpo's `rpo_gemma`, with
+# identical data, batch, lengths, threads and steps; each run in its own process under /usr/bin/time -v.
+# Prints one markdown table (median s/step without the first step, whole-process peak RSS, tokens/s, ratios).
+#
+#   benches/trl_compare.sh                      # all runs: TRL, ours (logits path, fused), each ± checkpointing
+#   RUNS="trl ours-fused" GC="0" benches/trl_compare.sh
+#
+# Environment: STEPS (6) BATCH (4 pairs) MAX_LENGTH (256) MAX_PROMPT_LENGTH (128) THREADS (2) PAIRS (32)
+#   RUNS ("trl ours-logits ours-fused")  GC ("0 1": without / with per-layer gradient checkpointing)
+#   WORK (output/trl_compare: data set, the f32 transformers folder, logs)  PYTHON (.venv/bin/python)
+#   GGUF (default: the file scripts/get_gemma3_gguf.sh installs)
+# It installs TRL 1.16.0, transformers 5.24.0, gguf, accelerate and datasets into the project's venv when it
+# runs (bench-only packages: neither the set-up nor the tests use them), and builds the example.
+# Needs /usr/bin/time (Debian package `time`). Run it on a quiet machine (check `uptime`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STEPS=${STEPS:-6}; BATCH=${BATCH:-4}; MAX_LENGTH=${MAX_LENGTH:-256}; MAX_PROMPT_LENGTH=${MAX_PROMPT_LENGTH:-128}
+THREADS=${THREADS:-2}; PAIRS=${PAIRS:-32}; RUNS=${RUNS:-trl ours-logits ours-fused}; GC=${GC:-0 1}
+WORK=${WORK:-output/trl_compare}; PYTHON=${PYTHON:-.venv/bin/python}
+BIN=${CARGO_TARGET_DIR:-target}/release/examples/rpo_gemma
+ETA=1.0; BETA=0.05   # RPO's SFT coefficient η·β = 0.05 on the summed NLL; TRL's "sft" weight 0.05 (token mean)
+
+[ -x /usr/bin/time ] || { echo "trl_compare: /usr/bin/time missing (apt-get install time)" >&2; exit 1; }
+"$PYTHON" -m pip install --quiet --disable-pip-version-check trl==1.16.0 transformers==5.24.0 gguf accelerate datasets
+GGUF=${GGUF:-$(bash scripts/get_gemma3_gguf.sh)}
+cargo build --release --example rpo_gemma >&2
+mkdir -p "$WORK"
+[ -f "$WORK/prefs.jsonl" ] || "$PYTHON" benches/trl_compare.py data --out "$WORK/prefs.jsonl" --pairs "$PAIRS"
+[ -f "$WORK/gemma3-270m-f32/config.json" ] || "$PYTHON" benches/trl_compare.py export --gguf "$GGUF" --out "$WORK/gemma3-270m-f32"
+
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; load before: $(uptime | sed 's/.*load average: //')" >&2
+results=()
+for gc in $GC; do
+  for run in $RUNS; do
+    name=$run$([ "$gc" = 1 ] && echo "-gc" || true)
+    out="$WORK/$name.json"; timing="$WORK/$name.time"
+    if [ "$run" = trl ]; then
+      cmd=(env OMP_NUM_THREADS="$THREADS" "$PYTHON" benches/trl_compare.py trl --model "$WORK/gemma3-270m-f32"
+           --data "$WORK/prefs.jsonl" --out "$out" --steps "$STEPS" --batch "$BATCH" --max-length "$MAX_LENGTH"
+           --max-prompt-length "$MAX_PROMPT_LENGTH" --threads "$THREADS" --beta "$BETA" --sft-weight 0.05)
+      [ "$gc" = 1 ] && cmd+=(--gradient-checkpointing)
+    else
+      rm -rf "${WORK:?}/$name"
+      cmd=("$BIN" --gguf "$GGUF" --data "$WORK/prefs.jsonl" --rpo-only --max-steps "$STEPS" --batch-size "$BATCH"
+           --max-length "$MAX_LENGTH" --max-prompt-length "$MAX_PROMPT_LENGTH" --threads "$THREADS"
+           --beta "$BETA" --eta "$ETA" --output "$WORK/$name")
+      [ "$run" = ours-fused ] && cmd+=(--fused)
+      [ "$gc" = 1 ] && cmd+=(--gradient-checkpointing)
+    fi
+    echo "== $name: ${cmd[*]}" >&2
+    /usr/bin/time -v "${cmd[@]}" >"$WORK/$name.log" 2>"$timing" || { tail -20 "$timing" >&2; exit 1; }
+    if [ "$run" != trl ]; then
+      "$PYTHON" benches/trl_compare.py ours --log "$WORK/$name/train_log.jsonl" --impl "rpo_gemma $run$([ "$gc" = 1 ] && echo " +gc" || true)" \
+        --out "$out" $([ "$gc" = 1 ] && echo --gc) >/dev/null
+    fi
+    "$PYTHON" benches/trl_compare.py rss "$out" "$(awk '/Maximum resident/{print $NF}' "$timing")"
+    results+=("$out")
+  done
+done
+echo "load after: $(uptime | sed 's/.*load average: //')" >&2
+"$PYTHON" benches/trl_compare.py table "${results[@]}"
