@@ -260,13 +260,28 @@ fn dependent_without_build_rs_needs_ld_library_path_and_init_cuda() {
     }
 }
 
-#[test]
-fn setup_print_libtorch_prints_the_real_torch_folder() {
-    let output = Command::new("bash")
+/// `scripts/setup.sh --print-libtorch` on the environment the checkout's `.venv` links to (so that it never
+/// installs a second one), with the output.
+fn setup_print_libtorch() -> Output {
+    Command::new("bash")
         .arg(Path::new(REPO).join("scripts/setup.sh"))
         .arg("--print-libtorch")
+        .env("TCH_RPO_VENV", venv())
         .output()
-        .expect("run bash");
+        .expect("run bash")
+}
+
+/// The environment `scripts/setup.sh` made, a real path.
+fn venv() -> PathBuf {
+    Path::new(REPO)
+        .join(".venv")
+        .canonicalize()
+        .expect("scripts/setup.sh has linked .venv")
+}
+
+#[test]
+fn setup_print_libtorch_prints_the_real_torch_folder() {
+    let output = setup_print_libtorch();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -289,5 +304,45 @@ fn readme_shows_the_tested_build_rs() {
     assert!(
         readme.contains(build_rs.trim_end()),
         "README.md's \"Using tch-rpo from another crate\" must show tests/dependent/linked/build.rs verbatim"
+    );
+}
+
+#[test]
+fn setup_waits_for_a_running_setup() {
+    if Command::new("flock").arg("-V").output().is_err() {
+        eprintln!("skipped: no flock(1) here; setup.sh then locks with a directory");
+        return;
+    }
+    // Another set-up holds the environment's lock for 3 s (flock(1) running `sleep`).
+    let lock = format!("{}.lock", venv().display());
+    let mut holder = Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "3"])
+        .spawn()
+        .unwrap();
+    let held = std::time::Instant::now();
+    // Wait until it has the lock: a non-blocking attempt then fails.
+    while Command::new("flock")
+        .args(["-n", &lock, "true"])
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(held.elapsed().as_secs() < 10, "flock did not take {lock}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = setup_print_libtorch();
+    let waited = held.elapsed();
+    holder.wait().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("another set-up holds"), "{stderr}");
+    assert!(
+        waited.as_secs_f64() >= 2.9,
+        "setup.sh returned after {waited:?}, while the lock was held 3 s"
+    );
+    assert_eq!(
+        Path::new(String::from_utf8_lossy(&output.stdout).trim()).join("lib"),
+        loaded_lib_dir()
     );
 }
