@@ -1,10 +1,9 @@
 //! The crate's one error type.
 //!
 //! Every public function that can fail returns [`Result`] (accessors of values already checked, such as
-//! [`GgufFile::version`](crate::gguf::GgufFile::version), and builders of plain settings return their value
-//! directly). Each variant names the offending argument and what was seen, so a bad input is reported at the
-//! call that received it instead of surfacing later as a NaN, a panic inside libtorch, or a device-side
-//! assert on CUDA.
+//! `GgufFile::version`, and builders of plain settings return their value directly). Each variant names the
+//! offending argument and what was seen, so a bad input is reported at the call that received it instead of
+//! surfacing later as a NaN, a panic inside libtorch, or a device-side assert on CUDA.
 
 use tch::{Device, Kind, TchError};
 
