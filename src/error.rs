@@ -1,8 +1,9 @@
 //! The crate's one error type.
 //!
-//! Every public function returns [`Result`]. Each variant names the offending argument and what was seen,
-//! so a bad input is reported at the call that received it instead of surfacing later as a NaN, a panic
-//! inside libtorch, or a device-side assert on CUDA.
+//! Every public function that can fail returns [`Result`] (accessors of values already checked, such as
+//! `GgufFile::version`, and builders of plain settings return their value directly). Each variant names the
+//! offending argument and what was seen, so a bad input is reported at the call that received it instead of
+//! surfacing later as a NaN, a panic inside libtorch, or a device-side assert on CUDA.
 
 use tch::{Device, Kind, TchError};
 
@@ -25,8 +26,17 @@ use tch::{Device, Kind, TchError};
 /// | [`Error::Tokenizer`] | a tokenizer could not be loaded or failed to encode |
 /// | [`Error::Gguf`] | a GGUF file is malformed, truncated, uses an unsupported tensor type, or lacks a tensor / key |
 /// | [`Error::Config`] | a trainer / collation setting is inconsistent (e.g. max prompt length ≥ max length) |
+/// | [`Error::OutOfMemory`] | a host buffer (e.g. a GGUF tensor's bytes) could not be allocated |
+/// | [`Error::LibtorchLoad`] | a libtorch library could not be loaded at run time ([`crate::libtorch::init_cuda`]) |
 /// | [`Error::Torch`] | libtorch itself reported an error |
+///
+/// The enum is `#[non_exhaustive]`: a `match` on it needs a `_` arm, so new variants are not breaking changes.
+///
+/// `Display` of [`Error::Torch`] keeps libtorch's message and drops the C++ backtrace that libtorch appends
+/// (often several kilobytes of `frame #N: …` lines); [`Error::torch_details`], `Debug` and
+/// [`std::error::Error::source`] (the [`TchError`]) keep the whole text.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A tensor's shape is not what the function needs.
     #[error("`{arg}` has shape {got:?}, expected {expected}")]
@@ -173,15 +183,67 @@ pub enum Error {
         /// What it must satisfy, with the values seen.
         requirement: String,
     },
-    /// libtorch reported an error.
-    #[error("libtorch: {0}")]
+    /// A host buffer could not be allocated (the allocator refused: a memory limit, or not enough memory).
+    /// Reported instead of aborting the process, e.g. when a valid GGUF file holds a tensor larger than the
+    /// memory available.
+    #[error("cannot allocate {bytes} bytes for {what}: out of memory")]
+    OutOfMemory {
+        /// What the buffer was for, in words (e.g. "the data of GGUF tensor `token_embd.weight`").
+        what: String,
+        /// The size that was requested.
+        bytes: u64,
+    },
+    /// A libtorch shared library could not be loaded at run time, or was loaded too late to take effect.
+    #[error("cannot load {library}: {reason}")]
+    LibtorchLoad {
+        /// The library (a path, or a file name when no path was found).
+        library: String,
+        /// What went wrong (the dynamic loader's message, or why loading had no effect).
+        reason: String,
+    },
+    /// libtorch reported an error. `Display` shows libtorch's message without its C++ backtrace: the lines
+    /// before libtorch's `Exception raised from …` line; [`Error::torch_details`], `Debug` and the source
+    /// error keep everything.
+    #[error("libtorch: {}", torch_summary(.0))]
     Torch(#[from] TchError),
 }
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// libtorch's message in `error` without the C++ backtrace: for [`TchError::Torch`], the lines before
+/// libtorch's `Exception raised from …` line (which starts the backtrace), without trailing blank lines
+/// (the first line if the message starts with the backtrace); other [`TchError`] variants as they display.
+fn torch_summary(error: &TchError) -> String {
+    match error {
+        TchError::Torch(message) => {
+            let mut lines: Vec<&str> = message
+                .lines()
+                .take_while(|line| !line.trim_start().starts_with("Exception raised from"))
+                .collect();
+            while lines.last().is_some_and(|line| line.trim().is_empty()) {
+                lines.pop();
+            }
+            if lines.is_empty() {
+                message.lines().next().unwrap_or("").to_string()
+            } else {
+                lines.join("\n")
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
 impl Error {
+    /// The whole text libtorch reported for an [`Error::Torch`], C++ backtrace included (for debugging;
+    /// `Display` shows only the message). `None` for other variants.
+    pub fn torch_details(&self) -> Option<String> {
+        match self {
+            Error::Torch(error) => Some(error.to_string()),
+            _ => None,
+        }
+    }
+
     /// An [`Error::Io`] for `path`.
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         Error::Io {

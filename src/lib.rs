@@ -58,7 +58,9 @@
 //! - [`data`] (feature `train`, default): JSON Lines preference records, tokenizers, collation.
 //! - [`gguf`] (feature `gguf`, default): GGUF files (llama.cpp's format): metadata, tensor infos, and
 //!   tensors dequantized (F32/F16/BF16, Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q4_K/Q5_K/Q6_K) into tch tensors.
-//! - [`error`]: the one [`Error`] enum; every public function returns [`Result`].
+//! - [`libtorch`]: which libtorch the process loaded (real paths), and [`libtorch::init_cuda`] for a binary
+//!   linked without `libtorch_cuda`.
+//! - [`error`]: the one [`Error`] enum; every public function that can fail returns [`Result`].
 //!
 //! # Devices and validation
 //! Everything runs on the device of its inputs; nothing is copied to the host except by the optional
@@ -72,6 +74,7 @@ pub mod error;
 pub mod fused;
 #[cfg(feature = "gguf")]
 pub mod gguf;
+pub mod libtorch;
 pub mod logprobs;
 pub mod loss;
 #[cfg(feature = "train")]

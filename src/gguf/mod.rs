@@ -9,6 +9,8 @@
 //!   shape, type and byte range) but no tensor data; counts and lengths read from the header are checked
 //!   against the file size before anything is allocated, so a corrupt file gives an error, not a huge
 //!   allocation or a panic.
+//! * Every host buffer is allocated fallibly (`try_reserve`): a valid file whose tensor does not fit in the
+//!   memory available (or under a memory limit) gives [`Error::OutOfMemory`], not an aborted process.
 //! * [`GgufFile::tensor`] reads one tensor's bytes on demand (`seek` + `read_exact`, in chunks of about
 //!   16 MiB of output) and dequantizes them into a tch tensor of the requested floating kind on the requested
 //!   device, in PyTorch dimension order.
@@ -469,27 +471,38 @@ impl GgufFile {
     ///
     /// # Errors
     /// [`Error::Gguf`] if there is no such tensor or the file is now shorter than its header says;
-    /// [`Error::Io`] if reading fails otherwise.
+    /// [`Error::OutOfMemory`] if the [`TensorInfo::n_bytes`] bytes cannot be allocated; [`Error::Io`] if
+    /// reading fails otherwise.
     pub fn tensor_bytes(&self, name: &str) -> Result<Vec<u8>> {
         let info = self.tensor_info(name)?;
+        let mut bytes = try_vec::<u8>(info.n_bytes, || {
+            format!("the data of GGUF tensor `{}`", info.name)
+        })?;
         let mut file = self.open_data(info)?;
-        let mut bytes = vec![0u8; info.n_bytes as usize];
-        self.read_data(&mut file, info, &mut bytes)?;
+        // `read_to_end` fills the reserved capacity without zeroing it first.
+        (&mut file)
+            .take(info.n_bytes)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(&self.path, e))?;
+        if bytes.len() as u64 != info.n_bytes {
+            return Err(self.truncated_data(info));
+        }
         Ok(bytes)
     }
 
     /// A tensor dequantized to `f32`, flattened in PyTorch (row-major) order.
     ///
     /// # Errors
-    /// As [`GgufFile::tensor`] (except the kind and device checks).
+    /// As [`GgufFile::tensor`] (except the kind and device checks), and [`Error::OutOfMemory`] if the
+    /// `4 ·` [`TensorInfo::n_elements`] bytes of the result cannot be allocated.
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
         let info = self.tensor_info(name)?;
         self.check_dequantizable(info)?;
-        let mut out = vec![0f32; info.n_elements as usize];
-        let mut start = 0usize;
+        let mut out = try_vec::<f32>(info.n_elements, || {
+            format!("GGUF tensor `{}` dequantized to f32", info.name)
+        })?;
         self.for_each_chunk(info, |values| {
-            out[start..start + values.len()].copy_from_slice(values);
-            start += values.len();
+            out.extend_from_slice(values);
             Ok(())
         })?;
         Ok(out)
@@ -507,7 +520,8 @@ impl GgufFile {
     /// [`Error::DType`] if `kind` is not `Float`, `Double`, `Half` or `BFloat16`; [`Error::Gguf`] if there is
     /// no such tensor, its type cannot be dequantized (`unsupported tensor type Q2_K (id 10) for tensor
     /// …`), or the file is now shorter than its header says; [`Error::Io`] if reading fails otherwise;
-    /// [`Error::Torch`] if libtorch fails (e.g. out of device memory).
+    /// [`Error::OutOfMemory`] if a chunk buffer cannot be allocated; [`Error::Torch`] if libtorch fails,
+    /// e.g. cannot allocate the output (on the CPU: `DefaultCPUAllocator: can't allocate memory`).
     pub fn tensor(&self, name: &str, kind: Kind, device: Device) -> Result<Tensor> {
         if !matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
             return Err(Error::DType {
@@ -568,16 +582,20 @@ impl GgufFile {
         Ok(file)
     }
 
+    fn truncated_data(&self, info: &TensorInfo) -> Error {
+        self.error(format!(
+            "truncated tensor data: `{}` needs {} bytes from offset {}, but the file ended early \
+             (was it modified after opening?)",
+            info.name,
+            info.n_bytes,
+            self.data_offset + info.offset
+        ))
+    }
+
     fn read_data(&self, file: &mut File, info: &TensorInfo, buf: &mut [u8]) -> Result<()> {
         file.read_exact(buf).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                self.error(format!(
-                    "truncated tensor data: `{}` needs {} bytes from offset {}, but the file ended early \
-                     (was it modified after opening?)",
-                    info.name,
-                    info.n_bytes,
-                    self.data_offset + info.offset
-                ))
+                self.truncated_data(info)
             } else {
                 Error::io(&self.path, e)
             }
@@ -592,8 +610,12 @@ impl GgufFile {
         let total = info.n_elements as usize;
         let chunk_blocks = (CHUNK_ELEMENTS / block_size).max(1);
         let mut file = self.open_data(info)?;
-        let mut raw = vec![0u8; chunk_blocks.min(total / block_size) * block_bytes];
-        let mut values = vec![0f32; chunk_blocks.min(total / block_size) * block_size];
+        let chunk = chunk_blocks.min(total / block_size);
+        let scratch = || format!("a dequantization chunk of GGUF tensor `{}`", info.name);
+        let mut raw = try_vec::<u8>((chunk * block_bytes) as u64, scratch)?;
+        raw.resize(chunk * block_bytes, 0);
+        let mut values = try_vec::<f32>((chunk * block_size) as u64, scratch)?;
+        values.resize(chunk * block_size, 0.0);
         let mut done = 0usize;
         while done < total {
             let blocks = chunk_blocks.min((total - done) / block_size);
@@ -616,7 +638,8 @@ impl GgufFile {
 /// `bytes.len() / block_bytes · block_size` values.
 ///
 /// # Errors
-/// [`Error::Gguf`] (with path `<memory>`) if `ty` cannot be dequantized or `bytes` is not whole blocks.
+/// [`Error::Gguf`] (with path `<memory>`) if `ty` cannot be dequantized or `bytes` is not whole blocks;
+/// [`Error::OutOfMemory`] if the result cannot be allocated.
 pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>> {
     let error = |reason: String| Error::Gguf {
         path: "<memory>".into(),
@@ -632,9 +655,29 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>> {
             bytes.len()
         )));
     }
-    let mut out = vec![0f32; bytes.len() / block_bytes * ty.block_size() as usize];
+    let n = bytes.len() / block_bytes * ty.block_size() as usize;
+    let mut out = try_vec::<f32>(n as u64, || format!("{n} dequantized {ty} values"))?;
+    out.resize(n, 0.0);
     dequant::dequantize_blocks(ty, bytes, &mut out);
     Ok(out)
+}
+
+/// An empty vector with room for exactly `len` values, or [`Error::OutOfMemory`] (naming `what()`) when the
+/// allocator refuses or `len` does not fit in `usize`: a memory limit gives an error, not an abort.
+fn try_vec<T>(len: u64, what: impl FnOnce() -> String) -> Result<Vec<T>> {
+    let oom = |what: String| Error::OutOfMemory {
+        what,
+        bytes: len.saturating_mul(std::mem::size_of::<T>() as u64),
+    };
+    let len = match usize::try_from(len) {
+        Ok(len) => len,
+        Err(_) => return Err(oom(what())),
+    };
+    let mut out = Vec::new();
+    match out.try_reserve_exact(len) {
+        Ok(()) => Ok(out),
+        Err(_) => Err(oom(what())),
+    }
 }
 
 /// Buffered header reading with a position, bounds checks against the file size, and typed errors.
@@ -715,7 +758,8 @@ impl HeaderReader<'_> {
                 self.remaining()
             )));
         }
-        let mut buf = vec![0u8; len as usize];
+        let mut buf = try_vec::<u8>(len, || format!("{what} in the header of {}", self.path.display()))?;
+        buf.resize(len as usize, 0);
         self.fill(&mut buf, what)?;
         Ok(buf)
     }
@@ -767,7 +811,12 @@ impl HeaderReader<'_> {
                     elem.min_bytes(),
                     &format!("elements of metadata array `{key}`"),
                 )?;
-                let mut values = Vec::with_capacity(count as usize);
+                let mut values = try_vec::<GgufValue>(count, || {
+                    format!(
+                        "metadata array `{key}` ({count} values) in {}",
+                        self.path.display()
+                    )
+                })?;
                 for _ in 0..count {
                     values.push(self.value(elem_tag, key, depth + 1)?);
                 }

@@ -1,0 +1,49 @@
+//! `Error::Torch` shows libtorch's message without the C++ backtrace libtorch appends; the whole text stays
+//! reachable (`Error::torch_details`, `source()`, `Debug`).
+
+use std::error::Error as _;
+use tch::{Device, Kind, Tensor};
+use tch_rpo::Error;
+
+/// A real libtorch error: viewing 6 values as 5.
+fn torch_error() -> Error {
+    let t = Tensor::f_zeros([2, 3], (Kind::Float, Device::Cpu)).unwrap();
+    Error::from(t.f_view([5]).unwrap_err())
+}
+
+#[test]
+fn torch_error_display_drops_the_backtrace() {
+    let error = torch_error();
+    let full = error.torch_details().expect("an Error::Torch");
+    // libtorch's own text carries the C++ backtrace ...
+    assert!(full.contains("Exception raised from"), "{full}");
+    assert!(
+        full.contains("shape '[5]' is invalid for input of size 6"),
+        "{full}"
+    );
+    // ... Display keeps the message only.
+    let shown = error.to_string();
+    assert_eq!(shown, "libtorch: shape '[5]' is invalid for input of size 6");
+    assert!(
+        shown.len() * 4 < full.len(),
+        "{} vs {} bytes",
+        shown.len(),
+        full.len()
+    );
+    // The whole text is reachable through the source error and Debug.
+    let source = error.source().expect("the TchError");
+    assert_eq!(source.to_string(), full);
+    assert!(format!("{error:?}").contains("Exception raised from"));
+}
+
+#[test]
+fn other_errors_have_no_torch_details() {
+    let error = Error::EmptyBatch {
+        arg: "chosen",
+        shape: vec![0, 4],
+    };
+    assert_eq!(error.torch_details(), None);
+    // A TchError without a backtrace displays unchanged.
+    let error = Error::from(tch::TchError::Kind("not a float".into()));
+    assert_eq!(error.to_string(), "libtorch: tensor kind error: not a float");
+}
