@@ -124,6 +124,48 @@ impl JsonlLogger {
         })
     }
 
+    /// Opens `path` to continue a run resumed from its checkpoint at optimizer step `step`: the lines at
+    /// the end of the file whose `step` is after `step` — logged by the interrupted process after its last
+    /// checkpoint, and about to be logged again — are removed first, as is a last line that is not JSON
+    /// (torn by the crash). Only that tail is touched: earlier lines, other runs' lines before it and
+    /// lines without a numeric `step` stay. The file is rewritten (temporary file, rename) only if a line
+    /// is removed.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if it cannot be read, rewritten or opened.
+    pub fn continue_run(path: &Path, step: u64) -> Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let lines: Vec<&str> = text.lines().collect();
+                let mut keep = lines.len();
+                while keep > 0 {
+                    let after = match serde_json::from_str::<Value>(lines[keep - 1]) {
+                        Ok(value) => value
+                            .get("step")
+                            .and_then(Value::as_u64)
+                            .is_some_and(|s| s > step),
+                        Err(_) => keep == lines.len(),
+                    };
+                    if !after {
+                        break;
+                    }
+                    keep -= 1;
+                }
+                if keep < lines.len() {
+                    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+                    tmp_name.push(".tmp");
+                    let tmp = path.with_file_name(tmp_name);
+                    let body: String = lines[..keep].iter().map(|l| format!("{l}\n")).collect();
+                    std::fs::write(&tmp, body).map_err(|e| Error::io(&tmp, e))?;
+                    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(path, e)),
+        }
+        Self::append(path)
+    }
+
     /// Writes `value` as one line.
     ///
     /// # Errors

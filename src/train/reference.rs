@@ -2,10 +2,9 @@
 
 use crate::data::{CollatedBatch, Collator, EncodedPair};
 use crate::error::{Error, Result};
-use crate::fused::{fused_sequence_logprobs, LinearHead};
+use crate::fused::fused_sequence_logprobs;
 use crate::logprobs::{sequence_logprobs, LogProbOptions};
-use crate::train::model::{required_hidden, PolicyModel};
-use crate::train::trainer::LossPath;
+use crate::train::model::{required_hidden, LossPath, PolicyModel};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -63,7 +62,8 @@ impl ReferenceCache {
     /// fused head pass on `forward_hidden` — use the path the policy will be trained on.
     ///
     /// # Errors
-    /// Whatever collation, the model and [`sequence_logprobs`] return.
+    /// [`Error::InvalidParameter`] for `batch_pairs == 0`; whatever collation, the model and
+    /// [`sequence_logprobs`] return.
     pub fn compute(
         model: &dyn PolicyModel,
         pairs: &[EncodedPair],
@@ -72,7 +72,13 @@ impl ReferenceCache {
         options: &LogProbOptions,
         path: LossPath,
     ) -> Result<Self> {
-        let batch_pairs = batch_pairs.max(1);
+        if batch_pairs == 0 {
+            return Err(Error::InvalidParameter {
+                name: "batch_pairs",
+                value: 0.0,
+                requirement: "must be >= 1",
+            });
+        }
         let mut chosen = Vec::with_capacity(pairs.len());
         let mut rejected = Vec::with_capacity(pairs.len());
         let indexed: Vec<(usize, &EncodedPair)> = pairs.iter().enumerate().collect();
@@ -173,10 +179,9 @@ pub(crate) fn model_logprobs(
         // The same path as the policy's, so that policy == reference gives exactly zero rewards.
         if path == LossPath::Hidden {
             let states = required_hidden(model, &batch.input_ids, &batch.attention_mask)?;
-            let head = LinearHead::new(&states.lm_head_weight);
             let fused = states.fused_options(options);
             return Ok(
-                fused_sequence_logprobs(&states.hidden, head, &batch.labels, &fused)?
+                fused_sequence_logprobs(&states.hidden, states.head(), &batch.labels, &fused)?
                     .sum
                     .f_detach()?,
             );
