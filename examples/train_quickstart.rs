@@ -1,12 +1,11 @@
-//! Train a model with RPO from JSON Lines preference pairs: the trainer's quick start (README).
-use tch::nn::{self, Module};
-use tch::{Device, Tensor};
-use tch_rpo::data::{
-    encode_records, ByteTokenizer, CollateConfig, Collator, OnMalformed, PreferenceDataset, Tokenizer,
-};
-use tch_rpo::train::{var_store_parameters, PolicyModel, RpoTrainer};
+//! Train a model with RPO from JSON Lines preference pairs: the trainer's quick start (README). The
+//! records are inline here; from a file: `PreferenceDataset::from_jsonl("prefs.jsonl", OnMalformed::Error)?`.
 
 // ---- the model's own code: any causal LM implementing `PolicyModel` (here a bigram LM) ----
+use tch::nn::{self, Module};
+use tch::{Device, Tensor};
+use tch_rpo::train::{var_store_parameters, PolicyModel};
+
 struct Bigram {
     vs: nn::VarStore,
     embed: nn::Embedding,
@@ -41,17 +40,19 @@ impl PolicyModel for Bigram {
 }
 
 // ---- the training glue ----
+use tch_rpo::data::{encode_records, ByteTokenizer, CollateConfig, Collator, OnMalformed, PreferenceDataset};
+use tch_rpo::train::RpoTrainer;
+
 const PREFERENCES: &str = r#"{"prompt": "2+2=", "chosen": "4", "rejected": "5"}
 {"prompt": "Capital of France? ", "chosen": "Paris", "rejected": "Rome"}
 {"prompt": "Opposite of hot: ", "chosen": "cold", "rejected": "warm"}
 {"prompt": "Color of the sky: ", "chosen": "blue", "rejected": "green"}"#;
 
 fn main() -> tch_rpo::Result<()> {
-    // In practice: PreferenceDataset::from_jsonl("prefs.jsonl", OnMalformed::Error)?
     let dataset = PreferenceDataset::from_reader(PREFERENCES.as_bytes(), "inline", OnMalformed::Error)?;
     let tokenizer = ByteTokenizer::new();
     let pairs = encode_records(&tokenizer, &dataset.records)?;
-    let collator = Collator::new(CollateConfig::new(tokenizer.pad_id()))?;
+    let collator = Collator::new(CollateConfig::new(ByteTokenizer::PAD))?;
     let run = std::env::temp_dir().join("tch-rpo-quickstart");
 
     let mut trainer = RpoTrainer::builder(Bigram::new(0))
@@ -66,20 +67,12 @@ fn main() -> tch_rpo::Result<()> {
         .save_steps(10)
         .save_total_limit(1)
         .log_path(run.join("metrics.jsonl"))
-        .progress(false)
         .resume(true) // continue from the newest checkpoint, if any
         .build()?;
     for m in trainer.fit(&pairs, &collator)? {
-        println!(
-            "step {:2}  loss {:.4}  rewards/margins {:+.4}",
-            m.step, m.loss, m.rewards_margins
-        );
+        println!("step {}: loss {:.4}", m.step, m.loss);
     }
-    let eval = trainer.evaluate(&pairs, &collator, 4)?;
-    println!(
-        "after {} steps: reward accuracy {:.2}",
-        trainer.step(),
-        eval.rewards_accuracies
-    );
+    let accuracy = trainer.evaluate(&pairs, &collator, 4)?.rewards_accuracies;
+    println!("reward accuracy {accuracy:.2}");
     Ok(())
 }

@@ -668,3 +668,30 @@ fn builder_maps_trl_names() {
         (8, 1, 42, Some(1.0))
     );
 }
+
+/// The README's trainer quick start is `examples/train_quickstart.rs` (which the suite compiles and runs
+/// as a doctest of `tch_rpo::train`), and its glue stays under 40 lines beside the model's code.
+#[test]
+fn readme_trainer_quick_start_is_the_example() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("examples/train_quickstart.rs")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = readme
+        .split("## Quick start: training a model with the trainer")
+        .nth(1)
+        .expect("the README has the trainer quick start");
+    let block = section
+        .split("```rust\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```\n").next())
+        .expect("a rust block");
+    assert_eq!(block, example, "README and examples/train_quickstart.rs differ");
+    // glue: every non-blank line but the model's section and the file's doc line (imports included)
+    let (before_model, rest) = example.split_once("// ---- the model's own code").unwrap();
+    let (_, glue) = rest.split_once("// ---- the training glue ----").unwrap();
+    let lines = before_model.lines().chain(glue.lines());
+    let count = lines
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("//!"))
+        .count();
+    assert!(count < 40, "{count} lines of glue");
+}
