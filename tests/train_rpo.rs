@@ -12,7 +12,7 @@ use tch_rpo::train::{
     AdamW, AdamWConfig, Decay, FitOptions, LossPath, LrSchedule, PolicyModel, ReferenceCache,
     ReferenceSource, RpoTrainer, RpoTrainerConfig, Trainer,
 };
-use tch_rpo::{rpo_loss_from_logits, LogProbOptions, ReferenceLogits, RpoConfig};
+use tch_rpo::{rpo_loss_from_logits, LogProbOptions, LogitsBatch, RpoConfig};
 use train_support::{max_param_diff, preference_pairs, TinyLm, POISON};
 
 const HIDDEN: i64 = 16;
@@ -285,11 +285,7 @@ fn grad_norm_is_the_global_l2_norm() {
     let logits = model.forward(&b.input_ids, &b.attention_mask).unwrap();
     let out = rpo_loss_from_logits(
         &rpo,
-        &logits,
-        &b.labels,
-        ReferenceLogits::Free,
-        &LogProbOptions::causal(),
-        None,
+        &LogitsBatch::new(&logits, &b.labels).with_options(LogProbOptions::causal()),
     )
     .unwrap();
     out.loss.backward();

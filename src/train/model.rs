@@ -1,7 +1,7 @@
 //! The one trait a model implements to be trained by [`crate::train::RpoTrainer`].
 
 use crate::error::{Error, Result};
-use crate::fused::FusedOptions;
+use crate::fused::{FusedOptions, LinearHead};
 use crate::logprobs::LogProbOptions;
 use tch::{nn::VarStore, Device, Tensor};
 
@@ -19,10 +19,13 @@ pub struct HiddenOutput {
 }
 
 impl HiddenOutput {
-    /// The fused-path options for this output: `options`' ignore index, shift and validation, plus the
-    /// model's final-logit soft-cap.
+    /// The fused-path options for these log-prob options.
     pub(crate) fn fused_options(&self, options: &LogProbOptions) -> FusedOptions {
-        FusedOptions::from(options).with_final_logit_softcap(self.final_logit_softcap)
+        FusedOptions::from(options.clone())
+    }
+    /// The LM head of this output (weight and final-logit soft-cap).
+    pub(crate) fn head(&self) -> LinearHead<'_> {
+        LinearHead::new(&self.lm_head_weight).with_final_logit_softcap(self.final_logit_softcap)
     }
 }
 

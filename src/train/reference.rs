@@ -2,7 +2,7 @@
 
 use crate::data::{CollatedBatch, Collator, EncodedPair};
 use crate::error::{Error, Result};
-use crate::fused::{fused_sequence_logprobs, LinearHead};
+use crate::fused::fused_sequence_logprobs;
 use crate::logprobs::{sequence_logprobs, LogProbOptions};
 use crate::train::model::{required_hidden, PolicyModel};
 use crate::train::trainer::LossPath;
@@ -173,7 +173,7 @@ pub(crate) fn model_logprobs(
         // The same path as the policy's, so that policy == reference gives exactly zero rewards.
         if path == LossPath::Hidden {
             let states = required_hidden(model, &batch.input_ids, &batch.attention_mask)?;
-            let head = LinearHead::new(&states.lm_head_weight);
+            let head = states.head();
             let fused = states.fused_options(options);
             return Ok(
                 fused_sequence_logprobs(&states.hidden, head, &batch.labels, &fused)?

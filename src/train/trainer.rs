@@ -2,10 +2,10 @@
 
 use crate::data::{BatchSampler, CollatedBatch, Collator, EncodedPair, SamplerPosition};
 use crate::error::{Error, Result};
-use crate::fused::{fused_rpo_loss, FusedReference, HiddenStates as FusedHidden, LinearHead};
+use crate::fused::{fused_rpo_loss, HiddenBatch};
 use crate::logprobs::LogProbOptions;
-use crate::loss::rpo::{rpo_loss_from_logits, ReferenceLogits, RpoConfig, RpoOutput};
-use crate::loss::GlobalBatch;
+use crate::loss::rpo::{rpo_loss_from_logits, LogitsBatch, RpoConfig, RpoOutput};
+use crate::loss::{GlobalBatch, Reference};
 use crate::train::checkpoint::{self, CheckpointData};
 use crate::train::metrics::{JsonlLogger, Progress, StepMetrics};
 use crate::train::model::{required_hidden, PolicyModel};
@@ -215,8 +215,7 @@ impl RpoTrainer {
         reference: ReferenceSource,
         config: RpoTrainerConfig,
     ) -> Result<Self> {
-        config.rpo.dpo.validate()?;
-        config.rpo.coefficient()?;
+        config.rpo.validate()?;
         config.schedule.check()?;
         if let Some(norm) = config.max_grad_norm {
             crate::validate::positive_finite("max_grad_norm", norm)?;
@@ -298,34 +297,28 @@ impl RpoTrainer {
             LossPath::Logits => {
                 let logits = self.model.forward(&input_ids, &attention_mask)?;
                 let reference = match &reference {
-                    Some(sums) => ReferenceLogits::LogProbs(sums),
-                    None => ReferenceLogits::Free,
+                    Some(sums) => Reference::LogProbs(sums),
+                    None => Reference::Free,
                 };
                 rpo_loss_from_logits(
                     &self.config.rpo,
-                    &logits,
-                    &labels,
-                    reference,
-                    &self.config.logprobs,
-                    global,
+                    &LogitsBatch::new(&logits, &labels)
+                        .with_reference(reference)
+                        .with_options(self.config.logprobs.clone())
+                        .with_global_opt(global),
                 )
             }
             LossPath::Hidden => {
                 let states = required_hidden(self.model.as_ref(), &input_ids, &attention_mask)?;
                 let reference = match &reference {
-                    Some(sums) => FusedReference::LogProbs(sums),
-                    None => FusedReference::Free,
+                    Some(sums) => Reference::LogProbs(sums),
+                    None => Reference::Free,
                 };
-                let options = states.fused_options(&self.config.logprobs);
-                fused_rpo_loss(
-                    &self.config.rpo,
-                    FusedHidden::Concatenated(&states.hidden),
-                    LinearHead::new(&states.lm_head_weight),
-                    &labels,
-                    reference,
-                    &options,
-                    global,
-                )
+                let batch = HiddenBatch::new(&states.hidden, states.head(), &labels)
+                    .with_reference(reference)
+                    .with_options(states.fused_options(&self.config.logprobs))
+                    .with_global_opt(global);
+                fused_rpo_loss(&self.config.rpo, &batch)
             }
         }
     }
