@@ -249,6 +249,8 @@ fn metrics_are_appended_as_json_lines() {
         }
         assert_eq!(line["step"].as_u64(), Some(m.step));
         assert_eq!(line["skipped_steps"].as_u64(), Some(0));
+        // token statistics are off by default, and then not logged
+        assert!(line.get("entropy").is_none() && line.get("logits/chosen").is_none(), "{line}");
         assert!((line["loss"].as_f64().unwrap() - m.loss).abs() <= 1e-12 * m.loss.abs());
     }
     let _ = std::fs::remove_dir_all(dir);

@@ -12,7 +12,7 @@ use tch_rpo::train::{
     AdamW, AdamWConfig, Decay, LossPath, LrSchedule, PolicyModel, ReferenceCache, ReferenceSource,
     RpoTrainer, RpoTrainerConfig, Trainer, Warmup,
 };
-use tch_rpo::{rpo_loss_from_logits, LogProbOptions, ReferenceLogits, RpoConfig};
+use tch_rpo::{rpo_loss_from_logits, LogProbOptions, LogitsBatch, RpoConfig};
 use train_support::{max_param_diff, preference_pairs, TinyLm, POISON};
 
 const HIDDEN: i64 = 16;
@@ -95,6 +95,7 @@ fn gradient_accumulation_equals_one_batch() {
             // noise on an element whose gradient is almost zero moves it by up to lr. ε = 1e-3 bounds that
             // sensitivity (d update / d g ≤ lr/ε = 10) without hiding a wrong gradient (|g| ≫ 1e-3 here).
             c.optimizer.eps = 1e-3;
+            c.logprobs.token_stats = true;
             c
         };
         let mut whole = trainer(3, model_reference(4), cfg());
@@ -121,6 +122,11 @@ fn gradient_accumulation_equals_one_batch() {
         close(one.grad_norm.unwrap(), many.grad_norm.unwrap(), "grad_norm");
         close(one.rewards_accuracies, many.rewards_accuracies, "accuracy");
         close(one.logps_chosen, many.logps_chosen, "logps/chosen");
+        // token statistics, pooled over the step's scored tokens
+        for ((name, a), (_, b)) in one.token_values().into_iter().zip(many.token_values()) {
+            close(a.expect(name), b.expect(name), name);
+            assert!(one.to_json()[name].is_number(), "{name}");
+        }
         assert_eq!(one.pairs, 7);
         assert_eq!(many.pairs, 7);
         let diff = max_param_diff(
@@ -291,11 +297,7 @@ fn grad_norm_is_the_global_l2_norm() {
     let logits = model.forward(&b.input_ids, &b.attention_mask).unwrap();
     let out = rpo_loss_from_logits(
         &rpo,
-        &logits,
-        &b.labels,
-        ReferenceLogits::Free,
-        &LogProbOptions::causal(),
-        None,
+        &LogitsBatch::new(&logits, &b.labels).with_options(LogProbOptions::causal()),
     )
     .unwrap();
     out.loss.backward();
@@ -617,7 +619,18 @@ fn bad_settings_are_refused() {
             .reference(ReferenceSource::Free)
             .loss("sigmoidd")
             .build(),
-        "loss",
+        "loss_type",
+    );
+    expect_config(
+        builder().reference(ReferenceSource::Free).loss("sft").build(),
+        "loss_type",
+    );
+    expect_config(
+        builder()
+            .reference(ReferenceSource::Free)
+            .loss_types(&["sigmoid", "sft"], Some(&[1.0]))
+            .build(),
+        "loss_weights",
     );
     expect_config(
         builder().reference(ReferenceSource::Free).resume(true).build(),

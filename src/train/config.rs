@@ -152,8 +152,8 @@ impl RpoTrainerConfig {
     /// `save_total_limit` equal to 0; AdamW's hyper-parameters. [`Error::Config`] for `save_steps` or
     /// `save_total_limit` without a `checkpoint_dir`.
     pub fn check(&self) -> Result<()> {
-        self.rpo.dpo.validate()?;
-        self.rpo.coefficient()?;
+        self.rpo.validate()?;
+        self.logprobs.validate()?;
         self.schedule()?;
         self.optimizer.check()?;
         if let Some(norm) = self.max_grad_norm {
@@ -245,16 +245,31 @@ impl RpoTrainerBuilder {
         self
     }
 
-    /// The DPO loss by TRL's `loss_type` name (`"sigmoid"`, `"ipo"`, …), weight 1, keeping β and
-    /// label smoothing. An unknown name is reported by [`RpoTrainerBuilder::build`].
+    /// The DPO loss by TRL's `loss_type` name (`"sigmoid"`, `"ipo"`, …; [`DpoLoss`]'s `FromStr`), weight 1,
+    /// keeping β, label smoothing and the SFT term. An unknown name is reported by
+    /// [`RpoTrainerBuilder::build`].
     pub fn loss(mut self, loss_type: &str) -> Self {
-        match DpoLoss::ALL.iter().find(|l| l.name() == loss_type) {
-            Some(&loss) => self.config.rpo.dpo.losses = vec![(loss, 1.0)],
-            None => {
-                self.error.get_or_insert(Error::Config {
-                    name: "loss",
-                    requirement: format!("unknown DPO loss type `{loss_type}`"),
-                });
+        match loss_type.parse::<DpoLoss>() {
+            Ok(loss) => self.config.rpo.dpo.losses = vec![(loss, 1.0)],
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+        self
+    }
+
+    /// TRL's list form, `loss_type=[…]` with `loss_weights=[…]` (`None`: all 1): the DPO variants and
+    /// `"sft"` (the token-mean SFT term) with their weights, replacing the loss and the SFT term
+    /// ([`RpoConfig::from_trl`]), keeping β. Errors are reported by [`RpoTrainerBuilder::build`].
+    pub fn loss_types(mut self, loss_type: &[&str], loss_weights: Option<&[f64]>) -> Self {
+        match RpoConfig::from_trl(self.config.rpo.dpo.beta, loss_type, loss_weights) {
+            Ok(rpo) => {
+                let label_smoothing = self.config.rpo.dpo.label_smoothing;
+                self.config.rpo = rpo;
+                self.config.rpo.dpo.label_smoothing = label_smoothing;
+            }
+            Err(e) => {
+                self.error.get_or_insert(e);
             }
         }
         self
@@ -353,7 +368,7 @@ impl RpoTrainerBuilder {
         self
     }
 
-    /// How rows are scored (ignore index, shift, chunking, validation).
+    /// How rows are scored (ignore index, shift, chunking, validation, token statistics).
     pub fn logprobs(mut self, options: LogProbOptions) -> Self {
         self.config.logprobs = options;
         self

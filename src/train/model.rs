@@ -82,21 +82,20 @@ impl HiddenOutput {
         self
     }
 
-    /// The head as the fused path takes it (weight and bias).
+    /// The head as the fused path takes it: weight, bias, logit scale and soft-cap.
     pub(crate) fn head(&self) -> LinearHead<'_> {
-        let head = LinearHead::new(&self.lm_head_weight);
+        let head = LinearHead::new(&self.lm_head_weight)
+            .with_logit_scale(self.logit_scale)
+            .with_final_logit_softcap(self.final_logit_softcap);
         match &self.lm_head_bias {
             Some(bias) => head.with_bias(bias),
             None => head,
         }
     }
 
-    /// The fused-path options for this output: `options`' ignore index, shift and validation, plus the
-    /// model's logit scale and final-logit soft-cap.
+    /// The fused-path options for these log-prob options (default fused budget).
     pub(crate) fn fused_options(&self, options: &LogProbOptions) -> FusedOptions {
-        FusedOptions::from(options)
-            .with_logit_scale(self.logit_scale)
-            .with_final_logit_softcap(self.final_logit_softcap)
+        FusedOptions::from(options.clone())
     }
 }
 

@@ -2,9 +2,9 @@
 
 use crate::data::{BatchSampler, CollatedBatch, Collator, EncodedPair, SamplerPosition};
 use crate::error::{Error, Result};
-use crate::fused::{fused_rpo_loss, FusedReference, HiddenStates as FusedHidden};
-use crate::loss::rpo::{rpo_loss_from_logits, ReferenceLogits, RpoOutput};
-use crate::loss::GlobalBatch;
+use crate::fused::{fused_rpo_loss, HiddenBatch};
+use crate::loss::rpo::{rpo_loss_from_logits, LogitsBatch, RpoOutput};
+use crate::loss::{GlobalBatch, Reference};
 use crate::train::checkpoint;
 use crate::train::config::{RpoTrainerBuilder, RpoTrainerConfig};
 use crate::train::metrics::{JsonlLogger, Progress, StepMetrics};
@@ -14,6 +14,7 @@ use crate::train::reference::{model_logprobs, ReferenceSource};
 use crate::train::schedule::LrSchedule;
 use std::path::PathBuf;
 use std::time::Instant;
+use tch::{Device, Kind, Tensor};
 
 /// A preference trainer: one optimizer step on a batch, or an evaluation without weight change.
 pub trait Trainer {
@@ -51,6 +52,10 @@ struct StepTotals {
     pairs: usize,
     /// Non-padding tokens in the step.
     tokens: i64,
+    /// Scored chosen-response tokens in the step.
+    chosen_tokens: i64,
+    /// Scored rejected-response tokens in the step.
+    rejected_tokens: i64,
 }
 
 impl StepTotals {
@@ -63,6 +68,7 @@ impl StepTotals {
             });
         }
         let chosen_tokens: i64 = batches.iter().map(|b| b.chosen_tokens).sum();
+        let rejected_tokens: i64 = batches.iter().map(|b| b.rejected_tokens).sum();
         let tokens: i64 = batches.iter().map(|b| b.tokens).sum();
         let global = GlobalBatch {
             pairs: pairs as f64,
@@ -72,35 +78,83 @@ impl StepTotals {
             global,
             pairs,
             tokens,
+            chosen_tokens,
+            rejected_tokens,
         })
     }
 }
 
-/// Sums of micro-batch results, weighted so the totals describe one batch of all the step's pairs.
-/// Read back to the host once per micro-batch (a device sync on CUDA).
+/// Sums of micro-batch results, weighted so the totals describe one batch of all the step's pairs: losses
+/// summed (each is already normalized by the step's totals), pair means weighted by pairs, token statistics
+/// by scored tokens.
 #[derive(Debug, Default)]
 struct Accumulated {
     loss: f64,
     loss_dpo: f64,
     nll: f64,
     means: [f64; 6],
+    token: Option<[f64; 4]>,
 }
 
 impl Accumulated {
-    fn add(&mut self, out: &RpoOutput, pairs: usize, total_pairs: usize) -> Result<()> {
-        self.loss += out.loss.f_double_value(&[])?;
-        self.loss_dpo += out.dpo.loss.f_double_value(&[])?;
-        self.nll += out.sft.loss.f_double_value(&[])?;
-        let weight = pairs as f64 / total_pairs as f64;
-        for (slot, (_, value)) in self.means.iter_mut().zip(out.dpo.metrics.values()?) {
+    /// Adds one micro-batch's output, read back to the host in one transfer (a device sync on CUDA);
+    /// returns the micro-batch's loss.
+    fn add(&mut self, out: &RpoOutput, batch: &CollatedBatch, totals: &StepTotals) -> Result<f64> {
+        let m = &out.dpo.metrics;
+        let mut scalars = vec![
+            &out.loss,
+            &out.dpo.loss,
+            &out.sft.loss,
+            &m.rewards_chosen,
+            &m.rewards_rejected,
+            &m.rewards_margins,
+            &m.rewards_accuracies,
+            &m.logps_chosen,
+            &m.logps_rejected,
+        ];
+        let token = [
+            &m.logits_chosen,
+            &m.logits_rejected,
+            &m.entropy,
+            &m.mean_token_accuracy,
+        ];
+        let with_token = token.iter().all(|t| t.is_some());
+        if with_token {
+            scalars.extend(token.iter().filter_map(|t| t.as_ref()));
+        }
+        let stacked = scalars
+            .iter()
+            .map(|t| t.f_detach()?.f_to_kind(Kind::Double))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let values = Vec::<f64>::try_from(&Tensor::f_stack(&stacked, 0)?.f_to_device(Device::Cpu)?)?;
+        self.loss += values[0];
+        self.loss_dpo += values[1];
+        self.nll += values[2];
+        let weight = batch.pairs() as f64 / totals.pairs as f64;
+        for (slot, value) in self.means.iter_mut().zip(&values[3..9]) {
             *slot += value * weight;
         }
-        Ok(())
+        if with_token {
+            let share = |part: i64, whole: i64| part as f64 / whole.max(1) as f64;
+            let (c, r) = (batch.chosen_tokens, batch.rejected_tokens);
+            let weights = [
+                share(c, totals.chosen_tokens),
+                share(r, totals.rejected_tokens),
+                share(c + r, totals.chosen_tokens + totals.rejected_tokens),
+                share(c + r, totals.chosen_tokens + totals.rejected_tokens),
+            ];
+            let sums = self.token.get_or_insert([0.0; 4]);
+            for ((slot, value), w) in sums.iter_mut().zip(&values[9..13]).zip(weights) {
+                *slot += value * w;
+            }
+        }
+        Ok(values[0])
     }
 
     fn into_metrics(self, step: u64) -> StepMetrics {
         let [rewards_chosen, rewards_rejected, rewards_margins, rewards_accuracies, logps_chosen, logps_rejected] =
             self.means;
+        let token = |i: usize| self.token.map(|t| t[i]);
         StepMetrics {
             step,
             loss: self.loss,
@@ -112,6 +166,10 @@ impl Accumulated {
             rewards_margins,
             logps_chosen,
             logps_rejected,
+            logits_chosen: token(0),
+            logits_rejected: token(1),
+            entropy: token(2),
+            mean_token_accuracy: token(3),
             ..StepMetrics::default()
         }
     }
@@ -283,34 +341,28 @@ impl RpoTrainer {
             LossPath::Logits => {
                 let logits = self.model.forward(&input_ids, &attention_mask)?;
                 let reference = match &reference {
-                    Some(sums) => ReferenceLogits::LogProbs(sums),
-                    None => ReferenceLogits::Free,
+                    Some(sums) => Reference::LogProbs(sums),
+                    None => Reference::Free,
                 };
                 rpo_loss_from_logits(
                     &self.config.rpo,
-                    &logits,
-                    &labels,
-                    reference,
-                    &self.config.logprobs,
-                    global,
+                    &LogitsBatch::new(&logits, &labels)
+                        .with_reference(reference)
+                        .with_options(self.config.logprobs.clone())
+                        .with_global_opt(global),
                 )
             }
             LossPath::Hidden => {
                 let states = required_hidden(self.model.as_ref(), &input_ids, &attention_mask)?;
                 let reference = match &reference {
-                    Some(sums) => FusedReference::LogProbs(sums),
-                    None => FusedReference::Free,
+                    Some(sums) => Reference::LogProbs(sums),
+                    None => Reference::Free,
                 };
-                let options = states.fused_options(&self.config.logprobs);
-                fused_rpo_loss(
-                    &self.config.rpo,
-                    FusedHidden::Concatenated(&states.hidden),
-                    states.head(),
-                    &labels,
-                    reference,
-                    &options,
-                    global,
-                )
+                let batch = HiddenBatch::new(&states.hidden, states.head(), &labels)
+                    .with_reference(reference)
+                    .with_options(states.fused_options(&self.config.logprobs))
+                    .with_global_opt(global);
+                fused_rpo_loss(&self.config.rpo, &batch)
             }
         }
     }
@@ -349,7 +401,7 @@ impl RpoTrainer {
         tch::no_grad(|| -> Result<()> {
             for batch in batches {
                 let out = self.micro_batch_loss(batch, Some(totals.global))?;
-                acc.add(&out, batch.pairs(), totals.pairs)?;
+                acc.add(&out, batch, &totals)?;
             }
             Ok(())
         })?;
@@ -539,8 +591,7 @@ impl RpoTrainer {
                 }
                 Err(e) => return Err(e),
             };
-            accumulated.add(&out, batch.pairs(), totals.pairs)?;
-            let loss = out.loss.f_double_value(&[])?;
+            let loss = accumulated.add(&out, batch, &totals)?;
             if !loss.is_finite() {
                 return Ok(Gradients {
                     accumulated,
