@@ -7,7 +7,8 @@ mod train_support;
 use std::path::{Path, PathBuf};
 use tch_rpo::data::{ByteTokenizer, CollateConfig, Collator};
 use tch_rpo::train::{checkpoint, ReferenceSource, RpoTrainer, RpoTrainerConfig, StepMetrics, Warmup};
-use tch_rpo::{Error, RpoConfig};
+use tch_rpo::train::{LossPath, ReferenceCache};
+use tch_rpo::{Error, LogProbOptions, RpoConfig};
 use train_support::{max_param_diff, preference_pairs, TinyLm};
 
 const HIDDEN: i64 = 12;
@@ -250,7 +251,10 @@ fn metrics_are_appended_as_json_lines() {
         assert_eq!(line["step"].as_u64(), Some(m.step));
         assert_eq!(line["skipped_steps"].as_u64(), Some(0));
         // token statistics are off by default, and then not logged
-        assert!(line.get("entropy").is_none() && line.get("logits/chosen").is_none(), "{line}");
+        assert!(
+            line.get("entropy").is_none() && line.get("logits/chosen").is_none(),
+            "{line}"
+        );
         assert!((line["loss"].as_f64().unwrap() - m.loss).abs() <= 1e-12 * m.loss.abs());
     }
     let _ = std::fs::remove_dir_all(dir);
@@ -321,6 +325,7 @@ fn failed_load_leaves_the_trainer_unchanged() {
             step: 2,
             model: donor.model().named_parameters(),
             optimizer,
+            reference: Vec::new(),
             state,
         },
     )
@@ -445,4 +450,87 @@ fn builder_resumes_from_its_checkpoint_directory() {
     let full = trainer(21).fit(&pairs, &collator()).unwrap();
     assert_eq!(losses(&tail), losses(&full[3..]));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `ReferenceSource::InitialPolicy` (TRL's `precompute_ref_log_probs` without a `ref_model`): the same run
+/// as a cache computed by hand from a copy of the initial model, interrupted and resumed from a checkpoint
+/// that carries the cache.
+#[test]
+fn initial_policy_reference_is_precomputed_and_checkpointed() {
+    let pairs = preference_pairs(10);
+    let cache = ReferenceCache::compute(
+        &TinyLm::new(21, HIDDEN),
+        &pairs,
+        &collator(),
+        3, // as the trainer scores them: `batch_pairs` at a time
+        &LogProbOptions::causal(),
+        LossPath::Logits,
+    )
+    .unwrap();
+    let by_hand = RpoTrainer::new(
+        Box::new(TinyLm::new(21, HIDDEN)),
+        ReferenceSource::Cached(cache),
+        config(None),
+    )
+    .unwrap()
+    .fit(&pairs, &collator())
+    .unwrap();
+
+    let dir = temp_dir("initial-policy");
+    let fresh = |seed| {
+        RpoTrainer::new(
+            Box::new(TinyLm::new(seed, HIDDEN)),
+            ReferenceSource::InitialPolicy,
+            config(Some(&dir)),
+        )
+        .unwrap()
+    };
+    let mut first = fresh(21);
+    // no reference log-probs before the first fit scores the training pairs
+    assert!(matches!(
+        first.evaluate(&pairs, &collator(), 4),
+        Err(Error::Config {
+            name: "reference",
+            ..
+        })
+    ));
+    let head = first.fit_steps(&pairs, &collator(), Some(5)).unwrap();
+    assert_eq!(losses(&head), losses(&by_hand[..5]));
+    // the cache is now fixed to the training pairs
+    assert!(matches!(
+        first.evaluate(&pairs[..4], &collator(), 4),
+        Err(Error::Config {
+            name: "reference cache",
+            ..
+        })
+    ));
+    drop(first);
+    let latest = checkpoint::latest(&dir).unwrap().unwrap();
+    assert!(latest.join(checkpoint::REFERENCE_FILE).is_file());
+
+    let mut resumed = fresh(99);
+    resumed.resume_latest().unwrap();
+    let tail = resumed.fit(&pairs, &collator()).unwrap();
+    assert_eq!(losses(&tail), losses(&by_hand[3..]));
+
+    // a checkpoint without the cache cannot supply it after step 0
+    let other = temp_dir("initial-policy-missing");
+    let mut with_model = trainer_with(21, config(Some(&other)));
+    with_model.fit_steps(&pairs, &collator(), Some(3)).unwrap();
+    let mut missing = RpoTrainer::new(
+        Box::new(TinyLm::new(99, HIDDEN)),
+        ReferenceSource::InitialPolicy,
+        config(Some(&other)),
+    )
+    .unwrap();
+    missing.resume_latest().unwrap();
+    assert!(matches!(
+        missing.fit(&pairs, &collator()),
+        Err(Error::Config {
+            name: "reference",
+            ..
+        })
+    ));
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(other);
 }

@@ -8,6 +8,7 @@
 //! | `model.safetensors` | every model parameter, by its [`crate::train::PolicyModel::named_parameters`] name |
 //! | `optimizer.safetensors` | AdamW state: `m/<name>`, `v/<name>` (f32), `master/<name>` (f32 master weights) |
 //! | `trainer_state.json` | step, Adam step count, skipped steps, schedule, data position, seed |
+//! | `reference.safetensors` | only with cached reference log-probs: `chosen`, `rejected` (f64 `[N]`) |
 //! | `manifest.json` | format tag, and for each file above its size in bytes and FNV-1a 64 checksum |
 //!
 //! # Atomicity
@@ -46,6 +47,8 @@ pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 /// The trainer state file.
 pub const STATE_FILE: &str = "trainer_state.json";
+/// The optional cached reference log-probs file.
+pub const REFERENCE_FILE: &str = "reference.safetensors";
 /// The manifest file.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The pointer file naming the newest complete checkpoint.
@@ -109,6 +112,8 @@ pub struct CheckpointData {
     pub model: Vec<(String, Tensor)>,
     /// Optimizer state tensors by name.
     pub optimizer: Vec<(String, Tensor)>,
+    /// Cached reference log-probs by name (empty: none, no file is written).
+    pub reference: Vec<(String, Tensor)>,
     /// The trainer state (JSON object).
     pub state: Value,
 }
@@ -188,8 +193,13 @@ fn write_into(tmp: &Path, data: &CheckpointData) -> Result<()> {
         reason: format!("cannot serialize the trainer state: {e}"),
     })?;
     write_synced(&tmp.join(STATE_FILE), &state)?;
+    let mut names = vec![MODEL_FILE, OPTIMIZER_FILE, STATE_FILE];
+    if !data.reference.is_empty() {
+        write_tensors(&tmp.join(REFERENCE_FILE), &data.reference)?;
+        names.push(REFERENCE_FILE);
+    }
     let mut files = Vec::new();
-    for file in [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE] {
+    for file in names {
         let (bytes, hash) = file_checksum(&tmp.join(file))?;
         files.push(json!({"name": file, "bytes": bytes, "fnv1a64": format!("{hash:016x}")}));
     }
@@ -308,6 +318,8 @@ pub struct LoadedCheckpoint {
     pub model: Vec<(String, Tensor)>,
     /// Optimizer state tensors by name.
     pub optimizer: Vec<(String, Tensor)>,
+    /// Cached reference log-probs by name (empty if the checkpoint has none).
+    pub reference: Vec<(String, Tensor)>,
     /// The trainer state.
     pub state: Value,
 }
@@ -316,8 +328,8 @@ pub struct LoadedCheckpoint {
 ///
 /// # Errors
 /// [`Error::Checkpoint`] naming the problem: no or unreadable manifest, unknown format, a missing file, a
-/// size or checksum mismatch.
-pub fn verify(path: &Path) -> Result<()> {
+/// size or checksum mismatch. Returns the names of the files the manifest lists (all verified).
+pub fn verify(path: &Path) -> Result<Vec<String>> {
     let bad = |reason: String| Error::Checkpoint {
         path: path.display().to_string(),
         reason,
@@ -352,6 +364,7 @@ pub fn verify(path: &Path) -> Result<()> {
             return Err(bad(format!("`{MANIFEST_FILE}` does not list `{required}`")));
         }
     }
+    let mut names = Vec::with_capacity(files.len());
     for entry in files {
         let (Some(name), Some(bytes), Some(hash)) = (
             entry.get("name").and_then(Value::as_str),
@@ -381,8 +394,9 @@ pub fn verify(path: &Path) -> Result<()> {
                 "`{name}` has checksum {actual:016x} but the manifest says {hash}: the file is corrupted"
             )));
         }
+        names.push(name.to_string());
     }
-    Ok(())
+    Ok(names)
 }
 
 /// Verifies ([`verify`]) and reads the checkpoint at `path`.
@@ -390,7 +404,7 @@ pub fn verify(path: &Path) -> Result<()> {
 /// # Errors
 /// As [`verify`]; [`Error::Checkpoint`] if a file cannot be parsed.
 pub fn load(path: &Path) -> Result<LoadedCheckpoint> {
-    verify(path)?;
+    let listed = verify(path)?.iter().any(|name| name == REFERENCE_FILE);
     let bad = |file: &str, e: &dyn std::fmt::Display| Error::Checkpoint {
         path: path.display().to_string(),
         reason: format!("`{file}` cannot be read: {e}"),
@@ -400,10 +414,16 @@ pub fn load(path: &Path) -> Result<LoadedCheckpoint> {
         Tensor::read_safetensors(path.join(OPTIMIZER_FILE)).map_err(|e| bad(OPTIMIZER_FILE, &e))?;
     let state_bytes = fs::read(path.join(STATE_FILE)).map_err(|e| bad(STATE_FILE, &e))?;
     let state: Value = serde_json::from_slice(&state_bytes).map_err(|e| bad(STATE_FILE, &e))?;
+    let reference = if listed {
+        Tensor::read_safetensors(path.join(REFERENCE_FILE)).map_err(|e| bad(REFERENCE_FILE, &e))?
+    } else {
+        Vec::new()
+    };
     Ok(LoadedCheckpoint {
         path: path.to_path_buf(),
         model,
         optimizer,
+        reference,
         state,
     })
 }

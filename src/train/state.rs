@@ -4,6 +4,7 @@
 use crate::data::SamplerPosition;
 use crate::error::{Error, Result};
 use crate::train::checkpoint::{self, CheckpointData};
+use crate::train::reference::{ReferenceCache, ReferenceSource};
 use crate::train::schedule::Decay;
 use crate::train::trainer::{DataState, RpoTrainer};
 use serde_json::{json, Value};
@@ -58,13 +59,18 @@ impl RpoTrainer {
                 step: self.step,
                 model: self.model.named_parameters(),
                 optimizer: self.optimizer.state_tensors(),
+                reference: match &self.reference {
+                    ReferenceSource::Cached(cache) => cache.to_tensors(),
+                    _ => Vec::new(),
+                },
                 state,
             },
         )
     }
 
-    /// Restores weights, optimizer state, step, schedule position and data position from the checkpoint at
-    /// `path`, so training continues exactly where it stopped. All or nothing: the files are verified, and
+    /// Restores weights, optimizer state, step, schedule position and data position — and, for
+    /// [`ReferenceSource::InitialPolicy`], the cached reference log-probs — from the checkpoint at `path`,
+    /// so training continues exactly where it stopped. All or nothing: the files are verified, and
     /// every value is checked and converted to its parameter's dtype and device, before anything is
     /// written; on error the trainer is unchanged.
     ///
@@ -149,6 +155,14 @@ impl RpoTrainer {
             return Err(bad(format!("model parameter `{extra}` is not in this model")));
         }
         let optimizer = self.optimizer.stage_state(loaded.optimizer, &source)?;
+        // The initial policy's cached log-probs come back from the checkpoint (other references are the
+        // caller's input).
+        let reference = match (&self.reference, loaded.reference.is_empty()) {
+            (ReferenceSource::InitialPolicy, false) => {
+                Some(ReferenceCache::from_tensors(loaded.reference, &source)?)
+            }
+            _ => None,
+        };
         // Everything checked: commit.
         tch::no_grad(|| -> Result<()> {
             for ((_, param), tensor) in params.iter().zip(&staged) {
@@ -157,6 +171,9 @@ impl RpoTrainer {
             Ok(())
         })?;
         self.optimizer.commit_state(adam_step, optimizer)?;
+        if let Some(cache) = reference {
+            self.reference = ReferenceSource::Cached(cache);
+        }
         self.step = step;
         self.skipped_steps = skipped;
         self.data = data;

@@ -10,7 +10,7 @@ use crate::train::config::{RpoTrainerBuilder, RpoTrainerConfig};
 use crate::train::metrics::{JsonlLogger, Progress, StepMetrics};
 use crate::train::model::{required_hidden, LossPath, PolicyModel};
 use crate::train::optim::AdamW;
-use crate::train::reference::{model_logprobs, ReferenceSource};
+use crate::train::reference::{model_logprobs, ReferenceCache, ReferenceSource};
 use crate::train::schedule::LrSchedule;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -329,6 +329,7 @@ impl RpoTrainer {
                 .f_to_device(device)?,
             ),
             ReferenceSource::Cached(cache) => Some(cache.lookup(&batch.indices, device)?),
+            ReferenceSource::InitialPolicy => return Err(initial_policy_not_scored()),
             ReferenceSource::Free => None,
         };
         let CollatedBatch {
@@ -370,8 +371,13 @@ impl RpoTrainer {
     /// Evaluates `pairs` in batches of `batch_pairs` (no weight change); the metrics are those of one batch
     /// of all pairs (losses normalized by the totals, means over all pairs).
     ///
+    /// With a [`ReferenceSource::Cached`] reference, `pairs` must be the pairs it was computed over (it is
+    /// looked up by index); a [`ReferenceSource::InitialPolicy`] reference exists only once `fit` has
+    /// scored the training pairs.
+    ///
     /// # Errors
-    /// [`Error::InvalidParameter`] for `batch_pairs == 0`; as [`Trainer::eval_step`].
+    /// [`Error::InvalidParameter`] for `batch_pairs == 0`; [`Error::Config`] for a cache of another length
+    /// or an initial-policy reference not scored yet; as [`Trainer::eval_step`].
     pub fn evaluate(
         &mut self,
         pairs: &[EncodedPair],
@@ -385,6 +391,7 @@ impl RpoTrainer {
                 requirement: "must be >= 1",
             });
         }
+        self.prepare_reference(pairs, collator, false)?;
         let start = Instant::now();
         let indexed: Vec<(usize, &EncodedPair)> = pairs.iter().enumerate().collect();
         let batches = indexed
@@ -411,6 +418,37 @@ impl RpoTrainer {
         metrics.tokens_per_second = totals.tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
         metrics.skipped_steps = self.skipped_steps;
         Ok(metrics)
+    }
+
+    /// Makes the reference usable for `pairs`: scores them with the initial policy for
+    /// [`ReferenceSource::InitialPolicy`] (only before the first step), and checks that a cache covers
+    /// exactly `pairs.len()` pairs.
+    fn prepare_reference(&mut self, pairs: &[EncodedPair], collator: &Collator, scoring: bool) -> Result<()> {
+        match &self.reference {
+            ReferenceSource::InitialPolicy if scoring && self.step == 0 => {
+                let cache = ReferenceCache::compute(
+                    self.model.as_ref(),
+                    pairs,
+                    collator,
+                    self.config.batch_pairs,
+                    &self.config.logprobs,
+                    self.config.loss_path,
+                )?;
+                self.reference = ReferenceSource::Cached(cache);
+                Ok(())
+            }
+            ReferenceSource::InitialPolicy => Err(initial_policy_not_scored()),
+            ReferenceSource::Cached(cache) if cache.len() != pairs.len() => Err(Error::Config {
+                name: "reference cache",
+                requirement: format!(
+                    "holds {} pairs but {} pairs were given: the cache is looked up by pair index, so it must \
+                     have been computed over these pairs",
+                    cache.len(),
+                    pairs.len()
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Resumes from the newest checkpoint in [`RpoTrainerConfig::checkpoint_dir`] (its `latest` pointer),
@@ -494,9 +532,13 @@ impl RpoTrainer {
     /// interrupted process that logged past its last checkpoint, are removed, so every step appears once. Checkpoints go to [`RpoTrainerConfig::checkpoint_dir`] every
     /// `save_steps` steps and after the last step; with `save_total_limit`, older ones are then deleted.
     ///
+    /// With [`ReferenceSource::InitialPolicy`], the first `fit` of a fresh run scores `pairs` with the
+    /// initial weights first.
+    ///
     /// # Errors
-    /// [`Error::Config`] if the data setup differs from the one the run started with; anything
-    /// [`Trainer::train_step`], logging or checkpointing returns.
+    /// [`Error::Config`] if the data setup differs from the one the run started with, a reference cache
+    /// holds another number of pairs, or an initial-policy reference is needed after step 0 without a
+    /// checkpoint that holds it; anything [`Trainer::train_step`], logging or checkpointing returns.
     pub fn fit(&mut self, pairs: &[EncodedPair], collator: &Collator) -> Result<Vec<StepMetrics>> {
         self.fit_steps(pairs, collator, None)
     }
@@ -513,6 +555,7 @@ impl RpoTrainer {
         steps: Option<u64>,
     ) -> Result<Vec<StepMetrics>> {
         self.prepare_sampler(pairs.len())?;
+        self.prepare_reference(pairs, collator, true)?;
         let total = self.schedule.total_steps;
         let mut logger = match (&self.config.log_path, self.resumed_at.take()) {
             (Some(path), Some(step)) => Some(JsonlLogger::continue_run(path, step)?),
@@ -628,6 +671,17 @@ impl RpoTrainer {
         }
         self.optimizer.step(lr)?;
         Ok((Some(norm), None))
+    }
+}
+
+/// The error for a [`ReferenceSource::InitialPolicy`] that has not been scored.
+fn initial_policy_not_scored() -> Error {
+    Error::Config {
+        name: "reference",
+        requirement: "ReferenceSource::InitialPolicy is scored by the first fit of a fresh run (or restored from a \
+                      checkpoint that holds it); before that, or after step 0 without it, there are no reference \
+                      log-probs"
+            .to_string(),
     }
 }
 
