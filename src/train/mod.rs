@@ -1,6 +1,6 @@
 //! The trainer (feature `train`, on by default): the [`PolicyModel`] trait models implement, the
-//! [`Trainer`] trait, and [`RpoTrainer`] — configured by [`RpoTrainerConfig`] or [`RpoTrainer::builder`]
-//! with TRL's setting names ([`config`]) — with its own [`AdamW`] ([`optim`]), learning-rate schedule
+//! [`Trainer`] trait, and [`RpoTrainer`] — configured by [`RpoTrainerConfig`] ([`config`]) or [`RpoTrainer::builder`]
+//! ([`builder`]) with TRL's setting names — with its own [`AdamW`] ([`optim`]), learning-rate schedule
 //! ([`schedule`]), reference log-probs ([`reference`](mod@reference)), metrics and logs ([`metrics`]) and
 //! crash-safe checkpoints ([`checkpoint`]). Design notes: `docs/design.md`, section "Trainer".
 //!
@@ -9,6 +9,7 @@
 //!
 #![doc = concat!("```\n", include_str!("../../examples/train_quickstart.rs"), "\n```")]
 
+pub mod builder;
 pub mod checkpoint;
 pub mod config;
 pub mod metrics;
@@ -19,7 +20,8 @@ pub mod schedule;
 mod state;
 pub mod trainer;
 
-pub use config::{RpoTrainerBuilder, RpoTrainerConfig, Warmup};
+pub use builder::RpoTrainerBuilder;
+pub use config::{RpoTrainerConfig, Warmup};
 pub use metrics::{JsonlLogger, Progress, StepMetrics};
 pub use model::{var_store_parameters, HiddenOutput, LossPath, PolicyModel};
 pub use optim::{default_decay_rule, AdamW, AdamWConfig, DecayRule, ParamState};

@@ -6,7 +6,7 @@ use crate::fused::{fused_rpo_loss, HiddenBatch};
 use crate::loss::rpo::{rpo_loss_from_logits, LogitsBatch, RpoOutput};
 use crate::loss::{GlobalBatch, Reference};
 use crate::train::checkpoint;
-use crate::train::config::{RpoTrainerBuilder, RpoTrainerConfig};
+use crate::train::config::RpoTrainerConfig;
 use crate::train::metrics::{JsonlLogger, Progress, StepMetrics};
 use crate::train::model::{required_hidden, LossPath, PolicyModel};
 use crate::train::optim::AdamW;
@@ -184,8 +184,8 @@ impl Accumulated {
 /// clipping, and an AdamW update with the scheduled learning rate — unless the loss or the gradient norm
 /// is non-finite, in which case the gradients are dropped and the step is counted as skipped.
 ///
-/// Built with [`RpoTrainer::builder`] (TRL's setting names) or [`RpoTrainer::new`] with a
-/// [`RpoTrainerConfig`].
+/// Built with [`RpoTrainer::builder`] (TRL's setting names, [`crate::train::RpoTrainerBuilder`]) or
+/// [`RpoTrainer::new`] with a [`RpoTrainerConfig`].
 pub struct RpoTrainer {
     pub(super) model: Box<dyn PolicyModel>,
     pub(super) reference: ReferenceSource,
@@ -218,31 +218,6 @@ struct Gradients {
 }
 
 impl RpoTrainer {
-    /// A builder for a trainer of `model`, with TRL's setting names and defaults
-    /// ([`RpoTrainerConfig`]'s [`Default`]):
-    ///
-    /// ```no_run
-    /// # use tch_rpo::train::{PolicyModel, RpoTrainer};
-    /// # fn run(policy: impl PolicyModel + 'static, reference: impl PolicyModel + 'static) -> tch_rpo::Result<()> {
-    /// let trainer = RpoTrainer::builder(policy)
-    ///     .ref_model(reference)
-    ///     .loss("sigmoid")
-    ///     .beta(0.1)
-    ///     .rpo_alpha(1.0)
-    ///     .learning_rate(5e-7)
-    ///     .max_steps(1000)
-    ///     .checkpoint_dir("run/checkpoints")
-    ///     .save_steps(100)
-    ///     .save_total_limit(2)
-    ///     .resume(true)
-    ///     .build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn builder(model: impl PolicyModel + 'static) -> RpoTrainerBuilder {
-        RpoTrainerBuilder::new(Box::new(model))
-    }
-
     /// A trainer for `model` (its parameters that require grad are trained) against `reference`.
     /// The trainer draws no random numbers from libtorch (and does not reseed its global generator, which
     /// other threads may be using): seed your model's initialization yourself.
