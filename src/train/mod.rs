@@ -9,6 +9,7 @@
 //!
 #![doc = concat!("```\n", include_str!("../../examples/train_quickstart.rs"), "\n```")]
 
+mod accumulate;
 pub mod builder;
 pub mod checkpoint;
 pub mod config;
