@@ -1,5 +1,5 @@
-//! Criterion benches: chunked log-prob gathering vs `log_softmax` + `gather`, and each loss on
-//! per-sequence log-probs. Run: `cargo bench --bench losses` (numbers in docs/benchmarks.md).
+//! Criterion benches: chunked log-prob gathering vs `log_softmax` + `gather` (and the chunked pass with the
+//! token statistics on), and each loss on per-sequence log-probs. Run: `cargo bench --bench losses` (numbers in docs/benchmarks.md).
 //! Shapes fit a 2-core, 24 GiB CPU machine: B = 8, T = 512, V ∈ {32000, 128256}.
 //! `TCH_RPO_BENCH_QUICK=1` runs only V = 32000 with fewer samples.
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -8,7 +8,7 @@ use std::time::Duration;
 use tch::{Device, Kind, Tensor};
 use tch_rpo::{
     dpo_loss, rpo_loss, sequence_logprobs, sft_loss, DpoConfig, DpoLoss, LogProbOptions, PreferenceBatch,
-    Reference, RpoConfig, SequenceLogProbs, SftNormalization,
+    Reference, RpoConfig, SequenceLogProbs, SftBatch, SftConfig, SftNormalization,
 };
 
 fn naive_logprobs(logits: &Tensor, labels: &Tensor) -> Tensor {
@@ -39,9 +39,19 @@ fn gather(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(if quick { 5 } else { 20 }));
     for &v in vocabs {
         let (logits, labels) = inputs(8, 512, v);
-        let opts = LogProbOptions::default().with_validate(false);
+        let opts = LogProbOptions::default().with_validate_inputs(false);
         group.bench_with_input(BenchmarkId::new("chunked", v), &v, |bch, _| {
             bch.iter(|| black_box(sequence_logprobs(&logits, &labels, &opts).expect("logprobs").sum))
+        });
+        let with_stats = opts.clone().with_token_stats(true);
+        group.bench_with_input(BenchmarkId::new("chunked_token_stats", v), &v, |bch, _| {
+            bch.iter(|| {
+                black_box(
+                    sequence_logprobs(&logits, &labels, &with_stats)
+                        .expect("logprobs")
+                        .sum,
+                )
+            })
         });
         group.bench_with_input(BenchmarkId::new("log_softmax_gather", v), &v, |bch, _| {
             bch.iter(|| black_box(naive_logprobs(&logits, &labels)))
@@ -55,27 +65,23 @@ fn losses(c: &mut Criterion) {
     tch::manual_seed(1);
     let seq = |shift: f64| {
         SequenceLogProbs::new(
-            Tensor::randn([b], (Kind::Float, Device::Cpu)) * 10.0 - 100.0 + shift,
-            Tensor::randint_low(1, 300, [b], (Kind::Int64, Device::Cpu)),
+            Tensor::randn([2 * b], (Kind::Float, Device::Cpu)) * 10.0 - 100.0 + shift,
+            Tensor::randint_low(1, 300, [2 * b], (Kind::Int64, Device::Cpu)),
         )
         .expect("sequence log-probs")
     };
-    let (chosen, rejected) = (seq(1.0), seq(0.0));
-    let ref_c = Tensor::randn([b], (Kind::Float, Device::Cpu)) - 100.0;
-    let ref_r = Tensor::randn([b], (Kind::Float, Device::Cpu)) - 100.0;
-    let batch = PreferenceBatch::new(
-        &chosen,
-        &rejected,
-        Reference::LogProbs {
-            chosen: &ref_c,
-            rejected: &ref_r,
-        },
-    );
+    // 2B rows: B chosen, then B rejected.
+    let policy = seq(0.5);
+    let (chosen, _) = policy.split_pairs().expect("split");
+    let reference = Tensor::randn([2 * b], (Kind::Float, Device::Cpu)) - 100.0;
+    let batch = PreferenceBatch::new(&policy, Reference::LogProbs(&reference));
     let mut group = c.benchmark_group("loss_b64");
     group.sample_size(30).measurement_time(Duration::from_secs(2));
     for variant in DpoLoss::ALL {
-        let mut cfg = DpoConfig::new(variant, 0.1).with_label_smoothing(0.1);
-        cfg.validate = false;
+        let eps = if variant.uses_label_smoothing() { 0.1 } else { 0.0 };
+        let cfg = DpoConfig::new(variant, 0.1)
+            .with_label_smoothing(eps)
+            .with_validate_inputs(false);
         group.bench_function(BenchmarkId::new("dpo", variant.name()), |bch| {
             bch.iter(|| black_box(dpo_loss(&cfg, &batch).expect("dpo").loss))
         });
@@ -86,11 +92,12 @@ fn losses(c: &mut Criterion) {
         SftNormalization::TokenMean,
     ] {
         group.bench_function(BenchmarkId::new("sft", norm.name()), |bch| {
-            bch.iter(|| black_box(sft_loss(norm, &chosen, None, false).expect("sft").loss))
+            let config = SftConfig::new(norm).with_validate_inputs(false);
+            bch.iter(|| black_box(sft_loss(&config, &SftBatch::new(&chosen)).expect("sft").loss))
         });
     }
     let mut rpo = RpoConfig::default();
-    rpo.dpo.validate = false;
+    rpo.dpo.validate_inputs = false;
     group.bench_function("rpo_paper_default", |bch| {
         bch.iter(|| black_box(rpo_loss(&rpo, &batch).expect("rpo").loss))
     });

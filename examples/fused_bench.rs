@@ -18,8 +18,8 @@
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use tch_rpo::{
-    fused_rpo_loss, rpo_loss_from_logits, sequence_logprobs, FusedOptions, FusedReference, HiddenStates,
-    LinearHead, LogProbOptions, ReferenceLogits, RpoConfig, DEFAULT_FUSED_CHUNK_BYTES,
+    fused_rpo_loss, rpo_loss_from_logits, sequence_logprobs, FusedOptions, HiddenBatch, LinearHead,
+    LogProbOptions, LogitsBatch, Reference, RpoConfig, DEFAULT_FUSED_CHUNK_BYTES,
 };
 
 struct Args {
@@ -135,22 +135,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let loss = if args.imp == "fused" {
         let options = FusedOptions::causal().with_chunk_bytes(args.chunk_bytes);
         let reference = match (&ref_hidden, &ref_weight, &ref_sums) {
-            (Some(rh), Some(rw), _) => FusedReference::Model {
-                hidden: HiddenStates::Concatenated(rh),
+            (Some(rh), Some(rw), _) => Reference::Hidden {
+                hidden: rh,
                 head: LinearHead::new(rw),
             },
-            (_, _, Some(s)) => FusedReference::LogProbs(s),
-            _ => FusedReference::Free,
+            (_, _, Some(s)) => Reference::LogProbs(s),
+            _ => Reference::Free,
         };
-        let out = fused_rpo_loss(
-            &config,
-            HiddenStates::Concatenated(&hidden),
-            LinearHead::new(&weight),
-            &labels,
-            reference,
-            &options,
-            None,
-        )?;
+        let batch = HiddenBatch::new(&hidden, LinearHead::new(&weight), &labels)
+            .with_reference(reference)
+            .with_options(options);
+        let out = fused_rpo_loss(&config, &batch)?;
         out.loss.f_backward()?;
         out.loss.f_double_value(&[])?
     } else {
@@ -163,11 +158,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => None,
         };
         let reference = match (&model_sums, &ref_sums) {
-            (Some(s), _) | (_, Some(s)) => ReferenceLogits::LogProbs(s),
-            _ => ReferenceLogits::Free,
+            (Some(s), _) | (_, Some(s)) => Reference::LogProbs(s),
+            _ => Reference::Free,
         };
         let logits = hidden.f_matmul(&weight.f_tr()?)?;
-        let out = rpo_loss_from_logits(&config, &logits, &labels, reference, &options, None)?;
+        let batch = LogitsBatch::new(&logits, &labels)
+            .with_reference(reference)
+            .with_options(options);
+        let out = rpo_loss_from_logits(&config, &batch)?;
         drop(logits);
         out.loss.f_backward()?;
         out.loss.f_double_value(&[])?

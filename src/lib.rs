@@ -16,7 +16,7 @@
 //!
 //! ```no_run
 //! use tch::{Device, Kind, Tensor};
-//! use tch_rpo::{rpo_loss_from_logits, LogProbOptions, ReferenceLogits, RpoConfig};
+//! use tch_rpo::{rpo_loss_from_logits, LogProbOptions, LogitsBatch, Reference, RpoConfig};
 //!
 //! # fn main() -> tch_rpo::Result<()> {
 //! let (pairs, seq, vocab) = (2, 16, 100);
@@ -28,14 +28,10 @@
 //! let _ = labels.narrow(1, 0, 4).fill_(-100); // a 4-token prompt
 //!
 //! let config = RpoConfig::paper_gemma_series(); // sigmoid DPO, β = 0.05, + η·β · summed chosen NLL
-//! let out = rpo_loss_from_logits(
-//!     &config,
-//!     &policy_logits,
-//!     &labels,
-//!     ReferenceLogits::Logits(&reference_logits),
-//!     &LogProbOptions::causal(), // logits at t predict token t+1
-//!     None,
-//! )?;
+//! let batch = LogitsBatch::new(&policy_logits, &labels)
+//!     .with_reference(Reference::Logits(&reference_logits))
+//!     .with_options(LogProbOptions::causal()); // logits at t predict token t+1
+//! let out = rpo_loss_from_logits(&config, &batch)?;
 //! out.loss.backward();
 //! for (name, value) in out.metric_values()? {
 //!     println!("{name}: {value:.4}");
@@ -84,17 +80,16 @@ mod validate;
 pub use error::{Error, Result};
 pub use fused::{
     fused_dpo_loss, fused_loss, fused_rpo_loss, fused_sequence_logprobs, fused_sft_loss, FusedLoss,
-    FusedOptions, FusedReference, HiddenStates, LinearHead, DEFAULT_FUSED_CHUNK_BYTES,
+    FusedOptions, HiddenBatch, LinearHead, DEFAULT_FUSED_CHUNK_BYTES,
 };
 pub use logprobs::{
-    sequence_logprobs, token_logprobs, LogProbOptions, SequenceLogProbs, TokenLogProbs, DEFAULT_CHUNK_BYTES,
-    DEFAULT_IGNORE_INDEX,
+    sequence_logprobs, token_logprobs, LogProbOptions, SequenceLogProbs, TokenLogProbs, TokenStats,
+    DEFAULT_CHUNK_BYTES, DEFAULT_IGNORE_INDEX,
 };
-pub use loss::dpo::{dpo_loss, DpoConfig, DpoLoss, DpoOutput};
+pub use loss::dpo::{dpo_loss, DpoConfig, DpoLoss, DpoOutput, MIN_QUADRATIC_BETA};
 pub use loss::metrics::PreferenceMetrics;
 pub use loss::rpo::{
-    pair_logprobs, rpo_loss, rpo_loss_from_logits, ReferenceLogits, RpoConfig, RpoOutput, SftWeight,
-    PAPER_ETA,
+    rpo_loss, rpo_loss_from_logits, LogitsBatch, RpoConfig, RpoOutput, SftWeight, PAPER_ETA,
 };
-pub use loss::sft::{count_tokens, sft_loss, SftNormalization, SftOutput};
-pub use loss::{GlobalBatch, PreferenceBatch, Reference};
+pub use loss::sft::{count_tokens, sft_loss, SftConfig, SftNormalization, SftOutput};
+pub use loss::{GlobalBatch, PreferenceBatch, Reference, SftBatch};

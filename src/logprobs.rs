@@ -6,9 +6,18 @@
 //! log p(y_{b,t}) = z_{b,t,y_{b,t}} − logsumexp_v z_{b,t,v}
 //! ```
 //!
-//! computed in chunks of rows, each chunk upcast to f32 (f64 stays f64), so the result is f32-accurate for
-//! bf16/f16 logits and no second `[B, T, V]` tensor (such as a full `log_softmax`) is ever allocated.
+//! computed in chunks of rows of a flat `[B·T, V]` view of the logits (contiguous logits; strided logits are
+//! chunked over whole sequences, or over time one sequence at a time), each chunk upcast to f32 (f64 stays f64),
+//! so the result is f32-accurate for bf16/f16 logits and no full-size f32 copy or `log_softmax` of the logits is
+//! allocated (see *Memory* for the one exception under autograd with bf16/f16 logits).
 //! Positions whose label equals the ignore index get log-prob `0` and are excluded from the mask.
+//!
+//! # Token statistics
+//! With [`LogProbOptions::token_stats`] the same chunks also give, per scored token, the mean logit over the
+//! vocabulary, the entropy of the predicted distribution and whether the arg-max is the label ([`TokenStats`]);
+//! they feed the `logits/chosen`, `logits/rejected`, `entropy` and `mean_token_accuracy` metrics
+//! ([`crate::PreferenceMetrics`]). Off by default: they cost a second read of every chunk and a few
+//! chunk-sized temporaries (measured in `docs/benchmarks.md`).
 //!
 //! With [`LogProbOptions::shift`] (the causal-LM convention) the logits at position `t` predict the label at
 //! `t + 1`: the result has `T − 1` positions, `log p(y_{b,t+1} | z_{b,t})`.
@@ -18,8 +27,12 @@
 //! most [`LogProbOptions::chunk_bytes`] bytes, reused by every chunk (so no chunk-sized allocation per chunk),
 //! plus `[B, T]`-sized outputs.
 //! Backward (when the logits require grad): f32/f64 logits save nothing larger than the logits themselves
-//! (the chunks are views); bf16/f16 logits save one softmax tensor in the logits' own dtype (the same size as
-//! the logits), instead of the f32 copy that upcasting under autograd would keep.
+//! (the chunks are views); bf16/f16 logits save one softmax tensor in the logits' own dtype — a second tensor of
+//! the logits' size `[B, T, V]` — instead of the f32 copy (twice that size) that upcasting under autograd keeps.
+//!
+//! # Host syncs
+//! With [`LogProbOptions::validate_inputs`] the label-range and finiteness checks read values back (a device
+//! sync on CUDA). Without it nothing is read back.
 
 use crate::error::{Error, Result};
 use crate::validate;
@@ -44,7 +57,10 @@ pub struct LogProbOptions {
     pub chunk_bytes: usize,
     /// Check label range and finiteness of the result. These checks read values back from the device
     /// (a sync on CUDA); switch off for speed once inputs are known to be good. Default `true`.
-    pub validate: bool,
+    pub validate_inputs: bool,
+    /// Also compute the per-token statistics ([`TokenStats`]: mean logit, entropy, arg-max accuracy) inside
+    /// the chunked pass. Default `false` (they cost time; see the [module docs](self)).
+    pub token_stats: bool,
 }
 
 impl Default for LogProbOptions {
@@ -53,7 +69,8 @@ impl Default for LogProbOptions {
             ignore_index: DEFAULT_IGNORE_INDEX,
             shift: false,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
-            validate: true,
+            validate_inputs: true,
+            token_stats: false,
         }
     }
 }
@@ -81,10 +98,30 @@ impl LogProbOptions {
         self.chunk_bytes = chunk_bytes;
         self
     }
-    /// Sets [`LogProbOptions::validate`].
-    pub fn with_validate(mut self, validate: bool) -> Self {
-        self.validate = validate;
+    /// Sets [`LogProbOptions::validate_inputs`].
+    pub fn with_validate_inputs(mut self, validate_inputs: bool) -> Self {
+        self.validate_inputs = validate_inputs;
         self
+    }
+    /// Sets [`LogProbOptions::token_stats`].
+    pub fn with_token_stats(mut self, token_stats: bool) -> Self {
+        self.token_stats = token_stats;
+        self
+    }
+
+    /// Checks the options.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for `chunk_bytes == 0`.
+    pub fn validate(&self) -> Result<()> {
+        if self.chunk_bytes == 0 {
+            return Err(Error::InvalidParameter {
+                name: "chunk_bytes",
+                value: 0.0,
+                requirement: "must be > 0",
+            });
+        }
+        Ok(())
     }
 }
 
@@ -96,30 +133,84 @@ pub struct TokenLogProbs {
     pub logps: Tensor,
     /// `[B, T']` bool, `true` where the label is scored.
     pub mask: Tensor,
+    /// `[B, T']` per-token statistics (detached, `0` at ignored positions) when
+    /// [`LogProbOptions::token_stats`] is on.
+    pub stats: Option<TokenStats>,
+}
+
+/// Detached per-token (`[B, T']`) or per-sequence (`[B]`, summed over scored tokens) statistics of the
+/// predicted distribution, in the log-probs' dtype. Ignored positions contribute `0`.
+#[derive(Debug)]
+pub struct TokenStats {
+    /// Mean logit over the vocabulary, `(1/V)·Σ_v z_v` (TRL's `logits/chosen`, `logits/rejected`).
+    pub mean_logit: Tensor,
+    /// Entropy of the softmax, `−Σ_v p_v·log p_v` (TRL's `entropy`).
+    pub entropy: Tensor,
+    /// `1` where the arg-max of the logits is the label, else `0` (TRL's `mean_token_accuracy`).
+    pub correct: Tensor,
+}
+
+impl TokenStats {
+    fn map(&self, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<TokenStats> {
+        Ok(TokenStats {
+            mean_logit: f(&self.mean_logit)?,
+            entropy: f(&self.entropy)?,
+            correct: f(&self.correct)?,
+        })
+    }
 }
 
 impl TokenLogProbs {
-    /// Per-sequence sum and valid-token count.
+    /// Per-sequence sum and valid-token count (and the statistics summed per sequence).
     pub fn sequence(&self) -> Result<SequenceLogProbs> {
         let kind = self.logps.f_kind()?;
+        let stats = match &self.stats {
+            Some(s) => Some(s.map(|t| Ok(t.f_sum_dim_intlist(-1, false, kind)?))?),
+            None => None,
+        };
         Ok(SequenceLogProbs {
             sum: self.logps.f_sum_dim_intlist(-1, false, kind)?,
             count: self.mask.f_sum_dim_intlist(-1, false, Kind::Int64)?,
+            stats,
         })
     }
 }
 
 /// Per-sequence log-probabilities: `sum[b] = Σ_t log p(y_{b,t})` over scored positions and their count.
+///
+/// The preference losses take one of these for a concatenated batch of `2B` rows: the `B` chosen sequences
+/// followed by the `B` rejected ones (the layout of one forward pass over both).
 #[derive(Debug)]
 pub struct SequenceLogProbs {
-    /// `[B]` summed log-probability of each sequence's scored tokens (f32 or f64), differentiable.
+    /// `[R]` summed log-probability of each sequence's scored tokens (f32 or f64), differentiable.
     pub sum: Tensor,
-    /// `[B]` i64 number of scored tokens per sequence.
+    /// `[R]` i64 number of scored tokens per sequence.
     pub count: Tensor,
+    /// `[R]` per-sequence sums of the [`TokenStats`] when they were computed
+    /// ([`LogProbOptions::token_stats`]), else `None`.
+    pub stats: Option<TokenStats>,
+}
+
+/// Splits a `[2B]` tensor (chosen rows first) into its two `[B]` halves; `arg` names it in errors.
+pub(crate) fn split_rows(arg: &'static str, t: &Tensor) -> Result<(Tensor, Tensor)> {
+    let size = t.size();
+    let n = size.first().copied().unwrap_or(0);
+    if n == 0 {
+        return Err(Error::EmptyBatch { arg, shape: size });
+    }
+    if n % 2 != 0 {
+        return Err(Error::Shape {
+            arg,
+            expected: "an even number of rows [2B]: B chosen rows followed by B rejected rows".into(),
+            got: size,
+        });
+    }
+    let b = n / 2;
+    Ok((t.f_narrow(0, 0, b)?, t.f_narrow(0, b, b)?))
 }
 
 impl SequenceLogProbs {
-    /// Wraps precomputed per-sequence sums `[B]` (float) and token counts `[B]` (any integer or float dtype).
+    /// Wraps precomputed per-sequence sums `[R]` (float) and token counts `[R]` (any integer or float dtype).
     ///
     /// # Errors
     /// [`Error::Shape`] / [`Error::BatchMismatch`] / [`Error::EmptyBatch`] for shapes, [`Error::DType`] if
@@ -130,10 +221,14 @@ impl SequenceLogProbs {
         validate::per_pair("count", &count, "sum", Some(b))?;
         validate::same_device("count", &count, "sum", &sum)?;
         let count = count.f_to_kind(Kind::Int64)?;
-        Ok(Self { sum, count })
+        Ok(Self {
+            sum,
+            count,
+            stats: None,
+        })
     }
 
-    /// Number of sequences `B`.
+    /// Number of sequences `R`.
     pub fn len(&self) -> i64 {
         self.sum.size().first().copied().unwrap_or(0)
     }
@@ -143,12 +238,13 @@ impl SequenceLogProbs {
         self.len() == 0
     }
 
-    /// `[B]` mean log-probability per scored token, `sum / count`.
+    /// `[R]` mean log-probability per scored token, `sum / count`.
     ///
     /// # Errors
-    /// With `validate`, [`Error::NoValidTokens`] if a sequence has no scored token (its mean is undefined).
-    pub fn mean(&self, validate: bool) -> Result<Tensor> {
-        if validate {
+    /// With `validate_inputs`, [`Error::NoValidTokens`] if a sequence has no scored token (its mean is
+    /// undefined).
+    pub fn mean(&self, validate_inputs: bool) -> Result<Tensor> {
+        if validate_inputs {
             validate::nonzero_counts("labels", &self.count, "the per-sequence mean")?;
         }
         let count = self.count.f_to_kind(self.sum.f_kind()?)?;
@@ -161,28 +257,49 @@ impl SequenceLogProbs {
     /// # Errors
     /// [`Error::Shape`] if the number of rows is odd, [`Error::EmptyBatch`] if it is zero.
     pub fn split_pairs(&self) -> Result<(SequenceLogProbs, SequenceLogProbs)> {
-        let n = self.len();
-        if n == 0 {
-            return Err(Error::EmptyBatch {
-                arg: "logits",
-                shape: self.sum.size(),
-            });
-        }
-        if n % 2 != 0 {
-            return Err(Error::Shape {
-                arg: "logits",
-                expected: "an even number of rows [2B]: B chosen rows followed by B rejected rows".into(),
-                got: self.sum.size(),
-            });
-        }
-        let b = n / 2;
-        let part = |start| -> Result<SequenceLogProbs> {
-            Ok(SequenceLogProbs {
-                sum: self.sum.f_narrow(0, start, b)?,
-                count: self.count.f_narrow(0, start, b)?,
-            })
+        let (sum_c, sum_r) = split_rows("policy.sum", &self.sum)?;
+        let (count_c, count_r) = split_rows("policy.count", &self.count)?;
+        let (stats_c, stats_r) = match &self.stats {
+            Some(s) => {
+                let (m_c, m_r) = split_rows("policy.stats", &s.mean_logit)?;
+                let (e_c, e_r) = split_rows("policy.stats", &s.entropy)?;
+                let (a_c, a_r) = split_rows("policy.stats", &s.correct)?;
+                (
+                    Some(TokenStats {
+                        mean_logit: m_c,
+                        entropy: e_c,
+                        correct: a_c,
+                    }),
+                    Some(TokenStats {
+                        mean_logit: m_r,
+                        entropy: e_r,
+                        correct: a_r,
+                    }),
+                )
+            }
+            None => (None, None),
         };
-        Ok((part(0)?, part(b)?))
+        Ok((
+            SequenceLogProbs {
+                sum: sum_c,
+                count: count_c,
+                stats: stats_c,
+            },
+            SequenceLogProbs {
+                sum: sum_r,
+                count: count_r,
+                stats: stats_r,
+            },
+        ))
+    }
+
+    /// `self` with shallow copies of `stats`.
+    pub(crate) fn with_stats_of(mut self, stats: &Option<TokenStats>) -> Result<Self> {
+        self.stats = match stats {
+            Some(s) => Some(s.map(|t| Ok(t.shallow_clone()))?),
+            None => None,
+        };
+        Ok(self)
     }
 
     /// Detached copy (no autograd history), e.g. to store reference log-probs.
@@ -190,6 +307,10 @@ impl SequenceLogProbs {
         Ok(SequenceLogProbs {
             sum: self.sum.f_detach()?,
             count: self.count.f_detach()?,
+            stats: match &self.stats {
+                Some(s) => Some(s.map(|t| Ok(t.f_detach()?))?),
+                None => None,
+            },
         })
     }
 }
@@ -228,13 +349,7 @@ pub fn token_logprobs(logits: &Tensor, labels: &Tensor, options: &LogProbOptions
         });
     }
     validate::same_device("labels", labels, "logits", logits)?;
-    if options.chunk_bytes == 0 {
-        return Err(Error::InvalidParameter {
-            name: "chunk_bytes",
-            value: 0.0,
-            requirement: "must be > 0",
-        });
-    }
+    options.validate()?;
     let steps = if options.shift { t - 1 } else { t };
     if b == 0 || steps <= 0 || v == 0 {
         return Err(Error::EmptyBatch {
@@ -250,7 +365,7 @@ pub fn token_logprobs(logits: &Tensor, labels: &Tensor, options: &LogProbOptions
         (logits.shallow_clone(), labels.shallow_clone())
     };
     let mask = labels.f_ne(options.ignore_index)?;
-    if options.validate {
+    if options.validate_inputs {
         check_label_range(
             &labels,
             &mask,
@@ -274,52 +389,21 @@ pub fn token_logprobs(logits: &Tensor, labels: &Tensor, options: &LogProbOptions
             (out_kind, logits.device()),
         )?)
     };
-    let chunk = |z: &Tensor, y: &Tensor| match &scratch {
+    let layout = Layout {
+        full_logits,
+        logits: &logits,
+        safe_labels: &safe_labels,
+        rows_per_chunk,
+        shift: options.shift,
+        dims: [b, t, v, steps],
+    };
+    let logps = layout.map(|z, y| match &scratch {
         Some(buffer) => tch::no_grad(|| chunk_logprobs_into(z, y, buffer, out_kind)),
         None => chunk_logprobs(z, y, out_kind),
-    };
-    // Splits `z` and its targets `y` along `dim` into chunks of `size` and concatenates the chunk results.
-    // Chunks come from `split`, not `narrow`: all pieces of a split share one autograd node, whose backward
-    // assembles the logits' gradient once (a `narrow` per chunk would allocate and add a full-size zero
-    // gradient per chunk in backward).
-    let chunked = |z: &Tensor, y: &Tensor, size: i64, dim: i64| -> Result<Tensor> {
-        let pieces = z
-            .f_split(size, dim)?
-            .iter()
-            .zip(&y.f_split(size, dim)?)
-            .map(|(z, y)| chunk(z, y))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Tensor::f_cat(&pieces, dim)?)
-    };
-    let logps = if full_logits.is_contiguous() {
-        // Rows of the unshifted logits as a [B·T, V] view, one level of chunks. With the shift, the last
-        // position of each sequence gets a dummy target and is dropped from the (small) result.
-        let targets = if options.shift {
-            let pad = safe_labels.f_narrow(1, 0, 1)?.f_zeros_like()?;
-            Tensor::f_cat(&[&safe_labels, &pad], 1)?
-        } else {
-            safe_labels.shallow_clone()
-        };
-        let flat = chunked(
-            &full_logits.f_view([b * t, v])?,
-            &targets.f_view([b * t])?,
-            rows_per_chunk,
-            0,
-        )?;
-        flat.f_view([b, t])?.f_narrow(1, 0, steps)?
-    } else if rows_per_chunk >= steps {
-        // Strided logits, whole sequences per chunk: split the batch dimension.
-        chunked(&logits, &safe_labels, (rows_per_chunk / steps).max(1), 0)?
-    } else {
-        // Strided logits, long sequences: one sequence at a time, split over time.
-        let mut rows = Vec::with_capacity(b as usize);
-        for (z_row, y_row) in logits.f_split(1, 0)?.iter().zip(&safe_labels.f_split(1, 0)?) {
-            rows.push(chunked(z_row, y_row, rows_per_chunk, 1)?);
-        }
-        Tensor::f_cat(&rows, 0)?
-    };
-    let logps = logps.f_masked_fill(&mask.f_logical_not()?, 0.0)?;
-    if options.validate {
+    })?;
+    let not_mask = mask.f_logical_not()?;
+    let logps = logps.f_masked_fill(&not_mask, 0.0)?;
+    if options.validate_inputs {
         let bad = logps
             .f_isfinite()?
             .f_logical_not()?
@@ -334,7 +418,23 @@ pub fn token_logprobs(logits: &Tensor, labels: &Tensor, options: &LogProbOptions
             });
         }
     }
-    Ok(TokenLogProbs { logps, mask })
+    let stats = if options.token_stats {
+        let all = tch::no_grad(|| layout.map(|z, y| chunk_stats(z, y, out_kind)))?;
+        let field = |i: i64| -> Result<Tensor> {
+            Ok(all
+                .f_select(-1, i)?
+                .f_masked_fill(&not_mask, 0.0)?
+                .f_contiguous()?)
+        };
+        Some(TokenStats {
+            mean_logit: field(0)?,
+            entropy: field(1)?,
+            correct: field(2)?,
+        })
+    } else {
+        None
+    };
+    Ok(TokenLogProbs { logps, mask, stats })
 }
 
 /// Per-sequence summed log-probabilities and valid-token counts: [`token_logprobs`] followed by
@@ -348,6 +448,99 @@ pub fn sequence_logprobs(
     options: &LogProbOptions,
 ) -> Result<SequenceLogProbs> {
     token_logprobs(logits, labels, options)?.sequence()
+}
+
+/// How [`token_logprobs`] walks the logits in chunks (views, no copy of the logits).
+struct Layout<'a> {
+    /// The caller's logits `[B, T, V]` (before the causal shift).
+    full_logits: &'a Tensor,
+    /// The (possibly shifted) logits `[B, T', V]`.
+    logits: &'a Tensor,
+    /// `[B, T']` in-range targets.
+    safe_labels: &'a Tensor,
+    rows_per_chunk: i64,
+    shift: bool,
+    /// `B, T, V, T'`.
+    dims: [i64; 4],
+}
+
+impl Layout<'_> {
+    /// Applies `f` to chunks `(z [.., V], y [..])` and returns the per-position results `[B, T', ..]`
+    /// (`f` may add one trailing dimension).
+    fn map(&self, f: impl Fn(&Tensor, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        let [b, t, v, steps] = self.dims;
+        // Splits `z` and its targets `y` along `dim` into chunks of `size` and concatenates the chunk results.
+        // Chunks come from `split`, not `narrow`: all pieces of a split share one autograd node, whose backward
+        // assembles the logits' gradient once (a `narrow` per chunk would allocate and add a full-size zero
+        // gradient per chunk in backward).
+        let chunked = |z: &Tensor, y: &Tensor, size: i64, dim: i64| -> Result<Tensor> {
+            let pieces = z
+                .f_split(size, dim)?
+                .iter()
+                .zip(&y.f_split(size, dim)?)
+                .map(|(z, y)| f(z, y))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Tensor::f_cat(&pieces, dim)?)
+        };
+        if self.full_logits.is_contiguous() {
+            // Rows of the unshifted logits as a flat [B·T, V] view, one level of chunks. With the shift, the
+            // last position of each sequence gets a dummy target and is dropped from the (small) result.
+            let targets = if self.shift {
+                let pad = self.safe_labels.f_narrow(1, 0, 1)?.f_zeros_like()?;
+                Tensor::f_cat(&[self.safe_labels, &pad], 1)?
+            } else {
+                self.safe_labels.shallow_clone()
+            };
+            let flat = chunked(
+                &self.full_logits.f_view([b * t, v])?,
+                &targets.f_view([b * t])?,
+                self.rows_per_chunk,
+                0,
+            )?;
+            let mut shape = vec![b, t];
+            shape.extend_from_slice(&flat.size()[1..]);
+            Ok(flat.f_view(shape.as_slice())?.f_narrow(1, 0, steps)?)
+        } else if self.rows_per_chunk >= steps {
+            // Strided logits, whole sequences per chunk: split the batch dimension.
+            chunked(
+                self.logits,
+                self.safe_labels,
+                (self.rows_per_chunk / steps).max(1),
+                0,
+            )
+        } else {
+            // Strided logits, long sequences: one sequence at a time, split over time.
+            let mut rows = Vec::with_capacity(b as usize);
+            for (z_row, y_row) in self
+                .logits
+                .f_split(1, 0)?
+                .iter()
+                .zip(&self.safe_labels.f_split(1, 0)?)
+            {
+                rows.push(chunked(z_row, y_row, self.rows_per_chunk, 1)?);
+            }
+            Ok(Tensor::f_cat(&rows, 0)?)
+        }
+    }
+}
+
+/// Statistics of one chunk (no grad): `[.., 3]` = (mean logit, entropy, arg-max == target) in `out_kind`,
+/// from `z [.., V]` and in-range targets `y [..]`. Temporaries are chunk-sized.
+pub(crate) fn chunk_stats(z: &Tensor, y: &Tensor, out_kind: Kind) -> Result<Tensor> {
+    let z = z.f_detach()?;
+    let zf = if z.f_kind()? == out_kind {
+        z
+    } else {
+        z.f_to_kind(out_kind)?
+    };
+    let lse = zf.f_logsumexp(-1, true)?;
+    let mean = zf.f_mean_dim(-1, false, out_kind)?;
+    // H = lse − Σ p·z with p = exp(z − lse).
+    let p = zf.f_sub(&lse)?.f_exp()?;
+    let expected_z = p.f_mul(&zf)?.f_sum_dim_intlist(-1, false, out_kind)?;
+    let entropy = lse.f_squeeze_dim(-1)?.f_sub(&expected_z)?;
+    let correct = zf.f_argmax(-1, false)?.f_eq_tensor(y)?.f_to_kind(out_kind)?;
+    Ok(Tensor::f_stack(&[mean, entropy, correct], -1)?)
 }
 
 /// Log-probs of one chunk without autograd, computed in `buffer` (`[rows, V]`, `out_kind`, at least as many

@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use tch::{Device, Kind, Tensor};
 use tch_rpo::{
-    rpo_loss_from_logits, token_logprobs, DpoConfig, DpoLoss, Error, LogProbOptions, ReferenceLogits,
+    rpo_loss_from_logits, token_logprobs, DpoConfig, DpoLoss, Error, LogProbOptions, LogitsBatch, Reference,
     RpoConfig,
 };
 
@@ -91,15 +91,11 @@ fn rpo_on_cuda_matches_cpu() {
                     .to_device(device)
                     .set_requires_grad(true);
                 let zr = tensor(&ref_data, &shape, kind).to_device(device);
-                let out = rpo_loss_from_logits(
-                    config,
-                    &z,
-                    &y.to_device(device),
-                    ReferenceLogits::Logits(&zr),
-                    &LogProbOptions::causal().with_chunk_bytes(4 * v as usize * 7),
-                    None,
-                )
-                .unwrap();
+                let yd = y.to_device(device);
+                let batch = LogitsBatch::new(&z, &yd)
+                    .with_reference(Reference::Logits(&zr))
+                    .with_options(LogProbOptions::causal().with_chunk_bytes(4 * v as usize * 7));
+                let out = rpo_loss_from_logits(config, &batch).unwrap();
                 out.loss.backward();
                 (out.metric_values().unwrap(), values(&z.grad()))
             };

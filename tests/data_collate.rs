@@ -62,8 +62,16 @@ fn labels_ignore_exactly_prompt_and_padding() {
             }
         }
     }
-    // scored chosen tokens under the causal shift, and all real tokens
+    // scored chosen and rejected tokens under the causal shift, counted from the labels here, and all
+    // real tokens
+    let scored = |rows: std::ops::Range<usize>| -> i64 {
+        rows.map(|r| (1..8).filter(|&t| labels[r][t] != IGNORE).count() as i64)
+            .sum()
+    };
     assert_eq!(batch.chosen_tokens, 5 + 2);
+    assert_eq!(batch.chosen_tokens, scored(0..2));
+    assert_eq!(batch.rejected_tokens, 2 + 7);
+    assert_eq!(batch.rejected_tokens, scored(2..4));
     assert_eq!(batch.tokens, (3 + 5) + (1 + 2) + (3 + 2) + (1 + 7));
 }
 

@@ -1,25 +1,68 @@
-//! One test per bad input: each checks the typed [`Error`] variant, the argument it names, the values it
-//! reports, and that the `Display` message names the argument too.
+//! Every bad input, as tables: each case runs one call and names the typed [`Error`] it must return (the
+//! variant, the argument it names and the values it reports) and a text its `Display` message must contain.
+//! A second table lists inputs that look suspicious but must succeed (validation off, ignored rows, …).
 
 mod common;
 
 use common::*;
 use tch::{Device, Kind, Tensor};
+use tch_rpo::data::{PreferenceRecord, Text};
 use tch_rpo::{
-    dpo_loss, rpo_loss, rpo_loss_from_logits, sequence_logprobs, sft_loss, token_logprobs, DpoConfig,
-    DpoLoss, Error, GlobalBatch, LogProbOptions, PreferenceBatch, Reference, ReferenceLogits, RpoConfig,
-    SequenceLogProbs, SftNormalization, SftWeight,
+    dpo_loss, fused_rpo_loss, fused_sft_loss, rpo_loss, rpo_loss_from_logits, sequence_logprobs, sft_loss,
+    token_logprobs, DpoConfig, DpoLoss, Error, FusedOptions, GlobalBatch, HiddenBatch, LinearHead,
+    LogProbOptions, LogitsBatch, PreferenceBatch, Reference, RpoConfig, SequenceLogProbs, SftBatch,
+    SftConfig, SftNormalization, SftWeight,
 };
 
 const CPU: (Kind, Device) = (Kind::Float, Device::Cpu);
+const I64: (Kind, Device) = (Kind::Int64, Device::Cpu);
 
-/// The error of `r`, with its `Display` checked to mention `needle`.
-#[track_caller]
-fn err<T: std::fmt::Debug>(r: tch_rpo::Result<T>, needle: &str) -> Error {
-    let e = r.expect_err("expected an error");
-    let text = e.to_string();
-    assert!(text.contains(needle), "message {text:?} does not name {needle:?}");
-    e
+/// One bad input: `run` must fail with an error matching `check` whose message contains `needle`.
+struct Case {
+    name: &'static str,
+    needle: &'static str,
+    run: Box<dyn Fn() -> tch_rpo::Result<()>>,
+    check: Box<dyn Fn(&Error) -> bool>,
+}
+
+/// `case!(name, needle, call, pattern)`: `call` returns any `tch_rpo::Result`, `pattern` matches the error.
+macro_rules! case {
+    ($name:literal, $needle:expr, $call:expr, $($pat:tt)+) => {
+        Case {
+            name: $name,
+            needle: $needle,
+            run: Box::new(move || $call.map(|_| ())),
+            check: Box::new(|e: &Error| matches!(e, $($pat)+)),
+        }
+    };
+}
+
+/// Runs every case and reports all failures at once.
+fn run_table(cases: Vec<Case>) {
+    let mut failures = Vec::new();
+    for case in &cases {
+        match (case.run)() {
+            Ok(()) => failures.push(format!("{}: succeeded, expected an error", case.name)),
+            Err(e) => {
+                let text = e.to_string();
+                if !(case.check)(&e) {
+                    failures.push(format!("{}: unexpected error {e:?}", case.name));
+                } else if !text.contains(case.needle) {
+                    failures.push(format!(
+                        "{}: message {text:?} does not contain {:?}",
+                        case.name, case.needle
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 fn logits(b: i64, t: i64, v: i64) -> Tensor {
@@ -27,9 +70,10 @@ fn logits(b: i64, t: i64, v: i64) -> Tensor {
 }
 
 fn labels(b: i64, t: i64, v: i64) -> Tensor {
-    Tensor::randint(v, [b, t], (Kind::Int64, Device::Cpu))
+    Tensor::randint(v, [b, t], I64)
 }
 
+/// `[R]` sequence log-probs from sums and counts.
 fn seq(sums: &[f64], counts: &[i64]) -> SequenceLogProbs {
     SequenceLogProbs::new(
         tensor(sums, &[sums.len() as i64], Kind::Float),
@@ -38,195 +82,126 @@ fn seq(sums: &[f64], counts: &[i64]) -> SequenceLogProbs {
     .unwrap()
 }
 
-// ---------------------------------------------------------------------------------------------- shapes
-
-#[test]
-fn labels_shape_mismatch() {
-    let e = err(
-        token_logprobs(&logits(2, 5, 7), &labels(2, 4, 7), &LogProbOptions::default()),
-        "`labels`",
-    );
-    assert!(
-        matches!(e, Error::Shape { arg: "labels", ref got, .. } if got == &[2, 4]),
-        "{e:?}"
-    );
-    let e = err(
-        token_logprobs(&logits(2, 5, 7), &labels(3, 5, 7), &LogProbOptions::default()),
-        "`labels`",
-    );
-    assert!(matches!(e, Error::Shape { arg: "labels", .. }), "{e:?}");
-    let flat = Tensor::randint(7, [10], (Kind::Int64, Device::Cpu));
-    let e = err(
-        token_logprobs(&logits(2, 5, 7), &flat, &LogProbOptions::default()),
-        "`labels`",
-    );
-    assert!(matches!(e, Error::Shape { arg: "labels", .. }), "{e:?}");
+/// A valid `[2B]` policy (B = 2).
+fn policy() -> SequenceLogProbs {
+    seq(&[-1.0, -2.0, -3.0, -2.0], &[1, 2, 3, 2])
 }
 
-#[test]
-fn logits_not_rank_3() {
-    let z = Tensor::randn([10, 7], CPU);
-    let e = err(
-        token_logprobs(&z, &labels(2, 5, 7), &LogProbOptions::default()),
-        "`logits`",
-    );
-    assert!(
-        matches!(e, Error::Shape { arg: "logits", ref got, .. } if got == &[10, 7]),
-        "{e:?}"
-    );
+fn dpo(config: DpoConfig, policy: &SequenceLogProbs) -> tch_rpo::Result<tch_rpo::DpoOutput> {
+    dpo_loss(&config, &PreferenceBatch::new(policy, Reference::Free))
 }
 
-#[test]
-fn reference_logits_shape_mismatch() {
-    let (z, y, zr) = (logits(4, 5, 7), labels(4, 5, 7), logits(4, 5, 8));
-    let r = rpo_loss_from_logits(
+fn dpo_ref(policy: &SequenceLogProbs, reference: &Tensor) -> tch_rpo::Result<tch_rpo::DpoOutput> {
+    dpo_loss(
+        &DpoConfig::default(),
+        &PreferenceBatch::new(policy, Reference::LogProbs(reference)),
+    )
+}
+
+fn rpo_logits(z: &Tensor, y: &Tensor, reference: Reference<'_>) -> tch_rpo::Result<tch_rpo::RpoOutput> {
+    rpo_loss_from_logits(
         &RpoConfig::default(),
-        &z,
-        &y,
-        ReferenceLogits::Logits(&zr),
-        &LogProbOptions::default(),
-        None,
-    );
-    let e = err(r, "reference logits");
-    assert!(
-        matches!(
-            e,
+        &LogitsBatch::new(z, y).with_reference(reference),
+    )
+}
+
+fn sft(
+    norm: SftNormalization,
+    chosen: &SequenceLogProbs,
+    global: Option<GlobalBatch>,
+) -> tch_rpo::Result<tch_rpo::SftOutput> {
+    sft_loss(&SftConfig::new(norm), &SftBatch { chosen, global })
+}
+
+/// Fused RPO on `hidden [4, 5, 3]`, a `[7, 3]` head and `[4, 5]` labels unless given.
+fn fused(
+    hidden: &Tensor,
+    weight: &Tensor,
+    labels: &Tensor,
+    reference: Reference<'_>,
+    config: &RpoConfig,
+) -> tch_rpo::Result<tch_rpo::RpoOutput> {
+    fused_rpo_loss(
+        config,
+        &HiddenBatch::new(hidden, LinearHead::new(weight), labels).with_reference(reference),
+    )
+}
+
+#[test]
+fn shapes_and_batches() {
+    run_table(vec![
+        case!("labels [2,4] vs logits [2,5,7]", "`labels`",
+            token_logprobs(&logits(2, 5, 7), &labels(2, 4, 7), &LogProbOptions::default()),
+            Error::Shape { arg: "labels", got, .. } if got == &[2, 4]),
+        case!(
+            "labels rows differ",
+            "`labels`",
+            token_logprobs(&logits(2, 5, 7), &labels(3, 5, 7), &LogProbOptions::default()),
+            Error::Shape { arg: "labels", .. }
+        ),
+        case!(
+            "flat labels",
+            "`labels`",
+            token_logprobs(
+                &logits(2, 5, 7),
+                &Tensor::randint(7, [10], I64),
+                &LogProbOptions::default()
+            ),
+            Error::Shape { arg: "labels", .. }
+        ),
+        case!("logits not rank 3", "`logits`",
+            token_logprobs(&Tensor::randn([10, 7], CPU), &labels(2, 5, 7), &LogProbOptions::default()),
+            Error::Shape { arg: "logits", got, .. } if got == &[10, 7]),
+        case!(
+            "reference logits with another V",
+            "reference logits",
+            rpo_logits(
+                &logits(4, 5, 7),
+                &labels(4, 5, 7),
+                Reference::Logits(&logits(4, 5, 8))
+            ),
             Error::Shape {
                 arg: "reference logits",
                 ..
             }
         ),
-        "{e:?}"
-    );
-}
-
-#[test]
-fn odd_row_count_for_split_pairs() {
-    let s = sequence_logprobs(&logits(3, 5, 7), &labels(3, 5, 7), &LogProbOptions::default()).unwrap();
-    let e = err(s.split_pairs(), "`logits`");
-    assert!(
-        matches!(e, Error::Shape { arg: "logits", ref got, .. } if got == &[3]),
-        "{e:?}"
-    );
-    let (z, y) = (logits(5, 4, 6), labels(5, 4, 6));
-    let r = rpo_loss_from_logits(
-        &RpoConfig::default(),
-        &z,
-        &y,
-        ReferenceLogits::Free,
-        &LogProbOptions::default(),
-        None,
-    );
-    assert!(matches!(
-        err(r, "even number"),
-        Error::Shape { arg: "logits", .. }
-    ));
-}
-
-// --------------------------------------------------------------------------------------------- batches
-
-#[test]
-fn chosen_rejected_batch_mismatch() {
-    let (c, r) = (seq(&[-1.0, -2.0, -3.0], &[1, 2, 3]), seq(&[-1.0, -2.0], &[1, 2]));
-    let e = err(
-        dpo_loss(
-            &DpoConfig::default(),
-            &PreferenceBatch::new(&c, &r, Reference::Free),
-        ),
-        "`rejected.sum`",
-    );
-    assert!(
-        matches!(
-            e,
-            Error::BatchMismatch {
-                arg: "rejected.sum",
-                other: "chosen.sum",
-                expected: 3,
-                got: 2
-            }
-        ),
-        "{e:?}"
-    );
-    // RPO reports the same.
-    let e = err(
-        rpo_loss(
-            &RpoConfig::default(),
-            &PreferenceBatch::new(&c, &r, Reference::Free),
-        ),
-        "`rejected.sum`",
-    );
-    assert!(
-        matches!(
-            e,
-            Error::BatchMismatch {
-                arg: "rejected.sum",
+        case!("split_pairs of 3 rows", "even number",
+            sequence_logprobs(&logits(3, 5, 7), &labels(3, 5, 7), &LogProbOptions::default())?.split_pairs(),
+            Error::Shape { arg: "policy.sum", got, .. } if got == &[3]),
+        case!(
+            "odd rows from logits",
+            "even number",
+            rpo_logits(&logits(5, 4, 6), &labels(5, 4, 6), Reference::Free),
+            Error::Shape {
+                arg: "policy.sum",
                 ..
             }
         ),
-        "{e:?}"
-    );
-}
-
-#[test]
-fn reference_batch_mismatch() {
-    let (c, r) = (seq(&[-1.0, -2.0], &[1, 2]), seq(&[-1.0, -2.0], &[1, 2]));
-    let two = Tensor::zeros([2], CPU);
-    let three = Tensor::zeros([3], CPU);
-    let batch = PreferenceBatch::new(
-        &c,
-        &r,
-        Reference::LogProbs {
-            chosen: &three,
-            rejected: &two,
-        },
-    );
-    let e = err(dpo_loss(&DpoConfig::default(), &batch), "`reference.chosen`");
-    assert!(
-        matches!(
-            e,
-            Error::BatchMismatch {
-                arg: "reference.chosen",
-                expected: 2,
-                got: 3,
+        case!(
+            "odd policy rows",
+            "even number",
+            dpo(DpoConfig::default(), &seq(&[-1.0, -2.0, -3.0], &[1, 2, 3])),
+            Error::Shape {
+                arg: "policy.sum",
                 ..
             }
         ),
-        "{e:?}"
-    );
-    let batch = PreferenceBatch::new(
-        &c,
-        &r,
-        Reference::LogProbs {
-            chosen: &two,
-            rejected: &three,
-        },
-    );
-    let e = err(dpo_loss(&DpoConfig::default(), &batch), "`reference.rejected`");
-    assert!(
-        matches!(
-            e,
-            Error::BatchMismatch {
-                arg: "reference.rejected",
+        case!(
+            "odd policy rows (rpo)",
+            "even number",
+            rpo_loss(
+                &RpoConfig::default(),
+                &PreferenceBatch::new(&seq(&[-1.0, -2.0, -3.0], &[1, 2, 3]), Reference::Free)
+            ),
+            Error::Shape {
+                arg: "policy.sum",
                 ..
             }
         ),
-        "{e:?}"
-    );
-    // Cached reference log-probs for the concatenated rows: [2B] expected.
-    let (z, y) = (logits(4, 5, 7), labels(4, 5, 7));
-    let cached = Tensor::zeros([3], CPU);
-    let r = rpo_loss_from_logits(
-        &RpoConfig::default(),
-        &z,
-        &y,
-        ReferenceLogits::LogProbs(&cached),
-        &LogProbOptions::default(),
-        None,
-    );
-    let e = err(r, "`reference log-probs`");
-    assert!(
-        matches!(
-            e,
+        case!(
+            "reference [3] vs policy [4]",
+            "`reference log-probs`",
+            dpo_ref(&policy(), &Tensor::zeros([3], CPU)),
             Error::BatchMismatch {
                 arg: "reference log-probs",
                 expected: 4,
@@ -234,22 +209,25 @@ fn reference_batch_mismatch() {
                 ..
             }
         ),
-        "{e:?}"
-    );
-}
-
-#[test]
-fn sums_and_counts_mismatch() {
-    let e = err(
-        SequenceLogProbs::new(
-            Tensor::zeros([3], CPU),
-            Tensor::zeros([2], (Kind::Int64, Device::Cpu)),
+        case!(
+            "cached reference [3] vs logits rows 4",
+            "`reference log-probs`",
+            rpo_logits(
+                &logits(4, 5, 7),
+                &labels(4, 5, 7),
+                Reference::LogProbs(&Tensor::zeros([3], CPU))
+            ),
+            Error::BatchMismatch {
+                arg: "reference log-probs",
+                expected: 4,
+                got: 3,
+                ..
+            }
         ),
-        "`count`",
-    );
-    assert!(
-        matches!(
-            e,
+        case!(
+            "sums [3] vs counts [2]",
+            "`count`",
+            SequenceLogProbs::new(Tensor::zeros([3], CPU), Tensor::zeros([2], I64)),
             Error::BatchMismatch {
                 arg: "count",
                 other: "sum",
@@ -257,190 +235,174 @@ fn sums_and_counts_mismatch() {
                 got: 2
             }
         ),
-        "{e:?}"
-    );
-    let e = err(
-        SequenceLogProbs::new(
-            Tensor::zeros([3, 1], CPU),
-            Tensor::zeros([3], (Kind::Int64, Device::Cpu)),
+        case!(
+            "sums not a vector",
+            "`sum`",
+            SequenceLogProbs::new(Tensor::zeros([3, 1], CPU), Tensor::zeros([3], I64)),
+            Error::Shape { arg: "sum", .. }
         ),
-        "`sum`",
-    );
-    assert!(matches!(e, Error::Shape { arg: "sum", .. }), "{e:?}");
+        case!(
+            "public-field policy with mismatched counts",
+            "`policy.count`",
+            dpo(
+                DpoConfig::default(),
+                &SequenceLogProbs {
+                    sum: Tensor::zeros([4], CPU),
+                    count: Tensor::zeros([2], I64),
+                    stats: None
+                }
+            ),
+            Error::BatchMismatch {
+                arg: "policy.count",
+                expected: 4,
+                got: 2,
+                ..
+            }
+        ),
+    ]);
 }
 
 #[test]
-fn empty_batch() {
-    let o = LogProbOptions::default();
-    let e = err(token_logprobs(&logits(0, 5, 7), &labels(0, 5, 7), &o), "`logits`");
-    assert!(
-        matches!(e, Error::EmptyBatch { arg: "logits", ref shape } if shape == &[0, 5, 7]),
-        "{e:?}"
-    );
-    let e = err(token_logprobs(&logits(2, 0, 7), &labels(2, 0, 7), &o), "`logits`");
-    assert!(matches!(e, Error::EmptyBatch { arg: "logits", .. }), "{e:?}");
-    // One position and a causal shift leave nothing to score.
-    let e = err(
-        token_logprobs(&logits(2, 1, 7), &labels(2, 1, 7), &LogProbOptions::causal()),
-        "`logits`",
-    );
-    assert!(matches!(e, Error::EmptyBatch { arg: "logits", .. }), "{e:?}");
-    let e = err(
-        token_logprobs(
-            &Tensor::zeros([2, 3, 0], CPU),
-            &Tensor::zeros([2, 3], (Kind::Int64, Device::Cpu)),
-            &o,
-        ),
-        "`logits`",
-    );
-    assert!(matches!(e, Error::EmptyBatch { arg: "logits", .. }), "{e:?}");
-    let e = err(
-        SequenceLogProbs::new(
-            Tensor::zeros([0], CPU),
-            Tensor::zeros([0], (Kind::Int64, Device::Cpu)),
-        ),
-        "`sum`",
-    );
-    assert!(matches!(e, Error::EmptyBatch { arg: "sum", .. }), "{e:?}");
-    // Fields are public, so an empty SequenceLogProbs can still reach the losses.
-    let empty = SequenceLogProbs {
+fn empty_inputs() {
+    let empty = || SequenceLogProbs {
         sum: Tensor::zeros([0], CPU),
-        count: Tensor::zeros([0], (Kind::Int64, Device::Cpu)),
+        count: Tensor::zeros([0], I64),
+        stats: None,
     };
-    let e = err(
-        dpo_loss(
-            &DpoConfig::default(),
-            &PreferenceBatch::new(&empty, &empty, Reference::Free),
+    run_table(vec![
+        case!("B = 0", "`logits`",
+            token_logprobs(&logits(0, 5, 7), &labels(0, 5, 7), &LogProbOptions::default()),
+            Error::EmptyBatch { arg: "logits", shape } if shape == &[0, 5, 7]),
+        case!(
+            "T = 0",
+            "`logits`",
+            token_logprobs(&logits(2, 0, 7), &labels(2, 0, 7), &LogProbOptions::default()),
+            Error::EmptyBatch { arg: "logits", .. }
         ),
-        "`chosen.sum`",
-    );
-    assert!(
-        matches!(
-            e,
+        case!(
+            "T = 1 with shift",
+            "`logits`",
+            token_logprobs(&logits(2, 1, 7), &labels(2, 1, 7), &LogProbOptions::causal()),
+            Error::EmptyBatch { arg: "logits", .. }
+        ),
+        case!(
+            "V = 0",
+            "`logits`",
+            token_logprobs(
+                &Tensor::zeros([2, 3, 0], CPU),
+                &Tensor::zeros([2, 3], I64),
+                &LogProbOptions::default()
+            ),
+            Error::EmptyBatch { arg: "logits", .. }
+        ),
+        case!(
+            "empty SequenceLogProbs::new",
+            "`sum`",
+            SequenceLogProbs::new(Tensor::zeros([0], CPU), Tensor::zeros([0], I64)),
+            Error::EmptyBatch { arg: "sum", .. }
+        ),
+        case!(
+            "empty policy through public fields",
+            "`policy.sum`",
+            dpo(DpoConfig::default(), &empty()),
+            Error::EmptyBatch {
+                arg: "policy.sum",
+                ..
+            }
+        ),
+        case!(
+            "empty SFT batch",
+            "`chosen.sum`",
+            sft(SftNormalization::SequenceSum, &empty(), None),
             Error::EmptyBatch {
                 arg: "chosen.sum",
                 ..
             }
         ),
-        "{e:?}"
-    );
-    let e = err(
-        sft_loss(SftNormalization::SequenceSum, &empty, None, true),
-        "`chosen.sum`",
-    );
-    assert!(
-        matches!(
-            e,
-            Error::EmptyBatch {
-                arg: "chosen.sum",
-                ..
-            }
+        case!(
+            "split_pairs of nothing",
+            "empty",
+            empty().split_pairs(),
+            Error::EmptyBatch { .. }
         ),
-        "{e:?}"
-    );
-    let e = err(empty.split_pairs(), "empty");
-    assert!(matches!(e, Error::EmptyBatch { .. }), "{e:?}");
+    ]);
 }
 
-// ----------------------------------------------------------------------------------------------- dtypes
-
 #[test]
-fn non_integer_labels() {
-    let y = labels(2, 5, 7).to_kind(Kind::Float);
-    let e = err(
-        token_logprobs(&logits(2, 5, 7), &y, &LogProbOptions::default()),
-        "`labels`",
-    );
-    assert!(
-        matches!(
-            e,
+fn dtypes() {
+    run_table(vec![
+        case!(
+            "f32 labels",
+            "`labels`",
+            token_logprobs(
+                &logits(2, 5, 7),
+                &labels(2, 5, 7).to_kind(Kind::Float),
+                &LogProbOptions::default()
+            ),
             Error::DType {
                 arg: "labels",
                 got: Kind::Float,
                 ..
             }
         ),
-        "{e:?}"
-    );
-    let y = labels(2, 5, 7).to_kind(Kind::Int);
-    let e = err(
-        token_logprobs(&logits(2, 5, 7), &y, &LogProbOptions::default()),
-        "`labels`",
-    );
-    assert!(
-        matches!(
-            e,
+        case!(
+            "i32 labels",
+            "`labels`",
+            token_logprobs(
+                &logits(2, 5, 7),
+                &labels(2, 5, 7).to_kind(Kind::Int),
+                &LogProbOptions::default()
+            ),
             Error::DType {
                 arg: "labels",
                 got: Kind::Int,
                 ..
             }
         ),
-        "{e:?}"
-    );
-}
-
-#[test]
-fn non_float_logits_and_sums() {
-    let z = Tensor::zeros([2, 5, 7], (Kind::Int64, Device::Cpu));
-    let e = err(
-        token_logprobs(&z, &labels(2, 5, 7), &LogProbOptions::default()),
-        "`logits`",
-    );
-    assert!(
-        matches!(
-            e,
+        case!(
+            "integer logits",
+            "`logits`",
+            token_logprobs(
+                &Tensor::zeros([2, 5, 7], I64),
+                &labels(2, 5, 7),
+                &LogProbOptions::default()
+            ),
             Error::DType {
                 arg: "logits",
                 got: Kind::Int64,
                 ..
             }
         ),
-        "{e:?}"
-    );
-    let e = err(
-        SequenceLogProbs::new(
-            Tensor::zeros([2], (Kind::Int64, Device::Cpu)),
-            Tensor::zeros([2], (Kind::Int64, Device::Cpu)),
+        case!(
+            "integer sums",
+            "`sum`",
+            SequenceLogProbs::new(Tensor::zeros([2], I64), Tensor::zeros([2], I64)),
+            Error::DType { arg: "sum", .. }
         ),
-        "`sum`",
-    );
-    assert!(matches!(e, Error::DType { arg: "sum", .. }), "{e:?}");
-    let (c, r) = (seq(&[-1.0], &[1]), seq(&[-1.0], &[1]));
-    let int_ref = Tensor::zeros([1], (Kind::Int64, Device::Cpu));
-    let batch = PreferenceBatch::new(
-        &c,
-        &r,
-        Reference::LogProbs {
-            chosen: &int_ref,
-            rejected: &int_ref,
-        },
-    );
-    let e = err(dpo_loss(&DpoConfig::default(), &batch), "`reference.chosen`");
-    assert!(
-        matches!(
-            e,
+        case!(
+            "integer reference log-probs",
+            "`reference log-probs`",
+            dpo_ref(&policy(), &Tensor::zeros([4], I64)),
             Error::DType {
-                arg: "reference.chosen",
+                arg: "reference log-probs",
                 ..
             }
         ),
-        "{e:?}"
-    );
+    ]);
 }
 
-// ----------------------------------------------------------------------------------------------- labels
-
 #[test]
-fn label_out_of_range() {
-    let z = logits(2, 4, 7);
-    let o = LogProbOptions::default();
-    // Label = V at [1, 2]: flat position 1·4 + 2 = 6.
-    let y = int_tensor(&[0, 1, 2, 3, 4, 5, 7, 6], &[2, 4]);
-    let e = err(token_logprobs(&z, &y, &o), "`labels`");
-    assert!(
-        matches!(
-            e,
+fn labels_out_of_range() {
+    run_table(vec![
+        // Label = V at [1, 2]: flat position 1·4 + 2 = 6.
+        case!(
+            "label = V",
+            "`labels`",
+            token_logprobs(
+                &logits(2, 4, 7),
+                &int_tensor(&[0, 1, 2, 3, 4, 5, 7, 6], &[2, 4]),
+                &LogProbOptions::default()
+            ),
             Error::LabelOutOfRange {
                 arg: "labels",
                 value: 7,
@@ -449,31 +411,28 @@ fn label_out_of_range() {
                 ignore_index: -100
             }
         ),
-        "{e:?}"
-    );
-    // Negative label that is not the ignore index.
-    let y = int_tensor(&[0, -5, 2, 3, 4, 5, 6, 6], &[2, 4]);
-    let e = err(token_logprobs(&z, &y, &o), "`labels`");
-    assert!(
-        matches!(
-            e,
+        case!(
+            "negative label",
+            "`labels`",
+            token_logprobs(
+                &logits(2, 4, 7),
+                &int_tensor(&[0, -5, 2, 3, 4, 5, 6, 6], &[2, 4]),
+                &LogProbOptions::default()
+            ),
             Error::LabelOutOfRange {
                 value: -5,
                 position: 1,
                 ..
             }
         ),
-        "{e:?}"
-    );
-    // −100 is an ordinary bad label when the ignore index is −1.
-    let y = int_tensor(&[0, 1, 2, -1, 4, 5, -100, 6], &[2, 4]);
-    let e = err(
-        token_logprobs(&z, &y, &o.clone().with_ignore_index(-1)),
-        "`labels`",
-    );
-    assert!(
-        matches!(
-            e,
+        case!(
+            "-100 when the ignore index is -1",
+            "`labels`",
+            token_logprobs(
+                &logits(2, 4, 7),
+                &int_tensor(&[0, 1, 2, -1, 4, 5, -100, 6], &[2, 4]),
+                &LogProbOptions::default().with_ignore_index(-1)
+            ),
             Error::LabelOutOfRange {
                 value: -100,
                 position: 6,
@@ -481,388 +440,900 @@ fn label_out_of_range() {
                 ..
             }
         ),
-        "{e:?}"
-    );
-    // And the ignore index itself is fine, even when it lies inside [0, V).
-    let y = int_tensor(&[0, 1, 2, 3, 4, 5, 3, 6], &[2, 4]);
-    let out = token_logprobs(&z, &y, &o.clone().with_ignore_index(3)).unwrap();
-    assert_eq!(int_values(&out.mask), vec![1, 1, 1, 0, 1, 1, 0, 1]);
-}
-
-#[test]
-fn label_out_of_range_with_shift_reports_the_callers_position() {
-    let z = logits(2, 4, 7);
-    // Bad label at [1, 3] of the caller's tensor: flat position 7.
-    let y = int_tensor(&[0, 1, 2, 3, 4, 5, 6, 9], &[2, 4]);
-    let e = err(token_logprobs(&z, &y, &LogProbOptions::causal()), "position 7");
-    assert!(
-        matches!(
-            e,
+        // Bad label at [1, 3] of the caller's tensor: flat position 7, also with the shift.
+        case!(
+            "shifted position is the caller's",
+            "position 7",
+            token_logprobs(
+                &logits(2, 4, 7),
+                &int_tensor(&[0, 1, 2, 3, 4, 5, 6, 9], &[2, 4]),
+                &LogProbOptions::causal()
+            ),
             Error::LabelOutOfRange {
                 value: 9,
                 position: 7,
                 ..
             }
         ),
-        "{e:?}"
-    );
-    // With the shift, column 0 is never scored: a bad label there is not an error.
-    let y = int_tensor(&[99, 1, 2, 3, -7, 5, 6, 0], &[2, 4]);
-    assert!(token_logprobs(&z, &y, &LogProbOptions::causal()).is_ok());
-    // … but without the shift it is.
-    let e = err(token_logprobs(&z, &y, &LogProbOptions::default()), "`labels`");
-    assert!(
-        matches!(
-            e,
+        case!(
+            "column 0 is scored without the shift",
+            "`labels`",
+            token_logprobs(
+                &logits(2, 4, 7),
+                &int_tensor(&[99, 1, 2, 3, -7, 5, 6, 0], &[2, 4]),
+                &LogProbOptions::default()
+            ),
             Error::LabelOutOfRange {
                 value: 99,
                 position: 0,
                 ..
             }
         ),
-        "{e:?}"
-    );
-}
-
-// ------------------------------------------------------------------------------------------ parameters
-
-#[test]
-fn chunk_bytes_zero() {
-    let o = LogProbOptions::default().with_chunk_bytes(0);
-    let e = err(
-        token_logprobs(&logits(2, 5, 7), &labels(2, 5, 7), &o),
-        "`chunk_bytes`",
-    );
-    assert!(
-        matches!(
-            e,
-            Error::InvalidParameter {
-                name: "chunk_bytes",
+        case!(
+            "fused label = V",
+            "`labels`",
+            {
+                let y = Tensor::randint(7, [4, 5], I64);
+                let _ = y.get(2).get(3).fill_(7);
+                fused(
+                    &Tensor::randn([4, 5, 3], CPU),
+                    &Tensor::randn([7, 3], CPU),
+                    &y,
+                    Reference::Free,
+                    &RpoConfig::default(),
+                )
+            },
+            Error::LabelOutOfRange {
+                value: 7,
+                position: 13,
+                vocab: 7,
                 ..
             }
         ),
-        "{e:?}"
-    );
+    ]);
 }
 
-fn dpo_err(config: DpoConfig) -> Error {
-    let (c, r) = (seq(&[-1.0, -2.0], &[1, 2]), seq(&[-3.0, -2.0], &[3, 2]));
-    let name = match config.validate() {
-        Err(Error::InvalidParameter { name, .. }) => name,
-        other => panic!("validate() should fail: {other:?}"),
-    };
-    err(
-        dpo_loss(&config, &PreferenceBatch::new(&c, &r, Reference::Free)),
-        name,
-    )
+fn dpo_params(config: DpoConfig) -> tch_rpo::Result<tch_rpo::DpoOutput> {
+    dpo(config, &policy())
 }
 
 #[test]
-fn invalid_beta() {
+fn hyper_parameters() {
+    let mut cases = vec![];
     for beta in [0.0, -0.1, f64::NAN, f64::INFINITY] {
-        let e = dpo_err(DpoConfig::new(DpoLoss::Sigmoid, beta));
-        assert!(
-            matches!(e, Error::InvalidParameter { name: "beta", .. }),
-            "β = {beta}: {e:?}"
-        );
-        let (c, r) = (seq(&[-1.0], &[1]), seq(&[-1.0], &[1]));
-        let e = err(
-            rpo_loss(
-                &RpoConfig::paper(beta, 0.005).with_dpo(DpoConfig::new(DpoLoss::Sigmoid, beta)),
-                &PreferenceBatch::new(&c, &r, Reference::Free),
-            ),
-            "beta",
-        );
-        assert!(matches!(e, Error::InvalidParameter { name: "beta", .. }), "{e:?}");
-    }
-}
-
-#[test]
-fn invalid_label_smoothing() {
-    for eps in [-0.01, 0.5, 0.7, f64::NAN] {
-        let e = dpo_err(DpoConfig::new(DpoLoss::Robust, 0.1).with_label_smoothing(eps));
-        assert!(
-            matches!(
-                e,
-                Error::InvalidParameter {
-                    name: "label_smoothing",
-                    ..
-                }
-            ),
-            "ε = {eps}: {e:?}"
-        );
-    }
-    // 0 and just below 0.5 are fine.
-    let (c, r) = (seq(&[-1.0], &[1]), seq(&[-2.0], &[1]));
-    for eps in [0.0, 0.499] {
-        let config = DpoConfig::new(DpoLoss::Robust, 0.1).with_label_smoothing(eps);
-        assert!(dpo_loss(&config, &PreferenceBatch::new(&c, &r, Reference::Free)).is_ok());
-    }
-}
-
-#[test]
-fn other_invalid_dpo_parameters() {
-    let config = DpoConfig {
-        discopop_tau: 0.0,
-        ..DpoConfig::default()
-    };
-    assert!(matches!(
-        dpo_err(config),
-        Error::InvalidParameter {
-            name: "discopop_tau",
-            ..
-        }
-    ));
-    let config = DpoConfig {
-        bco_delta: f64::NAN,
-        ..DpoConfig::default()
-    };
-    assert!(matches!(
-        dpo_err(config),
-        Error::InvalidParameter {
-            name: "bco_delta",
-            ..
-        }
-    ));
-    assert!(matches!(
-        dpo_err(DpoConfig::default().with_losses(vec![])),
-        Error::InvalidParameter { name: "losses", .. }
-    ));
-    let config = DpoConfig::default().with_losses(vec![(DpoLoss::Hinge, f64::NAN)]);
-    assert!(matches!(
-        dpo_err(config),
-        Error::InvalidParameter {
-            name: "losses[].weight",
-            ..
-        }
-    ));
-}
-
-#[test]
-fn negative_eta_and_weight() {
-    let (c, r) = (seq(&[-1.0], &[1]), seq(&[-2.0], &[1]));
-    let batch = PreferenceBatch::new(&c, &r, Reference::Free);
-    for eta in [-0.001, f64::NAN] {
-        let config = RpoConfig::paper(0.1, eta);
-        let e = err(rpo_loss(&config, &batch), "`eta`");
-        assert!(matches!(e, Error::InvalidParameter { name: "eta", .. }), "{e:?}");
-        assert!(matches!(
-            config.coefficient(),
-            Err(Error::InvalidParameter { name: "eta", .. })
+        cases.push(case!(
+            "invalid β (dpo)",
+            "`beta`",
+            dpo_params(DpoConfig::new(DpoLoss::Sigmoid, beta)),
+            Error::InvalidParameter { name: "beta", .. }
         ));
-        assert!(config.describe().contains("<invalid>"));
+        cases.push(case!(
+            "invalid β (rpo)",
+            "`beta`",
+            rpo_loss(
+                &RpoConfig::paper(beta, 0.005),
+                &PreferenceBatch::new(&policy(), Reference::Free)
+            ),
+            Error::InvalidParameter { name: "beta", .. }
+        ));
     }
-    let config = RpoConfig {
-        sft_weight: SftWeight::Absolute(-1.0),
-        ..RpoConfig::trl(0.1, 0.0)
-    };
-    let e = err(rpo_loss(&config, &batch), "`sft_weight`");
-    assert!(
-        matches!(
-            e,
+    for eps in [-0.01, 0.5, 0.7, f64::NAN] {
+        cases.push(case!(
+            "ε outside [0, 0.5)",
+            "`label_smoothing`",
+            dpo_params(DpoConfig::new(DpoLoss::Robust, 0.1).with_label_smoothing(eps)),
+            Error::InvalidParameter {
+                name: "label_smoothing",
+                ..
+            }
+        ));
+    }
+    for loss in [DpoLoss::Ipo, DpoLoss::SppoHard] {
+        // (1/(2β))² overflows f32: the loss would be inf.
+        cases.push(case!(
+            "quadratic loss with β = 1e-300",
+            "`beta`",
+            dpo_params(DpoConfig::new(loss, 1e-300)),
+            Error::InvalidParameter { name: "beta", .. }
+        ));
+    }
+    for eta in [-0.001, f64::NAN] {
+        cases.push(case!(
+            "invalid η",
+            "`eta`",
+            rpo_loss(
+                &RpoConfig::paper(0.1, eta),
+                &PreferenceBatch::new(&policy(), Reference::Free)
+            ),
+            Error::InvalidParameter { name: "eta", .. }
+        ));
+        cases.push(case!(
+            "invalid η (coefficient)",
+            "`eta`",
+            RpoConfig::paper(0.1, eta).coefficient(),
+            Error::InvalidParameter { name: "eta", .. }
+        ));
+    }
+    cases.extend(vec![
+        case!(
+            "τ = 0",
+            "`discopop_tau`",
+            dpo_params(DpoConfig {
+                discopop_tau: 0.0,
+                ..DpoConfig::default()
+            }),
+            Error::InvalidParameter {
+                name: "discopop_tau",
+                ..
+            }
+        ),
+        case!(
+            "δ = NaN",
+            "`bco_delta`",
+            dpo_params(DpoConfig {
+                bco_delta: f64::NAN,
+                ..DpoConfig::default()
+            }),
+            Error::InvalidParameter {
+                name: "bco_delta",
+                ..
+            }
+        ),
+        case!(
+            "no losses",
+            "`losses`",
+            dpo_params(DpoConfig::default().with_losses(vec![])),
+            Error::InvalidParameter { name: "losses", .. }
+        ),
+        case!(
+            "NaN weight",
+            "`losses[].weight`",
+            dpo_params(DpoConfig::default().with_losses(vec![(DpoLoss::Hinge, f64::NAN)])),
+            Error::InvalidParameter {
+                name: "losses[].weight",
+                ..
+            }
+        ),
+        case!(
+            "negative absolute weight",
+            "`sft_weight`",
+            rpo_loss(
+                &RpoConfig {
+                    sft_weight: SftWeight::Absolute(-1.0),
+                    ..RpoConfig::trl(0.1, 0.0)
+                },
+                &PreferenceBatch::new(&policy(), Reference::Free)
+            ),
             Error::InvalidParameter {
                 name: "sft_weight",
                 ..
             }
         ),
-        "{e:?}"
-    );
+        case!(
+            "chunk_bytes = 0",
+            "`chunk_bytes`",
+            token_logprobs(
+                &logits(2, 5, 7),
+                &labels(2, 5, 7),
+                &LogProbOptions::default().with_chunk_bytes(0)
+            ),
+            Error::InvalidParameter {
+                name: "chunk_bytes",
+                ..
+            }
+        ),
+        // TRL semantics that differ from a naive reading: refused with the difference named.
+        case!(
+            "sigmoid with ε > 0",
+            "TRL's sigmoid ignores label_smoothing",
+            dpo_params(DpoConfig::new(DpoLoss::Sigmoid, 0.1).with_label_smoothing(0.1)),
+            Error::Config {
+                name: "label_smoothing",
+                ..
+            }
+        ),
+        case!(
+            "exo_pair with ε = 0",
+            "TRL refuses 0",
+            dpo_params(DpoConfig::new(DpoLoss::ExoPair, 0.1)),
+            Error::Config {
+                name: "label_smoothing",
+                ..
+            }
+        ),
+        case!(
+            "cdpo with ε = 0",
+            "`cdpo` needs label_smoothing > 0",
+            dpo_params(DpoConfig::new(DpoLoss::Cdpo, 0.1)),
+            Error::Config {
+                name: "label_smoothing",
+                ..
+            }
+        ),
+        case!(
+            "ε > 0 read by no loss",
+            "no configured loss reads it",
+            dpo_params(DpoConfig::new(DpoLoss::Hinge, 0.1).with_label_smoothing(0.2)),
+            Error::Config {
+                name: "label_smoothing",
+                ..
+            }
+        ),
+    ]);
+    run_table(cases);
 }
 
 #[test]
-fn invalid_global_batch() {
-    let (c, r) = (seq(&[-1.0], &[1]), seq(&[-2.0], &[1]));
+fn loss_names() {
+    run_table(vec![
+        case!(
+            "unknown loss name",
+            "unknown DPO loss `sigmod`",
+            "sigmod".parse::<DpoLoss>(),
+            Error::Config {
+                name: "loss_type",
+                ..
+            }
+        ),
+        case!(
+            "sft is not a DPO loss",
+            "RpoConfig::from_trl",
+            "sft".parse::<DpoLoss>(),
+            Error::Config {
+                name: "loss_type",
+                ..
+            }
+        ),
+        case!(
+            "aot is not implemented",
+            "not implemented",
+            "aot".parse::<DpoLoss>(),
+            Error::Config {
+                name: "loss_type",
+                ..
+            }
+        ),
+        case!(
+            "weights of another length",
+            "2 types, 1 weights",
+            DpoLoss::parse_weighted(&["sigmoid", "hinge"], Some(&[1.0])),
+            Error::Config {
+                name: "loss_weights",
+                ..
+            }
+        ),
+        case!(
+            "empty loss_type list",
+            "at least one loss type",
+            DpoLoss::parse_weighted(&[], None),
+            Error::Config {
+                name: "loss_type",
+                ..
+            }
+        ),
+        case!(
+            "NaN loss weight",
+            "`loss_weights[]`",
+            DpoLoss::parse_weighted(&["ipo"], Some(&[f64::NAN])),
+            Error::InvalidParameter {
+                name: "loss_weights[]",
+                ..
+            }
+        ),
+        case!(
+            "sft twice",
+            "listed twice",
+            RpoConfig::from_trl(0.1, &["sft", "sigmoid", "sft"], None),
+            Error::Config {
+                name: "loss_type",
+                ..
+            }
+        ),
+    ]);
+}
+
+#[test]
+fn global_batch() {
+    let mut cases = vec![];
     for pairs in [0.0, -1.0, f64::NAN] {
-        let g = GlobalBatch {
-            pairs,
-            chosen_tokens: 10.0,
-        };
-        let batch = PreferenceBatch::new(&c, &r, Reference::Free).with_global(g);
-        let e = err(dpo_loss(&DpoConfig::default(), &batch), "global.pairs");
-        assert!(
-            matches!(
-                e,
-                Error::InvalidParameter {
-                    name: "global.pairs",
-                    ..
-                }
+        cases.push(case!(
+            "global pairs",
+            "global.pairs",
+            dpo_loss(
+                &DpoConfig::default(),
+                &PreferenceBatch::new(&policy(), Reference::Free).with_global(GlobalBatch {
+                    pairs,
+                    chosen_tokens: 10.0
+                })
             ),
-            "{e:?}"
-        );
+            Error::InvalidParameter {
+                name: "global.pairs",
+                ..
+            }
+        ));
     }
     for tokens in [0.0, f64::INFINITY] {
-        let g = GlobalBatch {
-            pairs: 4.0,
-            chosen_tokens: tokens,
-        };
-        let e = err(
-            sft_loss(SftNormalization::TokenMean, &c, Some(g), true),
+        cases.push(case!(
+            "global chosen tokens",
             "global.chosen_tokens",
-        );
-        assert!(
-            matches!(
-                e,
-                Error::InvalidParameter {
-                    name: "global.chosen_tokens",
-                    ..
-                }
+            sft(
+                SftNormalization::TokenMean,
+                &seq(&[-1.0], &[1]),
+                Some(GlobalBatch {
+                    pairs: 4.0,
+                    chosen_tokens: tokens
+                })
             ),
-            "{e:?}"
-        );
+            Error::InvalidParameter {
+                name: "global.chosen_tokens",
+                ..
+            }
+        ));
     }
+    run_table(cases);
 }
 
-// -------------------------------------------------------------------------------------- no valid tokens
-
 #[test]
-fn sequence_mean_without_tokens() {
-    let c = seq(&[-1.0, 0.0, -2.0], &[1, 0, 2]);
-    let e = err(
-        sft_loss(SftNormalization::SequenceMean, &c, None, true),
-        "`chosen.count`",
-    );
-    assert!(
-        matches!(
-            e,
+fn sequences_without_tokens() {
+    run_table(vec![
+        case!(
+            "sequence mean, row 1 empty",
+            "`chosen.count`",
+            sft(
+                SftNormalization::SequenceMean,
+                &seq(&[-1.0, 0.0, -2.0], &[1, 0, 2]),
+                None
+            ),
             Error::NoValidTokens {
                 arg: "chosen.count",
                 index: 1,
                 ..
             }
         ),
-        "{e:?}"
-    );
-    // Through RPO (OpenRLHF preset) as well.
-    let r = seq(&[-1.0, -1.0, -2.0], &[1, 1, 2]);
-    let e = err(
-        rpo_loss(
-            &RpoConfig::openrlhf(0.1, 0.2),
-            &PreferenceBatch::new(&c, &r, Reference::Free),
+        case!(
+            "OpenRLHF RPO, chosen row 1 empty",
+            "sequence 1",
+            rpo_loss(
+                &RpoConfig::openrlhf(0.1, 0.2),
+                &PreferenceBatch::new(&seq(&[-1.0, 0.0, -1.0, -1.0], &[1, 0, 1, 1]), Reference::Free)
+            ),
+            Error::NoValidTokens { index: 1, .. }
         ),
-        "sequence 1",
-    );
-    assert!(matches!(e, Error::NoValidTokens { index: 1, .. }), "{e:?}");
-    // The per-sequence mean of log-probs, from logits with a fully ignored row.
-    let y = int_tensor(&[1, 2, -100, -100], &[2, 2]);
-    let s = sequence_logprobs(&logits(2, 2, 5), &y, &LogProbOptions::default()).unwrap();
-    let e = err(s.mean(true), "`labels`");
-    assert!(
-        matches!(
-            e,
+        case!(
+            "per-sequence mean from logits",
+            "`labels`",
+            sequence_logprobs(
+                &logits(2, 2, 5),
+                &int_tensor(&[1, 2, -100, -100], &[2, 2]),
+                &LogProbOptions::default()
+            )?
+            .mean(true),
             Error::NoValidTokens {
                 arg: "labels",
                 index: 1,
                 ..
             }
         ),
-        "{e:?}"
-    );
-}
-
-#[test]
-fn length_normalised_ipo_without_tokens() {
-    let (c, r) = (seq(&[-1.0, -2.0], &[1, 2]), seq(&[-1.0, 0.0], &[1, 0]));
-    let e = err(
-        dpo_loss(
-            &DpoConfig::new(DpoLoss::Ipo, 0.1),
-            &PreferenceBatch::new(&c, &r, Reference::Free),
-        ),
-        "`rejected.count`",
-    );
-    assert!(
-        matches!(
-            e,
-            Error::NoValidTokens {
-                arg: "rejected.count",
-                index: 1,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
-    let e = err(
-        dpo_loss(
-            &DpoConfig::new(DpoLoss::Ipo, 0.1),
-            &PreferenceBatch::new(&r, &c, Reference::Free),
-        ),
-        "`chosen.count`",
-    );
-    assert!(
-        matches!(
-            e,
-            Error::NoValidTokens {
-                arg: "chosen.count",
-                index: 1,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
-    // Un-normalised IPO needs no token count.
-    let mut config = DpoConfig::new(DpoLoss::Ipo, 0.1);
-    config.ipo_length_normalized = false;
-    assert!(dpo_loss(&config, &PreferenceBatch::new(&c, &r, Reference::Free)).is_ok());
-}
-
-#[test]
-fn token_mean_without_tokens() {
-    let c = seq(&[0.0, 0.0], &[0, 0]);
-    let e = err(
-        sft_loss(SftNormalization::TokenMean, &c, None, true),
-        "`chosen.count`",
-    );
-    assert!(
-        matches!(
-            e,
-            Error::NoValidTokens {
-                arg: "chosen.count",
-                ..
-            }
-        ),
-        "{e:?}"
-    );
-    // A batch with some tokens is fine even if one row has none (the mean is over all tokens).
-    let c = seq(&[-3.0, 0.0], &[2, 0]);
-    let out = sft_loss(SftNormalization::TokenMean, &c, None, true).unwrap();
-    assert!((out.loss.double_value(&[]) - 1.5).abs() < 1e-6);
-}
-
-// ----------------------------------------------------------------------------------------- non-finite
-
-#[test]
-fn non_finite_logits_in_a_scored_row() {
-    let o = LogProbOptions::default();
-    let y = int_tensor(&[1, 2, 3, 4, 0, 1], &[2, 3]);
-    for bad in [f64::NAN, f64::INFINITY] {
-        let z = logits(2, 3, 5);
-        let _ = z.get(1).get(2).get(4).fill_(bad); // a non-target entry of a scored row
-        let e = err(token_logprobs(&z, &y, &o), "`logits`");
-        assert!(
-            matches!(
-                e,
-                Error::NonFinite {
-                    arg: "logits",
-                    count: 1,
-                    ..
-                }
+        case!(
+            "length-normalised IPO, rejected row 1 empty",
+            "rejected rows",
+            dpo(
+                DpoConfig::new(DpoLoss::Ipo, 0.1),
+                &seq(&[-1.0, -2.0, -1.0, 0.0], &[1, 2, 1, 0])
             ),
-            "{bad}: {e:?}"
+            Error::NoValidTokens {
+                arg: "policy.count (rejected rows)",
+                index: 1,
+                ..
+            }
+        ),
+        case!(
+            "length-normalised IPO, chosen row 1 empty",
+            "chosen rows",
+            dpo(
+                DpoConfig::new(DpoLoss::Ipo, 0.1),
+                &seq(&[-1.0, 0.0, -1.0, -2.0], &[1, 0, 1, 2])
+            ),
+            Error::NoValidTokens {
+                arg: "policy.count (chosen rows)",
+                index: 1,
+                ..
+            }
+        ),
+        case!(
+            "sigmoid_norm, chosen row 0 empty",
+            "chosen rows",
+            dpo(
+                DpoConfig::new(DpoLoss::SigmoidNorm, 0.1),
+                &seq(&[0.0, -1.0, -1.0, -2.0], &[0, 1, 1, 2])
+            ),
+            Error::NoValidTokens {
+                arg: "policy.count (chosen rows)",
+                index: 0,
+                ..
+            }
+        ),
+        case!(
+            "token mean without any token",
+            "`chosen.count`",
+            sft(SftNormalization::TokenMean, &seq(&[0.0, 0.0], &[0, 0]), None),
+            Error::NoValidTokens {
+                arg: "chosen.count",
+                ..
+            }
+        ),
+        case!(
+            "fused OpenRLHF RPO, chosen row 1 empty",
+            "sequence 1",
+            {
+                let y = Tensor::randint(7, [4, 5], I64);
+                let _ = y.get(1).fill_(-100);
+                fused(
+                    &Tensor::randn([4, 5, 3], CPU),
+                    &Tensor::randn([7, 3], CPU),
+                    &y,
+                    Reference::Free,
+                    &RpoConfig::openrlhf(0.1, 0.2),
+                )
+            },
+            Error::NoValidTokens { .. }
+        ),
+        case!(
+            "fused IPO, rejected row 3 empty",
+            "rejected rows",
+            {
+                let y = Tensor::randint(7, [4, 5], I64);
+                let _ = y.get(3).fill_(-100);
+                fused(
+                    &Tensor::randn([4, 5, 3], CPU),
+                    &Tensor::randn([7, 3], CPU),
+                    &y,
+                    Reference::Free,
+                    &RpoConfig::default().with_dpo(DpoConfig::new(DpoLoss::Ipo, 0.1)),
+                )
+            },
+            Error::NoValidTokens { .. }
+        ),
+    ]);
+}
+
+#[test]
+fn non_finite_values() {
+    let y = || int_tensor(&[1, 2, 3, 4, 0, 1], &[2, 3]);
+    let mut cases = vec![];
+    for bad in [f64::NAN, f64::INFINITY] {
+        cases.push(case!(
+            "non-finite logit in a scored row",
+            "`logits`",
+            {
+                let z = logits(2, 3, 5);
+                let _ = z.get(1).get(2).get(4).fill_(bad); // a non-target entry of a scored row
+                token_logprobs(&z, &y(), &LogProbOptions::default())
+            },
+            Error::NonFinite {
+                arg: "logits",
+                count: 1,
+                ..
+            }
+        ));
+        // The policy's own log-probs are checked like the reference's: NaN in is an error, not a NaN loss.
+        cases.push(case!(
+            "non-finite policy log-probs",
+            "`policy.sum`",
+            dpo(
+                DpoConfig::default(),
+                &seq(&[-1.0, bad, -1.0, -2.0], &[1, 2, 1, 2])
+            ),
+            Error::NonFinite {
+                arg: "policy.sum",
+                count: 1,
+                ..
+            }
+        ));
+        cases.push(case!(
+            "non-finite policy log-probs (rpo)",
+            "`policy.sum`",
+            rpo_loss(
+                &RpoConfig::default(),
+                &PreferenceBatch::new(&seq(&[-1.0, -2.0, -1.0, -bad], &[1, 2, 1, 2]), Reference::Free)
+            ),
+            Error::NonFinite {
+                arg: "policy.sum",
+                ..
+            }
+        ));
+        cases.push(case!(
+            "non-finite SFT log-probs",
+            "`chosen.sum`",
+            sft(SftNormalization::SequenceSum, &seq(&[bad, -2.0], &[1, 2]), None),
+            Error::NonFinite {
+                arg: "chosen.sum",
+                ..
+            }
+        ));
+    }
+    cases.extend(vec![
+        case!(
+            "-inf at the target",
+            "`logits`",
+            {
+                let z = logits(2, 3, 5);
+                let _ = z.get(0).get(1).get(2).fill_(f64::NEG_INFINITY);
+                token_logprobs(&z, &y(), &LogProbOptions::default())
+            },
+            Error::NonFinite { arg: "logits", .. }
+        ),
+        case!(
+            "NaN reference log-probs",
+            "`reference log-probs`",
+            dpo_ref(&policy(), &tensor(&[0.0, 0.0, -1.0, f64::NAN], &[4], Kind::Float)),
+            Error::NonFinite {
+                arg: "reference log-probs",
+                count: 1,
+                ..
+            }
+        ),
+        case!(
+            "-inf reference log-probs (rpo)",
+            "`reference log-probs`",
+            rpo_loss(
+                &RpoConfig::default(),
+                &PreferenceBatch::new(
+                    &policy(),
+                    Reference::LogProbs(&tensor(&[f64::NEG_INFINITY, -1.0, 0.0, 0.0], &[4], Kind::Float))
+                )
+            ),
+            Error::NonFinite {
+                arg: "reference log-probs",
+                ..
+            }
+        ),
+        case!(
+            "fused NaN hidden state",
+            "`hidden`",
+            {
+                let h = Tensor::randn([4, 5, 3], CPU);
+                let _ = h.get(0).get(0).fill_(f64::NAN);
+                fused(
+                    &h,
+                    &Tensor::randn([7, 3], CPU),
+                    &Tensor::zeros([4, 5], I64),
+                    Reference::Free,
+                    &RpoConfig::default(),
+                )
+            },
+            Error::NonFinite { .. }
+        ),
+    ]);
+    run_table(cases);
+}
+
+#[test]
+fn references() {
+    let h = || Tensor::randn([4, 5, 3], CPU);
+    let w = || Tensor::randn([7, 3], CPU);
+    let y = || Tensor::randint(7, [4, 5], I64);
+    run_table(vec![
+        case!(
+            "logits reference at the log-prob level",
+            "needs labels",
+            dpo_loss(
+                &DpoConfig::default(),
+                &PreferenceBatch::new(&policy(), Reference::Logits(&logits(4, 5, 7)))
+            ),
+            Error::Config {
+                name: "reference",
+                ..
+            }
+        ),
+        case!(
+            "hidden reference at the log-prob level",
+            "Reference::Hidden",
+            {
+                let (hr, wr) = (h(), w());
+                rpo_loss(
+                    &RpoConfig::default(),
+                    &PreferenceBatch::new(
+                        &policy(),
+                        Reference::Hidden {
+                            hidden: &hr,
+                            head: LinearHead::new(&wr),
+                        },
+                    ),
+                )
+            },
+            Error::Config {
+                name: "reference",
+                ..
+            }
+        ),
+        // The fused path refuses a reference head over another vocabulary, as the logits path does.
+        case!("fused reference head with V = 8 vs 7", "policy's vocabulary V = 7",
+            {
+                let wr = Tensor::randn([8, 3], CPU);
+                fused(&h(), &w(), &y(), Reference::Hidden { hidden: &h(), head: LinearHead::new(&wr) }, &RpoConfig::default())
+            },
+            Error::Shape { arg: "reference.weight", got, .. } if got == &[8, 3]),
+        case!(
+            "fused reference head with another H",
+            "`reference.weight`",
+            {
+                let wr = Tensor::randn([7, 2], CPU);
+                fused(
+                    &h(),
+                    &w(),
+                    &y(),
+                    Reference::Hidden {
+                        hidden: &h(),
+                        head: LinearHead::new(&wr),
+                    },
+                    &RpoConfig::default(),
+                )
+            },
+            Error::Shape {
+                arg: "reference.weight",
+                ..
+            }
+        ),
+        case!(
+            "fused reference logits with another V",
+            "reference logits",
+            fused(
+                &h(),
+                &w(),
+                &y(),
+                Reference::Logits(&logits(4, 5, 8)),
+                &RpoConfig::default()
+            ),
+            Error::Shape {
+                arg: "reference logits",
+                ..
+            }
+        ),
+        case!(
+            "fused reference log-probs [3]",
+            "`reference log-probs`",
+            fused(
+                &h(),
+                &w(),
+                &y(),
+                Reference::LogProbs(&Tensor::randn([3], CPU)),
+                &RpoConfig::default()
+            ),
+            Error::BatchMismatch { .. }
+        ),
+        case!(
+            "fused SFT with a reference",
+            "the SFT loss uses no reference",
+            {
+                let (hs, ws, ys, sums) = (h(), w(), y(), Tensor::zeros([4], CPU));
+                fused_sft_loss(
+                    &SftConfig::default(),
+                    &HiddenBatch::new(&hs, LinearHead::new(&ws), &ys)
+                        .with_reference(Reference::LogProbs(&sums)),
+                )
+            },
+            Error::Config {
+                name: "reference",
+                ..
+            }
+        ),
+    ]);
+}
+
+#[test]
+fn fused_inputs() {
+    let h = || Tensor::randn([4, 5, 3], CPU);
+    let w = || Tensor::randn([7, 3], CPU);
+    let y = || Tensor::randint(7, [4, 5], I64);
+    run_table(vec![
+        case!(
+            "weight with another H",
+            "`weight`",
+            fused(
+                &h(),
+                &Tensor::randn([7, 4], CPU),
+                &y(),
+                Reference::Free,
+                &RpoConfig::default()
+            ),
+            Error::Shape { arg: "weight", .. }
+        ),
+        case!(
+            "odd row count",
+            "`labels`",
+            fused(
+                &Tensor::randn([3, 5, 3], CPU),
+                &w(),
+                &Tensor::randint(7, [3, 5], I64),
+                Reference::Free,
+                &RpoConfig::default()
+            ),
+            Error::Shape { arg: "labels", .. }
+        ),
+        case!(
+            "labels [4, 4]",
+            "`labels`",
+            fused(
+                &h(),
+                &w(),
+                &Tensor::randint(7, [4, 4], I64),
+                Reference::Free,
+                &RpoConfig::default()
+            ),
+            Error::Shape { arg: "labels", .. }
+        ),
+        case!(
+            "f64 weight",
+            "`weight`",
+            fused(
+                &h(),
+                &w().to_kind(Kind::Double),
+                &y(),
+                Reference::Free,
+                &RpoConfig::default()
+            ),
+            Error::DType { arg: "weight", .. }
+        ),
+        case!(
+            "i32 labels",
+            "`labels`",
+            fused(
+                &h(),
+                &w(),
+                &y().to_kind(Kind::Int),
+                Reference::Free,
+                &RpoConfig::default()
+            ),
+            Error::DType { arg: "labels", .. }
+        ),
+        case!(
+            "bias [6]",
+            "`bias`",
+            {
+                let (hs, ws, ys, b) = (h(), w(), y(), Tensor::randn([6], CPU));
+                fused_rpo_loss(
+                    &RpoConfig::default(),
+                    &HiddenBatch::new(&hs, LinearHead::new(&ws).with_bias(&b), &ys),
+                )
+            },
+            Error::Shape { arg: "bias", .. }
+        ),
+        case!(
+            "fused chunk_bytes = 0",
+            "`chunk_bytes`",
+            {
+                let (hs, ws, ys) = (h(), w(), y());
+                fused_rpo_loss(
+                    &RpoConfig::default(),
+                    &HiddenBatch::new(&hs, LinearHead::new(&ws), &ys)
+                        .with_options(FusedOptions::default().with_chunk_bytes(0)),
+                )
+            },
+            Error::InvalidParameter {
+                name: "chunk_bytes",
+                ..
+            }
+        ),
+        case!(
+            "logit scale 0",
+            "`logit_scale`",
+            {
+                let (hs, ws, ys) = (h(), w(), y());
+                fused_rpo_loss(
+                    &RpoConfig::default(),
+                    &HiddenBatch::new(&hs, LinearHead::new(&ws).with_logit_scale(0.0), &ys),
+                )
+            },
+            Error::InvalidParameter {
+                name: "logit_scale",
+                ..
+            }
+        ),
+        case!(
+            "NaN soft-cap",
+            "`final_logit_softcap`",
+            {
+                let (hs, ws, ys) = (h(), w(), y());
+                fused_rpo_loss(
+                    &RpoConfig::default(),
+                    &HiddenBatch::new(
+                        &hs,
+                        LinearHead::new(&ws).with_final_logit_softcap(Some(f64::NAN)),
+                        &ys,
+                    ),
+                )
+            },
+            Error::InvalidParameter {
+                name: "final_logit_softcap",
+                ..
+            }
+        ),
+    ]);
+}
+
+#[test]
+fn preference_records() {
+    run_table(vec![
+        case!(
+            "empty chosen response",
+            "`chosen` is an empty response",
+            PreferenceRecord::new(
+                Text::Plain("p".into()),
+                Text::Plain("  ".into()),
+                Text::Plain("r".into())
+            ),
+            Error::Data { line: 1, .. }
+        ),
+        case!(
+            "invalid JSON",
+            "invalid JSON",
+            PreferenceRecord::from_json("{not json"),
+            Error::Data { line: 1, .. }
+        ),
+        case!(
+            "missing field",
+            "missing field `rejected`",
+            PreferenceRecord::from_json(r#"{"prompt": "p", "chosen": "c"}"#),
+            Error::Data { .. }
+        ),
+    ]);
+}
+
+/// Inputs that look suspicious but are valid, and validation switched off: these must succeed.
+#[test]
+fn accepted_inputs() {
+    let ok = |name: &str, r: tch_rpo::Result<()>| {
+        if let Err(e) = r {
+            panic!("{name}: {e:?}");
+        }
+    };
+    let z = logits(2, 4, 7);
+    // The ignore index is fine even inside [0, V).
+    let out = token_logprobs(
+        &z,
+        &int_tensor(&[0, 1, 2, 3, 4, 5, 3, 6], &[2, 4]),
+        &LogProbOptions::default().with_ignore_index(3),
+    )
+    .unwrap();
+    assert_eq!(int_values(&out.mask), vec![1, 1, 1, 0, 1, 1, 0, 1]);
+    // With the shift, column 0 is never scored: a bad label there is not an error.
+    ok(
+        "bad label in column 0 with shift",
+        token_logprobs(
+            &z,
+            &int_tensor(&[99, 1, 2, 3, -7, 5, 6, 0], &[2, 4]),
+            &LogProbOptions::causal(),
+        )
+        .map(drop),
+    );
+    // ε = 0 and just below 0.5 are fine for robust.
+    for eps in [0.0, 0.499] {
+        ok(
+            "robust ε",
+            dpo_params(DpoConfig::new(DpoLoss::Robust, 0.1).with_label_smoothing(eps)).map(drop),
         );
     }
-    // −inf at the target makes log p = −inf: an error too.
-    let z = logits(2, 3, 5);
-    let _ = z.get(0).get(1).get(2).fill_(f64::NEG_INFINITY);
-    let e = err(token_logprobs(&z, &y, &o), "`logits`");
-    assert!(matches!(e, Error::NonFinite { arg: "logits", .. }), "{e:?}");
-    // −inf elsewhere in the row (a masked-out vocabulary entry) is fine.
+    // A batch with some tokens is fine for the token mean even if one row has none.
+    let out = sft(SftNormalization::TokenMean, &seq(&[-3.0, 0.0], &[2, 0]), None).unwrap();
+    assert!((out.loss.double_value(&[]) - 1.5).abs() < 1e-6);
+    // Un-normalised IPO needs no token count.
+    let mut ipo = DpoConfig::new(DpoLoss::Ipo, 0.1);
+    ipo.ipo_length_normalized = false;
+    ok(
+        "un-normalised IPO",
+        dpo(ipo, &seq(&[-1.0, -2.0, -1.0, 0.0], &[1, 2, 1, 0])).map(drop),
+    );
+    // IPO at the smallest accepted β is finite.
+    let out = dpo_params(DpoConfig::new(DpoLoss::Ipo, tch_rpo::MIN_QUADRATIC_BETA)).unwrap();
+    assert!(out.loss.double_value(&[]).is_finite());
+    // −inf at a non-target entry of a scored row (a masked-out vocabulary entry) is fine.
+    let y = int_tensor(&[1, 2, 3, 4, 0, 1], &[2, 3]);
     let z = logits(2, 3, 5);
     let _ = z.get(0).get(1).get(4).fill_(f64::NEG_INFINITY);
-    let out = token_logprobs(&z, &y, &o).unwrap();
+    let out = token_logprobs(&z, &y, &LogProbOptions::default()).unwrap();
     assert!(values(&out.logps).iter().all(|x| x.is_finite()));
-}
-
-#[test]
-fn nan_in_an_ignored_row_is_fine() {
+    // NaN in ignored rows does not reach the result.
     let y = int_tensor(&[1, -100, 3, 4, 0, -100], &[2, 3]);
     for kind in [Kind::Float, Kind::Double, Kind::BFloat16] {
         for shift in [false, true] {
@@ -877,8 +1348,7 @@ fn nan_in_an_ignored_row_is_fine() {
             for (b, t) in ignored {
                 let _ = z.get(b).get(t).fill_(f64::NAN);
             }
-            let o = LogProbOptions::default().with_shift(shift);
-            let s = sequence_logprobs(&z, &y, &o).unwrap();
+            let s = sequence_logprobs(&z, &y, &LogProbOptions::default().with_shift(shift)).unwrap();
             assert!(
                 values(&s.sum).iter().all(|x| x.is_finite()),
                 "{kind:?} shift {shift}"
@@ -888,105 +1358,42 @@ fn nan_in_an_ignored_row_is_fine() {
 }
 
 #[test]
-fn non_finite_reference_logprobs() {
-    let (c, r) = (seq(&[-1.0, -2.0], &[1, 2]), seq(&[-1.0, -2.0], &[1, 2]));
-    let good = Tensor::zeros([2], CPU);
-    let bad = tensor(&[-1.0, f64::NAN], &[2], Kind::Float);
-    let batch = PreferenceBatch::new(
-        &c,
-        &r,
-        Reference::LogProbs {
-            chosen: &good,
-            rejected: &bad,
-        },
-    );
-    let e = err(dpo_loss(&DpoConfig::default(), &batch), "`reference.rejected`");
-    assert!(
-        matches!(
-            e,
-            Error::NonFinite {
-                arg: "reference.rejected",
-                count: 1,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
-    let inf = tensor(&[f64::NEG_INFINITY, -1.0], &[2], Kind::Float);
-    let batch = PreferenceBatch::new(
-        &c,
-        &r,
-        Reference::LogProbs {
-            chosen: &inf,
-            rejected: &good,
-        },
-    );
-    let e = err(rpo_loss(&RpoConfig::default(), &batch), "`reference.chosen`");
-    assert!(
-        matches!(
-            e,
-            Error::NonFinite {
-                arg: "reference.chosen",
-                ..
-            }
-        ),
-        "{e:?}"
-    );
-}
-
-// ---------------------------------------------------------------------------------- validation off
-
-#[test]
 fn validation_off_skips_the_checks() {
+    let off = LogProbOptions::default().with_validate_inputs(false);
     // Non-finite logits: returned as they are.
     let y = int_tensor(&[1, 2, 3, 4, 0, 1], &[2, 3]);
     let z = logits(2, 3, 5);
     let _ = z.get(1).get(2).get(4).fill_(f64::NAN);
-    let off = LogProbOptions::default().with_validate(false);
     let out = token_logprobs(&z, &y, &off).unwrap();
     assert!(values(&out.logps)[5].is_nan());
-
     // Sequences without tokens: means are NaN/inf instead of an error.
     let c = seq(&[-1.0, 0.0], &[1, 0]);
-    assert!(sft_loss(SftNormalization::SequenceMean, &c, None, false).is_ok());
+    let unchecked = |norm| SftConfig::new(norm).with_validate_inputs(false);
+    assert!(sft_loss(&unchecked(SftNormalization::SequenceMean), &SftBatch::new(&c)).is_ok());
     let none = seq(&[0.0, 0.0], &[0, 0]);
-    assert!(sft_loss(SftNormalization::TokenMean, &none, None, false).is_ok());
-    let mut config = DpoConfig::new(DpoLoss::Ipo, 0.1);
-    config.validate = false;
-    assert!(dpo_loss(&config, &PreferenceBatch::new(&c, &c, Reference::Free)).is_ok());
+    assert!(sft_loss(&unchecked(SftNormalization::TokenMean), &SftBatch::new(&none)).is_ok());
+    let ipo = DpoConfig::new(DpoLoss::Ipo, 0.1).with_validate_inputs(false);
+    assert!(dpo(ipo, &seq(&[-1.0, 0.0, -1.0, 0.0], &[1, 0, 1, 0])).is_ok());
     let s = sequence_logprobs(&logits(2, 2, 5), &int_tensor(&[1, 2, -100, -100], &[2, 2]), &off).unwrap();
     assert!(values(&s.mean(false).unwrap())[1].is_nan());
-
-    // Non-finite reference log-probs.
-    let bad = tensor(&[-1.0, f64::NAN], &[2], Kind::Float);
-    let batch = PreferenceBatch::new(
-        &c,
-        &c,
-        Reference::LogProbs {
-            chosen: &bad,
-            rejected: &bad,
-        },
-    );
-    let config = DpoConfig {
-        validate: false,
-        ..DpoConfig::default()
-    };
-    assert!(dpo_loss(&config, &batch).is_ok());
-
+    // Non-finite reference and policy log-probs.
+    let bad = tensor(&[-1.0, f64::NAN, 0.0, 0.0], &[4], Kind::Float);
+    let unchecked_dpo = DpoConfig::default().with_validate_inputs(false);
+    assert!(dpo_loss(
+        &unchecked_dpo,
+        &PreferenceBatch::new(&policy(), Reference::LogProbs(&bad))
+    )
+    .is_ok());
+    let nan_policy = seq(&[-1.0, f64::NAN, -1.0, -2.0], &[1, 2, 1, 2]);
+    assert!(dpo(unchecked_dpo, &nan_policy).is_ok());
     // Label range: the crate's check is skipped; on CPU libtorch's own gather bounds check still fires
     // (as a `Torch` error, not `LabelOutOfRange`).
     let y = int_tensor(&[0, 1, 2, 3, 4, 5, 9, 6], &[2, 4]);
-    match token_logprobs(
-        &logits(2, 4, 7),
-        &y,
-        &LogProbOptions::default().with_validate(false),
-    ) {
+    match token_logprobs(&logits(2, 4, 7), &y, &off) {
         Err(Error::Torch(_)) => {}
         other => panic!("expected libtorch's own error, got {other:?}"),
     }
 }
-
-// ------------------------------------------------------------------------------------------- devices
 
 #[cfg(feature = "cuda-tests")]
 #[test]
@@ -996,71 +1403,54 @@ fn tensors_on_different_devices() {
         "the cuda-tests feature needs a CUDA device"
     );
     let gpu = Device::Cuda(0);
-    let e = err(
-        token_logprobs(
-            &logits(2, 5, 7),
-            &labels(2, 5, 7).to_device(gpu),
-            &LogProbOptions::default(),
-        ),
-        "`labels`",
-    );
-    assert!(
-        matches!(
-            e,
+    run_table(vec![
+        case!(
+            "labels on another device",
+            "`labels`",
+            token_logprobs(
+                &logits(2, 5, 7),
+                &labels(2, 5, 7).to_device(gpu),
+                &LogProbOptions::default()
+            ),
             Error::DeviceMismatch {
                 arg: "labels",
                 other: "logits",
                 ..
             }
         ),
-        "{e:?}"
-    );
-    let (c, r) = (seq(&[-1.0, -2.0], &[1, 2]), seq(&[-1.0, -2.0], &[1, 2]));
-    let on_gpu = Tensor::zeros([2], (Kind::Float, gpu));
-    let cpu = Tensor::zeros([2], CPU);
-    let batch = PreferenceBatch::new(
-        &c,
-        &r,
-        Reference::LogProbs {
-            chosen: &on_gpu,
-            rejected: &cpu,
-        },
-    );
-    let e = err(dpo_loss(&DpoConfig::default(), &batch), "`reference.chosen`");
-    assert!(
-        matches!(
-            e,
+        case!(
+            "reference on another device",
+            "`reference log-probs`",
+            dpo_ref(&policy(), &Tensor::zeros([4], (Kind::Float, gpu))),
             Error::DeviceMismatch {
-                arg: "reference.chosen",
+                arg: "reference log-probs",
                 ..
             }
         ),
-        "{e:?}"
-    );
-    let r_gpu = SequenceLogProbs {
-        sum: r.sum.to_device(gpu),
-        count: r.count.to_device(gpu),
-    };
-    let e = err(
-        dpo_loss(
-            &DpoConfig::default(),
-            &PreferenceBatch::new(&c, &r_gpu, Reference::Free),
-        ),
-        "`rejected.sum`",
-    );
-    assert!(
-        matches!(
-            e,
+        case!(
+            "counts on another device",
+            "`policy.count`",
+            {
+                let p = policy();
+                dpo(
+                    DpoConfig::default(),
+                    &SequenceLogProbs {
+                        sum: p.sum,
+                        count: p.count.to_device(gpu),
+                        stats: None,
+                    },
+                )
+            },
             Error::DeviceMismatch {
-                arg: "rejected.sum",
+                arg: "policy.count",
                 ..
             }
         ),
-        "{e:?}"
-    );
-    let e = err(
-        SequenceLogProbs::new(Tensor::zeros([2], CPU), Tensor::zeros([2], (Kind::Int64, gpu))),
-        "`count`",
-    );
-    assert!(matches!(e, Error::DeviceMismatch { arg: "count", .. }), "{e:?}");
+        case!(
+            "SequenceLogProbs::new across devices",
+            "`count`",
+            SequenceLogProbs::new(Tensor::zeros([2], CPU), Tensor::zeros([2], (Kind::Int64, gpu))),
+            Error::DeviceMismatch { arg: "count", .. }
+        ),
+    ]);
 }

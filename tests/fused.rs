@@ -7,16 +7,18 @@ use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 use tch_rpo::{
     fused_dpo_loss, fused_rpo_loss, fused_sft_loss, rpo_loss_from_logits, sequence_logprobs, sft_loss,
-    DpoConfig, DpoLoss, Error, FusedOptions, FusedReference, GlobalBatch, HiddenStates, LinearHead,
-    LogProbOptions, ReferenceLogits, RpoConfig, RpoOutput, SftNormalization, SftWeight,
+    DpoConfig, DpoLoss, Error, FusedOptions, GlobalBatch, HiddenBatch, LinearHead, LogProbOptions,
+    LogitsBatch, Reference, RpoConfig, RpoOutput, SftBatch, SftConfig, SftNormalization, SftWeight,
 };
 
 const CPU: Device = Device::Cpu;
 
-/// How the reference enters both paths.
+/// How the reference enters both paths: a model's hidden states + head (fused) / logits (unfused), its
+/// logits on both paths, precomputed log-probs, or none.
 #[derive(Debug, Clone, Copy)]
 enum RefMode {
     Model,
+    Logits,
     Precomputed,
     Free,
 }
@@ -53,7 +55,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
             0.01f64..1.0,
             0usize..3,
             0.0f64..1.0,
-            0usize..3,
+            0usize..4,
         ),
         (prop_oneof![Just(0.0), 0.05f64..0.45], any::<bool>()),
     )
@@ -66,10 +68,10 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                 (smoothing, global),
             )| {
                 let variant = DpoLoss::ALL[variant];
-                let smoothing = if matches!(variant, DpoLoss::Sigmoid | DpoLoss::Robust | DpoLoss::ExoPair) {
-                    smoothing
-                } else {
-                    0.0
+                let smoothing = match variant {
+                    DpoLoss::Cdpo | DpoLoss::ExoPair => smoothing.max(0.05),
+                    DpoLoss::Robust => smoothing,
+                    _ => 0.0,
                 };
                 let sft_normalization = [
                     SftNormalization::SequenceSum,
@@ -81,7 +83,12 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                     sft_weight: SftWeight::Absolute(coef),
                     sft_normalization,
                 };
-                let reference = [RefMode::Model, RefMode::Precomputed, RefMode::Free][reference];
+                let reference = [
+                    RefMode::Model,
+                    RefMode::Logits,
+                    RefMode::Precomputed,
+                    RefMode::Free,
+                ][reference];
                 let global = global.then_some(GlobalBatch {
                     pairs: 2.0 * pairs as f64 + 1.0,
                     chosen_tokens: 3.0 * (pairs * seq) as f64,
@@ -165,11 +172,18 @@ fn full_logits(h: &Tensor, w: &Tensor, b: Option<&Tensor>, case: &Case) -> Tenso
 }
 
 fn fused_options(case: &Case) -> FusedOptions {
-    FusedOptions::default()
-        .with_shift(case.shift)
-        .with_chunk_bytes(case.chunk_bytes)
+    FusedOptions::from(LogProbOptions::default().with_shift(case.shift)).with_chunk_bytes(case.chunk_bytes)
+}
+
+/// The case's head on `w` (+ `b`): logit scale and soft-cap of the case.
+fn case_head<'a>(w: &'a Tensor, b: Option<&'a Tensor>, case: &Case) -> LinearHead<'a> {
+    let mut head = LinearHead::new(w)
         .with_logit_scale(case.scale)
-        .with_final_logit_softcap(case.softcap)
+        .with_final_logit_softcap(case.softcap);
+    if let Some(b) = b {
+        head = head.with_bias(b);
+    }
+    head
 }
 
 struct Run {
@@ -186,13 +200,16 @@ fn run_unfused(case: &Case, x: &Inputs) -> Run {
     let ref_logits = full_logits(&x.ref_hidden, &x.ref_weight, x.ref_bias.as_ref(), case);
     let ref_sums = tch::no_grad(|| sequence_logprobs(&ref_logits, &x.labels, &options).unwrap().sum);
     let reference = match case.reference {
-        RefMode::Model => ReferenceLogits::Logits(&ref_logits),
-        RefMode::Precomputed => ReferenceLogits::LogProbs(&ref_sums),
-        RefMode::Free => ReferenceLogits::Free,
+        RefMode::Model | RefMode::Logits => Reference::Logits(&ref_logits),
+        RefMode::Precomputed => Reference::LogProbs(&ref_sums),
+        RefMode::Free => Reference::Free,
     };
     let logits = full_logits(&h, &w, b.as_ref(), case);
-    let out = rpo_loss_from_logits(&case.config, &logits, &x.labels, reference, &options, case.global)
-        .expect("unfused loss");
+    let batch = LogitsBatch::new(&logits, &x.labels)
+        .with_reference(reference)
+        .with_options(options)
+        .with_global_opt(case.global);
+    let out = rpo_loss_from_logits(&case.config, &batch).expect("unfused loss");
     out.loss.backward();
     Run {
         out,
@@ -205,38 +222,27 @@ fn run_unfused(case: &Case, x: &Inputs) -> Run {
 fn run_fused(case: &Case, x: &Inputs) -> Run {
     let (h, w) = (leaf(&x.hidden), leaf(&x.weight));
     let b = x.bias.as_ref().map(leaf);
-    let options = fused_options(case);
-    let mut head = LinearHead::new(&w);
-    if let Some(b) = &b {
-        head = head.with_bias(b);
-    }
-    let mut ref_head = LinearHead::new(&x.ref_weight);
-    if let Some(b) = &x.ref_bias {
-        ref_head = ref_head.with_bias(b);
-    }
+    let head = case_head(&w, b.as_ref(), case);
+    let ref_head = case_head(&x.ref_weight, x.ref_bias.as_ref(), case);
+    let ref_logits = full_logits(&x.ref_hidden, &x.ref_weight, x.ref_bias.as_ref(), case);
     let ref_sums = {
         let unfused = LogProbOptions::default().with_shift(case.shift);
-        let z = full_logits(&x.ref_hidden, &x.ref_weight, x.ref_bias.as_ref(), case);
-        tch::no_grad(|| sequence_logprobs(&z, &x.labels, &unfused).unwrap().sum)
+        tch::no_grad(|| sequence_logprobs(&ref_logits, &x.labels, &unfused).unwrap().sum)
     };
     let reference = match case.reference {
-        RefMode::Model => FusedReference::Model {
-            hidden: HiddenStates::Concatenated(&x.ref_hidden),
+        RefMode::Model => Reference::Hidden {
+            hidden: &x.ref_hidden,
             head: ref_head,
         },
-        RefMode::Precomputed => FusedReference::LogProbs(&ref_sums),
-        RefMode::Free => FusedReference::Free,
+        RefMode::Logits => Reference::Logits(&ref_logits),
+        RefMode::Precomputed => Reference::LogProbs(&ref_sums),
+        RefMode::Free => Reference::Free,
     };
-    let out = fused_rpo_loss(
-        &case.config,
-        HiddenStates::Concatenated(&h),
-        head,
-        &x.labels,
-        reference,
-        &options,
-        case.global,
-    )
-    .expect("fused loss");
+    let batch = HiddenBatch::new(&h, head, &x.labels)
+        .with_reference(reference)
+        .with_options(fused_options(case))
+        .with_global_opt(case.global);
+    let out = fused_rpo_loss(&case.config, &batch).expect("fused loss");
     out.loss.backward();
     Run {
         out,
@@ -319,8 +325,7 @@ proptest! {
     }
 }
 
-/// Each DPO variant and SFT normalization once, through `fused_dpo_loss` / `fused_sft_loss`, with
-/// split hidden states.
+/// Each DPO variant and SFT normalization once, through `fused_dpo_loss` / `fused_sft_loss`.
 #[test]
 fn dpo_and_sft_entry_points_match_unfused() {
     tch::manual_seed(7);
@@ -332,38 +337,19 @@ fn dpo_and_sft_entry_points_match_unfused() {
     let lp_options = LogProbOptions::causal();
     let ref_sums = Tensor::randn([2 * pairs], (Kind::Float, CPU)) - 5.0;
     for variant in DpoLoss::ALL {
-        let config = DpoConfig::new(variant, 0.3);
+        let eps = if variant.uses_label_smoothing() { 0.1 } else { 0.0 };
+        let config = DpoConfig::new(variant, 0.3).with_label_smoothing(eps);
         let (hu, wu) = (leaf(&hidden), leaf(&weight));
         let logps = sequence_logprobs(&hu.linear::<Tensor>(&wu, None), &labels, &lp_options).unwrap();
-        let (c, r) = logps.split_pairs().unwrap();
-        let (rc, rr) = (ref_sums.narrow(0, 0, pairs), ref_sums.narrow(0, pairs, pairs));
-        let batch = tch_rpo::PreferenceBatch::new(
-            &c,
-            &r,
-            tch_rpo::Reference::LogProbs {
-                chosen: &rc,
-                rejected: &rr,
-            },
-        );
+        let batch = tch_rpo::PreferenceBatch::new(&logps, Reference::LogProbs(&ref_sums));
         let unfused = tch_rpo::dpo_loss(&config, &batch).unwrap();
         unfused.loss.backward();
 
         let (hf, wf) = (leaf(&hidden), leaf(&weight));
-        let chosen = hf.narrow(0, 0, pairs);
-        let rejected = hf.narrow(0, pairs, pairs);
-        let fused = fused_dpo_loss(
-            &config,
-            HiddenStates::Split {
-                chosen: &chosen,
-                rejected: &rejected,
-            },
-            LinearHead::new(&wf),
-            &labels,
-            FusedReference::LogProbs(&ref_sums),
-            &options,
-            None,
-        )
-        .unwrap();
+        let batch = HiddenBatch::new(&hf, LinearHead::new(&wf), &labels)
+            .with_reference(Reference::LogProbs(&ref_sums))
+            .with_options(options.clone());
+        let fused = fused_dpo_loss(&config, &batch).unwrap();
         fused.loss.backward();
         let close = |a: &Tensor, b: &Tensor| {
             let d = (a - b).abs().max().double_value(&[]);
@@ -383,10 +369,11 @@ fn dpo_and_sft_entry_points_match_unfused() {
         let chosen_labels = labels.narrow(0, 0, pairs);
         let (hu, wu) = (leaf(&hidden.narrow(0, 0, pairs)), leaf(&weight));
         let logps = sequence_logprobs(&hu.linear::<Tensor>(&wu, None), &chosen_labels, &lp_options).unwrap();
-        let unfused = sft_loss(norm, &logps, None, true).unwrap();
+        let unfused = sft_loss(&SftConfig::new(norm), &SftBatch::new(&logps)).unwrap();
         unfused.loss.backward();
         let (hf, wf) = (leaf(&hidden.narrow(0, 0, pairs)), leaf(&weight));
-        let fused = fused_sft_loss(norm, &hf, LinearHead::new(&wf), &chosen_labels, &options, None).unwrap();
+        let batch = HiddenBatch::new(&hf, LinearHead::new(&wf), &chosen_labels).with_options(options.clone());
+        let fused = fused_sft_loss(&SftConfig::new(norm), &batch).unwrap();
         fused.loss.backward();
         let d = (&fused.loss - &unfused.loss).abs().double_value(&[]);
         assert!(d < 1e-5, "{norm:?} loss diff {d}");
@@ -406,16 +393,7 @@ fn upstream_scaling_carries_through() {
     let config = RpoConfig::default();
     let grads = |factor: f64| {
         let (h, w) = (leaf(&hidden), leaf(&weight));
-        let out = fused_rpo_loss(
-            &config,
-            HiddenStates::Concatenated(&h),
-            LinearHead::new(&w),
-            &labels,
-            FusedReference::Free,
-            &FusedOptions::default(),
-            None,
-        )
-        .unwrap();
+        let out = fused_rpo_loss(&config, &HiddenBatch::new(&h, LinearHead::new(&w), &labels)).unwrap();
         (out.loss * factor).backward();
         (h.grad(), w.grad())
     };
@@ -470,29 +448,16 @@ fn tiny_model_trains_identically() {
                     if let Some(b) = &b {
                         lh = lh.with_bias(b);
                     }
-                    fused_rpo_loss(
-                        &config,
-                        HiddenStates::Concatenated(&hidden),
-                        lh,
-                        &labels,
-                        FusedReference::LogProbs(&ref_sums),
-                        &FusedOptions::causal().with_chunk_bytes(256),
-                        None,
-                    )
-                    .unwrap()
-                    .loss
+                    let batch = HiddenBatch::new(&hidden, lh, &labels)
+                        .with_reference(Reference::LogProbs(&ref_sums))
+                        .with_options(FusedOptions::causal().with_chunk_bytes(256));
+                    fused_rpo_loss(&config, &batch).unwrap().loss
                 } else {
                     let logits = hidden.linear(&w, b.as_ref());
-                    rpo_loss_from_logits(
-                        &config,
-                        &logits,
-                        &labels,
-                        ReferenceLogits::LogProbs(&ref_sums),
-                        &LogProbOptions::causal(),
-                        None,
-                    )
-                    .unwrap()
-                    .loss
+                    let batch = LogitsBatch::new(&logits, &labels)
+                        .with_reference(Reference::LogProbs(&ref_sums))
+                        .with_options(LogProbOptions::causal());
+                    rpo_loss_from_logits(&config, &batch).unwrap().loss
                 };
                 opt.backward_step(&loss);
             }
@@ -516,15 +481,7 @@ fn tiny_model_trains_identically() {
 }
 
 fn rpo(hidden: &Tensor, weight: &Tensor, labels: &Tensor, config: &RpoConfig) -> tch_rpo::Result<RpoOutput> {
-    fused_rpo_loss(
-        config,
-        HiddenStates::Concatenated(hidden),
-        LinearHead::new(weight),
-        labels,
-        FusedReference::Free,
-        &FusedOptions::default(),
-        None,
-    )
+    fused_rpo_loss(config, &HiddenBatch::new(hidden, LinearHead::new(weight), labels))
 }
 
 #[test]
@@ -595,39 +552,25 @@ fn bad_inputs_give_typed_errors() {
     let bias = Tensor::randn([6], (Kind::Float, CPU));
     let r = fused_rpo_loss(
         &config,
-        HiddenStates::Concatenated(&hidden),
-        LinearHead::new(&weight).with_bias(&bias),
-        &labels,
-        FusedReference::Free,
-        &FusedOptions::default(),
-        None,
+        &HiddenBatch::new(&hidden, LinearHead::new(&weight).with_bias(&bias), &labels),
     );
     assert!(matches!(r, Err(Error::Shape { arg: "bias", .. })));
 
     let short_ref = Tensor::randn([3], (Kind::Float, CPU));
     let r = fused_rpo_loss(
         &config,
-        HiddenStates::Concatenated(&hidden),
-        LinearHead::new(&weight),
-        &labels,
-        FusedReference::LogProbs(&short_ref),
-        &FusedOptions::default(),
-        None,
+        &HiddenBatch::new(&hidden, LinearHead::new(&weight), &labels)
+            .with_reference(Reference::LogProbs(&short_ref)),
     );
     assert!(matches!(r, Err(Error::BatchMismatch { .. })));
 
     let ref_w = Tensor::randn([7, 2], (Kind::Float, CPU));
     let r = fused_rpo_loss(
         &config,
-        HiddenStates::Concatenated(&hidden),
-        LinearHead::new(&weight),
-        &labels,
-        FusedReference::Model {
-            hidden: HiddenStates::Concatenated(&hidden),
+        &HiddenBatch::new(&hidden, LinearHead::new(&weight), &labels).with_reference(Reference::Hidden {
+            hidden: &hidden,
             head: LinearHead::new(&ref_w),
-        },
-        &FusedOptions::default(),
-        None,
+        }),
     );
     assert!(matches!(
         r,
@@ -639,18 +582,17 @@ fn bad_inputs_give_typed_errors() {
 
     for bad in [
         FusedOptions::default().with_chunk_bytes(0),
-        FusedOptions::default().with_logit_scale(0.0),
-        FusedOptions::default().with_final_logit_softcap(Some(f64::NAN)),
+        FusedOptions::from(LogProbOptions::default().with_chunk_bytes(0)),
     ] {
-        let r = fused_rpo_loss(
-            &config,
-            HiddenStates::Concatenated(&hidden),
-            LinearHead::new(&weight),
-            &labels,
-            FusedReference::Free,
-            &bad,
-            None,
-        );
+        let batch = HiddenBatch::new(&hidden, LinearHead::new(&weight), &labels).with_options(bad.clone());
+        let r = fused_rpo_loss(&config, &batch);
+        assert!(matches!(r, Err(Error::InvalidParameter { .. })), "{bad:?}");
+    }
+    for bad in [
+        LinearHead::new(&weight).with_logit_scale(0.0),
+        LinearHead::new(&weight).with_final_logit_softcap(Some(f64::NAN)),
+    ] {
+        let r = fused_rpo_loss(&config, &HiddenBatch::new(&hidden, bad, &labels));
         assert!(matches!(r, Err(Error::InvalidParameter { .. })), "{bad:?}");
     }
 

@@ -13,8 +13,8 @@ use proptest::prelude::*;
 use tch::{Kind, Tensor};
 use tch_rpo::{
     count_tokens, dpo_loss, rpo_loss, rpo_loss_from_logits, sequence_logprobs, sft_loss, DpoConfig, DpoLoss,
-    GlobalBatch, LogProbOptions, PreferenceBatch, Reference, ReferenceLogits, RpoConfig, SequenceLogProbs,
-    SftNormalization, SftWeight, PAPER_ETA,
+    GlobalBatch, LogProbOptions, LogitsBatch, PreferenceBatch, Reference, RpoConfig, SequenceLogProbs,
+    SftBatch, SftConfig, SftNormalization, SftWeight, PAPER_ETA,
 };
 
 fn lib_norm(n: Norm) -> SftNormalization {
@@ -49,7 +49,7 @@ impl Setup {
             ipo_length_normalized: self.params.ipo_length_normalized,
             discopop_tau: self.params.discopop_tau,
             bco_delta: self.params.bco_delta,
-            validate: true,
+            validate_inputs: true,
         }
     }
     fn global(&self, pairs: &Pairs) -> Option<Global> {
@@ -65,7 +65,10 @@ impl Setup {
 fn setup_strategy() -> impl Strategy<Value = Setup> {
     let beta = prop_oneof![Just(0.01), Just(0.05), Just(0.1), 0.01f64..1.0];
     let eps = prop_oneof![Just(0.0), Just(0.1), 0.0f64..0.45];
-    let variants = prop::collection::vec((0usize..11, prop_oneof![Just(1.0), -1.0f64..2.0]), 1..=3);
+    let variants = prop::collection::vec(
+        (0usize..VARIANTS.len(), prop_oneof![Just(1.0), -1.0f64..2.0]),
+        1..=3,
+    );
     let tau = prop_oneof![Just(0.05), 0.01f64..1.0];
     let delta = prop_oneof![Just(0.0), -0.5f64..0.5];
     let global = prop::option::of((0.0f64..10.0, 0.0f64..100.0));
@@ -79,20 +82,40 @@ fn setup_strategy() -> impl Strategy<Value = Setup> {
         any::<bool>(),
         global,
     )
-        .prop_map(
-            |(beta, eps, variants, ipo_norm, tau, delta, free, global)| Setup {
+        .prop_map(|(beta, eps, variants, ipo_norm, tau, delta, free, global)| {
+            let mut losses: Vec<(&'static str, f64)> =
+                variants.into_iter().map(|(k, w)| (VARIANTS[k], w)).collect();
+            // A valid configuration: cdpo / exo_pair need ε > 0, sigmoid refuses it, and ε > 0 needs a reader.
+            let needs_eps = losses.iter().any(|(n, _)| matches!(*n, "cdpo" | "exo_pair"));
+            if needs_eps {
+                for l in &mut losses {
+                    if l.0 == "sigmoid" {
+                        l.0 = "sigmoid_norm";
+                    }
+                }
+            }
+            let reads_eps = losses.iter().any(|(n, _)| uses_label_smoothing(n));
+            let has_sigmoid = losses.iter().any(|(n, _)| *n == "sigmoid");
+            let label_smoothing = if needs_eps {
+                eps.max(0.01)
+            } else if reads_eps && !has_sigmoid {
+                eps
+            } else {
+                0.0
+            };
+            Setup {
                 params: DpoParams {
                     beta,
-                    label_smoothing: eps,
+                    label_smoothing,
                     ipo_length_normalized: ipo_norm,
                     discopop_tau: tau,
                     bco_delta: delta,
                 },
-                losses: variants.into_iter().map(|(k, w)| (VARIANTS[k], w)).collect(),
+                losses,
                 reference_free: free,
                 global_extra: global,
-            },
-        )
+            }
+        })
 }
 
 /// Random per-sequence inputs: summed log-probs `−n·U(0.2, 3)` for `n ∈ [1, 64]` tokens, reference sums
@@ -137,45 +160,57 @@ fn round_pairs(p: &Pairs, kind: Kind) -> Pairs {
     }
 }
 
-/// Library-side tensors of a [`Pairs`].
+/// Library-side tensors of a [`Pairs`]: the `[2B]` layout, chosen rows first.
 struct LibPairs {
+    /// `[2B]` policy log-probs (the sums a leaf when built with `requires_grad`).
+    policy: SequenceLogProbs,
+    /// `[B]` chosen rows alone (for the SFT loss).
     chosen: SequenceLogProbs,
-    rejected: SequenceLogProbs,
-    reference: Option<(Tensor, Tensor)>,
+    /// `[2B]` reference sums.
+    reference: Option<Tensor>,
+    b: usize,
 }
 
 impl LibPairs {
     fn new(p: &Pairs, kind: Kind, requires_grad: bool) -> Self {
-        let b = p.len() as i64;
-        let seq = |sums: &[f64], counts: &[i64]| {
-            SequenceLogProbs::new(
-                tensor(sums, &[b], kind).set_requires_grad(requires_grad),
-                int_tensor(counts, &[b]),
-            )
-            .expect("SequenceLogProbs::new")
-        };
+        let b = p.len();
+        let cat = |c: &[f64], r: &[f64]| c.iter().chain(r).copied().collect::<Vec<f64>>();
+        let counts: Vec<i64> = p.chosen_count.iter().chain(&p.rejected_count).copied().collect();
+        let policy = SequenceLogProbs::new(
+            tensor(&cat(&p.chosen, &p.rejected), &[2 * b as i64], kind).set_requires_grad(requires_grad),
+            int_tensor(&counts, &[2 * b as i64]),
+        )
+        .expect("SequenceLogProbs::new");
+        let chosen = SequenceLogProbs::new(
+            tensor(&p.chosen, &[b as i64], kind),
+            int_tensor(&p.chosen_count, &[b as i64]),
+        )
+        .expect("SequenceLogProbs::new");
         Self {
-            chosen: seq(&p.chosen, &p.chosen_count),
-            rejected: seq(&p.rejected, &p.rejected_count),
+            policy,
+            chosen,
             reference: p
                 .reference
                 .as_ref()
-                .map(|(c, r)| (tensor(c, &[b], kind), tensor(r, &[b], kind))),
+                .map(|(c, r)| tensor(&cat(c, r), &[2 * b as i64], kind)),
+            b,
         }
     }
     fn batch(&self, global: Option<Global>) -> PreferenceBatch<'_> {
         let reference = match &self.reference {
-            Some((c, r)) => Reference::LogProbs {
-                chosen: c,
-                rejected: r,
-            },
+            Some(sums) => Reference::LogProbs(sums),
             None => Reference::Free,
         };
-        let mut batch = PreferenceBatch::new(&self.chosen, &self.rejected, reference);
+        let mut batch = PreferenceBatch::new(&self.policy, reference);
         if let Some((pairs, chosen_tokens)) = global {
             batch = batch.with_global(GlobalBatch { pairs, chosen_tokens });
         }
         batch
+    }
+    /// `(d loss / d chosen sums, d loss / d rejected sums)` by autograd.
+    fn grads(&self, loss: &Tensor) -> (Vec<f64>, Vec<f64>) {
+        let g = values(&Tensor::run_backward(&[loss], &[&self.policy.sum], false, false)[0]);
+        (g[..self.b].to_vec(), g[self.b..].to_vec())
     }
 }
 
@@ -267,7 +302,8 @@ proptest! {
         let lib = LibPairs::new(&pairs, Kind::Double, false);
         let global = global.map(|(p, n)| (pairs.len() as f64 + p, pairs.chosen_count.iter().sum::<i64>() as f64 + n));
         for norm in NORMS {
-            let out = sft_loss(lib_norm(norm), &lib.chosen, global.map(|(pairs, chosen_tokens)| GlobalBatch { pairs, chosen_tokens }), true).unwrap();
+            let batch = SftBatch { chosen: &lib.chosen, global: global.map(|(pairs, chosen_tokens)| GlobalBatch { pairs, chosen_tokens }) };
+            let out = sft_loss(&SftConfig::new(lib_norm(norm)), &batch).unwrap();
             let want = common::sft_loss(norm, &pairs.chosen, &pairs.chosen_count, global);
             assert_relative_eq!(out.loss.double_value(&[]), want, max_relative = 1e-12);
             let per = values(&out.per_sequence);
@@ -314,7 +350,7 @@ proptest! {
         let lib = LibPairs::new(&pairs, Kind::Double, true);
         let config = RpoConfig { dpo: setup.config(), sft_weight: SftWeight::Absolute(coef), sft_normalization: lib_norm(norm) };
         let out = rpo_loss(&config, &lib.batch(global)).unwrap();
-        let grads = Tensor::run_backward(&[&out.loss], &[&lib.chosen.sum, &lib.rejected.sum], false, false);
+        let (gc, gr) = lib.grads(&out.loss);
         let f = |x: &[f64]| {
             let mut p = pairs.clone();
             p.chosen = x[..b].to_vec();
@@ -323,31 +359,32 @@ proptest! {
         };
         let x: Vec<f64> = pairs.chosen.iter().chain(&pairs.rejected).copied().collect();
         let want = fd_grad(f, &x, 1e-5);
-        let mut got = values(&grads[0]);
-        got.extend(values(&grads[1]));
+        let mut got = gc;
+        got.extend(gr);
         assert_close(&got, &want, 1e-7, 1e-6, "d loss / d sums");
     }
 
-    /// Sigmoid DPO with label smoothing plus each SFT term: autograd equals the closed-form gradient.
+    /// Sigmoid DPO (cDPO with label smoothing) plus each SFT term: autograd equals the closed-form gradient.
     #[test]
     fn sigmoid_rpo_analytic_gradient(pairs in pairs_strategy(false), beta in 0.01f64..1.0, eps in 0.0f64..0.45, coef in 0.0f64..1.0, norm in 0usize..3) {
         let norm = NORMS[norm];
         let lib = LibPairs::new(&pairs, Kind::Double, true);
+        let variant = if eps > 0.0 { DpoLoss::Cdpo } else { DpoLoss::Sigmoid };
         let config = RpoConfig {
-            dpo: DpoConfig::new(DpoLoss::Sigmoid, beta).with_label_smoothing(eps),
+            dpo: DpoConfig::new(variant, beta).with_label_smoothing(eps),
             sft_weight: SftWeight::Absolute(coef),
             sft_normalization: lib_norm(norm),
         };
         let out = rpo_loss(&config, &lib.batch(None)).unwrap();
-        let grads = Tensor::run_backward(&[&out.loss], &[&lib.chosen.sum, &lib.rejected.sum], false, false);
+        let (got_c, got_r) = lib.grads(&out.loss);
         let mut params = DpoParams::new(beta);
         params.label_smoothing = eps;
         let (mut gc, gr) = sigmoid_dpo_grad(&params, &pairs, None);
         for (g, s) in gc.iter_mut().zip(sft_grad(norm, &pairs.chosen_count, None)) {
             *g += coef * s;
         }
-        assert_close(&values(&grads[0]), &gc, 1e-14, 1e-10, "d/d chosen");
-        assert_close(&values(&grads[1]), &gr, 1e-14, 1e-10, "d/d rejected");
+        assert_close(&got_c, &gc, 1e-14, 1e-10, "d/d chosen");
+        assert_close(&got_r, &gr, 1e-14, 1e-10, "d/d rejected");
     }
 }
 
@@ -431,12 +468,13 @@ proptest! {
         let reference_sums = common::token_logprobs(&reference, &labels, dims, -100, c.shift).sums();
         let cached = tensor(&reference_sums, &[rows as i64], Kind::Double);
         let reference_arg = match c.reference_ix {
-            0 => ReferenceLogits::Logits(&zr),
-            1 => ReferenceLogits::LogProbs(&cached),
-            _ => ReferenceLogits::Free,
+            0 => Reference::Logits(&zr),
+            1 => Reference::LogProbs(&cached),
+            _ => Reference::Free,
         };
         let config = RpoConfig { dpo: setup.config(), sft_weight: SftWeight::Absolute(c.coef), sft_normalization: lib_norm(norm) };
-        let out = rpo_loss_from_logits(&config, &z, &y, reference_arg, &opts, None).unwrap();
+        let batch = LogitsBatch::new(&z, &y).with_reference(reference_arg).with_options(opts);
+        let out = rpo_loss_from_logits(&config, &batch).unwrap();
 
         let (sums, counts) = (policy_ref.sums(), policy_ref.counts());
         let b = c.pairs;
@@ -500,15 +538,10 @@ fn sigmoid_dpo_is_ln2_when_policy_equals_reference() {
     let z = Tensor::randn([4, 6, 11], (Kind::Float, tch::Device::Cpu));
     let y = Tensor::randint(11, [4, 6], (Kind::Int64, tch::Device::Cpu));
     let config = RpoConfig::paper(0.1, 0.0);
-    let out = rpo_loss_from_logits(
-        &config,
-        &z,
-        &y,
-        ReferenceLogits::Logits(&z),
-        &LogProbOptions::causal(),
-        None,
-    )
-    .unwrap();
+    let batch = LogitsBatch::new(&z, &y)
+        .with_reference(Reference::Logits(&z))
+        .with_options(LogProbOptions::causal());
+    let out = rpo_loss_from_logits(&config, &batch).unwrap();
     assert_relative_eq!(
         out.loss.double_value(&[]),
         std::f64::consts::LN_2,
@@ -522,7 +555,8 @@ fn rpo_with_zero_eta_equals_dpo() {
     let pairs = random_pairs(6, 42, false);
     for variant in DpoLoss::ALL {
         for weight in [SftWeight::EtaBeta { eta: 0.0 }, SftWeight::Absolute(0.0)] {
-            let dpo = DpoConfig::new(variant, 0.1);
+            let eps = if variant.uses_label_smoothing() { 0.1 } else { 0.0 };
+            let dpo = DpoConfig::new(variant, 0.1).with_label_smoothing(eps);
             let config = RpoConfig {
                 dpo: dpo.clone(),
                 sft_weight: weight,
@@ -535,10 +569,7 @@ fn rpo_with_zero_eta_equals_dpo() {
             assert_eq!(rpo.coefficient, 0.0);
             assert_eq!(values(&rpo.loss), values(&dpo.loss), "{variant:?}");
             assert_eq!(values(&rpo.per_pair), values(&dpo.per_pair), "{variant:?}");
-            rpo.loss.backward();
-            dpo.loss.backward();
-            assert_eq!(values(&a.chosen.sum.grad()), values(&b.chosen.sum.grad()));
-            assert_eq!(values(&a.rejected.sum.grad()), values(&b.rejected.sum.grad()));
+            assert_eq!(a.grads(&rpo.loss), b.grads(&dpo.loss), "{variant:?}");
         }
     }
 }
@@ -592,17 +623,13 @@ fn rpo_from_logits_is_the_composition_of_its_parts() {
         RpoConfig::openrlhf(0.1, 0.2),
         RpoConfig::trl(0.1, 0.005),
     ] {
-        let whole = rpo_loss_from_logits(&config, &z, &y, ReferenceLogits::Logits(&zr), &opts, None).unwrap();
-        let (c, r) = sequence_logprobs(&z, &y, &opts).unwrap().split_pairs().unwrap();
-        let (rc, rr) = sequence_logprobs(&zr, &y, &opts).unwrap().split_pairs().unwrap();
-        let batch = PreferenceBatch::new(
-            &c,
-            &r,
-            Reference::LogProbs {
-                chosen: &rc.sum,
-                rejected: &rr.sum,
-            },
-        );
+        let logits_batch = LogitsBatch::new(&z, &y)
+            .with_reference(Reference::Logits(&zr))
+            .with_options(opts.clone());
+        let whole = rpo_loss_from_logits(&config, &logits_batch).unwrap();
+        let policy = sequence_logprobs(&z, &y, &opts).unwrap();
+        let reference = sequence_logprobs(&zr, &y, &opts).unwrap();
+        let batch = PreferenceBatch::new(&policy, Reference::LogProbs(&reference.sum));
         let parts = rpo_loss(&config, &batch).unwrap();
         assert_eq!(values(&whole.loss), values(&parts.loss));
         assert_eq!(values(&whole.per_pair), values(&parts.per_pair));
@@ -645,9 +672,10 @@ fn gradient_accumulation_with_global_batch() {
             let z = Tensor::from_slice(&data)
                 .reshape([rows, t, v])
                 .set_requires_grad(true);
-            let full =
-                rpo_loss_from_logits(&config, &z, &y, ReferenceLogits::Logits(&reference), &opts, None)
-                    .unwrap();
+            let full_batch = LogitsBatch::new(&z, &y)
+                .with_reference(Reference::Logits(&reference))
+                .with_options(opts.clone());
+            let full = rpo_loss_from_logits(&config, &full_batch).unwrap();
             let full_grad = Tensor::run_backward(&[&full.loss], &[&z], false, false)
                 .pop()
                 .unwrap();
@@ -677,15 +705,12 @@ fn gradient_accumulation_with_global_batch() {
             for s in splits {
                 let idx = micro_index(s);
                 let zr = reference.index_select(0, &idx);
-                let out = rpo_loss_from_logits(
-                    &config,
-                    &zl.index_select(0, &idx),
-                    &y.index_select(0, &idx),
-                    ReferenceLogits::Logits(&zr),
-                    &opts,
-                    Some(global),
-                )
-                .unwrap();
+                let (zm, ym) = (zl.index_select(0, &idx), y.index_select(0, &idx));
+                let batch = LogitsBatch::new(&zm, &ym)
+                    .with_reference(Reference::Logits(&zr))
+                    .with_options(opts.clone())
+                    .with_global(global);
+                let out = rpo_loss_from_logits(&config, &batch).unwrap();
                 total += out.loss.double_value(&[]);
                 out.loss.backward(); // accumulates into zl.grad
             }
@@ -731,7 +756,7 @@ fn presets_have_documented_coefficients() {
         (d.beta, d.label_smoothing, d.discopop_tau, d.bco_delta),
         (0.1, 0.0, 0.05, 0.0)
     );
-    assert!(d.ipo_length_normalized && d.validate);
+    assert!(d.ipo_length_normalized && d.validate_inputs);
     assert_eq!(d.losses, vec![(DpoLoss::Sigmoid, 1.0)]);
 
     let text = gemma.describe();
@@ -799,8 +824,7 @@ fn discopop_is_finite_at_large_negative_margins() {
             1e-6,
             &format!("{kind:?} discopop"),
         );
-        out.loss.backward();
-        let g = values(&lib.chosen.sum.grad());
+        let (g, _) = lib.grads(&out.loss);
         assert!(g.iter().all(|x| x.is_finite()), "{kind:?} gradient {g:?}");
         // d/dz of the logistic part is −σ(−z) → −1; the mean over 2 pairs halves it.
         assert_relative_eq!(g[0], -0.5, max_relative = 1e-5);

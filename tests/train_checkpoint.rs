@@ -6,10 +6,9 @@ mod train_support;
 
 use std::path::{Path, PathBuf};
 use tch_rpo::data::{ByteTokenizer, CollateConfig, Collator};
-use tch_rpo::train::{
-    checkpoint, Decay, FitOptions, LrSchedule, ReferenceSource, RpoTrainer, RpoTrainerConfig, StepMetrics,
-};
-use tch_rpo::{Error, RpoConfig};
+use tch_rpo::train::{checkpoint, ReferenceSource, RpoTrainer, RpoTrainerConfig, StepMetrics, Warmup};
+use tch_rpo::train::{LossPath, ReferenceCache};
+use tch_rpo::{Error, LogProbOptions, RpoConfig};
 use train_support::{max_param_diff, preference_pairs, TinyLm};
 
 const HIDDEN: i64 = 12;
@@ -26,26 +25,31 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// A fresh trainer; `init_seed` sets the policy's initial weights (the reference is always seed 21).
-fn trainer(init_seed: i64) -> RpoTrainer {
-    let config = RpoTrainerConfig {
-        schedule: LrSchedule::with_warmup_ratio(5e-3, TOTAL, 0.25, Decay::Cosine).unwrap(),
+/// The run's settings: 3 pairs per micro-batch, 2 micro-batches per step (with 10 pairs, steps straddle
+/// epochs and batch sizes vary), a checkpoint every 3 steps into `checkpoint_dir`.
+fn config(checkpoint_dir: Option<&Path>) -> RpoTrainerConfig {
+    RpoTrainerConfig {
+        learning_rate: 5e-3,
+        warmup: Warmup::Ratio(0.25),
         seed: 1234,
-        ..RpoTrainerConfig::paper(RpoConfig::trl(0.1, 0.3), TOTAL).unwrap()
-    };
+        batch_pairs: 3,
+        grad_accum_steps: 2,
+        checkpoint_dir: checkpoint_dir.map(Path::to_path_buf),
+        save_steps: checkpoint_dir.map(|_| 3),
+        progress: false,
+        ..RpoTrainerConfig::paper(RpoConfig::trl(0.1, 0.3), TOTAL)
+    }
+}
+
+/// A fresh trainer with `config`; `init_seed` sets the policy's initial weights (the reference is always
+/// seed 21).
+fn trainer_with(init_seed: i64, config: RpoTrainerConfig) -> RpoTrainer {
     let reference = ReferenceSource::Model(Box::new(TinyLm::new(21, HIDDEN)));
     RpoTrainer::new(Box::new(TinyLm::new(init_seed, HIDDEN)), reference, config).unwrap()
 }
 
-fn options(checkpoint_dir: Option<&Path>, max_steps: Option<u64>) -> FitOptions {
-    FitOptions {
-        checkpoint_dir: checkpoint_dir.map(Path::to_path_buf),
-        checkpoint_every: Some(3),
-        progress: false,
-        max_steps,
-        // 10 pairs, 3 per micro-batch, 2 micro-batches per step: steps straddle epochs and batch sizes vary
-        ..FitOptions::new(3, 2)
-    }
+fn trainer(init_seed: i64) -> RpoTrainer {
+    trainer_with(init_seed, config(None))
 }
 
 fn losses(history: &[StepMetrics]) -> Vec<f64> {
@@ -56,25 +60,21 @@ fn losses(history: &[StepMetrics]) -> Vec<f64> {
 fn interrupted_and_resumed_run_equals_uninterrupted_run() {
     let pairs = preference_pairs(10);
     let mut straight = trainer(21);
-    let full = straight.fit(&pairs, &collator(), &options(None, None)).unwrap();
+    let full = straight.fit(&pairs, &collator()).unwrap();
     assert_eq!(full.len() as u64, TOTAL);
 
     let dir = temp_dir("resume");
-    let mut first = trainer(21);
-    let head = first
-        .fit(&pairs, &collator(), &options(Some(&dir), Some(5)))
-        .unwrap();
+    let mut first = trainer_with(21, config(Some(&dir)));
+    let head = first.fit_steps(&pairs, &collator(), Some(5)).unwrap();
     assert_eq!(losses(&head), losses(&full[..5]));
     drop(first); // "crash" after step 5: steps 4 and 5 were never saved
 
     // a different initialization proves the weights come from the checkpoint
-    let mut resumed = trainer(99);
-    let path = resumed.resume_latest(&dir).unwrap().expect("a checkpoint");
+    let mut resumed = trainer_with(99, config(Some(&dir)));
+    let path = resumed.resume_latest().unwrap().expect("a checkpoint");
     assert!(path.ends_with("step-00000003"), "{path:?}");
     assert_eq!(resumed.step(), 3);
-    let tail = resumed
-        .fit(&pairs, &collator(), &options(Some(&dir), None))
-        .unwrap();
+    let tail = resumed.fit(&pairs, &collator()).unwrap();
     assert_eq!(tail.len(), 5);
     assert_eq!(
         losses(&tail),
@@ -113,11 +113,13 @@ fn expect_checkpoint_error(result: tch_rpo::Result<()>, needle: &str) {
 fn damaged_checkpoints_are_detected() {
     let pairs = preference_pairs(6);
     let dir = temp_dir("damaged");
-    let mut t = trainer(21);
-    let mut opts = options(None, Some(1));
-    opts.batch_pairs = 6;
-    opts.grad_accum_steps = 1;
-    t.fit(&pairs, &collator(), &opts).unwrap();
+    let one_batch = RpoTrainerConfig {
+        batch_pairs: 6,
+        grad_accum_steps: 1,
+        ..config(None)
+    };
+    let mut t = trainer_with(21, one_batch.clone());
+    t.fit_steps(&pairs, &collator(), Some(1)).unwrap();
     let save = || t.save_checkpoint(&dir).unwrap();
 
     let truncated = save();
@@ -146,7 +148,7 @@ fn damaged_checkpoints_are_detected() {
     expect_checkpoint_error(trainer(21).load_checkpoint(&bad_manifest), "not valid JSON");
 
     let good = save();
-    let mut restored = trainer(99);
+    let mut restored = trainer_with(99, one_batch.clone());
     restored.load_checkpoint(&good).unwrap();
     assert_eq!(restored.step(), 1);
     assert_eq!(
@@ -180,24 +182,37 @@ fn damaged_checkpoints_are_detected() {
 fn interrupted_save_leaves_the_last_good_checkpoint() {
     let pairs = preference_pairs(6);
     let dir = temp_dir("crash");
-    let mut t = trainer(21);
-    let mut opts = options(Some(&dir), Some(3));
-    opts.batch_pairs = 6;
-    opts.grad_accum_steps = 1;
-    t.fit(&pairs, &collator(), &opts).unwrap();
-    // what a crash in the middle of saving step 4 leaves behind: a partial temporary directory
+    let run = RpoTrainerConfig {
+        batch_pairs: 6,
+        grad_accum_steps: 1,
+        ..config(Some(&dir))
+    };
+    let mut t = trainer_with(21, run.clone());
+    t.fit_steps(&pairs, &collator(), Some(3)).unwrap();
+    // what a crash in the middle of saving step 4 leaves behind: a partial temporary directory, and a
+    // temporary pointer file
     let partial = dir.join(".tmp-step-00000004-1-1");
     std::fs::create_dir_all(&partial).unwrap();
     std::fs::write(partial.join(checkpoint::MODEL_FILE), b"half a fi").unwrap();
-    let mut resumed = trainer(99);
-    let path = resumed.resume_latest(&dir).unwrap().unwrap();
+    std::fs::write(dir.join(".tmp-latest-1-1"), b"step-0000").unwrap();
+    let mut resumed = trainer_with(99, run.clone());
+    let path = resumed.resume_latest().unwrap().unwrap();
     assert!(path.ends_with("step-00000003"));
     assert_eq!(
         max_param_diff(&resumed.model().named_parameters(), &t.model().named_parameters()),
         0.0
     );
+    // the next save removes what the interrupted one left
+    resumed.fit_steps(&pairs, &collator(), Some(3)).unwrap();
+    let leftovers: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     // and no checkpoint at all is not an error
-    assert!(trainer(21).resume_latest(&temp_dir("empty")).unwrap().is_none());
+    let empty = config(Some(&temp_dir("empty")));
+    assert!(trainer_with(21, empty).resume_latest().unwrap().is_none());
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -206,10 +221,14 @@ fn metrics_are_appended_as_json_lines() {
     let pairs = preference_pairs(6);
     let dir = temp_dir("log");
     let log = dir.join("metrics.jsonl");
-    let mut t = trainer(21);
-    let mut opts = options(None, Some(3));
-    opts.log_path = Some(log.clone());
-    let history = t.fit(&pairs, &collator(), &opts).unwrap();
+    let mut t = trainer_with(
+        21,
+        RpoTrainerConfig {
+            log_path: Some(log.clone()),
+            ..config(None)
+        },
+    );
+    let history = t.fit_steps(&pairs, &collator(), Some(3)).unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 3);
@@ -231,7 +250,287 @@ fn metrics_are_appended_as_json_lines() {
         }
         assert_eq!(line["step"].as_u64(), Some(m.step));
         assert_eq!(line["skipped_steps"].as_u64(), Some(0));
+        // token statistics are off by default, and then not logged
+        assert!(
+            line.get("entropy").is_none() && line.get("logits/chosen").is_none(),
+            "{line}"
+        );
         assert!((line["loss"].as_f64().unwrap() - m.loss).abs() <= 1e-12 * m.loss.abs());
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+fn metric_steps(log: &Path) -> Vec<u64> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// A run that logged steps 4 and 5 after its last checkpoint (3) and crashed: the resumed run logs them
+/// again, and the log must hold every step once, the resumed values.
+#[test]
+fn resumed_run_logs_every_step_once() {
+    let pairs = preference_pairs(10);
+    let dir = temp_dir("log-resume");
+    let log = dir.join("metrics.jsonl");
+    let run = RpoTrainerConfig {
+        log_path: Some(log.clone()),
+        ..config(Some(&dir.join("checkpoints")))
+    };
+    trainer_with(21, run.clone())
+        .fit_steps(&pairs, &collator(), Some(5))
+        .unwrap();
+    // a line torn by the crash
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    text.push_str("{\"step\": 6, \"lo");
+    std::fs::write(&log, text).unwrap();
+    let mut resumed = trainer_with(99, run);
+    assert_eq!(
+        resumed
+            .resume_latest()
+            .unwrap()
+            .map(|p| p.ends_with("step-00000003")),
+        Some(true)
+    );
+    let tail = resumed.fit(&pairs, &collator()).unwrap();
+    assert_eq!(metric_steps(&log), (1..=TOTAL).collect::<Vec<_>>());
+    let last: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&log).unwrap().lines().last().unwrap()).unwrap();
+    assert_eq!(last["loss"].as_f64(), Some(tail.last().unwrap().loss));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A checkpoint whose weights are fine but whose optimizer state is not: loading fails and changes
+/// nothing (weights, Adam moments, step).
+#[test]
+fn failed_load_leaves_the_trainer_unchanged() {
+    let pairs = preference_pairs(6);
+    let dir = temp_dir("half-load");
+    let mut donor = trainer(21);
+    donor.fit_steps(&pairs, &collator(), Some(2)).unwrap();
+    let good = donor.save_checkpoint(&dir).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(good.join(checkpoint::STATE_FILE)).unwrap()).unwrap();
+    let mut optimizer = donor.optimizer().state_tensors();
+    let dropped = optimizer.pop().unwrap().0;
+    let broken = checkpoint::save(
+        &dir.join("broken"),
+        &checkpoint::CheckpointData {
+            step: 2,
+            model: donor.model().named_parameters(),
+            optimizer,
+            reference: Vec::new(),
+            state,
+        },
+    )
+    .unwrap();
+
+    let mut target = trainer(99);
+    let before = TinyLm::new(99, HIDDEN).snapshot();
+    expect_checkpoint_error(target.load_checkpoint(&broken), &dropped);
+    assert_eq!(max_param_diff(&target.model().named_parameters(), &before), 0.0);
+    assert_eq!((target.step(), target.optimizer().step_count()), (0, 0));
+    for p in target.optimizer().params() {
+        assert_eq!(p.m.abs().max().double_value(&[]), 0.0, "{}", p.name);
+    }
+    // the complete checkpoint loads
+    target.load_checkpoint(&good).unwrap();
+    assert_eq!(
+        max_param_diff(
+            &target.model().named_parameters(),
+            &donor.model().named_parameters()
+        ),
+        0.0
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `latest` may only name a checkpoint inside the checkpoint directory, even when the place outside
+/// holds a valid checkpoint.
+#[test]
+fn latest_pointer_outside_the_directory_is_refused() {
+    let pairs = preference_pairs(6);
+    let root = temp_dir("escape");
+    let dir = root.join("checkpoints");
+    let mut t = trainer_with(21, config(Some(&dir)));
+    t.fit_steps(&pairs, &collator(), Some(3)).unwrap();
+    let saved = checkpoint::latest(&dir).unwrap().unwrap();
+    std::fs::rename(&saved, root.join("outside")).unwrap();
+    for pointer in ["../outside", "/etc", ".", "a/../../outside", ""] {
+        std::fs::write(dir.join(checkpoint::LATEST_FILE), pointer).unwrap();
+        match checkpoint::latest(&dir) {
+            Err(Error::Checkpoint { reason, .. }) => {
+                assert!(reason.contains("inside"), "{pointer}: {reason}")
+            }
+            other => panic!("{pointer:?}: expected a refusal, got {other:?}"),
+        }
+    }
+    std::fs::write(dir.join(checkpoint::LATEST_FILE), "../outside").unwrap();
+    assert!(trainer_with(21, config(Some(&dir))).resume_latest().is_err());
+    let _ = std::fs::remove_dir_all(root);
+}
+
+/// `save_total_limit` keeps the newest checkpoints (the one `latest` names among them).
+#[test]
+fn save_total_limit_keeps_the_newest_checkpoints() {
+    let pairs = preference_pairs(10);
+    let dir = temp_dir("retention");
+    let run = RpoTrainerConfig {
+        save_steps: Some(2),
+        save_total_limit: Some(2),
+        ..config(Some(&dir))
+    };
+    let mut t = trainer_with(21, run.clone());
+    t.fit_steps(&pairs, &collator(), Some(5)).unwrap();
+    let names = |dir: &Path| -> Vec<String> {
+        checkpoint::list(dir)
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(names(&dir), ["step-00000002", "step-00000004"]);
+    t.fit(&pairs, &collator()).unwrap();
+    assert_eq!(names(&dir), ["step-00000006", "step-00000008"]);
+    assert!(checkpoint::latest(&dir)
+        .unwrap()
+        .unwrap()
+        .ends_with("step-00000008"));
+    // the one `latest` names is kept even when it is not the newest
+    std::fs::write(dir.join(checkpoint::LATEST_FILE), "step-00000006").unwrap();
+    t.save_checkpoint(&dir).unwrap(); // step-00000008-1; latest now names it
+    std::fs::write(dir.join(checkpoint::LATEST_FILE), "step-00000006").unwrap();
+    checkpoint::prune(&dir, 1).unwrap();
+    assert_eq!(names(&dir), ["step-00000006"]);
+    assert!(checkpoint::prune(&dir, 0).is_err());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The builder sets each value once: the step count is the schedule's length and where `fit` stops; the
+/// checkpoint directory is where `fit` saves and where `resume(true)` looks.
+#[test]
+fn builder_resumes_from_its_checkpoint_directory() {
+    let pairs = preference_pairs(10);
+    let dir = temp_dir("builder");
+    let build = |resume: bool| {
+        RpoTrainer::builder(TinyLm::new(21, HIDDEN))
+            .ref_model(TinyLm::new(21, HIDDEN))
+            .objective(RpoConfig::trl(0.1, 0.3))
+            .learning_rate(5e-3)
+            .warmup_ratio(0.25)
+            .lr_scheduler_type(tch_rpo::train::Decay::Cosine)
+            .max_steps(TOTAL)
+            .seed(1234)
+            .batch_size(3)
+            .gradient_accumulation_steps(2)
+            .checkpoint_dir(&dir)
+            .save_steps(3)
+            .progress(false)
+            .resume(resume)
+            .build()
+            .unwrap()
+    };
+    let mut first = build(true); // nothing to resume from yet: a fresh run
+    assert_eq!(first.step(), 0);
+    assert_eq!(first.schedule().total_steps, TOTAL);
+    assert_eq!(first.schedule(), &config(None).schedule().unwrap());
+    let head = first.fit_steps(&pairs, &collator(), Some(4)).unwrap();
+    let mut second = build(true);
+    assert_eq!(second.step(), 3);
+    let tail = second.fit(&pairs, &collator()).unwrap();
+    assert_eq!(tail.len() as u64, TOTAL - 3);
+    assert_eq!(tail[0].loss, head[3].loss);
+    // the same run through the plain configuration
+    let full = trainer(21).fit(&pairs, &collator()).unwrap();
+    assert_eq!(losses(&tail), losses(&full[3..]));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `ReferenceSource::InitialPolicy` (TRL's `precompute_ref_log_probs` without a `ref_model`): the same run
+/// as a cache computed by hand from a copy of the initial model, interrupted and resumed from a checkpoint
+/// that carries the cache.
+#[test]
+fn initial_policy_reference_is_precomputed_and_checkpointed() {
+    let pairs = preference_pairs(10);
+    let cache = ReferenceCache::compute(
+        &TinyLm::new(21, HIDDEN),
+        &pairs,
+        &collator(),
+        3, // as the trainer scores them: `batch_pairs` at a time
+        &LogProbOptions::causal(),
+        LossPath::Logits,
+    )
+    .unwrap();
+    let by_hand = RpoTrainer::new(
+        Box::new(TinyLm::new(21, HIDDEN)),
+        ReferenceSource::Cached(cache),
+        config(None),
+    )
+    .unwrap()
+    .fit(&pairs, &collator())
+    .unwrap();
+
+    let dir = temp_dir("initial-policy");
+    let fresh = |seed| {
+        RpoTrainer::new(
+            Box::new(TinyLm::new(seed, HIDDEN)),
+            ReferenceSource::InitialPolicy,
+            config(Some(&dir)),
+        )
+        .unwrap()
+    };
+    let mut first = fresh(21);
+    // no reference log-probs before the first fit scores the training pairs
+    assert!(matches!(
+        first.evaluate(&pairs, &collator(), 4),
+        Err(Error::Config {
+            name: "reference",
+            ..
+        })
+    ));
+    let head = first.fit_steps(&pairs, &collator(), Some(5)).unwrap();
+    assert_eq!(losses(&head), losses(&by_hand[..5]));
+    // the cache is now fixed to the training pairs
+    assert!(matches!(
+        first.evaluate(&pairs[..4], &collator(), 4),
+        Err(Error::Config {
+            name: "reference cache",
+            ..
+        })
+    ));
+    drop(first);
+    let latest = checkpoint::latest(&dir).unwrap().unwrap();
+    assert!(latest.join(checkpoint::REFERENCE_FILE).is_file());
+
+    let mut resumed = fresh(99);
+    resumed.resume_latest().unwrap();
+    let tail = resumed.fit(&pairs, &collator()).unwrap();
+    assert_eq!(losses(&tail), losses(&by_hand[3..]));
+
+    // a checkpoint without the cache cannot supply it after step 0
+    let other = temp_dir("initial-policy-missing");
+    let mut with_model = trainer_with(21, config(Some(&other)));
+    with_model.fit_steps(&pairs, &collator(), Some(3)).unwrap();
+    let mut missing = RpoTrainer::new(
+        Box::new(TinyLm::new(99, HIDDEN)),
+        ReferenceSource::InitialPolicy,
+        config(Some(&other)),
+    )
+    .unwrap();
+    missing.resume_latest().unwrap();
+    assert!(matches!(
+        missing.fit(&pairs, &collator()),
+        Err(Error::Config {
+            name: "reference",
+            ..
+        })
+    ));
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(other);
 }

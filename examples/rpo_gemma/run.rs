@@ -14,8 +14,8 @@ use tch_rpo::data::{
     encode_records, CollateConfig, Collator, EncodedPair, OnMalformed, PreferenceDataset, Tokenizer,
 };
 use tch_rpo::train::{
-    var_store_parameters, AdamWConfig, FitOptions, HiddenOutput, LossPath, LrSchedule, PolicyModel,
-    ReferenceCache, ReferenceSource, RpoTrainer, RpoTrainerConfig, StepMetrics,
+    var_store_parameters, HiddenOutput, LossPath, PolicyModel, ReferenceCache, ReferenceSource, RpoTrainer,
+    RpoTrainerConfig, StepMetrics,
 };
 use tch_rpo::{LogProbOptions, RpoConfig, SftNormalization};
 
@@ -210,11 +210,10 @@ impl PolicyModel for GemmaPolicy {
             .model
             .forward_hidden(input_ids, attention_mask)
             .map_err(torch)?;
-        Ok(Some(HiddenOutput {
-            hidden,
-            lm_head_weight: self.model.head_weight(),
-            final_logit_softcap: self.model.final_logit_softcap(),
-        }))
+        Ok(Some(
+            HiddenOutput::new(hidden, self.model.head_weight())
+                .with_final_logit_softcap(self.model.final_logit_softcap()),
+        ))
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
@@ -401,7 +400,6 @@ struct Stage<'a> {
     method: &'static str,
     pairs: &'a [EncodedPair],
     collator: &'a Collator,
-    fit: FitOptions,
     eval_batch: usize,
     steps_per_epoch: u64,
     evals_per_epoch: usize,
@@ -411,14 +409,13 @@ struct Stage<'a> {
 impl Stage<'_> {
     /// Trains to the end of the schedule, evaluating at the start and `evals_per_epoch` times per epoch.
     fn run(&self, trainer: &mut RpoTrainer, model: &Gemma, gold: &Gold) -> Result<Vec<Row>, BoxError> {
-        let total = trainer.config().schedule.total_steps;
+        let total = trainer.schedule().total_steps;
         let every = (self.steps_per_epoch / self.evals_per_epoch.max(1) as u64).max(1);
         let mut rows = vec![self.evaluate(trainer, model, gold)?];
         while trainer.step() < total {
-            let mut fit = self.fit.clone();
-            fit.max_steps = Some(every.min(total - trainer.step()));
+            let steps = every.min(total - trainer.step());
             let started = Instant::now();
-            let history = trainer.fit(self.pairs, self.collator, &fit)?;
+            let history = trainer.fit_steps(self.pairs, self.collator, Some(steps))?;
             let seconds = started.elapsed().as_secs_f64();
             // Time per step, for models where it matters (a real model on CPU), not the small default one.
             if self.verbose && !history.is_empty() && seconds >= history.len() as f64 {
@@ -604,9 +601,6 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, BoxError> {
             steps_per_epoch
         );
     }
-    let mut fit = FitOptions::new(config.batch_size, config.grad_accum);
-    fit.log_path = Some(log.clone());
-    fit.progress = config.verbose;
     let loss_path = if config.fused {
         LossPath::Hidden
     } else {
@@ -614,20 +608,20 @@ pub fn run(config: &RunConfig) -> Result<RunSummary, BoxError> {
     };
     let trainer_config = |rpo: RpoConfig, lr: f64, epochs: usize| -> Result<RpoTrainerConfig, BoxError> {
         Ok(RpoTrainerConfig {
-            rpo,
-            optimizer: AdamWConfig::default(),
-            schedule: LrSchedule::paper(lr, total_steps(epochs))?,
-            max_grad_norm: Some(1.0),
+            learning_rate: lr,
             loss_path,
             seed: config.seed,
-            logprobs: LogProbOptions::causal(),
+            batch_pairs: config.batch_size,
+            grad_accum_steps: config.grad_accum,
+            log_path: Some(log.clone()),
+            progress: config.verbose,
+            ..RpoTrainerConfig::paper(rpo, total_steps(epochs))
         })
     };
     let stage = |method: &'static str| Stage {
         method,
         pairs: &pairs,
         collator: &collator,
-        fit: fit.clone(),
         eval_batch: config.eval_batch.max(1),
         steps_per_epoch,
         evals_per_epoch: config.evals_per_epoch,

@@ -63,6 +63,9 @@ pub struct CollatedBatch {
     /// Number of scored chosen-response tokens under the causal shift (the labels at positions `1..T` of
     /// the chosen rows that are not ignored), for [`crate::GlobalBatch::chosen_tokens`].
     pub chosen_tokens: i64,
+    /// Number of scored rejected-response tokens under the causal shift (as `chosen_tokens`, for the
+    /// rejected rows).
+    pub rejected_tokens: i64,
     /// Number of non-padding tokens over all `2B` rows.
     pub tokens: i64,
 }
@@ -84,6 +87,7 @@ impl CollatedBatch {
             labels: self.labels.f_to_device(device)?,
             indices: self.indices.clone(),
             chosen_tokens: self.chosen_tokens,
+            rejected_tokens: self.rejected_tokens,
             tokens: self.tokens,
         })
     }
@@ -149,7 +153,7 @@ impl Collator {
         let mut input_ids = vec![self.config.pad_id; n * width];
         let mut attention_mask = vec![0i64; n * width];
         let mut labels = vec![self.config.ignore_index; n * width];
-        let (mut chosen_tokens, mut tokens) = (0i64, 0i64);
+        let (mut chosen_tokens, mut rejected_tokens, mut tokens) = (0i64, 0i64, 0i64);
         for (row, (prompt, response)) in rows.iter().enumerate() {
             let base = row * width;
             for (t, &id) in prompt.iter().chain(response.iter()).enumerate() {
@@ -157,8 +161,12 @@ impl Collator {
                 attention_mask[base + t] = 1;
                 if t >= prompt.len() {
                     labels[base + t] = id;
-                    if row < pairs.len() && t >= 1 {
-                        chosen_tokens += 1;
+                    if t >= 1 {
+                        if row < pairs.len() {
+                            chosen_tokens += 1;
+                        } else {
+                            rejected_tokens += 1;
+                        }
                     }
                 }
             }
@@ -177,6 +185,7 @@ impl Collator {
             labels: make(&labels)?,
             indices: pairs.iter().map(|(i, _)| *i).collect(),
             chosen_tokens,
+            rejected_tokens,
             tokens,
         })
     }

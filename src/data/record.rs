@@ -70,8 +70,29 @@ impl PreferenceRecord {
     /// A record from its parts, checked as described on the type.
     ///
     /// # Errors
-    /// A message (no file or line: the caller adds them) when the invariants do not hold.
-    pub fn new(prompt: Text, chosen: Text, rejected: Text) -> std::result::Result<Self, String> {
+    /// [`Error::Data`] with file `<record>` and line 1 when the invariants do not hold.
+    pub fn new(prompt: Text, chosen: Text, rejected: Text) -> Result<Self> {
+        Self::checked(prompt, chosen, rejected).map_err(|message| Error::Data {
+            file: "<record>".into(),
+            line: 1,
+            message,
+        })
+    }
+
+    /// Parses one JSON object (see the [module docs](self) for the accepted forms).
+    ///
+    /// # Errors
+    /// [`Error::Data`] with file `<json>` and line 1 describing the problem ([`PreferenceDataset`] reports
+    /// the real file and line).
+    pub fn from_json(line: &str) -> Result<Self> {
+        Self::parse(line).map_err(|message| Error::Data {
+            file: "<json>".into(),
+            line: 1,
+            message,
+        })
+    }
+
+    fn checked(prompt: Text, chosen: Text, rejected: Text) -> std::result::Result<Self, String> {
         let conversational = matches!(prompt, Text::Conversation(_));
         for (name, part) in [("chosen", &chosen), ("rejected", &rejected)] {
             if matches!(part, Text::Conversation(_)) != conversational {
@@ -90,11 +111,7 @@ impl PreferenceRecord {
         })
     }
 
-    /// Parses one JSON object (see the [module docs](self) for the accepted forms).
-    ///
-    /// # Errors
-    /// A message describing the problem (the caller adds file and line).
-    pub fn from_json(line: &str) -> std::result::Result<Self, String> {
+    fn parse(line: &str) -> std::result::Result<Self, String> {
         let value: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
         let object = value
             .as_object()
@@ -108,7 +125,7 @@ impl PreferenceRecord {
         let chosen = field("chosen")?;
         let rejected = field("rejected")?;
         match object.get("prompt") {
-            Some(prompt) => Self::new(parse_text("prompt", prompt)?, chosen, rejected),
+            Some(prompt) => Self::checked(parse_text("prompt", prompt)?, chosen, rejected),
             None => match (chosen, rejected) {
                 (Text::Conversation(chosen), Text::Conversation(rejected)) => {
                     let shared = chosen
@@ -125,7 +142,7 @@ impl PreferenceRecord {
                                 .to_string(),
                         );
                     }
-                    Self::new(
+                    Self::checked(
                         Text::Conversation(chosen[..shared].to_vec()),
                         Text::Conversation(chosen[shared..].to_vec()),
                         Text::Conversation(rejected[shared..].to_vec()),
@@ -242,7 +259,7 @@ impl PreferenceDataset {
             let line_no = i + 1;
             let parsed = match line {
                 Ok(line) if line.trim().is_empty() => continue,
-                Ok(line) => PreferenceRecord::from_json(&line),
+                Ok(line) => PreferenceRecord::parse(&line),
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(format!("not valid UTF-8: {e}")),
                 Err(e) => return Err(Error::io(source, e)),
             };

@@ -1,11 +1,17 @@
 //! The chunked passes of the fused path: input checks, valid-token selection, pass 1 (log-probs under
 //! no_grad), pass 2 (analytic gradients), and the surrogate that injects them into autograd.
 
-use super::{FusedOptions, LinearHead};
+use super::head::LinearHead;
+use super::options::FusedOptions;
 use crate::error::{Error, Result};
-use crate::logprobs::check_label_range;
+use crate::logprobs::{check_label_range, chunk_stats, TokenStats};
 use crate::validate;
 use tch::{Kind, Tensor};
+
+/// Argument names of the policy side in errors (hidden states, weight, bias).
+pub(crate) const NAMES: [&str; 3] = ["hidden", "weight", "bias"];
+/// Argument names of a [`crate::Reference::Hidden`] reference in errors.
+pub(crate) const REF_NAMES: [&str; 3] = ["reference.hidden", "reference.weight", "reference.bias"];
 
 /// The valid (scored) tokens of a batch, gathered once.
 pub(crate) struct Prepared {
@@ -40,7 +46,8 @@ pub(crate) fn prepare(
     names: [&'static str; 3],
 ) -> Result<Prepared> {
     let [hidden_arg, weight_arg, bias_arg] = names;
-    options.check()?;
+    options.validate()?;
+    head.validate()?;
     let kind = validate::float_tensor(hidden_arg, hidden)?;
     let size = validate::rank(hidden_arg, hidden, 3, "[R, T, H] hidden states")?;
     let (rows, steps_full, h) = (size[0], size[1], size[2]);
@@ -90,7 +97,7 @@ pub(crate) fn prepare(
         });
     }
     validate::same_device("labels", labels, hidden_arg, hidden)?;
-    let shift = i64::from(options.shift);
+    let shift = i64::from(options.logprobs.shift);
     let steps = steps_full - shift;
     if rows == 0 || steps <= 0 || h == 0 {
         return Err(Error::EmptyBatch {
@@ -107,12 +114,16 @@ pub(crate) fn prepare(
 
     // Position t of the hidden states scores label t + shift.
     let shifted = labels.f_narrow(1, shift, steps)?;
-    let mask = shifted.f_ne(options.ignore_index)?;
-    if options.validate {
-        check_label_range(&shifted, &mask, vocab, options.ignore_index, steps_full, shift)?;
+    let ignore_index = options.logprobs.ignore_index;
+    let mask = shifted.f_ne(ignore_index)?;
+    if options.logprobs.validate_inputs {
+        check_label_range(&shifted, &mask, vocab, ignore_index, steps_full, shift)?;
     }
     let counts = mask.f_sum_dim_intlist(-1, false, Kind::Int64)?;
-    let positions = mask.f_nonzero()?; // [N, 2] (row, column), row-major like masked_select
+    // [N, 2] (row, column), row-major like masked_select. `nonzero` (and `masked_select`) have a data-dependent
+    // output size: on CUDA they read the count back — one host sync per call. Scoring every position instead
+    // would avoid it at the cost of running the head on prompt and padding tokens.
+    let positions = mask.f_nonzero()?;
     let seq_ids = positions.f_select(1, 0)?.f_contiguous()?;
     let cols = positions.f_select(1, 1)?;
     let flat_index = seq_ids.f_mul_scalar(steps_full)?.f_add(&cols)?;
@@ -141,49 +152,81 @@ fn chunk_rows(options: &FusedOptions, vocab: i64, compute: Kind) -> i64 {
 }
 
 /// `[n, V]` logits of one chunk in the compute dtype: `softcap(scale · (h·Wᵀ + b))`.
-fn chunk_logits(h: &Tensor, head: &LinearHead<'_>, options: &FusedOptions, compute: Kind) -> Result<Tensor> {
+fn chunk_logits(h: &Tensor, head: &LinearHead<'_>, compute: Kind) -> Result<Tensor> {
     let linear = h.f_linear(head.weight, head.bias)?;
     let mut z = if linear.f_kind()? == compute {
         linear
     } else {
         linear.f_to_kind(compute)?
     };
-    if options.logit_scale != 1.0 {
-        let _ = z.f_mul_scalar_(options.logit_scale)?;
+    if head.logit_scale != 1.0 {
+        let _ = z.f_mul_scalar_(head.logit_scale)?;
     }
-    if let Some(cap) = options.final_logit_softcap {
+    if let Some(cap) = head.final_logit_softcap {
         let _ = z.f_div_scalar_(cap)?.f_tanh_()?.f_mul_scalar_(cap)?;
     }
     Ok(z)
 }
 
-/// Pass 1 (no grad): per-row sums of the scored tokens' log-probs `[R]` and each token's logsumexp `[N]`,
-/// both in the compute dtype.
-pub(crate) fn forward(
-    prep: &Prepared,
-    head: &LinearHead<'_>,
-    options: &FusedOptions,
-) -> Result<(Tensor, Tensor)> {
+/// What pass 1 returns.
+pub(crate) struct Pass1 {
+    /// `[R]` per-row sums of the scored tokens' log-probs, in the compute dtype (accumulated in f64).
+    pub sums: Tensor,
+    /// `[N]` logsumexp of each scored token's logits, in the compute dtype.
+    pub lse: Tensor,
+    /// `[R]` per-row sums of the token statistics when `options.logprobs.token_stats`.
+    pub stats: Option<TokenStats>,
+}
+
+/// Pass 1 (no grad): per-row sums of the scored tokens' log-probs, each token's logsumexp, and optionally the
+/// per-row token statistics. Per-row sums are accumulated in f64 (`[R]` buffers): an f32 running sum over
+/// thousands of tokens of one row would lose digits the unfused path (a pairwise `sum`) keeps.
+pub(crate) fn forward(prep: &Prepared, head: &LinearHead<'_>, options: &FusedOptions) -> Result<Pass1> {
     tch::no_grad(|| {
         let device = prep.h_valid.device();
-        let mut sums = Tensor::f_zeros([prep.rows], (prep.compute, device))?;
+        let acc = Kind::Double;
+        let zeros = || Tensor::f_zeros([prep.rows], (acc, device));
+        let mut sums = zeros()?;
+        let mut stats = if options.logprobs.token_stats {
+            Some([zeros()?, zeros()?, zeros()?])
+        } else {
+            None
+        };
         let lse_all = Tensor::f_empty([prep.tokens], (prep.compute, device))?;
         let h_valid = prep.h_valid.f_detach()?;
         let rows = chunk_rows(options, prep.vocab, prep.compute);
         let mut start = 0;
         while start < prep.tokens {
             let n = rows.min(prep.tokens - start);
-            let z = chunk_logits(&h_valid.f_narrow(0, start, n)?, head, options, prep.compute)?;
+            let z = chunk_logits(&h_valid.f_narrow(0, start, n)?, head, prep.compute)?;
             let lse = z.f_logsumexp(-1, false)?;
-            let target = z
-                .f_gather(1, &prep.targets.f_narrow(0, start, n)?.f_unsqueeze(1)?, false)?
-                .f_squeeze_dim(1)?;
+            let targets = prep.targets.f_narrow(0, start, n)?;
+            let target = z.f_gather(1, &targets.f_unsqueeze(1)?, false)?.f_squeeze_dim(1)?;
             let logp = target.f_sub(&lse)?;
-            let _ = sums.f_index_add_(0, &prep.seq_ids.f_narrow(0, start, n)?, &logp)?;
+            let ids = prep.seq_ids.f_narrow(0, start, n)?;
+            let _ = sums.f_index_add_(0, &ids, &logp.f_to_kind(acc)?)?;
+            if let Some(stats) = stats.as_mut() {
+                let chunk = chunk_stats(&z, &targets, prep.compute)?.f_to_kind(acc)?;
+                for (i, sum) in stats.iter_mut().enumerate() {
+                    let _ = sum.f_index_add_(0, &ids, &chunk.f_select(1, i as i64)?)?;
+                }
+            }
             lse_all.f_narrow(0, start, n)?.f_copy_(&lse)?;
             start += n;
         }
-        Ok((sums, lse_all))
+        let stats = match stats {
+            Some([mean_logit, entropy, correct]) => Some(TokenStats {
+                mean_logit: mean_logit.f_to_kind(prep.compute)?,
+                entropy: entropy.f_to_kind(prep.compute)?,
+                correct: correct.f_to_kind(prep.compute)?,
+            }),
+            None => None,
+        };
+        Ok(Pass1 {
+            sums: sums.f_to_kind(prep.compute)?,
+            lse: lse_all,
+            stats,
+        })
     })
 }
 
@@ -240,12 +283,12 @@ pub(crate) fn backward(
         while start < prep.tokens {
             let n = rows.min(prep.tokens - start);
             let hc = h_valid.f_narrow(0, start, n)?;
-            let mut z = chunk_logits(&hc, head, options, compute)?;
+            let mut z = chunk_logits(&hc, head, compute)?;
             let coef_c = coef.f_narrow(0, start, n)?.f_unsqueeze(1)?;
             let lse_c = lse_all.f_narrow(0, start, n)?.f_unsqueeze(1)?;
             let targets_c = prep.targets.f_narrow(0, start, n)?.f_unsqueeze(1)?;
             // g = c · f · (onehot − p), f = d softcap / du = 1 − (z / cap)² (1 without a soft-cap).
-            let (mut g, onehot_coef) = match options.final_logit_softcap {
+            let (mut g, onehot_coef) = match head.final_logit_softcap {
                 None => {
                     let _ = z.f_sub_(&lse_c)?.f_exp_()?;
                     (z, coef_c.shallow_clone())
@@ -265,8 +308,8 @@ pub(crate) fn backward(
             };
             let _ = g.f_mul_(&coef_c.f_neg()?)?;
             let _ = g.f_scatter_add_(1, &targets_c, &onehot_coef)?;
-            if options.logit_scale != 1.0 {
-                let _ = g.f_mul_scalar_(options.logit_scale)?;
+            if head.logit_scale != 1.0 {
+                let _ = g.f_mul_scalar_(head.logit_scale)?;
             }
             if let Some(gb) = grad_b.as_mut() {
                 let _ = gb.f_add_(&g.f_sum_dim_intlist(0, false, compute)?)?;

@@ -4,36 +4,49 @@
 //! `ℓ_c = log π_θ(y_w) − log π_ref(y_w)`, `ℓ_r = log π_θ(y_l) − log π_ref(y_l)` (reference-free:
 //! `ℓ = log π_θ`), `Δ = ℓ_c − ℓ_r`, `ε` = label smoothing, `σ` the logistic function.
 //!
-//! | [`DpoLoss`] | per-pair loss |
+//! | [`DpoLoss`] (TRL `loss_type`) | per-pair loss |
 //! |---|---|
-//! | `Sigmoid` (DPO, cDPO with ε > 0) | `−(1−ε)·log σ(βΔ) − ε·log σ(−βΔ)` |
-//! | `Hinge` | `relu(1 − βΔ)` |
-//! | `Ipo` | `(ℓ_c/|y_w| − ℓ_r/|y_l| − 1/(2β))²`; un-normalised `(Δ − 1/(2β))²` with `ipo_length_normalized = false` |
-//! | `Robust` | `[−(1−ε)·log σ(βΔ) + ε·log σ(−βΔ)] / (1 − 2ε)` |
-//! | `ExoPair` | `σ(βΔ)·[log σ(βΔ) − log(1−ε)] + σ(−βΔ)·[log σ(−βΔ) − log ε]`, ε = 1e-3 when 0 |
-//! | `NcaPair` | `−log σ(βℓ_c) − ½·log σ(−βℓ_c) − ½·log σ(−βℓ_r)` |
-//! | `BcoPair` | `−log σ(βℓ_c − δ) − log σ(−(βℓ_r − δ))` |
-//! | `SppoHard` | `(ℓ_c − 1/(2β))² + (ℓ_r + 1/(2β))²` |
-//! | `ApoZero` | `1 − σ(βℓ_c) + σ(βℓ_r)` |
-//! | `ApoDown` | `σ(βℓ_c) + 1 − σ(βΔ)` |
-//! | `DiscoPop` | `z = βΔ, m = σ(z/τ)`: `(1−m)·(−log σ(z)) + m·e^{−z}` |
+//! | `Sigmoid` (`sigmoid`, DPO) | `−log σ(βΔ)` (refuses ε > 0: TRL's `sigmoid` ignores label smoothing) |
+//! | `Cdpo` (`cdpo`, not a TRL name) | `−(1−ε)·log σ(βΔ) − ε·log σ(−βΔ)` (conservative DPO, ε > 0) |
+//! | `SigmoidNorm` (`sigmoid_norm`) | `−log σ(β·(ℓ_c/n_c − ℓ_r/n_r))`, `n` the scored-token counts |
+//! | `Hinge` (`hinge`) | `relu(1 − βΔ)` |
+//! | `Ipo` (`ipo`) | `(ℓ_c/n_c − ℓ_r/n_r − 1/(2β))²`; un-normalised `(Δ − 1/(2β))²` with `ipo_length_normalized = false` |
+//! | `Robust` (`robust`) | `[−(1−ε)·log σ(βΔ) + ε·log σ(−βΔ)] / (1 − 2ε)` |
+//! | `ExoPair` (`exo_pair`) | `σ(βΔ)·[log σ(βΔ) − log(1−ε)] + σ(−βΔ)·[log σ(−βΔ) − log ε]`, ε > 0 required (as TRL) |
+//! | `NcaPair` (`nca_pair`) | `−log σ(βℓ_c) − ½·log σ(−βℓ_c) − ½·log σ(−βℓ_r)` |
+//! | `BcoPair` (`bco_pair`) | `−log σ(βℓ_c − δ) − log σ(−(βℓ_r − δ))` |
+//! | `SppoHard` (`sppo_hard`) | `(ℓ_c − 1/(2β))² + (ℓ_r + 1/(2β))²` |
+//! | `ApoZero` (`apo_zero`) | `1 − σ(βℓ_c) + σ(βℓ_r)` |
+//! | `ApoDown` (`apo_down`) | `σ(βℓ_c) + 1 − σ(βΔ)` |
+//! | `DiscoPop` (`discopop`) | `z = βΔ, m = σ(z/τ)`: `(1−m)·(−log σ(z)) + m·e^{−z}` |
 //!
-//! Several variants can be combined with weights ([`DpoConfig::losses`]): the per-pair loss is
-//! `Σ_k w_k · loss_k`. The reduced loss is the mean over pairs, or `Σ_i loss_i / N` with an explicit
-//! global pair count `N` ([`crate::GlobalBatch`]) for gradient accumulation.
+//! `n_c`, `n_r` are the scored-token counts of [`SequenceLogProbs::count`] (TRL's `ipo` divides by its
+//! completion-mask count; pass that count in [`SequenceLogProbs::new`] to reproduce it exactly).
+//!
+//! Several variants can be combined with weights ([`DpoConfig::losses`], or TRL's `loss_type=[…]`,
+//! `loss_weights=[…]` through [`DpoLoss::parse_weighted`]): the per-pair loss is `Σ_k w_k · loss_k`. The
+//! reduced loss is the mean over pairs, or `Σ_i loss_i / N` with an explicit global pair count `N`
+//! ([`crate::GlobalBatch`]) for gradient accumulation.
 
 use crate::error::{Error, Result};
-use crate::logprobs::SequenceLogProbs;
 use crate::loss::metrics::PreferenceMetrics;
-use crate::loss::{GlobalBatch, PreferenceBatch, Reference};
+use crate::loss::{reduce_pairs, Accumulator, Pairs, PreferenceBatch};
 use crate::validate;
-use tch::{Kind, Tensor};
+use std::fmt;
+use std::str::FromStr;
+use tch::Tensor;
 
-/// One member of the DPO family (formulas in the [module docs](self)). Names follow TRL's `loss_type`.
+/// One member of the DPO family (formulas in the [module docs](self)). Names follow TRL's `loss_type`
+/// ([`fmt::Display`] writes them, [`FromStr`] reads them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DpoLoss {
-    /// `sigmoid`: DPO; conservative DPO (cDPO) with label smoothing ε > 0.
+    /// `sigmoid`: DPO.
     Sigmoid,
+    /// `cdpo`: conservative DPO with label smoothing ε > 0 (what TRL's `sigmoid` computed before it
+    /// stopped reading `label_smoothing`; not a TRL name).
+    Cdpo,
+    /// `sigmoid_norm`: DPO on length-normalized log-ratios (TRL 1.16).
+    SigmoidNorm,
     /// `hinge`: SLiC-style hinge on the margin.
     Hinge,
     /// `ipo`: squared distance of the (length-normalised) margin from `1/(2β)`.
@@ -58,8 +71,10 @@ pub enum DpoLoss {
 
 impl DpoLoss {
     /// All variants, in declaration order.
-    pub const ALL: [DpoLoss; 11] = [
+    pub const ALL: [DpoLoss; 13] = [
         DpoLoss::Sigmoid,
+        DpoLoss::Cdpo,
+        DpoLoss::SigmoidNorm,
         DpoLoss::Hinge,
         DpoLoss::Ipo,
         DpoLoss::Robust,
@@ -72,10 +87,12 @@ impl DpoLoss {
         DpoLoss::DiscoPop,
     ];
 
-    /// TRL's name for the variant (`"sigmoid"`, `"ipo"`, …).
+    /// TRL's name for the variant (`"sigmoid"`, `"ipo"`, …; `"cdpo"` is ours).
     pub fn name(self) -> &'static str {
         match self {
             DpoLoss::Sigmoid => "sigmoid",
+            DpoLoss::Cdpo => "cdpo",
+            DpoLoss::SigmoidNorm => "sigmoid_norm",
             DpoLoss::Hinge => "hinge",
             DpoLoss::Ipo => "ipo",
             DpoLoss::Robust => "robust",
@@ -88,17 +105,104 @@ impl DpoLoss {
             DpoLoss::DiscoPop => "discopop",
         }
     }
+
+    /// Whether the variant reads the label smoothing ε.
+    pub fn uses_label_smoothing(self) -> bool {
+        matches!(self, DpoLoss::Cdpo | DpoLoss::Robust | DpoLoss::ExoPair)
+    }
+
+    /// Whether the variant divides log-ratios by token counts.
+    fn length_normalized(self, config: &DpoConfig) -> bool {
+        match self {
+            DpoLoss::SigmoidNorm => true,
+            DpoLoss::Ipo => config.ipo_length_normalized,
+            _ => false,
+        }
+    }
+
+    /// A weighted list of variants from TRL's `loss_type=[…]` and `loss_weights=[…]` (weights default to 1,
+    /// as in TRL).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unknown name (or `"sft"`, which is not a DPO loss: use
+    /// [`crate::RpoConfig::from_trl`]) or a weight list of another length; [`Error::InvalidParameter`] for
+    /// a non-finite weight.
+    pub fn parse_weighted(loss_type: &[&str], loss_weights: Option<&[f64]>) -> Result<Vec<(DpoLoss, f64)>> {
+        let weights = trl_weights(loss_type.len(), loss_weights)?;
+        loss_type
+            .iter()
+            .zip(weights)
+            .map(|(name, w)| Ok((name.parse::<DpoLoss>()?, w)))
+            .collect()
+    }
 }
 
-/// ε used by `exo_pair` when label smoothing is 0 (as in TRL).
-pub const EXO_DEFAULT_EPSILON: f64 = 1e-3;
+/// TRL's `loss_weights` for `n` loss types: all 1 when absent.
+pub(crate) fn trl_weights(n: usize, loss_weights: Option<&[f64]>) -> Result<Vec<f64>> {
+    if n == 0 {
+        return Err(Error::Config {
+            name: "loss_type",
+            requirement: "at least one loss type is needed".into(),
+        });
+    }
+    match loss_weights {
+        None => Ok(vec![1.0; n]),
+        Some(w) if w.len() == n => {
+            for &x in w {
+                validate::finite("loss_weights[]", x)?;
+            }
+            Ok(w.to_vec())
+        }
+        Some(w) => Err(Error::Config {
+            name: "loss_weights",
+            requirement: format!("needs one weight per loss type: {n} types, {} weights", w.len()),
+        }),
+    }
+}
+
+impl fmt::Display for DpoLoss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for DpoLoss {
+    type Err = Error;
+
+    /// Parses a TRL `loss_type` name (exact, lower case).
+    fn from_str(s: &str) -> Result<Self> {
+        if let Some(l) = DpoLoss::ALL.into_iter().find(|l| l.name() == s) {
+            return Ok(l);
+        }
+        let requirement = match s {
+            "sft" => {
+                "`sft` is the NLL term, not a DPO loss: use RpoConfig::from_trl for TRL's loss_type lists \
+                      that contain it"
+                    .to_string()
+            }
+            "aot" | "aot_pair" | "aot_unpaired" => format!("TRL's `{s}` is not implemented"),
+            _ => format!(
+                "unknown DPO loss `{s}`; known: {}",
+                DpoLoss::ALL.map(DpoLoss::name).join(", ")
+            ),
+        };
+        Err(Error::Config {
+            name: "loss_type",
+            requirement,
+        })
+    }
+}
+
+/// The smallest β the quadratic losses (`ipo`, `sppo_hard`) accept: their target `1/(2β)` squared must stay
+/// finite in f32 (below ≈ 2.7e-20 the loss is `inf`).
+pub const MIN_QUADRATIC_BETA: f64 = 1e-19;
 
 /// Configuration of [`dpo_loss`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct DpoConfig {
     /// β > 0: inverse temperature of the implicit reward `β·ℓ`. Default 0.1.
     pub beta: f64,
-    /// Label smoothing ε ∈ [0, 0.5) (sigmoid = cDPO, robust, exo_pair). Default 0.
+    /// Label smoothing ε ∈ [0, 0.5), read by `cdpo`, `robust` and `exo_pair` (which needs ε > 0). Default 0.
     pub label_smoothing: f64,
     /// Weighted variants; the per-pair loss is `Σ w_k · loss_k`. Default `[(Sigmoid, 1.0)]`.
     pub losses: Vec<(DpoLoss, f64)>,
@@ -109,8 +213,9 @@ pub struct DpoConfig {
     pub discopop_tau: f64,
     /// BCO reward shift δ (a running mean of rewards in the BCO paper; 0 in TRL). Default 0.
     pub bco_delta: f64,
-    /// Check inputs that need a device sync (token counts for IPO's length normalisation). Default `true`.
-    pub validate: bool,
+    /// Check inputs that need a device sync: finiteness of the policy and reference log-probs, and non-zero
+    /// token counts for the length-normalized variants. Default `true`.
+    pub validate_inputs: bool,
 }
 
 impl Default for DpoConfig {
@@ -122,7 +227,7 @@ impl Default for DpoConfig {
             ipo_length_normalized: true,
             discopop_tau: 0.05,
             bco_delta: 0.0,
-            validate: true,
+            validate_inputs: true,
         }
     }
 }
@@ -147,11 +252,19 @@ impl DpoConfig {
         self
     }
 
+    /// Sets [`DpoConfig::validate_inputs`].
+    pub fn with_validate_inputs(mut self, validate_inputs: bool) -> Self {
+        self.validate_inputs = validate_inputs;
+        self
+    }
+
     /// Checks every field.
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] for β ≤ 0 or non-finite, ε outside `[0, 0.5)`, τ ≤ 0, a non-finite δ,
-    /// an empty loss list, or a non-finite weight.
+    /// an empty loss list, a non-finite weight, β below [`MIN_QUADRATIC_BETA`] with `ipo` / `sppo_hard`;
+    /// [`Error::Config`] where TRL's semantics differ from a naive reading: `sigmoid` with ε > 0 (TRL
+    /// ignores ε; use `cdpo`), `exo_pair` with ε = 0 (TRL refuses it), ε > 0 with no variant that reads it.
     pub fn validate(&self) -> Result<()> {
         validate::positive_finite("beta", self.beta)?;
         if !(0.0..0.5).contains(&self.label_smoothing) {
@@ -170,8 +283,53 @@ impl DpoConfig {
                 requirement: "at least one (variant, weight) pair is needed",
             });
         }
-        for &(_, w) in &self.losses {
+        let eps = self.label_smoothing;
+        for &(variant, w) in &self.losses {
             validate::finite("losses[].weight", w)?;
+            match variant {
+                DpoLoss::Sigmoid if eps > 0.0 => {
+                    return Err(Error::Config {
+                        name: "label_smoothing",
+                        requirement: format!(
+                            "{eps} with `sigmoid`: TRL's sigmoid ignores label_smoothing, a smoothed sigmoid \
+                             is conservative DPO — use DpoLoss::Cdpo (`cdpo`) for it, or set label_smoothing = 0"
+                        ),
+                    });
+                }
+                DpoLoss::Cdpo if eps == 0.0 => {
+                    return Err(Error::Config {
+                        name: "label_smoothing",
+                        requirement: "`cdpo` needs label_smoothing > 0 (with 0 it is `sigmoid`)".into(),
+                    });
+                }
+                DpoLoss::ExoPair if eps == 0.0 => {
+                    return Err(Error::Config {
+                        name: "label_smoothing",
+                        requirement:
+                            "`exo_pair` needs label_smoothing > 0 (its loss has log ε); TRL refuses 0 \
+                                      too and suggests 1e-3"
+                                .into(),
+                    });
+                }
+                DpoLoss::Ipo | DpoLoss::SppoHard if self.beta < MIN_QUADRATIC_BETA => {
+                    return Err(Error::InvalidParameter {
+                        name: "beta",
+                        value: self.beta,
+                        requirement: "must be >= 1e-19 for `ipo` / `sppo_hard`: their target 1/(2β) squared \
+                                      overflows f32 below that",
+                    });
+                }
+                _ => {}
+            }
+        }
+        if eps > 0.0 && !self.losses.iter().any(|(l, _)| l.uses_label_smoothing()) {
+            return Err(Error::Config {
+                name: "label_smoothing",
+                requirement: format!(
+                    "{eps} but no configured loss reads it (only cdpo, robust and exo_pair do): it would be \
+                     silently ignored"
+                ),
+            });
         }
         Ok(())
     }
@@ -180,11 +338,11 @@ impl DpoConfig {
 /// Result of [`dpo_loss`].
 #[derive(Debug)]
 pub struct DpoOutput {
-    /// Scalar loss (differentiable): mean of `per_pair`, or `Σ per_pair / N` with a [`GlobalBatch`].
+    /// Scalar loss (differentiable): mean of `per_pair`, or `Σ per_pair / N` with a [`crate::GlobalBatch`].
     pub loss: Tensor,
     /// `[B]` per-pair loss (weighted sum over the configured variants), differentiable.
     pub per_pair: Tensor,
-    /// Detached metrics (rewards, margins, accuracies, log-probs).
+    /// Detached metrics: batch means and the per-pair log-probs and rewards.
     pub metrics: PreferenceMetrics,
 }
 
@@ -192,23 +350,34 @@ pub struct DpoOutput {
 ///
 /// # Arguments
 /// - `config`: β, variants and their weights, label smoothing.
-/// - `batch`: policy log-probs of chosen and rejected responses (`[B]` sums with `[B]` token counts), the
-///   reference ([`Reference::LogProbs`] `[B]` sums, or [`Reference::Free`]), and an optional global pair count.
+/// - `batch`: the policy's log-probs of the `2B` rows (chosen first: `[2B]` sums with `[2B]` token counts),
+///   the reference ([`crate::Reference::LogProbs`] `[2B]` or [`crate::Reference::Free`]), and the optional
+///   whole-step [`crate::GlobalBatch`].
 ///
-/// All per-pair tensors must be `[B]`, on one device. Computation happens in the dtype of the policy sums
+/// All per-row tensors must be `[2B]`, on one device. Computation happens in the dtype of the policy sums
 /// (reference sums are converted to it).
 ///
 /// # Errors
-/// [`Error::InvalidParameter`] (see [`DpoConfig::validate`]; a non-positive global pair count);
-/// [`Error::BatchMismatch`], [`Error::Shape`], [`Error::EmptyBatch`], [`Error::DType`],
-/// [`Error::DeviceMismatch`] for inputs; with `validate` and length-normalised IPO,
-/// [`Error::NoValidTokens`] for a response with no token.
+/// [`Error::InvalidParameter`] / [`Error::Config`] (see [`DpoConfig::validate`]; a non-positive global pair
+/// count; a `Logits` / `Hidden` reference); [`Error::BatchMismatch`], [`Error::Shape`] (an odd row count),
+/// [`Error::EmptyBatch`], [`Error::DType`], [`Error::DeviceMismatch`] for inputs; with `validate_inputs`,
+/// [`Error::NonFinite`] for NaN / ±inf policy or reference log-probs and [`Error::NoValidTokens`] for a
+/// response with no token under a length-normalized variant.
 pub fn dpo_loss(config: &DpoConfig, batch: &PreferenceBatch<'_>) -> Result<DpoOutput> {
     config.validate()?;
-    let ratios = LogRatios::new(batch, config.validate)?;
-    let per_pair = per_pair_loss(config, batch, &ratios)?;
+    let pairs = Pairs::new(batch, config.validate_inputs)?;
+    dpo_from_pairs(config, &pairs, batch)
+}
+
+/// [`dpo_loss`] on an already validated and split batch.
+pub(crate) fn dpo_from_pairs(
+    config: &DpoConfig,
+    pairs: &Pairs,
+    batch: &PreferenceBatch<'_>,
+) -> Result<DpoOutput> {
+    let per_pair = per_pair_loss(config, pairs)?;
     let loss = reduce_pairs(&per_pair, batch.global)?;
-    let metrics = PreferenceMetrics::new(config.beta, batch, &ratios)?;
+    let metrics = PreferenceMetrics::new(config.beta, pairs)?;
     Ok(DpoOutput {
         loss,
         per_pair,
@@ -216,112 +385,50 @@ pub fn dpo_loss(config: &DpoConfig, batch: &PreferenceBatch<'_>) -> Result<DpoOu
     })
 }
 
-/// `Σ per_pair / N` (global pair count) or the mean.
-pub(crate) fn reduce_pairs(per_pair: &Tensor, global: Option<GlobalBatch>) -> Result<Tensor> {
-    match global {
-        None => Ok(per_pair.f_mean(None::<Kind>)?),
-        Some(g) => {
-            validate::positive_finite("global.pairs", g.pairs)?;
-            Ok(per_pair.f_sum(None::<Kind>)?.f_div_scalar(g.pairs)?)
-        }
+/// `(ℓ_c/n_c, ℓ_r/n_r)`, checking the counts with `validate_inputs`.
+fn normalized_ratios(config: &DpoConfig, p: &Pairs, what: &'static str) -> Result<(Tensor, Tensor)> {
+    if config.validate_inputs {
+        validate::nonzero_counts("policy.count (chosen rows)", &p.chosen.count, what)?;
+        validate::nonzero_counts("policy.count (rejected rows)", &p.rejected.count, what)?;
     }
+    let kind = p.ratios.chosen.f_kind()?;
+    Ok((
+        p.ratios.chosen.f_div(&p.chosen.count.f_to_kind(kind)?)?,
+        p.ratios.rejected.f_div(&p.rejected.count.f_to_kind(kind)?)?,
+    ))
 }
 
-/// The log-ratios `ℓ_c`, `ℓ_r` of a validated batch.
-pub(crate) struct LogRatios {
-    pub chosen: Tensor,
-    pub rejected: Tensor,
-}
-
-impl LogRatios {
-    pub(crate) fn new(batch: &PreferenceBatch<'_>, validate: bool) -> Result<Self> {
-        let kind = check_sequences("chosen.sum", "chosen.count", batch.chosen, None)?;
-        let b = batch.chosen.len();
-        check_sequences("rejected.sum", "rejected.count", batch.rejected, Some(b))?;
-        validate::same_device(
-            "rejected.sum",
-            &batch.rejected.sum,
-            "chosen.sum",
-            &batch.chosen.sum,
-        )?;
-        match batch.reference {
-            Reference::Free => Ok(Self {
-                chosen: batch.chosen.sum.shallow_clone(),
-                rejected: batch.rejected.sum.f_to_kind(kind)?,
-            }),
-            Reference::LogProbs { chosen, rejected } => {
-                for (arg, t) in [("reference.chosen", chosen), ("reference.rejected", rejected)] {
-                    validate::float_tensor(arg, t)?;
-                    validate::per_pair(arg, t, "chosen.sum", Some(b))?;
-                    validate::same_device(arg, t, "chosen.sum", &batch.chosen.sum)?;
-                    if validate {
-                        validate::all_finite(arg, t, "among the reference log-probs")?;
-                    }
-                }
-                Ok(Self {
-                    chosen: batch.chosen.sum.f_sub(&chosen.f_to_kind(kind)?)?,
-                    rejected: batch
-                        .rejected
-                        .sum
-                        .f_to_kind(kind)?
-                        .f_sub(&rejected.f_to_kind(kind)?)?,
-                })
-            }
-        }
-    }
-}
-
-/// Validates a [`SequenceLogProbs`] argument (`[B]` float sums, `[B]` counts); returns the sums' dtype.
-pub(crate) fn check_sequences(
-    sum_arg: &'static str,
-    count_arg: &'static str,
-    s: &SequenceLogProbs,
-    expected: Option<i64>,
-) -> Result<Kind> {
-    let kind = validate::float_tensor(sum_arg, &s.sum)?;
-    let b = validate::per_pair(sum_arg, &s.sum, "chosen.sum", expected)?;
-    validate::per_pair(count_arg, &s.count, sum_arg, Some(b))?;
-    validate::same_device(count_arg, &s.count, sum_arg, &s.sum)?;
-    Ok(kind)
-}
-
-fn per_pair_loss(config: &DpoConfig, batch: &PreferenceBatch<'_>, r: &LogRatios) -> Result<Tensor> {
+fn per_pair_loss(config: &DpoConfig, p: &Pairs) -> Result<Tensor> {
+    let r = &p.ratios;
     let beta = config.beta;
     let eps = config.label_smoothing;
     let margin = r.chosen.f_sub(&r.rejected)?;
     let z = margin.f_mul_scalar(beta)?;
-    let mut total: Option<Tensor> = None;
+    let needs_norm = config.losses.iter().any(|(l, _)| l.length_normalized(config));
+    let normalized_margin = if needs_norm {
+        let (c, rj) = normalized_ratios(config, p, "a length-normalized DPO loss (sigmoid_norm, ipo)")?;
+        Some(c.f_sub(&rj)?)
+    } else {
+        None
+    };
+    let mut total = Accumulator::default();
     for &(variant, weight) in &config.losses {
         let loss = match variant {
-            DpoLoss::Sigmoid => {
+            DpoLoss::Sigmoid => z.f_log_sigmoid()?.f_neg()?,
+            DpoLoss::Cdpo => {
                 let a = z.f_log_sigmoid()?.f_mul_scalar(-(1.0 - eps))?;
-                if eps > 0.0 {
-                    a.f_sub(&z.f_neg()?.f_log_sigmoid()?.f_mul_scalar(eps)?)?
-                } else {
-                    a
-                }
+                a.f_sub(&z.f_neg()?.f_log_sigmoid()?.f_mul_scalar(eps)?)?
             }
+            DpoLoss::SigmoidNorm => match &normalized_margin {
+                Some(m) => m.f_mul_scalar(beta)?.f_log_sigmoid()?.f_neg()?,
+                None => unreachable_norm()?,
+            },
             DpoLoss::Hinge => z.f_rsub_scalar(1.0)?.f_relu()?,
             DpoLoss::Ipo => {
-                let m = if config.ipo_length_normalized {
-                    if config.validate {
-                        validate::nonzero_counts(
-                            "chosen.count",
-                            &batch.chosen.count,
-                            "length-normalised IPO",
-                        )?;
-                        validate::nonzero_counts(
-                            "rejected.count",
-                            &batch.rejected.count,
-                            "length-normalised IPO",
-                        )?;
-                    }
-                    let kind = r.chosen.f_kind()?;
-                    let c = r.chosen.f_div(&batch.chosen.count.f_to_kind(kind)?)?;
-                    let rj = r.rejected.f_div(&batch.rejected.count.f_to_kind(kind)?)?;
-                    c.f_sub(&rj)?
-                } else {
-                    margin.shallow_clone()
+                let m = match (&normalized_margin, config.ipo_length_normalized) {
+                    (Some(m), true) => m.shallow_clone(),
+                    (_, false) => margin.shallow_clone(),
+                    (None, true) => unreachable_norm()?,
                 };
                 m.f_sub_scalar(1.0 / (2.0 * beta))?.f_square()?
             }
@@ -331,14 +438,13 @@ fn per_pair_loss(config: &DpoConfig, batch: &PreferenceBatch<'_>, r: &LogRatios)
                 a.f_add(&b)?.f_div_scalar(1.0 - 2.0 * eps)?
             }
             DpoLoss::ExoPair => {
-                let e = if eps == 0.0 { EXO_DEFAULT_EPSILON } else { eps };
                 let pos = z
                     .f_sigmoid()?
-                    .f_mul(&z.f_log_sigmoid()?.f_sub_scalar((1.0 - e).ln())?)?;
+                    .f_mul(&z.f_log_sigmoid()?.f_sub_scalar((1.0 - eps).ln())?)?;
                 let nz = z.f_neg()?;
                 let neg = nz
                     .f_sigmoid()?
-                    .f_mul(&nz.f_log_sigmoid()?.f_sub_scalar(e.ln())?)?;
+                    .f_mul(&nz.f_log_sigmoid()?.f_sub_scalar(eps.ln())?)?;
                 pos.f_add(&neg)?
             }
             DpoLoss::NcaPair => {
@@ -377,19 +483,23 @@ fn per_pair_loss(config: &DpoConfig, batch: &PreferenceBatch<'_>, r: &LogRatios)
                 logistic.f_mul(&m.f_rsub_scalar(1.0)?)?.f_add(&modulated_exp)?
             }
         };
-        let loss = if weight == 1.0 {
+        total.add(if weight == 1.0 {
             loss
         } else {
             loss.f_mul_scalar(weight)?
-        };
-        total = Some(match total {
-            None => loss,
-            Some(t) => t.f_add(&loss)?,
-        });
+        })?;
     }
-    total.ok_or(Error::InvalidParameter {
+    total.into_inner().ok_or(Error::InvalidParameter {
         name: "losses",
         value: 0.0,
         requirement: "at least one (variant, weight) pair is needed",
+    })
+}
+
+/// The normalized margin is computed whenever a length-normalized variant is configured.
+fn unreachable_norm() -> Result<Tensor> {
+    Err(Error::Config {
+        name: "losses",
+        requirement: "internal: a length-normalized variant without its normalized margin".into(),
     })
 }

@@ -17,17 +17,18 @@
 //! | [`RpoConfig::paper`]`(β, η)` | sigmoid, β | `SequenceSum` | η·β |
 //! | [`RpoConfig::openrlhf`]`(β, coef)` | sigmoid, β | `SequenceMean` | `coef` (OpenRLHF default 0.2, no β) |
 //! | [`RpoConfig::trl`]`(β, w)` | sigmoid, β | `TokenMean` | `w` (TRL recipe 0.005) |
-//! | [`RpoConfig::sft_only`]`(norm)` | weight 0 | `norm` | 1 (plain SFT, reference-free) |
+//! | [`RpoConfig::sft_only`]`(norm)` | weight 0, β = 0.1 (rewards still logged at β) | `norm` | 1 (plain SFT) |
+//! | [`RpoConfig::from_trl`]`(β, loss_type, loss_weights)` | the listed TRL losses and weights | `TokenMean` | the weight of `"sft"` |
 //!
 //! **Warning:** the same number means different things under different normalizations. η·β = 5e-5 on a
 //! summed NLL of a 300-token response weighs like 0.015 on its token mean; OpenRLHF's 0.2 on a
 //! sequence mean is a much stronger regularizer than the paper's main setting. Convert, don't copy.
 
-use crate::error::Result;
-use crate::logprobs::{sequence_logprobs, LogProbOptions, SequenceLogProbs};
-use crate::loss::dpo::{dpo_loss, DpoConfig, DpoLoss, DpoOutput};
-use crate::loss::sft::{sft_loss, SftNormalization, SftOutput};
-use crate::loss::{GlobalBatch, PreferenceBatch, Reference};
+use crate::error::{Error, Result};
+use crate::logprobs::{sequence_logprobs, LogProbOptions};
+use crate::loss::dpo::{dpo_from_pairs, trl_weights, DpoConfig, DpoLoss, DpoOutput};
+use crate::loss::sft::{sft_unchecked, SftConfig, SftNormalization, SftOutput};
+use crate::loss::{fused_from, GlobalBatch, Pairs, PreferenceBatch, Reference};
 use crate::validate;
 use tch::Tensor;
 
@@ -99,18 +100,75 @@ impl RpoConfig {
         }
     }
     /// Plain SFT on the chosen responses (e.g. to train the reference policy before DPO/RPO): the DPO term
-    /// has weight 0 and the NLL coefficient is 1. Use it with [`Reference::Free`]: no reference is needed.
+    /// has weight 0 and the NLL coefficient is 1. β keeps [`DpoConfig::default`]'s 0.1 (change it with
+    /// [`RpoConfig::with_beta`]): like TRL's `loss_type=["sft"]`, the rewards are still logged at β. Works
+    /// with any reference; [`Reference::Free`] needs none.
     pub fn sft_only(normalization: SftNormalization) -> Self {
         Self {
-            dpo: DpoConfig::new(DpoLoss::Sigmoid, 1.0).with_losses(vec![(DpoLoss::Sigmoid, 0.0)]),
+            dpo: DpoConfig::default().with_losses(vec![(DpoLoss::Sigmoid, 0.0)]),
             sft_weight: SftWeight::Absolute(1.0),
             sft_normalization: normalization,
         }
+    }
+    /// TRL's `loss_type=[…]`, `loss_weights=[…]` (weights default to 1) with β: `"sft"` becomes the SFT term
+    /// (token-mean NLL, coefficient = its weight), every other name a weighted DPO variant ([`DpoLoss`]'s
+    /// names). A list with only `"sft"` is [`RpoConfig::sft_only`] at β with the given weight.
+    ///
+    /// # Errors
+    /// As [`DpoLoss::parse_weighted`]; [`Error::Config`] for `"sft"` listed twice.
+    pub fn from_trl(beta: f64, loss_type: &[&str], loss_weights: Option<&[f64]>) -> Result<Self> {
+        let weights = trl_weights(loss_type.len(), loss_weights)?;
+        let mut losses = Vec::new();
+        let mut sft = None;
+        for (name, w) in loss_type.iter().zip(weights) {
+            if *name == "sft" {
+                if sft.replace(w).is_some() {
+                    return Err(Error::Config {
+                        name: "loss_type",
+                        requirement: "`sft` is listed twice".into(),
+                    });
+                }
+            } else {
+                losses.push((name.parse::<DpoLoss>()?, w));
+            }
+        }
+        if losses.is_empty() {
+            losses.push((DpoLoss::Sigmoid, 0.0));
+        }
+        Ok(Self {
+            dpo: DpoConfig {
+                beta,
+                losses,
+                ..DpoConfig::default()
+            },
+            sft_weight: SftWeight::Absolute(sft.unwrap_or(0.0)),
+            sft_normalization: SftNormalization::TokenMean,
+        })
+    }
+    /// Sets the DPO part's β (and with [`SftWeight::EtaBeta`] the coefficient η·β).
+    pub fn with_beta(mut self, beta: f64) -> Self {
+        self.dpo.beta = beta;
+        self
     }
     /// Replaces the DPO part (keeps the SFT weight and normalization).
     pub fn with_dpo(mut self, dpo: DpoConfig) -> Self {
         self.dpo = dpo;
         self
+    }
+
+    /// Checks the DPO part ([`DpoConfig::validate`]) and the SFT coefficient ([`RpoConfig::coefficient`]).
+    ///
+    /// # Errors
+    /// As those two.
+    pub fn validate(&self) -> Result<()> {
+        self.dpo.validate()?;
+        self.coefficient()?;
+        Ok(())
+    }
+
+    /// The SFT configuration of the RPO term (its normalization; inputs validated like the DPO part).
+    pub fn sft_config(&self) -> SftConfig {
+        SftConfig::new(self.sft_normalization).with_validate_inputs(self.dpo.validate_inputs)
     }
 
     /// The SFT coefficient `c` (η·β or the absolute weight).
@@ -160,7 +218,7 @@ impl RpoConfig {
 fn non_negative(name: &'static str, v: f64) -> Result<()> {
     validate::finite(name, v)?;
     if v < 0.0 {
-        return Err(crate::Error::InvalidParameter {
+        return Err(Error::InvalidParameter {
             name,
             value: v,
             requirement: "must be >= 0",
@@ -197,20 +255,18 @@ impl RpoOutput {
     }
 }
 
-/// The RPO loss on per-sequence log-probs: `dpo_loss + c · sft_loss` (see the [module docs](self)).
+/// The RPO loss on per-sequence log-probs: `dpo_loss + c · sft_loss` on the chosen rows (see the
+/// [module docs](self)). `batch` as in [`crate::dpo_loss`]: `[2B]` policy log-probs, chosen rows first.
 ///
 /// # Errors
-/// Everything [`dpo_loss`] and [`sft_loss`] return; [`crate::Error::InvalidParameter`] for a negative η or
-/// weight.
+/// Everything [`crate::dpo_loss`] and [`crate::sft_loss`] return; [`Error::InvalidParameter`] for a
+/// negative η or weight.
 pub fn rpo_loss(config: &RpoConfig, batch: &PreferenceBatch<'_>) -> Result<RpoOutput> {
+    config.validate()?;
     let coefficient = config.coefficient()?;
-    let dpo = dpo_loss(&config.dpo, batch)?;
-    let sft = sft_loss(
-        config.sft_normalization,
-        batch.chosen,
-        batch.global,
-        config.dpo.validate,
-    )?;
+    let pairs = Pairs::new(batch, config.dpo.validate_inputs)?;
+    let dpo = dpo_from_pairs(&config.dpo, &pairs, batch)?;
+    let sft = sft_unchecked(&config.sft_config(), &pairs.chosen, batch.global)?;
     let (loss, per_pair) = if coefficient == 0.0 {
         (dpo.loss.shallow_clone(), dpo.per_pair.shallow_clone())
     } else {
@@ -228,71 +284,80 @@ pub fn rpo_loss(config: &RpoConfig, batch: &PreferenceBatch<'_>) -> Result<RpoOu
     })
 }
 
-/// The reference side for [`rpo_loss_from_logits`].
-#[derive(Debug)]
-pub enum ReferenceLogits<'a> {
-    /// The reference model's logits for the same `[2B, T]` rows, `[2B, T, V]` (computed under no_grad).
-    Logits(&'a Tensor),
-    /// Precomputed summed reference log-probs `[2B]` (chosen rows first), e.g. cached in a dataset pass.
-    LogProbs(&'a Tensor),
-    /// Reference-free.
-    Free,
+/// The input of [`rpo_loss_from_logits`]: one concatenated forward pass.
+#[derive(Debug, Clone)]
+pub struct LogitsBatch<'a> {
+    /// `[2B, T, V]` policy logits: the `B` chosen rows followed by the `B` rejected rows.
+    pub logits: &'a Tensor,
+    /// `[2B, T]` i64 labels (the input ids), `options.ignore_index` at prompt and padding positions.
+    pub labels: &'a Tensor,
+    /// The reference: log-probs `[2B]`, logits `[2B, T, V]`, hidden states + head, or none.
+    pub reference: Reference<'a>,
+    /// How labels are read and log-probs gathered. Default [`LogProbOptions::default`] (unshifted); use
+    /// [`LogProbOptions::causal`] for causal-LM logits.
+    pub options: LogProbOptions,
+    /// Totals of the whole accumulated step; `None` normalizes within this batch.
+    pub global: Option<GlobalBatch>,
 }
 
-/// RPO straight from one concatenated forward pass: `policy_logits` `[2B, T, V]` and `labels` `[2B, T]`
-/// hold the `B` chosen rows followed by the `B` rejected rows; prompt and padding positions carry
-/// `options.ignore_index`. Log-probs are gathered with [`sequence_logprobs`] (chunked, f32-accurate).
+impl<'a> LogitsBatch<'a> {
+    /// A reference-free batch with default options; set the rest with the `with_` methods.
+    pub fn new(logits: &'a Tensor, labels: &'a Tensor) -> Self {
+        Self {
+            logits,
+            labels,
+            reference: Reference::Free,
+            options: LogProbOptions::default(),
+            global: None,
+        }
+    }
+    /// Sets the reference.
+    pub fn with_reference(mut self, reference: Reference<'a>) -> Self {
+        self.reference = reference;
+        self
+    }
+    /// Sets the log-prob options.
+    pub fn with_options(mut self, options: LogProbOptions) -> Self {
+        self.options = options;
+        self
+    }
+    /// Sets the totals of the whole accumulated step.
+    pub fn with_global(mut self, global: GlobalBatch) -> Self {
+        self.global = Some(global);
+        self
+    }
+    /// Sets or clears the totals of the whole accumulated step.
+    pub fn with_global_opt(mut self, global: Option<GlobalBatch>) -> Self {
+        self.global = global;
+        self
+    }
+}
+
+/// RPO straight from one concatenated forward pass ([`LogitsBatch`]): log-probs are gathered with
+/// [`sequence_logprobs`] (chunked, f32-accurate), the reference is scored under `no_grad` when it is given as
+/// logits or hidden states, then [`rpo_loss`].
 ///
 /// # Errors
-/// Everything [`sequence_logprobs`] and [`rpo_loss`] return; [`crate::Error::Shape`] for an odd row count or
-/// reference logits / log-probs whose shape differs from the policy's.
-pub fn rpo_loss_from_logits(
-    config: &RpoConfig,
-    policy_logits: &Tensor,
-    labels: &Tensor,
-    reference: ReferenceLogits<'_>,
-    options: &LogProbOptions,
-    global: Option<GlobalBatch>,
-) -> Result<RpoOutput> {
-    let policy = sequence_logprobs(policy_logits, labels, options)?;
-    let (chosen, rejected) = policy.split_pairs()?;
-    let reference_sums = match reference {
-        ReferenceLogits::Logits(logits) => {
-            if logits.size() != policy_logits.size() {
-                return Err(crate::Error::Shape {
-                    arg: "reference logits",
-                    expected: format!("the policy logits' shape {:?}", policy_logits.size()),
-                    got: logits.size(),
-                });
-            }
-            Some(tch::no_grad(|| sequence_logprobs(logits, labels, options))?.sum)
-        }
-        ReferenceLogits::LogProbs(sums) => {
-            validate::float_tensor("reference log-probs", sums)?;
-            validate::per_pair("reference log-probs", sums, "policy rows", Some(policy.len()))?;
-            Some(sums.f_detach()?)
-        }
-        ReferenceLogits::Free => None,
-    };
-    let b = chosen.len();
-    let reference_pairs = reference_sums
-        .map(|sums| -> Result<(Tensor, Tensor)> { Ok((sums.f_narrow(0, 0, b)?, sums.f_narrow(0, b, b)?)) })
-        .transpose()?;
-    let reference = match &reference_pairs {
-        Some((chosen, rejected)) => Reference::LogProbs { chosen, rejected },
+/// Everything [`sequence_logprobs`] and [`rpo_loss`] return; [`Error::Shape`] for an odd row count or
+/// reference logits / log-probs whose shape differs from the policy's, a reference head with another
+/// vocabulary.
+pub fn rpo_loss_from_logits(config: &RpoConfig, batch: &LogitsBatch<'_>) -> Result<RpoOutput> {
+    config.validate()?;
+    let policy = sequence_logprobs(batch.logits, batch.labels, &batch.options)?;
+    let shape = batch.logits.size();
+    let reference = batch.reference.resolve(
+        batch.labels,
+        shape[2],
+        Some(&shape),
+        &fused_from(&batch.options),
+        &policy.sum,
+    )?;
+    let reference = match &reference {
+        Some(sums) => Reference::LogProbs(sums),
         None => Reference::Free,
     };
-    let mut batch = PreferenceBatch::new(&chosen, &rejected, reference);
-    batch.global = global;
-    rpo_loss(config, &batch)
-}
-
-/// Convenience: the summed log-probs `[2B]` and counts of a concatenated batch, split into
-/// `(chosen, rejected)`. Shapes and errors as [`sequence_logprobs`] and [`SequenceLogProbs::split_pairs`].
-pub fn pair_logprobs(
-    logits: &Tensor,
-    labels: &Tensor,
-    options: &LogProbOptions,
-) -> Result<(SequenceLogProbs, SequenceLogProbs)> {
-    sequence_logprobs(logits, labels, options)?.split_pairs()
+    rpo_loss(
+        config,
+        &PreferenceBatch::new(&policy, reference).with_global_opt(batch.global),
+    )
 }

@@ -15,8 +15,7 @@
 
 use crate::error::{Error, Result};
 use crate::logprobs::SequenceLogProbs;
-use crate::loss::dpo::{check_sequences, reduce_pairs};
-use crate::loss::GlobalBatch;
+use crate::loss::{check_sequences, reduce_pairs, SftBatch};
 use crate::validate;
 use tch::{Kind, Tensor};
 
@@ -42,13 +41,51 @@ impl SftNormalization {
     }
 }
 
+/// Configuration of [`sft_loss`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SftConfig {
+    /// How the NLL is normalized. Default [`SftNormalization::TokenMean`] (TRL, Liger-Kernel).
+    pub normalization: SftNormalization,
+    /// Check inputs that need a device sync: finiteness of the log-probs, non-zero token counts where a
+    /// normalization divides by them. Default `true`.
+    pub validate_inputs: bool,
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        Self::new(SftNormalization::TokenMean)
+    }
+}
+
+impl SftConfig {
+    /// The given normalization, inputs validated.
+    pub fn new(normalization: SftNormalization) -> Self {
+        Self {
+            normalization,
+            validate_inputs: true,
+        }
+    }
+    /// Sets [`SftConfig::validate_inputs`].
+    pub fn with_validate_inputs(mut self, validate_inputs: bool) -> Self {
+        self.validate_inputs = validate_inputs;
+        self
+    }
+    /// Checks the configuration (every value is valid today; kept for the one `validate()` shape).
+    ///
+    /// # Errors
+    /// None at present.
+    pub fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// Result of [`sft_loss`].
 #[derive(Debug)]
 pub struct SftOutput {
     /// Scalar NLL under the chosen normalization (differentiable).
     pub loss: Tensor,
     /// `[B]` per-sequence NLL in pair units: `loss = mean(per_sequence)` (or `Σ per_sequence / P` with a
-    /// [`GlobalBatch`]). `SequenceSum`: `−s_i`; `SequenceMean`: `−s_i/n_i`; `TokenMean`: `−s_i·B/Σn`
+    /// [`crate::GlobalBatch`]). `SequenceSum`: `−s_i`; `SequenceMean`: `−s_i/n_i`; `TokenMean`: `−s_i·B/Σn`
     /// (or `−s_i·P/N`). Lets RPO form per-pair losses that reduce exactly like the total.
     pub per_sequence: Tensor,
 }
@@ -56,25 +93,32 @@ pub struct SftOutput {
 /// The SFT loss (NLL of the chosen responses).
 ///
 /// # Arguments
-/// - `normalization`: see [`SftNormalization`].
-/// - `chosen`: policy log-probs of the chosen responses, `sum [B]` (float), `count [B]`.
-/// - `global`: whole-step totals for gradient accumulation, or `None`.
-/// - `validate`: check token counts (syncs the device).
+/// - `config`: the normalization ([`SftNormalization`]) and whether inputs are validated.
+/// - `batch`: policy log-probs of the target sequences, `sum [B]` (float), `count [B]`, and the optional
+///   whole-step [`crate::GlobalBatch`].
 ///
 /// # Errors
 /// [`Error::Shape`], [`Error::EmptyBatch`], [`Error::DType`], [`Error::DeviceMismatch`] for `chosen`;
-/// [`Error::InvalidParameter`] for a non-positive or non-finite global total; with `validate`,
-/// [`Error::NoValidTokens`] when `SequenceMean` meets a sequence with no token, or `TokenMean` a batch
-/// with no token (and no global token count).
-pub fn sft_loss(
-    normalization: SftNormalization,
+/// [`Error::InvalidParameter`] for a non-positive or non-finite global total; with `validate_inputs`,
+/// [`Error::NonFinite`] for NaN / ±inf log-probs, [`Error::NoValidTokens`] when `SequenceMean` meets a
+/// sequence with no token, or `TokenMean` a batch with no token (and no global token count).
+pub fn sft_loss(config: &SftConfig, batch: &SftBatch<'_>) -> Result<SftOutput> {
+    config.validate()?;
+    let chosen = batch.chosen;
+    check_sequences("chosen.sum", "chosen.count", chosen, config.validate_inputs)?;
+    sft_unchecked(config, chosen, batch.global)
+}
+
+/// [`sft_loss`] on checked log-probs.
+pub(crate) fn sft_unchecked(
+    config: &SftConfig,
     chosen: &SequenceLogProbs,
-    global: Option<GlobalBatch>,
-    validate: bool,
+    global: Option<crate::GlobalBatch>,
 ) -> Result<SftOutput> {
-    let kind = check_sequences("chosen.sum", "chosen.count", chosen, None)?;
+    let validate = config.validate_inputs;
+    let kind = chosen.sum.f_kind()?;
     let nll = chosen.sum.f_neg()?;
-    let per_sequence = match normalization {
+    let per_sequence = match config.normalization {
         SftNormalization::SequenceSum => nll,
         SftNormalization::SequenceMean => {
             if validate {

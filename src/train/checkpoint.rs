@@ -8,6 +8,7 @@
 //! | `model.safetensors` | every model parameter, by its [`crate::train::PolicyModel::named_parameters`] name |
 //! | `optimizer.safetensors` | AdamW state: `m/<name>`, `v/<name>` (f32), `master/<name>` (f32 master weights) |
 //! | `trainer_state.json` | step, Adam step count, skipped steps, schedule, data position, seed |
+//! | `reference.safetensors` | only with cached reference log-probs: `chosen`, `rejected` (f64 `[N]`) |
 //! | `manifest.json` | format tag, and for each file above its size in bytes and FNV-1a 64 checksum |
 //!
 //! # Atomicity
@@ -15,11 +16,19 @@
 //! the manifest is written last, the temporary directory is fsynced and renamed to its final name, and the
 //! parent is fsynced. Only then is the pointer file `latest` replaced the same way (temp file, fsync,
 //! rename, fsync). A crash at any point leaves the previous checkpoint and pointer intact; an interrupted
-//! save leaves at most a `.tmp-…` directory, which loading ignores.
+//! save leaves at most a `.tmp-…` entry, which loading ignores and the next [`save`] into the same
+//! directory removes (a failed save removes its own at once). One process saves into a directory at a
+//! time.
+//!
+//! # Retention
+//! [`prune`] keeps the newest `n` complete checkpoints (by step, then suffix) and always the one `latest`
+//! points at; the trainer calls it after each save when `save_total_limit` is set.
 //!
 //! # Integrity
 //! [`load`] refuses a checkpoint whose manifest is missing or unreadable, or a file whose size or checksum
 //! differs from the manifest (a truncated or corrupted file), with an [`Error::Checkpoint`] naming it.
+//! [`latest`] refuses a pointer that names anything but a directory directly inside the checkpoint
+//! directory (`../x`, an absolute path, `a/b`).
 
 use crate::error::{Error, Result};
 use serde_json::{json, Value};
@@ -38,6 +47,8 @@ pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 /// The trainer state file.
 pub const STATE_FILE: &str = "trainer_state.json";
+/// The optional cached reference log-probs file.
+pub const REFERENCE_FILE: &str = "reference.safetensors";
 /// The manifest file.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The pointer file naming the newest complete checkpoint.
@@ -101,6 +112,8 @@ pub struct CheckpointData {
     pub model: Vec<(String, Tensor)>,
     /// Optimizer state tensors by name.
     pub optimizer: Vec<(String, Tensor)>,
+    /// Cached reference log-probs by name (empty: none, no file is written).
+    pub reference: Vec<(String, Tensor)>,
     /// The trainer state (JSON object).
     pub state: Value,
 }
@@ -111,6 +124,7 @@ pub struct CheckpointData {
 /// [`Error::Io`] if a file cannot be written; [`Error::Torch`] if a tensor cannot be serialized.
 pub fn save(dir: &Path, data: &CheckpointData) -> Result<PathBuf> {
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    remove_stale_temporaries(dir)?;
     let base = format!("step-{:08}", data.step);
     let mut name = base.clone();
     let mut k = 1;
@@ -122,9 +136,56 @@ pub fn save(dir: &Path, data: &CheckpointData) -> Result<PathBuf> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let tmp = dir.join(format!(".tmp-{name}-{}-{nanos}", std::process::id()));
+    let tmp = dir.join(format!("{TMP_PREFIX}{name}-{}-{nanos}", std::process::id()));
     fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let final_path = dir.join(&name);
+    let written = write_into(&tmp, data).and_then(|()| {
+        fs::rename(&tmp, &final_path).map_err(|e| Error::io(&final_path, e))?;
+        sync_path(dir)
+    });
+    if let Err(e) = written {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
 
+    let pointer_tmp = dir.join(format!(
+        "{TMP_PREFIX}{LATEST_FILE}-{}-{nanos}",
+        std::process::id()
+    ));
+    let pointer = dir.join(LATEST_FILE);
+    let pointed = write_synced(&pointer_tmp, name.as_bytes())
+        .and_then(|()| fs::rename(&pointer_tmp, &pointer).map_err(|e| Error::io(&pointer, e)));
+    if let Err(e) = pointed {
+        let _ = fs::remove_file(&pointer_tmp);
+        return Err(e);
+    }
+    sync_path(dir)?;
+    Ok(final_path)
+}
+
+/// The prefix of the temporary entries [`save`] writes before renaming them into place.
+pub const TMP_PREFIX: &str = ".tmp-";
+
+/// Removes every `.tmp-…` entry directly under `dir` (left by interrupted saves).
+fn remove_stale_temporaries(dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        if !entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if entry.file_type().map_err(|e| Error::io(&path, e))?.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed.map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
+}
+
+/// Writes the files of a checkpoint into the (new, empty) directory `tmp`, manifest last, all fsynced.
+fn write_into(tmp: &Path, data: &CheckpointData) -> Result<()> {
     write_tensors(&tmp.join(MODEL_FILE), &data.model)?;
     write_tensors(&tmp.join(OPTIMIZER_FILE), &data.optimizer)?;
     let state = serde_json::to_vec_pretty(&data.state).map_err(|e| Error::Checkpoint {
@@ -132,8 +193,13 @@ pub fn save(dir: &Path, data: &CheckpointData) -> Result<PathBuf> {
         reason: format!("cannot serialize the trainer state: {e}"),
     })?;
     write_synced(&tmp.join(STATE_FILE), &state)?;
+    let mut names = vec![MODEL_FILE, OPTIMIZER_FILE, STATE_FILE];
+    if !data.reference.is_empty() {
+        write_tensors(&tmp.join(REFERENCE_FILE), &data.reference)?;
+        names.push(REFERENCE_FILE);
+    }
     let mut files = Vec::new();
-    for file in [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE] {
+    for file in names {
         let (bytes, hash) = file_checksum(&tmp.join(file))?;
         files.push(json!({"name": file, "bytes": bytes, "fnv1a64": format!("{hash:016x}")}));
     }
@@ -143,23 +209,75 @@ pub fn save(dir: &Path, data: &CheckpointData) -> Result<PathBuf> {
         reason: format!("cannot serialize the manifest: {e}"),
     })?;
     write_synced(&tmp.join(MANIFEST_FILE), &manifest)?;
-    sync_path(&tmp)?;
-    let final_path = dir.join(&name);
-    fs::rename(&tmp, &final_path).map_err(|e| Error::io(&final_path, e))?;
-    sync_path(dir)?;
+    sync_path(tmp)
+}
 
-    let pointer_tmp = dir.join(format!(".tmp-{LATEST_FILE}-{}-{nanos}", std::process::id()));
-    write_synced(&pointer_tmp, name.as_bytes())?;
-    let pointer = dir.join(LATEST_FILE);
-    fs::rename(&pointer_tmp, &pointer).map_err(|e| Error::io(&pointer, e))?;
-    sync_path(dir)?;
-    Ok(final_path)
+/// `(step, suffix)` of a checkpoint directory name `step-NNNNNNNN` or `step-NNNNNNNN-k`.
+fn parse_name(name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix("step-")?;
+    let (step, suffix) = match rest.split_once('-') {
+        Some((step, k)) => (step, k.parse().ok()?),
+        None => (rest, 0),
+    };
+    if step.is_empty() || !step.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((step.parse().ok()?, suffix))
+}
+
+/// The checkpoints directly under `dir` (directories named `step-…` holding a manifest), oldest first
+/// (by step, then suffix).
+///
+/// # Errors
+/// [`Error::Io`] if `dir` cannot be listed.
+pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(key) = parse_name(&name) {
+            let path = entry.path();
+            if path.join(MANIFEST_FILE).is_file() {
+                found.push((key, path));
+            }
+        }
+    }
+    found.sort();
+    Ok(found.into_iter().map(|(_, path)| path).collect())
+}
+
+/// Deletes all but the newest `keep` checkpoints under `dir` (see [`list`]); the one `latest` points at
+/// is never deleted (it counts towards `keep`). Returns the deleted paths.
+///
+/// # Errors
+/// [`Error::InvalidParameter`] if `keep` is 0; [`Error::Io`] if listing or deleting fails; as [`latest`].
+pub fn prune(dir: &Path, keep: usize) -> Result<Vec<PathBuf>> {
+    if keep == 0 {
+        return Err(Error::InvalidParameter {
+            name: "save_total_limit",
+            value: 0.0,
+            requirement: "must be >= 1 (it keeps the newest checkpoints)",
+        });
+    }
+    let current = latest(dir)?;
+    let mut all = list(dir)?;
+    if let Some(current) = &current {
+        all.retain(|p| p != current);
+    }
+    let excess = (all.len() + usize::from(current.is_some())).saturating_sub(keep);
+    let mut deleted = Vec::new();
+    for path in all.into_iter().take(excess) {
+        fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        deleted.push(path);
+    }
+    Ok(deleted)
 }
 
 /// The checkpoint `dir/latest` points at, or `None` if there is no pointer yet.
 ///
 /// # Errors
-/// [`Error::Io`] if the pointer cannot be read; [`Error::Checkpoint`] if it names a missing directory.
+/// [`Error::Io`] if the pointer cannot be read; [`Error::Checkpoint`] if it names a missing directory or
+/// anything but one path component inside `dir` (`..`, `.`, an absolute path, a `/`).
 pub fn latest(dir: &Path) -> Result<Option<PathBuf>> {
     let pointer = dir.join(LATEST_FILE);
     let name = match fs::read_to_string(&pointer) {
@@ -167,6 +285,20 @@ pub fn latest(dir: &Path) -> Result<Option<PathBuf>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(&pointer, e)),
     };
+    let mut components = Path::new(name.trim()).components();
+    let inside = matches!(
+        (components.next(), components.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    );
+    if !inside {
+        return Err(Error::Checkpoint {
+            path: pointer.display().to_string(),
+            reason: format!(
+                "points at `{}`, which is not a directory name inside the checkpoint directory",
+                name.trim()
+            ),
+        });
+    }
     let path = dir.join(name.trim());
     if !path.is_dir() {
         return Err(Error::Checkpoint {
@@ -186,6 +318,8 @@ pub struct LoadedCheckpoint {
     pub model: Vec<(String, Tensor)>,
     /// Optimizer state tensors by name.
     pub optimizer: Vec<(String, Tensor)>,
+    /// Cached reference log-probs by name (empty if the checkpoint has none).
+    pub reference: Vec<(String, Tensor)>,
     /// The trainer state.
     pub state: Value,
 }
@@ -194,8 +328,8 @@ pub struct LoadedCheckpoint {
 ///
 /// # Errors
 /// [`Error::Checkpoint`] naming the problem: no or unreadable manifest, unknown format, a missing file, a
-/// size or checksum mismatch.
-pub fn verify(path: &Path) -> Result<()> {
+/// size or checksum mismatch. Returns the names of the files the manifest lists (all verified).
+pub fn verify(path: &Path) -> Result<Vec<String>> {
     let bad = |reason: String| Error::Checkpoint {
         path: path.display().to_string(),
         reason,
@@ -230,6 +364,7 @@ pub fn verify(path: &Path) -> Result<()> {
             return Err(bad(format!("`{MANIFEST_FILE}` does not list `{required}`")));
         }
     }
+    let mut names = Vec::with_capacity(files.len());
     for entry in files {
         let (Some(name), Some(bytes), Some(hash)) = (
             entry.get("name").and_then(Value::as_str),
@@ -259,8 +394,9 @@ pub fn verify(path: &Path) -> Result<()> {
                 "`{name}` has checksum {actual:016x} but the manifest says {hash}: the file is corrupted"
             )));
         }
+        names.push(name.to_string());
     }
-    Ok(())
+    Ok(names)
 }
 
 /// Verifies ([`verify`]) and reads the checkpoint at `path`.
@@ -268,7 +404,7 @@ pub fn verify(path: &Path) -> Result<()> {
 /// # Errors
 /// As [`verify`]; [`Error::Checkpoint`] if a file cannot be parsed.
 pub fn load(path: &Path) -> Result<LoadedCheckpoint> {
-    verify(path)?;
+    let listed = verify(path)?.iter().any(|name| name == REFERENCE_FILE);
     let bad = |file: &str, e: &dyn std::fmt::Display| Error::Checkpoint {
         path: path.display().to_string(),
         reason: format!("`{file}` cannot be read: {e}"),
@@ -278,10 +414,16 @@ pub fn load(path: &Path) -> Result<LoadedCheckpoint> {
         Tensor::read_safetensors(path.join(OPTIMIZER_FILE)).map_err(|e| bad(OPTIMIZER_FILE, &e))?;
     let state_bytes = fs::read(path.join(STATE_FILE)).map_err(|e| bad(STATE_FILE, &e))?;
     let state: Value = serde_json::from_slice(&state_bytes).map_err(|e| bad(STATE_FILE, &e))?;
+    let reference = if listed {
+        Tensor::read_safetensors(path.join(REFERENCE_FILE)).map_err(|e| bad(REFERENCE_FILE, &e))?
+    } else {
+        Vec::new()
+    };
     Ok(LoadedCheckpoint {
         path: path.to_path_buf(),
         model,
         optimizer,
+        reference,
         state,
     })
 }

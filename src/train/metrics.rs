@@ -11,7 +11,8 @@ use std::time::Instant;
 /// JSON names (as written by [`StepMetrics::to_json`]): `step`, `epoch`, `loss`, `loss/dpo`, `nll`,
 /// `rewards/chosen`, `rewards/rejected`, `rewards/accuracies`, `rewards/margins`, `logps/chosen`,
 /// `logps/rejected`, `grad_norm`, `lr`, `pairs`, `tokens`, `tokens_per_second`, `skipped`, `skip_reason`,
-/// `skipped_steps`. Non-finite numbers are written as `null`.
+/// `skipped_steps`, and — only when computed ([`crate::LogProbOptions::token_stats`]) — `logits/chosen`,
+/// `logits/rejected`, `entropy`, `mean_token_accuracy`. Non-finite numbers are written as `null`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct StepMetrics {
     /// Optimizer steps taken so far, this one included (for evaluation: the step evaluated after).
@@ -36,6 +37,14 @@ pub struct StepMetrics {
     pub logps_chosen: f64,
     /// Mean summed log-prob of the rejected responses.
     pub logps_rejected: f64,
+    /// Mean logit over the chosen responses' scored tokens (with token statistics).
+    pub logits_chosen: Option<f64>,
+    /// Mean logit over the rejected responses' scored tokens (with token statistics).
+    pub logits_rejected: Option<f64>,
+    /// Mean entropy of the predicted distribution over all scored tokens (with token statistics).
+    pub entropy: Option<f64>,
+    /// Fraction of scored tokens the arg-max predicts (with token statistics).
+    pub mean_token_accuracy: Option<f64>,
     /// Total gradient norm before clipping (`None` for evaluation, or when the loss was non-finite).
     pub grad_norm: Option<f64>,
     /// Learning rate of the step (`None` for evaluation).
@@ -67,6 +76,11 @@ impl StepMetrics {
         for (name, value) in self.values() {
             map.insert(name.into(), number(value));
         }
+        for (name, value) in self.token_values() {
+            if let Some(value) = value {
+                map.insert(name.into(), number(value));
+            }
+        }
         map.insert("grad_norm".into(), self.grad_norm.map_or(Value::Null, number));
         map.insert("lr".into(), self.lr.map_or(Value::Null, number));
         map.insert("pairs".into(), self.pairs.into());
@@ -79,6 +93,16 @@ impl StepMetrics {
         );
         map.insert("skipped_steps".into(), self.skipped_steps.into());
         Value::Object(map)
+    }
+
+    /// `(name, value)` of the token statistics (`None` when not computed).
+    pub fn token_values(&self) -> [(&'static str, Option<f64>); 4] {
+        [
+            ("logits/chosen", self.logits_chosen),
+            ("logits/rejected", self.logits_rejected),
+            ("entropy", self.entropy),
+            ("mean_token_accuracy", self.mean_token_accuracy),
+        ]
     }
 
     /// `(name, value)` of the loss and preference metrics.
@@ -122,6 +146,48 @@ impl JsonlLogger {
             path: path.to_path_buf(),
             file,
         })
+    }
+
+    /// Opens `path` to continue a run resumed from its checkpoint at optimizer step `step`: the lines at
+    /// the end of the file whose `step` is after `step` — logged by the interrupted process after its last
+    /// checkpoint, and about to be logged again — are removed first, as is a last line that is not JSON
+    /// (torn by the crash). Only that tail is touched: earlier lines, other runs' lines before it and
+    /// lines without a numeric `step` stay. The file is rewritten (temporary file, rename) only if a line
+    /// is removed.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if it cannot be read, rewritten or opened.
+    pub fn continue_run(path: &Path, step: u64) -> Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let lines: Vec<&str> = text.lines().collect();
+                let mut keep = lines.len();
+                while keep > 0 {
+                    let after = match serde_json::from_str::<Value>(lines[keep - 1]) {
+                        Ok(value) => value
+                            .get("step")
+                            .and_then(Value::as_u64)
+                            .is_some_and(|s| s > step),
+                        Err(_) => keep == lines.len(),
+                    };
+                    if !after {
+                        break;
+                    }
+                    keep -= 1;
+                }
+                if keep < lines.len() {
+                    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+                    tmp_name.push(".tmp");
+                    let tmp = path.with_file_name(tmp_name);
+                    let body: String = lines[..keep].iter().map(|l| format!("{l}\n")).collect();
+                    std::fs::write(&tmp, body).map_err(|e| Error::io(&tmp, e))?;
+                    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(path, e)),
+        }
+        Self::append(path)
     }
 
     /// Writes `value` as one line.

@@ -1,28 +1,101 @@
-//! The one trait a model implements to be trained by [`crate::train::RpoTrainer`].
+//! The one trait a model implements to be trained by [`crate::train::RpoTrainer`], and what its optional
+//! hidden-state pass returns.
 
 use crate::error::{Error, Result};
-use crate::fused::FusedOptions;
+use crate::fused::{FusedOptions, LinearHead};
 use crate::logprobs::LogProbOptions;
 use tch::{nn::VarStore, Device, Tensor};
 
-/// The final hidden states and the LM-head weight, for a fused linear-head loss that never materializes
-/// the `[N, T, V]` logits.
+/// How the policy's (and a reference model's) log-probs are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LossPath {
+    /// From the `[2B, T, V]` logits of [`PolicyModel::forward`] (chunked log-softmax).
+    #[default]
+    Logits,
+    /// From [`PolicyModel::forward_hidden`] (final hidden states and LM head) through the fused
+    /// linear-head loss ([`crate::fused`]): the `[2B, T, V]` logits are never formed, prompt and padding
+    /// tokens never reach the head. Same loss and gradients as [`LossPath::Logits`] within f32 rounding.
+    Hidden,
+}
+
+/// The final hidden states and the LM head, for a fused linear-head loss that never materializes the
+/// `[N, T, V]` logits. The logits it stands for are `softcap(s · (hidden · weightᵀ + bias))` with the
+/// logit scale `s` (default 1) and the optional soft-cap `softcap(u) = c · tanh(u / c)`.
+///
+/// Built with [`HiddenOutput::new`] and the `with_*` methods (the struct is `#[non_exhaustive]`, so a
+/// field added later does not break callers):
+///
+/// ```
+/// # use tch::{Device, Kind, Tensor};
+/// # use tch_rpo::train::HiddenOutput;
+/// let hidden = Tensor::zeros([2, 5, 8], (Kind::Float, Device::Cpu));
+/// let weight = Tensor::zeros([11, 8], (Kind::Float, Device::Cpu));
+/// let bias = Tensor::zeros([11], (Kind::Float, Device::Cpu));
+/// let out = HiddenOutput::new(hidden, weight).with_bias(bias).with_final_logit_softcap(Some(30.0));
+/// assert!(out.lm_head_bias.is_some() && out.logit_scale == 1.0);
+/// ```
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct HiddenOutput {
     /// `[N, T, H]` final hidden states (after the last norm), differentiable.
     pub hidden: Tensor,
-    /// `[V, H]` LM-head weight (`logits = hidden · weightᵀ`), the parameter itself (not a copy), so that
-    /// gradients reach it (a head tied to the embedding included).
+    /// `[V, H]` LM-head weight, the parameter itself (not a copy), so that gradients reach it (a head tied
+    /// to the embedding included).
     pub lm_head_weight: Tensor,
-    /// Final-logit soft-cap `c` of models that compute `tanh(z / c) · c` (Gemma 2); `None` for a plain head.
+    /// `[V]` LM-head bias (the parameter itself), if the head has one. Default `None`.
+    pub lm_head_bias: Option<Tensor>,
+    /// Logit scale `s > 0` applied before the soft-cap (e.g. a `1 / temperature` or a width multiplier).
+    /// Default 1.
+    pub logit_scale: f64,
+    /// Final-logit soft-cap `c` of models that compute `c · tanh(z / c)` (Gemma 2); `None` (the default)
+    /// for a plain head.
     pub final_logit_softcap: Option<f64>,
 }
 
 impl HiddenOutput {
-    /// The fused-path options for this output: `options`' ignore index, shift and validation, plus the
-    /// model's final-logit soft-cap.
+    /// Hidden states `[N, T, H]` and a plain head `[V, H]` (no bias, scale 1, no soft-cap).
+    pub fn new(hidden: Tensor, lm_head_weight: Tensor) -> Self {
+        Self {
+            hidden,
+            lm_head_weight,
+            lm_head_bias: None,
+            logit_scale: 1.0,
+            final_logit_softcap: None,
+        }
+    }
+
+    /// Sets the `[V]` head bias.
+    pub fn with_bias(mut self, bias: Tensor) -> Self {
+        self.lm_head_bias = Some(bias);
+        self
+    }
+
+    /// Sets the logit scale `s` (checked to be finite and > 0 when the loss runs).
+    pub fn with_logit_scale(mut self, logit_scale: f64) -> Self {
+        self.logit_scale = logit_scale;
+        self
+    }
+
+    /// Sets the final-logit soft-cap (`None`: none).
+    pub fn with_final_logit_softcap(mut self, cap: Option<f64>) -> Self {
+        self.final_logit_softcap = cap;
+        self
+    }
+
+    /// The head as the fused path takes it: weight, bias, logit scale and soft-cap.
+    pub(crate) fn head(&self) -> LinearHead<'_> {
+        let head = LinearHead::new(&self.lm_head_weight)
+            .with_logit_scale(self.logit_scale)
+            .with_final_logit_softcap(self.final_logit_softcap);
+        match &self.lm_head_bias {
+            Some(bias) => head.with_bias(bias),
+            None => head,
+        }
+    }
+
+    /// The fused-path options for these log-prob options (default fused budget).
     pub(crate) fn fused_options(&self, options: &LogProbOptions) -> FusedOptions {
-        FusedOptions::from(options).with_final_logit_softcap(self.final_logit_softcap)
+        FusedOptions::from(options.clone())
     }
 }
 
@@ -73,8 +146,10 @@ pub trait PolicyModel: Send {
     /// Whatever the model's ops return (use tch's `f_` ops and `?`).
     fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor>;
 
-    /// The final hidden states and the LM-head weight, for the fused loss path
-    /// ([`crate::train::LossPath::Hidden`]); `Ok(None)` (the default) if the model does not offer them.
+    /// The final hidden states and the LM head (weight, and bias, logit scale and soft-cap where the
+    /// model's [`PolicyModel::forward`] applies them), for the fused loss path ([`LossPath::Hidden`]);
+    /// `Ok(None)` (the default) if the model does not offer them. The head must describe exactly the
+    /// logits `forward` returns, or the two paths train different models.
     ///
     /// # Errors
     /// Whatever the model's ops return.
@@ -97,4 +172,20 @@ pub fn var_store_parameters(vs: &VarStore) -> Vec<(String, Tensor)> {
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     vars
+}
+
+/// A boxed model is a model (so `Box<dyn PolicyModel>` can be handed wherever a model is taken).
+impl<M: PolicyModel + ?Sized> PolicyModel for Box<M> {
+    fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        (**self).forward(input_ids, attention_mask)
+    }
+    fn forward_hidden(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Option<HiddenOutput>> {
+        (**self).forward_hidden(input_ids, attention_mask)
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        (**self).named_parameters()
+    }
+    fn device(&self) -> Device {
+        (**self).device()
+    }
 }

@@ -106,6 +106,82 @@ pub struct ParamState {
     pub v: Tensor,
     /// f32 master copy for low-precision parameters, else `None`.
     pub master: Option<Tensor>,
+    /// Other names under which the model lists this same tensor (a tied head), with their tensors. They
+    /// are not updated separately; their gradients are added to this parameter's.
+    pub aliases: Vec<(String, Tensor)>,
+}
+
+impl ParamState {
+    /// The gradient of this parameter: the sum of the distinct defined gradients of the parameter and its
+    /// aliases (two handles of one autograd leaf share one gradient, counted once); `None` if none is
+    /// defined.
+    ///
+    /// # Errors
+    /// [`Error::Torch`] if an op fails.
+    pub fn grad(&self) -> Result<Option<Tensor>> {
+        let mut grads = self.distinct_grads()?.into_iter();
+        let Some(first) = grads.next() else {
+            return Ok(None);
+        };
+        let mut total = first;
+        for g in grads {
+            total = total.f_add(&g)?;
+        }
+        Ok(Some(total))
+    }
+
+    fn distinct_grads(&self) -> Result<Vec<Tensor>> {
+        let mut grads: Vec<Tensor> = Vec::new();
+        for t in std::iter::once(&self.param).chain(self.aliases.iter().map(|(_, t)| t)) {
+            let g = t.f_grad()?;
+            if g.defined() && !grads.iter().any(|h| h.data_ptr() == g.data_ptr()) {
+                grads.push(g);
+            }
+        }
+        Ok(grads)
+    }
+}
+
+/// The bytes a tensor's elements occupy, for storage-identity checks.
+#[derive(Debug, Clone, PartialEq)]
+struct Span {
+    start: usize,
+    end: usize,
+    size: Vec<i64>,
+    stride: Vec<i64>,
+    kind: Kind,
+}
+
+impl Span {
+    fn of(t: &Tensor) -> Result<Self> {
+        let kind = t.f_kind()?;
+        let size = t.size();
+        let stride = t.stride();
+        let start = t.data_ptr() as usize;
+        let elt = kind.elt_size_in_bytes();
+        let numel: i64 = size.iter().product();
+        let extent = if numel == 0 {
+            0
+        } else {
+            let last: i64 = size.iter().zip(&stride).map(|(n, s)| (n - 1) * s.abs()).sum();
+            (last as usize + 1) * elt
+        };
+        Ok(Self {
+            start,
+            end: start + extent,
+            size,
+            stride,
+            kind,
+        })
+    }
+
+    fn same_view(&self, other: &Span) -> bool {
+        self.start != 0 && self == other
+    }
+
+    fn overlaps(&self, other: &Span) -> bool {
+        self.start < other.end && other.start < self.end
+    }
 }
 
 /// AdamW over named parameters (formulas in the [module docs](self)).
@@ -119,13 +195,20 @@ pub struct AdamW {
 impl AdamW {
     /// An optimizer for the parameters that require grad, in the given order, with zeroed moments.
     ///
+    /// A tensor listed under several names (a head tied to the embedding, listed as both, as in a Hugging
+    /// Face state dict) is one parameter: it is optimized once, under its first name, with the other names
+    /// as [`ParamState::aliases`]. Identity is storage identity: the same data pointer, shape, strides and
+    /// dtype. Its gradient is the sum of the distinct gradients of its aliases.
+    ///
     /// # Errors
     /// [`Error::InvalidParameter`] from [`AdamWConfig::check`]; [`Error::Config`] if no parameter requires
-    /// grad or names repeat; [`Error::Torch`] if state cannot be allocated.
+    /// grad, names repeat, or two trained tensors overlap in memory without being the same view;
+    /// [`Error::Torch`] if state cannot be allocated.
     pub fn new(config: AdamWConfig, named_parameters: &[(String, Tensor)]) -> Result<Self> {
         config.check()?;
-        let mut params = Vec::new();
+        let mut params: Vec<ParamState> = Vec::new();
         let mut seen = std::collections::HashSet::new();
+        let mut spans: Vec<(Span, usize)> = Vec::new();
         for (name, param) in named_parameters {
             if !seen.insert(name.as_str()) {
                 return Err(Error::Config {
@@ -136,12 +219,28 @@ impl AdamW {
             if !param.requires_grad() {
                 continue;
             }
+            let span = Span::of(param)?;
+            if let Some(&(_, index)) = spans.iter().find(|(s, _)| s.same_view(&span)) {
+                params[index].aliases.push((name.clone(), param.shallow_clone()));
+                continue;
+            }
+            if let Some(&(_, index)) = spans.iter().find(|(s, _)| s.overlaps(&span)) {
+                return Err(Error::Config {
+                    name: "named_parameters",
+                    requirement: format!(
+                        "`{name}` overlaps the memory of `{}` without being the same tensor view: a partial \
+                         alias cannot be updated once",
+                        params[index].name
+                    ),
+                });
+            }
             let kind = param.f_kind()?;
             let zeros = || param.f_zeros_like()?.f_to_kind(Kind::Float);
             let master = match kind {
                 Kind::Float | Kind::Double => None,
                 _ => Some(tch::no_grad(|| param.f_detach()?.f_to_kind(Kind::Float))?),
             };
+            spans.push((span, params.len()));
             params.push(ParamState {
                 name: name.clone(),
                 decay: (config.decay_rule)(name, &param.size()),
@@ -149,6 +248,7 @@ impl AdamW {
                 v: zeros()?,
                 param: param.shallow_clone(),
                 master,
+                aliases: Vec::new(),
             });
         }
         if params.is_empty() {
@@ -192,6 +292,9 @@ impl AdamW {
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {
             p.param.zero_grad();
+            for (_, alias) in &mut p.aliases {
+                alias.zero_grad();
+            }
         }
     }
 
@@ -203,8 +306,7 @@ impl AdamW {
     pub fn grad_norm(&self) -> Result<f64> {
         let mut norms = Vec::with_capacity(self.params.len());
         for p in &self.params {
-            let grad = p.param.f_grad()?;
-            if grad.defined() {
+            if let Some(grad) = p.grad()? {
                 norms.push(grad.f_to_kind(Kind::Float)?.f_norm()?);
             }
         }
@@ -221,8 +323,7 @@ impl AdamW {
     pub fn scale_grads(&mut self, factor: f64) -> Result<()> {
         tch::no_grad(|| -> Result<()> {
             for p in &self.params {
-                let mut grad = p.param.f_grad()?;
-                if grad.defined() {
+                for mut grad in p.distinct_grads()? {
                     let _ = grad.f_mul_scalar_(factor)?;
                 }
             }
@@ -250,10 +351,9 @@ impl AdamW {
         let step_size = lr / bias_correction1;
         tch::no_grad(|| -> Result<()> {
             for p in &mut self.params {
-                let grad = p.param.f_grad()?;
-                if !grad.defined() {
+                let Some(grad) = p.grad()? else {
                     continue;
-                }
+                };
                 let grad = grad.f_to_kind(Kind::Float)?;
                 let _ =
                     p.m.f_mul_scalar_(c.beta1)?
@@ -301,44 +401,74 @@ impl AdamW {
         out
     }
 
-    /// Restores the state written by [`AdamW::state_tensors`] and the step count.
+    /// Restores the state written by [`AdamW::state_tensors`] and the step count, all or nothing: every
+    /// tensor is checked (present, expected shape, nothing extra) and converted before any slot is
+    /// written, so on error the optimizer is unchanged.
     ///
     /// # Errors
-    /// [`Error::Checkpoint`] (with `source` as path) if a tensor is missing, extra, or has the wrong shape.
+    /// [`Error::Checkpoint`] (with `source` as path) if a tensor is missing, extra, or has the wrong shape;
+    /// [`Error::Torch`] if a conversion fails.
     pub fn load_state(&mut self, step: u64, tensors: Vec<(String, Tensor)>, source: &str) -> Result<()> {
+        let staged = self.stage_state(tensors, source)?;
+        self.commit_state(step, staged)
+    }
+
+    /// The checking half of [`AdamW::load_state`]: the saved tensors in slot order, converted to each
+    /// slot's dtype and device. Changes nothing.
+    pub(crate) fn stage_state(&self, tensors: Vec<(String, Tensor)>, source: &str) -> Result<Vec<Tensor>> {
         let mut map: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
         let bad = |reason: String| Error::Checkpoint {
             path: source.to_string(),
             reason,
         };
-        tch::no_grad(|| -> Result<()> {
-            for p in &mut self.params {
-                let mut slots: Vec<(&str, &mut Tensor)> = vec![("m", &mut p.m), ("v", &mut p.v)];
-                if let Some(master) = &mut p.master {
-                    slots.push(("master", master));
-                }
-                for (prefix, slot) in slots {
-                    let key = format!("{prefix}/{}", p.name);
-                    let saved = map
-                        .remove(&key)
-                        .ok_or_else(|| bad(format!("optimizer state `{key}` is missing")))?;
-                    if saved.size() != slot.size() {
-                        return Err(bad(format!(
-                            "optimizer state `{key}` has shape {:?}, the model needs {:?}",
-                            saved.size(),
-                            slot.size()
-                        )));
-                    }
-                    slot.f_copy_(&saved)?;
-                }
+        let mut staged = Vec::new();
+        for p in &self.params {
+            let mut slots: Vec<(&str, &Tensor)> = vec![("m", &p.m), ("v", &p.v)];
+            if let Some(master) = &p.master {
+                slots.push(("master", master));
             }
-            Ok(())
-        })?;
+            for (prefix, slot) in slots {
+                let key = format!("{prefix}/{}", p.name);
+                let saved = map
+                    .remove(&key)
+                    .ok_or_else(|| bad(format!("optimizer state `{key}` is missing")))?;
+                if saved.size() != slot.size() {
+                    return Err(bad(format!(
+                        "optimizer state `{key}` has shape {:?}, the model needs {:?}",
+                        saved.size(),
+                        slot.size()
+                    )));
+                }
+                staged.push(saved.f_to_device(slot.device())?.f_to_kind(slot.f_kind()?)?);
+            }
+        }
         if let Some(extra) = map.keys().next() {
             return Err(bad(format!(
                 "optimizer state `{extra}` belongs to no trained parameter"
             )));
         }
+        Ok(staged)
+    }
+
+    /// The writing half of [`AdamW::load_state`]: copies tensors staged by [`AdamW::stage_state`].
+    pub(crate) fn commit_state(&mut self, step: u64, staged: Vec<Tensor>) -> Result<()> {
+        let mut staged = staged.into_iter();
+        tch::no_grad(|| -> Result<()> {
+            for p in &mut self.params {
+                let mut slots: Vec<&mut Tensor> = vec![&mut p.m, &mut p.v];
+                if let Some(master) = &mut p.master {
+                    slots.push(master);
+                }
+                for slot in slots {
+                    let saved = staged.next().ok_or(Error::Config {
+                        name: "optimizer state",
+                        requirement: "fewer staged tensors than slots".to_string(),
+                    })?;
+                    slot.f_copy_(&saved)?;
+                }
+            }
+            Ok(())
+        })?;
         self.step = step;
         Ok(())
     }

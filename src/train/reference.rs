@@ -2,21 +2,28 @@
 
 use crate::data::{CollatedBatch, Collator, EncodedPair};
 use crate::error::{Error, Result};
-use crate::fused::{fused_sequence_logprobs, LinearHead};
+use crate::fused::fused_sequence_logprobs;
 use crate::logprobs::{sequence_logprobs, LogProbOptions};
-use crate::train::model::{required_hidden, PolicyModel};
-use crate::train::trainer::LossPath;
+use crate::train::model::{required_hidden, LossPath, PolicyModel};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-/// The reference side of the trainer.
+/// The reference side of the trainer: where the `[2B]` reference log-probs (chosen rows first, the layout
+/// of [`crate::Reference::LogProbs`]) of each micro-batch come from. The trainer scores a reference model
+/// itself, on the model's own device and the configured [`LossPath`], and hands the loss
+/// `Reference::LogProbs` (or [`crate::Reference::Free`]).
 pub enum ReferenceSource {
     /// A frozen reference model, run under `no_grad` on its own device for every batch (only the `[2B]`
     /// summed log-probs are moved to the policy's device).
     Model(Box<dyn PolicyModel>),
-    /// Reference log-probs precomputed once over the dataset ([`ReferenceCache::compute`]), looked up by
-    /// the pairs' dataset indices.
+    /// Reference log-probs precomputed once over the training pairs ([`ReferenceCache::compute`]), looked
+    /// up by the pairs' dataset indices: `fit` and `evaluate` refuse pairs of another count.
     Cached(ReferenceCache),
+    /// The policy itself before its first step (TRL's `precompute_ref_log_probs=True` without a
+    /// `ref_model`): the first `fit` scores the training pairs once with the initial weights (no second
+    /// copy of the model) and continues with that [`ReferenceSource::Cached`]. Checkpoints hold the cache
+    /// and loading one restores it.
+    InitialPolicy,
     /// Reference-free (`log π_ref ≡ 0`).
     Free,
 }
@@ -26,6 +33,7 @@ impl std::fmt::Debug for ReferenceSource {
         match self {
             ReferenceSource::Model(m) => write!(f, "ReferenceSource::Model(on {:?})", m.device()),
             ReferenceSource::Cached(c) => write!(f, "ReferenceSource::Cached({} pairs)", c.len()),
+            ReferenceSource::InitialPolicy => write!(f, "ReferenceSource::InitialPolicy"),
             ReferenceSource::Free => write!(f, "ReferenceSource::Free"),
         }
     }
@@ -63,7 +71,8 @@ impl ReferenceCache {
     /// fused head pass on `forward_hidden` — use the path the policy will be trained on.
     ///
     /// # Errors
-    /// Whatever collation, the model and [`sequence_logprobs`] return.
+    /// [`Error::InvalidParameter`] for `batch_pairs == 0`; whatever collation, the model and
+    /// [`sequence_logprobs`] return.
     pub fn compute(
         model: &dyn PolicyModel,
         pairs: &[EncodedPair],
@@ -72,7 +81,13 @@ impl ReferenceCache {
         options: &LogProbOptions,
         path: LossPath,
     ) -> Result<Self> {
-        let batch_pairs = batch_pairs.max(1);
+        if batch_pairs == 0 {
+            return Err(Error::InvalidParameter {
+                name: "batch_pairs",
+                value: 0.0,
+                requirement: "must be >= 1",
+            });
+        }
         let mut chosen = Vec::with_capacity(pairs.len());
         let mut rejected = Vec::with_capacity(pairs.len());
         let indexed: Vec<(usize, &EncodedPair)> = pairs.iter().enumerate().collect();
@@ -126,14 +141,16 @@ impl ReferenceCache {
     /// # Errors
     /// [`Error::Torch`] if writing fails.
     pub fn save(&self, path: &Path) -> Result<()> {
-        Tensor::write_safetensors(
-            &[
-                ("chosen", Tensor::from_slice(&self.chosen)),
-                ("rejected", Tensor::from_slice(&self.rejected)),
-            ],
-            path,
-        )?;
+        Tensor::write_safetensors(&self.to_tensors(), path)?;
         Ok(())
+    }
+
+    /// The cache as named tensors (`chosen`, `rejected`, f64 `[N]`), as [`ReferenceCache::save`] writes it.
+    pub(crate) fn to_tensors(&self) -> Vec<(String, Tensor)> {
+        vec![
+            ("chosen".to_string(), Tensor::from_slice(&self.chosen)),
+            ("rejected".to_string(), Tensor::from_slice(&self.rejected)),
+        ]
     }
 
     /// Loads a cache written by [`ReferenceCache::save`].
@@ -141,9 +158,14 @@ impl ReferenceCache {
     /// # Errors
     /// [`Error::Torch`] if reading fails; [`Error::Config`] if a tensor is missing or lengths differ.
     pub fn load(path: &Path) -> Result<Self> {
+        Self::from_tensors(Tensor::read_safetensors(path)?, &path.display().to_string())
+    }
+
+    /// The inverse of [`ReferenceCache::to_tensors`]; `source` names where they came from in errors.
+    pub(crate) fn from_tensors(tensors: Vec<(String, Tensor)>, source: &str) -> Result<Self> {
         let mut chosen = None;
         let mut rejected = None;
-        for (name, tensor) in Tensor::read_safetensors(path)? {
+        for (name, tensor) in tensors {
             let values = Vec::<f64>::try_from(&tensor.f_to_kind(Kind::Double)?)?;
             match name.as_str() {
                 "chosen" => chosen = Some(values),
@@ -155,7 +177,7 @@ impl ReferenceCache {
             (Some(c), Some(r)) => Self::from_values(c, r),
             _ => Err(Error::Config {
                 name: "reference cache",
-                requirement: format!("{} must hold `chosen` and `rejected`", path.display()),
+                requirement: format!("{source} must hold `chosen` and `rejected`"),
             }),
         }
     }
@@ -173,10 +195,9 @@ pub(crate) fn model_logprobs(
         // The same path as the policy's, so that policy == reference gives exactly zero rewards.
         if path == LossPath::Hidden {
             let states = required_hidden(model, &batch.input_ids, &batch.attention_mask)?;
-            let head = LinearHead::new(&states.lm_head_weight);
             let fused = states.fused_options(options);
             return Ok(
-                fused_sequence_logprobs(&states.hidden, head, &batch.labels, &fused)?
+                fused_sequence_logprobs(&states.hidden, states.head(), &batch.labels, &fused)?
                     .sum
                     .f_detach()?,
             );

@@ -2,20 +2,19 @@
 
 use crate::data::{BatchSampler, CollatedBatch, Collator, EncodedPair, SamplerPosition};
 use crate::error::{Error, Result};
-use crate::fused::{fused_rpo_loss, FusedReference, HiddenStates as FusedHidden, LinearHead};
-use crate::logprobs::LogProbOptions;
-use crate::loss::rpo::{rpo_loss_from_logits, ReferenceLogits, RpoConfig, RpoOutput};
-use crate::loss::GlobalBatch;
-use crate::train::checkpoint::{self, CheckpointData};
+use crate::fused::{fused_rpo_loss, HiddenBatch};
+use crate::loss::rpo::{rpo_loss_from_logits, LogitsBatch, RpoOutput};
+use crate::loss::{GlobalBatch, Reference};
+use crate::train::accumulate::{Accumulated, StepTotals};
+use crate::train::checkpoint;
+use crate::train::config::RpoTrainerConfig;
 use crate::train::metrics::{JsonlLogger, Progress, StepMetrics};
-use crate::train::model::{required_hidden, PolicyModel};
-use crate::train::optim::{AdamW, AdamWConfig};
-use crate::train::reference::{model_logprobs, ReferenceSource};
-use crate::train::schedule::{Decay, LrSchedule};
-use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use crate::train::model::{required_hidden, LossPath, PolicyModel};
+use crate::train::optim::AdamW;
+use crate::train::reference::{model_logprobs, ReferenceCache, ReferenceSource};
+use crate::train::schedule::LrSchedule;
+use std::path::PathBuf;
 use std::time::Instant;
-use tch::Tensor;
 
 /// A preference trainer: one optimizer step on a batch, or an evaluation without weight change.
 pub trait Trainer {
@@ -34,161 +33,39 @@ pub trait Trainer {
     fn eval_step(&mut self, batch: &CollatedBatch) -> Result<StepMetrics>;
 }
 
-/// How the policy's log-probs are computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LossPath {
-    /// From the `[2B, T, V]` logits of [`PolicyModel::forward`] (chunked log-softmax).
-    #[default]
-    Logits,
-    /// From [`PolicyModel::forward_hidden`] (final hidden states and LM-head weight) through the fused
-    /// linear-head loss ([`crate::fused`]): the `[2B, T, V]` logits are never formed, prompt and padding
-    /// tokens never reach the head. Same loss and gradients as [`LossPath::Logits`] within f32 rounding.
-    Hidden,
-}
-
-/// Configuration of [`RpoTrainer`].
-#[derive(Debug, Clone)]
-pub struct RpoTrainerConfig {
-    /// The objective (DPO variant, β, SFT coefficient and normalization).
-    pub rpo: RpoConfig,
-    /// AdamW hyper-parameters and weight-decay rule.
-    pub optimizer: AdamWConfig,
-    /// Learning-rate schedule (peak lr, warmup, total steps).
-    pub schedule: LrSchedule,
-    /// Clip the total gradient norm to this value (`None`: no clipping; the norm is still reported).
-    /// Default `Some(1.0)` (Hugging Face's default).
-    pub max_grad_norm: Option<f64>,
-    /// Logits or hidden-state path.
-    pub loss_path: LossPath,
-    /// Seed of the data order (saved in checkpoints).
-    pub seed: u64,
-    /// How rows are scored. Default [`LogProbOptions::causal`].
-    pub logprobs: LogProbOptions,
-}
-
-impl RpoTrainerConfig {
-    /// The paper's setting around `rpo`: lr 5e-7, cosine with warmup ratio 0.1 over `total_steps`, AdamW
-    /// (β 0.9 / 0.999, ε 1e-8, no weight decay), gradient clipping at 1.0, seed 42.
-    ///
-    /// # Errors
-    /// As [`LrSchedule::paper`].
-    pub fn paper(rpo: RpoConfig, total_steps: u64) -> Result<Self> {
-        Ok(Self {
-            rpo,
-            optimizer: AdamWConfig::default(),
-            schedule: LrSchedule::paper(5e-7, total_steps)?,
-            max_grad_norm: Some(1.0),
-            loss_path: LossPath::Logits,
-            seed: 42,
-            logprobs: LogProbOptions::causal(),
-        })
-    }
-}
-
-/// How [`RpoTrainer::fit`] walks the data and where it writes.
-#[derive(Debug, Clone)]
-pub struct FitOptions {
-    /// Pairs per micro-batch.
-    pub batch_pairs: usize,
-    /// Micro-batches per optimizer step (gradient accumulation).
-    pub grad_accum_steps: usize,
-    /// Shuffle the pairs each epoch (seeded by [`RpoTrainerConfig::seed`]).
-    pub shuffle: bool,
-    /// Where checkpoints go (`None`: no checkpoints).
-    pub checkpoint_dir: Option<PathBuf>,
-    /// Save every this many steps (and after the last step).
-    pub checkpoint_every: Option<u64>,
-    /// Append each step's metrics as a JSON line to this file.
-    pub log_path: Option<PathBuf>,
-    /// Draw a progress line on stderr (only if it is a terminal).
-    pub progress: bool,
-    /// Stop after this many steps in this call, even if the schedule has more (e.g. to split a run).
-    pub max_steps: Option<u64>,
-}
-
-impl FitOptions {
-    /// `batch_pairs` per micro-batch, `grad_accum_steps` micro-batches per step, shuffled, progress on,
-    /// no checkpoints, no log.
-    pub fn new(batch_pairs: usize, grad_accum_steps: usize) -> Self {
-        Self {
-            batch_pairs,
-            grad_accum_steps,
-            shuffle: true,
-            checkpoint_dir: None,
-            checkpoint_every: None,
-            log_path: None,
-            progress: true,
-            max_steps: None,
-        }
-    }
-}
-
 /// Where [`RpoTrainer::fit`] stands in the data (saved in checkpoints).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct DataState {
-    position: SamplerPosition,
-    dataset_len: usize,
-    batch_pairs: usize,
-    grad_accum_steps: usize,
-    shuffle: bool,
-}
-
-/// Sums of micro-batch results, weighted so the totals describe one batch of all the step's pairs.
-#[derive(Debug, Default)]
-struct Accumulated {
-    loss: f64,
-    loss_dpo: f64,
-    nll: f64,
-    means: [f64; 6],
-}
-
-impl Accumulated {
-    fn add(&mut self, out: &RpoOutput, pairs: usize, total_pairs: usize) -> Result<()> {
-        self.loss += out.loss.f_double_value(&[])?;
-        self.loss_dpo += out.dpo.loss.f_double_value(&[])?;
-        self.nll += out.sft.loss.f_double_value(&[])?;
-        let weight = pairs as f64 / total_pairs as f64;
-        for (slot, (_, value)) in self.means.iter_mut().zip(out.dpo.metrics.values()?) {
-            *slot += value * weight;
-        }
-        Ok(())
-    }
-
-    fn into_metrics(self, step: u64) -> StepMetrics {
-        let [rewards_chosen, rewards_rejected, rewards_margins, rewards_accuracies, logps_chosen, logps_rejected] =
-            self.means;
-        StepMetrics {
-            step,
-            loss: self.loss,
-            loss_dpo: self.loss_dpo,
-            nll: self.nll,
-            rewards_chosen,
-            rewards_rejected,
-            rewards_accuracies,
-            rewards_margins,
-            logps_chosen,
-            logps_rejected,
-            ..StepMetrics::default()
-        }
-    }
+pub(super) struct DataState {
+    pub(super) position: SamplerPosition,
+    pub(super) dataset_len: usize,
+    pub(super) batch_pairs: usize,
+    pub(super) grad_accum_steps: usize,
+    pub(super) shuffle: bool,
 }
 
 /// The RPO trainer (DPO when the SFT coefficient is 0). See `docs/design.md`, "Trainer".
 ///
-/// Every step: the reference log-probs (frozen model under `no_grad`, cache, or none), then one forward
-/// pass of the policy over the `2B` concatenated chosen and rejected rows of each micro-batch, the loss
-/// with the step's [`GlobalBatch`] totals, backward; then the gradient norm, clipping, and an AdamW update
-/// with the scheduled learning rate — unless the loss or the gradient norm is non-finite, in which case the
-/// gradients are dropped and the step is counted as skipped.
+/// Every step ([`Trainer::train_step`]) has three phases: the step's totals ([`GlobalBatch`]); for each
+/// micro-batch, the reference log-probs (frozen model under `no_grad`, cache, or none), one forward pass of
+/// the policy over the `2B` concatenated chosen and rejected rows, the loss normalized by the step's
+/// totals, backward, and the loss and metrics read back to the host; then the update: gradient norm,
+/// clipping, and an AdamW update with the scheduled learning rate — unless the loss or the gradient norm
+/// is non-finite, in which case the gradients are dropped and the step is counted as skipped.
+///
+/// Built with [`RpoTrainer::builder`] (TRL's setting names, [`crate::train::RpoTrainerBuilder`]) or
+/// [`RpoTrainer::new`] with a [`RpoTrainerConfig`].
 pub struct RpoTrainer {
-    model: Box<dyn PolicyModel>,
-    reference: ReferenceSource,
-    config: RpoTrainerConfig,
-    optimizer: AdamW,
-    step: u64,
-    skipped_steps: u64,
-    data: Option<DataState>,
-    sampler: Option<BatchSampler>,
+    pub(super) model: Box<dyn PolicyModel>,
+    pub(super) reference: ReferenceSource,
+    pub(super) config: RpoTrainerConfig,
+    pub(super) schedule: LrSchedule,
+    pub(super) optimizer: AdamW,
+    pub(super) step: u64,
+    pub(super) skipped_steps: u64,
+    pub(super) data: Option<DataState>,
+    pub(super) sampler: Option<BatchSampler>,
+    /// The step of the checkpoint loaded last, until the next `fit` has opened its log.
+    pub(super) resumed_at: Option<u64>,
 }
 
 impl std::fmt::Debug for RpoTrainer {
@@ -202,35 +79,39 @@ impl std::fmt::Debug for RpoTrainer {
     }
 }
 
+/// What the gradient phase of a step left: the accumulated metrics, and why the update must be skipped.
+struct Gradients {
+    accumulated: Accumulated,
+    skip_reason: Option<String>,
+}
+
 impl RpoTrainer {
     /// A trainer for `model` (its parameters that require grad are trained) against `reference`.
     /// The trainer draws no random numbers from libtorch (and does not reseed its global generator, which
     /// other threads may be using): seed your model's initialization yourself.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] / [`Error::Config`] for an invalid configuration (β, η, AdamW, schedule,
-    /// clipping norm) or a model with nothing to train.
+    /// As [`RpoTrainerConfig::check`]; as [`AdamW::new`] (a model with nothing to train, partially
+    /// overlapping parameters).
     pub fn new(
         model: Box<dyn PolicyModel>,
         reference: ReferenceSource,
         config: RpoTrainerConfig,
     ) -> Result<Self> {
-        config.rpo.dpo.validate()?;
-        config.rpo.coefficient()?;
-        config.schedule.check()?;
-        if let Some(norm) = config.max_grad_norm {
-            crate::validate::positive_finite("max_grad_norm", norm)?;
-        }
+        config.check()?;
+        let schedule = config.schedule()?;
         let optimizer = AdamW::new(config.optimizer, &model.named_parameters())?;
         Ok(Self {
             model,
             reference,
             config,
+            schedule,
             optimizer,
             step: 0,
             skipped_steps: 0,
             data: None,
             sampler: None,
+            resumed_at: None,
         })
     }
 
@@ -249,6 +130,11 @@ impl RpoTrainer {
         &self.config
     }
 
+    /// The learning-rate schedule (from the configuration).
+    pub fn schedule(&self) -> &LrSchedule {
+        &self.schedule
+    }
+
     /// Optimizer steps taken (skipped ones included).
     pub fn step(&self) -> u64 {
         self.step
@@ -261,7 +147,7 @@ impl RpoTrainer {
 
     /// The learning rate the next step will use.
     pub fn current_lr(&self) -> f64 {
-        self.config.schedule.lr_at(self.step)
+        self.schedule.lr_at(self.step)
     }
 
     /// Gives the policy model back.
@@ -271,8 +157,8 @@ impl RpoTrainer {
 
     /// Forward pass and loss of one micro-batch (reference first, so its activations are freed).
     /// [`LossPath::Logits`] gathers log-probs from the model's logits; [`LossPath::Hidden`] runs the fused
-    /// linear-head loss ([`crate::fused::fused_rpo_loss`]) on the final hidden states and the head weight,
-    /// never forming the `[2B, T, V]` logits.
+    /// linear-head loss ([`crate::fused::fused_rpo_loss`]) on the final hidden states and the head (weight,
+    /// bias, logit scale, soft-cap), never forming the `[2B, T, V]` logits.
     fn micro_batch_loss(&self, batch: &CollatedBatch, global: Option<GlobalBatch>) -> Result<RpoOutput> {
         let device = self.model.device();
         let reference = match &self.reference {
@@ -286,6 +172,7 @@ impl RpoTrainer {
                 .f_to_device(device)?,
             ),
             ReferenceSource::Cached(cache) => Some(cache.lookup(&batch.indices, device)?),
+            ReferenceSource::InitialPolicy => return Err(initial_policy_not_scored()),
             ReferenceSource::Free => None,
         };
         let CollatedBatch {
@@ -298,70 +185,60 @@ impl RpoTrainer {
             LossPath::Logits => {
                 let logits = self.model.forward(&input_ids, &attention_mask)?;
                 let reference = match &reference {
-                    Some(sums) => ReferenceLogits::LogProbs(sums),
-                    None => ReferenceLogits::Free,
+                    Some(sums) => Reference::LogProbs(sums),
+                    None => Reference::Free,
                 };
                 rpo_loss_from_logits(
                     &self.config.rpo,
-                    &logits,
-                    &labels,
-                    reference,
-                    &self.config.logprobs,
-                    global,
+                    &LogitsBatch::new(&logits, &labels)
+                        .with_reference(reference)
+                        .with_options(self.config.logprobs.clone())
+                        .with_global_opt(global),
                 )
             }
             LossPath::Hidden => {
                 let states = required_hidden(self.model.as_ref(), &input_ids, &attention_mask)?;
                 let reference = match &reference {
-                    Some(sums) => FusedReference::LogProbs(sums),
-                    None => FusedReference::Free,
+                    Some(sums) => Reference::LogProbs(sums),
+                    None => Reference::Free,
                 };
-                let options = states.fused_options(&self.config.logprobs);
-                fused_rpo_loss(
-                    &self.config.rpo,
-                    FusedHidden::Concatenated(&states.hidden),
-                    LinearHead::new(&states.lm_head_weight),
-                    &labels,
-                    reference,
-                    &options,
-                    global,
-                )
+                let batch = HiddenBatch::new(&states.hidden, states.head(), &labels)
+                    .with_reference(reference)
+                    .with_options(states.fused_options(&self.config.logprobs))
+                    .with_global_opt(global);
+                fused_rpo_loss(&self.config.rpo, &batch)
             }
         }
-    }
-
-    fn global_batch(batches: &[&CollatedBatch]) -> Result<(GlobalBatch, usize, i64)> {
-        let pairs: usize = batches.iter().map(|b| b.pairs()).sum();
-        if pairs == 0 {
-            return Err(Error::EmptyBatch {
-                arg: "micro_batches",
-                shape: vec![0],
-            });
-        }
-        let chosen_tokens: i64 = batches.iter().map(|b| b.chosen_tokens).sum();
-        let tokens: i64 = batches.iter().map(|b| b.tokens).sum();
-        let global = GlobalBatch {
-            pairs: pairs as f64,
-            chosen_tokens: chosen_tokens.max(1) as f64,
-        };
-        Ok((global, pairs, tokens))
     }
 
     /// Evaluates `pairs` in batches of `batch_pairs` (no weight change); the metrics are those of one batch
     /// of all pairs (losses normalized by the totals, means over all pairs).
     ///
+    /// With a [`ReferenceSource::Cached`] reference, `pairs` must be the pairs it was computed over (it is
+    /// looked up by index); a [`ReferenceSource::InitialPolicy`] reference exists only once `fit` has
+    /// scored the training pairs.
+    ///
     /// # Errors
-    /// As [`Trainer::eval_step`].
+    /// [`Error::InvalidParameter`] for `batch_pairs == 0`; [`Error::Config`] for a cache of another length
+    /// or an initial-policy reference not scored yet; as [`Trainer::eval_step`].
     pub fn evaluate(
         &mut self,
         pairs: &[EncodedPair],
         collator: &Collator,
         batch_pairs: usize,
     ) -> Result<StepMetrics> {
+        if batch_pairs == 0 {
+            return Err(Error::InvalidParameter {
+                name: "batch_pairs",
+                value: 0.0,
+                requirement: "must be >= 1",
+            });
+        }
+        self.prepare_reference(pairs, collator, false)?;
         let start = Instant::now();
         let indexed: Vec<(usize, &EncodedPair)> = pairs.iter().enumerate().collect();
         let batches = indexed
-            .chunks(batch_pairs.max(1))
+            .chunks(batch_pairs)
             .map(|chunk| collator.collate(chunk, tch::Device::Cpu))
             .collect::<Result<Vec<_>>>()?;
         let refs: Vec<&CollatedBatch> = batches.iter().collect();
@@ -369,174 +246,66 @@ impl RpoTrainer {
     }
 
     fn evaluate_batches(&mut self, batches: &[&CollatedBatch], start: Instant) -> Result<StepMetrics> {
-        let (global, pairs, tokens) = Self::global_batch(batches)?;
+        let totals = StepTotals::of(batches)?;
         let mut acc = Accumulated::default();
         tch::no_grad(|| -> Result<()> {
             for batch in batches {
-                let out = self.micro_batch_loss(batch, Some(global))?;
-                acc.add(&out, batch.pairs(), pairs)?;
+                let out = self.micro_batch_loss(batch, Some(totals.global))?;
+                acc.add(&out, batch, &totals)?;
             }
             Ok(())
         })?;
         let mut metrics = acc.into_metrics(self.step);
-        metrics.pairs = pairs;
-        metrics.tokens = tokens;
-        metrics.tokens_per_second = tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        metrics.pairs = totals.pairs;
+        metrics.tokens = totals.tokens;
+        metrics.tokens_per_second = totals.tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
         metrics.skipped_steps = self.skipped_steps;
         Ok(metrics)
     }
 
-    fn data_state_json(&self) -> Value {
-        match &self.data {
-            Some(d) => json!({
-                "epoch": d.position.epoch,
-                "cursor": d.position.cursor,
-                "dataset_len": d.dataset_len,
-                "batch_pairs": d.batch_pairs,
-                "grad_accum_steps": d.grad_accum_steps,
-                "shuffle": d.shuffle,
+    /// Makes the reference usable for `pairs`: scores them with the initial policy for
+    /// [`ReferenceSource::InitialPolicy`] (only before the first step), and checks that a cache covers
+    /// exactly `pairs.len()` pairs.
+    fn prepare_reference(&mut self, pairs: &[EncodedPair], collator: &Collator, scoring: bool) -> Result<()> {
+        match &self.reference {
+            ReferenceSource::InitialPolicy if scoring && self.step == 0 => {
+                let cache = ReferenceCache::compute(
+                    self.model.as_ref(),
+                    pairs,
+                    collator,
+                    self.config.batch_pairs,
+                    &self.config.logprobs,
+                    self.config.loss_path,
+                )?;
+                self.reference = ReferenceSource::Cached(cache);
+                Ok(())
+            }
+            ReferenceSource::InitialPolicy => Err(initial_policy_not_scored()),
+            ReferenceSource::Cached(cache) if cache.len() != pairs.len() => Err(Error::Config {
+                name: "reference cache",
+                requirement: format!(
+                    "holds {} pairs but {} pairs were given: the cache is looked up by pair index, so it must \
+                     have been computed over these pairs",
+                    cache.len(),
+                    pairs.len()
+                ),
             }),
-            None => Value::Null,
+            _ => Ok(()),
         }
     }
 
-    fn schedule_json(&self) -> Value {
-        let s = &self.config.schedule;
-        json!({
-            "peak_lr": s.peak_lr,
-            "warmup_steps": s.warmup_steps,
-            "total_steps": s.total_steps,
-            "decay": match s.decay { Decay::Cosine => "cosine", Decay::Linear => "linear", Decay::Constant => "constant" },
-        })
-    }
-
-    /// Saves a checkpoint under `dir` (layout and atomicity in [`checkpoint`]); returns its path.
+    /// Resumes from the newest checkpoint in [`RpoTrainerConfig::checkpoint_dir`] (its `latest` pointer),
+    /// if any; returns its path (`None`: no checkpoint yet, a fresh run).
     ///
     /// # Errors
-    /// As [`checkpoint::save`].
-    pub fn save_checkpoint(&self, dir: &Path) -> Result<PathBuf> {
-        let state = json!({
-            "step": self.step,
-            "adam_step": self.optimizer.step_count(),
-            "skipped_steps": self.skipped_steps,
-            "seed": self.config.seed,
-            "schedule": self.schedule_json(),
-            "data": self.data_state_json(),
-            "objective": self.config.rpo.describe(),
-        });
-        checkpoint::save(
-            dir,
-            &CheckpointData {
-                step: self.step,
-                model: self.model.named_parameters(),
-                optimizer: self.optimizer.state_tensors(),
-                state,
-            },
-        )
-    }
-
-    /// Restores weights, optimizer state, step, schedule position and data position from the checkpoint at
-    /// `path` (verified first), so training continues exactly where it stopped.
-    ///
-    /// # Errors
-    /// [`Error::Checkpoint`] for a missing / truncated / corrupted checkpoint, parameters or state that do
-    /// not match this model, or a checkpoint written with a different seed or schedule.
-    pub fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
-        let loaded = checkpoint::load(path)?;
-        let source = path.display().to_string();
-        let bad = |reason: String| Error::Checkpoint {
-            path: source.clone(),
-            reason,
-        };
-        let state = &loaded.state;
-        let int = |key: &str| -> Result<u64> {
-            state
-                .get(key)
-                .and_then(Value::as_u64)
-                .ok_or_else(|| bad(format!("trainer state lacks `{key}`")))
-        };
-        let (step, adam_step, skipped, seed) = (
-            int("step")?,
-            int("adam_step")?,
-            int("skipped_steps")?,
-            int("seed")?,
-        );
-        if seed != self.config.seed {
-            return Err(bad(format!(
-                "written with seed {seed}, this trainer has seed {}",
-                self.config.seed
-            )));
-        }
-        if state.get("schedule") != Some(&self.schedule_json()) {
-            return Err(bad(format!(
-                "written with schedule {}, this trainer has {}",
-                state.get("schedule").unwrap_or(&Value::Null),
-                self.schedule_json()
-            )));
-        }
-        let data = match state.get("data") {
-            None | Some(Value::Null) => None,
-            Some(d) => {
-                let field = |key: &str| {
-                    d.get(key)
-                        .and_then(Value::as_u64)
-                        .ok_or_else(|| bad(format!("data state lacks `{key}`")))
-                };
-                Some(DataState {
-                    position: SamplerPosition {
-                        epoch: field("epoch")?,
-                        cursor: field("cursor")? as usize,
-                    },
-                    dataset_len: field("dataset_len")? as usize,
-                    batch_pairs: field("batch_pairs")? as usize,
-                    grad_accum_steps: field("grad_accum_steps")? as usize,
-                    shuffle: d
-                        .get("shuffle")
-                        .and_then(Value::as_bool)
-                        .ok_or_else(|| bad("data state lacks `shuffle`".to_string()))?,
-                })
-            }
-        };
-        // Model weights: every parameter must be present with its shape; nothing extra.
-        let mut saved: std::collections::HashMap<String, Tensor> = loaded.model.into_iter().collect();
-        let params = self.model.named_parameters();
-        for (name, param) in &params {
-            let tensor = saved
-                .get(name)
-                .ok_or_else(|| bad(format!("model parameter `{name}` is missing")))?;
-            if tensor.size() != param.size() {
-                return Err(bad(format!(
-                    "model parameter `{name}` has shape {:?}, the model needs {:?}",
-                    tensor.size(),
-                    param.size()
-                )));
-            }
-        }
-        if let Some(extra) = saved.keys().find(|k| !params.iter().any(|(n, _)| n == *k)) {
-            return Err(bad(format!("model parameter `{extra}` is not in this model")));
-        }
-        tch::no_grad(|| -> Result<()> {
-            for (name, param) in &params {
-                if let Some(tensor) = saved.remove(name) {
-                    param.shallow_clone().f_copy_(&tensor)?;
-                }
-            }
-            Ok(())
+    /// [`Error::Config`] without a checkpoint directory; as [`checkpoint::latest`] and
+    /// [`RpoTrainer::load_checkpoint`].
+    pub fn resume_latest(&mut self) -> Result<Option<PathBuf>> {
+        let dir = self.config.checkpoint_dir.clone().ok_or_else(|| Error::Config {
+            name: "checkpoint_dir",
+            requirement: "resuming needs a checkpoint directory in the configuration".to_string(),
         })?;
-        self.optimizer.load_state(adam_step, loaded.optimizer, &source)?;
-        self.step = step;
-        self.skipped_steps = skipped;
-        self.data = data;
-        self.sampler = None;
-        Ok(())
-    }
-
-    /// Resumes from the newest checkpoint under `dir` (its `latest` pointer), if any; returns its path.
-    ///
-    /// # Errors
-    /// As [`RpoTrainer::load_checkpoint`].
-    pub fn resume_latest(&mut self, dir: &Path) -> Result<Option<PathBuf>> {
-        match checkpoint::latest(dir)? {
+        match checkpoint::latest(&dir)? {
             Some(path) => {
                 self.load_checkpoint(&path)?;
                 Ok(Some(path))
@@ -545,13 +314,13 @@ impl RpoTrainer {
         }
     }
 
-    fn prepare_sampler(&mut self, dataset_len: usize, options: &FitOptions) -> Result<()> {
+    fn prepare_sampler(&mut self, dataset_len: usize) -> Result<()> {
         let wanted = DataState {
             position: SamplerPosition::default(),
             dataset_len,
-            batch_pairs: options.batch_pairs,
-            grad_accum_steps: options.grad_accum_steps.max(1),
-            shuffle: options.shuffle,
+            batch_pairs: self.config.batch_pairs,
+            grad_accum_steps: self.config.grad_accum_steps,
+            shuffle: self.config.shuffle,
         };
         let position = match self.data {
             Some(d) => {
@@ -564,7 +333,7 @@ impl RpoTrainer {
                     )
                 {
                     return Err(Error::Config {
-                        name: "fit options",
+                        name: "data settings",
                         requirement: format!(
                             "the run so far used {} pairs, {} pairs per micro-batch, {} micro-batches per step, \
                              shuffle {}; now {}, {}, {}, {}",
@@ -586,9 +355,9 @@ impl RpoTrainer {
         if self.sampler.is_none() {
             let mut sampler = BatchSampler::new(
                 dataset_len,
-                options.batch_pairs,
+                self.config.batch_pairs,
                 self.config.seed,
-                options.shuffle,
+                self.config.shuffle,
             )?;
             sampler.set_position(position)?;
             self.sampler = Some(sampler);
@@ -597,29 +366,52 @@ impl RpoTrainer {
         Ok(())
     }
 
-    /// Trains on `pairs` until the schedule's last step (or [`FitOptions::max_steps`] more steps), logging,
-    /// drawing progress and checkpointing as configured. Continues from the current step and data position
-    /// (e.g. after [`RpoTrainer::resume_latest`]). Returns the metrics of the steps taken.
+    /// Trains on `pairs` until [`RpoTrainerConfig::max_steps`], logging, drawing progress and checkpointing
+    /// as configured. Continues from the current step and data position (e.g. after
+    /// [`RpoTrainer::resume_latest`]). Returns the metrics of the steps taken.
+    ///
+    /// The JSON Lines log is appended to. In the first `fit` after a checkpoint was loaded it is opened
+    /// with [`JsonlLogger::continue_run`]: the lines at its end of steps after the checkpoint, left by the
+    /// interrupted process that logged past its last checkpoint, are removed, so every step appears once. Checkpoints go to [`RpoTrainerConfig::checkpoint_dir`] every
+    /// `save_steps` steps and after the last step; with `save_total_limit`, older ones are then deleted.
+    ///
+    /// With [`ReferenceSource::InitialPolicy`], the first `fit` of a fresh run scores `pairs` with the
+    /// initial weights first.
     ///
     /// # Errors
-    /// [`Error::Config`] if the data setup differs from the one the run started with; anything
-    /// [`Trainer::train_step`], logging or checkpointing returns.
-    pub fn fit(
+    /// [`Error::Config`] if the data setup differs from the one the run started with, a reference cache
+    /// holds another number of pairs, or an initial-policy reference is needed after step 0 without a
+    /// checkpoint that holds it; anything [`Trainer::train_step`], logging or checkpointing returns.
+    pub fn fit(&mut self, pairs: &[EncodedPair], collator: &Collator) -> Result<Vec<StepMetrics>> {
+        self.fit_steps(pairs, collator, None)
+    }
+
+    /// As [`RpoTrainer::fit`], but stops after at most `steps` more steps when given (e.g. to split a run
+    /// into sessions, or to evaluate between parts).
+    ///
+    /// # Errors
+    /// As [`RpoTrainer::fit`].
+    pub fn fit_steps(
         &mut self,
         pairs: &[EncodedPair],
         collator: &Collator,
-        options: &FitOptions,
+        steps: Option<u64>,
     ) -> Result<Vec<StepMetrics>> {
-        self.prepare_sampler(pairs.len(), options)?;
-        let total = self.config.schedule.total_steps;
-        let mut logger = options.log_path.as_deref().map(JsonlLogger::append).transpose()?;
-        let progress = Progress::new(options.progress, self.step, total);
+        self.prepare_sampler(pairs.len())?;
+        self.prepare_reference(pairs, collator, true)?;
+        let total = self.schedule.total_steps;
+        let mut logger = match (&self.config.log_path, self.resumed_at.take()) {
+            (Some(path), Some(step)) => Some(JsonlLogger::continue_run(path, step)?),
+            (Some(path), None) => Some(JsonlLogger::append(path)?),
+            (None, _) => None,
+        };
+        let progress = Progress::new(self.config.progress, self.step, total);
         let mut history = Vec::new();
         let mut last_saved = None;
-        while self.step < total && options.max_steps.map_or(true, |m| (history.len() as u64) < m) {
-            let mut batches = Vec::with_capacity(options.grad_accum_steps.max(1));
+        while self.step < total && steps.map_or(true, |m| (history.len() as u64) < m) {
+            let mut batches = Vec::with_capacity(self.config.grad_accum_steps);
             let mut epoch = 0;
-            for _ in 0..options.grad_accum_steps.max(1) {
+            for _ in 0..self.config.grad_accum_steps {
                 let sampler = self.sampler.as_mut().ok_or(Error::Config {
                     name: "sampler",
                     requirement: "not prepared".to_string(),
@@ -639,20 +431,100 @@ impl RpoTrainer {
             }
             progress.update(&metrics);
             history.push(metrics);
-            if let (Some(dir), Some(every)) = (&options.checkpoint_dir, options.checkpoint_every) {
-                if every > 0 && self.step % every == 0 {
-                    self.save_checkpoint(dir)?;
+            if let Some(every) = self.config.save_steps {
+                if self.step % every == 0 && self.save_configured()? {
                     last_saved = Some(self.step);
                 }
             }
         }
         progress.finish();
-        if let Some(dir) = &options.checkpoint_dir {
-            if self.step == total && last_saved != Some(self.step) && !history.is_empty() {
-                self.save_checkpoint(dir)?;
-            }
+        if self.step == total && last_saved != Some(self.step) && !history.is_empty() {
+            self.save_configured()?;
         }
         Ok(history)
+    }
+
+    /// Saves into the configured checkpoint directory (if any) and applies `save_total_limit`; whether it
+    /// saved.
+    fn save_configured(&self) -> Result<bool> {
+        let Some(dir) = &self.config.checkpoint_dir else {
+            return Ok(false);
+        };
+        self.save_checkpoint(dir)?;
+        if let Some(limit) = self.config.save_total_limit {
+            checkpoint::prune(dir, limit)?;
+        }
+        Ok(true)
+    }
+
+    /// The gradient phase of a step: for each micro-batch, forward, loss with the step's totals, host
+    /// read-back of the loss and metrics, and backward — stopping at the first non-finite loss.
+    fn accumulate_gradients(
+        &mut self,
+        micro_batches: &[CollatedBatch],
+        totals: StepTotals,
+    ) -> Result<Gradients> {
+        let mut accumulated = Accumulated::default();
+        for batch in micro_batches {
+            let out = match self.micro_batch_loss(batch, Some(totals.global)) {
+                Ok(out) => out,
+                Err(e @ Error::NonFinite { .. }) => {
+                    accumulated.loss = f64::NAN;
+                    return Ok(Gradients {
+                        accumulated,
+                        skip_reason: Some(format!("non-finite values in the forward pass: {e}")),
+                    });
+                }
+                Err(e) => return Err(e),
+            };
+            let loss = accumulated.add(&out, batch, &totals)?;
+            if !loss.is_finite() {
+                return Ok(Gradients {
+                    accumulated,
+                    skip_reason: Some(format!("non-finite loss {loss}")),
+                });
+            }
+            out.loss.f_backward()?;
+        }
+        Ok(Gradients {
+            accumulated,
+            skip_reason: None,
+        })
+    }
+
+    /// The update phase of a step: gradient norm, clipping and the AdamW update, or nothing when the step
+    /// must be skipped. Returns the gradient norm (when computed) and the skip reason.
+    fn apply_update(
+        &mut self,
+        lr: f64,
+        skip_reason: Option<String>,
+    ) -> Result<(Option<f64>, Option<String>)> {
+        if skip_reason.is_some() {
+            return Ok((None, skip_reason));
+        }
+        let norm = self.optimizer.grad_norm()?;
+        if !norm.is_finite() {
+            return Ok((Some(norm), Some(format!("non-finite gradient norm {norm}"))));
+        }
+        if let Some(max_norm) = self.config.max_grad_norm {
+            let coefficient = max_norm / (norm + 1e-6);
+            if coefficient < 1.0 {
+                self.optimizer.scale_grads(coefficient)?;
+            }
+        }
+        self.optimizer.step(lr)?;
+        Ok((Some(norm), None))
+    }
+}
+
+/// The error for a [`ReferenceSource::InitialPolicy`] that has not been scored.
+fn initial_policy_not_scored() -> Error {
+    Error::Config {
+        name: "reference",
+        requirement: "ReferenceSource::InitialPolicy is scored by the first fit of a fresh run (or restored from a \
+                      checkpoint that holds it); before that, or after step 0 without it, there are no reference \
+                      log-probs"
+            .to_string(),
     }
 }
 
@@ -660,59 +532,28 @@ impl Trainer for RpoTrainer {
     fn train_step(&mut self, micro_batches: &[CollatedBatch]) -> Result<StepMetrics> {
         let start = Instant::now();
         let refs: Vec<&CollatedBatch> = micro_batches.iter().collect();
-        let (global, pairs, tokens) = Self::global_batch(&refs)?;
-        let lr = self.config.schedule.lr_at(self.step);
+        let totals = StepTotals::of(&refs)?;
+        let lr = self.schedule.lr_at(self.step);
         self.optimizer.zero_grad();
-        let mut acc = Accumulated::default();
-        let mut skip_reason: Option<String> = None;
-        for batch in micro_batches {
-            let out = match self.micro_batch_loss(batch, Some(global)) {
-                Ok(out) => out,
-                Err(e @ Error::NonFinite { .. }) => {
-                    skip_reason = Some(format!("non-finite values in the forward pass: {e}"));
-                    acc.loss = f64::NAN;
-                    break;
-                }
-                Err(e) => {
-                    self.optimizer.zero_grad();
-                    return Err(e);
-                }
-            };
-            acc.add(&out, batch.pairs(), pairs)?;
-            let loss = out.loss.f_double_value(&[])?;
-            if !loss.is_finite() {
-                skip_reason = Some(format!("non-finite loss {loss}"));
-                break;
+        let gradients = match self.accumulate_gradients(micro_batches, totals) {
+            Ok(gradients) => gradients,
+            Err(e) => {
+                self.optimizer.zero_grad();
+                return Err(e);
             }
-            out.loss.f_backward()?;
-        }
-        let mut grad_norm = None;
-        if skip_reason.is_none() {
-            let norm = self.optimizer.grad_norm()?;
-            grad_norm = Some(norm);
-            if !norm.is_finite() {
-                skip_reason = Some(format!("non-finite gradient norm {norm}"));
-            }
-        }
-        if skip_reason.is_none() {
-            if let (Some(max_norm), Some(norm)) = (self.config.max_grad_norm, grad_norm) {
-                let coefficient = max_norm / (norm + 1e-6);
-                if coefficient < 1.0 {
-                    self.optimizer.scale_grads(coefficient)?;
-                }
-            }
-            self.optimizer.step(lr)?;
-        } else {
+        };
+        let (grad_norm, skip_reason) = self.apply_update(lr, gradients.skip_reason)?;
+        if skip_reason.is_some() {
             self.skipped_steps += 1;
         }
         self.optimizer.zero_grad();
         self.step += 1;
-        let mut metrics = acc.into_metrics(self.step);
+        let mut metrics = gradients.accumulated.into_metrics(self.step);
         metrics.grad_norm = grad_norm;
         metrics.lr = Some(lr);
-        metrics.pairs = pairs;
-        metrics.tokens = tokens;
-        metrics.tokens_per_second = tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        metrics.pairs = totals.pairs;
+        metrics.tokens = totals.tokens;
+        metrics.tokens_per_second = totals.tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
         metrics.skipped = skip_reason.is_some();
         metrics.skip_reason = skip_reason;
         metrics.skipped_steps = self.skipped_steps;

@@ -133,6 +133,41 @@ impl<F: Float> RefTokens<F> {
     }
 }
 
+/// Reference token statistics `[B, T']` (0 at ignored positions): mean logit `(1/V)·Σ_v z_v`, entropy
+/// `−Σ_v p_v·log p_v`, and `1` where the arg-max logit (first on ties) is the label.
+pub fn token_stats(
+    logits: &[f64],
+    labels: &[i64],
+    (b, t, v): (usize, usize, usize),
+    ignore_index: i64,
+    shift: bool,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let steps = if shift { t - 1 } else { t };
+    let (mut mean, mut entropy, mut correct) =
+        (vec![0.0; b * steps], vec![0.0; b * steps], vec![0.0; b * steps]);
+    for bi in 0..b {
+        for ti in 0..steps {
+            let label = labels[bi * t + ti + usize::from(shift)];
+            if label == ignore_index {
+                continue;
+            }
+            let row = &logits[(bi * t + ti) * v..(bi * t + ti + 1) * v];
+            let i = bi * steps + ti;
+            mean[i] = row.iter().sum::<f64>() / v as f64;
+            let lse = logsumexp(row);
+            entropy[i] = -row.iter().map(|&z| (z - lse).exp() * (z - lse)).sum::<f64>();
+            let mut best = 0;
+            for (k, &z) in row.iter().enumerate() {
+                if z > row[best] {
+                    best = k;
+                }
+            }
+            correct[i] = f64::from(u8::from(best as i64 == label));
+        }
+    }
+    (mean, entropy, correct)
+}
+
 /// Analytic gradient of `Σ_{b,t'} w_{b,t'}·log p_{b,t'}` w.r.t. the logits `[B, T, V]`:
 /// `w·(1[v = y] − softmax(z)_v)` at scored positions, 0 elsewhere (and at the last position with shift).
 pub fn token_logprobs_grad(
@@ -190,9 +225,11 @@ impl DpoParams {
     }
 }
 
-/// The 11 variant names, as TRL spells its `loss_type`s.
-pub const VARIANTS: [&str; 11] = [
+/// The 13 variant names, as TRL spells its `loss_type`s (`cdpo` is the crate's name for a smoothed sigmoid).
+pub const VARIANTS: [&str; 13] = [
     "sigmoid",
+    "cdpo",
+    "sigmoid_norm",
     "hinge",
     "ipo",
     "robust",
@@ -205,8 +242,14 @@ pub const VARIANTS: [&str; 11] = [
     "discopop",
 ];
 
+/// Whether a variant reads the label smoothing ε (the others must get ε = 0).
+pub fn uses_label_smoothing(variant: &str) -> bool {
+    matches!(variant, "cdpo" | "robust" | "exo_pair")
+}
+
 /// Per-pair loss of one variant. `lc`, `lr`: log-ratios `log π_θ − log π_ref` of chosen / rejected (sums
-/// over tokens), `nc`, `nr`: their token counts (IPO's length normalisation).
+/// over tokens), `nc`, `nr`: their token counts (length normalisation of `ipo` and `sigmoid_norm`).
+/// `sigmoid` ignores ε (TRL 1.16); `exo_pair` needs ε > 0.
 pub fn dpo_pair<F: Float>(variant: &str, p: &DpoParams, lc: F, lr: F, nc: i64, nr: i64) -> F {
     let beta: F = c(p.beta);
     let eps: F = c(p.label_smoothing);
@@ -215,7 +258,12 @@ pub fn dpo_pair<F: Float>(variant: &str, p: &DpoParams, lc: F, lr: F, nc: i64, n
     let delta = lc - lr;
     let z = beta * delta;
     match variant {
-        "sigmoid" => -(one - eps) * log_sigmoid(z) - eps * log_sigmoid(-z),
+        "sigmoid" => -log_sigmoid(z),
+        "cdpo" => -(one - eps) * log_sigmoid(z) - eps * log_sigmoid(-z),
+        "sigmoid_norm" => {
+            let m = lc / F::from(nc).unwrap() - lr / F::from(nr).unwrap();
+            -log_sigmoid(beta * m)
+        }
         "hinge" => (one - z).max(F::zero()),
         "ipo" => {
             let m = if p.ipo_length_normalized {
@@ -228,8 +276,8 @@ pub fn dpo_pair<F: Float>(variant: &str, p: &DpoParams, lc: F, lr: F, nc: i64, n
         }
         "robust" => (-(one - eps) * log_sigmoid(z) + eps * log_sigmoid(-z)) / (one - c::<F>(2.0) * eps),
         "exo_pair" => {
-            let e: F = if p.label_smoothing == 0.0 { c(1e-3) } else { eps };
-            sigmoid(z) * (log_sigmoid(z) - (one - e).ln()) + sigmoid(-z) * (log_sigmoid(-z) - e.ln())
+            assert!(p.label_smoothing > 0.0, "exo_pair needs ε > 0");
+            sigmoid(z) * (log_sigmoid(z) - (one - eps).ln()) + sigmoid(-z) * (log_sigmoid(-z) - eps.ln())
         }
         "nca_pair" => {
             -log_sigmoid(beta * lc) - half * log_sigmoid(-beta * lc) - half * log_sigmoid(-beta * lr)
@@ -389,7 +437,7 @@ pub fn rpo_loss(
         + coefficient * sft_loss(norm, &pairs.chosen, &pairs.chosen_count, global)
 }
 
-/// Analytic gradient of sigmoid DPO (with label smoothing ε), reduced by the mean (or `/P`), w.r.t.
+/// Analytic gradient of cDPO (sigmoid DPO with label smoothing ε; ε = 0 is plain sigmoid), reduced by the mean (or `/P`), w.r.t.
 /// `(chosen sums, rejected sums)`: `∂/∂s_c = β·[−(1−ε)·σ(−z) + ε·σ(z)] / B`, `∂/∂s_r = −∂/∂s_c`.
 pub fn sigmoid_dpo_grad(p: &DpoParams, pairs: &Pairs, global_pairs: Option<f64>) -> (Vec<f64>, Vec<f64>) {
     let (lc, lr) = pairs.log_ratios();

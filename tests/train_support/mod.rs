@@ -19,6 +19,9 @@ pub struct TinyLm {
     norm: Tensor,
     head: Tensor,
     poison: Tensor,
+    head_bias: Option<Tensor>,
+    logit_scale: f64,
+    head_listed_twice: bool,
 }
 
 impl TinyLm {
@@ -53,7 +56,30 @@ impl TinyLm {
             norm,
             head,
             poison,
+            head_bias: None,
+            logit_scale: 1.0,
+            head_listed_twice: false,
         }
+    }
+
+    /// Adds a trained `[V]` LM-head bias (deterministic values, no RNG) and a logit scale: logits become
+    /// `scale · (h·Wᵀ + b)`.
+    pub fn with_head_bias(mut self, logit_scale: f64) -> Self {
+        let vocab = ByteTokenizer::VOCAB;
+        let values = Tensor::arange(vocab, (Kind::Float, Device::Cpu))
+            .f_mul_scalar(0.37)
+            .unwrap()
+            .sin()
+            * 2.0;
+        self.head_bias = Some((&self.vs.root() / "lm_head").var_copy("bias", &values));
+        self.logit_scale = logit_scale;
+        self
+    }
+
+    /// Lists the LM-head weight a second time, as `tied.weight` (as a state dict lists a tied head).
+    pub fn listing_head_twice(mut self) -> Self {
+        self.head_listed_twice = true;
+        self
     }
 
     fn hidden(&self, input_ids: &Tensor, attention_mask: &Tensor) -> tch_rpo::Result<Tensor> {
@@ -90,23 +116,32 @@ impl TinyLm {
 
 impl PolicyModel for TinyLm {
     fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> tch_rpo::Result<Tensor> {
-        Ok(self
+        let mut logits = self
             .hidden(input_ids, attention_mask)?
-            .f_matmul(&self.head.f_tr()?)?)
+            .f_matmul(&self.head.f_tr()?)?;
+        if let Some(bias) = &self.head_bias {
+            logits = logits.f_add(bias)?;
+        }
+        Ok(logits.f_mul_scalar(self.logit_scale)?)
     }
     fn forward_hidden(
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
     ) -> tch_rpo::Result<Option<HiddenOutput>> {
-        Ok(Some(HiddenOutput {
-            hidden: self.hidden(input_ids, attention_mask)?,
-            lm_head_weight: self.head.shallow_clone(),
-            final_logit_softcap: None,
-        }))
+        let mut out = HiddenOutput::new(self.hidden(input_ids, attention_mask)?, self.head.shallow_clone())
+            .with_logit_scale(self.logit_scale);
+        if let Some(bias) = &self.head_bias {
+            out = out.with_bias(bias.shallow_clone());
+        }
+        Ok(Some(out))
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        self.params()
+        let mut params = self.params();
+        if self.head_listed_twice {
+            params.push(("tied.weight".to_string(), self.head.shallow_clone()));
+        }
+        params
     }
     fn device(&self) -> Device {
         self.vs.device()

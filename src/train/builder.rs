@@ -1,0 +1,292 @@
+//! [`RpoTrainerBuilder`]: an [`RpoTrainer`] set up one TRL-named setting at a time.
+
+use crate::error::{Error, Result};
+use crate::logprobs::LogProbOptions;
+use crate::loss::dpo::DpoLoss;
+use crate::loss::rpo::{RpoConfig, SftWeight};
+use crate::loss::sft::SftNormalization;
+use crate::train::config::{RpoTrainerConfig, Warmup};
+use crate::train::model::{LossPath, PolicyModel};
+use crate::train::reference::ReferenceSource;
+use crate::train::schedule::Decay;
+use crate::train::trainer::RpoTrainer;
+use std::path::PathBuf;
+
+impl RpoTrainer {
+    /// A builder for a trainer of `model`, with TRL's setting names and defaults
+    /// ([`RpoTrainerConfig`]'s [`Default`]):
+    ///
+    /// ```no_run
+    /// # use tch_rpo::train::{PolicyModel, RpoTrainer};
+    /// # fn run(policy: impl PolicyModel + 'static, reference: impl PolicyModel + 'static) -> tch_rpo::Result<()> {
+    /// let trainer = RpoTrainer::builder(policy)
+    ///     .ref_model(reference)
+    ///     .loss("sigmoid")
+    ///     .beta(0.1)
+    ///     .rpo_alpha(1.0)
+    ///     .learning_rate(5e-7)
+    ///     .max_steps(1000)
+    ///     .checkpoint_dir("run/checkpoints")
+    ///     .save_steps(100)
+    ///     .save_total_limit(2)
+    ///     .resume(true)
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder(model: impl PolicyModel + 'static) -> RpoTrainerBuilder {
+        RpoTrainerBuilder::new(Box::new(model))
+    }
+}
+
+/// Builds an [`RpoTrainer`] one setting at a time, with TRL's names; see [`RpoTrainer::builder`].
+///
+/// Setters that cannot fail at once (a loss name) keep their error for [`RpoTrainerBuilder::build`].
+pub struct RpoTrainerBuilder {
+    model: Box<dyn PolicyModel>,
+    reference: Option<ReferenceSource>,
+    config: RpoTrainerConfig,
+    resume: bool,
+    error: Option<Error>,
+}
+
+impl std::fmt::Debug for RpoTrainerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpoTrainerBuilder")
+            .field("reference", &self.reference)
+            .field("config", &self.config)
+            .field("resume", &self.resume)
+            .finish()
+    }
+}
+
+impl RpoTrainerBuilder {
+    pub(crate) fn new(model: Box<dyn PolicyModel>) -> Self {
+        Self {
+            model,
+            reference: None,
+            config: RpoTrainerConfig::default(),
+            resume: false,
+            error: None,
+        }
+    }
+
+    /// Replaces every setting at once (the setters below then change single fields of it).
+    pub fn config(mut self, config: RpoTrainerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The reference: a frozen model, a [`crate::train::ReferenceCache`], or none. Required.
+    pub fn reference(mut self, reference: ReferenceSource) -> Self {
+        self.reference = Some(reference);
+        self
+    }
+
+    /// A frozen reference model (TRL's `ref_model`), run under `no_grad` on every batch.
+    pub fn ref_model(self, model: impl PolicyModel + 'static) -> Self {
+        self.reference(ReferenceSource::Model(Box::new(model)))
+    }
+
+    /// The whole objective (replaces loss, β, label smoothing and the SFT term).
+    pub fn objective(mut self, rpo: RpoConfig) -> Self {
+        self.config.rpo = rpo;
+        self
+    }
+
+    /// The DPO loss by TRL's `loss_type` name (`"sigmoid"`, `"ipo"`, …; [`DpoLoss`]'s `FromStr`), weight 1,
+    /// keeping β, label smoothing and the SFT term. An unknown name is reported by
+    /// [`RpoTrainerBuilder::build`].
+    pub fn loss(mut self, loss_type: &str) -> Self {
+        match loss_type.parse::<DpoLoss>() {
+            Ok(loss) => self.config.rpo.dpo.losses = vec![(loss, 1.0)],
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+        self
+    }
+
+    /// TRL's list form, `loss_type=[…]` with `loss_weights=[…]` (`None`: all 1): the DPO variants and
+    /// `"sft"` (the token-mean SFT term) with their weights, replacing the loss and the SFT term
+    /// ([`RpoConfig::from_trl`]), keeping β. Errors are reported by [`RpoTrainerBuilder::build`].
+    pub fn loss_types(mut self, loss_type: &[&str], loss_weights: Option<&[f64]>) -> Self {
+        match RpoConfig::from_trl(self.config.rpo.dpo.beta, loss_type, loss_weights) {
+            Ok(rpo) => {
+                let label_smoothing = self.config.rpo.dpo.label_smoothing;
+                self.config.rpo = rpo;
+                self.config.rpo.dpo.label_smoothing = label_smoothing;
+            }
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+        self
+    }
+
+    /// β, the DPO inverse temperature (TRL's `beta`).
+    pub fn beta(mut self, beta: f64) -> Self {
+        self.config.rpo.dpo.beta = beta;
+        self
+    }
+
+    /// Label smoothing ε (TRL's `label_smoothing`).
+    pub fn label_smoothing(mut self, label_smoothing: f64) -> Self {
+        self.config.rpo.dpo.label_smoothing = label_smoothing;
+        self
+    }
+
+    /// TRL's `rpo_alpha`: adds `alpha` × the token-mean NLL of the chosen responses over the whole step
+    /// (TRL's SFT term). For the paper's η·β × summed NLL use [`RpoTrainerBuilder::objective`] with
+    /// [`RpoConfig::paper`].
+    pub fn rpo_alpha(mut self, alpha: f64) -> Self {
+        self.config.rpo.sft_weight = SftWeight::Absolute(alpha);
+        self.config.rpo.sft_normalization = SftNormalization::TokenMean;
+        self
+    }
+
+    /// Peak learning rate (TRL's `learning_rate`).
+    pub fn learning_rate(mut self, learning_rate: f64) -> Self {
+        self.config.learning_rate = learning_rate;
+        self
+    }
+
+    /// Optimizer steps of the run (TRL's `max_steps`). Required.
+    pub fn max_steps(mut self, max_steps: u64) -> Self {
+        self.config.max_steps = max_steps;
+        self
+    }
+
+    /// Warmup as a fraction of `max_steps` (TRL's `warmup_ratio`).
+    pub fn warmup_ratio(mut self, ratio: f64) -> Self {
+        self.config.warmup = Warmup::Ratio(ratio);
+        self
+    }
+
+    /// Warmup in steps (TRL's `warmup_steps`).
+    pub fn warmup_steps(mut self, steps: u64) -> Self {
+        self.config.warmup = Warmup::Steps(steps);
+        self
+    }
+
+    /// Decay after warmup (TRL's `lr_scheduler_type`: cosine, linear, constant).
+    pub fn lr_scheduler_type(mut self, decay: Decay) -> Self {
+        self.config.lr_scheduler = decay;
+        self
+    }
+
+    /// Decoupled weight decay λ of the decay group (TRL's `weight_decay`).
+    pub fn weight_decay(mut self, weight_decay: f64) -> Self {
+        self.config.optimizer.weight_decay = weight_decay;
+        self
+    }
+
+    /// Gradient clipping (TRL's `max_grad_norm`; `None`: none).
+    pub fn max_grad_norm(mut self, max_grad_norm: Option<f64>) -> Self {
+        self.config.max_grad_norm = max_grad_norm;
+        self
+    }
+
+    /// Seed of the data order (TRL's `seed`).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.config.seed = seed;
+        self
+    }
+
+    /// Pairs per micro-batch (TRL's `per_device_train_batch_size`).
+    pub fn batch_size(mut self, pairs: usize) -> Self {
+        self.config.batch_pairs = pairs;
+        self
+    }
+
+    /// Micro-batches per optimizer step (TRL's `gradient_accumulation_steps`).
+    pub fn gradient_accumulation_steps(mut self, steps: usize) -> Self {
+        self.config.grad_accum_steps = steps;
+        self
+    }
+
+    /// Shuffle the pairs each epoch.
+    pub fn shuffle(mut self, shuffle: bool) -> Self {
+        self.config.shuffle = shuffle;
+        self
+    }
+
+    /// Logits or fused hidden-state path.
+    pub fn loss_path(mut self, loss_path: LossPath) -> Self {
+        self.config.loss_path = loss_path;
+        self
+    }
+
+    /// How rows are scored (ignore index, shift, chunking, validation, token statistics).
+    pub fn logprobs(mut self, options: LogProbOptions) -> Self {
+        self.config.logprobs = options;
+        self
+    }
+
+    /// The checkpoint directory (TRL's `output_dir`): [`RpoTrainer::fit`] saves there, resuming reads
+    /// from there.
+    pub fn checkpoint_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.checkpoint_dir = Some(dir.into());
+        self
+    }
+
+    /// Save every this many steps (TRL's `save_steps`).
+    pub fn save_steps(mut self, steps: u64) -> Self {
+        self.config.save_steps = Some(steps);
+        self
+    }
+
+    /// Keep at most this many checkpoints (TRL's `save_total_limit`).
+    pub fn save_total_limit(mut self, limit: usize) -> Self {
+        self.config.save_total_limit = Some(limit);
+        self
+    }
+
+    /// Append each step's metrics to this JSON Lines file.
+    pub fn log_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.log_path = Some(path.into());
+        self
+    }
+
+    /// Draw the progress line (when stderr is a terminal).
+    pub fn progress(mut self, progress: bool) -> Self {
+        self.config.progress = progress;
+        self
+    }
+
+    /// Resume from the newest checkpoint in the checkpoint directory, if there is one, when building
+    /// (TRL's `resume_from_checkpoint=True`). A fresh run when there is none.
+    pub fn resume(mut self, resume: bool) -> Self {
+        self.resume = resume;
+        self
+    }
+
+    /// The trainer, resumed if asked.
+    ///
+    /// # Errors
+    /// The first setter error (an unknown loss name); [`Error::Config`] if no reference was given, or
+    /// `resume(true)` without a checkpoint directory; as [`RpoTrainer::new`] and
+    /// [`RpoTrainer::resume_latest`].
+    pub fn build(self) -> Result<RpoTrainer> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        let reference = self.reference.ok_or_else(|| Error::Config {
+            name: "reference",
+            requirement: "give one: ref_model(model), reference(ReferenceSource::Cached(cache)) or \
+                          reference(ReferenceSource::Free)"
+                .to_string(),
+        })?;
+        if self.resume && self.config.checkpoint_dir.is_none() {
+            return Err(Error::Config {
+                name: "resume",
+                requirement: "resume(true) needs a checkpoint_dir".to_string(),
+            });
+        }
+        let mut trainer = RpoTrainer::new(self.model, reference, self.config)?;
+        if self.resume {
+            trainer.resume_latest()?;
+        }
+        Ok(trainer)
+    }
+}
