@@ -331,7 +331,7 @@ impl SequenceLogProbs {
 /// - [`Error::DeviceMismatch`]: labels and logits on different devices.
 /// - [`Error::EmptyBatch`]: `B`, `T'` or `V` is zero.
 /// - [`Error::InvalidParameter`]: `chunk_bytes == 0`.
-/// - with `validate`: [`Error::LabelOutOfRange`] for a label outside `[0, V)` that is not the ignore index;
+/// - with `validate_inputs`: [`Error::LabelOutOfRange`] for a label outside `[0, V)` that is not the ignore index;
 ///   [`Error::NonFinite`] if a scored position's log-prob is not finite (NaN or +inf anywhere in that row of
 ///   logits, or −inf at the target). Rows whose label is ignored may hold anything: they do not affect the
 ///   result.
