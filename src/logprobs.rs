@@ -570,50 +570,66 @@ fn chunk_logprobs_into(
     let shape = z.size();
     let rows: i64 = shape[..shape.len() - 1].iter().product();
     let v = shape[shape.len() - 1];
-    let mut work = buffer.f_narrow(0, 0, rows)?.f_view(shape.as_slice())?;
+    let view = |t: &Tensor| -> Result<Tensor> { Ok(t.f_narrow(0, 0, rows)?.f_view(shape.as_slice())?) };
+    let mut work = view(buffer)?;
     let idx = y.f_unsqueeze(-1)?;
-    let max = if z.f_kind()? == out_kind {
-        let max = z.f_amax(-1, true)?;
-        let _ = z.f_sub_out(&work, &max)?;
-        max
+    // `u = z − m` lands in `work` (or, with statistics and same-dtype logits, in the second buffer, so that
+    // the exponential can be written to `work` without a copy of `u`).
+    let same_kind = z.f_kind()? == out_kind;
+    let mut u_buf = match (second, same_kind) {
+        (Some(second), true) => view(second)?,
+        _ => work.shallow_clone(),
+    };
+    // With statistics, `max_dim` also gives the arg-max (one pass for both).
+    let row_max = |t: &Tensor| -> Result<(Tensor, Option<Tensor>)> {
+        if second.is_some() {
+            let (values, indices) = t.f_max_dim(-1, true)?;
+            Ok((values, Some(indices.f_squeeze_dim(-1)?)))
+        } else {
+            Ok((t.f_amax(-1, true)?, None))
+        }
+    };
+    let (max, argmax) = if same_kind {
+        let (max, argmax) = row_max(z)?;
+        let _ = z.f_sub_out(&u_buf, &max)?;
+        (max, argmax)
     } else {
         // Upcast into the buffer in one kernel (a mixed-dtype op would allocate a converted temporary).
-        work.f_copy_(z)?;
-        let max = work.f_amax(-1, true)?;
-        let _ = work.f_sub_(&max)?;
-        max
+        u_buf.f_copy_(z)?;
+        let (max, argmax) = row_max(&u_buf)?;
+        let _ = u_buf.f_sub_(&max)?;
+        (max, argmax)
     };
     let target = z
         .f_gather(-1, &idx, false)?
         .f_squeeze_dim(-1)?
         .f_to_kind(out_kind)?;
     let max = max.f_squeeze_dim(-1)?;
-    // Statistics that need u = z − m, before the exponential overwrites it.
-    let pre = match second {
-        Some(second) => {
-            let mut u = second.f_narrow(0, 0, rows)?.f_view(shape.as_slice())?;
-            u.f_copy_(&work)?;
-            let mean = work.f_mean_dim(-1, false, out_kind)?.f_add(&max)?;
-            let correct = work.f_argmax(-1, false)?.f_eq_tensor(y)?.f_to_kind(out_kind)?;
-            Some((u, mean, correct))
+    // `w = e^u`: in place without statistics; otherwise into the buffer `u` is not in.
+    let (w, u) = match (second, same_kind) {
+        (None, _) => (work.f_exp_()?, None),
+        (Some(_), true) => (u_buf.f_exp_out(&work)?, Some(u_buf)),
+        (Some(second), false) => {
+            let w = view(second)?;
+            (u_buf.f_exp_out(&w)?, Some(u_buf))
         }
-        None => None,
     };
-    let _ = work.f_exp_()?;
-    let sum_w = work.f_sum_dim_intlist(-1, false, out_kind)?;
+    let sum_w = w.f_sum_dim_intlist(-1, false, out_kind)?;
     let log_sum_w = sum_w.f_log()?;
     let lse = log_sum_w.f_add(&max)?;
     let logp = target.f_sub(&lse)?;
-    match pre {
-        None => Ok(logp),
-        Some((u, mean, correct)) => {
-            let wu = work
+    match (u, argmax) {
+        (Some(u), Some(argmax)) => {
+            let mean = u.f_mean_dim(-1, false, out_kind)?.f_add(&max)?;
+            let correct = argmax.f_eq_tensor(y)?.f_to_kind(out_kind)?;
+            let wu = w
                 .f_reshape([rows, 1, v])?
                 .f_bmm(&u.f_reshape([rows, v, 1])?)?
                 .f_reshape(sum_w.size().as_slice())?;
             let entropy = log_sum_w.f_sub(&wu.f_div(&sum_w)?)?;
             Ok(Tensor::f_stack(&[logp, mean, entropy, correct], -1)?)
         }
+        _ => Ok(logp),
     }
 }
 
