@@ -7,8 +7,9 @@ use std::hint::black_box;
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
 use tch_rpo::{
-    dpo_loss, rpo_loss, sequence_logprobs, sft_loss, DpoConfig, DpoLoss, LogProbOptions, PreferenceBatch,
-    Reference, RpoConfig, SequenceLogProbs, SftBatch, SftConfig, SftNormalization,
+    dpo_loss, fused_sequence_logprobs, rpo_loss, sequence_logprobs, sft_loss, DpoConfig, DpoLoss,
+    FusedOptions, LinearHead, LogProbOptions, PreferenceBatch, Reference, RpoConfig, SequenceLogProbs,
+    SftBatch, SftConfig, SftNormalization,
 };
 
 fn naive_logprobs(logits: &Tensor, labels: &Tensor) -> Tensor {
@@ -60,6 +61,41 @@ fn gather(c: &mut Criterion) {
     group.finish();
 }
 
+/// The fused forward pass (`fused_sequence_logprobs`) with and without the token statistics:
+/// R = 8 rows × T = 256, H = 256.
+fn fused(c: &mut Criterion) {
+    let quick = std::env::var_os("TCH_RPO_BENCH_QUICK").is_some();
+    let vocabs: &[i64] = if quick { &[32000] } else { &[32000, 128256] };
+    let mut group = c.benchmark_group("fused_forward_r8_t256_h256");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(if quick { 5 } else { 20 }));
+    tch::manual_seed(2);
+    let hidden = Tensor::randn([8, 256, 256], (Kind::Float, Device::Cpu));
+    for &v in vocabs {
+        let weight = Tensor::randn([v, 256], (Kind::Float, Device::Cpu)) * 0.06;
+        let labels = Tensor::randint(v, [8, 256], (Kind::Int64, Device::Cpu));
+        let plain = FusedOptions::from(LogProbOptions::default().with_validate_inputs(false));
+        let with_stats = FusedOptions::from(
+            LogProbOptions::default()
+                .with_validate_inputs(false)
+                .with_token_stats(true),
+        );
+        for (name, options) in [("fused", &plain), ("fused_token_stats", &with_stats)] {
+            group.bench_with_input(BenchmarkId::new(name, v), &v, |bch, _| {
+                bch.iter(|| {
+                    black_box(
+                        fused_sequence_logprobs(&hidden, LinearHead::new(&weight), &labels, options)
+                            .expect("fused")
+                            .sum,
+                    )
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 fn losses(c: &mut Criterion) {
     let b = 64;
     tch::manual_seed(1);
@@ -104,5 +140,5 @@ fn losses(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, gather, losses);
+criterion_group!(benches, gather, fused, losses);
 criterion_main!(benches);

@@ -28,6 +28,7 @@
 //! let _ = labels.narrow(1, 0, 4).fill_(-100); // a 4-token prompt
 //!
 //! let config = RpoConfig::paper_gemma_series(); // sigmoid DPO, β = 0.05, + η·β · summed chosen NLL
+//! // (by TRL's names: RpoConfig::from_trl(0.05, &["sigmoid", "sft"], Some(&[1.0, 0.005]))?)
 //! let batch = LogitsBatch::new(&policy_logits, &labels)
 //!     .with_reference(Reference::Logits(&reference_logits))
 //!     .with_options(LogProbOptions::causal()); // logits at t predict token t+1
@@ -40,15 +41,21 @@
 //! # }
 //! ```
 //!
+//! Every loss has the shape `fn(&Config, &Batch) -> Result<Output>`, with one [`Reference`] type and the `[2B]`
+//! layout (chosen rows first) at every level — log-probs ([`PreferenceBatch`], [`SftBatch`]), logits
+//! ([`LogitsBatch`]) and hidden states ([`HiddenBatch`]) — and the whole-step [`GlobalBatch`] in the batch.
+//!
 //! # Modules
-//! - [`logprobs`]: per-token / per-sequence log-probs from `[B, T, V]` logits, chunked and f32-accurate.
-//! - [`loss::dpo`]: sigmoid (cDPO), hinge, IPO, robust, exo_pair, nca_pair, bco_pair, sppo_hard, apo_zero,
-//!   apo_down, discopop, and weighted sums of them, with TRL's metric names.
+//! - [`logprobs`]: per-token / per-sequence log-probs from `[B, T, V]` logits, chunked and f32-accurate, with
+//!   optional token statistics.
+//! - [`loss::dpo`]: TRL's `loss_type`s by name — sigmoid, sigmoid_norm, hinge, IPO, robust, exo_pair, nca_pair,
+//!   bco_pair, sppo_hard, apo_zero, apo_down, discopop — plus cdpo, and weighted sums of them, with TRL's metric
+//!   names and per-pair outputs.
 //! - [`loss::sft`]: chosen-response NLL with the normalization named (sequence sum / sequence mean / token
 //!   mean) and whole-step normalizers for gradient accumulation.
 //! - [`loss::rpo`]: RPO = DPO + c · SFT, with the paper's presets and the OpenRLHF / TRL weightings.
-//! - [`fused`]: the same losses from final hidden states and the LM-head weight, chunked over scored
-//!   tokens, never holding the `[2B, T, V]` logits (optional logit scale and Gemma-2 soft-cap).
+//! - [`fused`]: the same losses from final hidden states and the LM head, chunked over scored tokens, never
+//!   holding the `[2B, T, V]` logits (head bias, logit scale and Gemma-2 soft-cap in [`LinearHead`]).
 //! - [`train`] (feature `train`, default): the [`train::PolicyModel`] trait, the [`train::RpoTrainer`] with
 //!   its own AdamW, schedule, gradient accumulation, skip-on-non-finite safety, metrics and checkpoints.
 //! - [`data`] (feature `train`, default): JSON Lines preference records, tokenizers, collation.
@@ -58,10 +65,15 @@
 //!   linked without `libtorch_cuda`.
 //! - [`error`]: the one [`Error`] enum; every public function that can fail returns [`Result`].
 //!
-//! # Devices and validation
-//! Everything runs on the device of its inputs; nothing is copied to the host except by the optional
-//! validation (label range, finiteness, token counts), which syncs the device and can be switched off
-//! ([`LogProbOptions::validate`], [`DpoConfig::validate`]).
+//! # Devices and host syncs
+//! Everything runs on the device of its inputs. What reads values back to the host (a sync on CUDA):
+//! - input validation (label range, finiteness, token counts), switched off with
+//!   [`LogProbOptions::validate_inputs`], [`DpoConfig::validate_inputs`], [`SftConfig::validate_inputs`];
+//! - the fused path's selection of scored tokens (`nonzero` / `masked_select` have data-dependent sizes): one
+//!   read of the token count per scored batch;
+//! - the token-mean SFT normalization without a [`GlobalBatch`] only when validating (its token count);
+//! - reading metrics ([`PreferenceMetrics::values`], [`RpoOutput::metric_values`], [`count_tokens`]); the
+//!   trainer reads its scalars once per micro-batch.
 #![warn(missing_docs)]
 
 #[cfg(feature = "train")]

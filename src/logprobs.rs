@@ -331,7 +331,7 @@ impl SequenceLogProbs {
 /// - [`Error::DeviceMismatch`]: labels and logits on different devices.
 /// - [`Error::EmptyBatch`]: `B`, `T'` or `V` is zero.
 /// - [`Error::InvalidParameter`]: `chunk_bytes == 0`.
-/// - with `validate`: [`Error::LabelOutOfRange`] for a label outside `[0, V)` that is not the ignore index;
+/// - with `validate_inputs`: [`Error::LabelOutOfRange`] for a label outside `[0, V)` that is not the ignore index;
 ///   [`Error::NonFinite`] if a scored position's log-prob is not finite (NaN or +inf anywhere in that row of
 ///   logits, or −inf at the target). Rows whose label is ignored may hold anything: they do not affect the
 ///   result.
@@ -380,14 +380,14 @@ pub fn token_logprobs(logits: &Tensor, labels: &Tensor, options: &LogProbOptions
 
     let out_kind = validate::compute_kind(kind);
     let rows_per_chunk = (options.chunk_bytes / (v as usize * out_kind.elt_size_in_bytes())).max(1) as i64;
-    // Without autograd, every chunk reuses one scratch buffer (no per-chunk allocation of chunk size).
+    // Without autograd, every chunk reuses one scratch buffer (no per-chunk allocation of chunk size), and a
+    // second one for the token statistics.
+    let stats_on = options.token_stats;
     let scratch = if logits.requires_grad() {
         None
     } else {
-        Some(Tensor::f_empty(
-            [rows_per_chunk.min(b * t), v],
-            (out_kind, logits.device()),
-        )?)
+        let buffer = || Tensor::f_empty([rows_per_chunk.min(b * t), v], (out_kind, logits.device()));
+        Some((buffer()?, if stats_on { Some(buffer()?) } else { None }))
     };
     let layout = Layout {
         full_logits,
@@ -397,10 +397,18 @@ pub fn token_logprobs(logits: &Tensor, labels: &Tensor, options: &LogProbOptions
         shift: options.shift,
         dims: [b, t, v, steps],
     };
-    let logps = layout.map(|z, y| match &scratch {
-        Some(buffer) => tch::no_grad(|| chunk_logprobs_into(z, y, buffer, out_kind)),
-        None => chunk_logprobs(z, y, out_kind),
+    // Each chunk gives `[..]` log-probs, or `[.., 4]` = (log-prob, mean logit, entropy, correct) with stats.
+    let packed = layout.map(|z, y| match &scratch {
+        Some((buffer, second)) => {
+            tch::no_grad(|| chunk_logprobs_into(z, y, buffer, second.as_ref(), out_kind))
+        }
+        None => chunk_logprobs(z, y, out_kind, stats_on),
     })?;
+    let logps = if stats_on {
+        packed.f_select(-1, 0)?
+    } else {
+        packed.shallow_clone()
+    };
     let not_mask = mask.f_logical_not()?;
     let logps = logps.f_masked_fill(&not_mask, 0.0)?;
     if options.validate_inputs {
@@ -418,11 +426,11 @@ pub fn token_logprobs(logits: &Tensor, labels: &Tensor, options: &LogProbOptions
             });
         }
     }
-    let stats = if options.token_stats {
-        let all = tch::no_grad(|| layout.map(|z, y| chunk_stats(z, y, out_kind)))?;
+    let stats = if stats_on {
+        let all = packed.f_detach()?;
         let field = |i: i64| -> Result<Tensor> {
             Ok(all
-                .f_select(-1, i)?
+                .f_select(-1, i + 1)?
                 .f_masked_fill(&not_mask, 0.0)?
                 .f_contiguous()?)
         };
@@ -524,89 +532,159 @@ impl Layout<'_> {
     }
 }
 
-/// Statistics of one chunk (no grad): `[.., 3]` = (mean logit, entropy, arg-max == target) in `out_kind`,
-/// from `z [.., V]` and in-range targets `y [..]`. Temporaries are chunk-sized.
-pub(crate) fn chunk_stats(z: &Tensor, y: &Tensor, out_kind: Kind) -> Result<Tensor> {
-    let z = z.f_detach()?;
-    let zf = if z.f_kind()? == out_kind {
-        z
-    } else {
-        z.f_to_kind(out_kind)?
-    };
-    let lse = zf.f_logsumexp(-1, true)?;
-    let mean = zf.f_mean_dim(-1, false, out_kind)?;
-    // H = lse − Σ p·z with p = exp(z − lse).
-    let p = zf.f_sub(&lse)?.f_exp()?;
-    let expected_z = p.f_mul(&zf)?.f_sum_dim_intlist(-1, false, out_kind)?;
-    let entropy = lse.f_squeeze_dim(-1)?.f_sub(&expected_z)?;
-    let correct = zf.f_argmax(-1, false)?.f_eq_tensor(y)?.f_to_kind(out_kind)?;
-    Ok(Tensor::f_stack(&[mean, entropy, correct], -1)?)
+/// Statistics of one chunk (no grad) from its logits `z [.., V]` in `out_kind`, their logsumexp `lse [..]`
+/// and in-range targets `y [..]`: `[.., 3]` = (mean logit, entropy, arg-max == target). Entropy is
+/// `lse − Σ_v p_v·z_v`, the inner sum one batched dot product per row; one chunk-sized temporary (`p`).
+pub(crate) fn stats_given_lse(z: &Tensor, lse: &Tensor, y: &Tensor, out_kind: Kind) -> Result<Tensor> {
+    tch::no_grad(|| {
+        let z = z.f_detach()?;
+        let size = z.size();
+        let v = size[size.len() - 1];
+        let rows: i64 = size[..size.len() - 1].iter().product();
+        let lse_col = lse.f_unsqueeze(-1)?;
+        let p = z.f_sub(&lse_col)?.f_exp_()?;
+        let expected_z = p
+            .f_reshape([rows, 1, v])?
+            .f_bmm(&z.f_reshape([rows, v, 1])?)?
+            .f_reshape(lse.size().as_slice())?;
+        let entropy = lse.f_sub(&expected_z)?;
+        let mean = z.f_mean_dim(-1, false, out_kind)?;
+        let correct = z.f_argmax(-1, false)?.f_eq_tensor(y)?.f_to_kind(out_kind)?;
+        Ok(Tensor::f_stack(&[mean, entropy, correct], -1)?)
+    })
 }
 
 /// Log-probs of one chunk without autograd, computed in `buffer` (`[rows, V]`, `out_kind`, at least as many
 /// rows as the chunk): `z[y] − (m + log Σ exp(z − m))` with `m` the row maximum.
-fn chunk_logprobs_into(z: &Tensor, y: &Tensor, buffer: &Tensor, out_kind: Kind) -> Result<Tensor> {
+///
+/// With a `second` buffer the token statistics come from the same chunk: with `u = z − m` and `w = e^u`,
+/// mean logit `= mean(u) + m`, arg-max of `u`, entropy `= log Σw − Σ w·u / Σw` (`u` kept in `second`, the
+/// inner sum one batched dot product per row). The result is then `[.., 4]` (log-prob first).
+fn chunk_logprobs_into(
+    z: &Tensor,
+    y: &Tensor,
+    buffer: &Tensor,
+    second: Option<&Tensor>,
+    out_kind: Kind,
+) -> Result<Tensor> {
     let shape = z.size();
     let rows: i64 = shape[..shape.len() - 1].iter().product();
-    let mut work = buffer.f_narrow(0, 0, rows)?.f_view(shape.as_slice())?;
+    let v = shape[shape.len() - 1];
+    let view = |t: &Tensor| -> Result<Tensor> { Ok(t.f_narrow(0, 0, rows)?.f_view(shape.as_slice())?) };
+    let mut work = view(buffer)?;
     let idx = y.f_unsqueeze(-1)?;
-    let max = if z.f_kind()? == out_kind {
-        let max = z.f_amax(-1, true)?;
-        let _ = z.f_sub_out(&work, &max)?;
-        max
+    // `u = z − m` lands in `work` (or, with statistics and same-dtype logits, in the second buffer, so that
+    // the exponential can be written to `work` without a copy of `u`).
+    let same_kind = z.f_kind()? == out_kind;
+    let mut u_buf = match (second, same_kind) {
+        (Some(second), true) => view(second)?,
+        _ => work.shallow_clone(),
+    };
+    // With statistics, `max_dim` also gives the arg-max (one pass for both).
+    let row_max = |t: &Tensor| -> Result<(Tensor, Option<Tensor>)> {
+        if second.is_some() {
+            let (values, indices) = t.f_max_dim(-1, true)?;
+            Ok((values, Some(indices.f_squeeze_dim(-1)?)))
+        } else {
+            Ok((t.f_amax(-1, true)?, None))
+        }
+    };
+    let (max, argmax) = if same_kind {
+        let (max, argmax) = row_max(z)?;
+        let _ = z.f_sub_out(&u_buf, &max)?;
+        (max, argmax)
     } else {
         // Upcast into the buffer in one kernel (a mixed-dtype op would allocate a converted temporary).
-        work.f_copy_(z)?;
-        let max = work.f_amax(-1, true)?;
-        let _ = work.f_sub_(&max)?;
-        max
+        u_buf.f_copy_(z)?;
+        let (max, argmax) = row_max(&u_buf)?;
+        let _ = u_buf.f_sub_(&max)?;
+        (max, argmax)
     };
     let target = z
         .f_gather(-1, &idx, false)?
         .f_squeeze_dim(-1)?
         .f_to_kind(out_kind)?;
-    let _ = work.f_exp_()?;
-    let lse = work
-        .f_sum_dim_intlist(-1, false, out_kind)?
-        .f_log()?
-        .f_add(&max.f_squeeze_dim(-1)?)?;
-    Ok(target.f_sub(&lse)?)
+    let max = max.f_squeeze_dim(-1)?;
+    // `w = e^u`: in place without statistics; otherwise into the buffer `u` is not in.
+    let (w, u) = match (second, same_kind) {
+        (None, _) => (work.f_exp_()?, None),
+        (Some(_), true) => (u_buf.f_exp_out(&work)?, Some(u_buf)),
+        (Some(second), false) => {
+            let w = view(second)?;
+            (u_buf.f_exp_out(&w)?, Some(u_buf))
+        }
+    };
+    let sum_w = w.f_sum_dim_intlist(-1, false, out_kind)?;
+    let log_sum_w = sum_w.f_log()?;
+    let lse = log_sum_w.f_add(&max)?;
+    let logp = target.f_sub(&lse)?;
+    match (u, argmax) {
+        (Some(u), Some(argmax)) => {
+            let mean = u.f_mean_dim(-1, false, out_kind)?.f_add(&max)?;
+            let correct = argmax.f_eq_tensor(y)?.f_to_kind(out_kind)?;
+            let wu = w
+                .f_reshape([rows, 1, v])?
+                .f_bmm(&u.f_reshape([rows, v, 1])?)?
+                .f_reshape(sum_w.size().as_slice())?;
+            let entropy = log_sum_w.f_sub(&wu.f_div(&sum_w)?)?;
+            Ok(Tensor::f_stack(&[logp, mean, entropy, correct], -1)?)
+        }
+        _ => Ok(logp),
+    }
 }
 
 /// Log-probs of one chunk with autograd: `z` `[n, m, V]` (a view of the logits), `y` `[n, m]` in-range ids.
-fn chunk_logprobs(z: &Tensor, y: &Tensor, out_kind: Kind) -> Result<Tensor> {
+/// With `stats`, `[.., 4]` = (log-prob, then the detached [`stats_given_lse`]).
+fn chunk_logprobs(z: &Tensor, y: &Tensor, out_kind: Kind, stats: bool) -> Result<Tensor> {
     let idx = y.f_unsqueeze(-1)?;
     let kind = z.f_kind()?;
+    let with_stats = |logp: Tensor, zf: &Tensor, lse: &Tensor| -> Result<Tensor> {
+        if !stats {
+            return Ok(logp);
+        }
+        let s = stats_given_lse(zf, &lse.f_detach()?, y, out_kind)?;
+        Ok(Tensor::f_cat(&[&logp.f_unsqueeze(-1)?, &s], -1)?)
+    };
     if kind == out_kind {
         // f32 / f64: logsumexp and gather on the view; autograd saves views only.
         let lse = z.f_logsumexp(-1, false)?;
         let target = z.f_gather(-1, &idx, false)?.f_squeeze_dim(-1)?;
-        return Ok(target.f_sub(&lse)?);
+        return with_stats(target.f_sub(&lse)?, z, &lse);
     }
     // bf16 / f16: the value is computed from an f32 copy of the chunk.
-    let (lse, softmax) = tch::no_grad(|| -> Result<(Tensor, Option<Tensor>)> {
-        let zf = z.f_to_kind(out_kind)?;
-        let lse = zf.f_logsumexp(-1, false)?;
-        let softmax = if z.requires_grad() {
-            Some(zf.f_sub(&lse.f_unsqueeze(-1)?)?.f_exp()?.f_to_kind(kind)?)
-        } else {
-            None
-        };
-        Ok((lse, softmax))
-    })?;
+    let (lse, softmax, chunk_stats) =
+        tch::no_grad(|| -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+            let zf = z.f_to_kind(out_kind)?;
+            let lse = zf.f_logsumexp(-1, false)?;
+            let softmax = if z.requires_grad() {
+                Some(zf.f_sub(&lse.f_unsqueeze(-1)?)?.f_exp()?.f_to_kind(kind)?)
+            } else {
+                None
+            };
+            let chunk_stats = if stats {
+                Some(stats_given_lse(&zf, &lse, y, out_kind)?)
+            } else {
+                None
+            };
+            Ok((lse, softmax, chunk_stats))
+        })?;
     let target = z
         .f_gather(-1, &idx, false)?
         .f_squeeze_dim(-1)?
         .f_to_kind(out_kind)?;
-    match softmax {
-        None => Ok(target.f_sub(&lse)?),
+    let logp = match softmax {
+        None => target.f_sub(&lse)?,
         Some(p) => {
             // Surrogate with value `lse` and gradient `softmax(z)` w.r.t. z: autograd keeps only `p`, in the
             // logits' dtype, instead of the f32 chunk that differentiating logsumexp(z.to(f32)) would keep.
             let s = z.f_mul(&p)?.f_sum_dim_intlist(-1, false, out_kind)?;
             let lse = lse.f_add(&s.f_sub(&s.f_detach()?)?)?;
-            Ok(target.f_sub(&lse)?)
+            target.f_sub(&lse)?
         }
+    };
+    match chunk_stats {
+        None => Ok(logp),
+        Some(s) => Ok(Tensor::f_cat(&[&logp.f_unsqueeze(-1)?, &s], -1)?),
     }
 }
 

@@ -360,3 +360,74 @@ proptest! {
         }
     }
 }
+
+/// Token statistics (`LogProbOptions::token_stats`) against the reference: per token and per sequence, for
+/// f64 / f32 / bf16 logits, with and without autograd, contiguous or not. Ignored positions hold 0.
+fn check_stats(c: &Case, kind: Kind, requires_grad: bool, strided: bool) {
+    let (logits, labels) = c.data();
+    let held = rounded(&logits, kind);
+    let z = if strided {
+        // Storage [T, B, V], transposed: the same values through a non-contiguous view.
+        tensor(&held, &shape(c), kind)
+            .transpose(0, 1)
+            .contiguous()
+            .transpose(0, 1)
+    } else {
+        tensor(&held, &shape(c), kind)
+    };
+    let z = z.set_requires_grad(requires_grad);
+    let y = int_tensor(&labels, &[c.b as i64, c.t as i64]);
+    let options = c.options().with_token_stats(true);
+    let out = token_logprobs(&z, &y, &options).expect("token_logprobs");
+    let stats = out.stats.as_ref().expect("stats requested");
+    let (mean, entropy, correct) = common::token_stats(&held, &labels, c.dims(), c.ignore_index, c.shift);
+    let (abs, rel) = if kind == Kind::Double {
+        (1e-10, 1e-10)
+    } else {
+        (1e-4 * c.scale, 1e-4)
+    };
+    assert!(!stats.mean_logit.requires_grad());
+    assert_close(&values(&stats.mean_logit), &mean, abs, rel, "mean logit");
+    assert_close(&values(&stats.entropy), &entropy, abs, rel, "entropy");
+    assert_eq!(values(&stats.correct), correct, "arg-max accuracy");
+
+    let seq = out.sequence().expect("sequence");
+    let seq_stats = seq.stats.expect("sequence stats");
+    let steps = values(&stats.mean_logit).len() / c.b;
+    let row_sums = |v: &[f64]| -> Vec<f64> { v.chunks(steps).map(|r| r.iter().sum()).collect() };
+    let tol_seq = abs * steps as f64;
+    assert_close(
+        &values(&seq_stats.mean_logit),
+        &row_sums(&mean),
+        tol_seq,
+        rel,
+        "row mean-logit sums",
+    );
+    assert_close(
+        &values(&seq_stats.entropy),
+        &row_sums(&entropy),
+        tol_seq,
+        rel,
+        "row entropy sums",
+    );
+    assert_close(
+        &values(&seq_stats.correct),
+        &row_sums(&correct),
+        0.0,
+        0.0,
+        "row correct counts",
+    );
+    // Without the option there are none, and the log-probs are the same either way.
+    let plain = token_logprobs(&z, &y, &c.options()).expect("token_logprobs");
+    assert!(plain.stats.is_none());
+    assert_eq!(values(&plain.logps), values(&out.logps));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn token_stats_match_reference(c in case_strategy(), kind_ix in 0usize..3, requires_grad in any::<bool>(), strided in any::<bool>()) {
+        check_stats(&c, [Kind::Double, Kind::Float, Kind::BFloat16][kind_ix], requires_grad, strided);
+    }
+}

@@ -830,3 +830,121 @@ fn discopop_is_finite_at_large_negative_margins() {
         assert_relative_eq!(g[0], -0.5, max_relative = 1e-5);
     }
 }
+
+/// `DpoLoss` prints and parses TRL's `loss_type` names, and TRL's lists of types with weights port by name.
+#[test]
+fn trl_loss_type_strings() {
+    for loss in DpoLoss::ALL {
+        assert_eq!(loss.to_string(), loss.name());
+        assert_eq!(loss.name().parse::<DpoLoss>().unwrap(), loss);
+    }
+    assert_eq!(
+        DpoLoss::parse_weighted(&["sigmoid", "bco_pair"], Some(&[0.8, 0.2])).unwrap(),
+        vec![(DpoLoss::Sigmoid, 0.8), (DpoLoss::BcoPair, 0.2)]
+    );
+    assert_eq!(
+        DpoLoss::parse_weighted(&["ipo", "sigmoid_norm"], None).unwrap(),
+        vec![(DpoLoss::Ipo, 1.0), (DpoLoss::SigmoidNorm, 1.0)]
+    );
+    // TRL's RPO recipe: loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.005] is `RpoConfig::trl`.
+    let rpo = RpoConfig::from_trl(0.1, &["sigmoid", "sft"], Some(&[1.0, 0.005])).unwrap();
+    assert_eq!(rpo, RpoConfig::trl(0.1, 0.005));
+    // ["sft"] alone: plain SFT that still logs rewards at β.
+    let sft = RpoConfig::from_trl(0.3, &["sft"], None).unwrap();
+    assert_eq!(sft.dpo.beta, 0.3);
+    assert_eq!(sft.dpo.losses, vec![(DpoLoss::Sigmoid, 0.0)]);
+    assert_eq!(sft.coefficient().unwrap(), 1.0);
+    assert_eq!(sft.sft_normalization, SftNormalization::TokenMean);
+}
+
+/// `RpoConfig::sft_only` trains on the NLL alone but logs rewards at a real β (TRL's `loss_type=["sft"]`),
+/// not at β = 1.
+#[test]
+fn sft_only_keeps_beta_for_rewards() {
+    let pairs = random_pairs(4, 17, false);
+    let lib = LibPairs::new(&pairs, Kind::Double, false);
+    for beta in [0.1, 0.05] {
+        let config = RpoConfig::sft_only(SftNormalization::TokenMean).with_beta(beta);
+        let out = rpo_loss(&config, &lib.batch(None)).unwrap();
+        let nll = common::sft_loss(Norm::TokenMean, &pairs.chosen, &pairs.chosen_count, None);
+        assert_close(&values(&out.loss), &[nll], 1e-12, 1e-12, "sft_only loss");
+        let want = metrics(beta, &pairs);
+        let got = out.dpo.metrics.values().unwrap();
+        assert_close(&[got[0].1], &[want[0].1], 1e-12, 1e-12, "rewards/chosen at β");
+    }
+    assert_eq!(RpoConfig::sft_only(SftNormalization::SequenceSum).dpo.beta, 0.1);
+}
+
+/// The per-pair outputs (as Liger-Kernel returns them): `[B]` policy log-probs and rewards `β·ℓ` of each
+/// pair, against the reference; their means are the batch metrics.
+#[test]
+fn per_pair_outputs() {
+    for (seed, free) in [(1u64, false), (2, true)] {
+        let pairs = random_pairs(5, seed, free);
+        let lib = LibPairs::new(&pairs, Kind::Double, true);
+        let beta = 0.2;
+        let out = dpo_loss(&DpoConfig::new(DpoLoss::Sigmoid, beta), &lib.batch(None)).unwrap();
+        let m = &out.metrics;
+        let (lc, lr) = pairs.log_ratios();
+        let scaled = |x: &[f64]| x.iter().map(|v| beta * v).collect::<Vec<f64>>();
+        assert_close(&values(&m.chosen_logps), &pairs.chosen, 0.0, 0.0, "chosen_logps");
+        assert_close(
+            &values(&m.rejected_logps),
+            &pairs.rejected,
+            0.0,
+            0.0,
+            "rejected_logps",
+        );
+        assert_close(
+            &values(&m.chosen_rewards),
+            &scaled(&lc),
+            1e-14,
+            1e-14,
+            "chosen_rewards",
+        );
+        assert_close(
+            &values(&m.rejected_rewards),
+            &scaled(&lr),
+            1e-14,
+            1e-14,
+            "rejected_rewards",
+        );
+        assert!(!m.chosen_rewards.requires_grad() && !m.chosen_logps.requires_grad());
+        assert!(
+            m.logits_chosen.is_none() && m.entropy.is_none(),
+            "token metrics are off by default"
+        );
+        assert_eq!(out.metrics.values().unwrap().len(), 6);
+    }
+}
+
+/// TRL semantics: `sigmoid` ignores label smoothing — so a smoothed sigmoid is refused and `cdpo` is the
+/// smoothed loss; with ε = 0 they are the same loss.
+#[test]
+fn cdpo_is_the_smoothed_sigmoid() {
+    let pairs = random_pairs(6, 3, false);
+    let lib = LibPairs::new(&pairs, Kind::Double, false);
+    let plain = dpo_loss(&DpoConfig::new(DpoLoss::Sigmoid, 0.1), &lib.batch(None)).unwrap();
+    let mut params = DpoParams::new(0.1);
+    assert_close(
+        &values(&plain.per_pair),
+        &dpo_per_pair(&params, &[("sigmoid", 1.0)], &pairs),
+        1e-12,
+        1e-12,
+        "sigmoid",
+    );
+    params.label_smoothing = 0.2;
+    let cdpo = DpoConfig::new(DpoLoss::Cdpo, 0.1).with_label_smoothing(0.2);
+    let smoothed = dpo_loss(&cdpo, &lib.batch(None)).unwrap();
+    assert_close(
+        &values(&smoothed.per_pair),
+        &dpo_per_pair(&params, &[("cdpo", 1.0)], &pairs),
+        1e-12,
+        1e-12,
+        "cdpo",
+    );
+    assert!(DpoConfig::new(DpoLoss::Sigmoid, 0.1)
+        .with_label_smoothing(0.2)
+        .validate()
+        .is_err());
+}

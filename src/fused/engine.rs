@@ -4,7 +4,7 @@
 use super::head::LinearHead;
 use super::options::FusedOptions;
 use crate::error::{Error, Result};
-use crate::logprobs::{check_label_range, chunk_stats, TokenStats};
+use crate::logprobs::{check_label_range, stats_given_lse, TokenStats};
 use crate::validate;
 use tch::{Kind, Tensor};
 
@@ -206,7 +206,7 @@ pub(crate) fn forward(prep: &Prepared, head: &LinearHead<'_>, options: &FusedOpt
             let ids = prep.seq_ids.f_narrow(0, start, n)?;
             let _ = sums.f_index_add_(0, &ids, &logp.f_to_kind(acc)?)?;
             if let Some(stats) = stats.as_mut() {
-                let chunk = chunk_stats(&z, &targets, prep.compute)?.f_to_kind(acc)?;
+                let chunk = stats_given_lse(&z, &lse, &targets, prep.compute)?.f_to_kind(acc)?;
                 for (i, sum) in stats.iter_mut().enumerate() {
                     let _ = sum.f_index_add_(0, &ids, &chunk.f_select(1, i as i64)?)?;
                 }

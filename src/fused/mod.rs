@@ -118,13 +118,14 @@ pub struct FusedLoss<T> {
 /// precompute reference log-probs.
 ///
 /// # Arguments
-/// `hidden [R, T, H]` (f32, f64, bf16, f16), `head` (`[V, H]`, `[V]`, same dtype and device), `labels
-/// [R, T]` i64 with `options.ignore_index` at unscored positions.
+/// `hidden [R, T, H]` (f32, f64, bf16, f16), `head` (`[V, H]` weight, `[V]` bias, same dtype and device;
+/// scale and soft-cap), `labels [R, T]` i64 with `options.logprobs.ignore_index` at unscored positions. With
+/// `options.logprobs.token_stats` the result carries the per-row token statistics.
 ///
 /// # Errors
 /// [`Error::Shape`] (ranks, `H` of hidden vs weight, labels vs hidden, bias), [`Error::DType`],
-/// [`Error::DeviceMismatch`], [`Error::EmptyBatch`], [`Error::InvalidParameter`] (options); with
-/// validation [`Error::LabelOutOfRange`] and [`Error::NonFinite`].
+/// [`Error::DeviceMismatch`], [`Error::EmptyBatch`], [`Error::InvalidParameter`] (options, head scale or
+/// soft-cap); with validation [`Error::LabelOutOfRange`] and [`Error::NonFinite`].
 pub fn fused_sequence_logprobs(
     hidden: &Tensor,
     head: LinearHead<'_>,
