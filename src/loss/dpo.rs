@@ -20,8 +20,8 @@
 //! | `ApoDown` (`apo_down`) | `σ(βℓ_c) + 1 − σ(βΔ)` |
 //! | `DiscoPop` (`discopop`) | `z = βΔ, m = σ(z/τ)`: `(1−m)·(−log σ(z)) + m·e^{−z}` |
 //!
-//! `n_c`, `n_r` are the scored-token counts of [`SequenceLogProbs::count`] (TRL's `ipo` divides by its
-//! completion-mask count; pass that count in [`SequenceLogProbs::new`] to reproduce it exactly).
+//! `n_c`, `n_r` are the scored-token counts of [`crate::SequenceLogProbs::count`] (TRL's `ipo` divides by its
+//! completion-mask count; pass that count in [`crate::SequenceLogProbs::new`] to reproduce it exactly).
 //!
 //! Several variants can be combined with weights ([`DpoConfig::losses`], or TRL's `loss_type=[…]`,
 //! `loss_weights=[…]` through [`DpoLoss::parse_weighted`]): the per-pair loss is `Σ_k w_k · loss_k`. The

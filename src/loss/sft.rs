@@ -2,9 +2,9 @@
 //!
 //! With `s_i = Σ_t log π_θ(y_w,t | x, y_w,<t)` (the summed log-prob of chosen response `i`), `n_i` its
 //! number of scored tokens, `B` the pairs of this batch, and optional whole-step totals `P` (pairs) and
-//! `N` (chosen tokens) from a [`GlobalBatch`]:
+//! `N` (chosen tokens) from a [`GlobalBatch`](crate::GlobalBatch):
 //!
-//! | [`SftNormalization`] | loss (local) | loss (with [`GlobalBatch`]) | used by |
+//! | [`SftNormalization`] | loss (local) | loss (with [`GlobalBatch`](crate::GlobalBatch)) | used by |
 //! |---|---|---|---|
 //! | `SequenceSum` | `−(1/B)·Σ_i s_i` | `−(1/P)·Σ_i s_i` | RPO paper, main results (η·β coefficient) |
 //! | `SequenceMean` | `−(1/B)·Σ_i s_i/n_i` | `−(1/P)·Σ_i s_i/n_i` | OpenRLHF `nll_loss_coef`, paper appendix |
@@ -155,7 +155,7 @@ pub(crate) fn sft_unchecked(
 }
 
 /// The whole-step chosen-token count of a micro-batch's chosen log-probs, as f64 (syncs the device).
-/// Sum it over the micro-batches of a step to fill [`GlobalBatch::chosen_tokens`].
+/// Sum it over the micro-batches of a step to fill [`crate::GlobalBatch::chosen_tokens`].
 pub fn count_tokens(chosen: &SequenceLogProbs) -> Result<f64> {
     Ok(chosen.count.f_sum(Kind::Int64)?.f_int64_value(&[])? as f64)
 }
