@@ -55,6 +55,38 @@ pub(crate) fn rotate_half(xs: &Tensor) -> Result<Tensor> {
     Ok(Tensor::f_cat(&[x2.f_neg()?, x1], -1)?)
 }
 
+/// The cached keys and values of one attention layer, `[N, kv_heads, S, head_dim]` each (RoPE applied,
+/// before the grouped-query repetition).
+#[derive(Debug, Default)]
+pub(crate) struct LayerCache {
+    keys: Option<Tensor>,
+    values: Option<Tensor>,
+}
+
+impl LayerCache {
+    /// Appends the new `keys` / `values` `[N, kv_heads, T, head_dim]`; returns all of them (cached + new)
+    /// for this step, and keeps at most the last `keep` slots when given (a sliding layer).
+    fn append(&mut self, keys: Tensor, values: Tensor, keep: Option<i64>) -> Result<(Tensor, Tensor)> {
+        let join = |old: &Option<Tensor>, new: Tensor| -> Result<Tensor> {
+            match old {
+                Some(old) => Ok(Tensor::f_cat(&[old, &new], 2)?),
+                None => Ok(new),
+            }
+        };
+        let (keys, values) = (join(&self.keys, keys)?, join(&self.values, values)?);
+        let slots = keys.size()[2];
+        let kept = keep.map_or(slots, |k| k.clamp(0, slots));
+        self.keys = Some(keys.f_narrow(2, slots - kept, kept)?);
+        self.values = Some(values.f_narrow(2, slots - kept, kept)?);
+        Ok((keys, values))
+    }
+
+    /// The number of cached slots.
+    pub(crate) fn len(&self) -> i64 {
+        self.keys.as_ref().map_or(0, |k| k.size()[2])
+    }
+}
+
 pub(crate) struct Attention {
     pub(crate) q_proj: Tensor,
     pub(crate) k_proj: Tensor,
@@ -85,14 +117,17 @@ impl Attention {
         }
     }
 
-    /// `xs` [N, T, H]; `cos`, `sin` [T, head_dim] in the activation dtype; `blocked` [N, 1, T, T] bool
-    /// (true = the query may not see the key).
+    /// `xs` [N, T, H]; `cos`, `sin` broadcastable to [N, heads, T, head_dim] in the activation dtype;
+    /// `blocked` [N, 1, T, S] bool over all S key slots (true = the query may not see the key). With a
+    /// cache, the new keys and values are appended to it and attention runs over the cached ones plus
+    /// the new ones, which are the last columns of `blocked`.
     pub(crate) fn forward(
         &self,
         xs: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
         blocked: &Tensor,
+        cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
         let (n, t) = (xs.size()[0], xs.size()[1]);
         let split = |w: &Tensor, heads: i64| -> Result<Tensor> {
@@ -109,14 +144,22 @@ impl Attention {
         };
         let rope = |x: &Tensor| -> Result<Tensor> { Ok(x.f_mul(cos)?.f_add(&rotate_half(x)?.f_mul(sin)?)?) };
         let (q, k) = (rope(&q)?, rope(&k)?);
+        let (k, v) = match cache {
+            // A sliding layer's later queries see at most `window - 1` earlier slots: keep only those.
+            Some(cache) => cache.append(k, v, self.window.map(|w| w - 1))?,
+            None => (k, v),
+        };
+        let keys = k.size()[2];
+        let slots = blocked.size()[3];
+        let blocked = blocked.f_narrow(3, slots - keys, keys)?;
         let repeat = |x: Tensor| -> Result<Tensor> {
             let groups = self.heads / self.kv_heads;
             if groups == 1 {
                 return Ok(x);
             }
             Ok(x.f_unsqueeze(2)?
-                .f_expand([n, self.kv_heads, groups, t, self.head_dim], false)?
-                .f_reshape([n, self.heads, t, self.head_dim])?)
+                .f_expand([n, self.kv_heads, groups, keys, self.head_dim], false)?
+                .f_reshape([n, self.heads, keys, self.head_dim])?)
         };
         let (k, v) = (repeat(k)?, repeat(v)?);
         let scores = q.f_matmul(&k.f_transpose(2, 3)?)?.f_mul_scalar(self.scale)?;
@@ -124,7 +167,7 @@ impl Attention {
         // Softmax in f32, masked with the most negative finite f32 (a fully masked row stays finite).
         let probs = scores
             .f_to_kind(Kind::Float)?
-            .f_masked_fill(blocked, f32::MIN as f64)?
+            .f_masked_fill(&blocked, f32::MIN as f64)?
             .f_softmax(-1, Kind::Float)?
             .f_to_kind(xs.kind())?;
         let out = probs
@@ -197,10 +240,11 @@ impl Layer {
         cos: &Tensor,
         sin: &Tensor,
         blocked: &Tensor,
+        cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
         let attn = self
             .attention
-            .forward(&self.input_layernorm.forward(xs)?, cos, sin, blocked)?;
+            .forward(&self.input_layernorm.forward(xs)?, cos, sin, blocked, cache)?;
         match (&self.pre_feedforward_layernorm, &self.post_feedforward_layernorm) {
             (Some(pre_ff), Some(post_ff)) => {
                 let hidden = xs.f_add(&self.post_attention_layernorm.forward(&attn)?)?;

@@ -21,12 +21,15 @@
 //! the `gemma3.*` metadata, tensors dequantized by [`crate::gguf`] and renamed to the Hugging Face names;
 //! the GGUF stores every RMSNorm weight as `1 + w`, so 1 is subtracted when loading (as transformers does).
 //!
-//! Attention is causal and combined with a padding mask (`attention_mask`, 1 = token, 0 = padding); position
-//! ids are `0..T` for every row, which is right for **right** padding.
+//! Attention is causal and combined with a padding mask (`attention_mask`, 1 = token, 0 = padding).
+//! [`Gemma::forward`] / [`Gemma::forward_hidden`] use position ids `0..T` in every row, which is right for
+//! **right** padding (training batches); [`Gemma::forward_hidden_at`] takes explicit position ids and a
+//! [`KvCache`], which [`generate`] uses for left-padded batches.
 //!
 //! [`GemmaPolicy`] wraps a model and its variable store as the trainer's
-//! [`PolicyModel`](crate::train::PolicyModel) (logits and hidden-state / fused paths); [`greedy_decode`]
-//! generates answers.
+//! [`PolicyModel`](crate::train::PolicyModel) (logits and hidden-state / fused paths); [`generate`] decodes
+//! greedily or by sampling (temperature, top-k, top-p, seed) with a KV cache, [`greedy_decode`] is its
+//! greedy shorthand.
 //!
 //! Layout: [`config`] (the configuration), `layers` (norm, attention, MLP; internal), [`model`] (the
 //! decoder), [`weights_hf`] (safetensors checkpoints), [`weights_gguf`] (GGUF files), [`generate`]
@@ -45,8 +48,8 @@ pub mod weights_gguf;
 pub mod weights_hf;
 
 pub use config::{Activation, GemmaArch, GemmaConfig, TokenIds, SUPPORTED_MODEL_TYPES};
-pub use generate::greedy_decode;
-pub use model::Gemma;
+pub use generate::{generate, greedy_decode, Generation, GenerationConfig, Sampling};
+pub use model::{Gemma, KvCache};
 pub use policy::GemmaPolicy;
 pub use weights_gguf::{gguf_tensor_name, load_gguf};
 pub use weights_hf::{load_checkpoint, save_checkpoint, tokenizer_path, NO_WEIGHTS};

@@ -3,7 +3,7 @@
 use tch::{nn, Kind, Tensor};
 
 use super::config::{GemmaArch, GemmaConfig};
-use super::layers::{linear, soft_cap, Attention, Layer, Mlp, RmsNorm};
+use super::layers::{linear, soft_cap, Attention, Layer, LayerCache, Mlp, RmsNorm};
 use crate::error::{Error, Result};
 
 /// A Gemma / Gemma 2 causal language model with a tied LM head.
@@ -141,7 +141,13 @@ impl Gemma {
         self.embed_tokens.shallow_clone()
     }
 
-    fn check_inputs(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<(i64, i64)> {
+    /// Checks `input_ids` `[N, T]` (non-empty, i64, ids in `[0, V)`) and `attention_mask` `[N, width]`.
+    fn check_inputs(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        width: Option<i64>,
+    ) -> Result<(i64, i64)> {
         let size = input_ids.size();
         if size.len() != 2 || size[0] == 0 || size[1] == 0 {
             return Err(Error::Shape {
@@ -157,10 +163,14 @@ impl Gemma {
                 got: input_ids.kind(),
             });
         }
-        if attention_mask.size() != size {
+        let width = width.unwrap_or(size[1]);
+        if attention_mask.size() != [size[0], width] {
             return Err(Error::Shape {
                 arg: "attention_mask",
-                expected: format!("{size:?} like input_ids"),
+                expected: format!(
+                    "[{}, {width}] (rows of input_ids, cached + new positions)",
+                    size[0]
+                ),
                 got: attention_mask.size(),
             });
         }
@@ -179,14 +189,65 @@ impl Gemma {
         Ok((size[0], size[1]))
     }
 
-    /// The final normed hidden states `[N, T, H]` (before the head), in the activation dtype.
+    /// The final normed hidden states `[N, T, H]` (before the head), in the activation dtype, for
+    /// right-padded (or unpadded) rows: position ids `0..T` in every row.
     ///
     /// `input_ids` `[N, T]` i64 in `[0, V)`; `attention_mask` `[N, T]` (any dtype; nonzero = token, 0 =
-    /// padding; padding on the right). Errors: [`Error::Shape`] / [`Error::DType`] for wrong shapes / dtype,
-    /// [`Error::TokenOutOfRange`] for ids outside `[0, V)` (checking the range syncs the device),
+    /// padding; padding on the right). Errors: [`Error::Shape`] / [`Error::DType`] for wrong shapes /
+    /// dtype, [`Error::TokenOutOfRange`] for ids outside `[0, V)` (checking the range syncs the device),
     /// [`Error::Torch`].
     pub fn forward_hidden(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        let (_, t) = self.check_inputs(input_ids, attention_mask)?;
+        let t = input_ids.size().get(1).copied().unwrap_or(0);
+        let positions = Tensor::f_arange(t, (Kind::Int64, input_ids.device()))?.f_unsqueeze(0)?;
+        self.forward_hidden_at(input_ids, attention_mask, &positions, None)
+    }
+
+    /// The final normed hidden states `[N, T, H]` of `T` new positions per row, with explicit position ids
+    /// and optionally a [`KvCache`] of the earlier positions (used by [`generate`](super::generate)).
+    ///
+    /// Slots: the cache holds `P` = [`KvCache::len`] earlier slots per row (0 without a cache); the new
+    /// tokens take slots `P..P + T`. A query in slot `q` sees the key in slot `k` when `k ≤ q`,
+    /// `attention_mask[n, k] ≠ 0`, and, in a sliding-window layer, `q − k < window` — for contiguous
+    /// (left or right) padding, slot differences equal position differences.
+    ///
+    /// - `input_ids` `[N, T]` i64 in `[0, V)`;
+    /// - `attention_mask` `[N, P + T]` over the cached and the new slots (nonzero = token);
+    /// - `position_ids` `[N, T]` or `[1, T]` i64: the RoPE position of each new token (for left padding:
+    ///   the number of real tokens before it);
+    /// - `cache`: appended to (keys and values of the new tokens; a sliding layer keeps only its last
+    ///   `window − 1` slots).
+    ///
+    /// Errors: those of [`Gemma::forward_hidden`]; [`Error::Shape`] for `position_ids` of another shape
+    /// or a cache made for another model.
+    pub fn forward_hidden_at(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        position_ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        let (n, t) = self.check_inputs(input_ids, attention_mask, Some(past + t_of(input_ids)))?;
+        let pos_size = position_ids.size();
+        if pos_size.len() != 2 || (pos_size[0] != n && pos_size[0] != 1) || pos_size[1] != t {
+            return Err(Error::Shape {
+                arg: "position_ids",
+                expected: format!("[{n}, {t}] or [1, {t}] like input_ids"),
+                got: pos_size,
+            });
+        }
+        if let Some(cache) = cache.as_ref() {
+            if cache.layers.len() != self.layers.len() {
+                return Err(Error::Shape {
+                    arg: "cache",
+                    expected: format!(
+                        "a cache of {} layers (KvCache::new of this model)",
+                        self.layers.len()
+                    ),
+                    got: vec![cache.layers.len() as i64],
+                });
+            }
+        }
         let device = input_ids.device();
         let kind = self.embed_tokens.kind();
         let scale = Tensor::from((self.config.hidden_size as f64).sqrt() as f32)
@@ -194,16 +255,16 @@ impl Gemma {
             .f_to_device(device)?;
         let mut xs = Tensor::f_embedding(&self.embed_tokens, input_ids, -1, false, false)?.f_mul(&scale)?;
 
-        // RoPE tables [T, head_dim], computed in f32 as transformers does, then cast: one for the global
-        // layers, one for the sliding layers (the same θ except in Gemma 3).
+        // RoPE tables [N or 1, 1, T, head_dim], computed in f32 as transformers does, then cast: one for
+        // the global layers, one for the sliding layers (the same θ except in Gemma 3).
         let hd = self.config.head_size();
+        let positions = position_ids.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?;
         let rope_table = |theta: f64| -> Result<(Tensor, Tensor)> {
             let exponents =
                 Tensor::f_arange_start_step(0, hd, 2, (Kind::Float, device))?.f_div_scalar(hd as f64)?;
             let inv_freq = Tensor::f_pow_scalar(theta, &exponents)?.f_reciprocal()?;
-            let positions = Tensor::f_arange(t, (Kind::Float, device))?;
-            let freqs = positions.f_unsqueeze(1)?.f_mul(&inv_freq.f_unsqueeze(0)?)?;
-            let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
+            let freqs = positions.f_mul(&inv_freq)?;
+            let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?.f_unsqueeze(1)?;
             Ok((emb.f_cos()?.f_to_kind(kind)?, emb.f_sin()?.f_to_kind(kind)?))
         };
         let global_rope = rope_table(self.rope_thetas.0)?;
@@ -213,9 +274,9 @@ impl Gemma {
             rope_table(self.rope_thetas.1)?
         };
 
-        // Masks [N, 1, T, T]: true where a query (row) may NOT see a key (column).
-        let query = Tensor::f_arange(t, (Kind::Int64, device))?.f_unsqueeze(1)?;
-        let key = Tensor::f_arange(t, (Kind::Int64, device))?.f_unsqueeze(0)?;
+        // Masks [N, 1, T, P + T]: true where a query (row) may NOT see a key (column).
+        let query = Tensor::f_arange_start(past, past + t, (Kind::Int64, device))?.f_unsqueeze(1)?;
+        let key = Tensor::f_arange(past + t, (Kind::Int64, device))?.f_unsqueeze(0)?;
         let causal = key.f_le_tensor(&query)?;
         let keep = attention_mask.f_ne(0)?.f_unsqueeze(1)?.f_unsqueeze(1)?;
         let full_blocked = causal
@@ -237,20 +298,71 @@ impl Gemma {
             }
             _ => None,
         };
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
             let (blocked, (cos, sin)) = match (layer.attention.window, &sliding_blocked) {
                 (Some(_), Some(mask)) => (mask, &local_rope),
                 _ => (&full_blocked, &global_rope),
             };
-            xs = layer.forward(&xs, cos, sin, blocked)?;
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            xs = layer.forward(&xs, cos, sin, blocked, layer_cache)?;
+        }
+        if let Some(cache) = cache {
+            cache.len = past + t;
         }
         self.norm.forward(&xs)
     }
 
-    /// Logits `[N, T, V]` in the activation dtype: the head (tied embedding) applied to
-    /// [`Gemma::forward_hidden`], then Gemma 2's final soft-cap. Same inputs and errors as `forward_hidden`.
+    /// Logits `[..., V]` of hidden states `[..., H]` (e.g. from [`Gemma::forward_hidden`]): the head (tied
+    /// embedding), then Gemma 2 / 3's final soft-cap when configured. Errors: [`Error::Torch`] (e.g. a
+    /// last dimension other than H).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        soft_cap(&linear(hidden, &self.embed_tokens)?, self.final_logit_softcap())
+    }
+
+    /// Logits `[N, T, V]` in the activation dtype: [`Gemma::logits`] of [`Gemma::forward_hidden`]. Same
+    /// inputs and errors as `forward_hidden`.
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let hidden = self.forward_hidden(input_ids, attention_mask)?;
-        soft_cap(&linear(&hidden, &self.embed_tokens)?, self.final_logit_softcap())
+        self.logits(&hidden)
+    }
+}
+
+/// `T` of `input_ids` `[N, T]` (0 for another rank; the check reports it).
+fn t_of(input_ids: &Tensor) -> i64 {
+    input_ids.size().get(1).copied().unwrap_or(0)
+}
+
+/// The keys and values of the positions a [`Gemma`] model has seen, per layer, so that generation feeds
+/// each new token once ([`Gemma::forward_hidden_at`]). Global-attention layers keep every slot; sliding
+/// layers keep their last `window − 1` slots (all a later query can see). Made for one model and one batch
+/// (its rows and device).
+#[derive(Debug)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    len: i64,
+}
+
+impl KvCache {
+    /// An empty cache for `model`.
+    pub fn new(model: &Gemma) -> Self {
+        Self {
+            layers: model.layers.iter().map(|_| LayerCache::default()).collect(),
+            len: 0,
+        }
+    }
+
+    /// The number of slots fed so far (cached or, in sliding layers, dropped).
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    /// Whether nothing was fed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The slots held by each layer (for inspection: sliding layers hold at most `window − 1`).
+    pub fn layer_lengths(&self) -> Vec<i64> {
+        self.layers.iter().map(LayerCache::len).collect()
     }
 }
