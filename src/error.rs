@@ -25,6 +25,11 @@ use tch::{Device, Kind, TchError};
 /// | [`Error::Tokenizer`] | a tokenizer could not be loaded or failed to encode |
 /// | [`Error::Gguf`] | a GGUF file is malformed, truncated, uses an unsupported tensor type, or lacks a tensor / key |
 /// | [`Error::Config`] | a trainer / collation setting is inconsistent (e.g. max prompt length ≥ max length) |
+/// | [`Error::MissingTensor`] | a model's weights file lacks a parameter its configuration implies |
+/// | [`Error::TensorShape`] | a weight in a file has another shape than its configuration implies |
+/// | [`Error::UnexpectedTensor`] | a weights file holds a tensor that is no parameter of the model |
+/// | [`Error::UnsupportedArchitecture`] | a model configuration or file names an architecture not implemented |
+/// | [`Error::TokenOutOfRange`] | input token ids fall outside the model's vocabulary |
 /// | [`Error::Torch`] | libtorch itself reported an error |
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -172,6 +177,56 @@ pub enum Error {
         name: &'static str,
         /// What it must satisfy, with the values seen.
         requirement: String,
+    },
+    /// A model's weights lack a parameter that its configuration implies.
+    #[error("tensor `{name}` is missing from {file}")]
+    MissingTensor {
+        /// The parameter name (as the file would name it).
+        name: String,
+        /// The file (or shard index) where it was looked for.
+        file: String,
+    },
+    /// A weight tensor in a file has another shape than the one the configuration implies.
+    #[error("tensor `{name}` in {file} has shape {got:?}, but the config implies {expected:?}")]
+    TensorShape {
+        /// The tensor name.
+        name: String,
+        /// The file holding it.
+        file: String,
+        /// The shape implied by the configuration.
+        expected: Vec<i64>,
+        /// The shape in the file.
+        got: Vec<i64>,
+    },
+    /// A weights file holds a tensor that is no parameter of the model being loaded.
+    #[error("tensor `{name}` in {file} is not a parameter of this {model_type} model (wrong architecture or config?)")]
+    UnexpectedTensor {
+        /// The tensor name.
+        name: String,
+        /// The file holding it.
+        file: String,
+        /// The configuration's model type.
+        model_type: String,
+    },
+    /// A configuration or file names a model architecture that is not implemented.
+    #[error("unsupported architecture {found:?}: supported are {supported}")]
+    UnsupportedArchitecture {
+        /// The architecture that was found (e.g. `model_type` of a config.json).
+        found: String,
+        /// The supported ones, in words.
+        supported: &'static str,
+    },
+    /// Token ids fall outside the model's vocabulary.
+    #[error("`{arg}` holds ids in [{min}, {max}], outside the vocabulary [0, {vocab})")]
+    TokenOutOfRange {
+        /// The argument's name.
+        arg: &'static str,
+        /// The smallest id seen.
+        min: i64,
+        /// The largest id seen.
+        max: i64,
+        /// The vocabulary size.
+        vocab: i64,
     },
     /// libtorch reported an error.
     #[error("libtorch: {0}")]

@@ -58,6 +58,9 @@
 //! - [`data`] (feature `train`, default): JSON Lines preference records, tokenizers, collation.
 //! - [`gguf`] (feature `gguf`, default): GGUF files (llama.cpp's format): metadata, tensor infos, and
 //!   tensors dequantized (F32/F16/BF16, Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q4_K/Q5_K/Q6_K) into tch tensors.
+//! - [`models`] (feature `gemma`, default): Gemma 1 / 2 / 3 text decoders ([`models::gemma`]) loaded from
+//!   Hugging Face checkpoints or GGUF files, their trainer adapter and decoding, and the GGUF tokenizer
+//!   ([`models::tokenizer`]).
 //! - [`error`]: the one [`Error`] enum; every public function returns [`Result`].
 //!
 //! # Devices and validation
@@ -74,6 +77,8 @@ pub mod fused;
 pub mod gguf;
 pub mod logprobs;
 pub mod loss;
+#[cfg(feature = "gemma")]
+pub mod models;
 #[cfg(feature = "train")]
 pub mod train;
 mod validate;

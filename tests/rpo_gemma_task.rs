@@ -1,16 +1,17 @@
-//! The `rpo_gemma` example's task (word reversal), its shipped data files, the character vocabulary, and
-//! greedy decoding / the gold metric.
-#[path = "../examples/rpo_gemma/gemma.rs"]
-mod gemma;
-#[path = "../examples/rpo_gemma/task.rs"]
-mod task;
+//! The `rpo_gemma` example's data and the library pieces its task uses: the shipped word-reversal files
+//! match what the example's generator writes (`--write-data`) and are well formed (checked here
+//! independently of the generator), the character tokenizer ([`CharTokenizer`]) round-trips, and batched
+//! greedy decoding equals decoding one prompt at a time.
+mod example_support;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use gemma::{greedy_decode, Gemma};
-use task::{is_correct, CharVocab, Record};
 use tch::{Device, Kind, Tensor};
+use tch_rpo::data::{OnMalformed, PreferenceDataset, Text, Tokenizer};
+use tch_rpo::models::gemma::{greedy_decode, Gemma};
+use tch_rpo::models::tokenizer::CharTokenizer;
+use tch_rpo::Error;
 
 fn data(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -18,68 +19,40 @@ fn data(file: &str) -> PathBuf {
         .join(file)
 }
 
-#[test]
-fn checker_on_hand_written_cases() {
-    assert!(is_correct("abc>", "cba"));
-    assert!(is_correct("hgfed>", "defgh"));
-    assert!(is_correct("aba>", "aba"));
-    assert!(!is_correct("abc>", "abc"));
-    assert!(!is_correct("abc>", "cb"));
-    assert!(!is_correct("abc>", "cbaa"));
-    assert!(!is_correct("abc>", " cba"));
-    assert!(!is_correct("abc", "cba")); // no '>'
-    assert!(!is_correct("abz>", "zba")); // 'z' is not in the alphabet
-    assert!(!is_correct(">", ""));
-}
-
-#[test]
-fn generator_is_deterministic_and_pairs_are_well_formed() {
-    let (train, heldout) = task::generate_split(task::DATA_SEED, task::TRAIN_SIZE, task::HELDOUT_SIZE);
-    assert_eq!(train.len(), task::TRAIN_SIZE);
-    assert_eq!(heldout.len(), task::HELDOUT_SIZE);
-    assert_eq!(
-        task::generate_split(task::DATA_SEED, task::TRAIN_SIZE, task::HELDOUT_SIZE).0,
-        train
-    );
-    assert_ne!(task::generate(task::DATA_SEED + 1, 16), train[..16].to_vec());
-    let prompts: HashSet<&str> = train.iter().chain(&heldout).map(|r| r.prompt.as_str()).collect();
-    assert_eq!(
-        prompts.len(),
-        train.len() + heldout.len(),
-        "prompts repeat or leak into the held-out set"
-    );
-    for r in train.iter().chain(&heldout) {
-        let word = r.prompt.strip_suffix('>').unwrap();
-        assert!((task::MIN_LEN..=task::MAX_LEN).contains(&word.len()), "{r:?}");
-        // Reference written independently of the checker: reverse by index.
-        let bytes = word.as_bytes();
-        let expected: String = (0..bytes.len())
-            .map(|i| bytes[bytes.len() - 1 - i] as char)
-            .collect();
-        assert_eq!(r.chosen, expected);
-        assert!(is_correct(&r.prompt, &r.chosen));
-        assert!(!is_correct(&r.prompt, &r.rejected), "{r:?}");
-        assert_ne!(r.chosen, r.rejected);
-        // Plausible: same letters up to one edit, and no more than one letter shorter.
-        assert!(
-            r.rejected.len() + 1 >= r.chosen.len() && r.rejected.len() <= r.chosen.len(),
-            "{r:?}"
-        );
-    }
+/// (prompt, chosen, rejected) of a plain-text JSON Lines file.
+fn triples(path: &Path) -> Vec<(String, String, String)> {
+    let plain = |t: &Text| match t {
+        Text::Plain(s) => s.clone(),
+        Text::Conversation(_) => panic!("conversational record in {}", path.display()),
+    };
+    PreferenceDataset::from_jsonl(path, OnMalformed::Error)
+        .expect("read records")
+        .records
+        .iter()
+        .map(|r| (plain(&r.prompt), plain(&r.chosen), plain(&r.rejected)))
+        .collect()
 }
 
 #[test]
 fn shipped_files_match_the_generator() {
-    let (train, heldout) = task::generate_split(task::DATA_SEED, task::TRAIN_SIZE, task::HELDOUT_SIZE);
+    let dir = example_support::temp_dir("rpo_gemma_write_data");
+    let out = dir.display().to_string();
+    example_support::run_example_ok(&["--write-data", &out]);
+    for name in ["train.jsonl", "heldout.jsonl"] {
+        let written = std::fs::read(dir.join(name)).expect("written file");
+        let shipped = std::fs::read(data(name)).expect("shipped file");
+        assert!(
+            written == shipped,
+            "{name} differs from the generator's output: regenerate with \
+             `cargo run --release --example rpo_gemma -- --write-data examples/rpo_gemma/data`"
+        );
+    }
+    // Deterministic: a second run writes the same bytes.
+    let again = example_support::temp_dir("rpo_gemma_write_data_again");
+    example_support::run_example_ok(&["--write-data", &again.display().to_string()]);
     assert_eq!(
-        task::read_jsonl(&data("train.jsonl")).unwrap(),
-        train,
-        "regenerate: see task.rs"
-    );
-    assert_eq!(
-        task::read_jsonl(&data("heldout.jsonl")).unwrap(),
-        heldout,
-        "regenerate: see task.rs"
+        std::fs::read(dir.join("train.jsonl")).unwrap(),
+        std::fs::read(again.join("train.jsonl")).unwrap()
     );
     // The exact line format: {"prompt","chosen","rejected"} objects, one per line.
     let first = std::fs::read_to_string(data("train.jsonl"))
@@ -91,47 +64,58 @@ fn shipped_files_match_the_generator() {
     let value: serde_json::Value = serde_json::from_str(&first).unwrap();
     let keys: HashSet<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(keys, HashSet::from(["prompt", "chosen", "rejected"]));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&again);
 }
 
 #[test]
-fn jsonl_round_trip_and_errors() {
-    let dir = std::env::temp_dir().join(format!("tch_rpo_task_{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("x.jsonl");
-    let records = vec![Record {
-        prompt: "ab>".into(),
-        chosen: "ba".into(),
-        rejected: "ab".into(),
-    }];
-    task::write_jsonl(&path, &records).unwrap();
-    assert_eq!(task::read_jsonl(&path).unwrap(), records);
-    std::fs::write(
-        &path,
-        "{\"prompt\":\"ab>\",\"chosen\":\"ba\",\"rejected\":\"ab\"}\n{\"prompt\":1}\n",
-    )
-    .unwrap();
-    let err = task::read_jsonl(&path).unwrap_err();
-    assert!(err.contains("x.jsonl:2"), "{err}");
-    std::fs::remove_dir_all(&dir).unwrap();
-}
-
-#[test]
-fn char_vocab_round_trip() {
-    let vocab = CharVocab::new();
-    // a = 3, b = 4, …, z = 28, 0 = 29, …, 9 = 38, + 39, - 40, = 41, > 42.
+fn shipped_pairs_are_well_formed() {
+    let (train, heldout) = (triples(&data("train.jsonl")), triples(&data("heldout.jsonl")));
+    assert_eq!((train.len(), heldout.len()), (512, 128));
+    let prompts: HashSet<&str> = train.iter().chain(&heldout).map(|r| r.0.as_str()).collect();
     assert_eq!(
-        vocab.encode_prompt("ab>").unwrap(),
-        vec![CharVocab::BOS, 3, 4, 42]
+        prompts.len(),
+        train.len() + heldout.len(),
+        "prompts repeat or leak into the held-out set"
     );
-    assert_eq!(vocab.encode_answer("ba").unwrap(), vec![4, 3, CharVocab::EOS]);
-    assert_eq!(vocab.decode(&[4, 3, CharVocab::EOS, 5]), "ba");
-    assert!(vocab.encode("A").is_err());
-    let (train, _) = task::generate_split(task::DATA_SEED, 32, 0);
-    for r in &train {
-        let ids = vocab.encode(&r.prompt).unwrap();
-        assert!(ids.iter().all(|id| (3..vocab.len()).contains(id)));
-        assert_eq!(vocab.decode(&ids), r.prompt);
+    for (prompt, chosen, rejected) in train.iter().chain(&heldout) {
+        let word = prompt.strip_suffix('>').expect("prompt ends with '>'");
+        assert!((3..=5).contains(&word.len()), "{prompt}");
+        assert!(word.bytes().all(|b| (b'a'..=b'h').contains(&b)), "{prompt}");
+        // Reference: reverse by index.
+        let bytes = word.as_bytes();
+        let expected: String = (0..bytes.len())
+            .map(|i| bytes[bytes.len() - 1 - i] as char)
+            .collect();
+        assert_eq!(chosen, &expected);
+        assert_ne!(chosen, rejected);
+        // Plausible: no more than one letter shorter, never longer.
+        assert!(
+            rejected.len() + 1 >= chosen.len() && rejected.len() <= chosen.len(),
+            "{prompt} {chosen} {rejected}"
+        );
     }
+}
+
+#[test]
+fn char_tokenizer_round_trip_and_errors() {
+    let tok = CharTokenizer::new("abcdefghijklmnopqrstuvwxyz0123456789+-=>*/ ").unwrap();
+    assert_eq!(tok.vocab_size(), 3 + 43);
+    assert_eq!((tok.pad_id(), tok.eos_id(), tok.bos_id()), (0, Some(1), Some(2)));
+    // a = 3, b = 4, …, z = 28, 0 = 29, …, 9 = 38, + 39, - 40, = 41, > 42.
+    assert_eq!(tok.encode("ab>").unwrap(), vec![3, 4, 42]);
+    assert_eq!(tok.decode(&[2, 4, 3, 1, 0, 999, -5]).unwrap(), "ba");
+    for (prompt, ..) in triples(&data("train.jsonl")).iter().take(32) {
+        let ids = tok.encode(prompt).unwrap();
+        assert!(ids.iter().all(|id| (3..tok.vocab_size()).contains(id)));
+        assert_eq!(tok.decode(&ids).unwrap(), *prompt);
+    }
+    match tok.encode("aA") {
+        Err(Error::Tokenizer(message)) => assert!(message.contains("'A'"), "{message}"),
+        other => panic!("expected a tokenizer error, got {other:?}"),
+    }
+    assert!(matches!(CharTokenizer::new(""), Err(Error::Tokenizer(_))));
+    assert!(matches!(CharTokenizer::new("abca"), Err(Error::Tokenizer(_))));
 }
 
 fn fixture_model() -> (tch::nn::VarStore, Gemma) {
@@ -160,7 +144,7 @@ fn naive_greedy(model: &Gemma, prompt: &[i64], max_new: usize, eos: i64) -> Vec<
 #[test]
 fn batched_greedy_decoding_matches_one_at_a_time() {
     let (_vs, model) = fixture_model();
-    // Prompts of different lengths (so the batch is right-padded); the fixture's window of 4 is exceeded.
+    // Prompts of different lengths (so the batch is padded); the fixture's window of 4 is exceeded.
     let prompts: Vec<Vec<i64>> = vec![
         vec![2, 17, 5],
         vec![2, 40, 41, 42, 43, 44, 45],
@@ -178,19 +162,4 @@ fn batched_greedy_decoding_matches_one_at_a_time() {
     assert!(greedy_decode(&model, &[], 3, 1, 0, Device::Cpu)
         .unwrap()
         .is_empty());
-}
-
-#[test]
-fn gold_accuracy_counts_correct_greedy_answers() {
-    let (_vs, model) = fixture_model();
-    let vocab = CharVocab::new();
-    let (_, heldout) = task::generate_split(task::DATA_SEED, task::TRAIN_SIZE, 10);
-    let prompts: Vec<String> = heldout.iter().map(|r| r.prompt.clone()).collect();
-    let accuracy = task::gold_accuracy(&model, &vocab, &prompts, 7, 4, Device::Cpu).unwrap();
-    let mut correct = 0;
-    for prompt in &prompts {
-        let answer = naive_greedy(&model, &vocab.encode_prompt(prompt).unwrap(), 7, CharVocab::EOS);
-        correct += usize::from(is_correct(prompt, &vocab.decode(&answer)));
-    }
-    assert_eq!(accuracy, correct as f64 / prompts.len() as f64);
 }

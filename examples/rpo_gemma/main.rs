@@ -1,10 +1,9 @@
 //! `cargo run --release --example rpo_gemma`: train a Gemma-architecture model with SFT, then DPO and RPO
 //! from the same start, and show what RPO is for (the chosen responses' log-prob under DPO vs RPO).
 //!
-//! The flow is in `run.rs` (tested by `tests/rpo_gemma_run.rs`); the model in `gemma.rs`, the task in
-//! `task.rs`, the plot in `plot.rs`. Documentation and results: `docs/rpo_gemma.md`.
-mod gemma;
-mod gguf_tokenizer;
+//! Every model piece comes from the library (`tch_rpo::models`); this example is the flow only: the flags
+//! (here), the stages and metrics (`run.rs`), the word-reversal task (`task.rs`) and the plot (`plot.rs`).
+//! Documentation and results: `docs/rpo_gemma.md`; tested by running it (`tests/rpo_gemma_*.rs`).
 mod plot;
 mod run;
 mod task;
@@ -14,6 +13,8 @@ use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 use tch::{nn, Device, Kind, Tensor};
+use tch_rpo::data::Tokenizer;
+use tch_rpo::models::gemma::{Gemma, GemmaConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum DeviceArg {
@@ -36,9 +37,9 @@ enum DtypeArg {
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// A Hugging Face Gemma / Gemma 2 checkpoint directory (config.json, model.safetensors or a sharded
-    /// model.safetensors.index.json, tokenizer.json; needs `--features hf-tokenizers`). Default: the small
-    /// seeded random-init Gemma 2 model with a character vocabulary.
+    /// A Hugging Face Gemma / Gemma 2 / Gemma 3 checkpoint directory (config.json, model.safetensors or a
+    /// sharded model.safetensors.index.json, tokenizer.json; needs `--features hf-tokenizers`). Default: the
+    /// small seeded random-init Gemma 2 model with a character vocabulary.
     #[arg(long, value_name = "DIR")]
     model_dir: Option<PathBuf>,
     /// A Gemma 3 GGUF file (e.g. Gemma 3 270M: `scripts/get_gemma3_gguf.sh` installs it and prints its
@@ -103,8 +104,8 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     evals_per_epoch: usize,
     /// libtorch CPU threads. Default: 1 for the built-in small model (its ops are too small to gain from
-    /// threads, and busy-waiting threads slow it down a lot on a shared machine), libtorch's default with
-    /// --model-dir.
+    /// threads, and busy-waiting threads slow it down a lot on a shared machine), libtorch's default
+    /// otherwise.
     #[arg(long)]
     threads: Option<i32>,
     /// Train only RPO (skip the DPO run it is otherwise compared with).
@@ -116,6 +117,12 @@ struct Args {
     /// Pairs per forward pass for evaluation and the reference log-probs (default 64; 4 with --gguf).
     #[arg(long)]
     eval_batch: Option<usize>,
+    /// Use only the first N training pairs.
+    #[arg(long, value_name = "N")]
+    train_limit: Option<usize>,
+    /// Use only the first N held-out prompts of the built-in task.
+    #[arg(long, value_name = "N")]
+    heldout_limit: Option<usize>,
     /// A very short run (seconds): 64 training pairs, 32 held-out prompts, 1 epoch of each stage.
     #[arg(long)]
     quick: bool,
@@ -128,76 +135,103 @@ struct Args {
 }
 
 impl Args {
-    fn run_config(&self) -> run::RunConfig {
-        let mut config = run::RunConfig {
-            model_dir: self.model_dir.clone(),
-            gguf: self.gguf.clone(),
-            rpo_only: self.rpo_only,
-            max_steps: self.max_steps,
-            eval_batch: self
-                .eval_batch
-                .unwrap_or(if self.gguf.is_some() { 4 } else { 64 }),
-            data: self.data.clone(),
-            device: match self.device {
-                DeviceArg::Cpu => Device::Cpu,
-                DeviceArg::Cuda => Device::Cuda(0),
-            },
-            kind: match self.dtype {
-                DtypeArg::F32 => Kind::Float,
-                DtypeArg::Bf16 => Kind::BFloat16,
-            },
-            epochs: self.epochs,
-            sft_epochs: self.sft_epochs.unwrap_or(if self.gguf.is_some() { 0 } else { 8 }),
-            beta: self.beta,
-            eta: self.eta,
-            lr: self.lr.unwrap_or(if self.gguf.is_some() { 1e-5 } else { 1e-3 }),
-            sft_lr: self.sft_lr,
-            batch_size: self.batch_size,
-            grad_accum: self.grad_accum,
-            max_length: self.max_length,
-            max_prompt_length: self.max_prompt_length,
-            fused: self.fused,
-            seed: self.seed,
-            output: self.output.clone(),
-            evals_per_epoch: self.evals_per_epoch,
-            threads: self
-                .threads
-                .or(if self.model_dir.is_none() && self.gguf.is_none() {
-                    Some(1)
-                } else {
-                    None
-                }),
-            ..run::RunConfig::default()
-        };
-        if self.quick {
-            config.train_limit = Some(64);
-            config.heldout_limit = Some(32);
-            config.epochs = 1;
-            config.sft_epochs = config.sft_epochs.min(1);
+    fn device(&self) -> Device {
+        match self.device {
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda => Device::Cuda(0),
         }
-        config
     }
+    fn kind(&self) -> Kind {
+        match self.dtype {
+            DtypeArg::F32 => Kind::Float,
+            DtypeArg::Bf16 => Kind::BFloat16,
+        }
+    }
+    fn pretrained(&self) -> bool {
+        self.gguf.is_some() || self.model_dir.is_some()
+    }
+    fn epochs(&self) -> usize {
+        if self.quick {
+            1
+        } else {
+            self.epochs
+        }
+    }
+    fn sft_epochs(&self) -> usize {
+        let epochs = self.sft_epochs.unwrap_or(if self.gguf.is_some() { 0 } else { 8 });
+        if self.quick {
+            epochs.min(1)
+        } else {
+            epochs
+        }
+    }
+    fn lr(&self) -> f64 {
+        self.lr.unwrap_or(if self.gguf.is_some() { 1e-5 } else { 1e-3 })
+    }
+    fn eval_batch(&self) -> usize {
+        self.eval_batch
+            .unwrap_or(if self.gguf.is_some() { 4 } else { 64 })
+            .max(1)
+    }
+    fn train_limit(&self) -> Option<usize> {
+        self.train_limit.or(self.quick.then_some(64))
+    }
+    fn heldout_limit(&self) -> Option<usize> {
+        self.heldout_limit.or(self.quick.then_some(32))
+    }
+}
+
+/// `--measure`: forward + backward timing of the model.
+fn measure(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    tch::manual_seed(args.seed as i64);
+    let (vs, model) = match &args.model_dir {
+        Some(dir) => Gemma::from_pretrained(dir, Device::Cpu, Kind::Float)?,
+        None => {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let vocab = task::tokenizer()?;
+            let model = Gemma::new(&vs.root(), &GemmaConfig::small_gemma2(vocab.vocab_size()))?;
+            (vs, model)
+        }
+    };
+    let params: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+    let (rows, tokens) = (16, 24);
+    let ids = Tensor::f_randint(
+        model.config().vocab_size,
+        [rows, tokens],
+        (Kind::Int64, Device::Cpu),
+    )?;
+    let mask = ids.f_ones_like()?;
+    let mut times = Vec::new();
+    for run in 0..25 {
+        let start = Instant::now();
+        model.forward(&ids, &mask)?.f_mean(Kind::Float)?.f_backward()?;
+        if run >= 5 {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        vs.trainable_variables().iter_mut().for_each(|v| v.zero_grad());
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "{:?}, {params} parameters, {} threads: forward + backward on [{rows}, {tokens}]: median {:.1} ms, min {:.1} ms",
+        model.arch(),
+        tch::get_num_threads(),
+        times[times.len() / 2],
+        times[0]
+    );
+    Ok(())
 }
 
 fn main_flow(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(dir) = &args.write_data {
-        let (train, heldout) = task::generate_split(task::DATA_SEED, task::TRAIN_SIZE, task::HELDOUT_SIZE);
-        std::fs::create_dir_all(dir)?;
-        task::write_jsonl(&dir.join("train.jsonl"), &train)?;
-        task::write_jsonl(&dir.join("heldout.jsonl"), &heldout)?;
-        println!(
-            "wrote {} + {} records to {}",
-            train.len(),
-            heldout.len(),
-            dir.display()
-        );
-        return Ok(());
+        return task::write_data(dir);
+    }
+    if let Some(threads) = args.threads.or((!args.pretrained()).then_some(1)) {
+        tch::set_num_threads(threads);
     }
     if args.measure {
         return measure(args);
     }
-    let config = args.run_config();
-    let summary = run::run(&config)?;
+    let summary = run::run(args)?;
     println!(
         "\nwrote {}, {} and {} in {:.1} s",
         summary.csv.display(),
@@ -205,49 +239,6 @@ fn main_flow(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         summary.log.display(),
         summary.seconds
     );
-    Ok(())
-}
-
-/// `--measure`: forward + backward timing of the model.
-fn measure(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    tch::manual_seed(args.seed as i64);
-    let vocab = task::CharVocab::new();
-    let (vs, model) = match &args.model_dir {
-        Some(dir) => gemma::Gemma::from_pretrained(dir, Device::Cpu, Kind::Float)?,
-        None => {
-            let vs = nn::VarStore::new(Device::Cpu);
-            let model = gemma::Gemma::new(&vs.root(), &gemma::GemmaConfig::small_gemma2(vocab.len()))?;
-            (vs, model)
-        }
-    };
-    let params: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
-    {
-        let (rows, tokens) = (16, 24);
-        let ids = Tensor::f_randint(
-            model.config().vocab_size,
-            [rows, tokens],
-            (Kind::Int64, Device::Cpu),
-        )?;
-        let mask = ids.f_ones_like()?;
-        let mut times = Vec::new();
-        for run in 0..25 {
-            let start = Instant::now();
-            let loss = model.forward(&ids, &mask)?.f_mean(Kind::Float)?;
-            loss.f_backward()?;
-            if run >= 5 {
-                times.push(start.elapsed().as_secs_f64() * 1e3);
-            }
-            vs.trainable_variables().iter_mut().for_each(|v| v.zero_grad());
-        }
-        times.sort_by(f64::total_cmp);
-        println!(
-            "{:?}, {params} parameters, {} threads: forward + backward on [{rows}, {tokens}]: median {:.1} ms, min {:.1} ms",
-            model.arch(),
-            tch::get_num_threads(),
-            times[times.len() / 2],
-            times[0]
-        );
-    }
     Ok(())
 }
 

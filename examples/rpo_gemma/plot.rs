@@ -1,6 +1,5 @@
 //! `chosen_logp.svg`: the mean chosen log-prob over training, DPO vs RPO (plotters, SVG backend; text is
 //! written as SVG `<text>` elements, so no font files are needed).
-#![allow(dead_code)]
 
 use std::path::Path;
 

@@ -3,8 +3,7 @@
 //! Reverse a short word: prompt `"<word>>"` (a word of 3–5 letters from `a`–`h`, then `>`), chosen = the
 //! word reversed, rejected = a plausible wrong answer (two adjacent letters swapped, one letter replaced by
 //! its neighbour in the alphabet, the word not reversed, or the last letter dropped). Records are generated
-//! deterministically from a seed ([`generate_split`]), checked with [`is_correct`], and written as JSON Lines
-//! `{"prompt","chosen","rejected"}` ([`write_jsonl`]).
+//! deterministically from a seed ([`generate`]) and checked with [`is_correct`].
 //!
 //! Why this task: the default model (`GemmaConfig::small_gemma2`: 2 layers, 64 wide, 73k parameters) learns
 //! it from a few hundred pairs within the default run's budget. In a development probe (plain SFT on the
@@ -13,23 +12,20 @@
 //! step. Two-digit addition (`"12+35="`), tried first at the same size, stayed below 12% after 1,200
 //! steps. The example's own run reports the numbers that count.
 //!
-//! The shipped files `examples/rpo_gemma/data/{train,heldout}.jsonl` are
-//! `generate_split(DATA_SEED, TRAIN_SIZE, HELDOUT_SIZE)`; regenerate them with
+//! The shipped files `examples/rpo_gemma/data/{train,heldout}.jsonl` are the first [`TRAIN_SIZE`] and the
+//! next [`HELDOUT_SIZE`] records of `generate(DATA_SEED, …)`; regenerate them with
 //! `cargo run --release --example rpo_gemma -- --write-data examples/rpo_gemma/data`
-//! (the test `tests/rpo_gemma_task.rs` checks that the shipped files match the generator).
+//! (`tests/rpo_gemma_task.rs` checks that the shipped files match).
 //!
-//! Tokenization for the small model is character level ([`CharVocab`]), with Gemma's special ids
-//! (`<pad>` 0, `<eos>` 1, `<bos>` 2). [`gold_accuracy`] greedy-decodes held-out prompts and checks answers.
-#![allow(dead_code)]
+//! Tokenization for the small model is character level ([`tokenizer`]: the library's `CharTokenizer`
+//! with Gemma's special ids `<pad>` 0, `<eos>` 1, `<bos>` 2).
 
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-use tch::Device;
-
-use crate::gemma::{greedy_decode, Gemma, GemmaError};
+use serde::Serialize;
+use tch_rpo::models::tokenizer::CharTokenizer;
 
 /// The seed of the shipped data files.
 pub const DATA_SEED: u64 = 2024;
@@ -43,9 +39,11 @@ pub const ALPHABET: &str = "abcdefgh";
 pub const MIN_LEN: usize = 3;
 /// See [`MIN_LEN`].
 pub const MAX_LEN: usize = 5;
+/// The small model's characters (ids `3..`): kept as they were when the shipped results were made.
+pub const CHARS: &str = "abcdefghijklmnopqrstuvwxyz0123456789+-=>*/ ";
 
 /// One preference pair.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Record {
     /// The prompt, e.g. `"abcd>"`.
     pub prompt: String,
@@ -53,6 +51,11 @@ pub struct Record {
     pub chosen: String,
     /// A plausible wrong answer, e.g. `"dbca"`.
     pub rejected: String,
+}
+
+/// The small model's character tokenizer.
+pub fn tokenizer() -> tch_rpo::Result<CharTokenizer> {
+    CharTokenizer::new(CHARS)
 }
 
 /// SplitMix64: a tiny deterministic generator, so the data does not depend on a crate's RNG version.
@@ -119,14 +122,6 @@ fn wrong_answer(word: &str, rng: &mut SplitMix64) -> String {
     }
 }
 
-/// `n_train` training pairs and `n_heldout` held-out pairs, all with distinct prompts (no prompt in both),
-/// deterministic in `seed`.
-pub fn generate_split(seed: u64, n_train: usize, n_heldout: usize) -> (Vec<Record>, Vec<Record>) {
-    let all = generate(seed, n_train + n_heldout);
-    let (train, heldout) = all.split_at(n_train.min(all.len()));
-    (train.to_vec(), heldout.to_vec())
-}
-
 /// `n` pairs with distinct prompts, deterministic in `seed` (at most the number of distinct words).
 pub fn generate(seed: u64, n: usize) -> Vec<Record> {
     let words: usize = (MIN_LEN..=MAX_LEN).map(|l| ALPHABET.len().pow(l as u32)).sum();
@@ -151,133 +146,26 @@ pub fn generate(seed: u64, n: usize) -> Vec<Record> {
     records
 }
 
-/// Writes records as JSON Lines (one `{"prompt","chosen","rejected"}` object per line).
-pub fn write_jsonl(path: &Path, records: &[Record]) -> std::io::Result<()> {
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
-    for record in records {
-        serde_json::to_writer(&mut file, record)?;
-        file.write_all(b"\n")?;
+/// `--write-data DIR`: writes the shipped `train.jsonl` and `heldout.jsonl` (JSON Lines, one
+/// `{"prompt","chosen","rejected"}` object per line) into `dir`.
+pub fn write_data(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let all = generate(DATA_SEED, TRAIN_SIZE + HELDOUT_SIZE);
+    let (train, heldout) = all.split_at(TRAIN_SIZE);
+    std::fs::create_dir_all(dir)?;
+    for (name, records) in [("train.jsonl", train), ("heldout.jsonl", heldout)] {
+        let path = dir.join(name);
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        for record in records {
+            serde_json::to_writer(&mut file, record)?;
+            file.write_all(b"\n")?;
+        }
+        file.flush()?;
     }
-    file.flush()
-}
-
-/// Reads JSON Lines records (blank lines skipped). Errors name the file and the line.
-pub fn read_jsonl(path: &Path) -> Result<Vec<Record>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1)))
-        .collect()
-}
-
-/// A character-level vocabulary with Gemma's special ids: `<pad>` 0, `<eos>` 1, `<bos>` 2, then the
-/// characters of [`CharVocab::CHARS`].
-#[derive(Debug, Clone)]
-pub struct CharVocab;
-
-impl CharVocab {
-    /// Padding id.
-    pub const PAD: i64 = 0;
-    /// End-of-sequence id.
-    pub const EOS: i64 = 1;
-    /// Beginning-of-sequence id.
-    pub const BOS: i64 = 2;
-    /// The characters, with ids `3..3 + CHARS.len()`.
-    pub const CHARS: &'static str = "abcdefghijklmnopqrstuvwxyz0123456789+-=>*/ ";
-
-    /// The vocabulary.
-    pub fn new() -> Self {
-        Self
-    }
-
-    /// The vocabulary size (special ids included).
-    pub fn len(&self) -> i64 {
-        3 + Self::CHARS.len() as i64
-    }
-
-    /// Never empty.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    /// Ids of `text`, without special tokens. Errors on a character outside the vocabulary.
-    pub fn encode(&self, text: &str) -> Result<Vec<i64>, GemmaError> {
-        text.chars()
-            .map(|c| {
-                Self::CHARS
-                    .find(c)
-                    .map(|i| 3 + i as i64)
-                    .ok_or_else(|| GemmaError::Input {
-                        arg: "text",
-                        message: format!("character {c:?} is not in the vocabulary {:?}", Self::CHARS),
-                    })
-            })
-            .collect()
-    }
-
-    /// `<bos>` + the prompt's ids.
-    pub fn encode_prompt(&self, prompt: &str) -> Result<Vec<i64>, GemmaError> {
-        let mut ids = vec![Self::BOS];
-        ids.extend(self.encode(prompt)?);
-        Ok(ids)
-    }
-
-    /// The answer's ids + `<eos>`.
-    pub fn encode_answer(&self, answer: &str) -> Result<Vec<i64>, GemmaError> {
-        let mut ids = self.encode(answer)?;
-        ids.push(Self::EOS);
-        Ok(ids)
-    }
-
-    /// Text of `ids`, stopping at `<eos>`; special and unknown ids are skipped.
-    pub fn decode(&self, ids: &[i64]) -> String {
-        ids.iter()
-            .take_while(|id| **id != Self::EOS)
-            .filter_map(|id| Self::CHARS.chars().nth(usize::try_from(id - 3).ok()?))
-            .collect()
-    }
-}
-
-impl Default for CharVocab {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// The gold metric: the fraction of `prompts` whose greedy answer (at most `max_answer_tokens` tokens, up to
-/// `<eos>`) is correct by [`is_correct`]. Batches of `batch_size` prompts, under `no_grad`.
-/// Errors: those of [`CharVocab::encode_prompt`] and [`greedy_decode`].
-pub fn gold_accuracy(
-    model: &Gemma,
-    vocab: &CharVocab,
-    prompts: &[String],
-    max_answer_tokens: usize,
-    batch_size: usize,
-    device: Device,
-) -> Result<f64, GemmaError> {
-    if prompts.is_empty() {
-        return Ok(0.0);
-    }
-    let mut correct = 0usize;
-    for chunk in prompts.chunks(batch_size.max(1)) {
-        let ids = chunk
-            .iter()
-            .map(|p| vocab.encode_prompt(p))
-            .collect::<Result<Vec<_>, _>>()?;
-        let answers = greedy_decode(
-            model,
-            &ids,
-            max_answer_tokens,
-            CharVocab::EOS,
-            CharVocab::PAD,
-            device,
-        )?;
-        correct += chunk
-            .iter()
-            .zip(&answers)
-            .filter(|(p, a)| is_correct(p, &vocab.decode(a)))
-            .count();
-    }
-    Ok(correct as f64 / prompts.len() as f64)
+    println!(
+        "wrote {} + {} records to {}",
+        train.len(),
+        heldout.len(),
+        dir.display()
+    );
+    Ok(())
 }

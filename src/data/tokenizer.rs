@@ -1,4 +1,4 @@
-//! Tokenizers: a small trait, a byte-level implementation that needs no files, and (feature
+//! Tokenizers: a small trait (encode and decode), a byte-level implementation that needs no files, and (feature
 //! `hf-tokenizers`) one backed by a Hugging Face `tokenizer.json`.
 //!
 //! [`encode_record`] turns a [`PreferenceRecord`] into token ids the way TRL does: the prompt and each
@@ -70,6 +70,13 @@ pub trait Tokenizer: Send + Sync {
     /// # Errors
     /// [`Error::Tokenizer`] if encoding fails.
     fn encode(&self, text: &str) -> Result<Vec<i64>>;
+    /// The text of `ids` (e.g. generated tokens), with special tokens (padding, BOS, EOS, control
+    /// tokens) left out. Ids outside `[0, V)` are skipped. Inverse of [`Tokenizer::encode`] for text
+    /// that encodes without special tokens.
+    ///
+    /// # Errors
+    /// [`Error::Tokenizer`] if decoding fails.
+    fn decode(&self, ids: &[i64]) -> Result<String>;
     /// The vocabulary size `V` (every id is in `[0, V)`).
     fn vocab_size(&self) -> i64;
     /// The id used to pad input ids (padding is masked out and never scored).
@@ -114,7 +121,8 @@ impl ByteTokenizer {
         Self::default()
     }
 
-    /// The text of `ids` (special ids and invalid UTF-8 are dropped / replaced), for inspection.
+    /// The text of `ids` (special ids and invalid UTF-8 are dropped / replaced); the same as
+    /// [`Tokenizer::decode`] without the `Result`.
     pub fn decode(&self, ids: &[i64]) -> String {
         let bytes: Vec<u8> = ids
             .iter()
@@ -128,6 +136,9 @@ impl ByteTokenizer {
 impl Tokenizer for ByteTokenizer {
     fn encode(&self, text: &str) -> Result<Vec<i64>> {
         Ok(text.bytes().map(i64::from).collect())
+    }
+    fn decode(&self, ids: &[i64]) -> Result<String> {
+        Ok(ByteTokenizer::decode(self, ids))
     }
     fn vocab_size(&self) -> i64 {
         Self::VOCAB
@@ -298,6 +309,17 @@ mod hf {
                 .encode(text, false)
                 .map_err(|e| Error::Tokenizer(e.to_string()))?;
             Ok(encoding.get_ids().iter().map(|&id| i64::from(id)).collect())
+        }
+        fn decode(&self, ids: &[i64]) -> Result<String> {
+            let vocab = self.vocab_size();
+            let ids: Vec<u32> = ids
+                .iter()
+                .filter(|&&id| (0..vocab).contains(&id))
+                .map(|&id| id as u32)
+                .collect();
+            self.inner
+                .decode(&ids, true)
+                .map_err(|e| Error::Tokenizer(e.to_string()))
         }
         fn vocab_size(&self) -> i64 {
             self.inner.get_vocab_size(true) as i64

@@ -18,12 +18,12 @@
 //!   lowest-ranked adjacent pair is merged (leftmost first among equals) until no pair can merge;
 //! - **decoding**: `▁` → space, runs of byte tokens → their UTF-8 text (U+FFFD per byte when invalid),
 //!   control tokens dropped or kept.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 
-use tch_rpo::data::{ChatTemplate, Tokenizer};
-use tch_rpo::gguf::GgufFile;
+use crate::data::{ChatTemplate, Tokenizer};
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
 
 /// SentencePiece token types (llama.cpp's numbering).
 const TYPE_CONTROL: i64 = 3;
@@ -52,8 +52,8 @@ pub struct GgufTokenizer {
     add_bos: bool,
 }
 
-fn tokenizer_error(file: &GgufFile, message: impl std::fmt::Display) -> tch_rpo::Error {
-    tch_rpo::Error::Tokenizer(format!("{}: {message}", file.path().display()))
+fn tokenizer_error(file: &GgufFile, message: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(format!("{}: {message}", file.path().display()))
 }
 
 impl GgufTokenizer {
@@ -61,10 +61,10 @@ impl GgufTokenizer {
     /// special ids, `add_bos_token`). Takes about a second for Gemma's 262,144 tokens.
     ///
     /// # Errors
-    /// [`tch_rpo::Error::Gguf`] for a missing or mistyped key; [`tch_rpo::Error::Tokenizer`] for a
+    /// [`Error::Gguf`] for a missing or mistyped key; [`Error::Tokenizer`] for a
     /// tokenizer model other than "llama" (SentencePiece), token types of another length than the tokens,
     /// or a special id outside the vocabulary.
-    pub fn from_gguf(file: &GgufFile) -> tch_rpo::Result<Self> {
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let model = file.get_str("tokenizer.ggml.model")?;
         if model != "llama" {
             return Err(tokenizer_error(
@@ -80,7 +80,7 @@ impl GgufTokenizer {
                 format!("{} token types for {} tokens", types.len(), raw.len()),
             ));
         }
-        let special = |key: &str| -> tch_rpo::Result<Option<i64>> {
+        let special = |key: &str| -> Result<Option<i64>> {
             let key = format!("tokenizer.ggml.{key}");
             match file.get(&key) {
                 None => Ok(None),
@@ -287,7 +287,7 @@ impl GgufTokenizer {
     /// The text of `ids`: `▁` → space, byte tokens → their UTF-8 text (U+FFFD for each byte of an invalid
     /// run), control tokens (`<bos>`, `<end_of_turn>`, …) dropped when `skip_special`. Ids outside the
     /// vocabulary are skipped.
-    pub fn decode(&self, ids: &[i64], skip_special: bool) -> String {
+    pub fn decode_text(&self, ids: &[i64], skip_special: bool) -> String {
         let mut out = String::new();
         let mut bytes: Vec<u8> = Vec::new();
         let flush = |bytes: &mut Vec<u8>, out: &mut String| {
@@ -325,8 +325,12 @@ impl GgufTokenizer {
 }
 
 impl Tokenizer for GgufTokenizer {
-    fn encode(&self, text: &str) -> tch_rpo::Result<Vec<i64>> {
+    fn encode(&self, text: &str) -> Result<Vec<i64>> {
         Ok(self.encode_text(text))
+    }
+    /// [`GgufTokenizer::decode_text`] with control tokens skipped.
+    fn decode(&self, ids: &[i64]) -> Result<String> {
+        Ok(self.decode_text(ids, true))
     }
     fn vocab_size(&self) -> i64 {
         self.tokens.len() as i64

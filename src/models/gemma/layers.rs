@@ -1,0 +1,263 @@
+//! The building blocks of a Gemma decoder layer: RMSNorm, attention, the GeGLU MLP, and the layer that
+//! combines them (crate-internal; [`Gemma`](super::Gemma) is the public model).
+
+use tch::{nn, Kind, Tensor};
+
+use super::config::Activation;
+use crate::error::Result;
+
+/// RMSNorm with Gemma's `(1 + w)` scale, computed in f32.
+pub(crate) struct RmsNorm {
+    pub(crate) weight: Tensor,
+    pub(crate) eps: f64,
+}
+
+impl RmsNorm {
+    pub(crate) fn new(path: nn::Path, size: i64, eps: f64) -> Self {
+        Self {
+            weight: path.var("weight", &[size], nn::Init::Const(0.0)),
+            eps,
+        }
+    }
+
+    pub(crate) fn shallow_clone(&self) -> Self {
+        Self {
+            weight: self.weight.shallow_clone(),
+            eps: self.eps,
+        }
+    }
+
+    pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let x = xs.f_to_kind(Kind::Float)?;
+        let mean_square = x.f_square()?.f_mean_dim(-1, true, Kind::Float)?;
+        let normed = x.f_mul(&mean_square.f_add_scalar(self.eps)?.f_rsqrt()?)?;
+        let scale = self.weight.f_to_kind(Kind::Float)?.f_add_scalar(1.0)?;
+        Ok(normed.f_mul(&scale)?.f_to_kind(xs.kind())?)
+    }
+}
+
+pub(crate) fn linear(xs: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    Ok(xs.f_linear::<&Tensor>(weight, None)?)
+}
+
+pub(crate) fn soft_cap(xs: &Tensor, cap: Option<f64>) -> Result<Tensor> {
+    match cap {
+        Some(c) => Ok(xs.f_div_scalar(c)?.f_tanh()?.f_mul_scalar(c)?),
+        None => Ok(xs.shallow_clone()),
+    }
+}
+
+/// `cat(-x2, x1)` over the last dimension.
+pub(crate) fn rotate_half(xs: &Tensor) -> Result<Tensor> {
+    let half = xs.size().last().copied().unwrap_or(0) / 2;
+    let x1 = xs.f_narrow(-1, 0, half)?;
+    let x2 = xs.f_narrow(-1, half, half)?;
+    Ok(Tensor::f_cat(&[x2.f_neg()?, x1], -1)?)
+}
+
+/// The cached keys and values of one attention layer, `[N, kv_heads, S, head_dim]` each (RoPE applied,
+/// before the grouped-query repetition).
+#[derive(Debug, Default)]
+pub(crate) struct LayerCache {
+    keys: Option<Tensor>,
+    values: Option<Tensor>,
+}
+
+impl LayerCache {
+    /// Appends the new `keys` / `values` `[N, kv_heads, T, head_dim]`; returns all of them (cached + new)
+    /// for this step, and keeps at most the last `keep` slots when given (a sliding layer).
+    fn append(&mut self, keys: Tensor, values: Tensor, keep: Option<i64>) -> Result<(Tensor, Tensor)> {
+        let join = |old: &Option<Tensor>, new: Tensor| -> Result<Tensor> {
+            match old {
+                Some(old) => Ok(Tensor::f_cat(&[old, &new], 2)?),
+                None => Ok(new),
+            }
+        };
+        let (keys, values) = (join(&self.keys, keys)?, join(&self.values, values)?);
+        let slots = keys.size()[2];
+        let kept = keep.map_or(slots, |k| k.clamp(0, slots));
+        self.keys = Some(keys.f_narrow(2, slots - kept, kept)?);
+        self.values = Some(values.f_narrow(2, slots - kept, kept)?);
+        Ok((keys, values))
+    }
+
+    /// The number of cached slots.
+    pub(crate) fn len(&self) -> i64 {
+        self.keys.as_ref().map_or(0, |k| k.size()[2])
+    }
+}
+
+pub(crate) struct Attention {
+    pub(crate) q_proj: Tensor,
+    pub(crate) k_proj: Tensor,
+    pub(crate) v_proj: Tensor,
+    pub(crate) o_proj: Tensor,
+    pub(crate) heads: i64,
+    pub(crate) kv_heads: i64,
+    pub(crate) head_dim: i64,
+    pub(crate) scale: f64,
+    pub(crate) logit_cap: Option<f64>,
+    pub(crate) window: Option<i64>,
+    /// Gemma 3: per-head RMSNorm of the queries and keys (before RoPE).
+    pub(crate) q_norm: Option<RmsNorm>,
+    /// See `q_norm`.
+    pub(crate) k_norm: Option<RmsNorm>,
+}
+
+impl Attention {
+    pub(crate) fn shallow_clone(&self) -> Self {
+        Self {
+            q_proj: self.q_proj.shallow_clone(),
+            k_proj: self.k_proj.shallow_clone(),
+            v_proj: self.v_proj.shallow_clone(),
+            o_proj: self.o_proj.shallow_clone(),
+            q_norm: self.q_norm.as_ref().map(RmsNorm::shallow_clone),
+            k_norm: self.k_norm.as_ref().map(RmsNorm::shallow_clone),
+            ..*self
+        }
+    }
+
+    /// `xs` [N, T, H]; `cos`, `sin` broadcastable to [N, heads, T, head_dim] in the activation dtype;
+    /// `blocked` [N, 1, T, S] bool over all S key slots (true = the query may not see the key). With a
+    /// cache, the new keys and values are appended to it and attention runs over the cached ones plus
+    /// the new ones, which are the last columns of `blocked`.
+    pub(crate) fn forward(
+        &self,
+        xs: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        blocked: &Tensor,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Tensor> {
+        let (n, t) = (xs.size()[0], xs.size()[1]);
+        let split = |w: &Tensor, heads: i64| -> Result<Tensor> {
+            Ok(linear(xs, w)?
+                .f_view([n, t, heads, self.head_dim])?
+                .f_transpose(1, 2)?)
+        };
+        let q = split(&self.q_proj, self.heads)?;
+        let k = split(&self.k_proj, self.kv_heads)?;
+        let v = split(&self.v_proj, self.kv_heads)?;
+        let (q, k) = match (&self.q_norm, &self.k_norm) {
+            (Some(qn), Some(kn)) => (qn.forward(&q)?, kn.forward(&k)?),
+            _ => (q, k),
+        };
+        let rope = |x: &Tensor| -> Result<Tensor> { Ok(x.f_mul(cos)?.f_add(&rotate_half(x)?.f_mul(sin)?)?) };
+        let (q, k) = (rope(&q)?, rope(&k)?);
+        let (k, v) = match cache {
+            // A sliding layer's later queries see at most `window - 1` earlier slots: keep only those.
+            Some(cache) => cache.append(k, v, self.window.map(|w| w - 1))?,
+            None => (k, v),
+        };
+        let keys = k.size()[2];
+        let slots = blocked.size()[3];
+        let blocked = blocked.f_narrow(3, slots - keys, keys)?;
+        let repeat = |x: Tensor| -> Result<Tensor> {
+            let groups = self.heads / self.kv_heads;
+            if groups == 1 {
+                return Ok(x);
+            }
+            Ok(x.f_unsqueeze(2)?
+                .f_expand([n, self.kv_heads, groups, keys, self.head_dim], false)?
+                .f_reshape([n, self.heads, keys, self.head_dim])?)
+        };
+        let (k, v) = (repeat(k)?, repeat(v)?);
+        let scores = q.f_matmul(&k.f_transpose(2, 3)?)?.f_mul_scalar(self.scale)?;
+        let scores = soft_cap(&scores, self.logit_cap)?;
+        // Softmax in f32, masked with the most negative finite f32 (a fully masked row stays finite).
+        let probs = scores
+            .f_to_kind(Kind::Float)?
+            .f_masked_fill(&blocked, f32::MIN as f64)?
+            .f_softmax(-1, Kind::Float)?
+            .f_to_kind(xs.kind())?;
+        let out = probs
+            .f_matmul(&v)?
+            .f_transpose(1, 2)?
+            .f_reshape([n, t, self.heads * self.head_dim])?;
+        linear(&out, &self.o_proj)
+    }
+}
+
+pub(crate) struct Mlp {
+    pub(crate) gate_proj: Tensor,
+    pub(crate) up_proj: Tensor,
+    pub(crate) down_proj: Tensor,
+    pub(crate) activation: Activation,
+}
+
+impl Mlp {
+    pub(crate) fn shallow_clone(&self) -> Self {
+        Self {
+            gate_proj: self.gate_proj.shallow_clone(),
+            up_proj: self.up_proj.shallow_clone(),
+            down_proj: self.down_proj.shallow_clone(),
+            activation: self.activation,
+        }
+    }
+
+    pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let approximate = match self.activation {
+            Activation::GeluTanh => "tanh",
+            Activation::Gelu => "none",
+        };
+        let gate = linear(xs, &self.gate_proj)?.f_gelu(approximate)?;
+        linear(&gate.f_mul(&linear(xs, &self.up_proj)?)?, &self.down_proj)
+    }
+}
+
+pub(crate) struct Layer {
+    pub(crate) input_layernorm: RmsNorm,
+    pub(crate) post_attention_layernorm: RmsNorm,
+    /// Gemma 2 only.
+    pub(crate) pre_feedforward_layernorm: Option<RmsNorm>,
+    /// Gemma 2 only.
+    pub(crate) post_feedforward_layernorm: Option<RmsNorm>,
+    pub(crate) attention: Attention,
+    pub(crate) mlp: Mlp,
+}
+
+impl Layer {
+    pub(crate) fn shallow_clone(&self) -> Self {
+        Self {
+            input_layernorm: self.input_layernorm.shallow_clone(),
+            post_attention_layernorm: self.post_attention_layernorm.shallow_clone(),
+            pre_feedforward_layernorm: self
+                .pre_feedforward_layernorm
+                .as_ref()
+                .map(RmsNorm::shallow_clone),
+            post_feedforward_layernorm: self
+                .post_feedforward_layernorm
+                .as_ref()
+                .map(RmsNorm::shallow_clone),
+            attention: self.attention.shallow_clone(),
+            mlp: self.mlp.shallow_clone(),
+        }
+    }
+
+    pub(crate) fn forward(
+        &self,
+        xs: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        blocked: &Tensor,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Tensor> {
+        let attn = self
+            .attention
+            .forward(&self.input_layernorm.forward(xs)?, cos, sin, blocked, cache)?;
+        match (&self.pre_feedforward_layernorm, &self.post_feedforward_layernorm) {
+            (Some(pre_ff), Some(post_ff)) => {
+                let hidden = xs.f_add(&self.post_attention_layernorm.forward(&attn)?)?;
+                let ff = post_ff.forward(&self.mlp.forward(&pre_ff.forward(&hidden)?)?)?;
+                Ok(hidden.f_add(&ff)?)
+            }
+            _ => {
+                let hidden = xs.f_add(&attn)?;
+                let ff = self
+                    .mlp
+                    .forward(&self.post_attention_layernorm.forward(&hidden)?)?;
+                Ok(hidden.f_add(&ff)?)
+            }
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! A Gemma decoder (Gemma 1, 2 and 3 text architectures) in tch, checked against Hugging Face
+//! `transformers` (`tests/gemma_forward.rs`, fixtures from `scripts/make_gemma_fixture.py`; Gemma 3 270M
+//! from its GGUF in `tests/gemma3_gguf.rs`, fixture from `scripts/make_gemma3_reference.py`).
+//!
+//! What it implements, following `transformers`' `modeling_gemma.py` / `modeling_gemma2.py` /
+//! `modeling_gemma3.py`:
+//! - RMSNorm computed in f32 as `x · rsqrt(mean(x²) + eps) · (1 + w)`, cast back to the activation dtype;
+//! - token embedding × `sqrt(hidden_size)`, the factor rounded to the activation dtype;
+//! - GeGLU MLP `down(gelu_tanh(gate(x)) · up(x))`;
+//! - multi-query / grouped-query attention with `head_dim` from the config, rotate-half RoPE with θ from the
+//!   config (cos / sin computed in f32, then cast to the activation dtype), softmax in f32;
+//! - the LM head tied to the embedding;
+//! - Gemma 2: four norms per layer, attention scale `query_pre_attn_scalar^-½`, attention-logit and
+//!   final-logit soft-capping `tanh(z / c) · c`, and sliding-window attention on the layers that
+//!   `layer_types` marks (by default every even layer: 0, 2, …);
+//! - Gemma 3: Gemma 2's layer, plus a per-head RMSNorm (`(1 + w)`) on queries and keys before RoPE; sliding
+//!   layers use their own RoPE base (`rope_local_base_freq`, default 10⁴) and global layers the config's
+//!   θ (default 10⁶); by default every 6th layer (5, 11, …) is global; no soft-capping unless configured.
+//!
+//! [`Gemma::from_gguf`] builds the model from a llama.cpp GGUF file (`gemma3` architecture): config from
+//! the `gemma3.*` metadata, tensors dequantized by [`crate::gguf`] and renamed to the Hugging Face names;
+//! the GGUF stores every RMSNorm weight as `1 + w`, so 1 is subtracted when loading (as transformers does).
+//!
+//! Attention is causal and combined with a padding mask (`attention_mask`, 1 = token, 0 = padding).
+//! [`Gemma::forward`] / [`Gemma::forward_hidden`] use position ids `0..T` in every row, which is right for
+//! **right** padding (training batches); [`Gemma::forward_hidden_at`] takes explicit position ids and a
+//! [`KvCache`], which [`generate`] uses for left-padded batches.
+//!
+//! [`GemmaPolicy`] wraps a model and its variable store as the trainer's
+//! [`PolicyModel`](crate::train::PolicyModel) (logits and hidden-state / fused paths); [`generate`] decodes
+//! greedily or by sampling (temperature, top-k, top-p, seed) with a KV cache, [`greedy_decode`] is its
+//! greedy shorthand.
+//!
+//! Layout: [`config`] (the configuration), `layers` (norm, attention, MLP; internal), [`model`] (the
+//! decoder), [`weights_hf`] (safetensors checkpoints), [`weights_gguf`] (GGUF files), [`generate`]
+//! (decoding), [`policy`] (the trainer adapter).
+//!
+//! Parameters live in a [`tch::nn::VarStore`] under the Hugging Face names (`model.embed_tokens.weight`,
+//! `model.layers.{i}.self_attn.q_proj.weight`, …), so [`load_checkpoint`] copies a checkpoint's tensors by
+//! name and [`save_checkpoint`] writes a directory that `transformers` can load.
+
+pub mod config;
+pub mod generate;
+mod layers;
+pub mod model;
+pub mod policy;
+pub mod weights_gguf;
+pub mod weights_hf;
+
+pub use config::{Activation, GemmaArch, GemmaConfig, TokenIds, SUPPORTED_MODEL_TYPES};
+pub use generate::{generate, greedy_decode, Generation, GenerationConfig, Sampling};
+pub use model::{Gemma, KvCache};
+pub use policy::GemmaPolicy;
+pub use weights_gguf::{gguf_tensor_name, load_gguf};
+pub use weights_hf::{load_checkpoint, save_checkpoint, tokenizer_path, NO_WEIGHTS};

@@ -1,0 +1,210 @@
+//! llama.cpp GGUF files (`gemma3` architecture): [`GemmaConfig::from_gguf`], [`load_gguf`],
+//! [`Gemma::from_gguf`] and the tensor naming [`gguf_tensor_name`].
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tch::{nn, Device, Kind};
+
+use super::config::{config_error, GemmaConfig, TokenIds};
+use super::model::Gemma;
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+
+/// The GGUF name of a Hugging Face parameter name of a Gemma 3 model (llama.cpp's naming), or `None` for a
+/// name that has no GGUF counterpart.
+pub fn gguf_tensor_name(hf_name: &str) -> Option<String> {
+    match hf_name {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        _ => {}
+    }
+    let rest = hf_name.strip_prefix("model.layers.")?;
+    let (layer, param) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let gguf = match param {
+        "self_attn.q_proj.weight" => "attn_q",
+        "self_attn.k_proj.weight" => "attn_k",
+        "self_attn.v_proj.weight" => "attn_v",
+        "self_attn.o_proj.weight" => "attn_output",
+        "self_attn.q_norm.weight" => "attn_q_norm",
+        "self_attn.k_norm.weight" => "attn_k_norm",
+        "input_layernorm.weight" => "attn_norm",
+        "post_attention_layernorm.weight" => "post_attention_norm",
+        "pre_feedforward_layernorm.weight" => "ffn_norm",
+        "post_feedforward_layernorm.weight" => "post_ffw_norm",
+        "mlp.gate_proj.weight" => "ffn_gate",
+        "mlp.up_proj.weight" => "ffn_up",
+        "mlp.down_proj.weight" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{gguf}.weight"))
+}
+
+impl GemmaConfig {
+    /// The configuration of a Gemma 3 GGUF file (`general.architecture` = "gemma3"), from its metadata,
+    /// filled as `transformers` fills it when it loads a GGUF:
+    ///
+    /// | field | from |
+    /// |---|---|
+    /// | hidden / intermediate size, layers, heads, kv heads, head_dim | `gemma3.embedding_length`, `.feed_forward_length`, `.block_count`, `.attention.head_count`, `.attention.head_count_kv`, `.attention.key_length` |
+    /// | rms_norm_eps, sliding_window, max positions | `gemma3.attention.layer_norm_rms_epsilon`, `.attention.sliding_window`, `.context_length` |
+    /// | θ of the global layers | `gemma3.rope.freq_base` (default 10⁶) |
+    /// | vocab_size | the length of `tokenizer.ggml.tokens` (else the embedding's rows) |
+    /// | soft-caps | `gemma3.final_logit_softcapping` / `.attn_logit_softcapping` if present, else none |
+    /// | pad / bos / eos | `tokenizer.ggml.padding_token_id` / `bos_token_id` / `eos_token_id` |
+    /// | not in the file | θ of the sliding layers 10⁴, query_pre_attn_scalar 256, gelu tanh, every 6th layer global, tied head |
+    ///
+    /// Errors: [`Error::Gguf`] for a missing key or a key of the wrong type;
+    /// [`Error::UnsupportedArchitecture`] for an architecture other than gemma3; those of
+    /// [`GemmaConfig::validate`].
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let arch = file.get_str("general.architecture")?;
+        if arch != "gemma3" {
+            return Err(Error::UnsupportedArchitecture {
+                found: arch.to_string(),
+                supported: "gemma3 (GGUF general.architecture)",
+            });
+        }
+        let int = |key: &str| -> Result<i64> {
+            let v = file.get_u64(&format!("gemma3.{key}"))?;
+            i64::try_from(v).map_err(|_| config_error("gemma3.*", format!("gemma3.{key} = {v} is too large")))
+        };
+        let optional_f64 = |key: &str| -> Result<Option<f64>> {
+            let key = format!("gemma3.{key}");
+            match file.get(&key) {
+                Some(_) => Ok(Some(file.get_f64(&key)?)),
+                None => Ok(None),
+            }
+        };
+        let token_id = |key: &str| -> Result<Option<i64>> {
+            let key = format!("tokenizer.ggml.{key}");
+            match file.get(&key) {
+                Some(_) => Ok(Some(file.get_i64(&key)?)),
+                None => Ok(None),
+            }
+        };
+        let vocab_size = match file.get("tokenizer.ggml.tokens") {
+            Some(_) => file.get_array("tokenizer.ggml.tokens")?.len() as i64,
+            None => file
+                .tensor_info("token_embd.weight")?
+                .shape
+                .first()
+                .copied()
+                .unwrap_or(0),
+        };
+        let heads = int("attention.head_count")?;
+        let head_dim = match file.get("gemma3.attention.key_length") {
+            Some(_) => int("attention.key_length")?,
+            None => int("embedding_length")? / heads.max(1),
+        };
+        let config = Self {
+            model_type: "gemma3_text".into(),
+            vocab_size,
+            hidden_size: int("embedding_length")?,
+            intermediate_size: int("feed_forward_length")?,
+            num_hidden_layers: int("block_count")?,
+            num_attention_heads: heads,
+            num_key_value_heads: Some(int("attention.head_count_kv")?),
+            head_dim: Some(head_dim),
+            hidden_activation: Some("gelu_pytorch_tanh".into()),
+            hidden_act: None,
+            rms_norm_eps: optional_f64("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-6),
+            rope_theta: optional_f64("rope.freq_base")?,
+            rope_parameters: None,
+            rope_local_base_freq: Some(10000.0),
+            max_position_embeddings: int("context_length")?,
+            tie_word_embeddings: !file.has_tensor("output.weight"),
+            attention_bias: false,
+            initializer_range: 0.02,
+            query_pre_attn_scalar: Some(256.0),
+            sliding_window: Some(int("attention.sliding_window")?),
+            final_logit_softcapping: optional_f64("final_logit_softcapping")?,
+            attn_logit_softcapping: optional_f64("attn_logit_softcapping")?,
+            layer_types: None,
+            pad_token_id: token_id("padding_token_id")?,
+            bos_token_id: token_id("bos_token_id")?,
+            eos_token_id: token_id("eos_token_id")?.map(TokenIds::One),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Copies the tensors of a Gemma 3 GGUF file into the variables of `vs` (built by [`Gemma::new`] with
+/// `config`), under `no_grad`: each tensor is dequantized to f32 ([`GgufFile::tensor`]),
+/// 1 is subtracted from every RMSNorm weight (GGUF stores `1 + w`), then it is converted to its variable's
+/// dtype and device. Returns the number of tensors copied.
+///
+/// Errors: [`Error::MissingTensor`] for a parameter the file lacks; [`Error::TensorShape`];
+/// [`Error::UnexpectedTensor`] for a file tensor that is no parameter of this config (e.g. an untied
+/// `output.weight`); [`Error::Gguf`] for unreadable data or an unsupported tensor type.
+pub fn load_gguf(vs: &nn::VarStore, file: &GgufFile, config: &GemmaConfig) -> Result<usize> {
+    let expected = config.parameter_shapes()?;
+    let variables = vs.variables();
+    let path = file.path().display().to_string();
+    let mut by_gguf = HashMap::new();
+    for name in expected.keys() {
+        let gguf = gguf_tensor_name(name)
+            .ok_or_else(|| config_error("parameters", format!("{name} has no GGUF counterpart")))?;
+        by_gguf.insert(gguf, name.clone());
+    }
+    for info in file.tensors() {
+        if !by_gguf.contains_key(&info.name) {
+            return Err(Error::UnexpectedTensor {
+                name: info.name.clone(),
+                file: path.clone(),
+                model_type: config.model_type.clone(),
+            });
+        }
+    }
+    let mut copied = 0;
+    for (gguf, name) in &by_gguf {
+        if !file.has_tensor(gguf) {
+            return Err(Error::MissingTensor {
+                name: gguf.clone(),
+                file: path.clone(),
+            });
+        }
+        let (Some(shape), Some(variable)) = (expected.get(name), variables.get(name)) else {
+            return Err(config_error(
+                "vs",
+                format!("parameter {name} is not in the model's variable store"),
+            ));
+        };
+        let info = file.tensor_info(gguf)?;
+        if &info.shape != shape {
+            return Err(Error::TensorShape {
+                name: gguf.clone(),
+                file: path.clone(),
+                expected: shape.clone(),
+                got: info.shape.clone(),
+            });
+        }
+        let mut value = file.tensor(gguf, Kind::Float, variable.device())?;
+        if gguf.ends_with("norm.weight") {
+            value = value.f_sub_scalar(1.0)?;
+        }
+        let value = value.f_to_kind(variable.kind())?;
+        let mut variable = variable.shallow_clone();
+        tch::no_grad(|| variable.f_copy_(&value))?;
+        copied += 1;
+    }
+    Ok(copied)
+}
+
+impl Gemma {
+    /// Opens a Gemma 3 GGUF file, reads its config ([`GemmaConfig::from_gguf`]), creates a
+    /// [`nn::VarStore`] on `device` with the model in `kind` (f32 or bf16) and loads the weights
+    /// ([`load_gguf`]). Returns the store, the model and the opened file (for its tokenizer).
+    /// Errors: those of the three.
+    pub fn from_gguf(path: &Path, device: Device, kind: Kind) -> Result<(nn::VarStore, Self, GgufFile)> {
+        let file = GgufFile::open(path)?;
+        let config = GemmaConfig::from_gguf(&file)?;
+        let mut vs = nn::VarStore::new(device);
+        let model = Self::build(&vs.root(), &config, false)?;
+        vs.set_kind(kind);
+        load_gguf(&vs, &file, &config)?;
+        Ok((vs, model, file))
+    }
+}

@@ -1,0 +1,170 @@
+//! Hugging Face checkpoints: [`Gemma::from_pretrained`], [`load_checkpoint`] (single or sharded
+//! `model.safetensors`), [`save_checkpoint`] and [`tokenizer_path`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tch::{nn, Device, Kind, Tensor};
+
+use super::config::GemmaConfig;
+use super::model::Gemma;
+use crate::error::{Error, Result};
+
+impl Gemma {
+    /// Reads `dir/config.json`, creates a [`nn::VarStore`] on `device`, builds the model, converts it to
+    /// `kind`, and loads the weights with [`load_checkpoint`]. Errors: those of [`GemmaConfig::from_file`],
+    /// [`Gemma::new`] and [`load_checkpoint`].
+    pub fn from_pretrained(dir: &Path, device: Device, kind: Kind) -> Result<(nn::VarStore, Self)> {
+        let config = GemmaConfig::from_file(&dir.join("config.json"))?;
+        let mut vs = nn::VarStore::new(device);
+        let model = Self::build(&vs.root(), &config, false)?;
+        vs.set_kind(kind);
+        load_checkpoint(&vs, dir, &config)?;
+        Ok((vs, model))
+    }
+}
+
+fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    if !path.is_file() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
+        ));
+    }
+    Tensor::read_safetensors(path).map_err(|source| Error::Checkpoint {
+        path: path.display().to_string(),
+        reason: format!("cannot read safetensors: {source}"),
+    })
+}
+
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: BTreeMap<String, String>,
+}
+
+/// Tensors in checkpoints that are not parameters of the model but harmless: the (tied) LM head and RoPE
+/// buffers saved by old versions of transformers.
+fn is_ignorable(name: &str) -> bool {
+    name == "lm_head.weight" || name.ends_with("rotary_emb.inv_freq")
+}
+
+/// The [`Error::Checkpoint`] reason when a directory has no weights file.
+pub const NO_WEIGHTS: &str = "no model.safetensors or model.safetensors.index.json";
+
+/// Copies a Hugging Face checkpoint's weights from `dir` into the model variables of `vs` (created by
+/// [`Gemma::new`] with `config`), under `no_grad`, converting each tensor to its variable's dtype and device.
+///
+/// Reads `dir/model.safetensors.index.json` (sharded: its `weight_map` names each tensor's file) when
+/// present, else `dir/model.safetensors`. One file is in memory at a time. `lm_head.weight` (tied) and old
+/// `rotary_emb.inv_freq` buffers are skipped. Returns the number of tensors copied.
+///
+/// Errors: [`Error::Checkpoint`] with reason [`NO_WEIGHTS`] when neither file exists; [`Error::Io`] /
+/// [`Error::Checkpoint`] for unreadable files; [`Error::MissingTensor`] naming the tensor and the
+/// file it was expected in; [`Error::TensorShape`] naming the tensor, file and both shapes;
+/// [`Error::UnexpectedTensor`] for a tensor that is no parameter of this config (e.g. a layer beyond
+/// `num_hidden_layers`, or Gemma 2 norms in a Gemma 1 config).
+pub fn load_checkpoint(vs: &nn::VarStore, dir: &Path, config: &GemmaConfig) -> Result<usize> {
+    let expected = config.parameter_shapes()?;
+    let variables = vs.variables();
+    let single = dir.join("model.safetensors");
+    let index_path = dir.join("model.safetensors.index.json");
+    // (file, tensor names expected there), and where a missing name is reported.
+    let mut plan: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+    if index_path.is_file() {
+        let text = std::fs::read_to_string(&index_path).map_err(|source| Error::io(&index_path, source))?;
+        let index: ShardIndex = serde_json::from_str(&text).map_err(|source| Error::Checkpoint {
+            path: index_path.display().to_string(),
+            reason: format!("invalid shard index JSON: {source}"),
+        })?;
+        for name in expected.keys() {
+            match index.weight_map.get(name) {
+                Some(file) => plan.entry(dir.join(file)).or_default().push(name.clone()),
+                None => {
+                    return Err(Error::MissingTensor {
+                        name: name.clone(),
+                        file: index_path.display().to_string(),
+                    })
+                }
+            }
+        }
+        for file in index.weight_map.values() {
+            plan.entry(dir.join(file)).or_default();
+        }
+    } else if single.is_file() {
+        plan.insert(single, expected.keys().cloned().collect());
+    } else {
+        return Err(Error::Checkpoint {
+            path: dir.display().to_string(),
+            reason: NO_WEIGHTS.to_string(),
+        });
+    }
+
+    let mut copied = 0;
+    let mut seen = HashSet::new();
+    for (file, wanted) in &plan {
+        let tensors: HashMap<String, Tensor> = read_safetensors(file)?.into_iter().collect();
+        for (name, tensor) in &tensors {
+            if is_ignorable(name) || seen.contains(name) {
+                continue;
+            }
+            let (Some(shape), Some(variable)) = (expected.get(name), variables.get(name)) else {
+                return Err(Error::UnexpectedTensor {
+                    name: name.clone(),
+                    file: file.display().to_string(),
+                    model_type: config.model_type.clone(),
+                });
+            };
+            if &tensor.size() != shape {
+                return Err(Error::TensorShape {
+                    name: name.clone(),
+                    file: file.display().to_string(),
+                    expected: shape.clone(),
+                    got: tensor.size(),
+                });
+            }
+            let mut variable = variable.shallow_clone();
+            let value = tensor
+                .f_to_kind(variable.kind())?
+                .f_to_device(variable.device())?;
+            tch::no_grad(|| variable.f_copy_(&value))?;
+            seen.insert(name.clone());
+            copied += 1;
+        }
+        if let Some(name) = wanted.iter().find(|name| !tensors.contains_key(*name)) {
+            return Err(Error::MissingTensor {
+                name: name.clone(),
+                file: file.display().to_string(),
+            });
+        }
+    }
+    Ok(copied)
+}
+
+/// Writes `dir/config.json` and `dir/model.safetensors` (the variables of `vs`, in their current dtype) so
+/// that [`Gemma::from_pretrained`] and `transformers` can load the directory. Creates `dir` if needed.
+/// Errors: [`Error::Io`], [`Error::Checkpoint`], [`Error::Torch`].
+pub fn save_checkpoint(vs: &nn::VarStore, config: &GemmaConfig, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::io(dir, source))?;
+    let config_path = dir.join("config.json");
+    let text = serde_json::to_string_pretty(config).map_err(|source| Error::Checkpoint {
+        path: config_path.display().to_string(),
+        reason: format!("cannot serialize the config: {source}"),
+    })?;
+    std::fs::write(&config_path, text).map_err(|source| Error::io(&config_path, source))?;
+    vs.save(dir.join("model.safetensors"))?;
+    Ok(())
+}
+
+/// The `tokenizer.json` of a checkpoint directory. Errors: [`Error::Io`] when it does not exist.
+pub fn tokenizer_path(dir: &Path) -> Result<PathBuf> {
+    let path = dir.join("tokenizer.json");
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found"),
+        ))
+    }
+}
