@@ -8,21 +8,24 @@ exception, so the calling test fails.
 
 Modes:
 
-    check_export.py gguf-dump FILE OUT.json
+    check_export.py gguf-dump FILE OUT.json [--no-values]
         Reads FILE with `gguf.GGUFReader`: every metadata key with its value types and value, every tensor
         with its GGUF dims (fastest first), type, absolute data offset and dequantized values
         (`gguf.quants.dequantize`, as the bits of each f32). For each
         tensor named `BASE.f16` / `BASE.bf16` / `BASE.q8_0` whose twin `BASE.f32` is in the file, whether
         `gguf.quants.quantize(twin, type)` gives exactly the bytes stored (the reference encoders of
-        gguf-py, which follow ggml's).
+        gguf-py, which follow ggml's). With --no-values: no tensor data, and metadata arrays longer than 16
+        as {"len": n, "head": the first 16}.
 
-    check_export.py models --inputs IN.safetensors [--hf DIR] [--gguf FILE ...] [--texts TEXTS.json] OUT.json
-        IN.safetensors holds `input_ids` and `attention_mask` [N, T] (int64) and our `logits` [N, T, V]
-        (f32). Each model (the folder DIR, each GGUF FILE via `from_pretrained(dir, gguf_file=name)`) runs
-        in f32 with eager attention on CPU; for each, the largest |ours − theirs| over positions where the
-        mask is 1, the largest |ours|, and the share of positions whose argmax agrees. With --texts (a JSON
-        list of strings), each model's tokenizer (`AutoTokenizer`, same sources) encodes each text with
-        its special tokens; the ids are written out.
+    check_export.py models --inputs IN.safetensors [--hf DIR] [--gguf FILE ...] [--texts TEXTS.json]
+                           [--gguf-tokenizers] OUT_DIR
+        IN.safetensors holds `input_ids` and `attention_mask` [N, T] (int64). Each model (the folder DIR,
+        each GGUF FILE via `from_pretrained(folder, gguf_file=name)`) is loaded by `AutoModelForCausalLM`
+        in f32 with eager attention on the CPU and run on them; its logits [N, T, V] go to
+        OUT_DIR/<hf | file name>.safetensors. OUT_DIR/result.json has, per model, its class, its config
+        as transformers read it and the load time; with --texts (a JSON list of strings) also the ids of
+        each text from `AutoTokenizer` (with special tokens) and their decoding, for the folder (and the
+        GGUF files with --gguf-tokenizers: slow, transformers rebuilds the merges).
 """
 import argparse
 import json
@@ -45,7 +48,7 @@ def json_value(value):
     return value
 
 
-def gguf_dump(path, out):
+def gguf_dump(path, out, with_values):
     import gguf
 
     reader = gguf.GGUFReader(path)
@@ -53,21 +56,22 @@ def gguf_dump(path, out):
     for key, field in reader.fields.items():
         if key.startswith("GGUF."):
             continue
-        metadata[key] = {
-            "types": [int(t) for t in field.types],
-            "value": json_value(field.contents()),
-        }
+        value = json_value(field.contents())
+        if not with_values and isinstance(value, list) and len(value) > 16:
+            value = {"len": len(value), "head": value[:16]}
+        metadata[key] = {"types": [int(t) for t in field.types], "value": value}
     tensors = {}
     raw = {}
     for t in reader.tensors:
-        values = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(-1)
-        raw[t.name] = (t.tensor_type, np.asarray(t.data))
         tensors[t.name] = {
             "dims": [int(d) for d in t.shape],
             "type": t.tensor_type.name,
             "offset": int(t.data_offset),
-            "bits": values.view(np.uint32).tolist(),
         }
+        if with_values:
+            values = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(-1)
+            raw[t.name] = (t.tensor_type, np.asarray(t.data))
+            tensors[t.name]["bits"] = values.view(np.uint32).tolist()
     twins = {}
     for name, (ty, data) in raw.items():
         base, _, suffix = name.rpartition(".")
@@ -89,27 +93,9 @@ def gguf_dump(path, out):
         json.dump(result, f)
 
 
-def run_model(model, inputs):
-    import torch
-
-    ids, mask, ours = inputs["input_ids"], inputs["attention_mask"], inputs["logits"].float()
-    with torch.no_grad():
-        theirs = model(input_ids=ids, attention_mask=mask).logits.float()
-    valid = mask.bool()
-    diff = (ours - theirs).abs()[valid]
-    agree = (ours.argmax(-1) == theirs.argmax(-1))[valid].float().mean()
-    return {
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
-        "max_abs_ours": float(ours.abs()[valid].max()),
-        "argmax_agreement": float(agree),
-        "vocab": int(theirs.shape[-1]),
-    }
-
-
 def models(args):
     import torch
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -123,7 +109,8 @@ def models(args):
         sources.append(("hf", args.hf, {}))
     for path in args.gguf or []:
         folder, name = os.path.split(os.path.abspath(path))
-        sources.append((f"gguf:{name}", folder, {"gguf_file": name}))
+        sources.append((name, folder, {"gguf_file": name}))
+    os.makedirs(args.out, exist_ok=True)
     result = {}
     for label, folder, extra in sources:
         start = time.time()
@@ -131,18 +118,25 @@ def models(args):
             folder, dtype=torch.float32, attn_implementation="eager", **extra
         )
         model.eval()
-        entry = {"class": type(model).__name__, "load_seconds": round(time.time() - start, 1)}
-        entry.update(run_model(model, inputs))
+        entry = {
+            "class": type(model).__name__,
+            "config": {k: v for k, v in model.config.to_dict().items() if isinstance(v, (int, float, str, bool, list, dict)) or v is None},
+            "load_seconds": round(time.time() - start, 1),
+        }
+        with torch.no_grad():
+            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        save_file({"logits": logits.float().contiguous()}, os.path.join(args.out, f"{label}.safetensors"))
         del model
-        if texts is not None:
+        if texts is not None and (not extra or args.gguf_tokenizers):
+            start = time.time()
             tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
             entry["tokenizer_class"] = type(tokenizer).__name__
+            entry["tokenizer_seconds"] = round(time.time() - start, 1)
             entry["ids"] = [tokenizer(text)["input_ids"] for text in texts]
-            entry["decoded"] = [tokenizer.decode(ids, skip_special_tokens=False) for ids in entry["ids"]]
+            entry["decoded"] = [tokenizer.decode(ids, skip_special_tokens=True) for ids in entry["ids"]]
         result[label] = entry
-        print(f"{label}: {json.dumps({k: v for k, v in entry.items() if k not in ('ids', 'decoded')})}",
-              file=sys.stderr)
-    with open(args.out, "w") as f:
+        print(f"{label}: {entry['class']}, loaded in {entry['load_seconds']} s", file=sys.stderr)
+    with open(os.path.join(args.out, "result.json"), "w") as f:
         json.dump(result, f)
 
 
@@ -152,15 +146,17 @@ def main():
     dump = sub.add_parser("gguf-dump")
     dump.add_argument("file")
     dump.add_argument("out")
+    dump.add_argument("--no-values", action="store_true")
     check = sub.add_parser("models")
     check.add_argument("--inputs", required=True)
     check.add_argument("--hf")
     check.add_argument("--gguf", action="append")
     check.add_argument("--texts")
+    check.add_argument("--gguf-tokenizers", action="store_true")
     check.add_argument("out")
     args = parser.parse_args()
     if args.mode == "gguf-dump":
-        gguf_dump(args.file, args.out)
+        gguf_dump(args.file, args.out, not args.no_values)
     else:
         models(args)
 

@@ -6,61 +6,15 @@
 //! the test FAILS, saying so.
 #![cfg(feature = "gguf")]
 
+mod export_support;
+
+use export_support::{run_check, TempDir};
 use proptest::prelude::*;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
 use tch_rpo::gguf::{dequantize, quantize, GgmlType, GgufFile, GgufValue, GgufValueType, GgufWriter};
 use tch_rpo::Error;
-
-/// A folder under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("tch-rpo-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn python() -> PathBuf {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} not found: run `bash scripts/setup.sh` (it creates .venv with the gguf package)",
-        python.display()
-    );
-    python
-}
-
-fn check_script(args: &[&str]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_export.py");
-    let out = std::process::Command::new(python())
-        .arg(&script)
-        .args(args)
-        .output()
-        .expect("running scripts/check_export.py");
-    assert!(
-        out.status.success(),
-        "scripts/check_export.py {args:?} failed ({}); run `bash scripts/setup.sh` to install its packages\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Deterministic values with every kind of f32: normal of many magnitudes, subnormal, signed zeros.
 fn sample_values(n: usize, seed: u64) -> Vec<f32> {
@@ -343,7 +297,7 @@ fn written_file_reads_back_with_the_gguf_python_package() {
     let path = dir.path("sample.gguf");
     let sources = write_sample(&path);
     let out = dir.path("dump.json");
-    check_script(&["gguf-dump", path.to_str().unwrap(), out.to_str().unwrap()]);
+    run_check(&["gguf-dump", path.to_str().unwrap(), out.to_str().unwrap()]);
     let dump: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(dump["version"], 3);
     assert_eq!(dump["alignment"], 64);
