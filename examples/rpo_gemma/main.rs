@@ -28,6 +28,15 @@ enum DtypeArg {
     Bf16,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum GgufTypeArg {
+    F32,
+    F16,
+    Bf16,
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
 /// SFT a Gemma model, then train DPO and RPO from it and compare them (chosen log-prob, reward accuracy,
 /// reward margin, gold accuracy on a checkable task).
 ///
@@ -132,6 +141,18 @@ struct Args {
     /// Time forward + backward of the model on a batch of 16 rows × 24 tokens (median of 20 runs) and exit.
     #[arg(long)]
     measure: bool,
+    /// Save the policy of the last stage (RPO) as a Hugging Face folder that transformers loads: config.json,
+    /// generation_config.json, model.safetensors (in --dtype) and the tokenizer (built from the GGUF's
+    /// metadata with --gguf, copied from --model-dir).
+    #[arg(long, value_name = "DIR")]
+    save: Option<PathBuf>,
+    /// Save the policy of the last stage as a GGUF file (Gemma 3 from --gguf: its tokenizer metadata is
+    /// copied) for llama.cpp-compatible tools and transformers' `gguf_file=`.
+    #[arg(long, value_name = "FILE", requires = "gguf")]
+    save_gguf: Option<PathBuf>,
+    /// Tensor type of the matrices in --save-gguf (norms stay F32).
+    #[arg(long, value_enum, default_value_t = GgufTypeArg::Q8_0)]
+    gguf_type: GgufTypeArg,
 }
 
 impl Args {
@@ -145,6 +166,15 @@ impl Args {
         match self.dtype {
             DtypeArg::F32 => Kind::Float,
             DtypeArg::Bf16 => Kind::BFloat16,
+        }
+    }
+    fn gguf_type(&self) -> tch_rpo::gguf::GgmlType {
+        use tch_rpo::gguf::GgmlType;
+        match self.gguf_type {
+            GgufTypeArg::F32 => GgmlType::F32,
+            GgufTypeArg::F16 => GgmlType::F16,
+            GgufTypeArg::Bf16 => GgmlType::BF16,
+            GgufTypeArg::Q8_0 => GgmlType::Q8_0,
         }
     }
     fn pretrained(&self) -> bool {
