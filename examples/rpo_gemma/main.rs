@@ -9,12 +9,11 @@ mod run;
 mod task;
 
 use std::path::PathBuf;
-use std::time::Instant;
 
+use clap::builder::ArgPredicate::IsPresent;
 use clap::{Parser, ValueEnum};
-use tch::{nn, Device, Kind, Tensor};
-use tch_rpo::data::Tokenizer;
-use tch_rpo::models::gemma::{Gemma, GemmaConfig};
+use tch::{Device, Kind};
+use tch_rpo::gguf::GgmlType;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum DeviceArg {
@@ -26,15 +25,6 @@ enum DeviceArg {
 enum DtypeArg {
     F32,
     Bf16,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum GgufTypeArg {
-    F32,
-    F16,
-    Bf16,
-    #[value(name = "q8_0")]
-    Q8_0,
 }
 
 /// SFT a Gemma model, then train DPO and RPO from it and compare them (chosen log-prob, reward accuracy,
@@ -72,8 +62,8 @@ struct Args {
     epochs: usize,
     /// Epochs of the SFT stage that makes the reference policy (0: use the model as loaded). Default 8;
     /// 0 with --gguf.
-    #[arg(long)]
-    sft_epochs: Option<usize>,
+    #[arg(long, default_value_t = 8, default_value_if("gguf", IsPresent, "0"))]
+    sft_epochs: usize,
     /// β of DPO and RPO (the paper's gemma series).
     #[arg(long, default_value_t = 0.05)]
     beta: f64,
@@ -83,8 +73,8 @@ struct Args {
     eta: f64,
     /// Peak learning rate of DPO and RPO (cosine, warmup ratio 0.1, AdamW). Default 1e-3; 1e-5 with
     /// --gguf (a pretrained model: 1e-3 wrecks it in one step).
-    #[arg(long)]
-    lr: Option<f64>,
+    #[arg(long, default_value_t = 1e-3, default_value_if("gguf", IsPresent, "1e-5"))]
+    lr: f64,
     /// Peak learning rate of the SFT stage.
     #[arg(long, default_value_t = 3e-3)]
     sft_lr: f64,
@@ -124,8 +114,8 @@ struct Args {
     #[arg(long)]
     max_steps: Option<u64>,
     /// Pairs per forward pass for evaluation and the reference log-probs (default 64; 4 with --gguf).
-    #[arg(long)]
-    eval_batch: Option<usize>,
+    #[arg(long, default_value_t = 64, default_value_if("gguf", IsPresent, "4"))]
+    eval_batch: usize,
     /// Use only the first N training pairs.
     #[arg(long, value_name = "N")]
     train_limit: Option<usize>,
@@ -138,21 +128,23 @@ struct Args {
     /// Write train.jsonl and heldout.jsonl (the shipped data set, from the task generator) into DIR and exit.
     #[arg(long, value_name = "DIR")]
     write_data: Option<PathBuf>,
-    /// Time forward + backward of the model on a batch of 16 rows × 24 tokens (median of 20 runs) and exit.
-    #[arg(long)]
-    measure: bool,
-    /// Save the policy of the last stage (RPO) as a Hugging Face folder that transformers loads: config.json,
-    /// generation_config.json, model.safetensors (in --dtype) and the tokenizer (built from the GGUF's
-    /// metadata with --gguf, copied from --model-dir).
+    /// Save the policy of the last stage (RPO) as a Hugging Face folder that transformers loads (config,
+    /// weights in --dtype, tokenizer built from the --gguf metadata or copied from --model-dir).
     #[arg(long, value_name = "DIR")]
     save: Option<PathBuf>,
-    /// Save the policy of the last stage as a GGUF file (Gemma 3 from --gguf: its tokenizer metadata is
-    /// copied) for llama.cpp-compatible tools and transformers' `gguf_file=`.
+    /// Save the policy of the last stage as a GGUF file (Gemma 3 from --gguf, whose tokenizer it copies).
     #[arg(long, value_name = "FILE", requires = "gguf")]
     save_gguf: Option<PathBuf>,
-    /// Tensor type of the matrices in --save-gguf (norms stay F32).
-    #[arg(long, value_enum, default_value_t = GgufTypeArg::Q8_0)]
-    gguf_type: GgufTypeArg,
+    /// Tensor type of the matrices in --save-gguf: f32, f16, bf16 or q8_0 (norms stay F32).
+    #[arg(long, default_value = "q8_0", value_parser = gguf_type)]
+    gguf_type: GgmlType,
+}
+
+fn gguf_type(name: &str) -> Result<GgmlType, String> {
+    tch_rpo::gguf::WRITABLE_TYPES
+        .into_iter()
+        .find(|t| t.name().eq_ignore_ascii_case(name))
+        .ok_or_else(|| format!("{name:?}: expected f32, f16, bf16 or q8_0"))
 }
 
 impl Args {
@@ -168,112 +160,27 @@ impl Args {
             DtypeArg::Bf16 => Kind::BFloat16,
         }
     }
-    fn gguf_type(&self) -> tch_rpo::gguf::GgmlType {
-        use tch_rpo::gguf::GgmlType;
-        match self.gguf_type {
-            GgufTypeArg::F32 => GgmlType::F32,
-            GgufTypeArg::F16 => GgmlType::F16,
-            GgufTypeArg::Bf16 => GgmlType::BF16,
-            GgufTypeArg::Q8_0 => GgmlType::Q8_0,
-        }
-    }
-    fn pretrained(&self) -> bool {
-        self.gguf.is_some() || self.model_dir.is_some()
-    }
-    fn epochs(&self) -> usize {
-        if self.quick {
-            1
-        } else {
-            self.epochs
-        }
-    }
-    fn sft_epochs(&self) -> usize {
-        let epochs = self.sft_epochs.unwrap_or(if self.gguf.is_some() { 0 } else { 8 });
-        if self.quick {
-            epochs.min(1)
-        } else {
-            epochs
-        }
-    }
-    fn lr(&self) -> f64 {
-        self.lr.unwrap_or(if self.gguf.is_some() { 1e-5 } else { 1e-3 })
-    }
-    fn eval_batch(&self) -> usize {
-        self.eval_batch
-            .unwrap_or(if self.gguf.is_some() { 4 } else { 64 })
-            .max(1)
-    }
-    fn train_limit(&self) -> Option<usize> {
-        self.train_limit.or(self.quick.then_some(64))
-    }
-    fn heldout_limit(&self) -> Option<usize> {
-        self.heldout_limit.or(self.quick.then_some(32))
-    }
-}
-
-/// `--measure`: forward + backward timing of the model.
-fn measure(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    tch::manual_seed(args.seed as i64);
-    let (vs, model) = match &args.model_dir {
-        Some(dir) => Gemma::from_pretrained(dir, Device::Cpu, Kind::Float)?,
-        None => {
-            let vs = nn::VarStore::new(Device::Cpu);
-            let vocab = task::tokenizer()?;
-            let model = Gemma::new(&vs.root(), &GemmaConfig::small_gemma2(vocab.vocab_size()))?;
-            (vs, model)
-        }
-    };
-    let params: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
-    let (rows, tokens) = (16, 24);
-    let ids = Tensor::f_randint(
-        model.config().vocab_size,
-        [rows, tokens],
-        (Kind::Int64, Device::Cpu),
-    )?;
-    let mask = ids.f_ones_like()?;
-    let mut times = Vec::new();
-    for run in 0..25 {
-        let start = Instant::now();
-        model.forward(&ids, &mask)?.f_mean(Kind::Float)?.f_backward()?;
-        if run >= 5 {
-            times.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-        vs.trainable_variables().iter_mut().for_each(|v| v.zero_grad());
-    }
-    times.sort_by(f64::total_cmp);
-    println!(
-        "{:?}, {params} parameters, {} threads: forward + backward on [{rows}, {tokens}]: median {:.1} ms, min {:.1} ms",
-        model.arch(),
-        tch::get_num_threads(),
-        times[times.len() / 2],
-        times[0]
-    );
-    Ok(())
 }
 
 fn main_flow(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(dir) = &args.write_data {
         return task::write_data(dir);
     }
-    if let Some(threads) = args.threads.or((!args.pretrained()).then_some(1)) {
+    let pretrained = args.gguf.is_some() || args.model_dir.is_some();
+    if let Some(threads) = args.threads.or((!pretrained).then_some(1)) {
         tch::set_num_threads(threads);
     }
-    if args.measure {
-        return measure(args);
-    }
-    let summary = run::run(args)?;
-    println!(
-        "\nwrote {}, {} and {} in {:.1} s",
-        summary.csv.display(),
-        summary.svg.display(),
-        summary.log.display(),
-        summary.seconds
-    );
-    Ok(())
+    run::run(args)
 }
 
 fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if args.quick {
+        args.epochs = 1;
+        args.sft_epochs = args.sft_epochs.min(1);
+        args.train_limit.get_or_insert(64);
+        args.heldout_limit.get_or_insert(32);
+    }
     if let Err(error) = main_flow(&args) {
         eprintln!("error: {error}");
         std::process::exit(1);

@@ -12,7 +12,7 @@ use tch_rpo::data::{
 };
 use tch_rpo::gguf::GgufFile;
 use tch_rpo::models::gemma::export::{save_gguf, save_pretrained, TokenizerSource};
-use tch_rpo::models::gemma::{greedy_decode, Gemma, GemmaConfig, GemmaPolicy};
+use tch_rpo::models::gemma::{generate, load_tokenizer, Gemma, GemmaConfig, GemmaPolicy, GenerationConfig};
 use tch_rpo::models::tokenizer::GgufTokenizer;
 use tch_rpo::train::{
     AdamWConfig, FitOptions, LossPath, LrSchedule, PolicyModel, ReferenceCache, ReferenceSource, RpoTrainer,
@@ -28,33 +28,19 @@ const CSV_HEADER: &str =
 
 type BoxError = Box<dyn std::error::Error>;
 
-/// One evaluation point.
+/// One evaluation point: mean log-probs of the chosen / rejected responses, the fraction of pairs with a
+/// positive reward margin, the mean margin, and the held-out greedy accuracy (`None` without the built-in
+/// task).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
-    /// `sft`, `dpo` or `rpo`.
     pub method: &'static str,
-    /// Fractional epoch.
     pub epoch: f64,
-    /// Optimizer steps taken.
     pub step: u64,
-    /// Mean log-prob of the chosen responses.
     pub chosen_logp: f64,
-    /// Mean log-prob of the rejected responses.
     pub rejected_logp: f64,
-    /// Fraction of pairs with a positive reward margin.
     pub reward_accuracy: f64,
-    /// Mean reward margin.
     pub reward_margin: f64,
-    /// Fraction of held-out prompts answered correctly (greedy); `None` without the built-in task.
     pub gold_accuracy: Option<f64>,
-}
-
-/// What a run produced.
-pub struct RunSummary {
-    pub csv: PathBuf,
-    pub svg: PathBuf,
-    pub log: PathBuf,
-    pub seconds: f64,
 }
 
 /// The shipped data directory.
@@ -73,7 +59,7 @@ fn load(args: &Args) -> Result<(GemmaPolicy, Box<dyn Tokenizer>), BoxError> {
         ));
     }
     if let Some(dir) = &args.model_dir {
-        let tokenizer = hf_tokenizer(dir)?;
+        let tokenizer = load_tokenizer(dir)?;
         let (vs, model) = Gemma::from_pretrained(dir, device, kind)?;
         return Ok((GemmaPolicy::new(vs, model), tokenizer));
     }
@@ -85,31 +71,10 @@ fn load(args: &Args) -> Result<(GemmaPolicy, Box<dyn Tokenizer>), BoxError> {
     Ok((GemmaPolicy::new(vs, model), Box::new(tokenizer)))
 }
 
-#[cfg(feature = "hf-tokenizers")]
-fn hf_tokenizer(dir: &Path) -> Result<Box<dyn Tokenizer>, BoxError> {
-    use tch_rpo::data::{HfTokenizer, HfTokenizerConfig};
-    let path = tch_rpo::models::gemma::tokenizer_path(dir)?;
-    Ok(Box::new(HfTokenizer::from_file(
-        &path,
-        &HfTokenizerConfig::gemma(),
-    )?))
-}
-
-#[cfg(not(feature = "hf-tokenizers"))]
-fn hf_tokenizer(dir: &Path) -> Result<Box<dyn Tokenizer>, BoxError> {
-    Err(format!(
-        "--model-dir {} needs its tokenizer.json, which needs the `hf-tokenizers` feature: rebuild with \
-         `cargo run --release --example rpo_gemma --features hf-tokenizers -- ...`",
-        dir.display()
-    )
-    .into())
-}
-
 /// Held-out prompts and the gold metric: the fraction answered correctly by greedy decoding.
 struct Gold<'a> {
     prompts: Vec<String>,
     tokenizer: &'a dyn Tokenizer,
-    device: Device,
 }
 
 impl Gold<'_> {
@@ -117,25 +82,17 @@ impl Gold<'_> {
         if self.prompts.is_empty() {
             return Ok(None);
         }
-        let eos = self.tokenizer.eos_id().ok_or("the tokenizer has no EOS token")?;
+        let tok = self.tokenizer;
+        let stop = tok.eos_id().into_iter().collect();
+        let greedy = GenerationConfig::greedy(task::MAX_LEN + 1, stop, tok.pad_id());
         let mut correct = 0usize;
         for chunk in self.prompts.chunks(128) {
-            let mut ids = Vec::with_capacity(chunk.len());
-            for prompt in chunk {
-                let mut prompt_ids: Vec<i64> = self.tokenizer.bos_id().into_iter().collect();
-                prompt_ids.extend(self.tokenizer.encode(prompt)?);
-                ids.push(prompt_ids);
-            }
-            let answers = greedy_decode(
-                model,
-                &ids,
-                task::MAX_LEN + 1,
-                eos,
-                self.tokenizer.pad_id(),
-                self.device,
-            )?;
-            for (prompt, answer) in chunk.iter().zip(&answers) {
-                correct += usize::from(task::is_correct(prompt, &self.tokenizer.decode(answer)?));
+            let ids = chunk
+                .iter()
+                .map(|p| Ok(tok.bos_id().into_iter().chain(tok.encode(p)?).collect()))
+                .collect::<tch_rpo::Result<Vec<Vec<i64>>>>()?;
+            for (prompt, answer) in chunk.iter().zip(&generate(model, &ids, &greedy)?.tokens) {
+                correct += usize::from(task::is_correct(prompt, &tok.decode(answer)?));
             }
         }
         Ok(Some(correct as f64 / self.prompts.len() as f64))
@@ -167,12 +124,7 @@ impl Stage<'_> {
             let seconds = started.elapsed().as_secs_f64();
             // Time per step, for models where it matters (a real model on CPU), not the small default one.
             if !history.is_empty() && seconds >= history.len() as f64 {
-                let steps = history.len();
-                eprintln!(
-                    "{}: {steps} steps in {seconds:.1} s ({:.1} s/step)",
-                    self.method,
-                    seconds / steps as f64
-                );
+                eprintln!("{}: {:.1} s/step", self.method, seconds / history.len() as f64);
             }
             if let Some(skipped) = history.iter().find(|m| m.skipped) {
                 let reason = skipped.skip_reason.as_deref().unwrap_or("?");
@@ -217,16 +169,12 @@ fn write_csv(path: &Path, rows: &[Row]) -> Result<(), BoxError> {
     let mut text = format!("{CSV_HEADER}\n");
     for r in rows {
         let gold = r.gold_accuracy.map_or_else(String::new, |g| g.to_string());
-        let (m, e, s, c, j, a, g) = (
-            r.method,
-            r.epoch,
-            r.step,
-            r.chosen_logp,
-            r.rejected_logp,
-            r.reward_accuracy,
-            r.reward_margin,
-        );
-        writeln!(text, "{m},{e},{s},{c},{j},{a},{g},{gold}")?;
+        let (m, e, s, c, j) = (r.method, r.epoch, r.step, r.chosen_logp, r.rejected_logp);
+        writeln!(
+            text,
+            "{m},{e},{s},{c},{j},{},{},{gold}",
+            r.reward_accuracy, r.reward_margin
+        )?;
     }
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(())
@@ -244,9 +192,9 @@ fn prompts_of(path: &Path, limit: Option<usize>) -> Result<Vec<String>, BoxError
 
 /// Runs the whole flow (see the module docs) and writes `metrics.csv`, `chosen_logp.svg` and
 /// `train_log.jsonl` under `args.output`.
-pub fn run(args: &Args) -> Result<RunSummary, BoxError> {
+pub fn run(args: &Args) -> Result<(), BoxError> {
     let start = Instant::now();
-    if args.batch_size == 0 || args.grad_accum == 0 || args.epochs() == 0 || args.evals_per_epoch == 0 {
+    if args.batch_size == 0 || args.grad_accum == 0 || args.epochs == 0 || args.evals_per_epoch == 0 {
         return Err("--batch-size, --grad-accum, --epochs and --evals-per-epoch must be > 0".into());
     }
     if matches!(args.device(), Device::Cuda(_)) && !tch::Cuda::is_available() {
@@ -254,11 +202,7 @@ pub fn run(args: &Args) -> Result<RunSummary, BoxError> {
     }
     let output = &args.output;
     std::fs::create_dir_all(output).map_err(|e| format!("{}: {e}", output.display()))?;
-    let (csv, svg, log) = (
-        output.join("metrics.csv"),
-        output.join("chosen_logp.svg"),
-        output.join("train_log.jsonl"),
-    );
+    let [csv, svg, log] = ["metrics.csv", "chosen_logp.svg", "train_log.jsonl"].map(|f| output.join(f));
     if log.exists() {
         std::fs::remove_file(&log).map_err(|e| format!("{}: {e}", log.display()))?;
     }
@@ -271,7 +215,7 @@ pub fn run(args: &Args) -> Result<RunSummary, BoxError> {
     });
     let train_path = args.data.clone().unwrap_or(default_data);
     let mut records = PreferenceDataset::from_jsonl(&train_path, OnMalformed::Error)?.records;
-    records.truncate(args.train_limit().unwrap_or(records.len()));
+    records.truncate(args.train_limit.unwrap_or(records.len()));
     if records.is_empty() {
         return Err(format!("{}: no preference records", train_path.display()).into());
     }
@@ -280,11 +224,10 @@ pub fn run(args: &Args) -> Result<RunSummary, BoxError> {
     let builtin_task = args.data.is_none() && args.gguf.is_none();
     let gold = Gold {
         prompts: match builtin_task {
-            true => prompts_of(&data_dir().join("heldout.jsonl"), args.heldout_limit())?,
+            true => prompts_of(&data_dir().join("heldout.jsonl"), args.heldout_limit)?,
             false => Vec::new(),
         },
         tokenizer: tokenizer.as_ref(),
-        device: args.device(),
     };
     let collator = Collator::new(
         CollateConfig::new(tokenizer.pad_id()).with_limits(args.max_length, args.max_prompt_length),
@@ -337,7 +280,7 @@ pub fn run(args: &Args) -> Result<RunSummary, BoxError> {
         pairs: &pairs,
         collator: &collator,
         fit: fit.clone(),
-        eval_batch: args.eval_batch(),
+        eval_batch: args.eval_batch.max(1),
         steps_per_epoch,
         evals_per_epoch: args.evals_per_epoch,
     };
@@ -351,12 +294,12 @@ pub fn run(args: &Args) -> Result<RunSummary, BoxError> {
     let mut rows = Vec::new();
     let gemma_config = sft_policy.model().config().clone();
     let (device, kind) = (args.device(), args.kind());
-    let sft_policy = if args.sft_epochs() > 0 {
+    let sft_policy = if args.sft_epochs > 0 {
         let sft_model = sft_policy.model().shallow_clone();
         let config = trainer_config(
             RpoConfig::sft_only(SftNormalization::TokenMean),
             args.sft_lr,
-            args.sft_epochs(),
+            args.sft_epochs,
         )?;
         let mut trainer = RpoTrainer::new(Box::new(sft_policy), ReferenceSource::Free, config)?;
         rows.extend(stage("sft").run(&mut trainer, &sft_model, &gold)?);
@@ -371,7 +314,7 @@ pub fn run(args: &Args) -> Result<RunSummary, BoxError> {
         &sft_policy,
         &pairs,
         &collator,
-        args.eval_batch(),
+        args.eval_batch.max(1),
         &LogProbOptions::causal(),
         loss_path,
     )?;
@@ -386,32 +329,30 @@ pub fn run(args: &Args) -> Result<RunSummary, BoxError> {
         let policy =
             GemmaPolicy::from_parameters(&gemma_config, device, kind, &sft_policy.named_parameters())?;
         let model = policy.model().shallow_clone();
-        let config = trainer_config(rpo, args.lr(), args.epochs())?;
+        let config = trainer_config(rpo, args.lr, args.epochs)?;
         let mut trainer = RpoTrainer::new(Box::new(policy), ReferenceSource::Cached(cache.clone()), config)?;
         rows.extend(stage(method).run(&mut trainer, &model, &gold)?);
         last = Some(trainer.into_model());
     }
-    if let Some(policy) = last {
+    if let (Some(policy), true) = (last, args.save.is_some() || args.save_gguf.is_some()) {
         save_trained(args, &gemma_config, policy.as_ref())?;
     }
 
     write_csv(&csv, &rows)?;
     crate::plot::chosen_logp_svg(&svg, &rows)?;
     std::io::stdout().flush()?;
-    Ok(RunSummary {
-        csv,
-        svg,
-        log,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    let seconds = start.elapsed().as_secs_f64();
+    println!(
+        "\nwrote {}, {} and {} in {seconds:.1} s",
+        csv.display(),
+        svg.display(),
+        log.display()
+    );
+    Ok(())
 }
 
-/// `--save DIR` / `--save-gguf FILE`: the trained policy of the last stage, with the tokenizer it was
-/// trained with.
+/// `--save DIR` / `--save-gguf FILE`: the trained policy of the last stage, with its tokenizer.
 fn save_trained(args: &Args, config: &GemmaConfig, policy: &dyn PolicyModel) -> Result<(), BoxError> {
-    if args.save.is_none() && args.save_gguf.is_none() {
-        return Ok(());
-    }
     let params = policy.named_parameters();
     let gguf = args.gguf.as_deref().map(GgufFile::open).transpose()?;
     let tokenizer = match (&gguf, &args.model_dir) {
@@ -427,11 +368,10 @@ fn save_trained(args: &Args, config: &GemmaConfig, policy: &dyn PolicyModel) -> 
         );
     }
     if let Some(path) = &args.save_gguf {
-        let bytes = save_gguf(path, config, &params, args.gguf_type(), tokenizer)?;
+        let bytes = save_gguf(path, config, &params, args.gguf_type, tokenizer)?;
         println!(
-            "saved the trained policy as GGUF ({}, {:.1} MB): {}",
-            args.gguf_type(),
-            bytes as f64 / 1e6,
+            "saved the trained policy as {} GGUF ({bytes} bytes): {}",
+            args.gguf_type,
             path.display()
         );
     }

@@ -54,4 +54,4 @@ pub use generate::{generate, greedy_decode, Generation, GenerationConfig, Sampli
 pub use model::{Gemma, KvCache};
 pub use policy::GemmaPolicy;
 pub use weights_gguf::{gguf_tensor_name, load_gguf};
-pub use weights_hf::{load_checkpoint, save_checkpoint, tokenizer_path, NO_WEIGHTS};
+pub use weights_hf::{load_checkpoint, load_tokenizer, save_checkpoint, tokenizer_path, NO_WEIGHTS};

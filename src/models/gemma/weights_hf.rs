@@ -1,5 +1,5 @@
 //! Hugging Face checkpoints: [`Gemma::from_pretrained`], [`load_checkpoint`] (single or sharded
-//! `model.safetensors`), [`save_checkpoint`] and [`tokenizer_path`].
+//! `model.safetensors`), [`save_checkpoint`], [`tokenizer_path`] and [`load_tokenizer`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -167,4 +167,31 @@ pub fn tokenizer_path(dir: &Path) -> Result<PathBuf> {
             std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found"),
         ))
     }
+}
+
+/// The tokenizer of a Hugging Face Gemma checkpoint directory: its `tokenizer.json` with Gemma's special
+/// tokens (`<bos>`, `<eos>`, `<pad>`) and chat template ([`HfTokenizerConfig::gemma`](crate::data::HfTokenizerConfig::gemma)),
+/// as a [`crate::data::HfTokenizer`] (feature `hf-tokenizers`).
+///
+/// Errors: [`Error::Io`] when `dir/tokenizer.json` does not exist; [`Error::Tokenizer`] when it cannot be
+/// loaded or lacks a special token; [`Error::Config`] (naming the feature) when the crate was built
+/// without `hf-tokenizers`.
+pub fn load_tokenizer(dir: &Path) -> Result<Box<dyn crate::data::Tokenizer>> {
+    let path = tokenizer_path(dir)?;
+    #[cfg(feature = "hf-tokenizers")]
+    {
+        use crate::data::{HfTokenizer, HfTokenizerConfig};
+        Ok(Box::new(HfTokenizer::from_file(
+            &path,
+            &HfTokenizerConfig::gemma(),
+        )?))
+    }
+    #[cfg(not(feature = "hf-tokenizers"))]
+    Err(Error::Config {
+        name: "hf-tokenizers",
+        requirement: format!(
+            "reading {} needs the crate feature `hf-tokenizers` (e.g. `cargo run --features hf-tokenizers`)",
+            path.display()
+        ),
+    })
 }

@@ -135,11 +135,13 @@ pub fn save_gguf(
     let source = match tokenizer {
         TokenizerSource::None => None,
         TokenizerSource::Gguf(file) => Some(file),
-        TokenizerSource::HfDir(dir) => return Err(Error::Tokenizer(format!(
+        TokenizerSource::HfDir(dir) => {
+            return Err(Error::Tokenizer(format!(
             "{}: a GGUF export takes its tokenizer from a GGUF file's metadata; converting a Hugging Face \
                  tokenizer folder is not implemented",
             dir.display()
-        ))),
+        )))
+        }
     };
     if let Some(file) = source {
         let tokens = file.get_array("tokenizer.ggml.tokens")?.len() as i64;
