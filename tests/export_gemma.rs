@@ -394,7 +394,7 @@ mod round_trip {
         let before = tch::no_grad(|| model.forward(&ids, &mask)).unwrap();
 
         // Two RPO steps through the trainer: 4 pairs of the shipped Gemma 3 data, 2 pairs per step, short
-        // rows, an lr high enough that the step visibly moves the logits.
+        // rows, the example's lr for a GGUF model (1e-5), constant: enough to move the logits visibly.
         let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rpo_gemma/data/gemma3_prefs.jsonl");
         let mut records = PreferenceDataset::from_jsonl(&data, OnMalformed::Error)
             .unwrap()
@@ -413,7 +413,7 @@ mod round_trip {
         )
         .unwrap();
         let trainer_config = RpoTrainerConfig {
-            schedule: LrSchedule::with_warmup_ratio(1e-4, 2, 0.0, Decay::Constant).unwrap(),
+            schedule: LrSchedule::with_warmup_ratio(1e-5, 2, 0.0, Decay::Constant).unwrap(),
             ..RpoTrainerConfig::paper(RpoConfig::paper(0.05, 1.0), 2).unwrap()
         };
         let mut trainer =
@@ -574,4 +574,287 @@ fn rpo_gemma_save_writes_the_trained_policy() {
     // --save-gguf needs --gguf (the tokenizer metadata and a Gemma 3 model come from it).
     let run = example_support::run_example(&["--save-gguf", dir.path("x.gguf").to_str().unwrap()]);
     assert!(!run.success && run.stderr.contains("--gguf"), "{}", run.stderr);
+}
+
+/// A GGUF with only tokenizer metadata, from a hand-written vocabulary.
+fn tokenizer_file(
+    path: &Path,
+    model: &str,
+    tokens: &[&str],
+    types: &[i32],
+    extra: &[(&str, GgufValue)],
+) -> GgufFile {
+    let mut w = GgufWriter::new();
+    w.add_metadata("tokenizer.ggml.model", GgufValue::String(model.into()))
+        .unwrap();
+    w.add_metadata(
+        "tokenizer.ggml.tokens",
+        GgufValue::Array {
+            elem: tch_rpo::gguf::GgufValueType::String,
+            values: tokens.iter().map(|t| GgufValue::String((*t).into())).collect(),
+        },
+    )
+    .unwrap();
+    w.add_metadata(
+        "tokenizer.ggml.token_type",
+        GgufValue::Array {
+            elem: tch_rpo::gguf::GgufValueType::I32,
+            values: types.iter().map(|&t| GgufValue::I32(t)).collect(),
+        },
+    )
+    .unwrap();
+    for (key, value) in extra {
+        w.add_metadata(*key, value.clone()).unwrap();
+    }
+    w.write(path).unwrap();
+    GgufFile::open(path).unwrap()
+}
+
+#[test]
+fn tokenizer_json_follows_the_rules_written_out_by_hand() {
+    use tch_rpo::models::gemma::export::hf_tokenizer_files;
+    let dir = TempDir::new("export-tok");
+    // ids:        0        1        2        3       4    5    6     7     8      9     10    11
+    let tokens = [
+        "<pad>", "<eos>", "<bos>", "<unk>", "a", "b", "ab", "ba", "aba", "  ", "\n", "<0x41>",
+    ];
+    let types = [3, 3, 3, 2, 1, 1, 1, 1, 1, 4, 4, 6];
+    let file = tokenizer_file(
+        &dir.path("t.gguf"),
+        "llama",
+        &tokens,
+        &types,
+        &[
+            ("tokenizer.ggml.bos_token_id", GgufValue::U32(2)),
+            ("tokenizer.ggml.eos_token_id", GgufValue::U32(1)),
+            ("tokenizer.ggml.unknown_token_id", GgufValue::U32(3)),
+            ("tokenizer.ggml.padding_token_id", GgufValue::U32(0)),
+            (
+                "tokenizer.chat_template",
+                GgufValue::String("{{ messages }}".into()),
+            ),
+        ],
+    );
+    let (json, config) = hf_tokenizer_files(&file).unwrap();
+    let model = &json["model"];
+    assert_eq!(model["type"], "BPE");
+    assert_eq!(model["byte_fallback"], true);
+    assert_eq!(model["unk_token"], "<unk>");
+    // The space run is respelled with ▁; every token keeps its id.
+    assert_eq!(model["vocab"]["▁▁"], 9);
+    assert_eq!(model["vocab"]["aba"], 8);
+    assert_eq!(model["vocab"].as_object().unwrap().len(), 12);
+    // Merges: by the merged token's id, then longer left part first; "▁▁" has no split ("▁" is no token).
+    let merges: Vec<(String, String)> = model["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m[0].as_str().unwrap().into(), m[1].as_str().unwrap().into()))
+        .collect();
+    let want: Vec<(String, String)> = [("a", "b"), ("b", "a"), ("ab", "a"), ("a", "ba")]
+        .iter()
+        .map(|(l, r)| (l.to_string(), r.to_string()))
+        .collect();
+    assert_eq!(merges, want);
+    // Added tokens: the control ones special, "\n" (user-defined, in the vocabulary) plain; "  " is not (its
+    // file spelling is not in the respelled vocabulary).
+    let added: Vec<(i64, String, bool)> = json["added_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            assert_eq!(t["normalized"], false);
+            (
+                t["id"].as_i64().unwrap(),
+                t["content"].as_str().unwrap().to_string(),
+                t["special"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        added,
+        vec![
+            (0, "<pad>".into(), true),
+            (1, "<eos>".into(), true),
+            (2, "<bos>".into(), true),
+            (10, "\n".into(), false)
+        ]
+    );
+    // BOS added (the default for a SentencePiece vocabulary), no EOS.
+    let single = &json["post_processor"]["single"];
+    assert_eq!(single[0]["SpecialToken"]["id"], "<bos>");
+    assert_eq!(single[1]["Sequence"]["id"], "A");
+    assert_eq!(single.as_array().unwrap().len(), 2);
+    assert_eq!(json["post_processor"]["special_tokens"]["<bos>"]["ids"][0], 2);
+    assert_eq!(json["normalizer"]["content"], "▁");
+    assert_eq!(config["tokenizer_class"], "GemmaTokenizer");
+    assert_eq!(config["bos_token"], "<bos>");
+    assert_eq!(config["pad_token"], "<pad>");
+    assert_eq!(config["add_bos_token"], true);
+    assert_eq!(config["add_eos_token"], false);
+    assert_eq!(config["chat_template"], "{{ messages }}");
+
+    // Errors: another tokenizer model, types of another length, a special id outside the vocabulary.
+    let bad = tokenizer_file(&dir.path("gpt2.gguf"), "gpt2", &tokens, &types, &[]);
+    let e = hf_tokenizer_files(&bad).unwrap_err();
+    assert!(
+        matches!(&e, tch_rpo::Error::Tokenizer(m) if m.contains("\"gpt2\"")),
+        "{e}"
+    );
+    let bad = tokenizer_file(&dir.path("types.gguf"), "llama", &tokens, &types[..5], &[]);
+    let e = hf_tokenizer_files(&bad).unwrap_err();
+    assert!(
+        matches!(&e, tch_rpo::Error::Tokenizer(m) if m.contains("5 token types for 12 tokens")),
+        "{e}"
+    );
+    let bad = tokenizer_file(
+        &dir.path("ids.gguf"),
+        "llama",
+        &tokens,
+        &types,
+        &[("tokenizer.ggml.eos_token_id", GgufValue::U32(12))],
+    );
+    let e = hf_tokenizer_files(&bad).unwrap_err();
+    assert!(
+        matches!(&e, tch_rpo::Error::Tokenizer(m) if m.contains("eos_token_id = 12")),
+        "{e}"
+    );
+}
+
+#[test]
+fn export_errors_name_what_is_wrong() {
+    let dir = TempDir::new("export-err");
+    let (vs, model) = tiny_model();
+    let config = tiny_config();
+    let params = var_store_parameters(&vs);
+    drop(model);
+    let gguf = |config: &GemmaConfig, params: &[(String, Tensor)], ty, tokenizer| {
+        save_gguf(&dir.path("e.gguf"), config, params, ty, tokenizer).unwrap_err()
+    };
+    // Gemma 2 has no GGUF export.
+    let gemma2 = GemmaConfig::small_gemma2(64);
+    let e = gguf(&gemma2, &params, GgmlType::F16, TokenizerSource::None);
+    assert!(matches!(e, tch_rpo::Error::UnsupportedArchitecture { .. }), "{e}");
+    // What a gemma3 GGUF cannot say.
+    for (field, edit) in [
+        ("query_pre_attn_scalar", r#""query_pre_attn_scalar": 128"#),
+        ("final_logit_softcapping", r#""final_logit_softcapping": 30.0"#),
+        (
+            "rope_local_base_freq",
+            r#""rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 20000.0}}"#,
+        ),
+        (
+            "layer_types",
+            r#""layer_types": ["full_attention", "sliding_attention", "sliding_attention", "sliding_attention", "sliding_attention", "sliding_attention"]"#,
+        ),
+    ] {
+        let mut value: Value = serde_json::to_value(&config).unwrap();
+        let patch: Value = serde_json::from_str(&format!("{{{edit}}}")).unwrap();
+        for (k, v) in patch.as_object().unwrap() {
+            value[k] = v.clone();
+        }
+        let edited = GemmaConfig::from_json_str(&value.to_string(), Path::new("edited")).unwrap();
+        let e = gguf(&edited, &params, GgmlType::F16, TokenizerSource::None);
+        assert!(
+            matches!(&e, tch_rpo::Error::Config { name, .. } if *name == field),
+            "{field}: {e}"
+        );
+    }
+    // Types the export does not write.
+    let e = gguf(&config, &params, GgmlType::Q4_K, TokenizerSource::None);
+    assert!(e.to_string().contains("cannot export matrices as Q4_K"), "{e}");
+    // Parameters that do not fit the config: missing, extra, mis-shaped.
+    let missing: Vec<(String, Tensor)> = params[1..]
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    let e = gguf(&config, &missing, GgmlType::F32, TokenizerSource::None);
+    assert!(
+        matches!(&e, tch_rpo::Error::MissingTensor { name, .. } if *name == params[0].0),
+        "{e}"
+    );
+    let mut extra: Vec<(String, Tensor)> = params
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    extra.push((
+        "lm_head.weight".into(),
+        Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+    ));
+    let e = save_pretrained(
+        &dir.path("x"),
+        &config,
+        &extra,
+        Kind::Float,
+        TokenizerSource::None,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, tch_rpo::Error::UnexpectedTensor { name, .. } if name == "lm_head.weight"),
+        "{e}"
+    );
+    let mut shaped: Vec<(String, Tensor)> = params
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    shaped[0].1 = Tensor::zeros([3], (Kind::Float, Device::Cpu));
+    let e = gguf(&config, &shaped, GgmlType::F32, TokenizerSource::None);
+    assert!(matches!(e, tch_rpo::Error::TensorShape { .. }), "{e}");
+    // A tokenizer of another size than the model's vocabulary; a folder as a GGUF's tokenizer.
+    let full = GgufFile::open(gemma3_gguf_path()).unwrap();
+    let e = gguf(&config, &params, GgmlType::F32, TokenizerSource::Gguf(&full));
+    assert!(
+        matches!(
+            &e,
+            tch_rpo::Error::Config {
+                name: "vocab_size",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = gguf(
+        &config,
+        &params,
+        GgmlType::F32,
+        TokenizerSource::HfDir(&dir.path("x")),
+    );
+    assert!(matches!(e, tch_rpo::Error::Tokenizer(_)), "{e}");
+    assert!(!dir.path("e.gguf").exists());
+    // Folder: a dtype safetensors cannot hold for a model, a sharded checkpoint in the way, a tokenizer
+    // folder without tokenizer files.
+    let e = save_pretrained(
+        &dir.path("x"),
+        &config,
+        &params,
+        Kind::Int64,
+        TokenizerSource::None,
+    )
+    .unwrap_err();
+    assert!(matches!(e, tch_rpo::Error::DType { arg: "kind", .. }), "{e}");
+    std::fs::create_dir_all(dir.path("sharded")).unwrap();
+    std::fs::write(dir.path("sharded/model.safetensors.index.json"), "{}").unwrap();
+    let e = save_pretrained(
+        &dir.path("sharded"),
+        &config,
+        &params,
+        Kind::Float,
+        TokenizerSource::None,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("sharded checkpoint"), "{e}");
+    std::fs::create_dir_all(dir.path("empty")).unwrap();
+    let e = save_pretrained(
+        &dir.path("y"),
+        &config,
+        &params,
+        Kind::Float,
+        TokenizerSource::HfDir(&dir.path("empty")),
+    )
+    .unwrap_err();
+    assert!(matches!(e, tch_rpo::Error::Tokenizer(_)), "{e}");
+    assert!(
+        !dir.path("y").exists(),
+        "nothing is written when the tokenizer source is unusable"
+    );
 }
