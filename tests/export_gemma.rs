@@ -381,9 +381,12 @@ mod round_trip {
     };
     use tch_rpo::{LogProbOptions, RpoConfig};
 
-    /// How far a Q8_0 export may move the logits of the trained 270M model (measured max |Δlogit| ≈ 0.3
-    /// on logits up to ≈ 40; argmax agreement ≈ 0.98).
-    const Q8_0_TOLERANCE: f64 = 1.0;
+    /// How far a Q8_0 export may move the trained 270M model's next-token distributions: the mean and the
+    /// largest KL divergence over the positions (llama.cpp's measure of a quantization), and the share of
+    /// positions whose argmax is kept (measured: KL mean 7.2e-3, max 9.9e-2; argmax 0.935).
+    const Q8_0_MEAN_KL: f64 = 0.05;
+    const Q8_0_MAX_KL: f64 = 0.5;
+    const Q8_0_ARGMAX: f64 = 0.85;
 
     pub fn run() {
         let path = gemma3_gguf_path();
@@ -481,17 +484,21 @@ mod round_trip {
         let theirs = load_logits(&check, name);
         let same = max_abs_diff(&theirs, &ours_q8, &mask);
         let quantized = max_abs_diff(&theirs, &ours, &mask);
+        let (mean_kl, max_kl) = kl_divergence(&ours, &theirs, &mask);
         let agree = argmax_agreement(&theirs, &ours, &mask);
         println!(
-            "transformers, Q8_0 file vs our model of the same file: {same:.3e}; vs the trained model: \
-             {quantized:.3e} (argmax agreement {agree:.3})"
+            "transformers, Q8_0 file vs our model of the same file: {same:.3e}; vs the trained model: max \
+             |Δlogit| {quantized:.3} (max |logit| {:.1}), KL mean {mean_kl:.2e} max {max_kl:.2e}, argmax \
+             agreement {agree:.3}",
+            ours.abs().max().double_value(&[])
         );
         assert!(same <= SAME_WEIGHTS, "Q8_0: {same} > {SAME_WEIGHTS}");
+        assert!(mean_kl <= Q8_0_MEAN_KL, "Q8_0 mean KL {mean_kl} > {Q8_0_MEAN_KL}");
+        assert!(max_kl <= Q8_0_MAX_KL, "Q8_0 max KL {max_kl} > {Q8_0_MAX_KL}");
         assert!(
-            quantized <= Q8_0_TOLERANCE,
-            "Q8_0 vs trained: {quantized} > {Q8_0_TOLERANCE}"
+            agree >= Q8_0_ARGMAX,
+            "Q8_0 argmax agreement {agree} < {Q8_0_ARGMAX}"
         );
-        assert!(agree >= 0.9, "Q8_0 argmax agreement {agree}");
 
         let hf_result = &result["hf"];
         assert_eq!(hf_result["tokenizer_class"], "GemmaTokenizer");

@@ -185,3 +185,15 @@ pub fn argmax_agreement(a: &Tensor, b: &Tensor, mask: &Tensor) -> f64 {
 pub fn f64_values(t: &Tensor) -> Vec<f64> {
     Vec::<f64>::try_from(t.to_kind(Kind::Double).reshape([-1])).unwrap()
 }
+
+/// KL(softmax(p) ‖ softmax(q)) per masked position, in nats: `(mean, max)` (computed in f64).
+pub fn kl_divergence(p: &Tensor, q: &Tensor, mask: &Tensor) -> (f64, f64) {
+    let lp = p.to_kind(Kind::Double).log_softmax(-1, Kind::Double);
+    let lq = q.to_kind(Kind::Double).log_softmax(-1, Kind::Double);
+    let kl = (lp.exp() * (&lp - &lq)).sum_dim_intlist(-1, false, Kind::Double);
+    let kl = kl.masked_select(&mask.to_kind(Kind::Bool));
+    (
+        kl.mean(Kind::Double).double_value(&[]),
+        kl.max().double_value(&[]),
+    )
+}
