@@ -7,12 +7,7 @@
 //! converted chunk by chunk while writing, so writing needs the file's bytes of one chunk, not a second
 //! copy of the model.
 //!
-//! [`quantize`] is the element encoding on its own, the inverse of [`dequantize`](super::dequantize):
-//! - F32: the value's bytes;
-//! - F16: round to nearest, ties to even (subnormals kept, NaN stays a quiet NaN);
-//! - BF16: ggml's conversion `(bits + 0x7fff + ((bits >> 16) & 1)) >> 16`, NaN forced quiet;
-//! - Q8_0: ggml's `quantize_row_q8_0_ref`: blocks of 32 values, `d = amax / 127` stored as f16,
-//!   `q = round(x · (1 / d))` (half away from zero) as `i8`; a block of zeros has `d = 0`, `q = 0`.
+//! [`quantize`] is the element encoding on its own (F32, F16, BF16, Q8_0; its docs give each rule).
 //!
 //! A finite value whose encoding is not finite (|x| ≥ 65520 as F16, beyond the BF16 range) and a non-finite
 //! value in a Q8_0 block are errors, not silent infinities.
@@ -114,8 +109,12 @@ pub(crate) fn f32_to_bf16(x: f32) -> u16 {
     ((bits as u64 + (0x7fff + ((bits as u64 >> 16) & 1))) >> 16) as u16
 }
 
-/// Encodes `values` as ggml type `ty` (the inverse of [`dequantize`](super::dequantize)); see the
-/// [module docs](self) for each type's rule.
+/// Encodes `values` as ggml type `ty`, the inverse of [`dequantize`](super::dequantize):
+/// - F32: the value's bytes;
+/// - F16: round to nearest, ties to even (subnormals kept, NaN stays a quiet NaN);
+/// - BF16: ggml's conversion `(bits + 0x7fff + ((bits >> 16) & 1)) >> 16`, NaN forced quiet;
+/// - Q8_0: ggml's `quantize_row_q8_0_ref`: blocks of 32 values, `d = amax / 127` stored as f16,
+///   `q = round(x · (1 / d))` (half away from zero) as `i8`; a block of zeros has `d = 0`, `q = 0`.
 ///
 /// # Errors
 /// [`Error::Gguf`] (path `<writer>`) if `ty` is not F32, F16, BF16 or Q8_0, if `values.len()` is not a

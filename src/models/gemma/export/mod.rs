@@ -4,7 +4,7 @@
 //!
 //! Both take the model's configuration and its parameters by Hugging Face name (a [`GemmaPolicy`]'s
 //! [`PolicyModel::named_parameters`](crate::train::PolicyModel::named_parameters), or
-//! [`var_store_parameters`](crate::train::var_store_parameters) of the store the model was built in); every
+//! [`crate::train::var_store_parameters`] of the store the model was built in); every
 //! parameter the configuration implies must be there once, with its shape. [`GemmaPolicy::save_pretrained`]
 //! and [`GemmaPolicy::save_gguf`] do this for a policy.
 //!
