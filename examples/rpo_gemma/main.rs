@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use clap::builder::ArgPredicate::IsPresent;
 use clap::{Parser, ValueEnum};
 use tch::{Device, Kind};
+use tch_rpo::gguf::GgmlType;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum DeviceArg {
@@ -127,6 +128,23 @@ struct Args {
     /// Write train.jsonl and heldout.jsonl (the shipped data set, from the task generator) into DIR and exit.
     #[arg(long, value_name = "DIR")]
     write_data: Option<PathBuf>,
+    /// Save the policy of the last stage (RPO) as a Hugging Face folder that transformers loads (config,
+    /// weights in --dtype, tokenizer built from the --gguf metadata or copied from --model-dir).
+    #[arg(long, value_name = "DIR")]
+    save: Option<PathBuf>,
+    /// Save the policy of the last stage as a GGUF file (Gemma 3 from --gguf, whose tokenizer it copies).
+    #[arg(long, value_name = "FILE", requires = "gguf")]
+    save_gguf: Option<PathBuf>,
+    /// Tensor type of the matrices in --save-gguf: f32, f16, bf16 or q8_0 (norms stay F32).
+    #[arg(long, default_value = "q8_0", value_parser = gguf_type)]
+    gguf_type: GgmlType,
+}
+
+fn gguf_type(name: &str) -> Result<GgmlType, String> {
+    tch_rpo::gguf::WRITABLE_TYPES
+        .into_iter()
+        .find(|t| t.name().eq_ignore_ascii_case(name))
+        .ok_or_else(|| format!("{name:?}: expected f32, f16, bf16 or q8_0"))
 }
 
 impl Args {

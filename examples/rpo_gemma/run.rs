@@ -10,6 +10,8 @@ use tch::{nn, Device};
 use tch_rpo::data::{
     encode_records, CollateConfig, Collator, EncodedPair, OnMalformed, PreferenceDataset, Text, Tokenizer,
 };
+use tch_rpo::gguf::GgufFile;
+use tch_rpo::models::gemma::export::{save_gguf, save_pretrained, TokenizerSource};
 use tch_rpo::models::gemma::{generate, load_tokenizer, Gemma, GemmaConfig, GemmaPolicy, GenerationConfig};
 use tch_rpo::models::tokenizer::GgufTokenizer;
 use tch_rpo::train::{
@@ -316,6 +318,7 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         ("dpo", RpoConfig::paper(args.beta, 0.0)),
         ("rpo", RpoConfig::paper(args.beta, args.eta)),
     ];
+    let mut last = None;
     for (method, rpo) in methods.into_iter().filter(|(m, _)| !args.rpo_only || *m == "rpo") {
         let policy =
             GemmaPolicy::from_parameters(&gemma_config, device, kind, &sft_policy.named_parameters())?;
@@ -323,6 +326,10 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         let config = trainer_config(rpo, args.lr, args.epochs)?;
         let mut trainer = RpoTrainer::new(Box::new(policy), ReferenceSource::Cached(cache.clone()), config)?;
         rows.extend(stage(method).run(&mut trainer, &model, &gold)?);
+        last = Some(trainer.into_model());
+    }
+    if let (Some(policy), true) = (last, args.save.is_some() || args.save_gguf.is_some()) {
+        save_trained(args, &gemma_config, policy.as_ref())?;
     }
 
     write_csv(&csv, &rows)?;
@@ -335,5 +342,32 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         svg.display(),
         log.display()
     );
+    Ok(())
+}
+
+/// `--save DIR` / `--save-gguf FILE`: the trained policy of the last stage, with its tokenizer.
+fn save_trained(args: &Args, config: &GemmaConfig, policy: &dyn PolicyModel) -> Result<(), BoxError> {
+    let params = policy.named_parameters();
+    let gguf = args.gguf.as_deref().map(GgufFile::open).transpose()?;
+    let tokenizer = match (&gguf, &args.model_dir) {
+        (Some(file), _) => TokenizerSource::Gguf(file),
+        (None, Some(dir)) => TokenizerSource::HfDir(dir),
+        (None, None) => TokenizerSource::None,
+    };
+    if let Some(dir) = &args.save {
+        save_pretrained(dir, config, &params, args.kind(), tokenizer)?;
+        println!(
+            "saved the trained policy as a Hugging Face folder: {}",
+            dir.display()
+        );
+    }
+    if let Some(path) = &args.save_gguf {
+        let bytes = save_gguf(path, config, &params, args.gguf_type, tokenizer)?;
+        println!(
+            "saved the trained policy as {} GGUF ({bytes} bytes): {}",
+            args.gguf_type,
+            path.display()
+        );
+    }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! [GGUF](https://github.com/ggml-org/ggml/blob/master/docs/gguf.md) is the single-file model format of
 //! ggml / llama.cpp: a little-endian header (magic `GGUF`, version, tensor count, metadata key/value
 //! pairs, tensor infos), padding to the file's alignment, then the tensor data. This module reads
-//! versions 2 and 3.
+//! versions 2 and 3, and writes version 3 ([`GgufWriter`]: F32, F16, BF16 and Q8_0 tensors).
 //!
 //! * [`GgufFile::open`] reads and checks the whole header with buffered I/O (typed metadata, every tensor's
 //!   shape, type and byte range) but no tensor data; counts and lengths read from the header are checked
@@ -49,9 +49,11 @@
 mod dequant;
 mod types;
 mod value;
+mod write;
 
 pub use types::{GgmlType, GgufValueType};
 pub use value::GgufValue;
+pub use write::{quantize, GgufWriter, GGUF_WRITE_VERSION, WRITABLE_TYPES};
 
 use crate::error::{Error, Result};
 use std::collections::{BTreeMap, HashMap};

@@ -33,13 +33,15 @@
 //!
 //! Layout: [`config`] (the configuration), `layers` (norm, attention, MLP; internal), [`model`] (the
 //! decoder), [`weights_hf`] (safetensors checkpoints), [`weights_gguf`] (GGUF files), [`generate`]
-//! (decoding), [`policy`] (the trainer adapter).
+//! (decoding), [`policy`] (the trainer adapter), [`export`] (saving a trained model as a Hugging Face folder
+//! or a GGUF file).
 //!
 //! Parameters live in a [`tch::nn::VarStore`] under the Hugging Face names (`model.embed_tokens.weight`,
 //! `model.layers.{i}.self_attn.q_proj.weight`, …), so [`load_checkpoint`] copies a checkpoint's tensors by
 //! name and [`save_checkpoint`] writes a directory that `transformers` can load.
 
 pub mod config;
+pub mod export;
 pub mod generate;
 mod layers;
 pub mod model;

@@ -1,0 +1,250 @@
+//! The GGUF file of a Gemma 3 model, laid out as llama.cpp's converter writes one.
+
+use std::path::Path;
+
+use tch::{Kind, Tensor};
+
+use super::{ordered_parameters, TokenizerSource};
+use crate::error::{Error, Result};
+use crate::gguf::{GgmlType, GgufValue, GgufWriter};
+use crate::models::gemma::config::{Activation, GemmaArch, GemmaConfig};
+use crate::models::gemma::weights_gguf::gguf_tensor_name;
+
+/// llama.cpp's `general.file_type` (`LLAMA_FTYPE_*`) of a file whose matrices are `ty`.
+fn file_type(ty: GgmlType) -> u32 {
+    match ty {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q8_0 => 7,
+        GgmlType::BF16 => 32,
+        _ => unreachable!("checked by save_gguf"),
+    }
+}
+
+fn config_error(name: &'static str, requirement: String) -> Error {
+    Error::Config { name, requirement }
+}
+
+fn u32_value(name: &'static str, value: i64) -> Result<GgufValue> {
+    u32::try_from(value)
+        .map(GgufValue::U32)
+        .map_err(|_| config_error(name, format!("{value} does not fit the GGUF u32 field")))
+}
+
+/// Checks that the GGUF readers (llama.cpp, transformers, [`GemmaConfig::from_gguf`]) will rebuild the
+/// same model from the `gemma3.*` keys: what the file cannot say must be what they assume.
+fn check_representable(config: &GemmaConfig) -> Result<()> {
+    config.validate()?;
+    if config.arch()? != GemmaArch::Gemma3 {
+        return Err(Error::UnsupportedArchitecture {
+            found: config.model_type.clone(),
+            supported: "gemma3_text (GGUF export)",
+        });
+    }
+    let (_, local) = config.rope_bases()?;
+    if local != 1e4 {
+        return Err(config_error(
+            "rope_local_base_freq",
+            format!("{local}: a gemma3 GGUF has no key for the sliding layers' RoPE θ; readers assume 10000"),
+        ));
+    }
+    if config.query_pre_attn_scalar != Some(256.0) {
+        return Err(config_error(
+            "query_pre_attn_scalar",
+            format!(
+                "{:?}: a gemma3 GGUF has no key for it; readers assume 256",
+                config.query_pre_attn_scalar
+            ),
+        ));
+    }
+    if config.activation()? != Activation::GeluTanh {
+        return Err(config_error(
+            "hidden_activation",
+            "a gemma3 GGUF implies gelu with the tanh approximation".into(),
+        ));
+    }
+    for (name, cap) in [
+        ("final_logit_softcapping", config.final_logit_softcapping),
+        ("attn_logit_softcapping", config.attn_logit_softcapping),
+    ] {
+        if let Some(cap) = cap {
+            return Err(config_error(
+                name,
+                format!("{cap}: transformers' gemma3 GGUF loader reads no soft-cap; Gemma 3 has none"),
+            ));
+        }
+    }
+    let window = config.sliding_window.unwrap_or(0);
+    let default_pattern: Vec<Option<i64>> = (0..config.num_hidden_layers)
+        .map(|i| ((i + 1) % 6 != 0).then_some(window))
+        .collect();
+    if config.layer_windows()? != default_pattern {
+        return Err(config_error(
+            "layer_types",
+            "a gemma3 GGUF implies every 6th layer global (5, 11, …) and the rest sliding".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Saves a Gemma 3 model as a GGUF v3 file that llama.cpp-compatible runtimes, `transformers`
+/// (`from_pretrained(dir, gguf_file=name)`) and [`Gemma::from_gguf`](crate::models::gemma::Gemma::from_gguf)
+/// load.
+///
+/// - Metadata: `general.architecture` = `gemma3`, `general.type`, `general.file_type` (llama.cpp's code of
+///   `ty`), `general.quantization_version` = 2; the `general.name` / `basename` / `size_label` / `license`
+///   / `tags` and every `tokenizer.*` key of a [`TokenizerSource::Gguf`] file, copied; the hyper-parameters
+///   `gemma3.{context_length, embedding_length, block_count, feed_forward_length, vocab_size,
+///   attention.head_count, attention.head_count_kv, attention.key_length, attention.value_length,
+///   attention.layer_norm_rms_epsilon, attention.sliding_window, rope.freq_base}`.
+/// - Tensors: llama.cpp's names (`token_embd.weight`, `blk.N.attn_q.weight`, …, `output_norm.weight`; no
+///   output head, it is tied), dimensions fastest-first; matrices as `ty` (F32, F16, BF16 or Q8_0; a
+///   matrix whose rows are not a multiple of 32 values is written as F16 in a Q8_0 file, as llama.cpp's
+///   converter does), 1-D tensors (the norms) as F32; every RMSNorm weight stored as `1 + w` (computed in
+///   f32), the GGUF convention for Gemma.
+///
+/// Returns the file's size in bytes. The file is written through a temporary file (see
+/// [`GgufWriter::write`]).
+///
+/// # Errors
+/// [`Error::UnsupportedArchitecture`] for a Gemma 1 / 2 configuration; [`Error::Config`] for a Gemma 3
+/// configuration a GGUF cannot express (sliding-layer RoPE θ ≠ 10⁴, `query_pre_attn_scalar` ≠ 256, a
+/// soft-cap, another activation or layer pattern, a size beyond `u32`) or a tokenizer whose token count
+/// differs from `vocab_size`; [`Error::Gguf`] for a `ty` other than F32, F16, BF16, Q8_0 or a value that
+/// cannot be encoded; [`Error::Tokenizer`] for [`TokenizerSource::HfDir`] (converting `tokenizer.json`
+/// to GGUF metadata is not implemented); [`Error::MissingTensor`], [`Error::UnexpectedTensor`],
+/// [`Error::TensorShape`] when `parameters` do not match `config`; [`Error::Io`], [`Error::Torch`].
+pub fn save_gguf(
+    path: &Path,
+    config: &GemmaConfig,
+    parameters: &[(String, Tensor)],
+    ty: GgmlType,
+    tokenizer: TokenizerSource<'_>,
+) -> Result<u64> {
+    if !matches!(
+        ty,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0
+    ) {
+        return Err(Error::Gguf {
+            path: path.display().to_string(),
+            reason: format!("cannot export matrices as {ty}; choose F32, F16, BF16 or Q8_0"),
+        });
+    }
+    check_representable(config)?;
+    let ordered = ordered_parameters(config, parameters)?;
+    let source = match tokenizer {
+        TokenizerSource::None => None,
+        TokenizerSource::Gguf(file) => Some(file),
+        TokenizerSource::HfDir(dir) => {
+            return Err(Error::Tokenizer(format!(
+            "{}: a GGUF export takes its tokenizer from a GGUF file's metadata; converting a Hugging Face \
+                 tokenizer folder is not implemented",
+            dir.display()
+        )))
+        }
+    };
+    if let Some(file) = source {
+        let tokens = file.get_array("tokenizer.ggml.tokens")?.len() as i64;
+        if tokens != config.vocab_size {
+            return Err(config_error(
+                "vocab_size",
+                format!(
+                    "{}, but the tokenizer of {} has {tokens} tokens",
+                    config.vocab_size,
+                    file.path().display()
+                ),
+            ));
+        }
+    }
+
+    let mut w = GgufWriter::new();
+    w.add_metadata("general.architecture", GgufValue::String("gemma3".into()))?;
+    w.add_metadata("general.type", GgufValue::String("model".into()))?;
+    if let Some(file) = source {
+        for key in ["name", "basename", "size_label", "license", "tags"] {
+            if let Some(value) = file.get(&format!("general.{key}")) {
+                w.add_metadata(format!("general.{key}"), value.clone())?;
+            }
+        }
+    }
+    w.add_metadata("general.file_type", GgufValue::U32(file_type(ty)))?;
+    w.add_metadata("general.quantization_version", GgufValue::U32(2))?;
+    let (global, _) = config.rope_bases()?;
+    let hparams: [(&str, GgufValue); 12] = [
+        (
+            "context_length",
+            u32_value("max_position_embeddings", config.max_position_embeddings)?,
+        ),
+        ("embedding_length", u32_value("hidden_size", config.hidden_size)?),
+        (
+            "block_count",
+            u32_value("num_hidden_layers", config.num_hidden_layers)?,
+        ),
+        (
+            "feed_forward_length",
+            u32_value("intermediate_size", config.intermediate_size)?,
+        ),
+        ("vocab_size", u32_value("vocab_size", config.vocab_size)?),
+        (
+            "attention.head_count",
+            u32_value("num_attention_heads", config.num_attention_heads)?,
+        ),
+        (
+            "attention.head_count_kv",
+            u32_value("num_key_value_heads", config.kv_heads())?,
+        ),
+        ("attention.key_length", u32_value("head_dim", config.head_size())?),
+        (
+            "attention.value_length",
+            u32_value("head_dim", config.head_size())?,
+        ),
+        (
+            "attention.layer_norm_rms_epsilon",
+            GgufValue::F32(config.rms_norm_eps as f32),
+        ),
+        (
+            "attention.sliding_window",
+            u32_value("sliding_window", config.sliding_window.unwrap_or(0))?,
+        ),
+        ("rope.freq_base", GgufValue::F32(global as f32)),
+    ];
+    for (key, value) in hparams {
+        w.add_metadata(format!("gemma3.{key}"), value)?;
+    }
+    if let Some(file) = source {
+        for (key, value) in file.metadata() {
+            if key.starts_with("tokenizer.") {
+                w.add_metadata(key.clone(), value.clone())?;
+            }
+        }
+    }
+
+    // Norm weights are materialized as 1 + w (small); matrices are read and encoded while writing.
+    tch::no_grad(|| -> Result<()> {
+        for (name, tensor) in &ordered {
+            let gguf = gguf_tensor_name(name).ok_or_else(|| Error::UnexpectedTensor {
+                name: name.to_string(),
+                file: "the parameters to save".into(),
+                model_type: config.model_type.clone(),
+            })?;
+            if tensor.dim() == 1 {
+                let stored = if gguf.ends_with("norm.weight") {
+                    tensor.f_to_kind(Kind::Float)?.f_add_scalar(1.0)?
+                } else {
+                    tensor.f_to_kind(Kind::Float)?
+                };
+                w.add_tensor(gguf.as_str(), &stored, GgmlType::F32)?;
+            } else {
+                let row = tensor.size().last().copied().unwrap_or(0);
+                let matrix_type = if ty == GgmlType::Q8_0 && row % 32 != 0 {
+                    GgmlType::F16
+                } else {
+                    ty
+                };
+                w.add_tensor(gguf.as_str(), tensor, matrix_type)?;
+            }
+        }
+        Ok(())
+    })?;
+    w.write(path)
+}

@@ -1,0 +1,247 @@
+//! The Hugging Face folder: `config.json`, `generation_config.json`, `model.safetensors`, tokenizer files.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+use tch::{Device, Kind, Tensor};
+
+use super::tokenizer::hf_tokenizer_files;
+use super::{dtype_name, ordered_parameters, TokenizerSource, HF_TOKENIZER_FILES};
+use crate::error::{Error, Result};
+use crate::models::gemma::config::{Activation, GemmaArch, GemmaConfig, TokenIds};
+
+fn checkpoint_error(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Checkpoint {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The `config.json` of `config` for a folder saved in `kind`: every field `transformers` reads for the
+/// architecture, written out explicitly (none left to transformers' defaults), so that transformers and
+/// [`GemmaConfig::from_file`] read back the same model:
+///
+/// - `architectures` (`GemmaForCausalLM`, `Gemma2ForCausalLM` or `Gemma3ForCausalLM`), `model_type`
+///   (`gemma`, `gemma2`, `gemma3_text`), the sizes, `head_dim`, `num_key_value_heads`,
+///   `hidden_activation`, `rms_norm_eps`, `max_position_embeddings`, `initializer_range`, the special
+///   token ids, `tie_word_embeddings`, `attention_bias`, `dtype`;
+/// - `rope_parameters` in transformers ≥ 5's form: `{"rope_type": "default", "rope_theta": θ}`, for
+///   Gemma 3 one such entry per layer type (`full_attention`, `sliding_attention`);
+/// - Gemma 2 / 3: `query_pre_attn_scalar`, `sliding_window`, `layer_types` (one entry per layer), both
+///   soft-caps (`null` when off); Gemma 3 also `use_bidirectional_attention: false`.
+///
+/// # Errors
+/// Those of [`GemmaConfig::validate`]; [`Error::DType`] for a `kind` other than Float, BFloat16, Half.
+pub fn hf_config_json(config: &GemmaConfig, kind: Kind) -> Result<Value> {
+    config.validate()?;
+    let arch = config.arch()?;
+    let (global, local) = config.rope_bases()?;
+    let rope = |theta: f64| json!({"rope_type": "default", "rope_theta": theta});
+    let activation = match config.activation()? {
+        Activation::GeluTanh => "gelu_pytorch_tanh",
+        Activation::Gelu => "gelu",
+    };
+    let eos = match &config.eos_token_id {
+        None => Value::Null,
+        Some(TokenIds::One(id)) => json!(id),
+        Some(TokenIds::Many(ids)) => json!(ids),
+    };
+    let (architecture, model_type) = match arch {
+        GemmaArch::Gemma => ("GemmaForCausalLM", "gemma"),
+        GemmaArch::Gemma2 => ("Gemma2ForCausalLM", "gemma2"),
+        GemmaArch::Gemma3 => ("Gemma3ForCausalLM", "gemma3_text"),
+    };
+    let mut out = json!({
+        "architectures": [architecture],
+        "model_type": model_type,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "num_key_value_heads": config.kv_heads(),
+        "head_dim": config.head_size(),
+        "hidden_activation": activation,
+        "rms_norm_eps": config.rms_norm_eps,
+        "max_position_embeddings": config.max_position_embeddings,
+        "initializer_range": config.initializer_range,
+        "pad_token_id": config.pad_token_id,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": eos,
+        "tie_word_embeddings": true,
+        "attention_bias": false,
+        "attention_dropout": 0.0,
+        "use_cache": true,
+        "dtype": dtype_name(kind)?,
+    });
+    let map = out.as_object_mut().expect("an object");
+    if arch == GemmaArch::Gemma {
+        // Gemma 1's config class reads `hidden_act`.
+        map.insert("hidden_act".into(), json!(activation));
+        map.insert("rope_parameters".into(), rope(global));
+        return Ok(out);
+    }
+    let layer_types: Vec<&str> = config
+        .layer_windows()?
+        .iter()
+        .map(|w| match w {
+            Some(_) => "sliding_attention",
+            None => "full_attention",
+        })
+        .collect();
+    // transformers declares it an int (and checks): write whole numbers as integers.
+    let scalar = config.query_pre_attn_scalar.map(|s| {
+        if s.fract() == 0.0 && s.abs() < 1e15 {
+            json!(s as i64)
+        } else {
+            json!(s)
+        }
+    });
+    map.insert("query_pre_attn_scalar".into(), json!(scalar));
+    map.insert("sliding_window".into(), json!(config.sliding_window));
+    map.insert("layer_types".into(), json!(layer_types));
+    map.insert(
+        "final_logit_softcapping".into(),
+        json!(config.final_logit_softcapping),
+    );
+    map.insert(
+        "attn_logit_softcapping".into(),
+        json!(config.attn_logit_softcapping),
+    );
+    if arch == GemmaArch::Gemma2 {
+        map.insert("rope_parameters".into(), rope(global));
+    } else {
+        map.insert(
+            "rope_parameters".into(),
+            json!({"full_attention": rope(global), "sliding_attention": rope(local)}),
+        );
+        map.insert("use_bidirectional_attention".into(), json!(false));
+    }
+    Ok(out)
+}
+
+/// The `generation_config.json` of `config`: its BOS, EOS and padding ids (those that are set).
+pub fn generation_config_json(config: &GemmaConfig) -> Value {
+    let mut out = serde_json::Map::new();
+    if let Some(id) = config.bos_token_id {
+        out.insert("bos_token_id".into(), json!(id));
+    }
+    match &config.eos_token_id {
+        Some(TokenIds::One(id)) => {
+            out.insert("eos_token_id".into(), json!(id));
+        }
+        Some(TokenIds::Many(ids)) => {
+            out.insert("eos_token_id".into(), json!(ids));
+        }
+        None => {}
+    }
+    if let Some(id) = config.pad_token_id {
+        out.insert("pad_token_id".into(), json!(id));
+    }
+    Value::Object(out)
+}
+
+fn write_json(path: &Path, value: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| checkpoint_error(path, format!("cannot serialize: {e}")))?;
+    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+}
+
+/// Saves a Gemma model as a Hugging Face folder that `transformers` (`AutoModelForCausalLM` /
+/// `AutoTokenizer.from_pretrained(dir)`) and [`Gemma::from_pretrained`](crate::models::gemma::Gemma::from_pretrained)
+/// load:
+///
+/// - `config.json` ([`hf_config_json`]) and `generation_config.json` ([`generation_config_json`]);
+/// - `model.safetensors`: every parameter under its Hugging Face name, converted to `kind` (Float,
+///   BFloat16 or Half) on the CPU; RMSNorm weights as the model holds them (`w` in `x·(1 + w)`); no
+///   `lm_head.weight` (tied);
+/// - the tokenizer from `tokenizer` ([`TokenizerSource`]): generated from a GGUF's metadata
+///   ([`hf_tokenizer_files`]), or copied from a folder.
+///
+/// `dir` is created if needed; files of the same names are replaced.
+///
+/// # Errors
+/// [`Error::Checkpoint`] if `dir` holds a sharded checkpoint (`model.safetensors.index.json`, which loaders
+/// would read instead of the new file) or a parameter is given twice; [`Error::MissingTensor`],
+/// [`Error::UnexpectedTensor`], [`Error::TensorShape`] when `parameters` do not match `config`; those of
+/// [`hf_config_json`] and [`hf_tokenizer_files`]; [`Error::Io`] for a file that cannot be written or copied;
+/// [`Error::Torch`] if libtorch fails (e.g. writing the safetensors file).
+pub fn save_pretrained(
+    dir: &Path,
+    config: &GemmaConfig,
+    parameters: &[(String, Tensor)],
+    kind: Kind,
+    tokenizer: TokenizerSource<'_>,
+) -> Result<()> {
+    let config_json = hf_config_json(config, kind)?;
+    let ordered = ordered_parameters(config, parameters)?;
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        return Err(checkpoint_error(
+            dir,
+            "holds a sharded checkpoint (model.safetensors.index.json); save into an empty folder",
+        ));
+    }
+    let tokenizer_files = match tokenizer {
+        TokenizerSource::Gguf(file) => Some(hf_tokenizer_files(file)?),
+        _ => None,
+    };
+    let copies: Vec<&str> = match tokenizer {
+        TokenizerSource::HfDir(source) => {
+            let found: Vec<&str> = HF_TOKENIZER_FILES
+                .into_iter()
+                .filter(|name| source.join(name).is_file())
+                .collect();
+            if found.is_empty() {
+                return Err(Error::Tokenizer(format!(
+                    "{} holds none of the tokenizer files {HF_TOKENIZER_FILES:?}",
+                    source.display()
+                )));
+            }
+            found
+        }
+        _ => Vec::new(),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    write_json(&dir.join("config.json"), &config_json)?;
+    write_json(
+        &dir.join("generation_config.json"),
+        &generation_config_json(config),
+    )?;
+    let tensors = tch::no_grad(|| -> Result<Vec<(String, Tensor)>> {
+        ordered
+            .iter()
+            .map(|(name, t)| {
+                let t = t
+                    .f_detach()?
+                    .f_to_device(Device::Cpu)?
+                    .f_to_kind(kind)?
+                    .f_contiguous()?;
+                Ok((name.to_string(), t))
+            })
+            .collect()
+    })?;
+    Tensor::write_safetensors(&tensors, dir.join("model.safetensors"))?;
+    drop(tensors);
+    match tokenizer {
+        TokenizerSource::None => {}
+        TokenizerSource::Gguf(_) => {
+            if let Some((tokenizer_json, tokenizer_config)) = tokenizer_files {
+                let path = dir.join("tokenizer.json");
+                let text = serde_json::to_string(&tokenizer_json)
+                    .map_err(|e| checkpoint_error(&path, format!("cannot serialize: {e}")))?;
+                std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+                write_json(&dir.join("tokenizer_config.json"), &tokenizer_config)?;
+            }
+        }
+        TokenizerSource::HfDir(source) => {
+            for name in copies {
+                let (from, to) = (source.join(name), dir.join(name));
+                if from.canonicalize().ok() != to.canonicalize().ok() {
+                    std::fs::copy(&from, &to).map_err(|e| Error::io(&from, e))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

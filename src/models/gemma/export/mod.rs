@@ -1,0 +1,185 @@
+//! Saving a (trained) Gemma model for other tools: a Hugging Face folder for `transformers`
+//! ([`save_pretrained`]) and a GGUF file for llama.cpp-compatible runtimes and `transformers`' GGUF loader
+//! ([`save_gguf`]).
+//!
+//! Both take the model's configuration and its parameters by Hugging Face name (a [`GemmaPolicy`]'s
+//! [`PolicyModel::named_parameters`](crate::train::PolicyModel::named_parameters), or
+//! [`crate::train::var_store_parameters`] of the store the model was built in); every
+//! parameter the configuration implies must be there once, with its shape. [`GemmaPolicy::save_pretrained`]
+//! and [`GemmaPolicy::save_gguf`] do this for a policy.
+//!
+//! | | Hugging Face folder | GGUF file |
+//! |---|---|---|
+//! | architectures | Gemma 1, 2, 3 | Gemma 3 (`general.architecture` = `gemma3`) |
+//! | weights | `model.safetensors`, f32 / bf16 / f16, RMSNorm weights `w` | F32 / F16 / BF16 / Q8_0 matrices, 1-D tensors (norms) F32, RMSNorm weights `1 + w` |
+//! | configuration | `config.json` (every field transformers reads), `generation_config.json` | `gemma3.*` hyper-parameters |
+//! | tokenizer | `tokenizer.json` + `tokenizer_config.json` built from a GGUF's tokenizer metadata, or copied from a folder | the `tokenizer.*` metadata of a GGUF |
+//!
+//! Checked by `tests/export_gemma.rs`: the saved folder and files load back here and in `transformers`
+//! (logits compared), the tokenizer gives the same ids, and the GGUF reads back in the `gguf` Python package.
+//!
+//! ```no_run
+//! use tch::{Device, Kind};
+//! use tch_rpo::gguf::{GgmlType, GgufFile};
+//! use tch_rpo::models::gemma::export::TokenizerSource;
+//! use tch_rpo::models::gemma::{Gemma, GemmaPolicy};
+//!
+//! # fn main() -> tch_rpo::Result<()> {
+//! let (vs, model, file) = Gemma::from_gguf("gemma-3-270m.gguf".as_ref(), Device::Cpu, Kind::Float)?;
+//! let policy = GemmaPolicy::new(vs, model);
+//! // … train it with tch_rpo::train::RpoTrainer …
+//! policy.save_pretrained("trained-hf".as_ref(), Kind::Float, TokenizerSource::Gguf(&file))?;
+//! policy.save_gguf("trained-q8_0.gguf".as_ref(), GgmlType::Q8_0, TokenizerSource::Gguf(&file))?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod gguf;
+mod hf;
+mod tokenizer;
+
+pub use gguf::save_gguf;
+pub use hf::{generation_config_json, hf_config_json, save_pretrained};
+pub use tokenizer::hf_tokenizer_files;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tch::{Kind, Tensor};
+
+use super::config::GemmaConfig;
+use super::policy::GemmaPolicy;
+use crate::error::{Error, Result};
+use crate::gguf::{GgmlType, GgufFile};
+use crate::train::var_store_parameters;
+
+/// Where the saved tokenizer comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum TokenizerSource<'a> {
+    /// No tokenizer: the folder gets no tokenizer files, the GGUF no `tokenizer.*` metadata (llama.cpp then
+    /// cannot run it; transformers' `AutoTokenizer` cannot load it).
+    None,
+    /// The tokenizer metadata of a GGUF file (e.g. the one the model was loaded from): copied into a GGUF
+    /// export; turned into `tokenizer.json` / `tokenizer_config.json` for a folder ([`hf_tokenizer_files`]).
+    Gguf(&'a GgufFile),
+    /// A Hugging Face folder (e.g. the one the model was loaded from): its tokenizer files
+    /// ([`HF_TOKENIZER_FILES`]) are copied into a folder export. Not usable for a GGUF export.
+    HfDir(&'a Path),
+}
+
+/// The files [`TokenizerSource::HfDir`] copies when present.
+pub const HF_TOKENIZER_FILES: [&str; 5] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+];
+
+/// The parameters in file order (embedding, layers 0, 1, … each in a fixed order, final norm), checked
+/// against `config`: every parameter once with its shape, nothing else.
+fn ordered_parameters<'p>(
+    config: &GemmaConfig,
+    parameters: &'p [(String, Tensor)],
+) -> Result<Vec<(&'p str, &'p Tensor)>> {
+    let expected = config.parameter_shapes()?;
+    let mut given: HashMap<&str, &Tensor> = HashMap::with_capacity(parameters.len());
+    for (name, tensor) in parameters {
+        let Some(shape) = expected.get(name) else {
+            return Err(Error::UnexpectedTensor {
+                name: name.clone(),
+                file: "the parameters to save".into(),
+                model_type: config.model_type.clone(),
+            });
+        };
+        if &tensor.size() != shape {
+            return Err(Error::TensorShape {
+                name: name.clone(),
+                file: "the parameters to save".into(),
+                expected: shape.clone(),
+                got: tensor.size(),
+            });
+        }
+        if given.insert(name, tensor).is_some() {
+            return Err(Error::Checkpoint {
+                path: "the parameters to save".into(),
+                reason: format!("parameter `{name}` is given twice"),
+            });
+        }
+    }
+    let mut ordered = Vec::with_capacity(expected.len());
+    for name in expected.keys() {
+        match given.get_key_value(name.as_str()) {
+            Some((&name, &tensor)) => ordered.push((name, tensor)),
+            None => {
+                return Err(Error::MissingTensor {
+                    name: name.clone(),
+                    file: "the parameters to save".into(),
+                })
+            }
+        }
+    }
+    ordered.sort_by_key(|(name, _)| file_order(name));
+    Ok(ordered)
+}
+
+/// Sort key: the embedding first, then each layer in numeric order, then the final norm.
+fn file_order(name: &str) -> (u8, usize, &str) {
+    if name == "model.embed_tokens.weight" {
+        return (0, 0, name);
+    }
+    if let Some(rest) = name.strip_prefix("model.layers.") {
+        if let Some((layer, param)) = rest.split_once('.') {
+            if let Ok(layer) = layer.parse() {
+                return (1, layer, param);
+            }
+        }
+    }
+    (2, 0, name)
+}
+
+/// Maps a `kind` to the safetensors / transformers dtype name, for the kinds a folder can be saved in.
+fn dtype_name(kind: Kind) -> Result<&'static str> {
+    match kind {
+        Kind::Float => Ok("float32"),
+        Kind::BFloat16 => Ok("bfloat16"),
+        Kind::Half => Ok("float16"),
+        other => Err(Error::DType {
+            arg: "kind",
+            expected: "Float, BFloat16 or Half",
+            got: other,
+        }),
+    }
+}
+
+impl GemmaPolicy {
+    /// Saves the policy's model as a Hugging Face folder: [`save_pretrained`] with its configuration and
+    /// the variables of its store.
+    ///
+    /// # Errors
+    /// Those of [`save_pretrained`].
+    pub fn save_pretrained(&self, dir: &Path, kind: Kind, tokenizer: TokenizerSource<'_>) -> Result<()> {
+        save_pretrained(
+            dir,
+            self.model().config(),
+            &var_store_parameters(self.var_store()),
+            kind,
+            tokenizer,
+        )
+    }
+
+    /// Saves the policy's model as a GGUF file: [`save_gguf`] with its configuration and the variables of
+    /// its store. Returns the file's size in bytes.
+    ///
+    /// # Errors
+    /// Those of [`save_gguf`].
+    pub fn save_gguf(&self, path: &Path, ty: GgmlType, tokenizer: TokenizerSource<'_>) -> Result<u64> {
+        save_gguf(
+            path,
+            self.model().config(),
+            &var_store_parameters(self.var_store()),
+            ty,
+            tokenizer,
+        )
+    }
+}

@@ -1,0 +1,218 @@
+//! Hugging Face tokenizer files (`tokenizer.json`, `tokenizer_config.json`) from the tokenizer metadata of a
+//! Gemma GGUF file.
+//!
+//! The files describe the tokenizer `transformers` builds from the same GGUF (its `gemma_tokenizer` in
+//! `integrations/gguf/gguf_tokenizer_mapping.py`, and [`GgufTokenizer`](crate::models::tokenizer::GgufTokenizer)
+//! here), so the saved folder tokenizes exactly like the GGUF it came from:
+//! - a BPE model with byte fallback over the file's tokens, tokens of two or more spaces respelled with `▁`;
+//! - the merges recovered from the vocabulary: every split of a token into two tokens, ordered by the
+//!   position of the merged token in the file, then longer left part first (transformers'
+//!   `generate_merges` with the file positions as scores);
+//! - control tokens (type 3) as special added tokens, user-defined ones (type 4) that are in the vocabulary
+//!   as plain added tokens, neither normalized;
+//! - normalizer `" "` → `▁`, pre-tokenizer split on `" "` merged with the previous piece, decoder `▁` → `" "`
+//!   then byte fallback then fuse; BOS / EOS added as `tokenizer.ggml.add_bos_token` /
+//!   `add_eos_token` say (default BOS yes, EOS no, as llama.cpp does for a SentencePiece vocabulary).
+
+use std::collections::HashMap;
+
+use serde_json::{json, Map, Value};
+
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+
+/// llama.cpp's token types.
+const TYPE_CONTROL: i64 = 3;
+const TYPE_USER_DEFINED: i64 = 4;
+
+fn tokenizer_error(file: &GgufFile, message: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(format!("{}: {message}", file.path().display()))
+}
+
+/// The tokenizer files of a Gemma GGUF: `(tokenizer.json, tokenizer_config.json)` as JSON values.
+///
+/// # Errors
+/// [`Error::Gguf`] for a missing or mistyped `tokenizer.ggml.*` key; [`Error::Tokenizer`] for a tokenizer
+/// model other than `"llama"` (SentencePiece), token types of another length than the tokens, or a special
+/// token id outside the vocabulary.
+pub fn hf_tokenizer_files(file: &GgufFile) -> Result<(Value, Value)> {
+    let model = file.get_str("tokenizer.ggml.model")?;
+    if model != "llama" {
+        return Err(tokenizer_error(
+            file,
+            format!("tokenizer.ggml.model is {model:?}; only SentencePiece (\"llama\") can be written as tokenizer.json"),
+        ));
+    }
+    let raw = file.get_str_array("tokenizer.ggml.tokens")?;
+    let types = file.get_i64_array("tokenizer.ggml.token_type")?;
+    if types.len() != raw.len() {
+        return Err(tokenizer_error(
+            file,
+            format!("{} token types for {} tokens", types.len(), raw.len()),
+        ));
+    }
+    let special = |key: &str| -> Result<Option<usize>> {
+        let key = format!("tokenizer.ggml.{key}");
+        if file.get(&key).is_none() {
+            return Ok(None);
+        }
+        let id = file.get_i64(&key)?;
+        match usize::try_from(id) {
+            Ok(id) if id < raw.len() => Ok(Some(id)),
+            _ => Err(tokenizer_error(
+                file,
+                format!("{key} = {id} is outside the vocabulary"),
+            )),
+        }
+    };
+    let flag = |key: &str, default: bool| -> Result<bool> {
+        let key = format!("tokenizer.ggml.{key}");
+        match file.get(&key) {
+            Some(_) => file.get_bool(&key),
+            None => Ok(default),
+        }
+    };
+    let (bos, eos, unk, pad) = (
+        special("bos_token_id")?,
+        special("eos_token_id")?,
+        special("unknown_token_id")?,
+        special("padding_token_id")?,
+    );
+    let (add_bos, add_eos) = (flag("add_bos_token", true)?, flag("add_eos_token", false)?);
+
+    let tokens: Vec<String> = raw
+        .iter()
+        .map(|t| {
+            if t.contains(' ') && t.trim().is_empty() {
+                "\u{2581}".repeat(t.chars().count())
+            } else {
+                (*t).to_string()
+            }
+        })
+        .collect();
+    // Token → id; a repeated token keeps its last id (as a Python dict built in order does).
+    let mut vocab: HashMap<&str, usize> = HashMap::with_capacity(tokens.len());
+    for (id, token) in tokens.iter().enumerate() {
+        vocab.insert(token, id);
+    }
+
+    // Merges: (id of the merged token, characters in the left part, left, right), sorted by the merged
+    // token's position, then longer left part first.
+    let mut merges: Vec<(usize, usize, &str, &str)> = Vec::new();
+    for (token, &id) in &vocab {
+        for (chars_left, (at, _)) in token.char_indices().skip(1).enumerate() {
+            let (left, right) = token.split_at(at);
+            if vocab.contains_key(left) && vocab.contains_key(right) {
+                merges.push((id, chars_left + 1, left, right));
+            }
+        }
+    }
+    merges.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+
+    // Added tokens, by id.
+    let mut added: Vec<(usize, &str, bool)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for ((index, text), &ty) in raw.iter().enumerate().zip(&types) {
+        let special = ty == TYPE_CONTROL;
+        if !(special || (ty == TYPE_USER_DEFINED && vocab.contains_key(text))) || !seen.insert(*text) {
+            continue;
+        }
+        added.push((vocab.get(text).copied().unwrap_or(index), text, special));
+    }
+    added.sort_by_key(|a| a.0);
+
+    let token = |id: Option<usize>| id.map(|i| raw[i]);
+    let vocab_json: Map<String, Value> = vocab
+        .iter()
+        .map(|(t, &id)| ((*t).to_string(), json!(id)))
+        .collect();
+    let merges_json: Vec<Value> = merges.iter().map(|m| json!([m.2, m.3])).collect();
+    let added_json: Vec<Value> = added
+        .iter()
+        .map(|(id, content, special)| {
+            json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,
+                   "normalized": false, "special": special})
+        })
+        .collect();
+
+    let bos_token = token(bos).filter(|_| add_bos);
+    let eos_token = token(eos).filter(|_| add_eos);
+    let post_processor = if bos_token.is_none() && eos_token.is_none() {
+        Value::Null
+    } else {
+        let piece = |t: &str, type_id: u32| json!({"SpecialToken": {"id": t, "type_id": type_id}});
+        let sequence = |s: &str, type_id: u32| json!({"Sequence": {"id": s, "type_id": type_id}});
+        let template = |parts: &[(&str, u32)]| -> Vec<Value> {
+            let mut out = Vec::new();
+            for &(seq, type_id) in parts {
+                if let Some(b) = bos_token {
+                    out.push(piece(b, type_id));
+                }
+                out.push(sequence(seq, type_id));
+                if let Some(e) = eos_token {
+                    out.push(piece(e, type_id));
+                }
+            }
+            out
+        };
+        let single = template(&[("A", 0)]);
+        let pair = template(&[("A", 0), ("B", 1)]);
+        let mut specials = Map::new();
+        for (t, id) in [(bos_token, bos), (eos_token, eos)] {
+            if let (Some(t), Some(id)) = (t, id) {
+                specials.insert(t.to_string(), json!({"id": t, "ids": [id], "tokens": [t]}));
+            }
+        }
+        json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials})
+    };
+
+    let tokenizer = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added_json,
+        "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
+        "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false},
+        "post_processor": post_processor,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"}
+        ]},
+        "model": {
+            "type": "BPE",
+            "dropout": null,
+            "unk_token": token(unk),
+            "continuing_subword_prefix": null,
+            "end_of_word_suffix": null,
+            "fuse_unk": true,
+            "byte_fallback": true,
+            "ignore_merges": false,
+            "vocab": vocab_json,
+            "merges": merges_json
+        }
+    });
+
+    let mut config = Map::new();
+    config.insert("backend".into(), json!("tokenizers"));
+    config.insert("tokenizer_class".into(), json!("GemmaTokenizer"));
+    for (name, id) in [
+        ("bos_token", bos),
+        ("eos_token", eos),
+        ("unk_token", unk),
+        ("pad_token", pad),
+    ] {
+        if let Some(t) = token(id) {
+            config.insert(name.into(), json!(t));
+        }
+    }
+    if vocab.contains_key("<mask>") {
+        config.insert("mask_token".into(), json!("<mask>"));
+    }
+    config.insert("add_bos_token".into(), json!(add_bos));
+    config.insert("add_eos_token".into(), json!(add_eos));
+    if let Some(template) = file.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+        config.insert("chat_template".into(), json!(template));
+    }
+    Ok((tokenizer, Value::Object(config)))
+}
