@@ -51,3 +51,34 @@ fi
 ln -sfn "$torch_dir" "$repo_root/.libtorch"
 ln -sfn "$venv" "$repo_root/.venv"
 echo "setup: libtorch $TORCH_VERSION at $torch_dir (linked as .libtorch)" >&2
+
+# ---- feature `dist` (tch_rpo::dist): gloo's headers ------------------------------------------------------
+# libtorch's ProcessGroupGloo.hpp includes gloo's headers, which the torch wheel does not ship. Debian's
+# libgloo-dev provides them (headers only are used; nothing of it is linked). They are unpacked without root
+# into a cache folder next to the venv and linked as `.gloo`; build.rs reads `.gloo/usr/include`.
+setup_gloo_headers() {
+  local gloo_dir="$venv-gloo"
+  if [ ! -f "$gloo_dir/usr/include/gloo/context.h" ]; then
+    if [ -f /usr/include/gloo/context.h ]; then
+      echo "setup: using the system's gloo headers (/usr/include/gloo)" >&2
+      return 0
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+      echo "setup: gloo headers not found and no apt-get: install libgloo-dev, set TCH_RPO_GLOO_INCLUDE, or build with --no-default-features" >&2
+      return 1
+    fi
+    local tmp
+    tmp=$(mktemp -d)
+    if ! (cd "$tmp" && apt-get download libgloo-dev >/dev/null 2>&1); then
+      echo "setup: apt-get download libgloo-dev failed; running apt-get update first" >&2
+      if [ "$(id -u)" = 0 ]; then apt-get update -qq >/dev/null; else sudo apt-get update -qq >/dev/null; fi
+      (cd "$tmp" && apt-get download libgloo-dev >/dev/null 2>&1)
+    fi
+    rm -rf "$gloo_dir"
+    dpkg -x "$tmp"/libgloo-dev_*.deb "$gloo_dir"
+    rm -rf "$tmp"
+  fi
+  ln -sfn "$gloo_dir" "$repo_root/.gloo"
+  echo "setup: gloo headers at $gloo_dir/usr/include (linked as .gloo)" >&2
+}
+setup_gloo_headers

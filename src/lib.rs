@@ -58,6 +58,9 @@
 //! - [`data`] (feature `train`, default): JSON Lines preference records, tokenizers, collation.
 //! - [`gguf`] (feature `gguf`, default): GGUF files (llama.cpp's format): metadata, tensor infos, and
 //!   tensors dequantized (F32/F16/BF16, Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q4_K/Q5_K/Q6_K) into tch tensors.
+//! - [`dist`] (feature `dist`, default): data parallelism on libtorch's c10d: process groups from the
+//!   launcher environment (Gloo on CPU, NCCL on CUDA), bounded collectives, gradient buckets, a
+//!   distributed sampler.
 //! - [`error`]: the one [`Error`] enum; every public function returns [`Result`].
 //!
 //! # Devices and validation
@@ -68,6 +71,8 @@
 
 #[cfg(feature = "train")]
 pub mod data;
+#[cfg(feature = "dist")]
+pub mod dist;
 pub mod error;
 pub mod fused;
 #[cfg(feature = "gguf")]
