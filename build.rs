@@ -50,6 +50,12 @@ mod dist {
     /// The include folders NCCL's process group needs (nccl.h and the complete CUDA runtime headers), from
     /// torch's pip dependencies next to it, or `TCH_RPO_CUDA_INCLUDE` (colon-separated) added in front.
     fn nccl_includes(site_packages: &Path) -> Option<Vec<PathBuf>> {
+        // Rebuild when setup.sh adds the missing headers.
+        for d in ["nvidia/nccl/include", "nvidia/cu13/include"] {
+            if site_packages.join(d).is_dir() {
+                println!("cargo:rerun-if-changed={}", site_packages.join(d).display());
+            }
+        }
         let mut dirs: Vec<PathBuf> = env("TCH_RPO_CUDA_INCLUDE")
             .map(|v| std::env::split_paths(&v).collect())
             .unwrap_or_default();
@@ -68,8 +74,12 @@ mod dist {
         let lib_dir = PathBuf::from(
             env("DEP_TCH_LIBTORCH_LIB").expect("tch-rpo feature `dist`: torch-sys did not export DEP_TCH_LIBTORCH_LIB"),
         );
-        // lib_dir = <site-packages>/torch/lib (PyPI) or <libtorch>/lib.
-        let torch_dir = lib_dir.parent().unwrap().to_path_buf();
+        // lib_dir = <site-packages>/torch/lib (PyPI) or <libtorch>/lib, often through the `.libtorch` link.
+        let torch_dir = std::fs::canonicalize(&lib_dir)
+            .unwrap_or_else(|_| lib_dir.clone())
+            .parent()
+            .unwrap()
+            .to_path_buf();
         let include = torch_dir.join("include");
         // The same ABI switch torch-sys uses (PyPI's torch 2.x: the C++11 ABI).
         let abi = env("LIBTORCH_CXX11_ABI").unwrap_or_else(|| "1".to_owned());
@@ -95,6 +105,7 @@ mod dist {
         println!("cargo:rustc-link-search=native={}", lib_dir.display());
         if cfg_nccl.is_some() {
             println!("cargo:rustc-link-lib=dylib=torch_cuda");
+            println!("cargo:rustc-link-lib=dylib=c10_cuda");
         }
         for lib in ["torch_cpu", "c10", "torch"] {
             println!("cargo:rustc-link-lib=dylib={lib}");

@@ -82,3 +82,19 @@ setup_gloo_headers() {
   echo "setup: gloo headers at $gloo_dir/usr/include (linked as .gloo)" >&2
 }
 setup_gloo_headers
+
+# NCCL's process group (compiled when its headers are complete): torch's CUDA wheel brings nccl.h and part of
+# the CUDA runtime's headers; the rest (crt/, nv/target) are in two small header wheels of the same CUDA
+# version (about 3 MB). Skipped for a CPU-only torch.
+setup_cuda_headers() {
+  local site
+  site=$(dirname "$torch_dir")
+  [ -f "$site/nvidia/nccl/include/nccl.h" ] || return 0
+  [ -f "$site/nvidia/cu13/include/crt/host_config.h" ] && [ -e "$site/nvidia/cu13/include/nv/target" ] && return 0
+  local cuda
+  cuda=$("$venv/bin/python" -c 'import importlib.metadata as m; v = m.version("nvidia-cuda-runtime").split("."); print(v[0] + "." + v[1])')
+  echo "setup: installing CUDA $cuda's crt and cccl headers (for NCCL's process group)" >&2
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+    "nvidia-cuda-crt==$cuda.*" "nvidia-cuda-cccl==$cuda.*"
+}
+setup_cuda_headers

@@ -618,6 +618,7 @@ fn failure_case(victim: usize, kill: bool) -> String {
     lines.extend(rx.try_iter());
     let _ = children[victim].wait();
     let failed = failed.unwrap_or_else(|| panic!("rank {survivor} never failed: {lines:?}"));
+    eprintln!("victim {victim} (killed: {kill}): rank {survivor}: {failed}");
     assert_eq!(codes, vec![Some(0)], "{lines:?}");
     assert!(lines.iter().any(|(r, l)| *r == survivor && l.ends_with("POISONED")), "{lines:?}");
     failed
@@ -652,4 +653,42 @@ fn a_hung_rank_times_out_the_other_naming_it() {
     let ms: u64 = field(&line, "ms").parse().unwrap();
     // The 4 s timeout, then the 2 s failure window, plus slack for a loaded machine.
     assert!((3500..4000 + 2000 + 3000).contains(&ms), "{line}");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// NCCL (feature cuda-tests): a one-rank group on CUDA device 0
+// ---------------------------------------------------------------------------------------------------------
+
+#[cfg(feature = "cuda-tests")]
+#[test]
+fn nccl_one_rank_group_on_cuda() {
+    use tch_rpo::dist::{nccl_compiled, Backend};
+    assert!(tch::Cuda::is_available(), "the cuda-tests feature needs a CUDA device");
+    assert!(nccl_compiled(), "this build has no NCCL process group (see docs/distributed.md)");
+    let env = LaunchEnv::single("127.0.0.1", free_port());
+    let g = ProcessGroup::new(&env, &DistOptions::default().with_backend(Backend::Nccl).with_timeout(Duration::from_secs(60)))
+        .unwrap();
+    assert_eq!(g.device(), Device::Cuda(0));
+    let want = rank_values(0, 1000, 1);
+    let mut t = Tensor::from_slice(&want).to_kind(Kind::Float).to_device(g.device());
+    g.all_reduce_sum_(&mut t).unwrap();
+    g.broadcast_(&mut t, 0).unwrap();
+    g.barrier().unwrap();
+    assert_eq!(to_vec(&t.to_device(Device::Cpu)), want);
+    let mut cpu = Tensor::from_slice(&want);
+    assert!(matches!(g.all_reduce_sum_(&mut cpu), Err(Error::DeviceMismatch { .. })));
+    let mut xs = [2.5, -1.0];
+    g.all_reduce_f64(&mut xs, ReduceOp::Max).unwrap();
+    assert_eq!(xs, [2.5, -1.0]);
+    // Timing: a 1.07 GB f32 buffer (the size of a 268M-parameter gradient), one rank.
+    let mut big = Tensor::ones([268_000_000], (Kind::Float, g.device()));
+    g.all_reduce_sum_(&mut big).unwrap();
+    tch::Cuda::synchronize(0);
+    let start = Instant::now();
+    for _ in 0..5 {
+        g.all_reduce_sum_(&mut big).unwrap();
+    }
+    tch::Cuda::synchronize(0);
+    let s = start.elapsed().as_secs_f64() / 5.0;
+    eprintln!("NCCL world size 1: all_reduce of 1.07 GB f32 took {:.3} ms", s * 1e3);
 }
