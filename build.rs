@@ -72,7 +72,8 @@ mod dist {
         println!("cargo:rerun-if-changed=csrc/dist.cpp");
         let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
         let lib_dir = PathBuf::from(
-            env("DEP_TCH_LIBTORCH_LIB").expect("tch-rpo feature `dist`: torch-sys did not export DEP_TCH_LIBTORCH_LIB"),
+            env("DEP_TCH_LIBTORCH_LIB")
+                .expect("tch-rpo feature `dist`: torch-sys did not export DEP_TCH_LIBTORCH_LIB"),
         );
         // lib_dir = <site-packages>/torch/lib (PyPI) or <libtorch>/lib, often through the `.libtorch` link.
         let torch_dir = std::fs::canonicalize(&lib_dir)
@@ -94,7 +95,10 @@ mod dist {
             .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
             .define("USE_C10D_GLOO", None)
             .warnings(false);
-        let cfg_nccl = torch_dir.parent().and_then(nccl_includes).filter(|_| lib_dir.join("libtorch_cuda.so").exists());
+        let cfg_nccl = torch_dir
+            .parent()
+            .and_then(nccl_includes)
+            .filter(|_| lib_dir.join("libtorch_cuda.so").exists());
         if let Some(dirs) = &cfg_nccl {
             build.define("USE_C10D_NCCL", None).define("TCH_RPO_NCCL", None);
             for d in dirs {

@@ -175,7 +175,20 @@ char* tch_rpo_dist_new(const char* host, int port, int rank, int world, int agen
   });
 }
 
-void tch_rpo_dist_free(void* group) { delete static_cast<Group*>(group); }
+// Shuts the backend down (abort() after a failed collective: no waiting on peers), then frees the group.
+void tch_rpo_dist_free(void* group, int failed) {
+  auto* g = static_cast<Group*>(group);
+  try {
+    if (failed != 0) {
+      g->backend->abort();
+    } else {
+      g->backend->shutdown();
+    }
+  } catch (...) {
+    // Nothing to report to: the group is being dropped.
+  }
+  delete g;
+}
 
 // In place: tensor = op over ranks of tensor.
 char* tch_rpo_dist_all_reduce(void* group, at::Tensor* tensor, int op, int* kind) {

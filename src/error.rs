@@ -189,7 +189,10 @@ pub enum Error {
         requirement: String,
     },
     /// A process-group operation (`op`) on `rank` waited longer than the group's timeout.
-    #[error("rank {rank} of {world_size}: `{op}` timed out after {timeout_ms} ms{}: {message}", unresponsive_note(unresponsive))]
+    #[error(
+        "rank {rank} of {world_size}: `{op}` timed out after {timeout_ms} ms{}: {message}",
+        unresponsive_note(unresponsive)
+    )]
     DistTimeout {
         /// The operation (`connect`, `all_reduce`, `broadcast`, `barrier`).
         op: &'static str,
@@ -207,7 +210,10 @@ pub enum Error {
     },
     /// A peer's connection closed, reset or was refused during `op` on `rank`: the peer (or the store's
     /// host) died.
-    #[error("rank {rank} of {world_size}: `{op}` lost a peer{}: {message}", unresponsive_note(unresponsive))]
+    #[error(
+        "rank {rank} of {world_size}: `{op}` lost a peer{}: {message}",
+        unresponsive_note(unresponsive)
+    )]
     DistPeerLost {
         /// The operation (`connect`, `all_reduce`, `broadcast`, `barrier`).
         op: &'static str,

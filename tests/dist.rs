@@ -12,8 +12,8 @@ use proptest::prelude::*;
 use tch::{Device, Kind, Tensor};
 use tch_rpo::data::sampler::BatchSampler;
 use tch_rpo::dist::{
-    all_reduce_buckets_, flatten, plan_buckets, shard_range, unflatten_into, DistOptions,
-    DistributedSampler, LaunchEnv, ProcessGroup, ReduceOp,
+    all_reduce_buckets_, flatten, plan_buckets, shard_range, unflatten_into, DistOptions, DistributedSampler,
+    LaunchEnv, ProcessGroup, ReduceOp,
 };
 use tch_rpo::Error;
 
@@ -48,7 +48,11 @@ fn env_with(var: &str, value: Option<&str>) -> Vec<(&'static str, String)> {
         .map(|(k, v)| (*k, v.to_string()))
         .collect();
     if let Some(v) = value {
-        let key = GOOD.iter().map(|(k, _)| *k).find(|k| *k == var).unwrap_or("TORCHELASTIC_USE_AGENT_STORE");
+        let key = GOOD
+            .iter()
+            .map(|(k, _)| *k)
+            .find(|k| *k == var)
+            .unwrap_or("TORCHELASTIC_USE_AGENT_STORE");
         vars.push((key, v.to_string()));
     }
     vars
@@ -60,7 +64,11 @@ fn parse(vars: &[(&'static str, String)]) -> tch_rpo::Result<LaunchEnv> {
 
 fn single_group() -> ProcessGroup {
     let env = LaunchEnv::single("127.0.0.1", free_port());
-    ProcessGroup::new(&env, &DistOptions::default().with_timeout(Duration::from_secs(20))).unwrap()
+    ProcessGroup::new(
+        &env,
+        &DistOptions::default().with_timeout(Duration::from_secs(20)),
+    )
+    .unwrap()
 }
 
 fn to_vec(t: &Tensor) -> Vec<f64> {
@@ -71,7 +79,10 @@ fn to_vec(t: &Tensor) -> Vec<f64> {
 fn rank_values(rank: usize, n: usize, salt: u64) -> Vec<f64> {
     (0..n)
         .map(|i| {
-            let h = (i as u64).wrapping_mul(0x9E37_79B9).wrapping_add(salt * 31 + rank as u64 * 7) % 17;
+            let h = (i as u64)
+                .wrapping_mul(0x9E37_79B9)
+                .wrapping_add(salt * 31 + rank as u64 * 7)
+                % 17;
             h as f64 * 0.5 - 3.0 + rank as f64
         })
         .collect()
@@ -126,7 +137,11 @@ fn launch_env_errors_name_the_variable_and_value() {
     for (var, value) in cases {
         let vars = env_with(var, value);
         match parse(&vars) {
-            Err(Error::DistEnv { var: got_var, value: got_value, .. }) => {
+            Err(Error::DistEnv {
+                var: got_var,
+                value: got_value,
+                ..
+            }) => {
                 assert_eq!(got_var, var, "{var}={value:?}");
                 assert_eq!(got_value.as_deref(), value, "{var}={value:?}");
                 let text = parse(&vars).unwrap_err().to_string();
@@ -152,7 +167,11 @@ fn one_rank_group_collectives_are_identities() {
             g.all_reduce_(&mut t, op).unwrap();
         }
         g.broadcast_(&mut t, 0).unwrap();
-        let expect: Vec<f64> = if kind == Kind::Int64 { want.iter().map(|v| v.trunc()).collect() } else { want.clone() };
+        let expect: Vec<f64> = if kind == Kind::Int64 {
+            want.iter().map(|v| v.trunc()).collect()
+        } else {
+            want.clone()
+        };
         assert_eq!(to_vec(&t), expect);
     }
     let mut xs = [1.5, -2.0, 1e300];
@@ -166,11 +185,20 @@ fn collective_input_errors() {
     let g = single_group();
     let base = Tensor::from_slice(&[1f32, 2., 3., 4., 5., 6.]).reshape([2, 3]);
     let mut strided = base.tr();
-    assert!(matches!(g.all_reduce_sum_(&mut strided), Err(Error::Shape { arg: "tensor", .. })));
+    assert!(matches!(
+        g.all_reduce_sum_(&mut strided),
+        Err(Error::Shape { arg: "tensor", .. })
+    ));
     let mut grad = base.copy().set_requires_grad(true);
-    assert!(matches!(g.all_reduce_sum_(&mut grad), Err(Error::Config { name: "tensor", .. })));
+    assert!(matches!(
+        g.all_reduce_sum_(&mut grad),
+        Err(Error::Config { name: "tensor", .. })
+    ));
     let mut t = base.copy();
-    assert!(matches!(g.broadcast_(&mut t, 1), Err(Error::InvalidParameter { name: "root", .. })));
+    assert!(matches!(
+        g.broadcast_(&mut t, 1),
+        Err(Error::InvalidParameter { name: "root", .. })
+    ));
     // Bad inputs are refused before any communication: the group still works.
     g.all_reduce_sum_(&mut t).unwrap();
     assert_eq!(to_vec(&t), to_vec(&base));
@@ -182,9 +210,17 @@ fn hosting_on_a_taken_port_is_an_error() {
     let port = listener.local_addr().unwrap().port();
     let env = LaunchEnv::single("127.0.0.1", port);
     let start = Instant::now();
-    let err = ProcessGroup::new(&env, &DistOptions::default().with_timeout(Duration::from_secs(5))).unwrap_err();
+    let err =
+        ProcessGroup::new(&env, &DistOptions::default().with_timeout(Duration::from_secs(5))).unwrap_err();
     assert!(
-        matches!(err, Error::Dist { op: "connect", rank: 0, .. } | Error::DistPeerLost { op: "connect", .. }),
+        matches!(
+            err,
+            Error::Dist {
+                op: "connect",
+                rank: 0,
+                ..
+            } | Error::DistPeerLost { op: "connect", .. }
+        ),
         "{err:?}"
     );
     assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
@@ -201,11 +237,23 @@ fn a_client_without_a_store_times_out_naming_rank_0() {
         agent_store: false,
     };
     let start = Instant::now();
-    let err = ProcessGroup::new(&env, &DistOptions::default().with_timeout(Duration::from_secs(2))).unwrap_err();
+    let err =
+        ProcessGroup::new(&env, &DistOptions::default().with_timeout(Duration::from_secs(2))).unwrap_err();
     let elapsed = start.elapsed();
     match &err {
-        Error::DistTimeout { op: "connect", rank: 1, timeout_ms: 2000, unresponsive, .. }
-        | Error::DistPeerLost { op: "connect", rank: 1, unresponsive, .. } => assert_eq!(unresponsive, &vec![0]),
+        Error::DistTimeout {
+            op: "connect",
+            rank: 1,
+            timeout_ms: 2000,
+            unresponsive,
+            ..
+        }
+        | Error::DistPeerLost {
+            op: "connect",
+            rank: 1,
+            unresponsive,
+            ..
+        } => assert_eq!(unresponsive, &vec![0]),
         other => panic!("{other:?}"),
     }
     assert!(err.to_string().contains("rank 0"), "{err}");
@@ -214,20 +262,41 @@ fn a_client_without_a_store_times_out_naming_rank_0() {
 
 #[test]
 fn a_host_whose_peers_never_come_times_out() {
-    let env = LaunchEnv { world_size: 2, ..LaunchEnv::single("127.0.0.1", free_port()) };
+    let env = LaunchEnv {
+        world_size: 2,
+        ..LaunchEnv::single("127.0.0.1", free_port())
+    };
     let start = Instant::now();
-    let err = ProcessGroup::new(&env, &DistOptions::default().with_timeout(Duration::from_secs(2))).unwrap_err();
-    assert!(matches!(err, Error::DistTimeout { op: "connect", rank: 0, .. }), "{err:?}");
+    let err =
+        ProcessGroup::new(&env, &DistOptions::default().with_timeout(Duration::from_secs(2))).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::DistTimeout {
+                op: "connect",
+                rank: 0,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(start.elapsed() < Duration::from_secs(8), "{:?}", start.elapsed());
 }
 
 #[test]
 fn nccl_is_refused_without_local_rank() {
-    let env = LaunchEnv { local_rank: None, ..LaunchEnv::single("127.0.0.1", free_port()) };
+    let env = LaunchEnv {
+        local_rank: None,
+        ..LaunchEnv::single("127.0.0.1", free_port())
+    };
     let opts = DistOptions::default().with_backend(tch_rpo::dist::Backend::Nccl);
     assert!(matches!(
         ProcessGroup::new(&env, &opts),
-        Err(Error::DistEnv { var: "LOCAL_RANK", value: None, .. })
+        Err(Error::DistEnv {
+            var: "LOCAL_RANK",
+            value: None,
+            ..
+        })
     ));
 }
 
@@ -242,7 +311,9 @@ fn random_tensors(shapes: &[(Vec<i64>, u8)], salt: u64) -> Vec<Tensor> {
         .map(|(i, (shape, k))| {
             let n: i64 = shape.iter().product();
             let kind = [Kind::Float, Kind::Double, Kind::BFloat16][*k as usize % 3];
-            Tensor::from_slice(&rank_values(i, n as usize, salt)).to_kind(kind).reshape(shape.as_slice())
+            Tensor::from_slice(&rank_values(i, n as usize, salt))
+                .to_kind(kind)
+                .reshape(shape.as_slice())
         })
         .collect()
 }
@@ -297,22 +368,49 @@ proptest! {
 fn bucket_errors() {
     let a = Tensor::zeros([3], (Kind::Float, Device::Cpu));
     let b = Tensor::zeros([2], (Kind::Double, Device::Cpu));
-    assert!(matches!(plan_buckets(&[a.copy()], 0), Err(Error::InvalidParameter { name: "bucket_bytes", .. })));
-    assert!(matches!(flatten(&[]), Err(Error::EmptyBatch { arg: "tensors", .. })));
-    assert!(matches!(flatten(&[a.copy(), b.copy()]), Err(Error::DType { arg: "tensors", .. })));
+    assert!(matches!(
+        plan_buckets(&[a.copy()], 0),
+        Err(Error::InvalidParameter {
+            name: "bucket_bytes",
+            ..
+        })
+    ));
+    assert!(matches!(
+        flatten(&[]),
+        Err(Error::EmptyBatch { arg: "tensors", .. })
+    ));
+    assert!(matches!(
+        flatten(&[a.copy(), b.copy()]),
+        Err(Error::DType { arg: "tensors", .. })
+    ));
     let mut outs = [a.copy()];
     let too_long = Tensor::zeros([4], (Kind::Float, Device::Cpu));
-    assert!(matches!(unflatten_into(&too_long, &mut outs), Err(Error::Shape { arg: "flat", .. })));
+    assert!(matches!(
+        unflatten_into(&too_long, &mut outs),
+        Err(Error::Shape { arg: "flat", .. })
+    ));
     let wrong_kind = Tensor::zeros([3], (Kind::Double, Device::Cpu));
-    assert!(matches!(unflatten_into(&wrong_kind, &mut outs), Err(Error::DType { arg: "flat", .. })));
+    assert!(matches!(
+        unflatten_into(&wrong_kind, &mut outs),
+        Err(Error::DType { arg: "flat", .. })
+    ));
     let two_d = Tensor::zeros([3, 1], (Kind::Float, Device::Cpu));
-    assert!(matches!(unflatten_into(&two_d, &mut outs), Err(Error::Shape { arg: "flat", .. })));
+    assert!(matches!(
+        unflatten_into(&two_d, &mut outs),
+        Err(Error::Shape { arg: "flat", .. })
+    ));
 }
 
 #[test]
 fn one_rank_bucketed_all_reduce_keeps_values() {
     let g = single_group();
-    let shapes: Vec<(Vec<i64>, u8)> = vec![(vec![3, 4], 0), (vec![5], 0), (vec![2, 2], 1), (vec![7], 2), (vec![1], 0)];
+    let shapes: Vec<(Vec<i64>, u8)> = vec![
+        (vec![3, 4], 0),
+        (vec![5], 0),
+        (vec![2, 2], 1),
+        (vec![7], 2),
+        (vec![1], 0),
+    ];
     let want: Vec<Vec<f64>> = random_tensors(&shapes, 9).iter().map(to_vec).collect();
     let mut ts = random_tensors(&shapes, 9);
     all_reduce_buckets_(&g, &mut ts, 24, ReduceOp::Sum).unwrap();
@@ -370,11 +468,26 @@ proptest! {
 
 #[test]
 fn sampler_errors() {
-    assert!(matches!(shard_range(4, 2, 2), Err(Error::Config { name: "rank", .. })));
-    assert!(matches!(shard_range(4, 0, 0), Err(Error::Config { name: "rank", .. })));
-    assert!(matches!(DistributedSampler::new(10, 2, 0, true, 3, 3), Err(Error::Config { .. })));
-    assert!(matches!(DistributedSampler::new(0, 2, 0, true, 0, 1), Err(Error::Config { .. })));
-    assert!(matches!(DistributedSampler::new(10, 0, 0, true, 0, 1), Err(Error::Config { .. })));
+    assert!(matches!(
+        shard_range(4, 2, 2),
+        Err(Error::Config { name: "rank", .. })
+    ));
+    assert!(matches!(
+        shard_range(4, 0, 0),
+        Err(Error::Config { name: "rank", .. })
+    ));
+    assert!(matches!(
+        DistributedSampler::new(10, 2, 0, true, 3, 3),
+        Err(Error::Config { .. })
+    ));
+    assert!(matches!(
+        DistributedSampler::new(0, 2, 0, true, 0, 1),
+        Err(Error::Config { .. })
+    ));
+    assert!(matches!(
+        DistributedSampler::new(10, 0, 0, true, 0, 1),
+        Err(Error::Config { .. })
+    ));
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -400,12 +513,21 @@ fn worker_exact() {
     let (rank, world) = (g.rank(), g.world_size());
     let n = 1000;
     // Sum, max, min over ranks, in f32, f64, bf16 and i64: every rank computes every rank's values.
-    for (salt, kind) in [(1, Kind::Float), (2, Kind::Double), (3, Kind::BFloat16), (4, Kind::Int64)] {
+    for (salt, kind) in [
+        (1, Kind::Float),
+        (2, Kind::Double),
+        (3, Kind::BFloat16),
+        (4, Kind::Int64),
+    ] {
         for op in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min] {
             let all: Vec<Vec<f64>> = (0..world)
                 .map(|r| {
                     let v = rank_values(r, n, salt);
-                    if kind == Kind::Int64 { v.iter().map(|x| x.trunc()).collect() } else { v }
+                    if kind == Kind::Int64 {
+                        v.iter().map(|x| x.trunc()).collect()
+                    } else {
+                        v
+                    }
                 })
                 .collect();
             let want: Vec<f64> = (0..n)
@@ -427,12 +549,23 @@ fn worker_exact() {
     // Broadcast from every root: arbitrary f32 bits arrive unchanged.
     for root in 0..world {
         let bits = |r: usize| -> Vec<f32> {
-            (0..n).map(|i| f32::from_bits(((i as u32).wrapping_mul(2_654_435_761) ^ (r as u32 * 0x5bd1e995)) & 0x7f7f_ffff)).collect()
+            (0..n)
+                .map(|i| {
+                    f32::from_bits(
+                        ((i as u32).wrapping_mul(2_654_435_761) ^ (r as u32 * 0x5bd1e995)) & 0x7f7f_ffff,
+                    )
+                })
+                .collect()
         };
         let mut t = Tensor::from_slice(&bits(rank));
         g.broadcast_(&mut t, root).unwrap();
         let got = Vec::<f32>::try_from(&t).unwrap();
-        assert!(got.iter().zip(bits(root)).all(|(a, b)| a.to_bits() == b.to_bits()), "root {root}");
+        assert!(
+            got.iter()
+                .zip(bits(root))
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "root {root}"
+        );
     }
     // Host scalars.
     let mut xs = [rank as f64 + 0.25, -(rank as f64), 1.0];
@@ -440,24 +573,44 @@ fn worker_exact() {
     let w = world as f64;
     assert_eq!(xs, [w * (w - 1.0) / 2.0 + 0.25 * w, -(w * (w - 1.0) / 2.0), w]);
     // Buckets across dtypes, with a cap that splits them.
-    let shapes: Vec<(Vec<i64>, u8)> = vec![(vec![30, 4], 0), (vec![50], 0), (vec![2, 9], 1), (vec![70], 2), (vec![3], 0)];
-    let per_rank: Vec<Vec<Vec<f64>>> =
-        (0..world).map(|r| random_tensors(&shapes, 11 + r as u64).iter().map(to_vec).collect()).collect();
+    let shapes: Vec<(Vec<i64>, u8)> = vec![
+        (vec![30, 4], 0),
+        (vec![50], 0),
+        (vec![2, 9], 1),
+        (vec![70], 2),
+        (vec![3], 0),
+    ];
+    let per_rank: Vec<Vec<Vec<f64>>> = (0..world)
+        .map(|r| {
+            random_tensors(&shapes, 11 + r as u64)
+                .iter()
+                .map(to_vec)
+                .collect()
+        })
+        .collect();
     let mut ts = random_tensors(&shapes, 11 + rank as u64);
     all_reduce_buckets_(&g, &mut ts, 256, ReduceOp::Sum).unwrap();
     for (j, t) in ts.iter().enumerate() {
-        let want: Vec<f64> = (0..per_rank[0][j].len()).map(|i| per_rank.iter().map(|p| p[j][i]).sum()).collect();
+        let want: Vec<f64> = (0..per_rank[0][j].len())
+            .map(|i| per_rank.iter().map(|p| p[j][i]).sum())
+            .collect();
         assert_eq!(to_vec(t), want, "tensor {j}");
     }
     g.barrier().unwrap();
-    println!("WORKER_OK rank={rank} world={world} agent_store={}", g.launch_env().agent_store);
+    println!(
+        "WORKER_OK rank={rank} world={world} agent_store={}",
+        g.launch_env().agent_store
+    );
 }
 
 /// One all-reduce together; then the victim rank prints READY and stops taking part (the parent kills
 /// it, or it sleeps through the others' timeout), and the other ranks' second all-reduce must fail.
 fn worker_failure() {
     let victim: usize = std::env::var(VICTIM).unwrap().parse().unwrap();
-    let opts = DistOptions { failure_window: Duration::from_secs(2), ..DistOptions::default().with_timeout(Duration::from_secs(4)) };
+    let opts = DistOptions {
+        failure_window: Duration::from_secs(2),
+        ..DistOptions::default().with_timeout(Duration::from_secs(4))
+    };
     let g = ProcessGroup::from_env(&opts).unwrap();
     let mut t = Tensor::ones([64], (Kind::Float, Device::Cpu));
     g.all_reduce_sum_(&mut t).unwrap();
@@ -474,10 +627,15 @@ fn worker_failure() {
         _ => "other",
     };
     let unresponsive = match &err {
-        Error::DistTimeout { unresponsive, .. } | Error::DistPeerLost { unresponsive, .. } => unresponsive.clone(),
+        Error::DistTimeout { unresponsive, .. } | Error::DistPeerLost { unresponsive, .. } => {
+            unresponsive.clone()
+        }
         _ => vec![],
     };
-    println!("FAILED kind={kind} unresponsive={unresponsive:?} ms={} error={err}", start.elapsed().as_millis());
+    println!(
+        "FAILED kind={kind} unresponsive={unresponsive:?} ms={} error={err}",
+        start.elapsed().as_millis()
+    );
     // The group is poisoned: no hang on a half-finished protocol.
     assert!(matches!(g.barrier(), Err(Error::Dist { op: "barrier", .. })));
     println!("POISONED");
@@ -485,10 +643,16 @@ fn worker_failure() {
 
 fn worker_command(role: &str) -> Command {
     let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args(["--exact", "dist_worker_entry", "--nocapture", "--test-threads", "1"])
-        .env(WORKER, role)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    c.args([
+        "--exact",
+        "dist_worker_entry",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ])
+    .env(WORKER, role)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
     c
 }
 
@@ -570,16 +734,32 @@ fn two_ranks_collectives_are_exact() {
 #[test]
 fn two_ranks_under_torchrun_are_exact() {
     let torchrun = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/torchrun");
-    assert!(torchrun.exists(), "{} is missing: run scripts/setup.sh", torchrun.display());
+    assert!(
+        torchrun.exists(),
+        "{} is missing: run scripts/setup.sh",
+        torchrun.display()
+    );
     let mut c = Command::new(&torchrun);
-    c.args(["--no-python", "--nproc-per-node", "2", "--master-addr", "127.0.0.1"])
-        .arg(format!("--master-port={}", free_port()))
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", "dist_worker_entry", "--nocapture", "--test-threads", "1"])
-        .env(WORKER, "exact")
-        .env("OMP_NUM_THREADS", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    c.args([
+        "--no-python",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+    ])
+    .arg(format!("--master-port={}", free_port()))
+    .arg(std::env::current_exe().unwrap())
+    .args([
+        "--exact",
+        "dist_worker_entry",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ])
+    .env(WORKER, "exact")
+    .env("OMP_NUM_THREADS", "1")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut children = vec![c.spawn().unwrap()];
     let rx = stream(&mut children);
     let codes = wait_all(&mut children, Duration::from_secs(60));
@@ -603,7 +783,9 @@ fn failure_case(victim: usize, kill: bool) -> String {
     let mut lines = Vec::new();
     let mut failed = None;
     while failed.is_none() && start.elapsed() < Duration::from_secs(40) {
-        let Ok((r, line)) = rx.recv_timeout(Duration::from_millis(100)) else { continue };
+        let Ok((r, line)) = rx.recv_timeout(Duration::from_millis(100)) else {
+            continue;
+        };
         // libtest prints "test dist_worker_entry ... " in front of the worker's first line.
         if r == victim && line.ends_with("READY") && kill {
             children[victim].kill().unwrap();
@@ -620,7 +802,12 @@ fn failure_case(victim: usize, kill: bool) -> String {
     let failed = failed.unwrap_or_else(|| panic!("rank {survivor} never failed: {lines:?}"));
     eprintln!("victim {victim} (killed: {kill}): rank {survivor}: {failed}");
     assert_eq!(codes, vec![Some(0)], "{lines:?}");
-    assert!(lines.iter().any(|(r, l)| *r == survivor && l.ends_with("POISONED")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|(r, l)| *r == survivor && l.ends_with("POISONED")),
+        "{lines:?}"
+    );
     failed
 }
 
@@ -663,20 +850,36 @@ fn a_hung_rank_times_out_the_other_naming_it() {
 #[test]
 fn nccl_one_rank_group_on_cuda() {
     use tch_rpo::dist::{nccl_compiled, Backend};
-    assert!(tch::Cuda::is_available(), "the cuda-tests feature needs a CUDA device");
-    assert!(nccl_compiled(), "this build has no NCCL process group (see docs/distributed.md)");
+    assert!(
+        tch::Cuda::is_available(),
+        "the cuda-tests feature needs a CUDA device"
+    );
+    assert!(
+        nccl_compiled(),
+        "this build has no NCCL process group (see docs/distributed.md)"
+    );
     let env = LaunchEnv::single("127.0.0.1", free_port());
-    let g = ProcessGroup::new(&env, &DistOptions::default().with_backend(Backend::Nccl).with_timeout(Duration::from_secs(60)))
-        .unwrap();
+    let g = ProcessGroup::new(
+        &env,
+        &DistOptions::default()
+            .with_backend(Backend::Nccl)
+            .with_timeout(Duration::from_secs(60)),
+    )
+    .unwrap();
     assert_eq!(g.device(), Device::Cuda(0));
     let want = rank_values(0, 1000, 1);
-    let mut t = Tensor::from_slice(&want).to_kind(Kind::Float).to_device(g.device());
+    let mut t = Tensor::from_slice(&want)
+        .to_kind(Kind::Float)
+        .to_device(g.device());
     g.all_reduce_sum_(&mut t).unwrap();
     g.broadcast_(&mut t, 0).unwrap();
     g.barrier().unwrap();
     assert_eq!(to_vec(&t.to_device(Device::Cpu)), want);
     let mut cpu = Tensor::from_slice(&want);
-    assert!(matches!(g.all_reduce_sum_(&mut cpu), Err(Error::DeviceMismatch { .. })));
+    assert!(matches!(
+        g.all_reduce_sum_(&mut cpu),
+        Err(Error::DeviceMismatch { .. })
+    ));
     let mut xs = [2.5, -1.0];
     g.all_reduce_f64(&mut xs, ReduceOp::Max).unwrap();
     assert_eq!(xs, [2.5, -1.0]);
@@ -690,5 +893,8 @@ fn nccl_one_rank_group_on_cuda() {
     }
     tch::Cuda::synchronize(0);
     let s = start.elapsed().as_secs_f64() / 5.0;
-    eprintln!("NCCL world size 1: all_reduce of 1.07 GB f32 took {:.3} ms", s * 1e3);
+    eprintln!(
+        "NCCL world size 1: all_reduce of 1.07 GB f32 took {:.3} ms",
+        s * 1e3
+    );
 }

@@ -84,7 +84,10 @@ fn check_same(tensors: &[Tensor]) -> Result<(Kind, Device)> {
 /// do not share dtype and device.
 pub fn flatten(tensors: &[Tensor]) -> Result<Tensor> {
     check_same(tensors)?;
-    let views: Vec<Tensor> = tensors.iter().map(|t| t.f_reshape([-1])).collect::<std::result::Result<_, _>>()?;
+    let views: Vec<Tensor> = tensors
+        .iter()
+        .map(|t| t.f_reshape([-1]))
+        .collect::<std::result::Result<_, _>>()?;
     Ok(Tensor::f_cat(&views, 0)?)
 }
 

@@ -38,7 +38,13 @@ fn bad(var: &'static str, value: Option<&str>, requirement: impl Into<String>) -
 }
 
 fn required(lookup: &impl Fn(&str) -> Option<String>, var: &'static str) -> Result<String> {
-    lookup(var).ok_or_else(|| bad(var, None, "the launcher (e.g. torchrun) sets it; set it by hand otherwise"))
+    lookup(var).ok_or_else(|| {
+        bad(
+            var,
+            None,
+            "the launcher (e.g. torchrun) sets it; set it by hand otherwise",
+        )
+    })
 }
 
 fn parse_usize(var: &'static str, value: &str) -> Result<usize> {
@@ -55,7 +61,10 @@ impl LaunchEnv {
     /// As [`LaunchEnv::from_lookup`]; a value that is not UTF-8 is reported as malformed.
     pub fn from_env() -> Result<Self> {
         Self::from_lookup(|name| {
-            std::env::var_os(name).map(|v| v.into_string().unwrap_or_else(|v| v.to_string_lossy().into_owned()))
+            std::env::var_os(name).map(|v| {
+                v.into_string()
+                    .unwrap_or_else(|v| v.to_string_lossy().into_owned())
+            })
         })
     }
 
@@ -71,7 +80,11 @@ impl LaunchEnv {
         let world_raw = required(&lookup, "WORLD_SIZE")?;
         let world_size = parse_usize("WORLD_SIZE", &world_raw)?;
         if world_size == 0 || world_size > i32::MAX as usize {
-            return Err(bad("WORLD_SIZE", Some(&world_raw), "must be at least 1 (and fit in i32)"));
+            return Err(bad(
+                "WORLD_SIZE",
+                Some(&world_raw),
+                "must be at least 1 (and fit in i32)",
+            ));
         }
         let rank_raw = required(&lookup, "RANK")?;
         let rank = parse_usize("RANK", &rank_raw)?;
@@ -103,7 +116,13 @@ impl LaunchEnv {
         let port_raw = required(&lookup, "MASTER_PORT")?;
         let master_port = match port_raw.trim().parse::<u16>() {
             Ok(p) if p > 0 => p,
-            _ => return Err(bad("MASTER_PORT", Some(&port_raw), "must be a port number in 1..=65535")),
+            _ => {
+                return Err(bad(
+                    "MASTER_PORT",
+                    Some(&port_raw),
+                    "must be a port number in 1..=65535",
+                ))
+            }
         };
         let agent_store = match lookup("TORCHELASTIC_USE_AGENT_STORE").as_deref() {
             None | Some("False") | Some("false") | Some("0") => false,

@@ -26,7 +26,7 @@ extern "C" {
         out: *mut *mut c_void,
         kind: *mut c_int,
     ) -> *mut c_char;
-    pub(crate) fn tch_rpo_dist_free(group: *mut c_void);
+    pub(crate) fn tch_rpo_dist_free(group: *mut c_void, failed: c_int);
     pub(crate) fn tch_rpo_dist_all_reduce(
         group: *mut c_void,
         tensor: *mut C_tensor,

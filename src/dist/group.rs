@@ -110,7 +110,7 @@ impl std::fmt::Debug for ProcessGroup {
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
         // SAFETY: `raw` came from tch_rpo_dist_new and is freed once.
-        unsafe { ffi::tch_rpo_dist_free(self.raw) }
+        unsafe { ffi::tch_rpo_dist_free(self.raw, self.failed.get().is_some() as c_int) }
     }
 }
 
@@ -303,7 +303,14 @@ impl ProcessGroup {
         } else {
             self.unresponsive(seq)
         };
-        Err(Self::error(&self.env, &self.options, op, kind, unresponsive, message))
+        Err(Self::error(
+            &self.env,
+            &self.options,
+            op,
+            kind,
+            unresponsive,
+            message,
+        ))
     }
 
     /// The ranks that did not report the failure of collective `seq` within the failure window (empty
@@ -416,7 +423,9 @@ impl ProcessGroup {
     /// [`Error::DistTimeout`], [`Error::DistPeerLost`], [`Error::Dist`].
     pub fn barrier(&self) -> Result<()> {
         // SAFETY: no tensor arguments.
-        self.collective("barrier", |kind| unsafe { ffi::tch_rpo_dist_barrier(self.raw, kind) })
+        self.collective("barrier", |kind| unsafe {
+            ffi::tch_rpo_dist_barrier(self.raw, kind)
+        })
     }
 
     /// In place on host scalars: `values[i]` becomes `op` over ranks of `values[i]`, computed in f64 (one
