@@ -119,6 +119,20 @@ void wait(Group* g, const c10::intrusive_ptr<c10d::Work>& work) {
   }
 }
 
+// The network device Gloo binds to, as torch.distributed picks it: the interface named by
+// GLOO_SOCKET_IFNAME if set; the loopback when MASTER_ADDR is a loopback address (a one-host job); else the
+// address this host's name resolves to (falling back to the loopback).
+std::shared_ptr<::gloo::transport::Device> gloo_device(const std::string& host) {
+  const char* iface = std::getenv("GLOO_SOCKET_IFNAME");
+  if (iface != nullptr && iface[0] != '\0') {
+    return c10d::ProcessGroupGloo::createDeviceForInterface(std::string(iface));
+  }
+  if (host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1") {
+    return c10d::ProcessGroupGloo::createDeviceForHostname(host);
+  }
+  return c10d::ProcessGroupGloo::createDefaultDevice();
+}
+
 }  // namespace
 
 extern "C" {
@@ -157,7 +171,7 @@ char* tch_rpo_dist_new(const char* host, int port, int rank, int world, int agen
     g->timeout = timeout;
     if (device_index < 0) {
       auto options = c10d::ProcessGroupGloo::Options::create(timeout);
-      options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(std::string(host)));
+      options->devices.push_back(gloo_device(std::string(host)));
       g->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
     } else {
 #ifdef TCH_RPO_NCCL

@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 /// The communication backend of a [`ProcessGroup`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
-    /// Gloo: tensors on the CPU.
+    /// Gloo: tensors on the CPU. It binds to the interface named by `GLOO_SOCKET_IFNAME` if set, to the
+    /// loopback when `MASTER_ADDR` is a loopback address, else to the address this host's name resolves to.
     Gloo,
     /// NCCL: tensors on CUDA device `LOCAL_RANK`. Only in builds that found NCCL's and the CUDA runtime's
     /// headers ([`nccl_compiled`]).
