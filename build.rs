@@ -10,6 +10,8 @@
 //!   through it `libtorch_cuda.so`) linked although no symbol of it is referenced: CUDA works at run time.
 //!
 //! `rustc-link-arg` does not propagate to dependent crates: that is what the exported folder is for.
+//!
+//! With the `dist` feature it also compiles the c10d shim `csrc/dist.cpp` (see [`dist::build`]).
 use std::path::Path;
 
 fn main() {
@@ -42,5 +44,106 @@ fn main() {
     }
     if os == "linux" {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch,--as-needed");
+    }
+    #[cfg(feature = "dist")]
+    dist::build();
+}
+
+// ---- feature `dist`: the c10d shim (tch_rpo::dist) -------------------------------------------------------
+#[cfg(feature = "dist")]
+mod dist {
+    use std::path::{Path, PathBuf};
+
+    fn env(name: &str) -> Option<String> {
+        println!("cargo:rerun-if-env-changed={name}");
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+
+    /// Gloo's headers (not in the torch wheel): `TCH_RPO_GLOO_INCLUDE`, else `.gloo/usr/include` in the
+    /// repository (linked by scripts/setup.sh to Debian's libgloo-dev unpacked next to the venv), else the
+    /// system's `/usr/include` when libgloo-dev is installed.
+    fn gloo_include(manifest: &Path) -> PathBuf {
+        let candidates = env("TCH_RPO_GLOO_INCLUDE")
+            .map(PathBuf::from)
+            .into_iter()
+            .chain([manifest.join(".gloo/usr/include"), PathBuf::from("/usr/include")]);
+        for dir in candidates {
+            if dir.join("gloo/context.h").is_file() {
+                return dir;
+            }
+        }
+        panic!(
+            "tch-rpo feature `dist`: gloo's headers were not found (set TCH_RPO_GLOO_INCLUDE, run \
+             `bash scripts/setup.sh`, which unpacks Debian's libgloo-dev, or build without the `dist` feature)"
+        );
+    }
+
+    /// The include folders NCCL's process group needs (nccl.h and the complete CUDA runtime headers), from
+    /// torch's pip dependencies next to it, or `TCH_RPO_CUDA_INCLUDE` (colon-separated) added in front.
+    fn nccl_includes(site_packages: &Path) -> Option<Vec<PathBuf>> {
+        // Rebuild when setup.sh adds the missing headers.
+        for d in ["nvidia/nccl/include", "nvidia/cu13/include"] {
+            if site_packages.join(d).is_dir() {
+                println!("cargo:rerun-if-changed={}", site_packages.join(d).display());
+            }
+        }
+        let mut dirs: Vec<PathBuf> = env("TCH_RPO_CUDA_INCLUDE")
+            .map(|v| std::env::split_paths(&v).collect())
+            .unwrap_or_default();
+        dirs.push(site_packages.join("nvidia/nccl/include"));
+        dirs.push(site_packages.join("nvidia/cu13/include"));
+        let needed = ["nccl.h", "cuda_runtime.h", "crt/host_config.h", "nv/target"];
+        needed
+            .iter()
+            .all(|f| dirs.iter().any(|d| d.join(f).exists()))
+            .then_some(dirs)
+    }
+
+    pub fn build() {
+        println!("cargo:rerun-if-changed=csrc/dist.cpp");
+        let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+        let lib_dir = PathBuf::from(
+            env("DEP_TCH_LIBTORCH_LIB")
+                .expect("tch-rpo feature `dist`: torch-sys did not export DEP_TCH_LIBTORCH_LIB"),
+        );
+        // lib_dir = <site-packages>/torch/lib (PyPI) or <libtorch>/lib, often through the `.libtorch` link.
+        let torch_dir = std::fs::canonicalize(&lib_dir)
+            .unwrap_or_else(|_| lib_dir.clone())
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let include = torch_dir.join("include");
+        // The same ABI switch torch-sys uses (PyPI's torch 2.x: the C++11 ABI).
+        let abi = env("LIBTORCH_CXX11_ABI").unwrap_or_else(|| "1".to_owned());
+        let mut build = cc::Build::new();
+        build
+            .cpp(true)
+            .file(manifest.join("csrc/dist.cpp"))
+            .include(&include)
+            .include(include.join("torch/csrc/api/include"))
+            .include(gloo_include(&manifest))
+            .flag("-std=c++17")
+            .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+            .define("USE_C10D_GLOO", None)
+            .warnings(false);
+        let cfg_nccl = torch_dir
+            .parent()
+            .and_then(nccl_includes)
+            .filter(|_| lib_dir.join("libtorch_cuda.so").exists());
+        if let Some(dirs) = &cfg_nccl {
+            build.define("USE_C10D_NCCL", None).define("TCH_RPO_NCCL", None);
+            for d in dirs {
+                build.include(d);
+            }
+        }
+        build.compile("tch_rpo_dist");
+        println!("cargo:rustc-link-search=native={}", lib_dir.display());
+        if cfg_nccl.is_some() {
+            println!("cargo:rustc-link-lib=dylib=torch_cuda");
+            println!("cargo:rustc-link-lib=dylib=c10_cuda");
+        }
+        for lib in ["torch_cpu", "c10", "torch"] {
+            println!("cargo:rustc-link-lib=dylib={lib}");
+        }
     }
 }

@@ -114,3 +114,50 @@ echo "setup: libtorch $TORCH_VERSION at $torch_dir (linked as .libtorch)" >&2
 if [ "$print_libtorch" = 1 ]; then
   printf '%s\n' "$torch_dir" >&3
 fi
+
+# ---- feature `dist` (tch_rpo::dist): gloo's headers ------------------------------------------------------
+# libtorch's ProcessGroupGloo.hpp includes gloo's headers, which the torch wheel does not ship. Debian's
+# libgloo-dev provides them (headers only are used; nothing of it is linked). They are unpacked without root
+# into a cache folder next to the venv and linked as `.gloo`; build.rs reads `.gloo/usr/include`.
+setup_gloo_headers() {
+  local gloo_dir="$venv-gloo"
+  if [ ! -f "$gloo_dir/usr/include/gloo/context.h" ]; then
+    if [ -f /usr/include/gloo/context.h ]; then
+      echo "setup: using the system's gloo headers (/usr/include/gloo)" >&2
+      return 0
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+      echo "setup: gloo headers not found and no apt-get: install libgloo-dev, set TCH_RPO_GLOO_INCLUDE, or build with --no-default-features" >&2
+      return 1
+    fi
+    local tmp
+    tmp=$(mktemp -d)
+    if ! (cd "$tmp" && apt-get download libgloo-dev >/dev/null 2>&1); then
+      echo "setup: apt-get download libgloo-dev failed; running apt-get update first" >&2
+      if [ "$(id -u)" = 0 ]; then apt-get update -qq >/dev/null; else sudo apt-get update -qq >/dev/null; fi
+      (cd "$tmp" && apt-get download libgloo-dev >/dev/null 2>&1)
+    fi
+    rm -rf "$gloo_dir"
+    dpkg -x "$tmp"/libgloo-dev_*.deb "$gloo_dir"
+    rm -rf "$tmp"
+  fi
+  ln -sfn "$gloo_dir" "$repo_root/.gloo"
+  echo "setup: gloo headers at $gloo_dir/usr/include (linked as .gloo)" >&2
+}
+setup_gloo_headers
+
+# NCCL's process group (compiled when its headers are complete): torch's CUDA wheel brings nccl.h and part of
+# the CUDA runtime's headers; the rest (crt/, nv/target) are in two small header wheels of the same CUDA
+# version (about 3 MB). Skipped for a CPU-only torch.
+setup_cuda_headers() {
+  local site
+  site=$(dirname "$torch_dir")
+  [ -f "$site/nvidia/nccl/include/nccl.h" ] || return 0
+  [ -f "$site/nvidia/cu13/include/crt/host_config.h" ] && [ -e "$site/nvidia/cu13/include/nv/target" ] && return 0
+  local cuda
+  cuda=$("$venv/bin/python" -c 'import importlib.metadata as m; v = m.version("nvidia-cuda-runtime").split("."); print(v[0] + "." + v[1])')
+  echo "setup: installing CUDA $cuda's crt and cccl headers (for NCCL's process group)" >&2
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+    "nvidia-cuda-crt==$cuda.*" "nvidia-cuda-cccl==$cuda.*"
+}
+setup_cuda_headers

@@ -33,6 +33,10 @@ use tch::{Device, Kind, TchError};
 /// | [`Error::UnexpectedTensor`] | a weights file holds a tensor that is no parameter of the model |
 /// | [`Error::UnsupportedArchitecture`] | a model configuration or file names an architecture not implemented |
 /// | [`Error::TokenOutOfRange`] | input token ids fall outside the model's vocabulary |
+/// | [`Error::DistEnv`] | a launcher variable (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`, …) is missing or malformed |
+/// | [`Error::DistTimeout`] | a process-group operation waited longer than its timeout |
+/// | [`Error::DistPeerLost`] | a peer's connection closed (it died) during a process-group operation |
+/// | [`Error::Dist`] | any other process-group failure (e.g. the store's port is taken, a group already failed) |
 /// | [`Error::Torch`] | libtorch itself reported an error |
 ///
 /// The enum is `#[non_exhaustive]`: a `match` on it needs a `_` arm, so new variants are not breaking changes.
@@ -256,11 +260,80 @@ pub enum Error {
         /// The vocabulary size.
         vocab: i64,
     },
+    /// A variable of the launcher environment (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`,
+    /// `MASTER_PORT`, `TORCHELASTIC_USE_AGENT_STORE`) is missing or malformed.
+    #[error("launcher environment: {var} {}: {requirement}", match value { Some(v) => format!("= {v:?}"), None => "is not set".to_string() })]
+    DistEnv {
+        /// The variable's name.
+        var: &'static str,
+        /// Its value, `None` when unset.
+        value: Option<String>,
+        /// What it must be.
+        requirement: String,
+    },
+    /// A process-group operation (`op`) on `rank` waited longer than the group's timeout.
+    #[error(
+        "rank {rank} of {world_size}: `{op}` timed out after {timeout_ms} ms{}: {message}",
+        unresponsive_note(unresponsive)
+    )]
+    DistTimeout {
+        /// The operation (`connect`, `all_reduce`, `broadcast`, `barrier`).
+        op: &'static str,
+        /// This process's rank.
+        rank: usize,
+        /// The group's size.
+        world_size: usize,
+        /// The timeout in force, in milliseconds.
+        timeout_ms: u64,
+        /// Ranks that did not report the same failure within the group's failure window (dead, hung, or
+        /// blocked elsewhere); empty when unknown.
+        unresponsive: Vec<usize>,
+        /// libtorch's message.
+        message: String,
+    },
+    /// A peer's connection closed, reset or was refused during `op` on `rank`: the peer (or the store's
+    /// host) died.
+    #[error(
+        "rank {rank} of {world_size}: `{op}` lost a peer{}: {message}",
+        unresponsive_note(unresponsive)
+    )]
+    DistPeerLost {
+        /// The operation (`connect`, `all_reduce`, `broadcast`, `barrier`).
+        op: &'static str,
+        /// This process's rank.
+        rank: usize,
+        /// The group's size.
+        world_size: usize,
+        /// Ranks that did not report the same failure within the group's failure window; empty when unknown.
+        unresponsive: Vec<usize>,
+        /// libtorch's message.
+        message: String,
+    },
+    /// Any other failure of a process group.
+    #[error("rank {rank} of {world_size}: `{op}` failed: {message}")]
+    Dist {
+        /// The operation (`connect`, `all_reduce`, `broadcast`, `barrier`).
+        op: &'static str,
+        /// This process's rank.
+        rank: usize,
+        /// The group's size.
+        world_size: usize,
+        /// What went wrong.
+        message: String,
+    },
     /// libtorch reported an error. `Display` shows libtorch's message without its C++ backtrace: the lines
     /// before libtorch's `Exception raised from …` line; [`Error::torch_details`], `Debug` and the source
     /// error keep everything.
     #[error("libtorch: {}", torch_summary(.0))]
     Torch(#[from] TchError),
+}
+
+fn unresponsive_note(ranks: &[usize]) -> String {
+    match ranks {
+        [] => String::new(),
+        [r] => format!(" (rank {r} did not respond)"),
+        _ => format!(" (ranks {ranks:?} did not respond)"),
+    }
 }
 
 /// `Result` with this crate's [`Error`].

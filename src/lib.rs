@@ -64,6 +64,9 @@
 //! - [`models`] (feature `gemma`, default): Gemma 1 / 2 / 3 text decoders ([`models::gemma`]) loaded from
 //!   Hugging Face checkpoints or GGUF files, their trainer adapter and decoding, and the GGUF tokenizer
 //!   ([`models::tokenizer`]).
+//! - [`dist`] (feature `dist`, default): data parallelism on libtorch's c10d: process groups from the
+//!   launcher environment (Gloo on CPU, NCCL on CUDA), bounded collectives, gradient buckets, a
+//!   distributed sampler.
 //! - [`libtorch`]: which libtorch the process loaded (real paths), and [`libtorch::init_cuda`] for a binary
 //!   linked without `libtorch_cuda`.
 //! - [`error`]: the one [`Error`] enum; every public function that can fail returns [`Result`].
@@ -81,6 +84,8 @@
 
 #[cfg(feature = "train")]
 pub mod data;
+#[cfg(feature = "dist")]
+pub mod dist;
 pub mod error;
 pub mod fused;
 #[cfg(feature = "gguf")]
