@@ -376,8 +376,7 @@ mod round_trip {
     use tch_rpo::data::{encode_records, CollateConfig, Collator, OnMalformed, PreferenceDataset};
     use tch_rpo::models::gemma::GemmaPolicy;
     use tch_rpo::train::{
-        Decay, FitOptions, LossPath, LrSchedule, ReferenceCache, ReferenceSource, RpoTrainer,
-        RpoTrainerConfig,
+        Decay, LossPath, ReferenceCache, ReferenceSource, RpoTrainer, RpoTrainerConfig, Warmup,
     };
     use tch_rpo::{LogProbOptions, RpoConfig};
 
@@ -416,14 +415,17 @@ mod round_trip {
         )
         .unwrap();
         let trainer_config = RpoTrainerConfig {
-            schedule: LrSchedule::with_warmup_ratio(1e-5, 2, 0.0, Decay::Constant).unwrap(),
-            ..RpoTrainerConfig::paper(RpoConfig::paper(0.05, 1.0), 2).unwrap()
+            learning_rate: 1e-5,
+            lr_scheduler: Decay::Constant,
+            warmup: Warmup::Ratio(0.0),
+            batch_pairs: 2,
+            grad_accum_steps: 1,
+            progress: false,
+            ..RpoTrainerConfig::paper(RpoConfig::paper(0.05, 1.0), 2)
         };
         let mut trainer =
             RpoTrainer::new(Box::new(policy), ReferenceSource::Cached(cache), trainer_config).unwrap();
-        let mut fit = FitOptions::new(2, 1);
-        fit.progress = false;
-        let steps = trainer.fit(&pairs, &collator, &fit).unwrap();
+        let steps = trainer.fit(&pairs, &collator).unwrap();
         assert_eq!(steps.len(), 2);
         let trained = trainer.into_model();
         let ours = tch::no_grad(|| trained.forward(&ids, &mask)).unwrap();
