@@ -37,6 +37,8 @@ pub fn example_binary() -> &'static Path {
 pub struct ExampleRun {
     /// Exit status was success.
     pub success: bool,
+    /// The exit status in words (a signal, e.g. from the out-of-memory killer, shows here).
+    pub status: String,
     /// Standard output.
     pub stdout: String,
     /// Standard error.
@@ -52,6 +54,7 @@ pub fn run_example(args: &[&str]) -> ExampleRun {
         .expect("run the rpo_gemma example");
     ExampleRun {
         success: output.status.success(),
+        status: output.status.to_string(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
@@ -62,8 +65,8 @@ pub fn run_example_ok(args: &[&str]) -> ExampleRun {
     let run = run_example(args);
     assert!(
         run.success,
-        "rpo_gemma {args:?} failed\nstdout:\n{}\nstderr:\n{}",
-        run.stdout, run.stderr
+        "rpo_gemma {args:?} failed ({})\nstdout:\n{}\nstderr:\n{}",
+        run.status, run.stdout, run.stderr
     );
     run
 }
