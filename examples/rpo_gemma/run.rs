@@ -14,9 +14,7 @@ use tch_rpo::gguf::GgufFile;
 use tch_rpo::models::gemma::export::{save_gguf, save_pretrained, TokenizerSource};
 use tch_rpo::models::gemma::{generate, load_tokenizer, Gemma, GemmaConfig, GemmaPolicy, GenerationConfig};
 use tch_rpo::models::tokenizer::GgufTokenizer;
-use tch_rpo::train::{
-    LossPath, PolicyModel, ReferenceCache, ReferenceSource, RpoTrainer, RpoTrainerConfig,
-};
+use tch_rpo::train::{LossPath, PolicyModel, ReferenceCache, ReferenceSource, RpoTrainer, RpoTrainerConfig};
 use tch_rpo::{LogProbOptions, RpoConfig, SftNormalization};
 
 use crate::{task, Args};
