@@ -353,7 +353,7 @@ fn adamw_matches_the_f64_formula() {
     let mut m = [0.0f64; 5];
     let mut v = [0.0f64; 5];
     for t in 1..=4 {
-        opt.zero_grad();
+        opt.zero_grad().unwrap();
         // loss = Σ c_i · x_i³  → g_i = 3 c_i x_i²
         let all = Tensor::cat(&[w.view([3]), bias.shallow_clone()], 0);
         let loss = (all.pow_tensor_scalar(3) * Tensor::from_slice(&coefficients).to_kind(Kind::Float))
@@ -386,7 +386,7 @@ fn bf16_parameters_accumulate_small_updates_through_master_weights() {
     let mut opt = AdamW::new(AdamWConfig::default(), &[("w".to_string(), w.shallow_clone())]).unwrap();
     assert!(opt.params()[0].master.is_some());
     for _ in 0..200 {
-        opt.zero_grad();
+        opt.zero_grad().unwrap();
         w.sum(Kind::Float).backward(); // g = 1: each Adam update is ≈ lr
         opt.step(1e-4).unwrap(); // 1e-4 ≪ bf16 spacing at 1.0 (2^-7 ≈ 0.0078)
     }

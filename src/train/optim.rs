@@ -288,14 +288,20 @@ impl AdamW {
         )
     }
 
-    /// Sets every gradient to zero (where defined).
-    pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            p.param.zero_grad();
-            for (_, alias) in &mut p.aliases {
-                alias.zero_grad();
+    /// Sets every gradient to zero (where defined), aliases included.
+    ///
+    /// # Errors
+    /// [`Error::Torch`] if an op fails.
+    pub fn zero_grad(&mut self) -> Result<()> {
+        for p in &self.params {
+            for tensor in std::iter::once(&p.param).chain(p.aliases.iter().map(|(_, alias)| alias)) {
+                let mut grad = tensor.f_grad()?;
+                if grad.defined() {
+                    let _ = grad.f_detach_()?.f_zero_()?;
+                }
             }
         }
+        Ok(())
     }
 
     /// The global L2 norm of all gradients, `sqrt(Σ_p ||g_p||²)`, computed in f32 (syncs the device).

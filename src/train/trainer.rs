@@ -534,11 +534,12 @@ impl Trainer for RpoTrainer {
         let refs: Vec<&CollatedBatch> = micro_batches.iter().collect();
         let totals = StepTotals::of(&refs)?;
         let lr = self.schedule.lr_at(self.step);
-        self.optimizer.zero_grad();
+        self.optimizer.zero_grad()?;
         let gradients = match self.accumulate_gradients(micro_batches, totals) {
             Ok(gradients) => gradients,
             Err(e) => {
-                self.optimizer.zero_grad();
+                // The step's own error is the one to report; clearing the gradients is best effort here.
+                let _ = self.optimizer.zero_grad();
                 return Err(e);
             }
         };
@@ -546,7 +547,7 @@ impl Trainer for RpoTrainer {
         if skip_reason.is_some() {
             self.skipped_steps += 1;
         }
-        self.optimizer.zero_grad();
+        self.optimizer.zero_grad()?;
         self.step += 1;
         let mut metrics = gradients.accumulated.into_metrics(self.step);
         metrics.grad_norm = grad_norm;
