@@ -24,15 +24,15 @@
 //! Attention is causal and combined with a padding mask (`attention_mask`, 1 = token, 0 = padding).
 //! [`Gemma::forward`] / [`Gemma::forward_hidden`] use position ids `0..T` in every row, which is right for
 //! **right** padding (training batches); [`Gemma::forward_hidden_at`] takes explicit position ids and a
-//! [`KvCache`], which [`generate`] uses for left-padded batches.
+//! [`KvCache`], which [`generate()`] uses for left-padded batches.
 //!
 //! [`GemmaPolicy`] wraps a model and its variable store as the trainer's
-//! [`PolicyModel`](crate::train::PolicyModel) (logits and hidden-state / fused paths); [`generate`] decodes
+//! [`PolicyModel`](crate::train::PolicyModel) (logits and hidden-state / fused paths); [`generate()`] decodes
 //! greedily or by sampling (temperature, top-k, top-p, seed) with a KV cache, [`greedy_decode`] is its
 //! greedy shorthand.
 //!
 //! Layout: [`config`] (the configuration), `layers` (norm, attention, MLP; internal), [`model`] (the
-//! decoder), [`weights_hf`] (safetensors checkpoints), [`weights_gguf`] (GGUF files), [`generate`]
+//! decoder), [`weights_hf`] (safetensors checkpoints), [`weights_gguf`] (GGUF files), [`mod@generate`]
 //! (decoding), [`policy`] (the trainer adapter), [`export`] (saving a trained model as a Hugging Face folder
 //! or a GGUF file).
 //!

@@ -203,7 +203,7 @@ impl Gemma {
     }
 
     /// The final normed hidden states `[N, T, H]` of `T` new positions per row, with explicit position ids
-    /// and optionally a [`KvCache`] of the earlier positions (used by [`generate`](super::generate)).
+    /// and optionally a [`KvCache`] of the earlier positions (used by [`generate`](super::generate())).
     ///
     /// Slots: the cache holds `P` = [`KvCache::len`] earlier slots per row (0 without a cache); the new
     /// tokens take slots `P..P + T`. A query in slot `q` sees the key in slot `k` when `k ≤ q`,

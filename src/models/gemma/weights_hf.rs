@@ -170,8 +170,8 @@ pub fn tokenizer_path(dir: &Path) -> Result<PathBuf> {
 }
 
 /// The tokenizer of a Hugging Face Gemma checkpoint directory: its `tokenizer.json` with Gemma's special
-/// tokens (`<bos>`, `<eos>`, `<pad>`) and chat template ([`HfTokenizerConfig::gemma`](crate::data::HfTokenizerConfig::gemma)),
-/// as a [`crate::data::HfTokenizer`] (feature `hf-tokenizers`).
+/// tokens (`<bos>`, `<eos>`, `<pad>`) and chat template (`HfTokenizerConfig::gemma`),
+/// as a `tch_rpo::data::HfTokenizer` (feature `hf-tokenizers`).
 ///
 /// Errors: [`Error::Io`] when `dir/tokenizer.json` does not exist; [`Error::Tokenizer`] when it cannot be
 /// loaded or lacks a special token; [`Error::Config`] (naming the feature) when the crate was built
