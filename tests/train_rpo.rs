@@ -271,6 +271,7 @@ fn cached_reference_matches_the_reference_model() {
 fn hidden_state_path_matches_logits_path() {
     let pairs = preference_pairs(6);
     let mut cfg = config(RpoConfig::paper(0.1, 0.005), 1e-2, 2, 0.0);
+    cfg.loss_path = LossPath::Logits;
     let mut logits = trainer(12, ReferenceSource::Free, cfg.clone());
     cfg.loss_path = LossPath::Hidden;
     let mut hidden = trainer(12, ReferenceSource::Free, cfg);

@@ -211,7 +211,8 @@ impl RpoTrainerBuilder {
         self
     }
 
-    /// Logits or fused hidden-state path.
+    /// Logits or fused hidden-state path (default [`LossPath::Auto`]: fused where the model offers hidden
+    /// states).
     pub fn loss_path(mut self, loss_path: LossPath) -> Self {
         self.config.loss_path = loss_path;
         self

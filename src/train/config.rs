@@ -34,7 +34,8 @@ pub enum Warmup {
 pub struct RpoTrainerConfig {
     /// The objective (DPO variant, β, SFT coefficient and normalization).
     pub rpo: RpoConfig,
-    /// Logits or hidden-state path (policy and reference model alike).
+    /// Logits or hidden-state path (policy and reference model alike). Default [`LossPath::Auto`]: the
+    /// fused hidden-state path for models whose `forward_hidden` returns `Some`, the logits otherwise.
     pub loss_path: LossPath,
     /// How rows are scored. Default [`LogProbOptions::causal`].
     pub logprobs: LogProbOptions,
@@ -85,7 +86,7 @@ impl Default for RpoTrainerConfig {
                 sft_normalization: SftNormalization::TokenMean,
                 ..RpoConfig::trl(0.1, 0.0)
             },
-            loss_path: LossPath::Logits,
+            loss_path: LossPath::Auto,
             logprobs: LogProbOptions::causal(),
             learning_rate: 1e-6,
             lr_scheduler: Decay::Linear,

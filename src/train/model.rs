@@ -9,8 +9,12 @@ use tch::{nn::VarStore, Device, Tensor};
 /// How the policy's (and a reference model's) log-probs are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LossPath {
-    /// From the `[2B, T, V]` logits of [`PolicyModel::forward`] (chunked log-softmax).
+    /// [`LossPath::Hidden`] when the model's [`PolicyModel::forward_hidden`] returns `Some`, else
+    /// [`LossPath::Logits`] (decided per forward pass, so a policy and a reference of different kinds
+    /// each take their own path).
     #[default]
+    Auto,
+    /// From the `[2B, T, V]` logits of [`PolicyModel::forward`] (chunked log-softmax).
     Logits,
     /// From [`PolicyModel::forward_hidden`] (final hidden states and LM head) through the fused
     /// linear-head loss ([`crate::fused`]): the `[2B, T, V]` logits are never formed, prompt and padding
@@ -99,6 +103,93 @@ impl HiddenOutput {
     }
 }
 
+/// What a model's forward pass hands the loss: the logits, or the hidden states and the head.
+#[derive(Debug)]
+pub enum ModelOutput {
+    /// `[N, T, V]` logits ([`PolicyModel::forward`]).
+    Logits(Tensor),
+    /// Final hidden states and the LM head ([`PolicyModel::forward_hidden`]).
+    Hidden(HiddenOutput),
+}
+
+/// The rest of a backward pass that a model runs itself ([`CheckpointedForward`]): called once, after
+/// `loss.backward()`, it carries the gradient that reached the checkpointed output on to the model's
+/// parameters.
+pub struct DeferredBackward<'a>(Box<dyn FnOnce() -> Result<()> + 'a>);
+
+impl<'a> DeferredBackward<'a> {
+    /// Wraps the model's continuation of the backward pass.
+    pub fn new(rest: impl FnOnce() -> Result<()> + 'a) -> Self {
+        Self(Box::new(rest))
+    }
+
+    /// Runs it (once: it is consumed).
+    ///
+    /// # Errors
+    /// Whatever the model's continuation returns.
+    pub fn run(self) -> Result<()> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for DeferredBackward<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeferredBackward")
+    }
+}
+
+/// A training forward pass with gradient checkpointing ([`PolicyModel::forward_checkpointed`]): the
+/// output (whose autograd graph reaches back only to a checkpoint, e.g. the last layer's output) and the
+/// rest of the backward pass, which the trainer runs right after `loss.backward()`.
+#[derive(Debug)]
+pub struct CheckpointedForward<'a> {
+    /// The logits or the hidden states and head, differentiable down to the model's checkpoint.
+    pub output: ModelOutput,
+    /// Carries the gradient from the checkpoint to the parameters; run it after `loss.backward()`.
+    pub backward: DeferredBackward<'a>,
+}
+
+/// The model's output for `path`: the logits ([`LossPath::Logits`]), the hidden states and head
+/// ([`LossPath::Hidden`], [`Error::Config`] if the model has none), or whichever [`LossPath::Auto`]
+/// picks.
+pub(crate) fn model_output(
+    model: &dyn PolicyModel,
+    input_ids: &Tensor,
+    attention_mask: &Tensor,
+    path: LossPath,
+) -> Result<ModelOutput> {
+    match path {
+        LossPath::Logits => Ok(ModelOutput::Logits(model.forward(input_ids, attention_mask)?)),
+        LossPath::Hidden => Ok(ModelOutput::Hidden(required_hidden(model, input_ids, attention_mask)?)),
+        LossPath::Auto => match model.forward_hidden(input_ids, attention_mask)? {
+            Some(states) => Ok(ModelOutput::Hidden(states)),
+            None => Ok(ModelOutput::Logits(model.forward(input_ids, attention_mask)?)),
+        },
+    }
+}
+
+/// The training forward pass of the policy: [`PolicyModel::forward_checkpointed`] when the model
+/// checkpoints (its output checked against `path`), else [`model_output`] and no deferred backward.
+pub(crate) fn training_output<'a>(
+    model: &'a dyn PolicyModel,
+    input_ids: &Tensor,
+    attention_mask: &Tensor,
+    path: LossPath,
+) -> Result<(ModelOutput, Option<DeferredBackward<'a>>)> {
+    let Some(checkpointed) = model.forward_checkpointed(input_ids, attention_mask, path)? else {
+        return Ok((model_output(model, input_ids, attention_mask, path)?, None));
+    };
+    match (&checkpointed.output, path) {
+        (ModelOutput::Logits(_), LossPath::Hidden) | (ModelOutput::Hidden(_), LossPath::Logits) => {
+            Err(Error::Config {
+                name: "forward_checkpointed",
+                requirement: format!("must return the output of {path:?} that it was asked for"),
+            })
+        }
+        _ => Ok((checkpointed.output, Some(checkpointed.backward))),
+    }
+}
+
 /// [`PolicyModel::forward_hidden`] for the fused path, which needs it: `None` becomes [`Error::Config`].
 pub(crate) fn required_hidden(
     model: &dyn PolicyModel,
@@ -158,6 +249,30 @@ pub trait PolicyModel: Send {
         Ok(None)
     }
 
+    /// Gradient checkpointing (optional; the default returns `Ok(None)`: no checkpointing). The trainer
+    /// calls it for every training forward pass (never under `no_grad`: evaluation and reference scoring
+    /// use [`PolicyModel::forward`] / [`PolicyModel::forward_hidden`]); `None` makes it fall back to those.
+    ///
+    /// A model that checkpoints runs its forward pass keeping only what it needs to recompute its
+    /// activations (e.g. each layer's input), and returns the output for `path` — logits for
+    /// [`LossPath::Logits`], hidden states and head for [`LossPath::Hidden`], either for
+    /// [`LossPath::Auto`] — built on a detached checkpoint (a leaf that requires grad), and a
+    /// [`DeferredBackward`]. The trainer computes the loss, calls `loss.backward()` (which fills the
+    /// checkpoint's gradient and the head's), then runs the deferred backward, which must leave in every
+    /// parameter's `.grad` what one `backward` through an un-checkpointed forward would have left.
+    ///
+    /// # Errors
+    /// Whatever the model's ops return.
+    fn forward_checkpointed(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        path: LossPath,
+    ) -> Result<Option<CheckpointedForward<'_>>> {
+        let _ = (input_ids, attention_mask, path);
+        Ok(None)
+    }
+
     /// Every parameter with a unique, stable name (shallow clones sharing storage with the model). Those
     /// with `requires_grad` are trained; all are saved in and restored from checkpoints. For a `VarStore`
     /// model this is [`var_store_parameters`].
@@ -181,6 +296,14 @@ impl<M: PolicyModel + ?Sized> PolicyModel for Box<M> {
     }
     fn forward_hidden(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Option<HiddenOutput>> {
         (**self).forward_hidden(input_ids, attention_mask)
+    }
+    fn forward_checkpointed(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        path: LossPath,
+    ) -> Result<Option<CheckpointedForward<'_>>> {
+        (**self).forward_checkpointed(input_ids, attention_mask, path)
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         (**self).named_parameters()

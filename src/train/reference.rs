@@ -4,7 +4,7 @@ use crate::data::{CollatedBatch, Collator, EncodedPair};
 use crate::error::{Error, Result};
 use crate::fused::fused_sequence_logprobs;
 use crate::logprobs::{sequence_logprobs, LogProbOptions};
-use crate::train::model::{required_hidden, LossPath, PolicyModel};
+use crate::train::model::{model_output, LossPath, ModelOutput, PolicyModel};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -68,7 +68,8 @@ impl ReferenceCache {
 
     /// One pass of `model` under `no_grad` over all `pairs` (in order, `batch_pairs` at a time), scoring
     /// each row with `options` (use [`LogProbOptions::causal`] for a causal LM) on `path`: the logits, or the
-    /// fused head pass on `forward_hidden` — use the path the policy will be trained on.
+    /// fused head pass on `forward_hidden` ([`LossPath::Auto`]: the latter when the model offers it) — use
+    /// the path the policy will be trained on.
     ///
     /// # Errors
     /// [`Error::InvalidParameter`] for `batch_pairs == 0`; whatever collation, the model and
@@ -193,18 +194,13 @@ pub(crate) fn model_logprobs(
     tch::no_grad(|| -> Result<Tensor> {
         let batch = batch.to_device(model.device())?;
         // The same path as the policy's, so that policy == reference gives exactly zero rewards.
-        if path == LossPath::Hidden {
-            let states = required_hidden(model, &batch.input_ids, &batch.attention_mask)?;
-            let fused = states.fused_options(options);
-            return Ok(
-                fused_sequence_logprobs(&states.hidden, states.head(), &batch.labels, &fused)?
-                    .sum
-                    .f_detach()?,
-            );
-        }
-        let logits = model.forward(&batch.input_ids, &batch.attention_mask)?;
-        Ok(sequence_logprobs(&logits, &batch.labels, options)?
-            .sum
-            .f_detach()?)
+        let sums = match model_output(model, &batch.input_ids, &batch.attention_mask, path)? {
+            ModelOutput::Hidden(states) => {
+                let fused = states.fused_options(options);
+                fused_sequence_logprobs(&states.hidden, states.head(), &batch.labels, &fused)?.sum
+            }
+            ModelOutput::Logits(logits) => sequence_logprobs(&logits, &batch.labels, options)?.sum,
+        };
+        Ok(sums.f_detach()?)
     })
 }

@@ -9,7 +9,9 @@ use crate::train::accumulate::{Accumulated, StepTotals};
 use crate::train::checkpoint;
 use crate::train::config::RpoTrainerConfig;
 use crate::train::metrics::{JsonlLogger, Progress, StepMetrics};
-use crate::train::model::{required_hidden, LossPath, PolicyModel};
+use crate::train::model::{
+    model_output, training_output, DeferredBackward, ModelOutput, PolicyModel,
+};
 use crate::train::optim::AdamW;
 use crate::train::reference::{model_logprobs, ReferenceCache, ReferenceSource};
 use crate::train::schedule::LrSchedule;
@@ -156,10 +158,18 @@ impl RpoTrainer {
     }
 
     /// Forward pass and loss of one micro-batch (reference first, so its activations are freed).
-    /// [`LossPath::Logits`] gathers log-probs from the model's logits; [`LossPath::Hidden`] runs the fused
+    /// [`LossPath::Logits`](crate::train::LossPath::Logits) gathers log-probs from the model's logits; [`LossPath::Hidden`](crate::train::LossPath::Hidden) runs the fused
     /// linear-head loss ([`crate::fused::fused_rpo_loss`]) on the final hidden states and the head (weight,
-    /// bias, logit scale, soft-cap), never forming the `[2B, T, V]` logits.
-    fn micro_batch_loss(&self, batch: &CollatedBatch, global: Option<GlobalBatch>) -> Result<RpoOutput> {
+    /// bias, logit scale, soft-cap), never forming the `[2B, T, V]` logits; [`LossPath::Auto`](crate::train::LossPath::Auto) the latter
+    /// when the model offers hidden states. With `train`, the policy's forward pass is
+    /// [`PolicyModel::forward_checkpointed`] where the model checkpoints, and the returned
+    /// [`DeferredBackward`] must run after `loss.backward()`.
+    fn micro_batch_loss(
+        &self,
+        batch: &CollatedBatch,
+        global: Option<GlobalBatch>,
+        train: bool,
+    ) -> Result<(RpoOutput, Option<DeferredBackward<'_>>)> {
         let device = self.model.device();
         let reference = match &self.reference {
             ReferenceSource::Model(model) => Some(
@@ -175,40 +185,38 @@ impl RpoTrainer {
             ReferenceSource::InitialPolicy => return Err(initial_policy_not_scored()),
             ReferenceSource::Free => None,
         };
+        let reference = match &reference {
+            Some(sums) => Reference::LogProbs(sums),
+            None => Reference::Free,
+        };
         let CollatedBatch {
             input_ids,
             attention_mask,
             labels,
             ..
         } = batch.to_device(device)?;
-        match self.config.loss_path {
-            LossPath::Logits => {
-                let logits = self.model.forward(&input_ids, &attention_mask)?;
-                let reference = match &reference {
-                    Some(sums) => Reference::LogProbs(sums),
-                    None => Reference::Free,
-                };
-                rpo_loss_from_logits(
-                    &self.config.rpo,
-                    &LogitsBatch::new(&logits, &labels)
-                        .with_reference(reference)
-                        .with_options(self.config.logprobs.clone())
-                        .with_global_opt(global),
-                )
-            }
-            LossPath::Hidden => {
-                let states = required_hidden(self.model.as_ref(), &input_ids, &attention_mask)?;
-                let reference = match &reference {
-                    Some(sums) => Reference::LogProbs(sums),
-                    None => Reference::Free,
-                };
+        let path = self.config.loss_path;
+        let (output, deferred) = match train {
+            true => training_output(self.model.as_ref(), &input_ids, &attention_mask, path)?,
+            false => (model_output(self.model.as_ref(), &input_ids, &attention_mask, path)?, None),
+        };
+        let out = match output {
+            ModelOutput::Logits(logits) => rpo_loss_from_logits(
+                &self.config.rpo,
+                &LogitsBatch::new(&logits, &labels)
+                    .with_reference(reference)
+                    .with_options(self.config.logprobs.clone())
+                    .with_global_opt(global),
+            )?,
+            ModelOutput::Hidden(states) => {
                 let batch = HiddenBatch::new(&states.hidden, states.head(), &labels)
                     .with_reference(reference)
                     .with_options(states.fused_options(&self.config.logprobs))
                     .with_global_opt(global);
-                fused_rpo_loss(&self.config.rpo, &batch)
+                fused_rpo_loss(&self.config.rpo, &batch)?
             }
-        }
+        };
+        Ok((out, deferred))
     }
 
     /// Evaluates `pairs` in batches of `batch_pairs` (no weight change); the metrics are those of one batch
@@ -250,7 +258,7 @@ impl RpoTrainer {
         let mut acc = Accumulated::default();
         tch::no_grad(|| -> Result<()> {
             for batch in batches {
-                let out = self.micro_batch_loss(batch, Some(totals.global))?;
+                let (out, _) = self.micro_batch_loss(batch, Some(totals.global), false)?;
                 acc.add(&out, batch, &totals)?;
             }
             Ok(())
@@ -466,7 +474,7 @@ impl RpoTrainer {
     ) -> Result<Gradients> {
         let mut accumulated = Accumulated::default();
         for batch in micro_batches {
-            let out = match self.micro_batch_loss(batch, Some(totals.global)) {
+            let (out, deferred) = match self.micro_batch_loss(batch, Some(totals.global), true) {
                 Ok(out) => out,
                 Err(e @ Error::NonFinite { .. }) => {
                     accumulated.loss = f64::NAN;
@@ -485,6 +493,9 @@ impl RpoTrainer {
                 });
             }
             out.loss.f_backward()?;
+            if let Some(deferred) = deferred {
+                deferred.run()?;
+            }
         }
         Ok(Gradients {
             accumulated,

@@ -31,15 +31,19 @@
 //! greedily or by sampling (temperature, top-k, top-p, seed) with a KV cache, [`greedy_decode`] is its
 //! greedy shorthand.
 //!
-//! Layout: [`config`] (the configuration), `layers` (norm, attention, MLP; internal), [`model`] (the
+//! Layout: [`config`] (the configuration), [`checkpointing`] (activation checkpointing), `layers` (norm, attention, MLP; internal), [`model`] (the
 //! decoder), [`weights_hf`] (safetensors checkpoints), [`weights_gguf`] (GGUF files), [`mod@generate`]
 //! (decoding), [`policy`] (the trainer adapter), [`export`] (saving a trained model as a Hugging Face folder
 //! or a GGUF file).
+//!
+//! [`Gemma::forward_hidden_checkpointed`] ([`checkpointing`]) is per-layer activation checkpointing, exact
+//! (the same gradients); [`GemmaPolicy::set_gradient_checkpointing`] turns it on for training.
 //!
 //! Parameters live in a [`tch::nn::VarStore`] under the Hugging Face names (`model.embed_tokens.weight`,
 //! `model.layers.{i}.self_attn.q_proj.weight`, …), so [`load_checkpoint`] copies a checkpoint's tensors by
 //! name and [`save_checkpoint`] writes a directory that `transformers` can load.
 
+pub mod checkpointing;
 pub mod config;
 pub mod export;
 pub mod generate;
@@ -49,6 +53,7 @@ pub mod policy;
 pub mod weights_gguf;
 pub mod weights_hf;
 
+pub use checkpointing::LayerCheckpoints;
 pub use config::{Activation, GemmaArch, GemmaConfig, TokenIds, SUPPORTED_MODEL_TYPES};
 pub use generate::{generate, greedy_decode, Generation, GenerationConfig, Sampling};
 pub use model::{Gemma, KvCache};

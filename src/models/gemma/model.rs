@@ -142,7 +142,7 @@ impl Gemma {
     }
 
     /// Checks `input_ids` `[N, T]` (non-empty, i64, ids in `[0, V)`) and `attention_mask` `[N, width]`.
-    fn check_inputs(
+    pub(super) fn check_inputs(
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
@@ -248,13 +248,40 @@ impl Gemma {
                 });
             }
         }
-        let device = input_ids.device();
+        let attention = self.attention_inputs(attention_mask, position_ids, past, t, input_ids.device())?;
+        let mut xs = self.embed(input_ids)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (blocked, (cos, sin)) = attention.of(layer);
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            xs = layer.forward(&xs, cos, sin, blocked, layer_cache)?;
+        }
+        if let Some(cache) = cache {
+            cache.len = past + t;
+        }
+        self.norm.forward(&xs)
+    }
+
+    /// The scaled token embedding `[N, T, H]` of `input_ids` (the first layer's input): the embedding rows
+    /// times `sqrt(hidden_size)` rounded to the activation dtype.
+    pub(super) fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
         let kind = self.embed_tokens.kind();
         let scale = Tensor::from((self.config.hidden_size as f64).sqrt() as f32)
             .f_to_kind(kind)?
-            .f_to_device(device)?;
-        let mut xs = Tensor::f_embedding(&self.embed_tokens, input_ids, -1, false, false)?.f_mul(&scale)?;
+            .f_to_device(input_ids.device())?;
+        Ok(Tensor::f_embedding(&self.embed_tokens, input_ids, -1, false, false)?.f_mul(&scale)?)
+    }
 
+    /// The RoPE tables and attention masks every layer takes, for `t` new positions after `past` cached
+    /// slots, on `device`.
+    pub(super) fn attention_inputs(
+        &self,
+        attention_mask: &Tensor,
+        position_ids: &Tensor,
+        past: i64,
+        t: i64,
+        device: tch::Device,
+    ) -> Result<AttentionInputs> {
+        let kind = self.embed_tokens.kind();
         // RoPE tables [N or 1, 1, T, head_dim], computed in f32 as transformers does, then cast: one for
         // the global layers, one for the sliding layers (the same θ except in Gemma 3).
         let hd = self.config.head_size();
@@ -298,18 +325,22 @@ impl Gemma {
             }
             _ => None,
         };
-        for (i, layer) in self.layers.iter().enumerate() {
-            let (blocked, (cos, sin)) = match (layer.attention.window, &sliding_blocked) {
-                (Some(_), Some(mask)) => (mask, &local_rope),
-                _ => (&full_blocked, &global_rope),
-            };
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            xs = layer.forward(&xs, cos, sin, blocked, layer_cache)?;
-        }
-        if let Some(cache) = cache {
-            cache.len = past + t;
-        }
-        self.norm.forward(&xs)
+        Ok(AttentionInputs {
+            global_rope,
+            local_rope,
+            full_blocked,
+            sliding_blocked,
+        })
+    }
+
+    /// The decoder layers.
+    pub(super) fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    /// The final norm.
+    pub(super) fn final_norm(&self) -> &RmsNorm {
+        &self.norm
     }
 
     /// Logits `[..., V]` of hidden states `[..., H]` (e.g. from [`Gemma::forward_hidden`]): the head (tied
@@ -330,6 +361,25 @@ impl Gemma {
 /// `T` of `input_ids` `[N, T]` (0 for another rank; the check reports it).
 fn t_of(input_ids: &Tensor) -> i64 {
     input_ids.size().get(1).copied().unwrap_or(0)
+}
+
+/// The per-layer inputs besides the hidden states: RoPE tables `(cos, sin)` of the global and the sliding
+/// layers, and the blocked-key masks.
+pub(super) struct AttentionInputs {
+    global_rope: (Tensor, Tensor),
+    local_rope: (Tensor, Tensor),
+    full_blocked: Tensor,
+    sliding_blocked: Option<Tensor>,
+}
+
+impl AttentionInputs {
+    /// The mask and the RoPE tables of `layer`.
+    pub(super) fn of(&self, layer: &Layer) -> (&Tensor, &(Tensor, Tensor)) {
+        match (layer.attention.window, &self.sliding_blocked) {
+            (Some(_), Some(mask)) => (mask, &self.local_rope),
+            _ => (&self.full_blocked, &self.global_rope),
+        }
+    }
 }
 
 /// The keys and values of the positions a [`Gemma`] model has seen, per layer, so that generation feeds

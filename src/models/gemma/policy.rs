@@ -5,15 +5,20 @@ use tch::{nn, Device, Kind, Tensor};
 use super::config::GemmaConfig;
 use super::model::Gemma;
 use crate::error::{Error, Result};
-use crate::train::{var_store_parameters, HiddenOutput, PolicyModel};
+use crate::train::{
+    var_store_parameters, CheckpointedForward, DeferredBackward, HiddenOutput, LossPath, ModelOutput, PolicyModel,
+};
 
 /// A Gemma model and the [`nn::VarStore`] holding its variables, as the crate's [`PolicyModel`]:
 /// [`PolicyModel::forward`] returns the logits `[N, T, V]` ([`Gemma::forward`]) and
 /// [`PolicyModel::forward_hidden`] the final hidden states `[N, T, H]` with the tied head weight `[V, H]`
-/// and the final-logit soft-cap, for the fused loss path.
+/// and the final-logit soft-cap, for the fused loss path. With
+/// [`GemmaPolicy::set_gradient_checkpointing`], [`PolicyModel::forward_checkpointed`] trains with
+/// per-layer activation checkpointing ([`Gemma::forward_hidden_checkpointed`]).
 pub struct GemmaPolicy {
     vs: nn::VarStore,
     model: Gemma,
+    gradient_checkpointing: bool,
 }
 
 impl std::fmt::Debug for GemmaPolicy {
@@ -21,6 +26,7 @@ impl std::fmt::Debug for GemmaPolicy {
         f.debug_struct("GemmaPolicy")
             .field("arch", &self.model.arch())
             .field("device", &self.vs.device())
+            .field("gradient_checkpointing", &self.gradient_checkpointing)
             .finish()
     }
 }
@@ -29,7 +35,26 @@ impl GemmaPolicy {
     /// Wraps a model and the store holding its variables (as returned by [`Gemma::from_pretrained`] or
     /// [`Gemma::from_gguf`], or the store whose root was given to [`Gemma::new`]).
     pub fn new(vs: nn::VarStore, model: Gemma) -> Self {
-        Self { vs, model }
+        Self {
+            vs,
+            model,
+            gradient_checkpointing: false,
+        }
+    }
+
+    /// Turns per-layer activation (gradient) checkpointing on or off (default off). On, the trainer's
+    /// training passes go through [`PolicyModel::forward_checkpointed`]: the layers' activations are
+    /// recomputed during the backward pass instead of kept (one layer's at a time, plus each layer's
+    /// `[N, T, H]` input), for one more forward pass of the layers per step. The loss and gradients are
+    /// the same as without it (`tests/gemma_checkpointing.rs`). Evaluation and reference scoring are
+    /// unaffected.
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.gradient_checkpointing = on;
+    }
+
+    /// Whether activation checkpointing is on ([`GemmaPolicy::set_gradient_checkpointing`]).
+    pub fn gradient_checkpointing(&self) -> bool {
+        self.gradient_checkpointing
     }
 
     /// A new model with `config`, in its own store on `device` in `kind`, holding copies of `parameters`
@@ -78,7 +103,7 @@ impl GemmaPolicy {
             }
             Ok(())
         })?;
-        Ok(Self { vs, model })
+        Ok(Self::new(vs, model))
     }
 
     /// The model.
@@ -114,6 +139,30 @@ impl PolicyModel for GemmaPolicy {
     fn forward_hidden(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Option<HiddenOutput>> {
         let hidden = self.model.forward_hidden(input_ids, attention_mask)?;
         Ok(Some(self.hidden_output(hidden)))
+    }
+
+    /// With [`GemmaPolicy::set_gradient_checkpointing`] on: [`Gemma::forward_hidden_checkpointed`], then
+    /// the hidden-state output ([`LossPath::Hidden`], [`LossPath::Auto`]) or the logits of the head on
+    /// those states ([`LossPath::Logits`]); the deferred backward is [`super::LayerCheckpoints::backward`].
+    /// Off: `None`.
+    fn forward_checkpointed(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        path: LossPath,
+    ) -> Result<Option<CheckpointedForward<'_>>> {
+        if !self.gradient_checkpointing {
+            return Ok(None);
+        }
+        let (hidden, checkpoints) = self.model.forward_hidden_checkpointed(input_ids, attention_mask)?;
+        let output = match path {
+            LossPath::Logits => ModelOutput::Logits(self.model.logits(&hidden)?),
+            LossPath::Hidden | LossPath::Auto => ModelOutput::Hidden(self.hidden_output(hidden)),
+        };
+        Ok(Some(CheckpointedForward {
+            output,
+            backward: DeferredBackward::new(move || checkpoints.backward()),
+        }))
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {

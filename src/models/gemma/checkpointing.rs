@@ -1,0 +1,118 @@
+//! Per-layer activation (gradient) checkpointing for [`Gemma`]: [`Gemma::forward_hidden_checkpointed`]
+//! and [`LayerCheckpoints`].
+//!
+//! libtorch's C++ API has no `torch.utils.checkpoint`, and tch offers no custom autograd function, so the
+//! backward pass is split at the layer boundaries by hand:
+//! 1. forward under `no_grad`, keeping only each layer's input `h_l` `[N, T, H]` (and the shared RoPE
+//!    tables and masks); the last layer's output `h_L` becomes a detached leaf that requires grad, and the
+//!    final norm runs on it with grad;
+//! 2. the caller's `loss.backward()` fills `dL/dh_L` (and the head's gradient);
+//! 3. [`LayerCheckpoints::backward`], for `l = L−1 … 0`: recompute layer `l` from a detached leaf copy of
+//!    `h_l` with grad, and backpropagate `g = dL/dh_{l+1}` through it as the gradient of `Σ(out ⊙ g)`
+//!    (`g` detached, so the gradient reaching `out` is exactly `g`): the layer's parameters accumulate
+//!    their gradient and the leaf receives `dL/dh_l`; finally the same through the scaled embedding.
+//!
+//! Each recomputation runs the same ops on the same inputs as the checkpoint-free pass, so activations
+//! and per-layer gradients are the same values. Activation memory: `L + 1` hidden states plus one layer's
+//! autograd graph at a time, instead of every layer's.
+
+use tch::{Kind, Tensor};
+
+use super::model::{AttentionInputs, Gemma};
+use crate::error::Result;
+
+/// What [`Gemma::forward_hidden_checkpointed`] keeps to finish the backward pass: the layer inputs, the
+/// per-layer attention inputs, the token ids and the checkpoint leaf `h_L`.
+pub struct LayerCheckpoints<'a> {
+    model: &'a Gemma,
+    input_ids: Tensor,
+    attention: AttentionInputs,
+    /// `h_0 … h_{L−1}`, no grad.
+    layer_inputs: Vec<Tensor>,
+    /// `h_L`, a leaf that requires grad.
+    last: Tensor,
+}
+
+impl std::fmt::Debug for LayerCheckpoints<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerCheckpoints")
+            .field("layers", &self.layer_inputs.len())
+            .field("hidden", &self.last.size())
+            .finish()
+    }
+}
+
+impl Gemma {
+    /// The final normed hidden states `[N, T, H]`, as [`Gemma::forward_hidden`] computes them, with
+    /// per-layer activation checkpointing: the layers run without an autograd graph and the returned
+    /// tensor is differentiable only down to the last layer's output. After `loss.backward()` on a loss
+    /// of the returned states (and of the head, e.g. through [`Gemma::logits`]), call
+    /// [`LayerCheckpoints::backward`] to carry the gradient through the layers and the embedding: the
+    /// parameters then hold the gradients one `backward` through [`Gemma::forward_hidden`] would give.
+    ///
+    /// Same inputs and errors as [`Gemma::forward_hidden`]. Runs with gradients enabled whatever the
+    /// caller's grad mode.
+    pub fn forward_hidden_checkpointed(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<(Tensor, LayerCheckpoints<'_>)> {
+        let (_, t) = self.check_inputs(input_ids, attention_mask, None)?;
+        let device = input_ids.device();
+        let positions = Tensor::f_arange(t, (Kind::Int64, device))?.f_unsqueeze(0)?;
+        let (attention, layer_inputs, last) = tch::no_grad(|| -> Result<_> {
+            let attention = self.attention_inputs(attention_mask, &positions, 0, t, device)?;
+            let mut xs = self.embed(input_ids)?;
+            let mut layer_inputs = Vec::with_capacity(self.layers().len());
+            for layer in self.layers() {
+                let (blocked, (cos, sin)) = attention.of(layer);
+                let out = layer.forward(&xs, cos, sin, blocked, None)?;
+                layer_inputs.push(std::mem::replace(&mut xs, out));
+            }
+            Ok((attention, layer_inputs, xs))
+        })?;
+        let last = last.f_detach()?.set_requires_grad(true);
+        let hidden = tch::with_grad(|| self.final_norm().forward(&last))?;
+        let checkpoints = LayerCheckpoints {
+            model: self,
+            input_ids: input_ids.shallow_clone(),
+            attention,
+            layer_inputs,
+            last,
+        };
+        Ok((hidden, checkpoints))
+    }
+}
+
+impl LayerCheckpoints<'_> {
+    /// Carries the gradient of the checkpoint `h_L` (left there by the caller's `loss.backward()`) back
+    /// through every layer (recomputed one at a time) and the embedding into the parameters' `.grad`
+    /// (accumulating, like `backward`). Nothing happens if no gradient reached `h_L`.
+    ///
+    /// # Errors
+    /// [`crate::Error::Torch`] if an op fails.
+    pub fn backward(self) -> Result<()> {
+        let mut grad = self.last.f_grad()?;
+        if !grad.defined() {
+            return Ok(());
+        }
+        tch::with_grad(|| -> Result<()> {
+            for (layer, input) in self.model.layers().iter().zip(&self.layer_inputs).rev() {
+                let leaf = input.f_detach()?.set_requires_grad(true);
+                let (blocked, (cos, sin)) = self.attention.of(layer);
+                let out = layer.forward(&leaf, cos, sin, blocked, None)?;
+                backward_with(&out, &grad)?;
+                grad = leaf.f_grad()?;
+            }
+            let embedded = self.model.embed(&self.input_ids)?;
+            backward_with(&embedded, &grad)
+        })
+    }
+}
+
+/// Backpropagates `grad` (the gradient of the loss w.r.t. `out`) from `out`: the backward pass of
+/// `Σ(out ⊙ grad)`, whose gradient w.r.t. `out` is exactly `grad` (`1 · grad`).
+fn backward_with(out: &Tensor, grad: &Tensor) -> Result<()> {
+    out.f_mul(&grad.f_detach()?)?.f_sum(out.kind())?.f_backward()?;
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! Per-layer activation checkpointing of the Gemma model is exact: the same loss and the same parameter
+//! gradients as without it, on the logits and the fused (hidden-state) paths, with gradient accumulation
+//! over micro-batches, and the same training trajectory through the trainer.
+//!
+//! What "the same" means here: every layer is recomputed from its stored input with the same ops, and
+//! the gradient that reaches each layer's output is passed on unchanged (the backward of `Σ(out ⊙ g)`),
+//! so every gradient contribution is the same f32 value. Only the order in which contributions are
+//! added into one `.grad` may differ: the tied embedding / head weight receives the head's contribution
+//! during `loss.backward()` and the embedding's at the end of the checkpointed backward, while one
+//! un-checkpointed backward adds the two first and then into `.grad`. With several micro-batches that is
+//! `(g + a) + b` against `g + (a + b)` in f32, so the test allows a relative difference of 1e-6 of the
+//! gradient's largest entry (f32 rounding of a few additions is ≤ ~1.2e-7 relative each) and counts the
+//! parameters that came out bitwise identical.
+
+mod train_support;
+
+use tch::{nn, Device, Kind, Tensor};
+use tch_rpo::data::{ByteTokenizer, CollateConfig, CollatedBatch, Collator, EncodedPair, Tokenizer};
+use tch_rpo::fused::{fused_rpo_loss, HiddenBatch, LinearHead};
+use tch_rpo::models::gemma::{Gemma, GemmaConfig, GemmaPolicy};
+use tch_rpo::train::{
+    LossPath, ModelOutput, PolicyModel, ReferenceSource, RpoTrainer, RpoTrainerConfig, Trainer, Warmup,
+};
+use tch_rpo::{rpo_loss_from_logits, LogitsBatch, RpoConfig};
+use train_support::preference_pairs;
+
+/// Small Gemma 2 (3 layers: sliding, full, sliding; soft-caps) and Gemma 3 (q/k norms, two RoPE bases)
+/// configurations over the byte tokenizer's vocabulary.
+fn configs() -> Vec<GemmaConfig> {
+    let mut gemma2 = GemmaConfig::small_gemma2(ByteTokenizer::new().vocab_size());
+    gemma2.num_hidden_layers = 3;
+    gemma2.sliding_window = Some(4);
+    let mut gemma3 = gemma2.clone();
+    gemma3.model_type = "gemma3_text".into();
+    gemma3.final_logit_softcapping = None;
+    gemma3.attn_logit_softcapping = None;
+    gemma3.rope_local_base_freq = Some(100.0);
+    vec![gemma2, gemma3]
+}
+
+/// Two policies with the same random weights (initializer range 0.2 so that the layers matter), the
+/// second with gradient checkpointing.
+fn policies(config: &GemmaConfig, seed: i64) -> (GemmaPolicy, GemmaPolicy) {
+    let mut config = config.clone();
+    config.initializer_range = 0.2;
+    tch::manual_seed(seed);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = Gemma::new(&vs.root(), &config).unwrap();
+    let plain = GemmaPolicy::new(vs, model);
+    // Norm weights start at 0; give them values so that their gradients are exercised.
+    tch::no_grad(|| {
+        for (name, p) in plain.named_parameters() {
+            if name.contains("norm") {
+                p.shallow_clone().copy_(&(Tensor::randn(p.size(), (Kind::Float, Device::Cpu)) * 0.3));
+            }
+        }
+    });
+    let mut checkpointed =
+        GemmaPolicy::from_parameters(&config, Device::Cpu, Kind::Float, &plain.named_parameters()).unwrap();
+    checkpointed.set_gradient_checkpointing(true);
+    assert!(checkpointed.gradient_checkpointing() && !plain.gradient_checkpointing());
+    (plain, checkpointed)
+}
+
+fn micro_batches(pairs: &[EncodedPair]) -> Vec<CollatedBatch> {
+    let collator = Collator::new(CollateConfig::new(ByteTokenizer::PAD)).unwrap();
+    [[0usize, 1, 2], [3, 4, 5]]
+        .iter()
+        .map(|ids| {
+            let chunk: Vec<(usize, &EncodedPair)> = ids.iter().map(|&i| (i, &pairs[i])).collect();
+            collator.collate(&chunk, Device::Cpu).unwrap()
+        })
+        .collect()
+}
+
+/// The loss of one micro-batch from a model output (reference-free RPO).
+fn loss_of(output: &ModelOutput, batch: &CollatedBatch) -> Tensor {
+    let rpo = RpoConfig::paper(0.1, 0.5);
+    match output {
+        ModelOutput::Logits(logits) => rpo_loss_from_logits(&rpo, &LogitsBatch::new(logits, &batch.labels))
+            .unwrap()
+            .loss,
+        ModelOutput::Hidden(states) => {
+            let head =
+                LinearHead::new(&states.lm_head_weight).with_final_logit_softcap(states.final_logit_softcap);
+            let input = HiddenBatch::new(&states.hidden, head, &batch.labels);
+            fused_rpo_loss(&rpo, &input).unwrap().loss
+        }
+    }
+}
+
+/// Accumulates the gradients of all micro-batches into `policy`'s parameters (the trainer's sequence:
+/// `forward_checkpointed` when it checkpoints, else the plain forward; `loss.backward()`; the deferred
+/// backward) and returns the losses and the gradients.
+fn accumulate(
+    policy: &GemmaPolicy,
+    batches: &[CollatedBatch],
+    path: LossPath,
+) -> (Vec<f64>, Vec<(String, Tensor)>) {
+    let mut losses = Vec::new();
+    for batch in batches {
+        let (ids, mask) = (&batch.input_ids, &batch.attention_mask);
+        let checkpointed = policy.forward_checkpointed(ids, mask, path).unwrap();
+        assert_eq!(checkpointed.is_some(), policy.gradient_checkpointing());
+        match checkpointed {
+            Some(checkpointed) => {
+                let loss = loss_of(&checkpointed.output, batch);
+                loss.backward();
+                checkpointed.backward.run().unwrap();
+                losses.push(loss.double_value(&[]));
+            }
+            None => {
+                let output = match path {
+                    LossPath::Logits => ModelOutput::Logits(policy.forward(ids, mask).unwrap()),
+                    _ => ModelOutput::Hidden(policy.forward_hidden(ids, mask).unwrap().unwrap()),
+                };
+                let loss = loss_of(&output, batch);
+                loss.backward();
+                losses.push(loss.double_value(&[]));
+            }
+        }
+    }
+    let grads = policy
+        .named_parameters()
+        .into_iter()
+        .map(|(name, p)| {
+            let grad = p.grad();
+            assert!(grad.defined(), "{name} got no gradient");
+            (name, grad.copy())
+        })
+        .collect();
+    (losses, grads)
+}
+
+#[test]
+fn checkpointed_gradients_equal_plain_gradients() {
+    let pairs = preference_pairs(6);
+    let batches = micro_batches(&pairs);
+    for (c, config) in configs().iter().enumerate() {
+        for path in [LossPath::Logits, LossPath::Hidden] {
+            let (plain, checkpointed) = policies(config, 40 + c as i64);
+            let (plain_losses, plain_grads) = accumulate(&plain, &batches, path);
+            let (ck_losses, ck_grads) = accumulate(&checkpointed, &batches, path);
+            assert_eq!(plain_losses, ck_losses, "{} {path:?}: losses", config.model_type);
+            let mut bitwise = 0;
+            for ((name, a), (name_b, b)) in plain_grads.iter().zip(&ck_grads) {
+                assert_eq!(name, name_b);
+                let scale = a.abs().max().double_value(&[]);
+                assert!(scale > 0.0, "{name}: zero gradient, nothing tested");
+                let diff = (a - b).abs().max().double_value(&[]);
+                assert!(
+                    diff <= 1e-6 * scale,
+                    "{} {path:?} {name}: max |Δgrad| {diff:e} vs max |grad| {scale:e}",
+                    config.model_type
+                );
+                bitwise += usize::from(diff == 0.0);
+            }
+            eprintln!(
+                "{} {path:?}: {bitwise} of {} gradients bitwise equal",
+                config.model_type,
+                plain_grads.len()
+            );
+            // All but (at most) the tied embedding are bitwise equal.
+            assert!(
+                bitwise + 1 >= plain_grads.len(),
+                "{} {path:?}: only {bitwise} of {} gradients bitwise equal",
+                config.model_type,
+                plain_grads.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn checkpointed_training_follows_the_same_trajectory() {
+    let pairs = preference_pairs(6);
+    let batches = micro_batches(&pairs);
+    let config = &configs()[0];
+    for path in [LossPath::Logits, LossPath::Hidden, LossPath::Auto] {
+        let (plain, checkpointed) = policies(config, 50);
+        let trainer_config = || RpoTrainerConfig {
+            learning_rate: 1e-3,
+            warmup: Warmup::Ratio(0.0),
+            loss_path: path,
+            grad_accum_steps: 2,
+            batch_pairs: 3,
+            progress: false,
+            ..RpoTrainerConfig::paper(RpoConfig::paper(0.1, 0.5), 3)
+        };
+        let mut a = RpoTrainer::new(Box::new(plain), ReferenceSource::Free, trainer_config()).unwrap();
+        let mut b = RpoTrainer::new(Box::new(checkpointed), ReferenceSource::Free, trainer_config()).unwrap();
+        for step in 0..3 {
+            let (ma, mb) = (a.train_step(&batches).unwrap(), b.train_step(&batches).unwrap());
+            assert!(!ma.skipped && !mb.skipped);
+            let (na, nb) = (ma.grad_norm.unwrap(), mb.grad_norm.unwrap());
+            assert!(
+                (ma.loss - mb.loss).abs() <= 1e-6 * ma.loss.abs().max(1.0) && (na - nb).abs() <= 1e-6 * na,
+                "{path:?} step {step}: loss {} vs {}, grad norm {na} vs {nb}",
+                ma.loss,
+                mb.loss
+            );
+        }
+        for ((name, pa), (_, pb)) in a.model().named_parameters().iter().zip(&b.model().named_parameters()) {
+            let diff = (pa - pb).abs().max().double_value(&[]);
+            assert!(diff <= 1e-6, "{path:?} {name}: parameters differ by {diff:e} after 3 steps");
+        }
+    }
+}
+
+/// The checkpointed forward keeps no graph through the layers: `loss.backward()` alone reaches only the
+/// head (the tied embedding) and the final norm; the layers get their gradients from the deferred
+/// backward.
+#[test]
+fn checkpointed_forward_cuts_the_graph_at_the_last_layer() {
+    let pairs = preference_pairs(6);
+    let batches = micro_batches(&pairs);
+    let (_, checkpointed) = policies(&configs()[0], 60);
+    let batch = &batches[0];
+    let out = checkpointed
+        .forward_checkpointed(&batch.input_ids, &batch.attention_mask, LossPath::Hidden)
+        .unwrap()
+        .unwrap();
+    loss_of(&out.output, batch).backward();
+    let defined = |policy: &GemmaPolicy| -> Vec<String> {
+        let mut names: Vec<String> = policy
+            .named_parameters()
+            .into_iter()
+            .filter(|(_, p)| p.grad().defined())
+            .map(|(n, _)| n)
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(defined(&checkpointed), ["model.embed_tokens.weight", "model.norm.weight"]);
+    out.backward.run().unwrap();
+    assert_eq!(defined(&checkpointed).len(), checkpointed.named_parameters().len());
+}
