@@ -462,9 +462,9 @@ fn initial_policy_reference_is_precomputed_and_checkpointed() {
         &TinyLm::new(21, HIDDEN),
         &pairs,
         &collator(),
-        3, // as the trainer scores them: `batch_pairs` at a time
+        3, // as the trainer scores them: `batch_pairs` at a time, on its default path
         &LogProbOptions::causal(),
-        LossPath::Logits,
+        LossPath::Auto,
     )
     .unwrap();
     let by_hand = RpoTrainer::new(

@@ -380,6 +380,42 @@ fn adamw_matches_the_f64_formula() {
     assert_eq!(opt.step_count(), 4);
 }
 
+/// A parameter larger than the optimizer's update block (16 Mi elements, updated in row blocks) gets the
+/// same update as the whole-tensor formula, computed here in f64 over the whole tensor: every row block,
+/// the last partial one included.
+#[test]
+fn adamw_updates_a_large_parameter_in_blocks_like_the_whole_formula() {
+    let (lr, wd, b1, b2, eps) = (0.01, 0.1, 0.9, 0.999, 1e-8);
+    let shape = [3i64, 5_600_000]; // 16.8 M elements: blocks of rows 0..2 and 2..3
+    let start = Tensor::randn(shape, (Kind::Float, Device::Cpu));
+    let coefficients = Tensor::randn(shape, (Kind::Float, Device::Cpu));
+    let x = start.copy().set_requires_grad(true);
+    let config = AdamWConfig {
+        weight_decay: wd,
+        ..AdamWConfig::default()
+    };
+    let mut opt = AdamW::new(config, &[("big.weight".to_string(), x.shallow_clone())]).unwrap();
+    let mut expected = start.to_kind(Kind::Double);
+    let (mut m, mut v) = (expected.zeros_like(), expected.zeros_like());
+    let c = coefficients.to_kind(Kind::Double);
+    for t in 1..=2 {
+        opt.zero_grad().unwrap();
+        // loss = Σ c ⊙ x²  →  g = 2 c ⊙ x
+        (&coefficients * &x * &x).sum(Kind::Float).backward();
+        opt.step(lr).unwrap();
+        let g = &c * &expected * 2.0;
+        m = &m * b1 + &g * (1.0 - b1);
+        v = &v * b2 + &g * &g * (1.0 - b2);
+        let m_hat = &m / (1.0 - b1.powi(t));
+        let v_hat = &v / (1.0 - b2.powi(t));
+        expected = &expected * (1.0 - lr * wd) - m_hat / (v_hat.sqrt() + eps) * lr;
+    }
+    let diff = (x.detach().to_kind(Kind::Double) - &expected).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "max |Δ| {diff:e}");
+    let moved = (x.detach() - &start).abs().min().double_value(&[]);
+    assert!(moved > 0.0, "some element was not updated");
+}
+
 /// bf16 parameters get f32 master weights: updates far below bf16's resolution accumulate.
 #[test]
 fn bf16_parameters_accumulate_small_updates_through_master_weights() {

@@ -4,6 +4,7 @@
 //! Every model piece comes from the library (`tch_rpo::models`); this example is the flow only: the flags
 //! (here), the stages and metrics (`run.rs`), the word-reversal task (`task.rs`) and the plot (`plot.rs`).
 //! Documentation and results: `docs/rpo_gemma.md`; tested by running it (`tests/rpo_gemma_*.rs`).
+mod memory;
 mod plot;
 mod run;
 mod task;
@@ -19,6 +20,17 @@ use tch_rpo::gguf::GgmlType;
 enum DeviceArg {
     Cpu,
     Cuda,
+}
+
+/// `--loss-path`: how the policy's log-probs are computed (the trainer's `LossPath`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LossPathArg {
+    /// The fused linear-head loss on the hidden states (Gemma offers them): never forms the logits.
+    Auto,
+    /// The `[2B, T, V]` logits, then a chunked log-softmax.
+    Logits,
+    /// The fused linear-head loss (an error for a model without hidden states).
+    Fused,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -90,9 +102,21 @@ struct Args {
     /// Maximum prompt tokens (longer prompts keep their end).
     #[arg(long, default_value_t = 16)]
     max_prompt_length: usize,
-    /// Train through the fused linear-head loss (LossPath::Hidden: hidden states + head weight, no logits).
-    #[arg(long)]
+    /// How log-probs are computed in training, evaluation and the reference pass: `auto` (default: the
+    /// fused linear-head loss on Gemma's hidden states), `logits` (full logits) or `fused`.
+    #[arg(long, value_enum, default_value_t = LossPathArg::Auto)]
+    loss_path: LossPathArg,
+    /// Alias of `--loss-path fused`.
+    #[arg(long, conflicts_with = "loss_path")]
     fused: bool,
+    /// Per-layer activation (gradient) checkpointing of the policy in DPO / RPO (and SFT): recompute each
+    /// layer's activations in the backward pass instead of keeping them. Same results, less memory.
+    #[arg(long)]
+    gradient_checkpointing: bool,
+    /// Print the resident memory (current and peak since the previous report, from /proc/self/status) at
+    /// the end of every phase: load, reference log-probs, each evaluation, each run of training steps, save.
+    #[arg(long)]
+    report_memory: bool,
     /// Seed of the init and of the data order.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -152,6 +176,14 @@ impl Args {
         match self.device {
             DeviceArg::Cpu => Device::Cpu,
             DeviceArg::Cuda => Device::Cuda(0),
+        }
+    }
+    fn loss_path(&self) -> tch_rpo::train::LossPath {
+        use tch_rpo::train::LossPath;
+        match (self.fused, self.loss_path) {
+            (true, _) | (false, LossPathArg::Fused) => LossPath::Hidden,
+            (false, LossPathArg::Logits) => LossPath::Logits,
+            (false, LossPathArg::Auto) => LossPath::Auto,
         }
     }
     fn kind(&self) -> Kind {

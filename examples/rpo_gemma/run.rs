@@ -17,6 +17,7 @@ use tch_rpo::models::tokenizer::GgufTokenizer;
 use tch_rpo::train::{LossPath, PolicyModel, ReferenceCache, ReferenceSource, RpoTrainer, RpoTrainerConfig};
 use tch_rpo::{LogProbOptions, RpoConfig, SftNormalization};
 
+use crate::memory::MemoryReport;
 use crate::{task, Args};
 
 /// The exact header of `metrics.csv`.
@@ -104,6 +105,7 @@ struct Stage<'a> {
     eval_batch: usize,
     steps_per_epoch: u64,
     evals_per_epoch: usize,
+    memory: &'a MemoryReport,
 }
 
 impl Stage<'_> {
@@ -117,6 +119,8 @@ impl Stage<'_> {
             let started = Instant::now();
             let history = trainer.fit_steps(self.pairs, self.collator, Some(steps))?;
             let seconds = started.elapsed().as_secs_f64();
+            self.memory
+                .phase(&format!("{} train to step {}", self.method, trainer.step()));
             // Time per step, for models where it matters (a real model on CPU), not the small default one.
             if !history.is_empty() && seconds >= history.len() as f64 {
                 eprintln!("{}: {:.1} s/step", self.method, seconds / history.len() as f64);
@@ -132,6 +136,8 @@ impl Stage<'_> {
 
     fn evaluate(&self, trainer: &mut RpoTrainer, model: &Gemma, gold: &Gold) -> Result<Row, BoxError> {
         let metrics = trainer.evaluate(self.pairs, self.collator, self.eval_batch)?;
+        self.memory
+            .phase(&format!("{} evaluate at step {}", self.method, trainer.step()));
         let row = Row {
             method: self.method,
             epoch: trainer.step() as f64 / self.steps_per_epoch as f64,
@@ -214,7 +220,9 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
     if records.is_empty() {
         return Err(format!("{}: no preference records", train_path.display()).into());
     }
-    let (sft_policy, tokenizer) = load(args)?;
+    let memory = MemoryReport::new(args.report_memory);
+    let (mut sft_policy, tokenizer) = load(args)?;
+    memory.phase("load");
     let pairs = encode_records(tokenizer.as_ref(), &records)?;
     let builtin_task = args.data.is_none() && args.gguf.is_none();
     let gold = Gold {
@@ -251,11 +259,7 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         pairs.len(),
         gold.prompts.len(),
     );
-    let loss_path = if args.fused {
-        LossPath::Hidden
-    } else {
-        LossPath::Logits
-    };
+    let loss_path: LossPath = args.loss_path();
     let trainer_config = |rpo: RpoConfig, lr: f64, epochs: usize| -> Result<RpoTrainerConfig, BoxError> {
         Ok(RpoTrainerConfig {
             learning_rate: lr,
@@ -275,6 +279,7 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         eval_batch: args.eval_batch.max(1),
         steps_per_epoch,
         evals_per_epoch: args.evals_per_epoch,
+        memory: &memory,
     };
     println!(
         "{:<6} {:>6} {:>5} {:>11} {:>13} {:>9} {:>9} {:>6}",
@@ -286,6 +291,7 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
     let mut rows = Vec::new();
     let gemma_config = sft_policy.model().config().clone();
     let (device, kind) = (args.device(), args.kind());
+    sft_policy.set_gradient_checkpointing(args.gradient_checkpointing);
     let sft_policy = if args.sft_epochs > 0 {
         let sft_model = sft_policy.model().shallow_clone();
         let config = trainer_config(
@@ -310,16 +316,33 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         &LogProbOptions::causal(),
         loss_path,
     )?;
+    memory.phase("reference log-probs");
 
     // 3. DPO and RPO from the same start, same data order and seed.
     let methods = [
         ("dpo", RpoConfig::paper(args.beta, 0.0)),
         ("rpo", RpoConfig::paper(args.beta, args.eta)),
     ];
+    // Each stage trains a copy of the start; the last one trains the start itself (no second copy).
+    let methods: Vec<_> = methods
+        .into_iter()
+        .filter(|(m, _)| !args.rpo_only || *m == "rpo")
+        .collect();
+    let count = methods.len();
+    let mut initial = Some(sft_policy);
     let mut last = None;
-    for (method, rpo) in methods.into_iter().filter(|(m, _)| !args.rpo_only || *m == "rpo") {
-        let policy =
-            GemmaPolicy::from_parameters(&gemma_config, device, kind, &sft_policy.named_parameters())?;
+    for (i, (method, rpo)) in methods.into_iter().enumerate() {
+        let mut policy = match (initial.take(), i + 1 == count) {
+            (Some(initial), true) => initial,
+            (Some(kept), false) => {
+                let copy =
+                    GemmaPolicy::from_parameters(&gemma_config, device, kind, &kept.named_parameters())?;
+                initial = Some(kept);
+                copy
+            }
+            (None, _) => return Err("internal: the start policy was already trained".into()),
+        };
+        policy.set_gradient_checkpointing(args.gradient_checkpointing);
         let model = policy.model().shallow_clone();
         let config = trainer_config(rpo, args.lr, args.epochs)?;
         let mut trainer = RpoTrainer::new(Box::new(policy), ReferenceSource::Cached(cache.clone()), config)?;
@@ -328,6 +351,7 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
     }
     if let (Some(policy), true) = (last, args.save.is_some() || args.save_gguf.is_some()) {
         save_trained(args, &gemma_config, policy.as_ref())?;
+        memory.phase("save");
     }
 
     write_csv(&csv, &rows)?;

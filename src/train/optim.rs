@@ -360,33 +360,33 @@ impl AdamW {
                 let Some(grad) = p.grad()? else {
                     continue;
                 };
-                let grad = grad.f_to_kind(Kind::Float)?;
-                let _ =
-                    p.m.f_mul_scalar_(c.beta1)?
-                        .f_add_(&grad.f_mul_scalar(1.0 - c.beta1)?)?;
-                let _ =
-                    p.v.f_mul_scalar_(c.beta2)?
-                        .f_add_(&grad.f_square()?.f_mul_scalar(1.0 - c.beta2)?)?;
-                let denom =
-                    p.v.f_sqrt()?
-                        .f_div_scalar(bias_correction2_sqrt)?
-                        .f_add_scalar(c.eps)?;
-                let update = p.m.f_div(&denom)?.f_mul_scalar(step_size)?;
                 let decay = if p.decay { 1.0 - lr * c.weight_decay } else { 1.0 };
-                match &mut p.master {
-                    Some(master) => {
-                        if decay != 1.0 {
-                            let _ = master.f_mul_scalar_(decay)?;
+                // Elementwise, so updating row blocks of at most UPDATE_BLOCK elements gives the same
+                // values as one pass, with temporaries of one block instead of the whole parameter.
+                let (rows, numel) = (p.param.size().first().copied().unwrap_or(1), p.param.numel() as i64);
+                let block_rows = match rows {
+                    0 => 1,
+                    r => (UPDATE_BLOCK / (numel / r).max(1)).clamp(1, r),
+                };
+                let mut start = 0;
+                loop {
+                    let len = block_rows.min(rows - start);
+                    let part = |t: &Tensor| -> Result<Tensor> {
+                        match t.dim() {
+                            0 => Ok(t.shallow_clone()),
+                            _ => Ok(t.f_narrow(0, start, len)?),
                         }
-                        let _ = master.f_sub_(&update)?;
-                        p.param.f_copy_(master)?;
-                    }
-                    None => {
-                        if decay != 1.0 {
-                            let _ = p.param.f_mul_scalar_(decay)?;
-                        }
-                        let kind = p.param.f_kind()?;
-                        let _ = p.param.f_sub_(&update.f_to_kind(kind)?)?;
+                    };
+                    let slots = UpdateSlots {
+                        param: part(&p.param)?,
+                        m: part(&p.m)?,
+                        v: part(&p.v)?,
+                        master: p.master.as_ref().map(part).transpose()?,
+                    };
+                    slots.update(&part(&grad)?, &c, decay, step_size, bias_correction2_sqrt)?;
+                    start += len;
+                    if p.param.dim() == 0 || start >= rows {
+                        break;
                     }
                 }
             }
@@ -476,6 +476,63 @@ impl AdamW {
             Ok(())
         })?;
         self.step = step;
+        Ok(())
+    }
+}
+
+/// Elements per block of the AdamW update ([`AdamW::step`]): 16 Mi f32 (64 MB) per temporary.
+const UPDATE_BLOCK: i64 = 1 << 24;
+
+/// Views (one row block) of a parameter, its moments and its master copy.
+struct UpdateSlots {
+    param: Tensor,
+    m: Tensor,
+    v: Tensor,
+    master: Option<Tensor>,
+}
+
+impl UpdateSlots {
+    /// The AdamW update of these elements with gradient `grad`: moments, bias-corrected step, decoupled
+    /// weight decay (`decay = 1 − lr·λ`, or 1), on the master copy when there is one.
+    fn update(
+        mut self,
+        grad: &Tensor,
+        c: &AdamWConfig,
+        decay: f64,
+        step_size: f64,
+        bias_correction2_sqrt: f64,
+    ) -> Result<()> {
+        let grad = grad.f_to_kind(Kind::Float)?;
+        let _ = self
+            .m
+            .f_mul_scalar_(c.beta1)?
+            .f_add_(&grad.f_mul_scalar(1.0 - c.beta1)?)?;
+        let _ = self
+            .v
+            .f_mul_scalar_(c.beta2)?
+            .f_add_(&grad.f_square()?.f_mul_scalar(1.0 - c.beta2)?)?;
+        let denom = self
+            .v
+            .f_sqrt()?
+            .f_div_scalar(bias_correction2_sqrt)?
+            .f_add_scalar(c.eps)?;
+        let update = self.m.f_div(&denom)?.f_mul_scalar(step_size)?;
+        match &mut self.master {
+            Some(master) => {
+                if decay != 1.0 {
+                    let _ = master.f_mul_scalar_(decay)?;
+                }
+                let _ = master.f_sub_(&update)?;
+                self.param.f_copy_(master)?;
+            }
+            None => {
+                if decay != 1.0 {
+                    let _ = self.param.f_mul_scalar_(decay)?;
+                }
+                let kind = self.param.f_kind()?;
+                let _ = self.param.f_sub_(&update.f_to_kind(kind)?)?;
+            }
+        }
         Ok(())
     }
 }
