@@ -3,11 +3,11 @@
 # identical data, batch, lengths, threads and steps; each run in its own process under /usr/bin/time -v.
 # Prints one markdown table (median s/step without the first step, whole-process peak RSS, tokens/s, ratios).
 #
-#   benches/trl_compare.sh                      # all runs: TRL, ours (logits path, fused), each ± checkpointing
-#   RUNS="trl ours-fused" GC="0" benches/trl_compare.sh
+#   benches/trl_compare.sh                      # all runs: TRL, ours (default = fused, logits path), each ± checkpointing
+#   RUNS="trl ours" GC="0" benches/trl_compare.sh
 #
 # Environment: STEPS (6) BATCH (4 pairs) MAX_LENGTH (256) MAX_PROMPT_LENGTH (128) THREADS (2) PAIRS (32)
-#   RUNS ("trl ours-logits ours-fused")  GC ("0 1": without / with per-layer gradient checkpointing)
+#   RUNS ("trl ours ours-logits"; also "ours-fused": --loss-path fused, which `ours` picks by default)  GC ("0 1": without / with per-layer gradient checkpointing)
 #   WORK (output/trl_compare: data set, the f32 transformers folder, logs)  PYTHON (.venv/bin/python)
 #   GGUF (default: the file scripts/get_gemma3_gguf.sh installs)
 # It installs TRL 1.16.0, transformers 5.24.0, gguf, accelerate and datasets into the project's venv when it
@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-6}; BATCH=${BATCH:-4}; MAX_LENGTH=${MAX_LENGTH:-256}; MAX_PROMPT_LENGTH=${MAX_PROMPT_LENGTH:-128}
-THREADS=${THREADS:-2}; PAIRS=${PAIRS:-32}; RUNS=${RUNS:-trl ours-logits ours-fused}; GC=${GC:-0 1}
+THREADS=${THREADS:-2}; PAIRS=${PAIRS:-32}; RUNS=${RUNS:-trl ours ours-logits}; GC=${GC:-0 1}
 WORK=${WORK:-output/trl_compare}; PYTHON=${PYTHON:-.venv/bin/python}
 BIN=${CARGO_TARGET_DIR:-target}/release/examples/rpo_gemma
 ETA=1.0; BETA=0.05   # RPO's SFT coefficient η·β = 0.05 on the summed NLL; TRL's "sft" weight 0.05 (token mean)
@@ -45,7 +45,8 @@ for gc in $GC; do
       cmd=("$BIN" --gguf "$GGUF" --data "$WORK/prefs.jsonl" --rpo-only --max-steps "$STEPS" --batch-size "$BATCH"
            --max-length "$MAX_LENGTH" --max-prompt-length "$MAX_PROMPT_LENGTH" --threads "$THREADS"
            --beta "$BETA" --eta "$ETA" --output "$WORK/$name")
-      [ "$run" = ours-fused ] && cmd+=(--fused)
+      [ "$run" = ours-logits ] && cmd+=(--loss-path logits)
+      [ "$run" = ours-fused ] && cmd+=(--loss-path fused)
       [ "$gc" = 1 ] && cmd+=(--gradient-checkpointing)
     fi
     echo "== $name: ${cmd[*]}" >&2

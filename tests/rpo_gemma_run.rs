@@ -118,25 +118,49 @@ fn missing_data_file_is_an_error() {
     let _ = std::fs::remove_dir_all(&output);
 }
 
-/// The same short run through the fused linear-head loss (`--fused`): the default model is a Gemma 2 with a
-/// final-logit soft-cap, which the fused pass applies. Its metrics must match the logits path closely
-/// (same data, same seed; only f32 rounding differs over a few steps).
-#[test]
-fn fused_short_run_matches_the_logits_path() {
-    let plain_dir: PathBuf = temp_dir("rpo_gemma_plain");
-    run_tiny(&plain_dir, &[]);
-    let fused_dir = temp_dir("rpo_gemma_fused");
-    run_tiny(&fused_dir, &["--fused"]);
-    let (plain, fused) = (read_metrics(&plain_dir), read_metrics(&fused_dir));
-    assert_eq!(plain.len(), fused.len());
-    for (p, f) in plain.iter().zip(&fused) {
+/// The largest relative difference of chosen_logp / rejected_logp between two runs' metrics.csv (same
+/// rows and methods asserted).
+fn assert_logps_close(a_dir: &Path, b_dir: &Path, relative: f64) {
+    let (a, b) = (read_metrics(a_dir), read_metrics(b_dir));
+    assert_eq!(a.len(), b.len());
+    for (p, f) in a.iter().zip(&b) {
         assert_eq!(p.method, f.method);
         // chosen_logp and rejected_logp.
         for col in [2, 3] {
-            let (a, b) = (p.values[col], f.values[col]);
-            assert!((a - b).abs() <= 1e-3 * (1.0 + a.abs()), "{p:?} vs {f:?}");
+            let (x, y) = (p.values[col], f.values[col]);
+            assert!((x - y).abs() <= relative * (1.0 + x.abs()), "{p:?} vs {f:?}");
         }
     }
+}
+
+/// The same short run on the logits path (`--loss-path logits`) and through the fused linear-head loss
+/// (the default for Gemma, and `--fused`): the default model is a Gemma 2 with a final-logit soft-cap,
+/// which the fused pass applies. The metrics must match closely (same data, same seed; only f32 rounding
+/// differs over a few steps); the default and `--fused` are the same path (identical metrics).
+#[test]
+fn fused_short_run_matches_the_logits_path() {
+    let logits_dir: PathBuf = temp_dir("rpo_gemma_logits");
+    run_tiny(&logits_dir, &["--loss-path", "logits"]);
+    let default_dir = temp_dir("rpo_gemma_default");
+    run_tiny(&default_dir, &[]);
+    let fused_dir = temp_dir("rpo_gemma_fused");
+    run_tiny(&fused_dir, &["--fused"]);
+    assert_logps_close(&logits_dir, &default_dir, 1e-3);
+    assert_logps_close(&default_dir, &fused_dir, 0.0);
+    for dir in [logits_dir, default_dir, fused_dir] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// `--gradient-checkpointing` changes memory, not results: the same metrics (checkpointing gives the
+/// same gradients up to the order of two f32 additions into the tied embedding's gradient).
+#[test]
+fn gradient_checkpointing_run_matches_the_plain_run() {
+    let plain_dir: PathBuf = temp_dir("rpo_gemma_nogc");
+    run_tiny(&plain_dir, &[]);
+    let gc_dir = temp_dir("rpo_gemma_gc");
+    run_tiny(&gc_dir, &["--gradient-checkpointing"]);
+    assert_logps_close(&plain_dir, &gc_dir, 1e-4);
     let _ = std::fs::remove_dir_all(&plain_dir);
-    let _ = std::fs::remove_dir_all(&fused_dir);
+    let _ = std::fs::remove_dir_all(&gc_dir);
 }
