@@ -51,7 +51,8 @@ fn policies(config: &GemmaConfig, seed: i64) -> (GemmaPolicy, GemmaPolicy) {
     tch::no_grad(|| {
         for (name, p) in plain.named_parameters() {
             if name.contains("norm") {
-                p.shallow_clone().copy_(&(Tensor::randn(p.size(), (Kind::Float, Device::Cpu)) * 0.3));
+                p.shallow_clone()
+                    .copy_(&(Tensor::randn(p.size(), (Kind::Float, Device::Cpu)) * 0.3));
             }
         }
     });
@@ -77,9 +78,11 @@ fn micro_batches(pairs: &[EncodedPair]) -> Vec<CollatedBatch> {
 fn loss_of(output: &ModelOutput, batch: &CollatedBatch) -> Tensor {
     let rpo = RpoConfig::paper(0.1, 0.5);
     match output {
-        ModelOutput::Logits(logits) => rpo_loss_from_logits(&rpo, &LogitsBatch::new(logits, &batch.labels))
-            .unwrap()
-            .loss,
+        ModelOutput::Logits(logits) => {
+            rpo_loss_from_logits(&rpo, &LogitsBatch::new(logits, &batch.labels))
+                .unwrap()
+                .loss
+        }
         ModelOutput::Hidden(states) => {
             let head =
                 LinearHead::new(&states.lm_head_weight).with_final_logit_softcap(states.final_logit_softcap);
@@ -200,9 +203,17 @@ fn checkpointed_training_follows_the_same_trajectory() {
                 mb.loss
             );
         }
-        for ((name, pa), (_, pb)) in a.model().named_parameters().iter().zip(&b.model().named_parameters()) {
+        for ((name, pa), (_, pb)) in a
+            .model()
+            .named_parameters()
+            .iter()
+            .zip(&b.model().named_parameters())
+        {
             let diff = (pa - pb).abs().max().double_value(&[]);
-            assert!(diff <= 1e-6, "{path:?} {name}: parameters differ by {diff:e} after 3 steps");
+            assert!(
+                diff <= 1e-6,
+                "{path:?} {name}: parameters differ by {diff:e} after 3 steps"
+            );
         }
     }
 }
@@ -231,7 +242,13 @@ fn checkpointed_forward_cuts_the_graph_at_the_last_layer() {
         names.sort();
         names
     };
-    assert_eq!(defined(&checkpointed), ["model.embed_tokens.weight", "model.norm.weight"]);
+    assert_eq!(
+        defined(&checkpointed),
+        ["model.embed_tokens.weight", "model.norm.weight"]
+    );
     out.backward.run().unwrap();
-    assert_eq!(defined(&checkpointed).len(), checkpointed.named_parameters().len());
+    assert_eq!(
+        defined(&checkpointed).len(),
+        checkpointed.named_parameters().len()
+    );
 }

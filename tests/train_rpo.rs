@@ -410,7 +410,10 @@ fn adamw_updates_a_large_parameter_in_blocks_like_the_whole_formula() {
         let v_hat = &v / (1.0 - b2.powi(t));
         expected = &expected * (1.0 - lr * wd) - m_hat / (v_hat.sqrt() + eps) * lr;
     }
-    let diff = (x.detach().to_kind(Kind::Double) - &expected).abs().max().double_value(&[]);
+    let diff = (x.detach().to_kind(Kind::Double) - &expected)
+        .abs()
+        .max()
+        .double_value(&[]);
     assert!(diff < 1e-5, "max |Δ| {diff:e}");
     let moved = (x.detach() - &start).abs().min().double_value(&[]);
     assert!(moved > 0.0, "some element was not updated");

@@ -25,7 +25,8 @@ pub use builder::RpoTrainerBuilder;
 pub use config::{RpoTrainerConfig, Warmup};
 pub use metrics::{JsonlLogger, Progress, StepMetrics};
 pub use model::{
-    var_store_parameters, CheckpointedForward, DeferredBackward, HiddenOutput, LossPath, ModelOutput, PolicyModel,
+    var_store_parameters, CheckpointedForward, DeferredBackward, HiddenOutput, LossPath, ModelOutput,
+    PolicyModel,
 };
 pub use optim::{default_decay_rule, AdamW, AdamWConfig, DecayRule, ParamState};
 pub use reference::{ReferenceCache, ReferenceSource};

@@ -160,7 +160,11 @@ pub(crate) fn model_output(
 ) -> Result<ModelOutput> {
     match path {
         LossPath::Logits => Ok(ModelOutput::Logits(model.forward(input_ids, attention_mask)?)),
-        LossPath::Hidden => Ok(ModelOutput::Hidden(required_hidden(model, input_ids, attention_mask)?)),
+        LossPath::Hidden => Ok(ModelOutput::Hidden(required_hidden(
+            model,
+            input_ids,
+            attention_mask,
+        )?)),
         LossPath::Auto => match model.forward_hidden(input_ids, attention_mask)? {
             Some(states) => Ok(ModelOutput::Hidden(states)),
             None => Ok(ModelOutput::Logits(model.forward(input_ids, attention_mask)?)),

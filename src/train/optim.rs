@@ -363,7 +363,10 @@ impl AdamW {
                 let decay = if p.decay { 1.0 - lr * c.weight_decay } else { 1.0 };
                 // Elementwise, so updating row blocks of at most UPDATE_BLOCK elements gives the same
                 // values as one pass, with temporaries of one block instead of the whole parameter.
-                let (rows, numel) = (p.param.size().first().copied().unwrap_or(1), p.param.numel() as i64);
+                let (rows, numel) = (
+                    p.param.size().first().copied().unwrap_or(1),
+                    p.param.numel() as i64,
+                );
                 let block_rows = match rows {
                     0 => 1,
                     r => (UPDATE_BLOCK / (numel / r).max(1)).clamp(1, r),

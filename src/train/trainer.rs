@@ -9,9 +9,7 @@ use crate::train::accumulate::{Accumulated, StepTotals};
 use crate::train::checkpoint;
 use crate::train::config::RpoTrainerConfig;
 use crate::train::metrics::{JsonlLogger, Progress, StepMetrics};
-use crate::train::model::{
-    model_output, training_output, DeferredBackward, ModelOutput, PolicyModel,
-};
+use crate::train::model::{model_output, training_output, DeferredBackward, ModelOutput, PolicyModel};
 use crate::train::optim::AdamW;
 use crate::train::reference::{model_logprobs, ReferenceCache, ReferenceSource};
 use crate::train::schedule::LrSchedule;
@@ -158,9 +156,9 @@ impl RpoTrainer {
     }
 
     /// Forward pass and loss of one micro-batch (reference first, so its activations are freed).
-    /// [`LossPath::Logits`](crate::train::LossPath::Logits) gathers log-probs from the model's logits; [`LossPath::Hidden`](crate::train::LossPath::Hidden) runs the fused
+    /// `LossPath::Logits` gathers log-probs from the model's logits; `LossPath::Hidden` runs the fused
     /// linear-head loss ([`crate::fused::fused_rpo_loss`]) on the final hidden states and the head (weight,
-    /// bias, logit scale, soft-cap), never forming the `[2B, T, V]` logits; [`LossPath::Auto`](crate::train::LossPath::Auto) the latter
+    /// bias, logit scale, soft-cap), never forming the `[2B, T, V]` logits; `LossPath::Auto` the latter
     /// when the model offers hidden states. With `train`, the policy's forward pass is
     /// [`PolicyModel::forward_checkpointed`] where the model checkpoints, and the returned
     /// [`DeferredBackward`] must run after `loss.backward()`.
@@ -198,7 +196,10 @@ impl RpoTrainer {
         let path = self.config.loss_path;
         let (output, deferred) = match train {
             true => training_output(self.model.as_ref(), &input_ids, &attention_mask, path)?,
-            false => (model_output(self.model.as_ref(), &input_ids, &attention_mask, path)?, None),
+            false => (
+                model_output(self.model.as_ref(), &input_ids, &attention_mask, path)?,
+                None,
+            ),
         };
         let out = match output {
             ModelOutput::Logits(logits) => rpo_loss_from_logits(

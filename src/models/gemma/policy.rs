@@ -6,7 +6,8 @@ use super::config::GemmaConfig;
 use super::model::Gemma;
 use crate::error::{Error, Result};
 use crate::train::{
-    var_store_parameters, CheckpointedForward, DeferredBackward, HiddenOutput, LossPath, ModelOutput, PolicyModel,
+    var_store_parameters, CheckpointedForward, DeferredBackward, HiddenOutput, LossPath, ModelOutput,
+    PolicyModel,
 };
 
 /// A Gemma model and the [`nn::VarStore`] holding its variables, as the crate's [`PolicyModel`]:
@@ -154,7 +155,9 @@ impl PolicyModel for GemmaPolicy {
         if !self.gradient_checkpointing {
             return Ok(None);
         }
-        let (hidden, checkpoints) = self.model.forward_hidden_checkpointed(input_ids, attention_mask)?;
+        let (hidden, checkpoints) = self
+            .model
+            .forward_hidden_checkpointed(input_ids, attention_mask)?;
         let output = match path {
             LossPath::Logits => ModelOutput::Logits(self.model.logits(&hidden)?),
             LossPath::Hidden | LossPath::Auto => ModelOutput::Hidden(self.hidden_output(hidden)),
