@@ -415,8 +415,11 @@ fn adamw_updates_a_large_parameter_in_blocks_like_the_whole_formula() {
         .max()
         .double_value(&[]);
     assert!(diff < 1e-5, "max |Δ| {diff:e}");
-    let moved = (x.detach() - &start).abs().min().double_value(&[]);
-    assert!(moved > 0.0, "some element was not updated");
+    // every row block moved (the last, partial one included): mean |Δ| ≈ lr
+    for row in 0..3 {
+        let moved = (x.detach() - &start).narrow(0, row, 1).abs().mean(Kind::Double).double_value(&[]);
+        assert!(moved > lr / 2.0, "row {row}: mean |Δ| {moved:e}");
+    }
 }
 
 /// bf16 parameters get f32 master weights: updates far below bf16's resolution accumulate.

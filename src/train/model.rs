@@ -173,7 +173,8 @@ pub(crate) fn model_output(
 }
 
 /// The training forward pass of the policy: [`PolicyModel::forward_checkpointed`] when the model
-/// checkpoints (its output checked against `path`), else [`model_output`] and no deferred backward.
+/// checkpoints (its output checked against `path`), else [`model_output`] — for hidden states split by
+/// [`split_at_hidden`], for logits with no deferred backward.
 pub(crate) fn training_output<'a>(
     model: &'a dyn PolicyModel,
     input_ids: &Tensor,
@@ -181,7 +182,13 @@ pub(crate) fn training_output<'a>(
     path: LossPath,
 ) -> Result<(ModelOutput, Option<DeferredBackward<'a>>)> {
     let Some(checkpointed) = model.forward_checkpointed(input_ids, attention_mask, path)? else {
-        return Ok((model_output(model, input_ids, attention_mask, path)?, None));
+        return match model_output(model, input_ids, attention_mask, path)? {
+            ModelOutput::Hidden(states) if states.hidden.requires_grad() => {
+                let (states, deferred) = split_at_hidden(states)?;
+                Ok((ModelOutput::Hidden(states), Some(deferred)))
+            }
+            output => Ok((output, None)),
+        };
     };
     match (&checkpointed.output, path) {
         (ModelOutput::Logits(_), LossPath::Hidden) | (ModelOutput::Hidden(_), LossPath::Logits) => {
@@ -192,6 +199,31 @@ pub(crate) fn training_output<'a>(
         }
         _ => Ok((checkpointed.output, Some(checkpointed.backward))),
     }
+}
+
+/// Splits the backward pass of a hidden-state output at the hidden states: the returned output's
+/// `hidden` is a detached leaf, so `loss.backward()` stops there (and the head's dense `[V, H]` gradient
+/// goes into `.grad` at once instead of waiting, summed with a tied embedding's, for the whole model's
+/// backward); the deferred backward then carries the leaf's gradient through the model
+/// ([`backward_from`]). The same gradients; a tied embedding's two contributions are added into `.grad`
+/// one after the other.
+fn split_at_hidden<'a>(mut states: HiddenOutput) -> Result<(HiddenOutput, DeferredBackward<'a>)> {
+    let graph = states.hidden.shallow_clone();
+    let leaf = graph.f_detach()?.set_requires_grad(true);
+    states.hidden = leaf.shallow_clone();
+    let deferred = DeferredBackward::new(move || backward_from(&graph, &leaf.f_grad()?));
+    Ok((states, deferred))
+}
+
+/// Backpropagates `grad`, the loss's gradient w.r.t. `out`, from `out` into whatever produced it: the
+/// backward pass of `Σ(out ⊙ grad)` (`grad` detached), whose gradient w.r.t. `out` is exactly `grad`.
+/// Nothing if `grad` is undefined (no gradient reached `out`).
+pub(crate) fn backward_from(out: &Tensor, grad: &Tensor) -> Result<()> {
+    if !grad.defined() {
+        return Ok(());
+    }
+    out.f_mul(&grad.f_detach()?)?.f_sum(out.kind())?.f_backward()?;
+    Ok(())
 }
 
 /// [`PolicyModel::forward_hidden`] for the fused path, which needs it: `None` becomes [`Error::Config`].

@@ -20,6 +20,7 @@ use tch::{Kind, Tensor};
 
 use super::model::{AttentionInputs, Gemma};
 use crate::error::Result;
+use crate::train::model::backward_from;
 
 /// What [`Gemma::forward_hidden_checkpointed`] keeps to finish the backward pass: the layer inputs, the
 /// per-layer attention inputs, the token ids and the checkpoint leaf `h_L`.
@@ -96,23 +97,17 @@ impl LayerCheckpoints<'_> {
         if !grad.defined() {
             return Ok(());
         }
+        // `backward_from` backpropagates `g` as the backward of `Σ(out ⊙ g)`: exactly `g` reaches `out`.
         tch::with_grad(|| -> Result<()> {
             for (layer, input) in self.model.layers().iter().zip(&self.layer_inputs).rev() {
                 let leaf = input.f_detach()?.set_requires_grad(true);
                 let (blocked, (cos, sin)) = self.attention.of(layer);
                 let out = layer.forward(&leaf, cos, sin, blocked, None)?;
-                backward_with(&out, &grad)?;
+                backward_from(&out, &grad)?;
                 grad = leaf.f_grad()?;
             }
             let embedded = self.model.embed(&self.input_ids)?;
-            backward_with(&embedded, &grad)
+            backward_from(&embedded, &grad)
         })
     }
-}
-
-/// Backpropagates `grad` (the gradient of the loss w.r.t. `out`) from `out`: the backward pass of
-/// `Σ(out ⊙ grad)`, whose gradient w.r.t. `out` is exactly `grad` (`1 · grad`).
-fn backward_with(out: &Tensor, grad: &Tensor) -> Result<()> {
-    out.f_mul(&grad.f_detach()?)?.f_sum(out.kind())?.f_backward()?;
-    Ok(())
 }
