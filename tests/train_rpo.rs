@@ -417,7 +417,11 @@ fn adamw_updates_a_large_parameter_in_blocks_like_the_whole_formula() {
     assert!(diff < 1e-5, "max |Δ| {diff:e}");
     // every row block moved (the last, partial one included): mean |Δ| ≈ lr
     for row in 0..3 {
-        let moved = (x.detach() - &start).narrow(0, row, 1).abs().mean(Kind::Double).double_value(&[]);
+        let moved = (x.detach() - &start)
+            .narrow(0, row, 1)
+            .abs()
+            .mean(Kind::Double)
+            .double_value(&[]);
         assert!(moved > lr / 2.0, "row {row}: mean |Δ| {moved:e}");
     }
 }
