@@ -115,6 +115,8 @@ struct Args {
     gradient_checkpointing: bool,
     /// Print the resident memory (current and peak since the previous report, from /proc/self/status) at
     /// the end of every phase: load, reference log-probs, each evaluation, each run of training steps, save.
+    /// The per-phase peak resets the kernel's high-water mark, which also hides earlier peaks from
+    /// `/usr/bin/time`'s maximum RSS: take the process peak from the report.
     #[arg(long)]
     report_memory: bool,
     /// Seed of the init and of the data order.
