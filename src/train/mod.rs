@@ -13,6 +13,7 @@ mod accumulate;
 pub mod builder;
 pub mod checkpoint;
 pub mod config;
+mod distributed;
 pub mod metrics;
 pub mod model;
 pub mod optim;
