@@ -6,6 +6,7 @@
 //! other with a typed error instead of a hang; configuration errors.
 #![cfg(all(feature = "dist", feature = "train"))]
 
+mod example_support;
 mod train_support;
 
 use std::io::{BufRead, BufReader};
@@ -14,13 +15,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use example_support::{read_metrics, run_example_ok};
 use serde_json::Value;
 use tch::Tensor;
 use tch_rpo::data::{ByteTokenizer, CollateConfig, Collator};
 use tch_rpo::dist::{DistOptions, LaunchEnv, ProcessGroup};
 use tch_rpo::train::{ReferenceSource, RpoTrainer, RpoTrainerConfig, StepMetrics, Warmup};
 use tch_rpo::{Error, LogProbOptions, RpoConfig};
-use train_support::{max_param_diff, preference_pairs, TinyLm};
+use train_support::{max_param_diff, preference_pairs, TinyLm, POISON};
 
 const HIDDEN: i64 = 12;
 const TOTAL: u64 = 8;
@@ -78,6 +80,40 @@ fn trainer(
         builder = builder.process_group(group);
     }
     builder.build()
+}
+
+/// Pairs of the joint-skip run (about 4 steps per epoch, so that some steps meet neither bad pair).
+const SKIP_PAIRS: usize = 30;
+
+/// The pairs of the joint-skip run: one pair carries the poison byte (its gradient is NaN), one that the
+/// first epoch puts in another step than pair 2 (whose reference log-prob is NaN).
+fn skip_pairs() -> Vec<tch_rpo::data::EncodedPair> {
+    let c = config(None);
+    let order = tch_rpo::data::BatchSampler::new(SKIP_PAIRS, c.batch_pairs, c.seed, c.shuffle)
+        .unwrap()
+        .epoch_order(0);
+    let pairs_per_step = c.batch_pairs * c.grad_accum_steps;
+    let step_of = |pair: usize| order.iter().position(|&p| p == pair).unwrap() / pairs_per_step;
+    let poisoned = (0..SKIP_PAIRS).find(|&p| step_of(p) != step_of(2)).unwrap();
+    let mut pairs = preference_pairs(SKIP_PAIRS);
+    let last = pairs[poisoned].rejected.len() - 1;
+    pairs[poisoned].rejected[last] = POISON;
+    pairs
+}
+
+/// A trainer whose cached reference has a NaN for pair 2 (a non-finite loss wherever pair 2 is).
+fn skip_trainer(group: Option<ProcessGroup>) -> RpoTrainer {
+    let mut chosen: Vec<f64> = (0..SKIP_PAIRS).map(|i| -40.0 - i as f64).collect();
+    chosen[2] = f64::NAN;
+    let rejected: Vec<f64> = (0..SKIP_PAIRS).map(|i| -41.0 - i as f64).collect();
+    let cache = tch_rpo::train::ReferenceCache::from_values(chosen, rejected).unwrap();
+    let mut builder = RpoTrainer::builder(TinyLm::new(21, HIDDEN))
+        .config(config(None))
+        .reference(ReferenceSource::Cached(cache));
+    if let Some(group) = group {
+        builder = builder.process_group(group);
+    }
+    builder.build().unwrap()
 }
 
 fn metrics_json(history: &[StepMetrics]) -> Value {
@@ -233,6 +269,13 @@ fn dist_train_worker_entry() {
             let mut t = trainer(21, config, Some(g), false).unwrap();
             let err = t.fit(&pairs, &collator()).unwrap_err();
             println!("FIT_ERROR kind={} error={err}", error_kind(&err));
+        }
+        // Non-finite values on one rank only: a NaN reference log-prob (non-finite loss) and a poisoned
+        // pair (non-finite gradient); both ranks skip the same steps.
+        "skip" => {
+            let mut t = skip_trainer(Some(g));
+            let history = t.fit(&skip_pairs(), &collator()).unwrap();
+            out(&history, &t, "skip");
         }
         other => panic!("unknown worker role {other}"),
     }
@@ -560,4 +603,113 @@ fn one_rank_group_is_one_process() {
     );
     assert!(grouped.take_process_group().is_some());
     assert!(grouped.process_group().is_none());
+}
+
+/// A step with a non-finite loss or gradient on one rank is skipped on every rank, and the run goes on as
+/// one process's does (the same steps skipped, the same weights).
+#[test]
+fn non_finite_values_on_one_rank_skip_the_step_everywhere() {
+    let mut single = skip_trainer(None);
+    let single_history = metrics_json(&single.fit(&skip_pairs(), &collator()).unwrap());
+    let skipped: Vec<u64> = single_history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["skipped"].as_bool().unwrap())
+        .map(|s| s["step"].as_u64().unwrap())
+        .collect();
+    let trained = TOTAL as usize - skipped.len();
+    assert!(!skipped.is_empty() && trained > 0, "skipped steps {skipped:?}");
+    let reasons: Vec<String> = single_history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["skip_reason"].as_str().map(str::to_string))
+        .collect();
+    assert!(reasons.iter().any(|r| r.contains("forward pass")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("gradient norm")), "{reasons:?}");
+
+    let dir = temp_dir("skip");
+    run_ranks("skip", &dir);
+    for rank in 0..2 {
+        let history = read_json(&dir.join(format!("skip-rank{rank}.json")));
+        let dist_skipped: Vec<u64> = history
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["skipped"].as_bool().unwrap())
+            .map(|s| s["step"].as_u64().unwrap())
+            .collect();
+        assert_eq!(dist_skipped, skipped, "rank {rank}");
+        for (a, b) in history
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(single_history.as_array().unwrap())
+        {
+            if !a["skipped"].as_bool().unwrap() {
+                let (u, v) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
+                assert!((u - v).abs() <= 1e-6 * v.abs(), "step {}: {u} vs {v}", a["step"]);
+            }
+        }
+        let weights = read_weights(&dir.join(format!("skip-rank{rank}.safetensors")));
+        let diff = max_param_diff(&weights, &sorted(single.model().named_parameters()));
+        assert!(diff <= 1e-5, "rank {rank}: {diff}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `torchrun --no-python --nproc-per-node 2 rpo_gemma --quick` trains as one process does (same global
+/// batch), and rank 0 alone writes the outputs.
+#[test]
+fn rpo_gemma_quick_under_torchrun_equals_one_process() {
+    let single = temp_dir("example-single");
+    let single_s = single.to_str().unwrap();
+    run_example_ok(&["--quick", "--output", single_s]);
+    let dist = temp_dir("example-dist");
+    let torchrun = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/torchrun");
+    let output = Command::new(&torchrun)
+        .args([
+            "--no-python",
+            "--nproc-per-node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+        ])
+        .arg(format!("--master-port={}", free_port()))
+        .arg(example_support::example_binary())
+        .args(["--quick", "--output"])
+        .arg(&dist)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("rank 0 of 2 (Gloo)"), "{stdout}");
+    // Rank 0 alone printed the table.
+    assert_eq!(stdout.matches("method  epoch").count(), 1, "{stdout}");
+    let (a, b) = (read_metrics(&single), read_metrics(&dist));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.method, y.method);
+        for (u, v) in x.values.iter().zip(&y.values) {
+            assert!(
+                (u.is_nan() && v.is_nan()) || (u - v).abs() <= 1e-5 * u.abs().max(1.0),
+                "{x:?} vs {y:?}"
+            );
+        }
+    }
+    // Every step logged once (by rank 0).
+    let lines = |dir: &Path| {
+        std::fs::read_to_string(dir.join("train_log.jsonl"))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert_eq!(lines(&single), lines(&dist));
+    let _ = std::fs::remove_dir_all(single);
+    let _ = std::fs::remove_dir_all(dist);
 }
