@@ -55,6 +55,11 @@ pub(super) struct DataState {
 ///
 /// Built with [`RpoTrainer::builder`] (TRL's setting names, [`crate::train::RpoTrainerBuilder`]) or
 /// [`RpoTrainer::new`] with a [`RpoTrainerConfig`].
+///
+/// With a process group (feature `dist`: `RpoTrainerBuilder::process_group`, `RpoTrainer::set_process_group`)
+/// it is one rank of a data-parallel job: `fit` trains on this rank's block of every global micro-batch, and
+/// [`Trainer::train_step`] takes this rank's micro-batches (possibly none), sums the step's totals, metrics and
+/// gradients over the ranks, and returns the metrics of the whole global step (docs/distributed.md).
 pub struct RpoTrainer {
     pub(super) model: Box<dyn PolicyModel>,
     pub(super) reference: ReferenceSource,
