@@ -122,11 +122,13 @@ impl Accumulated {
     }
 
     /// Number of values in [`Accumulated::to_values`].
+    #[cfg(feature = "dist")]
     pub(super) const VALUES: usize = 14;
 
     /// The sums as a flat list (loss, DPO loss, NLL, the 6 pair means, the 4 token statistics, and 1 when
     /// token statistics are present): summed over data-parallel ranks, whose weights use the global totals,
     /// they give the sums of one process over the whole step ([`Accumulated::from_values`]).
+    #[cfg(feature = "dist")]
     pub(super) fn to_values(&self) -> [f64; Self::VALUES] {
         let mut values = [0.0; Self::VALUES];
         values[0] = self.loss;
@@ -141,6 +143,7 @@ impl Accumulated {
     }
 
     /// The inverse of [`Accumulated::to_values`] (token statistics present when the flag is positive).
+    #[cfg(feature = "dist")]
     pub(super) fn from_values(values: &[f64; Self::VALUES]) -> Self {
         let mut means = [0.0; 6];
         means.copy_from_slice(&values[3..9]);
