@@ -177,7 +177,13 @@ impl Args {
     fn device(&self) -> Device {
         match self.device {
             DeviceArg::Cpu => Device::Cpu,
-            DeviceArg::Cuda => Device::Cuda(0),
+            // Under torchrun, each process of a node takes the GPU of its LOCAL_RANK.
+            DeviceArg::Cuda => Device::Cuda(
+                std::env::var("LOCAL_RANK")
+                    .ok()
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(0),
+            ),
         }
     }
     fn loss_path(&self) -> tch_rpo::train::LossPath {

@@ -1,15 +1,20 @@
 //! The example's training flow: SFT → reference log-probs → DPO and RPO from the same start, with an
 //! evaluation table, `metrics.csv`, the trainer's JSON Lines log and the `chosen_logp.svg` plot.
+//!
+//! Under `torchrun` (`WORLD_SIZE` set) each process is one rank of a data-parallel job (docs/distributed.md):
+//! the trainers share its process group, `--batch-size` is the global batch, and rank 0 alone evaluates,
+//! prints and writes the outputs.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tch::{nn, Device};
 use tch_rpo::data::{
     encode_records, CollateConfig, Collator, EncodedPair, OnMalformed, PreferenceDataset, Text, Tokenizer,
 };
+use tch_rpo::dist::{Backend, DistOptions, ProcessGroup};
 use tch_rpo::gguf::GgufFile;
 use tch_rpo::models::gemma::export::{save_gguf, save_pretrained, TokenizerSource};
 use tch_rpo::models::gemma::{generate, load_tokenizer, Gemma, GemmaConfig, GemmaPolicy, GenerationConfig};
@@ -109,27 +114,48 @@ struct Stage<'a> {
 }
 
 impl Stage<'_> {
-    /// Trains to the end of the schedule, evaluating at the start and `evals_per_epoch` times per epoch.
+    /// Trains to the end of the schedule, evaluating at the start and `evals_per_epoch` times per epoch
+    /// (on the main process only: the other ranks of a data-parallel job train and wait).
     fn run(&self, trainer: &mut RpoTrainer, model: &Gemma, gold: &Gold) -> Result<Vec<Row>, BoxError> {
         let total = trainer.schedule().total_steps;
         let every = (self.steps_per_epoch / self.evals_per_epoch.max(1) as u64).max(1);
-        let mut rows = vec![self.evaluate(trainer, model, gold)?];
+        let main = trainer.is_main_process();
+        let mut rows = Vec::new();
+        if main {
+            rows.push(self.evaluate(trainer, model, gold)?);
+        }
+        let (first_step, mut train_seconds) = (trainer.step(), 0.0);
         while trainer.step() < total {
             let steps = every.min(total - trainer.step());
             let started = Instant::now();
             let history = trainer.fit_steps(self.pairs, self.collator, Some(steps))?;
             let seconds = started.elapsed().as_secs_f64();
+            train_seconds += seconds;
             self.memory
                 .phase(&format!("{} train to step {}", self.method, trainer.step()));
             // Time per step, for models where it matters (a real model on CPU), not the small default one.
-            if !history.is_empty() && seconds >= history.len() as f64 {
+            if main && !history.is_empty() && seconds >= history.len() as f64 {
                 eprintln!("{}: {:.1} s/step", self.method, seconds / history.len() as f64);
             }
-            if let Some(skipped) = history.iter().find(|m| m.skipped) {
+            if let (Some(skipped), true) = (history.iter().find(|m| m.skipped), main) {
                 let reason = skipped.skip_reason.as_deref().unwrap_or("?");
                 eprintln!("warning: {} step {} skipped: {reason}", self.method, skipped.step);
             }
-            rows.push(self.evaluate(trainer, model, gold)?);
+            if main {
+                rows.push(self.evaluate(trainer, model, gold)?);
+            }
+        }
+        if main {
+            // Training time alone (evaluations excluded), for comparing 1 process with N ranks.
+            let steps = trainer.step() - first_step;
+            let ranks = trainer.process_group().map_or(1, |g| g.world_size());
+            eprintln!(
+                "{}: {steps} steps in {train_seconds:.2} s ({:.2} steps/s) on {ranks} rank(s), {:.2} s in \
+                 collectives",
+                self.method,
+                steps as f64 / train_seconds.max(1e-9),
+                trainer.communication_time().as_secs_f64()
+            );
         }
         Ok(rows)
     }
@@ -201,10 +227,21 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
     if matches!(args.device(), Device::Cuda(_)) && !tch::Cuda::is_available() {
         return Err("--device cuda: no CUDA device is available to libtorch".into());
     }
+    // Under torchrun: one rank of a data-parallel job (Gloo on the CPU, NCCL on CUDA). Rank 0 evaluates
+    // while the others wait in their next collective, hence the long timeout.
+    let backend = match args.device() {
+        Device::Cuda(_) => Backend::Nccl,
+        _ => Backend::Gloo,
+    };
+    let options = DistOptions::default()
+        .with_backend(backend)
+        .with_timeout(Duration::from_secs(1800));
+    let mut group = ProcessGroup::from_env_if_launched(&options)?;
+    let main = group.as_ref().map_or(true, |g| g.rank() == 0);
     let output = &args.output;
     std::fs::create_dir_all(output).map_err(|e| format!("{}: {e}", output.display()))?;
     let [csv, svg, log] = ["metrics.csv", "chosen_logp.svg", "train_log.jsonl"].map(|f| output.join(f));
-    if log.exists() {
+    if main && log.exists() {
         std::fs::remove_file(&log).map_err(|e| format!("{}: {e}", log.display()))?;
     }
 
@@ -249,16 +286,21 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         let steps = steps_per_epoch * epochs as u64;
         args.max_steps.map_or(steps, |m| m.clamp(1, steps.max(1)))
     };
-    println!(
-        "{:?} model, {params} parameters, {:?} {:?}, {} threads; {} training pairs, {} held-out prompts; \
-         {steps_per_epoch} steps per epoch",
-        sft_policy.model().arch(),
-        args.device(),
-        args.kind(),
-        tch::get_num_threads(),
-        pairs.len(),
-        gold.prompts.len(),
-    );
+    if main {
+        println!(
+            "{:?} model, {params} parameters, {:?} {:?}, {} threads; {} training pairs, {} held-out prompts; \
+             {steps_per_epoch} steps per epoch{}",
+            sft_policy.model().arch(),
+            args.device(),
+            args.kind(),
+            tch::get_num_threads(),
+            pairs.len(),
+            gold.prompts.len(),
+            group
+                .as_ref()
+                .map_or(String::new(), |g| format!("; rank 0 of {} ({:?})", g.world_size(), g.backend())),
+        );
+    }
     let loss_path: LossPath = args.loss_path();
     let trainer_config = |rpo: RpoConfig, lr: f64, epochs: usize| -> Result<RpoTrainerConfig, BoxError> {
         Ok(RpoTrainerConfig {
@@ -281,10 +323,12 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         evals_per_epoch: args.evals_per_epoch,
         memory: &memory,
     };
-    println!(
-        "{:<6} {:>6} {:>5} {:>11} {:>13} {:>9} {:>9} {:>6}",
-        "method", "epoch", "step", "chosen_logp", "rejected_logp", "rew_acc", "margin", "gold"
-    );
+    if main {
+        println!(
+            "{:<6} {:>6} {:>5} {:>11} {:>13} {:>9} {:>9} {:>6}",
+            "method", "epoch", "step", "chosen_logp", "rejected_logp", "rew_acc", "margin", "gold"
+        );
+    }
 
     // 1. SFT on the chosen responses (reference-free; DPO weight 0): the reference policy. Without SFT the
     //    loaded model itself is the reference (no copy).
@@ -300,22 +344,31 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
             args.sft_epochs,
         )?;
         let mut trainer = RpoTrainer::new(Box::new(sft_policy), ReferenceSource::Free, config)?;
+        if let Some(g) = group.take() {
+            trainer.set_process_group(g)?;
+        }
         rows.extend(stage("sft").run(&mut trainer, &sft_model, &gold)?);
+        group = trainer.take_process_group();
         let params = trainer.into_model().named_parameters();
         GemmaPolicy::from_parameters(&gemma_config, device, kind, &params)?
     } else {
         sft_policy
     };
 
-    // 2. Reference log-probs of the SFT model, once.
-    let cache = ReferenceCache::compute(
-        &sft_policy,
-        &pairs,
-        &collator,
-        args.eval_batch.max(1),
-        &LogProbOptions::causal(),
-        loss_path,
-    )?;
+    // 2. Reference log-probs of the SFT model, once (each rank scores its block, then they are gathered).
+    let (options, eval_batch) = (LogProbOptions::causal(), args.eval_batch.max(1));
+    let cache = match &group {
+        Some(g) => ReferenceCache::compute_distributed(
+            g,
+            &sft_policy,
+            &pairs,
+            &collator,
+            eval_batch,
+            &options,
+            loss_path,
+        )?,
+        None => ReferenceCache::compute(&sft_policy, &pairs, &collator, eval_batch, &options, loss_path)?,
+    };
     memory.phase("reference log-probs");
 
     // 3. DPO and RPO from the same start, same data order and seed.
@@ -346,8 +399,15 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         let model = policy.model().shallow_clone();
         let config = trainer_config(rpo, args.lr, args.epochs)?;
         let mut trainer = RpoTrainer::new(Box::new(policy), ReferenceSource::Cached(cache.clone()), config)?;
+        if let Some(g) = group.take() {
+            trainer.set_process_group(g)?;
+        }
         rows.extend(stage(method).run(&mut trainer, &model, &gold)?);
+        group = trainer.take_process_group();
         last = Some(trainer.into_model());
+    }
+    if !main {
+        return Ok(());
     }
     if let (Some(policy), true) = (last, args.save.is_some() || args.save_gguf.is_some()) {
         save_trained(args, &gemma_config, policy.as_ref())?;

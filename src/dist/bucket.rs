@@ -152,3 +152,25 @@ pub fn all_reduce_buckets_(
     }
     Ok(())
 }
+
+/// In place on every tensor: rank `root`'s values, bucket by bucket ([`plan_buckets`] with
+/// `bucket_bytes`): each bucket is flattened, broadcast in one collective and copied back (e.g. a model's
+/// parameters, detached, so every rank starts from the same weights). Every rank passes tensors of the
+/// same shapes, dtypes and order.
+///
+/// # Errors
+/// As [`plan_buckets`], [`flatten`] and [`ProcessGroup::broadcast_`].
+pub fn broadcast_buckets_(
+    group: &ProcessGroup,
+    tensors: &mut [Tensor],
+    bucket_bytes: usize,
+    root: usize,
+) -> Result<()> {
+    for range in plan_buckets(tensors, bucket_bytes)? {
+        let bucket = &mut tensors[range];
+        let mut flat = flatten(bucket)?;
+        group.broadcast_(&mut flat, root)?;
+        unflatten_into(&flat, bucket)?;
+    }
+    Ok(())
+}

@@ -128,6 +128,19 @@ impl ProcessGroup {
         Self::new(&LaunchEnv::from_env()?, options)
     }
 
+    /// The process group of the launcher environment when this process was started by a launcher
+    /// (`WORLD_SIZE` is set, as torchrun sets it), `None` otherwise: how a program that runs alone or under
+    /// `torchrun` decides whether it is one rank of a data-parallel job.
+    ///
+    /// # Errors
+    /// As [`ProcessGroup::from_env`] when `WORLD_SIZE` is set.
+    pub fn from_env_if_launched(options: &DistOptions) -> Result<Option<Self>> {
+        if std::env::var_os("WORLD_SIZE").is_none() {
+            return Ok(None);
+        }
+        Self::from_env(options).map(Some)
+    }
+
     /// Connects this process to its job: rank 0 hosts c10d's TCPStore on `MASTER_ADDR:MASTER_PORT` (or,
     /// under torchrun's agent store, connects to it like every other rank), all ranks meet there, and the
     /// Gloo or NCCL backend connects the ranks to each other. Blocks until all `world_size` ranks are there.

@@ -36,7 +36,9 @@ mod group;
 #[cfg(feature = "train")]
 mod sampler;
 
-pub use bucket::{all_reduce_buckets_, flatten, plan_buckets, unflatten_into, DEFAULT_BUCKET_BYTES};
+pub use bucket::{
+    all_reduce_buckets_, broadcast_buckets_, flatten, plan_buckets, unflatten_into, DEFAULT_BUCKET_BYTES,
+};
 pub use env::LaunchEnv;
 pub use group::{nccl_compiled, Backend, DistOptions, ProcessGroup, ReduceOp};
 #[cfg(feature = "train")]

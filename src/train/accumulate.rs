@@ -35,17 +35,22 @@ impl StepTotals {
         let chosen_tokens: i64 = batches.iter().map(|b| b.chosen_tokens).sum();
         let rejected_tokens: i64 = batches.iter().map(|b| b.rejected_tokens).sum();
         let tokens: i64 = batches.iter().map(|b| b.tokens).sum();
+        Ok(Self::from_counts(pairs, tokens, chosen_tokens, rejected_tokens))
+    }
+
+    /// The totals of a step of `pairs` pairs (at least one) with these token counts.
+    pub(super) fn from_counts(pairs: usize, tokens: i64, chosen_tokens: i64, rejected_tokens: i64) -> Self {
         let global = GlobalBatch {
             pairs: pairs as f64,
             chosen_tokens: chosen_tokens.max(1) as f64,
         };
-        Ok(Self {
+        Self {
             global,
             pairs,
             tokens,
             chosen_tokens,
             rejected_tokens,
-        })
+        }
     }
 }
 
@@ -114,6 +119,43 @@ impl Accumulated {
             }
         }
         Ok(values[0])
+    }
+
+    /// Number of values in [`Accumulated::to_values`].
+    #[cfg(feature = "dist")]
+    pub(super) const VALUES: usize = 14;
+
+    /// The sums as a flat list (loss, DPO loss, NLL, the 6 pair means, the 4 token statistics, and 1 when
+    /// token statistics are present): summed over data-parallel ranks, whose weights use the global totals,
+    /// they give the sums of one process over the whole step ([`Accumulated::from_values`]).
+    #[cfg(feature = "dist")]
+    pub(super) fn to_values(&self) -> [f64; Self::VALUES] {
+        let mut values = [0.0; Self::VALUES];
+        values[0] = self.loss;
+        values[1] = self.loss_dpo;
+        values[2] = self.nll;
+        values[3..9].copy_from_slice(&self.means);
+        if let Some(token) = self.token {
+            values[9..13].copy_from_slice(&token);
+            values[13] = 1.0;
+        }
+        values
+    }
+
+    /// The inverse of [`Accumulated::to_values`] (token statistics present when the flag is positive).
+    #[cfg(feature = "dist")]
+    pub(super) fn from_values(values: &[f64; Self::VALUES]) -> Self {
+        let mut means = [0.0; 6];
+        means.copy_from_slice(&values[3..9]);
+        let mut token = [0.0; 4];
+        token.copy_from_slice(&values[9..13]);
+        Self {
+            loss: values[0],
+            loss_dpo: values[1],
+            nll: values[2],
+            means,
+            token: (values[13] > 0.0).then_some(token),
+        }
     }
 
     pub(super) fn into_metrics(self, step: u64) -> StepMetrics {

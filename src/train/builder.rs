@@ -48,6 +48,8 @@ pub struct RpoTrainerBuilder {
     config: RpoTrainerConfig,
     resume: bool,
     error: Option<Error>,
+    #[cfg(feature = "dist")]
+    group: Option<crate::dist::ProcessGroup>,
 }
 
 impl std::fmt::Debug for RpoTrainerBuilder {
@@ -68,6 +70,8 @@ impl RpoTrainerBuilder {
             config: RpoTrainerConfig::default(),
             resume: false,
             error: None,
+            #[cfg(feature = "dist")]
+            group: None,
         }
     }
 
@@ -262,12 +266,23 @@ impl RpoTrainerBuilder {
         self
     }
 
+    /// Data-parallel training over `group` (feature `dist`): the configured batch is the global batch
+    /// (`batch_size` pairs per global micro-batch, which must split evenly over the ranks), each rank
+    /// trains on its block of it, and a run of `W` ranks computes what one process computes at the same
+    /// settings. Every rank builds its trainer with the same settings; rank 0 writes checkpoints and the
+    /// log. See [`RpoTrainer::set_process_group`] and docs/distributed.md.
+    #[cfg(feature = "dist")]
+    pub fn process_group(mut self, group: crate::dist::ProcessGroup) -> Self {
+        self.group = Some(group);
+        self
+    }
+
     /// The trainer, resumed if asked.
     ///
     /// # Errors
     /// The first setter error (an unknown loss name); [`Error::Config`] if no reference was given, or
-    /// `resume(true)` without a checkpoint directory; as [`RpoTrainer::new`] and
-    /// [`RpoTrainer::resume_latest`].
+    /// `resume(true)` without a checkpoint directory; as [`RpoTrainer::new`],
+    /// `RpoTrainer::set_process_group` (with a process group) and [`RpoTrainer::resume_latest`].
     pub fn build(self) -> Result<RpoTrainer> {
         if let Some(error) = self.error {
             return Err(error);
@@ -285,6 +300,10 @@ impl RpoTrainerBuilder {
             });
         }
         let mut trainer = RpoTrainer::new(self.model, reference, self.config)?;
+        #[cfg(feature = "dist")]
+        if let Some(group) = self.group {
+            trainer.set_process_group(group)?;
+        }
         if self.resume {
             trainer.resume_latest()?;
         }

@@ -2,7 +2,8 @@
 //! [`Trainer`] trait, and [`RpoTrainer`] — configured by [`RpoTrainerConfig`] ([`config`]) or [`RpoTrainer::builder`]
 //! ([`builder`]) with TRL's setting names — with its own [`AdamW`] ([`optim`]), learning-rate schedule
 //! ([`schedule`]), reference log-probs ([`reference`](mod@reference)), metrics and logs ([`metrics`]) and
-//! crash-safe checkpoints ([`checkpoint`]). Design notes: `docs/design.md`, section "Trainer".
+//! crash-safe checkpoints ([`checkpoint`]); with feature `dist`, data-parallel over a c10d process group
+//! (docs/distributed.md). Design notes: `docs/design.md`, section "Trainer".
 //!
 //! The quick start below is `examples/train_quickstart.rs` (`cargo run --release --example
 //! train_quickstart`), a tiny model and the whole training glue; it runs as a doctest too.
@@ -13,6 +14,7 @@ mod accumulate;
 pub mod builder;
 pub mod checkpoint;
 pub mod config;
+mod distributed;
 pub mod metrics;
 pub mod model;
 pub mod optim;

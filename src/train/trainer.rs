@@ -8,10 +8,11 @@ use crate::loss::{GlobalBatch, Reference};
 use crate::train::accumulate::{Accumulated, StepTotals};
 use crate::train::checkpoint;
 use crate::train::config::RpoTrainerConfig;
+use crate::train::distributed::Parallel;
 use crate::train::metrics::{JsonlLogger, Progress, StepMetrics};
 use crate::train::model::{model_output, training_output, DeferredBackward, ModelOutput, PolicyModel};
 use crate::train::optim::AdamW;
-use crate::train::reference::{model_logprobs, ReferenceCache, ReferenceSource};
+use crate::train::reference::{model_logprobs, ReferenceSource};
 use crate::train::schedule::LrSchedule;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -54,6 +55,11 @@ pub(super) struct DataState {
 ///
 /// Built with [`RpoTrainer::builder`] (TRL's setting names, [`crate::train::RpoTrainerBuilder`]) or
 /// [`RpoTrainer::new`] with a [`RpoTrainerConfig`].
+///
+/// With a process group (feature `dist`: `RpoTrainerBuilder::process_group`, `RpoTrainer::set_process_group`)
+/// it is one rank of a data-parallel job: `fit` trains on this rank's block of every global micro-batch, and
+/// [`Trainer::train_step`] takes this rank's micro-batches (possibly none), sums the step's totals, metrics and
+/// gradients over the ranks, and returns the metrics of the whole global step (docs/distributed.md).
 pub struct RpoTrainer {
     pub(super) model: Box<dyn PolicyModel>,
     pub(super) reference: ReferenceSource,
@@ -66,6 +72,8 @@ pub struct RpoTrainer {
     pub(super) sampler: Option<BatchSampler>,
     /// The step of the checkpoint loaded last, until the next `fit` has opened its log.
     pub(super) resumed_at: Option<u64>,
+    /// The process group of a data-parallel run (see `train/distributed.rs`).
+    pub(super) parallel: Parallel,
 }
 
 impl std::fmt::Debug for RpoTrainer {
@@ -80,9 +88,9 @@ impl std::fmt::Debug for RpoTrainer {
 }
 
 /// What the gradient phase of a step left: the accumulated metrics, and why the update must be skipped.
-struct Gradients {
-    accumulated: Accumulated,
-    skip_reason: Option<String>,
+pub(super) struct Gradients {
+    pub(super) accumulated: Accumulated,
+    pub(super) skip_reason: Option<String>,
 }
 
 impl RpoTrainer {
@@ -112,6 +120,7 @@ impl RpoTrainer {
             data: None,
             sampler: None,
             resumed_at: None,
+            parallel: Parallel::default(),
         })
     }
 
@@ -278,14 +287,7 @@ impl RpoTrainer {
     fn prepare_reference(&mut self, pairs: &[EncodedPair], collator: &Collator, scoring: bool) -> Result<()> {
         match &self.reference {
             ReferenceSource::InitialPolicy if scoring && self.step == 0 => {
-                let cache = ReferenceCache::compute(
-                    self.model.as_ref(),
-                    pairs,
-                    collator,
-                    self.config.batch_pairs,
-                    &self.config.logprobs,
-                    self.config.loss_path,
-                )?;
+                let cache = self.score_initial_policy(pairs, collator)?;
                 self.reference = ReferenceSource::Cached(cache);
                 Ok(())
             }
@@ -407,14 +409,17 @@ impl RpoTrainer {
         steps: Option<u64>,
     ) -> Result<Vec<StepMetrics>> {
         self.prepare_sampler(pairs.len())?;
+        self.check_peers(pairs.len())?;
         self.prepare_reference(pairs, collator, true)?;
         let total = self.schedule.total_steps;
-        let mut logger = match (&self.config.log_path, self.resumed_at.take()) {
+        let main = self.is_main_process();
+        let log_path = self.config.log_path.as_ref().filter(|_| main);
+        let mut logger = match (log_path, self.resumed_at.take()) {
             (Some(path), Some(step)) => Some(JsonlLogger::continue_run(path, step)?),
             (Some(path), None) => Some(JsonlLogger::append(path)?),
             (None, _) => None,
         };
-        let progress = Progress::new(self.config.progress, self.step, total);
+        let progress = Progress::new(self.config.progress && main, self.step, total);
         let mut history = Vec::new();
         let mut last_saved = None;
         while self.step < total && steps.map_or(true, |m| (history.len() as u64) < m) {
@@ -425,8 +430,11 @@ impl RpoTrainer {
                     name: "sampler",
                     requirement: "not prepared".to_string(),
                 })?;
-                let indices = sampler.next_batch();
+                let indices = self.parallel.shard(sampler.next_batch())?;
                 epoch = sampler.position().epoch;
+                if indices.is_empty() {
+                    continue; // this rank's block of a small last batch of an epoch
+                }
                 let chunk: Vec<(usize, &EncodedPair)> = indices.iter().map(|&i| (i, &pairs[i])).collect();
                 batches.push(collator.collate(&chunk, tch::Device::Cpu)?);
             }
@@ -459,11 +467,17 @@ impl RpoTrainer {
         let Some(dir) = &self.config.checkpoint_dir else {
             return Ok(false);
         };
-        self.save_checkpoint(dir)?;
-        if let Some(limit) = self.config.save_total_limit {
-            checkpoint::prune(dir, limit)?;
-        }
-        Ok(true)
+        // With a process group, rank 0 saves and the others wait for it.
+        let saved = if self.is_main_process() {
+            self.save_checkpoint(dir)
+                .and_then(|_| match self.config.save_total_limit {
+                    Some(limit) => checkpoint::prune(dir, limit).map(|_| true),
+                    None => Ok(true),
+                })
+        } else {
+            Ok(true)
+        };
+        self.finish_save(saved)
     }
 
     /// The gradient phase of a step: for each micro-batch, forward, loss with the step's totals, host
@@ -544,7 +558,7 @@ impl Trainer for RpoTrainer {
     fn train_step(&mut self, micro_batches: &[CollatedBatch]) -> Result<StepMetrics> {
         let start = Instant::now();
         let refs: Vec<&CollatedBatch> = micro_batches.iter().collect();
-        let totals = StepTotals::of(&refs)?;
+        let totals = self.step_totals(&refs)?;
         let lr = self.schedule.lr_at(self.step);
         self.optimizer.zero_grad()?;
         let gradients = match self.accumulate_gradients(micro_batches, totals) {
@@ -555,6 +569,7 @@ impl Trainer for RpoTrainer {
                 return Err(e);
             }
         };
+        let gradients = self.reduce_gradients(gradients)?;
         let (grad_norm, skip_reason) = self.apply_update(lr, gradients.skip_reason)?;
         if skip_reason.is_some() {
             self.skipped_steps += 1;

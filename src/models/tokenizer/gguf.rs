@@ -21,13 +21,10 @@
 
 use std::collections::HashMap;
 
+use super::vocab::{GgufVocab, TYPE_CONTROL};
 use crate::data::{ChatTemplate, Tokenizer};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gguf::GgufFile;
-
-/// SentencePiece token types (llama.cpp's numbering).
-const TYPE_CONTROL: i64 = 3;
-const TYPE_USER_DEFINED: i64 = 4;
 
 /// A Gemma tokenizer read from a GGUF file. Implements [`Tokenizer`] (no BOS / EOS in `encode`; the
 /// Gemma chat turn template).
@@ -52,116 +49,29 @@ pub struct GgufTokenizer {
     add_bos: bool,
 }
 
-fn tokenizer_error(file: &GgufFile, message: impl std::fmt::Display) -> Error {
-    Error::Tokenizer(format!("{}: {message}", file.path().display()))
-}
-
 impl GgufTokenizer {
     /// Builds the tokenizer from a GGUF file's `tokenizer.ggml.*` metadata (`tokens`, `token_type`, the
     /// special ids, `add_bos_token`). Takes about a second for Gemma's 262,144 tokens.
     ///
     /// # Errors
-    /// [`Error::Gguf`] for a missing or mistyped key; [`Error::Tokenizer`] for a
+    /// [`Error::Gguf`](crate::Error::Gguf) for a missing or mistyped key; [`Error::Tokenizer`](crate::Error::Tokenizer) for a
     /// tokenizer model other than "llama" (SentencePiece), token types of another length than the tokens,
     /// or a special id outside the vocabulary.
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
-        let model = file.get_str("tokenizer.ggml.model")?;
-        if model != "llama" {
-            return Err(tokenizer_error(
-                file,
-                format!("tokenizer.ggml.model is {model:?}; only SentencePiece (\"llama\") is supported"),
-            ));
-        }
-        let raw = file.get_str_array("tokenizer.ggml.tokens")?;
-        let types = file.get_i64_array("tokenizer.ggml.token_type")?;
-        if types.len() != raw.len() {
-            return Err(tokenizer_error(
-                file,
-                format!("{} token types for {} tokens", types.len(), raw.len()),
-            ));
-        }
-        let special = |key: &str| -> Result<Option<i64>> {
-            let key = format!("tokenizer.ggml.{key}");
-            match file.get(&key) {
-                None => Ok(None),
-                Some(_) => {
-                    let id = file.get_i64(&key)?;
-                    if id < 0 || id as usize >= raw.len() {
-                        return Err(tokenizer_error(
-                            file,
-                            format!("{key} = {id} is outside the vocabulary"),
-                        ));
-                    }
-                    Ok(Some(id))
-                }
-            }
-        };
-        let (bos_id, eos_id, unk_id) = (
-            special("bos_token_id")?,
-            special("eos_token_id")?,
-            special("unknown_token_id")?,
-        );
-        let pad_id = special("padding_token_id")?.unwrap_or(0);
-        let add_bos = match file.get("tokenizer.ggml.add_bos_token") {
-            Some(_) => file.get_bool("tokenizer.ggml.add_bos_token")?,
-            None => true,
-        };
-        let tokens: Vec<String> = raw
+        let v = GgufVocab::read(file, "is supported")?;
+        let id_map: HashMap<&str, usize> = v.vocab();
+        let vocab: HashMap<String, u32> = id_map
             .iter()
-            .map(|t| {
-                if t.contains(' ') && t.trim().is_empty() {
-                    "\u{2581}".repeat(t.chars().count())
-                } else {
-                    (*t).to_string()
-                }
-            })
+            .map(|(t, &id)| ((*t).to_string(), id as u32))
             .collect();
-        Ok(Self::build(
-            tokens,
-            raw.iter().map(|t| t.to_string()).collect(),
-            types,
-            bos_id,
-            eos_id,
-            unk_id,
-            pad_id,
-            add_bos,
-        ))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn build(
-        tokens: Vec<String>,
-        original: Vec<String>,
-        types: Vec<i64>,
-        bos_id: Option<i64>,
-        eos_id: Option<i64>,
-        unk_id: Option<i64>,
-        pad_id: i64,
-        add_bos: bool,
-    ) -> Self {
-        let mut vocab: HashMap<String, u32> = HashMap::with_capacity(tokens.len());
-        for (id, token) in tokens.iter().enumerate() {
-            vocab.insert(token.clone(), id as u32);
-        }
-        // Merges: every split of a token into two tokens; rank = (position of the result, longer left
-        // part first).
-        let mut merges = HashMap::new();
-        for (token, &id) in &vocab {
-            let bounds: Vec<usize> = token.char_indices().map(|(i, _)| i).skip(1).collect();
-            for (chars_left, &at) in bounds.iter().enumerate() {
-                let (left, right) = token.split_at(at);
-                if let (Some(&l), Some(&r)) = (vocab.get(left), vocab.get(right)) {
-                    let len_left = (chars_left + 1) as u64;
-                    let rank = (u64::from(id) << 20) | (0xFFFFF - len_left.min(0xFFFFF));
-                    merges.insert((l, r), (rank, id));
-                }
-            }
-        }
-        // Added tokens: control ones, and user-defined ones whose file spelling is in the vocabulary.
+        let merges = GgufVocab::merges(&id_map)
+            .into_iter()
+            .enumerate()
+            .map(|(rank, (id, left, right))| ((vocab[left], vocab[right]), (rank as u64, id as u32)))
+            .collect();
         let mut added: HashMap<char, Vec<(String, u32)>> = HashMap::new();
-        for (id, (text, &ty)) in original.iter().zip(&types).enumerate() {
-            let keep = ty == TYPE_CONTROL || (ty == TYPE_USER_DEFINED && vocab.contains_key(text.as_str()));
-            if let (true, Some(first)) = (keep, text.chars().next()) {
+        for (id, text) in v.raw.iter().enumerate() {
+            if let (Some(_), Some(first)) = (v.added_kind(&id_map, id), text.chars().next()) {
                 added.entry(first).or_default().push((text.clone(), id as u32));
             }
         }
@@ -171,19 +81,20 @@ impl GgufTokenizer {
         let byte_ids = (0..=255u8)
             .map(|b| vocab.get(&format!("<0x{b:02X}>")).copied())
             .collect();
-        Self {
-            tokens,
-            types,
+        drop(id_map);
+        Ok(Self {
             vocab,
             merges,
             added,
             byte_ids,
-            unk_id: unk_id.map(|u| u as u32),
-            bos_id,
-            eos_id,
-            pad_id,
-            add_bos,
-        }
+            unk_id: v.unk.map(|u| u as u32),
+            bos_id: v.bos.map(|i| i as i64),
+            eos_id: v.eos.map(|i| i as i64),
+            pad_id: v.pad.unwrap_or(0) as i64,
+            add_bos: v.add_bos,
+            tokens: v.tokens,
+            types: v.types,
+        })
     }
 
     /// Whether the file asks for a BOS token before each sequence (`tokenizer.ggml.add_bos_token`).

@@ -4,6 +4,7 @@
 
 pub mod chars;
 pub mod gguf;
+pub(crate) mod vocab;
 
 pub use chars::CharTokenizer;
 pub use gguf::GgufTokenizer;

@@ -14,119 +14,43 @@
 //!   then byte fallback then fuse; BOS / EOS added as `tokenizer.ggml.add_bos_token` /
 //!   `add_eos_token` say (default BOS yes, EOS no, as llama.cpp does for a SentencePiece vocabulary).
 
-use std::collections::HashMap;
-
 use serde_json::{json, Map, Value};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gguf::GgufFile;
-
-/// llama.cpp's token types.
-const TYPE_CONTROL: i64 = 3;
-const TYPE_USER_DEFINED: i64 = 4;
-
-fn tokenizer_error(file: &GgufFile, message: impl std::fmt::Display) -> Error {
-    Error::Tokenizer(format!("{}: {message}", file.path().display()))
-}
+use crate::models::tokenizer::vocab::GgufVocab;
 
 /// The tokenizer files of a Gemma GGUF: `(tokenizer.json, tokenizer_config.json)` as JSON values.
 ///
 /// # Errors
-/// [`Error::Gguf`] for a missing or mistyped `tokenizer.ggml.*` key; [`Error::Tokenizer`] for a tokenizer
+/// [`Error::Gguf`](crate::Error::Gguf) for a missing or mistyped `tokenizer.ggml.*` key; [`Error::Tokenizer`](crate::Error::Tokenizer) for a tokenizer
 /// model other than `"llama"` (SentencePiece), token types of another length than the tokens, or a special
 /// token id outside the vocabulary.
 pub fn hf_tokenizer_files(file: &GgufFile) -> Result<(Value, Value)> {
-    let model = file.get_str("tokenizer.ggml.model")?;
-    if model != "llama" {
-        return Err(tokenizer_error(
-            file,
-            format!("tokenizer.ggml.model is {model:?}; only SentencePiece (\"llama\") can be written as tokenizer.json"),
-        ));
-    }
-    let raw = file.get_str_array("tokenizer.ggml.tokens")?;
-    let types = file.get_i64_array("tokenizer.ggml.token_type")?;
-    if types.len() != raw.len() {
-        return Err(tokenizer_error(
-            file,
-            format!("{} token types for {} tokens", types.len(), raw.len()),
-        ));
-    }
-    let special = |key: &str| -> Result<Option<usize>> {
-        let key = format!("tokenizer.ggml.{key}");
-        if file.get(&key).is_none() {
-            return Ok(None);
-        }
-        let id = file.get_i64(&key)?;
-        match usize::try_from(id) {
-            Ok(id) if id < raw.len() => Ok(Some(id)),
-            _ => Err(tokenizer_error(
-                file,
-                format!("{key} = {id} is outside the vocabulary"),
-            )),
-        }
-    };
-    let flag = |key: &str, default: bool| -> Result<bool> {
-        let key = format!("tokenizer.ggml.{key}");
-        match file.get(&key) {
-            Some(_) => file.get_bool(&key),
-            None => Ok(default),
-        }
-    };
-    let (bos, eos, unk, pad) = (
-        special("bos_token_id")?,
-        special("eos_token_id")?,
-        special("unknown_token_id")?,
-        special("padding_token_id")?,
-    );
-    let (add_bos, add_eos) = (flag("add_bos_token", true)?, flag("add_eos_token", false)?);
+    let v = GgufVocab::read(file, "can be written as tokenizer.json")?;
+    let (bos, eos, unk, pad, add_bos, add_eos) = (v.bos, v.eos, v.unk, v.pad, v.add_bos, v.add_eos);
+    let vocab = v.vocab();
+    let merges = GgufVocab::merges(&vocab);
 
-    let tokens: Vec<String> = raw
-        .iter()
-        .map(|t| {
-            if t.contains(' ') && t.trim().is_empty() {
-                "\u{2581}".repeat(t.chars().count())
-            } else {
-                (*t).to_string()
-            }
-        })
-        .collect();
-    // Token → id; a repeated token keeps its last id (as a Python dict built in order does).
-    let mut vocab: HashMap<&str, usize> = HashMap::with_capacity(tokens.len());
-    for (id, token) in tokens.iter().enumerate() {
-        vocab.insert(token, id);
-    }
-
-    // Merges: (id of the merged token, characters in the left part, left, right), sorted by the merged
-    // token's position, then longer left part first.
-    let mut merges: Vec<(usize, usize, &str, &str)> = Vec::new();
-    for (token, &id) in &vocab {
-        for (chars_left, (at, _)) in token.char_indices().skip(1).enumerate() {
-            let (left, right) = token.split_at(at);
-            if vocab.contains_key(left) && vocab.contains_key(right) {
-                merges.push((id, chars_left + 1, left, right));
-            }
-        }
-    }
-    merges.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-
-    // Added tokens, by id.
+    // Added tokens, by id; a token spelled twice is added once, with its vocabulary id.
     let mut added: Vec<(usize, &str, bool)> = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for ((index, text), &ty) in raw.iter().enumerate().zip(&types) {
-        let special = ty == TYPE_CONTROL;
-        if !(special || (ty == TYPE_USER_DEFINED && vocab.contains_key(text))) || !seen.insert(*text) {
+    for (index, text) in v.raw.iter().enumerate() {
+        let Some(special) = v.added_kind(&vocab, index) else {
             continue;
+        };
+        if seen.insert(text.as_str()) {
+            added.push((vocab.get(text.as_str()).copied().unwrap_or(index), text, special));
         }
-        added.push((vocab.get(text).copied().unwrap_or(index), text, special));
     }
     added.sort_by_key(|a| a.0);
 
-    let token = |id: Option<usize>| id.map(|i| raw[i]);
+    let token = |id: Option<usize>| id.map(|i| v.raw[i].as_str());
     let vocab_json: Map<String, Value> = vocab
         .iter()
         .map(|(t, &id)| ((*t).to_string(), json!(id)))
         .collect();
-    let merges_json: Vec<Value> = merges.iter().map(|m| json!([m.2, m.3])).collect();
+    let merges_json: Vec<Value> = merges.iter().map(|m| json!([m.1, m.2])).collect();
     let added_json: Vec<Value> = added
         .iter()
         .map(|(id, content, special)| {
