@@ -8,6 +8,7 @@
 #
 # Environment: STEPS (6) BATCH (4 pairs) MAX_LENGTH (256) MAX_PROMPT_LENGTH (128) THREADS (2) PAIRS (32)
 #   RUNS ("trl ours ours-logits"; also "ours-fused": --loss-path fused, which `ours` picks by default)  GC ("0 1": without / with per-layer gradient checkpointing)
+#   SKIP (names of runs to leave out, e.g. "ours-logits-gc"; a run's name is its RUNS entry, plus "-gc" with checkpointing)
 #   WORK (output/trl_compare: data set, the f32 transformers folder, logs)  PYTHON (.venv/bin/python)
 #   GGUF (default: the file scripts/get_gemma3_gguf.sh installs)
 # It installs TRL 1.16.0, transformers 5.24.0, gguf, accelerate and datasets into the project's venv when it
@@ -34,6 +35,7 @@ results=()
 for gc in $GC; do
   for run in $RUNS; do
     name=$run$([ "$gc" = 1 ] && echo "-gc" || true)
+    case " ${SKIP:-} " in *" $name "*) echo "== $name: skipped (SKIP)" >&2; continue ;; esac
     out="$WORK/$name.json"; timing="$WORK/$name.time"
     if [ "$run" = trl ]; then
       cmd=(env OMP_NUM_THREADS="$THREADS" "$PYTHON" benches/trl_compare.py trl --model "$WORK/gemma3-270m-f32"
