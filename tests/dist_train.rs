@@ -7,12 +7,13 @@
 #![cfg(all(feature = "dist", feature = "train"))]
 
 mod example_support;
+mod rank_support;
 mod train_support;
 
-use std::io::{BufRead, BufReader};
+use rank_support::{stream, wait_all};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use example_support::{read_metrics, run_example_ok};
@@ -321,46 +322,6 @@ fn spawn_ranks(role: &str, dir: &Path) -> Vec<Child> {
                 .unwrap()
         })
         .collect()
-}
-
-fn stream(children: &mut [Child]) -> mpsc::Receiver<(usize, String)> {
-    let (tx, rx) = mpsc::channel();
-    for (r, c) in children.iter_mut().enumerate() {
-        let out = c.stdout.take().unwrap();
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
-                if tx.send((r, line)).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    rx
-}
-
-fn wait_all(children: &mut [Child], limit: Duration) -> Vec<Option<i32>> {
-    let start = Instant::now();
-    let mut codes = vec![None; children.len()];
-    let mut done = vec![false; children.len()];
-    while done.iter().any(|d| !d) {
-        for (i, c) in children.iter_mut().enumerate() {
-            if !done[i] {
-                if let Some(status) = c.try_wait().unwrap() {
-                    codes[i] = status.code();
-                    done[i] = true;
-                }
-            }
-        }
-        if start.elapsed() > limit {
-            for c in children.iter_mut() {
-                let _ = c.kill();
-            }
-            panic!("ranks still running after {limit:?}: a hang");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    codes
 }
 
 /// Runs `role` on 2 ranks to completion; returns their stdout lines.
