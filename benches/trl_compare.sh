@@ -11,6 +11,8 @@
 #   SKIP (names of runs to leave out, e.g. "ours-logits-gc"; a run's name is its RUNS entry, plus "-gc" with checkpointing)
 #   WORK (output/trl_compare: data set, the f32 transformers folder, logs)  PYTHON (.venv/bin/python)
 #   GGUF (default: the file scripts/get_gemma3_gguf.sh installs)
+# Our runs evaluate only at the start and the end (--evals-per-epoch 1): TRL does not evaluate, and the table
+# times training steps alone.
 # It installs TRL 1.16.0, transformers 5.24.0, gguf, accelerate and datasets into the project's venv when it
 # runs (bench-only packages: neither the set-up nor the tests use them), and builds the example.
 # Needs /usr/bin/time (Debian package `time`). Run it on a quiet machine (check `uptime`).
@@ -46,7 +48,7 @@ for gc in $GC; do
       rm -rf "${WORK:?}/$name"
       cmd=("$BIN" --gguf "$GGUF" --data "$WORK/prefs.jsonl" --rpo-only --max-steps "$STEPS" --batch-size "$BATCH"
            --max-length "$MAX_LENGTH" --max-prompt-length "$MAX_PROMPT_LENGTH" --threads "$THREADS"
-           --beta "$BETA" --eta "$ETA" --output "$WORK/$name")
+           --beta "$BETA" --eta "$ETA" --evals-per-epoch 1 --output "$WORK/$name")
       [ "$run" = ours-logits ] && cmd+=(--loss-path logits)
       [ "$run" = ours-fused ] && cmd+=(--loss-path fused)
       [ "$gc" = 1 ] && cmd+=(--gradient-checkpointing)

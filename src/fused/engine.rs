@@ -152,7 +152,7 @@ fn chunk_rows(options: &FusedOptions, vocab: i64, compute: Kind) -> i64 {
 }
 
 /// `[n, V]` logits of one chunk in the compute dtype: `softcap(scale · (h·Wᵀ + b))`.
-fn chunk_logits(h: &Tensor, head: &LinearHead<'_>, compute: Kind) -> Result<Tensor> {
+pub(crate) fn chunk_logits(h: &Tensor, head: &LinearHead<'_>, compute: Kind) -> Result<Tensor> {
     let linear = h.f_linear(head.weight, head.bias)?;
     let mut z = if linear.f_kind()? == compute {
         linear
@@ -179,20 +179,11 @@ pub(crate) struct Pass1 {
 }
 
 /// Pass 1 (no grad): per-row sums of the scored tokens' log-probs, each token's logsumexp, and optionally the
-/// per-row token statistics. Per-row sums are accumulated in f64 (`[R]` buffers): an f32 running sum over
-/// thousands of tokens of one row would lose digits the unfused path (a pairwise `sum`) keeps.
+/// per-row token statistics.
 pub(crate) fn forward(prep: &Prepared, head: &LinearHead<'_>, options: &FusedOptions) -> Result<Pass1> {
     tch::no_grad(|| {
-        let device = prep.h_valid.device();
-        let acc = Kind::Double;
-        let zeros = || Tensor::f_zeros([prep.rows], (acc, device));
-        let mut sums = zeros()?;
-        let mut stats = if options.logprobs.token_stats {
-            Some([zeros()?, zeros()?, zeros()?])
-        } else {
-            None
-        };
-        let lse_all = Tensor::f_empty([prep.tokens], (prep.compute, device))?;
+        let mut sums = RowSums::new(prep, options.logprobs.token_stats)?;
+        let lse_all = Tensor::f_empty([prep.tokens], (prep.compute, prep.h_valid.device()))?;
         let h_valid = prep.h_valid.f_detach()?;
         let rows = chunk_rows(options, prep.vocab, prep.compute);
         let mut start = 0;
@@ -202,32 +193,77 @@ pub(crate) fn forward(prep: &Prepared, head: &LinearHead<'_>, options: &FusedOpt
             let lse = z.f_logsumexp(-1, false)?;
             let targets = prep.targets.f_narrow(0, start, n)?;
             let target = z.f_gather(1, &targets.f_unsqueeze(1)?, false)?.f_squeeze_dim(1)?;
-            let logp = target.f_sub(&lse)?;
-            let ids = prep.seq_ids.f_narrow(0, start, n)?;
-            let _ = sums.f_index_add_(0, &ids, &logp.f_to_kind(acc)?)?;
-            if let Some(stats) = stats.as_mut() {
-                let chunk = stats_given_lse(&z, &lse, &targets, prep.compute)?.f_to_kind(acc)?;
-                for (i, sum) in stats.iter_mut().enumerate() {
-                    let _ = sum.f_index_add_(0, &ids, &chunk.f_select(1, i as i64)?)?;
-                }
-            }
+            let stats = match options.logprobs.token_stats {
+                true => Some(stats_given_lse(&z, &lse, &targets, prep.compute)?),
+                false => None,
+            };
+            sums.add(
+                &prep.seq_ids.f_narrow(0, start, n)?,
+                &target.f_sub(&lse)?,
+                stats.as_ref(),
+            )?;
             lse_all.f_narrow(0, start, n)?.f_copy_(&lse)?;
             start += n;
         }
-        let stats = match stats {
-            Some([mean_logit, entropy, correct]) => Some(TokenStats {
-                mean_logit: mean_logit.f_to_kind(prep.compute)?,
-                entropy: entropy.f_to_kind(prep.compute)?,
-                correct: correct.f_to_kind(prep.compute)?,
-            }),
-            None => None,
-        };
+        let (sums, stats) = sums.finish(prep.compute)?;
         Ok(Pass1 {
-            sums: sums.f_to_kind(prep.compute)?,
+            sums,
             lse: lse_all,
             stats,
         })
     })
+}
+
+/// Per-row sums of token log-probs (and token statistics), accumulated in f64 (`[R]` buffers): an f32
+/// running sum over thousands of tokens of one row would lose digits the unfused path (a pairwise `sum`)
+/// keeps.
+pub(crate) struct RowSums {
+    sums: Tensor,
+    stats: Option<[Tensor; 3]>,
+}
+
+impl RowSums {
+    /// Zeroed sums of `prep`'s rows, with the statistics when `token_stats`.
+    pub(crate) fn new(prep: &Prepared, token_stats: bool) -> Result<Self> {
+        let zeros = || Tensor::f_zeros([prep.rows], (Kind::Double, prep.h_valid.device()));
+        Ok(Self {
+            sums: zeros()?,
+            stats: match token_stats {
+                true => Some([zeros()?, zeros()?, zeros()?]),
+                false => None,
+            },
+        })
+    }
+
+    /// Adds the tokens `logp [n]` of rows `ids [n]` (and their statistics `[n, 3]`).
+    pub(crate) fn add(&mut self, ids: &Tensor, logp: &Tensor, stats: Option<&Tensor>) -> Result<()> {
+        let _ = self.sums.f_index_add_(0, ids, &logp.f_to_kind(Kind::Double)?)?;
+        if let (Some(sums), Some(chunk)) = (self.stats.as_mut(), stats) {
+            let chunk = chunk.f_to_kind(Kind::Double)?;
+            for (i, sum) in sums.iter_mut().enumerate() {
+                let _ = sum.f_index_add_(0, ids, &chunk.f_select(1, i as i64)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The sums so far in `kind`.
+    pub(crate) fn current(&self, kind: Kind) -> Result<Tensor> {
+        Ok(self.sums.f_to_kind(kind)?)
+    }
+
+    /// The sums and statistics in `kind`.
+    pub(crate) fn finish(self, kind: Kind) -> Result<(Tensor, Option<TokenStats>)> {
+        let stats = match self.stats {
+            Some([mean_logit, entropy, correct]) => Some(TokenStats {
+                mean_logit: mean_logit.f_to_kind(kind)?,
+                entropy: entropy.f_to_kind(kind)?,
+                correct: correct.f_to_kind(kind)?,
+            }),
+            None => None,
+        };
+        Ok((self.sums.f_to_kind(kind)?, stats))
+    }
 }
 
 /// Which gradients pass 2 computes.
@@ -257,92 +293,176 @@ pub(crate) fn backward(
     needs: Needs,
 ) -> Result<Grads> {
     tch::no_grad(|| {
-        let device = prep.h_valid.device();
-        let (compute, kind) = (prep.compute, prep.kind);
-        let h = prep.h_valid.size()[1];
-        let weight = head.weight;
-        let mut grad_h = match needs.hidden {
-            true => Some(Tensor::f_empty([prep.tokens, h], (compute, device))?),
-            false => None,
-        };
-        let mut grad_w = match needs.weight {
-            true => Some(Tensor::f_zeros([prep.vocab, h], (compute, device))?),
-            false => None,
-        };
-        let mut grad_b = match needs.bias {
-            true => Some(Tensor::f_zeros([prep.vocab], (compute, device))?),
-            false => None,
-        };
+        let mut acc = Accumulators::new(prep, options, needs)?;
         let h_valid = prep.h_valid.f_detach()?;
-        let rows = chunk_rows(options, prep.vocab, compute);
-        // Slice of the vocabulary for the low-precision weight-gradient product (bounds its temporary).
-        let vocab_slice = ((options.chunk_bytes / (h.max(1) as usize * kind.elt_size_in_bytes())).max(1)
-            as i64)
-            .min(prep.vocab);
+        let rows = chunk_rows(options, prep.vocab, prep.compute);
         let mut start = 0;
         while start < prep.tokens {
             let n = rows.min(prep.tokens - start);
             let hc = h_valid.f_narrow(0, start, n)?;
-            let mut z = chunk_logits(&hc, head, compute)?;
-            let coef_c = coef.f_narrow(0, start, n)?.f_unsqueeze(1)?;
-            let lse_c = lse_all.f_narrow(0, start, n)?.f_unsqueeze(1)?;
-            let targets_c = prep.targets.f_narrow(0, start, n)?.f_unsqueeze(1)?;
-            // g = c · f · (onehot − p), f = d softcap / du = 1 − (z / cap)² (1 without a soft-cap).
-            let (mut g, onehot_coef) = match head.final_logit_softcap {
-                None => {
-                    let _ = z.f_sub_(&lse_c)?.f_exp_()?;
-                    (z, coef_c.shallow_clone())
-                }
-                Some(cap) => {
-                    let z_target = z.f_gather(1, &targets_c, false)?;
-                    let factor_target = z_target
-                        .f_div_scalar(cap)?
-                        .f_square()?
-                        .f_neg()?
-                        .f_add_scalar(1.0)?;
-                    let mut p = z.f_sub(&lse_c)?.f_exp()?;
-                    let _ = z.f_div_scalar_(cap)?.f_square_()?.f_neg_()?.f_add_scalar_(1.0)?;
-                    let _ = p.f_mul_(&z)?;
-                    (p, coef_c.f_mul(&factor_target)?)
-                }
-            };
-            let _ = g.f_mul_(&coef_c.f_neg()?)?;
-            let _ = g.f_scatter_add_(1, &targets_c, &onehot_coef)?;
-            if head.logit_scale != 1.0 {
-                let _ = g.f_mul_scalar_(head.logit_scale)?;
-            }
-            if let Some(gb) = grad_b.as_mut() {
-                let _ = gb.f_add_(&g.f_sum_dim_intlist(0, false, compute)?)?;
-            }
-            let g_low = if kind == compute {
-                g.shallow_clone()
-            } else {
-                g.f_to_kind(kind)?
-            };
-            if let Some(gh) = grad_h.as_mut() {
-                gh.f_narrow(0, start, n)?.f_copy_(&g_low.f_mm(weight)?)?;
-            }
-            if let Some(gw) = grad_w.as_mut() {
-                if kind == compute {
-                    let _ = gw.f_addmm_(&g.f_tr()?, &hc)?;
-                } else {
-                    let mut v0 = 0;
-                    while v0 < prep.vocab {
-                        let m = vocab_slice.min(prep.vocab - v0);
-                        let part = g_low.f_narrow(1, v0, m)?.f_tr()?.f_mm(&hc)?;
-                        let _ = gw.f_narrow(0, v0, m)?.f_add_(&part)?;
-                        v0 += m;
-                    }
-                }
-            }
+            let z = chunk_logits(&hc, head, prep.compute)?;
+            let g = chunk_grad(
+                z,
+                &lse_all.f_narrow(0, start, n)?.f_unsqueeze(1)?,
+                &prep.targets.f_narrow(0, start, n)?.f_unsqueeze(1)?,
+                &coef.f_narrow(0, start, n)?.f_unsqueeze(1)?,
+                head,
+            )?;
+            acc.add(&g, &hc, head, Rows::Range(start))?;
             start += n;
         }
-        Ok(Grads {
-            hidden: grad_h,
-            weight: grad_w,
-            bias: grad_b,
-        })
+        Ok(acc.into_grads())
     })
+}
+
+/// `dL/dz [n, V]` of one chunk from its logits `z` (consumed; without a soft-cap the result reuses its
+/// storage): `c · f · (onehot(y) − softmax(z))` times the logit scale, `f = 1 − (z / cap)²` the soft-cap's
+/// derivative (1 without one). `lse_c`, `targets_c`, `coef_c` are `[n, 1]`.
+pub(crate) fn chunk_grad(
+    mut z: Tensor,
+    lse_c: &Tensor,
+    targets_c: &Tensor,
+    coef_c: &Tensor,
+    head: &LinearHead<'_>,
+) -> Result<Tensor> {
+    match head.final_logit_softcap {
+        None => {
+            let _ = z.f_sub_(lse_c)?.f_exp_()?;
+            probs_grad(z, targets_c, coef_c, coef_c, head)
+        }
+        Some(cap) => {
+            let z_target = z.f_gather(1, targets_c, false)?;
+            let factor_target = z_target
+                .f_div_scalar(cap)?
+                .f_square()?
+                .f_neg()?
+                .f_add_scalar(1.0)?;
+            let mut p = z.f_sub(lse_c)?.f_exp()?;
+            let _ = z.f_div_scalar_(cap)?.f_square_()?.f_neg_()?.f_add_scalar_(1.0)?;
+            let _ = p.f_mul_(&z)?;
+            drop(z);
+            probs_grad(p, targets_c, coef_c, &coef_c.f_mul(&factor_target)?, head)
+        }
+    }
+}
+
+/// `g = scale · (onehot_coef at y − coef · p)`, in place of `p` (`p` the softmax, times the soft-cap factor
+/// when there is one).
+pub(crate) fn probs_grad(
+    mut p: Tensor,
+    targets_c: &Tensor,
+    coef_c: &Tensor,
+    onehot_coef: &Tensor,
+    head: &LinearHead<'_>,
+) -> Result<Tensor> {
+    let _ = p.f_mul_(&coef_c.f_neg()?)?;
+    let _ = p.f_scatter_add_(1, targets_c, onehot_coef)?;
+    if head.logit_scale != 1.0 {
+        let _ = p.f_mul_scalar_(head.logit_scale)?;
+    }
+    Ok(p)
+}
+
+/// Where a chunk's `[n, H]` hidden-state gradient goes in the `[N, H]` result.
+pub(crate) enum Rows<'a> {
+    /// Rows `start..start + n`.
+    Range(i64),
+    /// The rows listed in this `[n]` i64 index.
+    Index(&'a Tensor),
+}
+
+/// The gradient accumulators of the passes that compute gradients, in the compute dtype.
+pub(crate) struct Accumulators {
+    hidden: Option<Tensor>,
+    weight: Option<Tensor>,
+    bias: Option<Tensor>,
+    kind: Kind,
+    compute: Kind,
+    /// Vocabulary slice of the low-precision weight-gradient product (bounds its temporary).
+    vocab_slice: i64,
+}
+
+impl Accumulators {
+    /// Zeroed accumulators for what `needs` asks.
+    pub(crate) fn new(prep: &Prepared, options: &FusedOptions, needs: Needs) -> Result<Self> {
+        let device = prep.h_valid.device();
+        let compute = prep.compute;
+        let h = prep.h_valid.size()[1];
+        let vocab_slice = ((options.chunk_bytes / (h.max(1) as usize * prep.kind.elt_size_in_bytes())).max(1)
+            as i64)
+            .min(prep.vocab);
+        Ok(Self {
+            hidden: match needs.hidden {
+                true => Some(Tensor::f_empty([prep.tokens, h], (compute, device))?),
+                false => None,
+            },
+            weight: match needs.weight {
+                true => Some(Tensor::f_zeros([prep.vocab, h], (compute, device))?),
+                false => None,
+            },
+            bias: match needs.bias {
+                true => Some(Tensor::f_zeros([prep.vocab], (compute, device))?),
+                false => None,
+            },
+            kind: prep.kind,
+            compute,
+            vocab_slice,
+        })
+    }
+
+    /// Adds one chunk: `grad_h[rows] = g·W`, `grad_W += gᵀ·h`, `grad_b += Σ g` (`g [n, V]` in the compute
+    /// dtype, `hc [n, H]` the chunk's hidden states).
+    pub(crate) fn add(
+        &mut self,
+        g: &Tensor,
+        hc: &Tensor,
+        head: &LinearHead<'_>,
+        rows: Rows<'_>,
+    ) -> Result<()> {
+        if let Some(gb) = self.bias.as_mut() {
+            let _ = gb.f_add_(&g.f_sum_dim_intlist(0, false, self.compute)?)?;
+        }
+        let g_low = if self.kind == self.compute {
+            g.shallow_clone()
+        } else {
+            g.f_to_kind(self.kind)?
+        };
+        if let Some(gh) = self.hidden.as_mut() {
+            let part = g_low.f_mm(head.weight)?;
+            match rows {
+                Rows::Range(start) => {
+                    gh.f_narrow(0, start, part.size()[0])?.f_copy_(&part)?;
+                }
+                Rows::Index(index) => {
+                    let _ = gh.f_index_copy_(0, index, &part.f_to_kind(self.compute)?)?;
+                }
+            }
+        }
+        if let Some(gw) = self.weight.as_mut() {
+            if self.kind == self.compute {
+                let _ = gw.f_addmm_(&g.f_tr()?, hc)?;
+            } else {
+                let vocab = gw.size()[0];
+                let mut v0 = 0;
+                while v0 < vocab {
+                    let m = self.vocab_slice.min(vocab - v0);
+                    let part = g_low.f_narrow(1, v0, m)?.f_tr()?.f_mm(hc)?;
+                    let _ = gw.f_narrow(0, v0, m)?.f_add_(&part)?;
+                    v0 += m;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The accumulated gradients.
+    pub(crate) fn into_grads(self) -> Grads {
+        Grads {
+            hidden: self.hidden,
+            weight: self.weight,
+            bias: self.bias,
+        }
+    }
 }
 
 /// `Σ(x ⊙ g)` in the compute dtype, with `g` detached: its gradient w.r.t. `x` is exactly `g` (cast to `x`'s

@@ -33,19 +33,21 @@
 
 pub(crate) mod engine;
 mod head;
+mod one_pass;
 mod options;
 
 pub use head::LinearHead;
 pub use options::{FusedOptions, DEFAULT_FUSED_CHUNK_BYTES};
 
 use crate::error::{Error, Result};
-use crate::logprobs::SequenceLogProbs;
+use crate::logprobs::{SequenceLogProbs, TokenStats};
 use crate::loss::dpo::{dpo_loss, DpoConfig, DpoOutput};
 use crate::loss::rpo::{rpo_loss, RpoConfig, RpoOutput};
 use crate::loss::sft::{sft_loss, SftConfig, SftOutput};
 use crate::loss::{sft_reference_error, GlobalBatch, PreferenceBatch, Reference, SftBatch};
 use crate::validate;
 use engine::{Needs, Prepared, NAMES};
+use one_pass::Grouping;
 use tch::{Kind, Tensor};
 
 /// The input of the fused losses: final hidden states of one concatenated forward pass, the LM head, labels,
@@ -180,49 +182,55 @@ pub fn fused_loss<T, F>(
 where
     F: FnOnce(&SequenceLogProbs) -> Result<(Tensor, T)>,
 {
+    let (needs, any_grad) = gradient_needs(hidden, &head)?;
+    let prep = prepare_for(hidden, &head, labels, options, any_grad && needs.hidden)?;
+    two_pass(&prep, head, options, needs, any_grad, loss_fn)
+}
+
+/// Which gradients are wanted, and whether any is (grad mode on).
+fn gradient_needs(hidden: &Tensor, head: &LinearHead<'_>) -> Result<(Needs, bool)> {
     let needs = Needs {
         hidden: hidden.requires_grad(),
         weight: head.weight.requires_grad(),
         bias: head.bias.is_some_and(|b| b.requires_grad()),
     };
     let any_grad = (needs.hidden || needs.weight || needs.bias) && grad_enabled()?;
-    // The gather of scored hidden states keeps its graph only when h's gradient is wanted.
-    let prep = if any_grad && needs.hidden {
-        engine::prepare(hidden, &head, labels, options, NAMES)?
-    } else {
-        tch::no_grad(|| engine::prepare(hidden, &head, labels, options, NAMES))?
-    };
-    let engine::Pass1 { sums, lse, stats } = engine::forward(&prep, &head, options)?;
-    check_finite(&sums, options, "hidden")?;
-    let counts = prep.counts.shallow_clone();
-    let detached_stats = || -> Result<_> {
-        SequenceLogProbs {
-            sum: sums.shallow_clone(),
-            count: counts.shallow_clone(),
-            stats: None,
-        }
-        .with_stats_of(&stats)
-    };
-    if !any_grad {
-        let logps = detached_stats()?;
-        let (loss, value) = loss_fn(&logps)?;
-        check_scalar(&loss)?;
-        return Ok(FusedLoss {
-            loss: loss.f_detach()?,
-            logps,
-            value,
-        });
-    }
+    Ok((needs, any_grad))
+}
 
+/// The scored positions; the gather of scored hidden states keeps its graph only when `graph` (h's
+/// gradient is wanted).
+fn prepare_for(
+    hidden: &Tensor,
+    head: &LinearHead<'_>,
+    labels: &Tensor,
+    options: &FusedOptions,
+    graph: bool,
+) -> Result<Prepared> {
+    if graph {
+        engine::prepare(hidden, head, labels, options, NAMES)
+    } else {
+        tch::no_grad(|| engine::prepare(hidden, head, labels, options, NAMES))
+    }
+}
+
+/// `loss_fn` on the leaf `sums` (with `counts` and `stats`): the loss, its value, and `dL/dsums` when the
+/// loss depends on the sums.
+fn loss_and_coef<T>(
+    sums: &Tensor,
+    counts: &Tensor,
+    stats: &Option<TokenStats>,
+    loss_fn: impl FnOnce(&SequenceLogProbs) -> Result<(Tensor, T)>,
+) -> Result<(Tensor, T, Option<Tensor>)> {
     let leaf = sums.f_detach()?.set_requires_grad(true);
-    let (loss, value, coef_rows) = tch::with_grad(|| -> Result<_> {
+    tch::with_grad(|| -> Result<_> {
         let (loss, value) = loss_fn(
             &SequenceLogProbs {
                 sum: leaf.shallow_clone(),
                 count: counts.shallow_clone(),
                 stats: None,
             }
-            .with_stats_of(&stats)?,
+            .with_stats_of(stats)?,
         )?;
         check_scalar(&loss)?;
         let coef_rows = if loss.requires_grad() {
@@ -232,29 +240,104 @@ where
             None
         };
         Ok((loss, value, coef_rows))
-    })?;
-    let loss = loss.f_detach()?;
-    let surrogate = match coef_rows {
+    })
+}
+
+/// The two-pass schedule on prepared positions (pass 1, the loss, pass 2 when a gradient is wanted).
+fn two_pass<T>(
+    prep: &Prepared,
+    head: LinearHead<'_>,
+    options: &FusedOptions,
+    needs: Needs,
+    any_grad: bool,
+    loss_fn: impl FnOnce(&SequenceLogProbs) -> Result<(Tensor, T)>,
+) -> Result<FusedLoss<T>> {
+    let engine::Pass1 { sums, lse, stats } = engine::forward(prep, &head, options)?;
+    check_finite(&sums, options, "hidden")?;
+    let logps = SequenceLogProbs {
+        sum: sums.shallow_clone(),
+        count: prep.counts.shallow_clone(),
+        stats: None,
+    }
+    .with_stats_of(&stats)?;
+    if !any_grad {
+        let (loss, value) = loss_fn(&logps)?;
+        check_scalar(&loss)?;
+        return Ok(FusedLoss {
+            loss: loss.f_detach()?,
+            logps,
+            value,
+        });
+    }
+    let (loss, value, coef_rows) = loss_and_coef(&sums, &prep.counts, &stats, loss_fn)?;
+    let grads = match coef_rows {
         Some(coef_rows) => {
             let coef = coef_rows
                 .f_to_kind(prep.compute)?
                 .f_index_select(0, &prep.seq_ids)?;
-            let grads = engine::backward(&prep, &head, options, &lse, &coef, needs)?;
-            surrogate(&prep, &head, &grads)?
+            Some(engine::backward(prep, &head, options, &lse, &coef, needs)?)
         }
-        // The loss does not depend on the log-probs: zero gradients, still a differentiable result.
-        None => zero_surrogate(&prep, &head, needs)?,
+        None => None,
+    };
+    differentiable(prep, &head, needs, loss, grads.as_ref(), logps, value)
+}
+
+/// `loss.detach() + S − S.detach()` with the surrogate `S` of `grads` (zero gradients when `None`: the loss
+/// does not depend on the log-probs, the result is still differentiable).
+fn differentiable<T>(
+    prep: &Prepared,
+    head: &LinearHead<'_>,
+    needs: Needs,
+    loss: Tensor,
+    grads: Option<&engine::Grads>,
+    logps: SequenceLogProbs,
+    value: T,
+) -> Result<FusedLoss<T>> {
+    let loss = loss.f_detach()?;
+    let surrogate = match grads {
+        Some(grads) => surrogate(prep, head, grads)?,
+        None => zero_surrogate(prep, head, needs)?,
     };
     let loss = loss.f_add(
         &surrogate
             .f_sub(&surrogate.f_detach()?)?
             .f_to_kind(loss.f_kind()?)?,
     )?;
-    Ok(FusedLoss {
-        loss,
-        logps: detached_stats()?,
-        value,
-    })
+    Ok(FusedLoss { loss, logps, value })
+}
+
+/// [`fused_loss`] for a loss that is separable over `grouping`'s groups (the built-in losses): the one-pass
+/// schedule ([`one_pass`]) when every group fits the chunk budget and a gradient is wanted, else the two
+/// passes. Same value and gradients either way (up to rounding order).
+fn fused_grouped_loss<T>(
+    hidden: &Tensor,
+    head: LinearHead<'_>,
+    labels: &Tensor,
+    options: &FusedOptions,
+    grouping: Grouping,
+    loss_fn: impl Fn(&SequenceLogProbs) -> Result<(Tensor, T)>,
+) -> Result<FusedLoss<T>> {
+    let (needs, any_grad) = gradient_needs(hidden, &head)?;
+    let prep = prepare_for(hidden, &head, labels, options, any_grad && needs.hidden)?;
+    if !any_grad {
+        return two_pass(&prep, head, options, needs, any_grad, &loss_fn);
+    }
+    let coef_of = |sums: &Tensor| -> Result<Option<Tensor>> {
+        Ok(loss_and_coef(sums, &prep.counts, &None, &loss_fn)?.2)
+    };
+    let Some(pass) = one_pass::run(&prep, &head, options, grouping, needs, coef_of)? else {
+        return two_pass(&prep, head, options, needs, any_grad, &loss_fn);
+    };
+    check_finite(&pass.sums, options, "hidden")?;
+    let logps = SequenceLogProbs {
+        sum: pass.sums.shallow_clone(),
+        count: prep.counts.shallow_clone(),
+        stats: None,
+    }
+    .with_stats_of(&pass.stats)?;
+    let (loss, value) = tch::no_grad(|| loss_fn(&logps))?;
+    check_scalar(&loss)?;
+    differentiable(&prep, &head, needs, loss, pass.grads.as_ref(), logps, value)
 }
 
 fn check_scalar(loss: &Tensor) -> Result<()> {
@@ -374,10 +457,17 @@ pub fn fused_rpo_loss(config: &RpoConfig, batch: &HiddenBatch<'_>) -> Result<Rpo
     even_rows(batch.labels)?;
     config.validate()?;
     let reference = reference_sums(batch)?;
-    let fused = fused_loss(batch.hidden, batch.head, batch.labels, &batch.options, |logps| {
-        let out = with_pairs(logps, reference.as_ref(), batch.global, |b| rpo_loss(config, b))?;
-        Ok((out.loss.shallow_clone(), out))
-    })?;
+    let fused = fused_grouped_loss(
+        batch.hidden,
+        batch.head,
+        batch.labels,
+        &batch.options,
+        Grouping::Pairs,
+        |logps| {
+            let out = with_pairs(logps, reference.as_ref(), batch.global, |b| rpo_loss(config, b))?;
+            Ok((out.loss.shallow_clone(), out))
+        },
+    )?;
     let out = fused.value;
     Ok(RpoOutput {
         loss: fused.loss,
@@ -394,10 +484,17 @@ pub fn fused_dpo_loss(config: &DpoConfig, batch: &HiddenBatch<'_>) -> Result<Dpo
     even_rows(batch.labels)?;
     config.validate()?;
     let reference = reference_sums(batch)?;
-    let fused = fused_loss(batch.hidden, batch.head, batch.labels, &batch.options, |logps| {
-        let out = with_pairs(logps, reference.as_ref(), batch.global, |b| dpo_loss(config, b))?;
-        Ok((out.loss.shallow_clone(), out))
-    })?;
+    let fused = fused_grouped_loss(
+        batch.hidden,
+        batch.head,
+        batch.labels,
+        &batch.options,
+        Grouping::Pairs,
+        |logps| {
+            let out = with_pairs(logps, reference.as_ref(), batch.global, |b| dpo_loss(config, b))?;
+            Ok((out.loss.shallow_clone(), out))
+        },
+    )?;
     let out = detach_dpo(fused.value)?;
     Ok(DpoOutput {
         loss: fused.loss,
@@ -415,10 +512,17 @@ pub fn fused_sft_loss(config: &SftConfig, batch: &HiddenBatch<'_>) -> Result<Sft
         return Err(sft_reference_error(&batch.reference));
     }
     config.validate()?;
-    let fused = fused_loss(batch.hidden, batch.head, batch.labels, &batch.options, |logps| {
-        let out = sft_loss(config, &SftBatch::new(logps).with_global_opt(batch.global))?;
-        Ok((out.loss.shallow_clone(), out))
-    })?;
+    let fused = fused_grouped_loss(
+        batch.hidden,
+        batch.head,
+        batch.labels,
+        &batch.options,
+        Grouping::Rows,
+        |logps| {
+            let out = sft_loss(config, &SftBatch::new(logps).with_global_opt(batch.global))?;
+            Ok((out.loss.shallow_clone(), out))
+        },
+    )?;
     let out = detach_sft(fused.value)?;
     Ok(SftOutput {
         loss: fused.loss,

@@ -3,10 +3,12 @@
 use crate::error::{Error, Result};
 use crate::logprobs::LogProbOptions;
 
-/// Default memory budget of the fused working set, in bytes (256 MiB): two f32 `[rows, V]` buffers, so
-/// `rows = 256 MiB / (8·V)` — 1,048 rows at V = 32,000, 261 at V = 128,256 (the GEMMs need a few hundred rows
-/// to run efficiently on CPU; 64 MiB was 1.3× slower at V = 128,256). Raise it on GPUs for larger matmuls.
-pub const DEFAULT_FUSED_CHUNK_BYTES: usize = 256 << 20;
+/// Default memory budget of the fused working set, in bytes (512 MiB). The two-pass schedule holds two f32
+/// `[rows, V]` buffers, so `rows = 512 MiB / (8·V)` — 2,097 rows at V = 32,000, 1,024 at V = 262,144 (the GEMMs
+/// need a few hundred rows to run efficiently on CPU; 64 MiB was 1.3× slower at V = 128,256). The one-pass
+/// schedule of the built-in losses needs one buffer for a whole pair's scored tokens: 512 tokens per pair at
+/// V = 262,144 (Gemma 3) fit. Raise it on GPUs for larger matmuls and longer pairs.
+pub const DEFAULT_FUSED_CHUNK_BYTES: usize = 512 << 20;
 
 /// Options of the fused path: the [`LogProbOptions`] (ignore index, causal shift, input validation, token
 /// statistics — the same meaning as on the logits path) plus the fused working-set budget.
@@ -17,8 +19,11 @@ pub const DEFAULT_FUSED_CHUNK_BYTES: usize = 256 << 20;
 pub struct FusedOptions {
     /// How labels are read and checked (and whether token statistics are computed).
     pub logprobs: LogProbOptions,
-    /// Memory budget of one fused chunk in bytes: rows per chunk = `max(1, chunk_bytes / (2 · V · 4))`.
-    /// Default [`DEFAULT_FUSED_CHUNK_BYTES`].
+    /// Memory budget of one fused chunk in bytes: rows per chunk of the two-pass schedule =
+    /// `max(1, chunk_bytes / (2 · V · 4))`; the one-pass schedule of the built-in losses packs whole pairs
+    /// (SFT: rows) into `chunk_bytes / (k · V · 4)` tokens, `k = 1` (f32/f64 inputs without soft-cap or token
+    /// statistics) or 2, and falls back to two passes when one pair does not fit. Default
+    /// [`DEFAULT_FUSED_CHUNK_BYTES`].
     pub chunk_bytes: usize,
 }
 
