@@ -282,6 +282,39 @@ fn hidden_state_path_matches_logits_path() {
     }
 }
 
+/// Training on the hidden-state path adds the head's gradient straight into its `.grad` (from the first
+/// step on, when there is no `.grad` yet); with a model reference and two micro-batches per step the weights
+/// after two steps still equal the logits path's.
+#[test]
+fn hidden_state_path_with_accumulation_matches_logits_path_weights() {
+    let pairs = preference_pairs(8);
+    let mut cfg = config(RpoConfig::paper(0.1, 0.005), 1e-2, 2, 0.0);
+    cfg.loss_path = LossPath::Logits;
+    let mut logits = trainer(15, model_reference(16), cfg.clone());
+    cfg.loss_path = LossPath::Hidden;
+    let mut hidden = trainer(15, model_reference(16), cfg);
+    let micro = || vec![batch(&pairs, &[0, 1, 2]), batch(&pairs, &[3, 4, 5, 6, 7])];
+    for _ in 0..2 {
+        let a = logits.train_step(&micro()).unwrap();
+        let b = hidden.train_step(&micro()).unwrap();
+        assert!((a.loss - b.loss).abs() < 1e-6, "{} vs {}", a.loss, b.loss);
+        assert!((a.grad_norm.unwrap() - b.grad_norm.unwrap()).abs() < 1e-5);
+    }
+    let params = |t: &RpoTrainer| t.model().named_parameters();
+    for ((name, a), (_, b)) in params(&logits).iter().zip(params(&hidden).iter()) {
+        let diff = (a - b).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{name}: max |Δ| = {diff}");
+    }
+    let grads = hidden.optimizer().params().iter().map(|p| p.grad().unwrap());
+    for grad in grads.flatten() {
+        assert_eq!(
+            grad.abs().max().double_value(&[]),
+            0.0,
+            "gradients are cleared after the step"
+        );
+    }
+}
+
 /// The reported gradient norm equals `sqrt(Σ g²)` computed here independently, in f64.
 #[test]
 fn grad_norm_is_the_global_l2_norm() {

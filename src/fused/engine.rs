@@ -291,9 +291,10 @@ pub(crate) fn backward(
     lse_all: &Tensor,
     coef: &Tensor,
     needs: Needs,
+    weight_into: Option<Tensor>,
 ) -> Result<Grads> {
     tch::no_grad(|| {
-        let mut acc = Accumulators::new(prep, options, needs)?;
+        let mut acc = Accumulators::new(prep, options, needs, weight_into)?;
         let h_valid = prep.h_valid.f_detach()?;
         let rows = chunk_rows(options, prep.vocab, prep.compute);
         let mut start = 0;
@@ -375,6 +376,8 @@ pub(crate) enum Rows<'a> {
 pub(crate) struct Accumulators {
     hidden: Option<Tensor>,
     weight: Option<Tensor>,
+    /// `weight` is the head weight's `.grad` itself (not returned by [`Accumulators::into_grads`]).
+    weight_in_place: bool,
     bias: Option<Tensor>,
     kind: Kind,
     compute: Kind,
@@ -383,8 +386,14 @@ pub(crate) struct Accumulators {
 }
 
 impl Accumulators {
-    /// Zeroed accumulators for what `needs` asks.
-    pub(crate) fn new(prep: &Prepared, options: &FusedOptions, needs: Needs) -> Result<Self> {
+    /// Zeroed accumulators for what `needs` asks; the weight gradient is added to `weight_into` instead (the
+    /// head weight's `.grad`, see [`super::weight_grad_target`]) when given, and then not returned.
+    pub(crate) fn new(
+        prep: &Prepared,
+        options: &FusedOptions,
+        needs: Needs,
+        weight_into: Option<Tensor>,
+    ) -> Result<Self> {
         let device = prep.h_valid.device();
         let compute = prep.compute;
         let h = prep.h_valid.size()[1];
@@ -396,9 +405,11 @@ impl Accumulators {
                 true => Some(Tensor::f_empty([prep.tokens, h], (compute, device))?),
                 false => None,
             },
-            weight: match needs.weight {
-                true => Some(Tensor::f_zeros([prep.vocab, h], (compute, device))?),
-                false => None,
+            weight_in_place: weight_into.is_some(),
+            weight: match (weight_into, needs.weight) {
+                (Some(target), _) => Some(target),
+                (None, true) => Some(Tensor::f_zeros([prep.vocab, h], (compute, device))?),
+                (None, false) => None,
             },
             bias: match needs.bias {
                 true => Some(Tensor::f_zeros([prep.vocab], (compute, device))?),
@@ -459,7 +470,7 @@ impl Accumulators {
     pub(crate) fn into_grads(self) -> Grads {
         Grads {
             hidden: self.hidden,
-            weight: self.weight,
+            weight: if self.weight_in_place { None } else { self.weight },
             bias: self.bias,
         }
     }

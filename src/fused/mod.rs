@@ -184,7 +184,33 @@ where
 {
     let (needs, any_grad) = gradient_needs(hidden, &head)?;
     let prep = prepare_for(hidden, &head, labels, options, any_grad && needs.hidden)?;
-    two_pass(&prep, head, options, needs, any_grad, loss_fn)
+    two_pass(&prep, head, options, needs, any_grad, None, loss_fn)
+}
+
+/// Where the gradient w.r.t. the head weight goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WeightGrad {
+    /// Through the returned loss, like every other gradient (the public functions).
+    Surrogate,
+    /// Straight into the weight's `.grad` while the loss is computed, when the weight is a leaf whose `.grad`
+    /// is defined in the compute dtype (else as `Surrogate`). For a caller that runs `loss.backward()`
+    /// exactly once, unscaled, and clears `.grad` when it does not (the trainer): the same gradients without
+    /// the separate `[V, H]` accumulator and autograd's `[V, H]` product of it.
+    IntoGrad,
+}
+
+/// The head weight's `.grad`, when [`WeightGrad::IntoGrad`] may add to it directly.
+fn weight_grad_target(weight: &Tensor, compute: Kind, mode: WeightGrad) -> Result<Option<Tensor>> {
+    if mode == WeightGrad::Surrogate || !weight.requires_grad() || !weight.is_leaf() {
+        return Ok(None);
+    }
+    let grad = weight.f_grad()?;
+    let usable = grad.defined()
+        && grad.f_kind()? == compute
+        && grad.size() == weight.size()
+        && grad.device() == weight.device()
+        && !grad.requires_grad();
+    Ok(usable.then_some(grad))
 }
 
 /// Which gradients are wanted, and whether any is (grad mode on).
@@ -250,6 +276,7 @@ fn two_pass<T>(
     options: &FusedOptions,
     needs: Needs,
     any_grad: bool,
+    weight_into: Option<Tensor>,
     loss_fn: impl FnOnce(&SequenceLogProbs) -> Result<(Tensor, T)>,
 ) -> Result<FusedLoss<T>> {
     let engine::Pass1 { sums, lse, stats } = engine::forward(prep, &head, options)?;
@@ -275,9 +302,21 @@ fn two_pass<T>(
             let coef = coef_rows
                 .f_to_kind(prep.compute)?
                 .f_index_select(0, &prep.seq_ids)?;
-            Some(engine::backward(prep, &head, options, &lse, &coef, needs)?)
+            Some(engine::backward(
+                prep,
+                &head,
+                options,
+                &lse,
+                &coef,
+                needs,
+                weight_into.as_ref().map(Tensor::shallow_clone),
+            )?)
         }
         None => None,
+    };
+    let needs = Needs {
+        weight: needs.weight && weight_into.is_none(),
+        ..needs
     };
     differentiable(prep, &head, needs, loss, grads.as_ref(), logps, value)
 }
@@ -315,18 +354,33 @@ fn fused_grouped_loss<T>(
     labels: &Tensor,
     options: &FusedOptions,
     grouping: Grouping,
+    weight_grad: WeightGrad,
     loss_fn: impl Fn(&SequenceLogProbs) -> Result<(Tensor, T)>,
 ) -> Result<FusedLoss<T>> {
     let (needs, any_grad) = gradient_needs(hidden, &head)?;
     let prep = prepare_for(hidden, &head, labels, options, any_grad && needs.hidden)?;
     if !any_grad {
-        return two_pass(&prep, head, options, needs, any_grad, &loss_fn);
+        return two_pass(&prep, head, options, needs, any_grad, None, &loss_fn);
     }
+    let weight_into = weight_grad_target(head.weight, prep.compute, weight_grad)?;
     let coef_of = |sums: &Tensor| -> Result<Option<Tensor>> {
         Ok(loss_and_coef(sums, &prep.counts, &None, &loss_fn)?.2)
     };
-    let Some(pass) = one_pass::run(&prep, &head, options, grouping, needs, coef_of)? else {
-        return two_pass(&prep, head, options, needs, any_grad, &loss_fn);
+    let pass = one_pass::run(
+        &prep,
+        &head,
+        options,
+        grouping,
+        needs,
+        weight_into.as_ref().map(Tensor::shallow_clone),
+        coef_of,
+    )?;
+    let Some(pass) = pass else {
+        return two_pass(&prep, head, options, needs, any_grad, weight_into, &loss_fn);
+    };
+    let needs = Needs {
+        weight: needs.weight && weight_into.is_none(),
+        ..needs
     };
     check_finite(&pass.sums, options, "hidden")?;
     let logps = SequenceLogProbs {
@@ -454,6 +508,16 @@ fn detach_sft(out: SftOutput) -> Result<SftOutput> {
 /// empty chosen response under `SequenceMean`), [`Error::Shape`] for an odd row count, reference inputs
 /// whose shapes disagree with the policy's, a reference head with another vocabulary size.
 pub fn fused_rpo_loss(config: &RpoConfig, batch: &HiddenBatch<'_>) -> Result<RpoOutput> {
+    rpo_with(config, batch, WeightGrad::Surrogate)
+}
+
+/// [`fused_rpo_loss`] with the head weight's gradient put where `weight_grad` says (the trainer's training
+/// passes: [`WeightGrad::IntoGrad`]).
+pub(crate) fn rpo_with(
+    config: &RpoConfig,
+    batch: &HiddenBatch<'_>,
+    weight_grad: WeightGrad,
+) -> Result<RpoOutput> {
     even_rows(batch.labels)?;
     config.validate()?;
     let reference = reference_sums(batch)?;
@@ -463,6 +527,7 @@ pub fn fused_rpo_loss(config: &RpoConfig, batch: &HiddenBatch<'_>) -> Result<Rpo
         batch.labels,
         &batch.options,
         Grouping::Pairs,
+        weight_grad,
         |logps| {
             let out = with_pairs(logps, reference.as_ref(), batch.global, |b| rpo_loss(config, b))?;
             Ok((out.loss.shallow_clone(), out))
@@ -490,6 +555,7 @@ pub fn fused_dpo_loss(config: &DpoConfig, batch: &HiddenBatch<'_>) -> Result<Dpo
         batch.labels,
         &batch.options,
         Grouping::Pairs,
+        WeightGrad::Surrogate,
         |logps| {
             let out = with_pairs(logps, reference.as_ref(), batch.global, |b| dpo_loss(config, b))?;
             Ok((out.loss.shallow_clone(), out))
@@ -518,6 +584,7 @@ pub fn fused_sft_loss(config: &SftConfig, batch: &HiddenBatch<'_>) -> Result<Sft
         batch.labels,
         &batch.options,
         Grouping::Rows,
+        WeightGrad::Surrogate,
         |logps| {
             let out = sft_loss(config, &SftBatch::new(logps).with_global_opt(batch.global))?;
             Ok((out.loss.shallow_clone(), out))

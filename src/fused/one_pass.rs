@@ -92,7 +92,7 @@ pub(crate) struct OnePass {
 }
 
 /// Runs the one-pass schedule, or returns `Ok(None)` (having computed nothing) when a group does not fit the
-/// budget. `coef_of(sums)` evaluates the loss on `[R]` sums (compute dtype) and returns `dL/dsums [R]`, or
+/// budget. The weight gradient goes into `weight_into` when given ([`Accumulators::new`]). `coef_of(sums)` evaluates the loss on `[R]` sums (compute dtype) and returns `dL/dsums [R]`, or
 /// `None` when the loss does not depend on them; it must be separable over `grouping`'s groups.
 pub(crate) fn run(
     prep: &Prepared,
@@ -100,6 +100,7 @@ pub(crate) fn run(
     options: &FusedOptions,
     grouping: Grouping,
     needs: Needs,
+    weight_into: Option<Tensor>,
     mut coef_of: impl FnMut(&Tensor) -> Result<Option<Tensor>>,
 ) -> Result<Option<OnePass>> {
     let per_token =
@@ -113,7 +114,7 @@ pub(crate) fn run(
         let device = prep.h_valid.device();
         let compute = prep.compute;
         let mut sums = RowSums::new(prep, options.logprobs.token_stats)?;
-        let mut acc = Accumulators::new(prep, options, needs)?;
+        let mut acc = Accumulators::new(prep, options, needs, weight_into)?;
         let mut depends = true;
         let h_valid = prep.h_valid.f_detach()?;
         let largest = chunks.iter().map(Vec::len).max().unwrap_or(0) as i64;

@@ -2,7 +2,7 @@
 
 use crate::data::{BatchSampler, CollatedBatch, Collator, EncodedPair, SamplerPosition};
 use crate::error::{Error, Result};
-use crate::fused::{fused_rpo_loss, HiddenBatch};
+use crate::fused::{rpo_with, HiddenBatch, WeightGrad};
 use crate::loss::rpo::{rpo_loss_from_logits, LogitsBatch, RpoOutput};
 use crate::loss::{GlobalBatch, Reference};
 use crate::train::accumulate::{Accumulated, StepTotals};
@@ -16,6 +16,7 @@ use crate::train::reference::{model_logprobs, ReferenceSource};
 use crate::train::schedule::LrSchedule;
 use std::path::PathBuf;
 use std::time::Instant;
+use tch::Tensor;
 
 /// A preference trainer: one optimizer step on a batch, or an evaluation without weight change.
 pub trait Trainer {
@@ -223,7 +224,16 @@ impl RpoTrainer {
                     .with_reference(reference)
                     .with_options(states.fused_options(&self.config.logprobs))
                     .with_global_opt(global);
-                fused_rpo_loss(&self.config.rpo, &batch)?
+                // Training: the head weight's gradient goes straight into its `.grad` (this loss is
+                // backpropagated once, unscaled, and a skipped step clears `.grad`).
+                let weight_grad = match train {
+                    true => {
+                        ensure_grad(states.head().weight)?;
+                        WeightGrad::IntoGrad
+                    }
+                    false => WeightGrad::Surrogate,
+                };
+                rpo_with(&self.config.rpo, &batch, weight_grad)?
             }
         };
         Ok((out, deferred))
@@ -541,6 +551,18 @@ impl RpoTrainer {
         self.optimizer.step(lr)?;
         Ok((Some(norm), None))
     }
+}
+
+/// Gives a leaf that requires grad a zero `.grad` when it has none — the tensor its first gradient
+/// accumulation would allocate — so that the fused loss can add the head's gradient to it in place.
+fn ensure_grad(weight: &Tensor) -> Result<()> {
+    if weight.requires_grad() && weight.is_leaf() && !weight.f_grad()?.defined() {
+        tch::with_grad(|| -> Result<()> {
+            weight.f_mul_scalar(0.0)?.f_sum(weight.kind())?.f_backward()?;
+            Ok(())
+        })?;
+    }
+    Ok(())
 }
 
 /// The error for a [`ReferenceSource::InitialPolicy`] that has not been scored.
