@@ -76,7 +76,8 @@
 //! - input validation (label range, finiteness, token counts), switched off with
 //!   [`LogProbOptions::validate_inputs`], [`DpoConfig::validate_inputs`], [`SftConfig::validate_inputs`];
 //! - the fused path's selection of scored tokens (`nonzero` / `masked_select` have data-dependent sizes): one
-//!   read of the token count per scored batch;
+//!   read of the token count per scored batch, and one of the `[R]` per-row counts when the built-in fused
+//!   losses plan their one-pass chunks;
 //! - the token-mean SFT normalization without a [`GlobalBatch`] only when validating (its token count);
 //! - reading metrics ([`PreferenceMetrics::values`], [`RpoOutput::metric_values`], [`count_tokens`]); the
 //!   trainer reads its scalars once per micro-batch.

@@ -518,21 +518,11 @@ pub(crate) fn rpo_with(
     batch: &HiddenBatch<'_>,
     weight_grad: WeightGrad,
 ) -> Result<RpoOutput> {
-    even_rows(batch.labels)?;
     config.validate()?;
-    let reference = reference_sums(batch)?;
-    let fused = fused_grouped_loss(
-        batch.hidden,
-        batch.head,
-        batch.labels,
-        &batch.options,
-        Grouping::Pairs,
-        weight_grad,
-        |logps| {
-            let out = with_pairs(logps, reference.as_ref(), batch.global, |b| rpo_loss(config, b))?;
-            Ok((out.loss.shallow_clone(), out))
-        },
-    )?;
+    let fused = fused_pair_loss(batch, weight_grad, |b| {
+        let out = rpo_loss(config, b)?;
+        Ok((out.loss.shallow_clone(), out))
+    })?;
     let out = fused.value;
     Ok(RpoOutput {
         loss: fused.loss,
@@ -546,26 +536,36 @@ pub(crate) fn rpo_with(
 /// A DPO-family loss ([`dpo_loss`]) from the final hidden states and the LM head, fused. Arguments,
 /// outputs and errors as [`fused_rpo_loss`].
 pub fn fused_dpo_loss(config: &DpoConfig, batch: &HiddenBatch<'_>) -> Result<DpoOutput> {
-    even_rows(batch.labels)?;
     config.validate()?;
-    let reference = reference_sums(batch)?;
-    let fused = fused_grouped_loss(
-        batch.hidden,
-        batch.head,
-        batch.labels,
-        &batch.options,
-        Grouping::Pairs,
-        WeightGrad::Surrogate,
-        |logps| {
-            let out = with_pairs(logps, reference.as_ref(), batch.global, |b| dpo_loss(config, b))?;
-            Ok((out.loss.shallow_clone(), out))
-        },
-    )?;
+    let fused = fused_pair_loss(batch, WeightGrad::Surrogate, |b| {
+        let out = dpo_loss(config, b)?;
+        Ok((out.loss.shallow_clone(), out))
+    })?;
     let out = detach_dpo(fused.value)?;
     Ok(DpoOutput {
         loss: fused.loss,
         ..out
     })
+}
+
+/// A preference loss `loss_fn` of the policy's pairs (with the batch's resolved reference and totals),
+/// fused and grouped by pairs.
+fn fused_pair_loss<T>(
+    batch: &HiddenBatch<'_>,
+    weight_grad: WeightGrad,
+    loss_fn: impl Fn(&PreferenceBatch<'_>) -> Result<(Tensor, T)>,
+) -> Result<FusedLoss<T>> {
+    even_rows(batch.labels)?;
+    let reference = reference_sums(batch)?;
+    fused_grouped_loss(
+        batch.hidden,
+        batch.head,
+        batch.labels,
+        &batch.options,
+        Grouping::Pairs,
+        weight_grad,
+        |logps| with_pairs(logps, reference.as_ref(), batch.global, &loss_fn),
+    )
 }
 
 /// The SFT loss ([`sft_loss`]) from final hidden states and the LM head, fused: every row of `batch` is a

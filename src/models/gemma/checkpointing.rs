@@ -10,7 +10,8 @@
 //! 3. [`LayerCheckpoints::backward`], for `l = L−1 … 0`: recompute layer `l` from a detached leaf copy of
 //!    `h_l` with grad, and backpropagate `g = dL/dh_{l+1}` through it as the gradient of `Σ(out ⊙ g)`
 //!    (`g` detached, so the gradient reaching `out` is exactly `g`): the layer's parameters accumulate
-//!    their gradient and the leaf receives `dL/dh_l`; finally the same through the scaled embedding.
+//!    their gradient and the leaf receives `dL/dh_l`; finally the embedding rows of the tokens gain their
+//!    share, index-added into the embedding's `.grad` when it exists (no dense `[V, H]` temporary).
 //!
 //! Each recomputation runs the same ops on the same inputs as the checkpoint-free pass, so activations
 //! and per-layer gradients are the same values. Activation memory: `L + 1` hidden states plus one layer's
@@ -106,8 +107,7 @@ impl LayerCheckpoints<'_> {
                 backward_from(&out, &grad)?;
                 grad = leaf.f_grad()?;
             }
-            let embedded = self.model.embed(&self.input_ids)?;
-            backward_from(&embedded, &grad)
+            self.model.embed_backward(&self.input_ids, &grad)
         })
     }
 }

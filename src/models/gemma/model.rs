@@ -5,6 +5,7 @@ use tch::{nn, Kind, Tensor};
 use super::config::{GemmaArch, GemmaConfig};
 use super::layers::{linear, soft_cap, Attention, Layer, LayerCache, Mlp, RmsNorm};
 use crate::error::{Error, Result};
+use crate::train::model::backward_from;
 
 /// A Gemma / Gemma 2 causal language model with a tied LM head.
 ///
@@ -264,11 +265,47 @@ impl Gemma {
     /// The scaled token embedding `[N, T, H]` of `input_ids` (the first layer's input): the embedding rows
     /// times `sqrt(hidden_size)` rounded to the activation dtype.
     pub(super) fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
-        let kind = self.embed_tokens.kind();
-        let scale = Tensor::from((self.config.hidden_size as f64).sqrt() as f32)
-            .f_to_kind(kind)?
-            .f_to_device(input_ids.device())?;
-        Ok(Tensor::f_embedding(&self.embed_tokens, input_ids, -1, false, false)?.f_mul(&scale)?)
+        Ok(
+            Tensor::f_embedding(&self.embed_tokens, input_ids, -1, false, false)?
+                .f_mul(&self.embed_scale(input_ids)?)?,
+        )
+    }
+
+    /// `sqrt(hidden_size)` in the activation dtype, on `input_ids`' device.
+    fn embed_scale(&self, input_ids: &Tensor) -> Result<Tensor> {
+        Ok(Tensor::from((self.config.hidden_size as f64).sqrt() as f32)
+            .f_to_kind(self.embed_tokens.kind())?
+            .f_to_device(input_ids.device())?)
+    }
+
+    /// Backpropagates `grad = dL/d embed(input_ids)` (`[N, T, H]`) into the embedding matrix's `.grad`: row `v`
+    /// gains `scale · Σ grad` over the positions holding token `v`. When the matrix is a leaf whose `.grad`
+    /// exists in its dtype, the rows are index-added into it in place (no dense `[V, H]` gradient, which
+    /// autograd's embedding backward would allocate before adding it); otherwise through autograd.
+    pub(super) fn embed_backward(&self, input_ids: &Tensor, grad: &Tensor) -> Result<()> {
+        if !grad.defined() {
+            return Ok(());
+        }
+        let weight = &self.embed_tokens;
+        let target = weight.f_grad()?;
+        let in_place = weight.requires_grad()
+            && weight.is_leaf()
+            && target.defined()
+            && target.f_kind()? == weight.f_kind()?
+            && !target.requires_grad();
+        if !in_place {
+            return backward_from(&self.embed(input_ids)?, grad);
+        }
+        tch::no_grad(|| -> Result<()> {
+            let h = weight.size()[1];
+            let rows = grad
+                .f_mul(&self.embed_scale(input_ids)?)?
+                .f_reshape([-1, h])?
+                .f_to_kind(target.f_kind()?)?;
+            let mut target = target;
+            let _ = target.f_index_add_(0, &input_ids.f_reshape([-1])?, &rows)?;
+            Ok(())
+        })
     }
 
     /// The RoPE tables and attention masks every layer takes, for `t` new positions after `past` cached
