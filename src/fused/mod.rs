@@ -196,6 +196,7 @@ pub(crate) enum WeightGrad {
     /// is defined in the compute dtype (else as `Surrogate`). For a caller that runs `loss.backward()`
     /// exactly once, unscaled, and clears `.grad` when it does not (the trainer): the same gradients without
     /// the separate `[V, H]` accumulator and autograd's `[V, H]` product of it.
+    #[cfg_attr(not(feature = "train"), allow(dead_code))]
     IntoGrad,
 }
 
