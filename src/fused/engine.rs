@@ -274,6 +274,17 @@ pub(crate) struct Needs {
     pub bias: bool,
 }
 
+impl Needs {
+    /// The gradients the returned loss carries: all but the weight's when `weight_in_grad` (it went into
+    /// the weight's `.grad`, [`super::WeightGrad::IntoGrad`]).
+    pub(crate) fn through_loss(self, weight_in_grad: bool) -> Needs {
+        Needs {
+            weight: self.weight && !weight_in_grad,
+            ..self
+        }
+    }
+}
+
 /// Gradients of the loss, in the compute dtype: `[N, H]` w.r.t. the scored hidden states, `[V, H]` w.r.t.
 /// the weight, `[V]` w.r.t. the bias.
 pub(crate) struct Grads {

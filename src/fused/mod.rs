@@ -202,12 +202,22 @@ pub(crate) enum WeightGrad {
 
 /// The head weight's `.grad`, when [`WeightGrad::IntoGrad`] may add to it directly.
 fn weight_grad_target(weight: &Tensor, compute: Kind, mode: WeightGrad) -> Result<Option<Tensor>> {
-    if mode == WeightGrad::Surrogate || !weight.requires_grad() || !weight.is_leaf() {
+    match mode {
+        WeightGrad::Surrogate => Ok(None),
+        WeightGrad::IntoGrad => leaf_grad(weight, compute),
+    }
+}
+
+/// The `.grad` of `weight` (a handle sharing its storage) when a gradient may be added to it in place, as
+/// autograd's accumulation would: `weight` is a leaf that requires grad and its `.grad` exists, in `kind`,
+/// with the weight's shape and device, without a graph of its own. `None` otherwise.
+pub(crate) fn leaf_grad(weight: &Tensor, kind: Kind) -> Result<Option<Tensor>> {
+    if !weight.requires_grad() || !weight.is_leaf() {
         return Ok(None);
     }
     let grad = weight.f_grad()?;
     let usable = grad.defined()
-        && grad.f_kind()? == compute
+        && grad.f_kind()? == kind
         && grad.size() == weight.size()
         && grad.device() == weight.device()
         && !grad.requires_grad();
@@ -315,15 +325,12 @@ fn two_pass<T>(
         }
         None => None,
     };
-    let needs = Needs {
-        weight: needs.weight && weight_into.is_none(),
-        ..needs
-    };
+    let needs = needs.through_loss(weight_into.is_some());
     differentiable(prep, &head, needs, loss, grads.as_ref(), logps, value)
 }
 
-/// `loss.detach() + S − S.detach()` with the surrogate `S` of `grads` (zero gradients when `None`: the loss
-/// does not depend on the log-probs, the result is still differentiable).
+/// `loss.detach() + S − S.detach()` with the surrogate `S` of `grads` (zero gradients for what `needs` asks
+/// when `None`: the loss does not depend on the log-probs, the result is still differentiable).
 fn differentiable<T>(
     prep: &Prepared,
     head: &LinearHead<'_>,
@@ -379,10 +386,6 @@ fn fused_grouped_loss<T>(
     let Some(pass) = pass else {
         return two_pass(&prep, head, options, needs, any_grad, weight_into, &loss_fn);
     };
-    let needs = Needs {
-        weight: needs.weight && weight_into.is_none(),
-        ..needs
-    };
     check_finite(&pass.sums, options, "hidden")?;
     let logps = SequenceLogProbs {
         sum: pass.sums.shallow_clone(),
@@ -392,6 +395,7 @@ fn fused_grouped_loss<T>(
     .with_stats_of(&pass.stats)?;
     let (loss, value) = tch::no_grad(|| loss_fn(&logps))?;
     check_scalar(&loss)?;
+    let needs = needs.through_loss(weight_into.is_some());
     differentiable(&prep, &head, needs, loss, pass.grads.as_ref(), logps, value)
 }
 
@@ -519,6 +523,7 @@ pub(crate) fn rpo_with(
     batch: &HiddenBatch<'_>,
     weight_grad: WeightGrad,
 ) -> Result<RpoOutput> {
+    even_rows(batch.labels)?;
     config.validate()?;
     let fused = fused_pair_loss(batch, weight_grad, |b| {
         let out = rpo_loss(config, b)?;
@@ -537,6 +542,7 @@ pub(crate) fn rpo_with(
 /// A DPO-family loss ([`dpo_loss`]) from the final hidden states and the LM head, fused. Arguments,
 /// outputs and errors as [`fused_rpo_loss`].
 pub fn fused_dpo_loss(config: &DpoConfig, batch: &HiddenBatch<'_>) -> Result<DpoOutput> {
+    even_rows(batch.labels)?;
     config.validate()?;
     let fused = fused_pair_loss(batch, WeightGrad::Surrogate, |b| {
         let out = dpo_loss(config, b)?;
@@ -550,13 +556,12 @@ pub fn fused_dpo_loss(config: &DpoConfig, batch: &HiddenBatch<'_>) -> Result<Dpo
 }
 
 /// A preference loss `loss_fn` of the policy's pairs (with the batch's resolved reference and totals),
-/// fused and grouped by pairs.
+/// fused and grouped by pairs. The caller has checked that the rows are even.
 fn fused_pair_loss<T>(
     batch: &HiddenBatch<'_>,
     weight_grad: WeightGrad,
     loss_fn: impl Fn(&PreferenceBatch<'_>) -> Result<(Tensor, T)>,
 ) -> Result<FusedLoss<T>> {
-    even_rows(batch.labels)?;
     let reference = reference_sums(batch)?;
     fused_grouped_loss(
         batch.hidden,

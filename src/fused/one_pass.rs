@@ -92,8 +92,9 @@ pub(crate) struct OnePass {
 }
 
 /// Runs the one-pass schedule, or returns `Ok(None)` (having computed nothing) when a group does not fit the
-/// budget. The weight gradient goes into `weight_into` when given ([`Accumulators::new`]). `coef_of(sums)` evaluates the loss on `[R]` sums (compute dtype) and returns `dL/dsums [R]`, or
-/// `None` when the loss does not depend on them; it must be separable over `grouping`'s groups.
+/// budget. The weight gradient goes into `weight_into` when given ([`Accumulators::new`]). `coef_of(sums)`
+/// evaluates the loss on `[R]` sums (compute dtype) and returns `dL/dsums [R]`, or `None` when the loss does
+/// not depend on them; it must be separable over `grouping`'s groups.
 pub(crate) fn run(
     prep: &Prepared,
     head: &LinearHead<'_>,
@@ -103,8 +104,8 @@ pub(crate) fn run(
     weight_into: Option<Tensor>,
     mut coef_of: impl FnMut(&Tensor) -> Result<Option<Tensor>>,
 ) -> Result<Option<OnePass>> {
-    let per_token =
-        (buffers(prep, head, options) * prep.vocab as usize * prep.compute.elt_size_in_bytes()) as i64;
+    let buffers = buffers(prep, head, options);
+    let per_token = (buffers * prep.vocab as usize * prep.compute.elt_size_in_bytes()) as i64;
     let max_tokens = (options.chunk_bytes as i64 / per_token.max(1)).max(1);
     let counts = Vec::<i64>::try_from(&prep.counts.f_to_device(Device::Cpu)?)?;
     let Some(chunks) = plan(&counts, grouping, max_tokens) else {
@@ -119,7 +120,7 @@ pub(crate) fn run(
         let h_valid = prep.h_valid.f_detach()?;
         let largest = chunks.iter().map(Vec::len).max().unwrap_or(0) as i64;
         // One logits buffer for every chunk of the simple case (no allocation, no page faults per chunk).
-        let buffer = match buffers(prep, head, options) {
+        let buffer = match buffers {
             1 if largest > 0 => Some(Tensor::f_empty([largest, prep.vocab], (compute, device))?),
             _ => None,
         };

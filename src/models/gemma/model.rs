@@ -5,6 +5,7 @@ use tch::{nn, Kind, Tensor};
 use super::config::{GemmaArch, GemmaConfig};
 use super::layers::{linear, soft_cap, Attention, Layer, LayerCache, Mlp, RmsNorm};
 use crate::error::{Error, Result};
+use crate::fused::leaf_grad;
 use crate::train::model::backward_from;
 
 /// A Gemma / Gemma 2 causal language model with a tied LM head.
@@ -287,22 +288,15 @@ impl Gemma {
             return Ok(());
         }
         let weight = &self.embed_tokens;
-        let target = weight.f_grad()?;
-        let in_place = weight.requires_grad()
-            && weight.is_leaf()
-            && target.defined()
-            && target.f_kind()? == weight.f_kind()?
-            && !target.requires_grad();
-        if !in_place {
+        let Some(mut target) = leaf_grad(weight, weight.f_kind()?)? else {
             return backward_from(&self.embed(input_ids)?, grad);
-        }
+        };
         tch::no_grad(|| -> Result<()> {
             let h = weight.size()[1];
             let rows = grad
                 .f_mul(&self.embed_scale(input_ids)?)?
                 .f_reshape([-1, h])?
                 .f_to_kind(target.f_kind()?)?;
-            let mut target = target;
             let _ = target.f_index_add_(0, &input_ids.f_reshape([-1])?, &rows)?;
             Ok(())
         })
