@@ -11,7 +11,9 @@
 //!
 //! `rustc-link-arg` does not propagate to dependent crates: that is what the exported folder is for.
 //!
-//! With the `dist` feature it also compiles the c10d shim `csrc/dist.cpp` (see [`dist::build`]).
+//! With the `train` feature it also compiles the gradient shim `csrc/grad.cpp` (releasing a `.grad`), and with
+//! the `dist` feature the c10d shim `csrc/dist.cpp` (see [`dist::build`]), both against libtorch's headers
+//! ([`shim`]).
 use std::path::Path;
 
 fn main() {
@@ -45,19 +47,82 @@ fn main() {
     if os == "linux" {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch,--as-needed");
     }
+    #[cfg(feature = "train")]
+    {
+        println!("cargo:rerun-if-changed=csrc/grad.cpp");
+        let torch = shim::Torch::find();
+        let mut build = torch.cpp_build();
+        build.file("csrc/grad.cpp");
+        build.compile("tch_rpo_grad");
+        torch.link_cpu();
+    }
     #[cfg(feature = "dist")]
     dist::build();
+}
+
+// ---- C++ shims against libtorch's headers (features `train`, `dist`) --------------------------------------
+#[cfg(any(feature = "train", feature = "dist"))]
+mod shim {
+    use std::path::PathBuf;
+
+    pub fn env(name: &str) -> Option<String> {
+        println!("cargo:rerun-if-env-changed={name}");
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+
+    /// libtorch's folders, as torch-sys found them.
+    pub struct Torch {
+        /// `<torch>/lib`, as torch-sys exported it (often through the `.libtorch` link).
+        pub lib_dir: PathBuf,
+        /// `<site-packages>/torch` (PyPI) or the libtorch folder, resolved.
+        pub torch_dir: PathBuf,
+    }
+
+    impl Torch {
+        pub fn find() -> Self {
+            let lib_dir = PathBuf::from(
+                env("DEP_TCH_LIBTORCH_LIB")
+                    .expect("tch-rpo's C++ shims: torch-sys did not export DEP_TCH_LIBTORCH_LIB"),
+            );
+            let torch_dir = std::fs::canonicalize(&lib_dir)
+                .unwrap_or_else(|_| lib_dir.clone())
+                .parent()
+                .expect("libtorch's lib folder has a parent")
+                .to_path_buf();
+            Self { lib_dir, torch_dir }
+        }
+
+        /// A C++17 build with libtorch's include folders and the ABI switch torch-sys uses (PyPI's torch
+        /// 2.x: the C++11 ABI).
+        pub fn cpp_build(&self) -> cc::Build {
+            let include = self.torch_dir.join("include");
+            let abi = env("LIBTORCH_CXX11_ABI").unwrap_or_else(|| "1".to_owned());
+            let mut build = cc::Build::new();
+            build
+                .cpp(true)
+                .include(&include)
+                .include(include.join("torch/csrc/api/include"))
+                .flag("-std=c++17")
+                .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+                .warnings(false);
+            build
+        }
+
+        /// Links libtorch's CPU libraries (the shims' symbols).
+        pub fn link_cpu(&self) {
+            println!("cargo:rustc-link-search=native={}", self.lib_dir.display());
+            for lib in ["torch_cpu", "c10", "torch"] {
+                println!("cargo:rustc-link-lib=dylib={lib}");
+            }
+        }
+    }
 }
 
 // ---- feature `dist`: the c10d shim (tch_rpo::dist) -------------------------------------------------------
 #[cfg(feature = "dist")]
 mod dist {
+    use super::shim::env;
     use std::path::{Path, PathBuf};
-
-    fn env(name: &str) -> Option<String> {
-        println!("cargo:rerun-if-env-changed={name}");
-        std::env::var(name).ok().filter(|v| !v.is_empty())
-    }
 
     /// Gloo's headers (not in the torch wheel): `TCH_RPO_GLOO_INCLUDE`, else `.gloo/usr/include` in the
     /// repository (linked by scripts/setup.sh to Debian's libgloo-dev unpacked next to the venv), else the
@@ -102,31 +167,15 @@ mod dist {
     pub fn build() {
         println!("cargo:rerun-if-changed=csrc/dist.cpp");
         let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-        let lib_dir = PathBuf::from(
-            env("DEP_TCH_LIBTORCH_LIB")
-                .expect("tch-rpo feature `dist`: torch-sys did not export DEP_TCH_LIBTORCH_LIB"),
-        );
-        // lib_dir = <site-packages>/torch/lib (PyPI) or <libtorch>/lib, often through the `.libtorch` link.
-        let torch_dir = std::fs::canonicalize(&lib_dir)
-            .unwrap_or_else(|_| lib_dir.clone())
-            .parent()
-            .unwrap()
-            .to_path_buf();
-        let include = torch_dir.join("include");
-        // The same ABI switch torch-sys uses (PyPI's torch 2.x: the C++11 ABI).
-        let abi = env("LIBTORCH_CXX11_ABI").unwrap_or_else(|| "1".to_owned());
-        let mut build = cc::Build::new();
+        let torch = super::shim::Torch::find();
+        let lib_dir = &torch.lib_dir;
+        let mut build = torch.cpp_build();
         build
-            .cpp(true)
             .file(manifest.join("csrc/dist.cpp"))
-            .include(&include)
-            .include(include.join("torch/csrc/api/include"))
             .include(gloo_include(&manifest))
-            .flag("-std=c++17")
-            .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
-            .define("USE_C10D_GLOO", None)
-            .warnings(false);
-        let cfg_nccl = torch_dir
+            .define("USE_C10D_GLOO", None);
+        let cfg_nccl = torch
+            .torch_dir
             .parent()
             .and_then(nccl_includes)
             .filter(|_| lib_dir.join("libtorch_cuda.so").exists());
@@ -137,13 +186,10 @@ mod dist {
             }
         }
         build.compile("tch_rpo_dist");
-        println!("cargo:rustc-link-search=native={}", lib_dir.display());
         if cfg_nccl.is_some() {
             println!("cargo:rustc-link-lib=dylib=torch_cuda");
             println!("cargo:rustc-link-lib=dylib=c10_cuda");
         }
-        for lib in ["torch_cpu", "c10", "torch"] {
-            println!("cargo:rustc-link-lib=dylib={lib}");
-        }
+        torch.link_cpu();
     }
 }

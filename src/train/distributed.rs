@@ -193,8 +193,8 @@ impl RpoTrainer {
             // parameter, or it had no shard at all) takes part as zeros; one defined nowhere stays
             // undefined, as in one process.
             for (i, handle) in handles.iter().enumerate() {
-                if values[defined_at + i] > 0.0 && !handle.f_grad()?.defined() {
-                    handle.f_mul_scalar(0.0)?.f_sum(handle.kind())?.f_backward()?;
+                if values[defined_at + i] > 0.0 {
+                    super::grad::ensure_grad(handle)?;
                 }
             }
             let mut grads: Vec<Tensor> = Vec::new();

@@ -15,6 +15,7 @@ pub mod builder;
 pub mod checkpoint;
 pub mod config;
 mod distributed;
+mod grad;
 pub mod metrics;
 pub mod model;
 pub mod optim;

@@ -288,17 +288,17 @@ impl AdamW {
         )
     }
 
-    /// Sets every gradient to zero (where defined), aliases included.
+    /// Releases every gradient, aliases included: `.grad` becomes undefined and its memory is freed (as
+    /// PyTorch's `zero_grad(set_to_none=True)`, its default). The next backward pass allocates fresh
+    /// gradients — only for the parameters it reaches — so between steps, and during the next forward
+    /// pass, no gradient memory is held. A parameter without a gradient is skipped by [`AdamW::step`].
     ///
     /// # Errors
-    /// [`Error::Torch`] if an op fails.
+    /// [`Error::Torch`] if libtorch fails.
     pub fn zero_grad(&mut self) -> Result<()> {
         for p in &self.params {
             for tensor in std::iter::once(&p.param).chain(p.aliases.iter().map(|(_, alias)| alias)) {
-                let mut grad = tensor.f_grad()?;
-                if grad.defined() {
-                    let _ = grad.f_detach_()?.f_zero_()?;
-                }
+                super::grad::release_grad(tensor)?;
             }
         }
         Ok(())
@@ -483,8 +483,9 @@ impl AdamW {
     }
 }
 
-/// Elements per block of the AdamW update ([`AdamW::step`]): 16 Mi f32 (64 MB) per temporary.
-const UPDATE_BLOCK: i64 = 1 << 24;
+/// Elements per block of the AdamW update ([`AdamW::step`]): 4 Mi f32 (16 MB) per temporary, of which
+/// the update keeps up to three alive at once.
+const UPDATE_BLOCK: i64 = 1 << 22;
 
 /// Views (one row block) of a parameter, its moments and its master copy.
 struct UpdateSlots {

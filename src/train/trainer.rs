@@ -9,6 +9,7 @@ use crate::train::accumulate::{Accumulated, StepTotals};
 use crate::train::checkpoint;
 use crate::train::config::RpoTrainerConfig;
 use crate::train::distributed::Parallel;
+use crate::train::grad::ensure_grad;
 use crate::train::metrics::{JsonlLogger, Progress, StepMetrics};
 use crate::train::model::{model_output, training_output, DeferredBackward, ModelOutput, PolicyModel};
 use crate::train::optim::AdamW;
@@ -16,7 +17,6 @@ use crate::train::reference::{model_logprobs, ReferenceSource};
 use crate::train::schedule::LrSchedule;
 use std::path::PathBuf;
 use std::time::Instant;
-use tch::Tensor;
 
 /// A preference trainer: one optimizer step on a batch, or an evaluation without weight change.
 pub trait Trainer {
@@ -551,18 +551,6 @@ impl RpoTrainer {
         self.optimizer.step(lr)?;
         Ok((Some(norm), None))
     }
-}
-
-/// Gives a leaf that requires grad a zero `.grad` when it has none — the tensor its first gradient
-/// accumulation would allocate — so that the fused loss can add the head's gradient to it in place.
-fn ensure_grad(weight: &Tensor) -> Result<()> {
-    if weight.requires_grad() && weight.is_leaf() && !weight.f_grad()?.defined() {
-        tch::with_grad(|| -> Result<()> {
-            weight.f_mul_scalar(0.0)?.f_sum(weight.kind())?.f_backward()?;
-            Ok(())
-        })?;
-    }
-    Ok(())
 }
 
 /// The error for a [`ReferenceSource::InitialPolicy`] that has not been scored.

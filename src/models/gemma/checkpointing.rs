@@ -13,9 +13,14 @@
 //!    their gradient and the leaf receives `dL/dh_l`; finally the embedding rows of the tokens gain their
 //!    share, index-added into the embedding's `.grad` when it exists (no dense `[V, H]` temporary).
 //!
-//! Each recomputation runs the same ops on the same inputs as the checkpoint-free pass, so activations
-//! and per-layer gradients are the same values. Activation memory: `L + 1` hidden states plus one layer's
-//! autograd graph at a time, instead of every layer's.
+//! The recomputation runs a block of `max(1, 512 / T)` batch rows at a time (the rows of a layer are
+//! independent), and each layer input is freed once its layer is done.
+//!
+//! Each recomputation runs the same ops on the same inputs as the checkpoint-free pass. With one row block
+//! (`N·T ≤ 512`) activations and gradients are the same values; with several, a layer's parameter
+//! gradient is the sum of its blocks' contributions, added in another order (and row blocks may take other
+//! matrix-multiply kernels), so gradients agree within f32 rounding. Activation memory: `L + 1` hidden states plus one layer's
+//! autograd graph for one row block at a time, instead of every layer's for the whole batch.
 
 use tch::{Kind, Tensor};
 
@@ -86,6 +91,15 @@ impl Gemma {
     }
 }
 
+/// Tokens per recomputed block of batch rows in [`LayerCheckpoints::backward`]: blocks of
+/// `max(1, RECOMPUTE_TOKENS / T)` rows.
+const RECOMPUTE_TOKENS: i64 = 512;
+
+/// Rows per recomputed block for a batch of `n` rows of `t` positions.
+fn recompute_rows(n: i64, t: i64) -> i64 {
+    (RECOMPUTE_TOKENS / t.max(1)).clamp(1, n.max(1))
+}
+
 impl LayerCheckpoints<'_> {
     /// Carries the gradient of the checkpoint `h_L` (left there by the caller's `loss.backward()`) back
     /// through every layer (recomputed one at a time) and the embedding into the parameters' `.grad`
@@ -94,20 +108,65 @@ impl LayerCheckpoints<'_> {
     /// # Errors
     /// [`crate::Error::Torch`] if an op fails.
     pub fn backward(self) -> Result<()> {
-        let mut grad = self.last.f_grad()?;
+        let LayerCheckpoints {
+            model,
+            input_ids,
+            attention,
+            mut layer_inputs,
+            last,
+        } = self;
+        let mut grad = last.f_grad()?;
+        drop(last);
         if !grad.defined() {
             return Ok(());
         }
         // `backward_from` backpropagates `g` as the backward of `Σ(out ⊙ g)`: exactly `g` reaches `out`.
+        // Each layer input is freed once its layer is done, so the checkpoints shrink as the layers'
+        // gradients grow; each layer is recomputed a block of batch rows at a time (rows are independent
+        // in a layer), so one block's activations are alive at once, not the whole batch's.
+        let (n, t) = match grad.size()[..] {
+            [n, t, _] => (n, t),
+            _ => (1, 1),
+        };
+        let block = recompute_rows(n, t);
+        let blocks: Vec<(i64, i64)> = (0..n)
+            .step_by(block as usize)
+            .map(|s| (s, block.min(n - s)))
+            .collect();
+        let attention: Vec<AttentionInputs> = match blocks.len() {
+            1 => vec![attention],
+            _ => blocks
+                .iter()
+                .map(|&(start, len)| attention.rows(start, len))
+                .collect::<Result<_>>()?,
+        };
         tch::with_grad(|| -> Result<()> {
-            for (layer, input) in self.model.layers().iter().zip(&self.layer_inputs).rev() {
-                let leaf = input.f_detach()?.set_requires_grad(true);
-                let (blocked, (cos, sin)) = self.attention.of(layer);
-                let out = layer.forward(&leaf, cos, sin, blocked, None)?;
-                backward_from(&out, &grad)?;
-                grad = leaf.f_grad()?;
+            for layer in model.layers().iter().rev() {
+                let Some(input) = layer_inputs.pop() else {
+                    break;
+                };
+                let mut input_grads = Vec::with_capacity(blocks.len());
+                for (&(start, len), attention) in blocks.iter().zip(&attention) {
+                    let (leaf, g) = match blocks.len() {
+                        1 => (input.f_detach()?, grad.shallow_clone()),
+                        _ => (
+                            input.f_narrow(0, start, len)?.f_detach()?,
+                            grad.f_narrow(0, start, len)?,
+                        ),
+                    };
+                    let leaf = leaf.set_requires_grad(true);
+                    let (blocked, (cos, sin)) = attention.of(layer);
+                    let out = layer.forward(&leaf, cos, sin, blocked, None)?;
+                    backward_from(&out, &g)?;
+                    input_grads.push(leaf.f_grad()?);
+                }
+                drop(input);
+                grad = match input_grads.len() {
+                    1 => input_grads.pop().expect("one block"),
+                    _ => Tensor::f_cat(&input_grads, 0)?,
+                };
             }
-            self.model.embed_backward(&self.input_ids, &grad)
+            model.embed_backward(&input_ids, &grad)
         })
     }
 }

@@ -404,6 +404,24 @@ pub(super) struct AttentionInputs {
 }
 
 impl AttentionInputs {
+    /// The inputs of batch rows `start .. start + len`: tables and masks with one row per batch row are
+    /// narrowed, those shared by all rows (batch dimension 1) kept.
+    pub(super) fn rows(&self, start: i64, len: i64) -> Result<Self> {
+        let narrow = |t: &Tensor| -> Result<Tensor> {
+            Ok(match t.size().first() {
+                Some(&n) if n > 1 => t.f_narrow(0, start, len)?,
+                _ => t.shallow_clone(),
+            })
+        };
+        let pair = |(a, b): &(Tensor, Tensor)| -> Result<(Tensor, Tensor)> { Ok((narrow(a)?, narrow(b)?)) };
+        Ok(Self {
+            global_rope: pair(&self.global_rope)?,
+            local_rope: pair(&self.local_rope)?,
+            full_blocked: narrow(&self.full_blocked)?,
+            sliding_blocked: self.sliding_blocked.as_ref().map(narrow).transpose()?,
+        })
+    }
+
     /// The mask and the RoPE tables of `layer`.
     pub(super) fn of(&self, layer: &Layer) -> (&Tensor, &(Tensor, Tensor)) {
         match (layer.attention.window, &self.sliding_blocked) {
