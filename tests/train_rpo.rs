@@ -501,6 +501,58 @@ fn schedule_is_linear_warmup_then_cosine() {
 
 /// A tensor listed under two names (a tied head, as in a state dict) is one parameter: the step equals
 /// the step of the same model listing it once.
+/// `AdamW::zero_grad` releases the gradients (PyTorch's `set_to_none`), aliases included: `.grad` is
+/// undefined afterwards, so the next backward's gradient is the new one alone, and `step` skips a parameter
+/// that got none.
+#[test]
+fn zero_grad_releases_gradients_and_step_skips_parameters_without_one() {
+    let w = Tensor::from_slice(&[1.0f32, -2.0, 3.0]).set_requires_grad(true);
+    let unused = Tensor::from_slice(&[0.5f32]).set_requires_grad(true);
+    let named = vec![
+        ("w".to_string(), w.shallow_clone()),
+        ("w.alias".to_string(), w.shallow_clone()),
+        ("unused".to_string(), unused.shallow_clone()),
+    ];
+    let mut opt = AdamW::new(AdamWConfig::default(), &named).unwrap();
+    assert_eq!(opt.params()[0].aliases.len(), 1);
+    (&w * &w).sum(Kind::Float).backward(); // g = 2w
+    (&unused * 3.0).sum(Kind::Float).backward();
+    assert!(w.grad().defined() && unused.grad().defined());
+    opt.zero_grad().unwrap();
+    assert!(!w.grad().defined(), "w's gradient was kept");
+    assert!(!named[1].1.grad().defined(), "the alias's gradient was kept");
+    assert!(!unused.grad().defined(), "unused's gradient was kept");
+    // The next backward starts from nothing: g = 3·[1, 1, 1], not 2w + 3.
+    (&w * 3.0).sum(Kind::Float).backward();
+    assert_eq!(Vec::<f32>::try_from(&w.grad()).unwrap(), vec![3.0, 3.0, 3.0]);
+    let before = unused.double_value(&[0]);
+    opt.step(1e-2).unwrap();
+    assert_eq!(
+        unused.double_value(&[0]),
+        before,
+        "a parameter without gradient moved"
+    );
+    assert!(w.double_value(&[0]) < 1.0, "w did not move");
+}
+
+/// After a trainer step (two micro-batches) no parameter holds a gradient: nothing is kept between steps.
+#[test]
+fn train_step_leaves_no_gradient_behind() {
+    let pairs = preference_pairs(4);
+    let mut t = trainer(
+        6,
+        model_reference(6),
+        config(RpoConfig::paper(0.1, 0.005), 1e-2, 10, 0.0),
+    );
+    let m = t
+        .train_step(&[batch(&pairs, &[0, 1]), batch(&pairs, &[2, 3])])
+        .unwrap();
+    assert!(!m.skipped);
+    for (name, p) in t.model().named_parameters() {
+        assert!(!p.grad().defined(), "{name} still holds a gradient");
+    }
+}
+
 #[test]
 fn tensor_listed_twice_is_updated_once() {
     let pairs = preference_pairs(4);

@@ -102,8 +102,8 @@ fn recompute_rows(n: i64, t: i64) -> i64 {
 
 impl LayerCheckpoints<'_> {
     /// Carries the gradient of the checkpoint `h_L` (left there by the caller's `loss.backward()`) back
-    /// through every layer (recomputed one at a time) and the embedding into the parameters' `.grad`
-    /// (accumulating, like `backward`). Nothing happens if no gradient reached `h_L`.
+    /// through every layer (recomputed one layer and one block of rows at a time) and the embedding into
+    /// the parameters' `.grad` (accumulating, like `backward`). Nothing happens if no gradient reached `h_L`.
     ///
     /// # Errors
     /// [`crate::Error::Torch`] if an op fails.
@@ -162,7 +162,7 @@ impl LayerCheckpoints<'_> {
                 }
                 drop(input);
                 grad = match input_grads.len() {
-                    1 => input_grads.pop().expect("one block"),
+                    1 => input_grads.swap_remove(0),
                     _ => Tensor::f_cat(&input_grads, 0)?,
                 };
             }

@@ -37,7 +37,8 @@
 //! or a GGUF file).
 //!
 //! [`Gemma::forward_hidden_checkpointed`] ([`checkpointing`]) is per-layer activation checkpointing, exact
-//! (the same gradients); [`GemmaPolicy::set_gradient_checkpointing`] turns it on for training.
+//! (the same gradients, within f32 rounding when it recomputes a layer in several blocks of rows);
+//! [`GemmaPolicy::set_gradient_checkpointing`] turns it on for training.
 //!
 //! Parameters live in a [`tch::nn::VarStore`] under the Hugging Face names (`model.embed_tokens.weight`,
 //! `model.layers.{i}.self_attn.q_proj.weight`, …), so [`load_checkpoint`] copies a checkpoint's tensors by

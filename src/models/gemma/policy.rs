@@ -45,10 +45,10 @@ impl GemmaPolicy {
 
     /// Turns per-layer activation (gradient) checkpointing on or off (default off). On, the trainer's
     /// training passes go through [`PolicyModel::forward_checkpointed`]: the layers' activations are
-    /// recomputed during the backward pass instead of kept (one layer's at a time, plus each layer's
-    /// `[N, T, H]` input), for one more forward pass of the layers per step. The loss and gradients are
-    /// the same as without it (`tests/gemma_checkpointing.rs`). Evaluation and reference scoring are
-    /// unaffected.
+    /// recomputed during the backward pass instead of kept (one layer's for one block of rows at a time,
+    /// plus each layer's `[N, T, H]` input), for one more forward pass of the layers per step. The loss
+    /// and gradients are the same as without it, within f32 rounding (`tests/gemma_checkpointing.rs`).
+    /// Evaluation and reference scoring are unaffected.
     pub fn set_gradient_checkpointing(&mut self, on: bool) {
         self.gradient_checkpointing = on;
     }
