@@ -138,6 +138,25 @@ fn accumulate(
     (losses, grads)
 }
 
+/// Asserts that every gradient of `checkpointed` is within 1e-6 of the largest entry of its twin in `plain`
+/// (same names, same order; none all zero) and returns how many are bitwise equal.
+fn assert_grads_close(label: &str, plain: &[(String, Tensor)], checkpointed: &[(String, Tensor)]) -> usize {
+    assert_eq!(plain.len(), checkpointed.len());
+    let mut bitwise = 0;
+    for ((name, a), (name_b, b)) in plain.iter().zip(checkpointed) {
+        assert_eq!(name, name_b);
+        let scale = a.abs().max().double_value(&[]);
+        assert!(scale > 0.0, "{name}: zero gradient, nothing tested");
+        let diff = (a - b).abs().max().double_value(&[]);
+        assert!(
+            diff <= 1e-6 * scale,
+            "{label} {name}: max |Δgrad| {diff:e} vs max |grad| {scale:e}"
+        );
+        bitwise += usize::from(diff == 0.0);
+    }
+    bitwise
+}
+
 #[test]
 fn checkpointed_gradients_equal_plain_gradients() {
     let pairs = preference_pairs(6);
@@ -148,19 +167,8 @@ fn checkpointed_gradients_equal_plain_gradients() {
             let (plain_losses, plain_grads) = accumulate(&plain, &batches, path);
             let (ck_losses, ck_grads) = accumulate(&checkpointed, &batches, path);
             assert_eq!(plain_losses, ck_losses, "{} {path:?}: losses", config.model_type);
-            let mut bitwise = 0;
-            for ((name, a), (name_b, b)) in plain_grads.iter().zip(&ck_grads) {
-                assert_eq!(name, name_b);
-                let scale = a.abs().max().double_value(&[]);
-                assert!(scale > 0.0, "{name}: zero gradient, nothing tested");
-                let diff = (a - b).abs().max().double_value(&[]);
-                assert!(
-                    diff <= 1e-6 * scale,
-                    "{} {path:?} {name}: max |Δgrad| {diff:e} vs max |grad| {scale:e}",
-                    config.model_type
-                );
-                bitwise += usize::from(diff == 0.0);
-            }
+            let label = format!("{} {path:?}", config.model_type);
+            let bitwise = assert_grads_close(&label, &plain_grads, &ck_grads);
             eprintln!(
                 "{} {path:?}: {bitwise} of {} gradients bitwise equal",
                 config.model_type,
@@ -202,16 +210,7 @@ fn checkpointed_gradients_with_row_blocks_equal_plain_gradients() {
         let (plain_losses, plain_grads) = accumulate(&plain, &batches, LossPath::Hidden);
         let (ck_losses, ck_grads) = accumulate(&checkpointed, &batches, LossPath::Hidden);
         assert_eq!(plain_losses, ck_losses, "{}: losses", config.model_type);
-        for ((name, a), (_, b)) in plain_grads.iter().zip(&ck_grads) {
-            let scale = a.abs().max().double_value(&[]);
-            assert!(scale > 0.0, "{name}: zero gradient, nothing tested");
-            let diff = (a - b).abs().max().double_value(&[]);
-            assert!(
-                diff <= 1e-6 * scale,
-                "{} {name}: max |Δgrad| {diff:e} vs max |grad| {scale:e}",
-                config.model_type
-            );
-        }
+        assert_grads_close(&config.model_type, &plain_grads, &ck_grads);
     }
 }
 

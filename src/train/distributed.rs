@@ -157,10 +157,7 @@ impl RpoTrainer {
                 .optimizer
                 .params()
                 .iter()
-                .flat_map(|p| {
-                    std::iter::once(p.param.shallow_clone())
-                        .chain(p.aliases.iter().map(|(_, t)| t.shallow_clone()))
-                })
+                .flat_map(|p| p.handles().map(Tensor::shallow_clone))
                 .collect();
             let (metrics_at, defined_at) = (world, world + Accumulated::VALUES);
             let mut values = vec![0.0; defined_at + handles.len()];

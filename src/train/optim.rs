@@ -130,9 +130,14 @@ impl ParamState {
         Ok(Some(total))
     }
 
+    /// The parameter's tensor, then its aliases' (every handle whose `.grad` autograd may fill).
+    pub fn handles(&self) -> impl Iterator<Item = &Tensor> {
+        std::iter::once(&self.param).chain(self.aliases.iter().map(|(_, t)| t))
+    }
+
     fn distinct_grads(&self) -> Result<Vec<Tensor>> {
         let mut grads: Vec<Tensor> = Vec::new();
-        for t in std::iter::once(&self.param).chain(self.aliases.iter().map(|(_, t)| t)) {
+        for t in self.handles() {
             let g = t.f_grad()?;
             if g.defined() && !grads.iter().any(|h| h.data_ptr() == g.data_ptr()) {
                 grads.push(g);
@@ -297,7 +302,7 @@ impl AdamW {
     /// [`Error::Torch`] if libtorch fails.
     pub fn zero_grad(&mut self) -> Result<()> {
         for p in &self.params {
-            for tensor in std::iter::once(&p.param).chain(p.aliases.iter().map(|(_, alias)| alias)) {
+            for tensor in p.handles() {
                 super::grad::release_grad(tensor)?;
             }
         }

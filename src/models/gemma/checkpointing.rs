@@ -125,21 +125,20 @@ impl LayerCheckpoints<'_> {
         // gradients grow; each layer is recomputed a block of batch rows at a time (rows are independent
         // in a layer), so one block's activations are alive at once, not the whole batch's.
         let (n, t) = match grad.size()[..] {
-            [n, t, _] => (n, t),
-            _ => (1, 1),
+            [n, t, ..] => (n, t),
+            [n] => (n, 1),
+            [] => (1, 1),
         };
         let block = recompute_rows(n, t);
         let blocks: Vec<(i64, i64)> = (0..n)
             .step_by(block as usize)
             .map(|s| (s, block.min(n - s)))
             .collect();
-        let attention: Vec<AttentionInputs> = match blocks.len() {
-            1 => vec![attention],
-            _ => blocks
-                .iter()
-                .map(|&(start, len)| attention.rows(start, len))
-                .collect::<Result<_>>()?,
-        };
+        // Narrowing to all rows (one block) gives views of the whole tensors: the same values.
+        let attention: Vec<AttentionInputs> = blocks
+            .iter()
+            .map(|&(start, len)| attention.rows(start, len))
+            .collect::<Result<_>>()?;
         tch::with_grad(|| -> Result<()> {
             for layer in model.layers().iter().rev() {
                 let Some(input) = layer_inputs.pop() else {
@@ -147,14 +146,8 @@ impl LayerCheckpoints<'_> {
                 };
                 let mut input_grads = Vec::with_capacity(blocks.len());
                 for (&(start, len), attention) in blocks.iter().zip(&attention) {
-                    let (leaf, g) = match blocks.len() {
-                        1 => (input.f_detach()?, grad.shallow_clone()),
-                        _ => (
-                            input.f_narrow(0, start, len)?.f_detach()?,
-                            grad.f_narrow(0, start, len)?,
-                        ),
-                    };
-                    let leaf = leaf.set_requires_grad(true);
+                    let leaf = input.f_narrow(0, start, len)?.f_detach()?.set_requires_grad(true);
+                    let g = grad.f_narrow(0, start, len)?;
                     let (blocked, (cos, sin)) = attention.of(layer);
                     let out = layer.forward(&leaf, cos, sin, blocked, None)?;
                     backward_from(&out, &g)?;
