@@ -317,3 +317,93 @@ fn bad_generation_inputs_are_errors() {
         "{wrong_device:?}"
     );
 }
+
+/// A tiny but valid temperature (down to the smallest positive f64) samples the most likely token: the
+/// tempered logits are computed in f64 after subtracting each row's maximum, so they cannot overflow into
+/// a NaN softmax (before: `logits / 1e-40` overflowed f32, every probability was NaN and every drawn
+/// token was 0).
+#[test]
+fn tiny_temperatures_sample_the_most_likely_token() {
+    let model = fixture("gemma2_tiny");
+    let greedy = generate(&model, &prompts(), &GenerationConfig::greedy(12, vec![], 0)).unwrap();
+    assert!(
+        greedy.tokens.iter().flatten().any(|&t| t != 0),
+        "greedy must not be all 0"
+    );
+    for temperature in [1e-40, 1e-300, f64::MIN_POSITIVE, 5e-324] {
+        let out = sample(&model, temperature, None, None, 5);
+        assert_eq!(out.tokens, greedy.tokens, "temperature {temperature:e}");
+    }
+}
+
+/// A `top_k` of at least the vocabulary size is no limit, whatever its size (before: a `usize` above
+/// `i64::MAX` became a negative k and a raw libtorch error).
+#[test]
+fn top_k_at_or_above_the_vocabulary_is_no_limit() {
+    let model = fixture("gemma2_tiny");
+    let vocab = model.config().vocab_size as usize;
+    let unlimited = sample(&model, 1.0, None, None, 9).tokens;
+    for k in [
+        vocab,
+        vocab + 1,
+        1_000_000,
+        i64::MAX as usize,
+        i64::MAX as usize + 1,
+        usize::MAX,
+    ] {
+        assert_eq!(
+            sample(&model, 1.0, Some(k), None, 9).tokens,
+            unlimited,
+            "top_k {k}"
+        );
+    }
+    // One below the vocabulary still filters: every drawn token is among the V − 1 largest logits.
+    let out = sample(&model, 1.0, Some(vocab - 1), None, 9);
+    for (r, tokens) in out.tokens.iter().enumerate() {
+        for (step, &token) in tokens.iter().enumerate() {
+            let logits = row_of(&out.step_logits[step], r);
+            let min = logits.iter().cloned().fold(f64::INFINITY, f64::min);
+            assert!(logits[token as usize] > min || logits.iter().filter(|&&l| l == min).count() > 1);
+        }
+    }
+}
+
+/// The longest prompt plus `max_new_tokens` beyond the model's `max_position_embeddings` is refused
+/// unless the caller opts in (before: accepted without a word).
+#[test]
+fn generation_beyond_the_trained_positions_needs_an_opt_in() {
+    let model = fixture("gemma2_tiny");
+    let limit = model.config().max_position_embeddings as usize;
+    let longest = prompts().iter().map(Vec::len).max().unwrap();
+    let fits = GenerationConfig::greedy(limit - longest, vec![], 0);
+    assert!(
+        generate(&model, &prompts(), &fits).is_ok(),
+        "exactly max_position_embeddings fits"
+    );
+    let beyond = GenerationConfig::greedy(limit - longest + 1, vec![], 0);
+    match generate(&model, &prompts(), &beyond) {
+        Err(Error::Config { name, requirement }) => {
+            assert_eq!(name, "max_new_tokens");
+            assert!(requirement.contains("max_position_embeddings"), "{requirement}");
+        }
+        other => panic!("expected Config(max_new_tokens), got {other:?}"),
+    }
+    let huge = GenerationConfig::greedy(usize::MAX, vec![], 0);
+    assert!(matches!(
+        generate(&model, &prompts(), &huge),
+        Err(Error::Config {
+            name: "max_new_tokens",
+            ..
+        })
+    ));
+    // Opting in generates past the limit.
+    let opted = GenerationConfig {
+        allow_beyond_max_positions: true,
+        ..GenerationConfig::greedy(2, vec![], 0)
+    };
+    let long_prompt: Vec<i64> = (0..limit as i64).map(|i| 2 + i % 50).collect();
+    let out = generate(&model, &[long_prompt.clone()], &opted).unwrap();
+    assert_eq!(out.tokens[0].len(), 2);
+    let refused = GenerationConfig::greedy(2, vec![], 0);
+    assert!(generate(&model, &[long_prompt], &refused).is_err());
+}

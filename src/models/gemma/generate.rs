@@ -28,15 +28,18 @@ use crate::error::{Error, Result};
 pub enum Sampling {
     /// The most likely token (`argmax` of the logits).
     Greedy,
-    /// A random token: the logits are divided by `temperature`, then only the `top_k` most likely tokens
-    /// are kept (when set), then only the smallest set of most likely tokens whose probability reaches
+    /// A random token: the logits are divided by `temperature` (in f64, after subtracting each row's
+    /// maximum, so that any finite temperature `> 0` gives finite probabilities: a temperature far below
+    /// the logits' differences keeps only the most likely tokens), then only the `top_k` most likely tokens
+    /// are kept (when set; a `top_k` of at least the vocabulary size, `usize::MAX` included, keeps every
+    /// token), then only the smallest set of most likely tokens whose probability reaches
     /// `top_p` (when set; the most likely token is always kept), as `transformers`' warpers do, and a
     /// token is drawn from the renormalized probabilities. Draws use a SplitMix64 generator per row, seeded
     /// from `seed` and the row's index, so a run is reproducible and independent of libtorch's generator.
     Sample {
         /// Softmax temperature, `> 0`.
         temperature: f64,
-        /// Keep only the `k ≥ 1` most likely tokens.
+        /// Keep only the `k ≥ 1` most likely tokens (no limit when `k ≥ V`).
         top_k: Option<usize>,
         /// Nucleus mass in `(0, 1]`.
         top_p: Option<f64>,
@@ -117,6 +120,11 @@ pub struct GenerationConfig {
     /// Keep the raw logits `[N, V]` (f32, before temperature and filtering) of every step in
     /// [`Generation::step_logits`].
     pub keep_logits: bool,
+    /// Allow the longest prompt plus `max_new_tokens` to exceed the model's
+    /// [`GemmaConfig::max_position_embeddings`](super::GemmaConfig::max_position_embeddings), the positions
+    /// it was trained on (RoPE extrapolates, but the outputs there are untested). Default `false`:
+    /// [`generate`] refuses such a request.
+    pub allow_beyond_max_positions: bool,
 }
 
 impl GenerationConfig {
@@ -129,6 +137,7 @@ impl GenerationConfig {
             pad_id,
             use_cache: true,
             keep_logits: false,
+            allow_beyond_max_positions: false,
         }
     }
 }
@@ -159,8 +168,9 @@ impl SplitMix64 {
     }
 }
 
-/// The logits `[N, V]` (f32) with the tokens that `top_k` / `top_p` exclude set to −∞, after dividing by
-/// `temperature`.
+/// The tempered logits `[N, V]` (f64): `(logits − max) / temperature` per row, so the most likely token
+/// has 0 and every value is finite or −∞ whatever the temperature (`> 0`), with the tokens that `top_k` /
+/// `top_p` exclude set to −∞.
 fn filtered_logits(
     logits: &Tensor,
     temperature: f64,
@@ -168,17 +178,20 @@ fn filtered_logits(
     top_p: Option<f64>,
 ) -> Result<Tensor> {
     let vocab = logits.size()[1];
-    let mut logits = logits.f_div_scalar(temperature)?;
-    if let Some(k) = top_k.map(|k| k as i64).filter(|&k| k < vocab) {
+    let logits = logits.f_to_kind(Kind::Double)?;
+    let (max, _) = logits.f_max_dim(-1, true)?;
+    let mut logits = logits.f_sub(&max)?.f_div_scalar(temperature)?;
+    // A k of at least V (any usize, however large) keeps every token.
+    if let Some(k) = top_k.and_then(|k| i64::try_from(k).ok()).filter(|&k| k < vocab) {
         let (values, _) = logits.f_topk(k, -1, true, true)?;
         let kth = values.f_narrow(1, k - 1, 1)?;
         logits = logits.f_masked_fill(&logits.f_lt_tensor(&kth)?, f64::NEG_INFINITY)?;
     }
     if let Some(p) = top_p.filter(|&p| p < 1.0) {
         let (sorted, order) = logits.f_sort(-1, true)?;
-        let probs = sorted.f_softmax(-1, Kind::Float)?;
+        let probs = sorted.f_softmax(-1, Kind::Double)?;
         // Drop a token when the more likely ones already reach p (the first is always kept).
-        let before = probs.f_cumsum(-1, Kind::Float)?.f_sub(&probs)?;
+        let before = probs.f_cumsum(-1, Kind::Double)?.f_sub(&probs)?;
         let drop_sorted = before.f_ge(p)?;
         let drop = drop_sorted.f_zeros_like()?.f_scatter(1, &order, &drop_sorted)?;
         logits = logits.f_masked_fill(&drop, f64::NEG_INFINITY)?;
@@ -199,19 +212,19 @@ fn choose(logits: &Tensor, sampling: &Sampling, rngs: &mut [SplitMix64]) -> Resu
             ..
         } => {
             let probs = filtered_logits(logits, temperature, top_k, top_p)?
-                .f_softmax(-1, Kind::Float)?
+                .f_softmax(-1, Kind::Double)?
                 .f_to_device(Device::Cpu)?;
             let vocab = probs.size()[1] as usize;
-            let flat = Vec::<f32>::try_from(probs.f_flatten(0, -1)?)?;
+            let flat = Vec::<f64>::try_from(probs.f_flatten(0, -1)?)?;
             let mut next = Vec::with_capacity(rngs.len());
             for (row, rng) in flat.chunks(vocab).zip(rngs.iter_mut()) {
-                let total: f64 = row.iter().map(|&p| f64::from(p)).sum();
+                let total: f64 = row.iter().sum();
                 let target = rng.next_f64() * total;
                 let mut acc = 0.0;
                 // The last token with nonzero probability, in case rounding leaves `target` past the sum.
                 let mut chosen = row.iter().rposition(|&p| p > 0.0).unwrap_or(0);
                 for (id, &p) in row.iter().enumerate() {
-                    acc += f64::from(p);
+                    acc += p;
                     if p > 0.0 && acc > target {
                         chosen = id;
                         break;
@@ -245,7 +258,9 @@ fn left_padded(rows: &[Vec<i64>], pad: i64, width: usize) -> Vec<i64> {
 /// `config.stop_ids`; generation ends when every row stopped or after `max_new_tokens` steps.
 ///
 /// # Errors
-/// [`Error::Shape`] for an empty prompt; [`Error::InvalidParameter`] for bad sampling parameters; those of
+/// [`Error::Shape`] for an empty prompt; [`Error::InvalidParameter`] for bad sampling parameters;
+/// [`Error::Config`] (`max_new_tokens`) when the longest prompt plus `max_new_tokens` exceeds the model's
+/// `max_position_embeddings` and [`GenerationConfig::allow_beyond_max_positions`] is not set; those of
 /// [`Gemma::forward_hidden_at`] (e.g. [`Error::TokenOutOfRange`] for a prompt id or `pad_id` outside the
 /// vocabulary).
 pub fn generate(model: &Gemma, prompts: &[Vec<i64>], config: &GenerationConfig) -> Result<Generation> {
@@ -255,6 +270,20 @@ pub fn generate(model: &Gemma, prompts: &[Vec<i64>], config: &GenerationConfig) 
             arg: "prompts",
             expected: format!("a non-empty prompt at index {i}"),
             got: vec![0],
+        });
+    }
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let max_positions = model.config().max_position_embeddings;
+    let needed = (longest as u128) + (config.max_new_tokens as u128);
+    if !config.allow_beyond_max_positions && !prompts.is_empty() && needed > max_positions.max(0) as u128 {
+        return Err(Error::Config {
+            name: "max_new_tokens",
+            requirement: format!(
+                "the longest prompt ({longest} tokens) + max_new_tokens ({}) = {needed} positions exceeds the \
+                 model's max_position_embeddings ({max_positions}); shorten them, or set \
+                 allow_beyond_max_positions to generate past the trained positions",
+                config.max_new_tokens
+            ),
         });
     }
     let rows = prompts.len();
