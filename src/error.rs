@@ -124,7 +124,7 @@ pub enum Error {
         reduction: &'static str,
     },
     /// A scalar hyper-parameter is outside its domain.
-    #[error("`{name}` = {value} is invalid: {requirement}")]
+    #[error("`{name}` = {} is invalid: {requirement}", readable(*.value))]
     InvalidParameter {
         /// The parameter's name.
         name: &'static str,
@@ -338,6 +338,17 @@ fn unresponsive_note(ranks: &[usize]) -> String {
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// `value` as a reader wants it: Rust's shortest round-trip form (`0.1`, `1000`, `NaN`) for magnitudes in
+/// `[1e-4, 1e16)` and zero, scientific notation (`1e-300`, `2.5e20`) outside, instead of hundreds of digits.
+pub(crate) fn readable(value: f64) -> String {
+    let magnitude = value.abs();
+    if value == 0.0 || !value.is_finite() || (1e-4..1e16).contains(&magnitude) {
+        format!("{value}")
+    } else {
+        format!("{value:e}")
+    }
+}
 
 /// libtorch's message in `error` without the C++ backtrace: for [`TchError::Torch`], the lines before
 /// libtorch's `Exception raised from …` line (which starts the backtrace), without trailing blank lines

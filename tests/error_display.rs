@@ -47,3 +47,32 @@ fn other_errors_have_no_torch_details() {
     let error = Error::from(tch::TchError::Kind("not a float".into()));
     assert_eq!(error.to_string(), "libtorch: tensor kind error: not a float");
 }
+
+/// Parameter values print readably: an extreme magnitude in scientific notation instead of hundreds of
+/// digits (before: β = 1e-300 printed as `0.000…0001` with 300 zeros), ordinary ones as written.
+#[test]
+fn parameter_values_print_readably() {
+    use tch_rpo::{DpoConfig, DpoLoss};
+    let tiny_beta = DpoConfig::new(DpoLoss::Ipo, 1e-300).validate().unwrap_err();
+    let text = tiny_beta.to_string();
+    assert!(text.starts_with("`beta` = 1e-300 is invalid"), "{text}");
+    assert!(text.len() < 200, "{} characters: {text}", text.len());
+    for (value, shown) in [
+        (0.1, "0.1"),
+        (1000.0, "1000"),
+        (0.0, "0"),
+        (-2.5, "-2.5"),
+        (f64::NAN, "NaN"),
+        (f64::INFINITY, "inf"),
+        (1e-5, "1e-5"),
+        (2.5e20, "2.5e20"),
+        (f64::MIN_POSITIVE, "2.2250738585072014e-308"),
+    ] {
+        let error = Error::InvalidParameter {
+            name: "x",
+            value,
+            requirement: "r",
+        };
+        assert_eq!(error.to_string(), format!("`x` = {shown} is invalid: r"));
+    }
+}

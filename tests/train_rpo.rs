@@ -676,21 +676,21 @@ fn bad_settings_are_refused() {
             grad_accum_steps: 0,
             ..base()
         }),
-        "grad_accum_steps",
+        "gradient_accumulation_steps",
     );
     expect_invalid(
         build(RpoTrainerConfig {
             batch_pairs: 0,
             ..base()
         }),
-        "batch_pairs",
+        "batch_size",
     );
     expect_invalid(
         build(RpoTrainerConfig {
             max_steps: 0,
             ..base()
         }),
-        "total_steps",
+        "max_steps",
     );
     expect_invalid(
         build(RpoTrainerConfig {
@@ -704,7 +704,7 @@ fn bad_settings_are_refused() {
             learning_rate: f64::NAN,
             ..base()
         }),
-        "peak_lr",
+        "learning_rate",
     );
     expect_invalid(
         build(RpoTrainerConfig {
@@ -772,7 +772,7 @@ fn bad_settings_are_refused() {
         RpoTrainer::builder(TinyLm::new(19, HIDDEN))
             .reference(ReferenceSource::Free)
             .build(),
-        "total_steps",
+        "max_steps",
     );
     assert!(matches!(
         build(base()).unwrap().resume_latest(),
@@ -839,4 +839,36 @@ fn readme_trainer_quick_start_is_the_example() {
         .filter(|l| !l.trim().is_empty() && !l.starts_with("//!"))
         .count();
     assert!(count < 40, "{count} lines of glue");
+}
+
+/// Settings that size what a step holds are bounded with a typed error, never a panic: accumulation over
+/// more micro-batches than an epoch has (before: `gradient_accumulation_steps(usize::MAX)` built, then
+/// `fit` panicked with "capacity overflow"); a batch size of `usize::MAX` takes the whole data set (before:
+/// the sampler's `start + batch_pairs` overflowed). Error names are the builder's.
+#[test]
+fn huge_numeric_settings_are_errors_not_panics() {
+    let pairs = preference_pairs(6);
+    let build = |accum: usize, batch: usize| {
+        RpoTrainer::builder(TinyLm::new(19, HIDDEN))
+            .reference(ReferenceSource::Free)
+            .max_steps(1)
+            .progress(false)
+            .batch_size(batch)
+            .gradient_accumulation_steps(accum)
+            .build()
+            .unwrap()
+    };
+    for (accum, batch) in [(usize::MAX, 2), (4, 2), (2, usize::MAX)] {
+        match build(accum, batch).fit(&pairs, &collator()) {
+            Err(tch_rpo::Error::Config { name, requirement }) => {
+                assert_eq!(name, "gradient_accumulation_steps");
+                assert!(requirement.contains("one epoch"), "{requirement}");
+            }
+            other => panic!("accumulation {accum} × batch {batch}: expected a Config error, got {other:?}"),
+        }
+    }
+    // At the bound (3 micro-batches of 2 = the 6 pairs) and with the whole set as one batch, it trains.
+    assert_eq!(build(3, 2).fit(&pairs, &collator()).unwrap().len(), 1);
+    let whole = build(1, usize::MAX).fit(&pairs, &collator()).unwrap();
+    assert_eq!(whole.len(), 1);
 }

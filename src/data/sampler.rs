@@ -123,7 +123,7 @@ impl BatchSampler {
             self.order = self.epoch_order(self.position.epoch);
         }
         let start = self.position.cursor;
-        let end = (start + self.batch_pairs).min(self.len);
+        let end = start.saturating_add(self.batch_pairs).min(self.len);
         self.position.cursor = end;
         self.order[start..end].to_vec()
     }

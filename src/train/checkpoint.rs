@@ -123,6 +123,7 @@ pub struct CheckpointData {
 /// # Errors
 /// [`Error::Io`] if a file cannot be written; [`Error::Torch`] if a tensor cannot be serialized.
 pub fn save(dir: &Path, data: &CheckpointData) -> Result<PathBuf> {
+    check_checkpoint_dir(dir)?;
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     remove_stale_temporaries(dir)?;
     let base = format!("step-{:08}", data.step);
@@ -212,6 +213,55 @@ fn write_into(tmp: &Path, data: &CheckpointData) -> Result<()> {
     sync_path(tmp)
 }
 
+/// What is at `path`, in words, for an error message: `None` for a directory (what a checkpoint path
+/// must be), else "does not exist", "is a file" or what else it is.
+fn not_a_directory(path: &Path) -> Option<String> {
+    match fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => None,
+        Ok(meta) if meta.is_file() => Some("is a file, not a directory".to_string()),
+        Ok(_) => Some("is not a directory".to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fs::symlink_metadata(path) {
+            Ok(_) => Some("is a symbolic link to nothing".to_string()),
+            Err(_) => Some("does not exist".to_string()),
+        },
+        Err(e) => Some(format!("cannot be examined ({e})")),
+    }
+}
+
+/// Refuses a run checkpoint directory `dir` that exists but is not a directory (a file, say): saving and
+/// resuming would otherwise fail with the operating system's bare "File exists" / "Not a directory".
+fn check_checkpoint_dir(dir: &Path) -> Result<()> {
+    if fs::metadata(dir).is_ok_and(|meta| !meta.is_dir()) {
+        return Err(Error::Checkpoint {
+            path: dir.display().to_string(),
+            reason: format!(
+                "the checkpoint directory (checkpoint_dir) {}",
+                not_a_directory(dir).unwrap_or_default()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// `entry`, resolved through any symbolic links, if it stays inside `root` (also resolved); an
+/// [`Error::Checkpoint`] naming it otherwise. Checkpoints never contain links of their own: one that leads
+/// elsewhere would make a load read (or a prune delete) files outside the checkpoint directory.
+fn confined(root: &Path, entry: &Path) -> Result<PathBuf> {
+    let resolve = |p: &Path| fs::canonicalize(p).map_err(|e| Error::io(p, e));
+    let (root_real, entry_real) = (resolve(root)?, resolve(entry)?);
+    if !entry_real.starts_with(&root_real) {
+        return Err(Error::Checkpoint {
+            path: entry.display().to_string(),
+            reason: format!(
+                "is a symbolic link to {}, outside {}: refused",
+                entry_real.display(),
+                root_real.display()
+            ),
+        });
+    }
+    Ok(entry_real)
+}
+
 /// `(step, suffix)` of a checkpoint directory name `step-NNNNNNNN` or `step-NNNNNNNN-k`.
 fn parse_name(name: &str) -> Option<(u64, u64)> {
     let rest = name.strip_prefix("step-")?;
@@ -226,18 +276,19 @@ fn parse_name(name: &str) -> Option<(u64, u64)> {
 }
 
 /// The checkpoints directly under `dir` (directories named `step-…` holding a manifest), oldest first
-/// (by step, then suffix).
+/// (by step, then suffix). An entry that is a symbolic link leading outside `dir` is not a checkpoint.
 ///
 /// # Errors
-/// [`Error::Io`] if `dir` cannot be listed.
+/// [`Error::Checkpoint`] if `dir` exists but is not a directory; [`Error::Io`] if it cannot be listed.
 pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
+    check_checkpoint_dir(dir)?;
     let mut found = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if let Some(key) = parse_name(&name) {
             let path = entry.path();
-            if path.join(MANIFEST_FILE).is_file() {
+            if path.join(MANIFEST_FILE).is_file() && confined(dir, &path).is_ok() {
                 found.push((key, path));
             }
         }
@@ -276,9 +327,12 @@ pub fn prune(dir: &Path, keep: usize) -> Result<Vec<PathBuf>> {
 /// The checkpoint `dir/latest` points at, or `None` if there is no pointer yet.
 ///
 /// # Errors
-/// [`Error::Io`] if the pointer cannot be read; [`Error::Checkpoint`] if it names a missing directory or
-/// anything but one path component inside `dir` (`..`, `.`, an absolute path, a `/`).
+/// [`Error::Io`] if the pointer cannot be read; [`Error::Checkpoint`] if `dir` exists but is not a
+/// directory, or the pointer names anything but one path component inside `dir` (`..`, `.`, an absolute
+/// path, a `/`), an entry that does not exist or is not a directory, or a symbolic link leading outside
+/// `dir` (each said as such).
 pub fn latest(dir: &Path) -> Result<Option<PathBuf>> {
+    check_checkpoint_dir(dir)?;
     let pointer = dir.join(LATEST_FILE);
     let name = match fs::read_to_string(&pointer) {
         Ok(name) => name,
@@ -300,12 +354,13 @@ pub fn latest(dir: &Path) -> Result<Option<PathBuf>> {
         });
     }
     let path = dir.join(name.trim());
-    if !path.is_dir() {
+    if let Some(what) = not_a_directory(&path) {
         return Err(Error::Checkpoint {
             path: pointer.display().to_string(),
-            reason: format!("points at `{}`, which does not exist", name.trim()),
+            reason: format!("points at `{}`, which {what}", name.trim()),
         });
     }
+    confined(dir, &path)?;
     Ok(Some(path))
 }
 
@@ -327,14 +382,22 @@ pub struct LoadedCheckpoint {
 /// Checks the manifest of the checkpoint at `path` (sizes and checksums of every file).
 ///
 /// # Errors
-/// [`Error::Checkpoint`] naming the problem: no or unreadable manifest, unknown format, a missing file, a
-/// size or checksum mismatch. Returns the names of the files the manifest lists (all verified).
+/// [`Error::Checkpoint`] naming the problem: `path` missing or not a directory, no or unreadable
+/// manifest, unknown format, a missing file (or a directory where a file should be), a symbolic link
+/// leading outside the checkpoint, a size or checksum mismatch. Returns the names of the files the
+/// manifest lists (all verified).
 pub fn verify(path: &Path) -> Result<Vec<String>> {
     let bad = |reason: String| Error::Checkpoint {
         path: path.display().to_string(),
         reason,
     };
+    if let Some(what) = not_a_directory(path) {
+        return Err(bad(format!("the checkpoint {what}")));
+    }
     let manifest_path = path.join(MANIFEST_FILE);
+    if manifest_path.exists() {
+        confined(path, &manifest_path)?;
+    }
     let text = fs::read(&manifest_path).map_err(|e| {
         bad(format!(
             "cannot read `{MANIFEST_FILE}` ({e}): the checkpoint is incomplete or not one"
@@ -379,9 +442,12 @@ pub fn verify(path: &Path) -> Result<Vec<String>> {
             )));
         }
         let file = path.join(name);
-        let actual_len = fs::metadata(&file)
-            .map_err(|e| bad(format!("`{name}` is missing ({e})")))?
-            .len();
+        let meta = fs::metadata(&file).map_err(|e| bad(format!("`{name}` is missing ({e})")))?;
+        if !meta.is_file() {
+            return Err(bad(format!("`{name}` is not a file")));
+        }
+        confined(path, &file)?;
+        let actual_len = meta.len();
         if actual_len != bytes {
             return Err(bad(format!(
                 "`{name}` has {actual_len} bytes but the manifest says {bytes}: the file is truncated or was \

@@ -145,21 +145,37 @@ impl RpoTrainerConfig {
     /// Checks every setting.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] naming the setting: the objective's β, η, weights; the schedule;
-    /// `max_grad_norm` not finite and > 0; `batch_pairs`, `grad_accum_steps`, `save_steps` or
-    /// `save_total_limit` equal to 0; AdamW's hyper-parameters. [`Error::Config`] for `save_steps` or
-    /// `save_total_limit` without a `checkpoint_dir`.
+    /// [`Error::InvalidParameter`] naming the setting by its [`crate::train::RpoTrainerBuilder`] name
+    /// (TRL's): the objective's β, η, weights; `max_steps` equal to 0; `learning_rate` not finite and
+    /// `>= 0`; the warmup; `max_grad_norm` not finite and > 0; `batch_size` (`batch_pairs`),
+    /// `gradient_accumulation_steps` (`grad_accum_steps`), `save_steps` or `save_total_limit` equal to 0;
+    /// AdamW's hyper-parameters. [`Error::Config`] for `save_steps` or `save_total_limit` without a
+    /// `checkpoint_dir`.
     pub fn check(&self) -> Result<()> {
         self.rpo.validate()?;
         self.logprobs.validate()?;
+        if self.max_steps == 0 {
+            return Err(Error::InvalidParameter {
+                name: "max_steps",
+                value: 0.0,
+                requirement: "must be >= 1 (set it: it has no default)",
+            });
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
+            return Err(Error::InvalidParameter {
+                name: "learning_rate",
+                value: self.learning_rate,
+                requirement: "must be finite and >= 0",
+            });
+        }
         self.schedule()?;
         self.optimizer.check()?;
         if let Some(norm) = self.max_grad_norm {
             crate::validate::positive_finite("max_grad_norm", norm)?;
         }
         for (name, value) in [
-            ("batch_pairs", self.batch_pairs as u64),
-            ("grad_accum_steps", self.grad_accum_steps as u64),
+            ("batch_size", self.batch_pairs as u64),
+            ("gradient_accumulation_steps", self.grad_accum_steps as u64),
             ("save_steps", self.save_steps.unwrap_or(1)),
             ("save_total_limit", self.save_total_limit.unwrap_or(1) as u64),
         ] {

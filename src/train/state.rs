@@ -86,10 +86,7 @@ impl RpoTrainer {
         };
         let state = &loaded.state;
         let int = |key: &str| -> Result<u64> {
-            state
-                .get(key)
-                .and_then(Value::as_u64)
-                .ok_or_else(|| bad(format!("trainer state lacks `{key}`")))
+            state_integer(state, key).map_err(|r| bad(format!("trainer state {r}")))
         };
         let (step, adam_step, skipped, seed) = (
             int("step")?,
@@ -113,11 +110,7 @@ impl RpoTrainer {
         let data = match state.get("data") {
             None | Some(Value::Null) => None,
             Some(d) => {
-                let field = |key: &str| {
-                    d.get(key)
-                        .and_then(Value::as_u64)
-                        .ok_or_else(|| bad(format!("data state lacks `{key}`")))
-                };
+                let field = |key: &str| state_integer(d, key).map_err(|r| bad(format!("data state {r}")));
                 Some(DataState {
                     position: SamplerPosition {
                         epoch: field("epoch")?,
@@ -180,5 +173,17 @@ impl RpoTrainer {
         self.sampler = None;
         self.resumed_at = Some(step);
         Ok(())
+    }
+}
+
+/// The non-negative integer `object[key]` of a saved state, or what is wrong with it: absent ("lacks
+/// `step`"), or present but not an integer in `[0, 2⁶⁴)` ("has `step` = 1e30, …"), so that a damaged value
+/// is not reported as a missing one.
+fn state_integer(object: &Value, key: &str) -> std::result::Result<u64, String> {
+    match object.get(key) {
+        None | Some(Value::Null) => Err(format!("lacks `{key}`")),
+        Some(value) => value
+            .as_u64()
+            .ok_or_else(|| format!("has `{key}` = {value}, which is not an integer in [0, 2^64)")),
     }
 }

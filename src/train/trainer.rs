@@ -336,6 +336,19 @@ impl RpoTrainer {
     }
 
     fn prepare_sampler(&mut self, dataset_len: usize) -> Result<()> {
+        // The micro-batches of a step are collated before it runs: more than one epoch's would hold (and
+        // train on) pairs twice in one step, and a huge count would exhaust memory instead of failing.
+        let per_epoch = dataset_len.div_ceil(self.config.batch_pairs.max(1));
+        if self.config.grad_accum_steps > per_epoch.max(1) {
+            return Err(Error::Config {
+                name: "gradient_accumulation_steps",
+                requirement: format!(
+                    "{} micro-batches per optimizer step exceed the {per_epoch} micro-batches of one epoch \
+                     ({dataset_len} pairs, batch_size {}): an optimizer step takes at most one epoch",
+                    self.config.grad_accum_steps, self.config.batch_pairs
+                ),
+            });
+        }
         let wanted = DataState {
             position: SamplerPosition::default(),
             dataset_len,
