@@ -385,3 +385,32 @@ fn tensor_loader_counts_every_parameter() {
     assert_eq!(copied, vs.variables().len());
     assert_eq!(copied, 2 + 3 * 11);
 }
+
+/// Sizes that size an allocation are bounded: a configuration whose parameter count overflows i64 is a
+/// `Config` error, one too large for the memory is `OutOfMemory` naming the parameter (before: tch's
+/// `var` panicked, or the shape products overflowed).
+#[test]
+fn huge_configurations_are_errors_not_panics() {
+    let base = GemmaConfig::small_gemma2(32);
+    let mut overflowing = base.clone();
+    overflowing.hidden_size = 1 << 40;
+    overflowing.intermediate_size = 1 << 40;
+    assert!(
+        matches!(overflowing.validate(), Err(Error::Config { name: "hidden_size", .. })),
+        "{:?}",
+        overflowing.validate()
+    );
+    // 2^40 vocabulary rows of f32 (over 100 TiB): a valid size that no machine can allocate.
+    let mut huge = base;
+    huge.vocab_size = 1 << 40;
+    huge.validate().unwrap();
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    match gemma::Gemma::new(&vs.root(), &huge) {
+        Err(Error::OutOfMemory { what, bytes }) => {
+            assert!(what.contains("model.embed_tokens.weight"), "{what}");
+            assert_eq!(bytes, (1u64 << 40) * huge.hidden_size as u64 * 4);
+        }
+        Err(other) => panic!("expected OutOfMemory, got {other:?}"),
+        Ok(_) => panic!("a 16 PiB parameter was allocated"),
+    }
+}

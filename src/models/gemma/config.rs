@@ -395,6 +395,31 @@ impl GemmaConfig {
                 return Err(config_error(name, format!("{value} must be positive")));
             }
         }
+        // Every parameter's element count (and the whole model's) must be a valid tensor size: products
+        // of the sizes above, checked instead of overflowing into a negative shape.
+        let (h, hd) = (self.hidden_size, self.head_size());
+        let per_layer = [
+            self.num_attention_heads
+                .checked_mul(hd)
+                .and_then(|q| q.checked_mul(h)),
+            self.kv_heads().checked_mul(hd).and_then(|kv| kv.checked_mul(h)),
+            self.intermediate_size.checked_mul(h),
+        ];
+        let total = per_layer
+            .iter()
+            .try_fold(0i64, |acc, n| n.and_then(|n| acc.checked_add(n.checked_mul(3)?)))
+            .and_then(|layer| layer.checked_mul(self.num_hidden_layers))
+            .and_then(|layers| layers.checked_add(self.vocab_size.checked_mul(h)?));
+        if total.is_none() {
+            return Err(config_error(
+                "hidden_size",
+                format!(
+                    "vocab_size {} × hidden_size {h}, heads {} × head_dim {hd}, intermediate_size {} and \
+                     {} layers give more than 2^63 parameters",
+                    self.vocab_size, self.num_attention_heads, self.intermediate_size, self.num_hidden_layers
+                ),
+            ));
+        }
         if self.num_attention_heads % self.kv_heads() != 0 {
             return Err(config_error(
                 "num_attention_heads",

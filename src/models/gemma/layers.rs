@@ -4,7 +4,23 @@
 use tch::{nn, Kind, Tensor};
 
 use super::config::Activation;
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// A new parameter `path/name` of shape `dims`: libtorch's failure to allocate it (a configuration whose
+/// sizes exceed the memory) is [`Error::OutOfMemory`] naming it, where tch's `var` would panic.
+pub(crate) fn parameter(path: &nn::Path, name: &str, dims: &[i64], init: nn::Init) -> Result<Tensor> {
+    path.f_var(name, dims, init).map_err(|e| {
+        let elements = dims
+            .iter()
+            .map(|&d| d.max(0) as u64)
+            .fold(1u64, u64::saturating_mul);
+        let bytes = elements.saturating_mul(path.kind().elt_size_in_bytes() as u64);
+        let reason = e.to_string();
+        let first_line = reason.lines().next().unwrap_or_default();
+        let what = format!("parameter `{}` {dims:?} ({first_line})", path.path(name));
+        Error::OutOfMemory { what, bytes }
+    })
+}
 
 /// RMSNorm with Gemma's `(1 + w)` scale, computed in f32.
 pub(crate) struct RmsNorm {
@@ -13,11 +29,11 @@ pub(crate) struct RmsNorm {
 }
 
 impl RmsNorm {
-    pub(crate) fn new(path: nn::Path, size: i64, eps: f64) -> Self {
-        Self {
-            weight: path.var("weight", &[size], nn::Init::Const(0.0)),
+    pub(crate) fn new(path: nn::Path, size: i64, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: parameter(&path, "weight", &[size], nn::Init::Const(0.0))?,
             eps,
-        }
+        })
     }
 
     pub(crate) fn shallow_clone(&self) -> Self {

@@ -3,7 +3,7 @@
 use tch::{nn, Kind, Tensor};
 
 use super::config::{GemmaArch, GemmaConfig};
-use super::layers::{linear, soft_cap, Attention, Layer, LayerCache, Mlp, RmsNorm};
+use super::layers::{linear, parameter, soft_cap, Attention, Layer, LayerCache, Mlp, RmsNorm};
 use crate::error::{Error, Result};
 use crate::fused::leaf_grad;
 use crate::train::model::backward_from;
@@ -49,17 +49,32 @@ impl Gemma {
             false => nn::Init::Const(0.0),
         };
         let model = path / "model";
-        let embed_tokens = (&model / "embed_tokens").var("weight", &[config.vocab_size, h], init);
+        let embed_tokens = parameter(
+            &(&model / "embed_tokens"),
+            "weight",
+            &[config.vocab_size, h],
+            init,
+        )?;
         let mut layers = Vec::with_capacity(windows.len());
         for (i, window) in windows.iter().enumerate() {
             let lp = &model / "layers" / i;
             let ap = &lp / "self_attn";
             let mp = &lp / "mlp";
             let attention = Attention {
-                q_proj: (&ap / "q_proj").var("weight", &[config.num_attention_heads * hd, h], init),
-                k_proj: (&ap / "k_proj").var("weight", &[config.kv_heads() * hd, h], init),
-                v_proj: (&ap / "v_proj").var("weight", &[config.kv_heads() * hd, h], init),
-                o_proj: (&ap / "o_proj").var("weight", &[h, config.num_attention_heads * hd], init),
+                q_proj: parameter(
+                    &(&ap / "q_proj"),
+                    "weight",
+                    &[config.num_attention_heads * hd, h],
+                    init,
+                )?,
+                k_proj: parameter(&(&ap / "k_proj"), "weight", &[config.kv_heads() * hd, h], init)?,
+                v_proj: parameter(&(&ap / "v_proj"), "weight", &[config.kv_heads() * hd, h], init)?,
+                o_proj: parameter(
+                    &(&ap / "o_proj"),
+                    "weight",
+                    &[h, config.num_attention_heads * hd],
+                    init,
+                )?,
                 heads: config.num_attention_heads,
                 kv_heads: config.kv_heads(),
                 head_dim: hd,
@@ -70,28 +85,44 @@ impl Gemma {
                     None
                 },
                 window: *window,
-                q_norm: (arch == GemmaArch::Gemma3).then(|| RmsNorm::new(&ap / "q_norm", hd, eps)),
-                k_norm: (arch == GemmaArch::Gemma3).then(|| RmsNorm::new(&ap / "k_norm", hd, eps)),
+                q_norm: (arch == GemmaArch::Gemma3)
+                    .then(|| RmsNorm::new(&ap / "q_norm", hd, eps))
+                    .transpose()?,
+                k_norm: (arch == GemmaArch::Gemma3)
+                    .then(|| RmsNorm::new(&ap / "k_norm", hd, eps))
+                    .transpose()?,
             };
             let mlp = Mlp {
-                gate_proj: (&mp / "gate_proj").var("weight", &[config.intermediate_size, h], init),
-                up_proj: (&mp / "up_proj").var("weight", &[config.intermediate_size, h], init),
-                down_proj: (&mp / "down_proj").var("weight", &[h, config.intermediate_size], init),
+                gate_proj: parameter(
+                    &(&mp / "gate_proj"),
+                    "weight",
+                    &[config.intermediate_size, h],
+                    init,
+                )?,
+                up_proj: parameter(&(&mp / "up_proj"), "weight", &[config.intermediate_size, h], init)?,
+                down_proj: parameter(
+                    &(&mp / "down_proj"),
+                    "weight",
+                    &[h, config.intermediate_size],
+                    init,
+                )?,
                 activation,
             };
             let gemma2 = arch.has_gemma2_layer();
             layers.push(Layer {
-                input_layernorm: RmsNorm::new(&lp / "input_layernorm", h, eps),
-                post_attention_layernorm: RmsNorm::new(&lp / "post_attention_layernorm", h, eps),
+                input_layernorm: RmsNorm::new(&lp / "input_layernorm", h, eps)?,
+                post_attention_layernorm: RmsNorm::new(&lp / "post_attention_layernorm", h, eps)?,
                 pre_feedforward_layernorm: gemma2
-                    .then(|| RmsNorm::new(&lp / "pre_feedforward_layernorm", h, eps)),
+                    .then(|| RmsNorm::new(&lp / "pre_feedforward_layernorm", h, eps))
+                    .transpose()?,
                 post_feedforward_layernorm: gemma2
-                    .then(|| RmsNorm::new(&lp / "post_feedforward_layernorm", h, eps)),
+                    .then(|| RmsNorm::new(&lp / "post_feedforward_layernorm", h, eps))
+                    .transpose()?,
                 attention,
                 mlp,
             });
         }
-        let norm = RmsNorm::new(&model / "norm", h, eps);
+        let norm = RmsNorm::new(&model / "norm", h, eps)?;
         Ok(Self {
             config: config.clone(),
             arch,
