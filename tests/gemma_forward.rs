@@ -396,7 +396,13 @@ fn huge_configurations_are_errors_not_panics() {
     overflowing.hidden_size = 1 << 40;
     overflowing.intermediate_size = 1 << 40;
     assert!(
-        matches!(overflowing.validate(), Err(Error::Config { name: "hidden_size", .. })),
+        matches!(
+            overflowing.validate(),
+            Err(Error::Config {
+                name: "hidden_size",
+                ..
+            })
+        ),
         "{:?}",
         overflowing.validate()
     );

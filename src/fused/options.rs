@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use crate::logprobs::LogProbOptions;
 
 /// Default memory budget of the fused working set, in bytes (512 MiB). The two-pass schedule holds two f32
-/// `[rows, V]` buffers, so `rows = 512 MiB / (8·V)` — 2,097 rows at V = 32,000, 1,024 at V = 262,144 (the GEMMs
+/// `[rows, V]` buffers, so `rows = 512 MiB / (8·V)` — 2,097 rows at V = 32,000, 256 at V = 262,144 (the GEMMs
 /// need a few hundred rows to run efficiently on CPU; 64 MiB was 1.3× slower at V = 128,256). The one-pass
 /// schedule of the built-in losses needs one buffer for a whole pair's scored tokens: 512 tokens per pair at
 /// V = 262,144 (Gemma 3) fit. Raise it on GPUs for larger matmuls and longer pairs.

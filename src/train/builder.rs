@@ -289,7 +289,8 @@ impl RpoTrainerBuilder {
         }
         let reference = self.reference.ok_or_else(|| Error::Config {
             name: "reference",
-            requirement: "give one: ref_model(model), reference(ReferenceSource::Cached(cache)) or \
+            requirement: "give one: ref_model(model), reference(ReferenceSource::InitialPolicy), \
+                          reference(ReferenceSource::Cached(cache)) or \
                           reference(ReferenceSource::Free)"
                 .to_string(),
         })?;

@@ -376,7 +376,8 @@ impl GemmaConfig {
     }
 
     /// Checks the configuration. Errors: [`Error::UnsupportedArchitecture`] for a `model_type` other than
-    /// "gemma" / "gemma2"; [`Error::Config`] for non-positive sizes, heads not divisible by key/value
+    /// "gemma" / "gemma2" / "gemma3" / "gemma3_text"; [`Error::Config`] for non-positive sizes, sizes whose
+    /// parameter count exceeds 2^63, heads not divisible by key/value
     /// heads, an untied head, biases, an unknown activation / RoPE type / layer type, or Gemma 2 scalars
     /// that are not positive.
     pub fn validate(&self) -> Result<()> {
