@@ -6,6 +6,7 @@
 //! the test FAILS, saying so.
 #![cfg(feature = "gguf")]
 
+mod common;
 mod export_support;
 
 use export_support::{run_check, TempDir};
@@ -471,7 +472,7 @@ fn special_values_encode_as_ggml_does() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(common::proptest_config(64))]
 
     #[test]
     fn f16_and_bf16_match_libtorch(bits in proptest::collection::vec(any::<u32>(), 1..200)) {

@@ -315,7 +315,7 @@ fn compare(fused: &Run, unfused: &Run, atol: f64, rtol: f64) -> Result<(), TestC
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(common::proptest_config(48))]
 
     /// f32: fused equals unfused within Liger's f32 tolerance (atol 1e-5, rtol 5e-4).
     #[test]
@@ -328,7 +328,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+    #![proptest_config(common::proptest_config(16))]
 
     /// bf16 inputs: fused vs the unfused path on bf16 logits (upcast to f32 per chunk). Documented
     /// tolerance atol 1e-2 / rtol 5e-2 (Liger: 5e-2 / 5e-1).

@@ -281,7 +281,7 @@ fn check_dpo(setup: &Setup, pairs: &Pairs, kind: Kind) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(common::proptest_config(64))]
 
     /// Every variant, weighted sums of variants, label smoothing, reference-free and global pair counts,
     /// in f64.
@@ -338,7 +338,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(32))]
+    #![proptest_config(common::proptest_config(32))]
 
     /// Autograd gradient of the RPO loss (any variant mix, any normalization) w.r.t. the policy's chosen
     /// and rejected sums equals central differences of the reference (f64).
@@ -438,7 +438,7 @@ fn logits_case() -> impl Strategy<Value = LogitsCase> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(32))]
+    #![proptest_config(common::proptest_config(32))]
 
     /// `rpo_loss_from_logits` (f64 / f32 / bf16 logits; reference as logits, as cached log-probs, or none):
     /// the value equals the reference composition log-probs → sums → DPO + c·SFT, and the gradient w.r.t.
