@@ -268,11 +268,28 @@ fn check_chunking(c: &Case) {
     let options = c.options().with_chunk_bytes(DEFAULT_CHUNK_BYTES);
     let default = values(&token_logprobs(&z, &y, &options).unwrap().logps);
     let v = c.v;
-    for chunk_bytes in [1, 4 * v, 4 * v * 3 + 1, 4 * v * c.t, 4 * v * c.t * 2 + 5, DEFAULT_CHUNK_BYTES] {
+    for chunk_bytes in [
+        1,
+        4 * v,
+        4 * v * 3 + 1,
+        4 * v * c.t,
+        4 * v * c.t * 2 + 5,
+        DEFAULT_CHUNK_BYTES,
+    ] {
         let opts = c.options().with_chunk_bytes(chunk_bytes);
         let got = values(&token_logprobs(&z, &y, &opts).unwrap().logps);
-        assert_within(&got, &plain, &bounds, &format!("chunk_bytes {chunk_bytes} vs log_softmax"));
-        assert_within(&got, &default, &bounds, &format!("chunk_bytes {chunk_bytes} vs default"));
+        assert_within(
+            &got,
+            &plain,
+            &bounds,
+            &format!("chunk_bytes {chunk_bytes} vs log_softmax"),
+        );
+        assert_within(
+            &got,
+            &default,
+            &bounds,
+            &format!("chunk_bytes {chunk_bytes} vs default"),
+        );
     }
 }
 
@@ -304,16 +321,7 @@ fn check_gradient(c: &Case, kind: Kind, wseed: u64) {
     assert_eq!(grad.kind(), kind, "gradient dtype");
     let want_grad = token_logprobs_grad(&held, &labels, c.dims(), c.ignore_index, c.shift, &w);
     let grad_bounds = |u, store| {
-        tolerance::token_logprob_grad_errors(
-            &held,
-            &labels,
-            c.dims(),
-            c.ignore_index,
-            c.shift,
-            &w,
-            u,
-            store,
-        )
+        tolerance::token_logprob_grad_errors(&held, &labels, c.dims(), c.ignore_index, c.shift, &w, u, store)
     };
     let bounds: Vec<f64> = grad_bounds(u, kind)
         .iter()

@@ -3,12 +3,13 @@
 //! Model (Higham, *Accuracy and Stability of Numerical Algorithms*, §2–3): every basic operation in a
 //! format with unit roundoff `u` (half the relative spacing, `2^-p` for `p` significant bits) returns
 //! `x·(1 + δ)` with `|δ| ≤ u`, plus at most [`underflow`] absolutely where the result is subnormal;
-//! `exp` and `log` (Sleef `u10`, glibc) are within 1 ulp, i.e. `2u` relative (`exp`) or `2u·|result|`
-//! absolute (`log`); a sum of `n` terms in any order (libtorch's vectorized and cascade orders are
+//! `exp` and `log` are within [`TRANSCENDENTAL_ULPS`] ulps, i.e. `2·ULPS·u` relative (`exp`) or
+//! `2·ULPS·u·|result|` absolute (`log`); a sum of `n` terms in any order (libtorch's vectorized and cascade orders are
 //! unspecified) is within `γ(n−1)·Σ|terms|`, `γ(k) = k·u / (1 − k·u)`. Bounds below add the first-order
-//! terms of every rounding an implementation of the formula can make, then [`SECOND_ORDER`] for products of
-//! two or more `δ`s (each first-order term is ≤ 512·2^-8 ≈ 2 in the worst case tested, far below that for
-//! f32 / f64, so 1 + 1/16 dominates their sum of products).
+//! terms of every rounding an implementation of the formula can make, then [`SECOND_ORDER`] for the
+//! products of two or more `δ`s: with first-order relative terms summing to `ε`, `Π(1 + δ_i) − 1 ≤ e^ε − 1
+//! ≤ ε·(1 + ε)` for `ε ≤ 1/8`; here `ε` is at most ~0.02 (five bf16 roundings; f32 sums of ≤ 1000 terms
+//! give `γ` ≤ 6e-5), so `1 + 1/16` covers it.
 //!
 //! Inputs are held exactly: the tests round their data to the tensor's dtype first and evaluate the f64
 //! reference on the rounded values, so only the library's arithmetic separates the two.
@@ -23,6 +24,16 @@ pub const U_F32: f64 = 1.0 / 16_777_216.0; // 2^-24
 pub const U_F16: f64 = 1.0 / 2048.0; // 2^-11
 /// Unit roundoff of bf16 (8 significant bits).
 pub const U_BF16: f64 = 1.0 / 256.0; // 2^-8
+
+/// Accuracy of `exp` and `log` in ulps: 2 covers CUDA's `expf` (2 ulps, CUDA C Programming Guide, appendix
+/// "Mathematical Functions"), and a fortiori Sleef's `u10` functions and glibc's (1 ulp) that libtorch uses
+/// on the CPU.
+pub const TRANSCENDENTAL_ULPS: f64 = 2.0;
+
+/// Relative error of one `exp` (or absolute error of one `log`, per unit of its result) at unit roundoff `u`.
+pub fn transcendental(u: f64) -> f64 {
+    2.0 * TRANSCENDENTAL_ULPS * u
+}
 
 /// Factor for the second-order terms of a first-order bound (see the module docs).
 pub const SECOND_ORDER: f64 = 1.0 + 1.0 / 16.0;
@@ -84,13 +95,15 @@ fn lse_parts(row: &[f64]) -> (f64, f64, f64) {
 
 /// Error bound of `logsumexp(row)` computed as `m + log Σ_v exp(z_v − m)` (`m` the row max; libtorch's
 /// `logsumexp`, `log_softmax` and the crate's kernels) with unit roundoff `u`, on a row held exactly:
-/// - `z_v − m` rounds by `u·|z_v − m|`, `exp` adds `2u` relative, so each term of `S = Σ exp(z_v − m)` is off
-///   by `(u·|z_v − m| + 2u)` relative and `S` by `u·E_p[m − z] + 2u` (`p = softmax`: the terms' weights in S);
+/// - `z_v − m` rounds by `u·|z_v − m|`, `exp` adds `t` relative ([`transcendental`]), so each term of
+///   `S = Σ exp(z_v − m)` is off by `(u·|z_v − m| + t)` relative and `S` by `u·E_p[m − z] + t` (`p = softmax`:
+///   the terms' weights in S);
 /// - the sum of V positive terms adds `γ(V−1)` relative to `S`; a relative error of `S` is an absolute
-///   error of `log S`; `log` adds `2u·log S`; the final `+ m` rounds by `u·|lse|`.
+///   error of `log S`; `log` adds `t·log S`; the final `+ m` rounds by `u·|lse|`.
 pub fn lse_error(row: &[f64], u: f64) -> f64 {
     let (lse, m, spread) = lse_parts(row);
-    SECOND_ORDER * (u * spread + 2.0 * u + gamma(row.len() - 1, u) + 2.0 * u * (lse - m) + u * lse.abs())
+    let t = transcendental(u);
+    SECOND_ORDER * (u * spread + t + gamma(row.len() - 1, u) + t * (lse - m) + u * lse.abs())
 }
 
 /// Error bound of one log-prob `z_y − logsumexp(z)` (the crate's kernels) or `(z_y − m) − log S`
@@ -143,8 +156,8 @@ pub fn mean_logit_error(row: &[f64], u: f64) -> f64 {
 /// `p̃ = exp(z − lse~)`, or as `log S − Σ w_v·u_v / S` with `u = z − m`, `w = e^u`. With `c ∈ {0, m}` the
 /// shift of either form and `a_v = |z_v| + |z_v − m|` ≥ `|z_v − c|`:
 /// - `lse` (or `log S`) is off by [`lse_error`];
-/// - each weight `p̃_v` (or `w_v / S`) is off relatively by `[lse_error] + u·|z_v − lse| + 2u` (the
-///   exponent's rounding and `exp`), plus `γ(V−1) + u` for the division by a summed `S`;
+/// - each weight `p̃_v` (or `w_v / S`) is off relatively by `[lse_error] + u·|z_v − lse| + t` (the
+///   exponent's rounding and `exp`, [`transcendental`]), plus `γ(V−1) + u` for the division by a summed `S`;
 /// - the products `p_v·(z_v − c)` (and `z_v − c` itself) round by `2u`, their sum adds `γ(V−1)`, both
 ///   relative to `Σ p_v·a_v`; the final subtraction rounds by `u·|H|`.
 pub fn entropy_error(row: &[f64], u: f64) -> f64 {
@@ -156,7 +169,7 @@ pub fn entropy_error(row: &[f64], u: f64) -> f64 {
     for &z in row {
         let p = (z - lse).exp();
         let a = z.abs() + (z - m).abs();
-        let weight_rel = d_lse + u * (z - lse).abs() + 2.0 * u + g + u;
+        let weight_rel = d_lse + u * (z - lse).abs() + transcendental(u) + g + u;
         weighted += p * a * (weight_rel + 2.0 * u + g);
         entropy -= p * (z - lse);
     }
@@ -166,7 +179,7 @@ pub fn entropy_error(row: &[f64], u: f64) -> f64 {
 /// Error bound of each element of the gradient of `w·log p_y` w.r.t. one row of logits `z`,
 /// `w·(1[v = y] − p_v)`, computed as libtorch's autograd does for the crate's kernels, in working precision
 /// `u_work` (f32 / f64) with the gradient stored in `store` (the logits' dtype):
-/// - `p̃_v = exp(z_v − lse~)`: relative error `[lse_error] + u_work·|z_v − lse| + 2·u_work`;
+/// - `p̃_v = exp(z_v − lse~)`: relative error `[lse_error] + u_work·|z_v − lse| + t` ([`transcendental`]);
 /// - `p̃_v` rounded to `store` (the bf16 / f16 surrogate keeps it there), `w` rounded to `store` on its way
 ///   into both branches, their product rounded to `store`: `3·u_store` relative to `|w|·p_v`;
 /// - at the label, the rounded `w` (`u_store·|w|`) and the sum of the two branches (`u_store·|g_y|`);
@@ -182,7 +195,7 @@ pub fn logprob_grad_errors(row: &[f64], label: usize, w: f64, u_work: f64, store
         .enumerate()
         .map(|(v, &z)| {
             let p = (z - lse).exp();
-            let p_rel = d_lse + u_work * (z - lse).abs() + 2.0 * u_work;
+            let p_rel = d_lse + u_work * (z - lse).abs() + transcendental(u_work);
             let mut err = w.abs() * p * (p_rel + 3.0 * u_store);
             if v == label {
                 let g = w * (1.0 - p);
