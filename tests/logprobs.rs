@@ -320,8 +320,16 @@ fn check_gradient(c: &Case, kind: Kind, wseed: u64) {
         .unwrap();
     assert_eq!(grad.kind(), kind, "gradient dtype");
     let want_grad = token_logprobs_grad(&held, &labels, c.dims(), c.ignore_index, c.shift, &w);
-    let grad_bounds = |u, store| {
-        tolerance::token_logprob_grad_errors(&held, &labels, c.dims(), c.ignore_index, c.shift, &w, u, store)
+    let grad_bounds = |u: f64, store: Kind| {
+        tolerance::token_logprob_grad_errors(
+            &held,
+            &labels,
+            c.dims(),
+            c.ignore_index,
+            c.shift,
+            &w,
+            (u, store),
+        )
     };
     let bounds: Vec<f64> = grad_bounds(u, kind)
         .iter()

@@ -207,7 +207,8 @@ pub fn logprob_grad_errors(row: &[f64], label: usize, w: f64, u_work: f64, store
 }
 
 /// [`logprob_grad_errors`] for row-major logits `[B, T, V]`, labels `[B, T]` and upstream weights
-/// `[B, T']`, laid out like `common::token_logprobs_grad` (`[B, T, V]`, exact 0 where nothing is scored).
+/// `[B, T']`, laid out like `common::token_logprobs_grad` (`[B, T, V]`, exact 0 where nothing is scored);
+/// `(u_work, store)` as in [`logprob_grad_errors`].
 pub fn token_logprob_grad_errors(
     logits: &[f64],
     labels: &[i64],
@@ -215,8 +216,7 @@ pub fn token_logprob_grad_errors(
     ignore_index: i64,
     shift: bool,
     upstream: &[f64],
-    u_work: f64,
-    store: Kind,
+    (u_work, store): (f64, Kind),
 ) -> Vec<f64> {
     let steps = if shift { t - 1 } else { t };
     let mut out = vec![0.0; b * t * v];
