@@ -3,6 +3,7 @@
 //! under torchrun): exact collectives, and a killed or hung rank making the other fail within its
 //! timeout, naming the rank. Buckets and the distributed sampler are checked against plain Rust.
 
+mod common;
 mod rank_support;
 
 use std::process::{Child, Command, Stdio};
@@ -325,7 +326,7 @@ fn shapes() -> impl Strategy<Value = Vec<(Vec<i64>, u8)>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(common::proptest_config(64))]
 
     #[test]
     fn buckets_cover_every_tensor_once_in_order(shapes in shapes(), cap in 1usize..400) {
@@ -425,7 +426,7 @@ fn one_rank_bucketed_all_reduce_keeps_values() {
 // ---------------------------------------------------------------------------------------------------------
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(common::proptest_config(64))]
 
     #[test]
     fn shards_partition_one_process_batches(

@@ -7,7 +7,40 @@
 #![allow(dead_code)]
 
 use num_traits::Float;
+use proptest::test_runner::{Config as ProptestConfig, FileFailurePersistence};
 use tch::{Device, Kind, Tensor};
+
+pub mod tolerance;
+
+// ---------------------------------------------------------------------------------------------------------
+// Property-test configuration
+// ---------------------------------------------------------------------------------------------------------
+
+/// Environment variable that multiplies every property test's case count (default 1):
+/// `TCH_RPO_PROPTEST_SCALE=50 cargo test --release` runs each block with 50× its cases. (Proptest's own
+/// `PROPTEST_CASES` would give every block the same count, and `ProptestConfig::with_cases` ignores it.)
+pub const PROPTEST_SCALE_VAR: &str = "TCH_RPO_PROPTEST_SCALE";
+
+/// The configuration of a property-test block that runs `cases` cases (times [`PROPTEST_SCALE_VAR`]).
+///
+/// Failing seeds are kept in `tests/<test file>.proptest-regressions` (committed; replayed first by every
+/// test of that file). These are integration tests, so proptest's default `SourceParallel` persistence finds
+/// no `lib.rs`, warns on every run and falls back to the same file: `WithSource` names it directly.
+pub fn proptest_config(cases: u32) -> ProptestConfig {
+    let scale = match std::env::var(PROPTEST_SCALE_VAR) {
+        Ok(s) => s
+            .parse::<u32>()
+            .unwrap_or_else(|_| panic!("{PROPTEST_SCALE_VAR}={s:?} is not a positive integer")),
+        Err(_) => 1,
+    };
+    ProptestConfig {
+        cases: cases * scale.max(1),
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        ))),
+        ..ProptestConfig::default()
+    }
+}
 
 // ---------------------------------------------------------------------------------------------------------
 // Scalar functions
