@@ -35,6 +35,7 @@ mod ffi;
 mod group;
 #[cfg(feature = "train")]
 mod sampler;
+mod store;
 
 pub use bucket::{
     all_reduce_buckets_, broadcast_buckets_, flatten, plan_buckets, unflatten_into, DEFAULT_BUCKET_BYTES,
