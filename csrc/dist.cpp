@@ -16,10 +16,22 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <set>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -30,6 +42,14 @@ namespace {
 constexpr int KIND_OTHER = 1;    // any other c10d / libtorch failure
 constexpr int KIND_TIMEOUT = 2;  // a bounded wait ran out
 constexpr int KIND_PEER = 3;     // a connection to a peer (or the store) was closed, reset or refused
+constexpr int KIND_STORE_STALLED = 4;  // a store client's connection stopped answering (watchdog fired)
+constexpr int KIND_STORE_CLOSED = 5;   // a store client's connection was closed while setting up
+
+// An error whose kind is known where it is thrown.
+struct KindedError : std::runtime_error {
+  int kind;
+  KindedError(int k, const std::string& what) : std::runtime_error(what), kind(k) {}
+};
 
 struct Group {
   c10::intrusive_ptr<c10d::Store> store;
@@ -50,7 +70,7 @@ int classify(const std::string& what) {
   }
   if (contains(what, "onnection closed") || contains(what, "onnection reset") ||
       contains(what, "onnection refused") || contains(what, "roken pipe") ||
-      contains(what, "ead: ") || contains(what, "peer")) {
+      contains(what, "ead: ") || contains(what, "peer") || contains(what, "likely closed")) {
     return KIND_PEER;
   }
   return KIND_OTHER;
@@ -80,6 +100,9 @@ char* guarded(int* kind, F&& body) {
     body();
     *kind = 0;
     return nullptr;
+  } catch (const KindedError& e) {
+    *kind = e.kind;
+    return dup(e.what());
   } catch (const c10::DistNetworkError& e) {
     std::string what = first_lines(e.what_without_backtrace());
     *kind = classify(what) == KIND_TIMEOUT ? KIND_TIMEOUT : KIND_PEER;
@@ -133,6 +156,155 @@ std::shared_ptr<::gloo::transport::Device> gloo_device(const std::string& host) 
   return c10d::ProcessGroupGloo::createDefaultDevice();
 }
 
+// The file descriptors of this process's connected sockets whose peer port is `port`: the connections of
+// store clients to a store on that port (the store's own accepted connections have it as local port).
+std::set<int> store_sockets(int port) {
+  std::set<int> fds;
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) {
+    return fds;
+  }
+  while (dirent* entry = readdir(dir)) {
+    char* end = nullptr;
+    long fd = std::strtol(entry->d_name, &end, 10);
+    if (end == entry->d_name || *end != '\0' || fd == dirfd(dir)) {
+      continue;
+    }
+    struct stat st {};
+    if (fstat(static_cast<int>(fd), &st) != 0 || !S_ISSOCK(st.st_mode)) {
+      continue;
+    }
+    sockaddr_storage peer{};
+    socklen_t len = sizeof(peer);
+    if (getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&peer), &len) != 0) {
+      continue;
+    }
+    int peer_port = -1;
+    if (peer.ss_family == AF_INET) {
+      peer_port = ntohs(reinterpret_cast<sockaddr_in*>(&peer)->sin_port);
+    } else if (peer.ss_family == AF_INET6) {
+      peer_port = ntohs(reinterpret_cast<sockaddr_in6*>(&peer)->sin6_port);
+    }
+    if (peer_port == port) {
+      fds.insert(static_cast<int>(fd));
+    }
+  }
+  closedir(dir);
+  return fds;
+}
+
+// Bounds libtorch's TCPStore client while it sets up. Its constructor connects, validates, pings and (for a
+// client that is counted as a worker) adds itself to the store's worker count; the ping's and the add's
+// receives have no timeout, so a store that stops answering would block it forever. When armed, after
+// `timeout` (plus a short grace, so that libtorch's own bounded waits report first) the watchdog shuts down
+// the store connections opened since it started, which makes the blocked receive fail at once, and keeps
+// doing so (libtorch retries the connect) until the constructor gives up. Afterwards `opened()` names those
+// connections so that their later receives and sends can be bounded (bound_socket).
+class StoreWatchdog {
+ public:
+  StoreWatchdog(int port, std::chrono::milliseconds timeout, bool armed)
+      : port_(port), before_(store_sockets(port)) {
+    if (armed) {
+      thread_ = std::thread([this, timeout] { run(timeout + std::chrono::milliseconds(250)); });
+    }
+  }
+  StoreWatchdog(const StoreWatchdog&) = delete;
+  StoreWatchdog& operator=(const StoreWatchdog&) = delete;
+  ~StoreWatchdog() { finish(); }
+
+  void finish() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) {
+      thread_.join();
+    }
+  }
+
+  // Whether the watchdog shut a connection down.
+  bool fired() const { return fired_.load(); }
+
+  std::vector<int> opened() const {
+    std::vector<int> fds;
+    for (int fd : store_sockets(port_)) {
+      if (before_.count(fd) == 0) {
+        fds.push_back(fd);
+      }
+    }
+    return fds;
+  }
+
+ private:
+  void run(std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (cv_.wait_for(lock, timeout, [this] { return done_; })) {
+      return;
+    }
+    while (!done_) {
+      for (int fd : opened()) {
+        if (::shutdown(fd, SHUT_RDWR) == 0) {
+          fired_ = true;
+        }
+      }
+      cv_.wait_for(lock, std::chrono::milliseconds(20), [this] { return done_; });
+    }
+  }
+
+  int port_;
+  std::set<int> before_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::atomic<bool> fired_{false};
+  std::thread thread_;
+};
+
+// Every later receive and send on socket `fd` fails after `timeout` without progress (c10d's tcputil turns
+// EAGAIN into a "Socket Timeout" error) instead of blocking forever.
+void bound_socket(int fd, std::chrono::milliseconds timeout) {
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
+  tv.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
+// libtorch's TCPStore at host:port, set up under a StoreWatchdog (armed for a client of the store) and
+// with its connections bounded by `timeout` afterwards. A client's failure is KIND_STORE_STALLED when the
+// watchdog cut it, KIND_STORE_CLOSED when the store closed the connection.
+c10::intrusive_ptr<c10d::TCPStore> bounded_store(const std::string& host,
+                                                  const c10d::TCPStoreOptions& opts) {
+  bool client = !opts.isServer;
+  StoreWatchdog watchdog(opts.port, opts.timeout, client);
+  c10::intrusive_ptr<c10d::TCPStore> store;
+  try {
+    store = c10::make_intrusive<c10d::TCPStore>(host, opts);
+  } catch (const std::exception& e) {
+    watchdog.finish();
+    if (!client) {
+      throw;
+    }
+    const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
+    std::string what = first_lines(c10_error != nullptr ? c10_error->what_without_backtrace() : e.what());
+    if (watchdog.fired()) {
+      throw KindedError(KIND_STORE_STALLED,
+                        "no answer for " + std::to_string(opts.timeout.count()) +
+                            " ms; the watchdog closed the connection (" + what + ")");
+    }
+    if (classify(what) == KIND_PEER) {
+      throw KindedError(KIND_STORE_CLOSED, what);
+    }
+    throw;
+  }
+  watchdog.finish();
+  for (int fd : watchdog.opened()) {
+    bound_socket(fd, opts.timeout);
+  }
+  return store;
+}
+
 }  // namespace
 
 extern "C" {
@@ -160,7 +332,7 @@ char* tch_rpo_dist_new(const char* host, int port, int rank, int world, int agen
     opts.numWorkers = static_cast<std::size_t>(world);
     opts.waitWorkers = agent_store == 0;
     opts.timeout = timeout;
-    auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    auto tcp = bounded_store(std::string(host), opts);
     // The agent's store also holds torchrun's own keys: keep ours under a prefix.
     auto store = c10::make_intrusive<c10d::PrefixStore>("tch_rpo_dist", tcp);
     auto g = std::make_unique<Group>();

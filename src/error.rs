@@ -36,6 +36,7 @@ use tch::{Device, Kind, TchError};
 /// | [`Error::DistEnv`] | a launcher variable (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`, …) is missing or malformed |
 /// | [`Error::DistTimeout`] | a process-group operation waited longer than its timeout |
 /// | [`Error::DistPeerLost`] | a peer's connection closed (it died) during a process-group operation |
+/// | [`Error::DistStore`] | the rendezvous store at `MASTER_ADDR:MASTER_PORT` was not reached, or its peer did not speak c10d's store protocol in time ([`DistStorePeer`] says what it did) |
 /// | [`Error::Dist`] | any other process-group failure (e.g. the store's port is taken, a group already failed) |
 /// | [`Error::Torch`] | libtorch itself reported an error |
 ///
@@ -309,6 +310,27 @@ pub enum Error {
         /// libtorch's message.
         message: String,
     },
+    /// This rank, a client of the rendezvous store (c10d's TCPStore) at `addr`, could not meet there within
+    /// the timeout: `peer` says what the process at `addr` did, `detail` adds what was seen.
+    #[error(
+        "rank {rank} of {world_size}: the rendezvous store at {addr} {peer} (timeout {timeout_ms} ms){}",
+        detail_note(detail)
+    )]
+    DistStore {
+        /// This process's rank.
+        rank: usize,
+        /// The group's size.
+        world_size: usize,
+        /// `MASTER_ADDR:MASTER_PORT`.
+        addr: String,
+        /// The timeout in force, in milliseconds.
+        timeout_ms: u64,
+        /// What the peer at `addr` did.
+        peer: DistStorePeer,
+        /// What was seen: the first bytes of another protocol, the last connection error, or libtorch's
+        /// message; may be empty.
+        detail: String,
+    },
     /// Any other failure of a process group.
     #[error("rank {rank} of {world_size}: `{op}` failed: {message}")]
     Dist {
@@ -326,6 +348,47 @@ pub enum Error {
     /// error keep everything.
     #[error("libtorch: {}", torch_summary(.0))]
     Torch(#[from] TchError),
+}
+
+/// What the process at the rendezvous store's address did, in [`Error::DistStore`].
+///
+/// `Display` says it in words, e.g. "accepted the connection but never answered".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DistStorePeer {
+    /// No process accepted a connection within the timeout (refused, unreachable, or the connection
+    /// attempt itself timed out): the store's host is not up, or the address is wrong.
+    Unreachable,
+    /// A process accepted the connection but sent nothing within the timeout.
+    NeverAnswered,
+    /// A process answered, but not in c10d's store protocol (e.g. an HTTP server on that port).
+    OtherProtocol,
+    /// A process accepted the connection and closed it (or reset it) without a full answer.
+    Closed,
+    /// The peer answered in the store protocol (or began to), then sent nothing more within the timeout.
+    StoppedAnswering,
+}
+
+impl std::fmt::Display for DistStorePeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DistStorePeer::Unreachable => "could not be reached: no process accepted a connection",
+            DistStorePeer::NeverAnswered => "accepted the connection but never answered",
+            DistStorePeer::OtherProtocol => {
+                "answered in another protocol, not c10d's TCPStore (is MASTER_PORT another service's port?)"
+            }
+            DistStorePeer::Closed => "closed the connection without answering",
+            DistStorePeer::StoppedAnswering => "answered, then stopped answering",
+        })
+    }
+}
+
+fn detail_note(detail: &str) -> String {
+    if detail.is_empty() {
+        String::new()
+    } else {
+        format!(": {detail}")
+    }
 }
 
 fn unresponsive_note(ranks: &[usize]) -> String {

@@ -100,7 +100,7 @@ pub mod models;
 pub mod train;
 mod validate;
 
-pub use error::{Error, Result};
+pub use error::{DistStorePeer, Error, Result};
 pub use fused::{
     fused_dpo_loss, fused_loss, fused_rpo_loss, fused_sequence_logprobs, fused_sft_loss, FusedLoss,
     FusedOptions, HiddenBatch, LinearHead, DEFAULT_FUSED_CHUNK_BYTES,

@@ -76,3 +76,52 @@ fn parameter_values_print_readably() {
         assert_eq!(error.to_string(), format!("`x` = {shown} is invalid: r"));
     }
 }
+
+/// `Error::DistStore` says, in words, what the peer at the store's address did, with the rank, the address
+/// and the timeout; an empty detail adds nothing.
+#[test]
+fn dist_store_errors_say_what_the_peer_did() {
+    use tch_rpo::DistStorePeer;
+    let error = Error::DistStore {
+        rank: 1,
+        world_size: 2,
+        addr: "10.0.0.7:29500".into(),
+        timeout_ms: 2000,
+        peer: DistStorePeer::OtherProtocol,
+        detail: "its first bytes: \"HTTP/1.1 400\"".into(),
+    };
+    assert_eq!(
+        error.to_string(),
+        "rank 1 of 2: the rendezvous store at 10.0.0.7:29500 answered in another protocol, not c10d's \
+         TCPStore (is MASTER_PORT another service's port?) (timeout 2000 ms): its first bytes: \"HTTP/1.1 400\""
+    );
+    for (peer, words) in [
+        (DistStorePeer::Unreachable, "could not be reached"),
+        (
+            DistStorePeer::NeverAnswered,
+            "accepted the connection but never answered",
+        ),
+        (DistStorePeer::OtherProtocol, "another protocol"),
+        (DistStorePeer::Closed, "closed the connection without answering"),
+        (
+            DistStorePeer::StoppedAnswering,
+            "answered, then stopped answering",
+        ),
+    ] {
+        let error = Error::DistStore {
+            rank: 3,
+            world_size: 4,
+            addr: "[::1]:1234".into(),
+            timeout_ms: 500,
+            peer,
+            detail: String::new(),
+        };
+        let shown = error.to_string();
+        assert!(
+            shown.starts_with("rank 3 of 4: the rendezvous store at [::1]:1234 "),
+            "{shown}"
+        );
+        assert!(shown.contains(words), "{shown}");
+        assert!(shown.ends_with("(timeout 500 ms)"), "{shown}");
+    }
+}

@@ -145,6 +145,58 @@ impl LaunchEnv {
         })
     }
 
+    /// Checks a `LaunchEnv` however it was made (by hand, or edited after [`LaunchEnv::from_lookup`]):
+    /// [`crate::dist::ProcessGroup::new`] calls it before any network operation, so an impossible job is
+    /// refused at once instead of waiting out the timeout (a rank past the end) or reaching gloo's own
+    /// assertion (`WORLD_SIZE` 0).
+    ///
+    /// # Errors
+    /// [`Error::DistEnv`] naming the variable the field stands for and the value seen when `world_size` is
+    /// 0 or above `i32::MAX`, `rank` or `local_rank` is not below `world_size`, `master_addr` is empty
+    /// (or holds a NUL byte), or `master_port` is 0.
+    pub fn validate(&self) -> Result<()> {
+        let world = self.world_size.to_string();
+        if self.world_size == 0 || self.world_size > i32::MAX as usize {
+            return Err(bad(
+                "WORLD_SIZE",
+                Some(&world),
+                "must be at least 1 (and fit in i32)",
+            ));
+        }
+        if self.rank >= self.world_size {
+            return Err(bad(
+                "RANK",
+                Some(&self.rank.to_string()),
+                format!("must be below WORLD_SIZE = {world}"),
+            ));
+        }
+        if let Some(local) = self.local_rank.filter(|&local| local >= self.world_size) {
+            return Err(bad(
+                "LOCAL_RANK",
+                Some(&local.to_string()),
+                format!("must be below WORLD_SIZE = {world}"),
+            ));
+        }
+        if self.master_addr.trim().is_empty() {
+            return Err(bad("MASTER_ADDR", Some(&self.master_addr), "must name a host"));
+        }
+        if self.master_addr.contains('\0') {
+            return Err(bad(
+                "MASTER_ADDR",
+                Some(&self.master_addr),
+                "must not contain a NUL byte",
+            ));
+        }
+        if self.master_port == 0 {
+            return Err(bad(
+                "MASTER_PORT",
+                Some("0"),
+                "must be a port number in 1..=65535",
+            ));
+        }
+        Ok(())
+    }
+
     /// A one-process job (rank 0 of 1) whose store rank 0 hosts on `master_addr:master_port`.
     pub fn single(master_addr: &str, master_port: u16) -> Self {
         Self {

@@ -10,6 +10,11 @@ pub(crate) const KIND_OTHER: c_int = 1;
 pub(crate) const KIND_TIMEOUT: c_int = 2;
 /// A connection to a peer (or the store) was closed, reset or refused.
 pub(crate) const KIND_PEER: c_int = 3;
+/// A store client's connection stopped answering while libtorch's client was setting up (the shim's
+/// watchdog closed it after the timeout).
+pub(crate) const KIND_STORE_STALLED: c_int = 4;
+/// A store client's connection was closed by the store while libtorch's client was setting up.
+pub(crate) const KIND_STORE_CLOSED: c_int = 5;
 
 extern "C" {
     pub(crate) fn tch_rpo_dist_free_error(message: *mut c_char);

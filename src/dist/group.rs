@@ -8,8 +8,8 @@ use std::time::Duration;
 use tch::{Device, Kind, Tensor};
 
 use super::env::LaunchEnv;
-use super::ffi;
-use crate::error::{Error, Result};
+use super::{ffi, store};
+use crate::error::{DistStorePeer, Error, Result};
 
 /// The communication backend of a [`ProcessGroup`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,14 +145,26 @@ impl ProcessGroup {
     /// under torchrun's agent store, connects to it like every other rank), all ranks meet there, and the
     /// Gloo or NCCL backend connects the ranks to each other. Blocks until all `world_size` ranks are there.
     ///
+    /// A client of the store (every rank but 0, and rank 0 too under torchrun's agent store) first meets
+    /// it in Rust, every connect, write and read bounded by what is left of [`DistOptions::timeout`], and
+    /// checks that the peer speaks c10d's store protocol; libtorch's store client then runs under a
+    /// watchdog that closes its connection if the store stops answering for the timeout, and its later
+    /// receives and sends on the store's connection are bounded by the timeout (see docs/distributed.md).
+    ///
     /// # Errors
-    /// - [`Error::DistEnv`] for [`Backend::Nccl`] without `LOCAL_RANK`.
+    /// - [`Error::DistEnv`] at once, before any network operation, when `env` is impossible
+    ///   ([`LaunchEnv::validate`]: `world_size` 0, `rank` ≥ `world_size`, …), or for [`Backend::Nccl`]
+    ///   without `LOCAL_RANK`.
+    /// - [`Error::DistStore`] when this rank is a client of the store and the peer at
+    ///   `MASTER_ADDR:MASTER_PORT` was not reached, never answered, answered in another protocol, closed
+    ///   the connection, or stopped answering, within the timeout.
     /// - [`Error::Dist`] when NCCL is asked for but not compiled or no CUDA device `LOCAL_RANK` exists,
     ///   or the store cannot be hosted (e.g. the port is taken).
-    /// - [`Error::DistTimeout`] when the store or a peer is not reached within the timeout (the store's
-    ///   host rank 0 is named when this rank is a client of it).
-    /// - [`Error::DistPeerLost`] when a connection is refused or closed while connecting.
+    /// - [`Error::DistTimeout`] when the peers are not all there within the timeout (the store's host
+    ///   rank 0 is named when this rank is a client of it).
+    /// - [`Error::DistPeerLost`] when a peer's connection is refused or closed while connecting.
     pub fn new(env: &LaunchEnv, options: &DistOptions) -> Result<Self> {
+        env.validate()?;
         let fail = |message: String| Error::Dist {
             op: "connect",
             rank: env.rank,
@@ -192,6 +204,10 @@ impl ProcessGroup {
             Device::Cuda(i) => i as c_int,
             _ => -1,
         };
+        let store_client = env.rank != 0 || env.agent_store;
+        if store_client {
+            store::probe(env, options.timeout)?;
+        }
         let mut raw: *mut c_void = std::ptr::null_mut();
         let mut kind: c_int = 0;
         // SAFETY: valid C string and out-pointers; the shim catches every C++ exception.
@@ -209,6 +225,21 @@ impl ProcessGroup {
             ))
         };
         if let Some(message) = message {
+            let peer = match kind {
+                ffi::KIND_STORE_STALLED => Some(DistStorePeer::StoppedAnswering),
+                ffi::KIND_STORE_CLOSED => Some(DistStorePeer::Closed),
+                _ => None,
+            };
+            if let Some(peer) = peer {
+                return Err(Error::DistStore {
+                    rank: env.rank,
+                    world_size: env.world_size,
+                    addr: store::store_address(env),
+                    timeout_ms: millis(options.timeout) as u64,
+                    peer,
+                    detail: format!("libtorch's store client: {message}"),
+                });
+            }
             // A client of rank 0's store that cannot reach it: rank 0 is the one missing.
             let unresponsive = if env.rank != 0 && !env.agent_store && message.contains("connect") {
                 vec![0]

@@ -6,6 +6,9 @@
 //!   in-place collectives ([`ProcessGroup::all_reduce_`], [`ProcessGroup::broadcast_`],
 //!   [`ProcessGroup::barrier`], [`ProcessGroup::all_reduce_f64`]), each bounded by a timeout; a failure
 //!   names the ranks that did not respond ([`crate::Error::DistTimeout`], [`crate::Error::DistPeerLost`]).
+//!   The rendezvous is bounded too: a store client checks the peer at `MASTER_ADDR:MASTER_PORT` and says
+//!   what it did ([`crate::Error::DistStore`], [`crate::DistStorePeer`]); an impossible [`LaunchEnv`]
+//!   is refused before any network operation ([`LaunchEnv::validate`]).
 //! - [`plan_buckets`], [`flatten`], [`unflatten_into`], [`all_reduce_buckets_`]: gradient lists reduced
 //!   in a few flattened buckets.
 //! - [`DistributedSampler`], [`shard_range`] (with feature `train`): each rank's disjoint shard of the
@@ -35,6 +38,7 @@ mod ffi;
 mod group;
 #[cfg(feature = "train")]
 mod sampler;
+mod store;
 
 pub use bucket::{
     all_reduce_buckets_, broadcast_buckets_, flatten, plan_buckets, unflatten_into, DEFAULT_BUCKET_BYTES,
