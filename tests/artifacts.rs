@@ -13,6 +13,7 @@ use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 use tch_rpo::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter};
@@ -45,7 +46,7 @@ fn values_f64(n: u64) -> Vec<f64> {
 
 fn tiny_config() -> GemmaConfig {
     let text = r#"{
-        "model_type": "gemma3_text", "vocab_size": 1024, "hidden_size": 64, "intermediate_size": 128,
+        "model_type": "gemma3_text", "vocab_size": 8192, "hidden_size": 64, "intermediate_size": 128,
         "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 256,
         "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6, "max_position_embeddings": 512,
         "query_pre_attn_scalar": 256, "sliding_window": 4,
@@ -56,14 +57,25 @@ fn tiny_config() -> GemmaConfig {
     GemmaConfig::from_json_str(text, Path::new("tiny")).unwrap()
 }
 
-/// The tiny model's parameters in generation `n`: parameter `k` filled with `value(n, k)`.
+/// The tiny model's parameters in generation `n`: parameter `k` filled with `value(n, k)` (names and
+/// shapes read from a model built once, so that a writer spends its time writing).
 fn tiny_parameters(n: u64) -> Vec<(String, Tensor)> {
-    let vs = tch::nn::VarStore::new(Device::Cpu);
-    Gemma::new(&vs.root(), &tiny_config()).unwrap();
-    var_store_parameters(&vs)
-        .into_iter()
+    static SHAPES: OnceLock<Vec<(String, Vec<i64>)>> = OnceLock::new();
+    let shapes = SHAPES.get_or_init(|| {
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        Gemma::new(&vs.root(), &tiny_config()).unwrap();
+        var_store_parameters(&vs)
+            .into_iter()
+            .map(|(name, t)| (name, t.size()))
+            .collect()
+    });
+    shapes
+        .iter()
         .enumerate()
-        .map(|(k, (name, t))| (name, t.full_like(value(n, k))))
+        .map(|(k, (name, shape))| {
+            let t = Tensor::full(shape.as_slice(), value(n, k), (Kind::Float, Device::Cpu));
+            (name.clone(), t)
+        })
         .collect()
 }
 
@@ -183,6 +195,7 @@ fn writer_child() {
     };
     let (kind, path) = spec.split_once(':').unwrap();
     let mut n: u64 = std::env::var(FIRST_ENV).unwrap().parse().unwrap();
+    println!("start");
     loop {
         write(kind, Path::new(path), n);
         println!("wrote {n}");
@@ -190,8 +203,10 @@ fn writer_child() {
     }
 }
 
-/// Spawns the writer of `kind` at `path` `KILLS` times, kills it at a random moment after its first
-/// complete write, and checks what is left; then writes once more here and checks nothing stray is left.
+/// Spawns the writer of `kind` at `path` `KILLS` times, kills it at a random moment (0–150 ms after it
+/// starts writing: the first kill may land in the very first write), and checks what is left: nothing
+/// before any write completed, else one whole generation; then writes once more here and checks that no
+/// temporary is left.
 fn kill_test(kind: &str, file_name: &str) {
     let dir = TempDir::new(&format!("kill-{kind}"));
     let path = dir.path(file_name);
@@ -205,7 +220,7 @@ fn kill_test(kind: &str, file_name: &str) {
         .unwrap()
         .as_nanos() as u64;
     let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut left_temporaries = 0;
+    let (mut left_temporaries, mut completed) = (0, 0);
     for kill in 0..KILLS {
         let first = 100 * (kill + 1);
         let mut child = Command::new(std::env::current_exe().unwrap())
@@ -218,35 +233,45 @@ fn kill_test(kind: &str, file_name: &str) {
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let started = Instant::now();
-        loop {
-            let line = lines.next().expect("the writer ended before writing").unwrap();
-            if line.starts_with("wrote") {
-                break;
-            }
+        while !lines
+            .next()
+            .expect("the writer ended before starting")
+            .unwrap()
+            .ends_with("start")
+        {
             assert!(
                 started.elapsed() < Duration::from_secs(60),
-                "the writer never wrote"
+                "the writer never started"
             );
         }
-        // Keep reading what the writer prints, so that it never blocks on a full pipe.
-        let drain = std::thread::spawn(move || lines.count());
+        // Keep reading what the writer prints (so that it never blocks on a full pipe), counting the
+        // writes it completed.
+        let drain = std::thread::spawn(move || {
+            lines
+                .map_while(|line| line.ok())
+                .filter(|line| line.contains("wrote "))
+                .count()
+        });
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        std::thread::sleep(Duration::from_millis(rng % 120));
+        std::thread::sleep(Duration::from_millis(rng % 150));
         child.kill().unwrap();
         child.wait().unwrap();
-        drain.join().unwrap();
-        let found = check(kind, &path);
-        let n =
-            found.unwrap_or_else(|| panic!("{kind}: nothing under the final name after a complete write"));
-        assert!(
-            n >= first,
-            "{kind}: generation {n} is older than this writer's first ({first})"
-        );
+        completed += drain.join().unwrap();
+        match check(kind, &path) {
+            Some(n) => assert!(n >= 100, "{kind}: generation {n} was never written"),
+            None => assert_eq!(
+                completed, 0,
+                "{kind}: nothing under the final name after a complete write"
+            ),
+        }
         left_temporaries += usize::from(!temporaries(&temporaries_at).is_empty());
     }
-    eprintln!("{kind}: {KILLS} kills (seed {seed}), {left_temporaries} left a temporary");
+    eprintln!(
+        "{kind}: {KILLS} kills (seed {seed}) after {completed} complete writes, {left_temporaries} left a \
+         temporary"
+    );
     write(kind, &path, 7);
     assert_eq!(check(kind, &path), Some(7));
     let stray = temporaries(&temporaries_at);
