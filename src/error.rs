@@ -22,6 +22,7 @@ use tch::{Device, Kind, TchError};
 /// | [`Error::NonFinite`] | logits (or log-probs) contain NaN / ±inf where they matter (validation on) |
 /// | [`Error::Data`] | a preference record is malformed (bad JSON, missing field, empty response): file and line |
 /// | [`Error::Io`] | reading or writing a file failed |
+/// | [`Error::InvalidPath`] | an artifact's path is empty, its parent folder is missing, or what is there must not be replaced |
 /// | [`Error::Checkpoint`] | a checkpoint is missing, truncated, corrupted, or does not fit the model |
 /// | [`Error::Tokenizer`] | a tokenizer could not be loaded or failed to encode |
 /// | [`Error::Gguf`] | a GGUF file is malformed, truncated, uses an unsupported tensor type, or lacks a tensor / key |
@@ -162,6 +163,19 @@ pub enum Error {
         /// The underlying error.
         #[source]
         source: std::io::Error,
+    },
+    /// A path given to write an artifact (a GGUF file, an exported folder, a checkpoint) cannot be used,
+    /// found before anything is written: it is empty, names no entry (`..`, `/`), its parent folder does
+    /// not exist, or the entry there is of the wrong kind (a directory where a file goes, a file where a
+    /// folder goes) or holds what replacing it would delete (a subfolder, a symbolic link).
+    #[error("`{arg}` = `{path}` {reason}")]
+    InvalidPath {
+        /// The argument's name.
+        arg: &'static str,
+        /// The path as given.
+        path: String,
+        /// What is wrong with it, in words.
+        reason: String,
     },
     /// A checkpoint cannot be used: missing or truncated file, checksum mismatch, unknown format, or
     /// tensors that do not match the model.

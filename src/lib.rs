@@ -69,6 +69,8 @@
 //!   distributed sampler.
 //! - [`libtorch`]: which libtorch the process loaded (real paths), and [`libtorch::init_cuda`] for a binary
 //!   linked without `libtorch_cuda`.
+//! - [`atomic`]: how every artifact (GGUF file, exported folder, checkpoint) is written: a temporary
+//!   beside the target, fsynced, renamed into place; never a partial artifact under the final name.
 //! - [`error`]: the one [`Error`] enum; every public function that can fail returns [`Result`].
 //!
 //! # Devices and host syncs
@@ -83,6 +85,7 @@
 //!   trainer reads its scalars once per micro-batch.
 #![warn(missing_docs)]
 
+pub mod atomic;
 #[cfg(feature = "train")]
 pub mod data;
 #[cfg(feature = "dist")]

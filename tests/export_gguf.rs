@@ -658,13 +658,16 @@ fn unencodable_values_fail_the_write_and_leave_no_file() {
 }
 
 #[test]
-fn unwritable_path_is_an_io_error() {
+fn path_in_a_missing_folder_is_refused() {
     let dir = TempDir::new("gguf-io");
     let path = dir.path("missing/sub/file.gguf");
     let w = GgufWriter::new();
     match w.write(&path) {
-        Err(Error::Io { path: p, .. }) => assert!(p.contains("file.gguf")),
-        other => panic!("expected Error::Io, got {other:?}"),
+        Err(Error::InvalidPath { path: p, reason, .. }) => {
+            assert!(p.contains("file.gguf"), "{p}");
+            assert!(reason.contains("create it first"), "{reason}");
+        }
+        other => panic!("expected Error::InvalidPath, got {other:?}"),
     }
 }
 

@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// The GGUF version [`GgufWriter`] writes.
@@ -425,29 +425,18 @@ impl GgufWriter {
         Ok(())
     }
 
-    /// Writes the file to `path` (through a temporary file `path` + `.partial` in the same folder, renamed
-    /// when complete, so a failed write leaves no truncated GGUF behind). Returns the file's size in bytes.
+    /// Writes the file to `path` atomically ([`crate::atomic::write_file_at`]: a temporary file beside it,
+    /// fsynced, renamed into place; a failed or killed write leaves no truncated GGUF under `path` and no
+    /// temporary after a failure). Returns the file's size in bytes.
     ///
     /// # Errors
-    /// [`Error::Io`] if the file cannot be created, written or renamed; [`Error::Gguf`] naming the tensor
-    /// and index if a value cannot be encoded (see [`quantize`]) or a tensor's element count changed since
-    /// it was added; [`Error::Torch`] if reading a tensor fails.
+    /// [`Error::InvalidPath`] before anything is written if `path` is empty, its folder does not exist or
+    /// it is a directory; [`Error::Io`] if the file cannot be created, written, fsynced or renamed;
+    /// [`Error::Gguf`] naming the tensor and index if a value cannot be encoded (see [`quantize`]) or a
+    /// tensor's element count changed since it was added; [`Error::Torch`] if reading a tensor fails.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<u64> {
         let path = path.as_ref();
-        let mut partial = path.as_os_str().to_owned();
-        partial.push(".partial");
-        let partial = PathBuf::from(partial);
-        let result = self.write_to(&partial, path);
-        match result {
-            Ok(len) => {
-                std::fs::rename(&partial, path).map_err(|e| Error::io(path, e))?;
-                Ok(len)
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(&partial);
-                Err(e)
-            }
-        }
+        crate::atomic::write_file_at(path, "path", |tmp| self.write_to(tmp, path))
     }
 
     fn write_to(&self, file_path: &Path, shown: &Path) -> Result<u64> {

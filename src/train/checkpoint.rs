@@ -12,9 +12,10 @@
 //! | `manifest.json` | format tag, and for each file above its size in bytes and FNV-1a 64 checksum |
 //!
 //! # Atomicity
-//! Everything is written into a temporary directory `.tmp-…` next to the final one; each file is fsynced,
-//! the manifest is written last, the temporary directory is fsynced and renamed to its final name, and the
-//! parent is fsynced. Only then is the pointer file `latest` replaced the same way (temp file, fsync,
+//! Both the checkpoint folder and the pointer go through [`crate::atomic`]: everything is written into a
+//! temporary directory (`.tmp-tch-rpo-…`, [`crate::atomic::TMP_PREFIX`]) next to the final one, the
+//! manifest last; each file and the directory are fsynced, the directory is renamed to its final name, and
+//! the parent is fsynced. Only then is the pointer file `latest` replaced the same way (temp file, fsync,
 //! rename, fsync). A crash at any point leaves the previous checkpoint and pointer intact; an interrupted
 //! save leaves at most a `.tmp-…` entry, which loading ignores and the next [`save`] into the same
 //! directory removes (a failed save removes its own at once). One process saves into a directory at a
@@ -77,16 +78,9 @@ pub fn file_checksum(path: &Path) -> Result<(u64, u64)> {
     Ok((len, hash))
 }
 
-fn sync_path(path: &Path) -> Result<()> {
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(path, e))
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut file = File::create(path).map_err(|e| Error::io(path, e))?;
-    file.write_all(bytes).map_err(|e| Error::io(path, e))?;
-    file.sync_all().map_err(|e| Error::io(path, e))
+/// Writes `bytes` to the new file `path` (fsynced later, with its folder, by [`crate::atomic::write_dir`]).
+fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    fs::write(path, bytes).map_err(|e| Error::io(path, e))
 }
 
 fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
@@ -100,7 +94,7 @@ fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     Tensor::write_safetensors(&host, path)?;
-    sync_path(path)
+    Ok(())
 }
 
 /// What [`save`] writes.
@@ -121,7 +115,8 @@ pub struct CheckpointData {
 /// Writes a checkpoint under `dir` atomically and points `dir/latest` at it; returns its path.
 ///
 /// # Errors
-/// [`Error::Io`] if a file cannot be written; [`Error::Torch`] if a tensor cannot be serialized.
+/// [`Error::Checkpoint`] if `dir` exists but is not a directory; [`Error::Io`] if a file cannot be
+/// written; [`Error::Torch`] if a tensor cannot be serialized.
 pub fn save(dir: &Path, data: &CheckpointData) -> Result<PathBuf> {
     check_checkpoint_dir(dir)?;
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -133,38 +128,22 @@ pub fn save(dir: &Path, data: &CheckpointData) -> Result<PathBuf> {
         name = format!("{base}-{k}");
         k += 1;
     }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let tmp = dir.join(format!("{TMP_PREFIX}{name}-{}-{nanos}", std::process::id()));
-    fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let final_path = dir.join(&name);
-    let written = write_into(&tmp, data).and_then(|()| {
-        fs::rename(&tmp, &final_path).map_err(|e| Error::io(&final_path, e))?;
-        sync_path(dir)
-    });
-    if let Err(e) = written {
-        let _ = fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-
-    let pointer_tmp = dir.join(format!(
-        "{TMP_PREFIX}{LATEST_FILE}-{}-{nanos}",
-        std::process::id()
-    ));
-    let pointer = dir.join(LATEST_FILE);
-    let pointed = write_synced(&pointer_tmp, name.as_bytes())
-        .and_then(|()| fs::rename(&pointer_tmp, &pointer).map_err(|e| Error::io(&pointer, e)));
-    if let Err(e) = pointed {
-        let _ = fs::remove_file(&pointer_tmp);
-        return Err(e);
-    }
-    sync_path(dir)?;
+    crate::atomic::write_dir(
+        &final_path,
+        "checkpoint",
+        crate::atomic::ExistingDir::Refuse,
+        |tmp| write_into(tmp, data),
+    )?;
+    crate::atomic::write_file(&dir.join(LATEST_FILE), "checkpoint pointer", |file| {
+        file.write_all(name.as_bytes())
+            .map_err(|e| Error::io(dir.join(LATEST_FILE), e))
+    })?;
     Ok(final_path)
 }
 
-/// The prefix of the temporary entries [`save`] writes before renaming them into place.
+/// The prefix of the temporary entries that [`save`] removes from the checkpoint directory before it
+/// writes (those of [`crate::atomic::TMP_PREFIX`], which [`save`] writes, and those of earlier versions).
 pub const TMP_PREFIX: &str = ".tmp-";
 
 /// Removes every `.tmp-…` entry directly under `dir` (left by interrupted saves).
@@ -185,7 +164,7 @@ fn remove_stale_temporaries(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes the files of a checkpoint into the (new, empty) directory `tmp`, manifest last, all fsynced.
+/// Writes the files of a checkpoint into the (new, empty) directory `tmp`, manifest last.
 fn write_into(tmp: &Path, data: &CheckpointData) -> Result<()> {
     write_tensors(&tmp.join(MODEL_FILE), &data.model)?;
     write_tensors(&tmp.join(OPTIMIZER_FILE), &data.optimizer)?;
@@ -193,7 +172,7 @@ fn write_into(tmp: &Path, data: &CheckpointData) -> Result<()> {
         path: tmp.display().to_string(),
         reason: format!("cannot serialize the trainer state: {e}"),
     })?;
-    write_synced(&tmp.join(STATE_FILE), &state)?;
+    write_bytes(&tmp.join(STATE_FILE), &state)?;
     let mut names = vec![MODEL_FILE, OPTIMIZER_FILE, STATE_FILE];
     if !data.reference.is_empty() {
         write_tensors(&tmp.join(REFERENCE_FILE), &data.reference)?;
@@ -209,8 +188,7 @@ fn write_into(tmp: &Path, data: &CheckpointData) -> Result<()> {
         path: tmp.display().to_string(),
         reason: format!("cannot serialize the manifest: {e}"),
     })?;
-    write_synced(&tmp.join(MANIFEST_FILE), &manifest)?;
-    sync_path(tmp)
+    write_bytes(&tmp.join(MANIFEST_FILE), &manifest)
 }
 
 /// What is at `path`, in words, for an error message: `None` for a directory (what a checkpoint path

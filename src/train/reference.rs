@@ -137,13 +137,17 @@ impl ReferenceCache {
             .f_to_device(device)?)
     }
 
-    /// Saves the cache as safetensors (`chosen`, `rejected`, f64 `[N]`).
+    /// Saves the cache as safetensors (`chosen`, `rejected`, f64 `[N]`), atomically
+    /// ([`crate::atomic::write_file_at`]): `path` only ever holds a complete cache, the earlier or the new.
     ///
     /// # Errors
-    /// [`Error::Torch`] if writing fails.
+    /// [`Error::InvalidPath`] if `path` is empty, its folder does not exist or it is a directory;
+    /// [`Error::Torch`] if writing fails; [`Error::Io`] if the file cannot be fsynced or renamed.
     pub fn save(&self, path: &Path) -> Result<()> {
-        Tensor::write_safetensors(&self.to_tensors(), path)?;
-        Ok(())
+        crate::atomic::write_file_at(path, "path", |tmp| {
+            Tensor::write_safetensors(&self.to_tensors(), tmp)?;
+            Ok(())
+        })
     }
 
     /// The cache as named tensors (`chosen`, `rejected`, f64 `[N]`), as [`ReferenceCache::save`] writes it.

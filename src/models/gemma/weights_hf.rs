@@ -142,18 +142,24 @@ pub fn load_checkpoint(vs: &nn::VarStore, dir: &Path, config: &GemmaConfig) -> R
 }
 
 /// Writes `dir/config.json` and `dir/model.safetensors` (the variables of `vs`, in their current dtype) so
-/// that [`Gemma::from_pretrained`] and `transformers` can load the directory. Creates `dir` if needed.
-/// Errors: [`Error::Io`], [`Error::Checkpoint`], [`Error::Torch`].
+/// that [`Gemma::from_pretrained`] and `transformers` can load the directory. The folder is written
+/// atomically ([`crate::atomic::write_dir`] with [`ExistingDir::ReplaceFiles`](crate::atomic::ExistingDir)):
+/// an earlier folder of plain files at `dir` is replaced as a whole, one holding a subfolder or a link is
+/// refused; the parent of `dir` must exist.
+///
+/// Errors: [`Error::InvalidPath`] for a `dir` that cannot be used (see [`crate::atomic::check_dir_target`]);
+/// [`Error::Io`], [`Error::Checkpoint`], [`Error::Torch`].
 pub fn save_checkpoint(vs: &nn::VarStore, config: &GemmaConfig, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::io(dir, source))?;
-    let config_path = dir.join("config.json");
     let text = serde_json::to_string_pretty(config).map_err(|source| Error::Checkpoint {
-        path: config_path.display().to_string(),
+        path: dir.join("config.json").display().to_string(),
         reason: format!("cannot serialize the config: {source}"),
     })?;
-    std::fs::write(&config_path, text).map_err(|source| Error::io(&config_path, source))?;
-    vs.save(dir.join("model.safetensors"))?;
-    Ok(())
+    crate::atomic::write_dir(dir, "dir", crate::atomic::ExistingDir::ReplaceFiles, |tmp| {
+        let config_path = tmp.join("config.json");
+        std::fs::write(&config_path, &text).map_err(|source| Error::io(&config_path, source))?;
+        vs.save(tmp.join("model.safetensors"))?;
+        Ok(())
+    })
 }
 
 /// The `tokenizer.json` of a checkpoint directory. Errors: [`Error::Io`] when it does not exist.

@@ -103,11 +103,12 @@ fn check_representable(config: &GemmaConfig) -> Result<()> {
 ///   converter does), 1-D tensors (the norms) as F32; every RMSNorm weight stored as `1 + w` (computed in
 ///   f32), the GGUF convention for Gemma.
 ///
-/// Returns the file's size in bytes. The file is written through a temporary file (see
-/// [`GgufWriter::write`]).
+/// Returns the file's size in bytes. The file is written atomically (see [`GgufWriter::write`] and
+/// [`crate::atomic`]): under `path` there is only ever a complete GGUF, the earlier one or the new one.
 ///
 /// # Errors
-/// [`Error::UnsupportedArchitecture`] for a Gemma 1 / 2 configuration; [`Error::Config`] for a Gemma 3
+/// [`Error::InvalidPath`] (checked first, before any conversion) if `path` is empty, its folder does not
+/// exist or it is a directory; [`Error::UnsupportedArchitecture`] for a Gemma 1 / 2 configuration; [`Error::Config`] for a Gemma 3
 /// configuration a GGUF cannot express (sliding-layer RoPE θ ≠ 10⁴, `query_pre_attn_scalar` ≠ 256, a
 /// soft-cap, another activation or layer pattern, a size beyond `u32`) or a tokenizer whose token count
 /// differs from `vocab_size`; [`Error::Gguf`] for a `ty` other than F32, F16, BF16, Q8_0 or a value that
@@ -121,6 +122,7 @@ pub fn save_gguf(
     ty: GgmlType,
     tokenizer: TokenizerSource<'_>,
 ) -> Result<u64> {
+    crate::atomic::check_file_target(path, "path")?;
     if !matches!(
         ty,
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0

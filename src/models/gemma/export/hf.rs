@@ -7,6 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::tokenizer::hf_tokenizer_files;
 use super::{dtype_name, ordered_parameters, TokenizerSource, HF_TOKENIZER_FILES};
+use crate::atomic::ExistingDir;
 use crate::error::{Error, Result};
 use crate::models::gemma::config::{Activation, GemmaArch, GemmaConfig, TokenIds};
 
@@ -156,16 +157,22 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
 ///   BFloat16 or Half) on the CPU; RMSNorm weights as the model holds them (`w` in `x·(1 + w)`); no
 ///   `lm_head.weight` (tied);
 /// - the tokenizer from `tokenizer` ([`TokenizerSource`]): generated from a GGUF's metadata
-///   ([`hf_tokenizer_files`]), or copied from a folder.
+///   ([`hf_tokenizer_files`]), or copied from a folder (which may be `dir` itself).
 ///
-/// `dir` is created if needed; files of the same names are replaced.
+/// The folder is written atomically ([`crate::atomic::write_dir`]): into a temporary folder beside `dir`,
+/// every file fsynced, then moved to `dir` in one step. A folder already at `dir` that holds only plain
+/// files (an earlier export) is replaced as a whole — files this export does not write are not kept; one
+/// holding a subfolder or a symbolic link is refused rather than deleted. A failed or killed save leaves
+/// the earlier folder as it was (or no folder), never a partial one. The parent of `dir` must exist.
 ///
 /// # Errors
-/// [`Error::Checkpoint`] if `dir` holds a sharded checkpoint (`model.safetensors.index.json`, which loaders
-/// would read instead of the new file) or a parameter is given twice; [`Error::MissingTensor`],
+/// [`Error::InvalidPath`] if `dir` is empty, its parent does not exist, it is a file or a link, or it holds
+/// a subfolder or a link; [`Error::Checkpoint`] if `dir` holds a sharded checkpoint
+/// (`model.safetensors.index.json`) or a parameter is given twice; [`Error::MissingTensor`],
 /// [`Error::UnexpectedTensor`], [`Error::TensorShape`] when `parameters` do not match `config`; those of
 /// [`hf_config_json`] and [`hf_tokenizer_files`]; [`Error::Io`] for a file that cannot be written or copied;
-/// [`Error::Torch`] if libtorch fails (e.g. writing the safetensors file).
+/// [`Error::Torch`] if libtorch fails (e.g. writing the safetensors file). Nothing is written when the
+/// arguments are refused.
 pub fn save_pretrained(
     dir: &Path,
     config: &GemmaConfig,
@@ -175,6 +182,7 @@ pub fn save_pretrained(
 ) -> Result<()> {
     let config_json = hf_config_json(config, kind)?;
     let ordered = ordered_parameters(config, parameters)?;
+    crate::atomic::check_dir_target(dir, "dir", ExistingDir::ReplaceFiles)?;
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         return Err(checkpoint_error(
@@ -202,46 +210,40 @@ pub fn save_pretrained(
         }
         _ => Vec::new(),
     };
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    write_json(&dir.join("config.json"), &config_json)?;
-    write_json(
-        &dir.join("generation_config.json"),
-        &generation_config_json(config),
-    )?;
-    let tensors = tch::no_grad(|| -> Result<Vec<(String, Tensor)>> {
-        ordered
-            .iter()
-            .map(|(name, t)| {
-                let t = t
-                    .f_detach()?
-                    .f_to_device(Device::Cpu)?
-                    .f_to_kind(kind)?
-                    .f_contiguous()?;
-                Ok((name.to_string(), t))
-            })
-            .collect()
-    })?;
-    Tensor::write_safetensors(&tensors, dir.join("model.safetensors"))?;
-    drop(tensors);
-    match tokenizer {
-        TokenizerSource::None => {}
-        TokenizerSource::Gguf(_) => {
-            if let Some((tokenizer_json, tokenizer_config)) = tokenizer_files {
-                let path = dir.join("tokenizer.json");
-                let text = serde_json::to_string(&tokenizer_json)
-                    .map_err(|e| checkpoint_error(&path, format!("cannot serialize: {e}")))?;
-                std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
-                write_json(&dir.join("tokenizer_config.json"), &tokenizer_config)?;
+    crate::atomic::write_dir(dir, "dir", ExistingDir::ReplaceFiles, |tmp| {
+        write_json(&tmp.join("config.json"), &config_json)?;
+        write_json(
+            &tmp.join("generation_config.json"),
+            &generation_config_json(config),
+        )?;
+        let tensors = tch::no_grad(|| -> Result<Vec<(String, Tensor)>> {
+            ordered
+                .iter()
+                .map(|(name, t)| {
+                    let t = t
+                        .f_detach()?
+                        .f_to_device(Device::Cpu)?
+                        .f_to_kind(kind)?
+                        .f_contiguous()?;
+                    Ok((name.to_string(), t))
+                })
+                .collect()
+        })?;
+        Tensor::write_safetensors(&tensors, tmp.join("model.safetensors"))?;
+        drop(tensors);
+        if let Some((tokenizer_json, tokenizer_config)) = &tokenizer_files {
+            let path = tmp.join("tokenizer.json");
+            let text = serde_json::to_string(tokenizer_json)
+                .map_err(|e| checkpoint_error(&path, format!("cannot serialize: {e}")))?;
+            std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+            write_json(&tmp.join("tokenizer_config.json"), tokenizer_config)?;
+        }
+        if let TokenizerSource::HfDir(source) = tokenizer {
+            for name in &copies {
+                let from = source.join(name);
+                std::fs::copy(&from, tmp.join(name)).map_err(|e| Error::io(&from, e))?;
             }
         }
-        TokenizerSource::HfDir(source) => {
-            for name in copies {
-                let (from, to) = (source.join(name), dir.join(name));
-                if from.canonicalize().ok() != to.canonicalize().ok() {
-                    std::fs::copy(&from, &to).map_err(|e| Error::io(&from, e))?;
-                }
-            }
-        }
-    }
-    Ok(())
+        Ok(())
+    })
 }
