@@ -46,6 +46,7 @@
 //! # }
 //! ```
 
+mod check;
 mod dequant;
 mod header;
 mod read;
@@ -53,6 +54,7 @@ mod types;
 mod value;
 mod write;
 
+pub use check::{MATRIX_TYPES, VECTOR_TYPES};
 pub use read::dequantize;
 pub use types::{GgmlType, GgufValueType};
 pub use value::GgufValue;
@@ -118,8 +120,10 @@ impl GgufFile {
     /// (1, or a big-endian file), a truncated header, an unknown metadata value type or ggml tensor type
     /// id, counts or lengths that cannot fit in the file, a non-UTF-8 key, a duplicate key or tensor name,
     /// more than four dimensions, a row length that is not a multiple of the type's block size, an
-    /// alignment that is not a power of two, or a tensor whose offset is misaligned or whose data runs past
-    /// the end of the file.
+    /// alignment that is not a power of two, a tensor whose offset is misaligned or whose data runs past
+    /// the end of the file, or tensors not laid out back to back as ggml requires (in file order, each at
+    /// the end of the previous one's data padded to the alignment, the first at offset 0; llama.cpp refuses
+    /// such files too), which also rules out overlapping tensors.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
@@ -253,6 +257,8 @@ impl GgufFile {
                 }
             }
         }
+
+        check::check_layout(&tensors, alignment).map_err(|reason| reader.error(reason))?;
 
         Ok(GgufFile {
             path,

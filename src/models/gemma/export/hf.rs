@@ -163,7 +163,8 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
 /// # Errors
 /// [`Error::Checkpoint`] if `dir` holds a sharded checkpoint (`model.safetensors.index.json`, which loaders
 /// would read instead of the new file) or a parameter is given twice; [`Error::MissingTensor`],
-/// [`Error::UnexpectedTensor`], [`Error::TensorShape`] when `parameters` do not match `config`; those of
+/// [`Error::UnexpectedTensor`], [`Error::TensorShape`] when `parameters` do not match `config`;
+/// [`Error::NonFiniteWeight`] for a parameter holding NaN or ±inf (nothing is written); those of
 /// [`hf_config_json`] and [`hf_tokenizer_files`]; [`Error::Io`] for a file that cannot be written or copied;
 /// [`Error::Torch`] if libtorch fails (e.g. writing the safetensors file).
 pub fn save_pretrained(
@@ -175,6 +176,7 @@ pub fn save_pretrained(
 ) -> Result<()> {
     let config_json = hf_config_json(config, kind)?;
     let ordered = ordered_parameters(config, parameters)?;
+    super::check_finite(&ordered)?;
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         return Err(checkpoint_error(
