@@ -287,6 +287,10 @@ struct Counts {
     panicked: Vec<String>,
     /// Tensor-info mutations that loaded, other than an F16 ↔ BF16 type swap.
     unexpected_loads: Vec<String>,
+    /// F16 ↔ BF16 type swaps that loaded (undetectable: same size).
+    loaded_type_swaps: usize,
+    /// Random header bytes that loaded (e.g. a changed name, ε or RoPE θ).
+    loaded_header_bytes: usize,
 }
 
 /// Whether a typed error is one a corrupt file may give (not `Torch`: libtorch failing on a corrupt file
@@ -346,8 +350,10 @@ fn run_mutations(ty: GgmlType, dir: &TempDir, counts: &mut Counts) {
                 }
                 let f16_bf16 = [GgmlType::F16.id(), GgmlType::BF16.id()];
                 match m.class {
-                    Class::HeaderByte => {}
-                    Class::Type { from, to } if f16_bf16.contains(&from) && f16_bf16.contains(&to) => {}
+                    Class::HeaderByte => counts.loaded_header_bytes += 1,
+                    Class::Type { from, to } if f16_bf16.contains(&from) && f16_bf16.contains(&to) => {
+                        counts.loaded_type_swaps += 1
+                    }
                     _ => counts.unexpected_loads.push(what),
                 }
             }
@@ -369,13 +375,17 @@ fn mutated_headers_are_refused_or_load_with_finite_logits() {
     }
     eprintln!(
         "mutations tried {}, refused {}, loaded with the same logits {}, loaded with other finite logits \
-         {}, loaded with non-finite logits {}, panicked {}",
+         {}, loaded with non-finite logits {}, panicked {}; of those loaded: F16 ↔ BF16 type swaps {}, random \
+         header bytes {}, other tensor-info mutations {}",
         counts.tried,
         counts.refused,
         counts.loaded_same,
         counts.loaded_finite,
         counts.loaded_non_finite.len(),
-        counts.panicked.len()
+        counts.panicked.len(),
+        counts.loaded_type_swaps,
+        counts.loaded_header_bytes,
+        counts.unexpected_loads.len()
     );
     assert!(counts.panicked.is_empty(), "panicked: {:#?}", counts.panicked);
     assert!(
@@ -533,4 +543,31 @@ fn finite_weights_save_and_load_in_every_format() {
         let logits = load_logits(&path).unwrap();
         assert!(bool::try_from(logits.isfinite().all()).unwrap(), "{ty}");
     }
+}
+
+/// The two new errors say which tensor, where, and what is wrong.
+#[test]
+fn new_errors_display_what_is_wrong() {
+    let e = Error::NonFiniteWeight {
+        tensor: "blk.1.ffn_up.weight".into(),
+        file: "m.gguf".into(),
+        count: 2,
+        index: 70,
+        value: f64::NEG_INFINITY,
+    };
+    assert_eq!(
+        e.to_string(),
+        "tensor `blk.1.ffn_up.weight` in m.gguf holds 2 non-finite value(s) (NaN or ±inf), the first (-inf) \
+         at flat index 70"
+    );
+    let e = Error::TensorType {
+        name: "output_norm.weight".into(),
+        file: "m.gguf".into(),
+        expected: "F32".into(),
+        got: "F16".into(),
+    };
+    assert_eq!(
+        e.to_string(),
+        "tensor `output_norm.weight` in m.gguf is stored as F16, but the model accepts F32 for it"
+    );
 }

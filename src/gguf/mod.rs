@@ -9,6 +9,12 @@
 //!   shape, type and byte range) but no tensor data; counts and lengths read from the header are checked
 //!   against the file size before anything is allocated, so a corrupt file gives an error, not a huge
 //!   allocation or a panic.
+//! * The tensors' data must be laid out as ggml lays it out and requires: in file order, back to back, each
+//!   at the end of the previous one's data padded to the alignment. A type or dimension changed in the
+//!   header changes a tensor's byte size and so moves the next tensor off its place: the file is refused
+//!   instead of other bytes being read as weights.
+//! * [`GgufFile::expect_tensor`] checks one tensor's shape and type against what a model expects
+//!   ([`MATRIX_TYPES`], [`VECTOR_TYPES`]); the Gemma loader checks every tensor so before building the model.
 //! * Every host buffer is allocated fallibly (`try_reserve`): a valid file whose tensor does not fit in the
 //!   memory available (or under a memory limit) gives [`Error::OutOfMemory`], not an aborted process.
 //! * [`GgufFile::tensor`] reads one tensor's bytes on demand (`seek` + `read_exact`, in chunks of about

@@ -15,6 +15,9 @@
 //! | configuration | `config.json` (every field transformers reads), `generation_config.json` | `gemma3.*` hyper-parameters |
 //! | tokenizer | `tokenizer.json` + `tokenizer_config.json` built from a GGUF's tokenizer metadata, or copied from a folder | the `tokenizer.*` metadata of a GGUF |
 //!
+//! Both refuse parameters holding NaN or ±inf ([`Error::NonFiniteWeight`], whatever the format or dtype)
+//! before writing anything.
+//!
 //! Checked by `tests/export_gemma.rs`: the saved folder and files load back here and in `transformers`
 //! (logits compared), the tokenizer gives the same ids, and the GGUF reads back in the `gguf` Python package.
 //!
