@@ -402,7 +402,7 @@ fn generation_beyond_the_trained_positions_needs_an_opt_in() {
         ..GenerationConfig::greedy(2, vec![], 0)
     };
     let long_prompt: Vec<i64> = (0..limit as i64).map(|i| 2 + i % 50).collect();
-    let out = generate(&model, &[long_prompt.clone()], &opted).unwrap();
+    let out = generate(&model, std::slice::from_ref(&long_prompt), &opted).unwrap();
     assert_eq!(out.tokens[0].len(), 2);
     let refused = GenerationConfig::greedy(2, vec![], 0);
     assert!(generate(&model, &[long_prompt], &refused).is_err());
