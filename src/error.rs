@@ -31,6 +31,8 @@ use tch::{Device, Kind, TchError};
 /// | [`Error::LibtorchLoad`] | a libtorch library could not be loaded at run time ([`crate::libtorch::init_cuda`]) |
 /// | [`Error::MissingTensor`] | a model's weights file lacks a parameter its configuration implies |
 /// | [`Error::TensorShape`] | a weight in a file has another shape than its configuration implies |
+/// | [`Error::TensorType`] | a weight in a GGUF file is stored in a ggml type the model does not accept for it |
+/// | [`Error::NonFiniteWeight`] | a weight being loaded or saved holds NaN or ±inf |
 /// | [`Error::UnexpectedTensor`] | a weights file holds a tensor that is no parameter of the model |
 /// | [`Error::UnsupportedArchitecture`] | a model configuration or file names an architecture not implemented |
 /// | [`Error::TokenOutOfRange`] | input token ids fall outside the model's vocabulary |
@@ -244,6 +246,39 @@ pub enum Error {
         expected: Vec<i64>,
         /// The shape in the file.
         got: Vec<i64>,
+    },
+    /// A weight tensor in a GGUF file is stored in a ggml type the model does not accept for it (e.g. a
+    /// quantized norm weight, or a type this crate cannot dequantize).
+    #[error("tensor `{name}` in {file} is stored as {got}, but the model accepts {expected} for it")]
+    TensorType {
+        /// The tensor name.
+        name: String,
+        /// The file holding it.
+        file: String,
+        /// The accepted types, in words (e.g. "F32").
+        expected: String,
+        /// The ggml type in the file (e.g. "Q8_0").
+        got: String,
+    },
+    /// A weight tensor holds NaN or ±inf: a tensor of a file being loaded (checked once after
+    /// dequantization and conversion to the model's dtype), or a parameter being saved (every export
+    /// format refuses them).
+    #[error(
+        "tensor `{tensor}` in {file} holds {count} non-finite value(s) (NaN or ±inf), the first ({}) at flat \
+         index {index}",
+        readable(*.value)
+    )]
+    NonFiniteWeight {
+        /// The tensor (or parameter) name.
+        tensor: String,
+        /// The file being loaded, or "the parameters to save".
+        file: String,
+        /// How many values are NaN or ±inf.
+        count: i64,
+        /// The flat index (row-major, PyTorch order) of the first of them.
+        index: i64,
+        /// That value: NaN, inf or -inf.
+        value: f64,
     },
     /// A weights file holds a tensor that is no parameter of the model being loaded.
     #[error("tensor `{name}` in {file} is not a parameter of this {model_type} model (wrong architecture or config?)")]

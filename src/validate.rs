@@ -147,3 +147,31 @@ pub(crate) fn nonzero_counts(arg: &'static str, counts: &Tensor, reduction: &'st
     }
     Ok(())
 }
+
+/// Errors with [`Error::NonFiniteWeight`] naming `tensor` and `file` if `weight` holds NaN or ±inf.
+///
+/// One `isfinite().all()` on `weight`'s device (a single host sync); only when it fails are the count,
+/// the first offending flat index and its value computed. Integer tensors always pass.
+pub(crate) fn finite_weight(weight: &Tensor, tensor: &str, file: &str) -> Result<()> {
+    tch::no_grad(|| {
+        if weight.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0 {
+            return Ok(());
+        }
+        let flat = weight.f_reshape([-1])?;
+        let bad = flat.f_isfinite()?.f_logical_not()?;
+        let count = bad.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+        // argmax returns the first maximal index: the first non-finite value.
+        let index = bad
+            .f_to_kind(Kind::Uint8)?
+            .f_argmax(0, false)?
+            .f_int64_value(&[])?;
+        let value = flat.f_select(0, index)?.f_double_value(&[])?;
+        Err(Error::NonFiniteWeight {
+            tensor: tensor.to_string(),
+            file: file.to_string(),
+            count,
+            index,
+            value,
+        })
+    })
+}

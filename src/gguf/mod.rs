@@ -9,6 +9,12 @@
 //!   shape, type and byte range) but no tensor data; counts and lengths read from the header are checked
 //!   against the file size before anything is allocated, so a corrupt file gives an error, not a huge
 //!   allocation or a panic.
+//! * The tensors' data must be laid out as ggml lays it out and requires: in file order, back to back, each
+//!   at the end of the previous one's data padded to the alignment. A type or dimension changed in the
+//!   header changes a tensor's byte size and so moves the next tensor off its place: the file is refused
+//!   instead of other bytes being read as weights.
+//! * [`GgufFile::expect_tensor`] checks one tensor's shape and type against what a model expects
+//!   ([`MATRIX_TYPES`], [`VECTOR_TYPES`]); the Gemma loader checks every tensor so before building the model.
 //! * Every host buffer is allocated fallibly (`try_reserve`): a valid file whose tensor does not fit in the
 //!   memory available (or under a memory limit) gives [`Error::OutOfMemory`], not an aborted process.
 //! * [`GgufFile::tensor`] reads one tensor's bytes on demand (`seek` + `read_exact`, in chunks of about
@@ -46,6 +52,7 @@
 //! # }
 //! ```
 
+mod check;
 mod dequant;
 mod header;
 mod read;
@@ -53,6 +60,7 @@ mod types;
 mod value;
 mod write;
 
+pub use check::{MATRIX_TYPES, VECTOR_TYPES};
 pub use read::dequantize;
 pub use types::{GgmlType, GgufValueType};
 pub use value::GgufValue;
@@ -118,8 +126,10 @@ impl GgufFile {
     /// (1, or a big-endian file), a truncated header, an unknown metadata value type or ggml tensor type
     /// id, counts or lengths that cannot fit in the file, a non-UTF-8 key, a duplicate key or tensor name,
     /// more than four dimensions, a row length that is not a multiple of the type's block size, an
-    /// alignment that is not a power of two, or a tensor whose offset is misaligned or whose data runs past
-    /// the end of the file.
+    /// alignment that is not a power of two, a tensor whose offset is misaligned or whose data runs past
+    /// the end of the file, or tensors not laid out back to back as ggml requires (in file order, each at
+    /// the end of the previous one's data padded to the alignment, the first at offset 0; llama.cpp refuses
+    /// such files too), which also rules out overlapping tensors.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
@@ -253,6 +263,8 @@ impl GgufFile {
                 }
             }
         }
+
+        check::check_layout(&tensors, alignment).map_err(|reason| reader.error(reason))?;
 
         Ok(GgufFile {
             path,

@@ -59,5 +59,5 @@ pub use config::{Activation, GemmaArch, GemmaConfig, TokenIds, SUPPORTED_MODEL_T
 pub use generate::{generate, greedy_decode, Generation, GenerationConfig, Sampling};
 pub use model::{Gemma, KvCache};
 pub use policy::GemmaPolicy;
-pub use weights_gguf::{gguf_tensor_name, load_gguf};
+pub use weights_gguf::{check_gguf_tensors, gguf_tensor_name, load_gguf};
 pub use weights_hf::{load_checkpoint, load_tokenizer, save_checkpoint, tokenizer_path, NO_WEIGHTS};

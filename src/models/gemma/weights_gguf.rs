@@ -9,7 +9,8 @@ use tch::{nn, Device, Kind};
 use super::config::{config_error, GemmaConfig, TokenIds};
 use super::model::Gemma;
 use crate::error::{Error, Result};
-use crate::gguf::GgufFile;
+use crate::gguf::{GgmlType, GgufFile, MATRIX_TYPES, VECTOR_TYPES};
+use crate::validate::finite_weight;
 
 /// The GGUF name of a Hugging Face parameter name of a Gemma 3 model (llama.cpp's naming), or `None` for a
 /// name that has no GGUF counterpart.
@@ -131,19 +132,51 @@ impl GemmaConfig {
     }
 }
 
-/// Copies the tensors of a Gemma 3 GGUF file into the variables of `vs` (built by [`Gemma::new`] with
-/// `config`), under `no_grad`: each tensor is dequantized to f32 ([`GgufFile::tensor`]),
-/// 1 is subtracted from every RMSNorm weight (GGUF stores `1 + w`), then it is converted to its variable's
-/// dtype and device. Returns the number of tensors copied.
+/// Checks every tensor of a Gemma 3 GGUF file against `config`, reading no tensor data and allocating
+/// nothing of the model's size: the file's blocks (`blk.N.…`) are exactly `config.num_hidden_layers`;
+/// every parameter the config implies is there ([`gguf_tensor_name`]) with exactly its shape and an allowed
+/// type ([`VECTOR_TYPES`], i.e. F32, for the 1-D norm weights; [`MATRIX_TYPES`] for matrices); the file
+/// holds no other tensor. Returns the GGUF name of every parameter with its Hugging Face name.
 ///
-/// Errors: [`Error::MissingTensor`] for a parameter the file lacks; [`Error::TensorShape`];
-/// [`Error::UnexpectedTensor`] for a file tensor that is no parameter of this config (e.g. an untied
-/// `output.weight`); [`Error::Gguf`] for unreadable data or an unsupported tensor type.
-pub fn load_gguf(vs: &nn::VarStore, file: &GgufFile, config: &GemmaConfig) -> Result<usize> {
-    let expected = config.parameter_shapes()?;
-    let variables = vs.variables();
+/// The data's extent (inside the file, aligned, back to back as ggml lays tensors out) is checked by
+/// [`GgufFile::open`]; together these refuse a file whose header was changed so that other bytes would be
+/// read as weights, except an F16 ↔ BF16 swap of a matrix's type (same size, nothing tells them apart).
+///
+/// # Errors
+/// [`Error::Gguf`] if the file's blocks do not match `num_hidden_layers`; [`Error::UnexpectedTensor`] for
+/// a file tensor that is no parameter of this config (e.g. an untied `output.weight`);
+/// [`Error::MissingTensor`]; [`Error::TensorShape`]; [`Error::TensorType`]; [`Error::Config`] if the
+/// config is invalid.
+pub fn check_gguf_tensors(file: &GgufFile, config: &GemmaConfig) -> Result<HashMap<String, String>> {
     let path = file.path().display().to_string();
-    let mut by_gguf = HashMap::new();
+    // The block count first: the parameter list below has 13 entries per layer, so a corrupt
+    // `block_count` must not be trusted before it is compared with the file.
+    let layers: std::collections::BTreeSet<i64> = file
+        .tensors()
+        .iter()
+        .filter_map(|t| {
+            t.name
+                .strip_prefix("blk.")?
+                .split_once('.')?
+                .0
+                .parse::<i64>()
+                .ok()
+        })
+        .collect();
+    let blocks = layers.len() as i64;
+    let last = layers.last().map_or(0, |l| l.saturating_add(1));
+    if blocks != config.num_hidden_layers || last != blocks {
+        return Err(Error::Gguf {
+            path,
+            reason: format!(
+                "gemma3.block_count is {}, but the file's tensors belong to {blocks} blocks numbered up to {}",
+                config.num_hidden_layers,
+                last - 1
+            ),
+        });
+    }
+    let expected = config.parameter_shapes()?;
+    let mut by_gguf = HashMap::with_capacity(expected.len());
     for name in expected.keys() {
         let gguf = gguf_tensor_name(name)
             .ok_or_else(|| config_error("parameters", format!("{name} has no GGUF counterpart")))?;
@@ -158,34 +191,45 @@ pub fn load_gguf(vs: &nn::VarStore, file: &GgufFile, config: &GemmaConfig) -> Re
             });
         }
     }
+    for (gguf, name) in &by_gguf {
+        let shape = expected.get(name).map(Vec::as_slice).unwrap_or_default();
+        let types: &[GgmlType] = if shape.len() == 1 {
+            &VECTOR_TYPES
+        } else {
+            &MATRIX_TYPES
+        };
+        file.expect_tensor(gguf, shape, types)?;
+    }
+    Ok(by_gguf)
+}
+
+/// Copies the tensors of a Gemma 3 GGUF file into the variables of `vs` (built by [`Gemma::new`] with
+/// `config`), under `no_grad`, after [`check_gguf_tensors`]: each tensor is dequantized to f32
+/// ([`GgufFile::tensor`]), 1 is subtracted from every RMSNorm weight (GGUF stores `1 + w`), then it is
+/// converted to its variable's dtype and device and checked once for NaN / ±inf. Returns the number of
+/// tensors copied.
+///
+/// Errors: those of [`check_gguf_tensors`]; [`Error::NonFiniteWeight`] naming the first tensor that holds
+/// NaN or ±inf once converted (nothing after it is copied); [`Error::Gguf`] for unreadable data;
+/// [`Error::Config`] if a parameter is not in `vs`.
+pub fn load_gguf(vs: &nn::VarStore, file: &GgufFile, config: &GemmaConfig) -> Result<usize> {
+    let by_gguf = check_gguf_tensors(file, config)?;
+    let variables = vs.variables();
+    let path = file.path().display().to_string();
     let mut copied = 0;
     for (gguf, name) in &by_gguf {
-        if !file.has_tensor(gguf) {
-            return Err(Error::MissingTensor {
-                name: gguf.clone(),
-                file: path.clone(),
-            });
-        }
-        let (Some(shape), Some(variable)) = (expected.get(name), variables.get(name)) else {
+        let Some(variable) = variables.get(name) else {
             return Err(config_error(
                 "vs",
                 format!("parameter {name} is not in the model's variable store"),
             ));
         };
-        let info = file.tensor_info(gguf)?;
-        if &info.shape != shape {
-            return Err(Error::TensorShape {
-                name: gguf.clone(),
-                file: path.clone(),
-                expected: shape.clone(),
-                got: info.shape.clone(),
-            });
-        }
         let mut value = file.tensor(gguf, Kind::Float, variable.device())?;
         if gguf.ends_with("norm.weight") {
             value = value.f_sub_scalar(1.0)?;
         }
         let value = value.f_to_kind(variable.kind())?;
+        finite_weight(&value, gguf, &path)?;
         let mut variable = variable.shallow_clone();
         tch::no_grad(|| variable.f_copy_(&value))?;
         copied += 1;
@@ -196,11 +240,14 @@ pub fn load_gguf(vs: &nn::VarStore, file: &GgufFile, config: &GemmaConfig) -> Re
 impl Gemma {
     /// Opens a Gemma 3 GGUF file, reads its config ([`GemmaConfig::from_gguf`]), creates a
     /// [`nn::VarStore`] on `device` with the model in `kind` (f32 or bf16) and loads the weights
-    /// ([`load_gguf`]). Returns the store, the model and the opened file (for its tokenizer).
-    /// Errors: those of the three.
+    /// ([`load_gguf`]). Every tensor is checked against the config ([`check_gguf_tensors`]) before the
+    /// model is built. Returns the store, the model and the opened file (for its tokenizer).
+    /// Errors: those of the four.
     pub fn from_gguf(path: &Path, device: Device, kind: Kind) -> Result<(nn::VarStore, Self, GgufFile)> {
         let file = GgufFile::open(path)?;
         let config = GemmaConfig::from_gguf(&file)?;
+        // Before the model is built: a corrupt size in the metadata must not allocate a huge model.
+        check_gguf_tensors(&file, &config)?;
         let mut vs = nn::VarStore::new(device);
         let model = Self::build(&vs.root(), &config, false)?;
         vs.set_kind(kind);

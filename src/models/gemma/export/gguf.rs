@@ -4,7 +4,7 @@ use std::path::Path;
 
 use tch::{Kind, Tensor};
 
-use super::{ordered_parameters, TokenizerSource};
+use super::{check_finite, ordered_parameters, TokenizerSource};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufValue, GgufWriter};
 use crate::models::gemma::config::{Activation, GemmaArch, GemmaConfig};
@@ -114,7 +114,9 @@ fn check_representable(config: &GemmaConfig) -> Result<()> {
 /// differs from `vocab_size`; [`Error::Gguf`] for a `ty` other than F32, F16, BF16, Q8_0 or a value that
 /// cannot be encoded; [`Error::Tokenizer`] for [`TokenizerSource::HfDir`] (converting `tokenizer.json`
 /// to GGUF metadata is not implemented); [`Error::MissingTensor`], [`Error::UnexpectedTensor`],
-/// [`Error::TensorShape`] when `parameters` do not match `config`; [`Error::Io`], [`Error::Torch`].
+/// [`Error::TensorShape`] when `parameters` do not match `config`; [`Error::NonFiniteWeight`] naming the
+/// first parameter that holds NaN or ±inf, whatever `ty` (nothing is written); [`Error::Io`],
+/// [`Error::Torch`].
 pub fn save_gguf(
     path: &Path,
     config: &GemmaConfig,
@@ -134,6 +136,7 @@ pub fn save_gguf(
     }
     check_representable(config)?;
     let ordered = ordered_parameters(config, parameters)?;
+    check_finite(&ordered)?;
     let source = match tokenizer {
         TokenizerSource::None => None,
         TokenizerSource::Gguf(file) => Some(file),

@@ -169,7 +169,8 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
 /// [`Error::InvalidPath`] if `dir` is empty, its parent does not exist, it is a file or a link, or it holds
 /// a subfolder or a link; [`Error::Checkpoint`] if `dir` holds a sharded checkpoint
 /// (`model.safetensors.index.json`) or a parameter is given twice; [`Error::MissingTensor`],
-/// [`Error::UnexpectedTensor`], [`Error::TensorShape`] when `parameters` do not match `config`; those of
+/// [`Error::UnexpectedTensor`], [`Error::TensorShape`] when `parameters` do not match `config`;
+/// [`Error::NonFiniteWeight`] for a parameter holding NaN or ±inf (nothing is written); those of
 /// [`hf_config_json`] and [`hf_tokenizer_files`]; [`Error::Io`] for a file that cannot be written or copied;
 /// [`Error::Torch`] if libtorch fails (e.g. writing the safetensors file). Nothing is written when the
 /// arguments are refused.
@@ -182,6 +183,7 @@ pub fn save_pretrained(
 ) -> Result<()> {
     let config_json = hf_config_json(config, kind)?;
     let ordered = ordered_parameters(config, parameters)?;
+    super::check_finite(&ordered)?;
     crate::atomic::check_dir_target(dir, "dir", ExistingDir::ReplaceFiles)?;
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {

@@ -15,6 +15,9 @@
 //! | configuration | `config.json` (every field transformers reads), `generation_config.json` | `gemma3.*` hyper-parameters |
 //! | tokenizer | `tokenizer.json` + `tokenizer_config.json` built from a GGUF's tokenizer metadata, or copied from a folder | the `tokenizer.*` metadata of a GGUF |
 //!
+//! Both refuse parameters holding NaN or ±inf ([`Error::NonFiniteWeight`], whatever the format or dtype)
+//! before writing anything.
+//!
 //! Checked by `tests/export_gemma.rs`: the saved folder and files load back here and in `transformers`
 //! (logits compared), the tokenizer gives the same ids, and the GGUF reads back in the `gguf` Python package.
 //!
@@ -52,6 +55,7 @@ use super::policy::GemmaPolicy;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile};
 use crate::train::var_store_parameters;
+use crate::validate::finite_weight;
 
 /// Where the saved tokenizer comes from.
 #[derive(Debug, Clone, Copy)]
@@ -121,6 +125,16 @@ fn ordered_parameters<'p>(
     }
     ordered.sort_by_key(|(name, _)| file_order(name));
     Ok(ordered)
+}
+
+/// Refuses parameters that hold NaN or ±inf, in every export format (GGUF F32, F16, BF16, Q8_0; a Hugging
+/// Face folder in any dtype): [`Error::NonFiniteWeight`] naming the first such parameter, before anything
+/// is written. One `isfinite().all()` per parameter on its device.
+fn check_finite(ordered: &[(&str, &Tensor)]) -> Result<()> {
+    for (name, tensor) in ordered {
+        finite_weight(tensor, name, "the parameters to save")?;
+    }
+    Ok(())
 }
 
 /// Sort key: the embedding first, then each layer in numeric order, then the final norm.
