@@ -7,9 +7,8 @@ use std::hint::black_box;
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
 use tch_rpo::{
-    dpo_loss, fused_sequence_logprobs, rpo_loss, sequence_logprobs, sft_loss, DpoConfig, DpoLoss,
-    FusedOptions, LinearHead, LogProbOptions, PreferenceBatch, Reference, RpoConfig, SequenceLogProbs,
-    SftBatch, SftConfig, SftNormalization,
+    compute_loss, fused_sequence_logprobs, sequence_logprobs, DpoConfig, DpoLoss, LinearHead, LogProbOptions,
+    LossBatch, Reference, RpoConfig, SequenceLogProbs, SftConfig, SftNormalization,
 };
 
 fn naive_logprobs(logits: &Tensor, labels: &Tensor) -> Tensor {
@@ -44,7 +43,7 @@ fn gather(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("chunked", v), &v, |bch, _| {
             bch.iter(|| black_box(sequence_logprobs(&logits, &labels, &opts).expect("logprobs").sum))
         });
-        let with_stats = opts.clone().with_token_stats(true);
+        let with_stats = opts.with_token_stats(true);
         group.bench_with_input(BenchmarkId::new("chunked_token_stats", v), &v, |bch, _| {
             bch.iter(|| {
                 black_box(
@@ -75,17 +74,15 @@ fn fused(c: &mut Criterion) {
     for &v in vocabs {
         let weight = Tensor::randn([v, 256], (Kind::Float, Device::Cpu)) * 0.06;
         let labels = Tensor::randint(v, [8, 256], (Kind::Int64, Device::Cpu));
-        let plain = FusedOptions::from(LogProbOptions::default().with_validate_inputs(false));
-        let with_stats = FusedOptions::from(
-            LogProbOptions::default()
-                .with_validate_inputs(false)
-                .with_token_stats(true),
-        );
+        let plain = LogProbOptions::default().with_validate_inputs(false);
+        let with_stats = LogProbOptions::default()
+            .with_validate_inputs(false)
+            .with_token_stats(true);
         for (name, options) in [("fused", &plain), ("fused_token_stats", &with_stats)] {
             group.bench_with_input(BenchmarkId::new(name, v), &v, |bch, _| {
                 bch.iter(|| {
                     black_box(
-                        fused_sequence_logprobs(&hidden, LinearHead::new(&weight), &labels, options)
+                        fused_sequence_logprobs(&hidden, &LinearHead::new(&weight), &labels, options)
                             .expect("fused")
                             .sum,
                     )
@@ -110,16 +107,17 @@ fn losses(c: &mut Criterion) {
     let policy = seq(0.5);
     let (chosen, _) = policy.split_pairs().expect("split");
     let reference = Tensor::randn([2 * b], (Kind::Float, Device::Cpu)) - 100.0;
-    let batch = PreferenceBatch::new(&policy, Reference::LogProbs(&reference));
+    let unchecked = LogProbOptions::default().with_validate_inputs(false);
+    let batch = LossBatch::log_probs(&policy)
+        .with_reference(Reference::LogProbs(&reference))
+        .with_options(unchecked);
     let mut group = c.benchmark_group("loss_b64");
     group.sample_size(30).measurement_time(Duration::from_secs(2));
     for variant in DpoLoss::ALL {
         let eps = if variant.uses_label_smoothing() { 0.1 } else { 0.0 };
-        let cfg = DpoConfig::new(variant, 0.1)
-            .with_label_smoothing(eps)
-            .with_validate_inputs(false);
+        let cfg = DpoConfig::new(variant, 0.1).with_label_smoothing(eps);
         group.bench_function(BenchmarkId::new("dpo", variant.name()), |bch| {
-            bch.iter(|| black_box(dpo_loss(&cfg, &batch).expect("dpo").loss))
+            bch.iter(|| black_box(compute_loss(&cfg, &batch).expect("dpo").loss))
         });
     }
     for norm in [
@@ -128,14 +126,14 @@ fn losses(c: &mut Criterion) {
         SftNormalization::TokenMean,
     ] {
         group.bench_function(BenchmarkId::new("sft", norm.name()), |bch| {
-            let config = SftConfig::new(norm).with_validate_inputs(false);
-            bch.iter(|| black_box(sft_loss(&config, &SftBatch::new(&chosen)).expect("sft").loss))
+            let config = SftConfig::new(norm);
+            let targets = LossBatch::log_probs(&chosen).with_options(unchecked);
+            bch.iter(|| black_box(compute_loss(&config, &targets).expect("sft").loss))
         });
     }
-    let mut rpo = RpoConfig::default();
-    rpo.dpo.validate_inputs = false;
+    let rpo = RpoConfig::default();
     group.bench_function("rpo_paper_default", |bch| {
-        bch.iter(|| black_box(rpo_loss(&rpo, &batch).expect("rpo").loss))
+        bch.iter(|| black_box(compute_loss(&rpo, &batch).expect("rpo").loss))
     });
     group.finish();
 }

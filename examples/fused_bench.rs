@@ -18,8 +18,8 @@
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use tch_rpo::{
-    fused_rpo_loss, rpo_loss_from_logits, sequence_logprobs, FusedOptions, HiddenBatch, LinearHead,
-    LogProbOptions, LogitsBatch, Reference, RpoConfig, DEFAULT_FUSED_CHUNK_BYTES,
+    compute_loss, sequence_logprobs, LinearHead, LogProbOptions, LossBatch, Reference, RpoConfig,
+    DEFAULT_FUSED_CHUNK_BYTES,
 };
 
 struct Args {
@@ -133,19 +133,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let start = Instant::now();
     let loss = if args.imp == "fused" {
-        let options = FusedOptions::causal().with_chunk_bytes(args.chunk_bytes);
-        let reference = match (&ref_hidden, &ref_weight, &ref_sums) {
-            (Some(rh), Some(rw), _) => Reference::Hidden {
-                hidden: rh,
-                head: LinearHead::new(rw),
-            },
+        let options = LogProbOptions::causal().with_fused_chunk_bytes(args.chunk_bytes);
+        let ref_head = ref_weight.as_ref().map(LinearHead::new);
+        let reference = match (&ref_hidden, &ref_head, &ref_sums) {
+            (Some(rh), Some(head), _) => Reference::Hidden { hidden: rh, head },
             (_, _, Some(s)) => Reference::LogProbs(s),
             _ => Reference::Free,
         };
-        let batch = HiddenBatch::new(&hidden, LinearHead::new(&weight), &labels)
+        let batch = LossBatch::hidden(&hidden, LinearHead::new(&weight), &labels)
             .with_reference(reference)
             .with_options(options);
-        let out = fused_rpo_loss(&config, &batch)?;
+        let out = compute_loss(&config, &batch)?;
         out.loss.f_backward()?;
         out.loss.f_double_value(&[])?
     } else {
@@ -162,10 +160,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => Reference::Free,
         };
         let logits = hidden.f_matmul(&weight.f_tr()?)?;
-        let batch = LogitsBatch::new(&logits, &labels)
+        let batch = LossBatch::logits(&logits, &labels)
             .with_reference(reference)
             .with_options(options);
-        let out = rpo_loss_from_logits(&config, &batch)?;
+        let out = compute_loss(&config, &batch)?;
         drop(logits);
         out.loss.f_backward()?;
         out.loss.f_double_value(&[])?

@@ -1,7 +1,7 @@
 //! The README's quick start: an RPO loss from a model's logits, backward, and the metrics.
 //! Run: `cargo run --example quickstart`.
 use tch::{Device, Kind, Tensor};
-use tch_rpo::{rpo_loss_from_logits, LogProbOptions, LogitsBatch, Reference, RpoConfig};
+use tch_rpo::{compute_loss, LogProbOptions, LossBatch, Reference, RpoConfig};
 
 fn main() -> tch_rpo::Result<()> {
     tch::manual_seed(0);
@@ -15,10 +15,10 @@ fn main() -> tch_rpo::Result<()> {
     let _ = labels.narrow(1, 0, 4).fill_(-100); // a 4-token prompt
 
     let config = RpoConfig::paper_gemma_series(); // sigmoid DPO, β = 0.05, + η·β · summed chosen NLL
-    let batch = LogitsBatch::new(&policy_logits, &labels)
+    let batch = LossBatch::logits(&policy_logits, &labels)
         .with_reference(Reference::Logits(&reference_logits))
         .with_options(LogProbOptions::causal()); // logits at t predict token t+1
-    let out = rpo_loss_from_logits(&config, &batch)?;
+    let out = compute_loss(&config, &batch)?;
     out.loss.backward();
     println!("{}", config.describe());
     for (name, value) in out.metric_values()? {

@@ -104,18 +104,15 @@ pub mod train;
 mod validate;
 
 pub use error::{DistStorePeer, Error, Result};
-pub use fused::{
-    fused_dpo_loss, fused_loss, fused_rpo_loss, fused_sequence_logprobs, fused_sft_loss, FusedLoss,
-    FusedOptions, HiddenBatch, LinearHead, DEFAULT_FUSED_CHUNK_BYTES,
-};
+pub use fused::{fused_loss, fused_sequence_logprobs, FusedLoss, LinearHead};
 pub use logprobs::{
     sequence_logprobs, token_logprobs, LogProbOptions, SequenceLogProbs, TokenLogProbs, TokenStats,
-    DEFAULT_CHUNK_BYTES, DEFAULT_IGNORE_INDEX,
+    DEFAULT_CHUNK_BYTES, DEFAULT_FUSED_CHUNK_BYTES, DEFAULT_IGNORE_INDEX,
 };
-pub use loss::dpo::{dpo_loss, DpoConfig, DpoLoss, DpoOutput, MIN_QUADRATIC_BETA};
+pub use loss::dpo::{DpoConfig, DpoLoss, DpoOutput, MIN_QUADRATIC_BETA};
 pub use loss::metrics::PreferenceMetrics;
-pub use loss::rpo::{
-    rpo_loss, rpo_loss_from_logits, LogitsBatch, RpoConfig, RpoOutput, SftWeight, PAPER_ETA,
+pub use loss::rpo::{RpoConfig, RpoOutput, SftWeight, PAPER_ETA};
+pub use loss::sft::{count_tokens, SftConfig, SftNormalization, SftOutput};
+pub use loss::{
+    compute_loss, GlobalBatch, LossBatch, Objective, PolicyInput, Reference, RowLayout, Sequences,
 };
-pub use loss::sft::{count_tokens, sft_loss, SftConfig, SftNormalization, SftOutput};
-pub use loss::{GlobalBatch, PreferenceBatch, Reference, SftBatch};

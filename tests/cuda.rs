@@ -9,8 +9,7 @@ use common::tolerance::{self, assert_within, U_F32, U_F64};
 use common::*;
 use tch::{Device, Kind, Tensor};
 use tch_rpo::{
-    rpo_loss_from_logits, token_logprobs, DpoConfig, DpoLoss, Error, LogProbOptions, LogitsBatch, Reference,
-    RpoConfig,
+    compute_loss, token_logprobs, DpoConfig, DpoLoss, Error, LogProbOptions, LossBatch, Reference, RpoConfig,
 };
 
 fn gpu() -> Device {
@@ -99,10 +98,10 @@ fn rpo_on_cuda_matches_cpu() {
                     .set_requires_grad(true);
                 let zr = tensor(&ref_data, &shape, kind).to_device(device);
                 let yd = y.to_device(device);
-                let batch = LogitsBatch::new(&z, &yd)
+                let batch = LossBatch::logits(&z, &yd)
                     .with_reference(Reference::Logits(&zr))
                     .with_options(LogProbOptions::causal().with_chunk_bytes(4 * v as usize * 7));
-                let out = rpo_loss_from_logits(config, &batch).unwrap();
+                let out = compute_loss(config, &batch).unwrap();
                 out.loss.backward();
                 (out.metric_values().unwrap(), values(&z.grad()))
             };

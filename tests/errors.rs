@@ -8,10 +8,9 @@ use common::*;
 use tch::{Device, Kind, Tensor};
 use tch_rpo::data::{PreferenceRecord, Text};
 use tch_rpo::{
-    dpo_loss, fused_rpo_loss, fused_sft_loss, rpo_loss, rpo_loss_from_logits, sequence_logprobs, sft_loss,
-    token_logprobs, DpoConfig, DpoLoss, Error, FusedOptions, GlobalBatch, HiddenBatch, LinearHead,
-    LogProbOptions, LogitsBatch, PreferenceBatch, Reference, RpoConfig, SequenceLogProbs, SftBatch,
-    SftConfig, SftNormalization, SftWeight,
+    compute_loss, sequence_logprobs, token_logprobs, DpoConfig, DpoLoss, Error, GlobalBatch, LinearHead,
+    LogProbOptions, LossBatch, Reference, RpoConfig, SequenceLogProbs, SftConfig, SftNormalization,
+    SftWeight,
 };
 
 const CPU: (Kind, Device) = (Kind::Float, Device::Cpu);
@@ -88,20 +87,23 @@ fn policy() -> SequenceLogProbs {
 }
 
 fn dpo(config: DpoConfig, policy: &SequenceLogProbs) -> tch_rpo::Result<tch_rpo::DpoOutput> {
-    dpo_loss(&config, &PreferenceBatch::new(policy, Reference::Free))
+    compute_loss(
+        &config,
+        &LossBatch::log_probs(policy).with_reference(Reference::Free),
+    )
 }
 
 fn dpo_ref(policy: &SequenceLogProbs, reference: &Tensor) -> tch_rpo::Result<tch_rpo::DpoOutput> {
-    dpo_loss(
+    compute_loss(
         &DpoConfig::default(),
-        &PreferenceBatch::new(policy, Reference::LogProbs(reference)),
+        &LossBatch::log_probs(policy).with_reference(Reference::LogProbs(reference)),
     )
 }
 
 fn rpo_logits(z: &Tensor, y: &Tensor, reference: Reference<'_>) -> tch_rpo::Result<tch_rpo::RpoOutput> {
-    rpo_loss_from_logits(
+    compute_loss(
         &RpoConfig::default(),
-        &LogitsBatch::new(z, y).with_reference(reference),
+        &LossBatch::logits(z, y).with_reference(reference),
     )
 }
 
@@ -110,7 +112,10 @@ fn sft(
     chosen: &SequenceLogProbs,
     global: Option<GlobalBatch>,
 ) -> tch_rpo::Result<tch_rpo::SftOutput> {
-    sft_loss(&SftConfig::new(norm), &SftBatch { chosen, global })
+    compute_loss(
+        &SftConfig::new(norm),
+        &LossBatch::log_probs(chosen).with_global(global),
+    )
 }
 
 /// Fused RPO on `hidden [4, 5, 3]`, a `[7, 3]` head and `[4, 5]` labels unless given.
@@ -121,9 +126,9 @@ fn fused(
     reference: Reference<'_>,
     config: &RpoConfig,
 ) -> tch_rpo::Result<tch_rpo::RpoOutput> {
-    fused_rpo_loss(
+    compute_loss(
         config,
-        &HiddenBatch::new(hidden, LinearHead::new(weight), labels).with_reference(reference),
+        &LossBatch::hidden(hidden, LinearHead::new(weight), labels).with_reference(reference),
     )
 }
 
@@ -189,9 +194,9 @@ fn shapes_and_batches() {
         case!(
             "odd policy rows (rpo)",
             "even number",
-            rpo_loss(
+            compute_loss(
                 &RpoConfig::default(),
-                &PreferenceBatch::new(&seq(&[-1.0, -2.0, -3.0], &[1, 2, 3]), Reference::Free)
+                &LossBatch::log_probs(&seq(&[-1.0, -2.0, -3.0], &[1, 2, 3])).with_reference(Reference::Free)
             ),
             Error::Shape {
                 arg: "policy.sum",
@@ -510,9 +515,9 @@ fn hyper_parameters() {
         cases.push(case!(
             "invalid β (rpo)",
             "`beta`",
-            rpo_loss(
+            compute_loss(
                 &RpoConfig::paper(beta, 0.005),
-                &PreferenceBatch::new(&policy(), Reference::Free)
+                &LossBatch::log_probs(&policy()).with_reference(Reference::Free)
             ),
             Error::InvalidParameter { name: "beta", .. }
         ));
@@ -541,9 +546,9 @@ fn hyper_parameters() {
         cases.push(case!(
             "invalid η",
             "`eta`",
-            rpo_loss(
+            compute_loss(
                 &RpoConfig::paper(0.1, eta),
-                &PreferenceBatch::new(&policy(), Reference::Free)
+                &LossBatch::log_probs(&policy()).with_reference(Reference::Free)
             ),
             Error::InvalidParameter { name: "eta", .. }
         ));
@@ -597,12 +602,12 @@ fn hyper_parameters() {
         case!(
             "negative absolute weight",
             "`sft_weight`",
-            rpo_loss(
+            compute_loss(
                 &RpoConfig {
                     sft_weight: SftWeight::Absolute(-1.0),
                     ..RpoConfig::trl(0.1, 0.0)
                 },
-                &PreferenceBatch::new(&policy(), Reference::Free)
+                &LossBatch::log_probs(&policy()).with_reference(Reference::Free)
             ),
             Error::InvalidParameter {
                 name: "sft_weight",
@@ -636,15 +641,6 @@ fn hyper_parameters() {
             "exo_pair with ε = 0",
             "TRL refuses 0",
             dpo_params(DpoConfig::new(DpoLoss::ExoPair, 0.1)),
-            Error::Config {
-                name: "label_smoothing",
-                ..
-            }
-        ),
-        case!(
-            "cdpo with ε = 0",
-            "`cdpo` needs label_smoothing > 0",
-            dpo_params(DpoConfig::new(DpoLoss::Cdpo, 0.1)),
             Error::Config {
                 name: "label_smoothing",
                 ..
@@ -723,7 +719,7 @@ fn loss_names() {
         case!(
             "sft twice",
             "listed twice",
-            RpoConfig::from_trl(0.1, &["sft", "sigmoid", "sft"], None),
+            RpoConfig::from_trl(0.1, &["sft", "sigmoid", "sft"], None, 0.0),
             Error::Config {
                 name: "loss_type",
                 ..
@@ -739,12 +735,14 @@ fn global_batch() {
         cases.push(case!(
             "global pairs",
             "global.pairs",
-            dpo_loss(
+            compute_loss(
                 &DpoConfig::default(),
-                &PreferenceBatch::new(&policy(), Reference::Free).with_global(GlobalBatch {
-                    pairs,
-                    chosen_tokens: 10.0
-                })
+                &LossBatch::log_probs(&policy())
+                    .with_reference(Reference::Free)
+                    .with_global(GlobalBatch {
+                        pairs,
+                        chosen_tokens: 10.0
+                    })
             ),
             Error::InvalidParameter {
                 name: "global.pairs",
@@ -793,9 +791,10 @@ fn sequences_without_tokens() {
         case!(
             "OpenRLHF RPO, chosen row 1 empty",
             "sequence 1",
-            rpo_loss(
+            compute_loss(
                 &RpoConfig::openrlhf(0.1, 0.2),
-                &PreferenceBatch::new(&seq(&[-1.0, 0.0, -1.0, -1.0], &[1, 0, 1, 1]), Reference::Free)
+                &LossBatch::log_probs(&seq(&[-1.0, 0.0, -1.0, -1.0], &[1, 0, 1, 1]))
+                    .with_reference(Reference::Free)
             ),
             Error::NoValidTokens { index: 1, .. }
         ),
@@ -933,9 +932,10 @@ fn non_finite_values() {
         cases.push(case!(
             "non-finite policy log-probs (rpo)",
             "`policy.sum`",
-            rpo_loss(
+            compute_loss(
                 &RpoConfig::default(),
-                &PreferenceBatch::new(&seq(&[-1.0, -2.0, -1.0, -bad], &[1, 2, 1, 2]), Reference::Free)
+                &LossBatch::log_probs(&seq(&[-1.0, -2.0, -1.0, -bad], &[1, 2, 1, 2]))
+                    .with_reference(Reference::Free)
             ),
             Error::NonFinite {
                 arg: "policy.sum",
@@ -976,12 +976,13 @@ fn non_finite_values() {
         case!(
             "-inf reference log-probs (rpo)",
             "`reference log-probs`",
-            rpo_loss(
+            compute_loss(
                 &RpoConfig::default(),
-                &PreferenceBatch::new(
-                    &policy(),
-                    Reference::LogProbs(&tensor(&[f64::NEG_INFINITY, -1.0, 0.0, 0.0], &[4], Kind::Float))
-                )
+                &LossBatch::log_probs(&policy()).with_reference(Reference::LogProbs(&tensor(
+                    &[f64::NEG_INFINITY, -1.0, 0.0, 0.0],
+                    &[4],
+                    Kind::Float
+                )))
             ),
             Error::NonFinite {
                 arg: "reference log-probs",
@@ -1017,9 +1018,9 @@ fn references() {
         case!(
             "logits reference at the log-prob level",
             "needs labels",
-            dpo_loss(
+            compute_loss(
                 &DpoConfig::default(),
-                &PreferenceBatch::new(&policy(), Reference::Logits(&logits(4, 5, 7)))
+                &LossBatch::log_probs(&policy()).with_reference(Reference::Logits(&logits(4, 5, 7)))
             ),
             Error::Config {
                 name: "reference",
@@ -1031,15 +1032,12 @@ fn references() {
             "Reference::Hidden",
             {
                 let (hr, wr) = (h(), w());
-                rpo_loss(
+                compute_loss(
                     &RpoConfig::default(),
-                    &PreferenceBatch::new(
-                        &policy(),
-                        Reference::Hidden {
-                            hidden: &hr,
-                            head: LinearHead::new(&wr),
-                        },
-                    ),
+                    &LossBatch::log_probs(&policy()).with_reference(Reference::Hidden {
+                        hidden: &hr,
+                        head: &LinearHead::new(&wr),
+                    }),
                 )
             },
             Error::Config {
@@ -1051,7 +1049,7 @@ fn references() {
         case!("fused reference head with V = 8 vs 7", "policy's vocabulary V = 7",
             {
                 let wr = Tensor::randn([8, 3], CPU);
-                fused(&h(), &w(), &y(), Reference::Hidden { hidden: &h(), head: LinearHead::new(&wr) }, &RpoConfig::default())
+                fused(&h(), &w(), &y(), Reference::Hidden { hidden: &h(), head: &LinearHead::new(&wr) }, &RpoConfig::default())
             },
             Error::Shape { arg: "reference.weight", got, .. } if got == &[8, 3]),
         case!(
@@ -1065,7 +1063,7 @@ fn references() {
                     &y(),
                     Reference::Hidden {
                         hidden: &h(),
-                        head: LinearHead::new(&wr),
+                        head: &LinearHead::new(&wr),
                     },
                     &RpoConfig::default(),
                 )
@@ -1107,9 +1105,9 @@ fn references() {
             "the SFT loss uses no reference",
             {
                 let (hs, ws, ys, sums) = (h(), w(), y(), Tensor::zeros([4], CPU));
-                fused_sft_loss(
+                compute_loss(
                     &SftConfig::default(),
-                    &HiddenBatch::new(&hs, LinearHead::new(&ws), &ys)
+                    &LossBatch::hidden(&hs, LinearHead::new(&ws), &ys)
                         .with_reference(Reference::LogProbs(&sums)),
                 )
             },
@@ -1192,9 +1190,9 @@ fn fused_inputs() {
             "`bias`",
             {
                 let (hs, ws, ys, b) = (h(), w(), y(), Tensor::randn([6], CPU));
-                fused_rpo_loss(
+                compute_loss(
                     &RpoConfig::default(),
-                    &HiddenBatch::new(&hs, LinearHead::new(&ws).with_bias(&b), &ys),
+                    &LossBatch::hidden(&hs, LinearHead::new(&ws).with_bias(&b), &ys),
                 )
             },
             Error::Shape { arg: "bias", .. }
@@ -1204,10 +1202,10 @@ fn fused_inputs() {
             "`chunk_bytes`",
             {
                 let (hs, ws, ys) = (h(), w(), y());
-                fused_rpo_loss(
+                compute_loss(
                     &RpoConfig::default(),
-                    &HiddenBatch::new(&hs, LinearHead::new(&ws), &ys)
-                        .with_options(FusedOptions::default().with_chunk_bytes(0)),
+                    &LossBatch::hidden(&hs, LinearHead::new(&ws), &ys)
+                        .with_options(LogProbOptions::default().with_chunk_bytes(0)),
                 )
             },
             Error::InvalidParameter {
@@ -1220,9 +1218,9 @@ fn fused_inputs() {
             "`logit_scale`",
             {
                 let (hs, ws, ys) = (h(), w(), y());
-                fused_rpo_loss(
+                compute_loss(
                     &RpoConfig::default(),
-                    &HiddenBatch::new(&hs, LinearHead::new(&ws).with_logit_scale(0.0), &ys),
+                    &LossBatch::hidden(&hs, LinearHead::new(&ws).with_logit_scale(0.0), &ys),
                 )
             },
             Error::InvalidParameter {
@@ -1235,9 +1233,9 @@ fn fused_inputs() {
             "`final_logit_softcap`",
             {
                 let (hs, ws, ys) = (h(), w(), y());
-                fused_rpo_loss(
+                compute_loss(
                     &RpoConfig::default(),
-                    &HiddenBatch::new(
+                    &LossBatch::hidden(
                         &hs,
                         LinearHead::new(&ws).with_final_logit_softcap(Some(f64::NAN)),
                         &ys,
@@ -1368,24 +1366,34 @@ fn validation_off_skips_the_checks() {
     assert!(values(&out.logps)[5].is_nan());
     // Sequences without tokens: means are NaN/inf instead of an error.
     let c = seq(&[-1.0, 0.0], &[1, 0]);
-    let unchecked = |norm| SftConfig::new(norm).with_validate_inputs(false);
-    assert!(sft_loss(&unchecked(SftNormalization::SequenceMean), &SftBatch::new(&c)).is_ok());
+    let unchecked = |norm, s| compute_loss(&SftConfig::new(norm), &LossBatch::log_probs(s).with_options(off));
+    assert!(unchecked(SftNormalization::SequenceMean, &c).is_ok());
     let none = seq(&[0.0, 0.0], &[0, 0]);
-    assert!(sft_loss(&unchecked(SftNormalization::TokenMean), &SftBatch::new(&none)).is_ok());
-    let ipo = DpoConfig::new(DpoLoss::Ipo, 0.1).with_validate_inputs(false);
-    assert!(dpo(ipo, &seq(&[-1.0, 0.0, -1.0, 0.0], &[1, 0, 1, 0])).is_ok());
+    assert!(unchecked(SftNormalization::TokenMean, &none).is_ok());
+    fn unchecked_dpo(
+        config: &DpoConfig,
+        s: &SequenceLogProbs,
+        reference: Reference<'_>,
+    ) -> tch_rpo::Result<tch_rpo::DpoOutput> {
+        let off = LogProbOptions::default().with_validate_inputs(false);
+        compute_loss(
+            config,
+            &LossBatch::log_probs(s)
+                .with_reference(reference)
+                .with_options(off),
+        )
+    }
+    let ipo = DpoConfig::new(DpoLoss::Ipo, 0.1);
+    let no_tokens = seq(&[-1.0, 0.0, -1.0, 0.0], &[1, 0, 1, 0]);
+    assert!(unchecked_dpo(&ipo, &no_tokens, Reference::Free).is_ok());
     let s = sequence_logprobs(&logits(2, 2, 5), &int_tensor(&[1, 2, -100, -100], &[2, 2]), &off).unwrap();
     assert!(values(&s.mean(false).unwrap())[1].is_nan());
     // Non-finite reference and policy log-probs.
     let bad = tensor(&[-1.0, f64::NAN, 0.0, 0.0], &[4], Kind::Float);
-    let unchecked_dpo = DpoConfig::default().with_validate_inputs(false);
-    assert!(dpo_loss(
-        &unchecked_dpo,
-        &PreferenceBatch::new(&policy(), Reference::LogProbs(&bad))
-    )
-    .is_ok());
+    let sigmoid = DpoConfig::default();
+    assert!(unchecked_dpo(&sigmoid, &policy(), Reference::LogProbs(&bad)).is_ok());
     let nan_policy = seq(&[-1.0, f64::NAN, -1.0, -2.0], &[1, 2, 1, 2]);
-    assert!(dpo(unchecked_dpo, &nan_policy).is_ok());
+    assert!(unchecked_dpo(&sigmoid, &nan_policy, Reference::Free).is_ok());
     // Label range: the crate's check is skipped; on CPU libtorch's own gather bounds check still fires
     // (as a `Torch` error, not `LabelOutOfRange`).
     let y = int_tensor(&[0, 1, 2, 3, 4, 5, 9, 6], &[2, 4]);

@@ -8,9 +8,8 @@ use proptest::prelude::*;
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 use tch_rpo::{
-    fused_dpo_loss, fused_rpo_loss, fused_sft_loss, rpo_loss_from_logits, sequence_logprobs, sft_loss,
-    DpoConfig, DpoLoss, Error, FusedOptions, GlobalBatch, HiddenBatch, LinearHead, LogProbOptions,
-    LogitsBatch, Reference, RpoConfig, RpoOutput, SftBatch, SftConfig, SftNormalization, SftWeight,
+    compute_loss, sequence_logprobs, DpoConfig, DpoLoss, Error, GlobalBatch, LinearHead, LogProbOptions,
+    LossBatch, Reference, RpoConfig, RpoOutput, SftConfig, SftNormalization, SftWeight,
 };
 
 const CPU: Device = Device::Cpu;
@@ -184,8 +183,8 @@ fn activate(pre: &Tensor, case: &Case) -> Tensor {
     z
 }
 
-fn fused_options(case: &Case) -> FusedOptions {
-    FusedOptions::from(unfused_options(case)).with_chunk_bytes(case.chunk_bytes)
+fn fused_options(case: &Case) -> LogProbOptions {
+    unfused_options(case).with_fused_chunk_bytes(case.chunk_bytes)
 }
 
 fn unfused_options(case: &Case) -> LogProbOptions {
@@ -195,7 +194,7 @@ fn unfused_options(case: &Case) -> LogProbOptions {
 }
 
 /// The case's head on `w` (+ `b`): logit scale and soft-cap of the case.
-fn case_head<'a>(w: &'a Tensor, b: Option<&'a Tensor>, case: &Case) -> LinearHead<'a> {
+fn case_head(w: &Tensor, b: Option<&Tensor>, case: &Case) -> LinearHead {
     let mut head = LinearHead::new(w)
         .with_logit_scale(case.scale)
         .with_final_logit_softcap(case.softcap);
@@ -248,11 +247,11 @@ fn run_unfused(case: &Case, x: &Inputs) -> (Run, Magnitudes) {
     };
     let pre = h.linear(&w, b.as_ref());
     let logits = activate(&pre, case);
-    let batch = LogitsBatch::new(&logits, &x.labels)
+    let batch = LossBatch::logits(&logits, &x.labels)
         .with_reference(reference)
         .with_options(options)
-        .with_global_opt(case.global);
-    let out = rpo_loss_from_logits(&case.config, &batch).expect("unfused loss");
+        .with_global(case.global);
+    let out = compute_loss(&case.config, &batch).expect("unfused loss");
     let g_pre = Tensor::run_backward(&[&out.loss], &[&pre], true, false).remove(0);
     out.loss.backward();
     (
@@ -279,17 +278,17 @@ fn run_fused(case: &Case, x: &Inputs) -> Run {
     let reference = match case.reference {
         RefMode::Model => Reference::Hidden {
             hidden: &x.ref_hidden,
-            head: ref_head,
+            head: &ref_head,
         },
         RefMode::Logits => Reference::Logits(&ref_logits),
         RefMode::Precomputed => Reference::LogProbs(&ref_sums),
         RefMode::Free => Reference::Free,
     };
-    let batch = HiddenBatch::new(&h, head, &x.labels)
+    let batch = LossBatch::hidden(&h, head, &x.labels)
         .with_reference(reference)
         .with_options(fused_options(case))
-        .with_global_opt(case.global);
-    let out = fused_rpo_loss(&case.config, &batch).expect("fused loss");
+        .with_global(case.global);
+    let out = compute_loss(&case.config, &batch).expect("fused loss");
     out.loss.backward();
     Run {
         out,
@@ -409,7 +408,7 @@ fn dpo_and_sft_entry_points_match_unfused() {
     let hidden = Tensor::randn([2 * pairs, t, h], (Kind::Float, CPU));
     let weight = Tensor::randn([v, h], (Kind::Float, CPU)) * 0.5;
     let labels = random_labels(2 * pairs, t, v, true);
-    let options = FusedOptions::causal().with_chunk_bytes(100);
+    let options = LogProbOptions::causal().with_fused_chunk_bytes(100);
     let lp_options = LogProbOptions::causal();
     let ref_sums = Tensor::randn([2 * pairs], (Kind::Float, CPU)) - 5.0;
     for variant in DpoLoss::ALL {
@@ -417,15 +416,15 @@ fn dpo_and_sft_entry_points_match_unfused() {
         let config = DpoConfig::new(variant, 0.3).with_label_smoothing(eps);
         let (hu, wu) = (leaf(&hidden), leaf(&weight));
         let logps = sequence_logprobs(&hu.linear::<Tensor>(&wu, None), &labels, &lp_options).unwrap();
-        let batch = tch_rpo::PreferenceBatch::new(&logps, Reference::LogProbs(&ref_sums));
-        let unfused = tch_rpo::dpo_loss(&config, &batch).unwrap();
+        let batch = tch_rpo::LossBatch::log_probs(&logps).with_reference(Reference::LogProbs(&ref_sums));
+        let unfused = tch_rpo::compute_loss(&config, &batch).unwrap();
         unfused.loss.backward();
 
         let (hf, wf) = (leaf(&hidden), leaf(&weight));
-        let batch = HiddenBatch::new(&hf, LinearHead::new(&wf), &labels)
+        let batch = LossBatch::hidden(&hf, LinearHead::new(&wf), &labels)
             .with_reference(Reference::LogProbs(&ref_sums))
-            .with_options(options.clone());
-        let fused = fused_dpo_loss(&config, &batch).unwrap();
+            .with_options(options);
+        let fused = compute_loss(&config, &batch).unwrap();
         fused.loss.backward();
         let close = |a: &Tensor, b: &Tensor| {
             let d = (a - b).abs().max().double_value(&[]);
@@ -445,11 +444,11 @@ fn dpo_and_sft_entry_points_match_unfused() {
         let chosen_labels = labels.narrow(0, 0, pairs);
         let (hu, wu) = (leaf(&hidden.narrow(0, 0, pairs)), leaf(&weight));
         let logps = sequence_logprobs(&hu.linear::<Tensor>(&wu, None), &chosen_labels, &lp_options).unwrap();
-        let unfused = sft_loss(&SftConfig::new(norm), &SftBatch::new(&logps)).unwrap();
+        let unfused = compute_loss(&SftConfig::new(norm), &LossBatch::log_probs(&logps)).unwrap();
         unfused.loss.backward();
         let (hf, wf) = (leaf(&hidden.narrow(0, 0, pairs)), leaf(&weight));
-        let batch = HiddenBatch::new(&hf, LinearHead::new(&wf), &chosen_labels).with_options(options.clone());
-        let fused = fused_sft_loss(&SftConfig::new(norm), &batch).unwrap();
+        let batch = LossBatch::hidden(&hf, LinearHead::new(&wf), &chosen_labels).with_options(options);
+        let fused = compute_loss(&SftConfig::new(norm), &batch).unwrap();
         fused.loss.backward();
         let d = (&fused.loss - &unfused.loss).abs().double_value(&[]);
         assert!(d < 1e-5, "{norm:?} loss diff {d}");
@@ -469,7 +468,7 @@ fn upstream_scaling_carries_through() {
     let config = RpoConfig::default();
     let grads = |factor: f64| {
         let (h, w) = (leaf(&hidden), leaf(&weight));
-        let out = fused_rpo_loss(&config, &HiddenBatch::new(&h, LinearHead::new(&w), &labels)).unwrap();
+        let out = compute_loss(&config, &LossBatch::hidden(&h, LinearHead::new(&w), &labels)).unwrap();
         (out.loss * factor).backward();
         (h.grad(), w.grad())
     };
@@ -524,16 +523,16 @@ fn tiny_model_trains_identically() {
                     if let Some(b) = &b {
                         lh = lh.with_bias(b);
                     }
-                    let batch = HiddenBatch::new(&hidden, lh, &labels)
+                    let batch = LossBatch::hidden(&hidden, lh, &labels)
                         .with_reference(Reference::LogProbs(&ref_sums))
-                        .with_options(FusedOptions::causal().with_chunk_bytes(256));
-                    fused_rpo_loss(&config, &batch).unwrap().loss
+                        .with_options(LogProbOptions::causal().with_fused_chunk_bytes(256));
+                    compute_loss(&config, &batch).unwrap().loss
                 } else {
                     let logits = hidden.linear(&w, b.as_ref());
-                    let batch = LogitsBatch::new(&logits, &labels)
+                    let batch = LossBatch::logits(&logits, &labels)
                         .with_reference(Reference::LogProbs(&ref_sums))
                         .with_options(LogProbOptions::causal());
-                    rpo_loss_from_logits(&config, &batch).unwrap().loss
+                    compute_loss(&config, &batch).unwrap().loss
                 };
                 opt.backward_step(&loss);
             }
@@ -557,7 +556,10 @@ fn tiny_model_trains_identically() {
 }
 
 fn rpo(hidden: &Tensor, weight: &Tensor, labels: &Tensor, config: &RpoConfig) -> tch_rpo::Result<RpoOutput> {
-    fused_rpo_loss(config, &HiddenBatch::new(hidden, LinearHead::new(weight), labels))
+    compute_loss(
+        config,
+        &LossBatch::hidden(hidden, LinearHead::new(weight), labels),
+    )
 }
 
 #[test]
@@ -626,26 +628,26 @@ fn bad_inputs_give_typed_errors() {
     ));
 
     let bias = Tensor::randn([6], (Kind::Float, CPU));
-    let r = fused_rpo_loss(
+    let r = compute_loss(
         &config,
-        &HiddenBatch::new(&hidden, LinearHead::new(&weight).with_bias(&bias), &labels),
+        &LossBatch::hidden(&hidden, LinearHead::new(&weight).with_bias(&bias), &labels),
     );
     assert!(matches!(r, Err(Error::Shape { arg: "bias", .. })));
 
     let short_ref = Tensor::randn([3], (Kind::Float, CPU));
-    let r = fused_rpo_loss(
+    let r = compute_loss(
         &config,
-        &HiddenBatch::new(&hidden, LinearHead::new(&weight), &labels)
+        &LossBatch::hidden(&hidden, LinearHead::new(&weight), &labels)
             .with_reference(Reference::LogProbs(&short_ref)),
     );
     assert!(matches!(r, Err(Error::BatchMismatch { .. })));
 
     let ref_w = Tensor::randn([7, 2], (Kind::Float, CPU));
-    let r = fused_rpo_loss(
+    let r = compute_loss(
         &config,
-        &HiddenBatch::new(&hidden, LinearHead::new(&weight), &labels).with_reference(Reference::Hidden {
+        &LossBatch::hidden(&hidden, LinearHead::new(&weight), &labels).with_reference(Reference::Hidden {
             hidden: &hidden,
-            head: LinearHead::new(&ref_w),
+            head: &LinearHead::new(&ref_w),
         }),
     );
     assert!(matches!(
@@ -657,18 +659,18 @@ fn bad_inputs_give_typed_errors() {
     ));
 
     for bad in [
-        FusedOptions::default().with_chunk_bytes(0),
-        FusedOptions::from(LogProbOptions::default().with_chunk_bytes(0)),
+        LogProbOptions::default().with_fused_chunk_bytes(0),
+        LogProbOptions::default().with_chunk_bytes(0),
     ] {
-        let batch = HiddenBatch::new(&hidden, LinearHead::new(&weight), &labels).with_options(bad.clone());
-        let r = fused_rpo_loss(&config, &batch);
+        let batch = LossBatch::hidden(&hidden, LinearHead::new(&weight), &labels).with_options(bad);
+        let r = compute_loss(&config, &batch);
         assert!(matches!(r, Err(Error::InvalidParameter { .. })), "{bad:?}");
     }
     for bad in [
         LinearHead::new(&weight).with_logit_scale(0.0),
         LinearHead::new(&weight).with_final_logit_softcap(Some(f64::NAN)),
     ] {
-        let r = fused_rpo_loss(&config, &HiddenBatch::new(&hidden, bad, &labels));
+        let r = compute_loss(&config, &LossBatch::hidden(&hidden, bad.clone(), &labels));
         assert!(matches!(r, Err(Error::InvalidParameter { .. })), "{bad:?}");
     }
 
@@ -709,7 +711,7 @@ fn long_sequence_sums_are_no_worse_than_unfused() {
     let wt = common::tensor(&w, &[v as i64, hid as i64], Kind::Float);
     let y = common::int_tensor(&labels, &[rows as i64, t as i64]);
     let fused =
-        tch_rpo::fused_sequence_logprobs(&ht, LinearHead::new(&wt), &y, &FusedOptions::default()).unwrap();
+        tch_rpo::fused_sequence_logprobs(&ht, &LinearHead::new(&wt), &y, &LogProbOptions::default()).unwrap();
     let unfused = sequence_logprobs(&ht.linear::<Tensor>(&wt, None), &y, &LogProbOptions::default()).unwrap();
     let err = |t: &Tensor| -> f64 {
         common::values(t)
@@ -752,8 +754,10 @@ fn fused_token_stats_match_reference() {
     let ht = common::tensor(&h, &[rows as i64, t as i64, hid as i64], Kind::Double);
     let wt = common::tensor(&w, &[v as i64, hid as i64], Kind::Double);
     let y = common::int_tensor(&labels, &[rows as i64, t as i64]);
-    let options = FusedOptions::from(LogProbOptions::causal().with_token_stats(true)).with_chunk_bytes(300);
-    let s = tch_rpo::fused_sequence_logprobs(&ht, LinearHead::new(&wt), &y, &options).unwrap();
+    let options = LogProbOptions::causal()
+        .with_token_stats(true)
+        .with_fused_chunk_bytes(300);
+    let s = tch_rpo::fused_sequence_logprobs(&ht, &LinearHead::new(&wt), &y, &options).unwrap();
     let stats = s.stats.expect("token stats");
     common::assert_close(
         &common::values(&stats.mean_logit),
@@ -772,9 +776,9 @@ fn fused_token_stats_match_reference() {
     assert_eq!(common::values(&stats.correct), row_sums(&correct));
 
     // The metrics of the fused RPO loss: pooled over tokens (chosen rows for the logits, all for the rest).
-    let out = fused_rpo_loss(
+    let out = compute_loss(
         &RpoConfig::default(),
-        &HiddenBatch::new(&ht, LinearHead::new(&wt), &y).with_options(options.clone()),
+        &LossBatch::hidden(&ht, LinearHead::new(&wt), &y).with_options(options),
     )
     .unwrap();
     let metrics: std::collections::HashMap<_, _> = out.dpo.metrics.values().unwrap().into_iter().collect();
@@ -808,15 +812,15 @@ fn fused_token_stats_match_reference() {
         .with_bias(&b32)
         .with_logit_scale(0.7)
         .with_final_logit_softcap(Some(3.0));
-    let fused = fused_rpo_loss(
+    let fused = compute_loss(
         &RpoConfig::default(),
-        &HiddenBatch::new(&h32, head, &y).with_options(options.clone()),
+        &LossBatch::hidden(&h32, head, &y).with_options(options),
     )
     .unwrap();
     let logits = ((h32.linear(&w32, Some(&b32)) * 0.7) / 3.0).tanh() * 3.0;
-    let unfused = rpo_loss_from_logits(
+    let unfused = compute_loss(
         &RpoConfig::default(),
-        &LogitsBatch::new(&logits, &y).with_options(options.logprobs.clone()),
+        &LossBatch::logits(&logits, &y).with_options(options),
     )
     .unwrap();
     for ((name, a), (_, b)) in fused

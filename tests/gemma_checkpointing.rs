@@ -19,12 +19,11 @@ use tch_rpo::data::{
     encode_records, ByteTokenizer, CollateConfig, CollatedBatch, Collator, EncodedPair, PreferenceRecord,
     Text, Tokenizer,
 };
-use tch_rpo::fused::{fused_rpo_loss, HiddenBatch, LinearHead};
 use tch_rpo::models::gemma::{Gemma, GemmaConfig, GemmaPolicy};
 use tch_rpo::train::{
     LossPath, ModelOutput, PolicyModel, ReferenceSource, RpoTrainer, RpoTrainerConfig, Trainer, Warmup,
 };
-use tch_rpo::{rpo_loss_from_logits, LogitsBatch, RpoConfig};
+use tch_rpo::{compute_loss, LossBatch, RpoConfig};
 use train_support::preference_pairs;
 
 /// Small Gemma 2 (3 layers: sliding, full, sliding; soft-caps) and Gemma 3 (q/k norms, two RoPE bases)
@@ -82,15 +81,13 @@ fn loss_of(output: &ModelOutput, batch: &CollatedBatch) -> Tensor {
     let rpo = RpoConfig::paper(0.1, 0.5);
     match output {
         ModelOutput::Logits(logits) => {
-            rpo_loss_from_logits(&rpo, &LogitsBatch::new(logits, &batch.labels))
+            compute_loss(&rpo, &LossBatch::logits(logits, &batch.labels))
                 .unwrap()
                 .loss
         }
         ModelOutput::Hidden(states) => {
-            let head =
-                LinearHead::new(&states.lm_head_weight).with_final_logit_softcap(states.final_logit_softcap);
-            let input = HiddenBatch::new(&states.hidden, head, &batch.labels);
-            fused_rpo_loss(&rpo, &input).unwrap().loss
+            let input = LossBatch::hidden(&states.hidden, states.head.clone(), &batch.labels);
+            compute_loss(&rpo, &input).unwrap().loss
         }
     }
 }

@@ -13,9 +13,8 @@ use common::*;
 use proptest::prelude::*;
 use tch::{Kind, Tensor};
 use tch_rpo::{
-    count_tokens, dpo_loss, rpo_loss, rpo_loss_from_logits, sequence_logprobs, sft_loss, DpoConfig, DpoLoss,
-    GlobalBatch, LogProbOptions, LogitsBatch, PreferenceBatch, Reference, RpoConfig, SequenceLogProbs,
-    SftBatch, SftConfig, SftNormalization, SftWeight, PAPER_ETA,
+    compute_loss, count_tokens, sequence_logprobs, DpoConfig, DpoLoss, GlobalBatch, LogProbOptions,
+    LossBatch, Reference, RpoConfig, SequenceLogProbs, SftConfig, SftNormalization, SftWeight, PAPER_ETA,
 };
 
 fn lib_norm(n: Norm) -> SftNormalization {
@@ -50,7 +49,6 @@ impl Setup {
             ipo_length_normalized: self.params.ipo_length_normalized,
             discopop_tau: self.params.discopop_tau,
             bco_delta: self.params.bco_delta,
-            validate_inputs: true,
         }
     }
     fn global(&self, pairs: &Pairs) -> Option<Global> {
@@ -197,12 +195,12 @@ impl LibPairs {
             b,
         }
     }
-    fn batch(&self, global: Option<Global>) -> PreferenceBatch<'_> {
+    fn batch(&self, global: Option<Global>) -> LossBatch<'_> {
         let reference = match &self.reference {
             Some(sums) => Reference::LogProbs(sums),
             None => Reference::Free,
         };
-        let mut batch = PreferenceBatch::new(&self.policy, reference);
+        let mut batch = LossBatch::log_probs(&self.policy).with_reference(reference);
         if let Some((pairs, chosen_tokens)) = global {
             batch = batch.with_global(GlobalBatch { pairs, chosen_tokens });
         }
@@ -238,7 +236,7 @@ fn check_dpo(setup: &Setup, pairs: &Pairs, kind: Kind) {
     let pairs = round_pairs(pairs, kind);
     let lib = LibPairs::new(&pairs, kind, false);
     let global = setup.global(&pairs);
-    let out = dpo_loss(&setup.config(), &lib.batch(global)).expect("dpo_loss");
+    let out = compute_loss(&setup.config(), &lib.batch(global)).expect("dpo_loss");
     let (abs, rel) = tolerances(kind);
     let want_pp = dpo_per_pair(&setup.params, &setup.losses, &pairs);
     // Weights may be negative, so terms can cancel: the relative tolerance applies to the magnitude
@@ -303,8 +301,8 @@ proptest! {
         let lib = LibPairs::new(&pairs, Kind::Double, false);
         let global = global.map(|(p, n)| (pairs.len() as f64 + p, pairs.chosen_count.iter().sum::<i64>() as f64 + n));
         for norm in NORMS {
-            let batch = SftBatch { chosen: &lib.chosen, global: global.map(|(pairs, chosen_tokens)| GlobalBatch { pairs, chosen_tokens }) };
-            let out = sft_loss(&SftConfig::new(lib_norm(norm)), &batch).unwrap();
+            let batch = LossBatch::log_probs(&lib.chosen).with_global(global.map(|(pairs, chosen_tokens)| GlobalBatch { pairs, chosen_tokens }));
+            let out = compute_loss(&SftConfig::new(lib_norm(norm)), &batch).unwrap();
             let want = common::sft_loss(norm, &pairs.chosen, &pairs.chosen_count, global);
             assert_relative_eq!(out.loss.double_value(&[]), want, max_relative = 1e-12);
             let per = values(&out.per_sequence);
@@ -325,7 +323,7 @@ proptest! {
                 sft_normalization: lib_norm(norm),
             };
             let coefficient = if absolute { eta } else { eta * setup.params.beta };
-            let out = rpo_loss(&config, &lib.batch(global)).unwrap();
+            let out = compute_loss(&config, &lib.batch(global)).unwrap();
             assert_relative_eq!(out.coefficient, coefficient, max_relative = 1e-15);
             let want = common::rpo_loss(&setup.params, &setup.losses, coefficient, norm, &pairs, global);
             assert_close(&values(&out.loss), &[want], 1e-10, 1e-9, "rpo loss");
@@ -350,7 +348,7 @@ proptest! {
         let norm = NORMS[norm];
         let lib = LibPairs::new(&pairs, Kind::Double, true);
         let config = RpoConfig { dpo: setup.config(), sft_weight: SftWeight::Absolute(coef), sft_normalization: lib_norm(norm) };
-        let out = rpo_loss(&config, &lib.batch(global)).unwrap();
+        let out = compute_loss(&config, &lib.batch(global)).unwrap();
         let (gc, gr) = lib.grads(&out.loss);
         let f = |x: &[f64]| {
             let mut p = pairs.clone();
@@ -376,7 +374,7 @@ proptest! {
             sft_weight: SftWeight::Absolute(coef),
             sft_normalization: lib_norm(norm),
         };
-        let out = rpo_loss(&config, &lib.batch(None)).unwrap();
+        let out = compute_loss(&config, &lib.batch(None)).unwrap();
         let (got_c, got_r) = lib.grads(&out.loss);
         let mut params = DpoParams::new(beta);
         params.label_smoothing = eps;
@@ -502,8 +500,8 @@ proptest! {
             _ => Reference::Free,
         };
         let config = RpoConfig { dpo: setup.config(), sft_weight: SftWeight::Absolute(c.coef), sft_normalization: lib_norm(norm) };
-        let batch = LogitsBatch::new(&z, &y).with_reference(reference_arg).with_options(opts);
-        let out = rpo_loss_from_logits(&config, &batch).unwrap();
+        let batch = LossBatch::logits(&z, &y).with_reference(reference_arg).with_options(opts);
+        let out = compute_loss(&config, &batch).unwrap();
 
         let (sums, counts) = (policy_ref.sums(), policy_ref.counts());
         let b = c.pairs;
@@ -551,7 +549,7 @@ fn sigmoid_dpo_is_ln2_when_policy_equals_reference() {
         pairs.reference = Some((pairs.chosen.clone(), pairs.rejected.clone()));
         for kind in [Kind::Double, Kind::Float] {
             let lib = LibPairs::new(&pairs, kind, false);
-            let out = dpo_loss(&DpoConfig::new(DpoLoss::Sigmoid, beta), &lib.batch(None)).unwrap();
+            let out = compute_loss(&DpoConfig::new(DpoLoss::Sigmoid, beta), &lib.batch(None)).unwrap();
             let ln2 = std::f64::consts::LN_2;
             assert_relative_eq!(out.loss.double_value(&[]), ln2, max_relative = 1e-7);
             assert!(values(&out.per_pair).iter().all(|&x| (x - ln2).abs() < 1e-7));
@@ -567,10 +565,10 @@ fn sigmoid_dpo_is_ln2_when_policy_equals_reference() {
     let z = Tensor::randn([4, 6, 11], (Kind::Float, tch::Device::Cpu));
     let y = Tensor::randint(11, [4, 6], (Kind::Int64, tch::Device::Cpu));
     let config = RpoConfig::paper(0.1, 0.0);
-    let batch = LogitsBatch::new(&z, &y)
+    let batch = LossBatch::logits(&z, &y)
         .with_reference(Reference::Logits(&z))
         .with_options(LogProbOptions::causal());
-    let out = rpo_loss_from_logits(&config, &batch).unwrap();
+    let out = compute_loss(&config, &batch).unwrap();
     assert_relative_eq!(
         out.loss.double_value(&[]),
         std::f64::consts::LN_2,
@@ -593,8 +591,8 @@ fn rpo_with_zero_eta_equals_dpo() {
             };
             let a = LibPairs::new(&pairs, Kind::Double, true);
             let b = LibPairs::new(&pairs, Kind::Double, true);
-            let rpo = rpo_loss(&config, &a.batch(None)).unwrap();
-            let dpo = dpo_loss(&dpo, &b.batch(None)).unwrap();
+            let rpo = compute_loss(&config, &a.batch(None)).unwrap();
+            let dpo = compute_loss(&dpo, &b.batch(None)).unwrap();
             assert_eq!(rpo.coefficient, 0.0);
             assert_eq!(values(&rpo.loss), values(&dpo.loss), "{variant:?}");
             assert_eq!(values(&rpo.per_pair), values(&dpo.per_pair), "{variant:?}");
@@ -617,8 +615,8 @@ fn swapping_chosen_and_rejected_flips_the_margin() {
         );
         let config = DpoConfig::new(DpoLoss::Sigmoid, beta);
         let (oa, ob) = (
-            dpo_loss(&config, &a.batch(None)).unwrap(),
-            dpo_loss(&config, &b.batch(None)).unwrap(),
+            compute_loss(&config, &a.batch(None)).unwrap(),
+            compute_loss(&config, &b.batch(None)).unwrap(),
         );
         let (ma, mb) = (oa.metrics.values().unwrap(), ob.metrics.values().unwrap());
         assert_relative_eq!(ma[2].1, -mb[2].1, max_relative = 1e-12);
@@ -652,14 +650,14 @@ fn rpo_from_logits_is_the_composition_of_its_parts() {
         RpoConfig::openrlhf(0.1, 0.2),
         RpoConfig::trl(0.1, 0.005),
     ] {
-        let logits_batch = LogitsBatch::new(&z, &y)
+        let logits_batch = LossBatch::logits(&z, &y)
             .with_reference(Reference::Logits(&zr))
             .with_options(opts.clone());
-        let whole = rpo_loss_from_logits(&config, &logits_batch).unwrap();
+        let whole = compute_loss(&config, &logits_batch).unwrap();
         let policy = sequence_logprobs(&z, &y, &opts).unwrap();
         let reference = sequence_logprobs(&zr, &y, &opts).unwrap();
-        let batch = PreferenceBatch::new(&policy, Reference::LogProbs(&reference.sum));
-        let parts = rpo_loss(&config, &batch).unwrap();
+        let batch = LossBatch::log_probs(&policy).with_reference(Reference::LogProbs(&reference.sum));
+        let parts = compute_loss(&config, &batch).unwrap();
         assert_eq!(values(&whole.loss), values(&parts.loss));
         assert_eq!(values(&whole.per_pair), values(&parts.per_pair));
         assert_eq!(whole.metric_values().unwrap(), parts.metric_values().unwrap());
@@ -701,10 +699,10 @@ fn gradient_accumulation_with_global_batch() {
             let z = Tensor::from_slice(&data)
                 .reshape([rows, t, v])
                 .set_requires_grad(true);
-            let full_batch = LogitsBatch::new(&z, &y)
+            let full_batch = LossBatch::logits(&z, &y)
                 .with_reference(Reference::Logits(&reference))
                 .with_options(opts.clone());
-            let full = rpo_loss_from_logits(&config, &full_batch).unwrap();
+            let full = compute_loss(&config, &full_batch).unwrap();
             let full_grad = Tensor::run_backward(&[&full.loss], &[&z], false, false)
                 .pop()
                 .unwrap();
@@ -735,11 +733,11 @@ fn gradient_accumulation_with_global_batch() {
                 let idx = micro_index(s);
                 let zr = reference.index_select(0, &idx);
                 let (zm, ym) = (zl.index_select(0, &idx), y.index_select(0, &idx));
-                let batch = LogitsBatch::new(&zm, &ym)
+                let batch = LossBatch::logits(&zm, &ym)
                     .with_reference(Reference::Logits(&zr))
                     .with_options(opts.clone())
                     .with_global(global);
-                let out = rpo_loss_from_logits(&config, &batch).unwrap();
+                let out = compute_loss(&config, &batch).unwrap();
                 total += out.loss.double_value(&[]);
                 out.loss.backward(); // accumulates into zl.grad
             }
@@ -785,7 +783,8 @@ fn presets_have_documented_coefficients() {
         (d.beta, d.label_smoothing, d.discopop_tau, d.bco_delta),
         (0.1, 0.0, 0.05, 0.0)
     );
-    assert!(d.ipo_length_normalized && d.validate_inputs);
+    assert!(d.ipo_length_normalized);
+    assert!(LogProbOptions::default().validate_inputs);
     assert_eq!(d.losses, vec![(DpoLoss::Sigmoid, 1.0)]);
 
     let text = gemma.describe();
@@ -807,7 +806,7 @@ fn metrics_worked_example() {
         reference: Some((vec![-3.0, -2.0], vec![-5.0, -2.0])),
     };
     let lib = LibPairs::new(&pairs, Kind::Double, false);
-    let out = dpo_loss(&DpoConfig::new(DpoLoss::Sigmoid, 0.5), &lib.batch(None)).unwrap();
+    let out = compute_loss(&DpoConfig::new(DpoLoss::Sigmoid, 0.5), &lib.batch(None)).unwrap();
     let m = out.metrics.values().unwrap();
     let want = [
         ("rewards/chosen", 0.0),     // (1 − 1) / 2
@@ -844,7 +843,7 @@ fn discopop_is_finite_at_large_negative_margins() {
         };
         let params = DpoParams::new(1.0);
         let lib = LibPairs::new(&pairs, kind, true);
-        let out = dpo_loss(&DpoConfig::new(DpoLoss::DiscoPop, 1.0), &lib.batch(None)).unwrap();
+        let out = compute_loss(&DpoConfig::new(DpoLoss::DiscoPop, 1.0), &lib.batch(None)).unwrap();
         let want = dpo_per_pair(&params, &[("discopop", 1.0)], &pairs);
         assert_close(
             &values(&out.per_pair),
@@ -876,10 +875,10 @@ fn trl_loss_type_strings() {
         vec![(DpoLoss::Ipo, 1.0), (DpoLoss::SigmoidNorm, 1.0)]
     );
     // TRL's RPO recipe: loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.005] is `RpoConfig::trl`.
-    let rpo = RpoConfig::from_trl(0.1, &["sigmoid", "sft"], Some(&[1.0, 0.005])).unwrap();
+    let rpo = RpoConfig::from_trl(0.1, &["sigmoid", "sft"], Some(&[1.0, 0.005]), 0.0).unwrap();
     assert_eq!(rpo, RpoConfig::trl(0.1, 0.005));
     // ["sft"] alone: plain SFT that still logs rewards at β.
-    let sft = RpoConfig::from_trl(0.3, &["sft"], None).unwrap();
+    let sft = RpoConfig::from_trl(0.3, &["sft"], None, 0.0).unwrap();
     assert_eq!(sft.dpo.beta, 0.3);
     assert_eq!(sft.dpo.losses, vec![(DpoLoss::Sigmoid, 0.0)]);
     assert_eq!(sft.coefficient().unwrap(), 1.0);
@@ -894,7 +893,7 @@ fn sft_only_keeps_beta_for_rewards() {
     let lib = LibPairs::new(&pairs, Kind::Double, false);
     for beta in [0.1, 0.05] {
         let config = RpoConfig::sft_only(SftNormalization::TokenMean).with_beta(beta);
-        let out = rpo_loss(&config, &lib.batch(None)).unwrap();
+        let out = compute_loss(&config, &lib.batch(None)).unwrap();
         let nll = common::sft_loss(Norm::TokenMean, &pairs.chosen, &pairs.chosen_count, None);
         assert_close(&values(&out.loss), &[nll], 1e-12, 1e-12, "sft_only loss");
         let want = metrics(beta, &pairs);
@@ -912,7 +911,7 @@ fn per_pair_outputs() {
         let pairs = random_pairs(5, seed, free);
         let lib = LibPairs::new(&pairs, Kind::Double, true);
         let beta = 0.2;
-        let out = dpo_loss(&DpoConfig::new(DpoLoss::Sigmoid, beta), &lib.batch(None)).unwrap();
+        let out = compute_loss(&DpoConfig::new(DpoLoss::Sigmoid, beta), &lib.batch(None)).unwrap();
         let m = &out.metrics;
         let (lc, lr) = pairs.log_ratios();
         let scaled = |x: &[f64]| x.iter().map(|v| beta * v).collect::<Vec<f64>>();
@@ -953,7 +952,7 @@ fn per_pair_outputs() {
 fn cdpo_is_the_smoothed_sigmoid() {
     let pairs = random_pairs(6, 3, false);
     let lib = LibPairs::new(&pairs, Kind::Double, false);
-    let plain = dpo_loss(&DpoConfig::new(DpoLoss::Sigmoid, 0.1), &lib.batch(None)).unwrap();
+    let plain = compute_loss(&DpoConfig::new(DpoLoss::Sigmoid, 0.1), &lib.batch(None)).unwrap();
     let mut params = DpoParams::new(0.1);
     assert_close(
         &values(&plain.per_pair),
@@ -964,7 +963,7 @@ fn cdpo_is_the_smoothed_sigmoid() {
     );
     params.label_smoothing = 0.2;
     let cdpo = DpoConfig::new(DpoLoss::Cdpo, 0.1).with_label_smoothing(0.2);
-    let smoothed = dpo_loss(&cdpo, &lib.batch(None)).unwrap();
+    let smoothed = compute_loss(&cdpo, &lib.batch(None)).unwrap();
     assert_close(
         &values(&smoothed.per_pair),
         &dpo_per_pair(&params, &[("cdpo", 1.0)], &pairs),

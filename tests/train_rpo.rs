@@ -12,7 +12,7 @@ use tch_rpo::train::{
     AdamW, AdamWConfig, Decay, LossPath, LrSchedule, PolicyModel, ReferenceCache, ReferenceSource,
     RpoTrainer, RpoTrainerConfig, Trainer, Warmup,
 };
-use tch_rpo::{rpo_loss_from_logits, LogProbOptions, LogitsBatch, RpoConfig};
+use tch_rpo::{compute_loss, LogProbOptions, LossBatch, RpoConfig};
 use train_support::{max_param_diff, preference_pairs, TinyLm, POISON};
 
 const HIDDEN: i64 = 16;
@@ -329,9 +329,9 @@ fn grad_norm_is_the_global_l2_norm() {
         .unwrap();
     let model = TinyLm::new(13, HIDDEN);
     let logits = model.forward(&b.input_ids, &b.attention_mask).unwrap();
-    let out = rpo_loss_from_logits(
+    let out = compute_loss(
         &rpo,
-        &LogitsBatch::new(&logits, &b.labels).with_options(LogProbOptions::causal()),
+        &LossBatch::logits(&logits, &b.labels).with_options(LogProbOptions::causal()),
     )
     .unwrap();
     out.loss.backward();

@@ -2,8 +2,8 @@
 //! no_grad), pass 2 (analytic gradients), and the surrogate that injects them into autograd.
 
 use super::head::LinearHead;
-use super::options::FusedOptions;
 use crate::error::{Error, Result};
+use crate::logprobs::LogProbOptions;
 use crate::logprobs::{check_label_range, stats_given_lse, TokenStats};
 use crate::validate;
 use tch::{Kind, Tensor};
@@ -40,9 +40,9 @@ pub(crate) struct Prepared {
 /// gathers the scored positions. `names` are the argument names used in errors (hidden, weight, bias).
 pub(crate) fn prepare(
     hidden: &Tensor,
-    head: &LinearHead<'_>,
+    head: &LinearHead,
     labels: &Tensor,
-    options: &FusedOptions,
+    options: &LogProbOptions,
     names: [&'static str; 3],
 ) -> Result<Prepared> {
     let [hidden_arg, weight_arg, bias_arg] = names;
@@ -51,7 +51,7 @@ pub(crate) fn prepare(
     let kind = validate::float_tensor(hidden_arg, hidden)?;
     let size = validate::rank(hidden_arg, hidden, 3, "[R, T, H] hidden states")?;
     let (rows, steps_full, h) = (size[0], size[1], size[2]);
-    let weight = head.weight;
+    let weight = &head.weight;
     let w_kind = validate::float_tensor(weight_arg, weight)?;
     let w_size = validate::rank(weight_arg, weight, 2, "[V, H] linear-head weight")?;
     validate::same_device(weight_arg, weight, hidden_arg, hidden)?;
@@ -70,7 +70,7 @@ pub(crate) fn prepare(
             got: w_kind,
         });
     }
-    if let Some(bias) = head.bias {
+    if let Some(bias) = &head.bias {
         let b_kind = validate::float_tensor(bias_arg, bias)?;
         validate::same_device(bias_arg, bias, hidden_arg, hidden)?;
         if bias.size() != [vocab] {
@@ -97,7 +97,7 @@ pub(crate) fn prepare(
         });
     }
     validate::same_device("labels", labels, hidden_arg, hidden)?;
-    let shift = i64::from(options.logprobs.shift);
+    let shift = i64::from(options.shift);
     let steps = steps_full - shift;
     if rows == 0 || steps <= 0 || h == 0 {
         return Err(Error::EmptyBatch {
@@ -114,9 +114,9 @@ pub(crate) fn prepare(
 
     // Position t of the hidden states scores label t + shift.
     let shifted = labels.f_narrow(1, shift, steps)?;
-    let ignore_index = options.logprobs.ignore_index;
+    let ignore_index = options.ignore_index;
     let mask = shifted.f_ne(ignore_index)?;
-    if options.logprobs.validate_inputs {
+    if options.validate_inputs {
         check_label_range(&shifted, &mask, vocab, ignore_index, steps_full, shift)?;
     }
     let counts = mask.f_sum_dim_intlist(-1, false, Kind::Int64)?;
@@ -146,14 +146,14 @@ pub(crate) fn prepare(
 }
 
 /// Rows per chunk: two `[rows, V]` buffers in the compute dtype fit the budget.
-fn chunk_rows(options: &FusedOptions, vocab: i64, compute: Kind) -> i64 {
+fn chunk_rows(options: &LogProbOptions, vocab: i64, compute: Kind) -> i64 {
     let per_row = 2 * vocab as usize * compute.elt_size_in_bytes();
-    (options.chunk_bytes / per_row).max(1) as i64
+    (options.fused_chunk_bytes / per_row).max(1) as i64
 }
 
 /// `[n, V]` logits of one chunk in the compute dtype: `softcap(scale · (h·Wᵀ + b))`.
-pub(crate) fn chunk_logits(h: &Tensor, head: &LinearHead<'_>, compute: Kind) -> Result<Tensor> {
-    let linear = h.f_linear(head.weight, head.bias)?;
+pub(crate) fn chunk_logits(h: &Tensor, head: &LinearHead, compute: Kind) -> Result<Tensor> {
+    let linear = h.f_linear(&head.weight, head.bias.as_ref())?;
     let mut z = if linear.f_kind()? == compute {
         linear
     } else {
@@ -174,15 +174,15 @@ pub(crate) struct Pass1 {
     pub sums: Tensor,
     /// `[N]` logsumexp of each scored token's logits, in the compute dtype.
     pub lse: Tensor,
-    /// `[R]` per-row sums of the token statistics when `options.logprobs.token_stats`.
+    /// `[R]` per-row sums of the token statistics when `options.token_stats`.
     pub stats: Option<TokenStats>,
 }
 
 /// Pass 1 (no grad): per-row sums of the scored tokens' log-probs, each token's logsumexp, and optionally the
 /// per-row token statistics.
-pub(crate) fn forward(prep: &Prepared, head: &LinearHead<'_>, options: &FusedOptions) -> Result<Pass1> {
+pub(crate) fn forward(prep: &Prepared, head: &LinearHead, options: &LogProbOptions) -> Result<Pass1> {
     tch::no_grad(|| {
-        let mut sums = RowSums::new(prep, options.logprobs.token_stats)?;
+        let mut sums = RowSums::new(prep, options.token_stats)?;
         let lse_all = Tensor::f_empty([prep.tokens], (prep.compute, prep.h_valid.device()))?;
         let h_valid = prep.h_valid.f_detach()?;
         let rows = chunk_rows(options, prep.vocab, prep.compute);
@@ -193,7 +193,7 @@ pub(crate) fn forward(prep: &Prepared, head: &LinearHead<'_>, options: &FusedOpt
             let lse = z.f_logsumexp(-1, false)?;
             let targets = prep.targets.f_narrow(0, start, n)?;
             let target = z.f_gather(1, &targets.f_unsqueeze(1)?, false)?.f_squeeze_dim(1)?;
-            let stats = match options.logprobs.token_stats {
+            let stats = match options.token_stats {
                 true => Some(stats_given_lse(&z, &lse, &targets, prep.compute)?),
                 false => None,
             };
@@ -297,8 +297,8 @@ pub(crate) struct Grads {
 /// chained through the soft-cap and the scale, with `c` = `coef [N]` (dL/d(sum of the token's row)).
 pub(crate) fn backward(
     prep: &Prepared,
-    head: &LinearHead<'_>,
-    options: &FusedOptions,
+    head: &LinearHead,
+    options: &LogProbOptions,
     lse_all: &Tensor,
     coef: &Tensor,
     needs: Needs,
@@ -335,7 +335,7 @@ pub(crate) fn chunk_grad(
     lse_c: &Tensor,
     targets_c: &Tensor,
     coef_c: &Tensor,
-    head: &LinearHead<'_>,
+    head: &LinearHead,
 ) -> Result<Tensor> {
     match head.final_logit_softcap {
         None => {
@@ -365,7 +365,7 @@ pub(crate) fn probs_grad(
     targets_c: &Tensor,
     coef_c: &Tensor,
     onehot_coef: &Tensor,
-    head: &LinearHead<'_>,
+    head: &LinearHead,
 ) -> Result<Tensor> {
     let _ = p.f_mul_(&coef_c.f_neg()?)?;
     let _ = p.f_scatter_add_(1, targets_c, onehot_coef)?;
@@ -401,15 +401,15 @@ impl Accumulators {
     /// head weight's `.grad`, see [`super::weight_grad_target`]) when given, and then not returned.
     pub(crate) fn new(
         prep: &Prepared,
-        options: &FusedOptions,
+        options: &LogProbOptions,
         needs: Needs,
         weight_into: Option<Tensor>,
     ) -> Result<Self> {
         let device = prep.h_valid.device();
         let compute = prep.compute;
         let h = prep.h_valid.size()[1];
-        let vocab_slice = ((options.chunk_bytes / (h.max(1) as usize * prep.kind.elt_size_in_bytes())).max(1)
-            as i64)
+        let vocab_slice = ((options.fused_chunk_bytes / (h.max(1) as usize * prep.kind.elt_size_in_bytes()))
+            .max(1) as i64)
             .min(prep.vocab);
         Ok(Self {
             hidden: match needs.hidden {
@@ -434,13 +434,7 @@ impl Accumulators {
 
     /// Adds one chunk: `grad_h[rows] = g·W`, `grad_W += gᵀ·h`, `grad_b += Σ g` (`g [n, V]` in the compute
     /// dtype, `hc [n, H]` the chunk's hidden states).
-    pub(crate) fn add(
-        &mut self,
-        g: &Tensor,
-        hc: &Tensor,
-        head: &LinearHead<'_>,
-        rows: Rows<'_>,
-    ) -> Result<()> {
+    pub(crate) fn add(&mut self, g: &Tensor, hc: &Tensor, head: &LinearHead, rows: Rows<'_>) -> Result<()> {
         if let Some(gb) = self.bias.as_mut() {
             let _ = gb.f_add_(&g.f_sum_dim_intlist(0, false, self.compute)?)?;
         }
@@ -450,7 +444,7 @@ impl Accumulators {
             g.f_to_kind(self.kind)?
         };
         if let Some(gh) = self.hidden.as_mut() {
-            let part = g_low.f_mm(head.weight)?;
+            let part = g_low.f_mm(&head.weight)?;
             match rows {
                 Rows::Range(start) => {
                     gh.f_narrow(0, start, part.size()[0])?.f_copy_(&part)?;

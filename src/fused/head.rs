@@ -14,31 +14,48 @@ use tch::Tensor;
 /// Weight and bias are in the hidden states' dtype and on their device. The weight may be tied to the input
 /// embedding; gradients reach weight and bias either way. Every part of the head (bias, scale, soft-cap) is
 /// applied on every fused pass — policy and reference, forward and backward.
-#[derive(Debug, Clone, Copy)]
-pub struct LinearHead<'a> {
-    /// `[V, H]` weight (the layout of `nn::Linear` and of an embedding table).
-    pub weight: &'a Tensor,
-    /// Optional `[V]` bias.
-    pub bias: Option<&'a Tensor>,
+///
+/// The head owns shallow clones of its tensors (handles sharing their storage and autograd identity, no copy),
+/// so it has no lifetime: a model's forward pass can return it ([`crate::train::HiddenOutput`]) and a batch
+/// can hold it. [`Clone`] makes shallow clones too.
+#[derive(Debug)]
+pub struct LinearHead {
+    /// `[V, H]` weight (the layout of `nn::Linear` and of an embedding table), the parameter itself (a
+    /// shallow clone), so that gradients reach it.
+    pub weight: Tensor,
+    /// Optional `[V]` bias (the parameter itself).
+    pub bias: Option<Tensor>,
     /// Logit scale `s > 0` applied before the soft-cap (e.g. `1 / temperature`). Default 1.
     pub logit_scale: f64,
     /// Final-logit soft-cap `c > 0` (Gemma 2 uses 30). Default `None`.
     pub final_logit_softcap: Option<f64>,
 }
 
-impl<'a> LinearHead<'a> {
-    /// A head without bias, scale 1, no soft-cap.
-    pub fn new(weight: &'a Tensor) -> Self {
+impl Clone for LinearHead {
+    /// Shallow clones of the tensors (same storage, same autograd identity).
+    fn clone(&self) -> Self {
         Self {
-            weight,
+            weight: self.weight.shallow_clone(),
+            bias: self.bias.as_ref().map(Tensor::shallow_clone),
+            logit_scale: self.logit_scale,
+            final_logit_softcap: self.final_logit_softcap,
+        }
+    }
+}
+
+impl LinearHead {
+    /// A head on `weight` (a shallow clone), without bias, scale 1, no soft-cap.
+    pub fn new(weight: &Tensor) -> Self {
+        Self {
+            weight: weight.shallow_clone(),
             bias: None,
             logit_scale: 1.0,
             final_logit_softcap: None,
         }
     }
-    /// Sets the bias.
-    pub fn with_bias(mut self, bias: &'a Tensor) -> Self {
-        self.bias = Some(bias);
+    /// Sets the `[V]` bias (a shallow clone).
+    pub fn with_bias(mut self, bias: &Tensor) -> Self {
+        self.bias = Some(bias.shallow_clone());
         self
     }
     /// Sets [`LinearHead::logit_scale`].

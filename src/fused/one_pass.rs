@@ -3,7 +3,7 @@
 //!
 //! The two-pass schedule ([`super::engine::forward`] then [`super::engine::backward`]) computes every logit
 //! twice because the coefficient `c_r = dL/d(sum of row r)` is known only once every row's sum is. The
-//! built-in losses ([`crate::rpo_loss`], [`crate::dpo_loss`], [`crate::sft_loss`]) are sums of per-pair (SFT:
+//! built-in losses ([`crate::RpoConfig`], [`crate::DpoConfig`], [`crate::SftConfig`]) are sums of per-pair (SFT:
 //! per-row) terms under normalizers fixed by the token counts and the optional [`crate::GlobalBatch`], so
 //! `c_r` depends only on the sums of `r`'s own group (the pair `{i, i + B}`, or the row). A chunk made of
 //! whole groups therefore knows its coefficients as soon as its own log-probs are summed: the loss is
@@ -11,15 +11,15 @@
 //! coefficients), and the gradient is applied to the logits still in memory.
 //!
 //! A chunk holds at least one whole group, so the schedule applies only when every group's scored tokens fit
-//! [`FusedOptions::chunk_bytes`]: one `[n, V]` buffer in the compute dtype (two with a soft-cap, token
+//! [`LogProbOptions::fused_chunk_bytes`]: one `[n, V]` buffer in the compute dtype (two with a soft-cap, token
 //! statistics or low-precision inputs). Otherwise the caller uses the two-pass schedule.
 
 use super::engine::{
     chunk_grad, chunk_logits, probs_grad, Accumulators, Grads, Needs, Prepared, RowSums, Rows,
 };
 use super::head::LinearHead;
-use super::options::FusedOptions;
 use crate::error::Result;
+use crate::logprobs::LogProbOptions;
 use crate::logprobs::{stats_given_lse, TokenStats};
 use tch::{Device, Kind, Tensor};
 
@@ -34,9 +34,8 @@ pub(crate) enum Grouping {
 
 /// Whether the chunk needs a second `[n, V]` buffer (soft-cap factor, statistics' softmax, low-precision
 /// logits before the cast).
-fn buffers(prep: &Prepared, head: &LinearHead<'_>, options: &FusedOptions) -> usize {
-    let simple =
-        head.final_logit_softcap.is_none() && !options.logprobs.token_stats && prep.kind == prep.compute;
+fn buffers(prep: &Prepared, head: &LinearHead, options: &LogProbOptions) -> usize {
+    let simple = head.final_logit_softcap.is_none() && !options.token_stats && prep.kind == prep.compute;
     if simple {
         1
     } else {
@@ -97,8 +96,8 @@ pub(crate) struct OnePass {
 /// not depend on them; it must be separable over `grouping`'s groups.
 pub(crate) fn run(
     prep: &Prepared,
-    head: &LinearHead<'_>,
-    options: &FusedOptions,
+    head: &LinearHead,
+    options: &LogProbOptions,
     grouping: Grouping,
     needs: Needs,
     weight_into: Option<Tensor>,
@@ -106,7 +105,7 @@ pub(crate) fn run(
 ) -> Result<Option<OnePass>> {
     let buffers = buffers(prep, head, options);
     let per_token = (buffers * prep.vocab as usize * prep.compute.elt_size_in_bytes()) as i64;
-    let max_tokens = (options.chunk_bytes as i64 / per_token.max(1)).max(1);
+    let max_tokens = (options.fused_chunk_bytes as i64 / per_token.max(1)).max(1);
     let counts = Vec::<i64>::try_from(&prep.counts.f_to_device(Device::Cpu)?)?;
     let Some(chunks) = plan(&counts, grouping, max_tokens) else {
         return Ok(None);
@@ -114,7 +113,7 @@ pub(crate) fn run(
     tch::no_grad(|| {
         let device = prep.h_valid.device();
         let compute = prep.compute;
-        let mut sums = RowSums::new(prep, options.logprobs.token_stats)?;
+        let mut sums = RowSums::new(prep, options.token_stats)?;
         let mut acc = Accumulators::new(prep, options, needs, weight_into)?;
         let mut depends = true;
         let h_valid = prep.h_valid.f_detach()?;
@@ -132,7 +131,7 @@ pub(crate) fn run(
             let ids = prep.seq_ids.f_index_select(0, &index)?;
             let chunk = match &buffer {
                 Some(buffer) => Chunk::simple(buffer.f_narrow(0, 0, n)?, &hc, head, &targets)?,
-                None => Chunk::general(&hc, head, &targets, compute, options.logprobs.token_stats)?,
+                None => Chunk::general(&hc, head, &targets, compute, options.token_stats)?,
             };
             sums.add(&ids, &chunk.logp, chunk.stats.as_ref())?;
             if !depends {
@@ -177,8 +176,8 @@ enum State {
 impl Chunk {
     /// Same-dtype logits without soft-cap or statistics, in `z` (a view of the shared buffer): the softmax
     /// is formed in place, `e = exp(z − m)`, `p = e / Σe`, `lse = m + log Σe`.
-    fn simple(mut z: Tensor, hc: &Tensor, head: &LinearHead<'_>, targets: &Tensor) -> Result<Self> {
-        match head.bias {
+    fn simple(mut z: Tensor, hc: &Tensor, head: &LinearHead, targets: &Tensor) -> Result<Self> {
+        match &head.bias {
             Some(b) => {
                 let _ = b.f_addmm_out(&z, hc, &head.weight.f_tr()?)?;
             }
@@ -203,13 +202,7 @@ impl Chunk {
     }
 
     /// Any other case: logits in their own buffer, logsumexp, optional statistics.
-    fn general(
-        hc: &Tensor,
-        head: &LinearHead<'_>,
-        targets: &Tensor,
-        compute: Kind,
-        stats: bool,
-    ) -> Result<Self> {
+    fn general(hc: &Tensor, head: &LinearHead, targets: &Tensor, compute: Kind, stats: bool) -> Result<Self> {
         let z = chunk_logits(hc, head, compute)?;
         let lse = z.f_logsumexp(-1, true)?;
         let logp = z.f_gather(1, targets, false)?.f_sub(&lse)?.f_squeeze_dim(1)?;
@@ -230,7 +223,7 @@ impl Chunk {
     }
 
     /// `dL/dz` of the chunk given the coefficients `[n, 1]`.
-    fn grad(self, targets: &Tensor, coef: &Tensor, head: &LinearHead<'_>) -> Result<Tensor> {
+    fn grad(self, targets: &Tensor, coef: &Tensor, head: &LinearHead) -> Result<Tensor> {
         match self.state {
             State::Probs(p) => probs_grad(p, targets, coef, coef, head),
             State::Logits(z, lse) => chunk_grad(z, &lse, targets, coef, head),

@@ -7,7 +7,7 @@
 //! | [`DpoLoss`] (TRL `loss_type`) | per-pair loss |
 //! |---|---|
 //! | `Sigmoid` (`sigmoid`, DPO) | `−log σ(βΔ)` (refuses ε > 0: TRL's `sigmoid` ignores label smoothing) |
-//! | `Cdpo` (`cdpo`, not a TRL name) | `−(1−ε)·log σ(βΔ) − ε·log σ(−βΔ)` (conservative DPO, ε > 0) |
+//! | `Cdpo` (`cdpo`, not a TRL name) | `−(1−ε)·log σ(βΔ) − ε·log σ(−βΔ)` (conservative DPO; ε = 0 is `sigmoid` exactly) |
 //! | `SigmoidNorm` (`sigmoid_norm`) | `−log σ(β·(ℓ_c/n_c − ℓ_r/n_r))`, `n` the scored-token counts |
 //! | `Hinge` (`hinge`) | `relu(1 − βΔ)` |
 //! | `Ipo` (`ipo`) | `(ℓ_c/n_c − ℓ_r/n_r − 1/(2β))²`; un-normalised `(Δ − 1/(2β))²` with `ipo_length_normalized = false` |
@@ -29,8 +29,10 @@
 //! ([`crate::GlobalBatch`]) for gradient accumulation.
 
 use crate::error::{Error, Result};
+use crate::logprobs::split_rows;
 use crate::loss::metrics::PreferenceMetrics;
-use crate::loss::{reduce_pairs, Accumulator, Pairs, PreferenceBatch};
+use crate::loss::objective::{reduce_pairs, Accumulator, Pairs};
+use crate::loss::{Objective, RowLayout, Sequences};
 use crate::validate;
 use std::fmt;
 use std::str::FromStr;
@@ -42,8 +44,8 @@ use tch::Tensor;
 pub enum DpoLoss {
     /// `sigmoid`: DPO.
     Sigmoid,
-    /// `cdpo`: conservative DPO with label smoothing ε > 0 (what TRL's `sigmoid` computed before it
-    /// stopped reading `label_smoothing`; not a TRL name).
+    /// `cdpo`: conservative DPO with label smoothing ε (what TRL's `sigmoid` computed before it stopped
+    /// reading `label_smoothing`; not a TRL name). With ε = 0 it is [`DpoLoss::Sigmoid`], bit for bit.
     Cdpo,
     /// `sigmoid_norm`: DPO on length-normalized log-ratios (TRL 1.16).
     SigmoidNorm,
@@ -197,12 +199,14 @@ impl FromStr for DpoLoss {
 /// finite in f32 (below ≈ 2.7e-20 the loss is `inf`).
 pub const MIN_QUADRATIC_BETA: f64 = 1e-19;
 
-/// Configuration of [`dpo_loss`].
+/// Configuration of the DPO-family loss: an [`Objective`] over preference pairs ([`RowLayout::Pairs`]), run
+/// at any input level by [`crate::compute_loss`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct DpoConfig {
     /// β > 0: inverse temperature of the implicit reward `β·ℓ`. Default 0.1.
     pub beta: f64,
     /// Label smoothing ε ∈ [0, 0.5), read by `cdpo`, `robust` and `exo_pair` (which needs ε > 0). Default 0.
+    /// (Input validation is [`crate::LogProbOptions::validate_inputs`], in the batch.)
     pub label_smoothing: f64,
     /// Weighted variants; the per-pair loss is `Σ w_k · loss_k`. Default `[(Sigmoid, 1.0)]`.
     pub losses: Vec<(DpoLoss, f64)>,
@@ -213,9 +217,6 @@ pub struct DpoConfig {
     pub discopop_tau: f64,
     /// BCO reward shift δ (a running mean of rewards in the BCO paper; 0 in TRL). Default 0.
     pub bco_delta: f64,
-    /// Check inputs that need a device sync: finiteness of the policy and reference log-probs, and non-zero
-    /// token counts for the length-normalized variants. Default `true`.
-    pub validate_inputs: bool,
 }
 
 impl Default for DpoConfig {
@@ -227,7 +228,6 @@ impl Default for DpoConfig {
             ipo_length_normalized: true,
             discopop_tau: 0.05,
             bco_delta: 0.0,
-            validate_inputs: true,
         }
     }
 }
@@ -252,12 +252,6 @@ impl DpoConfig {
         self
     }
 
-    /// Sets [`DpoConfig::validate_inputs`].
-    pub fn with_validate_inputs(mut self, validate_inputs: bool) -> Self {
-        self.validate_inputs = validate_inputs;
-        self
-    }
-
     /// Checks every field.
     ///
     /// # Errors
@@ -265,6 +259,7 @@ impl DpoConfig {
     /// an empty loss list, a non-finite weight, β below [`MIN_QUADRATIC_BETA`] with `ipo` / `sppo_hard`;
     /// [`Error::Config`] where TRL's semantics differ from a naive reading: `sigmoid` with ε > 0 (TRL
     /// ignores ε; use `cdpo`), `exo_pair` with ε = 0 (TRL refuses it), ε > 0 with no variant that reads it.
+    /// `cdpo` with ε = 0 is accepted (it is `sigmoid`).
     pub fn validate(&self) -> Result<()> {
         validate::positive_finite("beta", self.beta)?;
         if !(0.0..0.5).contains(&self.label_smoothing) {
@@ -294,12 +289,6 @@ impl DpoConfig {
                             "{eps} with `sigmoid`: TRL's sigmoid ignores label_smoothing, a smoothed sigmoid \
                              is conservative DPO — use DpoLoss::Cdpo (`cdpo`) for it, or set label_smoothing = 0"
                         ),
-                    });
-                }
-                DpoLoss::Cdpo if eps == 0.0 => {
-                    return Err(Error::Config {
-                        name: "label_smoothing",
-                        requirement: "`cdpo` needs label_smoothing > 0 (with 0 it is `sigmoid`)".into(),
                     });
                 }
                 DpoLoss::ExoPair if eps == 0.0 => {
@@ -335,48 +324,78 @@ impl DpoConfig {
     }
 }
 
-/// Result of [`dpo_loss`].
+/// Result of the DPO-family loss ([`DpoConfig`] through [`crate::compute_loss`]).
 #[derive(Debug)]
 pub struct DpoOutput {
     /// Scalar loss (differentiable): mean of `per_pair`, or `Σ per_pair / N` with a [`crate::GlobalBatch`].
     pub loss: Tensor,
-    /// `[B]` per-pair loss (weighted sum over the configured variants), differentiable.
+    /// `[B]` per-pair loss (weighted sum over the configured variants); differentiable, except on the
+    /// hidden-state level (detached there).
     pub per_pair: Tensor,
     /// Detached metrics: batch means and the per-pair log-probs and rewards.
     pub metrics: PreferenceMetrics,
 }
 
-/// The DPO-family loss of a batch of preference pairs.
-///
-/// # Arguments
-/// - `config`: β, variants and their weights, label smoothing.
-/// - `batch`: the policy's log-probs of the `2B` rows (chosen first: `[2B]` sums with `[2B]` token counts),
-///   the reference ([`crate::Reference::LogProbs`] `[2B]` or [`crate::Reference::Free`]), and the optional
-///   whole-step [`crate::GlobalBatch`].
-///
-/// All per-row tensors must be `[2B]`, on one device. Computation happens in the dtype of the policy sums
-/// (reference sums are converted to it).
-///
-/// # Errors
-/// [`Error::InvalidParameter`] / [`Error::Config`] (see [`DpoConfig::validate`]; a non-positive global pair
-/// count; a `Logits` / `Hidden` reference); [`Error::BatchMismatch`], [`Error::Shape`] (an odd row count),
-/// [`Error::EmptyBatch`], [`Error::DType`], [`Error::DeviceMismatch`] for inputs; with `validate_inputs`,
-/// [`Error::NonFinite`] for NaN / ±inf policy or reference log-probs and [`Error::NoValidTokens`] for a
-/// response with no token under a length-normalized variant.
-pub fn dpo_loss(config: &DpoConfig, batch: &PreferenceBatch<'_>) -> Result<DpoOutput> {
-    config.validate()?;
-    let pairs = Pairs::new(batch, config.validate_inputs)?;
-    dpo_from_pairs(config, &pairs, batch)
+impl DpoOutput {
+    /// This output with `loss` in place of its loss and `per_pair` detached.
+    pub(crate) fn with_fused_loss(self, loss: Tensor) -> Result<Self> {
+        Ok(Self {
+            loss,
+            per_pair: self.per_pair.f_detach()?,
+            metrics: self.metrics,
+        })
+    }
 }
 
-/// [`dpo_loss`] on an already validated and split batch.
+/// The DPO-family loss of `[2B]` policy log-probs (chosen rows first) and the reference (computation in the
+/// dtype of the policy sums; reference sums are converted to it).
+///
+/// # Errors
+/// [`DpoConfig::validate`] ([`Error::InvalidParameter`] / [`Error::Config`]); with `validate_inputs`
+/// ([`Objective::check_inputs`]) [`Error::NoValidTokens`] for a response with no token under a
+/// length-normalized variant; [`Error::InvalidParameter`] for a non-positive global pair count.
+impl Objective for DpoConfig {
+    type Output = DpoOutput;
+
+    fn layout(&self) -> RowLayout {
+        RowLayout::Pairs
+    }
+
+    fn validate(&self) -> Result<()> {
+        DpoConfig::validate(self)
+    }
+
+    fn check_inputs(&self, sequences: &Sequences<'_>) -> Result<()> {
+        if self.losses.iter().any(|(l, _)| l.length_normalized(self)) {
+            let what = "a length-normalized DPO loss (sigmoid_norm, ipo)";
+            let (chosen, rejected) = split_rows("policy.count", &sequences.policy.count)?;
+            validate::nonzero_counts("policy.count (chosen rows)", &chosen, what)?;
+            validate::nonzero_counts("policy.count (rejected rows)", &rejected, what)?;
+        }
+        Ok(())
+    }
+
+    fn evaluate(&self, sequences: &Sequences<'_>) -> Result<DpoOutput> {
+        dpo_from_pairs(self, &Pairs::new(sequences)?, sequences)
+    }
+
+    fn loss(output: &DpoOutput) -> &Tensor {
+        &output.loss
+    }
+
+    fn with_fused_loss(output: DpoOutput, loss: Tensor) -> Result<DpoOutput> {
+        output.with_fused_loss(loss)
+    }
+}
+
+/// The DPO loss on split pairs.
 pub(crate) fn dpo_from_pairs(
     config: &DpoConfig,
     pairs: &Pairs,
-    batch: &PreferenceBatch<'_>,
+    sequences: &Sequences<'_>,
 ) -> Result<DpoOutput> {
     let per_pair = per_pair_loss(config, pairs)?;
-    let loss = reduce_pairs(&per_pair, batch.global)?;
+    let loss = reduce_pairs(&per_pair, sequences.global)?;
     let metrics = PreferenceMetrics::new(config.beta, pairs)?;
     Ok(DpoOutput {
         loss,
@@ -385,12 +404,8 @@ pub(crate) fn dpo_from_pairs(
     })
 }
 
-/// `(ℓ_c/n_c, ℓ_r/n_r)`, checking the counts with `validate_inputs`.
-fn normalized_ratios(config: &DpoConfig, p: &Pairs, what: &'static str) -> Result<(Tensor, Tensor)> {
-    if config.validate_inputs {
-        validate::nonzero_counts("policy.count (chosen rows)", &p.chosen.count, what)?;
-        validate::nonzero_counts("policy.count (rejected rows)", &p.rejected.count, what)?;
-    }
+/// `(ℓ_c/n_c, ℓ_r/n_r)` (counts checked by [`Objective::check_inputs`]).
+fn normalized_ratios(p: &Pairs) -> Result<(Tensor, Tensor)> {
     let kind = p.ratios.chosen.f_kind()?;
     Ok((
         p.ratios.chosen.f_div(&p.chosen.count.f_to_kind(kind)?)?,
@@ -406,7 +421,7 @@ fn per_pair_loss(config: &DpoConfig, p: &Pairs) -> Result<Tensor> {
     let z = margin.f_mul_scalar(beta)?;
     let needs_norm = config.losses.iter().any(|(l, _)| l.length_normalized(config));
     let normalized_margin = if needs_norm {
-        let (c, rj) = normalized_ratios(config, p, "a length-normalized DPO loss (sigmoid_norm, ipo)")?;
+        let (c, rj) = normalized_ratios(p)?;
         Some(c.f_sub(&rj)?)
     } else {
         None
@@ -414,7 +429,9 @@ fn per_pair_loss(config: &DpoConfig, p: &Pairs) -> Result<Tensor> {
     let mut total = Accumulator::default();
     for &(variant, weight) in &config.losses {
         let loss = match variant {
+            // cdpo at ε = 0 is sigmoid (the ε·log σ(−z) term would turn 0·(−inf) into NaN for large z).
             DpoLoss::Sigmoid => z.f_log_sigmoid()?.f_neg()?,
+            DpoLoss::Cdpo if eps == 0.0 => z.f_log_sigmoid()?.f_neg()?,
             DpoLoss::Cdpo => {
                 let a = z.f_log_sigmoid()?.f_mul_scalar(-(1.0 - eps))?;
                 a.f_sub(&z.f_neg()?.f_log_sigmoid()?.f_mul_scalar(eps)?)?

@@ -19,7 +19,7 @@
 //! them). Everything stays on the device (no sync) until [`PreferenceMetrics::values`] reads the means.
 
 use crate::error::Result;
-use crate::loss::Pairs;
+use crate::loss::objective::Pairs;
 use tch::{Kind, Tensor};
 
 /// Detached tensors: 0-dim means (see the [module docs](self)) and `[B]` per-pair values.

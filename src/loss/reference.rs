@@ -1,8 +1,7 @@
 //! The reference policy of the pair losses, one type for every level.
 
 use crate::error::{Error, Result};
-use crate::fused::engine;
-use crate::fused::{FusedOptions, LinearHead};
+use crate::fused::{self, engine, LinearHead};
 use crate::logprobs::{sequence_logprobs, LogProbOptions};
 use crate::validate;
 use tch::Tensor;
@@ -20,9 +19,9 @@ use tch::Tensor;
 /// | [`Reference::Hidden`] | the logits and fused levels |
 /// | [`Reference::Free`] | every loss |
 ///
-/// The log-prob level ([`crate::dpo_loss`], [`crate::rpo_loss`]) has no labels: it refuses `Logits` and
-/// `Hidden` with [`Error::Config`]; score them first ([`crate::sequence_logprobs`],
-/// [`crate::fused_sequence_logprobs`]) and pass `LogProbs`.
+/// The log-prob level ([`crate::LossBatch::log_probs`]) has no labels: it refuses `Logits` and `Hidden` with
+/// [`Error::Config`]; score them first ([`crate::sequence_logprobs`], [`crate::fused_sequence_logprobs`]) and
+/// pass `LogProbs`. SFT objectives take no reference (`Free` only). The reference is resolved once per call.
 #[derive(Debug, Clone, Copy)]
 pub enum Reference<'a> {
     /// Summed reference log-probs `[2B]` (chosen rows first), any float dtype, on the policy's device:
@@ -38,7 +37,7 @@ pub enum Reference<'a> {
         /// `[2B, T, H_ref]` hidden states.
         hidden: &'a Tensor,
         /// The reference LM head.
-        head: LinearHead<'a>,
+        head: &'a LinearHead,
     },
     /// Reference-free: `log π_ref ≡ 0`, the log-ratios are the policy log-probs themselves.
     Free,
@@ -63,8 +62,8 @@ impl Reference<'_> {
             Reference::Logits(_) | Reference::Hidden { .. } => Err(Error::Config {
                 name: "reference",
                 requirement: format!(
-                    "{} needs labels to be scored: use rpo_loss_from_logits / the fused losses, or score it \
-                     with sequence_logprobs / fused_sequence_logprobs and pass Reference::LogProbs",
+                    "{} needs labels to be scored: use a logits or hidden-state LossBatch, or score it with \
+                     sequence_logprobs / fused_sequence_logprobs and pass Reference::LogProbs",
                     self.name()
                 ),
             }),
@@ -73,13 +72,13 @@ impl Reference<'_> {
 
     /// The `[2B]` reference sums (detached) of a batch with `labels [2B, T]`, scoring `Logits` / `Hidden`
     /// under `no_grad`. `policy_vocab` is the policy's `V`, `policy_shape` the policy logits' shape (logits
-    /// level only). Validation of the result follows `fused.logprobs.validate_inputs`.
+    /// level only). Validation of the result follows `options.validate_inputs`.
     pub(crate) fn resolve(
         &self,
         labels: &Tensor,
         policy_vocab: i64,
         policy_logits_shape: Option<&[i64]>,
-        fused: &FusedOptions,
+        options: &LogProbOptions,
         policy: &Tensor,
     ) -> Result<Option<Tensor>> {
         let rows = labels.size().first().copied().unwrap_or(0);
@@ -106,7 +105,7 @@ impl Reference<'_> {
                     });
                 }
                 validate::same_device("reference logits", logits, "labels", labels)?;
-                let sums = tch::no_grad(|| sequence_logprobs(logits, labels, &fused.logprobs))?.sum;
+                let sums = tch::no_grad(|| sequence_logprobs(logits, labels, options))?.sum;
                 Ok(Some(sums.f_detach()?))
             }
             Reference::Hidden { hidden, head } => {
@@ -120,17 +119,7 @@ impl Reference<'_> {
                         got: head.weight.size(),
                     });
                 }
-                let sums = tch::no_grad(|| -> Result<Tensor> {
-                    let prep = engine::prepare(hidden, &head, labels, fused, engine::REF_NAMES)?;
-                    Ok(engine::forward(&prep, &head, fused)?.sums)
-                })?;
-                if fused.logprobs.validate_inputs {
-                    validate::all_finite(
-                        "reference.hidden",
-                        &sums,
-                        "in the log-probs of its scored positions (NaN/±inf logits)",
-                    )?;
-                }
+                let sums = fused::score(hidden, head, labels, options, engine::REF_NAMES)?.sum;
                 Ok(Some(sums))
             }
         }
@@ -143,9 +132,4 @@ fn check_sums(sums: &Tensor, rows: i64, policy: &Tensor) -> Result<Tensor> {
     validate::per_pair("reference log-probs", sums, "policy rows", Some(rows))?;
     validate::same_device("reference log-probs", sums, "policy", policy)?;
     Ok(sums.f_detach()?)
-}
-
-/// The logits-level scoring options as fused options (for a [`Reference::Hidden`] on the logits level).
-pub(crate) fn fused_from(options: &LogProbOptions) -> FusedOptions {
-    FusedOptions::from(options.clone())
 }

@@ -18,17 +18,17 @@
 //! | [`RpoConfig::openrlhf`]`(β, coef)` | sigmoid, β | `SequenceMean` | `coef` (OpenRLHF default 0.2, no β) |
 //! | [`RpoConfig::trl`]`(β, w)` | sigmoid, β | `TokenMean` | `w` (TRL recipe 0.005) |
 //! | [`RpoConfig::sft_only`]`(norm)` | weight 0, β = 0.1 (rewards still logged at β) | `norm` | 1 (plain SFT) |
-//! | [`RpoConfig::from_trl`]`(β, loss_type, loss_weights)` | the listed TRL losses and weights | `TokenMean` | the weight of `"sft"` |
+//! | [`RpoConfig::from_trl`]`(β, loss_type, loss_weights, ε)` | the listed TRL losses and weights, label smoothing ε | `TokenMean` | the weight of `"sft"` |
 //!
 //! **Warning:** the same number means different things under different normalizations. η·β = 5e-5 on a
 //! summed NLL of a 300-token response weighs like 0.015 on its token mean; OpenRLHF's 0.2 on a
 //! sequence mean is a much stronger regularizer than the paper's main setting. Convert, don't copy.
 
 use crate::error::{Error, Result};
-use crate::logprobs::{sequence_logprobs, LogProbOptions};
 use crate::loss::dpo::{dpo_from_pairs, trl_weights, DpoConfig, DpoLoss, DpoOutput};
-use crate::loss::sft::{sft_unchecked, SftConfig, SftNormalization, SftOutput};
-use crate::loss::{fused_from, GlobalBatch, Pairs, PreferenceBatch, Reference};
+use crate::loss::objective::Pairs;
+use crate::loss::sft::{check_targets, sft_of, SftConfig, SftNormalization, SftOutput};
+use crate::loss::{Objective, RowLayout, Sequences};
 use crate::validate;
 use tch::Tensor;
 
@@ -47,7 +47,8 @@ pub enum SftWeight {
     Absolute(f64),
 }
 
-/// Configuration of [`rpo_loss`]: a DPO config, the SFT coefficient and its normalization.
+/// Configuration of the RPO loss: a DPO config, the SFT coefficient and its normalization. An [`Objective`]
+/// over preference pairs, run at any input level by [`crate::compute_loss`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct RpoConfig {
     /// The DPO-family part (β, variants, label smoothing).
@@ -102,7 +103,7 @@ impl RpoConfig {
     /// Plain SFT on the chosen responses (e.g. to train the reference policy before DPO/RPO): the DPO term
     /// has weight 0 and the NLL coefficient is 1. β keeps [`DpoConfig::default`]'s 0.1 (change it with
     /// [`RpoConfig::with_beta`]): like TRL's `loss_type=["sft"]`, the rewards are still logged at β. Works
-    /// with any reference; [`Reference::Free`] needs none.
+    /// with any reference; [`crate::Reference::Free`] needs none.
     pub fn sft_only(normalization: SftNormalization) -> Self {
         Self {
             dpo: DpoConfig::default().with_losses(vec![(DpoLoss::Sigmoid, 0.0)]),
@@ -110,13 +111,21 @@ impl RpoConfig {
             sft_normalization: normalization,
         }
     }
-    /// TRL's `loss_type=[…]`, `loss_weights=[…]` (weights default to 1) with β: `"sft"` becomes the SFT term
-    /// (token-mean NLL, coefficient = its weight), every other name a weighted DPO variant ([`DpoLoss`]'s
-    /// names). A list with only `"sft"` is [`RpoConfig::sft_only`] at β with the given weight.
+    /// TRL's `DPOConfig(beta, loss_type=[…], loss_weights=[…], label_smoothing)` (weights default to 1):
+    /// `"sft"` becomes the SFT term (token-mean NLL, coefficient = its weight), every other name a weighted
+    /// DPO variant ([`DpoLoss`]'s names) with label smoothing ε = `label_smoothing` (pass 0 for TRL's
+    /// default). A list with only `"sft"` is [`RpoConfig::sft_only`] at β with the given weight. So
+    /// `["exo_pair", "sft"]` with ε = 1e-3 is one call.
     ///
     /// # Errors
-    /// As [`DpoLoss::parse_weighted`]; [`Error::Config`] for `"sft"` listed twice.
-    pub fn from_trl(beta: f64, loss_type: &[&str], loss_weights: Option<&[f64]>) -> Result<Self> {
+    /// As [`DpoLoss::parse_weighted`]; [`Error::Config`] for `"sft"` listed twice. ε itself is checked with
+    /// the rest of the configuration by [`RpoConfig::validate`] (when the loss runs).
+    pub fn from_trl(
+        beta: f64,
+        loss_type: &[&str],
+        loss_weights: Option<&[f64]>,
+        label_smoothing: f64,
+    ) -> Result<Self> {
         let weights = trl_weights(loss_type.len(), loss_weights)?;
         let mut losses = Vec::new();
         let mut sft = None;
@@ -139,6 +148,7 @@ impl RpoConfig {
             dpo: DpoConfig {
                 beta,
                 losses,
+                label_smoothing,
                 ..DpoConfig::default()
             },
             sft_weight: SftWeight::Absolute(sft.unwrap_or(0.0)),
@@ -166,9 +176,9 @@ impl RpoConfig {
         Ok(())
     }
 
-    /// The SFT configuration of the RPO term (its normalization; inputs validated like the DPO part).
+    /// The SFT configuration of the RPO term (its normalization).
     pub fn sft_config(&self) -> SftConfig {
-        SftConfig::new(self.sft_normalization).with_validate_inputs(self.dpo.validate_inputs)
+        SftConfig::new(self.sft_normalization)
     }
 
     /// The SFT coefficient `c` (η·β or the absolute weight).
@@ -227,12 +237,13 @@ fn non_negative(name: &'static str, v: f64) -> Result<()> {
     Ok(())
 }
 
-/// Result of [`rpo_loss`].
+/// Result of the RPO loss ([`RpoConfig`] through [`crate::compute_loss`]).
 #[derive(Debug)]
 pub struct RpoOutput {
     /// Scalar total `dpo.loss + c · sft.loss` (differentiable).
     pub loss: Tensor,
-    /// `[B]` per-pair `dpo_i + c · nll_i`; `loss` is its mean (or `Σ / P` with a [`GlobalBatch`]).
+    /// `[B]` per-pair `dpo_i + c · nll_i`; `loss` is its mean (or `Σ / P` with a [`crate::GlobalBatch`]).
+    /// Detached on the hidden-state level, like the parts.
     pub per_pair: Tensor,
     /// The DPO part with its detached metrics.
     pub dpo: DpoOutput,
@@ -255,109 +266,63 @@ impl RpoOutput {
     }
 }
 
-/// The RPO loss on per-sequence log-probs: `dpo_loss + c · sft_loss` on the chosen rows (see the
-/// [module docs](self)). `batch` as in [`crate::dpo_loss`]: `[2B]` policy log-probs, chosen rows first.
+/// The RPO loss of `[2B]` policy log-probs (chosen rows first): `dpo + c · sft` on the chosen rows, per pair
+/// (see the [module docs](self)).
 ///
 /// # Errors
-/// Everything [`crate::dpo_loss`] and [`crate::sft_loss`] return; [`Error::InvalidParameter`] for a
+/// Everything the [`DpoConfig`] and [`SftConfig`] objectives return; [`Error::InvalidParameter`] for a
 /// negative η or weight.
-pub fn rpo_loss(config: &RpoConfig, batch: &PreferenceBatch<'_>) -> Result<RpoOutput> {
-    config.validate()?;
-    let coefficient = config.coefficient()?;
-    let pairs = Pairs::new(batch, config.dpo.validate_inputs)?;
-    let dpo = dpo_from_pairs(&config.dpo, &pairs, batch)?;
-    let sft = sft_unchecked(&config.sft_config(), &pairs.chosen, batch.global)?;
-    let (loss, per_pair) = if coefficient == 0.0 {
-        (dpo.loss.shallow_clone(), dpo.per_pair.shallow_clone())
-    } else {
-        (
-            dpo.loss.f_add(&sft.loss.f_mul_scalar(coefficient)?)?,
-            dpo.per_pair.f_add(&sft.per_sequence.f_mul_scalar(coefficient)?)?,
-        )
-    };
-    Ok(RpoOutput {
-        loss,
-        per_pair,
-        dpo,
-        sft,
-        coefficient,
-    })
-}
+impl Objective for RpoConfig {
+    type Output = RpoOutput;
 
-/// The input of [`rpo_loss_from_logits`]: one concatenated forward pass.
-#[derive(Debug, Clone)]
-pub struct LogitsBatch<'a> {
-    /// `[2B, T, V]` policy logits: the `B` chosen rows followed by the `B` rejected rows.
-    pub logits: &'a Tensor,
-    /// `[2B, T]` i64 labels (the input ids), `options.ignore_index` at prompt and padding positions.
-    pub labels: &'a Tensor,
-    /// The reference: log-probs `[2B]`, logits `[2B, T, V]`, hidden states + head, or none.
-    pub reference: Reference<'a>,
-    /// How labels are read and log-probs gathered. Default [`LogProbOptions::default`] (unshifted); use
-    /// [`LogProbOptions::causal`] for causal-LM logits.
-    pub options: LogProbOptions,
-    /// Totals of the whole accumulated step; `None` normalizes within this batch.
-    pub global: Option<GlobalBatch>,
-}
+    fn layout(&self) -> RowLayout {
+        RowLayout::Pairs
+    }
 
-impl<'a> LogitsBatch<'a> {
-    /// A reference-free batch with default options; set the rest with the `with_` methods.
-    pub fn new(logits: &'a Tensor, labels: &'a Tensor) -> Self {
-        Self {
-            logits,
-            labels,
-            reference: Reference::Free,
-            options: LogProbOptions::default(),
-            global: None,
-        }
+    fn validate(&self) -> Result<()> {
+        RpoConfig::validate(self)
     }
-    /// Sets the reference.
-    pub fn with_reference(mut self, reference: Reference<'a>) -> Self {
-        self.reference = reference;
-        self
-    }
-    /// Sets the log-prob options.
-    pub fn with_options(mut self, options: LogProbOptions) -> Self {
-        self.options = options;
-        self
-    }
-    /// Sets the totals of the whole accumulated step.
-    pub fn with_global(mut self, global: GlobalBatch) -> Self {
-        self.global = Some(global);
-        self
-    }
-    /// Sets or clears the totals of the whole accumulated step.
-    pub fn with_global_opt(mut self, global: Option<GlobalBatch>) -> Self {
-        self.global = global;
-        self
-    }
-}
 
-/// RPO straight from one concatenated forward pass ([`LogitsBatch`]): log-probs are gathered with
-/// [`sequence_logprobs`] (chunked, f32-accurate), the reference is scored under `no_grad` when it is given as
-/// logits or hidden states, then [`rpo_loss`].
-///
-/// # Errors
-/// Everything [`sequence_logprobs`] and [`rpo_loss`] return; [`Error::Shape`] for an odd row count or
-/// reference logits / log-probs whose shape differs from the policy's, a reference head with another
-/// vocabulary.
-pub fn rpo_loss_from_logits(config: &RpoConfig, batch: &LogitsBatch<'_>) -> Result<RpoOutput> {
-    config.validate()?;
-    let policy = sequence_logprobs(batch.logits, batch.labels, &batch.options)?;
-    let shape = batch.logits.size();
-    let reference = batch.reference.resolve(
-        batch.labels,
-        shape[2],
-        Some(&shape),
-        &fused_from(&batch.options),
-        &policy.sum,
-    )?;
-    let reference = match &reference {
-        Some(sums) => Reference::LogProbs(sums),
-        None => Reference::Free,
-    };
-    rpo_loss(
-        config,
-        &PreferenceBatch::new(&policy, reference).with_global_opt(batch.global),
-    )
+    fn check_inputs(&self, sequences: &Sequences<'_>) -> Result<()> {
+        self.dpo.check_inputs(sequences)?;
+        let (chosen, _) = sequences.policy.split_pairs()?;
+        check_targets(self.sft_normalization, &chosen, sequences.global)
+    }
+
+    fn evaluate(&self, sequences: &Sequences<'_>) -> Result<RpoOutput> {
+        let coefficient = self.coefficient()?;
+        let pairs = Pairs::new(sequences)?;
+        let dpo = dpo_from_pairs(&self.dpo, &pairs, sequences)?;
+        let sft = sft_of(self.sft_normalization, &pairs.chosen, sequences.global)?;
+        let (loss, per_pair) = if coefficient == 0.0 {
+            (dpo.loss.shallow_clone(), dpo.per_pair.shallow_clone())
+        } else {
+            (
+                dpo.loss.f_add(&sft.loss.f_mul_scalar(coefficient)?)?,
+                dpo.per_pair.f_add(&sft.per_sequence.f_mul_scalar(coefficient)?)?,
+            )
+        };
+        Ok(RpoOutput {
+            loss,
+            per_pair,
+            dpo,
+            sft,
+            coefficient,
+        })
+    }
+
+    fn loss(output: &RpoOutput) -> &Tensor {
+        &output.loss
+    }
+
+    fn with_fused_loss(output: RpoOutput, loss: Tensor) -> Result<RpoOutput> {
+        let (dpo_loss, sft_loss) = (output.dpo.loss.f_detach()?, output.sft.loss.f_detach()?);
+        Ok(RpoOutput {
+            loss,
+            per_pair: output.per_pair.f_detach()?,
+            dpo: output.dpo.with_fused_loss(dpo_loss)?,
+            sft: output.sft.with_fused_loss(sft_loss)?,
+            coefficient: output.coefficient,
+        })
+    }
 }

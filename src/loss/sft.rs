@@ -15,7 +15,8 @@
 
 use crate::error::{Error, Result};
 use crate::logprobs::SequenceLogProbs;
-use crate::loss::{check_sequences, reduce_pairs, SftBatch};
+use crate::loss::objective::reduce_pairs;
+use crate::loss::{GlobalBatch, Objective, RowLayout, Sequences};
 use crate::validate;
 use tch::{Kind, Tensor};
 
@@ -41,14 +42,13 @@ impl SftNormalization {
     }
 }
 
-/// Configuration of [`sft_loss`].
+/// Configuration of the SFT loss: an [`Objective`] over target rows ([`RowLayout::Rows`]: `[B]` rows, every
+/// one a target sequence, no reference), run at any input level by [`crate::compute_loss`]. Input validation
+/// is [`crate::LogProbOptions::validate_inputs`], in the batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SftConfig {
     /// How the NLL is normalized. Default [`SftNormalization::TokenMean`] (TRL, Liger-Kernel).
     pub normalization: SftNormalization,
-    /// Check inputs that need a device sync: finiteness of the log-probs, non-zero token counts where a
-    /// normalization divides by them. Default `true`.
-    pub validate_inputs: bool,
 }
 
 impl Default for SftConfig {
@@ -58,17 +58,9 @@ impl Default for SftConfig {
 }
 
 impl SftConfig {
-    /// The given normalization, inputs validated.
+    /// The given normalization.
     pub fn new(normalization: SftNormalization) -> Self {
-        Self {
-            normalization,
-            validate_inputs: true,
-        }
-    }
-    /// Sets [`SftConfig::validate_inputs`].
-    pub fn with_validate_inputs(mut self, validate_inputs: bool) -> Self {
-        self.validate_inputs = validate_inputs;
-        self
+        Self { normalization }
     }
     /// Checks the configuration (every value is valid today; kept for the one `validate()` shape).
     ///
@@ -79,57 +71,99 @@ impl SftConfig {
     }
 }
 
-/// Result of [`sft_loss`].
+/// Result of the SFT loss ([`SftConfig`] through [`crate::compute_loss`]).
 #[derive(Debug)]
 pub struct SftOutput {
     /// Scalar NLL under the chosen normalization (differentiable).
     pub loss: Tensor,
     /// `[B]` per-sequence NLL in pair units: `loss = mean(per_sequence)` (or `Σ per_sequence / P` with a
     /// [`crate::GlobalBatch`]). `SequenceSum`: `−s_i`; `SequenceMean`: `−s_i/n_i`; `TokenMean`: `−s_i·B/Σn`
-    /// (or `−s_i·P/N`). Lets RPO form per-pair losses that reduce exactly like the total.
+    /// (or `−s_i·P/N`). Lets RPO form per-pair losses that reduce exactly like the total. Detached on the
+    /// hidden-state level.
     pub per_sequence: Tensor,
 }
 
-/// The SFT loss (NLL of the chosen responses).
-///
-/// # Arguments
-/// - `config`: the normalization ([`SftNormalization`]) and whether inputs are validated.
-/// - `batch`: policy log-probs of the target sequences, `sum [B]` (float), `count [B]`, and the optional
-///   whole-step [`crate::GlobalBatch`].
-///
-/// # Errors
-/// [`Error::Shape`], [`Error::EmptyBatch`], [`Error::DType`], [`Error::DeviceMismatch`] for `chosen`;
-/// [`Error::InvalidParameter`] for a non-positive or non-finite global total; with `validate_inputs`,
-/// [`Error::NonFinite`] for NaN / ±inf log-probs, [`Error::NoValidTokens`] when `SequenceMean` meets a
-/// sequence with no token, or `TokenMean` a batch with no token (and no global token count).
-pub fn sft_loss(config: &SftConfig, batch: &SftBatch<'_>) -> Result<SftOutput> {
-    config.validate()?;
-    let chosen = batch.chosen;
-    check_sequences("chosen.sum", "chosen.count", chosen, config.validate_inputs)?;
-    sft_unchecked(config, chosen, batch.global)
+impl SftOutput {
+    /// This output with `loss` in place of its loss and `per_sequence` detached.
+    pub(crate) fn with_fused_loss(self, loss: Tensor) -> Result<Self> {
+        Ok(Self {
+            loss,
+            per_sequence: self.per_sequence.f_detach()?,
+        })
+    }
 }
 
-/// [`sft_loss`] on checked log-probs.
-pub(crate) fn sft_unchecked(
-    config: &SftConfig,
+/// The SFT loss (NLL of the target rows `sum [B]`, `count [B]`).
+///
+/// # Errors
+/// [`Error::InvalidParameter`] for a non-positive or non-finite global total; with `validate_inputs`
+/// ([`Objective::check_inputs`]), [`Error::NoValidTokens`] when `SequenceMean` meets a sequence with no
+/// token, or `TokenMean` a batch with no token (and no global token count).
+impl Objective for SftConfig {
+    type Output = SftOutput;
+
+    fn layout(&self) -> RowLayout {
+        RowLayout::Rows
+    }
+
+    fn validate(&self) -> Result<()> {
+        SftConfig::validate(self)
+    }
+
+    fn check_inputs(&self, sequences: &Sequences<'_>) -> Result<()> {
+        check_targets(self.normalization, sequences.policy, sequences.global)
+    }
+
+    fn evaluate(&self, sequences: &Sequences<'_>) -> Result<SftOutput> {
+        sft_of(self.normalization, sequences.policy, sequences.global)
+    }
+
+    fn loss(output: &SftOutput) -> &Tensor {
+        &output.loss
+    }
+
+    fn with_fused_loss(output: SftOutput, loss: Tensor) -> Result<SftOutput> {
+        output.with_fused_loss(loss)
+    }
+}
+
+/// The token counts a normalization divides by are non-zero (syncs the device).
+pub(crate) fn check_targets(
+    normalization: SftNormalization,
     chosen: &SequenceLogProbs,
-    global: Option<crate::GlobalBatch>,
+    global: Option<GlobalBatch>,
+) -> Result<()> {
+    match (normalization, global) {
+        (SftNormalization::SequenceMean, _) => validate::nonzero_counts(
+            "chosen.count",
+            &chosen.count,
+            "the sequence-mean SFT normalization",
+        ),
+        (SftNormalization::TokenMean, None) => {
+            if chosen.count.f_sum(Kind::Int64)?.f_int64_value(&[])? <= 0 {
+                return Err(Error::NoValidTokens {
+                    arg: "chosen.count",
+                    index: 0,
+                    reduction: "the token-mean SFT normalization (no sequence of the batch has one)",
+                });
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The SFT loss of the target rows `chosen` (pure).
+pub(crate) fn sft_of(
+    normalization: SftNormalization,
+    chosen: &SequenceLogProbs,
+    global: Option<GlobalBatch>,
 ) -> Result<SftOutput> {
-    let validate = config.validate_inputs;
     let kind = chosen.sum.f_kind()?;
     let nll = chosen.sum.f_neg()?;
-    let per_sequence = match config.normalization {
+    let per_sequence = match normalization {
         SftNormalization::SequenceSum => nll,
-        SftNormalization::SequenceMean => {
-            if validate {
-                validate::nonzero_counts(
-                    "chosen.count",
-                    &chosen.count,
-                    "the sequence-mean SFT normalization",
-                )?;
-            }
-            nll.f_div(&chosen.count.f_to_kind(kind)?)?
-        }
+        SftNormalization::SequenceMean => nll.f_div(&chosen.count.f_to_kind(kind)?)?,
         // −Σ s_i / N overall, in pair units: −s_i · P / N.
         SftNormalization::TokenMean => match global {
             Some(g) => {
@@ -139,13 +173,6 @@ pub(crate) fn sft_unchecked(
             }
             None => {
                 let tokens = chosen.count.f_sum(kind)?;
-                if validate && tokens.f_double_value(&[])? <= 0.0 {
-                    return Err(Error::NoValidTokens {
-                        arg: "chosen.count",
-                        index: 0,
-                        reduction: "the token-mean SFT normalization (no sequence of the batch has one)",
-                    });
-                }
                 nll.f_mul_scalar(chosen.len() as f64)?.f_div(&tokens)?
             }
         },

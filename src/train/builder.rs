@@ -115,12 +115,9 @@ impl RpoTrainerBuilder {
     /// `"sft"` (the token-mean SFT term) with their weights, replacing the loss and the SFT term
     /// ([`RpoConfig::from_trl`]), keeping β. Errors are reported by [`RpoTrainerBuilder::build`].
     pub fn loss_types(mut self, loss_type: &[&str], loss_weights: Option<&[f64]>) -> Self {
-        match RpoConfig::from_trl(self.config.rpo.dpo.beta, loss_type, loss_weights) {
-            Ok(rpo) => {
-                let label_smoothing = self.config.rpo.dpo.label_smoothing;
-                self.config.rpo = rpo;
-                self.config.rpo.dpo.label_smoothing = label_smoothing;
-            }
+        let (beta, label_smoothing) = (self.config.rpo.dpo.beta, self.config.rpo.dpo.label_smoothing);
+        match RpoConfig::from_trl(beta, loss_type, loss_weights, label_smoothing) {
+            Ok(rpo) => self.config.rpo = rpo,
             Err(e) => {
                 self.error.get_or_insert(e);
             }

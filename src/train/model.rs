@@ -2,8 +2,7 @@
 //! hidden-state pass returns.
 
 use crate::error::{Error, Result};
-use crate::fused::{FusedOptions, LinearHead};
-use crate::logprobs::LogProbOptions;
+use crate::fused::LinearHead;
 use tch::{nn::VarStore, Device, Tensor};
 
 /// How the policy's (and a reference model's) log-probs are computed.
@@ -23,83 +22,32 @@ pub enum LossPath {
 }
 
 /// The final hidden states and the LM head, for a fused linear-head loss that never materializes the
-/// `[N, T, V]` logits. The logits it stands for are `softcap(s · (hidden · weightᵀ + bias))` with the
-/// logit scale `s` (default 1) and the optional soft-cap `softcap(u) = c · tanh(u / c)`.
-///
-/// Built with [`HiddenOutput::new`] and the `with_*` methods (the struct is `#[non_exhaustive]`, so a
-/// field added later does not break callers):
+/// `[N, T, V]` logits. The logits it stands for are `softcap(s · (hidden · weightᵀ + bias))`, the
+/// [`LinearHead`]'s (weight, bias, logit scale `s`, soft-cap).
 ///
 /// ```
 /// # use tch::{Device, Kind, Tensor};
-/// # use tch_rpo::train::HiddenOutput;
+/// # use tch_rpo::{train::HiddenOutput, LinearHead};
 /// let hidden = Tensor::zeros([2, 5, 8], (Kind::Float, Device::Cpu));
 /// let weight = Tensor::zeros([11, 8], (Kind::Float, Device::Cpu));
 /// let bias = Tensor::zeros([11], (Kind::Float, Device::Cpu));
-/// let out = HiddenOutput::new(hidden, weight).with_bias(bias).with_final_logit_softcap(Some(30.0));
-/// assert!(out.lm_head_bias.is_some() && out.logit_scale == 1.0);
+/// let out = HiddenOutput::new(hidden, LinearHead::new(&weight).with_bias(&bias).with_final_logit_softcap(Some(30.0)));
+/// assert!(out.head.bias.is_some() && out.head.logit_scale == 1.0);
 /// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct HiddenOutput {
     /// `[N, T, H]` final hidden states (after the last norm), differentiable.
     pub hidden: Tensor,
-    /// `[V, H]` LM-head weight, the parameter itself (not a copy), so that gradients reach it (a head tied
-    /// to the embedding included).
-    pub lm_head_weight: Tensor,
-    /// `[V]` LM-head bias (the parameter itself), if the head has one. Default `None`.
-    pub lm_head_bias: Option<Tensor>,
-    /// Logit scale `s > 0` applied before the soft-cap (e.g. a `1 / temperature` or a width multiplier).
-    /// Default 1.
-    pub logit_scale: f64,
-    /// Final-logit soft-cap `c` of models that compute `c · tanh(z / c)` (Gemma 2); `None` (the default)
-    /// for a plain head.
-    pub final_logit_softcap: Option<f64>,
+    /// The LM head; its weight and bias are the parameters themselves (shallow clones, not copies), so that
+    /// gradients reach them (a head tied to the embedding included).
+    pub head: LinearHead,
 }
 
 impl HiddenOutput {
-    /// Hidden states `[N, T, H]` and a plain head `[V, H]` (no bias, scale 1, no soft-cap).
-    pub fn new(hidden: Tensor, lm_head_weight: Tensor) -> Self {
-        Self {
-            hidden,
-            lm_head_weight,
-            lm_head_bias: None,
-            logit_scale: 1.0,
-            final_logit_softcap: None,
-        }
-    }
-
-    /// Sets the `[V]` head bias.
-    pub fn with_bias(mut self, bias: Tensor) -> Self {
-        self.lm_head_bias = Some(bias);
-        self
-    }
-
-    /// Sets the logit scale `s` (checked to be finite and > 0 when the loss runs).
-    pub fn with_logit_scale(mut self, logit_scale: f64) -> Self {
-        self.logit_scale = logit_scale;
-        self
-    }
-
-    /// Sets the final-logit soft-cap (`None`: none).
-    pub fn with_final_logit_softcap(mut self, cap: Option<f64>) -> Self {
-        self.final_logit_softcap = cap;
-        self
-    }
-
-    /// The head as the fused path takes it: weight, bias, logit scale and soft-cap.
-    pub(crate) fn head(&self) -> LinearHead<'_> {
-        let head = LinearHead::new(&self.lm_head_weight)
-            .with_logit_scale(self.logit_scale)
-            .with_final_logit_softcap(self.final_logit_softcap);
-        match &self.lm_head_bias {
-            Some(bias) => head.with_bias(bias),
-            None => head,
-        }
-    }
-
-    /// The fused-path options for these log-prob options (default fused budget).
-    pub(crate) fn fused_options(&self, options: &LogProbOptions) -> FusedOptions {
-        FusedOptions::from(options.clone())
+    /// Hidden states `[N, T, H]` and the LM head.
+    pub fn new(hidden: Tensor, head: LinearHead) -> Self {
+        Self { hidden, head }
     }
 }
 

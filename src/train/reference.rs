@@ -200,8 +200,7 @@ pub(crate) fn model_logprobs(
         // The same path as the policy's, so that policy == reference gives exactly zero rewards.
         let sums = match model_output(model, &batch.input_ids, &batch.attention_mask, path)? {
             ModelOutput::Hidden(states) => {
-                let fused = states.fused_options(options);
-                fused_sequence_logprobs(&states.hidden, states.head(), &batch.labels, &fused)?.sum
+                fused_sequence_logprobs(&states.hidden, &states.head, &batch.labels, options)?.sum
             }
             ModelOutput::Logits(logits) => sequence_logprobs(&logits, &batch.labels, options)?.sum,
         };

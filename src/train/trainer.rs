@@ -2,9 +2,9 @@
 
 use crate::data::{BatchSampler, CollatedBatch, Collator, EncodedPair, SamplerPosition};
 use crate::error::{Error, Result};
-use crate::fused::{rpo_with, HiddenBatch, WeightGrad};
-use crate::loss::rpo::{rpo_loss_from_logits, LogitsBatch, RpoOutput};
-use crate::loss::{GlobalBatch, Reference};
+use crate::fused::WeightGrad;
+use crate::loss::rpo::RpoOutput;
+use crate::loss::{compute_loss, compute_loss_with, GlobalBatch, LossBatch, Reference};
 use crate::train::accumulate::{Accumulated, StepTotals};
 use crate::train::checkpoint;
 use crate::train::config::RpoTrainerConfig;
@@ -167,7 +167,7 @@ impl RpoTrainer {
 
     /// Forward pass and loss of one micro-batch (reference first, so its activations are freed).
     /// `LossPath::Logits` gathers log-probs from the model's logits; `LossPath::Hidden` runs the fused
-    /// linear-head loss ([`crate::fused::fused_rpo_loss`]) on the final hidden states and the head (weight,
+    /// linear-head loss ([`crate::compute_loss`] on a [`crate::LossBatch::hidden`] batch) on the final hidden states and the head (weight,
     /// bias, logit scale, soft-cap), never forming the `[2B, T, V]` logits; `LossPath::Auto` the latter
     /// when the model offers hidden states. With `train`, the policy's forward pass is
     /// [`PolicyModel::forward_checkpointed`] where the model checkpoints, and the returned
@@ -212,28 +212,28 @@ impl RpoTrainer {
             ),
         };
         let out = match output {
-            ModelOutput::Logits(logits) => rpo_loss_from_logits(
+            ModelOutput::Logits(logits) => compute_loss(
                 &self.config.rpo,
-                &LogitsBatch::new(&logits, &labels)
+                &LossBatch::logits(&logits, &labels)
                     .with_reference(reference)
-                    .with_options(self.config.logprobs.clone())
-                    .with_global_opt(global),
+                    .with_options(self.config.logprobs)
+                    .with_global(global),
             )?,
             ModelOutput::Hidden(states) => {
-                let batch = HiddenBatch::new(&states.hidden, states.head(), &labels)
+                let batch = LossBatch::hidden(&states.hidden, states.head.clone(), &labels)
                     .with_reference(reference)
-                    .with_options(states.fused_options(&self.config.logprobs))
-                    .with_global_opt(global);
+                    .with_options(self.config.logprobs)
+                    .with_global(global);
                 // Training: the head weight's gradient goes straight into its `.grad` (this loss is
                 // backpropagated once, unscaled, and a skipped step clears `.grad`).
                 let weight_grad = match train {
                     true => {
-                        ensure_grad(states.head().weight)?;
+                        ensure_grad(&states.head.weight)?;
                         WeightGrad::IntoGrad
                     }
                     false => WeightGrad::Surrogate,
                 };
-                rpo_with(&self.config.rpo, &batch, weight_grad)?
+                compute_loss_with(&self.config.rpo, &batch, weight_grad)?
             }
         };
         Ok((out, deferred))

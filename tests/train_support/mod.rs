@@ -5,6 +5,7 @@ use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 use tch_rpo::data::{encode_records, ByteTokenizer, EncodedPair, PreferenceRecord, Text};
 use tch_rpo::train::{var_store_parameters, HiddenOutput, PolicyModel};
+use tch_rpo::LinearHead;
 
 /// Byte id that, when present in a batch, makes the gradient (not the loss) NaN.
 pub const POISON: i64 = b'~' as i64;
@@ -129,12 +130,14 @@ impl PolicyModel for TinyLm {
         input_ids: &Tensor,
         attention_mask: &Tensor,
     ) -> tch_rpo::Result<Option<HiddenOutput>> {
-        let mut out = HiddenOutput::new(self.hidden(input_ids, attention_mask)?, self.head.shallow_clone())
-            .with_logit_scale(self.logit_scale);
+        let mut head = LinearHead::new(&self.head).with_logit_scale(self.logit_scale);
         if let Some(bias) = &self.head_bias {
-            out = out.with_bias(bias.shallow_clone());
+            head = head.with_bias(bias);
         }
-        Ok(Some(out))
+        Ok(Some(HiddenOutput::new(
+            self.hidden(input_ids, attention_mask)?,
+            head,
+        )))
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut params = self.params();

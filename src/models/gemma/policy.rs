@@ -5,6 +5,7 @@ use tch::{nn, Device, Kind, Tensor};
 use super::config::GemmaConfig;
 use super::model::Gemma;
 use crate::error::{Error, Result};
+use crate::fused::LinearHead;
 use crate::train::{
     var_store_parameters, CheckpointedForward, DeferredBackward, HiddenOutput, LossPath, ModelOutput,
     PolicyModel,
@@ -124,8 +125,11 @@ impl GemmaPolicy {
 
     /// The hidden-state output of `hidden` `[N, T, H]`: the one place that builds a [`HiddenOutput`].
     fn hidden_output(&self, hidden: Tensor) -> HiddenOutput {
-        HiddenOutput::new(hidden, self.model.head_weight())
-            .with_final_logit_softcap(self.model.final_logit_softcap())
+        HiddenOutput::new(
+            hidden,
+            LinearHead::new(&self.model.head_weight())
+                .with_final_logit_softcap(self.model.final_logit_softcap()),
+        )
     }
 }
 
