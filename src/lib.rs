@@ -16,7 +16,7 @@
 //!
 //! ```no_run
 //! use tch::{Device, Kind, Tensor};
-//! use tch_rpo::{rpo_loss_from_logits, LogProbOptions, LogitsBatch, Reference, RpoConfig};
+//! use tch_rpo::{compute_loss, LogProbOptions, LossBatch, Reference, RpoConfig};
 //!
 //! # fn main() -> tch_rpo::Result<()> {
 //! let (pairs, seq, vocab) = (2, 16, 100);
@@ -28,11 +28,11 @@
 //! let _ = labels.narrow(1, 0, 4).fill_(-100); // a 4-token prompt
 //!
 //! let config = RpoConfig::paper_gemma_series(); // sigmoid DPO, β = 0.05, + η·β · summed chosen NLL
-//! // (by TRL's names: RpoConfig::from_trl(0.05, &["sigmoid", "sft"], Some(&[1.0, 0.005]))?)
-//! let batch = LogitsBatch::new(&policy_logits, &labels)
+//! // (by TRL's names: RpoConfig::from_trl(0.05, &["sigmoid", "sft"], Some(&[1.0, 0.005]), 0.0)?)
+//! let batch = LossBatch::logits(&policy_logits, &labels)
 //!     .with_reference(Reference::Logits(&reference_logits))
 //!     .with_options(LogProbOptions::causal()); // logits at t predict token t+1
-//! let out = rpo_loss_from_logits(&config, &batch)?;
+//! let out = compute_loss(&config, &batch)?;
 //! out.loss.backward();
 //! for (name, value) in out.metric_values()? {
 //!     println!("{name}: {value:.4}");
@@ -41,21 +41,26 @@
 //! # }
 //! ```
 //!
-//! Every loss has the shape `fn(&Config, &Batch) -> Result<Output>`, with one [`Reference`] type and the `[2B]`
-//! layout (chosen rows first) at every level — log-probs ([`PreferenceBatch`], [`SftBatch`]), logits
-//! ([`LogitsBatch`]) and hidden states ([`HiddenBatch`]) — and the whole-step [`GlobalBatch`] in the batch.
+//! One call shape for every loss: `compute_loss(&objective, &LossBatch) -> Result<Output>`. The objective is a
+//! [`DpoConfig`], [`SftConfig`], [`RpoConfig`] or your own [`Objective`]; the batch is one [`LossBatch`] at any
+//! input level — per-sequence log-probs ([`LossBatch::log_probs`]), logits + labels ([`LossBatch::logits`]) or
+//! hidden states + [`LinearHead`] + labels ([`LossBatch::hidden`], fused: the logits are never formed) — with
+//! one [`Reference`] type, the `[2B]` layout (chosen rows first), the whole-step [`GlobalBatch`] and one
+//! [`LogProbOptions`].
 //!
 //! # Modules
 //! - [`logprobs`]: per-token / per-sequence log-probs from `[B, T, V]` logits, chunked and f32-accurate, with
-//!   optional token statistics.
+//!   optional token statistics; [`LogProbOptions`], the one options type of every level.
+//! - [`loss`]: the loss engine — [`LossBatch`], the [`Objective`] trait, [`compute_loss`], the [`Reference`].
 //! - [`loss::dpo`]: TRL's `loss_type`s by name — sigmoid, sigmoid_norm, hinge, IPO, robust, exo_pair, nca_pair,
 //!   bco_pair, sppo_hard, apo_zero, apo_down, discopop — plus cdpo, and weighted sums of them, with TRL's metric
 //!   names and per-pair outputs.
 //! - [`loss::sft`]: chosen-response NLL with the normalization named (sequence sum / sequence mean / token
 //!   mean) and whole-step normalizers for gradient accumulation.
 //! - [`loss::rpo`]: RPO = DPO + c · SFT, with the paper's presets and the OpenRLHF / TRL weightings.
-//! - [`fused`]: the same losses from final hidden states and the LM head, chunked over scored tokens, never
-//!   holding the `[2B, T, V]` logits (head bias, logit scale and Gemma-2 soft-cap in [`LinearHead`]).
+//! - [`fused`]: the linear-head engine under the hidden-state level: log-probs and exact gradients from final
+//!   hidden states and the LM head, chunked over scored tokens, never holding the `[2B, T, V]` logits (head
+//!   bias, logit scale and Gemma-2 soft-cap in [`LinearHead`]); [`fused_loss`] for user-defined losses.
 //! - [`train`] (feature `train`, default): the [`train::PolicyModel`] trait, the [`train::RpoTrainer`] with
 //!   its own AdamW, schedule, gradient accumulation, skip-on-non-finite safety, metrics and checkpoints.
 //! - [`data`] (feature `train`, default): JSON Lines preference records, tokenizers, collation.
@@ -76,7 +81,7 @@
 //! # Devices and host syncs
 //! Everything runs on the device of its inputs. What reads values back to the host (a sync on CUDA):
 //! - input validation (label range, finiteness, token counts), switched off with
-//!   [`LogProbOptions::validate_inputs`], [`DpoConfig::validate_inputs`], [`SftConfig::validate_inputs`];
+//!   [`LogProbOptions::validate_inputs`] (the one switch, in every batch's options);
 //! - the fused path's selection of scored tokens (`nonzero` / `masked_select` have data-dependent sizes): one
 //!   read of the token count per scored batch, and one of the `[R]` per-row counts when the built-in fused
 //!   losses plan their one-pass chunks;

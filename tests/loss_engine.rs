@@ -248,7 +248,8 @@ fn from_trl_with_label_smoothing_is_the_two_route_config() {
     )
     .unwrap();
     let reference = Tensor::randn([2 * b], (Kind::Double, CPU)) * 3.0 - 20.0;
-    let cases: [(&[&str], Option<&[f64]>, f64); 4] = [
+    type TrlCase<'a> = (&'a [&'a str], Option<&'a [f64]>, f64);
+    let cases: [TrlCase<'_>; 4] = [
         (&["exo_pair", "sft"], None, 1e-3),
         (&["robust", "sft"], Some(&[1.0, 0.05]), 0.2),
         (&["cdpo", "hinge", "sft"], Some(&[0.5, 0.5, 0.01]), 0.1),
@@ -305,10 +306,11 @@ impl Objective for ChosenRatio {
     }
     fn evaluate(&self, s: &Sequences<'_>) -> tch_rpo::Result<Tensor> {
         let b = s.policy.len() / 2;
-        let mut ratio = s.policy.sum.narrow(0, 0, b);
-        if let Some(reference) = s.reference {
-            ratio = ratio - reference.narrow(0, 0, b);
-        }
+        let chosen = s.policy.sum.narrow(0, 0, b);
+        let ratio = match s.reference {
+            Some(reference) => chosen - reference.narrow(0, 0, b),
+            None => chosen,
+        };
         Ok(-ratio.mean(Kind::Float))
     }
     fn loss(output: &Tensor) -> &Tensor {

@@ -652,7 +652,7 @@ fn rpo_from_logits_is_the_composition_of_its_parts() {
     ] {
         let logits_batch = LossBatch::logits(&z, &y)
             .with_reference(Reference::Logits(&zr))
-            .with_options(opts.clone());
+            .with_options(opts);
         let whole = compute_loss(&config, &logits_batch).unwrap();
         let policy = sequence_logprobs(&z, &y, &opts).unwrap();
         let reference = sequence_logprobs(&zr, &y, &opts).unwrap();
@@ -701,7 +701,7 @@ fn gradient_accumulation_with_global_batch() {
                 .set_requires_grad(true);
             let full_batch = LossBatch::logits(&z, &y)
                 .with_reference(Reference::Logits(&reference))
-                .with_options(opts.clone());
+                .with_options(opts);
             let full = compute_loss(&config, &full_batch).unwrap();
             let full_grad = Tensor::run_backward(&[&full.loss], &[&z], false, false)
                 .pop()
@@ -735,7 +735,7 @@ fn gradient_accumulation_with_global_batch() {
                 let (zm, ym) = (zl.index_select(0, &idx), y.index_select(0, &idx));
                 let batch = LossBatch::logits(&zm, &ym)
                     .with_reference(Reference::Logits(&zr))
-                    .with_options(opts.clone())
+                    .with_options(opts)
                     .with_global(global);
                 let out = compute_loss(&config, &batch).unwrap();
                 total += out.loss.double_value(&[]);

@@ -8,12 +8,12 @@ use tch::{Kind, Tensor};
 #[derive(Debug)]
 pub struct TokenLogProbs {
     /// `[B, T']` log-probabilities (f32; f64 for f64 logits), `0` where the label is ignored.
-    /// `T' = T − 1` with [`LogProbOptions::shift`], else `T`. Differentiable w.r.t. the logits.
+    /// `T' = T − 1` with [`LogProbOptions::shift`](crate::LogProbOptions::shift), else `T`. Differentiable w.r.t. the logits.
     pub logps: Tensor,
     /// `[B, T']` bool, `true` where the label is scored.
     pub mask: Tensor,
     /// `[B, T']` per-token statistics (detached, `0` at ignored positions) when
-    /// [`LogProbOptions::token_stats`] is on.
+    /// [`LogProbOptions::token_stats`](crate::LogProbOptions::token_stats) is on.
     pub stats: Option<TokenStats>,
 }
 
@@ -66,7 +66,7 @@ pub struct SequenceLogProbs {
     /// `[R]` i64 number of scored tokens per sequence.
     pub count: Tensor,
     /// `[R]` per-sequence sums of the [`TokenStats`] when they were computed
-    /// ([`LogProbOptions::token_stats`]), else `None`.
+    /// ([`LogProbOptions::token_stats`](crate::LogProbOptions::token_stats)), else `None`.
     pub stats: Option<TokenStats>,
 }
 

@@ -2,9 +2,9 @@
 //!
 //! With `s_i = Σ_t log π_θ(y_w,t | x, y_w,<t)` (the summed log-prob of chosen response `i`), `n_i` its
 //! number of scored tokens, `B` the pairs of this batch, and optional whole-step totals `P` (pairs) and
-//! `N` (chosen tokens) from a [`GlobalBatch`](crate::GlobalBatch):
+//! `N` (chosen tokens) from a [`GlobalBatch`]:
 //!
-//! | [`SftNormalization`] | loss (local) | loss (with [`GlobalBatch`](crate::GlobalBatch)) | used by |
+//! | [`SftNormalization`] | loss (local) | loss (with [`GlobalBatch`]) | used by |
 //! |---|---|---|---|
 //! | `SequenceSum` | `−(1/B)·Σ_i s_i` | `−(1/P)·Σ_i s_i` | RPO paper, main results (η·β coefficient) |
 //! | `SequenceMean` | `−(1/B)·Σ_i s_i/n_i` | `−(1/P)·Σ_i s_i/n_i` | OpenRLHF `nll_loss_coef`, paper appendix |
