@@ -12,7 +12,7 @@
 //! `[vocab, hidden]` ~ N(0, 1/hidden) (leaf, requires grad), labels uniform in `[0, vocab)` with the first
 //! half of every row a prompt (ignored), causal shift. The reference is a second random model (hidden
 //! states + head, no grad), precomputed random log-probs, or none. Timed: reference pass, loss, backward.
-//! The unfused path materializes `[2B, T, V]` logits (`h·Wᵀ`) and calls `rpo_loss_from_logits`; with a
+//! The unfused path materializes `[2B, T, V]` logits (`h·Wᵀ`) and calls `compute_loss` on a logits `LossBatch`; with a
 //! reference model it computes the reference logits first under no_grad and keeps only their sums.
 
 use std::time::Instant;
