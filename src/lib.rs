@@ -86,6 +86,7 @@
 #![warn(missing_docs)]
 
 pub mod atomic;
+pub mod autograd;
 #[cfg(feature = "train")]
 pub mod data;
 #[cfg(feature = "dist")]

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use tch::{Kind, Tensor};
 
-use super::{check_finite, ordered_parameters, TokenizerSource};
+use super::{check_finite, ordered_parameters, TokenizerSource, SAVED};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufValue, GgufWriter};
 use crate::models::gemma::config::{Activation, GemmaArch, GemmaConfig};
@@ -135,7 +135,7 @@ pub fn save_gguf(
         });
     }
     check_representable(config)?;
-    let ordered = ordered_parameters(config, parameters)?;
+    let ordered = ordered_parameters(config, parameters, SAVED)?;
     check_finite(&ordered)?;
     let source = match tokenizer {
         TokenizerSource::None => None,
