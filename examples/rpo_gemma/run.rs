@@ -53,7 +53,7 @@ fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rpo_gemma/data")
 }
 
-/// The policy to train and its tokenizer: a GGUF file, a checkpoint, or the seeded small Gemma 2.
+/// The policy to train and its tokenizer: a GGUF file, a Hugging Face model folder, or the seeded small Gemma 2.
 fn load(args: &Args) -> Result<(GemmaPolicy, Box<dyn Tokenizer>), BoxError> {
     let (device, kind) = (args.device(), args.kind());
     if let Some(path) = &args.gguf {
