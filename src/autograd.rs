@@ -3,12 +3,12 @@
 //! - [`backward_from`]: backpropagate a known gradient `dL/d out` from `out` into whatever produced it (a
 //!   deferred or split backward pass);
 //! - [`leaf_grad`]: a leaf's `.grad` when a gradient may be added to it in place, as autograd would;
-//! - (feature `autograd`, implied by `train`) [`release_grad`] and [`ensure_grad`]: setting and releasing a
+//! - (feature `autograd`, implied by `train`) `release_grad` and `ensure_grad`: setting and releasing a
 //!   tensor's `.grad`, which tch does not expose — what PyTorch's `param.grad = None` and a first
 //!   accumulation into an undefined `.grad` do. They call into `csrc/grad.cpp`, which build.rs compiles
 //!   against libtorch's headers with that feature.
 //!
-//! Every function returns [`Result`]; libtorch failures are [`Error::Torch`].
+//! Every function returns [`Result`]; libtorch failures are [`Error::Torch`](crate::Error::Torch).
 
 use crate::error::Result;
 use tch::{Kind, Tensor};

@@ -345,8 +345,7 @@ fn gguf_errors_are_clear() {
         "{error}"
     );
     let error = GgufFile::open(Path::new("/nonexistent.gguf"))
-        .err()
-        .expect("missing file")
+        .expect_err("missing file")
         .to_string();
     assert!(error.contains("/nonexistent.gguf"), "{error}");
 }

@@ -88,7 +88,7 @@ fn check_representable(config: &GemmaConfig) -> Result<()> {
 }
 
 /// Saves a Gemma 3 model as a GGUF v3 file that llama.cpp-compatible runtimes, `transformers`
-/// (`from_pretrained(dir, gguf_file=name)`) and [`Gemma::from_gguf`](crate::models::gemma::Gemma::from_gguf)
+/// (`from_pretrained(dir, gguf_file=name)`) and [`Gemma::load`](crate::models::gemma::Gemma::load) (`WeightSource::Gguf`)
 /// load.
 ///
 /// - Metadata: `general.architecture` = `gemma3`, `general.type`, `general.file_type` (llama.cpp's code of

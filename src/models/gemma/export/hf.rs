@@ -149,7 +149,7 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
 }
 
 /// Saves a Gemma model as a Hugging Face folder that `transformers` (`AutoModelForCausalLM` /
-/// `AutoTokenizer.from_pretrained(dir)`) and [`Gemma::from_pretrained`](crate::models::gemma::Gemma::from_pretrained)
+/// `AutoTokenizer.from_pretrained(dir)`) and [`Gemma::load`](crate::models::gemma::Gemma::load) (`WeightSource::HfDir`)
 /// load:
 ///
 /// - `config.json` ([`hf_config_json`]) and `generation_config.json` ([`generation_config_json`]);
