@@ -11,7 +11,8 @@
 //!
 //! `rustc-link-arg` does not propagate to dependent crates: that is what the exported folder is for.
 //!
-//! With the `train` feature it also compiles the gradient shim `csrc/grad.cpp` (releasing a `.grad`), and with
+//! With the `autograd` feature (implied by `train`) it also compiles the gradient shim `csrc/grad.cpp` (setting
+//! and releasing a `.grad`), and with
 //! the `dist` feature the c10d shim `csrc/dist.cpp` (see [`dist::build`]), both against libtorch's headers
 //! ([`shim`]).
 use std::path::Path;
@@ -47,7 +48,7 @@ fn main() {
     if os == "linux" {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch,--as-needed");
     }
-    #[cfg(feature = "train")]
+    #[cfg(feature = "autograd")]
     {
         println!("cargo:rerun-if-changed=csrc/grad.cpp");
         let torch = shim::Torch::find();
@@ -60,8 +61,8 @@ fn main() {
     dist::build();
 }
 
-// ---- C++ shims against libtorch's headers (features `train`, `dist`) --------------------------------------
-#[cfg(any(feature = "train", feature = "dist"))]
+// ---- C++ shims against libtorch's headers (features `autograd`, `dist`) -----------------------------------
+#[cfg(any(feature = "autograd", feature = "dist"))]
 mod shim {
     use std::path::PathBuf;
 

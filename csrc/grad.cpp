@@ -1,4 +1,4 @@
-// C shim for `tch_rpo::train` (compiled by build.rs with the `train` feature): sets or releases a tensor's
+// C shim for `tch_rpo::autograd` (compiled by build.rs with the `autograd` feature, implied by `train`): sets or releases a tensor's
 // `.grad`, which tch does not expose — what PyTorch's `param.grad = g` and `param.grad = None`
 // (`zero_grad(set_to_none=True)`) do.
 // Tensors are tch's `at::Tensor*` (torch-sys's `tensor` type). No C++ exception crosses this boundary.

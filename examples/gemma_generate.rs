@@ -8,7 +8,8 @@ use std::time::Instant;
 use clap::Parser;
 use tch::{Device, Kind};
 use tch_rpo::data::{ChatTemplate, Message, Tokenizer};
-use tch_rpo::models::gemma::{generate, Gemma, GenerationConfig, Sampling};
+use tch_rpo::gguf::GgufFile;
+use tch_rpo::models::gemma::{generate, Gemma, GenerationConfig, LoadOptions, Sampling, WeightSource};
 use tch_rpo::models::tokenizer::GgufTokenizer;
 
 /// Generate text with a Gemma 3 GGUF model.
@@ -63,7 +64,11 @@ fn main_flow(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         tch::set_num_threads(threads);
     }
     let started = Instant::now();
-    let (_vs, model, file) = Gemma::from_gguf(&args.gguf, Device::Cpu, Kind::Float)?;
+    let file = GgufFile::open(&args.gguf)?;
+    let (_vs, model) = Gemma::load(
+        WeightSource::Gguf(&file),
+        &LoadOptions::new(Device::Cpu, Kind::Float),
+    )?;
     let tokenizer = GgufTokenizer::from_gguf(&file)?;
     let load_seconds = started.elapsed().as_secs_f64();
     let texts: Vec<String> = match &args.prompts_file {

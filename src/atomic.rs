@@ -1,7 +1,7 @@
 //! Writing an artifact (a file or a folder) so that its final name only ever holds a complete one.
 //!
 //! Every artifact the crate writes goes through here: GGUF files ([`crate::gguf::GgufWriter::write`]),
-//! Hugging Face folders (`models::gemma::export::save_pretrained`, `models::gemma::save_checkpoint`),
+//! Hugging Face folders (`models::gemma::export::save_pretrained`),
 //! trainer checkpoints and their `latest` pointer (`train::checkpoint::save`) and the reference cache
 //! (`train::ReferenceCache::save`).
 //!

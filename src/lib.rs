@@ -66,9 +66,11 @@
 //! - [`data`] (feature `train`, default): JSON Lines preference records, tokenizers, collation.
 //! - [`gguf`] (feature `gguf`, default): GGUF files (llama.cpp's format): metadata, tensor infos, and
 //!   tensors dequantized (F32/F16/BF16, Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q4_K/Q5_K/Q6_K) into tch tensors.
-//! - [`models`] (feature `gemma`, default): Gemma 1 / 2 / 3 text decoders ([`models::gemma`]) loaded from
-//!   Hugging Face checkpoints or GGUF files, their trainer adapter and decoding, and the GGUF tokenizer
-//!   ([`models::tokenizer`]).
+//! - [`models`] (feature `gemma`, default; needs no `train`): Gemma 1 / 2 / 3 text decoders
+//!   ([`models::gemma`]) loaded from a Hugging Face folder, a GGUF file or parameters in memory, decoding,
+//!   export, the GGUF tokenizer ([`models::tokenizer`]), and with `train` their trainer adapter.
+//! - [`autograd`]: autograd helpers shared by the models, the fused losses and the trainer
+//!   ([`autograd::backward_from`], [`autograd::leaf_grad`]; with feature `autograd` the `.grad` setters).
 //! - [`dist`] (feature `dist`, default): data parallelism on libtorch's c10d: process groups from the
 //!   launcher environment (Gloo on CPU, NCCL on CUDA), bounded collectives, gradient buckets, a
 //!   distributed sampler.
@@ -91,6 +93,7 @@
 #![warn(missing_docs)]
 
 pub mod atomic;
+pub mod autograd;
 #[cfg(feature = "train")]
 pub mod data;
 #[cfg(feature = "dist")]

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 use tch_rpo::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter};
 use tch_rpo::models::gemma::export::{save_gguf, save_pretrained, TokenizerSource};
-use tch_rpo::models::gemma::{Gemma, GemmaConfig};
+use tch_rpo::models::gemma::{Gemma, GemmaConfig, LoadOptions, WeightSource};
 use tch_rpo::train::checkpoint::{self, CheckpointData};
 use tch_rpo::train::{var_store_parameters, ReferenceCache};
 
@@ -63,7 +63,7 @@ fn tiny_parameters(n: u64) -> Vec<(String, Tensor)> {
     static SHAPES: OnceLock<Vec<(String, Vec<i64>)>> = OnceLock::new();
     let shapes = SHAPES.get_or_init(|| {
         let vs = tch::nn::VarStore::new(Device::Cpu);
-        Gemma::new(&vs.root(), &tiny_config()).unwrap();
+        Gemma::random(&vs.root(), &tiny_config()).unwrap();
         var_store_parameters(&vs)
             .into_iter()
             .map(|(name, t)| (name, t.size()))
@@ -142,7 +142,11 @@ fn check(kind: &str, path: &Path) -> Option<u64> {
             n
         }
         "folder" => {
-            let (vs, _model) = Gemma::from_pretrained(path, Device::Cpu, Kind::Float).unwrap();
+            let (vs, _model) = Gemma::load(
+                WeightSource::HfDir(path),
+                &LoadOptions::new(Device::Cpu, Kind::Float),
+            )
+            .unwrap();
             let params = var_store_parameters(&vs);
             let n = f32_values(&params[0].1)[0] as u64 / 1000;
             for (k, (name, t)) in params.iter().enumerate() {

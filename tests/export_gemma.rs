@@ -18,7 +18,7 @@ use tch::{Device, Kind, Tensor};
 use tch_rpo::data::Tokenizer;
 use tch_rpo::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter};
 use tch_rpo::models::gemma::export::{save_gguf, save_pretrained, TokenizerSource};
-use tch_rpo::models::gemma::{gguf_tensor_name, Gemma, GemmaConfig};
+use tch_rpo::models::gemma::{gguf_tensor_name, Gemma, GemmaConfig, LoadOptions, WeightSource};
 use tch_rpo::models::tokenizer::GgufTokenizer;
 use tch_rpo::train::var_store_parameters;
 
@@ -102,7 +102,7 @@ fn tiny_model() -> (tch::nn::VarStore, Gemma) {
     let _guard = SEED_LOCK.lock().unwrap();
     tch::manual_seed(20261130);
     let vs = tch::nn::VarStore::new(Device::Cpu);
-    let model = Gemma::new(&vs.root(), &tiny_config()).unwrap();
+    let model = Gemma::random(&vs.root(), &tiny_config()).unwrap();
     tch::no_grad(|| {
         for (name, mut var) in var_store_parameters(&vs) {
             let std = if name.ends_with("norm.weight") { 0.3 } else { 0.05 };
@@ -137,7 +137,11 @@ fn tiny_gemma3_saved_as_folder_and_gguf_loads_back_here_and_in_transformers() {
         assert!(hf.join(name).is_file(), "{name} not written");
     }
     // Our own loader reads the folder back to the same model.
-    let (_vs2, back) = Gemma::from_pretrained(&hf, Device::Cpu, Kind::Float).unwrap();
+    let (_vs2, back) = Gemma::load(
+        WeightSource::HfDir(&hf),
+        &LoadOptions::new(Device::Cpu, Kind::Float),
+    )
+    .unwrap();
     let again = tch::no_grad(|| back.forward(&ids, &mask)).unwrap();
     assert!(again.equal(&ours), "the saved folder loads back to another model");
     assert_eq!(
@@ -162,7 +166,7 @@ fn tiny_gemma3_saved_as_folder_and_gguf_loads_back_here_and_in_transformers() {
         let file = GgufFile::open(&path).unwrap();
         check_gguf_metadata(&file, &gguf, &config, ty);
         check_gguf_tensors(&file, &params, ty);
-        let (_, from_file, _) = Gemma::from_gguf(&path, Device::Cpu, Kind::Float).unwrap();
+        let (_, from_file) = Gemma::load(WeightSource::Gguf(&file), &LoadOptions::default()).unwrap();
         let logits = tch::no_grad(|| from_file.forward(&ids, &mask)).unwrap();
         let diff = max_abs_diff(&logits, &ours, &mask);
         println!(
@@ -389,7 +393,8 @@ mod round_trip {
 
     pub fn run() {
         let path = gemma3_gguf_path();
-        let (vs, model, file) = Gemma::from_gguf(&path, Device::Cpu, Kind::Float).unwrap();
+        let file = GgufFile::open(&path).unwrap();
+        let (vs, model) = Gemma::load(WeightSource::Gguf(&file), &LoadOptions::default()).unwrap();
         let config = model.config().clone();
         let tokenizer = GgufTokenizer::from_gguf(&file).unwrap();
         let (ids, mask) = batch(&tokenizer, &TEXTS[..2]);
@@ -448,7 +453,8 @@ mod round_trip {
         )
         .unwrap();
         check_gguf_metadata(&GgufFile::open(&q8).unwrap(), &file, &config, GgmlType::Q8_0);
-        let (_, from_q8, _) = Gemma::from_gguf(&q8, Device::Cpu, Kind::Float).unwrap();
+        let q8_file = GgufFile::open(&q8).unwrap();
+        let (_, from_q8) = Gemma::load(WeightSource::Gguf(&q8_file), &LoadOptions::default()).unwrap();
         let ours_q8 = tch::no_grad(|| from_q8.forward(&ids, &mask)).unwrap();
         drop(from_q8);
         drop(params);
@@ -557,14 +563,18 @@ fn rpo_gemma_save_writes_the_trained_policy() {
     ];
     let run = example_support::run_example_ok(&args);
     assert!(run.stdout.contains("saved the trained policy"), "{}", run.stdout);
-    let (vs, model) = Gemma::from_pretrained(&saved, Device::Cpu, Kind::Float).unwrap();
+    let (vs, model) = Gemma::load(
+        WeightSource::HfDir(&saved),
+        &LoadOptions::new(Device::Cpu, Kind::Float),
+    )
+    .unwrap();
     assert_eq!(model.config().model_type, "gemma2");
     // The example's seeded init (seed 42), rebuilt from the saved config: the saved weights differ from it.
     let init = {
         let _guard = SEED_LOCK.lock().unwrap();
         tch::manual_seed(42);
         let vs = tch::nn::VarStore::new(Device::Cpu);
-        let _ = Gemma::new(&vs.root(), model.config()).unwrap();
+        let _ = Gemma::random(&vs.root(), model.config()).unwrap();
         var_store_parameters(&vs)
     };
     let trained = var_store_parameters(&vs);

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 use tch_rpo::data::{ChatTemplate, Message, Tokenizer};
 use tch_rpo::gguf::GgufFile;
-use tch_rpo::models::gemma;
+use tch_rpo::models::gemma::{self, LoadOptions, WeightSource};
 use tch_rpo::models::tokenizer::GgufTokenizer;
 
 /// Logits are compared in f32 with this absolute tolerance (logits are O(10); transformers and this model
@@ -177,7 +177,9 @@ fn logits_at(model: &gemma::Gemma, hidden: &Tensor, positions: &[i64]) -> Tensor
 #[test]
 fn logits_and_greedy_decoding_match_transformers() {
     let path = gguf_path();
-    let (_vs, model, file) = gemma::Gemma::from_gguf(&path, Device::Cpu, Kind::Float).expect("load GGUF");
+    let file = GgufFile::open(&path).expect("open GGUF");
+    let (_vs, model) =
+        gemma::Gemma::load(WeightSource::Gguf(&file), &LoadOptions::default()).expect("load GGUF");
     let config = model.config();
     assert_eq!(config.model_type, "gemma3_text");
     assert_eq!(
@@ -333,7 +335,8 @@ fn logits_and_greedy_decoding_match_transformers() {
 fn gguf_errors_are_clear() {
     // A file that is no Gemma 3 GGUF: the quantization fixture of tests/gguf.rs.
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/quants.gguf");
-    let error = gemma::Gemma::from_gguf(&path, Device::Cpu, Kind::Float)
+    let file = GgufFile::open(&path).expect("a valid GGUF file");
+    let error = gemma::Gemma::load(WeightSource::Gguf(&file), &LoadOptions::default())
         .err()
         .expect("not a Gemma 3 file")
         .to_string();
@@ -341,9 +344,8 @@ fn gguf_errors_are_clear() {
         error.contains("general.architecture") || error.contains("gemma3"),
         "{error}"
     );
-    let error = gemma::Gemma::from_gguf(Path::new("/nonexistent.gguf"), Device::Cpu, Kind::Float)
-        .err()
-        .expect("missing file")
+    let error = GgufFile::open(Path::new("/nonexistent.gguf"))
+        .expect_err("missing file")
         .to_string();
     assert!(error.contains("/nonexistent.gguf"), "{error}");
 }

@@ -19,7 +19,7 @@ use tch_rpo::data::{
     encode_records, ByteTokenizer, CollateConfig, CollatedBatch, Collator, EncodedPair, PreferenceRecord,
     Text, Tokenizer,
 };
-use tch_rpo::models::gemma::{Gemma, GemmaConfig, GemmaPolicy};
+use tch_rpo::models::gemma::{Gemma, GemmaConfig, GemmaPolicy, LoadOptions, WeightSource};
 use tch_rpo::train::{
     LossPath, ModelOutput, PolicyModel, ReferenceSource, RpoTrainer, RpoTrainerConfig, Trainer, Warmup,
 };
@@ -47,7 +47,7 @@ fn policies(config: &GemmaConfig, seed: i64) -> (GemmaPolicy, GemmaPolicy) {
     config.initializer_range = 0.2;
     tch::manual_seed(seed);
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = Gemma::new(&vs.root(), &config).unwrap();
+    let model = Gemma::random(&vs.root(), &config).unwrap();
     let plain = GemmaPolicy::new(vs, model);
     // Norm weights start at 0; give them values so that their gradients are exercised.
     tch::no_grad(|| {
@@ -58,8 +58,13 @@ fn policies(config: &GemmaConfig, seed: i64) -> (GemmaPolicy, GemmaPolicy) {
             }
         }
     });
-    let mut checkpointed =
-        GemmaPolicy::from_parameters(&config, Device::Cpu, Kind::Float, &plain.named_parameters()).unwrap();
+    let parameters = plain.named_parameters();
+    let source = WeightSource::Parameters {
+        config: &config,
+        parameters: &parameters,
+    };
+    let (vs, model) = Gemma::load(source, &LoadOptions::new(Device::Cpu, Kind::Float)).unwrap();
+    let mut checkpointed = GemmaPolicy::new(vs, model);
     checkpointed.set_gradient_checkpointing(true);
     assert!(checkpointed.gradient_checkpointing() && !plain.gradient_checkpointing());
     (plain, checkpointed)

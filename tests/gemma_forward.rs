@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use tch::{nn, Device, Kind, Tensor};
-use tch_rpo::models::gemma::{self, load_checkpoint, Gemma, GemmaConfig, NO_WEIGHTS};
+use tch_rpo::models::gemma::export::{save_pretrained, TokenizerSource};
+use tch_rpo::models::gemma::{self, Gemma, GemmaConfig, LoadOptions, WeightSource, NO_WEIGHTS};
 use tch_rpo::Error;
 
 /// Held by every test here: libtorch's random generator is global, and a seeded init must not interleave
@@ -40,7 +41,11 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 fn check_against_reference(name: &str, arch: gemma::GemmaArch) {
-    let (_vs, model) = Gemma::from_pretrained(&fixture(name), Device::Cpu, Kind::Float).unwrap();
+    let (_vs, model) = Gemma::load(
+        WeightSource::HfDir(&fixture(name)),
+        &LoadOptions::new(Device::Cpu, Kind::Float),
+    )
+    .unwrap();
     assert_eq!(model.arch(), arch);
     let exp = expected(name);
     let (ids, mask, reference) = (&exp["input_ids"], &exp["attention_mask"], &exp["logits"]);
@@ -79,7 +84,11 @@ fn gemma2_logits_match_transformers() {
 fn bf16_forward_is_close_to_f32() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let dir = fixture("gemma2_tiny");
-    let (_vs, model) = Gemma::from_pretrained(&dir, Device::Cpu, Kind::BFloat16).unwrap();
+    let (_vs, model) = Gemma::load(
+        WeightSource::HfDir(&dir),
+        &LoadOptions::new(Device::Cpu, Kind::BFloat16),
+    )
+    .unwrap();
     let exp = expected("gemma2_tiny");
     let logits = tch::no_grad(|| model.forward(&exp["input_ids"], &exp["attention_mask"])).unwrap();
     assert_eq!(logits.kind(), Kind::BFloat16);
@@ -94,7 +103,11 @@ fn bf16_forward_is_close_to_f32() {
 fn right_padding_does_not_change_real_tokens() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     for name in ["gemma_tiny", "gemma2_tiny"] {
-        let (_vs, model) = Gemma::from_pretrained(&fixture(name), Device::Cpu, Kind::Float).unwrap();
+        let (_vs, model) = Gemma::load(
+            WeightSource::HfDir(&fixture(name)),
+            &LoadOptions::new(Device::Cpu, Kind::Float),
+        )
+        .unwrap();
         let exp = expected(name);
         let (ids, mask) = (&exp["input_ids"], &exp["attention_mask"]);
         let batch = tch::no_grad(|| model.forward(ids, mask)).unwrap();
@@ -142,7 +155,10 @@ fn write_single(dir: &Path, tensors: Vec<(String, Tensor)>) {
 }
 
 fn load_err(dir: &Path) -> Error {
-    match Gemma::from_pretrained(dir, Device::Cpu, Kind::Float) {
+    match Gemma::load(
+        WeightSource::HfDir(dir),
+        &LoadOptions::new(Device::Cpu, Kind::Float),
+    ) {
         Ok(_) => panic!("loading {} succeeded", dir.display()),
         Err(e) => e,
     }
@@ -174,7 +190,11 @@ fn sharded_checkpoint_loads_like_single_file() {
             std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
         },
     );
-    let (_vs, model) = Gemma::from_pretrained(&dir, Device::Cpu, Kind::Float).unwrap();
+    let (_vs, model) = Gemma::load(
+        WeightSource::HfDir(&dir),
+        &LoadOptions::new(Device::Cpu, Kind::Float),
+    )
+    .unwrap();
     let exp = expected("gemma2_tiny");
     let logits = tch::no_grad(|| model.forward(&exp["input_ids"], &exp["attention_mask"])).unwrap();
     assert!(max_abs_diff(&logits, &exp["logits"]) < F32_TOLERANCE);
@@ -320,7 +340,7 @@ fn config_validation() {
 fn bad_inputs_are_errors() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = Gemma::new(&vs.root(), &GemmaConfig::small_gemma2(32)).unwrap();
+    let model = Gemma::random(&vs.root(), &GemmaConfig::small_gemma2(32)).unwrap();
     let ids = Tensor::from_slice(&[2i64, 5, 6]).view([1, 3]);
     assert!(model.forward(&ids.to_kind(Kind::Int), &ids.ones_like()).is_err());
     assert!(model
@@ -341,7 +361,7 @@ fn random_init_is_seeded_and_round_trips() {
     let build = || {
         tch::manual_seed(11);
         let vs = nn::VarStore::new(Device::Cpu);
-        let model = Gemma::new(&vs.root(), &config).unwrap();
+        let model = Gemma::random(&vs.root(), &config).unwrap();
         (vs, model)
     };
     let (vs, model) = build();
@@ -359,15 +379,20 @@ fn random_init_is_seeded_and_round_trips() {
     assert!((std - 0.02).abs() < 0.003, "embedding std {std}");
 
     let dir = std::env::temp_dir().join(format!("tch_rpo_gemma_roundtrip_{}", std::process::id()));
-    gemma::save_checkpoint(&vs, &config, &dir).unwrap();
-    let (_vs3, loaded) = Gemma::from_pretrained(&dir, Device::Cpu, Kind::Float).unwrap();
+    let parameters: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    save_pretrained(&dir, &config, &parameters, Kind::Float, TokenizerSource::None).unwrap();
+    let (_vs3, loaded) = Gemma::load(
+        WeightSource::HfDir(&dir),
+        &LoadOptions::new(Device::Cpu, Kind::Float),
+    )
+    .unwrap();
     let c = tch::no_grad(|| loaded.forward(&ids, &mask)).unwrap();
     assert_eq!(max_abs_diff(&a, &c), 0.0);
     std::fs::remove_dir_all(&dir).unwrap();
 
-    // A fresh VarStore loaded from the checkpoint gets gradients on its variables.
+    // A fresh VarStore loaded from the saved folder gets gradients on its variables.
     let mut vs4 = nn::VarStore::new(Device::Cpu);
-    let trained = Gemma::new(&vs4.root(), &config).unwrap();
+    let trained = Gemma::random(&vs4.root(), &config).unwrap();
     vs4.copy(&vs).unwrap();
     let loss = trained.forward(&ids, &mask).unwrap().square().mean(Kind::Float);
     loss.backward();
@@ -375,15 +400,22 @@ fn random_init_is_seeded_and_round_trips() {
     assert!(grad.defined() && grad.abs().sum(Kind::Double).double_value(&[]) > 0.0);
 }
 
+/// Every parameter of the model comes from the folder, bit for bit (2 + 3 · 11 tensors).
 #[test]
-fn tensor_loader_counts_every_parameter() {
+fn hf_loader_copies_every_parameter() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
-    let config = GemmaConfig::from_file(&fixture("gemma2_tiny").join("config.json")).unwrap();
-    let vs = nn::VarStore::new(Device::Cpu);
-    let _model = Gemma::new(&vs.root(), &config).unwrap();
-    let copied = load_checkpoint(&vs, &fixture("gemma2_tiny"), &config).unwrap();
-    assert_eq!(copied, vs.variables().len());
-    assert_eq!(copied, 2 + 3 * 11);
+    let dir = fixture("gemma2_tiny");
+    let (vs, _model) = Gemma::load(WeightSource::HfDir(&dir), &LoadOptions::default()).unwrap();
+    let file: HashMap<String, Tensor> = Tensor::read_safetensors(dir.join("model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    let variables = vs.variables();
+    assert_eq!(variables.len(), 2 + 3 * 11);
+    for (name, variable) in &variables {
+        let stored = file[name].to_kind(Kind::Float);
+        assert_eq!(max_abs_diff(variable, &stored), 0.0, "{name}");
+    }
 }
 
 /// Sizes that size an allocation are bounded: a configuration whose parameter count overflows i64 is a
@@ -411,7 +443,7 @@ fn huge_configurations_are_errors_not_panics() {
     huge.vocab_size = 1 << 40;
     huge.validate().unwrap();
     let vs = tch::nn::VarStore::new(Device::Cpu);
-    match gemma::Gemma::new(&vs.root(), &huge) {
+    match gemma::Gemma::random(&vs.root(), &huge) {
         Err(Error::OutOfMemory { what, bytes }) => {
             assert!(what.contains("model.embed_tokens.weight"), "{what}");
             assert_eq!(bytes, (1u64 << 40) * huge.hidden_size as u64 * 4);

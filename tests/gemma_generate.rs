@@ -10,7 +10,8 @@ use std::sync::Mutex;
 
 use tch::{nn, Device, Kind, Tensor};
 use tch_rpo::models::gemma::{
-    generate, greedy_decode, Gemma, GemmaConfig, Generation, GenerationConfig, KvCache, Sampling,
+    generate, greedy_decode, Gemma, GemmaConfig, Generation, GenerationConfig, KvCache, LoadOptions,
+    Sampling, WeightSource,
 };
 use tch_rpo::Error;
 
@@ -21,7 +22,12 @@ fn fixture(name: &str) -> Gemma {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name);
-    Gemma::from_pretrained(&dir, Device::Cpu, Kind::Float).unwrap().1
+    Gemma::load(
+        WeightSource::HfDir(&dir),
+        &LoadOptions::new(Device::Cpu, Kind::Float),
+    )
+    .unwrap()
+    .1
 }
 
 /// A random Gemma 3 (6 layers: 5 sliding with window 3, the 6th global; local θ 10⁴, global 10⁶).
@@ -33,7 +39,7 @@ fn small_gemma3() -> (nn::VarStore, Gemma) {
     let _guard = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(11);
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = Gemma::new(&vs.root(), &config).unwrap();
+    let model = Gemma::random(&vs.root(), &config).unwrap();
     (vs, model)
 }
 

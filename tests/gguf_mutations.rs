@@ -1,7 +1,7 @@
 //! Corrupt GGUF files: a small Gemma 3 saved with `save_gguf` (F32, F16, BF16, Q8_0), its tensor-info table
 //! mutated systematically (every tensor's type id to every other known id and a few unknown ones, every
 //! dimension ±1 / doubled / zeroed, the dimension count changed, offsets shifted or swapped) and random
-//! header bytes changed; every mutated file must be refused by `Gemma::from_gguf` with a typed error, or
+//! header bytes changed; every mutated file must be refused by `GgufFile::open` + `Gemma::load` with a typed error, or
 //! load and give finite logits. Also: non-finite weights are refused when loading and when saving, in every
 //! format.
 //!
@@ -15,9 +15,9 @@ use export_support::{TempDir, SEED_LOCK};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
-use tch_rpo::gguf::GgmlType;
+use tch_rpo::gguf::{GgmlType, GgufFile};
 use tch_rpo::models::gemma::export::{save_gguf, save_pretrained, TokenizerSource};
-use tch_rpo::models::gemma::{Gemma, GemmaConfig};
+use tch_rpo::models::gemma::{Gemma, GemmaConfig, LoadOptions, WeightSource};
 use tch_rpo::train::var_store_parameters;
 use tch_rpo::Error;
 
@@ -41,7 +41,7 @@ fn small_parameters() -> Vec<(String, Tensor)> {
     let _guard = SEED_LOCK.lock().unwrap();
     tch::manual_seed(20261206);
     let vs = tch::nn::VarStore::new(Device::Cpu);
-    let _model = Gemma::new(&vs.root(), &small_config()).unwrap();
+    let _model = Gemma::random(&vs.root(), &small_config()).unwrap();
     tch::no_grad(|| {
         for (name, mut var) in var_store_parameters(&vs) {
             let std = if name.ends_with("norm.weight") { 0.3 } else { 0.05 };
@@ -60,9 +60,13 @@ fn inputs() -> (Tensor, Tensor) {
     (ids.shallow_clone(), ids.ones_like())
 }
 
-/// Loads `path` with `Gemma::from_gguf` and runs it on [`inputs`]: the logits, or the error.
+/// Opens `path`, loads it with `Gemma::load` and runs it on [`inputs`]: the logits, or the error.
 fn load_logits(path: &Path) -> tch_rpo::Result<Tensor> {
-    let (_vs, model, _file) = Gemma::from_gguf(path, Device::Cpu, Kind::Float)?;
+    let file = GgufFile::open(path)?;
+    let (_vs, model) = Gemma::load(
+        WeightSource::Gguf(&file),
+        &LoadOptions::new(Device::Cpu, Kind::Float),
+    )?;
     let (ids, mask) = inputs();
     model.forward(&ids, &mask)
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor};
 use tch_rpo::data::{OnMalformed, PreferenceDataset, Text, Tokenizer};
-use tch_rpo::models::gemma::{greedy_decode, Gemma};
+use tch_rpo::models::gemma::{greedy_decode, Gemma, LoadOptions, WeightSource};
 use tch_rpo::models::tokenizer::CharTokenizer;
 use tch_rpo::Error;
 
@@ -120,7 +120,11 @@ fn char_tokenizer_round_trip_and_errors() {
 
 fn fixture_model() -> (tch::nn::VarStore, Gemma) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma2_tiny");
-    Gemma::from_pretrained(&dir, Device::Cpu, Kind::Float).unwrap()
+    Gemma::load(
+        WeightSource::HfDir(&dir),
+        &LoadOptions::new(Device::Cpu, Kind::Float),
+    )
+    .unwrap()
 }
 
 /// Reference greedy decoding: one prompt at a time, no padding, the full forward pass each step.

@@ -48,7 +48,7 @@ enum DtypeArg {
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// A Hugging Face Gemma / Gemma 2 / Gemma 3 checkpoint directory (config.json, model.safetensors or a
+    /// A Hugging Face Gemma / Gemma 2 / Gemma 3 model folder (config.json, model.safetensors or a
     /// sharded model.safetensors.index.json, tokenizer.json; needs `--features hf-tokenizers`). Default: the
     /// small seeded random-init Gemma 2 model with a character vocabulary.
     #[arg(long, value_name = "DIR")]

@@ -17,7 +17,9 @@ use tch_rpo::data::{
 use tch_rpo::dist::{Backend, DistOptions, ProcessGroup};
 use tch_rpo::gguf::GgufFile;
 use tch_rpo::models::gemma::export::{save_gguf, save_pretrained, TokenizerSource};
-use tch_rpo::models::gemma::{generate, load_tokenizer, Gemma, GemmaConfig, GemmaPolicy, GenerationConfig};
+use tch_rpo::models::gemma::{
+    generate, load_tokenizer, Gemma, GemmaConfig, GemmaPolicy, GenerationConfig, LoadOptions, WeightSource,
+};
 use tch_rpo::models::tokenizer::GgufTokenizer;
 use tch_rpo::train::{LossPath, PolicyModel, ReferenceCache, ReferenceSource, RpoTrainer, RpoTrainerConfig};
 use tch_rpo::{LogProbOptions, RpoConfig, SftNormalization};
@@ -51,11 +53,12 @@ fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rpo_gemma/data")
 }
 
-/// The policy to train and its tokenizer: a GGUF file, a checkpoint, or the seeded small Gemma 2.
+/// The policy to train and its tokenizer: a GGUF file, a Hugging Face model folder, or the seeded small Gemma 2.
 fn load(args: &Args) -> Result<(GemmaPolicy, Box<dyn Tokenizer>), BoxError> {
     let (device, kind) = (args.device(), args.kind());
     if let Some(path) = &args.gguf {
-        let (vs, model, file) = Gemma::from_gguf(path, device, kind)?;
+        let file = GgufFile::open(path)?;
+        let (vs, model) = Gemma::load(WeightSource::Gguf(&file), &LoadOptions::new(device, kind))?;
         return Ok((
             GemmaPolicy::new(vs, model),
             Box::new(GgufTokenizer::from_gguf(&file)?),
@@ -63,13 +66,13 @@ fn load(args: &Args) -> Result<(GemmaPolicy, Box<dyn Tokenizer>), BoxError> {
     }
     if let Some(dir) = &args.model_dir {
         let tokenizer = load_tokenizer(dir)?;
-        let (vs, model) = Gemma::from_pretrained(dir, device, kind)?;
+        let (vs, model) = Gemma::load(WeightSource::HfDir(dir), &LoadOptions::new(device, kind))?;
         return Ok((GemmaPolicy::new(vs, model), tokenizer));
     }
     let tokenizer = task::tokenizer()?;
     tch::manual_seed(args.seed as i64);
     let mut vs = nn::VarStore::new(device);
-    let model = Gemma::new(&vs.root(), &GemmaConfig::small_gemma2(tokenizer.vocab_size()))?;
+    let model = Gemma::random(&vs.root(), &GemmaConfig::small_gemma2(tokenizer.vocab_size()))?;
     vs.set_kind(kind);
     Ok((GemmaPolicy::new(vs, model), Box::new(tokenizer)))
 }
@@ -350,7 +353,12 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         rows.extend(stage("sft").run(&mut trainer, &sft_model, &gold)?);
         group = trainer.take_process_group();
         let params = trainer.into_model().named_parameters();
-        GemmaPolicy::from_parameters(&gemma_config, device, kind, &params)?
+        let source = WeightSource::Parameters {
+            config: &gemma_config,
+            parameters: &params,
+        };
+        let (vs, model) = Gemma::load(source, &LoadOptions::new(device, kind))?;
+        GemmaPolicy::new(vs, model)
     } else {
         sft_policy
     };
@@ -388,8 +396,13 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         let mut policy = match (initial.take(), i + 1 == count) {
             (Some(initial), true) => initial,
             (Some(kept), false) => {
-                let copy =
-                    GemmaPolicy::from_parameters(&gemma_config, device, kind, &kept.named_parameters())?;
+                let parameters = kept.named_parameters();
+                let source = WeightSource::Parameters {
+                    config: &gemma_config,
+                    parameters: &parameters,
+                };
+                let (vs, model) = Gemma::load(source, &LoadOptions::new(device, kind))?;
+                let copy = GemmaPolicy::new(vs, model);
                 initial = Some(kept);
                 copy
             }

@@ -41,7 +41,7 @@ mod schedule;
 
 pub use head::LinearHead;
 pub(crate) use one_pass::Grouping;
-pub(crate) use schedule::{grouped_loss, leaf_grad, WeightGrad};
+pub(crate) use schedule::{grouped_loss, WeightGrad};
 
 use crate::error::Result;
 use crate::logprobs::{LogProbOptions, SequenceLogProbs};

@@ -45,24 +45,8 @@ pub(crate) enum WeightGrad {
 fn weight_grad_target(weight: &Tensor, compute: Kind, mode: WeightGrad) -> Result<Option<Tensor>> {
     match mode {
         WeightGrad::Surrogate => Ok(None),
-        WeightGrad::IntoGrad => leaf_grad(weight, compute),
+        WeightGrad::IntoGrad => crate::autograd::leaf_grad(weight, compute),
     }
-}
-
-/// The `.grad` of `weight` (a handle sharing its storage) when a gradient may be added to it in place, as
-/// autograd's accumulation would: `weight` is a leaf that requires grad and its `.grad` exists, in `kind`,
-/// with the weight's shape and device, without a graph of its own. `None` otherwise.
-pub(crate) fn leaf_grad(weight: &Tensor, kind: Kind) -> Result<Option<Tensor>> {
-    if !weight.requires_grad() || !weight.is_leaf() {
-        return Ok(None);
-    }
-    let grad = weight.f_grad()?;
-    let usable = grad.defined()
-        && grad.f_kind()? == kind
-        && grad.size() == weight.size()
-        && grad.device() == weight.device()
-        && !grad.requires_grad();
-    Ok(usable.then_some(grad))
 }
 
 /// Which gradients are wanted, and whether any is (grad mode on).

@@ -1,22 +1,26 @@
-//! Models that the trainer can train (feature `gemma`, on by default): [`gemma`] (Gemma 1 / 2 / 3 text
-//! decoders with Hugging Face and GGUF loaders, the [`PolicyModel`](crate::train::PolicyModel) adapter and
-//! decoding) and [`tokenizer`] (tokenizers read from model files).
+//! Models (feature `gemma`, on by default): [`gemma`] (Gemma 1 / 2 / 3 text decoders with Hugging Face
+//! and GGUF loaders and writers, and decoding) and [`tokenizer`] (tokenizers read from model files).
+//!
+//! The models stand alone: they need neither the trainer nor the data pipeline (`cargo build
+//! --no-default-features --features gemma`). With the `train` feature as well, `gemma::GemmaPolicy` adapts
+//! a model to the trainer and the tokenizers implement `data::Tokenizer`; those are the only parts that
+//! use `train` / `data`.
 //!
 //! ```no_run
 //! use tch::{Device, Kind};
-//! use tch_rpo::data::Tokenizer;
-//! use tch_rpo::models::gemma::{greedy_decode, Gemma, GemmaPolicy};
+//! use tch_rpo::gguf::GgufFile;
+//! use tch_rpo::models::gemma::{greedy_decode, Gemma, LoadOptions, WeightSource};
 //! use tch_rpo::models::tokenizer::GgufTokenizer;
 //!
 //! # fn main() -> tch_rpo::Result<()> {
-//! let (vs, model, file) = Gemma::from_gguf("gemma-3-270m-it-Q8_0.gguf".as_ref(), Device::Cpu, Kind::Float)?;
+//! let file = GgufFile::open("gemma-3-270m-it-Q8_0.gguf")?;
+//! let (_vs, model) = Gemma::load(WeightSource::Gguf(&file), &LoadOptions::new(Device::Cpu, Kind::Float))?;
 //! let tokenizer = GgufTokenizer::from_gguf(&file)?;
 //! let mut prompt: Vec<i64> = tokenizer.bos_id().into_iter().collect();
-//! prompt.extend(tokenizer.encode("The capital of France is")?);
-//! let eos = tokenizer.eos_id().unwrap_or(1);
-//! let answer = greedy_decode(&model, &[prompt], 8, eos, tokenizer.pad_id(), Device::Cpu)?;
-//! println!("{}", tokenizer.decode(&answer[0])?);
-//! let _policy = GemmaPolicy::new(vs, model); // ready for tch_rpo::train::RpoTrainer
+//! prompt.extend(tokenizer.encode_text("The capital of France is"));
+//! let (eos, pad) = (tokenizer.eos_id().unwrap_or(1), tokenizer.pad_id());
+//! let answer = greedy_decode(&model, &[prompt], 8, eos, pad, Device::Cpu)?;
+//! println!("{}", tokenizer.decode_text(&answer[0], true));
 //! # Ok(())
 //! # }
 //! ```

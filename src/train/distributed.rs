@@ -191,7 +191,7 @@ impl RpoTrainer {
             // undefined, as in one process.
             for (i, handle) in handles.iter().enumerate() {
                 if values[defined_at + i] > 0.0 {
-                    super::grad::ensure_grad(handle)?;
+                    crate::autograd::ensure_grad(handle)?;
                 }
             }
             let mut grads: Vec<Tensor> = Vec::new();

@@ -15,7 +15,6 @@ pub mod builder;
 pub mod checkpoint;
 pub mod config;
 mod distributed;
-mod grad;
 pub mod metrics;
 pub mod model;
 pub mod optim;

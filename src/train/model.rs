@@ -1,6 +1,7 @@
 //! The one trait a model implements to be trained by [`crate::train::RpoTrainer`], and what its optional
 //! hidden-state pass returns.
 
+use crate::autograd::backward_from;
 use crate::error::{Error, Result};
 use crate::fused::LinearHead;
 use tch::{nn::VarStore, Device, Tensor};
@@ -161,19 +162,6 @@ fn split_at_hidden<'a>(mut states: HiddenOutput) -> Result<(HiddenOutput, Deferr
     states.hidden = leaf.shallow_clone();
     let deferred = DeferredBackward::new(move || backward_from(&graph, &leaf.f_grad()?));
     Ok((states, deferred))
-}
-
-/// Backpropagates `grad`, the loss's gradient w.r.t. `out`, from `out` into whatever produced it: the
-/// backward pass of `Σ(out ⊙ grad)` (`grad` detached), whose gradient w.r.t. `out` is exactly `grad`.
-/// Nothing if `grad` is undefined (no gradient reached `out`) or if `out` does not require grad (it
-/// depends on no trainable tensor, e.g. a frozen embedding's rows or a block of frozen layers under a
-/// detached input: there is nothing to propagate into, and libtorch would refuse the backward).
-pub(crate) fn backward_from(out: &Tensor, grad: &Tensor) -> Result<()> {
-    if !grad.defined() || !out.requires_grad() {
-        return Ok(());
-    }
-    out.f_mul(&grad.f_detach()?)?.f_sum(out.kind())?.f_backward()?;
-    Ok(())
 }
 
 /// [`PolicyModel::forward_hidden`] for the fused path, which needs it: `None` becomes [`Error::Config`].

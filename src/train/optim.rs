@@ -303,7 +303,7 @@ impl AdamW {
     pub fn zero_grad(&mut self) -> Result<()> {
         for p in &self.params {
             for tensor in p.handles() {
-                super::grad::release_grad(tensor)?;
+                crate::autograd::release_grad(tensor)?;
             }
         }
         Ok(())

@@ -1,5 +1,6 @@
 //! The trainer trait and [`RpoTrainer`], the concrete RPO / DPO trainer.
 
+use crate::autograd::ensure_grad;
 use crate::data::{BatchSampler, CollatedBatch, Collator, EncodedPair, SamplerPosition};
 use crate::error::{Error, Result};
 use crate::fused::WeightGrad;
@@ -9,7 +10,6 @@ use crate::train::accumulate::{Accumulated, StepTotals};
 use crate::train::checkpoint;
 use crate::train::config::RpoTrainerConfig;
 use crate::train::distributed::Parallel;
-use crate::train::grad::ensure_grad;
 use crate::train::metrics::{JsonlLogger, Progress, StepMetrics};
 use crate::train::model::{model_output, training_output, DeferredBackward, ModelOutput, PolicyModel};
 use crate::train::optim::AdamW;

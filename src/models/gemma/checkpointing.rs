@@ -25,8 +25,8 @@
 use tch::{Kind, Tensor};
 
 use super::model::{AttentionInputs, Gemma};
+use crate::autograd::backward_from;
 use crate::error::Result;
-use crate::train::model::backward_from;
 
 /// What [`Gemma::forward_hidden_checkpointed`] keeps to finish the backward pass: the layer inputs, the
 /// per-layer attention inputs, the token ids and the checkpoint leaf `h_L`.

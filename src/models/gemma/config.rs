@@ -91,7 +91,7 @@ pub const SUPPORTED_MODEL_TYPES: &str = "\"gemma\", \"gemma2\" and \"gemma3_text
 /// Absent Gemma 2 fields take `transformers`' defaults (query_pre_attn_scalar 256, sliding_window 4096,
 /// final / attention soft-caps 30 / 50); an explicit `null` soft-cap switches soft-capping off. RoPE θ comes
 /// from `rope_parameters.rope_theta` (transformers ≥ 5) or `rope_theta` (older files), default 10000.
-/// Call [`GemmaConfig::validate`] (done by [`Gemma::new`](super::Gemma::new)) to check it.
+/// Call [`GemmaConfig::validate`] (done by [`Gemma::load`](super::Gemma::load) and [`Gemma::random`](super::Gemma::random)) to check it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GemmaConfig {
     /// "gemma", "gemma2" or "gemma3_text".

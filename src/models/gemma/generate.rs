@@ -3,9 +3,10 @@
 //! at a stop token or after `max_new_tokens`.
 //!
 //! ```no_run
-//! # use tch_rpo::models::gemma::{generate, Gemma, GenerationConfig, Sampling};
+//! # use tch_rpo::models::gemma::{generate, Gemma, GenerationConfig, LoadOptions, Sampling, WeightSource};
 //! # fn main() -> tch_rpo::Result<()> {
-//! # let (_vs, model, _file) = Gemma::from_gguf("model.gguf".as_ref(), tch::Device::Cpu, tch::Kind::Float)?;
+//! # let file = tch_rpo::gguf::GgufFile::open("model.gguf")?;
+//! # let (_vs, model) = Gemma::load(WeightSource::Gguf(&file), &LoadOptions::default())?;
 //! let prompts = vec![vec![2, 818, 5279, 529, 7001, 563], vec![2, 9259]];
 //! let greedy = GenerationConfig::greedy(32, vec![1, 106], 0);
 //! let out = generate(&model, &prompts, &greedy)?;

@@ -17,47 +17,58 @@
 //!   layers use their own RoPE base (`rope_local_base_freq`, default 10⁴) and global layers the config's
 //!   θ (default 10⁶); by default every 6th layer (5, 11, …) is global; no soft-capping unless configured.
 //!
-//! [`Gemma::from_gguf`] builds the model from a llama.cpp GGUF file (`gemma3` architecture): config from
-//! the `gemma3.*` metadata, tensors dequantized by [`crate::gguf`] and renamed to the Hugging Face names;
-//! the GGUF stores every RMSNorm weight as `1 + w`, so 1 is subtracted when loading (as transformers does).
+//! [`Gemma::load`] builds the model from a [`WeightSource`]: a Hugging Face folder (`config.json` and
+//! safetensors, single or sharded), a llama.cpp GGUF file (`gemma3` architecture: config from the
+//! `gemma3.*` metadata, tensors dequantized by [`crate::gguf`] and renamed to the Hugging Face names; the
+//! GGUF stores every RMSNorm weight as `1 + w`, so 1 is subtracted when loading, as transformers does), or
+//! parameters in memory; [`LoadOptions`] give the device and dtype. [`Gemma::random`] is a fresh random
+//! init instead.
 //!
 //! Attention is causal and combined with a padding mask (`attention_mask`, 1 = token, 0 = padding).
 //! [`Gemma::forward`] / [`Gemma::forward_hidden`] use position ids `0..T` in every row, which is right for
 //! **right** padding (training batches); [`Gemma::forward_hidden_at`] takes explicit position ids and a
 //! [`KvCache`], which [`generate()`] uses for left-padded batches.
 //!
-//! [`GemmaPolicy`] wraps a model and its variable store as the trainer's
-//! [`PolicyModel`](crate::train::PolicyModel) (logits and hidden-state / fused paths); [`generate()`] decodes
+//! With the `train` feature, `GemmaPolicy` wraps a model and its variable store as the trainer's
+//! `PolicyModel` (logits and hidden-state / fused paths); it is the only part of this module that needs
+//! the trainer. [`generate()`] decodes
 //! greedily or by sampling (temperature, top-k, top-p, seed) with a KV cache, [`greedy_decode`] is its
 //! greedy shorthand.
 //!
-//! Layout: [`config`] (the configuration), [`checkpointing`] (activation checkpointing), `layers` (norm, attention, MLP; internal), [`model`] (the
-//! decoder), [`weights_hf`] (safetensors checkpoints), [`weights_gguf`] (GGUF files), [`mod@generate`]
-//! (decoding), [`policy`] (the trainer adapter), [`export`] (saving a trained model as a Hugging Face folder
+//! Layout: [`config`] (the configuration), [`checkpointing`] (activation checkpointing), `layers` (norm,
+//! attention, MLP; internal), [`model`] (the decoder), [`load`] (the weight sources), `weights_hf` /
+//! `weights_gguf` (reading Hugging Face folders and GGUF files; internal), [`mod@generate`] (decoding),
+//! `policy` (the trainer adapter, feature `train`), [`export`] (writing a model as a Hugging Face folder
 //! or a GGUF file).
 //!
 //! [`Gemma::forward_hidden_checkpointed`] ([`checkpointing`]) is per-layer activation checkpointing, exact
 //! (the same gradients, within f32 rounding when it recomputes a layer in several blocks of rows);
-//! [`GemmaPolicy::set_gradient_checkpointing`] turns it on for training.
+//! `GemmaPolicy::set_gradient_checkpointing` turns it on for training.
 //!
 //! Parameters live in a [`tch::nn::VarStore`] under the Hugging Face names (`model.embed_tokens.weight`,
-//! `model.layers.{i}.self_attn.q_proj.weight`, …), so [`load_checkpoint`] copies a checkpoint's tensors by
-//! name and [`save_checkpoint`] writes a directory that `transformers` can load.
+//! `model.layers.{i}.self_attn.q_proj.weight`, …), so [`Gemma::load`] copies a folder's tensors by name
+//! and [`export::save_pretrained`] writes a folder that `transformers` loads.
 
 pub mod checkpointing;
 pub mod config;
 pub mod export;
 pub mod generate;
 mod layers;
+pub mod load;
 pub mod model;
+#[cfg(feature = "train")]
 pub mod policy;
-pub mod weights_gguf;
-pub mod weights_hf;
+mod weights_gguf;
+mod weights_hf;
 
 pub use checkpointing::LayerCheckpoints;
 pub use config::{Activation, GemmaArch, GemmaConfig, TokenIds, SUPPORTED_MODEL_TYPES};
 pub use generate::{generate, greedy_decode, Generation, GenerationConfig, Sampling};
+pub use load::{LoadOptions, WeightSource};
 pub use model::{Gemma, KvCache};
+#[cfg(feature = "train")]
 pub use policy::GemmaPolicy;
-pub use weights_gguf::{check_gguf_tensors, gguf_tensor_name, load_gguf};
-pub use weights_hf::{load_checkpoint, load_tokenizer, save_checkpoint, tokenizer_path, NO_WEIGHTS};
+pub use weights_gguf::{check_gguf_tensors, gguf_tensor_name};
+#[cfg(feature = "train")]
+pub use weights_hf::load_tokenizer;
+pub use weights_hf::{tokenizer_path, NO_WEIGHTS};

@@ -4,14 +4,13 @@ use tch::{nn, Kind, Tensor};
 
 use super::config::{GemmaArch, GemmaConfig};
 use super::layers::{linear, parameter, soft_cap, Attention, Layer, LayerCache, Mlp, RmsNorm};
+use crate::autograd::{backward_from, leaf_grad};
 use crate::error::{Error, Result};
-use crate::fused::leaf_grad;
-use crate::train::model::backward_from;
 
 /// A Gemma / Gemma 2 causal language model with a tied LM head.
 ///
-/// The parameters are variables of the [`nn::VarStore`] whose path was given to [`Gemma::new`]; the
-/// activation dtype is the embedding's dtype (f32 or bf16: convert with `VarStore::set_kind`).
+/// Built by [`Gemma::load`] (existing weights) or [`Gemma::random`] (a fresh random init). The parameters
+/// are variables of an [`nn::VarStore`] under their Hugging Face names; the activation dtype is the embedding's dtype (f32 or bf16: convert with `VarStore::set_kind`).
 pub struct Gemma {
     config: GemmaConfig,
     arch: GemmaArch,
@@ -30,12 +29,12 @@ impl Gemma {
     /// linear and embedding weights ~ N(0, initializer_range²), norm weights 0. Seed with
     /// `tch::manual_seed` first for a reproducible init (libtorch's generator is global: other threads
     /// drawing random numbers at the same time change the init). Errors: those of [`GemmaConfig::validate`].
-    pub fn new(path: &nn::Path, config: &GemmaConfig) -> Result<Self> {
+    pub fn random(path: &nn::Path, config: &GemmaConfig) -> Result<Self> {
         Self::build(path, config, true)
     }
 
-    /// Like [`Gemma::new`] but with all parameters zero and the random generator untouched, for loading.
-    pub(crate) fn build(path: &nn::Path, config: &GemmaConfig, random: bool) -> Result<Self> {
+    /// Like [`Gemma::random`] but with all parameters zero and the random generator untouched, for loading.
+    pub(super) fn build(path: &nn::Path, config: &GemmaConfig, random: bool) -> Result<Self> {
         config.validate()?;
         let arch = config.arch()?;
         let activation = config.activation()?;

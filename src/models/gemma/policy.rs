@@ -1,11 +1,14 @@
 //! [`GemmaPolicy`]: a [`Gemma`] model and its variables as the trainer's [`PolicyModel`].
 
+use std::path::Path;
+
 use tch::{nn, Device, Kind, Tensor};
 
-use super::config::GemmaConfig;
+use super::export::{save_gguf, save_pretrained, TokenizerSource};
 use super::model::Gemma;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::fused::LinearHead;
+use crate::gguf::GgmlType;
 use crate::train::{
     var_store_parameters, CheckpointedForward, DeferredBackward, HiddenOutput, LossPath, ModelOutput,
     PolicyModel,
@@ -34,8 +37,10 @@ impl std::fmt::Debug for GemmaPolicy {
 }
 
 impl GemmaPolicy {
-    /// Wraps a model and the store holding its variables (as returned by [`Gemma::from_pretrained`] or
-    /// [`Gemma::from_gguf`], or the store whose root was given to [`Gemma::new`]).
+    /// Wraps a model and the store holding its variables (as returned by [`Gemma::load`], or the store
+    /// whose root was given to [`Gemma::random`]). An independent copy of a trained policy:
+    /// [`Gemma::load`] with [`WeightSource::Parameters`](super::WeightSource::Parameters) of its
+    /// [`PolicyModel::named_parameters`].
     pub fn new(vs: nn::VarStore, model: Gemma) -> Self {
         Self {
             vs,
@@ -59,55 +64,6 @@ impl GemmaPolicy {
         self.gradient_checkpointing
     }
 
-    /// A new model with `config`, in its own store on `device` in `kind`, holding copies of `parameters`
-    /// (matched by name, e.g. [`PolicyModel::named_parameters`] of a trained policy): a deep copy, so that
-    /// training one does not change the other.
-    ///
-    /// # Errors
-    /// Those of [`Gemma::new`]; [`Error::MissingTensor`] when a parameter of the model is not in
-    /// `parameters`; [`Error::UnexpectedTensor`] for a name that is no parameter of the model;
-    /// [`Error::TensorShape`] for a shape that differs from the model's.
-    pub fn from_parameters(
-        config: &GemmaConfig,
-        device: Device,
-        kind: Kind,
-        parameters: &[(String, Tensor)],
-    ) -> Result<Self> {
-        let mut vs = nn::VarStore::new(device);
-        let model = Gemma::build(&vs.root(), config, false)?;
-        vs.set_kind(kind);
-        let variables = vs.variables();
-        let given: std::collections::HashSet<&str> = parameters.iter().map(|(n, _)| n.as_str()).collect();
-        if let Some(missing) = variables.keys().find(|name| !given.contains(name.as_str())) {
-            return Err(Error::MissingTensor {
-                name: missing.clone(),
-                file: "the given parameters".into(),
-            });
-        }
-        tch::no_grad(|| -> Result<()> {
-            for (name, value) in parameters {
-                let Some(variable) = variables.get(name) else {
-                    return Err(Error::UnexpectedTensor {
-                        name: name.clone(),
-                        file: "the given parameters".into(),
-                        model_type: config.model_type.clone(),
-                    });
-                };
-                if variable.size() != value.size() {
-                    return Err(Error::TensorShape {
-                        name: name.clone(),
-                        file: "the given parameters".into(),
-                        expected: variable.size(),
-                        got: value.size(),
-                    });
-                }
-                variable.shallow_clone().f_copy_(value)?;
-            }
-            Ok(())
-        })?;
-        Ok(Self::new(vs, model))
-    }
-
     /// The model.
     pub fn model(&self) -> &Gemma {
         &self.model
@@ -129,6 +85,38 @@ impl GemmaPolicy {
             hidden,
             LinearHead::new(&self.model.head_weight())
                 .with_final_logit_softcap(self.model.final_logit_softcap()),
+        )
+    }
+}
+
+impl GemmaPolicy {
+    /// Saves the policy's model as a Hugging Face folder: [`save_pretrained`] with its configuration and
+    /// the variables of its store.
+    ///
+    /// # Errors
+    /// Those of [`save_pretrained`].
+    pub fn save_pretrained(&self, dir: &Path, kind: Kind, tokenizer: TokenizerSource<'_>) -> Result<()> {
+        save_pretrained(
+            dir,
+            self.model().config(),
+            &var_store_parameters(self.var_store()),
+            kind,
+            tokenizer,
+        )
+    }
+
+    /// Saves the policy's model as a GGUF file: [`save_gguf`] with its configuration and the variables of
+    /// its store. Returns the file's size in bytes.
+    ///
+    /// # Errors
+    /// Those of [`save_gguf`].
+    pub fn save_gguf(&self, path: &Path, ty: GgmlType, tokenizer: TokenizerSource<'_>) -> Result<u64> {
+        save_gguf(
+            path,
+            self.model().config(),
+            &var_store_parameters(self.var_store()),
+            ty,
+            tokenizer,
         )
     }
 }

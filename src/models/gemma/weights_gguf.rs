@@ -1,13 +1,12 @@
-//! llama.cpp GGUF files (`gemma3` architecture): [`GemmaConfig::from_gguf`], [`load_gguf`],
-//! [`Gemma::from_gguf`] and the tensor naming [`gguf_tensor_name`].
+//! llama.cpp GGUF files (`gemma3` architecture): [`GemmaConfig::from_gguf`], [`check_gguf_tensors`], the
+//! tensor naming [`gguf_tensor_name`], and reading the weights for [`Gemma::load`](super::Gemma::load)
+//! with [`WeightSource::Gguf`](super::WeightSource::Gguf).
 
 use std::collections::HashMap;
-use std::path::Path;
 
-use tch::{nn, Device, Kind};
+use tch::{nn, Kind};
 
 use super::config::{config_error, GemmaConfig, TokenIds};
-use super::model::Gemma;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile, MATRIX_TYPES, VECTOR_TYPES};
 use crate::validate::finite_weight;
@@ -203,20 +202,18 @@ pub fn check_gguf_tensors(file: &GgufFile, config: &GemmaConfig) -> Result<HashM
     Ok(by_gguf)
 }
 
-/// Copies the tensors of a Gemma 3 GGUF file into the variables of `vs` (built by [`Gemma::new`] with
-/// `config`), under `no_grad`, after [`check_gguf_tensors`]: each tensor is dequantized to f32
-/// ([`GgufFile::tensor`]), 1 is subtracted from every RMSNorm weight (GGUF stores `1 + w`), then it is
-/// converted to its variable's dtype and device and checked once for NaN / ±inf. Returns the number of
-/// tensors copied.
+/// Copies the tensors of a Gemma 3 GGUF file into the variables of `vs` (built for `config`), under
+/// `no_grad`, after [`check_gguf_tensors`]: each tensor is dequantized to f32 ([`GgufFile::tensor`]), 1 is
+/// subtracted from every RMSNorm weight (GGUF stores `1 + w`), then it is converted to its variable's
+/// dtype and device and checked once for NaN / ±inf.
 ///
 /// Errors: those of [`check_gguf_tensors`]; [`Error::NonFiniteWeight`] naming the first tensor that holds
 /// NaN or ±inf once converted (nothing after it is copied); [`Error::Gguf`] for unreadable data;
 /// [`Error::Config`] if a parameter is not in `vs`.
-pub fn load_gguf(vs: &nn::VarStore, file: &GgufFile, config: &GemmaConfig) -> Result<usize> {
+pub(super) fn load_gguf_weights(vs: &nn::VarStore, file: &GgufFile, config: &GemmaConfig) -> Result<()> {
     let by_gguf = check_gguf_tensors(file, config)?;
     let variables = vs.variables();
     let path = file.path().display().to_string();
-    let mut copied = 0;
     for (gguf, name) in &by_gguf {
         let Some(variable) = variables.get(name) else {
             return Err(config_error(
@@ -232,26 +229,6 @@ pub fn load_gguf(vs: &nn::VarStore, file: &GgufFile, config: &GemmaConfig) -> Re
         finite_weight(&value, gguf, &path)?;
         let mut variable = variable.shallow_clone();
         tch::no_grad(|| variable.f_copy_(&value))?;
-        copied += 1;
     }
-    Ok(copied)
-}
-
-impl Gemma {
-    /// Opens a Gemma 3 GGUF file, reads its config ([`GemmaConfig::from_gguf`]), creates a
-    /// [`nn::VarStore`] on `device` with the model in `kind` (f32 or bf16) and loads the weights
-    /// ([`load_gguf`]). Every tensor is checked against the config ([`check_gguf_tensors`]) before the
-    /// model is built. Returns the store, the model and the opened file (for its tokenizer).
-    /// Errors: those of the four.
-    pub fn from_gguf(path: &Path, device: Device, kind: Kind) -> Result<(nn::VarStore, Self, GgufFile)> {
-        let file = GgufFile::open(path)?;
-        let config = GemmaConfig::from_gguf(&file)?;
-        // Before the model is built: a corrupt size in the metadata must not allocate a huge model.
-        check_gguf_tensors(&file, &config)?;
-        let mut vs = nn::VarStore::new(device);
-        let model = Self::build(&vs.root(), &config, false)?;
-        vs.set_kind(kind);
-        load_gguf(&vs, &file, &config)?;
-        Ok((vs, model, file))
-    }
+    Ok(())
 }

@@ -1,29 +1,15 @@
-//! Hugging Face checkpoints: [`Gemma::from_pretrained`], [`load_checkpoint`] (single or sharded
-//! `model.safetensors`), [`save_checkpoint`], [`tokenizer_path`] and [`load_tokenizer`].
+//! Hugging Face model folders: reading the weights (single or sharded `model.safetensors`) for
+//! [`Gemma::load`](super::Gemma::load) with [`WeightSource::HfDir`](super::WeightSource::HfDir),
+//! [`tokenizer_path`] and [`load_tokenizer`]. (Writing a folder: [`super::export::save_pretrained`].)
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Tensor};
 
 use super::config::GemmaConfig;
-use super::model::Gemma;
 use crate::error::{Error, Result};
-
-impl Gemma {
-    /// Reads `dir/config.json`, creates a [`nn::VarStore`] on `device`, builds the model, converts it to
-    /// `kind`, and loads the weights with [`load_checkpoint`]. Errors: those of [`GemmaConfig::from_file`],
-    /// [`Gemma::new`] and [`load_checkpoint`].
-    pub fn from_pretrained(dir: &Path, device: Device, kind: Kind) -> Result<(nn::VarStore, Self)> {
-        let config = GemmaConfig::from_file(&dir.join("config.json"))?;
-        let mut vs = nn::VarStore::new(device);
-        let model = Self::build(&vs.root(), &config, false)?;
-        vs.set_kind(kind);
-        load_checkpoint(&vs, dir, &config)?;
-        Ok((vs, model))
-    }
-}
 
 fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     if !path.is_file() {
@@ -43,7 +29,7 @@ struct ShardIndex {
     weight_map: BTreeMap<String, String>,
 }
 
-/// Tensors in checkpoints that are not parameters of the model but harmless: the (tied) LM head and RoPE
+/// Tensors in model folders that are not parameters of the model but harmless: the (tied) LM head and RoPE
 /// buffers saved by old versions of transformers.
 fn is_ignorable(name: &str) -> bool {
     name == "lm_head.weight" || name.ends_with("rotary_emb.inv_freq")
@@ -52,19 +38,19 @@ fn is_ignorable(name: &str) -> bool {
 /// The [`Error::Checkpoint`] reason when a directory has no weights file.
 pub const NO_WEIGHTS: &str = "no model.safetensors or model.safetensors.index.json";
 
-/// Copies a Hugging Face checkpoint's weights from `dir` into the model variables of `vs` (created by
-/// [`Gemma::new`] with `config`), under `no_grad`, converting each tensor to its variable's dtype and device.
+/// Copies the weights of the Hugging Face folder `dir` into the model variables of `vs` (built for
+/// `config`), under `no_grad`, converting each tensor to its variable's dtype and device.
 ///
 /// Reads `dir/model.safetensors.index.json` (sharded: its `weight_map` names each tensor's file) when
 /// present, else `dir/model.safetensors`. One file is in memory at a time. `lm_head.weight` (tied) and old
-/// `rotary_emb.inv_freq` buffers are skipped. Returns the number of tensors copied.
+/// `rotary_emb.inv_freq` buffers are skipped.
 ///
 /// Errors: [`Error::Checkpoint`] with reason [`NO_WEIGHTS`] when neither file exists; [`Error::Io`] /
 /// [`Error::Checkpoint`] for unreadable files; [`Error::MissingTensor`] naming the tensor and the
 /// file it was expected in; [`Error::TensorShape`] naming the tensor, file and both shapes;
 /// [`Error::UnexpectedTensor`] for a tensor that is no parameter of this config (e.g. a layer beyond
 /// `num_hidden_layers`, or Gemma 2 norms in a Gemma 1 config).
-pub fn load_checkpoint(vs: &nn::VarStore, dir: &Path, config: &GemmaConfig) -> Result<usize> {
+pub(super) fn load_hf_weights(vs: &nn::VarStore, dir: &Path, config: &GemmaConfig) -> Result<()> {
     let expected = config.parameter_shapes()?;
     let variables = vs.variables();
     let single = dir.join("model.safetensors");
@@ -100,7 +86,6 @@ pub fn load_checkpoint(vs: &nn::VarStore, dir: &Path, config: &GemmaConfig) -> R
         });
     }
 
-    let mut copied = 0;
     let mut seen = HashSet::new();
     for (file, wanted) in &plan {
         let tensors: HashMap<String, Tensor> = read_safetensors(file)?.into_iter().collect();
@@ -129,7 +114,6 @@ pub fn load_checkpoint(vs: &nn::VarStore, dir: &Path, config: &GemmaConfig) -> R
                 .f_to_device(variable.device())?;
             tch::no_grad(|| variable.f_copy_(&value))?;
             seen.insert(name.clone());
-            copied += 1;
         }
         if let Some(name) = wanted.iter().find(|name| !tensors.contains_key(*name)) {
             return Err(Error::MissingTensor {
@@ -138,31 +122,10 @@ pub fn load_checkpoint(vs: &nn::VarStore, dir: &Path, config: &GemmaConfig) -> R
             });
         }
     }
-    Ok(copied)
+    Ok(())
 }
 
-/// Writes `dir/config.json` and `dir/model.safetensors` (the variables of `vs`, in their current dtype) so
-/// that [`Gemma::from_pretrained`] and `transformers` can load the directory. The folder is written
-/// atomically ([`crate::atomic::write_dir`] with [`ExistingDir::ReplaceFiles`](crate::atomic::ExistingDir)):
-/// an earlier folder of plain files at `dir` is replaced as a whole, one holding a subfolder or a link is
-/// refused; the parent of `dir` must exist.
-///
-/// Errors: [`Error::InvalidPath`] for a `dir` that cannot be used (see [`crate::atomic::check_dir_target`]);
-/// [`Error::Io`], [`Error::Checkpoint`], [`Error::Torch`].
-pub fn save_checkpoint(vs: &nn::VarStore, config: &GemmaConfig, dir: &Path) -> Result<()> {
-    let text = serde_json::to_string_pretty(config).map_err(|source| Error::Checkpoint {
-        path: dir.join("config.json").display().to_string(),
-        reason: format!("cannot serialize the config: {source}"),
-    })?;
-    crate::atomic::write_dir(dir, "dir", crate::atomic::ExistingDir::ReplaceFiles, |tmp| {
-        let config_path = tmp.join("config.json");
-        std::fs::write(&config_path, &text).map_err(|source| Error::io(&config_path, source))?;
-        vs.save(tmp.join("model.safetensors"))?;
-        Ok(())
-    })
-}
-
-/// The `tokenizer.json` of a checkpoint directory. Errors: [`Error::Io`] when it does not exist.
+/// The `tokenizer.json` of a Hugging Face model folder. Errors: [`Error::Io`] when it does not exist.
 pub fn tokenizer_path(dir: &Path) -> Result<PathBuf> {
     let path = dir.join("tokenizer.json");
     if path.is_file() {
@@ -175,13 +138,14 @@ pub fn tokenizer_path(dir: &Path) -> Result<PathBuf> {
     }
 }
 
-/// The tokenizer of a Hugging Face Gemma checkpoint directory: its `tokenizer.json` with Gemma's special
+/// The tokenizer of a Hugging Face Gemma model folder (feature `train`, whose [`crate::data::Tokenizer`] it returns): its `tokenizer.json` with Gemma's special
 /// tokens (`<bos>`, `<eos>`, `<pad>`) and chat template (`HfTokenizerConfig::gemma`),
 /// as a `tch_rpo::data::HfTokenizer` (feature `hf-tokenizers`).
 ///
 /// Errors: [`Error::Io`] when `dir/tokenizer.json` does not exist; [`Error::Tokenizer`] when it cannot be
 /// loaded or lacks a special token; [`Error::Config`] (naming the feature) when the crate was built
 /// without `hf-tokenizers`.
+#[cfg(feature = "train")]
 pub fn load_tokenizer(dir: &Path) -> Result<Box<dyn crate::data::Tokenizer>> {
     let path = tokenizer_path(dir)?;
     #[cfg(feature = "hf-tokenizers")]

@@ -22,12 +22,14 @@
 use std::collections::HashMap;
 
 use super::vocab::{GgufVocab, TYPE_CONTROL};
+#[cfg(feature = "train")]
 use crate::data::{ChatTemplate, Tokenizer};
 use crate::error::Result;
 use crate::gguf::GgufFile;
 
-/// A Gemma tokenizer read from a GGUF file. Implements [`Tokenizer`] (no BOS / EOS in `encode`; the
-/// Gemma chat turn template).
+/// A Gemma tokenizer read from a GGUF file: [`GgufTokenizer::encode_text`], [`GgufTokenizer::decode_text`]
+/// and the special ids. With the `train` feature it implements the data pipeline's `data::Tokenizer` (no
+/// BOS / EOS in `encode`; the Gemma chat turn template).
 #[derive(Debug, Clone)]
 pub struct GgufTokenizer {
     /// Token strings (respelled), by id.
@@ -95,6 +97,27 @@ impl GgufTokenizer {
             tokens: v.tokens,
             types: v.types,
         })
+    }
+
+    /// The vocabulary size `V` (every id is in `[0, V)`).
+    pub fn vocab_size(&self) -> i64 {
+        self.tokens.len() as i64
+    }
+
+    /// The padding id (`tokenizer.ggml.padding_token_id`, else 0).
+    pub fn pad_id(&self) -> i64 {
+        self.pad_id
+    }
+
+    /// The BOS id to put before each prompt: `tokenizer.ggml.bos_token_id` when the file asks for a BOS
+    /// token ([`GgufTokenizer::add_bos`]), else `None`.
+    pub fn bos_id(&self) -> Option<i64> {
+        self.bos_id.filter(|_| self.add_bos)
+    }
+
+    /// The end-of-sequence id (`tokenizer.ggml.eos_token_id`), if any.
+    pub fn eos_id(&self) -> Option<i64> {
+        self.eos_id
     }
 
     /// Whether the file asks for a BOS token before each sequence (`tokenizer.ggml.add_bos_token`).
@@ -235,6 +258,8 @@ impl GgufTokenizer {
     }
 }
 
+/// The data pipeline's tokenizer (feature `train`): the inherent methods of the same names.
+#[cfg(feature = "train")]
 impl Tokenizer for GgufTokenizer {
     fn encode(&self, text: &str) -> Result<Vec<i64>> {
         Ok(self.encode_text(text))
@@ -244,20 +269,16 @@ impl Tokenizer for GgufTokenizer {
         Ok(self.decode_text(ids, true))
     }
     fn vocab_size(&self) -> i64 {
-        self.tokens.len() as i64
+        GgufTokenizer::vocab_size(self)
     }
     fn pad_id(&self) -> i64 {
-        self.pad_id
+        GgufTokenizer::pad_id(self)
     }
     fn bos_id(&self) -> Option<i64> {
-        if self.add_bos {
-            self.bos_id
-        } else {
-            None
-        }
+        GgufTokenizer::bos_id(self)
     }
     fn eos_id(&self) -> Option<i64> {
-        self.eos_id
+        GgufTokenizer::eos_id(self)
     }
     fn chat_template(&self) -> ChatTemplate {
         ChatTemplate::Gemma

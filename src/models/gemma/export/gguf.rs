@@ -4,7 +4,7 @@ use std::path::Path;
 
 use tch::{Kind, Tensor};
 
-use super::{check_finite, ordered_parameters, TokenizerSource};
+use super::{check_finite, ordered_parameters, TokenizerSource, SAVED};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufValue, GgufWriter};
 use crate::models::gemma::config::{Activation, GemmaArch, GemmaConfig};
@@ -88,7 +88,7 @@ fn check_representable(config: &GemmaConfig) -> Result<()> {
 }
 
 /// Saves a Gemma 3 model as a GGUF v3 file that llama.cpp-compatible runtimes, `transformers`
-/// (`from_pretrained(dir, gguf_file=name)`) and [`Gemma::from_gguf`](crate::models::gemma::Gemma::from_gguf)
+/// (`from_pretrained(dir, gguf_file=name)`) and [`Gemma::load`](crate::models::gemma::Gemma::load) (`WeightSource::Gguf`)
 /// load.
 ///
 /// - Metadata: `general.architecture` = `gemma3`, `general.type`, `general.file_type` (llama.cpp's code of
@@ -135,7 +135,7 @@ pub fn save_gguf(
         });
     }
     check_representable(config)?;
-    let ordered = ordered_parameters(config, parameters)?;
+    let ordered = ordered_parameters(config, parameters, SAVED)?;
     check_finite(&ordered)?;
     let source = match tokenizer {
         TokenizerSource::None => None,

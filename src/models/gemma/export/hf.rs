@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
 use super::tokenizer::hf_tokenizer_files;
-use super::{dtype_name, ordered_parameters, TokenizerSource, HF_TOKENIZER_FILES};
+use super::{dtype_name, ordered_parameters, TokenizerSource, HF_TOKENIZER_FILES, SAVED};
 use crate::atomic::ExistingDir;
 use crate::error::{Error, Result};
 use crate::models::gemma::config::{Activation, GemmaArch, GemmaConfig, TokenIds};
@@ -149,7 +149,7 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
 }
 
 /// Saves a Gemma model as a Hugging Face folder that `transformers` (`AutoModelForCausalLM` /
-/// `AutoTokenizer.from_pretrained(dir)`) and [`Gemma::from_pretrained`](crate::models::gemma::Gemma::from_pretrained)
+/// `AutoTokenizer.from_pretrained(dir)`) and [`Gemma::load`](crate::models::gemma::Gemma::load) (`WeightSource::HfDir`)
 /// load:
 ///
 /// - `config.json` ([`hf_config_json`]) and `generation_config.json` ([`generation_config_json`]);
@@ -182,7 +182,7 @@ pub fn save_pretrained(
     tokenizer: TokenizerSource<'_>,
 ) -> Result<()> {
     let config_json = hf_config_json(config, kind)?;
-    let ordered = ordered_parameters(config, parameters)?;
+    let ordered = ordered_parameters(config, parameters, SAVED)?;
     super::check_finite(&ordered)?;
     crate::atomic::check_dir_target(dir, "dir", ExistingDir::ReplaceFiles)?;
     let index = dir.join("model.safetensors.index.json");

@@ -2,11 +2,10 @@
 //! ([`save_pretrained`]) and a GGUF file for llama.cpp-compatible runtimes and `transformers`' GGUF loader
 //! ([`save_gguf`]).
 //!
-//! Both take the model's configuration and its parameters by Hugging Face name (a [`GemmaPolicy`]'s
-//! [`PolicyModel::named_parameters`](crate::train::PolicyModel::named_parameters), or
-//! [`crate::train::var_store_parameters`] of the store the model was built in); every
-//! parameter the configuration implies must be there once, with its shape. [`GemmaPolicy::save_pretrained`]
-//! and [`GemmaPolicy::save_gguf`] do this for a policy.
+//! Both take the model's configuration and its parameters by Hugging Face name (e.g. the variables of the
+//! store the model was loaded into: `vs.variables().into_iter().collect::<Vec<_>>()`); every parameter the
+//! configuration implies must be there once, with its shape. With the `train` feature,
+//! `GemmaPolicy::save_pretrained` and `GemmaPolicy::save_gguf` do this for a trainer's policy.
 //!
 //! | | Hugging Face folder | GGUF file |
 //! |---|---|---|
@@ -24,15 +23,17 @@
 //! ```no_run
 //! use tch::{Device, Kind};
 //! use tch_rpo::gguf::{GgmlType, GgufFile};
-//! use tch_rpo::models::gemma::export::TokenizerSource;
-//! use tch_rpo::models::gemma::{Gemma, GemmaPolicy};
+//! use tch_rpo::models::gemma::export::{save_gguf, save_pretrained, TokenizerSource};
+//! use tch_rpo::models::gemma::{Gemma, LoadOptions, WeightSource};
 //!
 //! # fn main() -> tch_rpo::Result<()> {
-//! let (vs, model, file) = Gemma::from_gguf("gemma-3-270m.gguf".as_ref(), Device::Cpu, Kind::Float)?;
-//! let policy = GemmaPolicy::new(vs, model);
-//! // … train it with tch_rpo::train::RpoTrainer …
-//! policy.save_pretrained("trained-hf".as_ref(), Kind::Float, TokenizerSource::Gguf(&file))?;
-//! policy.save_gguf("trained-q8_0.gguf".as_ref(), GgmlType::Q8_0, TokenizerSource::Gguf(&file))?;
+//! let file = GgufFile::open("gemma-3-270m.gguf")?;
+//! let (vs, model) = Gemma::load(WeightSource::Gguf(&file), &LoadOptions::new(Device::Cpu, Kind::Float))?;
+//! // … train it (e.g. as a `GemmaPolicy` with tch_rpo::train::RpoTrainer) …
+//! let parameters: Vec<_> = vs.variables().into_iter().collect();
+//! let config = model.config();
+//! save_pretrained("trained-hf".as_ref(), config, &parameters, Kind::Float, TokenizerSource::Gguf(&file))?;
+//! save_gguf("trained-q8_0.gguf".as_ref(), config, &parameters, GgmlType::Q8_0, TokenizerSource::Gguf(&file))?;
 //! # Ok(())
 //! # }
 //! ```
@@ -51,10 +52,8 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 use super::config::GemmaConfig;
-use super::policy::GemmaPolicy;
 use crate::error::{Error, Result};
-use crate::gguf::{GgmlType, GgufFile};
-use crate::train::var_store_parameters;
+use crate::gguf::GgufFile;
 use crate::validate::finite_weight;
 
 /// Where the saved tokenizer comes from.
@@ -80,11 +79,17 @@ pub const HF_TOKENIZER_FILES: [&str; 5] = [
     "chat_template.jinja",
 ];
 
+/// How the writers' errors name the parameters they were given.
+const SAVED: &str = "the parameters to save";
+
 /// The parameters in file order (embedding, layers 0, 1, … each in a fixed order, final norm), checked
-/// against `config`: every parameter once with its shape, nothing else.
-fn ordered_parameters<'p>(
+/// against `config`: every parameter once with its shape, nothing else. `what` names the parameters in
+/// the errors (the `file` of [`Error::MissingTensor`], …). Used by the writers and by
+/// [`WeightSource::Parameters`](super::WeightSource::Parameters).
+pub(in crate::models::gemma) fn ordered_parameters<'p>(
     config: &GemmaConfig,
     parameters: &'p [(String, Tensor)],
+    what: &str,
 ) -> Result<Vec<(&'p str, &'p Tensor)>> {
     let expected = config.parameter_shapes()?;
     let mut given: HashMap<&str, &Tensor> = HashMap::with_capacity(parameters.len());
@@ -92,21 +97,21 @@ fn ordered_parameters<'p>(
         let Some(shape) = expected.get(name) else {
             return Err(Error::UnexpectedTensor {
                 name: name.clone(),
-                file: "the parameters to save".into(),
+                file: what.into(),
                 model_type: config.model_type.clone(),
             });
         };
         if &tensor.size() != shape {
             return Err(Error::TensorShape {
                 name: name.clone(),
-                file: "the parameters to save".into(),
+                file: what.into(),
                 expected: shape.clone(),
                 got: tensor.size(),
             });
         }
         if given.insert(name, tensor).is_some() {
             return Err(Error::Checkpoint {
-                path: "the parameters to save".into(),
+                path: what.into(),
                 reason: format!("parameter `{name}` is given twice"),
             });
         }
@@ -118,7 +123,7 @@ fn ordered_parameters<'p>(
             None => {
                 return Err(Error::MissingTensor {
                     name: name.clone(),
-                    file: "the parameters to save".into(),
+                    file: what.into(),
                 })
             }
         }
@@ -163,37 +168,5 @@ fn dtype_name(kind: Kind) -> Result<&'static str> {
             expected: "Float, BFloat16 or Half",
             got: other,
         }),
-    }
-}
-
-impl GemmaPolicy {
-    /// Saves the policy's model as a Hugging Face folder: [`save_pretrained`] with its configuration and
-    /// the variables of its store.
-    ///
-    /// # Errors
-    /// Those of [`save_pretrained`].
-    pub fn save_pretrained(&self, dir: &Path, kind: Kind, tokenizer: TokenizerSource<'_>) -> Result<()> {
-        save_pretrained(
-            dir,
-            self.model().config(),
-            &var_store_parameters(self.var_store()),
-            kind,
-            tokenizer,
-        )
-    }
-
-    /// Saves the policy's model as a GGUF file: [`save_gguf`] with its configuration and the variables of
-    /// its store. Returns the file's size in bytes.
-    ///
-    /// # Errors
-    /// Those of [`save_gguf`].
-    pub fn save_gguf(&self, path: &Path, ty: GgmlType, tokenizer: TokenizerSource<'_>) -> Result<u64> {
-        save_gguf(
-            path,
-            self.model().config(),
-            &var_store_parameters(self.var_store()),
-            ty,
-            tokenizer,
-        )
     }
 }
