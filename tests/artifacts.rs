@@ -183,9 +183,15 @@ fn check(kind: &str, path: &Path) -> Option<u64> {
 }
 
 /// The names of temporaries (`.tmp-…`, or the old `….partial`) in `dir`.
+/// The temporaries in `dir`; none when `dir` does not exist (a writer killed before it created its
+/// checkpoint folder).
 fn temporaries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => panic!("{}: {e}", dir.display()),
+    };
+    entries
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|name| name.starts_with(".tmp-") || name.ends_with(".partial"))
         .collect()
