@@ -20,14 +20,14 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn trainer(dir: &Path) -> RpoTrainer {
+fn trainer(dir: &Path) -> RpoTrainer<TinyLm> {
     let config = RpoTrainerConfig {
         batch_pairs: 2,
         checkpoint_dir: Some(dir.to_path_buf()),
         progress: false,
         ..RpoTrainerConfig::paper(RpoConfig::paper(0.1, 0.5), 2)
     };
-    RpoTrainer::new(Box::new(TinyLm::new(5, 12)), ReferenceSource::Free, config).unwrap()
+    RpoTrainer::new(TinyLm::new(5, 12), ReferenceSource::Free, config).unwrap()
 }
 
 /// A trained run with a complete checkpoint under `dir`; returns its path.

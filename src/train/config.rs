@@ -6,6 +6,7 @@
 //! looks.
 
 use crate::error::{Error, Result};
+use crate::fused::DEFAULT_FUSED_CHUNK_BYTES;
 use crate::logprobs::LogProbOptions;
 use crate::loss::rpo::{RpoConfig, SftWeight};
 use crate::loss::sft::SftNormalization;
@@ -39,6 +40,9 @@ pub struct RpoTrainerConfig {
     pub loss_path: LossPath,
     /// How rows are scored. Default [`LogProbOptions::causal`].
     pub logprobs: LogProbOptions,
+    /// Memory budget in bytes of one chunk of the fused hidden-state path (policy and reference scoring;
+    /// [`crate::FusedOptions::chunk_bytes`]), > 0. Default [`DEFAULT_FUSED_CHUNK_BYTES`].
+    pub fused_chunk_bytes: usize,
     /// Peak learning rate (TRL's `learning_rate`). Default 1e-6.
     pub learning_rate: f64,
     /// Decay after warmup (TRL's `lr_scheduler_type`). Default [`Decay::Linear`].
@@ -88,6 +92,7 @@ impl Default for RpoTrainerConfig {
             },
             loss_path: LossPath::Auto,
             logprobs: LogProbOptions::causal(),
+            fused_chunk_bytes: DEFAULT_FUSED_CHUNK_BYTES,
             learning_rate: 1e-6,
             lr_scheduler: Decay::Linear,
             warmup: Warmup::Ratio(0.0),
@@ -148,7 +153,8 @@ impl RpoTrainerConfig {
     /// [`Error::InvalidParameter`] naming the setting by its [`crate::train::RpoTrainerBuilder`] name
     /// (TRL's): the objective's β, η, weights; `max_steps` equal to 0; `learning_rate` not finite and
     /// `>= 0`; the warmup; `max_grad_norm` not finite and > 0; `batch_size` (`batch_pairs`),
-    /// `gradient_accumulation_steps` (`grad_accum_steps`), `save_steps` or `save_total_limit` equal to 0;
+    /// `gradient_accumulation_steps` (`grad_accum_steps`), `fused_chunk_bytes`, `save_steps` or
+    /// `save_total_limit` equal to 0;
     /// AdamW's hyper-parameters. [`Error::Config`] for `save_steps` or `save_total_limit` without a
     /// `checkpoint_dir`.
     pub fn check(&self) -> Result<()> {
@@ -175,6 +181,7 @@ impl RpoTrainerConfig {
         }
         for (name, value) in [
             ("batch_size", self.batch_pairs as u64),
+            ("fused_chunk_bytes", self.fused_chunk_bytes as u64),
             ("gradient_accumulation_steps", self.grad_accum_steps as u64),
             ("save_steps", self.save_steps.unwrap_or(1)),
             ("save_total_limit", self.save_total_limit.unwrap_or(1) as u64),

@@ -2,8 +2,7 @@
 //! hidden-state pass returns.
 
 use crate::error::{Error, Result};
-use crate::fused::{FusedOptions, LinearHead};
-use crate::logprobs::LogProbOptions;
+use crate::fused::LinearHead;
 use tch::{nn::VarStore, Device, Tensor};
 
 /// How the policy's (and a reference model's) log-probs are computed.
@@ -95,11 +94,6 @@ impl HiddenOutput {
             Some(bias) => head.with_bias(bias),
             None => head,
         }
-    }
-
-    /// The fused-path options for these log-prob options (default fused budget).
-    pub(crate) fn fused_options(&self, options: &LogProbOptions) -> FusedOptions {
-        FusedOptions::from(options.clone())
     }
 }
 
