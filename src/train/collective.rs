@@ -5,7 +5,7 @@
 //! The configured batch is the global one: [`crate::train::RpoTrainerConfig::batch_pairs`] pairs per
 //! global micro-batch, `grad_accum_steps` micro-batches per step, whatever the world size `W`. Every rank
 //! draws the same global micro-batches as one process (same seed, same epoch order) and takes its block of
-//! each ([`Collective::shard`]); so a `W`-rank run computes what one process computes at the same
+//! each (`dist::shard_range`); so a `W`-rank run computes what one process computes at the same
 //! configuration, and its checkpoints resume under any world size. Per step, in this order on every rank:
 //!
 //! 1. one all-reduce (sum) of the step's counts (pairs, tokens, chosen and rejected response tokens): the
