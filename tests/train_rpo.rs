@@ -708,6 +708,13 @@ fn bad_settings_are_refused() {
     );
     expect_invalid(
         build(RpoTrainerConfig {
+            fused_chunk_bytes: 0,
+            ..base()
+        }),
+        "fused_chunk_bytes",
+    );
+    expect_invalid(
+        build(RpoTrainerConfig {
             batch_pairs: 0,
             ..base()
         }),
@@ -999,4 +1006,38 @@ fn sft_then_rpo_chain_on_one_model() {
     assert_eq!(history[0].get("rewards/chosen"), Some(0.0));
     assert_eq!(second.model_mut().named_parameters().len(), pointers.len());
     assert!(max_param_diff(&second.into_model().named_parameters(), &sft_weights) > 0.0);
+}
+
+/// The fused path's chunk budget is the trainer's setting (`fused_chunk_bytes`, builder and config): a budget
+/// of one byte (one row per chunk) trains as the default budget, up to f32 rounding of the chunked sums
+/// (relative 1e-5: a few hundred f32 additions in another order, each off by at most 2^-24 relative).
+#[test]
+fn fused_chunk_budget_is_a_trainer_setting() {
+    let pairs = preference_pairs(6);
+    let run = |bytes: Option<usize>| {
+        let builder = RpoTrainer::builder(TinyLm::new(41, HIDDEN))
+            .reference(model_reference(42))
+            .objective(RpoConfig::paper(0.1, 0.5))
+            .loss_path(LossPath::Hidden)
+            .learning_rate(1e-2)
+            .batch_size(3)
+            .max_steps(2)
+            .progress(false);
+        let mut t = match bytes {
+            Some(bytes) => builder.fused_chunk_bytes(bytes),
+            None => builder,
+        }
+        .build()
+        .unwrap();
+        assert_eq!(
+            t.config().fused_chunk_bytes,
+            bytes.unwrap_or(tch_rpo::DEFAULT_FUSED_CHUNK_BYTES)
+        );
+        t.fit(&pairs, &collator()).unwrap()
+    };
+    let (small, default) = (run(Some(1)), run(None));
+    for (a, b) in small.iter().zip(&default) {
+        let (x, y) = (a.loss(), b.loss());
+        assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{x} vs {y}");
+    }
 }
