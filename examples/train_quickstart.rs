@@ -70,9 +70,10 @@ fn main() -> tch_rpo::Result<()> {
         .resume(true) // continue from the newest checkpoint, if any
         .build()?;
     for m in trainer.fit(&pairs, &collator)? {
-        println!("step {}: loss {:.4}", m.step, m.loss);
+        println!("step {}: loss {:.4}", m.step, m.loss());
     }
-    let accuracy = trainer.evaluate(&pairs, &collator, 4)?.rewards_accuracies;
+    let metrics = trainer.evaluate(&pairs, &collator, 4)?;
+    let accuracy = metrics.get("rewards/accuracies").unwrap_or(f64::NAN);
     println!("reward accuracy {accuracy:.2}");
     Ok(())
 }

@@ -21,6 +21,7 @@ use serde_json::Value;
 use tch::Tensor;
 use tch_rpo::data::{ByteTokenizer, CollateConfig, Collator};
 use tch_rpo::dist::{DistOptions, LaunchEnv, ProcessGroup};
+use tch_rpo::train::PolicyModel;
 use tch_rpo::train::{ReferenceSource, RpoTrainer, RpoTrainerConfig, StepMetrics, Warmup};
 use tch_rpo::{Error, LogProbOptions, RpoConfig};
 use train_support::{max_param_diff, preference_pairs, TinyLm, POISON};
@@ -72,7 +73,7 @@ fn trainer(
     config: RpoTrainerConfig,
     group: Option<ProcessGroup>,
     resume: bool,
-) -> tch_rpo::Result<RpoTrainer> {
+) -> tch_rpo::Result<RpoTrainer<TinyLm>> {
     let mut builder = RpoTrainer::builder(TinyLm::new(init_seed, HIDDEN))
         .config(config)
         .reference(ReferenceSource::InitialPolicy)
@@ -103,7 +104,7 @@ fn skip_pairs() -> Vec<tch_rpo::data::EncodedPair> {
 }
 
 /// A trainer whose cached reference has a NaN for pair 2 (a non-finite loss wherever pair 2 is).
-fn skip_trainer(group: Option<ProcessGroup>) -> RpoTrainer {
+fn skip_trainer(group: Option<ProcessGroup>) -> RpoTrainer<TinyLm> {
     let mut chosen: Vec<f64> = (0..SKIP_PAIRS).map(|i| -40.0 - i as f64).collect();
     chosen[2] = f64::NAN;
     let rejected: Vec<f64> = (0..SKIP_PAIRS).map(|i| -41.0 - i as f64).collect();
@@ -201,7 +202,7 @@ fn dist_train_worker_entry() {
     let pairs = preference_pairs(PAIRS);
     let g = group(Duration::from_secs(if role == "killed" { 4 } else { 60 }));
     let rank = g.rank();
-    let out = |history: &[StepMetrics], trainer: &RpoTrainer, name: &str| {
+    let out = |history: &[StepMetrics], trainer: &RpoTrainer<TinyLm>, name: &str| {
         std::fs::write(
             dir.join(format!("{name}-rank{rank}.json")),
             metrics_json(history).to_string(),

@@ -21,6 +21,7 @@ use tch_rpo::models::gemma::export::{save_gguf, save_pretrained, TokenizerSource
 use tch_rpo::models::gemma::{gguf_tensor_name, Gemma, GemmaConfig, LoadOptions, WeightSource};
 use tch_rpo::models::tokenizer::GgufTokenizer;
 use tch_rpo::train::var_store_parameters;
+use tch_rpo::train::{Collective, ScoringOptions};
 
 /// Largest |ours − theirs| that counts as "the same model" in f32: the two implementations run the same
 /// weights with a different order of floating-point operations (measured on Gemma 3 270M: about 2e-5; on
@@ -370,6 +371,53 @@ fn check_dump_against(dump: &Value, file: &GgufFile) {
     }
 }
 
+/// `RpoTrainer::into_model()` gives the trained `GemmaPolicy` itself (no parameter copy), and the folder
+/// its `save_pretrained` writes loads in transformers, which computes our logits of the trained model.
+#[test]
+fn into_model_gives_the_trained_gemma_whose_folder_transformers_loads() {
+    use tch_rpo::data::{CollateConfig, Collator, EncodedPair};
+    use tch_rpo::models::gemma::GemmaPolicy;
+    use tch_rpo::train::{ReferenceSource, RpoTrainer};
+
+    let dir = TempDir::new("export-into-model");
+    let (vs, model) = tiny_model();
+    let (ids, mask) = random_batch(tiny_config().vocab_size);
+    let before = tch::no_grad(|| model.forward(&ids, &mask)).unwrap();
+    let pair = |k: i64| EncodedPair {
+        prompt: vec![2, 10 + k, 11 + k, 12 + k],
+        chosen: vec![100 + k, 101 + k, 1],
+        rejected: vec![200 + k, 1],
+    };
+    let pairs: Vec<EncodedPair> = (0..4).map(pair).collect();
+    let collator = Collator::new(CollateConfig::new(0)).unwrap();
+    let mut trainer = RpoTrainer::builder(GemmaPolicy::new(vs, model))
+        .reference(ReferenceSource::InitialPolicy)
+        .rpo_alpha(1.0)
+        .learning_rate(1e-2)
+        .batch_size(2)
+        .max_steps(2)
+        .progress(false)
+        .build()
+        .unwrap();
+    assert_eq!(trainer.fit(&pairs, &collator).unwrap().len(), 2);
+    let trained: GemmaPolicy = trainer.into_model();
+    let ours = tch::no_grad(|| trained.model().forward(&ids, &mask)).unwrap();
+    let moved = max_abs_diff(&ours, &before, &mask);
+    assert!(moved > 1e-3, "training did not change the model ({moved})");
+
+    let hf = dir.path("hf");
+    trained
+        .save_pretrained(&hf, Kind::Float, TokenizerSource::None)
+        .unwrap();
+    let check = dir.path("check");
+    let args = vec!["--hf".to_string(), hf.display().to_string()];
+    let result = run_models(&dir, &ids, &mask, &args, None, &check);
+    assert_eq!(result["hf"]["class"], "Gemma3ForCausalLM");
+    let diff = max_abs_diff(&load_logits(&check, "hf"), &ours, &mask);
+    println!("transformers, folder of the trained policy vs ours: max |Δlogit| {diff:.3e}");
+    assert!(diff <= SAME_WEIGHTS, "max |Δlogit| {diff}");
+}
+
 #[test]
 fn gemma3_270m_trained_two_rpo_steps_round_trips_through_transformers() {
     round_trip::run();
@@ -380,9 +428,9 @@ mod round_trip {
     use tch_rpo::data::{encode_records, CollateConfig, Collator, OnMalformed, PreferenceDataset};
     use tch_rpo::models::gemma::GemmaPolicy;
     use tch_rpo::train::{
-        Decay, LossPath, ReferenceCache, ReferenceSource, RpoTrainer, RpoTrainerConfig, Warmup,
+        Decay, LossPath, PolicyModel, ReferenceSource, RpoTrainer, RpoTrainerConfig, Warmup,
     };
-    use tch_rpo::{LogProbOptions, RpoConfig};
+    use tch_rpo::RpoConfig;
 
     /// How far a Q8_0 export may move the trained 270M model's next-token distributions: the mean and the
     /// largest KL divergence over the positions (llama.cpp's measure of a quantization), and the share of
@@ -410,13 +458,12 @@ mod round_trip {
         let pairs = encode_records(&tokenizer, &records).unwrap();
         let collator = Collator::new(CollateConfig::new(tokenizer.pad_id()).with_limits(40, 24)).unwrap();
         let policy = GemmaPolicy::new(vs, model);
-        let cache = ReferenceCache::compute(
+        let cache = tch_rpo::train::score_reference(
             &policy,
             &pairs,
             &collator,
-            4,
-            &LogProbOptions::causal(),
-            LossPath::Logits,
+            &ScoringOptions::new(4).with_loss_path(LossPath::Logits),
+            &Collective::single(),
         )
         .unwrap();
         let trainer_config = RpoTrainerConfig {
@@ -428,8 +475,7 @@ mod round_trip {
             progress: false,
             ..RpoTrainerConfig::paper(RpoConfig::paper(0.05, 1.0), 2)
         };
-        let mut trainer =
-            RpoTrainer::new(Box::new(policy), ReferenceSource::Cached(cache), trainer_config).unwrap();
+        let mut trainer = RpoTrainer::new(policy, ReferenceSource::Cached(cache), trainer_config).unwrap();
         let steps = trainer.fit(&pairs, &collator).unwrap();
         assert_eq!(steps.len(), 2);
         let trained = trainer.into_model();
@@ -437,27 +483,22 @@ mod round_trip {
         let moved = max_abs_diff(&ours, &before, &mask);
         println!("2 RPO steps moved the logits by up to {moved:.3}");
         assert!(moved > 1e-2, "training did not change the model ({moved})");
-        let params = trained.named_parameters();
-        drop(trained);
-
+        // Exported straight from the trained policy that `into_model` gave back.
         let dir = TempDir::new("export-270m");
         let hf = dir.path("hf");
         let q8 = dir.path("gemma3-270m-rpo-q8_0.gguf");
-        save_pretrained(&hf, &config, &params, Kind::Float, TokenizerSource::Gguf(&file)).unwrap();
-        save_gguf(
-            &q8,
-            &config,
-            &params,
-            GgmlType::Q8_0,
-            TokenizerSource::Gguf(&file),
-        )
-        .unwrap();
+        trained
+            .save_pretrained(&hf, Kind::Float, TokenizerSource::Gguf(&file))
+            .unwrap();
+        trained
+            .save_gguf(&q8, GgmlType::Q8_0, TokenizerSource::Gguf(&file))
+            .unwrap();
+        drop(trained);
         check_gguf_metadata(&GgufFile::open(&q8).unwrap(), &file, &config, GgmlType::Q8_0);
         let q8_file = GgufFile::open(&q8).unwrap();
         let (_, from_q8) = Gemma::load(WeightSource::Gguf(&q8_file), &LoadOptions::default()).unwrap();
         let ours_q8 = tch::no_grad(|| from_q8.forward(&ids, &mask)).unwrap();
         drop(from_q8);
-        drop(params);
 
         // transformers: the folder's logits match ours ≤ 1e-4; the Q8_0 file's match our model of the same
         // file ≤ 1e-4 and the trained model within the quantization's tolerance; the folder's tokenizer

@@ -232,17 +232,18 @@ fn checkpointed_training_follows_the_same_trajectory() {
             progress: false,
             ..RpoTrainerConfig::paper(RpoConfig::paper(0.1, 0.5), 3)
         };
-        let mut a = RpoTrainer::new(Box::new(plain), ReferenceSource::Free, trainer_config()).unwrap();
-        let mut b = RpoTrainer::new(Box::new(checkpointed), ReferenceSource::Free, trainer_config()).unwrap();
+        let mut a = RpoTrainer::new(plain, ReferenceSource::Free, trainer_config()).unwrap();
+        let mut b = RpoTrainer::new(checkpointed, ReferenceSource::Free, trainer_config()).unwrap();
         for step in 0..3 {
             let (ma, mb) = (a.train_step(&batches).unwrap(), b.train_step(&batches).unwrap());
             assert!(!ma.skipped && !mb.skipped);
             let (na, nb) = (ma.grad_norm.unwrap(), mb.grad_norm.unwrap());
             assert!(
-                (ma.loss - mb.loss).abs() <= 1e-6 * ma.loss.abs().max(1.0) && (na - nb).abs() <= 1e-6 * na,
+                (ma.loss() - mb.loss()).abs() <= 1e-6 * ma.loss().abs().max(1.0)
+                    && (na - nb).abs() <= 1e-6 * na,
                 "{path:?} step {step}: loss {} vs {}, grad norm {na} vs {nb}",
-                ma.loss,
-                mb.loss
+                ma.loss(),
+                mb.loss()
             );
         }
         for ((name, pa), (_, pb)) in a

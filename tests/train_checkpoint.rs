@@ -6,9 +6,10 @@ mod train_support;
 
 use std::path::{Path, PathBuf};
 use tch_rpo::data::{ByteTokenizer, CollateConfig, Collator};
+use tch_rpo::train::PolicyModel;
 use tch_rpo::train::{checkpoint, ReferenceSource, RpoTrainer, RpoTrainerConfig, StepMetrics, Warmup};
-use tch_rpo::train::{LossPath, ReferenceCache};
-use tch_rpo::{Error, LogProbOptions, RpoConfig};
+use tch_rpo::train::{Collective, ScoringOptions};
+use tch_rpo::{Error, RpoConfig};
 use train_support::{max_param_diff, preference_pairs, TinyLm};
 
 const HIDDEN: i64 = 12;
@@ -43,17 +44,17 @@ fn config(checkpoint_dir: Option<&Path>) -> RpoTrainerConfig {
 
 /// A fresh trainer with `config`; `init_seed` sets the policy's initial weights (the reference is always
 /// seed 21).
-fn trainer_with(init_seed: i64, config: RpoTrainerConfig) -> RpoTrainer {
+fn trainer_with(init_seed: i64, config: RpoTrainerConfig) -> RpoTrainer<TinyLm> {
     let reference = ReferenceSource::Model(Box::new(TinyLm::new(21, HIDDEN)));
-    RpoTrainer::new(Box::new(TinyLm::new(init_seed, HIDDEN)), reference, config).unwrap()
+    RpoTrainer::new(TinyLm::new(init_seed, HIDDEN), reference, config).unwrap()
 }
 
-fn trainer(init_seed: i64) -> RpoTrainer {
+fn trainer(init_seed: i64) -> RpoTrainer<TinyLm> {
     trainer_with(init_seed, config(None))
 }
 
 fn losses(history: &[StepMetrics]) -> Vec<f64> {
-    history.iter().map(|m| m.loss).collect()
+    history.iter().map(|m| m.loss()).collect()
 }
 
 #[test]
@@ -164,12 +165,11 @@ fn damaged_checkpoints_are_detected() {
         seed: 5,
         ..t.config().clone()
     };
-    let mut other =
-        RpoTrainer::new(Box::new(TinyLm::new(21, HIDDEN)), ReferenceSource::Free, config).unwrap();
+    let mut other = RpoTrainer::new(TinyLm::new(21, HIDDEN), ReferenceSource::Free, config).unwrap();
     expect_checkpoint_error(other.load_checkpoint(&good), "seed");
     // a model of another shape is refused
     let mut wider = RpoTrainer::new(
-        Box::new(TinyLm::new(21, HIDDEN + 1)),
+        TinyLm::new(21, HIDDEN + 1),
         ReferenceSource::Free,
         t.config().clone(),
     )
@@ -255,7 +255,7 @@ fn metrics_are_appended_as_json_lines() {
             line.get("entropy").is_none() && line.get("logits/chosen").is_none(),
             "{line}"
         );
-        assert!((line["loss"].as_f64().unwrap() - m.loss).abs() <= 1e-12 * m.loss.abs());
+        assert!((line["loss"].as_f64().unwrap() - m.loss()).abs() <= 1e-12 * m.loss().abs());
     }
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -302,7 +302,7 @@ fn resumed_run_logs_every_step_once() {
     assert_eq!(metric_steps(&log), (1..=TOTAL).collect::<Vec<_>>());
     let last: serde_json::Value =
         serde_json::from_str(std::fs::read_to_string(&log).unwrap().lines().last().unwrap()).unwrap();
-    assert_eq!(last["loss"].as_f64(), Some(tail.last().unwrap().loss));
+    assert_eq!(last["loss"].as_f64(), Some(tail.last().unwrap().loss()));
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -445,7 +445,7 @@ fn builder_resumes_from_its_checkpoint_directory() {
     assert_eq!(second.step(), 3);
     let tail = second.fit(&pairs, &collator()).unwrap();
     assert_eq!(tail.len() as u64, TOTAL - 3);
-    assert_eq!(tail[0].loss, head[3].loss);
+    assert_eq!(tail[0].loss(), head[3].loss());
     // the same run through the plain configuration
     let full = trainer(21).fit(&pairs, &collator()).unwrap();
     assert_eq!(losses(&tail), losses(&full[3..]));
@@ -458,17 +458,17 @@ fn builder_resumes_from_its_checkpoint_directory() {
 #[test]
 fn initial_policy_reference_is_precomputed_and_checkpointed() {
     let pairs = preference_pairs(10);
-    let cache = ReferenceCache::compute(
+    let cache = tch_rpo::train::score_reference(
         &TinyLm::new(21, HIDDEN),
         &pairs,
         &collator(),
-        3, // as the trainer scores them: `batch_pairs` at a time, on its default path
-        &LogProbOptions::causal(),
-        LossPath::Auto,
+        // as the trainer scores them: `batch_pairs` at a time, on its default path
+        &ScoringOptions::new(3),
+        &Collective::single(),
     )
     .unwrap();
     let by_hand = RpoTrainer::new(
-        Box::new(TinyLm::new(21, HIDDEN)),
+        TinyLm::new(21, HIDDEN),
         ReferenceSource::Cached(cache),
         config(None),
     )
@@ -479,7 +479,7 @@ fn initial_policy_reference_is_precomputed_and_checkpointed() {
     let dir = temp_dir("initial-policy");
     let fresh = |seed| {
         RpoTrainer::new(
-            Box::new(TinyLm::new(seed, HIDDEN)),
+            TinyLm::new(seed, HIDDEN),
             ReferenceSource::InitialPolicy,
             config(Some(&dir)),
         )
@@ -518,7 +518,7 @@ fn initial_policy_reference_is_precomputed_and_checkpointed() {
     let mut with_model = trainer_with(21, config(Some(&other)));
     with_model.fit_steps(&pairs, &collator(), Some(3)).unwrap();
     let mut missing = RpoTrainer::new(
-        Box::new(TinyLm::new(99, HIDDEN)),
+        TinyLm::new(99, HIDDEN),
         ReferenceSource::InitialPolicy,
         config(Some(&other)),
     )

@@ -12,6 +12,7 @@ use tch_rpo::train::{
     AdamW, AdamWConfig, Decay, LossPath, LrSchedule, PolicyModel, ReferenceCache, ReferenceSource,
     RpoTrainer, RpoTrainerConfig, Trainer, Warmup,
 };
+use tch_rpo::train::{Collective, ScoringOptions};
 use tch_rpo::{compute_loss, LogProbOptions, LossBatch, RpoConfig};
 use train_support::{max_param_diff, preference_pairs, TinyLm, POISON};
 
@@ -36,8 +37,8 @@ fn config(rpo: RpoConfig, lr: f64, total_steps: u64, warmup_ratio: f64) -> RpoTr
     }
 }
 
-fn trainer(seed: i64, reference: ReferenceSource, config: RpoTrainerConfig) -> RpoTrainer {
-    RpoTrainer::new(Box::new(TinyLm::new(seed, HIDDEN)), reference, config).unwrap()
+fn trainer(seed: i64, reference: ReferenceSource, config: RpoTrainerConfig) -> RpoTrainer<TinyLm> {
+    RpoTrainer::new(TinyLm::new(seed, HIDDEN), reference, config).unwrap()
 }
 
 fn model_reference(seed: i64) -> ReferenceSource {
@@ -62,20 +63,26 @@ fn rpo_loss_falls_and_reward_accuracy_rises() {
     );
     let before = t.evaluate(&pairs, &collator(), 8).unwrap();
     // policy == reference: every reward is 0, the loss is ln 2 + c·NLL
-    assert!(before.rewards_accuracies.abs() < 1e-12 && before.rewards_margins.abs() < 1e-6);
+    assert!(
+        before.get("rewards/accuracies").unwrap().abs() < 1e-12
+            && before.get("rewards/margins").unwrap().abs() < 1e-6
+    );
     let history = t.fit(&pairs, &collator()).unwrap();
     assert_eq!(history.len(), 30);
     assert!(history.iter().all(|m| !m.skipped));
-    let first = mean(history[..3].iter().map(|m| m.loss));
-    let last = mean(history[27..].iter().map(|m| m.loss));
+    let first = mean(history[..3].iter().map(|m| m.loss()));
+    let last = mean(history[27..].iter().map(|m| m.loss()));
     assert!(last < first - 0.2, "loss {first} -> {last}");
-    let first_acc = mean(history[..3].iter().map(|m| m.rewards_accuracies));
-    let last_acc = mean(history[27..].iter().map(|m| m.rewards_accuracies));
+    let first_acc = mean(history[..3].iter().map(|m| m.get("rewards/accuracies").unwrap()));
+    let last_acc = mean(history[27..].iter().map(|m| m.get("rewards/accuracies").unwrap()));
     assert!(last_acc > first_acc + 0.5, "accuracy {first_acc} -> {last_acc}");
     let after = t.evaluate(&pairs, &collator(), 8).unwrap();
-    assert!(after.rewards_accuracies >= 0.9, "{after:?}");
-    assert!(after.loss_dpo < std::f64::consts::LN_2 - 0.2, "{after:?}");
-    assert!(after.rewards_margins > 0.0);
+    assert!(after.get("rewards/accuracies").unwrap() >= 0.9, "{after:?}");
+    assert!(
+        after.get("loss/dpo").unwrap() < std::f64::consts::LN_2 - 0.2,
+        "{after:?}"
+    );
+    assert!(after.get("rewards/margins").unwrap() > 0.0);
 }
 
 /// N micro-batches (uneven sizes) give the loss, gradient norm and update of one batch of the same pairs,
@@ -117,14 +124,25 @@ fn gradient_accumulation_equals_one_batch() {
                 rpo.describe()
             );
         };
-        close(one.loss, many.loss, "loss");
-        close(one.nll, many.nll, "nll");
+        close(one.loss(), many.loss(), "loss");
+        close(one.get("nll").unwrap(), many.get("nll").unwrap(), "nll");
         close(one.grad_norm.unwrap(), many.grad_norm.unwrap(), "grad_norm");
-        close(one.rewards_accuracies, many.rewards_accuracies, "accuracy");
-        close(one.logps_chosen, many.logps_chosen, "logps/chosen");
+        close(
+            one.get("rewards/accuracies").unwrap(),
+            many.get("rewards/accuracies").unwrap(),
+            "accuracy",
+        );
+        close(
+            one.get("logps/chosen").unwrap(),
+            many.get("logps/chosen").unwrap(),
+            "logps/chosen",
+        );
         // token statistics, pooled over the step's scored tokens
-        for ((name, a), (_, b)) in one.token_values().into_iter().zip(many.token_values()) {
-            close(a.expect(name), b.expect(name), name);
+        let token_statistics = tch_rpo::train::METRICS
+            .iter()
+            .filter(|m| m.average.is_token_statistic());
+        for name in token_statistics.map(|m| m.name) {
+            close(one.get(name).expect(name), many.get(name).expect(name), name);
             assert!(one.to_json()[name].is_number(), "{name}");
         }
         assert_eq!(one.pairs, 7);
@@ -140,7 +158,7 @@ fn gradient_accumulation_equals_one_batch() {
     }
 }
 
-fn assert_untouched(t: &RpoTrainer, snapshot: &[(String, Tensor)]) {
+fn assert_untouched(t: &RpoTrainer<TinyLm>, snapshot: &[(String, Tensor)]) {
     assert_eq!(max_param_diff(&t.model().named_parameters(), snapshot), 0.0);
     assert_eq!(t.optimizer().step_count(), 0);
     for p in t.optimizer().params() {
@@ -171,7 +189,7 @@ fn nan_reference_logprob_skips_the_step() {
     assert_untouched(&t, &snapshot);
     // a clean batch trains
     let m = t.train_step(&[batch(&pairs, &[0, 1, 4, 5])]).unwrap();
-    assert!(!m.skipped && m.loss.is_finite());
+    assert!(!m.skipped && m.loss().is_finite());
     assert_eq!((m.skipped_steps, t.optimizer().step_count()), (1, 1));
     assert!(max_param_diff(&t.model().named_parameters(), &snapshot) > 0.0);
 }
@@ -194,7 +212,7 @@ fn nan_gradient_with_finite_loss_skips_the_step() {
     );
     let snapshot = TinyLm::new(6, HIDDEN).snapshot();
     let m = t.train_step(&[batch(&pairs, &[0, 3])]).unwrap();
-    assert!(m.loss.is_finite(), "the loss itself is finite: {m:?}");
+    assert!(m.loss().is_finite(), "the loss itself is finite: {m:?}");
     assert!(
         m.skipped && m.skip_reason.as_deref().unwrap().contains("gradient"),
         "{m:?}"
@@ -220,25 +238,24 @@ fn eval_step_reports_the_training_loss_and_changes_nothing() {
     assert_eq!(t.step(), 0);
     let train = t.train_step(&[b]).unwrap();
     assert!(
-        (eval.loss - train.loss).abs() < 1e-6,
+        (eval.loss() - train.loss()).abs() < 1e-6,
         "{} vs {}",
-        eval.loss,
-        train.loss
+        eval.loss(),
+        train.loss()
     );
-    assert!((eval.rewards_margins - train.rewards_margins).abs() < 1e-6);
+    assert!((eval.get("rewards/margins").unwrap() - train.get("rewards/margins").unwrap()).abs() < 1e-6);
 }
 
 #[test]
 fn cached_reference_matches_the_reference_model() {
     let pairs = preference_pairs(8);
     let reference = TinyLm::new(11, HIDDEN);
-    let cache = ReferenceCache::compute(
+    let cache = tch_rpo::train::score_reference(
         &reference,
         &pairs,
         &collator(),
-        3,
-        &LogProbOptions::causal(),
-        LossPath::Logits,
+        &ScoringOptions::new(3).with_loss_path(LossPath::Logits),
+        &Collective::single(),
     )
     .unwrap();
     assert_eq!(cache.len(), 8);
@@ -251,7 +268,10 @@ fn cached_reference_matches_the_reference_model() {
     let a = with_model.fit(&pairs, &collator()).unwrap();
     let b = with_cache.fit(&pairs, &collator()).unwrap();
     for (x, y) in a.iter().zip(&b) {
-        assert!((x.loss - y.loss).abs() < 1e-6 && (x.rewards_chosen - y.rewards_chosen).abs() < 1e-6);
+        assert!(
+            (x.loss() - y.loss()).abs() < 1e-6
+                && (x.get("rewards/chosen").unwrap() - y.get("rewards/chosen").unwrap()).abs() < 1e-6
+        );
     }
     // the cache holds what the model says, per pair
     let b0 = batch(&pairs, &[5]);
@@ -278,7 +298,9 @@ fn hidden_state_path_matches_logits_path() {
     for _ in 0..2 {
         let a = logits.train_step(&[batch(&pairs, &[0, 1, 2, 3, 4, 5])]).unwrap();
         let b = hidden.train_step(&[batch(&pairs, &[0, 1, 2, 3, 4, 5])]).unwrap();
-        assert!((a.loss - b.loss).abs() < 1e-6 && (a.grad_norm.unwrap() - b.grad_norm.unwrap()).abs() < 1e-5);
+        assert!(
+            (a.loss() - b.loss()).abs() < 1e-6 && (a.grad_norm.unwrap() - b.grad_norm.unwrap()).abs() < 1e-5
+        );
     }
 }
 
@@ -297,10 +319,10 @@ fn hidden_state_path_with_accumulation_matches_logits_path_weights() {
     for _ in 0..2 {
         let a = logits.train_step(&micro()).unwrap();
         let b = hidden.train_step(&micro()).unwrap();
-        assert!((a.loss - b.loss).abs() < 1e-6, "{} vs {}", a.loss, b.loss);
+        assert!((a.loss() - b.loss()).abs() < 1e-6, "{} vs {}", a.loss(), b.loss());
         assert!((a.grad_norm.unwrap() - b.grad_norm.unwrap()).abs() < 1e-5);
     }
-    let params = |t: &RpoTrainer| t.model().named_parameters();
+    let params = |t: &RpoTrainer<TinyLm>| t.model().named_parameters();
     for ((name, a), (_, b)) in params(&logits).iter().zip(params(&hidden).iter()) {
         let diff = (a - b).abs().max().double_value(&[]);
         assert!(diff < 1e-5, "{name}: max |Δ| = {diff}");
@@ -628,19 +650,26 @@ fn head_bias_and_logit_scale_reach_the_fused_path() {
     let biased = |seed| TinyLm::new(seed, HIDDEN).with_head_bias(1.7);
     let mut cfg = config(RpoConfig::paper(0.1, 0.5), 1e-2, 2, 0.0);
     let reference = |seed| ReferenceSource::Model(Box::new(biased(seed)));
-    let mut logits = RpoTrainer::new(Box::new(biased(16)), reference(17), cfg.clone()).unwrap();
+    let mut logits = RpoTrainer::new(biased(16), reference(17), cfg.clone()).unwrap();
     cfg.loss_path = LossPath::Hidden;
-    let mut hidden = RpoTrainer::new(Box::new(biased(16)), reference(17), cfg).unwrap();
+    let mut hidden = RpoTrainer::new(biased(16), reference(17), cfg).unwrap();
     for _ in 0..2 {
         let a = logits.train_step(&[batch(&pairs, &[0, 1, 2, 3, 4, 5])]).unwrap();
         let b = hidden.train_step(&[batch(&pairs, &[0, 1, 2, 3, 4, 5])]).unwrap();
-        assert!((a.loss - b.loss).abs() < 1e-5, "{} vs {}", a.loss, b.loss);
-        assert!((a.rewards_chosen - b.rewards_chosen).abs() < 1e-5);
+        assert!((a.loss() - b.loss()).abs() < 1e-5, "{} vs {}", a.loss(), b.loss());
+        assert!((a.get("rewards/chosen").unwrap() - b.get("rewards/chosen").unwrap()).abs() < 1e-5);
         assert!((a.grad_norm.unwrap() - b.grad_norm.unwrap()).abs() < 1e-4 * a.grad_norm.unwrap());
     }
     let model = biased(18);
     let cache = |path| {
-        ReferenceCache::compute(&model, &pairs, &collator(), 3, &LogProbOptions::causal(), path).unwrap()
+        tch_rpo::train::score_reference(
+            &model,
+            &pairs,
+            &collator(),
+            &ScoringOptions::new(3).with_loss_path(path),
+            &Collective::single(),
+        )
+        .unwrap()
     };
     let (from_logits, from_hidden) = (cache(LossPath::Logits), cache(LossPath::Hidden));
     for i in 0..pairs.len() {
@@ -652,14 +681,14 @@ fn head_bias_and_logit_scale_reach_the_fused_path() {
     }
 }
 
-fn expect_invalid(result: tch_rpo::Result<RpoTrainer>, name: &str) {
+fn expect_invalid(result: tch_rpo::Result<RpoTrainer<TinyLm>>, name: &str) {
     match result {
         Err(tch_rpo::Error::InvalidParameter { name: got, .. }) => assert_eq!(got, name),
         other => panic!("expected InvalidParameter {name}, got {other:?}"),
     }
 }
 
-fn expect_config(result: tch_rpo::Result<RpoTrainer>, name: &str) {
+fn expect_config(result: tch_rpo::Result<RpoTrainer<TinyLm>>, name: &str) {
     match result {
         Err(tch_rpo::Error::Config { name: got, .. }) => assert_eq!(got, name),
         other => panic!("expected Config {name}, got {other:?}"),
@@ -669,14 +698,20 @@ fn expect_config(result: tch_rpo::Result<RpoTrainer>, name: &str) {
 #[test]
 fn bad_settings_are_refused() {
     let base = || config(RpoConfig::paper(0.1, 0.005), 1e-2, 4, 0.0);
-    let build =
-        |c: RpoTrainerConfig| RpoTrainer::new(Box::new(TinyLm::new(19, HIDDEN)), ReferenceSource::Free, c);
+    let build = |c: RpoTrainerConfig| RpoTrainer::new(TinyLm::new(19, HIDDEN), ReferenceSource::Free, c);
     expect_invalid(
         build(RpoTrainerConfig {
             grad_accum_steps: 0,
             ..base()
         }),
         "gradient_accumulation_steps",
+    );
+    expect_invalid(
+        build(RpoTrainerConfig {
+            logprobs: LogProbOptions::causal().with_fused_chunk_bytes(0),
+            ..base()
+        }),
+        "fused_chunk_bytes",
     );
     expect_invalid(
         build(RpoTrainerConfig {
@@ -731,13 +766,12 @@ fn bad_settings_are_refused() {
         })
     ));
     assert!(matches!(
-        ReferenceCache::compute(
+        tch_rpo::train::score_reference(
             &TinyLm::new(19, HIDDEN),
             &pairs,
             &collator(),
-            0,
-            &LogProbOptions::causal(),
-            LossPath::Logits
+            &ScoringOptions::new(0).with_loss_path(LossPath::Logits),
+            &Collective::single()
         ),
         Err(tch_rpo::Error::InvalidParameter {
             name: "batch_pairs",
@@ -871,4 +905,139 @@ fn huge_numeric_settings_are_errors_not_panics() {
     assert_eq!(build(3, 2).fit(&pairs, &collator()).unwrap().len(), 1);
     let whole = build(1, usize::MAX).fit(&pairs, &collator()).unwrap();
     assert_eq!(whole.len(), 1);
+}
+
+/// The metrics schema: `StepMetrics::get(name)` of a one-micro-batch evaluation equals, exactly, the value
+/// the loss reports positionally under that name (`RpoOutput::metric_values`, the order of 0.2's
+/// `values[0..13]`) for the same batch, model, reference and normalizers — the token statistics included.
+/// Exact: with one micro-batch every accumulation weight is 1 (`x · 1.0 == x`), and both read the same f32
+/// scalars as f64.
+#[test]
+fn metrics_by_name_equal_the_loss_outputs_positional_values() {
+    let pairs = preference_pairs(5);
+    let rpo = RpoConfig::paper(0.1, 0.5);
+    let options = LogProbOptions::causal().with_token_stats(true);
+    let cfg = RpoTrainerConfig {
+        loss_path: LossPath::Logits,
+        logprobs: options,
+        ..config(rpo.clone(), 1e-2, 2, 0.0)
+    };
+    let mut t = trainer(23, model_reference(24), cfg);
+    let b = batch(&pairs, &[0, 1, 2, 3, 4]);
+    let metrics = t.eval_step(&b).unwrap();
+
+    let policy = TinyLm::new(23, HIDDEN);
+    let reference = TinyLm::new(24, HIDDEN);
+    let out = tch::no_grad(|| {
+        let sums = tch_rpo::sequence_logprobs(
+            &reference.forward(&b.input_ids, &b.attention_mask).unwrap(),
+            &b.labels,
+            &options,
+        )
+        .unwrap()
+        .sum;
+        let logits = policy.forward(&b.input_ids, &b.attention_mask).unwrap();
+        let global = tch_rpo::GlobalBatch {
+            pairs: 5.0,
+            chosen_tokens: b.chosen_tokens.max(1) as f64,
+        };
+        compute_loss(
+            &rpo,
+            &LossBatch::logits(&logits, &b.labels)
+                .with_reference(tch_rpo::Reference::LogProbs(&sums))
+                .with_options(options)
+                .with_global(global),
+        )
+        .unwrap()
+    });
+    let positional = out.metric_values().unwrap();
+    assert_eq!(positional.len(), tch_rpo::train::METRICS.len());
+    for (name, value) in positional {
+        assert_eq!(metrics.get(name), Some(value), "{name}");
+        assert_eq!(
+            metrics.to_json()[name].as_f64(),
+            Some(value),
+            "{name} in the JSON line"
+        );
+    }
+    // The schema names every metric once, in the loss's order.
+    let names: Vec<&str> = tch_rpo::train::METRICS.iter().map(|m| m.name).collect();
+    let reported: Vec<&str> = metrics.values().map(|(name, _)| name).collect();
+    assert_eq!(names, reported);
+    assert_eq!(metrics.get("no such metric"), None);
+}
+
+/// Stages chain on one model without copying parameters: an SFT trainer's `into_model()` is the policy
+/// the DPO / RPO trainer is built on, and training continues from the SFT weights (the same tensors).
+#[test]
+fn sft_then_rpo_chain_on_one_model() {
+    let pairs = preference_pairs(8);
+    let sft = RpoConfig::sft_only(tch_rpo::SftNormalization::TokenMean);
+    let mut first = trainer(31, ReferenceSource::Free, config(sft, 1e-2, 2, 0.0));
+    first.fit(&pairs, &collator()).unwrap();
+    let sft_weights = first.model().snapshot();
+    let sft_model: TinyLm = first.into_model();
+    let pointers: Vec<usize> = sft_model
+        .named_parameters()
+        .iter()
+        .map(|(_, p)| p.data_ptr() as usize)
+        .collect();
+    assert_eq!(max_param_diff(&sft_model.named_parameters(), &sft_weights), 0.0);
+
+    let mut second = RpoTrainer::builder(sft_model)
+        .reference(ReferenceSource::InitialPolicy)
+        .objective(RpoConfig::paper(0.1, 0.5))
+        .learning_rate(1e-2)
+        .batch_size(4)
+        .max_steps(2)
+        .progress(false)
+        .build()
+        .unwrap();
+    // The same tensors, not copies.
+    let same: Vec<usize> = second
+        .model()
+        .named_parameters()
+        .iter()
+        .map(|(_, p)| p.data_ptr() as usize)
+        .collect();
+    assert_eq!(pointers, same);
+    let history = second.fit(&pairs, &collator()).unwrap();
+    // The reference is the SFT model: the first step's rewards are exactly zero.
+    assert_eq!(history[0].get("rewards/chosen"), Some(0.0));
+    assert_eq!(second.model_mut().named_parameters().len(), pointers.len());
+    assert!(max_param_diff(&second.into_model().named_parameters(), &sft_weights) > 0.0);
+}
+
+/// The fused path's chunk budget is the trainer's setting (`fused_chunk_bytes`, builder and config): a budget
+/// of one byte (one row per chunk) trains as the default budget, up to f32 rounding of the chunked sums
+/// (relative 1e-5: a few hundred f32 additions in another order, each off by at most 2^-24 relative).
+#[test]
+fn fused_chunk_budget_is_a_trainer_setting() {
+    let pairs = preference_pairs(6);
+    let run = |bytes: Option<usize>| {
+        let builder = RpoTrainer::builder(TinyLm::new(41, HIDDEN))
+            .reference(model_reference(42))
+            .objective(RpoConfig::paper(0.1, 0.5))
+            .loss_path(LossPath::Hidden)
+            .learning_rate(1e-2)
+            .batch_size(3)
+            .max_steps(2)
+            .progress(false);
+        let mut t = match bytes {
+            Some(bytes) => builder.fused_chunk_bytes(bytes),
+            None => builder,
+        }
+        .build()
+        .unwrap();
+        assert_eq!(
+            t.config().logprobs.fused_chunk_bytes,
+            bytes.unwrap_or(tch_rpo::DEFAULT_FUSED_CHUNK_BYTES)
+        );
+        t.fit(&pairs, &collator()).unwrap()
+    };
+    let (small, default) = (run(Some(1)), run(None));
+    for (a, b) in small.iter().zip(&default) {
+        let (x, y) = (a.loss(), b.loss());
+        assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{x} vs {y}");
+    }
 }

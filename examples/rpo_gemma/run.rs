@@ -16,13 +16,16 @@ use tch_rpo::data::{
 };
 use tch_rpo::dist::{Backend, DistOptions, ProcessGroup};
 use tch_rpo::gguf::GgufFile;
-use tch_rpo::models::gemma::export::{save_gguf, save_pretrained, TokenizerSource};
+use tch_rpo::models::gemma::export::TokenizerSource;
 use tch_rpo::models::gemma::{
     generate, load_tokenizer, Gemma, GemmaConfig, GemmaPolicy, GenerationConfig, LoadOptions, WeightSource,
 };
 use tch_rpo::models::tokenizer::GgufTokenizer;
-use tch_rpo::train::{LossPath, PolicyModel, ReferenceCache, ReferenceSource, RpoTrainer, RpoTrainerConfig};
-use tch_rpo::{LogProbOptions, RpoConfig, SftNormalization};
+use tch_rpo::train::{
+    score_reference, Collective, LossPath, PolicyModel, ReferenceSource, RpoTrainer, RpoTrainerConfig,
+    ScoringOptions,
+};
+use tch_rpo::{RpoConfig, SftNormalization};
 
 use crate::memory::MemoryReport;
 use crate::{task, Args};
@@ -119,13 +122,13 @@ struct Stage<'a> {
 impl Stage<'_> {
     /// Trains to the end of the schedule, evaluating at the start and `evals_per_epoch` times per epoch
     /// (on the main process only: the other ranks of a data-parallel job train and wait).
-    fn run(&self, trainer: &mut RpoTrainer, model: &Gemma, gold: &Gold) -> Result<Vec<Row>, BoxError> {
+    fn run(&self, trainer: &mut RpoTrainer<GemmaPolicy>, gold: &Gold) -> Result<Vec<Row>, BoxError> {
         let total = trainer.schedule().total_steps;
         let every = (self.steps_per_epoch / self.evals_per_epoch.max(1) as u64).max(1);
         let main = trainer.is_main_process();
         let mut rows = Vec::new();
         if main {
-            rows.push(self.evaluate(trainer, model, gold)?);
+            rows.push(self.evaluate(trainer, gold)?);
         }
         let (first_step, mut train_seconds) = (trainer.step(), 0.0);
         while trainer.step() < total {
@@ -145,13 +148,13 @@ impl Stage<'_> {
                 eprintln!("warning: {} step {} skipped: {reason}", self.method, skipped.step);
             }
             if main {
-                rows.push(self.evaluate(trainer, model, gold)?);
+                rows.push(self.evaluate(trainer, gold)?);
             }
         }
         if main {
             // Training time alone (evaluations excluded), for comparing 1 process with N ranks.
             let steps = trainer.step() - first_step;
-            let ranks = trainer.process_group().map_or(1, |g| g.world_size());
+            let ranks = trainer.collective().world_size();
             eprintln!(
                 "{}: {steps} steps in {train_seconds:.2} s ({:.2} steps/s) on {ranks} rank(s), {:.2} s in \
                  collectives",
@@ -163,19 +166,20 @@ impl Stage<'_> {
         Ok(rows)
     }
 
-    fn evaluate(&self, trainer: &mut RpoTrainer, model: &Gemma, gold: &Gold) -> Result<Row, BoxError> {
+    fn evaluate(&self, trainer: &mut RpoTrainer<GemmaPolicy>, gold: &Gold) -> Result<Row, BoxError> {
         let metrics = trainer.evaluate(self.pairs, self.collator, self.eval_batch)?;
         self.memory
             .phase(&format!("{} evaluate at step {}", self.method, trainer.step()));
+        let metric = |name: &str| metrics.get(name).unwrap_or(f64::NAN);
         let row = Row {
             method: self.method,
             epoch: trainer.step() as f64 / self.steps_per_epoch as f64,
             step: trainer.step(),
-            chosen_logp: metrics.logps_chosen,
-            rejected_logp: metrics.logps_rejected,
-            reward_accuracy: metrics.rewards_accuracies,
-            reward_margin: metrics.rewards_margins,
-            gold_accuracy: gold.accuracy(model)?,
+            chosen_logp: metric("logps/chosen"),
+            rejected_logp: metric("logps/rejected"),
+            reward_accuracy: metric("rewards/accuracies"),
+            reward_margin: metric("rewards/margins"),
+            gold_accuracy: gold.accuracy(trainer.model().model())?,
         };
         let gold = row
             .gold_accuracy
@@ -223,7 +227,7 @@ fn prompts_of(path: &Path, limit: Option<usize>) -> Result<Vec<String>, BoxError
 /// Runs the whole flow (see the module docs) and writes `metrics.csv`, `chosen_logp.svg` and
 /// `train_log.jsonl` under `args.output`.
 pub fn run(args: &Args) -> Result<(), BoxError> {
-    let start = Instant::now();
+    let began = Instant::now();
     if args.batch_size == 0 || args.grad_accum == 0 || args.epochs == 0 || args.evals_per_epoch == 0 {
         return Err("--batch-size, --grad-accum, --epochs and --evals-per-epoch must be > 0".into());
     }
@@ -239,8 +243,9 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
     let options = DistOptions::default()
         .with_backend(backend)
         .with_timeout(Duration::from_secs(1800));
-    let mut group = ProcessGroup::from_env_if_launched(&options)?;
-    let main = group.as_ref().map_or(true, |g| g.rank() == 0);
+    let mut collective =
+        ProcessGroup::from_env_if_launched(&options)?.map_or_else(Collective::single, Collective::group);
+    let main = collective.is_main();
     let output = &args.output;
     std::fs::create_dir_all(output).map_err(|e| format!("{}: {e}", output.display()))?;
     let [csv, svg, log] = ["metrics.csv", "chosen_logp.svg", "train_log.jsonl"].map(|f| output.join(f));
@@ -299,8 +304,8 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
             tch::get_num_threads(),
             pairs.len(),
             gold.prompts.len(),
-            group
-                .as_ref()
+            collective
+                .process_group()
                 .map_or(String::new(), |g| format!("; rank 0 of {} ({:?})", g.world_size(), g.backend())),
         );
     }
@@ -336,101 +341,79 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
     // 1. SFT on the chosen responses (reference-free; DPO weight 0): the reference policy. Without SFT the
     //    loaded model itself is the reference (no copy).
     let mut rows = Vec::new();
-    let gemma_config = sft_policy.model().config().clone();
-    let (device, kind) = (args.device(), args.kind());
     sft_policy.set_gradient_checkpointing(args.gradient_checkpointing);
-    let sft_policy = if args.sft_epochs > 0 {
-        let sft_model = sft_policy.model().shallow_clone();
-        let config = trainer_config(
-            RpoConfig::sft_only(SftNormalization::TokenMean),
-            args.sft_lr,
-            args.sft_epochs,
-        )?;
-        let mut trainer = RpoTrainer::new(Box::new(sft_policy), ReferenceSource::Free, config)?;
-        if let Some(g) = group.take() {
-            trainer.set_process_group(g)?;
-        }
-        rows.extend(stage("sft").run(&mut trainer, &sft_model, &gold)?);
-        group = trainer.take_process_group();
-        let params = trainer.into_model().named_parameters();
-        let source = WeightSource::Parameters {
-            config: &gemma_config,
-            parameters: &params,
-        };
-        let (vs, model) = Gemma::load(source, &LoadOptions::new(device, kind))?;
-        GemmaPolicy::new(vs, model)
+    let initial = if args.sft_epochs > 0 {
+        let sft = RpoConfig::sft_only(SftNormalization::TokenMean);
+        let config = trainer_config(sft, args.sft_lr, args.sft_epochs)?;
+        let mut trainer = RpoTrainer::new(sft_policy, ReferenceSource::Free, config)?;
+        trainer.set_collective(collective)?;
+        rows.extend(stage("sft").run(&mut trainer, &gold)?);
+        collective = trainer.take_collective();
+        trainer.into_model()
     } else {
         sft_policy
     };
 
     // 2. Reference log-probs of the SFT model, once (each rank scores its block, then they are gathered).
-    let (options, eval_batch) = (LogProbOptions::causal(), args.eval_batch.max(1));
-    let cache = match &group {
-        Some(g) => ReferenceCache::compute_distributed(
-            g,
-            &sft_policy,
-            &pairs,
-            &collator,
-            eval_batch,
-            &options,
-            loss_path,
-        )?,
-        None => ReferenceCache::compute(&sft_policy, &pairs, &collator, eval_batch, &options, loss_path)?,
-    };
+    let scoring = ScoringOptions::new(args.eval_batch.max(1)).with_loss_path(loss_path);
+    let cache = score_reference(&initial, &pairs, &collator, &scoring, &collective)?;
     memory.phase("reference log-probs");
 
-    // 3. DPO and RPO from the same start, same data order and seed.
+    // 3. DPO and RPO from the same start, same data order and seed: each stage but the last trains a copy
+    //    of the start, the last one the start itself.
     let methods = [
         ("dpo", RpoConfig::paper(args.beta, 0.0)),
         ("rpo", RpoConfig::paper(args.beta, args.eta)),
     ];
-    // Each stage trains a copy of the start; the last one trains the start itself (no second copy).
     let methods: Vec<_> = methods
         .into_iter()
         .filter(|(m, _)| !args.rpo_only || *m == "rpo")
         .collect();
     let count = methods.len();
-    let mut initial = Some(sft_policy);
+    let mut start = Some(initial);
     let mut last = None;
     for (i, (method, rpo)) in methods.into_iter().enumerate() {
-        let mut policy = match (initial.take(), i + 1 == count) {
-            (Some(initial), true) => initial,
-            (Some(kept), false) => {
+        let kept = start
+            .take()
+            .ok_or("internal: the start policy was already trained")?;
+        let policy = match i + 1 == count {
+            true => kept,
+            false => {
+                let (device, kind) = (args.device(), args.kind());
+                let config = kept.model().config().clone();
                 let parameters = kept.named_parameters();
                 let source = WeightSource::Parameters {
-                    config: &gemma_config,
+                    config: &config,
                     parameters: &parameters,
                 };
                 let (vs, model) = Gemma::load(source, &LoadOptions::new(device, kind))?;
                 let copy = GemmaPolicy::new(vs, model);
-                initial = Some(kept);
+                start = Some(kept);
                 copy
             }
-            (None, _) => return Err("internal: the start policy was already trained".into()),
         };
-        policy.set_gradient_checkpointing(args.gradient_checkpointing);
-        let model = policy.model().shallow_clone();
         let config = trainer_config(rpo, args.lr, args.epochs)?;
-        let mut trainer = RpoTrainer::new(Box::new(policy), ReferenceSource::Cached(cache.clone()), config)?;
-        if let Some(g) = group.take() {
-            trainer.set_process_group(g)?;
-        }
-        rows.extend(stage(method).run(&mut trainer, &model, &gold)?);
-        group = trainer.take_process_group();
+        let mut trainer = RpoTrainer::new(policy, ReferenceSource::Cached(cache.clone()), config)?;
+        trainer
+            .model_mut()
+            .set_gradient_checkpointing(args.gradient_checkpointing);
+        trainer.set_collective(collective)?;
+        rows.extend(stage(method).run(&mut trainer, &gold)?);
+        collective = trainer.take_collective();
         last = Some(trainer.into_model());
     }
     if !main {
         return Ok(());
     }
     if let (Some(policy), true) = (last, args.save.is_some() || args.save_gguf.is_some()) {
-        save_trained(args, &gemma_config, policy.as_ref())?;
+        save_trained(args, &policy)?;
         memory.phase("save");
     }
 
     write_csv(&csv, &rows)?;
     crate::plot::chosen_logp_svg(&svg, &rows)?;
     std::io::stdout().flush()?;
-    let seconds = start.elapsed().as_secs_f64();
+    let seconds = began.elapsed().as_secs_f64();
     println!(
         "\nwrote {}, {} and {} in {seconds:.1} s",
         csv.display(),
@@ -441,8 +424,7 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
 }
 
 /// `--save DIR` / `--save-gguf FILE`: the trained policy of the last stage, with its tokenizer.
-fn save_trained(args: &Args, config: &GemmaConfig, policy: &dyn PolicyModel) -> Result<(), BoxError> {
-    let params = policy.named_parameters();
+fn save_trained(args: &Args, policy: &GemmaPolicy) -> Result<(), BoxError> {
     let gguf = args.gguf.as_deref().map(GgufFile::open).transpose()?;
     let tokenizer = match (&gguf, &args.model_dir) {
         (Some(file), _) => TokenizerSource::Gguf(file),
@@ -450,17 +432,17 @@ fn save_trained(args: &Args, config: &GemmaConfig, policy: &dyn PolicyModel) -> 
         (None, None) => TokenizerSource::None,
     };
     if let Some(dir) = &args.save {
-        save_pretrained(dir, config, &params, args.kind(), tokenizer)?;
+        policy.save_pretrained(dir, args.kind(), tokenizer)?;
         println!(
             "saved the trained policy as a Hugging Face folder: {}",
             dir.display()
         );
     }
     if let Some(path) = &args.save_gguf {
-        let bytes = save_gguf(path, config, &params, args.gguf_type, tokenizer)?;
+        let bytes = policy.save_gguf(path, args.gguf_type, tokenizer)?;
+        let ty = args.gguf_type;
         println!(
-            "saved the trained policy as {} GGUF ({bytes} bytes): {}",
-            args.gguf_type,
+            "saved the trained policy as {ty} GGUF ({bytes} bytes): {}",
             path.display()
         );
     }

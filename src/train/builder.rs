@@ -5,6 +5,7 @@ use crate::logprobs::LogProbOptions;
 use crate::loss::dpo::DpoLoss;
 use crate::loss::rpo::{RpoConfig, SftWeight};
 use crate::loss::sft::SftNormalization;
+use crate::train::collective::Collective;
 use crate::train::config::{RpoTrainerConfig, Warmup};
 use crate::train::model::{LossPath, PolicyModel};
 use crate::train::reference::ReferenceSource;
@@ -12,7 +13,7 @@ use crate::train::schedule::Decay;
 use crate::train::trainer::RpoTrainer;
 use std::path::PathBuf;
 
-impl RpoTrainer {
+impl<M: PolicyModel> RpoTrainer<M> {
     /// A builder for a trainer of `model`, with TRL's setting names and defaults
     /// ([`RpoTrainerConfig`]'s [`Default`]):
     ///
@@ -34,25 +35,24 @@ impl RpoTrainer {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn builder(model: impl PolicyModel + 'static) -> RpoTrainerBuilder {
-        RpoTrainerBuilder::new(Box::new(model))
+    pub fn builder(model: M) -> RpoTrainerBuilder<M> {
+        RpoTrainerBuilder::new(model)
     }
 }
 
 /// Builds an [`RpoTrainer`] one setting at a time, with TRL's names; see [`RpoTrainer::builder`].
 ///
 /// Setters that cannot fail at once (a loss name) keep their error for [`RpoTrainerBuilder::build`].
-pub struct RpoTrainerBuilder {
-    model: Box<dyn PolicyModel>,
+pub struct RpoTrainerBuilder<M: PolicyModel> {
+    model: M,
     reference: Option<ReferenceSource>,
     config: RpoTrainerConfig,
     resume: bool,
     error: Option<Error>,
-    #[cfg(feature = "dist")]
-    group: Option<crate::dist::ProcessGroup>,
+    collective: Collective,
 }
 
-impl std::fmt::Debug for RpoTrainerBuilder {
+impl<M: PolicyModel> std::fmt::Debug for RpoTrainerBuilder<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RpoTrainerBuilder")
             .field("reference", &self.reference)
@@ -62,16 +62,15 @@ impl std::fmt::Debug for RpoTrainerBuilder {
     }
 }
 
-impl RpoTrainerBuilder {
-    pub(crate) fn new(model: Box<dyn PolicyModel>) -> Self {
+impl<M: PolicyModel> RpoTrainerBuilder<M> {
+    pub(crate) fn new(model: M) -> Self {
         Self {
             model,
             reference: None,
             config: RpoTrainerConfig::default(),
             resume: false,
             error: None,
-            #[cfg(feature = "dist")]
-            group: None,
+            collective: Collective::single(),
         }
     }
 
@@ -81,7 +80,8 @@ impl RpoTrainerBuilder {
         self
     }
 
-    /// The reference: a frozen model, a [`crate::train::ReferenceCache`], or none. Required.
+    /// The reference: a frozen model, the initial policy scored once by the first `fit`
+    /// ([`ReferenceSource::InitialPolicy`]), a [`crate::train::ReferenceCache`], or none. Required.
     pub fn reference(mut self, reference: ReferenceSource) -> Self {
         self.reference = Some(reference);
         self
@@ -219,6 +219,14 @@ impl RpoTrainerBuilder {
         self
     }
 
+    /// Memory budget in bytes of one chunk of the fused hidden-state path, > 0
+    /// ([`LogProbOptions::fused_chunk_bytes`] of the trainer's `logprobs`; set after
+    /// [`Self::logprobs`], which replaces the whole options).
+    pub fn fused_chunk_bytes(mut self, bytes: usize) -> Self {
+        self.config.logprobs.fused_chunk_bytes = bytes;
+        self
+    }
+
     /// How rows are scored (ignore index, shift, chunking, validation, token statistics).
     pub fn logprobs(mut self, options: LogProbOptions) -> Self {
         self.config.logprobs = options;
@@ -269,8 +277,14 @@ impl RpoTrainerBuilder {
     /// settings. Every rank builds its trainer with the same settings; rank 0 writes checkpoints and the
     /// log. See [`RpoTrainer::set_process_group`] and docs/distributed.md.
     #[cfg(feature = "dist")]
-    pub fn process_group(mut self, group: crate::dist::ProcessGroup) -> Self {
-        self.group = Some(group);
+    pub fn process_group(self, group: crate::dist::ProcessGroup) -> Self {
+        self.collective(Collective::group(group))
+    }
+
+    /// One process or a rank of a data-parallel job ([`RpoTrainer::set_collective`]). Default: one
+    /// process.
+    pub fn collective(mut self, collective: Collective) -> Self {
+        self.collective = collective;
         self
     }
 
@@ -279,16 +293,16 @@ impl RpoTrainerBuilder {
     /// # Errors
     /// The first setter error (an unknown loss name); [`Error::Config`] if no reference was given, or
     /// `resume(true)` without a checkpoint directory; as [`RpoTrainer::new`],
-    /// `RpoTrainer::set_process_group` (with a process group) and [`RpoTrainer::resume_latest`].
-    pub fn build(self) -> Result<RpoTrainer> {
+    /// [`RpoTrainer::set_collective`] and [`RpoTrainer::resume_latest`].
+    pub fn build(self) -> Result<RpoTrainer<M>> {
         if let Some(error) = self.error {
             return Err(error);
         }
         let reference = self.reference.ok_or_else(|| Error::Config {
             name: "reference",
-            requirement: "give one: ref_model(model), reference(ReferenceSource::InitialPolicy), \
-                          reference(ReferenceSource::Cached(cache)) or \
-                          reference(ReferenceSource::Free)"
+            requirement: "give one: ref_model(model), reference(ReferenceSource::Model(model)), \
+                          reference(ReferenceSource::InitialPolicy), reference(ReferenceSource::Cached(cache)) \
+                          or reference(ReferenceSource::Free)"
                 .to_string(),
         })?;
         if self.resume && self.config.checkpoint_dir.is_none() {
@@ -298,9 +312,8 @@ impl RpoTrainerBuilder {
             });
         }
         let mut trainer = RpoTrainer::new(self.model, reference, self.config)?;
-        #[cfg(feature = "dist")]
-        if let Some(group) = self.group {
-            trainer.set_process_group(group)?;
+        if self.collective.is_distributed() {
+            trainer.set_collective(self.collective)?;
         }
         if self.resume {
             trainer.resume_latest()?;

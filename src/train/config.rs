@@ -37,7 +37,9 @@ pub struct RpoTrainerConfig {
     /// Logits or hidden-state path (policy and reference model alike). Default [`LossPath::Auto`]: the
     /// fused hidden-state path for models whose `forward_hidden` returns `Some`, the logits otherwise.
     pub loss_path: LossPath,
-    /// How rows are scored. Default [`LogProbOptions::causal`].
+    /// How rows are scored, on both paths: the logits path's chunk budget and the fused hidden-state
+    /// path's ([`LogProbOptions::fused_chunk_bytes`], policy and reference scoring). Default
+    /// [`LogProbOptions::causal`].
     pub logprobs: LogProbOptions,
     /// Peak learning rate (TRL's `learning_rate`). Default 1e-6.
     pub learning_rate: f64,
@@ -148,7 +150,8 @@ impl RpoTrainerConfig {
     /// [`Error::InvalidParameter`] naming the setting by its [`crate::train::RpoTrainerBuilder`] name
     /// (TRL's): the objective's β, η, weights; `max_steps` equal to 0; `learning_rate` not finite and
     /// `>= 0`; the warmup; `max_grad_norm` not finite and > 0; `batch_size` (`batch_pairs`),
-    /// `gradient_accumulation_steps` (`grad_accum_steps`), `save_steps` or `save_total_limit` equal to 0;
+    /// `gradient_accumulation_steps` (`grad_accum_steps`), `save_steps` or
+    /// `save_total_limit` equal to 0;
     /// AdamW's hyper-parameters. [`Error::Config`] for `save_steps` or `save_total_limit` without a
     /// `checkpoint_dir`.
     pub fn check(&self) -> Result<()> {

@@ -6,45 +6,135 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The metrics of one training or evaluation step (means over the step's pairs unless said otherwise).
+/// What a metric is averaged over across the micro-batches (and data-parallel ranks) of a step, so that
+/// the step's value is the one of one batch holding all its pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Average {
+    /// A loss: each micro-batch's value is already normalized by the step's totals
+    /// ([`crate::GlobalBatch`]), so the values are summed.
+    Step,
+    /// A mean over pairs: each micro-batch's mean is weighted by its share of the step's pairs.
+    Pairs,
+    /// Pooled over the chosen responses' scored tokens: weighted by the share of those tokens.
+    ChosenTokens,
+    /// Pooled over the rejected responses' scored tokens: weighted by the share of those tokens.
+    RejectedTokens,
+    /// Pooled over all scored tokens (chosen and rejected): weighted by the share of those tokens.
+    ScoredTokens,
+}
+
+impl Average {
+    /// Whether the metric is a token statistic (computed only with [`crate::LogProbOptions::token_stats`]).
+    pub fn is_token_statistic(self) -> bool {
+        matches!(
+            self,
+            Average::ChosenTokens | Average::RejectedTokens | Average::ScoredTokens
+        )
+    }
+}
+
+/// One row of the metrics schema ([`METRICS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    /// The name (TRL's), in the JSON Lines log and for [`StepMetrics::get`].
+    pub name: &'static str,
+    /// What it is averaged over across micro-batches and ranks.
+    pub average: Average,
+    /// What it is.
+    pub description: &'static str,
+}
+
+/// The metrics schema: every metric the trainer reports, in this order, with TRL's names. It drives the
+/// accumulation over micro-batches, the sums over data-parallel ranks, [`StepMetrics`], its JSON line
+/// and [`StepMetrics::get`].
 ///
-/// JSON names (as written by [`StepMetrics::to_json`]): `step`, `epoch`, `loss`, `loss/dpo`, `nll`,
-/// `rewards/chosen`, `rewards/rejected`, `rewards/accuracies`, `rewards/margins`, `logps/chosen`,
-/// `logps/rejected`, `grad_norm`, `lr`, `pairs`, `tokens`, `tokens_per_second`, `skipped`, `skip_reason`,
-/// `skipped_steps`, and — only when computed ([`crate::LogProbOptions::token_stats`]) — `logits/chosen`,
-/// `logits/rejected`, `entropy`, `mean_token_accuracy`. Non-finite numbers are written as `null`.
+/// `logits/chosen` and `logits/rejected` are TRL's: the mean logit `(1/V)·Σ_v z_v` over the scored
+/// tokens of the chosen (rejected) responses, not Liger-Kernel's `chosen_logits_mean`, which averages
+/// over every position of the rows (prompt and padding included).
+pub const METRICS: [Metric; 13] = [
+    metric("loss", Average::Step, "the RPO loss of the step (DPO + c · SFT)"),
+    metric("loss/dpo", Average::Step, "the DPO part"),
+    metric(
+        "nll",
+        Average::Step,
+        "the SFT part: NLL of the chosen responses under its normalization",
+    ),
+    metric(
+        "rewards/chosen",
+        Average::Pairs,
+        "mean β·(log π(y_w) − log π_ref(y_w))",
+    ),
+    metric(
+        "rewards/rejected",
+        Average::Pairs,
+        "mean β·(log π(y_l) − log π_ref(y_l))",
+    ),
+    metric("rewards/margins", Average::Pairs, "mean reward margin"),
+    metric(
+        "rewards/accuracies",
+        Average::Pairs,
+        "fraction of pairs whose chosen reward exceeds the rejected one",
+    ),
+    metric(
+        "logps/chosen",
+        Average::Pairs,
+        "mean summed log-prob of the chosen responses",
+    ),
+    metric(
+        "logps/rejected",
+        Average::Pairs,
+        "mean summed log-prob of the rejected responses",
+    ),
+    metric(
+        "logits/chosen",
+        Average::ChosenTokens,
+        "mean logit over the chosen responses' scored tokens",
+    ),
+    metric(
+        "logits/rejected",
+        Average::RejectedTokens,
+        "mean logit over the rejected responses' scored tokens",
+    ),
+    metric(
+        "entropy",
+        Average::ScoredTokens,
+        "mean entropy of the predicted distribution over all scored tokens",
+    ),
+    metric(
+        "mean_token_accuracy",
+        Average::ScoredTokens,
+        "fraction of scored tokens the arg-max predicts",
+    ),
+];
+
+const fn metric(name: &'static str, average: Average, description: &'static str) -> Metric {
+    Metric {
+        name,
+        average,
+        description,
+    }
+}
+
+/// The position of `name` in [`METRICS`].
+pub(crate) fn metric_index(name: &str) -> Option<usize> {
+    METRICS.iter().position(|m| m.name == name)
+}
+
+/// The metrics of one training or evaluation step: the values of [`METRICS`] (read by name with
+/// [`StepMetrics::get`]) and the step's bookkeeping.
+///
+/// JSON names (as written by [`StepMetrics::to_json`]): `step`, `epoch`, the [`METRICS`] names (the token
+/// statistics only when computed, [`crate::LogProbOptions::token_stats`]), `grad_norm`, `lr`, `pairs`,
+/// `tokens`, `tokens_per_second`, `skipped`, `skip_reason`, `skipped_steps`. Non-finite numbers are
+/// written as `null`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct StepMetrics {
     /// Optimizer steps taken so far, this one included (for evaluation: the step evaluated after).
     pub step: u64,
     /// The data epoch the step's last micro-batch came from (0-based), when known.
     pub epoch: Option<u64>,
-    /// The RPO loss of the step (DPO + c · SFT), as one batch of all its pairs.
-    pub loss: f64,
-    /// The DPO part.
-    pub loss_dpo: f64,
-    /// The SFT part (NLL of the chosen responses under the configured normalization).
-    pub nll: f64,
-    /// Mean `β·(log π(y_w) − log π_ref(y_w))`.
-    pub rewards_chosen: f64,
-    /// Mean `β·(log π(y_l) − log π_ref(y_l))`.
-    pub rewards_rejected: f64,
-    /// Fraction of pairs whose chosen reward exceeds the rejected one.
-    pub rewards_accuracies: f64,
-    /// Mean reward margin.
-    pub rewards_margins: f64,
-    /// Mean summed log-prob of the chosen responses.
-    pub logps_chosen: f64,
-    /// Mean summed log-prob of the rejected responses.
-    pub logps_rejected: f64,
-    /// Mean logit over the chosen responses' scored tokens (with token statistics).
-    pub logits_chosen: Option<f64>,
-    /// Mean logit over the rejected responses' scored tokens (with token statistics).
-    pub logits_rejected: Option<f64>,
-    /// Mean entropy of the predicted distribution over all scored tokens (with token statistics).
-    pub entropy: Option<f64>,
-    /// Fraction of scored tokens the arg-max predicts (with token statistics).
-    pub mean_token_accuracy: Option<f64>,
+    /// The values of [`METRICS`], in its order (`None`: not computed).
+    values: [Option<f64>; METRICS.len()],
     /// Total gradient norm before clipping (`None` for evaluation, or when the loss was non-finite).
     pub grad_norm: Option<f64>,
     /// Learning rate of the step (`None` for evaluation).
@@ -68,6 +158,34 @@ fn number(value: f64) -> Value {
 }
 
 impl StepMetrics {
+    /// Metrics of step `step` with these [`METRICS`] values (in its order); the bookkeeping fields empty.
+    pub(crate) fn with_values(step: u64, values: [Option<f64>; METRICS.len()]) -> Self {
+        Self {
+            step,
+            values,
+            ..Self::default()
+        }
+    }
+
+    /// The value of the metric `name` ([`METRICS`], e.g. `"rewards/chosen"`); `None` for a token
+    /// statistic that was not computed or a name not in the schema.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.values[metric_index(name)?]
+    }
+
+    /// The loss of the step (`loss`: NaN when the step's forward pass failed with non-finite values).
+    pub fn loss(&self) -> f64 {
+        self.values[0].unwrap_or(f64::NAN)
+    }
+
+    /// `(name, value)` of every computed metric, in [`METRICS`] order.
+    pub fn values(&self) -> impl Iterator<Item = (&'static str, f64)> + '_ {
+        METRICS
+            .iter()
+            .zip(&self.values)
+            .filter_map(|(m, v)| v.map(|v| (m.name, v)))
+    }
+
     /// The metrics as one JSON object (names in the [type docs](StepMetrics)).
     pub fn to_json(&self) -> Value {
         let mut map = Map::new();
@@ -75,11 +193,6 @@ impl StepMetrics {
         map.insert("epoch".into(), self.epoch.map_or(Value::Null, Value::from));
         for (name, value) in self.values() {
             map.insert(name.into(), number(value));
-        }
-        for (name, value) in self.token_values() {
-            if let Some(value) = value {
-                map.insert(name.into(), number(value));
-            }
         }
         map.insert("grad_norm".into(), self.grad_norm.map_or(Value::Null, number));
         map.insert("lr".into(), self.lr.map_or(Value::Null, number));
@@ -93,31 +206,6 @@ impl StepMetrics {
         );
         map.insert("skipped_steps".into(), self.skipped_steps.into());
         Value::Object(map)
-    }
-
-    /// `(name, value)` of the token statistics (`None` when not computed).
-    pub fn token_values(&self) -> [(&'static str, Option<f64>); 4] {
-        [
-            ("logits/chosen", self.logits_chosen),
-            ("logits/rejected", self.logits_rejected),
-            ("entropy", self.entropy),
-            ("mean_token_accuracy", self.mean_token_accuracy),
-        ]
-    }
-
-    /// `(name, value)` of the loss and preference metrics.
-    pub fn values(&self) -> [(&'static str, f64); 9] {
-        [
-            ("loss", self.loss),
-            ("loss/dpo", self.loss_dpo),
-            ("nll", self.nll),
-            ("rewards/chosen", self.rewards_chosen),
-            ("rewards/rejected", self.rewards_rejected),
-            ("rewards/accuracies", self.rewards_accuracies),
-            ("rewards/margins", self.rewards_margins),
-            ("logps/chosen", self.logps_chosen),
-            ("logps/rejected", self.logps_rejected),
-        ]
     }
 }
 
@@ -236,8 +324,8 @@ impl Progress {
             "\r[{bar}] {}/{} loss {:.4} acc {:.2} lr {:.2e} {:.0} tok/s eta {}",
             metrics.step,
             self.total,
-            metrics.loss,
-            metrics.rewards_accuracies,
+            metrics.loss(),
+            metrics.get("rewards/accuracies").unwrap_or(f64::NAN),
             metrics.lr.unwrap_or(0.0),
             metrics.tokens_per_second,
             format_duration(eta)

@@ -2,9 +2,11 @@
 
 use crate::data::{CollatedBatch, Collator, EncodedPair};
 use crate::error::{Error, Result};
-use crate::fused::fused_sequence_logprobs;
-use crate::logprobs::{sequence_logprobs, LogProbOptions};
-use crate::train::model::{model_output, LossPath, ModelOutput, PolicyModel};
+use crate::logprobs::LogProbOptions;
+use crate::train::collective::Collective;
+use crate::train::config::RpoTrainerConfig;
+use crate::train::model::{model_output, LossPath, PolicyModel};
+use crate::train::step::loss::sequence_sums;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -16,7 +18,7 @@ pub enum ReferenceSource {
     /// A frozen reference model, run under `no_grad` on its own device for every batch (only the `[2B]`
     /// summed log-probs are moved to the policy's device).
     Model(Box<dyn PolicyModel>),
-    /// Reference log-probs precomputed once over the training pairs ([`ReferenceCache::compute`]), looked
+    /// Reference log-probs precomputed once over the training pairs ([`score_reference`]), looked
     /// up by the pairs' dataset indices: `fit` and `evaluate` refuse pairs of another count.
     Cached(ReferenceCache),
     /// The policy itself before its first step (TRL's `precompute_ref_log_probs=True` without a
@@ -62,43 +64,6 @@ impl ReferenceCache {
                     rejected.len()
                 ),
             });
-        }
-        Ok(Self { chosen, rejected })
-    }
-
-    /// One pass of `model` under `no_grad` over all `pairs` (in order, `batch_pairs` at a time), scoring
-    /// each row with `options` (use [`LogProbOptions::causal`] for a causal LM) on `path`: the logits, or the
-    /// fused head pass on `forward_hidden` ([`LossPath::Auto`]: the latter when the model offers it) — use
-    /// the path the policy will be trained on.
-    ///
-    /// # Errors
-    /// [`Error::InvalidParameter`] for `batch_pairs == 0`; whatever collation, the model and
-    /// [`sequence_logprobs`] return.
-    pub fn compute(
-        model: &dyn PolicyModel,
-        pairs: &[EncodedPair],
-        collator: &Collator,
-        batch_pairs: usize,
-        options: &LogProbOptions,
-        path: LossPath,
-    ) -> Result<Self> {
-        if batch_pairs == 0 {
-            return Err(Error::InvalidParameter {
-                name: "batch_pairs",
-                value: 0.0,
-                requirement: "must be >= 1",
-            });
-        }
-        let mut chosen = Vec::with_capacity(pairs.len());
-        let mut rejected = Vec::with_capacity(pairs.len());
-        let indexed: Vec<(usize, &EncodedPair)> = pairs.iter().enumerate().collect();
-        for chunk in indexed.chunks(batch_pairs) {
-            let batch = collator.collate(chunk, model.device())?;
-            let sums = model_logprobs(model, &batch, options, path)?.f_to_kind(Kind::Double)?;
-            let b = chunk.len();
-            let values: Vec<f64> = Vec::<f64>::try_from(&sums.f_to_device(Device::Cpu)?)?;
-            chosen.extend_from_slice(&values[..b]);
-            rejected.extend_from_slice(&values[b..]);
         }
         Ok(Self { chosen, rejected })
     }
@@ -188,22 +153,130 @@ impl ReferenceCache {
     }
 }
 
-/// Summed log-probs `[2B]` of a batch under `model` (no grad), on the model's device.
-pub(crate) fn model_logprobs(
+/// How [`score_reference`] scores: pairs per forward pass, the log-prob options, the loss path and the
+/// fused chunk budget. Use the trainer's ([`ScoringOptions::of_config`]) so that the reference is scored
+/// as the policy is trained (then policy == reference gives exactly zero rewards).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoringOptions {
+    /// Pairs per forward pass (≥ 1).
+    pub batch_pairs: usize,
+    /// How rows are scored.
+    pub logprobs: LogProbOptions,
+    /// The logits, or the fused head pass on `forward_hidden` ([`LossPath::Auto`]: the latter when the
+    /// model offers it).
+    pub loss_path: LossPath,
+}
+
+impl ScoringOptions {
+    /// `batch_pairs` pairs per pass, [`LogProbOptions::causal`] (with its default fused budget),
+    /// [`LossPath::Auto`].
+    pub fn new(batch_pairs: usize) -> Self {
+        Self {
+            batch_pairs,
+            logprobs: LogProbOptions::causal(),
+            loss_path: LossPath::Auto,
+        }
+    }
+
+    /// The trainer's: its `batch_pairs`, `logprobs` and `loss_path`.
+    pub fn of_config(config: &RpoTrainerConfig) -> Self {
+        Self {
+            batch_pairs: config.batch_pairs,
+            logprobs: config.logprobs,
+            loss_path: config.loss_path,
+        }
+    }
+
+    /// These options with `loss_path`.
+    pub fn with_loss_path(mut self, loss_path: LossPath) -> Self {
+        self.loss_path = loss_path;
+        self
+    }
+}
+
+/// The reference log-probs of every pair of `pairs` under `model`: one pass under `no_grad`, in order,
+/// `options.batch_pairs` pairs at a time. With a process group (`collective`), each rank scores its block
+/// of `pairs` and one all-reduce (sum) of a zero-filled `[2N + 1]` f64 buffer, in which each rank wrote
+/// its block (and a failure flag), gathers the cache on every rank; every rank passes the same pairs and
+/// the same model weights. The trainer scores [`ReferenceSource::InitialPolicy`] with it.
+///
+/// # Errors
+/// [`Error::InvalidParameter`] for `batch_pairs == 0`; whatever collation, the model and the log-prob
+/// computation return on this rank; [`Error::Dist`] when another rank failed to score its block; as the
+/// all-reduce.
+pub fn score_reference(
+    model: &dyn PolicyModel,
+    pairs: &[EncodedPair],
+    collator: &Collator,
+    options: &ScoringOptions,
+    collective: &Collective,
+) -> Result<ReferenceCache> {
+    if options.batch_pairs == 0 {
+        return Err(Error::InvalidParameter {
+            name: "batch_pairs",
+            value: 0.0,
+            requirement: "must be >= 1",
+        });
+    }
+    let n = pairs.len();
+    let range = collective.shard_range(n)?;
+    // [chosen; N], [rejected; N], failed-rank count.
+    let mut values = vec![0.0; 2 * n + 1];
+    let local = score_block(model, pairs, range.clone(), collator, options, &mut values);
+    if local.is_err() {
+        values[2 * n] = 1.0;
+    }
+    collective.sum_f64(&mut values)?;
+    local?;
+    if values[2 * n] > 0.0 {
+        return Err(collective.peer_failure(
+            "reference",
+            format!(
+                "{} other rank(s) failed to score their block of the reference log-probs",
+                values[2 * n]
+            ),
+        ));
+    }
+    values.truncate(2 * n);
+    let rejected = values.split_off(n);
+    ReferenceCache::from_values(values, rejected)
+}
+
+/// Scores `pairs[range]` into `values` (chosen of pair `i` at `i`, rejected at `N + i`).
+fn score_block(
+    model: &dyn PolicyModel,
+    pairs: &[EncodedPair],
+    range: std::ops::Range<usize>,
+    collator: &Collator,
+    options: &ScoringOptions,
+    values: &mut [f64],
+) -> Result<()> {
+    let n = pairs.len();
+    let indexed: Vec<(usize, &EncodedPair)> = pairs[range.clone()].iter().enumerate().collect();
+    for chunk in indexed.chunks(options.batch_pairs) {
+        let batch = collator.collate(chunk, model.device())?;
+        let sums = batch_logprobs(model, &batch, options)?.f_to_kind(Kind::Double)?;
+        let b = chunk.len();
+        let host: Vec<f64> = Vec::<f64>::try_from(&sums.f_to_device(Device::Cpu)?)?;
+        for (k, &(i, _)) in chunk.iter().enumerate() {
+            values[range.start + i] = host[k];
+            values[n + range.start + i] = host[b + k];
+        }
+    }
+    Ok(())
+}
+
+/// Summed log-probs `[2B]` of a batch under `model` (no grad), on the model's device, on the same path as
+/// the policy's, so that policy == reference gives exactly zero rewards.
+pub(crate) fn batch_logprobs(
     model: &dyn PolicyModel,
     batch: &CollatedBatch,
-    options: &LogProbOptions,
-    path: LossPath,
+    options: &ScoringOptions,
 ) -> Result<Tensor> {
     tch::no_grad(|| -> Result<Tensor> {
         let batch = batch.to_device(model.device())?;
-        // The same path as the policy's, so that policy == reference gives exactly zero rewards.
-        let sums = match model_output(model, &batch.input_ids, &batch.attention_mask, path)? {
-            ModelOutput::Hidden(states) => {
-                fused_sequence_logprobs(&states.hidden, &states.head, &batch.labels, options)?.sum
-            }
-            ModelOutput::Logits(logits) => sequence_logprobs(&logits, &batch.labels, options)?.sum,
-        };
+        let output = model_output(model, &batch.input_ids, &batch.attention_mask, options.loss_path)?;
+        let sums = sequence_sums(&output, &batch.labels, &options.logprobs)?;
         Ok(sums.f_detach()?)
     })
 }

@@ -2,8 +2,9 @@
 
 use crate::error::{Error, Result};
 
-/// The shape of the decay after warmup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The shape of the decay after warmup (in checkpoints: `"cosine"`, `"linear"`, `"constant"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Decay {
     /// `0.5·(1 + cos(π·progress))`: to 0 at the last step (the paper's schedule; Hugging Face's
     /// `get_cosine_schedule_with_warmup`).
@@ -20,7 +21,7 @@ pub enum Decay {
 /// The multiplier at optimizer step `s` (0-based: the first update uses `s = 0`) is, as in Hugging Face
 /// Transformers, `s / warmup_steps` while `s < warmup_steps` (so the very first update has lr 0 when there
 /// is warmup), then `decay(progress)` with `progress = (s − warmup) / max(1, total − warmup)`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LrSchedule {
     /// Peak learning rate (after warmup). The paper: 5e-7.
     pub peak_lr: f64,

@@ -1,42 +1,42 @@
 //! Saving and restoring the whole state of an [`RpoTrainer`] (weights, optimizer, step, schedule, data
-//! position) through [`checkpoint`].
+//! position) through [`checkpoint`]. `trainer_state.json` is [`TrainerState`] written by serde (the
+//! fields and names of 0.2, so that 0.2 checkpoints resume).
 
-use crate::data::SamplerPosition;
-use crate::error::{Error, Result};
-use crate::train::checkpoint::{self, CheckpointData};
-use crate::train::reference::{ReferenceCache, ReferenceSource};
-use crate::train::schedule::Decay;
-use crate::train::trainer::{DataState, RpoTrainer};
-use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-impl RpoTrainer {
-    fn data_state_json(&self) -> Value {
-        match &self.data {
-            Some(d) => json!({
-                "epoch": d.position.epoch,
-                "cursor": d.position.cursor,
-                "dataset_len": d.dataset_len,
-                "batch_pairs": d.batch_pairs,
-                "grad_accum_steps": d.grad_accum_steps,
-                "shuffle": d.shuffle,
-            }),
-            None => Value::Null,
-        }
-    }
+use crate::error::{Error, Result};
+use crate::train::checkpoint::{self, CheckpointData};
+use crate::train::model::PolicyModel;
+use crate::train::reference::{ReferenceCache, ReferenceSource};
+use crate::train::run::DataState;
+use crate::train::schedule::LrSchedule;
+use crate::train::trainer::RpoTrainer;
 
-    fn schedule_json(&self) -> Value {
-        let s = &self.schedule;
-        json!({
-            "peak_lr": s.peak_lr,
-            "warmup_steps": s.warmup_steps,
-            "total_steps": s.total_steps,
-            "decay": match s.decay { Decay::Cosine => "cosine", Decay::Linear => "linear", Decay::Constant => "constant" },
-        })
-    }
+/// The trainer's counters and settings in a checkpoint (`trainer_state.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct TrainerState {
+    /// Optimizer steps taken (skipped ones included).
+    pub(crate) step: u64,
+    /// AdamW updates applied (steps not skipped).
+    pub(crate) adam_step: u64,
+    /// Steps skipped for a non-finite loss or gradient.
+    pub(crate) skipped_steps: u64,
+    /// The data order's seed (must match on resume).
+    pub(crate) seed: u64,
+    /// The learning-rate schedule (must match on resume).
+    pub(crate) schedule: LrSchedule,
+    /// The data position and settings (`null` before the first `fit`).
+    pub(crate) data: Option<DataState>,
+    /// The objective in words (informative; not checked).
+    #[serde(default)]
+    pub(crate) objective: String,
+}
 
+impl<M: PolicyModel> RpoTrainer<M> {
     /// Saves a checkpoint under `dir` (layout and atomicity in [`checkpoint`]); returns its path.
     /// [`RpoTrainer::fit`] calls it with the configured directory; this is for saving elsewhere by hand
     /// (no retention limit is applied).
@@ -44,15 +44,19 @@ impl RpoTrainer {
     /// # Errors
     /// As [`checkpoint::save`].
     pub fn save_checkpoint(&self, dir: &Path) -> Result<PathBuf> {
-        let state = json!({
-            "step": self.step,
-            "adam_step": self.optimizer.step_count(),
-            "skipped_steps": self.skipped_steps,
-            "seed": self.config.seed,
-            "schedule": self.schedule_json(),
-            "data": self.data_state_json(),
-            "objective": self.config.rpo.describe(),
-        });
+        let state = TrainerState {
+            step: self.step,
+            adam_step: self.optimizer.step_count(),
+            skipped_steps: self.skipped_steps,
+            seed: self.config.seed,
+            schedule: self.schedule,
+            data: self.data,
+            objective: self.config.rpo.describe(),
+        };
+        let state = serde_json::to_value(&state).map_err(|e| Error::Checkpoint {
+            path: dir.display().to_string(),
+            reason: format!("cannot serialize the trainer state: {e}"),
+        })?;
         checkpoint::save(
             dir,
             &CheckpointData {
@@ -84,48 +88,20 @@ impl RpoTrainer {
             path: source.clone(),
             reason,
         };
-        let state = &loaded.state;
-        let int = |key: &str| -> Result<u64> {
-            state_integer(state, key).map_err(|r| bad(format!("trainer state {r}")))
-        };
-        let (step, adam_step, skipped, seed) = (
-            int("step")?,
-            int("adam_step")?,
-            int("skipped_steps")?,
-            int("seed")?,
-        );
-        if seed != self.config.seed {
+        let state = TrainerState::deserialize(&loaded.state)
+            .map_err(|e| bad(format!("trainer state {}", state_error(&loaded.state, &e))))?;
+        if state.seed != self.config.seed {
             return Err(bad(format!(
-                "written with seed {seed}, this trainer has seed {}",
-                self.config.seed
+                "written with seed {}, this trainer has seed {}",
+                state.seed, self.config.seed
             )));
         }
-        if state.get("schedule") != Some(&self.schedule_json()) {
+        if state.schedule != self.schedule {
             return Err(bad(format!(
-                "written with schedule {}, this trainer has {}",
-                state.get("schedule").unwrap_or(&Value::Null),
-                self.schedule_json()
+                "written with schedule {:?}, this trainer has {:?}",
+                state.schedule, self.schedule
             )));
         }
-        let data = match state.get("data") {
-            None | Some(Value::Null) => None,
-            Some(d) => {
-                let field = |key: &str| state_integer(d, key).map_err(|r| bad(format!("data state {r}")));
-                Some(DataState {
-                    position: SamplerPosition {
-                        epoch: field("epoch")?,
-                        cursor: field("cursor")? as usize,
-                    },
-                    dataset_len: field("dataset_len")? as usize,
-                    batch_pairs: field("batch_pairs")? as usize,
-                    grad_accum_steps: field("grad_accum_steps")? as usize,
-                    shuffle: d
-                        .get("shuffle")
-                        .and_then(Value::as_bool)
-                        .ok_or_else(|| bad("data state lacks `shuffle`".to_string()))?,
-                })
-            }
-        };
         // Model weights: every parameter present with its shape, nothing extra; staged in the parameter's
         // dtype and on its device.
         let mut saved: HashMap<String, Tensor> = loaded.model.into_iter().collect();
@@ -163,27 +139,31 @@ impl RpoTrainer {
             }
             Ok(())
         })?;
-        self.optimizer.commit_state(adam_step, optimizer)?;
+        self.optimizer.commit_state(state.adam_step, optimizer)?;
         if let Some(cache) = reference {
             self.reference = ReferenceSource::Cached(cache);
         }
-        self.step = step;
-        self.skipped_steps = skipped;
-        self.data = data;
+        self.step = state.step;
+        self.skipped_steps = state.skipped_steps;
+        self.data = state.data;
         self.sampler = None;
-        self.resumed_at = Some(step);
+        self.resumed_at = Some(state.step);
         Ok(())
     }
 }
 
-/// The non-negative integer `object[key]` of a saved state, or what is wrong with it: absent ("lacks
-/// `step`"), or present but not an integer in `[0, 2⁶⁴)` ("has `step` = 1e30, …"), so that a damaged value
-/// is not reported as a missing one.
-fn state_integer(object: &Value, key: &str) -> std::result::Result<u64, String> {
-    match object.get(key) {
-        None | Some(Value::Null) => Err(format!("lacks `{key}`")),
-        Some(value) => value
-            .as_u64()
-            .ok_or_else(|| format!("has `{key}` = {value}, which is not an integer in [0, 2^64)")),
+/// What is wrong with a saved state that does not deserialize, naming the field where serde does not: a
+/// counter absent ("lacks `step`") or present but not an integer in `[0, 2⁶⁴)` ("has `step` = 1e30, …"),
+/// so that a damaged value is not reported as a missing one; otherwise serde's message.
+fn state_error(state: &serde_json::Value, error: &serde_json::Error) -> String {
+    for key in ["step", "adam_step", "skipped_steps", "seed"] {
+        match state.get(key) {
+            None | Some(serde_json::Value::Null) => return format!("lacks `{key}`"),
+            Some(value) if value.as_u64().is_none() => {
+                return format!("has `{key}` = {value}, which is not an integer in [0, 2^64)")
+            }
+            Some(_) => {}
+        }
     }
+    error.to_string()
 }

@@ -1,22 +1,18 @@
-//! The trainer trait and [`RpoTrainer`], the concrete RPO / DPO trainer.
+//! The trainer trait and [`RpoTrainer`], the concrete RPO / DPO trainer: its parts, its accessors and
+//! evaluation. The step is in `train/step`, the run loop in `train/run.rs`, the saved state in
+//! `train/state.rs`, the data-parallel side in [`crate::train::collective`].
 
-use crate::autograd::ensure_grad;
-use crate::data::{BatchSampler, CollatedBatch, Collator, EncodedPair, SamplerPosition};
+use crate::data::{BatchSampler, CollatedBatch, Collator, EncodedPair};
 use crate::error::{Error, Result};
-use crate::fused::WeightGrad;
-use crate::loss::rpo::RpoOutput;
-use crate::loss::{compute_loss, compute_loss_with, GlobalBatch, LossBatch, Reference};
-use crate::train::accumulate::{Accumulated, StepTotals};
-use crate::train::checkpoint;
+use crate::train::collective::Collective;
 use crate::train::config::RpoTrainerConfig;
-use crate::train::distributed::Parallel;
-use crate::train::metrics::{JsonlLogger, Progress, StepMetrics};
-use crate::train::model::{model_output, training_output, DeferredBackward, ModelOutput, PolicyModel};
+use crate::train::metrics::StepMetrics;
+use crate::train::model::PolicyModel;
 use crate::train::optim::AdamW;
-use crate::train::reference::{model_logprobs, ReferenceSource};
+use crate::train::reference::ReferenceSource;
+use crate::train::run::DataState;
 use crate::train::schedule::LrSchedule;
-use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A preference trainer: one optimizer step on a batch, or an evaluation without weight change.
 pub trait Trainer {
@@ -35,66 +31,55 @@ pub trait Trainer {
     fn eval_step(&mut self, batch: &CollatedBatch) -> Result<StepMetrics>;
 }
 
-/// Where [`RpoTrainer::fit`] stands in the data (saved in checkpoints).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct DataState {
-    pub(super) position: SamplerPosition,
-    pub(super) dataset_len: usize,
-    pub(super) batch_pairs: usize,
-    pub(super) grad_accum_steps: usize,
-    pub(super) shuffle: bool,
-}
-
-/// The RPO trainer (DPO when the SFT coefficient is 0). See `docs/design.md`, "Trainer".
+/// The RPO trainer (DPO when the SFT coefficient is 0) of a policy model `M`, which it owns and gives
+/// back ([`RpoTrainer::model`], [`RpoTrainer::model_mut`], [`RpoTrainer::into_model`]): stages chain
+/// without copying parameters (train SFT, take the model, build the DPO trainer on it). See
+/// `docs/design.md`, "Trainer".
 ///
-/// Every step ([`Trainer::train_step`]) has three phases: the step's totals ([`GlobalBatch`]); for each
-/// micro-batch, the reference log-probs (frozen model under `no_grad`, cache, or none), one forward pass of
-/// the policy over the `2B` concatenated chosen and rejected rows, the loss normalized by the step's
-/// totals, backward, and the loss and metrics read back to the host; then the update: gradient norm,
-/// clipping, and an AdamW update with the scheduled learning rate — unless the loss or the gradient norm
-/// is non-finite, in which case the gradients are dropped and the step is counted as skipped.
+/// Every step ([`Trainer::train_step`]) has three phases: the step's totals ([`crate::GlobalBatch`]); for
+/// each micro-batch, the reference log-probs (frozen model under `no_grad`, cache, or none), one forward
+/// pass of the policy over the `2B` concatenated chosen and rejected rows, the loss normalized by the
+/// step's totals, backward, and the loss and metrics read back to the host; then the update: gradient
+/// norm, clipping, and an AdamW update with the scheduled learning rate — unless the loss or the gradient
+/// norm is non-finite, in which case the gradients are dropped and the step is counted as skipped.
 ///
 /// Built with [`RpoTrainer::builder`] (TRL's setting names, [`crate::train::RpoTrainerBuilder`]) or
 /// [`RpoTrainer::new`] with a [`RpoTrainerConfig`].
 ///
 /// With a process group (feature `dist`: `RpoTrainerBuilder::process_group`, `RpoTrainer::set_process_group`)
-/// it is one rank of a data-parallel job: `fit` trains on this rank's block of every global micro-batch, and
-/// [`Trainer::train_step`] takes this rank's micro-batches (possibly none), sums the step's totals, metrics and
-/// gradients over the ranks, and returns the metrics of the whole global step (docs/distributed.md).
-pub struct RpoTrainer {
-    pub(super) model: Box<dyn PolicyModel>,
-    pub(super) reference: ReferenceSource,
-    pub(super) config: RpoTrainerConfig,
-    pub(super) schedule: LrSchedule,
-    pub(super) optimizer: AdamW,
-    pub(super) step: u64,
-    pub(super) skipped_steps: u64,
-    pub(super) data: Option<DataState>,
-    pub(super) sampler: Option<BatchSampler>,
+/// it is one rank of a data-parallel job ([`Collective`]): `fit` trains on this rank's block of every
+/// global micro-batch, and [`Trainer::train_step`] takes this rank's micro-batches (possibly none), sums
+/// the step's totals, metrics and gradients over the ranks, and returns the metrics of the whole global
+/// step (docs/distributed.md).
+pub struct RpoTrainer<M: PolicyModel> {
+    pub(crate) model: M,
+    pub(crate) reference: ReferenceSource,
+    pub(crate) config: RpoTrainerConfig,
+    pub(crate) schedule: LrSchedule,
+    pub(crate) optimizer: AdamW,
+    pub(crate) step: u64,
+    pub(crate) skipped_steps: u64,
+    pub(crate) data: Option<DataState>,
+    pub(crate) sampler: Option<BatchSampler>,
     /// The step of the checkpoint loaded last, until the next `fit` has opened its log.
-    pub(super) resumed_at: Option<u64>,
-    /// The process group of a data-parallel run (see `train/distributed.rs`).
-    pub(super) parallel: Parallel,
+    pub(crate) resumed_at: Option<u64>,
+    /// One process or one rank of a data-parallel job.
+    pub(crate) collective: Collective,
 }
 
-impl std::fmt::Debug for RpoTrainer {
+impl<M: PolicyModel> std::fmt::Debug for RpoTrainer<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RpoTrainer")
             .field("objective", &self.config.rpo.describe())
             .field("reference", &self.reference)
             .field("step", &self.step)
             .field("skipped_steps", &self.skipped_steps)
+            .field("world_size", &self.collective.world_size())
             .finish()
     }
 }
 
-/// What the gradient phase of a step left: the accumulated metrics, and why the update must be skipped.
-pub(super) struct Gradients {
-    pub(super) accumulated: Accumulated,
-    pub(super) skip_reason: Option<String>,
-}
-
-impl RpoTrainer {
+impl<M: PolicyModel> RpoTrainer<M> {
     /// A trainer for `model` (its parameters that require grad are trained) against `reference`.
     /// The trainer draws no random numbers from libtorch (and does not reseed its global generator, which
     /// other threads may be using): seed your model's initialization yourself.
@@ -102,11 +87,7 @@ impl RpoTrainer {
     /// # Errors
     /// As [`RpoTrainerConfig::check`]; as [`AdamW::new`] (a model with nothing to train, partially
     /// overlapping parameters).
-    pub fn new(
-        model: Box<dyn PolicyModel>,
-        reference: ReferenceSource,
-        config: RpoTrainerConfig,
-    ) -> Result<Self> {
+    pub fn new(model: M, reference: ReferenceSource, config: RpoTrainerConfig) -> Result<Self> {
         config.check()?;
         let schedule = config.schedule()?;
         let optimizer = AdamW::new(config.optimizer, &model.named_parameters())?;
@@ -121,13 +102,29 @@ impl RpoTrainer {
             data: None,
             sampler: None,
             resumed_at: None,
-            parallel: Parallel::default(),
+            collective: Collective::single(),
         })
     }
 
     /// The policy model.
-    pub fn model(&self) -> &dyn PolicyModel {
-        self.model.as_ref()
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    /// The policy model, mutably (e.g. to switch gradient checkpointing between steps). Its parameter
+    /// set must stay as it is: the optimizer holds the parameters it was built with.
+    pub fn model_mut(&mut self) -> &mut M {
+        &mut self.model
+    }
+
+    /// Gives the policy model back, trained: the next stage's trainer can be built on it.
+    pub fn into_model(self) -> M {
+        self.model
+    }
+
+    /// The reference.
+    pub fn reference(&self) -> &ReferenceSource {
+        &self.reference
     }
 
     /// The optimizer (parameters, groups, state).
@@ -160,83 +157,20 @@ impl RpoTrainer {
         self.schedule.lr_at(self.step)
     }
 
-    /// Gives the policy model back.
-    pub fn into_model(self) -> Box<dyn PolicyModel> {
-        self.model
+    /// One process, or this rank of a data-parallel job (e.g. for [`crate::train::score_reference`]).
+    pub fn collective(&self) -> &Collective {
+        &self.collective
     }
 
-    /// Forward pass and loss of one micro-batch (reference first, so its activations are freed).
-    /// `LossPath::Logits` gathers log-probs from the model's logits; `LossPath::Hidden` runs the fused
-    /// linear-head loss ([`crate::compute_loss`] on a [`crate::LossBatch::hidden`] batch) on the final hidden states and the head (weight,
-    /// bias, logit scale, soft-cap), never forming the `[2B, T, V]` logits; `LossPath::Auto` the latter
-    /// when the model offers hidden states. With `train`, the policy's forward pass is
-    /// [`PolicyModel::forward_checkpointed`] where the model checkpoints, and the returned
-    /// [`DeferredBackward`] must run after `loss.backward()`.
-    fn micro_batch_loss(
-        &self,
-        batch: &CollatedBatch,
-        global: Option<GlobalBatch>,
-        train: bool,
-    ) -> Result<(RpoOutput, Option<DeferredBackward<'_>>)> {
-        let device = self.model.device();
-        let reference = match &self.reference {
-            ReferenceSource::Model(model) => Some(
-                model_logprobs(
-                    model.as_ref(),
-                    batch,
-                    &self.config.logprobs,
-                    self.config.loss_path,
-                )?
-                .f_to_device(device)?,
-            ),
-            ReferenceSource::Cached(cache) => Some(cache.lookup(&batch.indices, device)?),
-            ReferenceSource::InitialPolicy => return Err(initial_policy_not_scored()),
-            ReferenceSource::Free => None,
-        };
-        let reference = match &reference {
-            Some(sums) => Reference::LogProbs(sums),
-            None => Reference::Free,
-        };
-        let CollatedBatch {
-            input_ids,
-            attention_mask,
-            labels,
-            ..
-        } = batch.to_device(device)?;
-        let path = self.config.loss_path;
-        let (output, deferred) = match train {
-            true => training_output(self.model.as_ref(), &input_ids, &attention_mask, path)?,
-            false => (
-                model_output(self.model.as_ref(), &input_ids, &attention_mask, path)?,
-                None,
-            ),
-        };
-        let out = match output {
-            ModelOutput::Logits(logits) => compute_loss(
-                &self.config.rpo,
-                &LossBatch::logits(&logits, &labels)
-                    .with_reference(reference)
-                    .with_options(self.config.logprobs)
-                    .with_global(global),
-            )?,
-            ModelOutput::Hidden(states) => {
-                let batch = LossBatch::hidden(&states.hidden, states.head.clone(), &labels)
-                    .with_reference(reference)
-                    .with_options(self.config.logprobs)
-                    .with_global(global);
-                // Training: the head weight's gradient goes straight into its `.grad` (this loss is
-                // backpropagated once, unscaled, and a skipped step clears `.grad`).
-                let weight_grad = match train {
-                    true => {
-                        ensure_grad(&states.head.weight)?;
-                        WeightGrad::IntoGrad
-                    }
-                    false => WeightGrad::Surrogate,
-                };
-                compute_loss_with(&self.config.rpo, &batch, weight_grad)?
-            }
-        };
-        Ok((out, deferred))
+    /// Whether this process writes the run's files: rank 0 of the process group, or the only process.
+    pub fn is_main_process(&self) -> bool {
+        self.collective.is_main()
+    }
+
+    /// Wall-clock time this trainer has spent in process-group collectives (zero without a group): the
+    /// step counts, metric sums and gradient all-reduces, the reference gathering and checkpoint barriers.
+    pub fn communication_time(&self) -> Duration {
+        self.collective.communication_time()
     }
 
     /// Evaluates `pairs` in batches of `batch_pairs` (no weight change); the metrics are those of one batch
@@ -272,346 +206,97 @@ impl RpoTrainer {
         let refs: Vec<&CollatedBatch> = batches.iter().collect();
         self.evaluate_batches(&refs, start)
     }
+}
 
-    fn evaluate_batches(&mut self, batches: &[&CollatedBatch], start: Instant) -> Result<StepMetrics> {
-        let totals = StepTotals::of(batches)?;
-        let mut acc = Accumulated::default();
-        tch::no_grad(|| -> Result<()> {
-            for batch in batches {
-                let (out, _) = self.micro_batch_loss(batch, Some(totals.global), false)?;
-                acc.add(&out, batch, &totals)?;
-            }
-            Ok(())
-        })?;
-        let mut metrics = acc.into_metrics(self.step);
-        metrics.pairs = totals.pairs;
-        metrics.tokens = totals.tokens;
-        metrics.tokens_per_second = totals.tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
-        metrics.skipped_steps = self.skipped_steps;
-        Ok(metrics)
-    }
-
-    /// Makes the reference usable for `pairs`: scores them with the initial policy for
-    /// [`ReferenceSource::InitialPolicy`] (only before the first step), and checks that a cache covers
-    /// exactly `pairs.len()` pairs.
-    fn prepare_reference(&mut self, pairs: &[EncodedPair], collator: &Collator, scoring: bool) -> Result<()> {
-        match &self.reference {
-            ReferenceSource::InitialPolicy if scoring && self.step == 0 => {
-                let cache = self.score_initial_policy(pairs, collator)?;
-                self.reference = ReferenceSource::Cached(cache);
-                Ok(())
-            }
-            ReferenceSource::InitialPolicy => Err(initial_policy_not_scored()),
-            ReferenceSource::Cached(cache) if cache.len() != pairs.len() => Err(Error::Config {
-                name: "reference cache",
-                requirement: format!(
-                    "holds {} pairs but {} pairs were given: the cache is looked up by pair index, so it must \
-                     have been computed over these pairs",
-                    cache.len(),
-                    pairs.len()
-                ),
-            }),
-            _ => Ok(()),
-        }
-    }
-
-    /// Resumes from the newest checkpoint in [`RpoTrainerConfig::checkpoint_dir`] (its `latest` pointer),
-    /// if any; returns its path (`None`: no checkpoint yet, a fresh run).
+impl<M: PolicyModel> RpoTrainer<M> {
+    /// Makes this trainer train as `collective` says: one process, or one rank of a data-parallel job
+    /// ([`Collective`]'s semantics, docs/distributed.md): the configured batch is the global batch, of
+    /// which this rank takes its block; gradients are all-reduced each step; rank 0 writes checkpoints
+    /// and logs. With a process group, the model's trained parameters (and AdamW's f32 master copies) are
+    /// broadcast from rank 0 at once, so every rank starts from rank 0's weights. Call it on every rank,
+    /// before training or resuming; the reference must be the same on every rank (a frozen model loaded
+    /// alike, or the same cache).
     ///
     /// # Errors
-    /// [`Error::Config`] without a checkpoint directory; as [`checkpoint::latest`] and
-    /// [`RpoTrainer::load_checkpoint`].
-    pub fn resume_latest(&mut self) -> Result<Option<PathBuf>> {
-        let dir = self.config.checkpoint_dir.clone().ok_or_else(|| Error::Config {
-            name: "checkpoint_dir",
-            requirement: "resuming needs a checkpoint directory in the configuration".to_string(),
-        })?;
-        match checkpoint::latest(&dir)? {
-            Some(path) => {
-                self.load_checkpoint(&path)?;
-                Ok(Some(path))
-            }
-            None => Ok(None),
-        }
-    }
-
-    fn prepare_sampler(&mut self, dataset_len: usize) -> Result<()> {
-        // The micro-batches of a step are collated before it runs: more than one epoch's would hold (and
-        // train on) pairs twice in one step, and a huge count would exhaust memory instead of failing.
-        let per_epoch = dataset_len.div_ceil(self.config.batch_pairs.max(1));
-        if self.config.grad_accum_steps > per_epoch.max(1) {
+    /// [`Error::Config`] when `batch_pairs` is not a multiple of the world size, or this trainer already
+    /// has a process group; [`Error::DeviceMismatch`] when the model is not on the group's device (the
+    /// CPU for Gloo, the rank's CUDA device for NCCL); as the broadcast.
+    pub fn set_collective(&mut self, collective: Collective) -> Result<()> {
+        if self.collective.is_distributed() {
             return Err(Error::Config {
-                name: "gradient_accumulation_steps",
+                name: "process_group",
+                requirement: "this trainer already has a process group; take_process_group() it first".into(),
+            });
+        }
+        let world = collective.world_size();
+        if self.config.batch_pairs % world != 0 {
+            return Err(Error::Config {
+                name: "batch_pairs",
                 requirement: format!(
-                    "{} micro-batches per optimizer step exceed the {per_epoch} micro-batches of one epoch \
-                     ({dataset_len} pairs, batch_size {}): an optimizer step takes at most one epoch",
-                    self.config.grad_accum_steps, self.config.batch_pairs
+                    "is the global micro-batch, split evenly over the ranks: {} pairs do not split over a \
+                     world size of {world}",
+                    self.config.batch_pairs
                 ),
             });
         }
-        let wanted = DataState {
-            position: SamplerPosition::default(),
-            dataset_len,
-            batch_pairs: self.config.batch_pairs,
-            grad_accum_steps: self.config.grad_accum_steps,
-            shuffle: self.config.shuffle,
-        };
-        let position = match self.data {
-            Some(d) => {
-                if (d.dataset_len, d.batch_pairs, d.grad_accum_steps, d.shuffle)
-                    != (
-                        wanted.dataset_len,
-                        wanted.batch_pairs,
-                        wanted.grad_accum_steps,
-                        wanted.shuffle,
-                    )
-                {
-                    return Err(Error::Config {
-                        name: "data settings",
-                        requirement: format!(
-                            "the run so far used {} pairs, {} pairs per micro-batch, {} micro-batches per step, \
-                             shuffle {}; now {}, {}, {}, {}",
-                            d.dataset_len,
-                            d.batch_pairs,
-                            d.grad_accum_steps,
-                            d.shuffle,
-                            wanted.dataset_len,
-                            wanted.batch_pairs,
-                            wanted.grad_accum_steps,
-                            wanted.shuffle
-                        ),
-                    });
-                }
-                d.position
-            }
-            None => SamplerPosition::default(),
-        };
-        if self.sampler.is_none() {
-            let mut sampler = BatchSampler::new(
-                dataset_len,
-                self.config.batch_pairs,
-                self.config.seed,
-                self.config.shuffle,
-            )?;
-            sampler.set_position(position)?;
-            self.sampler = Some(sampler);
+        if let Some(device) = collective.device().filter(|&d| d != self.model.device()) {
+            return Err(Error::DeviceMismatch {
+                arg: "model",
+                other: "process group",
+                expected: device,
+                got: self.model.device(),
+            });
         }
-        self.data = Some(DataState { position, ..wanted });
+        let mut weights: Vec<tch::Tensor> = Vec::new();
+        for p in self.optimizer.params() {
+            weights.push(p.param.f_detach()?);
+            if let Some(master) = &p.master {
+                weights.push(master.f_detach()?);
+            }
+        }
+        collective.add_communication(self.collective.communication_time());
+        if !weights.is_empty() {
+            collective.broadcast_from_main_(&mut weights)?;
+        }
+        self.collective = collective;
         Ok(())
     }
 
-    /// Trains on `pairs` until [`RpoTrainerConfig::max_steps`], logging, drawing progress and checkpointing
-    /// as configured. Continues from the current step and data position (e.g. after
-    /// [`RpoTrainer::resume_latest`]). Returns the metrics of the steps taken.
-    ///
-    /// The JSON Lines log is appended to. In the first `fit` after a checkpoint was loaded it is opened
-    /// with [`JsonlLogger::continue_run`]: the lines at its end of steps after the checkpoint, left by the
-    /// interrupted process that logged past its last checkpoint, are removed, so every step appears once. Checkpoints go to [`RpoTrainerConfig::checkpoint_dir`] every
-    /// `save_steps` steps and after the last step; with `save_total_limit`, older ones are then deleted.
-    ///
-    /// With [`ReferenceSource::InitialPolicy`], the first `fit` of a fresh run scores `pairs` with the
-    /// initial weights first.
-    ///
-    /// # Errors
-    /// [`Error::Config`] if the data setup differs from the one the run started with, a reference cache
-    /// holds another number of pairs, or an initial-policy reference is needed after step 0 without a
-    /// checkpoint that holds it; anything [`Trainer::train_step`], logging or checkpointing returns.
-    pub fn fit(&mut self, pairs: &[EncodedPair], collator: &Collator) -> Result<Vec<StepMetrics>> {
-        self.fit_steps(pairs, collator, None)
-    }
-
-    /// As [`RpoTrainer::fit`], but stops after at most `steps` more steps when given (e.g. to split a run
-    /// into sessions, or to evaluate between parts).
-    ///
-    /// # Errors
-    /// As [`RpoTrainer::fit`].
-    pub fn fit_steps(
-        &mut self,
-        pairs: &[EncodedPair],
-        collator: &Collator,
-        steps: Option<u64>,
-    ) -> Result<Vec<StepMetrics>> {
-        self.prepare_sampler(pairs.len())?;
-        self.check_peers(pairs.len())?;
-        self.prepare_reference(pairs, collator, true)?;
-        let total = self.schedule.total_steps;
-        let main = self.is_main_process();
-        let log_path = self.config.log_path.as_ref().filter(|_| main);
-        let mut logger = match (log_path, self.resumed_at.take()) {
-            (Some(path), Some(step)) => Some(JsonlLogger::continue_run(path, step)?),
-            (Some(path), None) => Some(JsonlLogger::append(path)?),
-            (None, _) => None,
-        };
-        let progress = Progress::new(self.config.progress && main, self.step, total);
-        let mut history = Vec::new();
-        let mut last_saved = None;
-        while self.step < total && steps.map_or(true, |m| (history.len() as u64) < m) {
-            let mut batches = Vec::with_capacity(self.config.grad_accum_steps);
-            let mut epoch = 0;
-            for _ in 0..self.config.grad_accum_steps {
-                let sampler = self.sampler.as_mut().ok_or(Error::Config {
-                    name: "sampler",
-                    requirement: "not prepared".to_string(),
-                })?;
-                let indices = self.parallel.shard(sampler.next_batch())?;
-                epoch = sampler.position().epoch;
-                if indices.is_empty() {
-                    continue; // this rank's block of a small last batch of an epoch
-                }
-                let chunk: Vec<(usize, &EncodedPair)> = indices.iter().map(|&i| (i, &pairs[i])).collect();
-                batches.push(collator.collate(&chunk, tch::Device::Cpu)?);
-            }
-            let mut metrics = self.train_step(&batches)?;
-            metrics.epoch = Some(epoch);
-            if let (Some(d), Some(s)) = (self.data.as_mut(), self.sampler.as_ref()) {
-                d.position = s.position();
-            }
-            if let Some(logger) = logger.as_mut() {
-                logger.log(&metrics.to_json())?;
-            }
-            progress.update(&metrics);
-            history.push(metrics);
-            if let Some(every) = self.config.save_steps {
-                if self.step % every == 0 && self.save_configured()? {
-                    last_saved = Some(self.step);
-                }
-            }
-        }
-        progress.finish();
-        if self.step == total && last_saved != Some(self.step) && !history.is_empty() {
-            self.save_configured()?;
-        }
-        Ok(history)
-    }
-
-    /// Saves into the configured checkpoint directory (if any) and applies `save_total_limit`; whether it
-    /// saved.
-    fn save_configured(&self) -> Result<bool> {
-        let Some(dir) = &self.config.checkpoint_dir else {
-            return Ok(false);
-        };
-        // With a process group, rank 0 saves and the others wait for it.
-        let saved = if self.is_main_process() {
-            self.save_checkpoint(dir)
-                .and_then(|_| match self.config.save_total_limit {
-                    Some(limit) => checkpoint::prune(dir, limit).map(|_| true),
-                    None => Ok(true),
-                })
-        } else {
-            Ok(true)
-        };
-        self.finish_save(saved)
-    }
-
-    /// The gradient phase of a step: for each micro-batch, forward, loss with the step's totals, host
-    /// read-back of the loss and metrics, and backward — stopping at the first non-finite loss.
-    fn accumulate_gradients(
-        &mut self,
-        micro_batches: &[CollatedBatch],
-        totals: StepTotals,
-    ) -> Result<Gradients> {
-        let mut accumulated = Accumulated::default();
-        for batch in micro_batches {
-            let (out, deferred) = match self.micro_batch_loss(batch, Some(totals.global), true) {
-                Ok(out) => out,
-                Err(e @ Error::NonFinite { .. }) => {
-                    accumulated.loss = f64::NAN;
-                    return Ok(Gradients {
-                        accumulated,
-                        skip_reason: Some(format!("non-finite values in the forward pass: {e}")),
-                    });
-                }
-                Err(e) => return Err(e),
-            };
-            let loss = accumulated.add(&out, batch, &totals)?;
-            if !loss.is_finite() {
-                return Ok(Gradients {
-                    accumulated,
-                    skip_reason: Some(format!("non-finite loss {loss}")),
-                });
-            }
-            out.loss.f_backward()?;
-            if let Some(deferred) = deferred {
-                deferred.run()?;
-            }
-        }
-        Ok(Gradients {
-            accumulated,
-            skip_reason: None,
-        })
-    }
-
-    /// The update phase of a step: gradient norm, clipping and the AdamW update, or nothing when the step
-    /// must be skipped. Returns the gradient norm (when computed) and the skip reason.
-    fn apply_update(
-        &mut self,
-        lr: f64,
-        skip_reason: Option<String>,
-    ) -> Result<(Option<f64>, Option<String>)> {
-        if skip_reason.is_some() {
-            return Ok((None, skip_reason));
-        }
-        let norm = self.optimizer.grad_norm()?;
-        if !norm.is_finite() {
-            return Ok((Some(norm), Some(format!("non-finite gradient norm {norm}"))));
-        }
-        if let Some(max_norm) = self.config.max_grad_norm {
-            let coefficient = max_norm / (norm + 1e-6);
-            if coefficient < 1.0 {
-                self.optimizer.scale_grads(coefficient)?;
-            }
-        }
-        self.optimizer.step(lr)?;
-        Ok((Some(norm), None))
+    /// Takes the collective back (e.g. for the next stage's trainer, [`RpoTrainer::set_collective`]); the
+    /// trainer is a one-process trainer afterwards.
+    pub fn take_collective(&mut self) -> Collective {
+        std::mem::take(&mut self.collective)
     }
 }
 
-/// The error for a [`ReferenceSource::InitialPolicy`] that has not been scored.
-fn initial_policy_not_scored() -> Error {
-    Error::Config {
-        name: "reference",
-        requirement: "ReferenceSource::InitialPolicy is scored by the first fit of a fresh run (or restored from a \
-                      checkpoint that holds it); before that, or after step 0 without it, there are no reference \
-                      log-probs"
-            .to_string(),
-    }
-}
-
-impl Trainer for RpoTrainer {
-    fn train_step(&mut self, micro_batches: &[CollatedBatch]) -> Result<StepMetrics> {
-        let start = Instant::now();
-        let refs: Vec<&CollatedBatch> = micro_batches.iter().collect();
-        let totals = self.step_totals(&refs)?;
-        let lr = self.schedule.lr_at(self.step);
-        self.optimizer.zero_grad()?;
-        let gradients = match self.accumulate_gradients(micro_batches, totals) {
-            Ok(gradients) => gradients,
-            Err(e) => {
-                // The step's own error is the one to report; clearing the gradients is best effort here.
-                let _ = self.optimizer.zero_grad();
-                return Err(e);
-            }
-        };
-        let gradients = self.reduce_gradients(gradients)?;
-        let (grad_norm, skip_reason) = self.apply_update(lr, gradients.skip_reason)?;
-        if skip_reason.is_some() {
-            self.skipped_steps += 1;
-        }
-        self.optimizer.zero_grad()?;
-        self.step += 1;
-        let mut metrics = gradients.accumulated.into_metrics(self.step);
-        metrics.grad_norm = grad_norm;
-        metrics.lr = Some(lr);
-        metrics.pairs = totals.pairs;
-        metrics.tokens = totals.tokens;
-        metrics.tokens_per_second = totals.tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
-        metrics.skipped = skip_reason.is_some();
-        metrics.skip_reason = skip_reason;
-        metrics.skipped_steps = self.skipped_steps;
-        Ok(metrics)
+#[cfg(feature = "dist")]
+impl<M: PolicyModel> RpoTrainer<M> {
+    /// This trainer with `group` ([`RpoTrainer::set_process_group`]).
+    ///
+    /// # Errors
+    /// As [`RpoTrainer::set_process_group`].
+    pub fn with_process_group(mut self, group: crate::dist::ProcessGroup) -> Result<Self> {
+        self.set_process_group(group)?;
+        Ok(self)
     }
 
-    fn eval_step(&mut self, batch: &CollatedBatch) -> Result<StepMetrics> {
-        self.evaluate_batches(&[batch], Instant::now())
+    /// Makes this trainer one rank of a data-parallel job over `group`:
+    /// [`RpoTrainer::set_collective`] with [`Collective::group`].
+    ///
+    /// # Errors
+    /// As [`RpoTrainer::set_collective`].
+    pub fn set_process_group(&mut self, group: crate::dist::ProcessGroup) -> Result<()> {
+        self.set_collective(Collective::group(group))
+    }
+
+    /// The process group, if this trainer has one.
+    pub fn process_group(&self) -> Option<&crate::dist::ProcessGroup> {
+        self.collective.process_group()
+    }
+
+    /// Takes the process group back (e.g. for the next trainer of a pipeline); the trainer is a
+    /// one-process trainer afterwards.
+    pub fn take_process_group(&mut self) -> Option<crate::dist::ProcessGroup> {
+        self.collective.take_group()
     }
 }
