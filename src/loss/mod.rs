@@ -40,6 +40,7 @@ pub mod sft;
 
 pub use batch::{GlobalBatch, LossBatch, PolicyInput};
 pub use compute::compute_loss;
+#[cfg(feature = "train")]
 pub(crate) use compute::compute_loss_with;
 pub use objective::{Objective, RowLayout, Sequences};
 pub use reference::Reference;
