@@ -350,3 +350,52 @@ fn a_user_defined_objective_runs_at_every_level() {
         at(LossBatch::log_probs(&fused))
     );
 }
+
+/// The metrics schema drives the loss outputs: `metric_values()` lists TRL's names in 0.2's order (written out
+/// here, not read from the library), with token statistics and without; each value is `metric(name)` read
+/// back; `PreferenceMetrics::values` is the same list after `loss`, `loss/dpo`, `nll`.
+#[test]
+fn loss_output_metrics_follow_the_schema_by_name() {
+    let order = [
+        "loss",
+        "loss/dpo",
+        "nll",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+        "logits/chosen",
+        "logits/rejected",
+        "entropy",
+        "mean_token_accuracy",
+    ];
+    let schema: Vec<&str> = tch_rpo::loss::metrics::METRICS.iter().map(|m| m.name).collect();
+    assert_eq!(schema, order);
+    tch::manual_seed(7);
+    let (rows, t, vocab) = (4, 6, 11);
+    let logits = Tensor::randn([rows, t, vocab], (Kind::Float, CPU));
+    let y = labels(rows, t, vocab);
+    let reference = Tensor::randn([rows], (Kind::Float, CPU));
+    let config = RpoConfig::paper(0.1, 0.5);
+    for token_stats in [true, false] {
+        let options = LogProbOptions::causal().with_token_stats(token_stats);
+        let batch = LossBatch::logits(&logits, &y)
+            .with_reference(Reference::LogProbs(&reference))
+            .with_options(options);
+        let out = compute_loss(&config, &batch).unwrap();
+        let listed = out.metric_values().unwrap();
+        let want: &[&str] = if token_stats { &order } else { &order[..9] };
+        let names: Vec<&str> = listed.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, want);
+        for (name, value) in &listed {
+            let t = out.metric(name).unwrap();
+            assert_eq!(t.double_value(&[]), *value, "{name}");
+        }
+        assert_eq!(out.metric("logits/chosen").is_some(), token_stats);
+        assert!(out.metric("no such metric").is_none());
+        let preference = out.dpo.metrics.values().unwrap();
+        assert_eq!(preference.as_slice(), &listed[3..]);
+    }
+}

@@ -22,6 +22,116 @@ use crate::error::Result;
 use crate::loss::objective::Pairs;
 use tch::{Kind, Tensor};
 
+/// What a metric is averaged over across the micro-batches (and data-parallel ranks) of a trainer step, so that
+/// the step's value is the one of one batch holding all its pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Average {
+    /// A loss: each micro-batch's value is already normalized by the step's totals
+    /// ([`crate::GlobalBatch`]), so the values are summed.
+    Step,
+    /// A mean over pairs: each micro-batch's mean is weighted by its share of the step's pairs.
+    Pairs,
+    /// Pooled over the chosen responses' scored tokens: weighted by the share of those tokens.
+    ChosenTokens,
+    /// Pooled over the rejected responses' scored tokens: weighted by the share of those tokens.
+    RejectedTokens,
+    /// Pooled over all scored tokens (chosen and rejected): weighted by the share of those tokens.
+    ScoredTokens,
+}
+
+impl Average {
+    /// Whether the metric is a token statistic (computed only with [`crate::LogProbOptions::token_stats`]).
+    pub fn is_token_statistic(self) -> bool {
+        matches!(
+            self,
+            Average::ChosenTokens | Average::RejectedTokens | Average::ScoredTokens
+        )
+    }
+}
+
+/// One row of the metrics schema ([`METRICS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    /// The name (TRL's), in the JSON Lines log and for `StepMetrics::get`.
+    pub name: &'static str,
+    /// What it is averaged over across micro-batches and ranks.
+    pub average: Average,
+    /// What it is.
+    pub description: &'static str,
+}
+
+/// The metrics schema: every metric of an RPO step, in this order, with TRL's names. It drives the loss
+/// outputs' metrics ([`crate::RpoOutput::metric`], [`crate::RpoOutput::metric_values`],
+/// [`PreferenceMetrics::values`]), and in the trainer the accumulation over micro-batches, the sums over
+/// data-parallel ranks, `StepMetrics`, its JSON line and `StepMetrics::get`.
+///
+/// `logits/chosen` and `logits/rejected` are TRL's: the mean logit `(1/V)·Σ_v z_v` over the scored
+/// tokens of the chosen (rejected) responses, not Liger-Kernel's `chosen_logits_mean`, which averages
+/// over every position of the rows (prompt and padding included).
+pub const METRICS: [Metric; 13] = [
+    metric("loss", Average::Step, "the RPO loss of the step (DPO + c · SFT)"),
+    metric("loss/dpo", Average::Step, "the DPO part"),
+    metric(
+        "nll",
+        Average::Step,
+        "the SFT part: NLL of the chosen responses under its normalization",
+    ),
+    metric(
+        "rewards/chosen",
+        Average::Pairs,
+        "mean β·(log π(y_w) − log π_ref(y_w))",
+    ),
+    metric(
+        "rewards/rejected",
+        Average::Pairs,
+        "mean β·(log π(y_l) − log π_ref(y_l))",
+    ),
+    metric("rewards/margins", Average::Pairs, "mean reward margin"),
+    metric(
+        "rewards/accuracies",
+        Average::Pairs,
+        "fraction of pairs whose chosen reward exceeds the rejected one",
+    ),
+    metric(
+        "logps/chosen",
+        Average::Pairs,
+        "mean summed log-prob of the chosen responses",
+    ),
+    metric(
+        "logps/rejected",
+        Average::Pairs,
+        "mean summed log-prob of the rejected responses",
+    ),
+    metric(
+        "logits/chosen",
+        Average::ChosenTokens,
+        "mean logit over the chosen responses' scored tokens",
+    ),
+    metric(
+        "logits/rejected",
+        Average::RejectedTokens,
+        "mean logit over the rejected responses' scored tokens",
+    ),
+    metric(
+        "entropy",
+        Average::ScoredTokens,
+        "mean entropy of the predicted distribution over all scored tokens",
+    ),
+    metric(
+        "mean_token_accuracy",
+        Average::ScoredTokens,
+        "fraction of scored tokens the arg-max predicts",
+    ),
+];
+
+const fn metric(name: &'static str, average: Average, description: &'static str) -> Metric {
+    Metric {
+        name,
+        average,
+        description,
+    }
+}
+
 /// Detached tensors: 0-dim means (see the [module docs](self)) and `[B]` per-pair values.
 #[derive(Debug)]
 pub struct PreferenceMetrics {
@@ -99,36 +209,39 @@ impl PreferenceMetrics {
         })
     }
 
-    /// The computed means with their names, in the order of [`PreferenceMetrics::values`].
-    pub(crate) fn names_and_means(&self) -> Vec<(&'static str, &Tensor)> {
-        let mut fields = vec![
-            ("rewards/chosen", &self.rewards_chosen),
-            ("rewards/rejected", &self.rewards_rejected),
-            ("rewards/margins", &self.rewards_margins),
-            ("rewards/accuracies", &self.rewards_accuracies),
-            ("logps/chosen", &self.logps_chosen),
-            ("logps/rejected", &self.logps_rejected),
-        ];
-        let optional = [
-            ("logits/chosen", &self.logits_chosen),
-            ("logits/rejected", &self.logits_rejected),
-            ("entropy", &self.entropy),
-            ("mean_token_accuracy", &self.mean_token_accuracy),
-        ];
-        fields.extend(
-            optional
-                .into_iter()
-                .filter_map(|(n, t)| t.as_ref().map(|t| (n, t))),
-        );
-        fields
+    /// The 0-dim mean of the metric `name` ([`METRICS`]); `None` for a token statistic that was not
+    /// computed, or a name these metrics do not hold (`loss`, `loss/dpo`, `nll`: see
+    /// [`crate::RpoOutput::metric`]).
+    pub fn mean(&self, name: &str) -> Option<&Tensor> {
+        match name {
+            "rewards/chosen" => Some(&self.rewards_chosen),
+            "rewards/rejected" => Some(&self.rewards_rejected),
+            "rewards/margins" => Some(&self.rewards_margins),
+            "rewards/accuracies" => Some(&self.rewards_accuracies),
+            "logps/chosen" => Some(&self.logps_chosen),
+            "logps/rejected" => Some(&self.logps_rejected),
+            "logits/chosen" => self.logits_chosen.as_ref(),
+            "logits/rejected" => self.logits_rejected.as_ref(),
+            "entropy" => self.entropy.as_ref(),
+            "mean_token_accuracy" => self.mean_token_accuracy.as_ref(),
+            _ => None,
+        }
     }
 
-    /// `(name, mean)` pairs in a fixed order (the six reward / log-prob metrics, then the token metrics
-    /// that were computed), read back to the host (syncs the device).
+    /// `(name, mean)` of every metric these metrics hold, in [`METRICS`] order (the six reward / log-prob
+    /// metrics, then the token statistics that were computed), read back to the host (syncs the device).
     pub fn values(&self) -> Result<Vec<(&'static str, f64)>> {
-        self.names_and_means()
-            .into_iter()
-            .map(|(name, t)| Ok((name, t.f_double_value(&[])?)))
-            .collect()
+        read_values(|name| self.mean(name))
     }
+}
+
+/// `(name, value)` of each [`METRICS`] entry that `lookup` finds, in schema order, read back to the host.
+pub(crate) fn read_values<'a>(
+    lookup: impl Fn(&str) -> Option<&'a Tensor>,
+) -> Result<Vec<(&'static str, f64)>> {
+    METRICS
+        .iter()
+        .filter_map(|m| lookup(m.name).map(|t| (m.name, t)))
+        .map(|(name, t)| Ok((name, t.f_double_value(&[])?)))
+        .collect()
 }

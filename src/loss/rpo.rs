@@ -254,15 +254,23 @@ pub struct RpoOutput {
 }
 
 impl RpoOutput {
-    /// `loss`, `loss/dpo`, `nll`, then the [`crate::PreferenceMetrics`] names, read back (syncs the device).
+    /// The 0-dim tensor of the metric `name` ([`crate::loss::metrics::METRICS`]): `loss`, `loss/dpo`
+    /// (the DPO part), `nll` (the SFT part), or a [`crate::PreferenceMetrics`] mean; `None` for a token
+    /// statistic that was not computed or an unknown name. No device sync.
+    pub fn metric(&self, name: &str) -> Option<&Tensor> {
+        match name {
+            "loss" => Some(&self.loss),
+            "loss/dpo" => Some(&self.dpo.loss),
+            "nll" => Some(&self.sft.loss),
+            _ => self.dpo.metrics.mean(name),
+        }
+    }
+
+    /// `(name, value)` of every metric [`RpoOutput::metric`] finds, in
+    /// [`crate::loss::metrics::METRICS`] order (`loss`, `loss/dpo`, `nll`, then the
+    /// [`crate::PreferenceMetrics`] names), read back (syncs the device).
     pub fn metric_values(&self) -> Result<Vec<(&'static str, f64)>> {
-        let mut out = vec![
-            ("loss", self.loss.f_double_value(&[])?),
-            ("loss/dpo", self.dpo.loss.f_double_value(&[])?),
-            ("nll", self.sft.loss.f_double_value(&[])?),
-        ];
-        out.extend(self.dpo.metrics.values()?);
-        Ok(out)
+        crate::loss::metrics::read_values(|name| self.metric(name))
     }
 }
 

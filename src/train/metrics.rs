@@ -1,119 +1,12 @@
 //! Step metrics with the names TRL users know, a JSON Lines log, and a terminal progress line.
 
+pub use crate::loss::metrics::{Average, Metric, METRICS};
+
 use crate::error::{Error, Result};
 use serde_json::{Map, Value};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-/// What a metric is averaged over across the micro-batches (and data-parallel ranks) of a step, so that
-/// the step's value is the one of one batch holding all its pairs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Average {
-    /// A loss: each micro-batch's value is already normalized by the step's totals
-    /// ([`crate::GlobalBatch`]), so the values are summed.
-    Step,
-    /// A mean over pairs: each micro-batch's mean is weighted by its share of the step's pairs.
-    Pairs,
-    /// Pooled over the chosen responses' scored tokens: weighted by the share of those tokens.
-    ChosenTokens,
-    /// Pooled over the rejected responses' scored tokens: weighted by the share of those tokens.
-    RejectedTokens,
-    /// Pooled over all scored tokens (chosen and rejected): weighted by the share of those tokens.
-    ScoredTokens,
-}
-
-impl Average {
-    /// Whether the metric is a token statistic (computed only with [`crate::LogProbOptions::token_stats`]).
-    pub fn is_token_statistic(self) -> bool {
-        matches!(
-            self,
-            Average::ChosenTokens | Average::RejectedTokens | Average::ScoredTokens
-        )
-    }
-}
-
-/// One row of the metrics schema ([`METRICS`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Metric {
-    /// The name (TRL's), in the JSON Lines log and for [`StepMetrics::get`].
-    pub name: &'static str,
-    /// What it is averaged over across micro-batches and ranks.
-    pub average: Average,
-    /// What it is.
-    pub description: &'static str,
-}
-
-/// The metrics schema: every metric the trainer reports, in this order, with TRL's names. It drives the
-/// accumulation over micro-batches, the sums over data-parallel ranks, [`StepMetrics`], its JSON line
-/// and [`StepMetrics::get`].
-///
-/// `logits/chosen` and `logits/rejected` are TRL's: the mean logit `(1/V)·Σ_v z_v` over the scored
-/// tokens of the chosen (rejected) responses, not Liger-Kernel's `chosen_logits_mean`, which averages
-/// over every position of the rows (prompt and padding included).
-pub const METRICS: [Metric; 13] = [
-    metric("loss", Average::Step, "the RPO loss of the step (DPO + c · SFT)"),
-    metric("loss/dpo", Average::Step, "the DPO part"),
-    metric(
-        "nll",
-        Average::Step,
-        "the SFT part: NLL of the chosen responses under its normalization",
-    ),
-    metric(
-        "rewards/chosen",
-        Average::Pairs,
-        "mean β·(log π(y_w) − log π_ref(y_w))",
-    ),
-    metric(
-        "rewards/rejected",
-        Average::Pairs,
-        "mean β·(log π(y_l) − log π_ref(y_l))",
-    ),
-    metric("rewards/margins", Average::Pairs, "mean reward margin"),
-    metric(
-        "rewards/accuracies",
-        Average::Pairs,
-        "fraction of pairs whose chosen reward exceeds the rejected one",
-    ),
-    metric(
-        "logps/chosen",
-        Average::Pairs,
-        "mean summed log-prob of the chosen responses",
-    ),
-    metric(
-        "logps/rejected",
-        Average::Pairs,
-        "mean summed log-prob of the rejected responses",
-    ),
-    metric(
-        "logits/chosen",
-        Average::ChosenTokens,
-        "mean logit over the chosen responses' scored tokens",
-    ),
-    metric(
-        "logits/rejected",
-        Average::RejectedTokens,
-        "mean logit over the rejected responses' scored tokens",
-    ),
-    metric(
-        "entropy",
-        Average::ScoredTokens,
-        "mean entropy of the predicted distribution over all scored tokens",
-    ),
-    metric(
-        "mean_token_accuracy",
-        Average::ScoredTokens,
-        "fraction of scored tokens the arg-max predicts",
-    ),
-];
-
-const fn metric(name: &'static str, average: Average, description: &'static str) -> Metric {
-    Metric {
-        name,
-        average,
-        description,
-    }
-}
 
 /// The position of `name` in [`METRICS`].
 pub(crate) fn metric_index(name: &str) -> Option<usize> {

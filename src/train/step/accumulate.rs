@@ -7,7 +7,6 @@ use crate::error::{Error, Result};
 use crate::loss::rpo::RpoOutput;
 use crate::loss::GlobalBatch;
 use crate::train::metrics::{Average, StepMetrics, METRICS};
-use crate::train::step::loss::metric_tensor;
 use tch::{Device, Kind, Tensor};
 
 /// The totals of one optimizer step's micro-batches.
@@ -102,7 +101,7 @@ impl Accumulated {
     /// # Errors
     /// [`Error::Config`] (a bug) if the loss output lacks a metric that is not a token statistic.
     pub(crate) fn add(&mut self, out: &RpoOutput, batch: &CollatedBatch, totals: &StepTotals) -> Result<f64> {
-        let tensors: Vec<Option<&Tensor>> = METRICS.iter().map(|m| metric_tensor(out, m.name)).collect();
+        let tensors: Vec<Option<&Tensor>> = METRICS.iter().map(|m| out.metric(m.name)).collect();
         let with_token = METRICS
             .iter()
             .zip(&tensors)

@@ -1,6 +1,5 @@
 //! Every call of the trainer into the loss API, in one place: the loss of a micro-batch from a model
-//! output, the summed log-probs of a batch (reference scoring), and the loss output's metric tensors by
-//! schema name.
+//! output, and the summed log-probs of a batch (reference scoring).
 
 use tch::Tensor;
 
@@ -73,26 +72,4 @@ pub(crate) fn sequence_sums(
         }
         ModelOutput::Logits(logits) => sequence_logprobs(logits, labels, logprobs)?.sum,
     })
-}
-
-/// The 0-dim tensor of the metric `name` ([`crate::train::metrics::METRICS`]) in a loss output; `None`
-/// for a token statistic that was not computed, or a name the loss output does not have.
-pub(crate) fn metric_tensor<'a>(out: &'a RpoOutput, name: &str) -> Option<&'a Tensor> {
-    let m = &out.dpo.metrics;
-    match name {
-        "loss" => Some(&out.loss),
-        "loss/dpo" => Some(&out.dpo.loss),
-        "nll" => Some(&out.sft.loss),
-        "rewards/chosen" => Some(&m.rewards_chosen),
-        "rewards/rejected" => Some(&m.rewards_rejected),
-        "rewards/margins" => Some(&m.rewards_margins),
-        "rewards/accuracies" => Some(&m.rewards_accuracies),
-        "logps/chosen" => Some(&m.logps_chosen),
-        "logps/rejected" => Some(&m.logps_rejected),
-        "logits/chosen" => m.logits_chosen.as_ref(),
-        "logits/rejected" => m.logits_rejected.as_ref(),
-        "entropy" => m.entropy.as_ref(),
-        "mean_token_accuracy" => m.mean_token_accuracy.as_ref(),
-        _ => None,
-    }
 }
