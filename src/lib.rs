@@ -105,6 +105,7 @@ pub mod gguf;
 pub mod libtorch;
 pub mod logprobs;
 pub mod loss;
+pub mod memory;
 #[cfg(feature = "gemma")]
 pub mod models;
 #[cfg(feature = "train")]

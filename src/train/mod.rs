@@ -27,6 +27,7 @@ pub mod optim;
 pub mod reference;
 mod run;
 pub mod schedule;
+pub mod stages;
 mod state;
 mod step;
 pub mod trainer;
@@ -42,4 +43,8 @@ pub use model::{
 pub use optim::{default_decay_rule, AdamW, AdamWConfig, DecayRule, ParamState};
 pub use reference::{score_reference, ReferenceCache, ReferenceSource, ScoringOptions};
 pub use schedule::{Decay, LrSchedule};
+pub use stages::{
+    metrics_csv, write_metrics_csv, ConsoleHooks, EvalRow, StageHooks, StageSummary, Stages, TrainedSteps,
+    METRICS_CSV_HEADER,
+};
 pub use trainer::{RpoTrainer, Trainer};
