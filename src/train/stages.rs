@@ -210,8 +210,11 @@ pub trait StageHooks<M> {
 /// given to [`ConsoleHooks::with_gold`] (default none).
 pub struct ConsoleHooks<'a, M> {
     memory: &'a MemoryReport,
-    gold: Box<dyn FnMut(&M) -> Result<Option<f64>> + 'a>,
+    gold: GoldFn<'a, M>,
 }
+
+/// The gold-accuracy function of [`ConsoleHooks`].
+type GoldFn<'a, M> = Box<dyn FnMut(&M) -> Result<Option<f64>> + 'a>;
 
 impl<'a, M> ConsoleHooks<'a, M> {
     /// Console hooks reporting memory phases to `memory` (a disabled report prints nothing).
