@@ -63,7 +63,9 @@
 //!   bias, logit scale and Gemma-2 soft-cap in [`LinearHead`]); [`fused_loss`] for user-defined losses.
 //! - [`train`] (feature `train`, default): the [`train::PolicyModel`] trait, the [`train::RpoTrainer`] with
 //!   its own AdamW, schedule, gradient accumulation, skip-on-non-finite safety, metrics and checkpoints.
-//! - [`data`] (feature `train`, default): JSON Lines preference records, tokenizers, collation.
+//!   [`train::stages`]: stages with evaluation rows, chained on one data set, and the metrics CSV.
+//! - [`data`] (feature `train`, default): JSON Lines preference records, tokenizers, collation, and a
+//!   checkable synthetic task ([`data::word_reversal`]).
 //! - [`gguf`] (feature `gguf`, default): GGUF files (llama.cpp's format): metadata, tensor infos, and
 //!   tensors dequantized (F32/F16/BF16, Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q4_K/Q5_K/Q6_K) into tch tensors.
 //! - [`models`] (feature `gemma`, default; needs no `train`): Gemma 1 / 2 / 3 text decoders
@@ -76,6 +78,8 @@
 //!   distributed sampler.
 //! - [`libtorch`]: which libtorch the process loaded (real paths), and [`libtorch::init_cuda`] for a binary
 //!   linked without `libtorch_cuda`.
+//! - [`memory`]: the process's resident memory (current and peak RSS), a per-phase report, and glibc's
+//!   mmap threshold for tensor-heavy programs.
 //! - [`atomic`]: how every artifact (GGUF file, exported folder, checkpoint) is written: a temporary
 //!   beside the target, fsynced, renamed into place; never a partial artifact under the final name.
 //! - [`error`]: the one [`Error`] enum; every public function that can fail returns [`Result`].
@@ -105,6 +109,7 @@ pub mod gguf;
 pub mod libtorch;
 pub mod logprobs;
 pub mod loss;
+pub mod memory;
 #[cfg(feature = "gemma")]
 pub mod models;
 #[cfg(feature = "train")]

@@ -1,13 +1,13 @@
 //! `cargo run --release --example rpo_gemma`: train a Gemma-architecture model with SFT, then DPO and RPO
 //! from the same start, and show what RPO is for (the chosen responses' log-prob under DPO vs RPO).
 //!
-//! Every model piece comes from the library (`tch_rpo::models`); this example is the flow only: the flags
-//! (here), the stages and metrics (`run.rs`), the word-reversal task (`task.rs`) and the plot (`plot.rs`).
-//! Documentation and results: `docs/rpo_gemma.md`; tested by running it (`tests/rpo_gemma_*.rs`).
-mod memory;
+//! A thin program over the library: the models (`tch_rpo::models`), the stages with their evaluations and
+//! metrics CSV (`tch_rpo::train::stages`), the word-reversal task (`tch_rpo::data::word_reversal`) and the
+//! memory report (`tch_rpo::memory`) come from it; this example is the flags (here), the flow (`run.rs`)
+//! and the plot (`plot.rs`). Documentation and results: `docs/rpo_gemma.md`; tested by running it
+//! (`tests/rpo_gemma_*.rs`).
 mod plot;
 mod run;
-mod task;
 
 use std::path::PathBuf;
 
@@ -204,7 +204,7 @@ impl Args {
 
 fn main_flow(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(dir) = &args.write_data {
-        return task::write_data(dir);
+        return run::write_data(dir);
     }
     let pretrained = args.gguf.is_some() || args.model_dir.is_some();
     if let Some(threads) = args.threads.or((!pretrained).then_some(1)) {
@@ -213,31 +213,9 @@ fn main_flow(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     run::run(args)
 }
 
-/// glibc serves allocations below its (adaptive, up to 32 MB) mmap threshold from heaps that it rarely returns
-/// to the system; with libtorch's many short-lived tensors of a few MB, the heap fragments and the process
-/// holds gigabytes it no longer uses (measured on Gemma 3 270M: RSS 9.4 GB after a step whose live set is
-/// ≈ 4.4 GB; docs/benchmarks.md). A fixed 1 MiB threshold maps every larger tensor on its own and unmaps it when
-/// freed. Skipped when the user sets `MALLOC_MMAP_THRESHOLD_` (glibc reads it itself).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn limit_heap_fragmentation() {
-    extern "C" {
-        fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
-    }
-    const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
-        // SAFETY: mallopt only sets a parameter of glibc's allocator; called first thing in `main`, before
-        // any other thread exists.
-        unsafe {
-            mallopt(M_MMAP_THRESHOLD, 1 << 20);
-        }
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_heap_fragmentation() {}
-
 fn main() {
-    limit_heap_fragmentation();
+    // glibc's mmap threshold at 1 MiB, so that freed tensors go back to the system (see its docs).
+    tch_rpo::memory::limit_heap_fragmentation();
     let mut args = Args::parse();
     if args.quick {
         args.epochs = 1;

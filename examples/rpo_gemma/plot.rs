@@ -5,10 +5,10 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::run::Row;
+use tch_rpo::train::EvalRow;
 
 /// Draws the `dpo` and `rpo` rows' chosen log-prob against their epoch into the SVG file `path`.
-pub fn chosen_logp_svg(path: &Path, rows: &[Row]) -> Result<(), Box<dyn std::error::Error>> {
+pub fn chosen_logp_svg(path: &Path, rows: &[EvalRow]) -> Result<(), Box<dyn std::error::Error>> {
     let series = |method: &str| -> Vec<(f64, f64)> {
         rows.iter()
             .filter(|r| r.method == method && r.chosen_logp.is_finite())

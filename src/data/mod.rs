@@ -19,6 +19,7 @@ pub mod collate;
 pub mod record;
 pub mod sampler;
 pub mod tokenizer;
+pub mod word_reversal;
 
 pub use collate::{CollateConfig, CollatedBatch, Collator};
 pub use record::{Message, OnMalformed, PreferenceDataset, PreferenceRecord, SkippedRecord, Text};

@@ -4,7 +4,8 @@
 //! with its own [`AdamW`] ([`optim`]), learning-rate schedule ([`schedule`]), reference log-probs
 //! ([`reference`](mod@reference), [`score_reference`]), the metrics schema and logs ([`metrics`]) and
 //! crash-safe checkpoints ([`checkpoint`]); one process or, with feature `dist`, one rank of a
-//! data-parallel job over a c10d process group ([`collective`], docs/distributed.md). Design notes:
+//! data-parallel job over a c10d process group ([`collective`], docs/distributed.md). [`stages`]: training
+//! stages with evaluation rows chained on one data set (SFT → DPO / RPO), and the metrics CSV. Design notes:
 //! `docs/design.md`, section "Trainer".
 //!
 //! The trainer's parts, one job each: `trainer.rs` (the object, its accessors, evaluation), `step/` (the
@@ -27,6 +28,7 @@ pub mod optim;
 pub mod reference;
 mod run;
 pub mod schedule;
+pub mod stages;
 mod state;
 mod step;
 pub mod trainer;
@@ -42,4 +44,8 @@ pub use model::{
 pub use optim::{default_decay_rule, AdamW, AdamWConfig, DecayRule, ParamState};
 pub use reference::{score_reference, ReferenceCache, ReferenceSource, ScoringOptions};
 pub use schedule::{Decay, LrSchedule};
+pub use stages::{
+    metrics_csv, write_metrics_csv, ConsoleHooks, EvalRow, StageHooks, StageSummary, Stages, TrainedSteps,
+    METRICS_CSV_HEADER,
+};
 pub use trainer::{RpoTrainer, Trainer};

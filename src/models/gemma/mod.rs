@@ -49,6 +49,8 @@
 //! `model.layers.{i}.self_attn.q_proj.weight`, …), so [`Gemma::load`] copies a folder's tensors by name
 //! and [`export::save_pretrained`] writes a folder that `transformers` loads.
 
+#[cfg(feature = "train")]
+pub mod accuracy;
 pub mod checkpointing;
 pub mod config;
 pub mod export;
@@ -61,6 +63,8 @@ pub mod policy;
 mod weights_gguf;
 mod weights_hf;
 
+#[cfg(feature = "train")]
+pub use accuracy::greedy_accuracy;
 pub use checkpointing::LayerCheckpoints;
 pub use config::{Activation, GemmaArch, GemmaConfig, TokenIds, SUPPORTED_MODEL_TYPES};
 pub use generate::{generate, greedy_decode, Generation, GenerationConfig, Sampling};

@@ -5,6 +5,7 @@ use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
 use super::export::{save_gguf, save_pretrained, TokenizerSource};
+use super::load::{LoadOptions, WeightSource};
 use super::model::Gemma;
 use crate::error::Result;
 use crate::fused::LinearHead;
@@ -39,14 +40,40 @@ impl std::fmt::Debug for GemmaPolicy {
 impl GemmaPolicy {
     /// Wraps a model and the store holding its variables (as returned by [`Gemma::load`], or the store
     /// whose root was given to [`Gemma::random`]). An independent copy of a trained policy:
-    /// [`Gemma::load`] with [`WeightSource::Parameters`](super::WeightSource::Parameters) of its
-    /// [`PolicyModel::named_parameters`].
+    /// [`GemmaPolicy::try_clone`].
     pub fn new(vs: nn::VarStore, model: Gemma) -> Self {
         Self {
             vs,
             model,
             gradient_checkpointing: false,
         }
+    }
+
+    /// An independent copy of this policy placed as `options` says: [`Gemma::load`] with
+    /// [`WeightSource::Parameters`] of its configuration and [`PolicyModel::named_parameters`], and the
+    /// same gradient-checkpointing setting. Training one leaves the other unchanged (e.g. DPO trained from a
+    /// copy of the SFT model while RPO trains the SFT model itself).
+    ///
+    /// # Errors
+    /// Those of [`Gemma::load`].
+    pub fn try_clone(&self, options: &LoadOptions) -> Result<Self> {
+        let parameters = self.named_parameters();
+        let source = WeightSource::Parameters {
+            config: self.model.config(),
+            parameters: &parameters,
+        };
+        let (vs, model) = Gemma::load(source, options)?;
+        Ok(Self {
+            vs,
+            model,
+            gradient_checkpointing: self.gradient_checkpointing,
+        })
+    }
+
+    /// The number of trainable parameters (elements of the store's trainable variables).
+    pub fn parameter_count(&self) -> i64 {
+        let variables = self.vs.trainable_variables();
+        variables.iter().map(|t| t.numel() as i64).sum()
     }
 
     /// Turns per-layer activation (gradient) checkpointing on or off (default off). On, the trainer's

@@ -1,31 +1,31 @@
-//! The example's task: preference pairs whose correct answer a program can check.
+//! A synthetic preference task whose correct answer a program can check, for smoke tests of a training
+//! pipeline and the `rpo_gemma` example's default run: reverse a short word.
 //!
-//! Reverse a short word: prompt `"<word>>"` (a word of 3–5 letters from `a`–`h`, then `>`), chosen = the
-//! word reversed, rejected = a plausible wrong answer (two adjacent letters swapped, one letter replaced by
-//! its neighbour in the alphabet, the word not reversed, or the last letter dropped). Records are generated
-//! deterministically from a seed ([`generate`]) and checked with [`is_correct`].
+//! Prompt `"<word>>"` (a word of [`MIN_LEN`]–[`MAX_LEN`] letters from [`ALPHABET`], then `>`), chosen = the
+//! word reversed, rejected = a plausible wrong answer (two adjacent letters swapped, one letter replaced
+//! by its neighbour in the alphabet, the word not reversed, or the last letter dropped). Pairs are
+//! generated deterministically from a seed ([`generate`]) and answers checked with [`is_correct`].
 //!
-//! Why this task: the default model (`GemmaConfig::small_gemma2`: 2 layers, 64 wide, 73k parameters) learns
-//! it from a few hundred pairs within the default run's budget. In a development probe (plain SFT on the
-//! chosen answers, AdamW lr 3e-3, batches of 16, seed 0, release build on the 2-core CI-like machine) the
-//! held-out greedy accuracy was 20% after 200 steps, 65% after 400 and 95% after 600, at about 8 ms per
-//! step. Two-digit addition (`"12+35="`), tried first at the same size, stayed below 12% after 1,200
-//! steps. The example's own run reports the numbers that count.
+//! Why this task: the `rpo_gemma` example's default model (`GemmaConfig::small_gemma2`: 2 layers, 64 wide,
+//! 73k parameters) learns it from a few hundred pairs within the default run's budget. In a development
+//! probe (plain SFT on the chosen answers, AdamW lr 3e-3, batches of 16, seed 0, release build on the
+//! 2-core CI-like machine) the held-out greedy accuracy was 20% after 200 steps, 65% after 400 and 95%
+//! after 600, at about 8 ms per step. Two-digit addition (`"12+35="`), tried first at the same size,
+//! stayed below 12% after 1,200 steps. The example's own run reports the numbers that count.
 //!
 //! The shipped files `examples/rpo_gemma/data/{train,heldout}.jsonl` are the first [`TRAIN_SIZE`] and the
-//! next [`HELDOUT_SIZE`] records of `generate(DATA_SEED, …)`; regenerate them with
+//! next [`HELDOUT_SIZE`] pairs of `generate(DATA_SEED, …)`, written by [`write_jsonl`]; regenerate them with
 //! `cargo run --release --example rpo_gemma -- --write-data examples/rpo_gemma/data`
-//! (`tests/rpo_gemma_task.rs` checks that the shipped files match).
-//!
-//! Tokenization for the small model is character level ([`tokenizer`]: the library's `CharTokenizer`
-//! with Gemma's special ids `<pad>` 0, `<eos>` 1, `<bos>` 2).
+//! (`tests/rpo_gemma_task.rs` checks that the shipped files match). The example tokenizes at the
+//! character level: `models::tokenizer::CharTokenizer` over [`CHARS`].
 
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::Path;
 
 use serde::Serialize;
-use tch_rpo::models::tokenizer::CharTokenizer;
+
+use crate::error::{Error, Result};
 
 /// The seed of the shipped data files.
 pub const DATA_SEED: u64 = 2024;
@@ -39,23 +39,19 @@ pub const ALPHABET: &str = "abcdefgh";
 pub const MIN_LEN: usize = 3;
 /// See [`MIN_LEN`].
 pub const MAX_LEN: usize = 5;
-/// The small model's characters (ids `3..`): kept as they were when the shipped results were made.
+/// The example's character vocabulary (ids `3..` of its `CharTokenizer`), kept as it was when the shipped
+/// results were made.
 pub const CHARS: &str = "abcdefghijklmnopqrstuvwxyz0123456789+-=>*/ ";
 
-/// One preference pair.
+/// One preference pair of plain texts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Record {
+pub struct ReversalPair {
     /// The prompt, e.g. `"abcd>"`.
     pub prompt: String,
     /// The correct answer, e.g. `"dcba"`.
     pub chosen: String,
     /// A plausible wrong answer, e.g. `"dbca"`.
     pub rejected: String,
-}
-
-/// The small model's character tokenizer.
-pub fn tokenizer() -> tch_rpo::Result<CharTokenizer> {
-    CharTokenizer::new(CHARS)
 }
 
 /// SplitMix64: a tiny deterministic generator, so the data does not depend on a crate's RNG version.
@@ -122,50 +118,42 @@ fn wrong_answer(word: &str, rng: &mut SplitMix64) -> String {
     }
 }
 
-/// `n` pairs with distinct prompts, deterministic in `seed` (at most the number of distinct words).
-pub fn generate(seed: u64, n: usize) -> Vec<Record> {
+/// `n` pairs with distinct prompts, deterministic in `seed` (at most the number of distinct words, 37,376).
+pub fn generate(seed: u64, n: usize) -> Vec<ReversalPair> {
     let words: usize = (MIN_LEN..=MAX_LEN).map(|l| ALPHABET.len().pow(l as u32)).sum();
     let n = n.min(words);
     let letters: Vec<char> = ALPHABET.chars().collect();
     let mut rng = SplitMix64(seed);
     let mut seen = HashSet::new();
-    let mut records = Vec::with_capacity(n);
-    while records.len() < n {
+    let mut pairs = Vec::with_capacity(n);
+    while pairs.len() < n {
         let len = MIN_LEN + rng.below(MAX_LEN - MIN_LEN + 1);
         let word: String = (0..len).map(|_| letters[rng.below(letters.len())]).collect();
         if !seen.insert(word.clone()) {
             continue;
         }
         let rejected = wrong_answer(&word, &mut rng);
-        records.push(Record {
+        pairs.push(ReversalPair {
             prompt: format!("{word}>"),
             chosen: reversed(&word),
             rejected,
         });
     }
-    records
+    pairs
 }
 
-/// `--write-data DIR`: writes the shipped `train.jsonl` and `heldout.jsonl` (JSON Lines, one
-/// `{"prompt","chosen","rejected"}` object per line) into `dir`.
-pub fn write_data(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    let all = generate(DATA_SEED, TRAIN_SIZE + HELDOUT_SIZE);
-    let (train, heldout) = all.split_at(TRAIN_SIZE);
-    std::fs::create_dir_all(dir)?;
-    for (name, records) in [("train.jsonl", train), ("heldout.jsonl", heldout)] {
-        let path = dir.join(name);
-        let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
-        for record in records {
-            serde_json::to_writer(&mut file, record)?;
-            file.write_all(b"\n")?;
+/// Writes `pairs` to the file `path` as JSON Lines, one `{"prompt","chosen","rejected"}` object per line
+/// (readable by [`super::PreferenceDataset::from_jsonl`]), atomically ([`crate::atomic::write_file`]).
+///
+/// # Errors
+/// Those of [`crate::atomic::write_file`] (argument `path`); [`Error::Io`] when writing fails.
+pub fn write_jsonl(path: &Path, pairs: &[ReversalPair]) -> Result<()> {
+    crate::atomic::write_file(path, "path", |file| {
+        let mut out = std::io::BufWriter::new(file);
+        for pair in pairs {
+            serde_json::to_writer(&mut out, pair).map_err(|e| Error::io(path, e.into()))?;
+            out.write_all(b"\n").map_err(|e| Error::io(path, e))?;
         }
-        file.flush()?;
-    }
-    println!(
-        "wrote {} + {} records to {}",
-        train.len(),
-        heldout.len(),
-        dir.display()
-    );
-    Ok(())
+        out.flush().map_err(|e| Error::io(path, e))
+    })
 }
