@@ -111,7 +111,9 @@ pub mod models;
 pub mod train;
 mod validate;
 
-pub use error::{DistStorePeer, Error, Result};
+#[cfg(feature = "dist")]
+pub use error::DistStorePeer;
+pub use error::{Error, ParamValue, ParameterMismatch, Result, ShapeMismatch};
 pub use fused::{fused_loss, fused_sequence_logprobs, FusedLoss, LinearHead};
 pub use logprobs::{
     sequence_logprobs, token_logprobs, LogProbOptions, SequenceLogProbs, TokenLogProbs, TokenStats,

@@ -95,7 +95,7 @@ pub(crate) fn positive_finite(name: &'static str, value: f64) -> Result<()> {
     if !(value.is_finite() && value > 0.0) {
         return Err(Error::InvalidParameter {
             name,
-            value,
+            value: value.into(),
             requirement: "must be finite and > 0",
         });
     }
@@ -106,7 +106,7 @@ pub(crate) fn finite(name: &'static str, value: f64) -> Result<()> {
     if !value.is_finite() {
         return Err(Error::InvalidParameter {
             name,
-            value,
+            value: value.into(),
             requirement: "must be finite",
         });
     }

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use tch::{nn, Device, Kind, Tensor};
 use tch_rpo::models::gemma::export::{save_pretrained, TokenizerSource};
 use tch_rpo::models::gemma::{self, Gemma, GemmaConfig, LoadOptions, WeightSource, NO_WEIGHTS};
-use tch_rpo::Error;
+use tch_rpo::{Error, ShapeMismatch};
 
 /// Held by every test here: libtorch's random generator is global, and a seeded init must not interleave
 /// with another test drawing from it.
@@ -205,11 +205,12 @@ fn sharded_checkpoint_loads_like_single_file() {
     let dropped = kept.remove(0).0;
     Tensor::write_safetensors(&kept, &shard).unwrap();
     match load_err(&dir) {
-        Error::MissingTensor { name, file } => {
-            assert_eq!(name, dropped);
-            assert_eq!(file, shard.display().to_string());
+        Error::Parameters { origin, mismatch, .. } => {
+            assert_eq!(mismatch.missing, vec![dropped]);
+            assert!(mismatch.unexpected.is_empty() && mismatch.mismatched.is_empty());
+            assert_eq!(origin, shard.display().to_string());
         }
-        other => panic!("expected MissingTensor, got {other}"),
+        other => panic!("expected Parameters, got {other}"),
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -227,7 +228,7 @@ fn missing_tensor_is_reported_by_name() {
     let err = load_err(&dir);
     let message = err.to_string();
     assert!(
-        matches!(&err, Error::MissingTensor { name, .. } if name == victim),
+        matches!(&err, Error::Parameters { mismatch, .. } if mismatch.missing == [victim]),
         "{message}"
     );
     assert!(
@@ -248,17 +249,19 @@ fn shape_mismatch_is_reported() {
         write_single,
     );
     match load_err(&dir) {
-        Error::TensorShape {
-            name, expected, got, ..
-        } => {
-            assert!(
-                name.ends_with("k_proj.weight") || name.ends_with("v_proj.weight"),
-                "{name}"
-            );
-            assert_eq!(expected, vec![48, 64]);
-            assert_eq!(got, vec![24, 64]);
+        Error::Parameters { mismatch, .. } => {
+            assert!(!mismatch.mismatched.is_empty(), "{mismatch}");
+            for ShapeMismatch { name, expected, got } in &mismatch.mismatched {
+                assert!(
+                    name.ends_with("k_proj.weight") || name.ends_with("v_proj.weight"),
+                    "{name}"
+                );
+                assert_eq!(expected, &vec![48, 64]);
+                assert_eq!(got, &vec![24, 64]);
+            }
+            assert!(mismatch.missing.is_empty() && mismatch.unexpected.is_empty());
         }
-        other => panic!("expected ShapeMismatch, got {other}"),
+        other => panic!("expected Parameters, got {other}"),
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -275,7 +278,9 @@ fn architecture_mismatch_and_unknown_model_type_are_errors() {
     );
     let err = load_err(&dir);
     assert!(
-        matches!(err, Error::UnexpectedTensor { ref name, .. } if name.contains("feedforward_layernorm")),
+        matches!(err, Error::Parameters { ref mismatch, .. }
+            if !mismatch.unexpected.is_empty()
+                && mismatch.unexpected.iter().all(|name| name.contains("feedforward_layernorm"))),
         "{err}"
     );
     std::fs::remove_dir_all(&dir).unwrap();

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use tch::{nn, Device, Kind, Tensor};
 use tch_rpo::gguf::GgufFile;
 use tch_rpo::models::gemma::{Gemma, GemmaConfig, LoadOptions, WeightSource};
-use tch_rpo::Error;
+use tch_rpo::{Error, ShapeMismatch};
 
 /// libtorch's random generator is global: seeded inits must not interleave.
 static RNG: Mutex<()> = Mutex::new(());
@@ -81,11 +81,11 @@ fn bad_parameter_sets_are_typed_errors() {
         .map(|(n, t)| (n.clone(), t.shallow_clone()))
         .collect();
     match load_error(config, &missing) {
-        Error::MissingTensor { name, file } => {
-            assert_eq!(name, victim);
-            assert_eq!(file, "the given parameters");
+        Error::Parameters { origin, mismatch, .. } => {
+            assert_eq!(mismatch.missing, vec![victim.to_string()]);
+            assert_eq!(origin, "the given parameters");
         }
-        other => panic!("expected MissingTensor, got {other:?}"),
+        other => panic!("expected Parameters, got {other:?}"),
     }
 
     let mut unexpected: Vec<_> = parameters
@@ -97,7 +97,7 @@ fn bad_parameter_sets_are_typed_errors() {
         Tensor::zeros([1], (Kind::Float, Device::Cpu)),
     ));
     assert!(
-        matches!(load_error(config, &unexpected), Error::UnexpectedTensor { ref name, .. } if name == "model.layers.9.mlp.up_proj.weight")
+        matches!(load_error(config, &unexpected), Error::Parameters { ref mismatch, .. } if mismatch.unexpected == ["model.layers.9.mlp.up_proj.weight"])
     );
 
     let reshaped: Vec<_> = parameters
@@ -112,15 +112,15 @@ fn bad_parameter_sets_are_typed_errors() {
         })
         .collect();
     match load_error(config, &reshaped) {
-        Error::TensorShape {
-            name, expected, got, ..
-        } => {
+        Error::Parameters { mismatch, .. } => {
+            assert_eq!(mismatch.mismatched.len(), 1, "{mismatch}");
+            let ShapeMismatch { name, expected, got } = &mismatch.mismatched[0];
             assert_eq!(name, victim);
             assert_eq!(got[0], 1);
             assert_eq!(expected[1], got[1]);
             assert_ne!(expected, got);
         }
-        other => panic!("expected TensorShape, got {other:?}"),
+        other => panic!("expected Parameters, got {other:?}"),
     }
 
     let mut twice: Vec<_> = parameters
@@ -132,6 +132,10 @@ fn bad_parameter_sets_are_typed_errors() {
         parameters.iter().find(|(n, _)| n == victim).unwrap().1.copy(),
     ));
     let error = load_error(config, &twice);
+    assert!(
+        matches!(&error, Error::Parameters { mismatch, .. } if mismatch.duplicated == [victim]),
+        "{error}"
+    );
     assert!(error.to_string().contains("given twice"), "{error}");
 
     // A configuration that does not validate is refused before anything is built.

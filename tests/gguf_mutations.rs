@@ -304,10 +304,8 @@ fn is_file_error(e: &Error) -> bool {
         e,
         Error::Gguf { .. }
             | Error::Config { .. }
-            | Error::MissingTensor { .. }
-            | Error::TensorShape { .. }
+            | Error::Parameters { .. }
             | Error::TensorType { .. }
-            | Error::UnexpectedTensor { .. }
             | Error::UnsupportedArchitecture { .. }
             | Error::NonFiniteWeight { .. }
             | Error::TokenOutOfRange { .. }

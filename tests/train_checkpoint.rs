@@ -103,6 +103,20 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// An [`Error::Parameters`] from a trainer checkpoint whose display contains `needle`.
+fn expect_parameters_error(result: tch_rpo::Result<()>, needle: &str) -> tch_rpo::ParameterMismatch {
+    match result {
+        Err(error @ Error::Parameters { .. }) => {
+            assert!(error.to_string().contains(needle), "{error}");
+            let Error::Parameters { mismatch, .. } = error else {
+                unreachable!()
+            };
+            mismatch
+        }
+        other => panic!("expected a parameter-set error mentioning {needle:?}, got {other:?}"),
+    }
+}
+
 fn expect_checkpoint_error(result: tch_rpo::Result<()>, needle: &str) {
     match result {
         Err(Error::Checkpoint { reason, .. }) => assert!(reason.contains(needle), "{reason}"),
@@ -174,7 +188,9 @@ fn damaged_checkpoints_are_detected() {
         t.config().clone(),
     )
     .unwrap();
-    expect_checkpoint_error(wider.load_checkpoint(&good), "shape");
+    let mismatch = expect_parameters_error(wider.load_checkpoint(&good), "shape");
+    assert!(!mismatch.mismatched.is_empty(), "{mismatch}");
+    assert!(mismatch.missing.is_empty() && mismatch.unexpected.is_empty());
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -333,7 +349,8 @@ fn failed_load_leaves_the_trainer_unchanged() {
 
     let mut target = trainer(99);
     let before = TinyLm::new(99, HIDDEN).snapshot();
-    expect_checkpoint_error(target.load_checkpoint(&broken), &dropped);
+    let mismatch = expect_parameters_error(target.load_checkpoint(&broken), &dropped);
+    assert_eq!(mismatch.missing, vec![dropped.clone()]);
     assert_eq!(max_param_diff(&target.model().named_parameters(), &before), 0.0);
     assert_eq!((target.step(), target.optimizer().step_count()), (0, 0));
     for p in target.optimizer().params() {

@@ -21,7 +21,7 @@ pub fn plan_buckets(tensors: &[Tensor], bucket_bytes: usize) -> Result<Vec<Range
     if bucket_bytes == 0 {
         return Err(Error::InvalidParameter {
             name: "bucket_bytes",
-            value: 0.0,
+            value: bucket_bytes.into(),
             requirement: "must be positive",
         });
     }

@@ -450,7 +450,7 @@ impl ProcessGroup {
         if root >= self.env.world_size {
             return Err(Error::InvalidParameter {
                 name: "root",
-                value: root as f64,
+                value: root.into(),
                 requirement: "must be a rank of the group (below world_size)",
             });
         }

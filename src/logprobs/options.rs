@@ -109,7 +109,7 @@ impl LogProbOptions {
             if value == 0 {
                 return Err(Error::InvalidParameter {
                     name,
-                    value: 0.0,
+                    value: value.into(),
                     requirement: "must be > 0",
                 });
             }

@@ -265,7 +265,7 @@ impl DpoConfig {
         if !(0.0..0.5).contains(&self.label_smoothing) {
             return Err(Error::InvalidParameter {
                 name: "label_smoothing",
-                value: self.label_smoothing,
+                value: self.label_smoothing.into(),
                 requirement: "must lie in [0, 0.5)",
             });
         }
@@ -274,7 +274,7 @@ impl DpoConfig {
         if self.losses.is_empty() {
             return Err(Error::InvalidParameter {
                 name: "losses",
-                value: 0.0,
+                value: "[]".into(),
                 requirement: "at least one (variant, weight) pair is needed",
             });
         }
@@ -303,7 +303,7 @@ impl DpoConfig {
                 DpoLoss::Ipo | DpoLoss::SppoHard if self.beta < MIN_QUADRATIC_BETA => {
                     return Err(Error::InvalidParameter {
                         name: "beta",
-                        value: self.beta,
+                        value: self.beta.into(),
                         requirement: "must be >= 1e-19 for `ipo` / `sppo_hard`: their target 1/(2β) squared \
                                       overflows f32 below that",
                     });
@@ -508,15 +508,14 @@ fn per_pair_loss(config: &DpoConfig, p: &Pairs) -> Result<Tensor> {
     }
     total.into_inner().ok_or(Error::InvalidParameter {
         name: "losses",
-        value: 0.0,
+        value: "[]".into(),
         requirement: "at least one (variant, weight) pair is needed",
     })
 }
 
 /// The normalized margin is computed whenever a length-normalized variant is configured.
 fn unreachable_norm() -> Result<Tensor> {
-    Err(Error::Config {
-        name: "losses",
-        requirement: "internal: a length-normalized variant without its normalized margin".into(),
+    Err(Error::Internal {
+        what: "a length-normalized DPO variant without its normalized margin".into(),
     })
 }

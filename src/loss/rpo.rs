@@ -230,7 +230,7 @@ fn non_negative(name: &'static str, v: f64) -> Result<()> {
     if v < 0.0 {
         return Err(Error::InvalidParameter {
             name,
-            value: v,
+            value: v.into(),
             requirement: "must be >= 0",
         });
     }

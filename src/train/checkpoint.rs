@@ -284,7 +284,7 @@ pub fn prune(dir: &Path, keep: usize) -> Result<Vec<PathBuf>> {
     if keep == 0 {
         return Err(Error::InvalidParameter {
             name: "save_total_limit",
-            value: 0.0,
+            value: keep.into(),
             requirement: "must be >= 1 (it keeps the newest checkpoints)",
         });
     }

@@ -160,14 +160,14 @@ impl RpoTrainerConfig {
         if self.max_steps == 0 {
             return Err(Error::InvalidParameter {
                 name: "max_steps",
-                value: 0.0,
+                value: self.max_steps.into(),
                 requirement: "must be >= 1 (set it: it has no default)",
             });
         }
         if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
             return Err(Error::InvalidParameter {
                 name: "learning_rate",
-                value: self.learning_rate,
+                value: self.learning_rate.into(),
                 requirement: "must be finite and >= 0",
             });
         }
@@ -185,7 +185,7 @@ impl RpoTrainerConfig {
             if value == 0 {
                 return Err(Error::InvalidParameter {
                     name,
-                    value: 0.0,
+                    value: value.into(),
                     requirement: "must be >= 1",
                 });
             }

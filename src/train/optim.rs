@@ -19,7 +19,7 @@
 //! embedding (`embed`, `wte`, `wpe`) or a norm (`norm`, `ln`); so no decay on biases, norm scales and
 //! embedding tables. Override with [`AdamWConfig::decay_rule`].
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ParameterMismatch, Result};
 use tch::{Kind, Tensor};
 
 /// Decides from a parameter's name and shape whether it is weight-decayed.
@@ -74,7 +74,7 @@ impl AdamWConfig {
             if !(0.0..1.0).contains(&value) {
                 return Err(Error::InvalidParameter {
                     name,
-                    value,
+                    value: value.into(),
                     requirement: "must be in [0, 1)",
                 });
             }
@@ -83,7 +83,7 @@ impl AdamWConfig {
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return Err(Error::InvalidParameter {
                 name: "weight_decay",
-                value: self.weight_decay,
+                value: self.weight_decay.into(),
                 requirement: "must be finite and >= 0",
             });
         }
@@ -350,7 +350,7 @@ impl AdamW {
         if !(lr.is_finite() && lr >= 0.0) {
             return Err(Error::InvalidParameter {
                 name: "lr",
-                value: lr,
+                value: lr.into(),
                 requirement: "must be finite and >= 0",
             });
         }
@@ -420,7 +420,7 @@ impl AdamW {
     /// written, so on error the optimizer is unchanged.
     ///
     /// # Errors
-    /// [`Error::Checkpoint`] (with `source` as path) if a tensor is missing, extra, or has the wrong shape;
+    /// [`Error::Parameters`] (naming `source`) listing the tensors missing, extra, or of the wrong shape;
     /// [`Error::Torch`] if a conversion fails.
     pub fn load_state(&mut self, step: u64, tensors: Vec<(String, Tensor)>, source: &str) -> Result<()> {
         let staged = self.stage_state(tensors, source)?;
@@ -430,36 +430,33 @@ impl AdamW {
     /// The checking half of [`AdamW::load_state`]: the saved tensors in slot order, converted to each
     /// slot's dtype and device. Changes nothing.
     pub(crate) fn stage_state(&self, tensors: Vec<(String, Tensor)>, source: &str) -> Result<Vec<Tensor>> {
-        let mut map: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
-        let bad = |reason: String| Error::Checkpoint {
-            path: source.to_string(),
-            reason,
-        };
-        let mut staged = Vec::new();
-        for p in &self.params {
-            let mut slots: Vec<(&str, &Tensor)> = vec![("m", &p.m), ("v", &p.v)];
-            if let Some(master) = &p.master {
-                slots.push(("master", master));
-            }
-            for (prefix, slot) in slots {
-                let key = format!("{prefix}/{}", p.name);
-                let saved = map
-                    .remove(&key)
-                    .ok_or_else(|| bad(format!("optimizer state `{key}` is missing")))?;
-                if saved.size() != slot.size() {
-                    return Err(bad(format!(
-                        "optimizer state `{key}` has shape {:?}, the model needs {:?}",
-                        saved.size(),
-                        slot.size()
-                    )));
+        let slots: Vec<(String, &Tensor)> = self
+            .params
+            .iter()
+            .flat_map(|p| {
+                let mut slots = vec![(format!("m/{}", p.name), &p.m), (format!("v/{}", p.name), &p.v)];
+                if let Some(master) = &p.master {
+                    slots.push((format!("master/{}", p.name), master));
                 }
-                staged.push(saved.f_to_device(slot.device())?.f_to_kind(slot.f_kind()?)?);
-            }
-        }
-        if let Some(extra) = map.keys().next() {
-            return Err(bad(format!(
-                "optimizer state `{extra}` belongs to no trained parameter"
-            )));
+                slots
+            })
+            .collect();
+        let expected: std::collections::BTreeMap<String, Vec<i64>> = slots
+            .iter()
+            .map(|(key, slot)| (key.clone(), slot.size()))
+            .collect();
+        let given = tensors.iter().map(|(key, tensor)| (key.as_str(), tensor.size()));
+        ParameterMismatch::compare(&expected, given).into_result(
+            &format!("the optimizer state of {source}"),
+            "the trained parameters' AdamW slots (m/, v/, master/)",
+        )?;
+        let mut map: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
+        let mut staged = Vec::with_capacity(slots.len());
+        for (key, slot) in &slots {
+            let saved = map.remove(key).ok_or_else(|| Error::Internal {
+                what: format!("checked optimizer state `{key}` vanished"),
+            })?;
+            staged.push(saved.f_to_device(slot.device())?.f_to_kind(slot.f_kind()?)?);
         }
         Ok(staged)
     }
@@ -474,9 +471,8 @@ impl AdamW {
                     slots.push(master);
                 }
                 for slot in slots {
-                    let saved = staged.next().ok_or(Error::Config {
-                        name: "optimizer state",
-                        requirement: "fewer staged tensors than slots".to_string(),
+                    let saved = staged.next().ok_or(Error::Internal {
+                        what: "AdamW::commit_state got fewer staged tensors than slots".to_string(),
                     })?;
                     slot.f_copy_(&saved)?;
                 }

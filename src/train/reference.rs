@@ -214,7 +214,7 @@ pub fn score_reference(
     if options.batch_pairs == 0 {
         return Err(Error::InvalidParameter {
             name: "batch_pairs",
-            value: 0.0,
+            value: options.batch_pairs.into(),
             requirement: "must be >= 1",
         });
     }

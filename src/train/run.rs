@@ -261,9 +261,8 @@ impl<M: PolicyModel> RpoTrainer<M> {
             let mut batches = Vec::with_capacity(self.config.grad_accum_steps);
             let mut epoch = 0;
             for _ in 0..self.config.grad_accum_steps {
-                let sampler = self.sampler.as_mut().ok_or(Error::Config {
-                    name: "sampler",
-                    requirement: "not prepared".to_string(),
+                let sampler = self.sampler.as_mut().ok_or(Error::Internal {
+                    what: "the trainer's sampler was not prepared before the run loop".to_string(),
                 })?;
                 let indices = self.collective.shard(sampler.next_batch())?;
                 epoch = sampler.position().epoch;

@@ -47,7 +47,7 @@ impl LrSchedule {
         if !(0.0..=1.0).contains(&warmup_ratio) {
             return Err(Error::InvalidParameter {
                 name: "warmup_ratio",
-                value: warmup_ratio,
+                value: warmup_ratio.into(),
                 requirement: "must be in [0, 1]",
             });
         }
@@ -77,14 +77,14 @@ impl LrSchedule {
         if !(self.peak_lr.is_finite() && self.peak_lr >= 0.0) {
             return Err(Error::InvalidParameter {
                 name: "peak_lr",
-                value: self.peak_lr,
+                value: self.peak_lr.into(),
                 requirement: "must be finite and >= 0",
             });
         }
         if self.total_steps == 0 {
             return Err(Error::InvalidParameter {
                 name: "total_steps",
-                value: 0.0,
+                value: self.total_steps.into(),
                 requirement: "must be > 0",
             });
         }

@@ -192,7 +192,7 @@ impl<M: PolicyModel> RpoTrainer<M> {
         if batch_pairs == 0 {
             return Err(Error::InvalidParameter {
                 name: "batch_pairs",
-                value: 0.0,
+                value: batch_pairs.into(),
                 requirement: "must be >= 1",
             });
         }

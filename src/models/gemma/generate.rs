@@ -22,7 +22,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::model::{Gemma, KvCache};
-use crate::error::{Error, Result};
+use crate::error::{Error, ParamValue, Result};
 
 /// How the next token is chosen from the logits of the last position.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -81,21 +81,21 @@ impl Sampling {
             if !(temperature.is_finite() && temperature > 0.0) {
                 return Err(Error::InvalidParameter {
                     name: "temperature",
-                    value: temperature,
+                    value: temperature.into(),
                     requirement: "finite and > 0",
                 });
             }
             if top_k == Some(0) {
                 return Err(Error::InvalidParameter {
                     name: "top_k",
-                    value: 0.0,
+                    value: ParamValue::Count(0),
                     requirement: ">= 1",
                 });
             }
             if let Some(p) = top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
                 return Err(Error::InvalidParameter {
                     name: "top_p",
-                    value: p,
+                    value: p.into(),
                     requirement: "in (0, 1]",
                 });
             }

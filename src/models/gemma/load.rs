@@ -2,7 +2,7 @@
 //! Face folder, a GGUF file, or parameters in memory) with [`LoadOptions`] (device and dtype).
 //!
 //! Every source is checked against the configuration it implies: every parameter once with its shape,
-//! nothing else ([`Error::MissingTensor`], [`Error::UnexpectedTensor`], [`Error::TensorShape`]); a GGUF
+//! nothing else (one [`Error::Parameters`] listing every missing, unexpected or reshaped one); a GGUF
 //! file's tensors (names, shapes, types, data extents) before the model is allocated and each dequantized
 //! tensor for NaN / ±inf. Loading is all or nothing: on any error the new store is dropped and nothing is
 //! returned.
@@ -100,9 +100,9 @@ impl Gemma {
     ///
     /// # Errors
     /// [`Error::DType`] for a `kind` that is not a floating-point dtype; those of [`WeightSource::config`];
-    /// [`Error::MissingTensor`] naming the tensor and the file (or "the given parameters") it was
-    /// expected in; [`Error::UnexpectedTensor`]; [`Error::TensorShape`] naming both shapes;
-    /// [`Error::Checkpoint`] for a parameter given twice, a folder with neither `model.safetensors` nor
+    /// [`Error::Parameters`] naming the file (or "the given parameters") and listing the parameters
+    /// missing from it, unexpected in it, of another shape (both shapes) or given twice;
+    /// [`Error::Checkpoint`] for a folder with neither `model.safetensors` nor
     /// `model.safetensors.index.json` (reason [`NO_WEIGHTS`](super::NO_WEIGHTS)), an invalid shard index
     /// or an unreadable safetensors file; [`Error::Io`] for a missing shard; those of
     /// [`check_gguf_tensors`]; [`Error::NonFiniteWeight`] naming the first GGUF tensor holding NaN or
@@ -152,9 +152,8 @@ fn copy_parameters(vs: &nn::VarStore, parameters: &[(&str, &Tensor)]) -> Result<
     tch::no_grad(|| -> Result<()> {
         for (name, value) in parameters {
             let Some(variable) = variables.get(*name) else {
-                return Err(Error::MissingTensor {
-                    name: name.to_string(),
-                    file: "the model's variable store".into(),
+                return Err(Error::Internal {
+                    what: format!("checked parameter `{name}` is not in the model's variable store"),
                 });
             };
             variable.shallow_clone().f_copy_(value)?;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use tch::{nn, Kind};
 
 use super::config::{config_error, GemmaConfig, TokenIds};
-use crate::error::{Error, Result};
+use crate::error::{Error, ParameterMismatch, Result};
 use crate::gguf::{GgmlType, GgufFile, MATRIX_TYPES, VECTOR_TYPES};
 use crate::validate::finite_weight;
 
@@ -142,10 +142,10 @@ impl GemmaConfig {
 /// read as weights, except an F16 ↔ BF16 swap of a matrix's type (same size, nothing tells them apart).
 ///
 /// # Errors
-/// [`Error::Gguf`] if the file's blocks do not match `num_hidden_layers`; [`Error::UnexpectedTensor`] for
-/// a file tensor that is no parameter of this config (e.g. an untied `output.weight`);
-/// [`Error::MissingTensor`]; [`Error::TensorShape`]; [`Error::TensorType`]; [`Error::Config`] if the
-/// config is invalid.
+/// [`Error::Gguf`] if the file's blocks do not match `num_hidden_layers`; [`Error::Parameters`] listing
+/// the parameters of this config missing from the file, the file's tensors that are no parameter of it
+/// (e.g. an untied `output.weight`) and those of another shape; [`Error::TensorType`]; [`Error::Config`]
+/// if the config is invalid.
 pub fn check_gguf_tensors(file: &GgufFile, config: &GemmaConfig) -> Result<HashMap<String, String>> {
     let path = file.path().display().to_string();
     // The block count first: the parameter list below has 13 entries per layer, so a corrupt
@@ -176,20 +176,16 @@ pub fn check_gguf_tensors(file: &GgufFile, config: &GemmaConfig) -> Result<HashM
     }
     let expected = config.parameter_shapes()?;
     let mut by_gguf = HashMap::with_capacity(expected.len());
-    for name in expected.keys() {
+    let mut gguf_shapes = std::collections::BTreeMap::new();
+    for (name, shape) in &expected {
         let gguf = gguf_tensor_name(name)
             .ok_or_else(|| config_error("parameters", format!("{name} has no GGUF counterpart")))?;
+        gguf_shapes.insert(gguf.clone(), shape.clone());
         by_gguf.insert(gguf, name.clone());
     }
-    for info in file.tensors() {
-        if !by_gguf.contains_key(&info.name) {
-            return Err(Error::UnexpectedTensor {
-                name: info.name.clone(),
-                file: path.clone(),
-                model_type: config.model_type.clone(),
-            });
-        }
-    }
+    let given = file.tensors().iter().map(|t| (t.name.as_str(), t.shape.clone()));
+    ParameterMismatch::compare(&gguf_shapes, given)
+        .into_result(&path, &format!("the {} config", config.model_type))?;
     for (gguf, name) in &by_gguf {
         let shape = expected.get(name).map(Vec::as_slice).unwrap_or_default();
         let types: &[GgmlType] = if shape.len() == 1 {
@@ -209,17 +205,16 @@ pub fn check_gguf_tensors(file: &GgufFile, config: &GemmaConfig) -> Result<HashM
 ///
 /// Errors: those of [`check_gguf_tensors`]; [`Error::NonFiniteWeight`] naming the first tensor that holds
 /// NaN or ±inf once converted (nothing after it is copied); [`Error::Gguf`] for unreadable data;
-/// [`Error::Config`] if a parameter is not in `vs`.
+/// [`Error::Internal`] if a parameter is not in `vs` (built for `config`, so a bug).
 pub(super) fn load_gguf_weights(vs: &nn::VarStore, file: &GgufFile, config: &GemmaConfig) -> Result<()> {
     let by_gguf = check_gguf_tensors(file, config)?;
     let variables = vs.variables();
     let path = file.path().display().to_string();
     for (gguf, name) in &by_gguf {
         let Some(variable) = variables.get(name) else {
-            return Err(config_error(
-                "vs",
-                format!("parameter {name} is not in the model's variable store"),
-            ));
+            return Err(Error::Internal {
+                what: format!("checked parameter `{name}` is not in the model's variable store"),
+            });
         };
         let mut value = file.tensor(gguf, Kind::Float, variable.device())?;
         if gguf.ends_with("norm.weight") {

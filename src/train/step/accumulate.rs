@@ -100,7 +100,7 @@ impl Accumulated {
     /// returns the micro-batch's loss.
     ///
     /// # Errors
-    /// [`Error::Config`] (a bug) if the loss output lacks a metric that is not a token statistic.
+    /// [`Error::Internal`] (a bug) if the loss output lacks a metric that is not a token statistic.
     pub(crate) fn add(&mut self, out: &RpoOutput, batch: &CollatedBatch, totals: &StepTotals) -> Result<f64> {
         let tensors: Vec<Option<&Tensor>> = METRICS.iter().map(|m| metric_tensor(out, m.name)).collect();
         let with_token = METRICS
@@ -116,9 +116,8 @@ impl Accumulated {
                 Some(_) => {}
                 None if m.average.is_token_statistic() => {}
                 None => {
-                    return Err(Error::Config {
-                        name: "metrics schema",
-                        requirement: format!("the loss output has no `{}` (a bug in tch-rpo)", m.name),
+                    return Err(Error::Internal {
+                        what: format!("the loss output has no metric `{}` of the schema", m.name),
                     })
                 }
             }

@@ -113,8 +113,8 @@ fn check_representable(config: &GemmaConfig) -> Result<()> {
 /// soft-cap, another activation or layer pattern, a size beyond `u32`) or a tokenizer whose token count
 /// differs from `vocab_size`; [`Error::Gguf`] for a `ty` other than F32, F16, BF16, Q8_0 or a value that
 /// cannot be encoded; [`Error::Tokenizer`] for [`TokenizerSource::HfDir`] (converting `tokenizer.json`
-/// to GGUF metadata is not implemented); [`Error::MissingTensor`], [`Error::UnexpectedTensor`],
-/// [`Error::TensorShape`] when `parameters` do not match `config`; [`Error::NonFiniteWeight`] naming the
+/// to GGUF metadata is not implemented); [`Error::Parameters`] when `parameters` do not match `config`
+/// (missing, unexpected, reshaped or given twice); [`Error::NonFiniteWeight`] naming the
 /// first parameter that holds NaN or ±inf, whatever `ty` (nothing is written); [`Error::Io`],
 /// [`Error::Torch`].
 pub fn save_gguf(
@@ -227,10 +227,8 @@ pub fn save_gguf(
     // Norm weights are materialized as 1 + w (small); matrices are read and encoded while writing.
     tch::no_grad(|| -> Result<()> {
         for (name, tensor) in &ordered {
-            let gguf = gguf_tensor_name(name).ok_or_else(|| Error::UnexpectedTensor {
-                name: name.to_string(),
-                file: "the parameters to save".into(),
-                model_type: config.model_type.clone(),
+            let gguf = gguf_tensor_name(name).ok_or_else(|| Error::Internal {
+                what: format!("checked Gemma 3 parameter `{name}` has no GGUF name"),
             })?;
             if tensor.dim() == 1 {
                 let stored = if gguf.ends_with("norm.weight") {

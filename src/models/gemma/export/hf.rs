@@ -168,8 +168,8 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
 /// # Errors
 /// [`Error::InvalidPath`] if `dir` is empty, its parent does not exist, it is a file or a link, or it holds
 /// a subfolder or a link; [`Error::Checkpoint`] if `dir` holds a sharded checkpoint
-/// (`model.safetensors.index.json`) or a parameter is given twice; [`Error::MissingTensor`],
-/// [`Error::UnexpectedTensor`], [`Error::TensorShape`] when `parameters` do not match `config`;
+/// (`model.safetensors.index.json`); [`Error::Parameters`] when `parameters` do not match `config`
+/// (missing, unexpected, reshaped or given twice);
 /// [`Error::NonFiniteWeight`] for a parameter holding NaN or ±inf (nothing is written); those of
 /// [`hf_config_json`] and [`hf_tokenizer_files`]; [`Error::Io`] for a file that cannot be written or copied;
 /// [`Error::Torch`] if libtorch fails (e.g. writing the safetensors file). Nothing is written when the

@@ -7,6 +7,9 @@
 
 use tch::{Device, Kind, TchError};
 
+mod values;
+pub use values::{ParamValue, ParameterMismatch, ShapeMismatch};
+
 /// Errors returned by `tch-rpo`.
 ///
 /// | variant | raised when |
@@ -29,18 +32,17 @@ use tch::{Device, Kind, TchError};
 /// | [`Error::Config`] | a trainer / collation setting is inconsistent (e.g. max prompt length ≥ max length) |
 /// | [`Error::OutOfMemory`] | a host buffer (e.g. a GGUF tensor's bytes) could not be allocated |
 /// | [`Error::LibtorchLoad`] | a libtorch library could not be loaded at run time ([`crate::libtorch::init_cuda`]) |
-/// | [`Error::MissingTensor`] | a model's weights file lacks a parameter its configuration implies |
-/// | [`Error::TensorShape`] | a weight in a file has another shape than its configuration implies |
+/// | [`Error::Parameters`] | a set of named parameters (weights file, GGUF file, parameters given or saved, checkpoint) lacks, adds or reshapes parameters the model expects |
 /// | [`Error::TensorType`] | a weight in a GGUF file is stored in a ggml type the model does not accept for it |
 /// | [`Error::NonFiniteWeight`] | a weight being loaded or saved holds NaN or ±inf |
-/// | [`Error::UnexpectedTensor`] | a weights file holds a tensor that is no parameter of the model |
 /// | [`Error::UnsupportedArchitecture`] | a model configuration or file names an architecture not implemented |
 /// | [`Error::TokenOutOfRange`] | input token ids fall outside the model's vocabulary |
-/// | [`Error::DistEnv`] | a launcher variable (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`, …) is missing or malformed |
-/// | [`Error::DistTimeout`] | a process-group operation waited longer than its timeout |
-/// | [`Error::DistPeerLost`] | a peer's connection closed (it died) during a process-group operation |
-/// | [`Error::DistStore`] | the rendezvous store at `MASTER_ADDR:MASTER_PORT` was not reached, or its peer did not speak c10d's store protocol in time ([`DistStorePeer`] says what it did) |
-/// | [`Error::Dist`] | any other process-group failure (e.g. the store's port is taken, a group already failed) |
+/// | [`Error::DistEnv`] | a launcher variable (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`, …) is missing or malformed (feature `dist`) |
+/// | [`Error::DistTimeout`] | a process-group operation waited longer than its timeout (feature `dist`) |
+/// | [`Error::DistPeerLost`] | a peer's connection closed (it died) during a process-group operation (feature `dist`) |
+/// | [`Error::DistStore`] | the rendezvous store at `MASTER_ADDR:MASTER_PORT` was not reached, or its peer did not speak c10d's store protocol in time ([`DistStorePeer`] says what it did) (feature `dist`) |
+/// | [`Error::Dist`] | any other process-group failure (e.g. the store's port is taken, a group already failed) (feature `dist`) |
+/// | [`Error::Internal`] | tch-rpo broke one of its own invariants (a bug; please report it) |
 /// | [`Error::Torch`] | libtorch itself reported an error |
 ///
 /// The enum is `#[non_exhaustive]`: a `match` on it needs a `_` arm, so new variants are not breaking changes.
@@ -128,12 +130,12 @@ pub enum Error {
         reduction: &'static str,
     },
     /// A scalar hyper-parameter is outside its domain.
-    #[error("`{name}` = {} is invalid: {requirement}", readable(*.value))]
+    #[error("`{name}` = {value} is invalid: {requirement}")]
     InvalidParameter {
         /// The parameter's name.
         name: &'static str,
-        /// The value that was seen.
-        value: f64,
+        /// The value that was seen: a number, a count, or a description (e.g. `[]` for an empty list).
+        value: ParamValue,
         /// What it must satisfy.
         requirement: &'static str,
     },
@@ -227,26 +229,6 @@ pub enum Error {
         /// What went wrong (the dynamic loader's message, or why loading had no effect).
         reason: String,
     },
-    /// A model's weights lack a parameter that its configuration implies.
-    #[error("tensor `{name}` is missing from {file}")]
-    MissingTensor {
-        /// The parameter name (as the file would name it).
-        name: String,
-        /// The file (or shard index) where it was looked for.
-        file: String,
-    },
-    /// A weight tensor in a file has another shape than the one the configuration implies.
-    #[error("tensor `{name}` in {file} has shape {got:?}, but the config implies {expected:?}")]
-    TensorShape {
-        /// The tensor name.
-        name: String,
-        /// The file holding it.
-        file: String,
-        /// The shape implied by the configuration.
-        expected: Vec<i64>,
-        /// The shape in the file.
-        got: Vec<i64>,
-    },
     /// A weight tensor in a GGUF file is stored in a ggml type the model does not accept for it (e.g. a
     /// quantized norm weight, or a type this crate cannot dequantize).
     #[error("tensor `{name}` in {file} is stored as {got}, but the model accepts {expected} for it")]
@@ -280,15 +262,24 @@ pub enum Error {
         /// That value: NaN, inf or -inf.
         value: f64,
     },
-    /// A weights file holds a tensor that is no parameter of the model being loaded.
-    #[error("tensor `{name}` in {file} is not a parameter of this {model_type} model (wrong architecture or config?)")]
-    UnexpectedTensor {
-        /// The tensor name.
-        name: String,
-        /// The file holding it.
-        file: String,
-        /// The configuration's model type.
-        model_type: String,
+    /// A set of named parameters (a weights file or folder, a GGUF file, parameters given in memory or to
+    /// save, a trainer checkpoint's model or optimizer state) does not match the parameters a model
+    /// expects: some are missing, some are unexpected, some have another shape. Every mismatch found in
+    /// `origin` is listed (the display shows the first few of each kind and how many more).
+    #[error("{origin} does not match {expected_by}: {mismatch}")]
+    Parameters {
+        /// Where the parameters came from (a file, a folder, or e.g. "the parameters to save").
+        origin: String,
+        /// What defines the expected parameters (e.g. "the gemma3 config", "this trainer's model").
+        expected_by: String,
+        /// What does not match.
+        mismatch: ParameterMismatch,
+    },
+    /// tch-rpo broke one of its own invariants: a bug in this crate, not a problem with the caller's input.
+    #[error("internal error (a bug in tch-rpo, please report): {what}")]
+    Internal {
+        /// What invariant was broken, in words.
+        what: String,
     },
     /// A configuration or file names a model architecture that is not implemented.
     #[error("unsupported architecture {found:?}: supported are {supported}")]
@@ -310,6 +301,7 @@ pub enum Error {
         /// The vocabulary size.
         vocab: i64,
     },
+    #[cfg(feature = "dist")]
     /// A variable of the launcher environment (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`,
     /// `MASTER_PORT`, `TORCHELASTIC_USE_AGENT_STORE`) is missing or malformed.
     #[error("launcher environment: {var} {}: {requirement}", match value { Some(v) => format!("= {v:?}"), None => "is not set".to_string() })]
@@ -321,6 +313,7 @@ pub enum Error {
         /// What it must be.
         requirement: String,
     },
+    #[cfg(feature = "dist")]
     /// A process-group operation (`op`) on `rank` waited longer than the group's timeout.
     #[error(
         "rank {rank} of {world_size}: `{op}` timed out after {timeout_ms} ms{}: {message}",
@@ -341,6 +334,7 @@ pub enum Error {
         /// libtorch's message.
         message: String,
     },
+    #[cfg(feature = "dist")]
     /// A peer's connection closed, reset or was refused during `op` on `rank`: the peer (or the store's
     /// host) died.
     #[error(
@@ -359,6 +353,7 @@ pub enum Error {
         /// libtorch's message.
         message: String,
     },
+    #[cfg(feature = "dist")]
     /// This rank, a client of the rendezvous store (c10d's TCPStore) at `addr`, could not meet there within
     /// the timeout: `peer` says what the process at `addr` did, `detail` adds what was seen.
     #[error(
@@ -380,6 +375,7 @@ pub enum Error {
         /// message; may be empty.
         detail: String,
     },
+    #[cfg(feature = "dist")]
     /// Any other failure of a process group.
     #[error("rank {rank} of {world_size}: `{op}` failed: {message}")]
     Dist {
@@ -399,6 +395,7 @@ pub enum Error {
     Torch(#[from] TchError),
 }
 
+#[cfg(feature = "dist")]
 /// What the process at the rendezvous store's address did, in [`Error::DistStore`].
 ///
 /// `Display` says it in words, e.g. "accepted the connection but never answered".
@@ -418,6 +415,7 @@ pub enum DistStorePeer {
     StoppedAnswering,
 }
 
+#[cfg(feature = "dist")]
 impl std::fmt::Display for DistStorePeer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -432,6 +430,7 @@ impl std::fmt::Display for DistStorePeer {
     }
 }
 
+#[cfg(feature = "dist")]
 fn detail_note(detail: &str) -> String {
     if detail.is_empty() {
         String::new()
@@ -440,6 +439,7 @@ fn detail_note(detail: &str) -> String {
     }
 }
 
+#[cfg(feature = "dist")]
 fn unresponsive_note(ranks: &[usize]) -> String {
     match ranks {
         [] => String::new(),
