@@ -111,9 +111,12 @@ pub mod models;
 pub mod train;
 mod validate;
 
+pub use error::{
+    CheckpointError, DataError, Error, GgufError, InputError, ParamValue, ParameterMismatch, Result,
+    ShapeMismatch, WeightsError,
+};
 #[cfg(feature = "dist")]
-pub use error::DistStorePeer;
-pub use error::{Error, ParamValue, ParameterMismatch, Result, ShapeMismatch};
+pub use error::{DistError, DistStorePeer};
 pub use fused::{fused_loss, fused_sequence_logprobs, FusedLoss, LinearHead};
 pub use logprobs::{
     sequence_logprobs, token_logprobs, LogProbOptions, SequenceLogProbs, TokenLogProbs, TokenStats,

@@ -4,6 +4,7 @@
 use std::error::Error as _;
 use tch::{Device, Kind, Tensor};
 use tch_rpo::Error;
+use tch_rpo::{DistError, InputError, WeightsError};
 
 /// A real libtorch error: viewing 6 values as 5.
 fn torch_error() -> Error {
@@ -38,10 +39,10 @@ fn torch_error_display_drops_the_backtrace() {
 
 #[test]
 fn other_errors_have_no_torch_details() {
-    let error = Error::EmptyBatch {
+    let error = Error::Input(InputError::EmptyBatch {
         arg: "chosen",
         shape: vec![0, 4],
-    };
+    });
     assert_eq!(error.torch_details(), None);
     // A TchError without a backtrace displays unchanged.
     let error = Error::from(tch::TchError::Kind("not a float".into()));
@@ -68,29 +69,29 @@ fn parameter_values_print_readably() {
         (2.5e20, "2.5e20"),
         (f64::MIN_POSITIVE, "2.2250738585072014e-308"),
     ] {
-        let error = Error::InvalidParameter {
+        let error = Error::Input(InputError::InvalidParameter {
             name: "x",
             value: value.into(),
             requirement: "r",
-        };
+        });
         assert_eq!(error.to_string(), format!("`x` = {shown} is invalid: r"));
     }
 }
 
-/// `Error::DistStore` says, in words, what the peer at the store's address did, with the rank, the address
+/// `DistError::Store` says, in words, what the peer at the store's address did, with the rank, the address
 /// and the timeout; an empty detail adds nothing.
 #[cfg(feature = "dist")]
 #[test]
 fn dist_store_errors_say_what_the_peer_did() {
     use tch_rpo::DistStorePeer;
-    let error = Error::DistStore {
+    let error = Error::Dist(DistError::Store {
         rank: 1,
         world_size: 2,
         addr: "10.0.0.7:29500".into(),
         timeout_ms: 2000,
         peer: DistStorePeer::OtherProtocol,
         detail: "its first bytes: \"HTTP/1.1 400\"".into(),
-    };
+    });
     assert_eq!(
         error.to_string(),
         "rank 1 of 2: the rendezvous store at 10.0.0.7:29500 answered in another protocol, not c10d's \
@@ -109,14 +110,14 @@ fn dist_store_errors_say_what_the_peer_did() {
             "answered, then stopped answering",
         ),
     ] {
-        let error = Error::DistStore {
+        let error = Error::Dist(DistError::Store {
             rank: 3,
             world_size: 4,
             addr: "[::1]:1234".into(),
             timeout_ms: 500,
             peer,
             detail: String::new(),
-        };
+        });
         let shown = error.to_string();
         assert!(
             shown.starts_with("rank 3 of 4: the rendezvous store at [::1]:1234 "),
@@ -138,11 +139,11 @@ fn parameter_values_that_are_no_numbers() {
         (ParamValue::from("[]"), "[]"),
         (ParamValue::Text("an empty list".into()), "an empty list"),
     ] {
-        let error = Error::InvalidParameter {
+        let error = Error::Input(InputError::InvalidParameter {
             name: "x",
             value,
             requirement: "r",
-        };
+        });
         assert_eq!(error.to_string(), format!("`x` = {shown} is invalid: r"));
     }
     // From the crate: an empty list of losses and a zero count, each with the value the caller gave.
@@ -151,7 +152,7 @@ fn parameter_values_that_are_no_numbers() {
         .validate()
         .unwrap_err();
     assert!(
-        matches!(&empty, Error::InvalidParameter { name: "losses", value: ParamValue::Text(text), .. } if text == "[]"),
+        matches!(&empty, Error::Input(InputError::InvalidParameter { name: "losses", value: ParamValue::Text(text), .. }) if text == "[]"),
         "{empty:?}"
     );
     assert!(
@@ -177,7 +178,7 @@ fn internal_errors_say_they_are_bugs() {
 #[test]
 fn parameter_set_errors_list_every_mismatch() {
     use tch_rpo::{ParameterMismatch, ShapeMismatch};
-    let error = Error::Parameters {
+    let error = Error::Weights(WeightsError::Parameters {
         origin: "weights/model.safetensors".into(),
         expected_by: "the gemma config".into(),
         mismatch: ParameterMismatch {
@@ -190,7 +191,7 @@ fn parameter_set_errors_list_every_mismatch() {
             }],
             duplicated: vec!["e.weight".into()],
         },
-    };
+    });
     assert_eq!(
         error.to_string(),
         "weights/model.safetensors does not match the gemma config: missing `a.weight`, `b.weight`; \

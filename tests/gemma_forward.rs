@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use tch::{nn, Device, Kind, Tensor};
 use tch_rpo::models::gemma::export::{save_pretrained, TokenizerSource};
 use tch_rpo::models::gemma::{self, Gemma, GemmaConfig, LoadOptions, WeightSource, NO_WEIGHTS};
+use tch_rpo::{CheckpointError, InputError, WeightsError};
 use tch_rpo::{Error, ShapeMismatch};
 
 /// Held by every test here: libtorch's random generator is global, and a seeded init must not interleave
@@ -205,7 +206,7 @@ fn sharded_checkpoint_loads_like_single_file() {
     let dropped = kept.remove(0).0;
     Tensor::write_safetensors(&kept, &shard).unwrap();
     match load_err(&dir) {
-        Error::Parameters { origin, mismatch, .. } => {
+        Error::Weights(WeightsError::Parameters { origin, mismatch, .. }) => {
             assert_eq!(mismatch.missing, vec![dropped]);
             assert!(mismatch.unexpected.is_empty() && mismatch.mismatched.is_empty());
             assert_eq!(origin, shard.display().to_string());
@@ -228,7 +229,7 @@ fn missing_tensor_is_reported_by_name() {
     let err = load_err(&dir);
     let message = err.to_string();
     assert!(
-        matches!(&err, Error::Parameters { mismatch, .. } if mismatch.missing == [victim]),
+        matches!(&err, Error::Weights(WeightsError::Parameters { mismatch, .. }) if mismatch.missing == [victim]),
         "{message}"
     );
     assert!(
@@ -249,7 +250,7 @@ fn shape_mismatch_is_reported() {
         write_single,
     );
     match load_err(&dir) {
-        Error::Parameters { mismatch, .. } => {
+        Error::Weights(WeightsError::Parameters { mismatch, .. }) => {
             assert!(!mismatch.mismatched.is_empty(), "{mismatch}");
             for ShapeMismatch { name, expected, got } in &mismatch.mismatched {
                 assert!(
@@ -278,7 +279,7 @@ fn architecture_mismatch_and_unknown_model_type_are_errors() {
     );
     let err = load_err(&dir);
     assert!(
-        matches!(err, Error::Parameters { ref mismatch, .. }
+        matches!(err, Error::Weights(WeightsError::Parameters { ref mismatch, .. })
             if !mismatch.unexpected.is_empty()
                 && mismatch.unexpected.iter().all(|name| name.contains("feedforward_layernorm"))),
         "{err}"
@@ -293,14 +294,16 @@ fn architecture_mismatch_and_unknown_model_type_are_errors() {
     );
     let err = load_err(&dir);
     assert!(
-        matches!(err, Error::UnsupportedArchitecture { ref found, .. } if found == "llama"),
+        matches!(err, Error::Weights(WeightsError::UnsupportedArchitecture { ref found, .. }) if found == "llama"),
         "{err}"
     );
     assert!(err.to_string().contains("llama"));
     std::fs::remove_dir_all(&dir).unwrap();
 
     let dir = scratch_dir("noweights", "gemma_tiny", |_| {}, |_, _| {});
-    assert!(matches!(load_err(&dir), Error::Checkpoint { ref reason, .. } if reason == NO_WEIGHTS));
+    assert!(
+        matches!(load_err(&dir), Error::Checkpoint(CheckpointError::Invalid { ref reason, .. }) if reason == NO_WEIGHTS)
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -311,16 +314,28 @@ fn config_validation() {
     base.validate().unwrap();
     let mut bad = base.clone();
     bad.num_key_value_heads = Some(3);
-    assert!(matches!(bad.validate(), Err(Error::Config { .. })));
+    assert!(matches!(
+        bad.validate(),
+        Err(Error::Input(InputError::Config { .. }))
+    ));
     let mut bad = base.clone();
     bad.tie_word_embeddings = false;
-    assert!(matches!(bad.validate(), Err(Error::Config { .. })));
+    assert!(matches!(
+        bad.validate(),
+        Err(Error::Input(InputError::Config { .. }))
+    ));
     let mut bad = base.clone();
     bad.rope_parameters = Some(serde_json::json!({"rope_type": "yarn", "factor": 4.0}));
-    assert!(matches!(bad.validate(), Err(Error::Config { .. })));
+    assert!(matches!(
+        bad.validate(),
+        Err(Error::Input(InputError::Config { .. }))
+    ));
     let mut bad = base;
     bad.layer_types = Some(vec!["full_attention".into()]);
-    assert!(matches!(bad.validate(), Err(Error::Config { .. })));
+    assert!(matches!(
+        bad.validate(),
+        Err(Error::Input(InputError::Config { .. }))
+    ));
 
     // An older-style Gemma 1 config: top-level rope_theta, legacy hidden_act "gelu", no head_dim.
     let old = r#"{"model_type": "gemma", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
@@ -435,10 +450,10 @@ fn huge_configurations_are_errors_not_panics() {
     assert!(
         matches!(
             overflowing.validate(),
-            Err(Error::Config {
+            Err(Error::Input(InputError::Config {
                 name: "hidden_size",
                 ..
-            })
+            }))
         ),
         "{:?}",
         overflowing.validate()

@@ -1,12 +1,12 @@
-//! Values carried by [`Error`](super::Error) variants: the value of an invalid parameter and the
+//! Values carried by error variants: the value of an invalid parameter and the
 //! mismatches between two parameter sets.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::{readable, Error, Result};
+use super::{readable, Error, Result, WeightsError};
 
-/// The value of a parameter in [`Error::InvalidParameter`], as it was given.
+/// The value of a parameter in [`InputError::InvalidParameter`](super::InputError::InvalidParameter), as it was given.
 ///
 /// `Display`: a [`ParamValue::Number`] in readable form (Rust's shortest round-trip form for magnitudes in
 /// `[1e-4, 1e16)` and zero, scientific notation outside: `1e-300`, not 300 digits), a
@@ -73,7 +73,7 @@ pub struct ShapeMismatch {
     pub got: Vec<i64>,
 }
 
-/// How a set of named parameters differs from the set a model expects, in [`Error::Parameters`].
+/// How a set of named parameters differs from the set a model expects, in [`WeightsError::Parameters`].
 /// Each list is sorted by name.
 ///
 /// `Display` lists the first [`ParameterMismatch::SHOWN`] names of each kind, then how many more, e.g.
@@ -134,7 +134,7 @@ impl ParameterMismatch {
         mismatch
     }
 
-    /// `Ok(())` when nothing differs, else [`Error::Parameters`] for `origin` (lists sorted by name).
+    /// `Ok(())` when nothing differs, else [`WeightsError::Parameters`] for `origin` (lists sorted by name).
     pub(crate) fn into_result(mut self, origin: &str, expected_by: &str) -> Result<()> {
         if self.is_empty() {
             return Ok(());
@@ -144,11 +144,11 @@ impl ParameterMismatch {
         self.mismatched.sort_by(|a, b| a.name.cmp(&b.name));
         self.duplicated.sort();
         self.duplicated.dedup();
-        Err(Error::Parameters {
+        Err(Error::Weights(WeightsError::Parameters {
             origin: origin.to_string(),
             expected_by: expected_by.to_string(),
             mismatch: self,
-        })
+        }))
     }
 }
 

@@ -2,6 +2,7 @@
 //! and shape against what a model expects.
 
 use super::{GgmlType, GgufFile, TensorInfo};
+use crate::error::WeightsError;
 use crate::error::{Error, ParameterMismatch, Result, ShapeMismatch};
 
 /// The types a weight matrix (2 or more dimensions) may be stored in for a model this crate loads: every
@@ -64,8 +65,8 @@ impl GgufFile {
     /// (aligned, inside the file, back to back with the other tensors) was checked by [`GgufFile::open`].
     ///
     /// # Errors
-    /// [`Error::Parameters`] if the file has no such tensor or it has another shape;
-    /// [`Error::TensorType`] for a type not in `types`.
+    /// [`WeightsError::Parameters`](crate::WeightsError::Parameters) if the file has no such tensor or it has another shape;
+    /// [`WeightsError::TensorType`](crate::WeightsError::TensorType) for a type not in `types`.
     pub fn expect_tensor(&self, name: &str, shape: &[i64], types: &[GgmlType]) -> Result<&TensorInfo> {
         let file = || self.path.display().to_string();
         let mismatch = match self.by_name.get(name) {
@@ -87,7 +88,7 @@ impl GgufFile {
         let info = &self.tensors[self.by_name[name]];
         if !types.contains(&info.ggml_type) {
             let expected = types.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ");
-            return Err(Error::TensorType {
+            return Err(Error::Weights(WeightsError::TensorType {
                 name: name.to_string(),
                 file: file(),
                 expected: if types.len() == 1 {
@@ -96,7 +97,7 @@ impl GgufFile {
                     format!("one of {expected}")
                 },
                 got: info.ggml_type.name().to_string(),
-            });
+            }));
         }
         Ok(info)
     }

@@ -19,6 +19,7 @@
 //! embedding (`embed`, `wte`, `wpe`) or a norm (`norm`, `ln`); so no decay on biases, norm scales and
 //! embedding tables. Override with [`AdamWConfig::decay_rule`].
 
+use crate::error::InputError;
 use crate::error::{Error, ParameterMismatch, Result};
 use tch::{Kind, Tensor};
 
@@ -68,24 +69,24 @@ impl AdamWConfig {
     /// Checks the hyper-parameters.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] for β outside `[0, 1)`, ε ≤ 0 or a negative weight decay.
+    /// [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) for β outside `[0, 1)`, ε ≤ 0 or a negative weight decay.
     pub fn check(&self) -> Result<()> {
         for (name, value) in [("beta1", self.beta1), ("beta2", self.beta2)] {
             if !(0.0..1.0).contains(&value) {
-                return Err(Error::InvalidParameter {
+                return Err(Error::Input(InputError::InvalidParameter {
                     name,
                     value: value.into(),
                     requirement: "must be in [0, 1)",
-                });
+                }));
             }
         }
         crate::validate::positive_finite("eps", self.eps)?;
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(Error::InvalidParameter {
+            return Err(Error::Input(InputError::InvalidParameter {
                 name: "weight_decay",
                 value: self.weight_decay.into(),
                 requirement: "must be finite and >= 0",
-            });
+            }));
         }
         Ok(())
     }
@@ -206,7 +207,7 @@ impl AdamW {
     /// dtype. Its gradient is the sum of the distinct gradients of its aliases.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] from [`AdamWConfig::check`]; [`Error::Config`] if no parameter requires
+    /// [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) from [`AdamWConfig::check`]; [`InputError::Config`](crate::InputError::Config) if no parameter requires
     /// grad, names repeat, or two trained tensors overlap in memory without being the same view;
     /// [`Error::Torch`] if state cannot be allocated.
     pub fn new(config: AdamWConfig, named_parameters: &[(String, Tensor)]) -> Result<Self> {
@@ -216,10 +217,10 @@ impl AdamW {
         let mut spans: Vec<(Span, usize)> = Vec::new();
         for (name, param) in named_parameters {
             if !seen.insert(name.as_str()) {
-                return Err(Error::Config {
+                return Err(Error::Input(InputError::Config {
                     name: "named_parameters",
                     requirement: format!("parameter names must be unique; `{name}` repeats"),
-                });
+                }));
             }
             if !param.requires_grad() {
                 continue;
@@ -230,14 +231,14 @@ impl AdamW {
                 continue;
             }
             if let Some(&(_, index)) = spans.iter().find(|(s, _)| s.overlaps(&span)) {
-                return Err(Error::Config {
+                return Err(Error::Input(InputError::Config {
                     name: "named_parameters",
                     requirement: format!(
                         "`{name}` overlaps the memory of `{}` without being the same tensor view: a partial \
                          alias cannot be updated once",
                         params[index].name
                     ),
-                });
+                }));
             }
             let kind = param.f_kind()?;
             let zeros = || param.f_zeros_like()?.f_to_kind(Kind::Float);
@@ -257,10 +258,10 @@ impl AdamW {
             });
         }
         if params.is_empty() {
-            return Err(Error::Config {
+            return Err(Error::Input(InputError::Config {
                 name: "named_parameters",
                 requirement: "no parameter requires grad: nothing to train".to_string(),
-            });
+            }));
         }
         Ok(Self {
             config,
@@ -345,14 +346,14 @@ impl AdamW {
     /// Applies one AdamW update with learning rate `lr` to the parameters that have a gradient.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] for a negative or non-finite lr; [`Error::Torch`] if an op fails.
+    /// [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) for a negative or non-finite lr; [`Error::Torch`] if an op fails.
     pub fn step(&mut self, lr: f64) -> Result<()> {
         if !(lr.is_finite() && lr >= 0.0) {
-            return Err(Error::InvalidParameter {
+            return Err(Error::Input(InputError::InvalidParameter {
                 name: "lr",
                 value: lr.into(),
                 requirement: "must be finite and >= 0",
-            });
+            }));
         }
         self.step += 1;
         let t = self.step as i32;
@@ -420,7 +421,7 @@ impl AdamW {
     /// written, so on error the optimizer is unchanged.
     ///
     /// # Errors
-    /// [`Error::Parameters`] (naming `source`) listing the tensors missing, extra, or of the wrong shape;
+    /// [`WeightsError::Parameters`](crate::WeightsError::Parameters) (naming `source`) listing the tensors missing, extra, or of the wrong shape;
     /// [`Error::Torch`] if a conversion fails.
     pub fn load_state(&mut self, step: u64, tensors: Vec<(String, Tensor)>, source: &str) -> Result<()> {
         let staged = self.stage_state(tensors, source)?;

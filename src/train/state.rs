@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use crate::error::CheckpointError;
 use crate::error::{Error, ParameterMismatch, Result};
 use crate::train::checkpoint::{self, CheckpointData};
 use crate::train::model::PolicyModel;
@@ -53,9 +54,11 @@ impl<M: PolicyModel> RpoTrainer<M> {
             data: self.data,
             objective: self.config.rpo.describe(),
         };
-        let state = serde_json::to_value(&state).map_err(|e| Error::Checkpoint {
-            path: dir.display().to_string(),
-            reason: format!("cannot serialize the trainer state: {e}"),
+        let state = serde_json::to_value(&state).map_err(|e| {
+            Error::Checkpoint(CheckpointError::Invalid {
+                path: dir.display().to_string(),
+                reason: format!("cannot serialize the trainer state: {e}"),
+            })
         })?;
         checkpoint::save(
             dir,
@@ -79,15 +82,17 @@ impl<M: PolicyModel> RpoTrainer<M> {
     /// written; on error the trainer is unchanged.
     ///
     /// # Errors
-    /// [`Error::Checkpoint`] for a missing / truncated / corrupted checkpoint or one written with a
-    /// different seed or schedule; [`Error::Parameters`] for model parameters or optimizer state that do
+    /// [`CheckpointError::Invalid`](crate::CheckpointError::Invalid) for a missing / truncated / corrupted checkpoint or one written with a
+    /// different seed or schedule; [`WeightsError::Parameters`](crate::WeightsError::Parameters) for model parameters or optimizer state that do
     /// not match this model (every missing, extra and reshaped one listed).
     pub fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
         let loaded = checkpoint::load(path)?;
         let source = path.display().to_string();
-        let bad = |reason: String| Error::Checkpoint {
-            path: source.clone(),
-            reason,
+        let bad = |reason: String| {
+            Error::Checkpoint(CheckpointError::Invalid {
+                path: source.clone(),
+                reason,
+            })
         };
         let state = TrainerState::deserialize(&loaded.state)
             .map_err(|e| bad(format!("trainer state {}", state_error(&loaded.state, &e))))?;

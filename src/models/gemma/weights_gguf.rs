@@ -8,6 +8,7 @@ use tch::{nn, Kind};
 
 use super::config::{config_error, GemmaConfig, TokenIds};
 use crate::error::{Error, ParameterMismatch, Result};
+use crate::error::{GgufError, WeightsError};
 use crate::gguf::{GgmlType, GgufFile, MATRIX_TYPES, VECTOR_TYPES};
 use crate::validate::finite_weight;
 
@@ -55,16 +56,16 @@ impl GemmaConfig {
     /// | pad / bos / eos | `tokenizer.ggml.padding_token_id` / `bos_token_id` / `eos_token_id` |
     /// | not in the file | θ of the sliding layers 10⁴, query_pre_attn_scalar 256, gelu tanh, every 6th layer global, tied head |
     ///
-    /// Errors: [`Error::Gguf`] for a missing key or a key of the wrong type;
-    /// [`Error::UnsupportedArchitecture`] for an architecture other than gemma3; those of
+    /// Errors: [`GgufError::Invalid`](crate::GgufError::Invalid) for a missing key or a key of the wrong type;
+    /// [`WeightsError::UnsupportedArchitecture`](crate::WeightsError::UnsupportedArchitecture) for an architecture other than gemma3; those of
     /// [`GemmaConfig::validate`].
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let arch = file.get_str("general.architecture")?;
         if arch != "gemma3" {
-            return Err(Error::UnsupportedArchitecture {
+            return Err(Error::Weights(WeightsError::UnsupportedArchitecture {
                 found: arch.to_string(),
                 supported: "gemma3 (GGUF general.architecture)",
-            });
+            }));
         }
         let int = |key: &str| -> Result<i64> {
             let v = file.get_u64(&format!("gemma3.{key}"))?;
@@ -142,9 +143,9 @@ impl GemmaConfig {
 /// read as weights, except an F16 ↔ BF16 swap of a matrix's type (same size, nothing tells them apart).
 ///
 /// # Errors
-/// [`Error::Gguf`] if the file's blocks do not match `num_hidden_layers`; [`Error::Parameters`] listing
+/// [`GgufError::Invalid`](crate::GgufError::Invalid) if the file's blocks do not match `num_hidden_layers`; [`WeightsError::Parameters`](crate::WeightsError::Parameters) listing
 /// the parameters of this config missing from the file, the file's tensors that are no parameter of it
-/// (e.g. an untied `output.weight`) and those of another shape; [`Error::TensorType`]; [`Error::Config`]
+/// (e.g. an untied `output.weight`) and those of another shape; [`WeightsError::TensorType`](crate::WeightsError::TensorType); [`InputError::Config`](crate::InputError::Config)
 /// if the config is invalid.
 pub fn check_gguf_tensors(file: &GgufFile, config: &GemmaConfig) -> Result<HashMap<String, String>> {
     let path = file.path().display().to_string();
@@ -165,14 +166,14 @@ pub fn check_gguf_tensors(file: &GgufFile, config: &GemmaConfig) -> Result<HashM
     let blocks = layers.len() as i64;
     let last = layers.last().map_or(0, |l| l.saturating_add(1));
     if blocks != config.num_hidden_layers || last != blocks {
-        return Err(Error::Gguf {
+        return Err(Error::Gguf(GgufError::Invalid {
             path,
             reason: format!(
                 "gemma3.block_count is {}, but the file's tensors belong to {blocks} blocks numbered up to {}",
                 config.num_hidden_layers,
                 last - 1
             ),
-        });
+        }));
     }
     let expected = config.parameter_shapes()?;
     let mut by_gguf = HashMap::with_capacity(expected.len());
@@ -203,8 +204,8 @@ pub fn check_gguf_tensors(file: &GgufFile, config: &GemmaConfig) -> Result<HashM
 /// subtracted from every RMSNorm weight (GGUF stores `1 + w`), then it is converted to its variable's
 /// dtype and device and checked once for NaN / ±inf.
 ///
-/// Errors: those of [`check_gguf_tensors`]; [`Error::NonFiniteWeight`] naming the first tensor that holds
-/// NaN or ±inf once converted (nothing after it is copied); [`Error::Gguf`] for unreadable data;
+/// Errors: those of [`check_gguf_tensors`]; [`WeightsError::NonFinite`](crate::WeightsError::NonFinite) naming the first tensor that holds
+/// NaN or ±inf once converted (nothing after it is copied); [`GgufError::Invalid`](crate::GgufError::Invalid) for unreadable data;
 /// [`Error::Internal`] if a parameter is not in `vs` (built for `config`, so a bug).
 pub(super) fn load_gguf_weights(vs: &nn::VarStore, file: &GgufFile, config: &GemmaConfig) -> Result<()> {
     let by_gguf = check_gguf_tensors(file, config)?;

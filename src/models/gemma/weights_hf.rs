@@ -9,6 +9,7 @@ use serde::Deserialize;
 use tch::{nn, Tensor};
 
 use super::config::GemmaConfig;
+use crate::error::{CheckpointError, InputError};
 use crate::error::{Error, ParameterMismatch, Result, ShapeMismatch};
 
 fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
@@ -18,9 +19,11 @@ fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
             std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
         ));
     }
-    Tensor::read_safetensors(path).map_err(|source| Error::Checkpoint {
-        path: path.display().to_string(),
-        reason: format!("cannot read safetensors: {source}"),
+    Tensor::read_safetensors(path).map_err(|source| {
+        Error::Checkpoint(CheckpointError::Invalid {
+            path: path.display().to_string(),
+            reason: format!("cannot read safetensors: {source}"),
+        })
     })
 }
 
@@ -35,7 +38,7 @@ fn is_ignorable(name: &str) -> bool {
     name == "lm_head.weight" || name.ends_with("rotary_emb.inv_freq")
 }
 
-/// The [`Error::Checkpoint`] reason when a directory has no weights file.
+/// The [`CheckpointError::Invalid`](crate::CheckpointError::Invalid) reason when a directory has no weights file.
 pub const NO_WEIGHTS: &str = "no model.safetensors or model.safetensors.index.json";
 
 /// Copies the weights of the Hugging Face folder `dir` into the model variables of `vs` (built for
@@ -45,8 +48,8 @@ pub const NO_WEIGHTS: &str = "no model.safetensors or model.safetensors.index.js
 /// present, else `dir/model.safetensors`. One file is in memory at a time. `lm_head.weight` (tied) and old
 /// `rotary_emb.inv_freq` buffers are skipped.
 ///
-/// Errors: [`Error::Checkpoint`] with reason [`NO_WEIGHTS`] when neither file exists; [`Error::Io`] /
-/// [`Error::Checkpoint`] for unreadable files; [`Error::Parameters`] for the shard index or a file,
+/// Errors: [`CheckpointError::Invalid`](crate::CheckpointError::Invalid) with reason [`NO_WEIGHTS`] when neither file exists; [`Error::Io`] /
+/// [`CheckpointError::Invalid`](crate::CheckpointError::Invalid) for unreadable files; [`WeightsError::Parameters`](crate::WeightsError::Parameters) for the shard index or a file,
 /// listing the parameters missing from it (expected there), its tensors that are no parameter of this
 /// config (e.g. a layer beyond `num_hidden_layers`, or Gemma 2 norms in a Gemma 1 config) and those of
 /// another shape (with both shapes).
@@ -60,9 +63,11 @@ pub(super) fn load_hf_weights(vs: &nn::VarStore, dir: &Path, config: &GemmaConfi
     let mut plan: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
     if index_path.is_file() {
         let text = std::fs::read_to_string(&index_path).map_err(|source| Error::io(&index_path, source))?;
-        let index: ShardIndex = serde_json::from_str(&text).map_err(|source| Error::Checkpoint {
-            path: index_path.display().to_string(),
-            reason: format!("invalid shard index JSON: {source}"),
+        let index: ShardIndex = serde_json::from_str(&text).map_err(|source| {
+            Error::Checkpoint(CheckpointError::Invalid {
+                path: index_path.display().to_string(),
+                reason: format!("invalid shard index JSON: {source}"),
+            })
         })?;
         let mut unlisted = ParameterMismatch::default();
         for name in expected.keys() {
@@ -78,10 +83,10 @@ pub(super) fn load_hf_weights(vs: &nn::VarStore, dir: &Path, config: &GemmaConfi
     } else if single.is_file() {
         plan.insert(single, expected.keys().cloned().collect());
     } else {
-        return Err(Error::Checkpoint {
+        return Err(Error::Checkpoint(CheckpointError::Invalid {
             path: dir.display().to_string(),
             reason: NO_WEIGHTS.to_string(),
-        });
+        }));
     }
 
     let mut seen = HashSet::new();
@@ -146,8 +151,8 @@ pub fn tokenizer_path(dir: &Path) -> Result<PathBuf> {
 /// tokens (`<bos>`, `<eos>`, `<pad>`) and chat template (`HfTokenizerConfig::gemma`),
 /// as a `tch_rpo::data::HfTokenizer` (feature `hf-tokenizers`).
 ///
-/// Errors: [`Error::Io`] when `dir/tokenizer.json` does not exist; [`Error::Tokenizer`] when it cannot be
-/// loaded or lacks a special token; [`Error::Config`] (naming the feature) when the crate was built
+/// Errors: [`Error::Io`] when `dir/tokenizer.json` does not exist; [`DataError::Tokenizer`](crate::DataError::Tokenizer) when it cannot be
+/// loaded or lacks a special token; [`InputError::Config`](crate::InputError::Config) (naming the feature) when the crate was built
 /// without `hf-tokenizers`.
 #[cfg(feature = "train")]
 pub fn load_tokenizer(dir: &Path) -> Result<Box<dyn crate::data::Tokenizer>> {
@@ -161,11 +166,11 @@ pub fn load_tokenizer(dir: &Path) -> Result<Box<dyn crate::data::Tokenizer>> {
         )?))
     }
     #[cfg(not(feature = "hf-tokenizers"))]
-    Err(Error::Config {
+    Err(Error::Input(InputError::Config {
         name: "hf-tokenizers",
         requirement: format!(
             "reading {} needs the crate feature `hf-tokenizers` (e.g. `cargo run --features hf-tokenizers`)",
             path.display()
         ),
-    })
+    }))
 }

@@ -3,6 +3,7 @@
 //! pairs.
 
 use crate::data::CollatedBatch;
+use crate::error::InputError;
 use crate::error::{Error, Result};
 use crate::loss::rpo::RpoOutput;
 use crate::loss::GlobalBatch;
@@ -42,14 +43,14 @@ impl StepTotals {
     /// The totals of a step with these (summed) [`StepTotals::counts`].
     ///
     /// # Errors
-    /// [`Error::EmptyBatch`] for a step without pairs.
+    /// [`InputError::EmptyBatch`](crate::InputError::EmptyBatch) for a step without pairs.
     pub(crate) fn from_counts(counts: [f64; 4]) -> Result<Self> {
         let [pairs, tokens, chosen_tokens, rejected_tokens] = counts;
         if pairs == 0.0 {
-            return Err(Error::EmptyBatch {
+            return Err(Error::Input(InputError::EmptyBatch {
                 arg: "micro_batches",
                 shape: vec![0],
-            });
+            }));
         }
         let (pairs, tokens) = (pairs as usize, tokens as i64);
         let (chosen_tokens, rejected_tokens) = (chosen_tokens as i64, rejected_tokens as i64);

@@ -14,7 +14,7 @@
 //! | configuration | `config.json` (every field transformers reads), `generation_config.json` | `gemma3.*` hyper-parameters |
 //! | tokenizer | `tokenizer.json` + `tokenizer_config.json` built from a GGUF's tokenizer metadata, or copied from a folder | the `tokenizer.*` metadata of a GGUF |
 //!
-//! Both refuse parameters holding NaN or ±inf ([`Error::NonFiniteWeight`], whatever the format or dtype)
+//! Both refuse parameters holding NaN or ±inf ([`WeightsError::NonFinite`](crate::WeightsError::NonFinite), whatever the format or dtype)
 //! before writing anything.
 //!
 //! Checked by `tests/export_gemma.rs`: the saved folder and files load back here and in `transformers`
@@ -52,6 +52,7 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 use super::config::GemmaConfig;
+use crate::error::InputError;
 use crate::error::{Error, ParameterMismatch, Result};
 use crate::gguf::GgufFile;
 use crate::validate::finite_weight;
@@ -84,7 +85,7 @@ const SAVED: &str = "the parameters to save";
 
 /// The parameters in file order (embedding, layers 0, 1, … each in a fixed order, final norm), checked
 /// against `config`: every parameter once with its shape, nothing else. `what` names the parameters in
-/// the errors (the `origin` of [`Error::Parameters`], …). Used by the writers and by
+/// the errors (the `origin` of [`WeightsError::Parameters`](crate::WeightsError::Parameters), …). Used by the writers and by
 /// [`WeightSource::Parameters`](super::WeightSource::Parameters).
 pub(in crate::models::gemma) fn ordered_parameters<'p>(
     config: &GemmaConfig,
@@ -112,7 +113,7 @@ pub(in crate::models::gemma) fn ordered_parameters<'p>(
 }
 
 /// Refuses parameters that hold NaN or ±inf, in every export format (GGUF F32, F16, BF16, Q8_0; a Hugging
-/// Face folder in any dtype): [`Error::NonFiniteWeight`] naming the first such parameter, before anything
+/// Face folder in any dtype): [`WeightsError::NonFinite`](crate::WeightsError::NonFinite) naming the first such parameter, before anything
 /// is written. One `isfinite().all()` per parameter on its device.
 fn check_finite(ordered: &[(&str, &Tensor)]) -> Result<()> {
     for (name, tensor) in ordered {
@@ -142,10 +143,10 @@ fn dtype_name(kind: Kind) -> Result<&'static str> {
         Kind::Float => Ok("float32"),
         Kind::BFloat16 => Ok("bfloat16"),
         Kind::Half => Ok("float16"),
-        other => Err(Error::DType {
+        other => Err(Error::Input(InputError::DType {
             arg: "kind",
             expected: "Float, BFloat16 or Half",
             got: other,
-        }),
+        })),
     }
 }
