@@ -15,12 +15,12 @@ use export_support::{TempDir, SEED_LOCK};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
-use tch_rpo::gguf::{GgmlType, GgufFile};
+use tch_rpo::gguf::{GgmlType, GgufFile, GgufWriter};
 use tch_rpo::models::gemma::export::{save_gguf, save_pretrained, TokenizerSource};
 use tch_rpo::models::gemma::{Gemma, GemmaConfig, LoadOptions, WeightSource};
 use tch_rpo::train::var_store_parameters;
 use tch_rpo::Error;
-use tch_rpo::{GgufError, InputError, WeightsError};
+use tch_rpo::{GgufError, InputError, ShapeMismatch, WeightsError};
 
 /// A small Gemma 3: V = 96, H = 64, 2 sliding layers, 2 query heads × 32, 1 key/value head; every row
 /// length a multiple of 32, so a Q8_0 export quantizes every matrix.
@@ -441,6 +441,59 @@ fn a_norm_weight_of_another_type_is_refused() {
             assert_eq!((name.as_str(), got.as_str()), ("output_norm.weight", "F16"))
         }
         other => panic!("expected WeightsError::TensorType, got {other:?}"),
+    }
+}
+
+/// A GGUF file whose tensors do not match its config is refused with one parameter-set error listing
+/// every difference (here a missing FFN matrix, a tensor no Gemma 3 has and a reshaped norm), before
+/// anything is allocated.
+#[test]
+fn a_gguf_with_other_tensors_lists_every_mismatch() {
+    let dir = TempDir::new("gguf-parameter-set");
+    let (path, _, _) = saved(&dir, GgmlType::F32);
+    let file = GgufFile::open(&path).unwrap();
+    let mut writer = GgufWriter::new();
+    for (key, value) in file.metadata() {
+        if !key.starts_with("general.alignment") {
+            writer.add_metadata(key.clone(), value.clone()).unwrap();
+        }
+    }
+    for info in file.tensors() {
+        let tensor = file.tensor(&info.name, Kind::Float, Device::Cpu).unwrap();
+        match info.name.as_str() {
+            "blk.1.ffn_up.weight" => {}
+            "output_norm.weight" => writer
+                .add_tensor(info.name.clone(), &tensor.narrow(0, 0, 32), GgmlType::F32)
+                .unwrap(),
+            _ => writer
+                .add_tensor(info.name.clone(), &tensor, GgmlType::F32)
+                .unwrap(),
+        }
+    }
+    writer
+        .add_tensor(
+            "blk.0.extra_norm.weight",
+            &Tensor::zeros([64], (Kind::Float, Device::Cpu)),
+            GgmlType::F32,
+        )
+        .unwrap();
+    let other = dir.path("other-tensors.gguf");
+    writer.write(&other).unwrap();
+    match load_logits(&other) {
+        Err(Error::Weights(WeightsError::Parameters { origin, mismatch, .. })) => {
+            assert_eq!(origin, other.display().to_string());
+            assert_eq!(mismatch.missing, ["blk.1.ffn_up.weight"]);
+            assert_eq!(mismatch.unexpected, ["blk.0.extra_norm.weight"]);
+            assert_eq!(
+                mismatch.mismatched,
+                [ShapeMismatch {
+                    name: "output_norm.weight".into(),
+                    expected: vec![64],
+                    got: vec![32],
+                }]
+            );
+        }
+        other => panic!("expected WeightsError::Parameters, got {other:?}"),
     }
 }
 

@@ -158,3 +158,32 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without the `dist` feature there is no `Error::Dist` (nor `DistError`): this `match` names every
+    /// top-level variant and no `Dist` arm, and the crate itself is not bound by `#[non_exhaustive]`, so
+    /// it compiles only when no `Dist` variant exists.
+    #[cfg(not(feature = "dist"))]
+    #[test]
+    fn without_dist_there_is_no_dist_variant() {
+        fn domain(error: &Error) -> &'static str {
+            match error {
+                Error::Input(_) => "input",
+                Error::Data(_) => "data",
+                Error::Checkpoint(_) => "checkpoint",
+                Error::Gguf(_) => "gguf",
+                Error::Weights(_) => "weights",
+                Error::Io { .. } => "io",
+                Error::OutOfMemory { .. } => "out of memory",
+                Error::LibtorchLoad { .. } => "libtorch load",
+                Error::Internal { .. } => "internal",
+                Error::Torch(_) => "torch",
+            }
+        }
+        let internal = Error::Internal { what: "x".into() };
+        assert_eq!(domain(&internal), "internal");
+    }
+}
