@@ -181,7 +181,7 @@ fn parameter_set_errors_list_every_mismatch() {
     let error = Error::Weights(WeightsError::Parameters {
         origin: "weights/model.safetensors".into(),
         expected_by: "the gemma config".into(),
-        mismatch: ParameterMismatch {
+        mismatch: Box::new(ParameterMismatch {
             missing: vec!["a.weight".into(), "b.weight".into()],
             unexpected: vec!["c.weight".into()],
             mismatched: vec![ShapeMismatch {
@@ -190,7 +190,7 @@ fn parameter_set_errors_list_every_mismatch() {
                 got: vec![2, 3],
             }],
             duplicated: vec!["e.weight".into()],
-        },
+        }),
     });
     assert_eq!(
         error.to_string(),

@@ -112,7 +112,7 @@ fn expect_parameters_error(result: tch_rpo::Result<()>, needle: &str) -> tch_rpo
             let Error::Weights(WeightsError::Parameters { mismatch, .. }) = error else {
                 unreachable!()
             };
-            mismatch
+            *mismatch
         }
         other => panic!("expected a parameter-set error mentioning {needle:?}, got {other:?}"),
     }

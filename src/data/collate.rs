@@ -104,7 +104,7 @@ impl Collator {
     /// A collator with a checked configuration.
     ///
     /// # Errors
-    /// [`InputError::Config`](crate::InputError::Config) if `max_prompt_length >= max_length` or `max_length == 0`.
+    /// [`InputError::Config`] if `max_prompt_length >= max_length` or `max_length == 0`.
     pub fn new(config: CollateConfig) -> Result<Self> {
         if config.max_length == 0 || config.max_prompt_length >= config.max_length {
             return Err(Error::Input(InputError::Config {
@@ -135,7 +135,7 @@ impl Collator {
     /// Collates `pairs` (each with its dataset index) into one batch on `device`.
     ///
     /// # Errors
-    /// [`InputError::EmptyBatch`](crate::InputError::EmptyBatch) for no pairs; [`Error::Torch`] if a tensor cannot be made.
+    /// [`InputError::EmptyBatch`] for no pairs; [`Error::Torch`] if a tensor cannot be made.
     pub fn collate(&self, pairs: &[(usize, &EncodedPair)], device: Device) -> Result<CollatedBatch> {
         if pairs.is_empty() {
             return Err(Error::Input(InputError::EmptyBatch {

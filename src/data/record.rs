@@ -15,7 +15,7 @@
 //!
 //! # Malformed records
 //! Bad JSON, a missing or mistyped field, an empty response (no characters other than whitespace, or no
-//! message), or a plain prompt mixed with conversational responses is an [`DataError::Record`](crate::DataError::Record) naming the file
+//! message), or a plain prompt mixed with conversational responses is an [`DataError::Record`] naming the file
 //! and the 1-based line — or, with [`OnMalformed::Skip`], the record is skipped and listed in
 //! [`PreferenceDataset::skipped`]. Never a panic, never a silent drop.
 
@@ -71,7 +71,7 @@ impl PreferenceRecord {
     /// A record from its parts, checked as described on the type.
     ///
     /// # Errors
-    /// [`DataError::Record`](crate::DataError::Record) with file `<record>` and line 1 when the invariants do not hold.
+    /// [`DataError::Record`] with file `<record>` and line 1 when the invariants do not hold.
     pub fn new(prompt: Text, chosen: Text, rejected: Text) -> Result<Self> {
         Self::checked(prompt, chosen, rejected).map_err(|message| {
             Error::Data(DataError::Record {
@@ -85,7 +85,7 @@ impl PreferenceRecord {
     /// Parses one JSON object (see the [module docs](self) for the accepted forms).
     ///
     /// # Errors
-    /// [`DataError::Record`](crate::DataError::Record) with file `<json>` and line 1 describing the problem ([`PreferenceDataset`] reports
+    /// [`DataError::Record`] with file `<json>` and line 1 describing the problem ([`PreferenceDataset`] reports
     /// the real file and line).
     pub fn from_json(line: &str) -> Result<Self> {
         Self::parse(line).map_err(|message| {
@@ -206,7 +206,7 @@ fn json_kind(value: &Value) -> &'static str {
 /// What to do with a malformed record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnMalformed {
-    /// Stop with an [`DataError::Record`](crate::DataError::Record) naming the file and line (the default).
+    /// Stop with an [`DataError::Record`] naming the file and line (the default).
     #[default]
     Error,
     /// Skip it and list it in [`PreferenceDataset::skipped`].
@@ -239,7 +239,7 @@ impl PreferenceDataset {
     /// Reads a JSON Lines file.
     ///
     /// # Errors
-    /// [`Error::Io`] if the file cannot be read; [`DataError::Record`](crate::DataError::Record) (file:line) for a malformed record under
+    /// [`Error::Io`] if the file cannot be read; [`DataError::Record`] (file:line) for a malformed record under
     /// [`OnMalformed::Error`], or for a line that is not valid UTF-8.
     pub fn from_jsonl(path: impl AsRef<Path>, on_malformed: OnMalformed) -> Result<Self> {
         let path = path.as_ref();

@@ -40,7 +40,7 @@ impl BatchSampler {
     /// A sampler over `len` pairs, `batch_pairs` per micro-batch, starting at epoch 0.
     ///
     /// # Errors
-    /// [`InputError::Config`](crate::InputError::Config) if `len` or `batch_pairs` is zero.
+    /// [`InputError::Config`] if `len` or `batch_pairs` is zero.
     pub fn new(len: usize, batch_pairs: usize, seed: u64, shuffle: bool) -> Result<Self> {
         if len == 0 || batch_pairs == 0 {
             return Err(Error::Input(InputError::Config {
@@ -83,7 +83,7 @@ impl BatchSampler {
     /// Moves to `position` (e.g. from a checkpoint).
     ///
     /// # Errors
-    /// [`InputError::Config`](crate::InputError::Config) if the cursor is beyond the dataset.
+    /// [`InputError::Config`] if the cursor is beyond the dataset.
     pub fn set_position(&mut self, position: SamplerPosition) -> Result<()> {
         if position.cursor > self.len {
             return Err(Error::Input(InputError::Config {

@@ -69,14 +69,14 @@ pub trait Tokenizer: Send + Sync {
     /// Token ids of `text`, without special tokens (no BOS / EOS added).
     ///
     /// # Errors
-    /// [`DataError::Tokenizer`](crate::DataError::Tokenizer) if encoding fails.
+    /// [`DataError::Tokenizer`] if encoding fails.
     fn encode(&self, text: &str) -> Result<Vec<i64>>;
     /// The text of `ids` (e.g. generated tokens), with special tokens (padding, BOS, EOS, control
     /// tokens) left out. Ids outside `[0, V)` are skipped. Inverse of [`Tokenizer::encode`] for text
     /// that encodes without special tokens.
     ///
     /// # Errors
-    /// [`DataError::Tokenizer`](crate::DataError::Tokenizer) if decoding fails.
+    /// [`DataError::Tokenizer`] if decoding fails.
     fn decode(&self, ids: &[i64]) -> Result<String>;
     /// The vocabulary size `V` (every id is in `[0, V)`).
     fn vocab_size(&self) -> i64;
@@ -172,7 +172,7 @@ pub struct EncodedPair {
 /// Tokenizes one record (see the [module docs](self)).
 ///
 /// # Errors
-/// [`DataError::Tokenizer`](crate::DataError::Tokenizer) if encoding fails, a response encodes to no token, or the chat template does not
+/// [`DataError::Tokenizer`] if encoding fails, a response encodes to no token, or the chat template does not
 /// render the prompt as a prefix of the full conversation.
 pub fn encode_record(tokenizer: &dyn Tokenizer, record: &PreferenceRecord) -> Result<EncodedPair> {
     let (prompt_text, chosen_text, rejected_text) = match (&record.prompt, &record.chosen, &record.rejected) {

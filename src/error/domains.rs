@@ -69,8 +69,8 @@ pub enum WeightsError {
         origin: String,
         /// What defines the expected parameters (e.g. "the gemma3 config", "this trainer's model").
         expected_by: String,
-        /// What does not match.
-        mismatch: ParameterMismatch,
+        /// What does not match (boxed: it holds four lists, and `Error` stays small).
+        mismatch: Box<ParameterMismatch>,
     },
     /// A weight tensor in a GGUF file is stored in a ggml type the model does not accept for it (e.g. a
     /// quantized norm weight, or a type this crate cannot dequantize).

@@ -161,7 +161,6 @@ impl Error {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
 
     /// Without the `dist` feature there is no `Error::Dist` (nor `DistError`): this `match` names every
     /// top-level variant and no `Dist` arm, and the crate itself is not bound by `#[non_exhaustive]`, so
@@ -169,6 +168,7 @@ mod tests {
     #[cfg(not(feature = "dist"))]
     #[test]
     fn without_dist_there_is_no_dist_variant() {
+        use super::Error;
         fn domain(error: &Error) -> &'static str {
             match error {
                 Error::Input(_) => "input",

@@ -147,7 +147,7 @@ impl ParameterMismatch {
         Err(Error::Weights(WeightsError::Parameters {
             origin: origin.to_string(),
             expected_by: expected_by.to_string(),
-            mismatch: self,
+            mismatch: Box::new(self),
         }))
     }
 }

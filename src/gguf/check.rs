@@ -65,8 +65,8 @@ impl GgufFile {
     /// (aligned, inside the file, back to back with the other tensors) was checked by [`GgufFile::open`].
     ///
     /// # Errors
-    /// [`WeightsError::Parameters`](crate::WeightsError::Parameters) if the file has no such tensor or it has another shape;
-    /// [`WeightsError::TensorType`](crate::WeightsError::TensorType) for a type not in `types`.
+    /// [`WeightsError::Parameters`] if the file has no such tensor or it has another shape;
+    /// [`WeightsError::TensorType`] for a type not in `types`.
     pub fn expect_tensor(&self, name: &str, shape: &[i64], types: &[GgmlType]) -> Result<&TensorInfo> {
         let file = || self.path.display().to_string();
         let mismatch = match self.by_name.get(name) {

@@ -11,7 +11,7 @@ impl GgufFile {
     /// The info of the tensor named `name`.
     ///
     /// # Errors
-    /// [`GgufError::Invalid`](crate::GgufError::Invalid) if there is no such tensor; the message lists up to five tensor names that share the
+    /// [`GgufError::Invalid`] if there is no such tensor; the message lists up to five tensor names that share the
     /// longest prefix with `name`.
     pub fn tensor_info(&self, name: &str) -> Result<&TensorInfo> {
         match self.by_name.get(name) {
@@ -43,7 +43,7 @@ impl GgufFile {
     /// The raw bytes of a tensor's data, as stored (quantized blocks for a quantized type).
     ///
     /// # Errors
-    /// [`GgufError::Invalid`](crate::GgufError::Invalid) if there is no such tensor or the file is now shorter than its header says;
+    /// [`GgufError::Invalid`] if there is no such tensor or the file is now shorter than its header says;
     /// [`Error::OutOfMemory`] if the [`TensorInfo::n_bytes`] bytes cannot be allocated; [`Error::Io`] if
     /// reading fails otherwise.
     pub fn tensor_bytes(&self, name: &str) -> Result<Vec<u8>> {
@@ -90,7 +90,7 @@ impl GgufFile {
     /// round-to-nearest-even for `BFloat16` / `Half`).
     ///
     /// # Errors
-    /// [`InputError::DType`](crate::InputError::DType) if `kind` is not `Float`, `Double`, `Half` or `BFloat16`; [`GgufError::Invalid`](crate::GgufError::Invalid) if there is
+    /// [`InputError::DType`] if `kind` is not `Float`, `Double`, `Half` or `BFloat16`; [`GgufError::Invalid`] if there is
     /// no such tensor, its type cannot be dequantized (`unsupported tensor type Q2_K (id 10) for tensor
     /// …`), or the file is now shorter than its header says; [`Error::Io`] if reading fails otherwise;
     /// [`Error::OutOfMemory`] if a chunk buffer cannot be allocated; [`Error::Torch`] if libtorch fails,

@@ -127,8 +127,8 @@ impl DpoLoss {
     /// as in TRL).
     ///
     /// # Errors
-    /// [`InputError::Config`](crate::InputError::Config) for an unknown name (or `"sft"`, which is not a DPO loss: use
-    /// [`crate::RpoConfig::from_trl`]) or a weight list of another length; [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) for
+    /// [`InputError::Config`] for an unknown name (or `"sft"`, which is not a DPO loss: use
+    /// [`crate::RpoConfig::from_trl`]) or a weight list of another length; [`InputError::InvalidParameter`] for
     /// a non-finite weight.
     pub fn parse_weighted(loss_type: &[&str], loss_weights: Option<&[f64]>) -> Result<Vec<(DpoLoss, f64)>> {
         let weights = trl_weights(loss_type.len(), loss_weights)?;
@@ -256,9 +256,9 @@ impl DpoConfig {
     /// Checks every field.
     ///
     /// # Errors
-    /// [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) for β ≤ 0 or non-finite, ε outside `[0, 0.5)`, τ ≤ 0, a non-finite δ,
+    /// [`InputError::InvalidParameter`] for β ≤ 0 or non-finite, ε outside `[0, 0.5)`, τ ≤ 0, a non-finite δ,
     /// an empty loss list, a non-finite weight, β below [`MIN_QUADRATIC_BETA`] with `ipo` / `sppo_hard`;
-    /// [`InputError::Config`](crate::InputError::Config) where TRL's semantics differ from a naive reading: `sigmoid` with ε > 0 (TRL
+    /// [`InputError::Config`] where TRL's semantics differ from a naive reading: `sigmoid` with ε > 0 (TRL
     /// ignores ε; use `cdpo`), `exo_pair` with ε = 0 (TRL refuses it), ε > 0 with no variant that reads it.
     /// `cdpo` with ε = 0 is accepted (it is `sigmoid`).
     pub fn validate(&self) -> Result<()> {

@@ -119,7 +119,7 @@ impl RpoConfig {
     /// `["exo_pair", "sft"]` with ε = 1e-3 is one call.
     ///
     /// # Errors
-    /// As [`DpoLoss::parse_weighted`]; [`InputError::Config`](crate::InputError::Config) for `"sft"` listed twice. ε itself is checked with
+    /// As [`DpoLoss::parse_weighted`]; [`InputError::Config`] for `"sft"` listed twice. ε itself is checked with
     /// the rest of the configuration by [`RpoConfig::validate`] (when the loss runs).
     pub fn from_trl(
         beta: f64,
@@ -185,7 +185,7 @@ impl RpoConfig {
     /// The SFT coefficient `c` (η·β or the absolute weight).
     ///
     /// # Errors
-    /// [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) if η or the weight is negative or non-finite.
+    /// [`InputError::InvalidParameter`] if η or the weight is negative or non-finite.
     pub fn coefficient(&self) -> Result<f64> {
         match self.sft_weight {
             SftWeight::EtaBeta { eta } => {

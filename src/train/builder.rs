@@ -292,7 +292,7 @@ impl<M: PolicyModel> RpoTrainerBuilder<M> {
     /// The trainer, resumed if asked.
     ///
     /// # Errors
-    /// The first setter error (an unknown loss name); [`InputError::Config`](crate::InputError::Config) if no reference was given, or
+    /// The first setter error (an unknown loss name); [`InputError::Config`] if no reference was given, or
     /// `resume(true)` without a checkpoint directory; as [`RpoTrainer::new`],
     /// [`RpoTrainer::set_collective`] and [`RpoTrainer::resume_latest`].
     pub fn build(self) -> Result<RpoTrainer<M>> {

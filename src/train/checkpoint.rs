@@ -27,7 +27,7 @@
 //!
 //! # Integrity
 //! [`load`] refuses a checkpoint whose manifest is missing or unreadable, or a file whose size or checksum
-//! differs from the manifest (a truncated or corrupted file), with an [`CheckpointError::Invalid`](crate::CheckpointError::Invalid) naming it.
+//! differs from the manifest (a truncated or corrupted file), with an [`CheckpointError::Invalid`] naming it.
 //! [`latest`] refuses a pointer that names anything but a directory directly inside the checkpoint
 //! directory (`../x`, an absolute path, `a/b`).
 
@@ -116,7 +116,7 @@ pub struct CheckpointData {
 /// Writes a checkpoint under `dir` atomically and points `dir/latest` at it; returns its path.
 ///
 /// # Errors
-/// [`CheckpointError::Invalid`](crate::CheckpointError::Invalid) if `dir` exists but is not a directory; [`Error::Io`] if a file cannot be
+/// [`CheckpointError::Invalid`] if `dir` exists but is not a directory; [`Error::Io`] if a file cannot be
 /// written; [`Error::Torch`] if a tensor cannot be serialized.
 pub fn save(dir: &Path, data: &CheckpointData) -> Result<PathBuf> {
     check_checkpoint_dir(dir)?;
@@ -262,7 +262,7 @@ fn parse_name(name: &str) -> Option<(u64, u64)> {
 /// (by step, then suffix). An entry that is a symbolic link leading outside `dir` is not a checkpoint.
 ///
 /// # Errors
-/// [`CheckpointError::Invalid`](crate::CheckpointError::Invalid) if `dir` exists but is not a directory; [`Error::Io`] if it cannot be listed.
+/// [`CheckpointError::Invalid`] if `dir` exists but is not a directory; [`Error::Io`] if it cannot be listed.
 pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
     check_checkpoint_dir(dir)?;
     let mut found = Vec::new();
@@ -284,7 +284,7 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
 /// is never deleted (it counts towards `keep`). Returns the deleted paths.
 ///
 /// # Errors
-/// [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) if `keep` is 0; [`Error::Io`] if listing or deleting fails; as [`latest`].
+/// [`InputError::InvalidParameter`] if `keep` is 0; [`Error::Io`] if listing or deleting fails; as [`latest`].
 pub fn prune(dir: &Path, keep: usize) -> Result<Vec<PathBuf>> {
     if keep == 0 {
         return Err(Error::Input(InputError::InvalidParameter {
@@ -310,7 +310,7 @@ pub fn prune(dir: &Path, keep: usize) -> Result<Vec<PathBuf>> {
 /// The checkpoint `dir/latest` points at, or `None` if there is no pointer yet.
 ///
 /// # Errors
-/// [`Error::Io`] if the pointer cannot be read; [`CheckpointError::Invalid`](crate::CheckpointError::Invalid) if `dir` exists but is not a
+/// [`Error::Io`] if the pointer cannot be read; [`CheckpointError::Invalid`] if `dir` exists but is not a
 /// directory, or the pointer names anything but one path component inside `dir` (`..`, `.`, an absolute
 /// path, a `/`), an entry that does not exist or is not a directory, or a symbolic link leading outside
 /// `dir` (each said as such).
@@ -365,7 +365,7 @@ pub struct LoadedCheckpoint {
 /// Checks the manifest of the checkpoint at `path` (sizes and checksums of every file).
 ///
 /// # Errors
-/// [`CheckpointError::Invalid`](crate::CheckpointError::Invalid) naming the problem: `path` missing or not a directory, no or unreadable
+/// [`CheckpointError::Invalid`] naming the problem: `path` missing or not a directory, no or unreadable
 /// manifest, unknown format, a missing file (or a directory where a file should be), a symbolic link
 /// leading outside the checkpoint, a size or checksum mismatch. Returns the names of the files the
 /// manifest lists (all verified).
@@ -453,7 +453,7 @@ pub fn verify(path: &Path) -> Result<Vec<String>> {
 /// Verifies ([`verify`]) and reads the checkpoint at `path`.
 ///
 /// # Errors
-/// As [`verify`]; [`CheckpointError::Invalid`](crate::CheckpointError::Invalid) if a file cannot be parsed.
+/// As [`verify`]; [`CheckpointError::Invalid`] if a file cannot be parsed.
 pub fn load(path: &Path) -> Result<LoadedCheckpoint> {
     let listed = verify(path)?.iter().any(|name| name == REFERENCE_FILE);
     let bad = |file: &str, e: &dyn std::fmt::Display| {

@@ -148,12 +148,12 @@ impl RpoTrainerConfig {
     /// Checks every setting.
     ///
     /// # Errors
-    /// [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) naming the setting by its [`crate::train::RpoTrainerBuilder`] name
+    /// [`InputError::InvalidParameter`] naming the setting by its [`crate::train::RpoTrainerBuilder`] name
     /// (TRL's): the objective's β, η, weights; `max_steps` equal to 0; `learning_rate` not finite and
     /// `>= 0`; the warmup; `max_grad_norm` not finite and > 0; `batch_size` (`batch_pairs`),
     /// `gradient_accumulation_steps` (`grad_accum_steps`), `save_steps` or
     /// `save_total_limit` equal to 0;
-    /// AdamW's hyper-parameters. [`InputError::Config`](crate::InputError::Config) for `save_steps` or `save_total_limit` without a
+    /// AdamW's hyper-parameters. [`InputError::Config`] for `save_steps` or `save_total_limit` without a
     /// `checkpoint_dir`.
     pub fn check(&self) -> Result<()> {
         self.rpo.validate()?;

@@ -69,7 +69,7 @@ impl AdamWConfig {
     /// Checks the hyper-parameters.
     ///
     /// # Errors
-    /// [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) for β outside `[0, 1)`, ε ≤ 0 or a negative weight decay.
+    /// [`InputError::InvalidParameter`] for β outside `[0, 1)`, ε ≤ 0 or a negative weight decay.
     pub fn check(&self) -> Result<()> {
         for (name, value) in [("beta1", self.beta1), ("beta2", self.beta2)] {
             if !(0.0..1.0).contains(&value) {
@@ -207,7 +207,7 @@ impl AdamW {
     /// dtype. Its gradient is the sum of the distinct gradients of its aliases.
     ///
     /// # Errors
-    /// [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) from [`AdamWConfig::check`]; [`InputError::Config`](crate::InputError::Config) if no parameter requires
+    /// [`InputError::InvalidParameter`] from [`AdamWConfig::check`]; [`InputError::Config`] if no parameter requires
     /// grad, names repeat, or two trained tensors overlap in memory without being the same view;
     /// [`Error::Torch`] if state cannot be allocated.
     pub fn new(config: AdamWConfig, named_parameters: &[(String, Tensor)]) -> Result<Self> {
@@ -346,7 +346,7 @@ impl AdamW {
     /// Applies one AdamW update with learning rate `lr` to the parameters that have a gradient.
     ///
     /// # Errors
-    /// [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) for a negative or non-finite lr; [`Error::Torch`] if an op fails.
+    /// [`InputError::InvalidParameter`] for a negative or non-finite lr; [`Error::Torch`] if an op fails.
     pub fn step(&mut self, lr: f64) -> Result<()> {
         if !(lr.is_finite() && lr >= 0.0) {
             return Err(Error::Input(InputError::InvalidParameter {

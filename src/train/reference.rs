@@ -54,7 +54,7 @@ impl ReferenceCache {
     /// a step that meets one is skipped by the trainer.
     ///
     /// # Errors
-    /// [`InputError::Config`](crate::InputError::Config) if the lengths differ.
+    /// [`InputError::Config`] if the lengths differ.
     pub fn from_values(chosen: Vec<f64>, rejected: Vec<f64>) -> Result<Self> {
         if chosen.len() != rejected.len() {
             return Err(Error::Input(InputError::Config {
@@ -87,7 +87,7 @@ impl ReferenceCache {
     /// The `[2B]` f32 tensor (chosen values of `indices`, then rejected) on `device`.
     ///
     /// # Errors
-    /// [`InputError::Config`](crate::InputError::Config) for an index beyond the cache.
+    /// [`InputError::Config`] for an index beyond the cache.
     pub fn lookup(&self, indices: &[usize], device: Device) -> Result<Tensor> {
         let mut values = Vec::with_capacity(2 * indices.len());
         for part in [&self.chosen, &self.rejected] {
@@ -109,7 +109,7 @@ impl ReferenceCache {
     /// ([`crate::atomic::write_file_at`]): `path` only ever holds a complete cache, the earlier or the new.
     ///
     /// # Errors
-    /// [`InputError::InvalidPath`](crate::InputError::InvalidPath) if `path` is empty, its folder does not exist or it is a directory;
+    /// [`InputError::InvalidPath`] if `path` is empty, its folder does not exist or it is a directory;
     /// [`Error::Torch`] if writing fails; [`Error::Io`] if the file cannot be fsynced or renamed.
     pub fn save(&self, path: &Path) -> Result<()> {
         crate::atomic::write_file_at(path, "path", |tmp| {
@@ -129,7 +129,7 @@ impl ReferenceCache {
     /// Loads a cache written by [`ReferenceCache::save`].
     ///
     /// # Errors
-    /// [`Error::Torch`] if reading fails; [`InputError::Config`](crate::InputError::Config) if a tensor is missing or lengths differ.
+    /// [`Error::Torch`] if reading fails; [`InputError::Config`] if a tensor is missing or lengths differ.
     pub fn load(path: &Path) -> Result<Self> {
         Self::from_tensors(Tensor::read_safetensors(path)?, &path.display().to_string())
     }
@@ -204,7 +204,7 @@ impl ScoringOptions {
 /// the same model weights. The trainer scores [`ReferenceSource::InitialPolicy`] with it.
 ///
 /// # Errors
-/// [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) for `batch_pairs == 0`; whatever collation, the model and the log-prob
+/// [`InputError::InvalidParameter`] for `batch_pairs == 0`; whatever collation, the model and the log-prob
 /// computation return on this rank; [`DistError::Failed`](crate::DistError::Failed) when another rank failed to score its block; as the
 /// all-reduce.
 pub fn score_reference(

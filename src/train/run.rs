@@ -96,7 +96,7 @@ impl<M: PolicyModel> RpoTrainer<M> {
     /// `latest` pointer), if any; returns its path (`None`: no checkpoint yet, a fresh run).
     ///
     /// # Errors
-    /// [`InputError::Config`](crate::InputError::Config) without a checkpoint directory; as [`checkpoint::latest`] and
+    /// [`InputError::Config`] without a checkpoint directory; as [`checkpoint::latest`] and
     /// [`RpoTrainer::load_checkpoint`].
     pub fn resume_latest(&mut self) -> Result<Option<PathBuf>> {
         let dir = self.config.checkpoint_dir.clone().ok_or_else(|| {
@@ -228,7 +228,7 @@ impl<M: PolicyModel> RpoTrainer<M> {
     /// initial weights first.
     ///
     /// # Errors
-    /// [`InputError::Config`](crate::InputError::Config) if the data setup differs from the one the run started with, a reference cache
+    /// [`InputError::Config`] if the data setup differs from the one the run started with, a reference cache
     /// holds another number of pairs, or an initial-policy reference is needed after step 0 without a
     /// checkpoint that holds it; anything [`Trainer::train_step`], logging or checkpointing returns.
     pub fn fit(&mut self, pairs: &[EncodedPair], collator: &Collator) -> Result<Vec<StepMetrics>> {

@@ -38,7 +38,7 @@ impl LrSchedule {
     /// Warmup for `ceil(warmup_ratio · total_steps)` steps (Hugging Face's rounding), then `decay`.
     ///
     /// # Errors
-    /// [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) for a non-finite or negative lr, a ratio outside `[0, 1]`, or zero steps.
+    /// [`InputError::InvalidParameter`] for a non-finite or negative lr, a ratio outside `[0, 1]`, or zero steps.
     pub fn with_warmup_ratio(
         peak_lr: f64,
         total_steps: u64,
@@ -73,7 +73,7 @@ impl LrSchedule {
     /// Checks the fields.
     ///
     /// # Errors
-    /// [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) for a non-finite or negative lr or zero total steps.
+    /// [`InputError::InvalidParameter`] for a non-finite or negative lr or zero total steps.
     pub fn check(&self) -> Result<()> {
         if !(self.peak_lr.is_finite() && self.peak_lr >= 0.0) {
             return Err(Error::Input(InputError::InvalidParameter {

@@ -82,7 +82,7 @@ impl<M: PolicyModel> RpoTrainer<M> {
     /// written; on error the trainer is unchanged.
     ///
     /// # Errors
-    /// [`CheckpointError::Invalid`](crate::CheckpointError::Invalid) for a missing / truncated / corrupted checkpoint or one written with a
+    /// [`CheckpointError::Invalid`] for a missing / truncated / corrupted checkpoint or one written with a
     /// different seed or schedule; [`WeightsError::Parameters`](crate::WeightsError::Parameters) for model parameters or optimizer state that do
     /// not match this model (every missing, extra and reshaped one listed).
     pub fn load_checkpoint(&mut self, path: &Path) -> Result<()> {

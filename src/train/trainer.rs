@@ -182,7 +182,7 @@ impl<M: PolicyModel> RpoTrainer<M> {
     /// scored the training pairs.
     ///
     /// # Errors
-    /// [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) for `batch_pairs == 0`; [`InputError::Config`](crate::InputError::Config) for a cache of another length
+    /// [`InputError::InvalidParameter`] for `batch_pairs == 0`; [`InputError::Config`] for a cache of another length
     /// or an initial-policy reference not scored yet; as [`Trainer::eval_step`].
     pub fn evaluate(
         &mut self,
@@ -219,8 +219,8 @@ impl<M: PolicyModel> RpoTrainer<M> {
     /// alike, or the same cache).
     ///
     /// # Errors
-    /// [`InputError::Config`](crate::InputError::Config) when `batch_pairs` is not a multiple of the world size, or this trainer already
-    /// has a process group; [`InputError::DeviceMismatch`](crate::InputError::DeviceMismatch) when the model is not on the group's device (the
+    /// [`InputError::Config`] when `batch_pairs` is not a multiple of the world size, or this trainer already
+    /// has a process group; [`InputError::DeviceMismatch`] when the model is not on the group's device (the
     /// CPU for Gloo, the rank's CUDA device for NCCL); as the broadcast.
     pub fn set_collective(&mut self, collective: Collective) -> Result<()> {
         if self.collective.is_distributed() {

@@ -170,7 +170,7 @@ pub struct GemmaConfig {
 }
 
 impl GemmaConfig {
-    /// Parses a config.json text. Errors: [`CheckpointError::Invalid`](crate::CheckpointError::Invalid) (with `origin` as the path).
+    /// Parses a config.json text. Errors: [`CheckpointError::Invalid`] (with `origin` as the path).
     ///
     /// For Gemma 3 an absent soft-cap means none (transformers' Gemma 3 default), not Gemma 2's 30 / 50.
     pub fn from_json_str(text: &str, origin: &Path) -> Result<Self> {
@@ -194,7 +194,7 @@ impl GemmaConfig {
     }
 
     /// Reads and parses a config.json file, then [validates](Self::validate) it.
-    /// Errors: [`Error::Io`], [`CheckpointError::Invalid`](crate::CheckpointError::Invalid), and those of `validate`.
+    /// Errors: [`Error::Io`], [`CheckpointError::Invalid`], and those of `validate`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::io(path, source))?;
         let config = Self::from_json_str(&text, path)?;
@@ -236,7 +236,7 @@ impl GemmaConfig {
         }
     }
 
-    /// The architecture named by `model_type`. Errors: [`WeightsError::UnsupportedArchitecture`](crate::WeightsError::UnsupportedArchitecture).
+    /// The architecture named by `model_type`. Errors: [`WeightsError::UnsupportedArchitecture`].
     pub fn arch(&self) -> Result<GemmaArch> {
         match self.model_type.as_str() {
             "gemma" => Ok(GemmaArch::Gemma),
@@ -260,7 +260,7 @@ impl GemmaConfig {
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
-    /// RoPE base θ (of the global layers for Gemma 3). Errors: [`InputError::Config`](crate::InputError::Config) for a RoPE type
+    /// RoPE base θ (of the global layers for Gemma 3). Errors: [`InputError::Config`] for a RoPE type
     /// other than "default".
     pub fn rope_base(&self) -> Result<f64> {
         Ok(self.rope_bases()?.0)
@@ -269,7 +269,7 @@ impl GemmaConfig {
     /// RoPE bases θ `(global layers, sliding layers)`. Gemma 1 / 2: the same θ (default 10⁴) for both.
     /// Gemma 3 (transformers' rules): global `rope_parameters.full_attention.rope_theta`, else
     /// `rope_theta`, else 10⁶; sliding `rope_parameters.sliding_attention.rope_theta`, else
-    /// `rope_local_base_freq`, else 10⁴. Errors: [`InputError::Config`](crate::InputError::Config) for a RoPE type other than
+    /// `rope_local_base_freq`, else 10⁴. Errors: [`InputError::Config`] for a RoPE type other than
     /// "default" (e.g. the linear scaling of the larger Gemma 3 models).
     pub fn rope_bases(&self) -> Result<(f64, f64)> {
         fn theta_of(params: &serde_json::Value) -> Result<Option<f64>> {
@@ -307,7 +307,7 @@ impl GemmaConfig {
         Ok((theta, theta))
     }
 
-    /// The MLP activation. Errors: [`InputError::Config`](crate::InputError::Config) for an unimplemented one.
+    /// The MLP activation. Errors: [`InputError::Config`] for an unimplemented one.
     pub fn activation(&self) -> Result<Activation> {
         let arch = self.arch()?;
         let name = self
@@ -329,7 +329,7 @@ impl GemmaConfig {
 
     /// The sliding window of each layer (`None`: full attention). Gemma 1: none. Default `layer_types`:
     /// Gemma 2 sliding on even layers (0, 2, …), Gemma 3 global on every 6th layer (5, 11, …).
-    /// Errors: [`InputError::Config`](crate::InputError::Config) for a bad `layer_types` list or window.
+    /// Errors: [`InputError::Config`] for a bad `layer_types` list or window.
     pub fn layer_windows(&self) -> Result<Vec<Option<i64>>> {
         let layers = self.num_hidden_layers.max(0) as usize;
         if self.arch()? == GemmaArch::Gemma {
@@ -378,8 +378,8 @@ impl GemmaConfig {
             .collect()
     }
 
-    /// Checks the configuration. Errors: [`WeightsError::UnsupportedArchitecture`](crate::WeightsError::UnsupportedArchitecture) for a `model_type` other than
-    /// "gemma" / "gemma2" / "gemma3" / "gemma3_text"; [`InputError::Config`](crate::InputError::Config) for non-positive sizes, sizes whose
+    /// Checks the configuration. Errors: [`WeightsError::UnsupportedArchitecture`] for a `model_type` other than
+    /// "gemma" / "gemma2" / "gemma3" / "gemma3_text"; [`InputError::Config`] for non-positive sizes, sizes whose
     /// parameter count exceeds 2^63, heads not divisible by key/value
     /// heads, an untied head, biases, an unknown activation / RoPE type / layer type, or Gemma 2 scalars
     /// that are not positive.

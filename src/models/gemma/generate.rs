@@ -54,7 +54,7 @@ impl Sampling {
     /// [`Sampling::Sample`], checked.
     ///
     /// # Errors
-    /// [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) for a temperature that is not finite and `> 0`, `top_k = 0`, or
+    /// [`InputError::InvalidParameter`] for a temperature that is not finite and `> 0`, `top_k = 0`, or
     /// `top_p` outside `(0, 1]`.
     pub fn sample(temperature: f64, top_k: Option<usize>, top_p: Option<f64>, seed: u64) -> Result<Self> {
         let sampling = Sampling::Sample {
@@ -260,10 +260,10 @@ fn left_padded(rows: &[Vec<i64>], pad: i64, width: usize) -> Vec<i64> {
 /// `config.stop_ids`; generation ends when every row stopped or after `max_new_tokens` steps.
 ///
 /// # Errors
-/// [`InputError::Shape`](crate::InputError::Shape) for an empty prompt; [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) for bad sampling parameters;
-/// [`InputError::Config`](crate::InputError::Config) (`max_new_tokens`) when the longest prompt plus `max_new_tokens` exceeds the model's
+/// [`InputError::Shape`] for an empty prompt; [`InputError::InvalidParameter`] for bad sampling parameters;
+/// [`InputError::Config`] (`max_new_tokens`) when the longest prompt plus `max_new_tokens` exceeds the model's
 /// `max_position_embeddings` and [`GenerationConfig::allow_beyond_max_positions`] is not set; those of
-/// [`Gemma::forward_hidden_at`] (e.g. [`InputError::TokenOutOfRange`](crate::InputError::TokenOutOfRange) for a prompt id or `pad_id` outside the
+/// [`Gemma::forward_hidden_at`] (e.g. [`InputError::TokenOutOfRange`] for a prompt id or `pad_id` outside the
 /// vocabulary).
 pub fn generate(model: &Gemma, prompts: &[Vec<i64>], config: &GenerationConfig) -> Result<Generation> {
     config.sampling.validate()?;
@@ -371,7 +371,7 @@ pub fn generate(model: &Gemma, prompts: &[Vec<i64>], config: &GenerationConfig) 
 /// `device` must be the model's device (kept for compatibility; the inputs are put there).
 ///
 /// # Errors
-/// [`InputError::DeviceMismatch`](crate::InputError::DeviceMismatch) when `device` is not the model's; those of [`generate`].
+/// [`InputError::DeviceMismatch`] when `device` is not the model's; those of [`generate`].
 pub fn greedy_decode(
     model: &Gemma,
     prompts: &[Vec<i64>],

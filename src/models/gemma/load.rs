@@ -100,7 +100,7 @@ impl Gemma {
     /// - [`WeightSource::Parameters`]: the parameter set is checked before the model is allocated.
     ///
     /// # Errors
-    /// [`InputError::DType`](crate::InputError::DType) for a `kind` that is not a floating-point dtype; those of [`WeightSource::config`];
+    /// [`InputError::DType`] for a `kind` that is not a floating-point dtype; those of [`WeightSource::config`];
     /// [`WeightsError::Parameters`](crate::WeightsError::Parameters) naming the file (or "the given parameters") and listing the parameters
     /// missing from it, unexpected in it, of another shape (both shapes) or given twice;
     /// [`CheckpointError::Invalid`](crate::CheckpointError::Invalid) for a folder with neither `model.safetensors` nor

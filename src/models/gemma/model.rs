@@ -226,8 +226,8 @@ impl Gemma {
     /// right-padded (or unpadded) rows: position ids `0..T` in every row.
     ///
     /// `input_ids` `[N, T]` i64 in `[0, V)`; `attention_mask` `[N, T]` (any dtype; nonzero = token, 0 =
-    /// padding; padding on the right). Errors: [`InputError::Shape`](crate::InputError::Shape) / [`InputError::DType`](crate::InputError::DType) for wrong shapes /
-    /// dtype, [`InputError::TokenOutOfRange`](crate::InputError::TokenOutOfRange) for ids outside `[0, V)` (checking the range syncs the device),
+    /// padding; padding on the right). Errors: [`InputError::Shape`] / [`InputError::DType`] for wrong shapes /
+    /// dtype, [`InputError::TokenOutOfRange`] for ids outside `[0, V)` (checking the range syncs the device),
     /// [`Error::Torch`].
     pub fn forward_hidden(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let t = input_ids.size().get(1).copied().unwrap_or(0);
@@ -250,7 +250,7 @@ impl Gemma {
     /// - `cache`: appended to (keys and values of the new tokens; a sliding layer keeps only its last
     ///   `window − 1` slots).
     ///
-    /// Errors: those of [`Gemma::forward_hidden`]; [`InputError::Shape`](crate::InputError::Shape) for `position_ids` of another shape
+    /// Errors: those of [`Gemma::forward_hidden`]; [`InputError::Shape`] for `position_ids` of another shape
     /// or a cache made for another model.
     pub fn forward_hidden_at(
         &self,

@@ -56,8 +56,8 @@ impl GemmaConfig {
     /// | pad / bos / eos | `tokenizer.ggml.padding_token_id` / `bos_token_id` / `eos_token_id` |
     /// | not in the file | θ of the sliding layers 10⁴, query_pre_attn_scalar 256, gelu tanh, every 6th layer global, tied head |
     ///
-    /// Errors: [`GgufError::Invalid`](crate::GgufError::Invalid) for a missing key or a key of the wrong type;
-    /// [`WeightsError::UnsupportedArchitecture`](crate::WeightsError::UnsupportedArchitecture) for an architecture other than gemma3; those of
+    /// Errors: [`GgufError::Invalid`] for a missing key or a key of the wrong type;
+    /// [`WeightsError::UnsupportedArchitecture`] for an architecture other than gemma3; those of
     /// [`GemmaConfig::validate`].
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let arch = file.get_str("general.architecture")?;

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use tch::{nn, Tensor};
 
 use super::config::GemmaConfig;
-use crate::error::{CheckpointError, InputError};
+use crate::error::CheckpointError;
 use crate::error::{Error, ParameterMismatch, Result, ShapeMismatch};
 
 fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
@@ -166,7 +166,7 @@ pub fn load_tokenizer(dir: &Path) -> Result<Box<dyn crate::data::Tokenizer>> {
         )?))
     }
     #[cfg(not(feature = "hf-tokenizers"))]
-    Err(Error::Input(InputError::Config {
+    Err(Error::Input(crate::error::InputError::Config {
         name: "hf-tokenizers",
         requirement: format!(
             "reading {} needs the crate feature `hf-tokenizers` (e.g. `cargo run --features hf-tokenizers`)",

@@ -25,7 +25,7 @@ impl CharTokenizer {
     /// A tokenizer over the characters of `alphabet`, in order.
     ///
     /// # Errors
-    /// [`DataError::Tokenizer`](crate::DataError::Tokenizer) for an empty alphabet or a character that appears twice.
+    /// [`DataError::Tokenizer`] for an empty alphabet or a character that appears twice.
     pub fn new(alphabet: &str) -> Result<Self> {
         let chars: Vec<char> = alphabet.chars().collect();
         if chars.is_empty() {
@@ -56,7 +56,7 @@ impl Tokenizer for CharTokenizer {
     /// One id per character.
     ///
     /// # Errors
-    /// [`DataError::Tokenizer`](crate::DataError::Tokenizer) naming the first character that is not in the alphabet.
+    /// [`DataError::Tokenizer`] naming the first character that is not in the alphabet.
     fn encode(&self, text: &str) -> Result<Vec<i64>> {
         text.chars()
             .map(|c| {
