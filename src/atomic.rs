@@ -29,8 +29,7 @@
 //! One writer per target at a time: two processes writing the same target concurrently each leave a
 //! complete artifact, the last rename wins.
 
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};

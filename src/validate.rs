@@ -1,7 +1,6 @@
 //! Input checks shared by the public functions. Each returns a typed [`Error`] naming the argument.
 
-use crate::error::{Error, Result};
-use crate::error::{InputError, WeightsError};
+use crate::error::{Error, InputError, Result, WeightsError};
 use tch::{Kind, Tensor};
 
 /// Whether `kind` is a floating-point dtype this crate computes with.

@@ -104,7 +104,7 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// An [`WeightsError::Parameters`](tch_rpo::WeightsError::Parameters) from a trainer checkpoint whose display contains `needle`.
+/// A [`WeightsError::Parameters`](tch_rpo::WeightsError::Parameters) from a trainer checkpoint whose display contains `needle`.
 fn expect_parameters_error(result: tch_rpo::Result<()>, needle: &str) -> tch_rpo::ParameterMismatch {
     match result {
         Err(error @ Error::Weights(WeightsError::Parameters { .. })) => {

@@ -14,8 +14,7 @@
 //!    (1024) tokens. As `max_prompt_length < max_length`, every response keeps at least one token.
 
 use crate::data::tokenizer::EncodedPair;
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::logprobs::DEFAULT_IGNORE_INDEX;
 use tch::{Device, Kind, Tensor};
 

@@ -15,12 +15,11 @@
 //!
 //! # Malformed records
 //! Bad JSON, a missing or mistyped field, an empty response (no characters other than whitespace, or no
-//! message), or a plain prompt mixed with conversational responses is an [`DataError::Record`] naming the file
+//! message), or a plain prompt mixed with conversational responses is a [`DataError::Record`] naming the file
 //! and the 1-based line — or, with [`OnMalformed::Skip`], the record is skipped and listed in
 //! [`PreferenceDataset::skipped`]. Never a panic, never a silent drop.
 
-use crate::error::DataError;
-use crate::error::{Error, Result};
+use crate::error::{DataError, Error, Result};
 use serde_json::Value;
 use std::io::BufRead;
 use std::path::Path;
@@ -206,7 +205,7 @@ fn json_kind(value: &Value) -> &'static str {
 /// What to do with a malformed record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnMalformed {
-    /// Stop with an [`DataError::Record`] naming the file and line (the default).
+    /// Stop with a [`DataError::Record`] naming the file and line (the default).
     #[default]
     Error,
     /// Skip it and list it in [`PreferenceDataset::skipped`].

@@ -1,7 +1,6 @@
 //! A seeded, resumable order over the pairs of a dataset.
 
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 
 /// Where a [`BatchSampler`] stands: the epoch and the position in that epoch's order. Saved in checkpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -8,8 +8,7 @@
 //! response as the text the full conversation adds after it.
 
 use crate::data::record::{Message, PreferenceRecord, Text};
-use crate::error::DataError;
-use crate::error::{Error, Result};
+use crate::error::{DataError, Error, Result};
 
 /// A chat template: how a list of messages becomes text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

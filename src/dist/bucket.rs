@@ -6,8 +6,7 @@ use std::ops::Range;
 use tch::{Device, Kind, Tensor};
 
 use super::group::{ProcessGroup, ReduceOp};
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 
 /// The default bucket size, 25 MiB (PyTorch DDP's default).
 pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;

@@ -1,8 +1,7 @@
 //! The launcher environment: what `torchrun` (or any launcher following PyTorch's `env://` convention)
 //! sets for each process.
 
-use crate::error::DistError;
-use crate::error::{Error, Result};
+use crate::error::{DistError, Error, Result};
 
 /// One process's place in a job, read from the launcher's variables.
 ///

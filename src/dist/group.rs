@@ -9,8 +9,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::env::LaunchEnv;
 use super::{ffi, store};
-use crate::error::{DistError, InputError};
-use crate::error::{DistStorePeer, Error, Result};
+use crate::error::{DistError, DistStorePeer, Error, InputError, Result};
 
 /// The communication backend of a [`ProcessGroup`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,8 +3,7 @@
 use std::ops::Range;
 
 use crate::data::sampler::{BatchSampler, SamplerPosition};
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 
 /// The block of a global batch of `len` items that `rank` of `world_size` takes: contiguous, the first
 /// `len % world_size` ranks one item more than the rest. The blocks of ranks `0..world_size` are disjoint

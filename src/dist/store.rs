@@ -18,8 +18,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use super::env::LaunchEnv;
-use crate::error::DistError;
-use crate::error::{DistStorePeer, Error, Result};
+use crate::error::{DistError, DistStorePeer, Error, Result};
 
 /// c10d's `QueryType::VALIDATE`.
 const QUERY_VALIDATE: u8 = 0;

@@ -2,8 +2,7 @@
 //! no_grad), pass 2 (analytic gradients), and the surrogate that injects them into autograd.
 
 use super::head::LinearHead;
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::logprobs::LogProbOptions;
 use crate::logprobs::{check_label_range, stats_given_lse, TokenStats};
 use crate::validate;

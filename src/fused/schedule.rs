@@ -5,8 +5,7 @@
 use super::engine::{self, Needs, Prepared, NAMES};
 use super::one_pass::{self, Grouping};
 use super::{check_finite, FusedLoss, LinearHead};
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::logprobs::{LogProbOptions, SequenceLogProbs, TokenStats};
 use tch::{Kind, Tensor};
 

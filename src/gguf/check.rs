@@ -2,8 +2,7 @@
 //! and shape against what a model expects.
 
 use super::{GgmlType, GgufFile, TensorInfo};
-use crate::error::WeightsError;
-use crate::error::{Error, ParameterMismatch, Result, ShapeMismatch};
+use crate::error::{Error, ParameterMismatch, Result, ShapeMismatch, WeightsError};
 
 /// The types a weight matrix (2 or more dimensions) may be stored in for a model this crate loads: every
 /// type [`GgufFile::tensor`] dequantizes (F32, F16, BF16, F64, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,

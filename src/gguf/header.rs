@@ -1,8 +1,7 @@
 //! Header parsing: buffered reads with a position, bounds checks against the file size, typed errors.
 
 use super::{try_vec, GgufValue, GgufValueType, MAX_ARRAY_DEPTH};
-use crate::error::GgufError;
-use crate::error::{Error, Result};
+use crate::error::{Error, GgufError, Result};
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;

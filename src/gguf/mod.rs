@@ -66,8 +66,7 @@ pub use types::{GgmlType, GgufValueType};
 pub use value::GgufValue;
 pub use write::{quantize, GgufWriter, GGUF_WRITE_VERSION, WRITABLE_TYPES};
 
-use crate::error::GgufError;
-use crate::error::{Error, Result};
+use crate::error::{Error, GgufError, Result};
 use header::HeaderReader;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;

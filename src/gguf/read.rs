@@ -1,8 +1,7 @@
 //! Reading tensor data: bytes on demand, dequantized into tch tensors in chunks.
 
 use super::{dequant, try_vec, GgmlType, GgufFile, TensorInfo, CHUNK_ELEMENTS};
-use crate::error::{Error, Result};
-use crate::error::{GgufError, InputError};
+use crate::error::{Error, GgufError, InputError, Result};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use tch::{Device, Kind, Tensor};

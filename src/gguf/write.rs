@@ -27,8 +27,7 @@
 //! ```
 
 use super::{GgmlType, GgufValue, DEFAULT_ALIGNMENT, GGUF_MAGIC};
-use crate::error::{Error, Result};
-use crate::error::{GgufError, InputError};
+use crate::error::{Error, GgufError, InputError, Result};
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufWriter, Write};

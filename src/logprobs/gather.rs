@@ -2,8 +2,7 @@
 //! [module docs](super)).
 
 use super::{LogProbOptions, SequenceLogProbs, TokenLogProbs, TokenStats};
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::validate;
 use tch::{Kind, Tensor};
 

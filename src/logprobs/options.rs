@@ -1,7 +1,6 @@
 //! [`LogProbOptions`]: how labels are read and checked, and the chunk budgets of the logits and fused paths.
 
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 
 /// The ignore index used by PyTorch, Hugging Face and TRL: positions with this label are not scored.
 pub const DEFAULT_IGNORE_INDEX: i64 = -100;

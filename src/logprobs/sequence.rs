@@ -1,7 +1,6 @@
 //! The result types: per-token log-probs, per-sequence sums and counts, token statistics.
 
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::validate;
 use tch::{Kind, Tensor};
 

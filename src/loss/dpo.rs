@@ -28,8 +28,7 @@
 //! reduced loss is the mean over pairs, or `Σ_i loss_i / N` with an explicit global pair count `N`
 //! ([`crate::GlobalBatch`]) for gradient accumulation.
 
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::logprobs::split_rows;
 use crate::loss::metrics::PreferenceMetrics;
 use crate::loss::objective::{reduce_pairs, Accumulator, Pairs};

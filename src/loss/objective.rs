@@ -1,7 +1,6 @@
 //! The loss trait every objective implements, and the per-sequence quantities it is a function of.
 
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::logprobs::{split_rows, SequenceLogProbs};
 use crate::loss::GlobalBatch;
 use crate::validate;

@@ -1,7 +1,6 @@
 //! The reference policy of the pair losses, one type for every level.
 
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::fused::{self, engine, LinearHead};
 use crate::logprobs::{sequence_logprobs, LogProbOptions};
 use crate::validate;

@@ -24,8 +24,7 @@
 //! summed NLL of a 300-token response weighs like 0.015 on its token mean; OpenRLHF's 0.2 on a
 //! sequence mean is a much stronger regularizer than the paper's main setting. Convert, don't copy.
 
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::loss::dpo::{dpo_from_pairs, trl_weights, DpoConfig, DpoLoss, DpoOutput};
 use crate::loss::objective::Pairs;
 use crate::loss::sft::{check_targets, sft_of, SftConfig, SftNormalization, SftOutput};

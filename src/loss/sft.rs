@@ -13,8 +13,7 @@
 //! The same coefficient means very different things under different normalizations: a summed NLL over a
 //! 300-token response is ~300× the token mean. Compare coefficients only within one normalization.
 
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::logprobs::SequenceLogProbs;
 use crate::loss::objective::reduce_pairs;
 use crate::loss::{GlobalBatch, Objective, RowLayout, Sequences};

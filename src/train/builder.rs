@@ -1,7 +1,6 @@
 //! [`RpoTrainerBuilder`]: an [`RpoTrainer`] set up one TRL-named setting at a time.
 
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::logprobs::LogProbOptions;
 use crate::loss::dpo::DpoLoss;
 use crate::loss::rpo::{RpoConfig, SftWeight};

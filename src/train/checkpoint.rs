@@ -27,12 +27,11 @@
 //!
 //! # Integrity
 //! [`load`] refuses a checkpoint whose manifest is missing or unreadable, or a file whose size or checksum
-//! differs from the manifest (a truncated or corrupted file), with an [`CheckpointError::Invalid`] naming it.
+//! differs from the manifest (a truncated or corrupted file), with a [`CheckpointError::Invalid`] naming it.
 //! [`latest`] refuses a pointer that names anything but a directory directly inside the checkpoint
 //! directory (`../x`, an absolute path, `a/b`).
 
-use crate::error::{CheckpointError, InputError};
-use crate::error::{Error, Result};
+use crate::error::{CheckpointError, Error, InputError, Result};
 use serde_json::{json, Value};
 use std::fs::{self, File};
 use std::io::{Read, Write};

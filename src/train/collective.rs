@@ -30,8 +30,7 @@ use std::time::{Duration, Instant};
 
 use tch::Tensor;
 
-use crate::error::DistError;
-use crate::error::{Error, Result};
+use crate::error::{DistError, Error, Result};
 
 #[cfg(feature = "dist")]
 use crate::dist::{

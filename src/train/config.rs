@@ -5,8 +5,7 @@
 //! the checkpoint directory is where [`crate::train::RpoTrainer::fit`] saves and where [`crate::train::RpoTrainer::resume_latest`]
 //! looks.
 
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::logprobs::LogProbOptions;
 use crate::loss::rpo::{RpoConfig, SftWeight};
 use crate::loss::sft::SftNormalization;

@@ -2,8 +2,7 @@
 //! hidden-state pass returns.
 
 use crate::autograd::backward_from;
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::fused::LinearHead;
 use tch::{nn::VarStore, Device, Tensor};
 

@@ -19,8 +19,7 @@
 //! embedding (`embed`, `wte`, `wpe`) or a norm (`norm`, `ln`); so no decay on biases, norm scales and
 //! embedding tables. Override with [`AdamWConfig::decay_rule`].
 
-use crate::error::InputError;
-use crate::error::{Error, ParameterMismatch, Result};
+use crate::error::{Error, InputError, ParameterMismatch, Result};
 use tch::{Kind, Tensor};
 
 /// Decides from a parameter's name and shape whether it is weight-decayed.

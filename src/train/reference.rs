@@ -1,8 +1,7 @@
 //! Where the reference log-probs `log π_ref(y|x)` come from.
 
 use crate::data::{CollatedBatch, Collator, EncodedPair};
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::logprobs::LogProbOptions;
 use crate::train::collective::Collective;
 use crate::train::config::RpoTrainerConfig;

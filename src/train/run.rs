@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{BatchSampler, Collator, EncodedPair, SamplerPosition};
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::train::checkpoint;
 use crate::train::metrics::{JsonlLogger, Progress, StepMetrics};
 use crate::train::model::PolicyModel;

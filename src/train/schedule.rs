@@ -1,7 +1,6 @@
 //! Learning-rate schedules: linear warmup, then cosine (or linear, or constant) decay.
 
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 
 /// The shape of the decay after warmup (in checkpoints: `"cosine"`, `"linear"`, `"constant"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

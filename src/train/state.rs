@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::error::CheckpointError;
-use crate::error::{Error, ParameterMismatch, Result};
+use crate::error::{CheckpointError, Error, ParameterMismatch, Result};
 use crate::train::checkpoint::{self, CheckpointData};
 use crate::train::model::PolicyModel;
 use crate::train::reference::{ReferenceCache, ReferenceSource};

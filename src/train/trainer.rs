@@ -3,8 +3,7 @@
 //! `train/state.rs`, the data-parallel side in [`crate::train::collective`].
 
 use crate::data::{BatchSampler, CollatedBatch, Collator, EncodedPair};
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::train::collective::Collective;
 use crate::train::config::RpoTrainerConfig;
 use crate::train::metrics::StepMetrics;

@@ -6,8 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{CheckpointError, InputError, WeightsError};
-use crate::error::{Error, Result};
+use crate::error::{CheckpointError, Error, InputError, Result, WeightsError};
 
 /// An [`InputError::Config`](crate::InputError::Config) naming a configuration field.
 pub(crate) fn config_error(name: &'static str, requirement: impl Into<String>) -> Error {

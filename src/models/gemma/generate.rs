@@ -22,8 +22,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::model::{Gemma, KvCache};
-use crate::error::InputError;
-use crate::error::{Error, ParamValue, Result};
+use crate::error::{Error, InputError, ParamValue, Result};
 
 /// How the next token is chosen from the logits of the last position.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -16,8 +16,7 @@ use super::export::ordered_parameters;
 use super::model::Gemma;
 use super::weights_gguf::{check_gguf_tensors, load_gguf_weights};
 use super::weights_hf::load_hf_weights;
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::gguf::GgufFile;
 
 /// Where a Gemma's configuration and weights come from.

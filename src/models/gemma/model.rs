@@ -5,8 +5,7 @@ use tch::{nn, Kind, Tensor};
 use super::config::{GemmaArch, GemmaConfig};
 use super::layers::{linear, parameter, soft_cap, Attention, Layer, LayerCache, Mlp, RmsNorm};
 use crate::autograd::{backward_from, leaf_grad};
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 
 /// A Gemma / Gemma 2 causal language model with a tied LM head.
 ///

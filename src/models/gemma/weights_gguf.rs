@@ -7,8 +7,7 @@ use std::collections::HashMap;
 use tch::{nn, Kind};
 
 use super::config::{config_error, GemmaConfig, TokenIds};
-use crate::error::{Error, ParameterMismatch, Result};
-use crate::error::{GgufError, WeightsError};
+use crate::error::{Error, GgufError, ParameterMismatch, Result, WeightsError};
 use crate::gguf::{GgmlType, GgufFile, MATRIX_TYPES, VECTOR_TYPES};
 use crate::validate::finite_weight;
 

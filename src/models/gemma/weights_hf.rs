@@ -9,8 +9,7 @@ use serde::Deserialize;
 use tch::{nn, Tensor};
 
 use super::config::GemmaConfig;
-use crate::error::CheckpointError;
-use crate::error::{Error, ParameterMismatch, Result, ShapeMismatch};
+use crate::error::{CheckpointError, Error, ParameterMismatch, Result, ShapeMismatch};
 
 fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     if !path.is_file() {

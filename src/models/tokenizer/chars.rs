@@ -1,8 +1,7 @@
 //! [`CharTokenizer`]: one token per character of a fixed alphabet, after Gemma-style special ids.
 
 use crate::data::Tokenizer;
-use crate::error::DataError;
-use crate::error::{Error, Result};
+use crate::error::{DataError, Error, Result};
 
 /// A character-level tokenizer: `<pad>` = 0, `<eos>` = 1, `<bos>` = 2 (Gemma's special ids), then one id
 /// per character of the alphabet, in order (`3 + index`). For small models trained from scratch on

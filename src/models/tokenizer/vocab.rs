@@ -6,8 +6,7 @@
 
 use std::collections::HashMap;
 
-use crate::error::DataError;
-use crate::error::{Error, Result};
+use crate::error::{DataError, Error, Result};
 use crate::gguf::GgufFile;
 
 /// SentencePiece token types (llama.cpp's numbering).

@@ -3,8 +3,7 @@
 //! pairs.
 
 use crate::data::CollatedBatch;
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::loss::rpo::RpoOutput;
 use crate::loss::GlobalBatch;
 use crate::train::metrics::{Average, StepMetrics, METRICS};

@@ -11,8 +11,7 @@ use tch::Tensor;
 
 use crate::autograd::ensure_grad;
 use crate::data::CollatedBatch;
-use crate::error::InputError;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::loss::rpo::RpoOutput;
 use crate::loss::GlobalBatch;
 use crate::train::metrics::StepMetrics;

@@ -5,8 +5,7 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 use super::{check_finite, ordered_parameters, TokenizerSource, SAVED};
-use crate::error::{DataError, GgufError, InputError, WeightsError};
-use crate::error::{Error, Result};
+use crate::error::{DataError, Error, GgufError, InputError, Result, WeightsError};
 use crate::gguf::{GgmlType, GgufValue, GgufWriter};
 use crate::models::gemma::config::{Activation, GemmaArch, GemmaConfig};
 use crate::models::gemma::weights_gguf::gguf_tensor_name;

@@ -8,8 +8,7 @@ use tch::{Device, Kind, Tensor};
 use super::tokenizer::hf_tokenizer_files;
 use super::{dtype_name, ordered_parameters, TokenizerSource, HF_TOKENIZER_FILES, SAVED};
 use crate::atomic::ExistingDir;
-use crate::error::{CheckpointError, DataError};
-use crate::error::{Error, Result};
+use crate::error::{CheckpointError, DataError, Error, Result};
 use crate::models::gemma::config::{Activation, GemmaArch, GemmaConfig, TokenIds};
 
 fn checkpoint_error(path: &Path, reason: impl Into<String>) -> Error {

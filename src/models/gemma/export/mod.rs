@@ -52,8 +52,7 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 use super::config::GemmaConfig;
-use crate::error::InputError;
-use crate::error::{Error, ParameterMismatch, Result};
+use crate::error::{Error, InputError, ParameterMismatch, Result};
 use crate::gguf::GgufFile;
 use crate::validate::finite_weight;
 
