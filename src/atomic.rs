@@ -8,7 +8,7 @@
 //! # What is guaranteed
 //! - **Checked first.** The path is checked before anything is written ([`check_file_target`],
 //!   [`check_dir_target`]): an empty path, one that names no entry (`..`, `/`), one whose parent folder
-//!   does not exist, and an entry of the wrong kind at the target are an [`Error::InvalidPath`].
+//!   does not exist, and an entry of the wrong kind at the target are an [`InputError::InvalidPath`].
 //! - **Temporary beside the target.** The content is written into a temporary entry in the target's
 //!   folder, named `.tmp-tch-rpo-<pid>-<n>-<role>-<target name>` ([`TMP_PREFIX`]; `<n>` counts the
 //!   writes of the process, `<role>` is `new`, or `old` for a folder being replaced).
@@ -29,7 +29,7 @@
 //! One writer per target at a time: two processes writing the same target concurrently each leave a
 //! complete artifact, the last rename wins.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -42,7 +42,7 @@ pub const TMP_PREFIX: &str = ".tmp-tch-rpo-";
 /// What [`write_dir`] does with a folder that already exists at the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExistingDir {
-    /// Refuse any existing entry ([`Error::InvalidPath`]).
+    /// Refuse any existing entry ([`InputError::InvalidPath`]).
     Refuse,
     /// Replace a folder that holds only plain files (an earlier export) as a whole; refuse one holding a
     /// subfolder, a symbolic link or anything else that is not a plain file, rather than delete it.
@@ -55,11 +55,11 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 static IN_FLIGHT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 fn invalid(arg: &'static str, path: &Path, reason: impl Into<String>) -> Error {
-    Error::InvalidPath {
+    Error::Input(InputError::InvalidPath {
         arg,
         path: path.display().to_string(),
         reason: reason.into(),
-    }
+    })
 }
 
 /// The folder holding `target` (`.` for a bare name).
@@ -104,7 +104,7 @@ fn check_common(target: &Path, arg: &'static str) -> Result<()> {
 /// Checks that a file can be written to `target`: as [`write_file`] does before writing anything.
 ///
 /// # Errors
-/// [`Error::InvalidPath`] (naming `arg`) if `target` is empty, names no entry (`..`, `/`), its parent
+/// [`InputError::InvalidPath`] (naming `arg`) if `target` is empty, names no entry (`..`, `/`), its parent
 /// folder does not exist or is not a folder, or `target` is a directory.
 pub fn check_file_target(target: &Path, arg: &'static str) -> Result<()> {
     check_common(target, arg)?;
@@ -118,7 +118,7 @@ pub fn check_file_target(target: &Path, arg: &'static str) -> Result<()> {
 /// anything.
 ///
 /// # Errors
-/// [`Error::InvalidPath`] (naming `arg`) if `target` is empty, names no entry, its parent folder does not
+/// [`InputError::InvalidPath`] (naming `arg`) if `target` is empty, names no entry, its parent folder does not
 /// exist or is not a folder, `target` is a file or a symbolic link, or an existing folder there may not be
 /// replaced ([`ExistingDir::Refuse`]: any; [`ExistingDir::ReplaceFiles`]: one holding a subfolder, a
 /// link or another entry that is not a plain file, named in the message). [`Error::Io`] if an existing
@@ -388,7 +388,7 @@ fn process_runs(pid: u32) -> bool {
 /// how many were removed. [`write_file`] and [`write_dir`] call it after each completed write.
 ///
 /// # Errors
-/// [`Error::InvalidPath`] if `target` names no entry; [`Error::Io`] if the folder cannot be listed or a
+/// [`InputError::InvalidPath`] if `target` names no entry; [`Error::Io`] if the folder cannot be listed or a
 /// temporary cannot be removed.
 pub fn remove_stale_temporaries(target: &Path) -> Result<usize> {
     let Some(target_name) = target.file_name() else {

@@ -116,7 +116,12 @@ pub mod models;
 pub mod train;
 mod validate;
 
-pub use error::{DistStorePeer, Error, Result};
+pub use error::{
+    CheckpointError, DataError, Error, GgufError, InputError, ParamValue, ParameterMismatch, Result,
+    ShapeMismatch, WeightsError,
+};
+#[cfg(feature = "dist")]
+pub use error::{DistError, DistStorePeer};
 pub use fused::{fused_loss, fused_sequence_logprobs, FusedLoss, LinearHead};
 pub use logprobs::{
     sequence_logprobs, token_logprobs, LogProbOptions, SequenceLogProbs, TokenLogProbs, TokenStats,

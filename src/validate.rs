@@ -1,6 +1,6 @@
 //! Input checks shared by the public functions. Each returns a typed [`Error`] naming the argument.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result, WeightsError};
 use tch::{Kind, Tensor};
 
 /// Whether `kind` is a floating-point dtype this crate computes with.
@@ -20,24 +20,24 @@ pub(crate) fn compute_kind(kind: Kind) -> Kind {
 pub(crate) fn float_tensor(arg: &'static str, t: &Tensor) -> Result<Kind> {
     let kind = t.f_kind()?;
     if !is_float(kind) {
-        return Err(Error::DType {
+        return Err(Error::Input(InputError::DType {
             arg,
             expected: "a floating-point dtype (f32, f64, bf16 or f16)",
             got: kind,
-        });
+        }));
     }
     Ok(kind)
 }
 
-/// Errors with [`Error::DType`] unless `t` holds i64 token ids.
+/// Errors with [`InputError::DType`](crate::InputError::DType) unless `t` holds i64 token ids.
 pub(crate) fn int64_labels(arg: &'static str, t: &Tensor) -> Result<()> {
     let kind = t.f_kind()?;
     if kind != Kind::Int64 {
-        return Err(Error::DType {
+        return Err(Error::Input(InputError::DType {
             arg,
             expected: "i64 token ids",
             got: kind,
-        });
+        }));
     }
     Ok(())
 }
@@ -45,11 +45,11 @@ pub(crate) fn int64_labels(arg: &'static str, t: &Tensor) -> Result<()> {
 pub(crate) fn rank(arg: &'static str, t: &Tensor, dims: usize, expected: &str) -> Result<Vec<i64>> {
     let size = t.size();
     if size.len() != dims {
-        return Err(Error::Shape {
+        return Err(Error::Input(InputError::Shape {
             arg,
             expected: expected.to_string(),
             got: size,
-        });
+        }));
     }
     Ok(size)
 }
@@ -57,12 +57,12 @@ pub(crate) fn rank(arg: &'static str, t: &Tensor, dims: usize, expected: &str) -
 pub(crate) fn same_device(arg: &'static str, t: &Tensor, other: &'static str, o: &Tensor) -> Result<()> {
     let (got, expected) = (t.device(), o.device());
     if got != expected {
-        return Err(Error::DeviceMismatch {
+        return Err(Error::Input(InputError::DeviceMismatch {
             arg,
             other,
             expected,
             got,
-        });
+        }));
     }
     Ok(())
 }
@@ -78,42 +78,42 @@ pub(crate) fn per_pair(
     let b = size[0];
     if let Some(expected) = expected {
         if b != expected {
-            return Err(Error::BatchMismatch {
+            return Err(Error::Input(InputError::BatchMismatch {
                 arg,
                 other,
                 expected,
                 got: b,
-            });
+            }));
         }
     } else if b == 0 {
-        return Err(Error::EmptyBatch { arg, shape: size });
+        return Err(Error::Input(InputError::EmptyBatch { arg, shape: size }));
     }
     Ok(b)
 }
 
 pub(crate) fn positive_finite(name: &'static str, value: f64) -> Result<()> {
     if !(value.is_finite() && value > 0.0) {
-        return Err(Error::InvalidParameter {
+        return Err(Error::Input(InputError::InvalidParameter {
             name,
-            value,
+            value: value.into(),
             requirement: "must be finite and > 0",
-        });
+        }));
     }
     Ok(())
 }
 
 pub(crate) fn finite(name: &'static str, value: f64) -> Result<()> {
     if !value.is_finite() {
-        return Err(Error::InvalidParameter {
+        return Err(Error::Input(InputError::InvalidParameter {
             name,
-            value,
+            value: value.into(),
             requirement: "must be finite",
-        });
+        }));
     }
     Ok(())
 }
 
-/// Errors with [`Error::NonFinite`] if `t` holds NaN or ±inf (syncs the device).
+/// Errors with [`InputError::NonFinite`](crate::InputError::NonFinite) if `t` holds NaN or ±inf (syncs the device).
 pub(crate) fn all_finite(arg: &'static str, t: &Tensor, location: &'static str) -> Result<()> {
     let bad = t
         .f_isfinite()?
@@ -121,16 +121,16 @@ pub(crate) fn all_finite(arg: &'static str, t: &Tensor, location: &'static str) 
         .f_sum(Kind::Int64)?
         .f_int64_value(&[])?;
     if bad > 0 {
-        return Err(Error::NonFinite {
+        return Err(Error::Input(InputError::NonFinite {
             arg,
             count: bad,
             location,
-        });
+        }));
     }
     Ok(())
 }
 
-/// Errors with [`Error::NoValidTokens`] if any entry of the count vector `[B]` is zero (syncs the device).
+/// Errors with [`InputError::NoValidTokens`](crate::InputError::NoValidTokens) if any entry of the count vector `[B]` is zero (syncs the device).
 pub(crate) fn nonzero_counts(arg: &'static str, counts: &Tensor, reduction: &'static str) -> Result<()> {
     let zero = counts.f_le(0)?;
     let any = zero.f_any()?.f_int64_value(&[])?;
@@ -139,16 +139,16 @@ pub(crate) fn nonzero_counts(arg: &'static str, counts: &Tensor, reduction: &'st
             .f_to_kind(Kind::Int64)?
             .f_argmax(0, false)?
             .f_int64_value(&[])?;
-        return Err(Error::NoValidTokens {
+        return Err(Error::Input(InputError::NoValidTokens {
             arg,
             index,
             reduction,
-        });
+        }));
     }
     Ok(())
 }
 
-/// Errors with [`Error::NonFiniteWeight`] naming `tensor` and `file` if `weight` holds NaN or ±inf.
+/// Errors with [`WeightsError::NonFinite`](crate::WeightsError::NonFinite) naming `tensor` and `file` if `weight` holds NaN or ±inf.
 ///
 /// One `isfinite().all()` on `weight`'s device (a single host sync); only when it fails are the count,
 /// the first offending flat index and its value computed. Integer tensors always pass.
@@ -167,12 +167,12 @@ pub(crate) fn finite_weight(weight: &Tensor, tensor: &str, file: &str) -> Result
             .f_argmax(0, false)?
             .f_int64_value(&[])?;
         let value = flat.f_select(0, index)?.f_double_value(&[])?;
-        Err(Error::NonFiniteWeight {
+        Err(Error::Weights(WeightsError::NonFinite {
             tensor: tensor.to_string(),
             file: file.to_string(),
             count,
             index,
             value,
-        })
+        }))
     })
 }

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch_rpo::atomic::{self, ExistingDir, TMP_PREFIX};
 use tch_rpo::Error;
+use tch_rpo::{DataError, InputError};
 
 /// A fresh folder under the system temp dir, removed on drop.
 struct Scratch(PathBuf);
@@ -46,11 +47,11 @@ fn write_text(target: &Path, text: &str) -> tch_rpo::Result<()> {
 
 fn invalid_reason(e: Error) -> String {
     match e {
-        Error::InvalidPath { arg, reason, .. } => {
+        Error::Input(InputError::InvalidPath { arg, reason, .. }) => {
             assert_eq!(arg, "target");
             reason
         }
-        other => panic!("expected Error::InvalidPath, got {other:?}"),
+        other => panic!("expected InputError::InvalidPath, got {other:?}"),
     }
 }
 
@@ -91,14 +92,14 @@ fn a_failed_fill_removes_its_temporary() {
     write_text(&target, "good").unwrap();
     let e = atomic::write_file(&target, "target", |file| {
         file.write_all(b"half").unwrap();
-        Err::<(), _>(Error::Tokenizer("fill failed".into()))
+        Err::<(), _>(Error::Data(DataError::Tokenizer("fill failed".into())))
     });
-    assert!(matches!(e, Err(Error::Tokenizer(_))));
+    assert!(matches!(e, Err(Error::Data(DataError::Tokenizer(_)))));
     let e = atomic::write_dir(&dir.path("d"), "target", ExistingDir::ReplaceFiles, |tmp| {
         std::fs::write(tmp.join("x"), "half").unwrap();
-        Err::<(), _>(Error::Tokenizer("fill failed".into()))
+        Err::<(), _>(Error::Data(DataError::Tokenizer("fill failed".into())))
     });
-    assert!(matches!(e, Err(Error::Tokenizer(_))));
+    assert!(matches!(e, Err(Error::Data(DataError::Tokenizer(_)))));
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "good");
     assert_eq!(dir.entries(), ["a.bin"]);
 }

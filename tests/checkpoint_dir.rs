@@ -1,6 +1,6 @@
 //! The checkpoint folder as a user may leave it: a `checkpoint_dir` that is a file, a `latest` pointer at a
 //! file or at nothing, symbolic links leading out of the folder, damaged integers in the trainer state.
-//! Each is a typed [`Error::Checkpoint`] that says what is actually wrong.
+//! Each is a typed [`CheckpointError::Invalid`](tch_rpo::CheckpointError::Invalid) that says what is actually wrong.
 #![cfg(all(feature = "train", unix))]
 
 mod train_support;
@@ -10,6 +10,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use tch_rpo::data::{ByteTokenizer, CollateConfig, Collator};
 use tch_rpo::train::{checkpoint, ReferenceSource, RpoTrainer, RpoTrainerConfig};
+use tch_rpo::CheckpointError;
 use tch_rpo::{Error, RpoConfig};
 use train_support::{preference_pairs, TinyLm};
 
@@ -39,8 +40,8 @@ fn saved_run(dir: &Path) -> PathBuf {
 
 fn checkpoint_reason(result: tch_rpo::Result<impl std::fmt::Debug>) -> String {
     match result {
-        Err(Error::Checkpoint { reason, .. }) => reason,
-        other => panic!("expected Error::Checkpoint, got {other:?}"),
+        Err(Error::Checkpoint(CheckpointError::Invalid { reason, .. })) => reason,
+        other => panic!("expected CheckpointError::Invalid, got {other:?}"),
     }
 }
 

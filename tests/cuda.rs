@@ -8,6 +8,7 @@ mod common;
 use common::tolerance::{self, assert_within, U_F32, U_F64};
 use common::*;
 use tch::{Device, Kind, Tensor};
+use tch_rpo::InputError;
 use tch_rpo::{
     compute_loss, token_logprobs, DpoConfig, DpoLoss, Error, LogProbOptions, LossBatch, Reference, RpoConfig,
 };
@@ -134,11 +135,11 @@ fn bad_label_on_cuda_is_an_error_not_a_device_assert() {
     let z = Tensor::randn([2, 4, 7], (Kind::Float, gpu));
     let y = int_tensor(&[0, 1, 2, 3, 4, 5, 7, 6], &[2, 4]).to_device(gpu);
     match token_logprobs(&z, &y, &LogProbOptions::default()) {
-        Err(Error::LabelOutOfRange {
+        Err(Error::Input(InputError::LabelOutOfRange {
             value: 7,
             position: 6,
             ..
-        }) => {}
+        })) => {}
         other => panic!("expected LabelOutOfRange, got {other:?}"),
     }
     // The device is still usable afterwards.

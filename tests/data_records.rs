@@ -3,6 +3,7 @@
 
 use std::io::Cursor;
 use tch_rpo::data::{BatchSampler, Message, OnMalformed, PreferenceDataset, SamplerPosition, Text};
+use tch_rpo::DataError;
 use tch_rpo::Error;
 
 fn read(text: &str, mode: OnMalformed) -> tch_rpo::Result<PreferenceDataset> {
@@ -72,7 +73,7 @@ fn malformed_records_report_file_and_line() {
     for (bad, needle) in cases {
         let text = format!("{GOOD}\n{GOOD}\n{bad}\n{GOOD}\n");
         match read(&text, OnMalformed::Error) {
-            Err(err @ Error::Data { .. }) => {
+            Err(err @ Error::Data(DataError::Record { .. })) => {
                 let message = err.to_string();
                 assert!(message.starts_with("prefs.jsonl:3: "), "{message}");
                 assert!(message.contains(needle), "{message} should mention {needle}");

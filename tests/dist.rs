@@ -19,6 +19,7 @@ use tch_rpo::dist::{
     LaunchEnv, ProcessGroup, ReduceOp,
 };
 use tch_rpo::Error;
+use tch_rpo::{DistError, InputError};
 
 // ---------------------------------------------------------------------------------------------------------
 // Helpers
@@ -140,11 +141,11 @@ fn launch_env_errors_name_the_variable_and_value() {
     for (var, value) in cases {
         let vars = env_with(var, value);
         match parse(&vars) {
-            Err(Error::DistEnv {
+            Err(Error::Dist(DistError::Env {
                 var: got_var,
                 value: got_value,
                 ..
-            }) => {
+            })) => {
                 assert_eq!(got_var, var, "{var}={value:?}");
                 assert_eq!(got_value.as_deref(), value, "{var}={value:?}");
                 let text = parse(&vars).unwrap_err().to_string();
@@ -190,17 +191,17 @@ fn collective_input_errors() {
     let mut strided = base.tr();
     assert!(matches!(
         g.all_reduce_sum_(&mut strided),
-        Err(Error::Shape { arg: "tensor", .. })
+        Err(Error::Input(InputError::Shape { arg: "tensor", .. }))
     ));
     let mut grad = base.copy().set_requires_grad(true);
     assert!(matches!(
         g.all_reduce_sum_(&mut grad),
-        Err(Error::Config { name: "tensor", .. })
+        Err(Error::Input(InputError::Config { name: "tensor", .. }))
     ));
     let mut t = base.copy();
     assert!(matches!(
         g.broadcast_(&mut t, 1),
-        Err(Error::InvalidParameter { name: "root", .. })
+        Err(Error::Input(InputError::InvalidParameter { name: "root", .. }))
     ));
     // Bad inputs are refused before any communication: the group still works.
     g.all_reduce_sum_(&mut t).unwrap();
@@ -218,11 +219,11 @@ fn hosting_on_a_taken_port_is_an_error() {
     assert!(
         matches!(
             err,
-            Error::Dist {
+            Error::Dist(DistError::Failed {
                 op: "connect",
                 rank: 0,
                 ..
-            } | Error::DistPeerLost { op: "connect", .. }
+            }) | Error::Dist(DistError::PeerLost { op: "connect", .. })
         ),
         "{err:?}"
     );
@@ -246,12 +247,12 @@ fn a_client_without_a_store_reports_it_unreachable() {
     assert!(
         matches!(
             &err,
-            Error::DistStore {
+            Error::Dist(DistError::Store {
                 rank: 1,
                 timeout_ms: 2000,
                 peer: tch_rpo::DistStorePeer::Unreachable,
                 ..
-            }
+            })
         ),
         "{err:?}"
     );
@@ -275,11 +276,11 @@ fn a_host_whose_peers_never_come_times_out() {
     assert!(
         matches!(
             err,
-            Error::DistTimeout {
+            Error::Dist(DistError::Timeout {
                 op: "connect",
                 rank: 0,
                 ..
-            }
+            })
         ),
         "{err:?}"
     );
@@ -295,11 +296,11 @@ fn nccl_is_refused_without_local_rank() {
     let opts = DistOptions::default().with_backend(tch_rpo::dist::Backend::Nccl);
     assert!(matches!(
         ProcessGroup::new(&env, &opts),
-        Err(Error::DistEnv {
+        Err(Error::Dist(DistError::Env {
             var: "LOCAL_RANK",
             value: None,
             ..
-        })
+        }))
     ));
 }
 
@@ -373,34 +374,34 @@ fn bucket_errors() {
     let b = Tensor::zeros([2], (Kind::Double, Device::Cpu));
     assert!(matches!(
         plan_buckets(&[a.copy()], 0),
-        Err(Error::InvalidParameter {
+        Err(Error::Input(InputError::InvalidParameter {
             name: "bucket_bytes",
             ..
-        })
+        }))
     ));
     assert!(matches!(
         flatten(&[]),
-        Err(Error::EmptyBatch { arg: "tensors", .. })
+        Err(Error::Input(InputError::EmptyBatch { arg: "tensors", .. }))
     ));
     assert!(matches!(
         flatten(&[a.copy(), b.copy()]),
-        Err(Error::DType { arg: "tensors", .. })
+        Err(Error::Input(InputError::DType { arg: "tensors", .. }))
     ));
     let mut outs = [a.copy()];
     let too_long = Tensor::zeros([4], (Kind::Float, Device::Cpu));
     assert!(matches!(
         unflatten_into(&too_long, &mut outs),
-        Err(Error::Shape { arg: "flat", .. })
+        Err(Error::Input(InputError::Shape { arg: "flat", .. }))
     ));
     let wrong_kind = Tensor::zeros([3], (Kind::Double, Device::Cpu));
     assert!(matches!(
         unflatten_into(&wrong_kind, &mut outs),
-        Err(Error::DType { arg: "flat", .. })
+        Err(Error::Input(InputError::DType { arg: "flat", .. }))
     ));
     let two_d = Tensor::zeros([3, 1], (Kind::Float, Device::Cpu));
     assert!(matches!(
         unflatten_into(&two_d, &mut outs),
-        Err(Error::Shape { arg: "flat", .. })
+        Err(Error::Input(InputError::Shape { arg: "flat", .. }))
     ));
 }
 
@@ -473,23 +474,23 @@ proptest! {
 fn sampler_errors() {
     assert!(matches!(
         shard_range(4, 2, 2),
-        Err(Error::Config { name: "rank", .. })
+        Err(Error::Input(InputError::Config { name: "rank", .. }))
     ));
     assert!(matches!(
         shard_range(4, 0, 0),
-        Err(Error::Config { name: "rank", .. })
+        Err(Error::Input(InputError::Config { name: "rank", .. }))
     ));
     assert!(matches!(
         DistributedSampler::new(10, 2, 0, true, 3, 3),
-        Err(Error::Config { .. })
+        Err(Error::Input(InputError::Config { .. }))
     ));
     assert!(matches!(
         DistributedSampler::new(0, 2, 0, true, 0, 1),
-        Err(Error::Config { .. })
+        Err(Error::Input(InputError::Config { .. }))
     ));
     assert!(matches!(
         DistributedSampler::new(10, 0, 0, true, 0, 1),
-        Err(Error::Config { .. })
+        Err(Error::Input(InputError::Config { .. }))
     ));
 }
 
@@ -625,14 +626,13 @@ fn worker_failure() {
     let start = Instant::now();
     let err = g.all_reduce_sum_(&mut t).unwrap_err();
     let kind = match &err {
-        Error::DistTimeout { .. } => "timeout",
-        Error::DistPeerLost { .. } => "peer",
+        Error::Dist(DistError::Timeout { .. }) => "timeout",
+        Error::Dist(DistError::PeerLost { .. }) => "peer",
         _ => "other",
     };
     let unresponsive = match &err {
-        Error::DistTimeout { unresponsive, .. } | Error::DistPeerLost { unresponsive, .. } => {
-            unresponsive.clone()
-        }
+        Error::Dist(DistError::Timeout { unresponsive, .. })
+        | Error::Dist(DistError::PeerLost { unresponsive, .. }) => unresponsive.clone(),
         _ => vec![],
     };
     println!(
@@ -640,7 +640,10 @@ fn worker_failure() {
         start.elapsed().as_millis()
     );
     // The group is poisoned: no hang on a half-finished protocol.
-    assert!(matches!(g.barrier(), Err(Error::Dist { op: "barrier", .. })));
+    assert!(matches!(
+        g.barrier(),
+        Err(Error::Dist(DistError::Failed { op: "barrier", .. }))
+    ));
     println!("POISONED");
 }
 
@@ -839,7 +842,7 @@ fn nccl_one_rank_group_on_cuda() {
     let mut cpu = Tensor::from_slice(&want);
     assert!(matches!(
         g.all_reduce_sum_(&mut cpu),
-        Err(Error::DeviceMismatch { .. })
+        Err(Error::Input(InputError::DeviceMismatch { .. }))
     ));
     let mut xs = [2.5, -1.0];
     g.all_reduce_f64(&mut xs, ReduceOp::Max).unwrap();

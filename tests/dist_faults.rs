@@ -11,6 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tch_rpo::dist::{DistOptions, LaunchEnv, ProcessGroup};
+use tch_rpo::DistError;
 use tch_rpo::{DistStorePeer, Error};
 
 /// The configured timeout of every case.
@@ -110,14 +111,14 @@ fn connect_error(env: LaunchEnv) -> (Error, Duration) {
 
 fn assert_store_error(err: &Error, port: u16, expected: DistStorePeer, words: &str) {
     match err {
-        Error::DistStore {
+        Error::Dist(DistError::Store {
             rank: 1,
             world_size: 2,
             addr,
             timeout_ms: 2000,
             peer,
             ..
-        } => {
+        }) => {
             assert_eq!(*peer, expected, "{err}");
             assert_eq!(addr, &format!("127.0.0.1:{port}"), "{err}");
         }
@@ -200,11 +201,11 @@ fn nobody_listening_is_unreachable_within_the_timeout() {
 fn assert_refused_at_once(env: LaunchEnv, accepted: &AtomicUsize, var: &str, value: &str, words: &str) {
     let (err, elapsed) = connect_error(env);
     match &err {
-        Error::DistEnv {
+        Error::Dist(DistError::Env {
             var: v,
             value: Some(seen),
             ..
-        } => {
+        }) => {
             assert_eq!(*v, var, "{err}");
             assert_eq!(seen, value, "{err}");
         }

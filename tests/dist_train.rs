@@ -23,6 +23,7 @@ use tch_rpo::data::{ByteTokenizer, CollateConfig, Collator};
 use tch_rpo::dist::{DistOptions, LaunchEnv, ProcessGroup};
 use tch_rpo::train::PolicyModel;
 use tch_rpo::train::{ReferenceSource, RpoTrainer, RpoTrainerConfig, StepMetrics, Warmup};
+use tch_rpo::{DistError, InputError};
 use tch_rpo::{Error, LogProbOptions, RpoConfig};
 use train_support::{max_param_diff, preference_pairs, TinyLm, POISON};
 
@@ -185,10 +186,10 @@ fn group(timeout: Duration) -> ProcessGroup {
 
 fn error_kind(e: &Error) -> &'static str {
     match e {
-        Error::DistTimeout { .. } => "timeout",
-        Error::DistPeerLost { .. } => "peer",
-        Error::Dist { .. } => "dist",
-        Error::Config { .. } => "config",
+        Error::Dist(DistError::Timeout { .. }) => "timeout",
+        Error::Dist(DistError::PeerLost { .. }) => "peer",
+        Error::Dist(DistError::Failed { .. }) => "dist",
+        Error::Input(InputError::Config { .. }) => "config",
         _ => "other",
     }
 }
@@ -556,10 +557,10 @@ fn one_rank_group_is_one_process() {
     assert!(
         matches!(
             err,
-            Error::Config {
+            Error::Input(InputError::Config {
                 name: "process_group",
                 ..
-            }
+            })
         ),
         "{err}"
     );

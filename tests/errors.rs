@@ -12,6 +12,7 @@ use tch_rpo::{
     LogProbOptions, LossBatch, Reference, RpoConfig, SequenceLogProbs, SftConfig, SftNormalization,
     SftWeight,
 };
+use tch_rpo::{DataError, InputError};
 
 const CPU: (Kind, Device) = (Kind::Float, Device::Cpu);
 const I64: (Kind, Device) = (Kind::Int64, Device::Cpu);
@@ -137,12 +138,12 @@ fn shapes_and_batches() {
     run_table(vec![
         case!("labels [2,4] vs logits [2,5,7]", "`labels`",
             token_logprobs(&logits(2, 5, 7), &labels(2, 4, 7), &LogProbOptions::default()),
-            Error::Shape { arg: "labels", got, .. } if got == &[2, 4]),
+            Error::Input(InputError::Shape { arg: "labels", got, .. }) if got == &[2, 4]),
         case!(
             "labels rows differ",
             "`labels`",
             token_logprobs(&logits(2, 5, 7), &labels(3, 5, 7), &LogProbOptions::default()),
-            Error::Shape { arg: "labels", .. }
+            Error::Input(InputError::Shape { arg: "labels", .. })
         ),
         case!(
             "flat labels",
@@ -152,11 +153,11 @@ fn shapes_and_batches() {
                 &Tensor::randint(7, [10], I64),
                 &LogProbOptions::default()
             ),
-            Error::Shape { arg: "labels", .. }
+            Error::Input(InputError::Shape { arg: "labels", .. })
         ),
         case!("logits not rank 3", "`logits`",
             token_logprobs(&Tensor::randn([10, 7], CPU), &labels(2, 5, 7), &LogProbOptions::default()),
-            Error::Shape { arg: "logits", got, .. } if got == &[10, 7]),
+            Error::Input(InputError::Shape { arg: "logits", got, .. }) if got == &[10, 7]),
         case!(
             "reference logits with another V",
             "reference logits",
@@ -165,31 +166,31 @@ fn shapes_and_batches() {
                 &labels(4, 5, 7),
                 Reference::Logits(&logits(4, 5, 8))
             ),
-            Error::Shape {
+            Error::Input(InputError::Shape {
                 arg: "reference logits",
                 ..
-            }
+            })
         ),
         case!("split_pairs of 3 rows", "even number",
             sequence_logprobs(&logits(3, 5, 7), &labels(3, 5, 7), &LogProbOptions::default())?.split_pairs(),
-            Error::Shape { arg: "policy.sum", got, .. } if got == &[3]),
+            Error::Input(InputError::Shape { arg: "policy.sum", got, .. }) if got == &[3]),
         case!(
             "odd rows from logits",
             "even number",
             rpo_logits(&logits(5, 4, 6), &labels(5, 4, 6), Reference::Free),
-            Error::Shape {
+            Error::Input(InputError::Shape {
                 arg: "policy.sum",
                 ..
-            }
+            })
         ),
         case!(
             "odd policy rows",
             "even number",
             dpo(DpoConfig::default(), &seq(&[-1.0, -2.0, -3.0], &[1, 2, 3])),
-            Error::Shape {
+            Error::Input(InputError::Shape {
                 arg: "policy.sum",
                 ..
-            }
+            })
         ),
         case!(
             "odd policy rows (rpo)",
@@ -198,21 +199,21 @@ fn shapes_and_batches() {
                 &RpoConfig::default(),
                 &LossBatch::log_probs(&seq(&[-1.0, -2.0, -3.0], &[1, 2, 3])).with_reference(Reference::Free)
             ),
-            Error::Shape {
+            Error::Input(InputError::Shape {
                 arg: "policy.sum",
                 ..
-            }
+            })
         ),
         case!(
             "reference [3] vs policy [4]",
             "`reference log-probs`",
             dpo_ref(&policy(), &Tensor::zeros([3], CPU)),
-            Error::BatchMismatch {
+            Error::Input(InputError::BatchMismatch {
                 arg: "reference log-probs",
                 expected: 4,
                 got: 3,
                 ..
-            }
+            })
         ),
         case!(
             "cached reference [3] vs logits rows 4",
@@ -222,29 +223,29 @@ fn shapes_and_batches() {
                 &labels(4, 5, 7),
                 Reference::LogProbs(&Tensor::zeros([3], CPU))
             ),
-            Error::BatchMismatch {
+            Error::Input(InputError::BatchMismatch {
                 arg: "reference log-probs",
                 expected: 4,
                 got: 3,
                 ..
-            }
+            })
         ),
         case!(
             "sums [3] vs counts [2]",
             "`count`",
             SequenceLogProbs::new(Tensor::zeros([3], CPU), Tensor::zeros([2], I64)),
-            Error::BatchMismatch {
+            Error::Input(InputError::BatchMismatch {
                 arg: "count",
                 other: "sum",
                 expected: 3,
                 got: 2
-            }
+            })
         ),
         case!(
             "sums not a vector",
             "`sum`",
             SequenceLogProbs::new(Tensor::zeros([3, 1], CPU), Tensor::zeros([3], I64)),
-            Error::Shape { arg: "sum", .. }
+            Error::Input(InputError::Shape { arg: "sum", .. })
         ),
         case!(
             "public-field policy with mismatched counts",
@@ -257,12 +258,12 @@ fn shapes_and_batches() {
                     stats: None
                 }
             ),
-            Error::BatchMismatch {
+            Error::Input(InputError::BatchMismatch {
                 arg: "policy.count",
                 expected: 4,
                 got: 2,
                 ..
-            }
+            })
         ),
     ]);
 }
@@ -277,18 +278,18 @@ fn empty_inputs() {
     run_table(vec![
         case!("B = 0", "`logits`",
             token_logprobs(&logits(0, 5, 7), &labels(0, 5, 7), &LogProbOptions::default()),
-            Error::EmptyBatch { arg: "logits", shape } if shape == &[0, 5, 7]),
+            Error::Input(InputError::EmptyBatch { arg: "logits", shape }) if shape == &[0, 5, 7]),
         case!(
             "T = 0",
             "`logits`",
             token_logprobs(&logits(2, 0, 7), &labels(2, 0, 7), &LogProbOptions::default()),
-            Error::EmptyBatch { arg: "logits", .. }
+            Error::Input(InputError::EmptyBatch { arg: "logits", .. })
         ),
         case!(
             "T = 1 with shift",
             "`logits`",
             token_logprobs(&logits(2, 1, 7), &labels(2, 1, 7), &LogProbOptions::causal()),
-            Error::EmptyBatch { arg: "logits", .. }
+            Error::Input(InputError::EmptyBatch { arg: "logits", .. })
         ),
         case!(
             "V = 0",
@@ -298,37 +299,37 @@ fn empty_inputs() {
                 &Tensor::zeros([2, 3], I64),
                 &LogProbOptions::default()
             ),
-            Error::EmptyBatch { arg: "logits", .. }
+            Error::Input(InputError::EmptyBatch { arg: "logits", .. })
         ),
         case!(
             "empty SequenceLogProbs::new",
             "`sum`",
             SequenceLogProbs::new(Tensor::zeros([0], CPU), Tensor::zeros([0], I64)),
-            Error::EmptyBatch { arg: "sum", .. }
+            Error::Input(InputError::EmptyBatch { arg: "sum", .. })
         ),
         case!(
             "empty policy through public fields",
             "`policy.sum`",
             dpo(DpoConfig::default(), &empty()),
-            Error::EmptyBatch {
+            Error::Input(InputError::EmptyBatch {
                 arg: "policy.sum",
                 ..
-            }
+            })
         ),
         case!(
             "empty SFT batch",
             "`chosen.sum`",
             sft(SftNormalization::SequenceSum, &empty(), None),
-            Error::EmptyBatch {
+            Error::Input(InputError::EmptyBatch {
                 arg: "chosen.sum",
                 ..
-            }
+            })
         ),
         case!(
             "split_pairs of nothing",
             "empty",
             empty().split_pairs(),
-            Error::EmptyBatch { .. }
+            Error::Input(InputError::EmptyBatch { .. })
         ),
     ]);
 }
@@ -344,11 +345,11 @@ fn dtypes() {
                 &labels(2, 5, 7).to_kind(Kind::Float),
                 &LogProbOptions::default()
             ),
-            Error::DType {
+            Error::Input(InputError::DType {
                 arg: "labels",
                 got: Kind::Float,
                 ..
-            }
+            })
         ),
         case!(
             "i32 labels",
@@ -358,11 +359,11 @@ fn dtypes() {
                 &labels(2, 5, 7).to_kind(Kind::Int),
                 &LogProbOptions::default()
             ),
-            Error::DType {
+            Error::Input(InputError::DType {
                 arg: "labels",
                 got: Kind::Int,
                 ..
-            }
+            })
         ),
         case!(
             "integer logits",
@@ -372,26 +373,26 @@ fn dtypes() {
                 &labels(2, 5, 7),
                 &LogProbOptions::default()
             ),
-            Error::DType {
+            Error::Input(InputError::DType {
                 arg: "logits",
                 got: Kind::Int64,
                 ..
-            }
+            })
         ),
         case!(
             "integer sums",
             "`sum`",
             SequenceLogProbs::new(Tensor::zeros([2], I64), Tensor::zeros([2], I64)),
-            Error::DType { arg: "sum", .. }
+            Error::Input(InputError::DType { arg: "sum", .. })
         ),
         case!(
             "integer reference log-probs",
             "`reference log-probs`",
             dpo_ref(&policy(), &Tensor::zeros([4], I64)),
-            Error::DType {
+            Error::Input(InputError::DType {
                 arg: "reference log-probs",
                 ..
-            }
+            })
         ),
     ]);
 }
@@ -408,13 +409,13 @@ fn labels_out_of_range() {
                 &int_tensor(&[0, 1, 2, 3, 4, 5, 7, 6], &[2, 4]),
                 &LogProbOptions::default()
             ),
-            Error::LabelOutOfRange {
+            Error::Input(InputError::LabelOutOfRange {
                 arg: "labels",
                 value: 7,
                 position: 6,
                 vocab: 7,
                 ignore_index: -100
-            }
+            })
         ),
         case!(
             "negative label",
@@ -424,11 +425,11 @@ fn labels_out_of_range() {
                 &int_tensor(&[0, -5, 2, 3, 4, 5, 6, 6], &[2, 4]),
                 &LogProbOptions::default()
             ),
-            Error::LabelOutOfRange {
+            Error::Input(InputError::LabelOutOfRange {
                 value: -5,
                 position: 1,
                 ..
-            }
+            })
         ),
         case!(
             "-100 when the ignore index is -1",
@@ -438,12 +439,12 @@ fn labels_out_of_range() {
                 &int_tensor(&[0, 1, 2, -1, 4, 5, -100, 6], &[2, 4]),
                 &LogProbOptions::default().with_ignore_index(-1)
             ),
-            Error::LabelOutOfRange {
+            Error::Input(InputError::LabelOutOfRange {
                 value: -100,
                 position: 6,
                 ignore_index: -1,
                 ..
-            }
+            })
         ),
         // Bad label at [1, 3] of the caller's tensor: flat position 7, also with the shift.
         case!(
@@ -454,11 +455,11 @@ fn labels_out_of_range() {
                 &int_tensor(&[0, 1, 2, 3, 4, 5, 6, 9], &[2, 4]),
                 &LogProbOptions::causal()
             ),
-            Error::LabelOutOfRange {
+            Error::Input(InputError::LabelOutOfRange {
                 value: 9,
                 position: 7,
                 ..
-            }
+            })
         ),
         case!(
             "column 0 is scored without the shift",
@@ -468,11 +469,11 @@ fn labels_out_of_range() {
                 &int_tensor(&[99, 1, 2, 3, -7, 5, 6, 0], &[2, 4]),
                 &LogProbOptions::default()
             ),
-            Error::LabelOutOfRange {
+            Error::Input(InputError::LabelOutOfRange {
                 value: 99,
                 position: 0,
                 ..
-            }
+            })
         ),
         case!(
             "fused label = V",
@@ -488,12 +489,12 @@ fn labels_out_of_range() {
                     &RpoConfig::default(),
                 )
             },
-            Error::LabelOutOfRange {
+            Error::Input(InputError::LabelOutOfRange {
                 value: 7,
                 position: 13,
                 vocab: 7,
                 ..
-            }
+            })
         ),
     ]);
 }
@@ -510,7 +511,7 @@ fn hyper_parameters() {
             "invalid β (dpo)",
             "`beta`",
             dpo_params(DpoConfig::new(DpoLoss::Sigmoid, beta)),
-            Error::InvalidParameter { name: "beta", .. }
+            Error::Input(InputError::InvalidParameter { name: "beta", .. })
         ));
         cases.push(case!(
             "invalid β (rpo)",
@@ -519,7 +520,7 @@ fn hyper_parameters() {
                 &RpoConfig::paper(beta, 0.005),
                 &LossBatch::log_probs(&policy()).with_reference(Reference::Free)
             ),
-            Error::InvalidParameter { name: "beta", .. }
+            Error::Input(InputError::InvalidParameter { name: "beta", .. })
         ));
     }
     for eps in [-0.01, 0.5, 0.7, f64::NAN] {
@@ -527,10 +528,10 @@ fn hyper_parameters() {
             "ε outside [0, 0.5)",
             "`label_smoothing`",
             dpo_params(DpoConfig::new(DpoLoss::Robust, 0.1).with_label_smoothing(eps)),
-            Error::InvalidParameter {
+            Error::Input(InputError::InvalidParameter {
                 name: "label_smoothing",
                 ..
-            }
+            })
         ));
     }
     for loss in [DpoLoss::Ipo, DpoLoss::SppoHard] {
@@ -539,7 +540,7 @@ fn hyper_parameters() {
             "quadratic loss with β = 1e-300",
             "`beta`",
             dpo_params(DpoConfig::new(loss, 1e-300)),
-            Error::InvalidParameter { name: "beta", .. }
+            Error::Input(InputError::InvalidParameter { name: "beta", .. })
         ));
     }
     for eta in [-0.001, f64::NAN] {
@@ -550,13 +551,13 @@ fn hyper_parameters() {
                 &RpoConfig::paper(0.1, eta),
                 &LossBatch::log_probs(&policy()).with_reference(Reference::Free)
             ),
-            Error::InvalidParameter { name: "eta", .. }
+            Error::Input(InputError::InvalidParameter { name: "eta", .. })
         ));
         cases.push(case!(
             "invalid η (coefficient)",
             "`eta`",
             RpoConfig::paper(0.1, eta).coefficient(),
-            Error::InvalidParameter { name: "eta", .. }
+            Error::Input(InputError::InvalidParameter { name: "eta", .. })
         ));
     }
     cases.extend(vec![
@@ -567,10 +568,10 @@ fn hyper_parameters() {
                 discopop_tau: 0.0,
                 ..DpoConfig::default()
             }),
-            Error::InvalidParameter {
+            Error::Input(InputError::InvalidParameter {
                 name: "discopop_tau",
                 ..
-            }
+            })
         ),
         case!(
             "δ = NaN",
@@ -579,25 +580,25 @@ fn hyper_parameters() {
                 bco_delta: f64::NAN,
                 ..DpoConfig::default()
             }),
-            Error::InvalidParameter {
+            Error::Input(InputError::InvalidParameter {
                 name: "bco_delta",
                 ..
-            }
+            })
         ),
         case!(
             "no losses",
             "`losses`",
             dpo_params(DpoConfig::default().with_losses(vec![])),
-            Error::InvalidParameter { name: "losses", .. }
+            Error::Input(InputError::InvalidParameter { name: "losses", .. })
         ),
         case!(
             "NaN weight",
             "`losses[].weight`",
             dpo_params(DpoConfig::default().with_losses(vec![(DpoLoss::Hinge, f64::NAN)])),
-            Error::InvalidParameter {
+            Error::Input(InputError::InvalidParameter {
                 name: "losses[].weight",
                 ..
-            }
+            })
         ),
         case!(
             "negative absolute weight",
@@ -609,10 +610,10 @@ fn hyper_parameters() {
                 },
                 &LossBatch::log_probs(&policy()).with_reference(Reference::Free)
             ),
-            Error::InvalidParameter {
+            Error::Input(InputError::InvalidParameter {
                 name: "sft_weight",
                 ..
-            }
+            })
         ),
         case!(
             "chunk_bytes = 0",
@@ -622,38 +623,38 @@ fn hyper_parameters() {
                 &labels(2, 5, 7),
                 &LogProbOptions::default().with_chunk_bytes(0)
             ),
-            Error::InvalidParameter {
+            Error::Input(InputError::InvalidParameter {
                 name: "chunk_bytes",
                 ..
-            }
+            })
         ),
         // TRL semantics that differ from a naive reading: refused with the difference named.
         case!(
             "sigmoid with ε > 0",
             "TRL's sigmoid ignores label_smoothing",
             dpo_params(DpoConfig::new(DpoLoss::Sigmoid, 0.1).with_label_smoothing(0.1)),
-            Error::Config {
+            Error::Input(InputError::Config {
                 name: "label_smoothing",
                 ..
-            }
+            })
         ),
         case!(
             "exo_pair with ε = 0",
             "TRL refuses 0",
             dpo_params(DpoConfig::new(DpoLoss::ExoPair, 0.1)),
-            Error::Config {
+            Error::Input(InputError::Config {
                 name: "label_smoothing",
                 ..
-            }
+            })
         ),
         case!(
             "ε > 0 read by no loss",
             "no configured loss reads it",
             dpo_params(DpoConfig::new(DpoLoss::Hinge, 0.1).with_label_smoothing(0.2)),
-            Error::Config {
+            Error::Input(InputError::Config {
                 name: "label_smoothing",
                 ..
-            }
+            })
         ),
     ]);
     run_table(cases);
@@ -666,64 +667,64 @@ fn loss_names() {
             "unknown loss name",
             "unknown DPO loss `sigmod`",
             "sigmod".parse::<DpoLoss>(),
-            Error::Config {
+            Error::Input(InputError::Config {
                 name: "loss_type",
                 ..
-            }
+            })
         ),
         case!(
             "sft is not a DPO loss",
             "RpoConfig::from_trl",
             "sft".parse::<DpoLoss>(),
-            Error::Config {
+            Error::Input(InputError::Config {
                 name: "loss_type",
                 ..
-            }
+            })
         ),
         case!(
             "aot is not implemented",
             "not implemented",
             "aot".parse::<DpoLoss>(),
-            Error::Config {
+            Error::Input(InputError::Config {
                 name: "loss_type",
                 ..
-            }
+            })
         ),
         case!(
             "weights of another length",
             "2 types, 1 weights",
             DpoLoss::parse_weighted(&["sigmoid", "hinge"], Some(&[1.0])),
-            Error::Config {
+            Error::Input(InputError::Config {
                 name: "loss_weights",
                 ..
-            }
+            })
         ),
         case!(
             "empty loss_type list",
             "at least one loss type",
             DpoLoss::parse_weighted(&[], None),
-            Error::Config {
+            Error::Input(InputError::Config {
                 name: "loss_type",
                 ..
-            }
+            })
         ),
         case!(
             "NaN loss weight",
             "`loss_weights[]`",
             DpoLoss::parse_weighted(&["ipo"], Some(&[f64::NAN])),
-            Error::InvalidParameter {
+            Error::Input(InputError::InvalidParameter {
                 name: "loss_weights[]",
                 ..
-            }
+            })
         ),
         case!(
             "sft twice",
             "listed twice",
             RpoConfig::from_trl(0.1, &["sft", "sigmoid", "sft"], None, 0.0),
-            Error::Config {
+            Error::Input(InputError::Config {
                 name: "loss_type",
                 ..
-            }
+            })
         ),
     ]);
 }
@@ -744,10 +745,10 @@ fn global_batch() {
                         chosen_tokens: 10.0
                     })
             ),
-            Error::InvalidParameter {
+            Error::Input(InputError::InvalidParameter {
                 name: "global.pairs",
                 ..
-            }
+            })
         ));
     }
     for tokens in [0.0, f64::INFINITY] {
@@ -762,10 +763,10 @@ fn global_batch() {
                     chosen_tokens: tokens
                 })
             ),
-            Error::InvalidParameter {
+            Error::Input(InputError::InvalidParameter {
                 name: "global.chosen_tokens",
                 ..
-            }
+            })
         ));
     }
     run_table(cases);
@@ -782,11 +783,11 @@ fn sequences_without_tokens() {
                 &seq(&[-1.0, 0.0, -2.0], &[1, 0, 2]),
                 None
             ),
-            Error::NoValidTokens {
+            Error::Input(InputError::NoValidTokens {
                 arg: "chosen.count",
                 index: 1,
                 ..
-            }
+            })
         ),
         case!(
             "OpenRLHF RPO, chosen row 1 empty",
@@ -796,7 +797,7 @@ fn sequences_without_tokens() {
                 &LossBatch::log_probs(&seq(&[-1.0, 0.0, -1.0, -1.0], &[1, 0, 1, 1]))
                     .with_reference(Reference::Free)
             ),
-            Error::NoValidTokens { index: 1, .. }
+            Error::Input(InputError::NoValidTokens { index: 1, .. })
         ),
         case!(
             "per-sequence mean from logits",
@@ -807,11 +808,11 @@ fn sequences_without_tokens() {
                 &LogProbOptions::default()
             )?
             .mean(true),
-            Error::NoValidTokens {
+            Error::Input(InputError::NoValidTokens {
                 arg: "labels",
                 index: 1,
                 ..
-            }
+            })
         ),
         case!(
             "length-normalised IPO, rejected row 1 empty",
@@ -820,11 +821,11 @@ fn sequences_without_tokens() {
                 DpoConfig::new(DpoLoss::Ipo, 0.1),
                 &seq(&[-1.0, -2.0, -1.0, 0.0], &[1, 2, 1, 0])
             ),
-            Error::NoValidTokens {
+            Error::Input(InputError::NoValidTokens {
                 arg: "policy.count (rejected rows)",
                 index: 1,
                 ..
-            }
+            })
         ),
         case!(
             "length-normalised IPO, chosen row 1 empty",
@@ -833,11 +834,11 @@ fn sequences_without_tokens() {
                 DpoConfig::new(DpoLoss::Ipo, 0.1),
                 &seq(&[-1.0, 0.0, -1.0, -2.0], &[1, 0, 1, 2])
             ),
-            Error::NoValidTokens {
+            Error::Input(InputError::NoValidTokens {
                 arg: "policy.count (chosen rows)",
                 index: 1,
                 ..
-            }
+            })
         ),
         case!(
             "sigmoid_norm, chosen row 0 empty",
@@ -846,20 +847,20 @@ fn sequences_without_tokens() {
                 DpoConfig::new(DpoLoss::SigmoidNorm, 0.1),
                 &seq(&[0.0, -1.0, -1.0, -2.0], &[0, 1, 1, 2])
             ),
-            Error::NoValidTokens {
+            Error::Input(InputError::NoValidTokens {
                 arg: "policy.count (chosen rows)",
                 index: 0,
                 ..
-            }
+            })
         ),
         case!(
             "token mean without any token",
             "`chosen.count`",
             sft(SftNormalization::TokenMean, &seq(&[0.0, 0.0], &[0, 0]), None),
-            Error::NoValidTokens {
+            Error::Input(InputError::NoValidTokens {
                 arg: "chosen.count",
                 ..
-            }
+            })
         ),
         case!(
             "fused OpenRLHF RPO, chosen row 1 empty",
@@ -875,7 +876,7 @@ fn sequences_without_tokens() {
                     &RpoConfig::openrlhf(0.1, 0.2),
                 )
             },
-            Error::NoValidTokens { .. }
+            Error::Input(InputError::NoValidTokens { .. })
         ),
         case!(
             "fused IPO, rejected row 3 empty",
@@ -891,7 +892,7 @@ fn sequences_without_tokens() {
                     &RpoConfig::default().with_dpo(DpoConfig::new(DpoLoss::Ipo, 0.1)),
                 )
             },
-            Error::NoValidTokens { .. }
+            Error::Input(InputError::NoValidTokens { .. })
         ),
     ]);
 }
@@ -909,11 +910,11 @@ fn non_finite_values() {
                 let _ = z.get(1).get(2).get(4).fill_(bad); // a non-target entry of a scored row
                 token_logprobs(&z, &y(), &LogProbOptions::default())
             },
-            Error::NonFinite {
+            Error::Input(InputError::NonFinite {
                 arg: "logits",
                 count: 1,
                 ..
-            }
+            })
         ));
         // The policy's own log-probs are checked like the reference's: NaN in is an error, not a NaN loss.
         cases.push(case!(
@@ -923,11 +924,11 @@ fn non_finite_values() {
                 DpoConfig::default(),
                 &seq(&[-1.0, bad, -1.0, -2.0], &[1, 2, 1, 2])
             ),
-            Error::NonFinite {
+            Error::Input(InputError::NonFinite {
                 arg: "policy.sum",
                 count: 1,
                 ..
-            }
+            })
         ));
         cases.push(case!(
             "non-finite policy log-probs (rpo)",
@@ -937,19 +938,19 @@ fn non_finite_values() {
                 &LossBatch::log_probs(&seq(&[-1.0, -2.0, -1.0, -bad], &[1, 2, 1, 2]))
                     .with_reference(Reference::Free)
             ),
-            Error::NonFinite {
+            Error::Input(InputError::NonFinite {
                 arg: "policy.sum",
                 ..
-            }
+            })
         ));
         cases.push(case!(
             "non-finite SFT log-probs",
             "`chosen.sum`",
             sft(SftNormalization::SequenceSum, &seq(&[bad, -2.0], &[1, 2]), None),
-            Error::NonFinite {
+            Error::Input(InputError::NonFinite {
                 arg: "chosen.sum",
                 ..
-            }
+            })
         ));
     }
     cases.extend(vec![
@@ -961,17 +962,17 @@ fn non_finite_values() {
                 let _ = z.get(0).get(1).get(2).fill_(f64::NEG_INFINITY);
                 token_logprobs(&z, &y(), &LogProbOptions::default())
             },
-            Error::NonFinite { arg: "logits", .. }
+            Error::Input(InputError::NonFinite { arg: "logits", .. })
         ),
         case!(
             "NaN reference log-probs",
             "`reference log-probs`",
             dpo_ref(&policy(), &tensor(&[0.0, 0.0, -1.0, f64::NAN], &[4], Kind::Float)),
-            Error::NonFinite {
+            Error::Input(InputError::NonFinite {
                 arg: "reference log-probs",
                 count: 1,
                 ..
-            }
+            })
         ),
         case!(
             "-inf reference log-probs (rpo)",
@@ -984,10 +985,10 @@ fn non_finite_values() {
                     Kind::Float
                 )))
             ),
-            Error::NonFinite {
+            Error::Input(InputError::NonFinite {
                 arg: "reference log-probs",
                 ..
-            }
+            })
         ),
         case!(
             "fused NaN hidden state",
@@ -1003,7 +1004,7 @@ fn non_finite_values() {
                     &RpoConfig::default(),
                 )
             },
-            Error::NonFinite { .. }
+            Error::Input(InputError::NonFinite { .. })
         ),
     ]);
     run_table(cases);
@@ -1022,10 +1023,10 @@ fn references() {
                 &DpoConfig::default(),
                 &LossBatch::log_probs(&policy()).with_reference(Reference::Logits(&logits(4, 5, 7)))
             ),
-            Error::Config {
+            Error::Input(InputError::Config {
                 name: "reference",
                 ..
-            }
+            })
         ),
         case!(
             "hidden reference at the log-prob level",
@@ -1040,10 +1041,10 @@ fn references() {
                     }),
                 )
             },
-            Error::Config {
+            Error::Input(InputError::Config {
                 name: "reference",
                 ..
-            }
+            })
         ),
         // The fused path refuses a reference head over another vocabulary, as the logits path does.
         case!("fused reference head with V = 8 vs 7", "policy's vocabulary V = 7",
@@ -1051,7 +1052,7 @@ fn references() {
                 let wr = Tensor::randn([8, 3], CPU);
                 fused(&h(), &w(), &y(), Reference::Hidden { hidden: &h(), head: &LinearHead::new(&wr) }, &RpoConfig::default())
             },
-            Error::Shape { arg: "reference.weight", got, .. } if got == &[8, 3]),
+            Error::Input(InputError::Shape { arg: "reference.weight", got, .. }) if got == &[8, 3]),
         case!(
             "fused reference head with another H",
             "`reference.weight`",
@@ -1068,10 +1069,10 @@ fn references() {
                     &RpoConfig::default(),
                 )
             },
-            Error::Shape {
+            Error::Input(InputError::Shape {
                 arg: "reference.weight",
                 ..
-            }
+            })
         ),
         case!(
             "fused reference logits with another V",
@@ -1083,10 +1084,10 @@ fn references() {
                 Reference::Logits(&logits(4, 5, 8)),
                 &RpoConfig::default()
             ),
-            Error::Shape {
+            Error::Input(InputError::Shape {
                 arg: "reference logits",
                 ..
-            }
+            })
         ),
         case!(
             "fused reference log-probs [3]",
@@ -1098,7 +1099,7 @@ fn references() {
                 Reference::LogProbs(&Tensor::randn([3], CPU)),
                 &RpoConfig::default()
             ),
-            Error::BatchMismatch { .. }
+            Error::Input(InputError::BatchMismatch { .. })
         ),
         case!(
             "fused SFT with a reference",
@@ -1111,10 +1112,10 @@ fn references() {
                         .with_reference(Reference::LogProbs(&sums)),
                 )
             },
-            Error::Config {
+            Error::Input(InputError::Config {
                 name: "reference",
                 ..
-            }
+            })
         ),
     ]);
 }
@@ -1135,7 +1136,7 @@ fn fused_inputs() {
                 Reference::Free,
                 &RpoConfig::default()
             ),
-            Error::Shape { arg: "weight", .. }
+            Error::Input(InputError::Shape { arg: "weight", .. })
         ),
         case!(
             "odd row count",
@@ -1147,7 +1148,7 @@ fn fused_inputs() {
                 Reference::Free,
                 &RpoConfig::default()
             ),
-            Error::Shape { arg: "labels", .. }
+            Error::Input(InputError::Shape { arg: "labels", .. })
         ),
         case!(
             "labels [4, 4]",
@@ -1159,7 +1160,7 @@ fn fused_inputs() {
                 Reference::Free,
                 &RpoConfig::default()
             ),
-            Error::Shape { arg: "labels", .. }
+            Error::Input(InputError::Shape { arg: "labels", .. })
         ),
         case!(
             "f64 weight",
@@ -1171,7 +1172,7 @@ fn fused_inputs() {
                 Reference::Free,
                 &RpoConfig::default()
             ),
-            Error::DType { arg: "weight", .. }
+            Error::Input(InputError::DType { arg: "weight", .. })
         ),
         case!(
             "i32 labels",
@@ -1183,7 +1184,7 @@ fn fused_inputs() {
                 Reference::Free,
                 &RpoConfig::default()
             ),
-            Error::DType { arg: "labels", .. }
+            Error::Input(InputError::DType { arg: "labels", .. })
         ),
         case!(
             "bias [6]",
@@ -1195,7 +1196,7 @@ fn fused_inputs() {
                     &LossBatch::hidden(&hs, LinearHead::new(&ws).with_bias(&b), &ys),
                 )
             },
-            Error::Shape { arg: "bias", .. }
+            Error::Input(InputError::Shape { arg: "bias", .. })
         ),
         case!(
             "fused chunk_bytes = 0",
@@ -1208,10 +1209,10 @@ fn fused_inputs() {
                         .with_options(LogProbOptions::default().with_chunk_bytes(0)),
                 )
             },
-            Error::InvalidParameter {
+            Error::Input(InputError::InvalidParameter {
                 name: "chunk_bytes",
                 ..
-            }
+            })
         ),
         case!(
             "logit scale 0",
@@ -1223,10 +1224,10 @@ fn fused_inputs() {
                     &LossBatch::hidden(&hs, LinearHead::new(&ws).with_logit_scale(0.0), &ys),
                 )
             },
-            Error::InvalidParameter {
+            Error::Input(InputError::InvalidParameter {
                 name: "logit_scale",
                 ..
-            }
+            })
         ),
         case!(
             "NaN soft-cap",
@@ -1242,10 +1243,10 @@ fn fused_inputs() {
                     ),
                 )
             },
-            Error::InvalidParameter {
+            Error::Input(InputError::InvalidParameter {
                 name: "final_logit_softcap",
                 ..
-            }
+            })
         ),
     ]);
 }
@@ -1261,19 +1262,19 @@ fn preference_records() {
                 Text::Plain("  ".into()),
                 Text::Plain("r".into())
             ),
-            Error::Data { line: 1, .. }
+            Error::Data(DataError::Record { line: 1, .. })
         ),
         case!(
             "invalid JSON",
             "invalid JSON",
             PreferenceRecord::from_json("{not json"),
-            Error::Data { line: 1, .. }
+            Error::Data(DataError::Record { line: 1, .. })
         ),
         case!(
             "missing field",
             "missing field `rejected`",
             PreferenceRecord::from_json(r#"{"prompt": "p", "chosen": "c"}"#),
-            Error::Data { .. }
+            Error::Data(DataError::Record { .. })
         ),
     ]);
 }
@@ -1420,20 +1421,20 @@ fn tensors_on_different_devices() {
                 &labels(2, 5, 7).to_device(gpu),
                 &LogProbOptions::default()
             ),
-            Error::DeviceMismatch {
+            Error::Input(InputError::DeviceMismatch {
                 arg: "labels",
                 other: "logits",
                 ..
-            }
+            })
         ),
         case!(
             "reference on another device",
             "`reference log-probs`",
             dpo_ref(&policy(), &Tensor::zeros([4], (Kind::Float, gpu))),
-            Error::DeviceMismatch {
+            Error::Input(InputError::DeviceMismatch {
                 arg: "reference log-probs",
                 ..
-            }
+            })
         ),
         case!(
             "counts on another device",
@@ -1449,16 +1450,16 @@ fn tensors_on_different_devices() {
                     },
                 )
             },
-            Error::DeviceMismatch {
+            Error::Input(InputError::DeviceMismatch {
                 arg: "policy.count",
                 ..
-            }
+            })
         ),
         case!(
             "SequenceLogProbs::new across devices",
             "`count`",
             SequenceLogProbs::new(Tensor::zeros([2], CPU), Tensor::zeros([2], (Kind::Int64, gpu))),
-            Error::DeviceMismatch { arg: "count", .. }
+            Error::Input(InputError::DeviceMismatch { arg: "count", .. })
         ),
     ]);
 }

@@ -22,6 +22,7 @@ use tch_rpo::models::gemma::{gguf_tensor_name, Gemma, GemmaConfig, LoadOptions, 
 use tch_rpo::models::tokenizer::GgufTokenizer;
 use tch_rpo::train::var_store_parameters;
 use tch_rpo::train::{Collective, ScoringOptions};
+use tch_rpo::{DataError, Error, InputError, WeightsError};
 
 /// Largest |ours − theirs| that counts as "the same model" in f32: the two implementations run the same
 /// weights with a different order of floating-point operations (measured on Gemma 3 270M: about 2e-5; on
@@ -758,13 +759,13 @@ fn tokenizer_json_follows_the_rules_written_out_by_hand() {
     let bad = tokenizer_file(&dir.path("gpt2.gguf"), "gpt2", &tokens, &types, &[]);
     let e = hf_tokenizer_files(&bad).unwrap_err();
     assert!(
-        matches!(&e, tch_rpo::Error::Tokenizer(m) if m.contains("\"gpt2\"")),
+        matches!(&e, Error::Data(DataError::Tokenizer(m)) if m.contains("\"gpt2\"")),
         "{e}"
     );
     let bad = tokenizer_file(&dir.path("types.gguf"), "llama", &tokens, &types[..5], &[]);
     let e = hf_tokenizer_files(&bad).unwrap_err();
     assert!(
-        matches!(&e, tch_rpo::Error::Tokenizer(m) if m.contains("5 token types for 12 tokens")),
+        matches!(&e, Error::Data(DataError::Tokenizer(m)) if m.contains("5 token types for 12 tokens")),
         "{e}"
     );
     let bad = tokenizer_file(
@@ -776,7 +777,7 @@ fn tokenizer_json_follows_the_rules_written_out_by_hand() {
     );
     let e = hf_tokenizer_files(&bad).unwrap_err();
     assert!(
-        matches!(&e, tch_rpo::Error::Tokenizer(m) if m.contains("eos_token_id = 12")),
+        matches!(&e, Error::Data(DataError::Tokenizer(m)) if m.contains("eos_token_id = 12")),
         "{e}"
     );
 }
@@ -794,7 +795,10 @@ fn export_errors_name_what_is_wrong() {
     // Gemma 2 has no GGUF export.
     let gemma2 = GemmaConfig::small_gemma2(64);
     let e = gguf(&gemma2, &params, GgmlType::F16, TokenizerSource::None);
-    assert!(matches!(e, tch_rpo::Error::UnsupportedArchitecture { .. }), "{e}");
+    assert!(
+        matches!(e, Error::Weights(WeightsError::UnsupportedArchitecture { .. })),
+        "{e}"
+    );
     // What a gemma3 GGUF cannot say.
     for (field, edit) in [
         ("query_pre_attn_scalar", r#""query_pre_attn_scalar": 128"#),
@@ -816,7 +820,7 @@ fn export_errors_name_what_is_wrong() {
         let edited = GemmaConfig::from_json_str(&value.to_string(), Path::new("edited")).unwrap();
         let e = gguf(&edited, &params, GgmlType::F16, TokenizerSource::None);
         assert!(
-            matches!(&e, tch_rpo::Error::Config { name, .. } if *name == field),
+            matches!(&e, Error::Input(InputError::Config { name, .. }) if *name == field),
             "{field}: {e}"
         );
     }
@@ -830,7 +834,7 @@ fn export_errors_name_what_is_wrong() {
         .collect();
     let e = gguf(&config, &missing, GgmlType::F32, TokenizerSource::None);
     assert!(
-        matches!(&e, tch_rpo::Error::MissingTensor { name, .. } if *name == params[0].0),
+        matches!(&e, Error::Weights(WeightsError::Parameters { mismatch, .. }) if mismatch.missing == [params[0].0.clone()]),
         "{e}"
     );
     let mut extra: Vec<(String, Tensor)> = params
@@ -850,7 +854,7 @@ fn export_errors_name_what_is_wrong() {
     )
     .unwrap_err();
     assert!(
-        matches!(&e, tch_rpo::Error::UnexpectedTensor { name, .. } if name == "lm_head.weight"),
+        matches!(&e, Error::Weights(WeightsError::Parameters { mismatch, .. }) if mismatch.unexpected == ["lm_head.weight"]),
         "{e}"
     );
     let mut shaped: Vec<(String, Tensor)> = params
@@ -859,17 +863,21 @@ fn export_errors_name_what_is_wrong() {
         .collect();
     shaped[0].1 = Tensor::zeros([3], (Kind::Float, Device::Cpu));
     let e = gguf(&config, &shaped, GgmlType::F32, TokenizerSource::None);
-    assert!(matches!(e, tch_rpo::Error::TensorShape { .. }), "{e}");
+    assert!(
+        matches!(&e, Error::Weights(WeightsError::Parameters { mismatch, .. })
+            if mismatch.mismatched.len() == 1 && mismatch.mismatched[0].name == params[0].0),
+        "{e}"
+    );
     // A tokenizer of another size than the model's vocabulary; a folder as a GGUF's tokenizer.
     let full = GgufFile::open(gemma3_gguf_path()).unwrap();
     let e = gguf(&config, &params, GgmlType::F32, TokenizerSource::Gguf(&full));
     assert!(
         matches!(
             &e,
-            tch_rpo::Error::Config {
+            Error::Input(InputError::Config {
                 name: "vocab_size",
                 ..
-            }
+            })
         ),
         "{e}"
     );
@@ -879,7 +887,7 @@ fn export_errors_name_what_is_wrong() {
         GgmlType::F32,
         TokenizerSource::HfDir(&dir.path("x")),
     );
-    assert!(matches!(e, tch_rpo::Error::Tokenizer(_)), "{e}");
+    assert!(matches!(e, Error::Data(DataError::Tokenizer(_))), "{e}");
     assert!(!dir.path("e.gguf").exists());
     // Folder: a dtype safetensors cannot hold for a model, a sharded checkpoint in the way, a tokenizer
     // folder without tokenizer files.
@@ -891,7 +899,10 @@ fn export_errors_name_what_is_wrong() {
         TokenizerSource::None,
     )
     .unwrap_err();
-    assert!(matches!(e, tch_rpo::Error::DType { arg: "kind", .. }), "{e}");
+    assert!(
+        matches!(e, Error::Input(InputError::DType { arg: "kind", .. })),
+        "{e}"
+    );
     std::fs::create_dir_all(dir.path("sharded")).unwrap();
     std::fs::write(dir.path("sharded/model.safetensors.index.json"), "{}").unwrap();
     let e = save_pretrained(
@@ -912,7 +923,7 @@ fn export_errors_name_what_is_wrong() {
         TokenizerSource::HfDir(&dir.path("empty")),
     )
     .unwrap_err();
-    assert!(matches!(e, tch_rpo::Error::Tokenizer(_)), "{e}");
+    assert!(matches!(e, Error::Data(DataError::Tokenizer(_))), "{e}");
     assert!(
         !dir.path("y").exists(),
         "nothing is written when the tokenizer source is unusable"

@@ -16,6 +16,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 use tch_rpo::gguf::{dequantize, quantize, GgmlType, GgufFile, GgufValue, GgufValueType, GgufWriter};
 use tch_rpo::Error;
+use tch_rpo::{GgufError, InputError};
 
 /// Deterministic values with every kind of f32: normal of many magnitudes, subnormal, signed zeros.
 fn sample_values(n: usize, seed: u64) -> Vec<f32> {
@@ -528,8 +529,8 @@ proptest! {
 
 fn gguf_reason(e: Error) -> String {
     match e {
-        Error::Gguf { reason, .. } => reason,
-        other => panic!("expected Error::Gguf, got {other:?}"),
+        Error::Gguf(GgufError::Invalid { reason, .. }) => reason,
+        other => panic!("expected GgufError::Invalid, got {other:?}"),
     }
 }
 
@@ -605,11 +606,11 @@ fn bad_tensors_are_rejected() {
         &Tensor::zeros([32], (Kind::Int64, Device::Cpu)),
         GgmlType::F32,
     ) {
-        Err(Error::DType {
+        Err(Error::Input(InputError::DType {
             arg: "tensor",
             got: Kind::Int64,
             ..
-        }) => {}
+        })) => {}
         other => panic!("expected a dtype error, got {other:?}"),
     }
     let reason = gguf_reason(
@@ -663,11 +664,11 @@ fn path_in_a_missing_folder_is_refused() {
     let path = dir.path("missing/sub/file.gguf");
     let w = GgufWriter::new();
     match w.write(&path) {
-        Err(Error::InvalidPath { path: p, reason, .. }) => {
+        Err(Error::Input(InputError::InvalidPath { path: p, reason, .. })) => {
             assert!(p.contains("file.gguf"), "{p}");
             assert!(reason.contains("create it first"), "{reason}");
         }
-        other => panic!("expected Error::InvalidPath, got {other:?}"),
+        other => panic!("expected InputError::InvalidPath, got {other:?}"),
     }
 }
 

@@ -7,6 +7,7 @@ mod common;
 use proptest::prelude::*;
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
+use tch_rpo::InputError;
 use tch_rpo::{
     compute_loss, sequence_logprobs, DpoConfig, DpoLoss, Error, GlobalBatch, LinearHead, LogProbOptions,
     LossBatch, Reference, RpoConfig, RpoOutput, SftConfig, SftNormalization, SftWeight,
@@ -572,18 +573,18 @@ fn bad_inputs_give_typed_errors() {
     let wrong_h = Tensor::randn([7, 4], (Kind::Float, CPU));
     assert!(matches!(
         rpo(&hidden, &wrong_h, &labels, &config),
-        Err(Error::Shape { arg: "weight", .. })
+        Err(Error::Input(InputError::Shape { arg: "weight", .. }))
     ));
 
     let big = labels.copy();
     let _ = big.get(2).get(3).fill_(7);
     match rpo(&hidden, &weight, &big, &config) {
-        Err(Error::LabelOutOfRange {
+        Err(Error::Input(InputError::LabelOutOfRange {
             value: 7,
             position: 13,
             vocab: 7,
             ..
-        }) => {}
+        })) => {}
         other => panic!("expected LabelOutOfRange, got {other:?}"),
     }
 
@@ -593,7 +594,7 @@ fn bad_inputs_give_typed_errors() {
     let openrlhf = RpoConfig::openrlhf(0.1, 0.2);
     assert!(matches!(
         rpo(&hidden, &weight, &empty, &openrlhf),
-        Err(Error::NoValidTokens { .. })
+        Err(Error::Input(InputError::NoValidTokens { .. }))
     ));
     // Length-normalised IPO needs the rejected row 3.
     let empty_rejected = labels.copy();
@@ -601,30 +602,30 @@ fn bad_inputs_give_typed_errors() {
     let ipo = RpoConfig::default().with_dpo(DpoConfig::new(DpoLoss::Ipo, 0.1));
     assert!(matches!(
         rpo(&hidden, &weight, &empty_rejected, &ipo),
-        Err(Error::NoValidTokens { .. })
+        Err(Error::Input(InputError::NoValidTokens { .. }))
     ));
 
     let odd = Tensor::randn([3, 5, 3], (Kind::Float, CPU));
     let odd_labels = Tensor::randint(7, [3, 5], (Kind::Int64, CPU));
     assert!(matches!(
         rpo(&odd, &weight, &odd_labels, &config),
-        Err(Error::Shape { arg: "labels", .. })
+        Err(Error::Input(InputError::Shape { arg: "labels", .. }))
     ));
 
     let short_labels = Tensor::randint(7, [4, 4], (Kind::Int64, CPU));
     assert!(matches!(
         rpo(&hidden, &weight, &short_labels, &config),
-        Err(Error::Shape { arg: "labels", .. })
+        Err(Error::Input(InputError::Shape { arg: "labels", .. }))
     ));
 
     let w64 = weight.to_kind(Kind::Double);
     assert!(matches!(
         rpo(&hidden, &w64, &labels, &config),
-        Err(Error::DType { arg: "weight", .. })
+        Err(Error::Input(InputError::DType { arg: "weight", .. }))
     ));
     assert!(matches!(
         rpo(&hidden, &weight, &labels.to_kind(Kind::Int), &config),
-        Err(Error::DType { arg: "labels", .. })
+        Err(Error::Input(InputError::DType { arg: "labels", .. }))
     ));
 
     let bias = Tensor::randn([6], (Kind::Float, CPU));
@@ -632,7 +633,10 @@ fn bad_inputs_give_typed_errors() {
         &config,
         &LossBatch::hidden(&hidden, LinearHead::new(&weight).with_bias(&bias), &labels),
     );
-    assert!(matches!(r, Err(Error::Shape { arg: "bias", .. })));
+    assert!(matches!(
+        r,
+        Err(Error::Input(InputError::Shape { arg: "bias", .. }))
+    ));
 
     let short_ref = Tensor::randn([3], (Kind::Float, CPU));
     let r = compute_loss(
@@ -640,7 +644,7 @@ fn bad_inputs_give_typed_errors() {
         &LossBatch::hidden(&hidden, LinearHead::new(&weight), &labels)
             .with_reference(Reference::LogProbs(&short_ref)),
     );
-    assert!(matches!(r, Err(Error::BatchMismatch { .. })));
+    assert!(matches!(r, Err(Error::Input(InputError::BatchMismatch { .. }))));
 
     let ref_w = Tensor::randn([7, 2], (Kind::Float, CPU));
     let r = compute_loss(
@@ -652,10 +656,10 @@ fn bad_inputs_give_typed_errors() {
     );
     assert!(matches!(
         r,
-        Err(Error::Shape {
+        Err(Error::Input(InputError::Shape {
             arg: "reference.weight",
             ..
-        })
+        }))
     ));
 
     for bad in [
@@ -664,14 +668,20 @@ fn bad_inputs_give_typed_errors() {
     ] {
         let batch = LossBatch::hidden(&hidden, LinearHead::new(&weight), &labels).with_options(bad);
         let r = compute_loss(&config, &batch);
-        assert!(matches!(r, Err(Error::InvalidParameter { .. })), "{bad:?}");
+        assert!(
+            matches!(r, Err(Error::Input(InputError::InvalidParameter { .. }))),
+            "{bad:?}"
+        );
     }
     for bad in [
         LinearHead::new(&weight).with_logit_scale(0.0),
         LinearHead::new(&weight).with_final_logit_softcap(Some(f64::NAN)),
     ] {
         let r = compute_loss(&config, &LossBatch::hidden(&hidden, bad.clone(), &labels));
-        assert!(matches!(r, Err(Error::InvalidParameter { .. })), "{bad:?}");
+        assert!(
+            matches!(r, Err(Error::Input(InputError::InvalidParameter { .. }))),
+            "{bad:?}"
+        );
     }
 
     let nan_hidden = hidden.copy();
@@ -679,7 +689,7 @@ fn bad_inputs_give_typed_errors() {
     let scored = Tensor::zeros([4, 5], (Kind::Int64, CPU));
     assert!(matches!(
         rpo(&nan_hidden, &weight, &scored, &config),
-        Err(Error::NonFinite { .. })
+        Err(Error::Input(InputError::NonFinite { .. }))
     ));
 }
 

@@ -11,7 +11,8 @@ use std::sync::Mutex;
 use tch::{nn, Device, Kind, Tensor};
 use tch_rpo::models::gemma::export::{save_pretrained, TokenizerSource};
 use tch_rpo::models::gemma::{self, Gemma, GemmaConfig, LoadOptions, WeightSource, NO_WEIGHTS};
-use tch_rpo::Error;
+use tch_rpo::{CheckpointError, InputError, WeightsError};
+use tch_rpo::{Error, ShapeMismatch};
 
 /// Held by every test here: libtorch's random generator is global, and a seeded init must not interleave
 /// with another test drawing from it.
@@ -205,11 +206,12 @@ fn sharded_checkpoint_loads_like_single_file() {
     let dropped = kept.remove(0).0;
     Tensor::write_safetensors(&kept, &shard).unwrap();
     match load_err(&dir) {
-        Error::MissingTensor { name, file } => {
-            assert_eq!(name, dropped);
-            assert_eq!(file, shard.display().to_string());
+        Error::Weights(WeightsError::Parameters { origin, mismatch, .. }) => {
+            assert_eq!(mismatch.missing, vec![dropped]);
+            assert!(mismatch.unexpected.is_empty() && mismatch.mismatched.is_empty());
+            assert_eq!(origin, shard.display().to_string());
         }
-        other => panic!("expected MissingTensor, got {other}"),
+        other => panic!("expected Parameters, got {other}"),
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -227,7 +229,7 @@ fn missing_tensor_is_reported_by_name() {
     let err = load_err(&dir);
     let message = err.to_string();
     assert!(
-        matches!(&err, Error::MissingTensor { name, .. } if name == victim),
+        matches!(&err, Error::Weights(WeightsError::Parameters { mismatch, .. }) if mismatch.missing == [victim]),
         "{message}"
     );
     assert!(
@@ -248,17 +250,19 @@ fn shape_mismatch_is_reported() {
         write_single,
     );
     match load_err(&dir) {
-        Error::TensorShape {
-            name, expected, got, ..
-        } => {
-            assert!(
-                name.ends_with("k_proj.weight") || name.ends_with("v_proj.weight"),
-                "{name}"
-            );
-            assert_eq!(expected, vec![48, 64]);
-            assert_eq!(got, vec![24, 64]);
+        Error::Weights(WeightsError::Parameters { mismatch, .. }) => {
+            assert!(!mismatch.mismatched.is_empty(), "{mismatch}");
+            for ShapeMismatch { name, expected, got } in &mismatch.mismatched {
+                assert!(
+                    name.ends_with("k_proj.weight") || name.ends_with("v_proj.weight"),
+                    "{name}"
+                );
+                assert_eq!(expected, &vec![48, 64]);
+                assert_eq!(got, &vec![24, 64]);
+            }
+            assert!(mismatch.missing.is_empty() && mismatch.unexpected.is_empty());
         }
-        other => panic!("expected ShapeMismatch, got {other}"),
+        other => panic!("expected Parameters, got {other}"),
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -275,7 +279,9 @@ fn architecture_mismatch_and_unknown_model_type_are_errors() {
     );
     let err = load_err(&dir);
     assert!(
-        matches!(err, Error::UnexpectedTensor { ref name, .. } if name.contains("feedforward_layernorm")),
+        matches!(err, Error::Weights(WeightsError::Parameters { ref mismatch, .. })
+            if !mismatch.unexpected.is_empty()
+                && mismatch.unexpected.iter().all(|name| name.contains("feedforward_layernorm"))),
         "{err}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
@@ -288,14 +294,16 @@ fn architecture_mismatch_and_unknown_model_type_are_errors() {
     );
     let err = load_err(&dir);
     assert!(
-        matches!(err, Error::UnsupportedArchitecture { ref found, .. } if found == "llama"),
+        matches!(err, Error::Weights(WeightsError::UnsupportedArchitecture { ref found, .. }) if found == "llama"),
         "{err}"
     );
     assert!(err.to_string().contains("llama"));
     std::fs::remove_dir_all(&dir).unwrap();
 
     let dir = scratch_dir("noweights", "gemma_tiny", |_| {}, |_, _| {});
-    assert!(matches!(load_err(&dir), Error::Checkpoint { ref reason, .. } if reason == NO_WEIGHTS));
+    assert!(
+        matches!(load_err(&dir), Error::Checkpoint(CheckpointError::Invalid { ref reason, .. }) if reason == NO_WEIGHTS)
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -306,16 +314,28 @@ fn config_validation() {
     base.validate().unwrap();
     let mut bad = base.clone();
     bad.num_key_value_heads = Some(3);
-    assert!(matches!(bad.validate(), Err(Error::Config { .. })));
+    assert!(matches!(
+        bad.validate(),
+        Err(Error::Input(InputError::Config { .. }))
+    ));
     let mut bad = base.clone();
     bad.tie_word_embeddings = false;
-    assert!(matches!(bad.validate(), Err(Error::Config { .. })));
+    assert!(matches!(
+        bad.validate(),
+        Err(Error::Input(InputError::Config { .. }))
+    ));
     let mut bad = base.clone();
     bad.rope_parameters = Some(serde_json::json!({"rope_type": "yarn", "factor": 4.0}));
-    assert!(matches!(bad.validate(), Err(Error::Config { .. })));
+    assert!(matches!(
+        bad.validate(),
+        Err(Error::Input(InputError::Config { .. }))
+    ));
     let mut bad = base;
     bad.layer_types = Some(vec!["full_attention".into()]);
-    assert!(matches!(bad.validate(), Err(Error::Config { .. })));
+    assert!(matches!(
+        bad.validate(),
+        Err(Error::Input(InputError::Config { .. }))
+    ));
 
     // An older-style Gemma 1 config: top-level rope_theta, legacy hidden_act "gelu", no head_dim.
     let old = r#"{"model_type": "gemma", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
@@ -430,10 +450,10 @@ fn huge_configurations_are_errors_not_panics() {
     assert!(
         matches!(
             overflowing.validate(),
-            Err(Error::Config {
+            Err(Error::Input(InputError::Config {
                 name: "hidden_size",
                 ..
-            })
+            }))
         ),
         "{:?}",
         overflowing.validate()

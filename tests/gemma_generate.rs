@@ -14,6 +14,7 @@ use tch_rpo::models::gemma::{
     Sampling, WeightSource,
 };
 use tch_rpo::Error;
+use tch_rpo::InputError;
 
 /// Held while a test initializes a model from libtorch's global generator.
 static RNG: Mutex<()> = Mutex::new(());
@@ -154,10 +155,10 @@ fn sliding_layers_keep_only_their_window() {
     assert!(
         matches!(
             wrong,
-            Err(Error::Shape {
+            Err(Error::Input(InputError::Shape {
                 arg: "attention_mask",
                 ..
-            })
+            }))
         ),
         "{wrong:?}"
     );
@@ -269,18 +270,18 @@ fn bad_generation_inputs_are_errors() {
     let config = GenerationConfig::greedy(3, vec![1], 0);
     let empty = generate(&model, &[vec![2, 3], vec![]], &config);
     assert!(
-        matches!(empty, Err(Error::Shape { arg: "prompts", .. })),
+        matches!(empty, Err(Error::Input(InputError::Shape { arg: "prompts", .. }))),
         "{empty:?}"
     );
     let out_of_vocab = generate(&model, &[vec![2, 128]], &config);
     assert!(
         matches!(
             out_of_vocab,
-            Err(Error::TokenOutOfRange {
+            Err(Error::Input(InputError::TokenOutOfRange {
                 max: 128,
                 vocab: 128,
                 ..
-            })
+            }))
         ),
         "{out_of_vocab:?}"
     );
@@ -290,7 +291,7 @@ fn bad_generation_inputs_are_errors() {
     };
     assert!(matches!(
         generate(&model, &[vec![2, 3], vec![2]], &bad_pad),
-        Err(Error::TokenOutOfRange { min: -1, .. })
+        Err(Error::Input(InputError::TokenOutOfRange { min: -1, .. }))
     ));
     for (temperature, top_k, top_p, name) in [
         (0.0, None, None, "temperature"),
@@ -300,7 +301,7 @@ fn bad_generation_inputs_are_errors() {
         (1.0, None, Some(1.5), "top_p"),
     ] {
         match Sampling::sample(temperature, top_k, top_p, 0) {
-            Err(Error::InvalidParameter { name: got, .. }) => assert_eq!(got, name),
+            Err(Error::Input(InputError::InvalidParameter { name: got, .. })) => assert_eq!(got, name),
             other => panic!("expected InvalidParameter {name}, got {other:?}"),
         }
         let unchecked = GenerationConfig {
@@ -314,12 +315,12 @@ fn bad_generation_inputs_are_errors() {
         };
         assert!(matches!(
             generate(&model, &prompts(), &unchecked),
-            Err(Error::InvalidParameter { .. })
+            Err(Error::Input(InputError::InvalidParameter { .. }))
         ));
     }
     let wrong_device = greedy_decode(&model, &prompts(), 3, 1, 0, Device::Cuda(0));
     assert!(
-        matches!(wrong_device, Err(Error::DeviceMismatch { .. })),
+        matches!(wrong_device, Err(Error::Input(InputError::DeviceMismatch { .. }))),
         "{wrong_device:?}"
     );
 }
@@ -388,7 +389,7 @@ fn generation_beyond_the_trained_positions_needs_an_opt_in() {
     );
     let beyond = GenerationConfig::greedy(limit - longest + 1, vec![], 0);
     match generate(&model, &prompts(), &beyond) {
-        Err(Error::Config { name, requirement }) => {
+        Err(Error::Input(InputError::Config { name, requirement })) => {
             assert_eq!(name, "max_new_tokens");
             assert!(requirement.contains("max_position_embeddings"), "{requirement}");
         }
@@ -397,10 +398,10 @@ fn generation_beyond_the_trained_positions_needs_an_opt_in() {
     let huge = GenerationConfig::greedy(usize::MAX, vec![], 0);
     assert!(matches!(
         generate(&model, &prompts(), &huge),
-        Err(Error::Config {
+        Err(Error::Input(InputError::Config {
             name: "max_new_tokens",
             ..
-        })
+        }))
     ));
     // Opting in generates past the limit.
     let opted = GenerationConfig {

@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use tch::{nn, Device, Kind, Tensor};
 use tch_rpo::gguf::GgufFile;
 use tch_rpo::models::gemma::{Gemma, GemmaConfig, LoadOptions, WeightSource};
-use tch_rpo::Error;
+use tch_rpo::{Error, ShapeMismatch};
+use tch_rpo::{GgufError, InputError, WeightsError};
 
 /// libtorch's random generator is global: seeded inits must not interleave.
 static RNG: Mutex<()> = Mutex::new(());
@@ -81,11 +82,11 @@ fn bad_parameter_sets_are_typed_errors() {
         .map(|(n, t)| (n.clone(), t.shallow_clone()))
         .collect();
     match load_error(config, &missing) {
-        Error::MissingTensor { name, file } => {
-            assert_eq!(name, victim);
-            assert_eq!(file, "the given parameters");
+        Error::Weights(WeightsError::Parameters { origin, mismatch, .. }) => {
+            assert_eq!(mismatch.missing, vec![victim.to_string()]);
+            assert_eq!(origin, "the given parameters");
         }
-        other => panic!("expected MissingTensor, got {other:?}"),
+        other => panic!("expected Parameters, got {other:?}"),
     }
 
     let mut unexpected: Vec<_> = parameters
@@ -97,7 +98,7 @@ fn bad_parameter_sets_are_typed_errors() {
         Tensor::zeros([1], (Kind::Float, Device::Cpu)),
     ));
     assert!(
-        matches!(load_error(config, &unexpected), Error::UnexpectedTensor { ref name, .. } if name == "model.layers.9.mlp.up_proj.weight")
+        matches!(load_error(config, &unexpected), Error::Weights(WeightsError::Parameters { ref mismatch, .. }) if mismatch.unexpected == ["model.layers.9.mlp.up_proj.weight"])
     );
 
     let reshaped: Vec<_> = parameters
@@ -112,15 +113,15 @@ fn bad_parameter_sets_are_typed_errors() {
         })
         .collect();
     match load_error(config, &reshaped) {
-        Error::TensorShape {
-            name, expected, got, ..
-        } => {
+        Error::Weights(WeightsError::Parameters { mismatch, .. }) => {
+            assert_eq!(mismatch.mismatched.len(), 1, "{mismatch}");
+            let ShapeMismatch { name, expected, got } = &mismatch.mismatched[0];
             assert_eq!(name, victim);
             assert_eq!(got[0], 1);
             assert_eq!(expected[1], got[1]);
             assert_ne!(expected, got);
         }
-        other => panic!("expected TensorShape, got {other:?}"),
+        other => panic!("expected Parameters, got {other:?}"),
     }
 
     let mut twice: Vec<_> = parameters
@@ -132,12 +133,19 @@ fn bad_parameter_sets_are_typed_errors() {
         parameters.iter().find(|(n, _)| n == victim).unwrap().1.copy(),
     ));
     let error = load_error(config, &twice);
+    assert!(
+        matches!(&error, Error::Weights(WeightsError::Parameters { mismatch, .. }) if mismatch.duplicated == [victim]),
+        "{error}"
+    );
     assert!(error.to_string().contains("given twice"), "{error}");
 
     // A configuration that does not validate is refused before anything is built.
     let mut invalid = config.clone();
     invalid.num_key_value_heads = Some(3);
-    assert!(matches!(load_error(&invalid, &parameters), Error::Config { .. }));
+    assert!(matches!(
+        load_error(&invalid, &parameters),
+        Error::Input(InputError::Config { .. })
+    ));
 }
 
 #[test]
@@ -148,7 +156,7 @@ fn non_float_kind_is_refused() {
         parameters: &parameters,
     };
     match Gemma::load(source, &LoadOptions::new(Device::Cpu, Kind::Int64)) {
-        Err(Error::DType { arg, got, .. }) => {
+        Err(Error::Input(InputError::DType { arg, got, .. })) => {
             assert_eq!(arg, "options.kind");
             assert_eq!(got, Kind::Int64);
         }
@@ -171,7 +179,8 @@ fn bad_folder_and_bad_gguf_are_typed_errors() {
     let quants = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/quants.gguf");
     let file = GgufFile::open(&quants).unwrap();
     match Gemma::load(WeightSource::Gguf(&file), &LoadOptions::default()) {
-        Err(Error::UnsupportedArchitecture { .. }) | Err(Error::Gguf { .. }) => {}
+        Err(Error::Weights(WeightsError::UnsupportedArchitecture { .. }))
+        | Err(Error::Gguf(GgufError::Invalid { .. })) => {}
         other => panic!("expected UnsupportedArchitecture, got {:?}", other.map(|_| ())),
     }
 }

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tch::{Device, Kind, Tensor};
 use tch_rpo::gguf::{dequantize, GgmlType, GgufFile, GgufValue, GgufValueType};
 use tch_rpo::Error;
+use tch_rpo::{GgufError, InputError};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gguf/quants.gguf");
 
@@ -176,11 +177,11 @@ fn temp_file(bytes: &[u8]) -> PathBuf {
 
 fn gguf_reason(result: tch_rpo::Result<impl std::fmt::Debug>) -> String {
     match result {
-        Err(Error::Gguf { path, reason }) => {
+        Err(Error::Gguf(GgufError::Invalid { path, reason })) => {
             assert!(!path.is_empty());
             reason
         }
-        other => panic!("expected Error::Gguf, got {other:?}"),
+        other => panic!("expected GgufError::Invalid, got {other:?}"),
     }
 }
 
@@ -736,7 +737,7 @@ fn wrong_output_kind() {
     let file = open_bytes(&bytes).unwrap();
     assert!(matches!(
         file.tensor("embd", Kind::Int64, Device::Cpu),
-        Err(Error::DType { arg: "kind", .. })
+        Err(Error::Input(InputError::DType { arg: "kind", .. }))
     ));
 }
 

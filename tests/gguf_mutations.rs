@@ -15,11 +15,12 @@ use export_support::{TempDir, SEED_LOCK};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
-use tch_rpo::gguf::{GgmlType, GgufFile};
+use tch_rpo::gguf::{GgmlType, GgufFile, GgufWriter};
 use tch_rpo::models::gemma::export::{save_gguf, save_pretrained, TokenizerSource};
 use tch_rpo::models::gemma::{Gemma, GemmaConfig, LoadOptions, WeightSource};
 use tch_rpo::train::var_store_parameters;
 use tch_rpo::Error;
+use tch_rpo::{GgufError, InputError, ShapeMismatch, WeightsError};
 
 /// A small Gemma 3: V = 96, H = 64, 2 sliding layers, 2 query heads × 32, 1 key/value head; every row
 /// length a multiple of 32, so a Q8_0 export quantizes every matrix.
@@ -302,15 +303,13 @@ struct Counts {
 fn is_file_error(e: &Error) -> bool {
     matches!(
         e,
-        Error::Gguf { .. }
-            | Error::Config { .. }
-            | Error::MissingTensor { .. }
-            | Error::TensorShape { .. }
-            | Error::TensorType { .. }
-            | Error::UnexpectedTensor { .. }
-            | Error::UnsupportedArchitecture { .. }
-            | Error::NonFiniteWeight { .. }
-            | Error::TokenOutOfRange { .. }
+        Error::Gguf(GgufError::Invalid { .. })
+            | Error::Input(InputError::Config { .. })
+            | Error::Weights(WeightsError::Parameters { .. })
+            | Error::Weights(WeightsError::TensorType { .. })
+            | Error::Weights(WeightsError::UnsupportedArchitecture { .. })
+            | Error::Weights(WeightsError::NonFinite { .. })
+            | Error::Input(InputError::TokenOutOfRange { .. })
             | Error::OutOfMemory { .. }
     )
 }
@@ -438,10 +437,63 @@ fn a_norm_weight_of_another_type_is_refused() {
     bytes[norm.type_at..norm.type_at + 4].copy_from_slice(&GgmlType::F16.id().to_le_bytes());
     std::fs::write(&path, &bytes).unwrap();
     match load_logits(&path) {
-        Err(Error::TensorType { name, got, .. }) => {
+        Err(Error::Weights(WeightsError::TensorType { name, got, .. })) => {
             assert_eq!((name.as_str(), got.as_str()), ("output_norm.weight", "F16"))
         }
-        other => panic!("expected Error::TensorType, got {other:?}"),
+        other => panic!("expected WeightsError::TensorType, got {other:?}"),
+    }
+}
+
+/// A GGUF file whose tensors do not match its config is refused with one parameter-set error listing
+/// every difference (here a missing FFN matrix, a tensor no Gemma 3 has and a reshaped norm), before
+/// anything is allocated.
+#[test]
+fn a_gguf_with_other_tensors_lists_every_mismatch() {
+    let dir = TempDir::new("gguf-parameter-set");
+    let (path, _, _) = saved(&dir, GgmlType::F32);
+    let file = GgufFile::open(&path).unwrap();
+    let mut writer = GgufWriter::new();
+    for (key, value) in file.metadata() {
+        if !key.starts_with("general.alignment") {
+            writer.add_metadata(key.clone(), value.clone()).unwrap();
+        }
+    }
+    for info in file.tensors() {
+        let tensor = file.tensor(&info.name, Kind::Float, Device::Cpu).unwrap();
+        match info.name.as_str() {
+            "blk.1.ffn_up.weight" => {}
+            "output_norm.weight" => writer
+                .add_tensor(info.name.clone(), &tensor.narrow(0, 0, 32), GgmlType::F32)
+                .unwrap(),
+            _ => writer
+                .add_tensor(info.name.clone(), &tensor, GgmlType::F32)
+                .unwrap(),
+        }
+    }
+    writer
+        .add_tensor(
+            "blk.0.extra_norm.weight",
+            &Tensor::zeros([64], (Kind::Float, Device::Cpu)),
+            GgmlType::F32,
+        )
+        .unwrap();
+    let other = dir.path("other-tensors.gguf");
+    writer.write(&other).unwrap();
+    match load_logits(&other) {
+        Err(Error::Weights(WeightsError::Parameters { origin, mismatch, .. })) => {
+            assert_eq!(origin, other.display().to_string());
+            assert_eq!(mismatch.missing, ["blk.1.ffn_up.weight"]);
+            assert_eq!(mismatch.unexpected, ["blk.0.extra_norm.weight"]);
+            assert_eq!(
+                mismatch.mismatched,
+                [ShapeMismatch {
+                    name: "output_norm.weight".into(),
+                    expected: vec![64],
+                    got: vec![32],
+                }]
+            );
+        }
+        other => panic!("expected WeightsError::Parameters, got {other:?}"),
     }
 }
 
@@ -458,7 +510,7 @@ fn tensors_must_be_laid_out_back_to_back() {
     std::fs::write(&path, &bytes).unwrap();
     let e = load_logits(&path).unwrap_err();
     assert!(
-        matches!(&e, Error::Gguf { reason, .. } if reason.contains("ggml's layout")),
+        matches!(&e, Error::Gguf(GgufError::Invalid { reason, .. }) if reason.contains("ggml's layout")),
         "{e}"
     );
     // Two same-size tensors' offsets swapped: each reads the other's weights.
@@ -472,7 +524,7 @@ fn tensors_must_be_laid_out_back_to_back() {
     std::fs::write(&path, &bytes).unwrap();
     let e = load_logits(&path).unwrap_err();
     assert!(
-        matches!(&e, Error::Gguf { reason, .. } if reason.contains("blk.0.attn_k.weight")),
+        matches!(&e, Error::Gguf(GgufError::Invalid { reason, .. }) if reason.contains("blk.0.attn_k.weight")),
         "{e}"
     );
 }
@@ -490,17 +542,17 @@ fn non_finite_weights_in_a_file_are_refused() {
         bytes[at..at + 4].copy_from_slice(&bits.to_le_bytes());
         std::fs::write(&path, &bytes).unwrap();
         match load_logits(&path) {
-            Err(Error::NonFiniteWeight {
+            Err(Error::Weights(WeightsError::NonFinite {
                 tensor,
                 count,
                 index,
                 value: v,
                 ..
-            }) => {
+            })) => {
                 assert_eq!((tensor.as_str(), count, index), ("blk.1.ffn_up.weight", 1, 70));
                 assert_eq!(format!("{v}"), value);
             }
-            other => panic!("{value}: expected Error::NonFiniteWeight, got {other:?}"),
+            other => panic!("{value}: expected WeightsError::NonFinite, got {other:?}"),
         }
     }
 }
@@ -518,10 +570,10 @@ fn non_finite_weights_are_refused_by_every_export() {
         let target = params.iter_mut().find(|(n, _)| n == name).unwrap();
         let _ = target.1.get(3).get(5).fill_(bad);
         let check = |e: Error, what: &str| match e {
-            Error::NonFiniteWeight {
+            Error::Weights(WeightsError::NonFinite {
                 tensor, count, index, ..
-            } => assert_eq!((tensor.as_str(), count, index), (name, 1, 3 * 64 + 5), "{what}"),
-            other => panic!("{what}: expected Error::NonFiniteWeight, got {other:?}"),
+            }) => assert_eq!((tensor.as_str(), count, index), (name, 1, 3 * 64 + 5), "{what}"),
+            other => panic!("{what}: expected WeightsError::NonFinite, got {other:?}"),
         };
         for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0] {
             let path = dir.path(&format!("bad-{ty}.gguf"));
@@ -552,24 +604,24 @@ fn finite_weights_save_and_load_in_every_format() {
 /// The two new errors say which tensor, where, and what is wrong.
 #[test]
 fn new_errors_display_what_is_wrong() {
-    let e = Error::NonFiniteWeight {
+    let e = Error::Weights(WeightsError::NonFinite {
         tensor: "blk.1.ffn_up.weight".into(),
         file: "m.gguf".into(),
         count: 2,
         index: 70,
         value: f64::NEG_INFINITY,
-    };
+    });
     assert_eq!(
         e.to_string(),
         "tensor `blk.1.ffn_up.weight` in m.gguf holds 2 non-finite value(s) (NaN or ±inf), the first (-inf) \
          at flat index 70"
     );
-    let e = Error::TensorType {
+    let e = Error::Weights(WeightsError::TensorType {
         name: "output_norm.weight".into(),
         file: "m.gguf".into(),
         expected: "F32".into(),
         got: "F16".into(),
-    };
+    });
     assert_eq!(
         e.to_string(),
         "tensor `output_norm.weight` in m.gguf is stored as F16, but the model accepts F32 for it"

@@ -11,6 +11,7 @@ use tch::{Device, Kind, Tensor};
 use tch_rpo::data::{OnMalformed, PreferenceDataset, Text, Tokenizer};
 use tch_rpo::models::gemma::{greedy_decode, Gemma, LoadOptions, WeightSource};
 use tch_rpo::models::tokenizer::CharTokenizer;
+use tch_rpo::DataError;
 use tch_rpo::Error;
 
 fn data(file: &str) -> PathBuf {
@@ -111,11 +112,17 @@ fn char_tokenizer_round_trip_and_errors() {
         assert_eq!(tok.decode(&ids).unwrap(), *prompt);
     }
     match tok.encode("aA") {
-        Err(Error::Tokenizer(message)) => assert!(message.contains("'A'"), "{message}"),
+        Err(Error::Data(DataError::Tokenizer(message))) => assert!(message.contains("'A'"), "{message}"),
         other => panic!("expected a tokenizer error, got {other:?}"),
     }
-    assert!(matches!(CharTokenizer::new(""), Err(Error::Tokenizer(_))));
-    assert!(matches!(CharTokenizer::new("abca"), Err(Error::Tokenizer(_))));
+    assert!(matches!(
+        CharTokenizer::new(""),
+        Err(Error::Data(DataError::Tokenizer(_)))
+    ));
+    assert!(matches!(
+        CharTokenizer::new("abca"),
+        Err(Error::Data(DataError::Tokenizer(_)))
+    ));
 }
 
 fn fixture_model() -> (tch::nn::VarStore, Gemma) {

@@ -9,6 +9,7 @@ use tch_rpo::data::{ByteTokenizer, CollateConfig, Collator};
 use tch_rpo::train::PolicyModel;
 use tch_rpo::train::{checkpoint, ReferenceSource, RpoTrainer, RpoTrainerConfig, StepMetrics, Warmup};
 use tch_rpo::train::{Collective, ScoringOptions};
+use tch_rpo::{CheckpointError, InputError, WeightsError};
 use tch_rpo::{Error, RpoConfig};
 use train_support::{max_param_diff, preference_pairs, TinyLm};
 
@@ -103,9 +104,25 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A [`WeightsError::Parameters`](tch_rpo::WeightsError::Parameters) from a trainer checkpoint whose display contains `needle`.
+fn expect_parameters_error(result: tch_rpo::Result<()>, needle: &str) -> tch_rpo::ParameterMismatch {
+    match result {
+        Err(error @ Error::Weights(WeightsError::Parameters { .. })) => {
+            assert!(error.to_string().contains(needle), "{error}");
+            let Error::Weights(WeightsError::Parameters { mismatch, .. }) = error else {
+                unreachable!()
+            };
+            *mismatch
+        }
+        other => panic!("expected a parameter-set error mentioning {needle:?}, got {other:?}"),
+    }
+}
+
 fn expect_checkpoint_error(result: tch_rpo::Result<()>, needle: &str) {
     match result {
-        Err(Error::Checkpoint { reason, .. }) => assert!(reason.contains(needle), "{reason}"),
+        Err(Error::Checkpoint(CheckpointError::Invalid { reason, .. })) => {
+            assert!(reason.contains(needle), "{reason}")
+        }
         other => panic!("expected a checkpoint error mentioning {needle:?}, got {other:?}"),
     }
 }
@@ -174,7 +191,9 @@ fn damaged_checkpoints_are_detected() {
         t.config().clone(),
     )
     .unwrap();
-    expect_checkpoint_error(wider.load_checkpoint(&good), "shape");
+    let mismatch = expect_parameters_error(wider.load_checkpoint(&good), "shape");
+    assert!(!mismatch.mismatched.is_empty(), "{mismatch}");
+    assert!(mismatch.missing.is_empty() && mismatch.unexpected.is_empty());
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -333,7 +352,8 @@ fn failed_load_leaves_the_trainer_unchanged() {
 
     let mut target = trainer(99);
     let before = TinyLm::new(99, HIDDEN).snapshot();
-    expect_checkpoint_error(target.load_checkpoint(&broken), &dropped);
+    let mismatch = expect_parameters_error(target.load_checkpoint(&broken), &dropped);
+    assert_eq!(mismatch.missing, vec![dropped.clone()]);
     assert_eq!(max_param_diff(&target.model().named_parameters(), &before), 0.0);
     assert_eq!((target.step(), target.optimizer().step_count()), (0, 0));
     for p in target.optimizer().params() {
@@ -365,7 +385,7 @@ fn latest_pointer_outside_the_directory_is_refused() {
     for pointer in ["../outside", "/etc", ".", "a/../../outside", ""] {
         std::fs::write(dir.join(checkpoint::LATEST_FILE), pointer).unwrap();
         match checkpoint::latest(&dir) {
-            Err(Error::Checkpoint { reason, .. }) => {
+            Err(Error::Checkpoint(CheckpointError::Invalid { reason, .. })) => {
                 assert!(reason.contains("inside"), "{pointer}: {reason}")
             }
             other => panic!("{pointer:?}: expected a refusal, got {other:?}"),
@@ -489,20 +509,20 @@ fn initial_policy_reference_is_precomputed_and_checkpointed() {
     // no reference log-probs before the first fit scores the training pairs
     assert!(matches!(
         first.evaluate(&pairs, &collator(), 4),
-        Err(Error::Config {
+        Err(Error::Input(InputError::Config {
             name: "reference",
             ..
-        })
+        }))
     ));
     let head = first.fit_steps(&pairs, &collator(), Some(5)).unwrap();
     assert_eq!(losses(&head), losses(&by_hand[..5]));
     // the cache is now fixed to the training pairs
     assert!(matches!(
         first.evaluate(&pairs[..4], &collator(), 4),
-        Err(Error::Config {
+        Err(Error::Input(InputError::Config {
             name: "reference cache",
             ..
-        })
+        }))
     ));
     drop(first);
     let latest = checkpoint::latest(&dir).unwrap().unwrap();
@@ -526,10 +546,10 @@ fn initial_policy_reference_is_precomputed_and_checkpointed() {
     missing.resume_latest().unwrap();
     assert!(matches!(
         missing.fit(&pairs, &collator()),
-        Err(Error::Config {
+        Err(Error::Input(InputError::Config {
             name: "reference",
             ..
-        })
+        }))
     ));
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_dir_all(other);

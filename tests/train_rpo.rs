@@ -14,6 +14,7 @@ use tch_rpo::train::{
 };
 use tch_rpo::train::{Collective, ScoringOptions};
 use tch_rpo::{compute_loss, LogProbOptions, LossBatch, RpoConfig};
+use tch_rpo::{Error, InputError};
 use train_support::{max_param_diff, preference_pairs, TinyLm, POISON};
 
 const HIDDEN: i64 = 16;
@@ -635,7 +636,7 @@ fn shared_storage_is_one_parameter_and_partial_overlap_is_refused() {
     let part = base.detach().narrow(0, 1, 2).set_requires_grad(true);
     let overlapping = vec![("whole".to_string(), base), ("part".to_string(), part)];
     match AdamW::new(AdamWConfig::default(), &overlapping) {
-        Err(tch_rpo::Error::Config { requirement, .. }) => {
+        Err(Error::Input(InputError::Config { requirement, .. })) => {
             assert!(requirement.contains("overlaps"), "{requirement}")
         }
         other => panic!("expected a refusal, got {other:?}"),
@@ -683,14 +684,14 @@ fn head_bias_and_logit_scale_reach_the_fused_path() {
 
 fn expect_invalid(result: tch_rpo::Result<RpoTrainer<TinyLm>>, name: &str) {
     match result {
-        Err(tch_rpo::Error::InvalidParameter { name: got, .. }) => assert_eq!(got, name),
+        Err(Error::Input(InputError::InvalidParameter { name: got, .. })) => assert_eq!(got, name),
         other => panic!("expected InvalidParameter {name}, got {other:?}"),
     }
 }
 
 fn expect_config(result: tch_rpo::Result<RpoTrainer<TinyLm>>, name: &str) {
     match result {
-        Err(tch_rpo::Error::Config { name: got, .. }) => assert_eq!(got, name),
+        Err(Error::Input(InputError::Config { name: got, .. })) => assert_eq!(got, name),
         other => panic!("expected Config {name}, got {other:?}"),
     }
 }
@@ -760,10 +761,10 @@ fn bad_settings_are_refused() {
     let pairs = preference_pairs(2);
     assert!(matches!(
         t.evaluate(&pairs, &collator(), 0),
-        Err(tch_rpo::Error::InvalidParameter {
+        Err(Error::Input(InputError::InvalidParameter {
             name: "batch_pairs",
             ..
-        })
+        }))
     ));
     assert!(matches!(
         tch_rpo::train::score_reference(
@@ -773,10 +774,10 @@ fn bad_settings_are_refused() {
             &ScoringOptions::new(0).with_loss_path(LossPath::Logits),
             &Collective::single()
         ),
-        Err(tch_rpo::Error::InvalidParameter {
+        Err(Error::Input(InputError::InvalidParameter {
             name: "batch_pairs",
             ..
-        })
+        }))
     ));
     let builder = || RpoTrainer::builder(TinyLm::new(19, HIDDEN)).max_steps(4);
     expect_config(builder().build(), "reference");
@@ -810,10 +811,10 @@ fn bad_settings_are_refused() {
     );
     assert!(matches!(
         build(base()).unwrap().resume_latest(),
-        Err(tch_rpo::Error::Config {
+        Err(Error::Input(InputError::Config {
             name: "checkpoint_dir",
             ..
-        })
+        }))
     ));
 }
 
@@ -894,7 +895,7 @@ fn huge_numeric_settings_are_errors_not_panics() {
     };
     for (accum, batch) in [(usize::MAX, 2), (4, 2), (2, usize::MAX)] {
         match build(accum, batch).fit(&pairs, &collator()) {
-            Err(tch_rpo::Error::Config { name, requirement }) => {
+            Err(Error::Input(InputError::Config { name, requirement })) => {
                 assert_eq!(name, "gradient_accumulation_steps");
                 assert!(requirement.contains("one epoch"), "{requirement}");
             }

@@ -14,7 +14,7 @@
 //!    (1024) tokens. As `max_prompt_length < max_length`, every response keeps at least one token.
 
 use crate::data::tokenizer::EncodedPair;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::logprobs::DEFAULT_IGNORE_INDEX;
 use tch::{Device, Kind, Tensor};
 
@@ -103,16 +103,16 @@ impl Collator {
     /// A collator with a checked configuration.
     ///
     /// # Errors
-    /// [`Error::Config`] if `max_prompt_length >= max_length` or `max_length == 0`.
+    /// [`InputError::Config`] if `max_prompt_length >= max_length` or `max_length == 0`.
     pub fn new(config: CollateConfig) -> Result<Self> {
         if config.max_length == 0 || config.max_prompt_length >= config.max_length {
-            return Err(Error::Config {
+            return Err(Error::Input(InputError::Config {
                 name: "max_prompt_length",
                 requirement: format!(
                     "need 0 <= max_prompt_length < max_length, got {} and {}",
                     config.max_prompt_length, config.max_length
                 ),
-            });
+            }));
         }
         Ok(Self { config })
     }
@@ -134,13 +134,13 @@ impl Collator {
     /// Collates `pairs` (each with its dataset index) into one batch on `device`.
     ///
     /// # Errors
-    /// [`Error::EmptyBatch`] for no pairs; [`Error::Torch`] if a tensor cannot be made.
+    /// [`InputError::EmptyBatch`] for no pairs; [`Error::Torch`] if a tensor cannot be made.
     pub fn collate(&self, pairs: &[(usize, &EncodedPair)], device: Device) -> Result<CollatedBatch> {
         if pairs.is_empty() {
-            return Err(Error::EmptyBatch {
+            return Err(Error::Input(InputError::EmptyBatch {
                 arg: "pairs",
                 shape: vec![0],
-            });
+            }));
         }
         let truncated: Vec<_> = pairs.iter().map(|(_, p)| self.truncate(p)).collect();
         let rows: Vec<(&[i64], &[i64])> = truncated

@@ -15,11 +15,11 @@
 //!
 //! # Malformed records
 //! Bad JSON, a missing or mistyped field, an empty response (no characters other than whitespace, or no
-//! message), or a plain prompt mixed with conversational responses is an [`Error::Data`] naming the file
+//! message), or a plain prompt mixed with conversational responses is a [`DataError::Record`] naming the file
 //! and the 1-based line — or, with [`OnMalformed::Skip`], the record is skipped and listed in
 //! [`PreferenceDataset::skipped`]. Never a panic, never a silent drop.
 
-use crate::error::{Error, Result};
+use crate::error::{DataError, Error, Result};
 use serde_json::Value;
 use std::io::BufRead;
 use std::path::Path;
@@ -70,25 +70,29 @@ impl PreferenceRecord {
     /// A record from its parts, checked as described on the type.
     ///
     /// # Errors
-    /// [`Error::Data`] with file `<record>` and line 1 when the invariants do not hold.
+    /// [`DataError::Record`] with file `<record>` and line 1 when the invariants do not hold.
     pub fn new(prompt: Text, chosen: Text, rejected: Text) -> Result<Self> {
-        Self::checked(prompt, chosen, rejected).map_err(|message| Error::Data {
-            file: "<record>".into(),
-            line: 1,
-            message,
+        Self::checked(prompt, chosen, rejected).map_err(|message| {
+            Error::Data(DataError::Record {
+                file: "<record>".into(),
+                line: 1,
+                message,
+            })
         })
     }
 
     /// Parses one JSON object (see the [module docs](self) for the accepted forms).
     ///
     /// # Errors
-    /// [`Error::Data`] with file `<json>` and line 1 describing the problem ([`PreferenceDataset`] reports
+    /// [`DataError::Record`] with file `<json>` and line 1 describing the problem ([`PreferenceDataset`] reports
     /// the real file and line).
     pub fn from_json(line: &str) -> Result<Self> {
-        Self::parse(line).map_err(|message| Error::Data {
-            file: "<json>".into(),
-            line: 1,
-            message,
+        Self::parse(line).map_err(|message| {
+            Error::Data(DataError::Record {
+                file: "<json>".into(),
+                line: 1,
+                message,
+            })
         })
     }
 
@@ -201,7 +205,7 @@ fn json_kind(value: &Value) -> &'static str {
 /// What to do with a malformed record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnMalformed {
-    /// Stop with an [`Error::Data`] naming the file and line (the default).
+    /// Stop with a [`DataError::Record`] naming the file and line (the default).
     #[default]
     Error,
     /// Skip it and list it in [`PreferenceDataset::skipped`].
@@ -234,7 +238,7 @@ impl PreferenceDataset {
     /// Reads a JSON Lines file.
     ///
     /// # Errors
-    /// [`Error::Io`] if the file cannot be read; [`Error::Data`] (file:line) for a malformed record under
+    /// [`Error::Io`] if the file cannot be read; [`DataError::Record`] (file:line) for a malformed record under
     /// [`OnMalformed::Error`], or for a line that is not valid UTF-8.
     pub fn from_jsonl(path: impl AsRef<Path>, on_malformed: OnMalformed) -> Result<Self> {
         let path = path.as_ref();
@@ -273,11 +277,11 @@ impl PreferenceDataset {
                     reason,
                 }),
                 (Err(message), OnMalformed::Error) => {
-                    return Err(Error::Data {
+                    return Err(Error::Data(DataError::Record {
                         file: source.to_string(),
                         line: line_no,
                         message,
-                    })
+                    }))
                 }
             }
         }

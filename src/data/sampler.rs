@@ -1,6 +1,6 @@
 //! A seeded, resumable order over the pairs of a dataset.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 
 /// Where a [`BatchSampler`] stands: the epoch and the position in that epoch's order. Saved in checkpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -39,15 +39,15 @@ impl BatchSampler {
     /// A sampler over `len` pairs, `batch_pairs` per micro-batch, starting at epoch 0.
     ///
     /// # Errors
-    /// [`Error::Config`] if `len` or `batch_pairs` is zero.
+    /// [`InputError::Config`] if `len` or `batch_pairs` is zero.
     pub fn new(len: usize, batch_pairs: usize, seed: u64, shuffle: bool) -> Result<Self> {
         if len == 0 || batch_pairs == 0 {
-            return Err(Error::Config {
+            return Err(Error::Input(InputError::Config {
                 name: "batch_pairs",
                 requirement: format!(
                     "need a non-empty dataset and batch_pairs > 0, got {len} and {batch_pairs}"
                 ),
-            });
+            }));
         }
         let mut sampler = Self {
             len,
@@ -82,16 +82,16 @@ impl BatchSampler {
     /// Moves to `position` (e.g. from a checkpoint).
     ///
     /// # Errors
-    /// [`Error::Config`] if the cursor is beyond the dataset.
+    /// [`InputError::Config`] if the cursor is beyond the dataset.
     pub fn set_position(&mut self, position: SamplerPosition) -> Result<()> {
         if position.cursor > self.len {
-            return Err(Error::Config {
+            return Err(Error::Input(InputError::Config {
                 name: "sampler position",
                 requirement: format!(
                     "cursor {} is beyond the {} pairs of the dataset",
                     position.cursor, self.len
                 ),
-            });
+            }));
         }
         self.order = self.epoch_order(position.epoch);
         self.position = position;

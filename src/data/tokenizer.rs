@@ -8,7 +8,7 @@
 //! response as the text the full conversation adds after it.
 
 use crate::data::record::{Message, PreferenceRecord, Text};
-use crate::error::{Error, Result};
+use crate::error::{DataError, Error, Result};
 
 /// A chat template: how a list of messages becomes text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -68,14 +68,14 @@ pub trait Tokenizer: Send + Sync {
     /// Token ids of `text`, without special tokens (no BOS / EOS added).
     ///
     /// # Errors
-    /// [`Error::Tokenizer`] if encoding fails.
+    /// [`DataError::Tokenizer`] if encoding fails.
     fn encode(&self, text: &str) -> Result<Vec<i64>>;
     /// The text of `ids` (e.g. generated tokens), with special tokens (padding, BOS, EOS, control
     /// tokens) left out. Ids outside `[0, V)` are skipped. Inverse of [`Tokenizer::encode`] for text
     /// that encodes without special tokens.
     ///
     /// # Errors
-    /// [`Error::Tokenizer`] if decoding fails.
+    /// [`DataError::Tokenizer`] if decoding fails.
     fn decode(&self, ids: &[i64]) -> Result<String>;
     /// The vocabulary size `V` (every id is in `[0, V)`).
     fn vocab_size(&self) -> i64;
@@ -171,7 +171,7 @@ pub struct EncodedPair {
 /// Tokenizes one record (see the [module docs](self)).
 ///
 /// # Errors
-/// [`Error::Tokenizer`] if encoding fails, a response encodes to no token, or the chat template does not
+/// [`DataError::Tokenizer`] if encoding fails, a response encodes to no token, or the chat template does not
 /// render the prompt as a prefix of the full conversation.
 pub fn encode_record(tokenizer: &dyn Tokenizer, record: &PreferenceRecord) -> Result<EncodedPair> {
     let (prompt_text, chosen_text, rejected_text) = match (&record.prompt, &record.chosen, &record.rejected) {
@@ -182,19 +182,19 @@ pub fn encode_record(tokenizer: &dyn Tokenizer, record: &PreferenceRecord) -> Re
                 let full: Vec<Message> = p.iter().chain(messages).cloned().collect();
                 let text = tokenizer.apply_chat_template(&full, false)?;
                 text.strip_prefix(&prompt).map(str::to_string).ok_or_else(|| {
-                    Error::Tokenizer(
+                    Error::Data(DataError::Tokenizer(
                         "the chat template does not render the prompt (with generation prompt) as a prefix \
                          of the full conversation"
                             .to_string(),
-                    )
+                    ))
                 })
             };
             (prompt.clone(), response(c)?, response(r)?)
         }
         _ => {
-            return Err(Error::Tokenizer(
+            return Err(Error::Data(DataError::Tokenizer(
                 "prompt and responses must all be plain text or all be conversations".to_string(),
-            ))
+            )))
         }
     };
     let mut prompt: Vec<i64> = tokenizer.bos_id().into_iter().collect();
@@ -203,9 +203,9 @@ pub fn encode_record(tokenizer: &dyn Tokenizer, record: &PreferenceRecord) -> Re
         let mut ids = tokenizer.encode(text)?;
         ids.extend(tokenizer.eos_id());
         if ids.is_empty() {
-            return Err(Error::Tokenizer(format!(
+            return Err(Error::Data(DataError::Tokenizer(format!(
                 "the {name} response encodes to no token"
-            )));
+            ))));
         }
         Ok(ids)
     };
@@ -282,14 +282,16 @@ mod hf {
         /// Loads `tokenizer.json` and looks up the special tokens of `config`.
         ///
         /// # Errors
-        /// [`Error::Tokenizer`] if the file cannot be loaded or a special token is not in the vocabulary.
+        /// [`DataError::Tokenizer`](crate::DataError::Tokenizer) if the file cannot be loaded or a special token is not in the vocabulary.
         pub fn from_file(path: impl AsRef<Path>, config: &HfTokenizerConfig) -> Result<Self> {
             let path = path.as_ref();
             let inner = tokenizers::Tokenizer::from_file(path)
-                .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+                .map_err(|e| Error::Data(DataError::Tokenizer(format!("{}: {e}", path.display()))))?;
             let id = |token: &str| -> Result<i64> {
                 inner.token_to_id(token).map(i64::from).ok_or_else(|| {
-                    Error::Tokenizer(format!("special token {token:?} is not in the vocabulary"))
+                    Error::Data(DataError::Tokenizer(format!(
+                        "special token {token:?} is not in the vocabulary"
+                    )))
                 })
             };
             Ok(Self {
@@ -307,7 +309,7 @@ mod hf {
             let encoding = self
                 .inner
                 .encode(text, false)
-                .map_err(|e| Error::Tokenizer(e.to_string()))?;
+                .map_err(|e| Error::Data(DataError::Tokenizer(e.to_string())))?;
             Ok(encoding.get_ids().iter().map(|&id| i64::from(id)).collect())
         }
         fn decode(&self, ids: &[i64]) -> Result<String> {
@@ -319,7 +321,7 @@ mod hf {
                 .collect();
             self.inner
                 .decode(&ids, true)
-                .map_err(|e| Error::Tokenizer(e.to_string()))
+                .map_err(|e| Error::Data(DataError::Tokenizer(e.to_string())))
         }
         fn vocab_size(&self) -> i64 {
             self.inner.get_vocab_size(true) as i64

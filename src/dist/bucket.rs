@@ -6,7 +6,7 @@ use std::ops::Range;
 use tch::{Device, Kind, Tensor};
 
 use super::group::{ProcessGroup, ReduceOp};
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 
 /// The default bucket size, 25 MiB (PyTorch DDP's default).
 pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
@@ -16,14 +16,14 @@ pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
 /// of its own. Every index is in exactly one bucket, in order; no bucket is empty.
 ///
 /// # Errors
-/// [`Error::InvalidParameter`] if `bucket_bytes` is 0; [`Error::Config`] for an undefined tensor.
+/// [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) if `bucket_bytes` is 0; [`InputError::Config`](crate::InputError::Config) for an undefined tensor.
 pub fn plan_buckets(tensors: &[Tensor], bucket_bytes: usize) -> Result<Vec<Range<usize>>> {
     if bucket_bytes == 0 {
-        return Err(Error::InvalidParameter {
+        return Err(Error::Input(InputError::InvalidParameter {
             name: "bucket_bytes",
-            value: 0.0,
+            value: bucket_bytes.into(),
             requirement: "must be positive",
-        });
+        }));
     }
     let mut buckets = Vec::new();
     let mut start = 0;
@@ -31,10 +31,10 @@ pub fn plan_buckets(tensors: &[Tensor], bucket_bytes: usize) -> Result<Vec<Range
     let mut key: Option<(Kind, Device)> = None;
     for (i, t) in tensors.iter().enumerate() {
         if !t.defined() {
-            return Err(Error::Config {
+            return Err(Error::Input(InputError::Config {
                 name: "tensors",
                 requirement: format!("tensor {i} is undefined"),
-            });
+            }));
         }
         let k = (t.kind(), t.device());
         let size = t.numel() * t.kind().elt_size_in_bytes();
@@ -53,25 +53,25 @@ pub fn plan_buckets(tensors: &[Tensor], bucket_bytes: usize) -> Result<Vec<Range
 }
 
 fn check_same(tensors: &[Tensor]) -> Result<(Kind, Device)> {
-    let first = tensors.first().ok_or(Error::EmptyBatch {
+    let first = tensors.first().ok_or(Error::Input(InputError::EmptyBatch {
         arg: "tensors",
         shape: vec![0],
-    })?;
+    }))?;
     for t in tensors {
         if t.kind() != first.kind() {
-            return Err(Error::DType {
+            return Err(Error::Input(InputError::DType {
                 arg: "tensors",
                 expected: "one dtype for all tensors of a bucket",
                 got: t.kind(),
-            });
+            }));
         }
         if t.device() != first.device() {
-            return Err(Error::DeviceMismatch {
+            return Err(Error::Input(InputError::DeviceMismatch {
                 arg: "tensors",
                 other: "tensors[0]",
                 expected: first.device(),
                 got: t.device(),
-            });
+            }));
         }
     }
     Ok((first.kind(), first.device()))
@@ -80,7 +80,7 @@ fn check_same(tensors: &[Tensor]) -> Result<(Kind, Device)> {
 /// Concatenates the tensors' elements (each in its own row-major order) into one new 1-D tensor.
 ///
 /// # Errors
-/// [`Error::EmptyBatch`] for an empty list, [`Error::DType`] / [`Error::DeviceMismatch`] when the tensors
+/// [`InputError::EmptyBatch`](crate::InputError::EmptyBatch) for an empty list, [`InputError::DType`](crate::InputError::DType) / [`InputError::DeviceMismatch`](crate::InputError::DeviceMismatch) when the tensors
 /// do not share dtype and device.
 pub fn flatten(tensors: &[Tensor]) -> Result<Tensor> {
     check_same(tensors)?;
@@ -95,32 +95,32 @@ pub fn flatten(tensors: &[Tensor]) -> Result<Tensor> {
 /// inverse of [`flatten`].
 ///
 /// # Errors
-/// [`Error::Shape`] when `flat` is not 1-D with exactly as many elements as the tensors together;
-/// [`Error::DType`] / [`Error::DeviceMismatch`] when it or they disagree in dtype or device.
+/// [`InputError::Shape`](crate::InputError::Shape) when `flat` is not 1-D with exactly as many elements as the tensors together;
+/// [`InputError::DType`](crate::InputError::DType) / [`InputError::DeviceMismatch`](crate::InputError::DeviceMismatch) when it or they disagree in dtype or device.
 pub fn unflatten_into(flat: &Tensor, tensors: &mut [Tensor]) -> Result<()> {
     let (kind, device) = check_same(tensors)?;
     let total: i64 = tensors.iter().map(|t| t.numel() as i64).sum();
     if flat.dim() != 1 || flat.size()[0] != total {
-        return Err(Error::Shape {
+        return Err(Error::Input(InputError::Shape {
             arg: "flat",
             expected: format!("[{total}]: the tensors' elements together"),
             got: flat.size(),
-        });
+        }));
     }
     if flat.kind() != kind {
-        return Err(Error::DType {
+        return Err(Error::Input(InputError::DType {
             arg: "flat",
             expected: "the tensors' dtype",
             got: flat.kind(),
-        });
+        }));
     }
     if flat.device() != device {
-        return Err(Error::DeviceMismatch {
+        return Err(Error::Input(InputError::DeviceMismatch {
             arg: "flat",
             other: "tensors",
             expected: device,
             got: flat.device(),
-        });
+        }));
     }
     let mut offset = 0i64;
     for t in tensors.iter_mut() {

@@ -1,7 +1,7 @@
 //! The launcher environment: what `torchrun` (or any launcher following PyTorch's `env://` convention)
 //! sets for each process.
 
-use crate::error::{Error, Result};
+use crate::error::{DistError, Error, Result};
 
 /// One process's place in a job, read from the launcher's variables.
 ///
@@ -30,11 +30,11 @@ pub struct LaunchEnv {
 }
 
 fn bad(var: &'static str, value: Option<&str>, requirement: impl Into<String>) -> Error {
-    Error::DistEnv {
+    Error::Dist(DistError::Env {
         var,
         value: value.map(str::to_owned),
         requirement: requirement.into(),
-    }
+    })
 }
 
 fn required(lookup: &impl Fn(&str) -> Option<String>, var: &'static str) -> Result<String> {
@@ -72,7 +72,7 @@ impl LaunchEnv {
     /// (or a test) supply them without touching the process environment.
     ///
     /// # Errors
-    /// [`Error::DistEnv`] naming the variable and its value when a required one is missing, a number does
+    /// [`DistError::Env`](crate::DistError::Env) naming the variable and its value when a required one is missing, a number does
     /// not parse, `WORLD_SIZE` is 0, `RANK` or `LOCAL_RANK` is not below `WORLD_SIZE`, `MASTER_ADDR` is
     /// empty, `MASTER_PORT` is not in `1..=65535`, or `TORCHELASTIC_USE_AGENT_STORE` is not
     /// `True`/`False`/`1`/`0`.
@@ -151,7 +151,7 @@ impl LaunchEnv {
     /// assertion (`WORLD_SIZE` 0).
     ///
     /// # Errors
-    /// [`Error::DistEnv`] naming the variable the field stands for and the value seen when `world_size` is
+    /// [`DistError::Env`](crate::DistError::Env) naming the variable the field stands for and the value seen when `world_size` is
     /// 0 or above `i32::MAX`, `rank` or `local_rank` is not below `world_size`, `master_addr` is empty
     /// (or holds a NUL byte), or `master_port` is 0.
     pub fn validate(&self) -> Result<()> {

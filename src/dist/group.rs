@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::env::LaunchEnv;
 use super::{ffi, store};
-use crate::error::{DistStorePeer, Error, Result};
+use crate::error::{DistError, DistStorePeer, Error, InputError, Result};
 
 /// The communication backend of a [`ProcessGroup`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +81,7 @@ pub fn nccl_compiled() -> bool {
 /// Every collective blocks until it is done on this rank and is bounded by [`DistOptions::timeout`].
 /// When one fails (a peer died, a peer hung, the store vanished), the error names the ranks that did not
 /// report the same failure within [`DistOptions::failure_window`], and the group is unusable afterwards:
-/// later calls return [`Error::Dist`] at once instead of hanging on a half-finished protocol.
+/// later calls return [`DistError::Failed`](crate::DistError::Failed) at once instead of hanging on a half-finished protocol.
 ///
 /// The group is `Send` but not `Sync`: one thread issues its collectives.
 pub struct ProcessGroup {
@@ -152,32 +152,36 @@ impl ProcessGroup {
     /// receives and sends on the store's connection are bounded by the timeout (see docs/distributed.md).
     ///
     /// # Errors
-    /// - [`Error::DistEnv`] at once, before any network operation, when `env` is impossible
+    /// - [`DistError::Env`](crate::DistError::Env) at once, before any network operation, when `env` is impossible
     ///   ([`LaunchEnv::validate`]: `world_size` 0, `rank` ≥ `world_size`, …), or for [`Backend::Nccl`]
     ///   without `LOCAL_RANK`.
-    /// - [`Error::DistStore`] when this rank is a client of the store and the peer at
+    /// - [`DistError::Store`](crate::DistError::Store) when this rank is a client of the store and the peer at
     ///   `MASTER_ADDR:MASTER_PORT` was not reached, never answered, answered in another protocol, closed
     ///   the connection, or stopped answering, within the timeout.
-    /// - [`Error::Dist`] when NCCL is asked for but not compiled or no CUDA device `LOCAL_RANK` exists,
+    /// - [`DistError::Failed`](crate::DistError::Failed) when NCCL is asked for but not compiled or no CUDA device `LOCAL_RANK` exists,
     ///   or the store cannot be hosted (e.g. the port is taken).
-    /// - [`Error::DistTimeout`] when the peers are not all there within the timeout (the store's host
+    /// - [`DistError::Timeout`](crate::DistError::Timeout) when the peers are not all there within the timeout (the store's host
     ///   rank 0 is named when this rank is a client of it).
-    /// - [`Error::DistPeerLost`] when a peer's connection is refused or closed while connecting.
+    /// - [`DistError::PeerLost`](crate::DistError::PeerLost) when a peer's connection is refused or closed while connecting.
     pub fn new(env: &LaunchEnv, options: &DistOptions) -> Result<Self> {
         env.validate()?;
-        let fail = |message: String| Error::Dist {
-            op: "connect",
-            rank: env.rank,
-            world_size: env.world_size,
-            message,
+        let fail = |message: String| {
+            Error::Dist(DistError::Failed {
+                op: "connect",
+                rank: env.rank,
+                world_size: env.world_size,
+                message,
+            })
         };
         let device = match options.backend {
             Backend::Gloo => Device::Cpu,
             Backend::Nccl => {
-                let local = env.local_rank.ok_or_else(|| Error::DistEnv {
-                    var: "LOCAL_RANK",
-                    value: None,
-                    requirement: "the NCCL backend needs it to pick this rank's CUDA device".into(),
+                let local = env.local_rank.ok_or_else(|| {
+                    Error::Dist(DistError::Env {
+                        var: "LOCAL_RANK",
+                        value: None,
+                        requirement: "the NCCL backend needs it to pick this rank's CUDA device".into(),
+                    })
                 })?;
                 if !nccl_compiled() {
                     return Err(fail(
@@ -195,10 +199,12 @@ impl ProcessGroup {
                 Device::Cuda(local)
             }
         };
-        let host = CString::new(env.master_addr.clone()).map_err(|_| Error::DistEnv {
-            var: "MASTER_ADDR",
-            value: Some(env.master_addr.clone()),
-            requirement: "must not contain a NUL byte".into(),
+        let host = CString::new(env.master_addr.clone()).map_err(|_| {
+            Error::Dist(DistError::Env {
+                var: "MASTER_ADDR",
+                value: Some(env.master_addr.clone()),
+                requirement: "must not contain a NUL byte".into(),
+            })
         })?;
         let device_index = match device {
             Device::Cuda(i) => i as c_int,
@@ -231,14 +237,14 @@ impl ProcessGroup {
                 _ => None,
             };
             if let Some(peer) = peer {
-                return Err(Error::DistStore {
+                return Err(Error::Dist(DistError::Store {
                     rank: env.rank,
                     world_size: env.world_size,
                     addr: store::store_address(env),
                     timeout_ms: millis(options.timeout) as u64,
                     peer,
                     detail: format!("libtorch's store client: {message}"),
-                });
+                }));
             }
             // A client of rank 0's store that cannot reach it: rank 0 is the one missing.
             let unresponsive = if env.rank != 0 && !env.agent_store && message.contains("connect") {
@@ -268,27 +274,27 @@ impl ProcessGroup {
     ) -> Error {
         let (rank, world_size) = (env.rank, env.world_size);
         match kind {
-            ffi::KIND_TIMEOUT => Error::DistTimeout {
+            ffi::KIND_TIMEOUT => Error::Dist(DistError::Timeout {
                 op,
                 rank,
                 world_size,
                 timeout_ms: millis(options.timeout) as u64,
                 unresponsive,
                 message,
-            },
-            ffi::KIND_PEER => Error::DistPeerLost {
+            }),
+            ffi::KIND_PEER => Error::Dist(DistError::PeerLost {
                 op,
                 rank,
                 world_size,
                 unresponsive,
                 message,
-            },
-            _ => Error::Dist {
+            }),
+            _ => Error::Dist(DistError::Failed {
                 op,
                 rank,
                 world_size,
                 message,
-            },
+            }),
         }
     }
 
@@ -326,14 +332,14 @@ impl ProcessGroup {
     /// store which ranks did not fail alike and poisons the group.
     fn collective(&self, op: &'static str, call: impl FnOnce(*mut c_int) -> *mut c_char) -> Result<()> {
         if let Some(seq) = self.failed.get() {
-            return Err(Error::Dist {
+            return Err(Error::Dist(DistError::Failed {
                 op,
                 rank: self.env.rank,
                 world_size: self.env.world_size,
                 message: format!(
                     "the process group is unusable after collective #{seq} failed; make a new one"
                 ),
-            });
+            }));
         }
         let seq = self.seq.get();
         self.seq.set(seq + 1);
@@ -383,33 +389,33 @@ impl ProcessGroup {
 
     fn check_tensor(&self, tensor: &Tensor) -> Result<()> {
         if !tensor.defined() {
-            return Err(Error::Config {
+            return Err(Error::Input(InputError::Config {
                 name: "tensor",
                 requirement: "a collective needs a defined tensor, got an undefined one".into(),
-            });
+            }));
         }
         if tensor.device() != self.device {
-            return Err(Error::DeviceMismatch {
+            return Err(Error::Input(InputError::DeviceMismatch {
                 arg: "tensor",
                 other: "process group",
                 expected: self.device,
                 got: tensor.device(),
-            });
+            }));
         }
         if !tensor.is_contiguous() {
-            return Err(Error::Shape {
+            return Err(Error::Input(InputError::Shape {
                 arg: "tensor",
                 expected: format!("a contiguous tensor (strides {:?})", tensor.stride()),
                 got: tensor.size(),
-            });
+            }));
         }
         if tensor.requires_grad() {
-            return Err(Error::Config {
+            return Err(Error::Input(InputError::Config {
                 name: "tensor",
                 requirement: "collectives write in place, outside autograd: pass gradients or detached \
                               tensors, got one that requires grad"
                     .into(),
-            });
+            }));
         }
         Ok(())
     }
@@ -418,8 +424,8 @@ impl ProcessGroup {
     /// every rank, on [`ProcessGroup::device`], contiguous, not requiring grad).
     ///
     /// # Errors
-    /// [`Error::DeviceMismatch`], [`Error::Shape`] (not contiguous), [`Error::Config`] (undefined or
-    /// requires grad); [`Error::DistTimeout`], [`Error::DistPeerLost`], [`Error::Dist`] from the group.
+    /// [`InputError::DeviceMismatch`](crate::InputError::DeviceMismatch), [`InputError::Shape`](crate::InputError::Shape) (not contiguous), [`InputError::Config`](crate::InputError::Config) (undefined or
+    /// requires grad); [`DistError::Timeout`](crate::DistError::Timeout), [`DistError::PeerLost`](crate::DistError::PeerLost), [`DistError::Failed`](crate::DistError::Failed) from the group.
     pub fn all_reduce_(&self, tensor: &mut Tensor, op: ReduceOp) -> Result<()> {
         self.check_tensor(tensor)?;
         let code = match op {
@@ -445,14 +451,14 @@ impl ProcessGroup {
     /// In place: every rank's `tensor` becomes rank `root`'s.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] when `root ≥ world_size`; otherwise as [`ProcessGroup::all_reduce_`].
+    /// [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) when `root ≥ world_size`; otherwise as [`ProcessGroup::all_reduce_`].
     pub fn broadcast_(&self, tensor: &mut Tensor, root: usize) -> Result<()> {
         if root >= self.env.world_size {
-            return Err(Error::InvalidParameter {
+            return Err(Error::Input(InputError::InvalidParameter {
                 name: "root",
-                value: root as f64,
+                value: root.into(),
                 requirement: "must be a rank of the group (below world_size)",
-            });
+            }));
         }
         self.check_tensor(tensor)?;
         let ptr = tensor.as_ptr() as *mut _;
@@ -465,7 +471,7 @@ impl ProcessGroup {
     /// Returns once every rank has called it.
     ///
     /// # Errors
-    /// [`Error::DistTimeout`], [`Error::DistPeerLost`], [`Error::Dist`].
+    /// [`DistError::Timeout`](crate::DistError::Timeout), [`DistError::PeerLost`](crate::DistError::PeerLost), [`DistError::Failed`](crate::DistError::Failed).
     pub fn barrier(&self) -> Result<()> {
         // SAFETY: no tensor arguments.
         self.collective("barrier", |kind| unsafe {

@@ -5,9 +5,9 @@
 //! - [`ProcessGroup`]: c10d's TCPStore rendezvous and a Gloo (CPU) or NCCL (CUDA) backend, with
 //!   in-place collectives ([`ProcessGroup::all_reduce_`], [`ProcessGroup::broadcast_`],
 //!   [`ProcessGroup::barrier`], [`ProcessGroup::all_reduce_f64`]), each bounded by a timeout; a failure
-//!   names the ranks that did not respond ([`crate::Error::DistTimeout`], [`crate::Error::DistPeerLost`]).
+//!   names the ranks that did not respond ([`DistError::Timeout`](crate::DistError::Timeout), [`DistError::PeerLost`](crate::DistError::PeerLost)).
 //!   The rendezvous is bounded too: a store client checks the peer at `MASTER_ADDR:MASTER_PORT` and says
-//!   what it did ([`crate::Error::DistStore`], [`crate::DistStorePeer`]); an impossible [`LaunchEnv`]
+//!   what it did ([`DistError::Store`](crate::DistError::Store), [`crate::DistStorePeer`]); an impossible [`LaunchEnv`]
 //!   is refused before any network operation ([`LaunchEnv::validate`]).
 //! - [`plan_buckets`], [`flatten`], [`unflatten_into`], [`all_reduce_buckets_`]: gradient lists reduced
 //!   in a few flattened buckets.

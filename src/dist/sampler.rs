@@ -3,20 +3,20 @@
 use std::ops::Range;
 
 use crate::data::sampler::{BatchSampler, SamplerPosition};
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 
 /// The block of a global batch of `len` items that `rank` of `world_size` takes: contiguous, the first
 /// `len % world_size` ranks one item more than the rest. The blocks of ranks `0..world_size` are disjoint
 /// and, in rank order, cover `0..len`; a block is empty when `len < world_size` and `rank ≥ len`.
 ///
 /// # Errors
-/// [`Error::Config`] when `world_size` is 0 or `rank ≥ world_size`.
+/// [`InputError::Config`](crate::InputError::Config) when `world_size` is 0 or `rank ≥ world_size`.
 pub fn shard_range(len: usize, rank: usize, world_size: usize) -> Result<Range<usize>> {
     if world_size == 0 || rank >= world_size {
-        return Err(Error::Config {
+        return Err(Error::Input(InputError::Config {
             name: "rank",
             requirement: format!("need 0 ≤ rank < world_size, got rank {rank} of world_size {world_size}"),
-        });
+        }));
     }
     let (base, extra) = (len / world_size, len % world_size);
     let start = rank * base + rank.min(extra);
@@ -41,7 +41,7 @@ impl DistributedSampler {
     /// A sampler over `len` pairs, `global_batch_pairs` per global micro-batch, for `rank` of `world_size`.
     ///
     /// # Errors
-    /// [`Error::Config`] when `len` or `global_batch_pairs` is 0, or `rank ≥ world_size`.
+    /// [`InputError::Config`](crate::InputError::Config) when `len` or `global_batch_pairs` is 0, or `rank ≥ world_size`.
     pub fn new(
         len: usize,
         global_batch_pairs: usize,

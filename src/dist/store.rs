@@ -18,7 +18,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use super::env::LaunchEnv;
-use crate::error::{DistStorePeer, Error, Result};
+use crate::error::{DistError, DistStorePeer, Error, Result};
 
 /// c10d's `QueryType::VALIDATE`.
 const QUERY_VALIDATE: u8 = 0;
@@ -162,7 +162,7 @@ fn quote(mut stream: TcpStream, first: &[u8]) -> Vec<u8> {
 /// without an answer are retried until the timeout, as libtorch's client does.
 ///
 /// # Errors
-/// [`Error::DistStore`] naming the address and what the peer did: [`DistStorePeer::Unreachable`] (no
+/// [`DistError::Store`](crate::DistError::Store) naming the address and what the peer did: [`DistStorePeer::Unreachable`] (no
 /// connection accepted), [`DistStorePeer::NeverAnswered`] (accepted, then silent until the timeout),
 /// [`DistStorePeer::OtherProtocol`] (bytes that are not the ping's echo; returned at once, quoting them),
 /// [`DistStorePeer::Closed`] (every connection closed without an answer), [`DistStorePeer::StoppedAnswering`]
@@ -170,13 +170,15 @@ fn quote(mut stream: TcpStream, first: &[u8]) -> Vec<u8> {
 pub(crate) fn probe(env: &LaunchEnv, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let addr = store_address(env);
-    let fail = |peer: DistStorePeer, detail: String| Error::DistStore {
-        rank: env.rank,
-        world_size: env.world_size,
-        addr: addr.clone(),
-        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-        peer,
-        detail,
+    let fail = |peer: DistStorePeer, detail: String| {
+        Error::Dist(DistError::Store {
+            rank: env.rank,
+            world_size: env.world_size,
+            addr: addr.clone(),
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            peer,
+            detail,
+        })
     };
     let (mut last_error, mut closed, mut attempts) = (String::new(), None, 0u32);
     while remaining(deadline).is_some() {

@@ -2,7 +2,7 @@
 //! no_grad), pass 2 (analytic gradients), and the surrogate that injects them into autograd.
 
 use super::head::LinearHead;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::logprobs::LogProbOptions;
 use crate::logprobs::{check_label_range, stats_given_lse, TokenStats};
 use crate::validate;
@@ -57,59 +57,59 @@ pub(crate) fn prepare(
     validate::same_device(weight_arg, weight, hidden_arg, hidden)?;
     let vocab = w_size[0];
     if w_size[1] != h {
-        return Err(Error::Shape {
+        return Err(Error::Input(InputError::Shape {
             arg: weight_arg,
             expected: format!("[V, H] with H = {h} matching the hidden states {size:?}"),
             got: w_size,
-        });
+        }));
     }
     if w_kind != kind {
-        return Err(Error::DType {
+        return Err(Error::Input(InputError::DType {
             arg: weight_arg,
             expected: "the hidden states' dtype",
             got: w_kind,
-        });
+        }));
     }
     if let Some(bias) = &head.bias {
         let b_kind = validate::float_tensor(bias_arg, bias)?;
         validate::same_device(bias_arg, bias, hidden_arg, hidden)?;
         if bias.size() != [vocab] {
-            return Err(Error::Shape {
+            return Err(Error::Input(InputError::Shape {
                 arg: bias_arg,
                 expected: format!("[V] = [{vocab}] matching the head weight"),
                 got: bias.size(),
-            });
+            }));
         }
         if b_kind != kind {
-            return Err(Error::DType {
+            return Err(Error::Input(InputError::DType {
                 arg: bias_arg,
                 expected: "the hidden states' dtype",
                 got: b_kind,
-            });
+            }));
         }
     }
     validate::int64_labels("labels", labels)?;
     if labels.size() != [rows, steps_full] {
-        return Err(Error::Shape {
+        return Err(Error::Input(InputError::Shape {
             arg: "labels",
             expected: format!("[R, T] = [{rows}, {steps_full}] matching the hidden states {size:?}"),
             got: labels.size(),
-        });
+        }));
     }
     validate::same_device("labels", labels, hidden_arg, hidden)?;
     let shift = i64::from(options.shift);
     let steps = steps_full - shift;
     if rows == 0 || steps <= 0 || h == 0 {
-        return Err(Error::EmptyBatch {
+        return Err(Error::Input(InputError::EmptyBatch {
             arg: hidden_arg,
             shape: size,
-        });
+        }));
     }
     if vocab == 0 {
-        return Err(Error::EmptyBatch {
+        return Err(Error::Input(InputError::EmptyBatch {
             arg: weight_arg,
             shape: w_size,
-        });
+        }));
     }
 
     // Position t of the hidden states scores label t + shift.

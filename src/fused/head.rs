@@ -81,7 +81,7 @@ impl LinearHead {
     /// Checks the scalar parts (tensor shapes are checked where the head is used).
     ///
     /// # Errors
-    /// [`crate::Error::InvalidParameter`] for a scale or soft-cap that is not finite and > 0.
+    /// [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) for a scale or soft-cap that is not finite and > 0.
     pub fn validate(&self) -> Result<()> {
         validate::positive_finite("logit_scale", self.logit_scale)?;
         if let Some(cap) = self.final_logit_softcap {

@@ -71,10 +71,10 @@ pub struct FusedLoss<T> {
 /// `options.token_stats` the result carries the per-row token statistics.
 ///
 /// # Errors
-/// [`crate::Error::Shape`] (ranks, `H` of hidden vs weight, labels vs hidden, bias), [`crate::Error::DType`],
-/// [`crate::Error::DeviceMismatch`], [`crate::Error::EmptyBatch`], [`crate::Error::InvalidParameter`]
-/// (options, head scale or soft-cap); with validation [`crate::Error::LabelOutOfRange`] and
-/// [`crate::Error::NonFinite`].
+/// [`InputError::Shape`](crate::InputError::Shape) (ranks, `H` of hidden vs weight, labels vs hidden, bias), [`InputError::DType`](crate::InputError::DType),
+/// [`InputError::DeviceMismatch`](crate::InputError::DeviceMismatch), [`InputError::EmptyBatch`](crate::InputError::EmptyBatch), [`InputError::InvalidParameter`](crate::InputError::InvalidParameter)
+/// (options, head scale or soft-cap); with validation [`InputError::LabelOutOfRange`](crate::InputError::LabelOutOfRange) and
+/// [`InputError::NonFinite`](crate::InputError::NonFinite).
 pub fn fused_sequence_logprobs(
     hidden: &Tensor,
     head: &LinearHead,
@@ -102,7 +102,7 @@ pub(crate) fn score(
     })
 }
 
-/// With `options.validate_inputs`, [`crate::Error::NonFinite`] for NaN / ±inf row sums.
+/// With `options.validate_inputs`, [`InputError::NonFinite`](crate::InputError::NonFinite) for NaN / ±inf row sums.
 fn check_finite(sums: &Tensor, options: &LogProbOptions, arg: &'static str) -> Result<()> {
     if options.validate_inputs {
         validate::all_finite(
@@ -124,7 +124,7 @@ fn check_finite(sums: &Tensor, options: &LogProbOptions, arg: &'static str) -> R
 /// `head.weight` and `head.bias` (each only if it requires grad and grad mode is on).
 ///
 /// # Errors
-/// Everything [`fused_sequence_logprobs`] returns, whatever `loss_fn` returns, and [`crate::Error::Shape`] if
+/// Everything [`fused_sequence_logprobs`] returns, whatever `loss_fn` returns, and [`InputError::Shape`](crate::InputError::Shape) if
 /// the loss is not a scalar.
 pub fn fused_loss<T, F>(
     hidden: &Tensor,

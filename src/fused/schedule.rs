@@ -5,7 +5,7 @@
 use super::engine::{self, Needs, Prepared, NAMES};
 use super::one_pass::{self, Grouping};
 use super::{check_finite, FusedLoss, LinearHead};
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::logprobs::{LogProbOptions, SequenceLogProbs, TokenStats};
 use tch::{Kind, Tensor};
 
@@ -245,11 +245,11 @@ pub(crate) fn grouped_loss<T>(
 
 fn check_scalar(loss: &Tensor) -> Result<()> {
     if !loss.size().is_empty() {
-        return Err(Error::Shape {
+        return Err(Error::Input(InputError::Shape {
             arg: "loss_fn result",
             expected: "a scalar (0-dim) loss".into(),
             got: loss.size(),
-        });
+        }));
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! and shape against what a model expects.
 
 use super::{GgmlType, GgufFile, TensorInfo};
-use crate::error::{Error, Result};
+use crate::error::{Error, ParameterMismatch, Result, ShapeMismatch, WeightsError};
 
 /// The types a weight matrix (2 or more dimensions) may be stored in for a model this crate loads: every
 /// type [`GgufFile::tensor`] dequantizes (F32, F16, BF16, F64, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
@@ -64,28 +64,30 @@ impl GgufFile {
     /// (aligned, inside the file, back to back with the other tensors) was checked by [`GgufFile::open`].
     ///
     /// # Errors
-    /// [`Error::MissingTensor`] if the file has no such tensor; [`Error::TensorShape`] for another shape;
-    /// [`Error::TensorType`] for a type not in `types`.
+    /// [`WeightsError::Parameters`] if the file has no such tensor or it has another shape;
+    /// [`WeightsError::TensorType`] for a type not in `types`.
     pub fn expect_tensor(&self, name: &str, shape: &[i64], types: &[GgmlType]) -> Result<&TensorInfo> {
         let file = || self.path.display().to_string();
-        let Some(&index) = self.by_name.get(name) else {
-            return Err(Error::MissingTensor {
-                name: name.to_string(),
-                file: file(),
-            });
+        let mismatch = match self.by_name.get(name) {
+            None => ParameterMismatch {
+                missing: vec![name.to_string()],
+                ..ParameterMismatch::default()
+            },
+            Some(&index) if self.tensors[index].shape != shape => ParameterMismatch {
+                mismatched: vec![ShapeMismatch {
+                    name: name.to_string(),
+                    expected: shape.to_vec(),
+                    got: self.tensors[index].shape.clone(),
+                }],
+                ..ParameterMismatch::default()
+            },
+            Some(_) => ParameterMismatch::default(),
         };
-        let info = &self.tensors[index];
-        if info.shape != shape {
-            return Err(Error::TensorShape {
-                name: name.to_string(),
-                file: file(),
-                expected: shape.to_vec(),
-                got: info.shape.clone(),
-            });
-        }
+        mismatch.into_result(&file(), "the expected tensors")?;
+        let info = &self.tensors[self.by_name[name]];
         if !types.contains(&info.ggml_type) {
             let expected = types.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ");
-            return Err(Error::TensorType {
+            return Err(Error::Weights(WeightsError::TensorType {
                 name: name.to_string(),
                 file: file(),
                 expected: if types.len() == 1 {
@@ -94,7 +96,7 @@ impl GgufFile {
                     format!("one of {expected}")
                 },
                 got: info.ggml_type.name().to_string(),
-            });
+            }));
         }
         Ok(info)
     }

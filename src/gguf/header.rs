@@ -1,7 +1,7 @@
 //! Header parsing: buffered reads with a position, bounds checks against the file size, typed errors.
 
 use super::{try_vec, GgufValue, GgufValueType, MAX_ARRAY_DEPTH};
-use crate::error::{Error, Result};
+use crate::error::{Error, GgufError, Result};
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
@@ -16,10 +16,10 @@ pub(super) struct HeaderReader<'a> {
 
 impl HeaderReader<'_> {
     pub(super) fn error(&self, reason: String) -> Error {
-        Error::Gguf {
+        Error::Gguf(GgufError::Invalid {
             path: self.path.display().to_string(),
             reason,
-        }
+        })
     }
 
     pub(super) fn remaining(&self) -> u64 {

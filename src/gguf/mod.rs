@@ -30,7 +30,7 @@
 //! # Types
 //! Dequantized: F32, F16, BF16, F64, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K
 //! ([`GgmlType::is_dequantizable`]). Files with other known ggml types open fine (their layout is checked)
-//! but asking for such a tensor returns [`Error::Gguf`] naming the type and the tensor. The arithmetic
+//! but asking for such a tensor returns [`GgufError::Invalid`] naming the type and the tensor. The arithmetic
 //! matches ggml's reference dequantization bit for bit (see `tests/gguf.rs`, which compares against the
 //! `gguf` Python package).
 //!
@@ -66,7 +66,7 @@ pub use types::{GgmlType, GgufValueType};
 pub use value::GgufValue;
 pub use write::{quantize, GgufWriter, GGUF_WRITE_VERSION, WRITABLE_TYPES};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, GgufError, Result};
 use header::HeaderReader;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -122,7 +122,7 @@ impl GgufFile {
     /// Opens `path` and reads its header: magic, version (2 or 3), metadata, tensor infos.
     ///
     /// # Errors
-    /// [`Error::Io`] if the file cannot be opened; [`Error::Gguf`] for a bad magic, an unsupported version
+    /// [`Error::Io`] if the file cannot be opened; [`GgufError::Invalid`] for a bad magic, an unsupported version
     /// (1, or a big-endian file), a truncated header, an unknown metadata value type or ggml tensor type
     /// id, counts or lengths that cannot fit in the file, a non-UTF-8 key, a duplicate key or tensor name,
     /// more than four dimensions, a row length that is not a multiple of the type's block size, an
@@ -324,10 +324,10 @@ impl GgufFile {
     }
 
     fn error(&self, reason: impl Into<String>) -> Error {
-        Error::Gguf {
+        Error::Gguf(GgufError::Invalid {
             path: self.path.display().to_string(),
             reason: reason.into(),
-        }
+        })
     }
 
     fn required(&self, key: &str) -> Result<&GgufValue> {
@@ -347,7 +347,7 @@ impl GgufFile {
     /// A metadata integer ≥ 0 of any width.
     ///
     /// # Errors
-    /// [`Error::Gguf`] if the key is missing or its value is not a non-negative integer.
+    /// [`GgufError::Invalid`] if the key is missing or its value is not a non-negative integer.
     pub fn get_u64(&self, key: &str) -> Result<u64> {
         let value = self.required(key)?;
         value
@@ -358,7 +358,7 @@ impl GgufFile {
     /// A metadata integer of any width that fits in `i64`.
     ///
     /// # Errors
-    /// [`Error::Gguf`] if the key is missing or its value is not such an integer.
+    /// [`GgufError::Invalid`] if the key is missing or its value is not such an integer.
     pub fn get_i64(&self, key: &str) -> Result<i64> {
         let value = self.required(key)?;
         value
@@ -369,7 +369,7 @@ impl GgufFile {
     /// A metadata number (float or integer) as `f64`.
     ///
     /// # Errors
-    /// [`Error::Gguf`] if the key is missing or its value is not a number.
+    /// [`GgufError::Invalid`] if the key is missing or its value is not a number.
     pub fn get_f64(&self, key: &str) -> Result<f64> {
         let value = self.required(key)?;
         value
@@ -380,7 +380,7 @@ impl GgufFile {
     /// A metadata `bool`.
     ///
     /// # Errors
-    /// [`Error::Gguf`] if the key is missing or its value is not a bool.
+    /// [`GgufError::Invalid`] if the key is missing or its value is not a bool.
     pub fn get_bool(&self, key: &str) -> Result<bool> {
         let value = self.required(key)?;
         value
@@ -391,7 +391,7 @@ impl GgufFile {
     /// A metadata string.
     ///
     /// # Errors
-    /// [`Error::Gguf`] if the key is missing or its value is not a string.
+    /// [`GgufError::Invalid`] if the key is missing or its value is not a string.
     pub fn get_str(&self, key: &str) -> Result<&str> {
         let value = self.required(key)?;
         value
@@ -402,7 +402,7 @@ impl GgufFile {
     /// A metadata array's elements.
     ///
     /// # Errors
-    /// [`Error::Gguf`] if the key is missing or its value is not an array.
+    /// [`GgufError::Invalid`] if the key is missing or its value is not an array.
     pub fn get_array(&self, key: &str) -> Result<&[GgufValue]> {
         let value = self.required(key)?;
         value
@@ -413,7 +413,7 @@ impl GgufFile {
     /// A metadata array of strings (e.g. `tokenizer.ggml.tokens`).
     ///
     /// # Errors
-    /// [`Error::Gguf`] if the key is missing or its value is not an array of strings.
+    /// [`GgufError::Invalid`] if the key is missing or its value is not an array of strings.
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>> {
         let value = self.required(key)?;
         value
@@ -426,7 +426,7 @@ impl GgufFile {
     /// with `as f32`.
     ///
     /// # Errors
-    /// [`Error::Gguf`] if the key is missing or its value is not an array of numbers.
+    /// [`GgufError::Invalid`] if the key is missing or its value is not an array of numbers.
     pub fn get_f32_array(&self, key: &str) -> Result<Vec<f32>> {
         let value = self.required(key)?;
         value
@@ -443,7 +443,7 @@ impl GgufFile {
     /// A metadata array of integers as `i64` (e.g. `tokenizer.ggml.token_type`).
     ///
     /// # Errors
-    /// [`Error::Gguf`] if the key is missing or its value is not an array of integers that fit in `i64`.
+    /// [`GgufError::Invalid`] if the key is missing or its value is not an array of integers that fit in `i64`.
     pub fn get_i64_array(&self, key: &str) -> Result<Vec<i64>> {
         let value = self.required(key)?;
         value

@@ -1,7 +1,7 @@
 //! Reading tensor data: bytes on demand, dequantized into tch tensors in chunks.
 
 use super::{dequant, try_vec, GgmlType, GgufFile, TensorInfo, CHUNK_ELEMENTS};
-use crate::error::{Error, Result};
+use crate::error::{Error, GgufError, InputError, Result};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use tch::{Device, Kind, Tensor};
@@ -10,7 +10,7 @@ impl GgufFile {
     /// The info of the tensor named `name`.
     ///
     /// # Errors
-    /// [`Error::Gguf`] if there is no such tensor; the message lists up to five tensor names that share the
+    /// [`GgufError::Invalid`] if there is no such tensor; the message lists up to five tensor names that share the
     /// longest prefix with `name`.
     pub fn tensor_info(&self, name: &str) -> Result<&TensorInfo> {
         match self.by_name.get(name) {
@@ -42,7 +42,7 @@ impl GgufFile {
     /// The raw bytes of a tensor's data, as stored (quantized blocks for a quantized type).
     ///
     /// # Errors
-    /// [`Error::Gguf`] if there is no such tensor or the file is now shorter than its header says;
+    /// [`GgufError::Invalid`] if there is no such tensor or the file is now shorter than its header says;
     /// [`Error::OutOfMemory`] if the [`TensorInfo::n_bytes`] bytes cannot be allocated; [`Error::Io`] if
     /// reading fails otherwise.
     pub fn tensor_bytes(&self, name: &str) -> Result<Vec<u8>> {
@@ -89,18 +89,18 @@ impl GgufFile {
     /// round-to-nearest-even for `BFloat16` / `Half`).
     ///
     /// # Errors
-    /// [`Error::DType`] if `kind` is not `Float`, `Double`, `Half` or `BFloat16`; [`Error::Gguf`] if there is
+    /// [`InputError::DType`] if `kind` is not `Float`, `Double`, `Half` or `BFloat16`; [`GgufError::Invalid`] if there is
     /// no such tensor, its type cannot be dequantized (`unsupported tensor type Q2_K (id 10) for tensor
     /// …`), or the file is now shorter than its header says; [`Error::Io`] if reading fails otherwise;
     /// [`Error::OutOfMemory`] if a chunk buffer cannot be allocated; [`Error::Torch`] if libtorch fails,
     /// e.g. cannot allocate the output (on the CPU: `DefaultCPUAllocator: can't allocate memory`).
     pub fn tensor(&self, name: &str, kind: Kind, device: Device) -> Result<Tensor> {
         if !matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
-            return Err(Error::DType {
+            return Err(Error::Input(InputError::DType {
                 arg: "kind",
                 expected: "Float, Double, Half or BFloat16",
                 got: kind,
-            });
+            }));
         }
         let info = self.tensor_info(name)?;
         self.check_dequantizable(info)?;
@@ -210,12 +210,14 @@ impl GgufFile {
 /// `bytes.len() / block_bytes · block_size` values.
 ///
 /// # Errors
-/// [`Error::Gguf`] (with path `<memory>`) if `ty` cannot be dequantized or `bytes` is not whole blocks;
+/// [`GgufError::Invalid`](crate::GgufError::Invalid) (with path `<memory>`) if `ty` cannot be dequantized or `bytes` is not whole blocks;
 /// [`Error::OutOfMemory`] if the result cannot be allocated.
 pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>> {
-    let error = |reason: String| Error::Gguf {
-        path: "<memory>".into(),
-        reason,
+    let error = |reason: String| {
+        Error::Gguf(GgufError::Invalid {
+            path: "<memory>".into(),
+            reason,
+        })
     };
     if !ty.is_dequantizable() {
         return Err(error(format!("unsupported tensor type {ty} (id {})", ty.id())));

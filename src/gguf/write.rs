@@ -27,7 +27,7 @@
 //! ```
 
 use super::{GgmlType, GgufValue, DEFAULT_ALIGNMENT, GGUF_MAGIC};
-use crate::error::{Error, Result};
+use crate::error::{Error, GgufError, InputError, Result};
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -45,17 +45,17 @@ const MAX_DIMS: usize = 4;
 pub const WRITABLE_TYPES: [GgmlType; 4] = [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0];
 
 fn gguf_error(path: &Path, reason: impl Into<String>) -> Error {
-    Error::Gguf {
+    Error::Gguf(GgufError::Invalid {
         path: path.display().to_string(),
         reason: reason.into(),
-    }
+    })
 }
 
 fn memory_error(reason: impl Into<String>) -> Error {
-    Error::Gguf {
+    Error::Gguf(GgufError::Invalid {
         path: "<writer>".into(),
         reason: reason.into(),
-    }
+    })
 }
 
 /// IEEE single → half precision, round to nearest with ties to even. Overflow gives ±inf, NaN a quiet NaN
@@ -117,7 +117,7 @@ pub(crate) fn f32_to_bf16(x: f32) -> u16 {
 ///   `q = round(x · (1 / d))` (half away from zero) as `i8`; a block of zeros has `d = 0`, `q = 0`.
 ///
 /// # Errors
-/// [`Error::Gguf`] (path `<writer>`) if `ty` is not F32, F16, BF16 or Q8_0, if `values.len()` is not a
+/// [`GgufError::Invalid`](crate::GgufError::Invalid) (path `<writer>`) if `ty` is not F32, F16, BF16 or Q8_0, if `values.len()` is not a
 /// multiple of the block size (32 for Q8_0), if a finite value does not fit the type (F16 beyond ±65504
 /// after rounding, BF16 beyond its range), or if a Q8_0 block holds NaN or ±inf; the message gives the
 /// index of the first offending value.
@@ -284,7 +284,7 @@ impl GgufWriter {
     /// Adds one metadata entry. `general.alignment` also sets the file's alignment.
     ///
     /// # Errors
-    /// [`Error::Gguf`] (path `<writer>`) for an empty or duplicate key, an array element whose type differs
+    /// [`GgufError::Invalid`](crate::GgufError::Invalid) (path `<writer>`) for an empty or duplicate key, an array element whose type differs
     /// from the array's declared element type, or a `general.alignment` that is not a `u32` power of two
     /// (what ggml accepts) or is added after a tensor.
     pub fn add_metadata(&mut self, key: impl Into<String>, value: GgufValue) -> Result<()> {
@@ -359,7 +359,7 @@ impl GgufWriter {
     /// by [`quantize`]'s rules.
     ///
     /// # Errors
-    /// [`Error::DType`] if `tensor` is not `Float`, `Double`, `Half` or `BFloat16`; [`Error::Gguf`] (path
+    /// [`InputError::DType`](crate::InputError::DType) if `tensor` is not `Float`, `Double`, `Half` or `BFloat16`; [`GgufError::Invalid`](crate::GgufError::Invalid) (path
     /// `<writer>`) for a type that cannot be written, an empty or duplicate name, 0 or more than 4
     /// dimensions, a dimension < 1, or a last dimension that is not a multiple of the type's block size
     /// (32 for Q8_0).
@@ -372,11 +372,11 @@ impl GgufWriter {
         }
         let kind = tensor.f_kind()?;
         if !matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
-            return Err(Error::DType {
+            return Err(Error::Input(InputError::DType {
                 arg: "tensor",
                 expected: "Float, Double, Half or BFloat16",
                 got: kind,
-            });
+            }));
         }
         let shape = tensor.size();
         let (n_elements, n_bytes) = self.check_tensor(&name, &shape, ty)?;
@@ -396,7 +396,7 @@ impl GgufWriter {
     /// file with [`GgufFile::tensor_bytes`](super::GgufFile::tensor_bytes)); `shape` is in PyTorch order.
     ///
     /// # Errors
-    /// [`Error::Gguf`] (path `<writer>`) for an empty or duplicate name, a bad shape (as
+    /// [`GgufError::Invalid`](crate::GgufError::Invalid) (path `<writer>`) for an empty or duplicate name, a bad shape (as
     /// [`GgufWriter::add_tensor`]), or `bytes` of another length than the shape needs.
     pub fn add_raw_tensor(
         &mut self,
@@ -430,9 +430,9 @@ impl GgufWriter {
     /// temporary after a failure). Returns the file's size in bytes.
     ///
     /// # Errors
-    /// [`Error::InvalidPath`] before anything is written if `path` is empty, its folder does not exist or
+    /// [`InputError::InvalidPath`](crate::InputError::InvalidPath) before anything is written if `path` is empty, its folder does not exist or
     /// it is a directory; [`Error::Io`] if the file cannot be created, written, fsynced or renamed;
-    /// [`Error::Gguf`] naming the tensor and index if a value cannot be encoded (see [`quantize`]) or a
+    /// [`GgufError::Invalid`](crate::GgufError::Invalid) naming the tensor and index if a value cannot be encoded (see [`quantize`]) or a
     /// tensor's element count changed since it was added; [`Error::Torch`] if reading a tensor fails.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<u64> {
         let path = path.as_ref();

@@ -2,7 +2,7 @@
 //! [module docs](super)).
 
 use super::{LogProbOptions, SequenceLogProbs, TokenLogProbs, TokenStats};
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::validate;
 use tch::{Kind, Tensor};
 
@@ -17,13 +17,13 @@ use tch::{Kind, Tensor};
 /// the bool mask. Gradients flow to `logits`.
 ///
 /// # Errors
-/// - [`Error::Shape`]: logits not rank 3, labels not `[B, T]` matching the logits.
-/// - [`Error::DType`]: logits not floating point, labels not i64.
-/// - [`Error::DeviceMismatch`]: labels and logits on different devices.
-/// - [`Error::EmptyBatch`]: `B`, `T'` or `V` is zero.
-/// - [`Error::InvalidParameter`]: `chunk_bytes == 0`.
-/// - with `validate_inputs`: [`Error::LabelOutOfRange`] for a label outside `[0, V)` that is not the ignore index;
-///   [`Error::NonFinite`] if a scored position's log-prob is not finite (NaN or +inf anywhere in that row of
+/// - [`InputError::Shape`](crate::InputError::Shape): logits not rank 3, labels not `[B, T]` matching the logits.
+/// - [`InputError::DType`](crate::InputError::DType): logits not floating point, labels not i64.
+/// - [`InputError::DeviceMismatch`](crate::InputError::DeviceMismatch): labels and logits on different devices.
+/// - [`InputError::EmptyBatch`](crate::InputError::EmptyBatch): `B`, `T'` or `V` is zero.
+/// - [`InputError::InvalidParameter`](crate::InputError::InvalidParameter): `chunk_bytes == 0`.
+/// - with `validate_inputs`: [`InputError::LabelOutOfRange`](crate::InputError::LabelOutOfRange) for a label outside `[0, V)` that is not the ignore index;
+///   [`InputError::NonFinite`](crate::InputError::NonFinite) if a scored position's log-prob is not finite (NaN or +inf anywhere in that row of
 ///   logits, or −inf at the target). Rows whose label is ignored may hold anything: they do not affect the
 ///   result.
 pub fn token_logprobs(logits: &Tensor, labels: &Tensor, options: &LogProbOptions) -> Result<TokenLogProbs> {
@@ -33,20 +33,20 @@ pub fn token_logprobs(logits: &Tensor, labels: &Tensor, options: &LogProbOptions
     validate::int64_labels("labels", labels)?;
     let label_size = labels.size();
     if label_size != [b, t] {
-        return Err(Error::Shape {
+        return Err(Error::Input(InputError::Shape {
             arg: "labels",
             expected: format!("[B, T] = [{b}, {t}] matching logits {size:?}"),
             got: label_size,
-        });
+        }));
     }
     validate::same_device("labels", labels, "logits", logits)?;
     options.validate()?;
     let steps = if options.shift { t - 1 } else { t };
     if b == 0 || steps <= 0 || v == 0 {
-        return Err(Error::EmptyBatch {
+        return Err(Error::Input(InputError::EmptyBatch {
             arg: "logits",
             shape: size,
-        });
+        }));
     }
 
     let full_logits = logits;
@@ -110,11 +110,11 @@ pub fn token_logprobs(logits: &Tensor, labels: &Tensor, options: &LogProbOptions
             .f_sum(Kind::Int64)?
             .f_int64_value(&[])?;
         if bad > 0 {
-            return Err(Error::NonFinite {
+            return Err(Error::Input(InputError::NonFinite {
                 arg: "logits",
                 count: bad,
                 location: "in rows with a scored label (NaN/+inf in the row or −inf at the target)",
-            });
+            }));
         }
     }
     let stats = if stats_on {
@@ -401,13 +401,13 @@ pub(crate) fn check_label_range(
         let size = labels.size();
         let (row, col) = (position / size[1], position % size[1]);
         let value = labels.f_int64_value(&[row, col])?;
-        return Err(Error::LabelOutOfRange {
+        return Err(Error::Input(InputError::LabelOutOfRange {
             arg: "labels",
             value,
             position: row * full_len + col + col_offset,
             vocab,
             ignore_index,
-        });
+        }));
     }
     Ok(())
 }

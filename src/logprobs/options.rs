@@ -1,6 +1,6 @@
 //! [`LogProbOptions`]: how labels are read and checked, and the chunk budgets of the logits and fused paths.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 
 /// The ignore index used by PyTorch, Hugging Face and TRL: positions with this label are not scored.
 pub const DEFAULT_IGNORE_INDEX: i64 = -100;
@@ -100,18 +100,18 @@ impl LogProbOptions {
     /// Checks the options.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] for `chunk_bytes == 0` or `fused_chunk_bytes == 0`.
+    /// [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) for `chunk_bytes == 0` or `fused_chunk_bytes == 0`.
     pub fn validate(&self) -> Result<()> {
         for (name, value) in [
             ("chunk_bytes", self.chunk_bytes),
             ("fused_chunk_bytes", self.fused_chunk_bytes),
         ] {
             if value == 0 {
-                return Err(Error::InvalidParameter {
+                return Err(Error::Input(InputError::InvalidParameter {
                     name,
-                    value: 0.0,
+                    value: value.into(),
                     requirement: "must be > 0",
-                });
+                }));
             }
         }
         Ok(())

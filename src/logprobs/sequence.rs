@@ -1,6 +1,6 @@
 //! The result types: per-token log-probs, per-sequence sums and counts, token statistics.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::validate;
 use tch::{Kind, Tensor};
 
@@ -75,14 +75,14 @@ pub(crate) fn split_rows(arg: &'static str, t: &Tensor) -> Result<(Tensor, Tenso
     let size = t.size();
     let n = size.first().copied().unwrap_or(0);
     if n == 0 {
-        return Err(Error::EmptyBatch { arg, shape: size });
+        return Err(Error::Input(InputError::EmptyBatch { arg, shape: size }));
     }
     if n % 2 != 0 {
-        return Err(Error::Shape {
+        return Err(Error::Input(InputError::Shape {
             arg,
             expected: "an even number of rows [2B]: B chosen rows followed by B rejected rows".into(),
             got: size,
-        });
+        }));
     }
     let b = n / 2;
     Ok((t.f_narrow(0, 0, b)?, t.f_narrow(0, b, b)?))
@@ -92,8 +92,8 @@ impl SequenceLogProbs {
     /// Wraps precomputed per-sequence sums `[R]` (float) and token counts `[R]` (any integer or float dtype).
     ///
     /// # Errors
-    /// [`Error::Shape`] / [`Error::BatchMismatch`] / [`Error::EmptyBatch`] for shapes, [`Error::DType`] if
-    /// `sum` is not floating point, [`Error::DeviceMismatch`] if they live on different devices.
+    /// [`InputError::Shape`](crate::InputError::Shape) / [`InputError::BatchMismatch`](crate::InputError::BatchMismatch) / [`InputError::EmptyBatch`](crate::InputError::EmptyBatch) for shapes, [`InputError::DType`](crate::InputError::DType) if
+    /// `sum` is not floating point, [`InputError::DeviceMismatch`](crate::InputError::DeviceMismatch) if they live on different devices.
     pub fn new(sum: Tensor, count: Tensor) -> Result<Self> {
         validate::float_tensor("sum", &sum)?;
         let b = validate::per_pair("sum", &sum, "sum", None)?;
@@ -120,7 +120,7 @@ impl SequenceLogProbs {
     /// `[R]` mean log-probability per scored token, `sum / count`.
     ///
     /// # Errors
-    /// With `validate_inputs`, [`Error::NoValidTokens`] if a sequence has no scored token (its mean is
+    /// With `validate_inputs`, [`InputError::NoValidTokens`](crate::InputError::NoValidTokens) if a sequence has no scored token (its mean is
     /// undefined).
     pub fn mean(&self, validate_inputs: bool) -> Result<Tensor> {
         if validate_inputs {
@@ -134,7 +134,7 @@ impl SequenceLogProbs {
     /// forward pass) into `(chosen [B], rejected [B])`.
     ///
     /// # Errors
-    /// [`Error::Shape`] if the number of rows is odd, [`Error::EmptyBatch`] if it is zero.
+    /// [`InputError::Shape`](crate::InputError::Shape) if the number of rows is odd, [`InputError::EmptyBatch`](crate::InputError::EmptyBatch) if it is zero.
     pub fn split_pairs(&self) -> Result<(SequenceLogProbs, SequenceLogProbs)> {
         let (sum_c, sum_r) = split_rows("policy.sum", &self.sum)?;
         let (count_c, count_r) = split_rows("policy.count", &self.count)?;

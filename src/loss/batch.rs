@@ -26,7 +26,7 @@ impl GlobalBatch {
     /// Checks both totals.
     ///
     /// # Errors
-    /// [`crate::Error::InvalidParameter`] if a total is not finite and > 0.
+    /// [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) if a total is not finite and > 0.
     pub fn validate(&self) -> Result<()> {
         validate::positive_finite("global.pairs", self.pairs)?;
         validate::positive_finite("global.chosen_tokens", self.chosen_tokens)

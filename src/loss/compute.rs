@@ -23,13 +23,13 @@ use tch::Tensor;
 ///
 /// # Errors
 /// The objective's [`Objective::validate`] and [`Objective::check_inputs`];
-/// [`crate::Error::InvalidParameter`] for the options or a non-positive global total;
-/// [`crate::Error::Config`] for a reference at the log-prob level given as logits or hidden states (no labels
-/// to score it) or any reference to an SFT objective; [`crate::Error::Shape`] for an odd row count of a
+/// [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) for the options or a non-positive global total;
+/// [`InputError::Config`](crate::InputError::Config) for a reference at the log-prob level given as logits or hidden states (no labels
+/// to score it) or any reference to an SFT objective; [`InputError::Shape`](crate::InputError::Shape) for an odd row count of a
 /// preference objective, reference inputs whose shapes disagree with the policy's, a reference head with
-/// another vocabulary; [`crate::Error::BatchMismatch`], [`crate::Error::EmptyBatch`], [`crate::Error::DType`],
-/// [`crate::Error::DeviceMismatch`] for inputs; everything [`crate::sequence_logprobs`] and
-/// [`crate::fused_sequence_logprobs`] return; with `validate_inputs`, [`crate::Error::NonFinite`] for NaN /
+/// another vocabulary; [`InputError::BatchMismatch`](crate::InputError::BatchMismatch), [`InputError::EmptyBatch`](crate::InputError::EmptyBatch), [`InputError::DType`](crate::InputError::DType),
+/// [`InputError::DeviceMismatch`](crate::InputError::DeviceMismatch) for inputs; everything [`crate::sequence_logprobs`] and
+/// [`crate::fused_sequence_logprobs`] return; with `validate_inputs`, [`InputError::NonFinite`](crate::InputError::NonFinite) for NaN /
 /// ±inf policy or reference log-probs.
 pub fn compute_loss<O: Objective>(objective: &O, batch: &LossBatch<'_>) -> Result<O::Output> {
     compute_loss_with(objective, batch, WeightGrad::Surrogate)

@@ -28,7 +28,7 @@
 //! reduced loss is the mean over pairs, or `Σ_i loss_i / N` with an explicit global pair count `N`
 //! ([`crate::GlobalBatch`]) for gradient accumulation.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::logprobs::split_rows;
 use crate::loss::metrics::PreferenceMetrics;
 use crate::loss::objective::{reduce_pairs, Accumulator, Pairs};
@@ -126,8 +126,8 @@ impl DpoLoss {
     /// as in TRL).
     ///
     /// # Errors
-    /// [`Error::Config`] for an unknown name (or `"sft"`, which is not a DPO loss: use
-    /// [`crate::RpoConfig::from_trl`]) or a weight list of another length; [`Error::InvalidParameter`] for
+    /// [`InputError::Config`] for an unknown name (or `"sft"`, which is not a DPO loss: use
+    /// [`crate::RpoConfig::from_trl`]) or a weight list of another length; [`InputError::InvalidParameter`] for
     /// a non-finite weight.
     pub fn parse_weighted(loss_type: &[&str], loss_weights: Option<&[f64]>) -> Result<Vec<(DpoLoss, f64)>> {
         let weights = trl_weights(loss_type.len(), loss_weights)?;
@@ -142,10 +142,10 @@ impl DpoLoss {
 /// TRL's `loss_weights` for `n` loss types: all 1 when absent.
 pub(crate) fn trl_weights(n: usize, loss_weights: Option<&[f64]>) -> Result<Vec<f64>> {
     if n == 0 {
-        return Err(Error::Config {
+        return Err(Error::Input(InputError::Config {
             name: "loss_type",
             requirement: "at least one loss type is needed".into(),
-        });
+        }));
     }
     match loss_weights {
         None => Ok(vec![1.0; n]),
@@ -155,10 +155,10 @@ pub(crate) fn trl_weights(n: usize, loss_weights: Option<&[f64]>) -> Result<Vec<
             }
             Ok(w.to_vec())
         }
-        Some(w) => Err(Error::Config {
+        Some(w) => Err(Error::Input(InputError::Config {
             name: "loss_weights",
             requirement: format!("needs one weight per loss type: {n} types, {} weights", w.len()),
-        }),
+        })),
     }
 }
 
@@ -188,10 +188,10 @@ impl FromStr for DpoLoss {
                 DpoLoss::ALL.map(DpoLoss::name).join(", ")
             ),
         };
-        Err(Error::Config {
+        Err(Error::Input(InputError::Config {
             name: "loss_type",
             requirement,
-        })
+        }))
     }
 }
 
@@ -255,70 +255,70 @@ impl DpoConfig {
     /// Checks every field.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] for β ≤ 0 or non-finite, ε outside `[0, 0.5)`, τ ≤ 0, a non-finite δ,
+    /// [`InputError::InvalidParameter`] for β ≤ 0 or non-finite, ε outside `[0, 0.5)`, τ ≤ 0, a non-finite δ,
     /// an empty loss list, a non-finite weight, β below [`MIN_QUADRATIC_BETA`] with `ipo` / `sppo_hard`;
-    /// [`Error::Config`] where TRL's semantics differ from a naive reading: `sigmoid` with ε > 0 (TRL
+    /// [`InputError::Config`] where TRL's semantics differ from a naive reading: `sigmoid` with ε > 0 (TRL
     /// ignores ε; use `cdpo`), `exo_pair` with ε = 0 (TRL refuses it), ε > 0 with no variant that reads it.
     /// `cdpo` with ε = 0 is accepted (it is `sigmoid`).
     pub fn validate(&self) -> Result<()> {
         validate::positive_finite("beta", self.beta)?;
         if !(0.0..0.5).contains(&self.label_smoothing) {
-            return Err(Error::InvalidParameter {
+            return Err(Error::Input(InputError::InvalidParameter {
                 name: "label_smoothing",
-                value: self.label_smoothing,
+                value: self.label_smoothing.into(),
                 requirement: "must lie in [0, 0.5)",
-            });
+            }));
         }
         validate::positive_finite("discopop_tau", self.discopop_tau)?;
         validate::finite("bco_delta", self.bco_delta)?;
         if self.losses.is_empty() {
-            return Err(Error::InvalidParameter {
+            return Err(Error::Input(InputError::InvalidParameter {
                 name: "losses",
-                value: 0.0,
+                value: "[]".into(),
                 requirement: "at least one (variant, weight) pair is needed",
-            });
+            }));
         }
         let eps = self.label_smoothing;
         for &(variant, w) in &self.losses {
             validate::finite("losses[].weight", w)?;
             match variant {
                 DpoLoss::Sigmoid if eps > 0.0 => {
-                    return Err(Error::Config {
+                    return Err(Error::Input(InputError::Config {
                         name: "label_smoothing",
                         requirement: format!(
                             "{eps} with `sigmoid`: TRL's sigmoid ignores label_smoothing, a smoothed sigmoid \
                              is conservative DPO — use DpoLoss::Cdpo (`cdpo`) for it, or set label_smoothing = 0"
                         ),
-                    });
+                    }));
                 }
                 DpoLoss::ExoPair if eps == 0.0 => {
-                    return Err(Error::Config {
+                    return Err(Error::Input(InputError::Config {
                         name: "label_smoothing",
                         requirement:
                             "`exo_pair` needs label_smoothing > 0 (its loss has log ε); TRL refuses 0 \
                                       too and suggests 1e-3"
                                 .into(),
-                    });
+                    }));
                 }
                 DpoLoss::Ipo | DpoLoss::SppoHard if self.beta < MIN_QUADRATIC_BETA => {
-                    return Err(Error::InvalidParameter {
+                    return Err(Error::Input(InputError::InvalidParameter {
                         name: "beta",
-                        value: self.beta,
+                        value: self.beta.into(),
                         requirement: "must be >= 1e-19 for `ipo` / `sppo_hard`: their target 1/(2β) squared \
                                       overflows f32 below that",
-                    });
+                    }));
                 }
                 _ => {}
             }
         }
         if eps > 0.0 && !self.losses.iter().any(|(l, _)| l.uses_label_smoothing()) {
-            return Err(Error::Config {
+            return Err(Error::Input(InputError::Config {
                 name: "label_smoothing",
                 requirement: format!(
                     "{eps} but no configured loss reads it (only cdpo, robust and exo_pair do): it would be \
                      silently ignored"
                 ),
-            });
+            }));
         }
         Ok(())
     }
@@ -351,9 +351,9 @@ impl DpoOutput {
 /// dtype of the policy sums; reference sums are converted to it).
 ///
 /// # Errors
-/// [`DpoConfig::validate`] ([`Error::InvalidParameter`] / [`Error::Config`]); with `validate_inputs`
-/// ([`Objective::check_inputs`]) [`Error::NoValidTokens`] for a response with no token under a
-/// length-normalized variant; [`Error::InvalidParameter`] for a non-positive global pair count.
+/// [`DpoConfig::validate`] ([`InputError::InvalidParameter`](crate::InputError::InvalidParameter) / [`InputError::Config`](crate::InputError::Config)); with `validate_inputs`
+/// ([`Objective::check_inputs`]) [`InputError::NoValidTokens`](crate::InputError::NoValidTokens) for a response with no token under a
+/// length-normalized variant; [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) for a non-positive global pair count.
 impl Objective for DpoConfig {
     type Output = DpoOutput;
 
@@ -506,17 +506,18 @@ fn per_pair_loss(config: &DpoConfig, p: &Pairs) -> Result<Tensor> {
             loss.f_mul_scalar(weight)?
         })?;
     }
-    total.into_inner().ok_or(Error::InvalidParameter {
-        name: "losses",
-        value: 0.0,
-        requirement: "at least one (variant, weight) pair is needed",
-    })
+    total
+        .into_inner()
+        .ok_or(Error::Input(InputError::InvalidParameter {
+            name: "losses",
+            value: "[]".into(),
+            requirement: "at least one (variant, weight) pair is needed",
+        }))
 }
 
 /// The normalized margin is computed whenever a length-normalized variant is configured.
 fn unreachable_norm() -> Result<Tensor> {
-    Err(Error::Config {
-        name: "losses",
-        requirement: "internal: a length-normalized variant without its normalized margin".into(),
+    Err(Error::Internal {
+        what: "a length-normalized DPO variant without its normalized margin".into(),
     })
 }

@@ -1,6 +1,6 @@
 //! The loss trait every objective implements, and the per-sequence quantities it is a function of.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::logprobs::{split_rows, SequenceLogProbs};
 use crate::loss::GlobalBatch;
 use crate::validate;
@@ -149,13 +149,13 @@ impl Pairs {
     }
 }
 
-/// [`Error::Config`] for a reference given to a [`RowLayout::Rows`] objective.
+/// [`InputError::Config`](crate::InputError::Config) for a reference given to a [`RowLayout::Rows`] objective.
 pub(crate) fn rows_reference_error(reference: &crate::Reference<'_>) -> Error {
-    Error::Config {
+    Error::Input(InputError::Config {
         name: "reference",
         requirement: format!(
             "the SFT loss uses no reference; pass Reference::Free (got {})",
             reference.name()
         ),
-    }
+    })
 }

@@ -1,6 +1,6 @@
 //! The reference policy of the pair losses, one type for every level.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::fused::{self, engine, LinearHead};
 use crate::logprobs::{sequence_logprobs, LogProbOptions};
 use crate::validate;
@@ -20,7 +20,7 @@ use tch::Tensor;
 /// | [`Reference::Free`] | every loss |
 ///
 /// The log-prob level ([`crate::LossBatch::log_probs`]) has no labels: it refuses `Logits` and `Hidden` with
-/// [`Error::Config`]; score them first ([`crate::sequence_logprobs`], [`crate::fused_sequence_logprobs`]) and
+/// [`InputError::Config`](crate::InputError::Config); score them first ([`crate::sequence_logprobs`], [`crate::fused_sequence_logprobs`]) and
 /// pass `LogProbs`. SFT objectives take no reference (`Free` only). The reference is resolved once per call.
 #[derive(Debug, Clone, Copy)]
 pub enum Reference<'a> {
@@ -59,14 +59,14 @@ impl Reference<'_> {
         match *self {
             Reference::LogProbs(sums) => Ok(Some(check_sums(sums, rows, policy)?)),
             Reference::Free => Ok(None),
-            Reference::Logits(_) | Reference::Hidden { .. } => Err(Error::Config {
+            Reference::Logits(_) | Reference::Hidden { .. } => Err(Error::Input(InputError::Config {
                 name: "reference",
                 requirement: format!(
                     "{} needs labels to be scored: use a logits or hidden-state LossBatch, or score it with \
                      sequence_logprobs / fused_sequence_logprobs and pass Reference::LogProbs",
                     self.name()
                 ),
-            }),
+            })),
         }
     }
 
@@ -92,7 +92,7 @@ impl Reference<'_> {
                     None => vocab_ok && size[..2] == labels.size()[..],
                 };
                 if !shape_ok {
-                    return Err(Error::Shape {
+                    return Err(Error::Input(InputError::Shape {
                         arg: "reference logits",
                         expected: match policy_logits_shape {
                             Some(shape) => format!("the policy logits' shape {shape:?}"),
@@ -102,7 +102,7 @@ impl Reference<'_> {
                             ),
                         },
                         got: size,
-                    });
+                    }));
                 }
                 validate::same_device("reference logits", logits, "labels", labels)?;
                 let sums = tch::no_grad(|| sequence_logprobs(logits, labels, options))?.sum;
@@ -110,14 +110,14 @@ impl Reference<'_> {
             }
             Reference::Hidden { hidden, head } => {
                 if head.vocab() != policy_vocab {
-                    return Err(Error::Shape {
+                    return Err(Error::Input(InputError::Shape {
                         arg: "reference.weight",
                         expected: format!(
                             "[V, H_ref] with the policy's vocabulary V = {policy_vocab}: log-probs over different \
                              vocabularies are not comparable"
                         ),
                         got: head.weight.size(),
-                    });
+                    }));
                 }
                 let sums = fused::score(hidden, head, labels, options, engine::REF_NAMES)?.sum;
                 Ok(Some(sums))

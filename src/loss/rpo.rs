@@ -24,7 +24,7 @@
 //! summed NLL of a 300-token response weighs like 0.015 on its token mean; OpenRLHF's 0.2 on a
 //! sequence mean is a much stronger regularizer than the paper's main setting. Convert, don't copy.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::loss::dpo::{dpo_from_pairs, trl_weights, DpoConfig, DpoLoss, DpoOutput};
 use crate::loss::objective::Pairs;
 use crate::loss::sft::{check_targets, sft_of, SftConfig, SftNormalization, SftOutput};
@@ -118,7 +118,7 @@ impl RpoConfig {
     /// `["exo_pair", "sft"]` with ε = 1e-3 is one call.
     ///
     /// # Errors
-    /// As [`DpoLoss::parse_weighted`]; [`Error::Config`] for `"sft"` listed twice. ε itself is checked with
+    /// As [`DpoLoss::parse_weighted`]; [`InputError::Config`] for `"sft"` listed twice. ε itself is checked with
     /// the rest of the configuration by [`RpoConfig::validate`] (when the loss runs).
     pub fn from_trl(
         beta: f64,
@@ -132,10 +132,10 @@ impl RpoConfig {
         for (name, w) in loss_type.iter().zip(weights) {
             if *name == "sft" {
                 if sft.replace(w).is_some() {
-                    return Err(Error::Config {
+                    return Err(Error::Input(InputError::Config {
                         name: "loss_type",
                         requirement: "`sft` is listed twice".into(),
-                    });
+                    }));
                 }
             } else {
                 losses.push((name.parse::<DpoLoss>()?, w));
@@ -184,7 +184,7 @@ impl RpoConfig {
     /// The SFT coefficient `c` (η·β or the absolute weight).
     ///
     /// # Errors
-    /// [`crate::Error::InvalidParameter`] if η or the weight is negative or non-finite.
+    /// [`InputError::InvalidParameter`] if η or the weight is negative or non-finite.
     pub fn coefficient(&self) -> Result<f64> {
         match self.sft_weight {
             SftWeight::EtaBeta { eta } => {
@@ -228,11 +228,11 @@ impl RpoConfig {
 fn non_negative(name: &'static str, v: f64) -> Result<()> {
     validate::finite(name, v)?;
     if v < 0.0 {
-        return Err(Error::InvalidParameter {
+        return Err(Error::Input(InputError::InvalidParameter {
             name,
-            value: v,
+            value: v.into(),
             requirement: "must be >= 0",
-        });
+        }));
     }
     Ok(())
 }
@@ -278,7 +278,7 @@ impl RpoOutput {
 /// (see the [module docs](self)).
 ///
 /// # Errors
-/// Everything the [`DpoConfig`] and [`SftConfig`] objectives return; [`Error::InvalidParameter`] for a
+/// Everything the [`DpoConfig`] and [`SftConfig`] objectives return; [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) for a
 /// negative η or weight.
 impl Objective for RpoConfig {
     type Output = RpoOutput;

@@ -13,7 +13,7 @@
 //! The same coefficient means very different things under different normalizations: a summed NLL over a
 //! 300-token response is ~300× the token mean. Compare coefficients only within one normalization.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::logprobs::SequenceLogProbs;
 use crate::loss::objective::reduce_pairs;
 use crate::loss::{GlobalBatch, Objective, RowLayout, Sequences};
@@ -96,8 +96,8 @@ impl SftOutput {
 /// The SFT loss (NLL of the target rows `sum [B]`, `count [B]`).
 ///
 /// # Errors
-/// [`Error::InvalidParameter`] for a non-positive or non-finite global total; with `validate_inputs`
-/// ([`Objective::check_inputs`]), [`Error::NoValidTokens`] when `SequenceMean` meets a sequence with no
+/// [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) for a non-positive or non-finite global total; with `validate_inputs`
+/// ([`Objective::check_inputs`]), [`InputError::NoValidTokens`](crate::InputError::NoValidTokens) when `SequenceMean` meets a sequence with no
 /// token, or `TokenMean` a batch with no token (and no global token count).
 impl Objective for SftConfig {
     type Output = SftOutput;
@@ -141,11 +141,11 @@ pub(crate) fn check_targets(
         ),
         (SftNormalization::TokenMean, None) => {
             if chosen.count.f_sum(Kind::Int64)?.f_int64_value(&[])? <= 0 {
-                return Err(Error::NoValidTokens {
+                return Err(Error::Input(InputError::NoValidTokens {
                     arg: "chosen.count",
                     index: 0,
                     reduction: "the token-mean SFT normalization (no sequence of the batch has one)",
-                });
+                }));
             }
             Ok(())
         }

@@ -1,6 +1,6 @@
 //! [`RpoTrainerBuilder`]: an [`RpoTrainer`] set up one TRL-named setting at a time.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::logprobs::LogProbOptions;
 use crate::loss::dpo::DpoLoss;
 use crate::loss::rpo::{RpoConfig, SftWeight};
@@ -291,25 +291,25 @@ impl<M: PolicyModel> RpoTrainerBuilder<M> {
     /// The trainer, resumed if asked.
     ///
     /// # Errors
-    /// The first setter error (an unknown loss name); [`Error::Config`] if no reference was given, or
+    /// The first setter error (an unknown loss name); [`InputError::Config`] if no reference was given, or
     /// `resume(true)` without a checkpoint directory; as [`RpoTrainer::new`],
     /// [`RpoTrainer::set_collective`] and [`RpoTrainer::resume_latest`].
     pub fn build(self) -> Result<RpoTrainer<M>> {
         if let Some(error) = self.error {
             return Err(error);
         }
-        let reference = self.reference.ok_or_else(|| Error::Config {
+        let reference = self.reference.ok_or_else(|| Error::Input(InputError::Config {
             name: "reference",
             requirement: "give one: ref_model(model), reference(ReferenceSource::Model(model)), \
                           reference(ReferenceSource::InitialPolicy), reference(ReferenceSource::Cached(cache)) \
                           or reference(ReferenceSource::Free)"
                 .to_string(),
-        })?;
+        }))?;
         if self.resume && self.config.checkpoint_dir.is_none() {
-            return Err(Error::Config {
+            return Err(Error::Input(InputError::Config {
                 name: "resume",
                 requirement: "resume(true) needs a checkpoint_dir".to_string(),
-            });
+            }));
         }
         let mut trainer = RpoTrainer::new(self.model, reference, self.config)?;
         if self.collective.is_distributed() {

@@ -27,11 +27,11 @@
 //!
 //! # Integrity
 //! [`load`] refuses a checkpoint whose manifest is missing or unreadable, or a file whose size or checksum
-//! differs from the manifest (a truncated or corrupted file), with an [`Error::Checkpoint`] naming it.
+//! differs from the manifest (a truncated or corrupted file), with a [`CheckpointError::Invalid`] naming it.
 //! [`latest`] refuses a pointer that names anything but a directory directly inside the checkpoint
 //! directory (`../x`, an absolute path, `a/b`).
 
-use crate::error::{Error, Result};
+use crate::error::{CheckpointError, Error, InputError, Result};
 use serde_json::{json, Value};
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -115,7 +115,7 @@ pub struct CheckpointData {
 /// Writes a checkpoint under `dir` atomically and points `dir/latest` at it; returns its path.
 ///
 /// # Errors
-/// [`Error::Checkpoint`] if `dir` exists but is not a directory; [`Error::Io`] if a file cannot be
+/// [`CheckpointError::Invalid`] if `dir` exists but is not a directory; [`Error::Io`] if a file cannot be
 /// written; [`Error::Torch`] if a tensor cannot be serialized.
 pub fn save(dir: &Path, data: &CheckpointData) -> Result<PathBuf> {
     check_checkpoint_dir(dir)?;
@@ -168,9 +168,11 @@ fn remove_stale_temporaries(dir: &Path) -> Result<()> {
 fn write_into(tmp: &Path, data: &CheckpointData) -> Result<()> {
     write_tensors(&tmp.join(MODEL_FILE), &data.model)?;
     write_tensors(&tmp.join(OPTIMIZER_FILE), &data.optimizer)?;
-    let state = serde_json::to_vec_pretty(&data.state).map_err(|e| Error::Checkpoint {
-        path: tmp.display().to_string(),
-        reason: format!("cannot serialize the trainer state: {e}"),
+    let state = serde_json::to_vec_pretty(&data.state).map_err(|e| {
+        Error::Checkpoint(CheckpointError::Invalid {
+            path: tmp.display().to_string(),
+            reason: format!("cannot serialize the trainer state: {e}"),
+        })
     })?;
     write_bytes(&tmp.join(STATE_FILE), &state)?;
     let mut names = vec![MODEL_FILE, OPTIMIZER_FILE, STATE_FILE];
@@ -184,9 +186,11 @@ fn write_into(tmp: &Path, data: &CheckpointData) -> Result<()> {
         files.push(json!({"name": file, "bytes": bytes, "fnv1a64": format!("{hash:016x}")}));
     }
     let manifest = json!({"format": FORMAT, "version": VERSION, "step": data.step, "files": files});
-    let manifest = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Checkpoint {
-        path: tmp.display().to_string(),
-        reason: format!("cannot serialize the manifest: {e}"),
+    let manifest = serde_json::to_vec_pretty(&manifest).map_err(|e| {
+        Error::Checkpoint(CheckpointError::Invalid {
+            path: tmp.display().to_string(),
+            reason: format!("cannot serialize the manifest: {e}"),
+        })
     })?;
     write_bytes(&tmp.join(MANIFEST_FILE), &manifest)
 }
@@ -210,32 +214,32 @@ fn not_a_directory(path: &Path) -> Option<String> {
 /// resuming would otherwise fail with the operating system's bare "File exists" / "Not a directory".
 fn check_checkpoint_dir(dir: &Path) -> Result<()> {
     if fs::metadata(dir).is_ok_and(|meta| !meta.is_dir()) {
-        return Err(Error::Checkpoint {
+        return Err(Error::Checkpoint(CheckpointError::Invalid {
             path: dir.display().to_string(),
             reason: format!(
                 "the checkpoint directory (checkpoint_dir) {}",
                 not_a_directory(dir).unwrap_or_default()
             ),
-        });
+        }));
     }
     Ok(())
 }
 
 /// `entry`, resolved through any symbolic links, if it stays inside `root` (also resolved); an
-/// [`Error::Checkpoint`] naming it otherwise. Checkpoints never contain links of their own: one that leads
+/// [`CheckpointError::Invalid`](crate::CheckpointError::Invalid) naming it otherwise. Checkpoints never contain links of their own: one that leads
 /// elsewhere would make a load read (or a prune delete) files outside the checkpoint directory.
 fn confined(root: &Path, entry: &Path) -> Result<PathBuf> {
     let resolve = |p: &Path| fs::canonicalize(p).map_err(|e| Error::io(p, e));
     let (root_real, entry_real) = (resolve(root)?, resolve(entry)?);
     if !entry_real.starts_with(&root_real) {
-        return Err(Error::Checkpoint {
+        return Err(Error::Checkpoint(CheckpointError::Invalid {
             path: entry.display().to_string(),
             reason: format!(
                 "is a symbolic link to {}, outside {}: refused",
                 entry_real.display(),
                 root_real.display()
             ),
-        });
+        }));
     }
     Ok(entry_real)
 }
@@ -257,7 +261,7 @@ fn parse_name(name: &str) -> Option<(u64, u64)> {
 /// (by step, then suffix). An entry that is a symbolic link leading outside `dir` is not a checkpoint.
 ///
 /// # Errors
-/// [`Error::Checkpoint`] if `dir` exists but is not a directory; [`Error::Io`] if it cannot be listed.
+/// [`CheckpointError::Invalid`] if `dir` exists but is not a directory; [`Error::Io`] if it cannot be listed.
 pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
     check_checkpoint_dir(dir)?;
     let mut found = Vec::new();
@@ -279,14 +283,14 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
 /// is never deleted (it counts towards `keep`). Returns the deleted paths.
 ///
 /// # Errors
-/// [`Error::InvalidParameter`] if `keep` is 0; [`Error::Io`] if listing or deleting fails; as [`latest`].
+/// [`InputError::InvalidParameter`] if `keep` is 0; [`Error::Io`] if listing or deleting fails; as [`latest`].
 pub fn prune(dir: &Path, keep: usize) -> Result<Vec<PathBuf>> {
     if keep == 0 {
-        return Err(Error::InvalidParameter {
+        return Err(Error::Input(InputError::InvalidParameter {
             name: "save_total_limit",
-            value: 0.0,
+            value: keep.into(),
             requirement: "must be >= 1 (it keeps the newest checkpoints)",
-        });
+        }));
     }
     let current = latest(dir)?;
     let mut all = list(dir)?;
@@ -305,7 +309,7 @@ pub fn prune(dir: &Path, keep: usize) -> Result<Vec<PathBuf>> {
 /// The checkpoint `dir/latest` points at, or `None` if there is no pointer yet.
 ///
 /// # Errors
-/// [`Error::Io`] if the pointer cannot be read; [`Error::Checkpoint`] if `dir` exists but is not a
+/// [`Error::Io`] if the pointer cannot be read; [`CheckpointError::Invalid`] if `dir` exists but is not a
 /// directory, or the pointer names anything but one path component inside `dir` (`..`, `.`, an absolute
 /// path, a `/`), an entry that does not exist or is not a directory, or a symbolic link leading outside
 /// `dir` (each said as such).
@@ -323,20 +327,20 @@ pub fn latest(dir: &Path) -> Result<Option<PathBuf>> {
         (Some(std::path::Component::Normal(_)), None)
     );
     if !inside {
-        return Err(Error::Checkpoint {
+        return Err(Error::Checkpoint(CheckpointError::Invalid {
             path: pointer.display().to_string(),
             reason: format!(
                 "points at `{}`, which is not a directory name inside the checkpoint directory",
                 name.trim()
             ),
-        });
+        }));
     }
     let path = dir.join(name.trim());
     if let Some(what) = not_a_directory(&path) {
-        return Err(Error::Checkpoint {
+        return Err(Error::Checkpoint(CheckpointError::Invalid {
             path: pointer.display().to_string(),
             reason: format!("points at `{}`, which {what}", name.trim()),
-        });
+        }));
     }
     confined(dir, &path)?;
     Ok(Some(path))
@@ -360,14 +364,16 @@ pub struct LoadedCheckpoint {
 /// Checks the manifest of the checkpoint at `path` (sizes and checksums of every file).
 ///
 /// # Errors
-/// [`Error::Checkpoint`] naming the problem: `path` missing or not a directory, no or unreadable
+/// [`CheckpointError::Invalid`] naming the problem: `path` missing or not a directory, no or unreadable
 /// manifest, unknown format, a missing file (or a directory where a file should be), a symbolic link
 /// leading outside the checkpoint, a size or checksum mismatch. Returns the names of the files the
 /// manifest lists (all verified).
 pub fn verify(path: &Path) -> Result<Vec<String>> {
-    let bad = |reason: String| Error::Checkpoint {
-        path: path.display().to_string(),
-        reason,
+    let bad = |reason: String| {
+        Error::Checkpoint(CheckpointError::Invalid {
+            path: path.display().to_string(),
+            reason,
+        })
     };
     if let Some(what) = not_a_directory(path) {
         return Err(bad(format!("the checkpoint {what}")));
@@ -446,12 +452,14 @@ pub fn verify(path: &Path) -> Result<Vec<String>> {
 /// Verifies ([`verify`]) and reads the checkpoint at `path`.
 ///
 /// # Errors
-/// As [`verify`]; [`Error::Checkpoint`] if a file cannot be parsed.
+/// As [`verify`]; [`CheckpointError::Invalid`] if a file cannot be parsed.
 pub fn load(path: &Path) -> Result<LoadedCheckpoint> {
     let listed = verify(path)?.iter().any(|name| name == REFERENCE_FILE);
-    let bad = |file: &str, e: &dyn std::fmt::Display| Error::Checkpoint {
-        path: path.display().to_string(),
-        reason: format!("`{file}` cannot be read: {e}"),
+    let bad = |file: &str, e: &dyn std::fmt::Display| {
+        Error::Checkpoint(CheckpointError::Invalid {
+            path: path.display().to_string(),
+            reason: format!("`{file}` cannot be read: {e}"),
+        })
     };
     let model = Tensor::read_safetensors(path.join(MODEL_FILE)).map_err(|e| bad(MODEL_FILE, &e))?;
     let optimizer =

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use tch::Tensor;
 
-use crate::error::{Error, Result};
+use crate::error::{DistError, Error, Result};
 
 #[cfg(feature = "dist")]
 use crate::dist::{
@@ -203,7 +203,7 @@ impl Collective {
 
     /// Runs `write` on rank 0 only, then (with a process group) makes every rank wait for its outcome
     /// (one all-reduce): the other ranks return `Ok(others)`, or, when rank 0 failed, an
-    /// [`Error::Dist`] for `op` with `failure`.
+    /// [`DistError::Failed`](crate::DistError::Failed) for `op` with `failure`.
     pub(crate) fn on_main<T>(
         &self,
         op: &'static str,
@@ -225,12 +225,12 @@ impl Collective {
 
     /// The error for a collective operation `op` that failed on another rank.
     pub(crate) fn peer_failure(&self, op: &'static str, message: String) -> Error {
-        Error::Dist {
+        Error::Dist(DistError::Failed {
             op,
             rank: self.rank(),
             world_size: self.world_size(),
             message,
-        }
+        })
     }
 }
 

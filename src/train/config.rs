@@ -5,7 +5,7 @@
 //! the checkpoint directory is where [`crate::train::RpoTrainer::fit`] saves and where [`crate::train::RpoTrainer::resume_latest`]
 //! looks.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::logprobs::LogProbOptions;
 use crate::loss::rpo::{RpoConfig, SftWeight};
 use crate::loss::sft::SftNormalization;
@@ -147,29 +147,29 @@ impl RpoTrainerConfig {
     /// Checks every setting.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] naming the setting by its [`crate::train::RpoTrainerBuilder`] name
+    /// [`InputError::InvalidParameter`] naming the setting by its [`crate::train::RpoTrainerBuilder`] name
     /// (TRL's): the objective's β, η, weights; `max_steps` equal to 0; `learning_rate` not finite and
     /// `>= 0`; the warmup; `max_grad_norm` not finite and > 0; `batch_size` (`batch_pairs`),
     /// `gradient_accumulation_steps` (`grad_accum_steps`), `save_steps` or
     /// `save_total_limit` equal to 0;
-    /// AdamW's hyper-parameters. [`Error::Config`] for `save_steps` or `save_total_limit` without a
+    /// AdamW's hyper-parameters. [`InputError::Config`] for `save_steps` or `save_total_limit` without a
     /// `checkpoint_dir`.
     pub fn check(&self) -> Result<()> {
         self.rpo.validate()?;
         self.logprobs.validate()?;
         if self.max_steps == 0 {
-            return Err(Error::InvalidParameter {
+            return Err(Error::Input(InputError::InvalidParameter {
                 name: "max_steps",
-                value: 0.0,
+                value: self.max_steps.into(),
                 requirement: "must be >= 1 (set it: it has no default)",
-            });
+            }));
         }
         if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
-            return Err(Error::InvalidParameter {
+            return Err(Error::Input(InputError::InvalidParameter {
                 name: "learning_rate",
-                value: self.learning_rate,
+                value: self.learning_rate.into(),
                 requirement: "must be finite and >= 0",
-            });
+            }));
         }
         self.schedule()?;
         self.optimizer.check()?;
@@ -183,11 +183,11 @@ impl RpoTrainerConfig {
             ("save_total_limit", self.save_total_limit.unwrap_or(1) as u64),
         ] {
             if value == 0 {
-                return Err(Error::InvalidParameter {
+                return Err(Error::Input(InputError::InvalidParameter {
                     name,
-                    value: 0.0,
+                    value: value.into(),
                     requirement: "must be >= 1",
-                });
+                }));
             }
         }
         if self.checkpoint_dir.is_none() {
@@ -196,10 +196,10 @@ impl RpoTrainerConfig {
                 ("save_total_limit", self.save_total_limit.is_some()),
             ] {
                 if set {
-                    return Err(Error::Config {
+                    return Err(Error::Input(InputError::Config {
                         name,
                         requirement: "is set but checkpoint_dir is not: nothing would be saved".to_string(),
-                    });
+                    }));
                 }
             }
         }

@@ -2,7 +2,7 @@
 //! hidden-state pass returns.
 
 use crate::autograd::backward_from;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::fused::LinearHead;
 use tch::{nn::VarStore, Device, Tensor};
 
@@ -99,7 +99,7 @@ pub struct CheckpointedForward<'a> {
 }
 
 /// The model's output for `path`: the logits ([`LossPath::Logits`]), the hidden states and head
-/// ([`LossPath::Hidden`], [`Error::Config`] if the model has none), or whichever [`LossPath::Auto`]
+/// ([`LossPath::Hidden`], [`InputError::Config`](crate::InputError::Config) if the model has none), or whichever [`LossPath::Auto`]
 /// picks.
 pub(crate) fn model_output(
     model: &dyn PolicyModel,
@@ -141,10 +141,10 @@ pub(crate) fn training_output<'a>(
     };
     match (&checkpointed.output, path) {
         (ModelOutput::Logits(_), LossPath::Hidden) | (ModelOutput::Hidden(_), LossPath::Logits) => {
-            Err(Error::Config {
+            Err(Error::Input(InputError::Config {
                 name: "forward_checkpointed",
                 requirement: format!("must return the output of {path:?} that it was asked for"),
-            })
+            }))
         }
         _ => Ok((checkpointed.output, Some(checkpointed.backward))),
     }
@@ -164,7 +164,7 @@ fn split_at_hidden<'a>(mut states: HiddenOutput) -> Result<(HiddenOutput, Deferr
     Ok((states, deferred))
 }
 
-/// [`PolicyModel::forward_hidden`] for the fused path, which needs it: `None` becomes [`Error::Config`].
+/// [`PolicyModel::forward_hidden`] for the fused path, which needs it: `None` becomes [`InputError::Config`](crate::InputError::Config).
 pub(crate) fn required_hidden(
     model: &dyn PolicyModel,
     input_ids: &Tensor,
@@ -172,12 +172,12 @@ pub(crate) fn required_hidden(
 ) -> Result<HiddenOutput> {
     model
         .forward_hidden(input_ids, attention_mask)?
-        .ok_or(Error::Config {
+        .ok_or(Error::Input(InputError::Config {
             name: "loss_path",
             requirement:
                 "LossPath::Hidden needs a model (policy and reference) whose forward_hidden returns Some"
                     .to_string(),
-        })
+        }))
 }
 
 /// A causal language model the trainer can train or use as a reference.

@@ -19,7 +19,7 @@
 //! embedding (`embed`, `wte`, `wpe`) or a norm (`norm`, `ln`); so no decay on biases, norm scales and
 //! embedding tables. Override with [`AdamWConfig::decay_rule`].
 
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, ParameterMismatch, Result};
 use tch::{Kind, Tensor};
 
 /// Decides from a parameter's name and shape whether it is weight-decayed.
@@ -68,24 +68,24 @@ impl AdamWConfig {
     /// Checks the hyper-parameters.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] for β outside `[0, 1)`, ε ≤ 0 or a negative weight decay.
+    /// [`InputError::InvalidParameter`] for β outside `[0, 1)`, ε ≤ 0 or a negative weight decay.
     pub fn check(&self) -> Result<()> {
         for (name, value) in [("beta1", self.beta1), ("beta2", self.beta2)] {
             if !(0.0..1.0).contains(&value) {
-                return Err(Error::InvalidParameter {
+                return Err(Error::Input(InputError::InvalidParameter {
                     name,
-                    value,
+                    value: value.into(),
                     requirement: "must be in [0, 1)",
-                });
+                }));
             }
         }
         crate::validate::positive_finite("eps", self.eps)?;
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(Error::InvalidParameter {
+            return Err(Error::Input(InputError::InvalidParameter {
                 name: "weight_decay",
-                value: self.weight_decay,
+                value: self.weight_decay.into(),
                 requirement: "must be finite and >= 0",
-            });
+            }));
         }
         Ok(())
     }
@@ -206,7 +206,7 @@ impl AdamW {
     /// dtype. Its gradient is the sum of the distinct gradients of its aliases.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] from [`AdamWConfig::check`]; [`Error::Config`] if no parameter requires
+    /// [`InputError::InvalidParameter`] from [`AdamWConfig::check`]; [`InputError::Config`] if no parameter requires
     /// grad, names repeat, or two trained tensors overlap in memory without being the same view;
     /// [`Error::Torch`] if state cannot be allocated.
     pub fn new(config: AdamWConfig, named_parameters: &[(String, Tensor)]) -> Result<Self> {
@@ -216,10 +216,10 @@ impl AdamW {
         let mut spans: Vec<(Span, usize)> = Vec::new();
         for (name, param) in named_parameters {
             if !seen.insert(name.as_str()) {
-                return Err(Error::Config {
+                return Err(Error::Input(InputError::Config {
                     name: "named_parameters",
                     requirement: format!("parameter names must be unique; `{name}` repeats"),
-                });
+                }));
             }
             if !param.requires_grad() {
                 continue;
@@ -230,14 +230,14 @@ impl AdamW {
                 continue;
             }
             if let Some(&(_, index)) = spans.iter().find(|(s, _)| s.overlaps(&span)) {
-                return Err(Error::Config {
+                return Err(Error::Input(InputError::Config {
                     name: "named_parameters",
                     requirement: format!(
                         "`{name}` overlaps the memory of `{}` without being the same tensor view: a partial \
                          alias cannot be updated once",
                         params[index].name
                     ),
-                });
+                }));
             }
             let kind = param.f_kind()?;
             let zeros = || param.f_zeros_like()?.f_to_kind(Kind::Float);
@@ -257,10 +257,10 @@ impl AdamW {
             });
         }
         if params.is_empty() {
-            return Err(Error::Config {
+            return Err(Error::Input(InputError::Config {
                 name: "named_parameters",
                 requirement: "no parameter requires grad: nothing to train".to_string(),
-            });
+            }));
         }
         Ok(Self {
             config,
@@ -345,14 +345,14 @@ impl AdamW {
     /// Applies one AdamW update with learning rate `lr` to the parameters that have a gradient.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] for a negative or non-finite lr; [`Error::Torch`] if an op fails.
+    /// [`InputError::InvalidParameter`] for a negative or non-finite lr; [`Error::Torch`] if an op fails.
     pub fn step(&mut self, lr: f64) -> Result<()> {
         if !(lr.is_finite() && lr >= 0.0) {
-            return Err(Error::InvalidParameter {
+            return Err(Error::Input(InputError::InvalidParameter {
                 name: "lr",
-                value: lr,
+                value: lr.into(),
                 requirement: "must be finite and >= 0",
-            });
+            }));
         }
         self.step += 1;
         let t = self.step as i32;
@@ -420,7 +420,7 @@ impl AdamW {
     /// written, so on error the optimizer is unchanged.
     ///
     /// # Errors
-    /// [`Error::Checkpoint`] (with `source` as path) if a tensor is missing, extra, or has the wrong shape;
+    /// [`WeightsError::Parameters`](crate::WeightsError::Parameters) (naming `source`) listing the tensors missing, extra, or of the wrong shape;
     /// [`Error::Torch`] if a conversion fails.
     pub fn load_state(&mut self, step: u64, tensors: Vec<(String, Tensor)>, source: &str) -> Result<()> {
         let staged = self.stage_state(tensors, source)?;
@@ -430,36 +430,33 @@ impl AdamW {
     /// The checking half of [`AdamW::load_state`]: the saved tensors in slot order, converted to each
     /// slot's dtype and device. Changes nothing.
     pub(crate) fn stage_state(&self, tensors: Vec<(String, Tensor)>, source: &str) -> Result<Vec<Tensor>> {
-        let mut map: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
-        let bad = |reason: String| Error::Checkpoint {
-            path: source.to_string(),
-            reason,
-        };
-        let mut staged = Vec::new();
-        for p in &self.params {
-            let mut slots: Vec<(&str, &Tensor)> = vec![("m", &p.m), ("v", &p.v)];
-            if let Some(master) = &p.master {
-                slots.push(("master", master));
-            }
-            for (prefix, slot) in slots {
-                let key = format!("{prefix}/{}", p.name);
-                let saved = map
-                    .remove(&key)
-                    .ok_or_else(|| bad(format!("optimizer state `{key}` is missing")))?;
-                if saved.size() != slot.size() {
-                    return Err(bad(format!(
-                        "optimizer state `{key}` has shape {:?}, the model needs {:?}",
-                        saved.size(),
-                        slot.size()
-                    )));
+        let slots: Vec<(String, &Tensor)> = self
+            .params
+            .iter()
+            .flat_map(|p| {
+                let mut slots = vec![(format!("m/{}", p.name), &p.m), (format!("v/{}", p.name), &p.v)];
+                if let Some(master) = &p.master {
+                    slots.push((format!("master/{}", p.name), master));
                 }
-                staged.push(saved.f_to_device(slot.device())?.f_to_kind(slot.f_kind()?)?);
-            }
-        }
-        if let Some(extra) = map.keys().next() {
-            return Err(bad(format!(
-                "optimizer state `{extra}` belongs to no trained parameter"
-            )));
+                slots
+            })
+            .collect();
+        let expected: std::collections::BTreeMap<String, Vec<i64>> = slots
+            .iter()
+            .map(|(key, slot)| (key.clone(), slot.size()))
+            .collect();
+        let given = tensors.iter().map(|(key, tensor)| (key.as_str(), tensor.size()));
+        ParameterMismatch::compare(&expected, given).into_result(
+            &format!("the optimizer state of {source}"),
+            "the trained parameters' AdamW slots (m/, v/, master/)",
+        )?;
+        let mut map: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
+        let mut staged = Vec::with_capacity(slots.len());
+        for (key, slot) in &slots {
+            let saved = map.remove(key).ok_or_else(|| Error::Internal {
+                what: format!("checked optimizer state `{key}` vanished"),
+            })?;
+            staged.push(saved.f_to_device(slot.device())?.f_to_kind(slot.f_kind()?)?);
         }
         Ok(staged)
     }
@@ -474,9 +471,8 @@ impl AdamW {
                     slots.push(master);
                 }
                 for slot in slots {
-                    let saved = staged.next().ok_or(Error::Config {
-                        name: "optimizer state",
-                        requirement: "fewer staged tensors than slots".to_string(),
+                    let saved = staged.next().ok_or(Error::Internal {
+                        what: "AdamW::commit_state got fewer staged tensors than slots".to_string(),
                     })?;
                     slot.f_copy_(&saved)?;
                 }

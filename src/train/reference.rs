@@ -1,7 +1,7 @@
 //! Where the reference log-probs `log π_ref(y|x)` come from.
 
 use crate::data::{CollatedBatch, Collator, EncodedPair};
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::logprobs::LogProbOptions;
 use crate::train::collective::Collective;
 use crate::train::config::RpoTrainerConfig;
@@ -53,17 +53,17 @@ impl ReferenceCache {
     /// a step that meets one is skipped by the trainer.
     ///
     /// # Errors
-    /// [`Error::Config`] if the lengths differ.
+    /// [`InputError::Config`] if the lengths differ.
     pub fn from_values(chosen: Vec<f64>, rejected: Vec<f64>) -> Result<Self> {
         if chosen.len() != rejected.len() {
-            return Err(Error::Config {
+            return Err(Error::Input(InputError::Config {
                 name: "reference cache",
                 requirement: format!(
                     "chosen and rejected need one value per pair, got {} and {}",
                     chosen.len(),
                     rejected.len()
                 ),
-            });
+            }));
         }
         Ok(Self { chosen, rejected })
     }
@@ -86,14 +86,16 @@ impl ReferenceCache {
     /// The `[2B]` f32 tensor (chosen values of `indices`, then rejected) on `device`.
     ///
     /// # Errors
-    /// [`Error::Config`] for an index beyond the cache.
+    /// [`InputError::Config`] for an index beyond the cache.
     pub fn lookup(&self, indices: &[usize], device: Device) -> Result<Tensor> {
         let mut values = Vec::with_capacity(2 * indices.len());
         for part in [&self.chosen, &self.rejected] {
             for &i in indices {
-                values.push(*part.get(i).ok_or_else(|| Error::Config {
-                    name: "reference cache",
-                    requirement: format!("pair index {i} is beyond the {} cached pairs", self.len()),
+                values.push(*part.get(i).ok_or_else(|| {
+                    Error::Input(InputError::Config {
+                        name: "reference cache",
+                        requirement: format!("pair index {i} is beyond the {} cached pairs", self.len()),
+                    })
                 })?);
             }
         }
@@ -106,7 +108,7 @@ impl ReferenceCache {
     /// ([`crate::atomic::write_file_at`]): `path` only ever holds a complete cache, the earlier or the new.
     ///
     /// # Errors
-    /// [`Error::InvalidPath`] if `path` is empty, its folder does not exist or it is a directory;
+    /// [`InputError::InvalidPath`] if `path` is empty, its folder does not exist or it is a directory;
     /// [`Error::Torch`] if writing fails; [`Error::Io`] if the file cannot be fsynced or renamed.
     pub fn save(&self, path: &Path) -> Result<()> {
         crate::atomic::write_file_at(path, "path", |tmp| {
@@ -126,7 +128,7 @@ impl ReferenceCache {
     /// Loads a cache written by [`ReferenceCache::save`].
     ///
     /// # Errors
-    /// [`Error::Torch`] if reading fails; [`Error::Config`] if a tensor is missing or lengths differ.
+    /// [`Error::Torch`] if reading fails; [`InputError::Config`] if a tensor is missing or lengths differ.
     pub fn load(path: &Path) -> Result<Self> {
         Self::from_tensors(Tensor::read_safetensors(path)?, &path.display().to_string())
     }
@@ -145,10 +147,10 @@ impl ReferenceCache {
         }
         match (chosen, rejected) {
             (Some(c), Some(r)) => Self::from_values(c, r),
-            _ => Err(Error::Config {
+            _ => Err(Error::Input(InputError::Config {
                 name: "reference cache",
                 requirement: format!("{source} must hold `chosen` and `rejected`"),
-            }),
+            })),
         }
     }
 }
@@ -201,8 +203,8 @@ impl ScoringOptions {
 /// the same model weights. The trainer scores [`ReferenceSource::InitialPolicy`] with it.
 ///
 /// # Errors
-/// [`Error::InvalidParameter`] for `batch_pairs == 0`; whatever collation, the model and the log-prob
-/// computation return on this rank; [`Error::Dist`] when another rank failed to score its block; as the
+/// [`InputError::InvalidParameter`] for `batch_pairs == 0`; whatever collation, the model and the log-prob
+/// computation return on this rank; [`DistError::Failed`](crate::DistError::Failed) when another rank failed to score its block; as the
 /// all-reduce.
 pub fn score_reference(
     model: &dyn PolicyModel,
@@ -212,11 +214,11 @@ pub fn score_reference(
     collective: &Collective,
 ) -> Result<ReferenceCache> {
     if options.batch_pairs == 0 {
-        return Err(Error::InvalidParameter {
+        return Err(Error::Input(InputError::InvalidParameter {
             name: "batch_pairs",
-            value: 0.0,
+            value: options.batch_pairs.into(),
             requirement: "must be >= 1",
-        });
+        }));
     }
     let n = pairs.len();
     let range = collective.shard_range(n)?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{BatchSampler, Collator, EncodedPair, SamplerPosition};
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::train::checkpoint;
 use crate::train::metrics::{JsonlLogger, Progress, StepMetrics};
 use crate::train::model::PolicyModel;
@@ -51,13 +51,13 @@ impl DataState {
 
 /// The error for a [`ReferenceSource::InitialPolicy`] that has not been scored.
 pub(crate) fn initial_policy_not_scored() -> Error {
-    Error::Config {
+    Error::Input(InputError::Config {
         name: "reference",
         requirement: "ReferenceSource::InitialPolicy is scored by the first fit of a fresh run (or restored from a \
                       checkpoint that holds it); before that, or after step 0 without it, there are no reference \
                       log-probs"
             .to_string(),
-    }
+    })
 }
 
 impl<M: PolicyModel> RpoTrainer<M> {
@@ -78,7 +78,7 @@ impl<M: PolicyModel> RpoTrainer<M> {
                 Ok(())
             }
             ReferenceSource::InitialPolicy => Err(initial_policy_not_scored()),
-            ReferenceSource::Cached(cache) if cache.len() != pairs.len() => Err(Error::Config {
+            ReferenceSource::Cached(cache) if cache.len() != pairs.len() => Err(Error::Input(InputError::Config {
                 name: "reference cache",
                 requirement: format!(
                     "holds {} pairs but {} pairs were given: the cache is looked up by pair index, so it must \
@@ -86,7 +86,7 @@ impl<M: PolicyModel> RpoTrainer<M> {
                     cache.len(),
                     pairs.len()
                 ),
-            }),
+            })),
             _ => Ok(()),
         }
     }
@@ -95,12 +95,14 @@ impl<M: PolicyModel> RpoTrainer<M> {
     /// `latest` pointer), if any; returns its path (`None`: no checkpoint yet, a fresh run).
     ///
     /// # Errors
-    /// [`Error::Config`] without a checkpoint directory; as [`checkpoint::latest`] and
+    /// [`InputError::Config`] without a checkpoint directory; as [`checkpoint::latest`] and
     /// [`RpoTrainer::load_checkpoint`].
     pub fn resume_latest(&mut self) -> Result<Option<PathBuf>> {
-        let dir = self.config.checkpoint_dir.clone().ok_or_else(|| Error::Config {
-            name: "checkpoint_dir",
-            requirement: "resuming needs a checkpoint directory in the configuration".to_string(),
+        let dir = self.config.checkpoint_dir.clone().ok_or_else(|| {
+            Error::Input(InputError::Config {
+                name: "checkpoint_dir",
+                requirement: "resuming needs a checkpoint directory in the configuration".to_string(),
+            })
         })?;
         match checkpoint::latest(&dir)? {
             Some(path) => {
@@ -116,14 +118,14 @@ impl<M: PolicyModel> RpoTrainer<M> {
         // train on) pairs twice in one step, and a huge count would exhaust memory instead of failing.
         let per_epoch = dataset_len.div_ceil(self.config.batch_pairs.max(1));
         if self.config.grad_accum_steps > per_epoch.max(1) {
-            return Err(Error::Config {
+            return Err(Error::Input(InputError::Config {
                 name: "gradient_accumulation_steps",
                 requirement: format!(
                     "{} micro-batches per optimizer step exceed the {per_epoch} micro-batches of one epoch \
                      ({dataset_len} pairs, batch_size {}): an optimizer step takes at most one epoch",
                     self.config.grad_accum_steps, self.config.batch_pairs
                 ),
-            });
+            }));
         }
         let wanted = DataState {
             epoch: 0,
@@ -137,13 +139,13 @@ impl<M: PolicyModel> RpoTrainer<M> {
             Some(d) if d.settings() != wanted.settings() => {
                 let (a, b, c, e) = d.settings();
                 let (w, x, y, z) = wanted.settings();
-                return Err(Error::Config {
+                return Err(Error::Input(InputError::Config {
                     name: "data settings",
                     requirement: format!(
                         "the run so far used {a} pairs, {b} pairs per micro-batch, {c} micro-batches per step, \
                          shuffle {e}; now {w}, {x}, {y}, {z}"
                     ),
-                });
+                }));
             }
             Some(d) => d.position(),
             None => SamplerPosition::default(),
@@ -170,7 +172,7 @@ impl<M: PolicyModel> RpoTrainer<M> {
     /// seed, schedule length, current step, parameter count), with one max and one min all-reduce.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the settings that differ and this rank's value.
+    /// [`InputError::Config`](crate::InputError::Config) naming the settings that differ and this rank's value.
     fn check_peers(&self, dataset_len: usize) -> Result<()> {
         if self.collective.world_size() == 1 {
             return Ok(());
@@ -200,7 +202,7 @@ impl<M: PolicyModel> RpoTrainer<M> {
         if differing.is_empty() {
             return Ok(());
         }
-        Err(Error::Config {
+        Err(Error::Input(InputError::Config {
             name: "data-parallel settings",
             requirement: format!(
                 "every rank must train the same run; rank {} of {} differs in: {}",
@@ -208,7 +210,7 @@ impl<M: PolicyModel> RpoTrainer<M> {
                 self.collective.world_size(),
                 differing.join(", ")
             ),
-        })
+        }))
     }
 
     /// Trains on `pairs` until [`crate::train::RpoTrainerConfig::max_steps`], logging, drawing progress and
@@ -225,7 +227,7 @@ impl<M: PolicyModel> RpoTrainer<M> {
     /// initial weights first.
     ///
     /// # Errors
-    /// [`Error::Config`] if the data setup differs from the one the run started with, a reference cache
+    /// [`InputError::Config`] if the data setup differs from the one the run started with, a reference cache
     /// holds another number of pairs, or an initial-policy reference is needed after step 0 without a
     /// checkpoint that holds it; anything [`Trainer::train_step`], logging or checkpointing returns.
     pub fn fit(&mut self, pairs: &[EncodedPair], collator: &Collator) -> Result<Vec<StepMetrics>> {
@@ -261,9 +263,8 @@ impl<M: PolicyModel> RpoTrainer<M> {
             let mut batches = Vec::with_capacity(self.config.grad_accum_steps);
             let mut epoch = 0;
             for _ in 0..self.config.grad_accum_steps {
-                let sampler = self.sampler.as_mut().ok_or(Error::Config {
-                    name: "sampler",
-                    requirement: "not prepared".to_string(),
+                let sampler = self.sampler.as_mut().ok_or(Error::Internal {
+                    what: "the trainer's sampler was not prepared before the run loop".to_string(),
                 })?;
                 let indices = self.collective.shard(sampler.next_batch())?;
                 epoch = sampler.position().epoch;

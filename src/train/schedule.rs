@@ -1,6 +1,6 @@
 //! Learning-rate schedules: linear warmup, then cosine (or linear, or constant) decay.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 
 /// The shape of the decay after warmup (in checkpoints: `"cosine"`, `"linear"`, `"constant"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -37,7 +37,7 @@ impl LrSchedule {
     /// Warmup for `ceil(warmup_ratio · total_steps)` steps (Hugging Face's rounding), then `decay`.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] for a non-finite or negative lr, a ratio outside `[0, 1]`, or zero steps.
+    /// [`InputError::InvalidParameter`] for a non-finite or negative lr, a ratio outside `[0, 1]`, or zero steps.
     pub fn with_warmup_ratio(
         peak_lr: f64,
         total_steps: u64,
@@ -45,11 +45,11 @@ impl LrSchedule {
         decay: Decay,
     ) -> Result<Self> {
         if !(0.0..=1.0).contains(&warmup_ratio) {
-            return Err(Error::InvalidParameter {
+            return Err(Error::Input(InputError::InvalidParameter {
                 name: "warmup_ratio",
-                value: warmup_ratio,
+                value: warmup_ratio.into(),
                 requirement: "must be in [0, 1]",
-            });
+            }));
         }
         let schedule = Self {
             peak_lr,
@@ -72,21 +72,21 @@ impl LrSchedule {
     /// Checks the fields.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] for a non-finite or negative lr or zero total steps.
+    /// [`InputError::InvalidParameter`] for a non-finite or negative lr or zero total steps.
     pub fn check(&self) -> Result<()> {
         if !(self.peak_lr.is_finite() && self.peak_lr >= 0.0) {
-            return Err(Error::InvalidParameter {
+            return Err(Error::Input(InputError::InvalidParameter {
                 name: "peak_lr",
-                value: self.peak_lr,
+                value: self.peak_lr.into(),
                 requirement: "must be finite and >= 0",
-            });
+            }));
         }
         if self.total_steps == 0 {
-            return Err(Error::InvalidParameter {
+            return Err(Error::Input(InputError::InvalidParameter {
                 name: "total_steps",
-                value: 0.0,
+                value: self.total_steps.into(),
                 requirement: "must be > 0",
-            });
+            }));
         }
         Ok(())
     }

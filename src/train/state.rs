@@ -2,13 +2,13 @@
 //! position) through [`checkpoint`]. `trainer_state.json` is [`TrainerState`] written by serde (the
 //! fields and names of 0.2, so that 0.2 checkpoints resume).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::error::{Error, Result};
+use crate::error::{CheckpointError, Error, ParameterMismatch, Result};
 use crate::train::checkpoint::{self, CheckpointData};
 use crate::train::model::PolicyModel;
 use crate::train::reference::{ReferenceCache, ReferenceSource};
@@ -53,9 +53,11 @@ impl<M: PolicyModel> RpoTrainer<M> {
             data: self.data,
             objective: self.config.rpo.describe(),
         };
-        let state = serde_json::to_value(&state).map_err(|e| Error::Checkpoint {
-            path: dir.display().to_string(),
-            reason: format!("cannot serialize the trainer state: {e}"),
+        let state = serde_json::to_value(&state).map_err(|e| {
+            Error::Checkpoint(CheckpointError::Invalid {
+                path: dir.display().to_string(),
+                reason: format!("cannot serialize the trainer state: {e}"),
+            })
         })?;
         checkpoint::save(
             dir,
@@ -79,14 +81,17 @@ impl<M: PolicyModel> RpoTrainer<M> {
     /// written; on error the trainer is unchanged.
     ///
     /// # Errors
-    /// [`Error::Checkpoint`] for a missing / truncated / corrupted checkpoint, parameters or state that do
-    /// not match this model, or a checkpoint written with a different seed or schedule.
+    /// [`CheckpointError::Invalid`] for a missing / truncated / corrupted checkpoint or one written with a
+    /// different seed or schedule; [`WeightsError::Parameters`](crate::WeightsError::Parameters) for model parameters or optimizer state that do
+    /// not match this model (every missing, extra and reshaped one listed).
     pub fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
         let loaded = checkpoint::load(path)?;
         let source = path.display().to_string();
-        let bad = |reason: String| Error::Checkpoint {
-            path: source.clone(),
-            reason,
+        let bad = |reason: String| {
+            Error::Checkpoint(CheckpointError::Invalid {
+                path: source.clone(),
+                reason,
+            })
         };
         let state = TrainerState::deserialize(&loaded.state)
             .map_err(|e| bad(format!("trainer state {}", state_error(&loaded.state, &e))))?;
@@ -104,24 +109,26 @@ impl<M: PolicyModel> RpoTrainer<M> {
         }
         // Model weights: every parameter present with its shape, nothing extra; staged in the parameter's
         // dtype and on its device.
-        let mut saved: HashMap<String, Tensor> = loaded.model.into_iter().collect();
         let params = self.model.named_parameters();
+        let expected: BTreeMap<String, Vec<i64>> = params
+            .iter()
+            .map(|(name, param)| (name.clone(), param.size()))
+            .collect();
+        let given = loaded
+            .model
+            .iter()
+            .map(|(name, tensor)| (name.as_str(), tensor.size()));
+        ParameterMismatch::compare(&expected, given).into_result(
+            &format!("the model parameters of checkpoint {source}"),
+            "this trainer's model",
+        )?;
+        let mut saved: HashMap<String, Tensor> = loaded.model.into_iter().collect();
         let mut staged = Vec::with_capacity(params.len());
         for (name, param) in &params {
-            let tensor = saved
-                .remove(name)
-                .ok_or_else(|| bad(format!("model parameter `{name}` is missing")))?;
-            if tensor.size() != param.size() {
-                return Err(bad(format!(
-                    "model parameter `{name}` has shape {:?}, the model needs {:?}",
-                    tensor.size(),
-                    param.size()
-                )));
-            }
+            let tensor = saved.remove(name).ok_or_else(|| Error::Internal {
+                what: format!("checked model parameter `{name}` vanished from the checkpoint"),
+            })?;
             staged.push(tensor.f_to_device(param.device())?.f_to_kind(param.f_kind()?)?);
-        }
-        if let Some(extra) = saved.keys().next() {
-            return Err(bad(format!("model parameter `{extra}` is not in this model")));
         }
         let optimizer = self.optimizer.stage_state(loaded.optimizer, &source)?;
         // The initial policy's cached log-probs come back from the checkpoint (other references are the

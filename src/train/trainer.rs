@@ -3,7 +3,7 @@
 //! `train/state.rs`, the data-parallel side in [`crate::train::collective`].
 
 use crate::data::{BatchSampler, CollatedBatch, Collator, EncodedPair};
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::train::collective::Collective;
 use crate::train::config::RpoTrainerConfig;
 use crate::train::metrics::StepMetrics;
@@ -181,7 +181,7 @@ impl<M: PolicyModel> RpoTrainer<M> {
     /// scored the training pairs.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] for `batch_pairs == 0`; [`Error::Config`] for a cache of another length
+    /// [`InputError::InvalidParameter`] for `batch_pairs == 0`; [`InputError::Config`] for a cache of another length
     /// or an initial-policy reference not scored yet; as [`Trainer::eval_step`].
     pub fn evaluate(
         &mut self,
@@ -190,11 +190,11 @@ impl<M: PolicyModel> RpoTrainer<M> {
         batch_pairs: usize,
     ) -> Result<StepMetrics> {
         if batch_pairs == 0 {
-            return Err(Error::InvalidParameter {
+            return Err(Error::Input(InputError::InvalidParameter {
                 name: "batch_pairs",
-                value: 0.0,
+                value: batch_pairs.into(),
                 requirement: "must be >= 1",
-            });
+            }));
         }
         self.prepare_reference(pairs, collator, false)?;
         let start = Instant::now();
@@ -218,34 +218,34 @@ impl<M: PolicyModel> RpoTrainer<M> {
     /// alike, or the same cache).
     ///
     /// # Errors
-    /// [`Error::Config`] when `batch_pairs` is not a multiple of the world size, or this trainer already
-    /// has a process group; [`Error::DeviceMismatch`] when the model is not on the group's device (the
+    /// [`InputError::Config`] when `batch_pairs` is not a multiple of the world size, or this trainer already
+    /// has a process group; [`InputError::DeviceMismatch`] when the model is not on the group's device (the
     /// CPU for Gloo, the rank's CUDA device for NCCL); as the broadcast.
     pub fn set_collective(&mut self, collective: Collective) -> Result<()> {
         if self.collective.is_distributed() {
-            return Err(Error::Config {
+            return Err(Error::Input(InputError::Config {
                 name: "process_group",
                 requirement: "this trainer already has a process group; take_process_group() it first".into(),
-            });
+            }));
         }
         let world = collective.world_size();
         if self.config.batch_pairs % world != 0 {
-            return Err(Error::Config {
+            return Err(Error::Input(InputError::Config {
                 name: "batch_pairs",
                 requirement: format!(
                     "is the global micro-batch, split evenly over the ranks: {} pairs do not split over a \
                      world size of {world}",
                     self.config.batch_pairs
                 ),
-            });
+            }));
         }
         if let Some(device) = collective.device().filter(|&d| d != self.model.device()) {
-            return Err(Error::DeviceMismatch {
+            return Err(Error::Input(InputError::DeviceMismatch {
                 arg: "model",
                 other: "process group",
                 expected: device,
                 got: self.model.device(),
-            });
+            }));
         }
         let mut weights: Vec<tch::Tensor> = Vec::new();
         for p in self.optimizer.params() {

@@ -6,14 +6,14 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{CheckpointError, Error, InputError, Result, WeightsError};
 
-/// An [`Error::Config`] naming a configuration field.
+/// An [`InputError::Config`](crate::InputError::Config) naming a configuration field.
 pub(crate) fn config_error(name: &'static str, requirement: impl Into<String>) -> Error {
-    Error::Config {
+    Error::Input(InputError::Config {
         name,
         requirement: requirement.into(),
-    }
+    })
 }
 
 /// The implemented architectures.
@@ -169,13 +169,15 @@ pub struct GemmaConfig {
 }
 
 impl GemmaConfig {
-    /// Parses a config.json text. Errors: [`Error::Checkpoint`] (with `origin` as the path).
+    /// Parses a config.json text. Errors: [`CheckpointError::Invalid`] (with `origin` as the path).
     ///
     /// For Gemma 3 an absent soft-cap means none (transformers' Gemma 3 default), not Gemma 2's 30 / 50.
     pub fn from_json_str(text: &str, origin: &Path) -> Result<Self> {
-        let json = |source: serde_json::Error| Error::Checkpoint {
-            path: origin.display().to_string(),
-            reason: format!("invalid config JSON: {source}"),
+        let json = |source: serde_json::Error| {
+            Error::Checkpoint(CheckpointError::Invalid {
+                path: origin.display().to_string(),
+                reason: format!("invalid config JSON: {source}"),
+            })
         };
         let value: serde_json::Value = serde_json::from_str(text).map_err(json)?;
         let mut config: Self = serde_json::from_value(value.clone()).map_err(json)?;
@@ -191,7 +193,7 @@ impl GemmaConfig {
     }
 
     /// Reads and parses a config.json file, then [validates](Self::validate) it.
-    /// Errors: [`Error::Io`], [`Error::Checkpoint`], and those of `validate`.
+    /// Errors: [`Error::Io`], [`CheckpointError::Invalid`], and those of `validate`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::io(path, source))?;
         let config = Self::from_json_str(&text, path)?;
@@ -233,16 +235,16 @@ impl GemmaConfig {
         }
     }
 
-    /// The architecture named by `model_type`. Errors: [`Error::UnsupportedArchitecture`].
+    /// The architecture named by `model_type`. Errors: [`WeightsError::UnsupportedArchitecture`].
     pub fn arch(&self) -> Result<GemmaArch> {
         match self.model_type.as_str() {
             "gemma" => Ok(GemmaArch::Gemma),
             "gemma2" => Ok(GemmaArch::Gemma2),
             "gemma3_text" | "gemma3" => Ok(GemmaArch::Gemma3),
-            other => Err(Error::UnsupportedArchitecture {
+            other => Err(Error::Weights(WeightsError::UnsupportedArchitecture {
                 found: other.to_string(),
                 supported: SUPPORTED_MODEL_TYPES,
-            }),
+            })),
         }
     }
 
@@ -257,7 +259,7 @@ impl GemmaConfig {
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
-    /// RoPE base θ (of the global layers for Gemma 3). Errors: [`Error::Config`] for a RoPE type
+    /// RoPE base θ (of the global layers for Gemma 3). Errors: [`InputError::Config`] for a RoPE type
     /// other than "default".
     pub fn rope_base(&self) -> Result<f64> {
         Ok(self.rope_bases()?.0)
@@ -266,7 +268,7 @@ impl GemmaConfig {
     /// RoPE bases θ `(global layers, sliding layers)`. Gemma 1 / 2: the same θ (default 10⁴) for both.
     /// Gemma 3 (transformers' rules): global `rope_parameters.full_attention.rope_theta`, else
     /// `rope_theta`, else 10⁶; sliding `rope_parameters.sliding_attention.rope_theta`, else
-    /// `rope_local_base_freq`, else 10⁴. Errors: [`Error::Config`] for a RoPE type other than
+    /// `rope_local_base_freq`, else 10⁴. Errors: [`InputError::Config`] for a RoPE type other than
     /// "default" (e.g. the linear scaling of the larger Gemma 3 models).
     pub fn rope_bases(&self) -> Result<(f64, f64)> {
         fn theta_of(params: &serde_json::Value) -> Result<Option<f64>> {
@@ -304,7 +306,7 @@ impl GemmaConfig {
         Ok((theta, theta))
     }
 
-    /// The MLP activation. Errors: [`Error::Config`] for an unimplemented one.
+    /// The MLP activation. Errors: [`InputError::Config`] for an unimplemented one.
     pub fn activation(&self) -> Result<Activation> {
         let arch = self.arch()?;
         let name = self
@@ -326,7 +328,7 @@ impl GemmaConfig {
 
     /// The sliding window of each layer (`None`: full attention). Gemma 1: none. Default `layer_types`:
     /// Gemma 2 sliding on even layers (0, 2, …), Gemma 3 global on every 6th layer (5, 11, …).
-    /// Errors: [`Error::Config`] for a bad `layer_types` list or window.
+    /// Errors: [`InputError::Config`] for a bad `layer_types` list or window.
     pub fn layer_windows(&self) -> Result<Vec<Option<i64>>> {
         let layers = self.num_hidden_layers.max(0) as usize;
         if self.arch()? == GemmaArch::Gemma {
@@ -375,8 +377,8 @@ impl GemmaConfig {
             .collect()
     }
 
-    /// Checks the configuration. Errors: [`Error::UnsupportedArchitecture`] for a `model_type` other than
-    /// "gemma" / "gemma2" / "gemma3" / "gemma3_text"; [`Error::Config`] for non-positive sizes, sizes whose
+    /// Checks the configuration. Errors: [`WeightsError::UnsupportedArchitecture`] for a `model_type` other than
+    /// "gemma" / "gemma2" / "gemma3" / "gemma3_text"; [`InputError::Config`] for non-positive sizes, sizes whose
     /// parameter count exceeds 2^63, heads not divisible by key/value
     /// heads, an untied head, biases, an unknown activation / RoPE type / layer type, or Gemma 2 scalars
     /// that are not positive.

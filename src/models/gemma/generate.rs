@@ -22,7 +22,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::model::{Gemma, KvCache};
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, ParamValue, Result};
 
 /// How the next token is chosen from the logits of the last position.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,7 +53,7 @@ impl Sampling {
     /// [`Sampling::Sample`], checked.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] for a temperature that is not finite and `> 0`, `top_k = 0`, or
+    /// [`InputError::InvalidParameter`] for a temperature that is not finite and `> 0`, `top_k = 0`, or
     /// `top_p` outside `(0, 1]`.
     pub fn sample(temperature: f64, top_k: Option<usize>, top_p: Option<f64>, seed: u64) -> Result<Self> {
         let sampling = Sampling::Sample {
@@ -79,25 +79,25 @@ impl Sampling {
         } = *self
         {
             if !(temperature.is_finite() && temperature > 0.0) {
-                return Err(Error::InvalidParameter {
+                return Err(Error::Input(InputError::InvalidParameter {
                     name: "temperature",
-                    value: temperature,
+                    value: temperature.into(),
                     requirement: "finite and > 0",
-                });
+                }));
             }
             if top_k == Some(0) {
-                return Err(Error::InvalidParameter {
+                return Err(Error::Input(InputError::InvalidParameter {
                     name: "top_k",
-                    value: 0.0,
+                    value: ParamValue::Count(0),
                     requirement: ">= 1",
-                });
+                }));
             }
             if let Some(p) = top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
-                return Err(Error::InvalidParameter {
+                return Err(Error::Input(InputError::InvalidParameter {
                     name: "top_p",
-                    value: p,
+                    value: p.into(),
                     requirement: "in (0, 1]",
-                });
+                }));
             }
         }
         Ok(())
@@ -259,25 +259,25 @@ fn left_padded(rows: &[Vec<i64>], pad: i64, width: usize) -> Vec<i64> {
 /// `config.stop_ids`; generation ends when every row stopped or after `max_new_tokens` steps.
 ///
 /// # Errors
-/// [`Error::Shape`] for an empty prompt; [`Error::InvalidParameter`] for bad sampling parameters;
-/// [`Error::Config`] (`max_new_tokens`) when the longest prompt plus `max_new_tokens` exceeds the model's
+/// [`InputError::Shape`] for an empty prompt; [`InputError::InvalidParameter`] for bad sampling parameters;
+/// [`InputError::Config`] (`max_new_tokens`) when the longest prompt plus `max_new_tokens` exceeds the model's
 /// `max_position_embeddings` and [`GenerationConfig::allow_beyond_max_positions`] is not set; those of
-/// [`Gemma::forward_hidden_at`] (e.g. [`Error::TokenOutOfRange`] for a prompt id or `pad_id` outside the
+/// [`Gemma::forward_hidden_at`] (e.g. [`InputError::TokenOutOfRange`] for a prompt id or `pad_id` outside the
 /// vocabulary).
 pub fn generate(model: &Gemma, prompts: &[Vec<i64>], config: &GenerationConfig) -> Result<Generation> {
     config.sampling.validate()?;
     if let Some(i) = prompts.iter().position(Vec::is_empty) {
-        return Err(Error::Shape {
+        return Err(Error::Input(InputError::Shape {
             arg: "prompts",
             expected: format!("a non-empty prompt at index {i}"),
             got: vec![0],
-        });
+        }));
     }
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let max_positions = model.config().max_position_embeddings;
     let needed = (longest as u128) + (config.max_new_tokens as u128);
     if !config.allow_beyond_max_positions && !prompts.is_empty() && needed > max_positions.max(0) as u128 {
-        return Err(Error::Config {
+        return Err(Error::Input(InputError::Config {
             name: "max_new_tokens",
             requirement: format!(
                 "the longest prompt ({longest} tokens) + max_new_tokens ({}) = {needed} positions exceeds the \
@@ -285,7 +285,7 @@ pub fn generate(model: &Gemma, prompts: &[Vec<i64>], config: &GenerationConfig) 
                  allow_beyond_max_positions to generate past the trained positions",
                 config.max_new_tokens
             ),
-        });
+        }));
     }
     let rows = prompts.len();
     let mut generation = Generation {
@@ -370,7 +370,7 @@ pub fn generate(model: &Gemma, prompts: &[Vec<i64>], config: &GenerationConfig) 
 /// `device` must be the model's device (kept for compatibility; the inputs are put there).
 ///
 /// # Errors
-/// [`Error::DeviceMismatch`] when `device` is not the model's; those of [`generate`].
+/// [`InputError::DeviceMismatch`] when `device` is not the model's; those of [`generate`].
 pub fn greedy_decode(
     model: &Gemma,
     prompts: &[Vec<i64>],
@@ -381,12 +381,12 @@ pub fn greedy_decode(
 ) -> Result<Vec<Vec<i64>>> {
     let model_device = model.head_weight().device();
     if device != model_device {
-        return Err(Error::DeviceMismatch {
+        return Err(Error::Input(InputError::DeviceMismatch {
             arg: "device",
             other: "model",
             expected: model_device,
             got: device,
-        });
+        }));
     }
     let config = GenerationConfig::greedy(max_new_tokens, vec![eos_id], pad_id);
     Ok(generate(model, prompts, &config)?.tokens)

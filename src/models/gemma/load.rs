@@ -2,7 +2,7 @@
 //! Face folder, a GGUF file, or parameters in memory) with [`LoadOptions`] (device and dtype).
 //!
 //! Every source is checked against the configuration it implies: every parameter once with its shape,
-//! nothing else ([`Error::MissingTensor`], [`Error::UnexpectedTensor`], [`Error::TensorShape`]); a GGUF
+//! nothing else (one [`WeightsError::Parameters`](crate::WeightsError::Parameters) listing every missing, unexpected or reshaped one); a GGUF
 //! file's tensors (names, shapes, types, data extents) before the model is allocated and each dequantized
 //! tensor for NaN / ±inf. Loading is all or nothing: on any error the new store is dropped and nothing is
 //! returned.
@@ -16,7 +16,7 @@ use super::export::ordered_parameters;
 use super::model::Gemma;
 use super::weights_gguf::{check_gguf_tensors, load_gguf_weights};
 use super::weights_hf::load_hf_weights;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::gguf::GgufFile;
 
 /// Where a Gemma's configuration and weights come from.
@@ -99,25 +99,25 @@ impl Gemma {
     /// - [`WeightSource::Parameters`]: the parameter set is checked before the model is allocated.
     ///
     /// # Errors
-    /// [`Error::DType`] for a `kind` that is not a floating-point dtype; those of [`WeightSource::config`];
-    /// [`Error::MissingTensor`] naming the tensor and the file (or "the given parameters") it was
-    /// expected in; [`Error::UnexpectedTensor`]; [`Error::TensorShape`] naming both shapes;
-    /// [`Error::Checkpoint`] for a parameter given twice, a folder with neither `model.safetensors` nor
+    /// [`InputError::DType`] for a `kind` that is not a floating-point dtype; those of [`WeightSource::config`];
+    /// [`WeightsError::Parameters`](crate::WeightsError::Parameters) naming the file (or "the given parameters") and listing the parameters
+    /// missing from it, unexpected in it, of another shape (both shapes) or given twice;
+    /// [`CheckpointError::Invalid`](crate::CheckpointError::Invalid) for a folder with neither `model.safetensors` nor
     /// `model.safetensors.index.json` (reason [`NO_WEIGHTS`](super::NO_WEIGHTS)), an invalid shard index
     /// or an unreadable safetensors file; [`Error::Io`] for a missing shard; those of
-    /// [`check_gguf_tensors`]; [`Error::NonFiniteWeight`] naming the first GGUF tensor holding NaN or
-    /// ±inf; [`Error::Gguf`] for unreadable GGUF data; [`Error::OutOfMemory`] for a model too large to
+    /// [`check_gguf_tensors`]; [`WeightsError::NonFinite`](crate::WeightsError::NonFinite) naming the first GGUF tensor holding NaN or
+    /// ±inf; [`GgufError::Invalid`](crate::GgufError::Invalid) for unreadable GGUF data; [`Error::OutOfMemory`] for a model too large to
     /// allocate; [`Error::Torch`].
     pub fn load(source: WeightSource<'_>, options: &LoadOptions) -> Result<(nn::VarStore, Self)> {
         if !matches!(
             options.kind,
             Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double
         ) {
-            return Err(Error::DType {
+            return Err(Error::Input(InputError::DType {
                 arg: "options.kind",
                 expected: "Float, BFloat16, Half or Double",
                 got: options.kind,
-            });
+            }));
         }
         let config = source.config()?;
         // Checks that need no model come before the model is allocated.
@@ -152,9 +152,8 @@ fn copy_parameters(vs: &nn::VarStore, parameters: &[(&str, &Tensor)]) -> Result<
     tch::no_grad(|| -> Result<()> {
         for (name, value) in parameters {
             let Some(variable) = variables.get(*name) else {
-                return Err(Error::MissingTensor {
-                    name: name.to_string(),
-                    file: "the model's variable store".into(),
+                return Err(Error::Internal {
+                    what: format!("checked parameter `{name}` is not in the model's variable store"),
                 });
             };
             variable.shallow_clone().f_copy_(value)?;

@@ -5,7 +5,7 @@ use tch::{nn, Kind, Tensor};
 use super::config::{GemmaArch, GemmaConfig};
 use super::layers::{linear, parameter, soft_cap, Attention, Layer, LayerCache, Mlp, RmsNorm};
 use crate::autograd::{backward_from, leaf_grad};
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 
 /// A Gemma / Gemma 2 causal language model with a tied LM head.
 ///
@@ -182,41 +182,41 @@ impl Gemma {
     ) -> Result<(i64, i64)> {
         let size = input_ids.size();
         if size.len() != 2 || size[0] == 0 || size[1] == 0 {
-            return Err(Error::Shape {
+            return Err(Error::Input(InputError::Shape {
                 arg: "input_ids",
                 expected: "non-empty [N, T]".into(),
                 got: size,
-            });
+            }));
         }
         if input_ids.kind() != Kind::Int64 {
-            return Err(Error::DType {
+            return Err(Error::Input(InputError::DType {
                 arg: "input_ids",
                 expected: "Int64",
                 got: input_ids.kind(),
-            });
+            }));
         }
         let width = width.unwrap_or(size[1]);
         if attention_mask.size() != [size[0], width] {
-            return Err(Error::Shape {
+            return Err(Error::Input(InputError::Shape {
                 arg: "attention_mask",
                 expected: format!(
                     "[{}, {width}] (rows of input_ids, cached + new positions)",
                     size[0]
                 ),
                 got: attention_mask.size(),
-            });
+            }));
         }
         let (lo, hi) = (
             input_ids.f_min()?.f_int64_value(&[])?,
             input_ids.f_max()?.f_int64_value(&[])?,
         );
         if lo < 0 || hi >= self.config.vocab_size {
-            return Err(Error::TokenOutOfRange {
+            return Err(Error::Input(InputError::TokenOutOfRange {
                 arg: "input_ids",
                 min: lo,
                 max: hi,
                 vocab: self.config.vocab_size,
-            });
+            }));
         }
         Ok((size[0], size[1]))
     }
@@ -225,8 +225,8 @@ impl Gemma {
     /// right-padded (or unpadded) rows: position ids `0..T` in every row.
     ///
     /// `input_ids` `[N, T]` i64 in `[0, V)`; `attention_mask` `[N, T]` (any dtype; nonzero = token, 0 =
-    /// padding; padding on the right). Errors: [`Error::Shape`] / [`Error::DType`] for wrong shapes /
-    /// dtype, [`Error::TokenOutOfRange`] for ids outside `[0, V)` (checking the range syncs the device),
+    /// padding; padding on the right). Errors: [`InputError::Shape`] / [`InputError::DType`] for wrong shapes /
+    /// dtype, [`InputError::TokenOutOfRange`] for ids outside `[0, V)` (checking the range syncs the device),
     /// [`Error::Torch`].
     pub fn forward_hidden(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let t = input_ids.size().get(1).copied().unwrap_or(0);
@@ -249,7 +249,7 @@ impl Gemma {
     /// - `cache`: appended to (keys and values of the new tokens; a sliding layer keeps only its last
     ///   `window − 1` slots).
     ///
-    /// Errors: those of [`Gemma::forward_hidden`]; [`Error::Shape`] for `position_ids` of another shape
+    /// Errors: those of [`Gemma::forward_hidden`]; [`InputError::Shape`] for `position_ids` of another shape
     /// or a cache made for another model.
     pub fn forward_hidden_at(
         &self,
@@ -262,22 +262,22 @@ impl Gemma {
         let (n, t) = self.check_inputs(input_ids, attention_mask, Some(past + t_of(input_ids)))?;
         let pos_size = position_ids.size();
         if pos_size.len() != 2 || (pos_size[0] != n && pos_size[0] != 1) || pos_size[1] != t {
-            return Err(Error::Shape {
+            return Err(Error::Input(InputError::Shape {
                 arg: "position_ids",
                 expected: format!("[{n}, {t}] or [1, {t}] like input_ids"),
                 got: pos_size,
-            });
+            }));
         }
         if let Some(cache) = cache.as_ref() {
             if cache.layers.len() != self.layers.len() {
-                return Err(Error::Shape {
+                return Err(Error::Input(InputError::Shape {
                     arg: "cache",
                     expected: format!(
                         "a cache of {} layers (KvCache::new of this model)",
                         self.layers.len()
                     ),
                     got: vec![cache.layers.len() as i64],
-                });
+                }));
             }
         }
         let attention = self.attention_inputs(attention_mask, position_ids, past, t, input_ids.device())?;

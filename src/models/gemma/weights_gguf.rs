@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use tch::{nn, Kind};
 
 use super::config::{config_error, GemmaConfig, TokenIds};
-use crate::error::{Error, Result};
+use crate::error::{Error, GgufError, ParameterMismatch, Result, WeightsError};
 use crate::gguf::{GgmlType, GgufFile, MATRIX_TYPES, VECTOR_TYPES};
 use crate::validate::finite_weight;
 
@@ -55,16 +55,16 @@ impl GemmaConfig {
     /// | pad / bos / eos | `tokenizer.ggml.padding_token_id` / `bos_token_id` / `eos_token_id` |
     /// | not in the file | θ of the sliding layers 10⁴, query_pre_attn_scalar 256, gelu tanh, every 6th layer global, tied head |
     ///
-    /// Errors: [`Error::Gguf`] for a missing key or a key of the wrong type;
-    /// [`Error::UnsupportedArchitecture`] for an architecture other than gemma3; those of
+    /// Errors: [`GgufError::Invalid`] for a missing key or a key of the wrong type;
+    /// [`WeightsError::UnsupportedArchitecture`] for an architecture other than gemma3; those of
     /// [`GemmaConfig::validate`].
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let arch = file.get_str("general.architecture")?;
         if arch != "gemma3" {
-            return Err(Error::UnsupportedArchitecture {
+            return Err(Error::Weights(WeightsError::UnsupportedArchitecture {
                 found: arch.to_string(),
                 supported: "gemma3 (GGUF general.architecture)",
-            });
+            }));
         }
         let int = |key: &str| -> Result<i64> {
             let v = file.get_u64(&format!("gemma3.{key}"))?;
@@ -142,10 +142,10 @@ impl GemmaConfig {
 /// read as weights, except an F16 ↔ BF16 swap of a matrix's type (same size, nothing tells them apart).
 ///
 /// # Errors
-/// [`Error::Gguf`] if the file's blocks do not match `num_hidden_layers`; [`Error::UnexpectedTensor`] for
-/// a file tensor that is no parameter of this config (e.g. an untied `output.weight`);
-/// [`Error::MissingTensor`]; [`Error::TensorShape`]; [`Error::TensorType`]; [`Error::Config`] if the
-/// config is invalid.
+/// [`GgufError::Invalid`](crate::GgufError::Invalid) if the file's blocks do not match `num_hidden_layers`; [`WeightsError::Parameters`](crate::WeightsError::Parameters) listing
+/// the parameters of this config missing from the file, the file's tensors that are no parameter of it
+/// (e.g. an untied `output.weight`) and those of another shape; [`WeightsError::TensorType`](crate::WeightsError::TensorType); [`InputError::Config`](crate::InputError::Config)
+/// if the config is invalid.
 pub fn check_gguf_tensors(file: &GgufFile, config: &GemmaConfig) -> Result<HashMap<String, String>> {
     let path = file.path().display().to_string();
     // The block count first: the parameter list below has 13 entries per layer, so a corrupt
@@ -165,31 +165,27 @@ pub fn check_gguf_tensors(file: &GgufFile, config: &GemmaConfig) -> Result<HashM
     let blocks = layers.len() as i64;
     let last = layers.last().map_or(0, |l| l.saturating_add(1));
     if blocks != config.num_hidden_layers || last != blocks {
-        return Err(Error::Gguf {
+        return Err(Error::Gguf(GgufError::Invalid {
             path,
             reason: format!(
                 "gemma3.block_count is {}, but the file's tensors belong to {blocks} blocks numbered up to {}",
                 config.num_hidden_layers,
                 last - 1
             ),
-        });
+        }));
     }
     let expected = config.parameter_shapes()?;
     let mut by_gguf = HashMap::with_capacity(expected.len());
-    for name in expected.keys() {
+    let mut gguf_shapes = std::collections::BTreeMap::new();
+    for (name, shape) in &expected {
         let gguf = gguf_tensor_name(name)
             .ok_or_else(|| config_error("parameters", format!("{name} has no GGUF counterpart")))?;
+        gguf_shapes.insert(gguf.clone(), shape.clone());
         by_gguf.insert(gguf, name.clone());
     }
-    for info in file.tensors() {
-        if !by_gguf.contains_key(&info.name) {
-            return Err(Error::UnexpectedTensor {
-                name: info.name.clone(),
-                file: path.clone(),
-                model_type: config.model_type.clone(),
-            });
-        }
-    }
+    let given = file.tensors().iter().map(|t| (t.name.as_str(), t.shape.clone()));
+    ParameterMismatch::compare(&gguf_shapes, given)
+        .into_result(&path, &format!("the {} config", config.model_type))?;
     for (gguf, name) in &by_gguf {
         let shape = expected.get(name).map(Vec::as_slice).unwrap_or_default();
         let types: &[GgmlType] = if shape.len() == 1 {
@@ -207,19 +203,18 @@ pub fn check_gguf_tensors(file: &GgufFile, config: &GemmaConfig) -> Result<HashM
 /// subtracted from every RMSNorm weight (GGUF stores `1 + w`), then it is converted to its variable's
 /// dtype and device and checked once for NaN / ±inf.
 ///
-/// Errors: those of [`check_gguf_tensors`]; [`Error::NonFiniteWeight`] naming the first tensor that holds
-/// NaN or ±inf once converted (nothing after it is copied); [`Error::Gguf`] for unreadable data;
-/// [`Error::Config`] if a parameter is not in `vs`.
+/// Errors: those of [`check_gguf_tensors`]; [`WeightsError::NonFinite`](crate::WeightsError::NonFinite) naming the first tensor that holds
+/// NaN or ±inf once converted (nothing after it is copied); [`GgufError::Invalid`](crate::GgufError::Invalid) for unreadable data;
+/// [`Error::Internal`] if a parameter is not in `vs` (built for `config`, so a bug).
 pub(super) fn load_gguf_weights(vs: &nn::VarStore, file: &GgufFile, config: &GemmaConfig) -> Result<()> {
     let by_gguf = check_gguf_tensors(file, config)?;
     let variables = vs.variables();
     let path = file.path().display().to_string();
     for (gguf, name) in &by_gguf {
         let Some(variable) = variables.get(name) else {
-            return Err(config_error(
-                "vs",
-                format!("parameter {name} is not in the model's variable store"),
-            ));
+            return Err(Error::Internal {
+                what: format!("checked parameter `{name}` is not in the model's variable store"),
+            });
         };
         let mut value = file.tensor(gguf, Kind::Float, variable.device())?;
         if gguf.ends_with("norm.weight") {

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use tch::{nn, Tensor};
 
 use super::config::GemmaConfig;
-use crate::error::{Error, Result};
+use crate::error::{CheckpointError, Error, ParameterMismatch, Result, ShapeMismatch};
 
 fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     if !path.is_file() {
@@ -18,9 +18,11 @@ fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
             std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
         ));
     }
-    Tensor::read_safetensors(path).map_err(|source| Error::Checkpoint {
-        path: path.display().to_string(),
-        reason: format!("cannot read safetensors: {source}"),
+    Tensor::read_safetensors(path).map_err(|source| {
+        Error::Checkpoint(CheckpointError::Invalid {
+            path: path.display().to_string(),
+            reason: format!("cannot read safetensors: {source}"),
+        })
     })
 }
 
@@ -35,7 +37,7 @@ fn is_ignorable(name: &str) -> bool {
     name == "lm_head.weight" || name.ends_with("rotary_emb.inv_freq")
 }
 
-/// The [`Error::Checkpoint`] reason when a directory has no weights file.
+/// The [`CheckpointError::Invalid`](crate::CheckpointError::Invalid) reason when a directory has no weights file.
 pub const NO_WEIGHTS: &str = "no model.safetensors or model.safetensors.index.json";
 
 /// Copies the weights of the Hugging Face folder `dir` into the model variables of `vs` (built for
@@ -45,13 +47,14 @@ pub const NO_WEIGHTS: &str = "no model.safetensors or model.safetensors.index.js
 /// present, else `dir/model.safetensors`. One file is in memory at a time. `lm_head.weight` (tied) and old
 /// `rotary_emb.inv_freq` buffers are skipped.
 ///
-/// Errors: [`Error::Checkpoint`] with reason [`NO_WEIGHTS`] when neither file exists; [`Error::Io`] /
-/// [`Error::Checkpoint`] for unreadable files; [`Error::MissingTensor`] naming the tensor and the
-/// file it was expected in; [`Error::TensorShape`] naming the tensor, file and both shapes;
-/// [`Error::UnexpectedTensor`] for a tensor that is no parameter of this config (e.g. a layer beyond
-/// `num_hidden_layers`, or Gemma 2 norms in a Gemma 1 config).
+/// Errors: [`CheckpointError::Invalid`](crate::CheckpointError::Invalid) with reason [`NO_WEIGHTS`] when neither file exists; [`Error::Io`] /
+/// [`CheckpointError::Invalid`](crate::CheckpointError::Invalid) for unreadable files; [`WeightsError::Parameters`](crate::WeightsError::Parameters) for the shard index or a file,
+/// listing the parameters missing from it (expected there), its tensors that are no parameter of this
+/// config (e.g. a layer beyond `num_hidden_layers`, or Gemma 2 norms in a Gemma 1 config) and those of
+/// another shape (with both shapes).
 pub(super) fn load_hf_weights(vs: &nn::VarStore, dir: &Path, config: &GemmaConfig) -> Result<()> {
     let expected = config.parameter_shapes()?;
+    let expected_by = format!("the {} config", config.model_type);
     let variables = vs.variables();
     let single = dir.join("model.safetensors");
     let index_path = dir.join("model.safetensors.index.json");
@@ -59,67 +62,72 @@ pub(super) fn load_hf_weights(vs: &nn::VarStore, dir: &Path, config: &GemmaConfi
     let mut plan: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
     if index_path.is_file() {
         let text = std::fs::read_to_string(&index_path).map_err(|source| Error::io(&index_path, source))?;
-        let index: ShardIndex = serde_json::from_str(&text).map_err(|source| Error::Checkpoint {
-            path: index_path.display().to_string(),
-            reason: format!("invalid shard index JSON: {source}"),
+        let index: ShardIndex = serde_json::from_str(&text).map_err(|source| {
+            Error::Checkpoint(CheckpointError::Invalid {
+                path: index_path.display().to_string(),
+                reason: format!("invalid shard index JSON: {source}"),
+            })
         })?;
+        let mut unlisted = ParameterMismatch::default();
         for name in expected.keys() {
             match index.weight_map.get(name) {
                 Some(file) => plan.entry(dir.join(file)).or_default().push(name.clone()),
-                None => {
-                    return Err(Error::MissingTensor {
-                        name: name.clone(),
-                        file: index_path.display().to_string(),
-                    })
-                }
+                None => unlisted.missing.push(name.clone()),
             }
         }
+        unlisted.into_result(&index_path.display().to_string(), &expected_by)?;
         for file in index.weight_map.values() {
             plan.entry(dir.join(file)).or_default();
         }
     } else if single.is_file() {
         plan.insert(single, expected.keys().cloned().collect());
     } else {
-        return Err(Error::Checkpoint {
+        return Err(Error::Checkpoint(CheckpointError::Invalid {
             path: dir.display().to_string(),
             reason: NO_WEIGHTS.to_string(),
-        });
+        }));
     }
 
     let mut seen = HashSet::new();
     for (file, wanted) in &plan {
         let tensors: HashMap<String, Tensor> = read_safetensors(file)?.into_iter().collect();
+        // Every mismatch of this file is reported before anything of it is copied.
+        let mut mismatch = ParameterMismatch::default();
         for (name, tensor) in &tensors {
             if is_ignorable(name) || seen.contains(name) {
                 continue;
             }
-            let (Some(shape), Some(variable)) = (expected.get(name), variables.get(name)) else {
-                return Err(Error::UnexpectedTensor {
+            match expected.get(name) {
+                None => mismatch.unexpected.push(name.clone()),
+                Some(shape) if &tensor.size() != shape => mismatch.mismatched.push(ShapeMismatch {
                     name: name.clone(),
-                    file: file.display().to_string(),
-                    model_type: config.model_type.clone(),
-                });
-            };
-            if &tensor.size() != shape {
-                return Err(Error::TensorShape {
-                    name: name.clone(),
-                    file: file.display().to_string(),
                     expected: shape.clone(),
                     got: tensor.size(),
-                });
+                }),
+                Some(_) => {}
             }
+        }
+        mismatch.missing = wanted
+            .iter()
+            .filter(|name| !tensors.contains_key(*name))
+            .cloned()
+            .collect();
+        mismatch.into_result(&file.display().to_string(), &expected_by)?;
+        for (name, tensor) in &tensors {
+            if is_ignorable(name) || seen.contains(name) {
+                continue;
+            }
+            let Some(variable) = variables.get(name) else {
+                return Err(Error::Internal {
+                    what: format!("checked parameter `{name}` is not in the model's variable store"),
+                });
+            };
             let mut variable = variable.shallow_clone();
             let value = tensor
                 .f_to_kind(variable.kind())?
                 .f_to_device(variable.device())?;
             tch::no_grad(|| variable.f_copy_(&value))?;
             seen.insert(name.clone());
-        }
-        if let Some(name) = wanted.iter().find(|name| !tensors.contains_key(*name)) {
-            return Err(Error::MissingTensor {
-                name: name.clone(),
-                file: file.display().to_string(),
-            });
         }
     }
     Ok(())
@@ -142,8 +150,8 @@ pub fn tokenizer_path(dir: &Path) -> Result<PathBuf> {
 /// tokens (`<bos>`, `<eos>`, `<pad>`) and chat template (`HfTokenizerConfig::gemma`),
 /// as a `tch_rpo::data::HfTokenizer` (feature `hf-tokenizers`).
 ///
-/// Errors: [`Error::Io`] when `dir/tokenizer.json` does not exist; [`Error::Tokenizer`] when it cannot be
-/// loaded or lacks a special token; [`Error::Config`] (naming the feature) when the crate was built
+/// Errors: [`Error::Io`] when `dir/tokenizer.json` does not exist; [`DataError::Tokenizer`](crate::DataError::Tokenizer) when it cannot be
+/// loaded or lacks a special token; [`InputError::Config`](crate::InputError::Config) (naming the feature) when the crate was built
 /// without `hf-tokenizers`.
 #[cfg(feature = "train")]
 pub fn load_tokenizer(dir: &Path) -> Result<Box<dyn crate::data::Tokenizer>> {
@@ -157,11 +165,11 @@ pub fn load_tokenizer(dir: &Path) -> Result<Box<dyn crate::data::Tokenizer>> {
         )?))
     }
     #[cfg(not(feature = "hf-tokenizers"))]
-    Err(Error::Config {
+    Err(Error::Input(crate::error::InputError::Config {
         name: "hf-tokenizers",
         requirement: format!(
             "reading {} needs the crate feature `hf-tokenizers` (e.g. `cargo run --features hf-tokenizers`)",
             path.display()
         ),
-    })
+    }))
 }

@@ -1,7 +1,7 @@
 //! [`CharTokenizer`]: one token per character of a fixed alphabet, after Gemma-style special ids.
 
 use crate::data::Tokenizer;
-use crate::error::{Error, Result};
+use crate::error::{DataError, Error, Result};
 
 /// A character-level tokenizer: `<pad>` = 0, `<eos>` = 1, `<bos>` = 2 (Gemma's special ids), then one id
 /// per character of the alphabet, in order (`3 + index`). For small models trained from scratch on
@@ -24,19 +24,19 @@ impl CharTokenizer {
     /// A tokenizer over the characters of `alphabet`, in order.
     ///
     /// # Errors
-    /// [`Error::Tokenizer`] for an empty alphabet or a character that appears twice.
+    /// [`DataError::Tokenizer`] for an empty alphabet or a character that appears twice.
     pub fn new(alphabet: &str) -> Result<Self> {
         let chars: Vec<char> = alphabet.chars().collect();
         if chars.is_empty() {
-            return Err(Error::Tokenizer(
+            return Err(Error::Data(DataError::Tokenizer(
                 "the alphabet of a CharTokenizer is empty".into(),
-            ));
+            )));
         }
         for (i, c) in chars.iter().enumerate() {
             if chars[..i].contains(c) {
-                return Err(Error::Tokenizer(format!(
+                return Err(Error::Data(DataError::Tokenizer(format!(
                     "character {c:?} appears twice in the alphabet {alphabet:?}"
-                )));
+                ))));
             }
         }
         Ok(Self { chars })
@@ -55,13 +55,15 @@ impl Tokenizer for CharTokenizer {
     /// One id per character.
     ///
     /// # Errors
-    /// [`Error::Tokenizer`] naming the first character that is not in the alphabet.
+    /// [`DataError::Tokenizer`] naming the first character that is not in the alphabet.
     fn encode(&self, text: &str) -> Result<Vec<i64>> {
         text.chars()
             .map(|c| {
                 self.char_id(c).ok_or_else(|| {
                     let alphabet: String = self.chars.iter().collect();
-                    Error::Tokenizer(format!("character {c:?} is not in the alphabet {alphabet:?}"))
+                    Error::Data(DataError::Tokenizer(format!(
+                        "character {c:?} is not in the alphabet {alphabet:?}"
+                    )))
                 })
             })
             .collect()

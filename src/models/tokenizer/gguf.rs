@@ -56,7 +56,7 @@ impl GgufTokenizer {
     /// special ids, `add_bos_token`). Takes about a second for Gemma's 262,144 tokens.
     ///
     /// # Errors
-    /// [`Error::Gguf`](crate::Error::Gguf) for a missing or mistyped key; [`Error::Tokenizer`](crate::Error::Tokenizer) for a
+    /// [`GgufError::Invalid`](crate::GgufError::Invalid) for a missing or mistyped key; [`DataError::Tokenizer`](crate::DataError::Tokenizer) for a
     /// tokenizer model other than "llama" (SentencePiece), token types of another length than the tokens,
     /// or a special id outside the vocabulary.
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use crate::error::{Error, Result};
+use crate::error::{DataError, Error, Result};
 use crate::gguf::GgufFile;
 
 /// SentencePiece token types (llama.cpp's numbering).
@@ -14,7 +14,10 @@ pub(crate) const TYPE_CONTROL: i64 = 3;
 pub(crate) const TYPE_USER_DEFINED: i64 = 4;
 
 pub(crate) fn tokenizer_error(file: &GgufFile, message: impl std::fmt::Display) -> Error {
-    Error::Tokenizer(format!("{}: {message}", file.path().display()))
+    Error::Data(DataError::Tokenizer(format!(
+        "{}: {message}",
+        file.path().display()
+    )))
 }
 
 /// A GGUF file's SentencePiece vocabulary and special tokens, checked.
@@ -40,7 +43,7 @@ impl GgufVocab {
     /// `"llama"`: "only SentencePiece (\"llama\") {what_for}".
     ///
     /// # Errors
-    /// [`Error::Gguf`] for a missing or mistyped key; [`Error::Tokenizer`] for another tokenizer model,
+    /// [`GgufError::Invalid`](crate::GgufError::Invalid) for a missing or mistyped key; [`DataError::Tokenizer`](crate::DataError::Tokenizer) for another tokenizer model,
     /// token types of another length than the tokens, or a special id outside the vocabulary.
     pub fn read(file: &GgufFile, what_for: &str) -> Result<Self> {
         let model = file.get_str("tokenizer.ggml.model")?;

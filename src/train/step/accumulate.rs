@@ -3,7 +3,7 @@
 //! pairs.
 
 use crate::data::CollatedBatch;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::loss::rpo::RpoOutput;
 use crate::loss::GlobalBatch;
 use crate::train::metrics::{Average, StepMetrics, METRICS};
@@ -41,14 +41,14 @@ impl StepTotals {
     /// The totals of a step with these (summed) [`StepTotals::counts`].
     ///
     /// # Errors
-    /// [`Error::EmptyBatch`] for a step without pairs.
+    /// [`InputError::EmptyBatch`](crate::InputError::EmptyBatch) for a step without pairs.
     pub(crate) fn from_counts(counts: [f64; 4]) -> Result<Self> {
         let [pairs, tokens, chosen_tokens, rejected_tokens] = counts;
         if pairs == 0.0 {
-            return Err(Error::EmptyBatch {
+            return Err(Error::Input(InputError::EmptyBatch {
                 arg: "micro_batches",
                 shape: vec![0],
-            });
+            }));
         }
         let (pairs, tokens) = (pairs as usize, tokens as i64);
         let (chosen_tokens, rejected_tokens) = (chosen_tokens as i64, rejected_tokens as i64);
@@ -99,7 +99,7 @@ impl Accumulated {
     /// returns the micro-batch's loss.
     ///
     /// # Errors
-    /// [`Error::Config`] (a bug) if the loss output lacks a metric that is not a token statistic.
+    /// [`Error::Internal`] (a bug) if the loss output lacks a metric that is not a token statistic.
     pub(crate) fn add(&mut self, out: &RpoOutput, batch: &CollatedBatch, totals: &StepTotals) -> Result<f64> {
         let tensors: Vec<Option<&Tensor>> = METRICS.iter().map(|m| out.metric(m.name)).collect();
         let with_token = METRICS
@@ -115,9 +115,8 @@ impl Accumulated {
                 Some(_) => {}
                 None if m.average.is_token_statistic() => {}
                 None => {
-                    return Err(Error::Config {
-                        name: "metrics schema",
-                        requirement: format!("the loss output has no `{}` (a bug in tch-rpo)", m.name),
+                    return Err(Error::Internal {
+                        what: format!("the loss output has no metric `{}` of the schema", m.name),
                     })
                 }
             }

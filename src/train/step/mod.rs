@@ -11,7 +11,7 @@ use tch::Tensor;
 
 use crate::autograd::ensure_grad;
 use crate::data::CollatedBatch;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::loss::rpo::RpoOutput;
 use crate::loss::GlobalBatch;
 use crate::train::metrics::StepMetrics;
@@ -122,7 +122,7 @@ impl<M: PolicyModel> RpoTrainer<M> {
         for batch in micro_batches {
             let (out, deferred) = match self.micro_batch(batch, totals.global, true) {
                 Ok(out) => out,
-                Err(e @ Error::NonFinite { .. }) => {
+                Err(e @ Error::Input(InputError::NonFinite { .. })) => {
                     accumulated.set_non_finite();
                     return Ok(Gradients {
                         accumulated,

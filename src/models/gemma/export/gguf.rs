@@ -5,7 +5,7 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 use super::{check_finite, ordered_parameters, TokenizerSource, SAVED};
-use crate::error::{Error, Result};
+use crate::error::{DataError, Error, GgufError, InputError, Result, WeightsError};
 use crate::gguf::{GgmlType, GgufValue, GgufWriter};
 use crate::models::gemma::config::{Activation, GemmaArch, GemmaConfig};
 use crate::models::gemma::weights_gguf::gguf_tensor_name;
@@ -22,7 +22,7 @@ fn file_type(ty: GgmlType) -> u32 {
 }
 
 fn config_error(name: &'static str, requirement: String) -> Error {
-    Error::Config { name, requirement }
+    Error::Input(InputError::Config { name, requirement })
 }
 
 fn u32_value(name: &'static str, value: i64) -> Result<GgufValue> {
@@ -36,10 +36,10 @@ fn u32_value(name: &'static str, value: i64) -> Result<GgufValue> {
 fn check_representable(config: &GemmaConfig) -> Result<()> {
     config.validate()?;
     if config.arch()? != GemmaArch::Gemma3 {
-        return Err(Error::UnsupportedArchitecture {
+        return Err(Error::Weights(WeightsError::UnsupportedArchitecture {
             found: config.model_type.clone(),
             supported: "gemma3_text (GGUF export)",
-        });
+        }));
     }
     let (_, local) = config.rope_bases()?;
     if local != 1e4 {
@@ -107,14 +107,14 @@ fn check_representable(config: &GemmaConfig) -> Result<()> {
 /// [`crate::atomic`]): under `path` there is only ever a complete GGUF, the earlier one or the new one.
 ///
 /// # Errors
-/// [`Error::InvalidPath`] (checked first, before any conversion) if `path` is empty, its folder does not
-/// exist or it is a directory; [`Error::UnsupportedArchitecture`] for a Gemma 1 / 2 configuration; [`Error::Config`] for a Gemma 3
+/// [`InputError::InvalidPath`](crate::InputError::InvalidPath) (checked first, before any conversion) if `path` is empty, its folder does not
+/// exist or it is a directory; [`WeightsError::UnsupportedArchitecture`](crate::WeightsError::UnsupportedArchitecture) for a Gemma 1 / 2 configuration; [`InputError::Config`](crate::InputError::Config) for a Gemma 3
 /// configuration a GGUF cannot express (sliding-layer RoPE θ ≠ 10⁴, `query_pre_attn_scalar` ≠ 256, a
 /// soft-cap, another activation or layer pattern, a size beyond `u32`) or a tokenizer whose token count
-/// differs from `vocab_size`; [`Error::Gguf`] for a `ty` other than F32, F16, BF16, Q8_0 or a value that
-/// cannot be encoded; [`Error::Tokenizer`] for [`TokenizerSource::HfDir`] (converting `tokenizer.json`
-/// to GGUF metadata is not implemented); [`Error::MissingTensor`], [`Error::UnexpectedTensor`],
-/// [`Error::TensorShape`] when `parameters` do not match `config`; [`Error::NonFiniteWeight`] naming the
+/// differs from `vocab_size`; [`GgufError::Invalid`](crate::GgufError::Invalid) for a `ty` other than F32, F16, BF16, Q8_0 or a value that
+/// cannot be encoded; [`DataError::Tokenizer`](crate::DataError::Tokenizer) for [`TokenizerSource::HfDir`] (converting `tokenizer.json`
+/// to GGUF metadata is not implemented); [`WeightsError::Parameters`](crate::WeightsError::Parameters) when `parameters` do not match `config`
+/// (missing, unexpected, reshaped or given twice); [`WeightsError::NonFinite`](crate::WeightsError::NonFinite) naming the
 /// first parameter that holds NaN or ±inf, whatever `ty` (nothing is written); [`Error::Io`],
 /// [`Error::Torch`].
 pub fn save_gguf(
@@ -129,10 +129,10 @@ pub fn save_gguf(
         ty,
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0
     ) {
-        return Err(Error::Gguf {
+        return Err(Error::Gguf(GgufError::Invalid {
             path: path.display().to_string(),
             reason: format!("cannot export matrices as {ty}; choose F32, F16, BF16 or Q8_0"),
-        });
+        }));
     }
     check_representable(config)?;
     let ordered = ordered_parameters(config, parameters, SAVED)?;
@@ -141,11 +141,11 @@ pub fn save_gguf(
         TokenizerSource::None => None,
         TokenizerSource::Gguf(file) => Some(file),
         TokenizerSource::HfDir(dir) => {
-            return Err(Error::Tokenizer(format!(
+            return Err(Error::Data(DataError::Tokenizer(format!(
             "{}: a GGUF export takes its tokenizer from a GGUF file's metadata; converting a Hugging Face \
                  tokenizer folder is not implemented",
             dir.display()
-        )))
+        ))))
         }
     };
     if let Some(file) = source {
@@ -227,10 +227,8 @@ pub fn save_gguf(
     // Norm weights are materialized as 1 + w (small); matrices are read and encoded while writing.
     tch::no_grad(|| -> Result<()> {
         for (name, tensor) in &ordered {
-            let gguf = gguf_tensor_name(name).ok_or_else(|| Error::UnexpectedTensor {
-                name: name.to_string(),
-                file: "the parameters to save".into(),
-                model_type: config.model_type.clone(),
+            let gguf = gguf_tensor_name(name).ok_or_else(|| Error::Internal {
+                what: format!("checked Gemma 3 parameter `{name}` has no GGUF name"),
             })?;
             if tensor.dim() == 1 {
                 let stored = if gguf.ends_with("norm.weight") {

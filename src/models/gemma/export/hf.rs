@@ -8,14 +8,14 @@ use tch::{Device, Kind, Tensor};
 use super::tokenizer::hf_tokenizer_files;
 use super::{dtype_name, ordered_parameters, TokenizerSource, HF_TOKENIZER_FILES, SAVED};
 use crate::atomic::ExistingDir;
-use crate::error::{Error, Result};
+use crate::error::{CheckpointError, DataError, Error, Result};
 use crate::models::gemma::config::{Activation, GemmaArch, GemmaConfig, TokenIds};
 
 fn checkpoint_error(path: &Path, reason: impl Into<String>) -> Error {
-    Error::Checkpoint {
+    Error::Checkpoint(CheckpointError::Invalid {
         path: path.display().to_string(),
         reason: reason.into(),
-    }
+    })
 }
 
 /// The `config.json` of `config` for a folder saved in `kind`: every field `transformers` reads for the
@@ -32,7 +32,7 @@ fn checkpoint_error(path: &Path, reason: impl Into<String>) -> Error {
 ///   soft-caps (`null` when off); Gemma 3 also `use_bidirectional_attention: false`.
 ///
 /// # Errors
-/// Those of [`GemmaConfig::validate`]; [`Error::DType`] for a `kind` other than Float, BFloat16, Half.
+/// Those of [`GemmaConfig::validate`]; [`InputError::DType`](crate::InputError::DType) for a `kind` other than Float, BFloat16, Half.
 pub fn hf_config_json(config: &GemmaConfig, kind: Kind) -> Result<Value> {
     config.validate()?;
     let arch = config.arch()?;
@@ -166,11 +166,11 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
 /// the earlier folder as it was (or no folder), never a partial one. The parent of `dir` must exist.
 ///
 /// # Errors
-/// [`Error::InvalidPath`] if `dir` is empty, its parent does not exist, it is a file or a link, or it holds
-/// a subfolder or a link; [`Error::Checkpoint`] if `dir` holds a sharded checkpoint
-/// (`model.safetensors.index.json`) or a parameter is given twice; [`Error::MissingTensor`],
-/// [`Error::UnexpectedTensor`], [`Error::TensorShape`] when `parameters` do not match `config`;
-/// [`Error::NonFiniteWeight`] for a parameter holding NaN or ±inf (nothing is written); those of
+/// [`InputError::InvalidPath`](crate::InputError::InvalidPath) if `dir` is empty, its parent does not exist, it is a file or a link, or it holds
+/// a subfolder or a link; [`CheckpointError::Invalid`](crate::CheckpointError::Invalid) if `dir` holds a sharded checkpoint
+/// (`model.safetensors.index.json`); [`WeightsError::Parameters`](crate::WeightsError::Parameters) when `parameters` do not match `config`
+/// (missing, unexpected, reshaped or given twice);
+/// [`WeightsError::NonFinite`](crate::WeightsError::NonFinite) for a parameter holding NaN or ±inf (nothing is written); those of
 /// [`hf_config_json`] and [`hf_tokenizer_files`]; [`Error::Io`] for a file that cannot be written or copied;
 /// [`Error::Torch`] if libtorch fails (e.g. writing the safetensors file). Nothing is written when the
 /// arguments are refused.
@@ -203,10 +203,10 @@ pub fn save_pretrained(
                 .filter(|name| source.join(name).is_file())
                 .collect();
             if found.is_empty() {
-                return Err(Error::Tokenizer(format!(
+                return Err(Error::Data(DataError::Tokenizer(format!(
                     "{} holds none of the tokenizer files {HF_TOKENIZER_FILES:?}",
                     source.display()
-                )));
+                ))));
             }
             found
         }

@@ -14,7 +14,7 @@
 //! | configuration | `config.json` (every field transformers reads), `generation_config.json` | `gemma3.*` hyper-parameters |
 //! | tokenizer | `tokenizer.json` + `tokenizer_config.json` built from a GGUF's tokenizer metadata, or copied from a folder | the `tokenizer.*` metadata of a GGUF |
 //!
-//! Both refuse parameters holding NaN or ±inf ([`Error::NonFiniteWeight`], whatever the format or dtype)
+//! Both refuse parameters holding NaN or ±inf ([`WeightsError::NonFinite`](crate::WeightsError::NonFinite), whatever the format or dtype)
 //! before writing anything.
 //!
 //! Checked by `tests/export_gemma.rs`: the saved folder and files load back here and in `transformers`
@@ -52,7 +52,7 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 use super::config::GemmaConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, ParameterMismatch, Result};
 use crate::gguf::GgufFile;
 use crate::validate::finite_weight;
 
@@ -84,7 +84,7 @@ const SAVED: &str = "the parameters to save";
 
 /// The parameters in file order (embedding, layers 0, 1, … each in a fixed order, final norm), checked
 /// against `config`: every parameter once with its shape, nothing else. `what` names the parameters in
-/// the errors (the `file` of [`Error::MissingTensor`], …). Used by the writers and by
+/// the errors (the `origin` of [`WeightsError::Parameters`](crate::WeightsError::Parameters), …). Used by the writers and by
 /// [`WeightSource::Parameters`](super::WeightSource::Parameters).
 pub(in crate::models::gemma) fn ordered_parameters<'p>(
     config: &GemmaConfig,
@@ -92,40 +92,19 @@ pub(in crate::models::gemma) fn ordered_parameters<'p>(
     what: &str,
 ) -> Result<Vec<(&'p str, &'p Tensor)>> {
     let expected = config.parameter_shapes()?;
-    let mut given: HashMap<&str, &Tensor> = HashMap::with_capacity(parameters.len());
-    for (name, tensor) in parameters {
-        let Some(shape) = expected.get(name) else {
-            return Err(Error::UnexpectedTensor {
-                name: name.clone(),
-                file: what.into(),
-                model_type: config.model_type.clone(),
-            });
-        };
-        if &tensor.size() != shape {
-            return Err(Error::TensorShape {
-                name: name.clone(),
-                file: what.into(),
-                expected: shape.clone(),
-                got: tensor.size(),
-            });
-        }
-        if given.insert(name, tensor).is_some() {
-            return Err(Error::Checkpoint {
-                path: what.into(),
-                reason: format!("parameter `{name}` is given twice"),
-            });
-        }
-    }
+    let shapes = parameters
+        .iter()
+        .map(|(name, tensor)| (name.as_str(), tensor.size()));
+    ParameterMismatch::compare(&expected, shapes)
+        .into_result(what, &format!("the {} config", config.model_type))?;
+    let given: HashMap<&str, &Tensor> = parameters
+        .iter()
+        .map(|(name, tensor)| (name.as_str(), tensor))
+        .collect();
     let mut ordered = Vec::with_capacity(expected.len());
     for name in expected.keys() {
-        match given.get_key_value(name.as_str()) {
-            Some((&name, &tensor)) => ordered.push((name, tensor)),
-            None => {
-                return Err(Error::MissingTensor {
-                    name: name.clone(),
-                    file: what.into(),
-                })
-            }
+        if let Some((&name, &tensor)) = given.get_key_value(name.as_str()) {
+            ordered.push((name, tensor));
         }
     }
     ordered.sort_by_key(|(name, _)| file_order(name));
@@ -133,7 +112,7 @@ pub(in crate::models::gemma) fn ordered_parameters<'p>(
 }
 
 /// Refuses parameters that hold NaN or ±inf, in every export format (GGUF F32, F16, BF16, Q8_0; a Hugging
-/// Face folder in any dtype): [`Error::NonFiniteWeight`] naming the first such parameter, before anything
+/// Face folder in any dtype): [`WeightsError::NonFinite`](crate::WeightsError::NonFinite) naming the first such parameter, before anything
 /// is written. One `isfinite().all()` per parameter on its device.
 fn check_finite(ordered: &[(&str, &Tensor)]) -> Result<()> {
     for (name, tensor) in ordered {
@@ -163,10 +142,10 @@ fn dtype_name(kind: Kind) -> Result<&'static str> {
         Kind::Float => Ok("float32"),
         Kind::BFloat16 => Ok("bfloat16"),
         Kind::Half => Ok("float16"),
-        other => Err(Error::DType {
+        other => Err(Error::Input(InputError::DType {
             arg: "kind",
             expected: "Float, BFloat16 or Half",
             got: other,
-        }),
+        })),
     }
 }

@@ -23,7 +23,7 @@ use crate::models::tokenizer::vocab::GgufVocab;
 /// The tokenizer files of a Gemma GGUF: `(tokenizer.json, tokenizer_config.json)` as JSON values.
 ///
 /// # Errors
-/// [`Error::Gguf`](crate::Error::Gguf) for a missing or mistyped `tokenizer.ggml.*` key; [`Error::Tokenizer`](crate::Error::Tokenizer) for a tokenizer
+/// [`GgufError::Invalid`](crate::GgufError::Invalid) for a missing or mistyped `tokenizer.ggml.*` key; [`DataError::Tokenizer`](crate::DataError::Tokenizer) for a tokenizer
 /// model other than `"llama"` (SentencePiece), token types of another length than the tokens, or a special
 /// token id outside the vocabulary.
 pub fn hf_tokenizer_files(file: &GgufFile) -> Result<(Value, Value)> {
