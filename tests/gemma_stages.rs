@@ -9,7 +9,7 @@ use tch_rpo::data::Tokenizer;
 use tch_rpo::models::gemma::{greedy_accuracy, greedy_decode, Gemma, GemmaPolicy, LoadOptions, WeightSource};
 use tch_rpo::models::tokenizer::CharTokenizer;
 use tch_rpo::train::PolicyModel;
-use tch_rpo::Error;
+use tch_rpo::{Error, InputError};
 
 fn fixture_policy() -> GemmaPolicy {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma2_tiny");
@@ -77,7 +77,7 @@ fn greedy_accuracy_equals_judging_one_prompt_at_a_time() {
     let none = greedy_accuracy(policy.model(), &tok, &[], max_new, 8, judge).unwrap();
     assert_eq!(none, None);
     match greedy_accuracy(policy.model(), &tok, &prompts, max_new, 0, judge) {
-        Err(Error::Config { name, .. }) => assert_eq!(name, "batch"),
-        other => panic!("expected a Config error, got {other:?}"),
+        Err(Error::Input(InputError::InvalidParameter { name, .. })) => assert_eq!(name, "batch"),
+        other => panic!("expected an InvalidParameter error, got {other:?}"),
     }
 }

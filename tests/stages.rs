@@ -9,7 +9,7 @@ use tch_rpo::train::{
     metrics_csv, write_metrics_csv, Collective, EvalRow, PolicyModel, ReferenceSource, RpoTrainer,
     RpoTrainerConfig, StageHooks, StageSummary, Stages, TrainedSteps, METRICS_CSV_HEADER,
 };
-use tch_rpo::{Error, RpoConfig};
+use tch_rpo::{Error, InputError, RpoConfig};
 use train_support::{max_param_diff, preference_pairs, TinyLm};
 
 const HIDDEN: i64 = 16;
@@ -122,8 +122,11 @@ fn stages_chain_and_zero_settings() {
         (1, 1, 0, "eval_batch"),
     ] {
         match Stages::new(&pairs, &collator, Collective::single(), steps, evals, batch) {
-            Err(Error::Config { name: got, .. }) => assert_eq!(got, name),
-            other => panic!("expected a Config error for {name}, got {:?}", other.err()),
+            Err(Error::Input(InputError::InvalidParameter { name: got, .. })) => assert_eq!(got, name),
+            other => panic!(
+                "expected an InvalidParameter error for {name}, got {:?}",
+                other.err()
+            ),
         }
     }
     // Two stages on one chain: the second's rows follow the first's; default hooks measure no gold.
@@ -198,7 +201,7 @@ fn metrics_csv_text_and_file() {
     let missing = dir.join("no_such_folder").join("metrics.csv");
     assert!(matches!(
         write_metrics_csv(&missing, &rows),
-        Err(Error::InvalidPath { .. })
+        Err(Error::Input(InputError::InvalidPath { .. }))
     ));
     let _ = std::fs::remove_dir_all(&dir);
 

@@ -8,7 +8,7 @@ use tch_rpo::data::word_reversal::{
     TRAIN_SIZE,
 };
 use tch_rpo::data::{OnMalformed, PreferenceDataset};
-use tch_rpo::Error;
+use tch_rpo::{Error, InputError};
 
 fn reverse_by_index(word: &str) -> String {
     let bytes = word.as_bytes();
@@ -36,7 +36,7 @@ fn shipped_files_are_the_generators_output() {
     let missing = dir.join("no_such_folder").join("x.jsonl");
     assert!(matches!(
         write_jsonl(&missing, train),
-        Err(Error::InvalidPath { .. })
+        Err(Error::Input(InputError::InvalidPath { .. }))
     ));
     let _ = std::fs::remove_dir_all(&dir);
 }

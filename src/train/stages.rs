@@ -21,7 +21,7 @@ use super::model::PolicyModel;
 use super::reference::{score_reference, ReferenceCache, ReferenceSource, ScoringOptions};
 use super::trainer::RpoTrainer;
 use crate::data::{Collator, EncodedPair};
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 use crate::memory::MemoryReport;
 
 /// The exact header of the CSV file [`write_metrics_csv`] writes (one column per [`EvalRow`] field).
@@ -285,7 +285,7 @@ impl<'a> Stages<'a> {
     /// `max(1, steps_per_epoch / evals_per_epoch)` steps, and at the end) in batches of `eval_batch` pairs.
     ///
     /// # Errors
-    /// [`Error::Config`] when `steps_per_epoch`, `evals_per_epoch` or `eval_batch` is 0.
+    /// [`InputError::InvalidParameter`] when `steps_per_epoch`, `evals_per_epoch` or `eval_batch` is 0.
     pub fn new(
         pairs: &'a [EncodedPair],
         collator: &'a Collator,
@@ -300,8 +300,11 @@ impl<'a> Stages<'a> {
             ("eval_batch", eval_batch as u64),
         ] {
             if value == 0 {
-                let requirement = format!("must be >= 1, got {value}");
-                return Err(Error::Config { name, requirement });
+                return Err(Error::Input(InputError::InvalidParameter {
+                    name,
+                    value: value.into(),
+                    requirement: "must be >= 1",
+                }));
             }
         }
         Ok(Self {

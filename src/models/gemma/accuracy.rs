@@ -4,7 +4,7 @@
 use super::generate::{generate, GenerationConfig};
 use super::model::Gemma;
 use crate::data::Tokenizer;
-use crate::error::{Error, Result};
+use crate::error::{Error, InputError, Result};
 
 /// The fraction of `prompts` that `model` answers correctly: each prompt is encoded with `tokenizer`
 /// (after its BOS id, when it has one), decoded greedily ([`generate`] with
@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 /// prompts.
 ///
 /// # Errors
-/// [`Error::Config`] for `batch == 0`; those of the tokenizer's `encode` / `decode` and of [`generate`].
+/// [`InputError::InvalidParameter`] for `batch == 0`; those of the tokenizer's `encode` / `decode` and of [`generate`].
 pub fn greedy_accuracy(
     model: &Gemma,
     tokenizer: &dyn Tokenizer,
@@ -23,11 +23,11 @@ pub fn greedy_accuracy(
     is_correct: impl Fn(&str, &str) -> bool,
 ) -> Result<Option<f64>> {
     if batch == 0 {
-        let requirement = "must be >= 1, got 0".to_string();
-        return Err(Error::Config {
+        return Err(Error::Input(InputError::InvalidParameter {
             name: "batch",
-            requirement,
-        });
+            value: 0u64.into(),
+            requirement: "must be >= 1",
+        }));
     }
     if prompts.is_empty() {
         return Ok(None);
