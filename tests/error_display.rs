@@ -3,9 +3,9 @@
 
 use std::error::Error as _;
 use tch::{Device, Kind, Tensor};
-use tch_rpo::Error;
 #[cfg(feature = "dist")]
 use tch_rpo::DistError;
+use tch_rpo::Error;
 use tch_rpo::{InputError, WeightsError};
 
 /// A real libtorch error: viewing 6 values as 5.
