@@ -315,19 +315,9 @@ fn is_file_error(e: &Error) -> bool {
 }
 
 fn run_mutations(ty: GgmlType, dir: &TempDir, counts: &mut Counts) {
-    let path = dir.path(&format!("small-{ty}.gguf"));
-    save_gguf(
-        &path,
-        &small_config(),
-        &small_parameters(),
-        ty,
-        TokenizerSource::None,
-    )
-    .unwrap();
-    let original = std::fs::read(&path).unwrap();
+    let (path, original, header) = saved(dir, ty);
     let reference = load_logits(&path).unwrap();
     assert!(bool::try_from(reference.isfinite().all()).unwrap());
-    let header = parse_header(&original);
     let mutated_path = dir.path(&format!("mutated-{ty}.gguf"));
     for m in mutations(&original, &header, 150, 7 + ty.id() as u64) {
         let mut bytes = original.clone();
