@@ -106,12 +106,12 @@ impl Accumulated {
             .iter()
             .zip(&tensors)
             .all(|(m, t)| t.is_some() || !m.average.is_token_statistic());
-        let mut present = Vec::with_capacity(METRICS.len());
-        for (m, t) in METRICS.iter().zip(&tensors) {
+        // The schema positions this micro-batch contributes to, with their tensors: every metric, the token
+        // statistics only when all of them were computed.
+        let mut read = Vec::with_capacity(METRICS.len());
+        for (position, (m, t)) in METRICS.iter().zip(&tensors).enumerate() {
             match t {
-                Some(t) if with_token || !m.average.is_token_statistic() => {
-                    present.push(t.f_detach()?.f_to_kind(Kind::Double)?)
-                }
+                Some(t) if with_token || !m.average.is_token_statistic() => read.push((position, *t)),
                 Some(_) => {}
                 None if m.average.is_token_statistic() => {}
                 None => {
@@ -121,16 +121,16 @@ impl Accumulated {
                 }
             }
         }
+        let present = read
+            .iter()
+            .map(|(_, t)| t.f_detach()?.f_to_kind(Kind::Double))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let values = Vec::<f64>::try_from(&Tensor::f_stack(&present, 0)?.f_to_device(Device::Cpu)?)?;
         // `loss` comes first in the schema and is never a token statistic.
         let loss = values[LOSS];
-        let mut values = values.into_iter();
-        for (slot, m) in self.sums.iter_mut().zip(&METRICS) {
-            if m.average.is_token_statistic() && !with_token {
-                continue;
-            }
-            let value = values.next().unwrap_or(f64::NAN);
-            *slot += match m.average {
+        for ((position, _), value) in read.iter().zip(values) {
+            let m = &METRICS[*position];
+            self.sums[*position] += match m.average {
                 // A loss is summed as it is (already normalized by the step's totals).
                 Average::Step => value,
                 average => value * totals.weight(average, batch),
