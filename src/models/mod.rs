@@ -26,4 +26,5 @@
 //! ```
 
 pub mod gemma;
+mod linear;
 pub mod tokenizer;

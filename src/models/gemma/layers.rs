@@ -5,6 +5,7 @@ use tch::{nn, Kind, Tensor};
 
 use super::config::Activation;
 use crate::error::{Error, Result};
+use crate::models::linear::Linear;
 
 /// A new parameter `path/name` of shape `dims`: libtorch's failure to allocate it (a configuration whose
 /// sizes exceed the memory) is [`Error::OutOfMemory`] naming it, where tch's `var` would panic.
@@ -50,10 +51,6 @@ impl RmsNorm {
         let scale = self.weight.f_to_kind(Kind::Float)?.f_add_scalar(1.0)?;
         Ok(normed.f_mul(&scale)?.f_to_kind(xs.kind())?)
     }
-}
-
-pub(crate) fn linear(xs: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    Ok(xs.f_linear::<&Tensor>(weight, None)?)
 }
 
 pub(crate) fn soft_cap(xs: &Tensor, cap: Option<f64>) -> Result<Tensor> {
@@ -104,10 +101,10 @@ impl LayerCache {
 }
 
 pub(crate) struct Attention {
-    pub(crate) q_proj: Tensor,
-    pub(crate) k_proj: Tensor,
-    pub(crate) v_proj: Tensor,
-    pub(crate) o_proj: Tensor,
+    pub(crate) q_proj: Linear,
+    pub(crate) k_proj: Linear,
+    pub(crate) v_proj: Linear,
+    pub(crate) o_proj: Linear,
     pub(crate) heads: i64,
     pub(crate) kv_heads: i64,
     pub(crate) head_dim: i64,
@@ -146,8 +143,8 @@ impl Attention {
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
         let (n, t) = (xs.size()[0], xs.size()[1]);
-        let split = |w: &Tensor, heads: i64| -> Result<Tensor> {
-            Ok(linear(xs, w)?
+        let split = |w: &Linear, heads: i64| -> Result<Tensor> {
+            Ok(w.forward(xs)?
                 .f_view([n, t, heads, self.head_dim])?
                 .f_transpose(1, 2)?)
         };
@@ -190,14 +187,14 @@ impl Attention {
             .f_matmul(&v)?
             .f_transpose(1, 2)?
             .f_reshape([n, t, self.heads * self.head_dim])?;
-        linear(&out, &self.o_proj)
+        self.o_proj.forward(&out)
     }
 }
 
 pub(crate) struct Mlp {
-    pub(crate) gate_proj: Tensor,
-    pub(crate) up_proj: Tensor,
-    pub(crate) down_proj: Tensor,
+    pub(crate) gate_proj: Linear,
+    pub(crate) up_proj: Linear,
+    pub(crate) down_proj: Linear,
     pub(crate) activation: Activation,
 }
 
@@ -216,8 +213,8 @@ impl Mlp {
             Activation::GeluTanh => "tanh",
             Activation::Gelu => "none",
         };
-        let gate = linear(xs, &self.gate_proj)?.f_gelu(approximate)?;
-        linear(&gate.f_mul(&linear(xs, &self.up_proj)?)?, &self.down_proj)
+        let gate = self.gate_proj.forward(xs)?.f_gelu(approximate)?;
+        self.down_proj.forward(&gate.f_mul(&self.up_proj.forward(xs)?)?)
     }
 }
 

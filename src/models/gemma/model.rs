@@ -3,9 +3,10 @@
 use tch::{nn, Kind, Tensor};
 
 use super::config::{GemmaArch, GemmaConfig};
-use super::layers::{linear, parameter, soft_cap, Attention, Layer, LayerCache, Mlp, RmsNorm};
+use super::layers::{parameter, soft_cap, Attention, Layer, LayerCache, Mlp, RmsNorm};
 use crate::autograd::{backward_from, leaf_grad};
 use crate::error::{Error, InputError, Result};
+use crate::models::linear::Linear;
 
 /// A Gemma / Gemma 2 causal language model with a tied LM head.
 ///
@@ -60,20 +61,30 @@ impl Gemma {
             let ap = &lp / "self_attn";
             let mp = &lp / "mlp";
             let attention = Attention {
-                q_proj: parameter(
+                q_proj: Linear::new(parameter(
                     &(&ap / "q_proj"),
                     "weight",
                     &[config.num_attention_heads * hd, h],
                     init,
-                )?,
-                k_proj: parameter(&(&ap / "k_proj"), "weight", &[config.kv_heads() * hd, h], init)?,
-                v_proj: parameter(&(&ap / "v_proj"), "weight", &[config.kv_heads() * hd, h], init)?,
-                o_proj: parameter(
+                )?),
+                k_proj: Linear::new(parameter(
+                    &(&ap / "k_proj"),
+                    "weight",
+                    &[config.kv_heads() * hd, h],
+                    init,
+                )?),
+                v_proj: Linear::new(parameter(
+                    &(&ap / "v_proj"),
+                    "weight",
+                    &[config.kv_heads() * hd, h],
+                    init,
+                )?),
+                o_proj: Linear::new(parameter(
                     &(&ap / "o_proj"),
                     "weight",
                     &[h, config.num_attention_heads * hd],
                     init,
-                )?,
+                )?),
                 heads: config.num_attention_heads,
                 kv_heads: config.kv_heads(),
                 head_dim: hd,
@@ -92,19 +103,24 @@ impl Gemma {
                     .transpose()?,
             };
             let mlp = Mlp {
-                gate_proj: parameter(
+                gate_proj: Linear::new(parameter(
                     &(&mp / "gate_proj"),
                     "weight",
                     &[config.intermediate_size, h],
                     init,
-                )?,
-                up_proj: parameter(&(&mp / "up_proj"), "weight", &[config.intermediate_size, h], init)?,
-                down_proj: parameter(
+                )?),
+                up_proj: Linear::new(parameter(
+                    &(&mp / "up_proj"),
+                    "weight",
+                    &[config.intermediate_size, h],
+                    init,
+                )?),
+                down_proj: Linear::new(parameter(
                     &(&mp / "down_proj"),
                     "weight",
                     &[h, config.intermediate_size],
                     init,
-                )?,
+                )?),
                 activation,
             };
             let gemma2 = arch.has_gemma2_layer();
@@ -408,7 +424,10 @@ impl Gemma {
     /// embedding), then Gemma 2 / 3's final soft-cap when configured. Errors: [`Error::Torch`] (e.g. a
     /// last dimension other than H).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        soft_cap(&linear(hidden, &self.embed_tokens)?, self.final_logit_softcap())
+        soft_cap(
+            &hidden.f_linear::<&Tensor>(&self.embed_tokens, None)?,
+            self.final_logit_softcap(),
+        )
     }
 
     /// Logits `[N, T, V]` in the activation dtype: [`Gemma::logits`] of [`Gemma::forward_hidden`]. Same
