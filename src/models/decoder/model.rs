@@ -1,151 +1,118 @@
-//! [`Gemma`]: the decoder (embedding, layers, final norm, tied head) on a [`tch::nn::VarStore`].
+//! [`Decoder`]: the decoder every family shares (embedding, layers, final norm, head) on a
+//! [`tch::nn::VarStore`], and its [`KvCache`].
 
 use tch::{nn, Kind, Tensor};
 
-use super::config::{GemmaArch, GemmaConfig};
 use super::layers::{parameter, soft_cap, Attention, Layer, LayerCache, Mlp, RmsNorm};
+use super::spec::{DecoderSpec, NormStyle, Rope};
+use super::CausalLm;
 use crate::autograd::{backward_from, leaf_grad};
 use crate::error::{Error, InputError, Result};
 use crate::models::linear::Linear;
 
-/// A Gemma / Gemma 2 causal language model with a tied LM head.
+/// A decoder-only causal language model: token embedding (scaled by `sqrt(H)` for Gemma), layers of
+/// RMSNorm → grouped-query attention with RoPE → residual → RMSNorm → gated MLP → residual, a final
+/// RMSNorm and the LM head (the embedding when tied, else `lm_head.weight`). What varies between families
+/// is set by their configuration when it is built ([`Gemma`](crate::models::gemma::Gemma),
+/// `Llama`); each family's model wraps one and hands it out through
+/// [`CausalLm::decoder`](super::CausalLm::decoder).
 ///
-/// Built by [`Gemma::load`] (existing weights) or [`Gemma::random`] (a fresh random init). The parameters
-/// are variables of an [`nn::VarStore`] under their Hugging Face names; the activation dtype is the embedding's dtype (f32 or bf16: convert with `VarStore::set_kind`).
-pub struct Gemma {
-    config: GemmaConfig,
-    arch: GemmaArch,
+/// The parameters are variables of an [`nn::VarStore`] under their Hugging Face names; the activation
+/// dtype is the embedding's dtype (f32, bf16, f16: convert with `VarStore::set_kind`).
+pub struct Decoder {
+    spec: DecoderSpec,
     embed_tokens: Tensor,
+    /// The untied head `[V, H]` (`None`: tied to the embedding).
+    lm_head: Option<Tensor>,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    /// RoPE θ of the (global, sliding) layers; equal for Gemma 1 / 2.
-    rope_thetas: (f64, f64),
-    /// Whether any layer uses a sliding window (then a second mask is built).
-    any_sliding: bool,
 }
 
-impl Gemma {
-    /// Creates the model's variables under `path` (pass `vs.root()`: names are then exactly the Hugging Face
-    /// ones, e.g. `model.layers.0.self_attn.q_proj.weight`), randomly initialized as `transformers` does:
-    /// linear and embedding weights ~ N(0, initializer_range²), norm weights 0. Seed with
-    /// `tch::manual_seed` first for a reproducible init (libtorch's generator is global: other threads
-    /// drawing random numbers at the same time change the init). Errors: those of [`GemmaConfig::validate`].
-    pub fn random(path: &nn::Path, config: &GemmaConfig) -> Result<Self> {
-        Self::build(path, config, true)
-    }
-
-    /// Like [`Gemma::random`] but with all parameters zero and the random generator untouched, for loading.
-    pub(super) fn build(path: &nn::Path, config: &GemmaConfig, random: bool) -> Result<Self> {
-        config.validate()?;
-        let arch = config.arch()?;
-        let activation = config.activation()?;
-        let windows = config.layer_windows()?;
-        let (h, hd, eps) = (config.hidden_size, config.head_size(), config.rms_norm_eps);
+impl Decoder {
+    /// Creates the variables of `spec` under `path` (pass `vs.root()`: names are then exactly the Hugging
+    /// Face ones), in transformers' order: the embedding, then per layer q / k / v / o, the q / k norms, gate /
+    /// up / down and the layer norms, then the final norm and the untied head. `random`: linear and
+    /// embedding weights ~ N(0, initializer_range²), biases 0, norm weights 0 (`(1 + w)` style) or 1 (`w`
+    /// style), as transformers initializes them; else every parameter 0 (for loading; the random generator
+    /// is untouched).
+    pub(crate) fn build(path: &nn::Path, spec: &DecoderSpec, random: bool) -> Result<Self> {
+        let (h, hd, inner, eps) = (
+            spec.hidden_size,
+            spec.head_dim,
+            spec.intermediate_size,
+            spec.rms_norm_eps,
+        );
         let init = match random {
             true => nn::Init::Randn {
                 mean: 0.0,
-                stdev: config.initializer_range,
+                stdev: spec.initializer_range,
             },
             false => nn::Init::Const(0.0),
         };
+        let norm_init = match (random, spec.norm) {
+            (true, NormStyle::Weight) => nn::Init::Const(1.0),
+            _ => nn::Init::Const(0.0),
+        };
+        let zeros = nn::Init::Const(0.0);
+        let norm = |p: nn::Path, size: i64| RmsNorm::new(p, size, eps, spec.norm, norm_init);
+        let linear = |p: nn::Path, dims: [i64; 2], bias: bool| -> Result<Linear> {
+            let mut layer = Linear::new(parameter(&p, "weight", &dims, init)?);
+            layer.bias = bias.then(|| parameter(&p, "bias", &dims[..1], zeros)).transpose()?;
+            Ok(layer)
+        };
         let model = path / "model";
-        let embed_tokens = parameter(
-            &(&model / "embed_tokens"),
-            "weight",
-            &[config.vocab_size, h],
-            init,
-        )?;
-        let mut layers = Vec::with_capacity(windows.len());
-        for (i, window) in windows.iter().enumerate() {
+        let embed_tokens = parameter(&(&model / "embed_tokens"), "weight", &[spec.vocab_size, h], init)?;
+        let mut layers = Vec::with_capacity(spec.layers());
+        for (i, window) in spec.layer_windows.iter().enumerate() {
             let lp = &model / "layers" / i;
             let ap = &lp / "self_attn";
             let mp = &lp / "mlp";
+            let (q_rows, kv_rows) = (spec.heads * hd, spec.kv_heads * hd);
             let attention = Attention {
-                q_proj: Linear::new(parameter(
-                    &(&ap / "q_proj"),
-                    "weight",
-                    &[config.num_attention_heads * hd, h],
-                    init,
-                )?),
-                k_proj: Linear::new(parameter(
-                    &(&ap / "k_proj"),
-                    "weight",
-                    &[config.kv_heads() * hd, h],
-                    init,
-                )?),
-                v_proj: Linear::new(parameter(
-                    &(&ap / "v_proj"),
-                    "weight",
-                    &[config.kv_heads() * hd, h],
-                    init,
-                )?),
-                o_proj: Linear::new(parameter(
-                    &(&ap / "o_proj"),
-                    "weight",
-                    &[h, config.num_attention_heads * hd],
-                    init,
-                )?),
-                heads: config.num_attention_heads,
-                kv_heads: config.kv_heads(),
+                q_proj: linear(&ap / "q_proj", [q_rows, h], spec.qkv_bias)?,
+                k_proj: linear(&ap / "k_proj", [kv_rows, h], spec.qkv_bias)?,
+                v_proj: linear(&ap / "v_proj", [kv_rows, h], spec.qkv_bias)?,
+                o_proj: linear(&ap / "o_proj", [h, q_rows], spec.o_bias)?,
+                heads: spec.heads,
+                kv_heads: spec.kv_heads,
                 head_dim: hd,
-                scale: config.attention_scale(arch),
-                logit_cap: if arch.has_gemma2_layer() {
-                    config.attn_logit_softcapping
-                } else {
-                    None
-                },
+                scale: spec.attention_scale,
+                logit_cap: spec.attn_logit_softcap,
                 window: *window,
-                q_norm: (arch == GemmaArch::Gemma3)
-                    .then(|| RmsNorm::new(&ap / "q_norm", hd, eps))
-                    .transpose()?,
-                k_norm: (arch == GemmaArch::Gemma3)
-                    .then(|| RmsNorm::new(&ap / "k_norm", hd, eps))
-                    .transpose()?,
+                q_norm: spec.qk_norm.then(|| norm(&ap / "q_norm", hd)).transpose()?,
+                k_norm: spec.qk_norm.then(|| norm(&ap / "k_norm", hd)).transpose()?,
             };
             let mlp = Mlp {
-                gate_proj: Linear::new(parameter(
-                    &(&mp / "gate_proj"),
-                    "weight",
-                    &[config.intermediate_size, h],
-                    init,
-                )?),
-                up_proj: Linear::new(parameter(
-                    &(&mp / "up_proj"),
-                    "weight",
-                    &[config.intermediate_size, h],
-                    init,
-                )?),
-                down_proj: Linear::new(parameter(
-                    &(&mp / "down_proj"),
-                    "weight",
-                    &[h, config.intermediate_size],
-                    init,
-                )?),
-                activation,
+                gate_proj: linear(&mp / "gate_proj", [inner, h], spec.mlp_bias)?,
+                up_proj: linear(&mp / "up_proj", [inner, h], spec.mlp_bias)?,
+                down_proj: linear(&mp / "down_proj", [h, inner], spec.mlp_bias)?,
+                activation: spec.activation,
             };
-            let gemma2 = arch.has_gemma2_layer();
+            let sandwich = spec.sandwich_norms;
             layers.push(Layer {
-                input_layernorm: RmsNorm::new(&lp / "input_layernorm", h, eps)?,
-                post_attention_layernorm: RmsNorm::new(&lp / "post_attention_layernorm", h, eps)?,
-                pre_feedforward_layernorm: gemma2
-                    .then(|| RmsNorm::new(&lp / "pre_feedforward_layernorm", h, eps))
+                input_layernorm: norm(&lp / "input_layernorm", h)?,
+                post_attention_layernorm: norm(&lp / "post_attention_layernorm", h)?,
+                pre_feedforward_layernorm: sandwich
+                    .then(|| norm(&lp / "pre_feedforward_layernorm", h))
                     .transpose()?,
-                post_feedforward_layernorm: gemma2
-                    .then(|| RmsNorm::new(&lp / "post_feedforward_layernorm", h, eps))
+                post_feedforward_layernorm: sandwich
+                    .then(|| norm(&lp / "post_feedforward_layernorm", h))
                     .transpose()?,
                 attention,
                 mlp,
             });
         }
-        let norm = RmsNorm::new(&model / "norm", h, eps)?;
+        let norm = norm(&model / "norm", h)?;
+        let lm_head = match spec.tied_head {
+            true => None,
+            false => Some(parameter(&(path / "lm_head"), "weight", &[spec.vocab_size, h], init)?),
+        };
         Ok(Self {
-            config: config.clone(),
-            arch,
+            spec: spec.clone(),
             embed_tokens,
+            lm_head,
             layers,
             norm,
-            rope_thetas: config.rope_bases()?,
-            any_sliding: windows.iter().any(Option::is_some),
         })
     }
 
@@ -153,44 +120,53 @@ impl Gemma {
     /// in-place updates) with this one, e.g. to decode with a model that a trainer owns and updates.
     pub fn shallow_clone(&self) -> Self {
         Self {
-            config: self.config.clone(),
-            arch: self.arch,
+            spec: self.spec.clone(),
             embed_tokens: self.embed_tokens.shallow_clone(),
+            lm_head: self.lm_head.as_ref().map(Tensor::shallow_clone),
             layers: self.layers.iter().map(Layer::shallow_clone).collect(),
             norm: self.norm.shallow_clone(),
-            rope_thetas: self.rope_thetas,
-            any_sliding: self.any_sliding,
         }
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &GemmaConfig {
-        &self.config
+    /// The vocabulary size V.
+    pub fn vocab_size(&self) -> i64 {
+        self.spec.vocab_size
     }
 
-    /// The architecture.
-    pub fn arch(&self) -> GemmaArch {
-        self.arch
+    /// The hidden size H.
+    pub fn hidden_size(&self) -> i64 {
+        self.spec.hidden_size
     }
 
-    /// The final-logit soft-cap (Gemma 2), applied by [`Gemma::forward`] after the head. A fused loss that
-    /// works from [`Gemma::forward_hidden`] and [`Gemma::head_weight`] must apply it too (or the model must
-    /// have none) to compute the same log-probs.
+    /// The number of layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The positions the model was trained on (`max_position_embeddings`; [`generate`](super::generate())
+    /// refuses to go beyond unless told to).
+    pub fn max_position_embeddings(&self) -> i64 {
+        self.spec.max_position_embeddings
+    }
+
+    /// The final-logit soft-cap (Gemma 2 / 3), applied by [`Decoder::logits`] after the head. A fused loss
+    /// that works from [`Decoder::forward_hidden`] and [`Decoder::head_weight`] must apply it too (or the
+    /// model must have none) to compute the same log-probs.
     pub fn final_logit_softcap(&self) -> Option<f64> {
-        match self.arch {
-            GemmaArch::Gemma2 | GemmaArch::Gemma3 => self.config.final_logit_softcapping,
-            GemmaArch::Gemma => None,
-        }
+        self.spec.final_logit_softcap
     }
 
-    /// The LM head weight `[V, H]`: the embedding matrix itself (tied; a shallow handle that shares storage
-    /// and gradient).
+    /// The LM head weight `[V, H]`: the embedding matrix itself when tied, else `lm_head.weight` (a shallow
+    /// handle that shares storage and gradient).
     pub fn head_weight(&self) -> Tensor {
-        self.embed_tokens.shallow_clone()
+        self.lm_head
+            .as_ref()
+            .unwrap_or(&self.embed_tokens)
+            .shallow_clone()
     }
 
     /// Checks `input_ids` `[N, T]` (non-empty, i64, ids in `[0, V)`) and `attention_mask` `[N, width]`.
-    pub(super) fn check_inputs(
+    pub(crate) fn check_inputs(
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
@@ -226,12 +202,12 @@ impl Gemma {
             input_ids.f_min()?.f_int64_value(&[])?,
             input_ids.f_max()?.f_int64_value(&[])?,
         );
-        if lo < 0 || hi >= self.config.vocab_size {
+        if lo < 0 || hi >= self.spec.vocab_size {
             return Err(Error::Input(InputError::TokenOutOfRange {
                 arg: "input_ids",
                 min: lo,
                 max: hi,
-                vocab: self.config.vocab_size,
+                vocab: self.spec.vocab_size,
             }));
         }
         Ok((size[0], size[1]))
@@ -265,7 +241,7 @@ impl Gemma {
     /// - `cache`: appended to (keys and values of the new tokens; a sliding layer keeps only its last
     ///   `window − 1` slots).
     ///
-    /// Errors: those of [`Gemma::forward_hidden`]; [`InputError::Shape`] for `position_ids` of another shape
+    /// Errors: those of [`Decoder::forward_hidden`]; [`InputError::Shape`] for `position_ids` of another shape
     /// or a cache made for another model.
     pub fn forward_hidden_at(
         &self,
@@ -309,24 +285,30 @@ impl Gemma {
         self.norm.forward(&xs)
     }
 
-    /// The scaled token embedding `[N, T, H]` of `input_ids` (the first layer's input): the embedding rows
-    /// times `sqrt(hidden_size)` rounded to the activation dtype.
+    /// The token embedding `[N, T, H]` of `input_ids` (the first layer's input): the embedding rows, times
+    /// `sqrt(hidden_size)` rounded to the activation dtype when the family scales it (Gemma).
     pub(super) fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
-        Ok(
-            Tensor::f_embedding(&self.embed_tokens, input_ids, -1, false, false)?
-                .f_mul(&self.embed_scale(input_ids)?)?,
-        )
+        let rows = Tensor::f_embedding(&self.embed_tokens, input_ids, -1, false, false)?;
+        match self.embed_scale(input_ids)? {
+            Some(scale) => Ok(rows.f_mul(&scale)?),
+            None => Ok(rows),
+        }
     }
 
-    /// `sqrt(hidden_size)` in the activation dtype, on `input_ids`' device.
-    fn embed_scale(&self, input_ids: &Tensor) -> Result<Tensor> {
-        Ok(Tensor::from((self.config.hidden_size as f64).sqrt() as f32)
-            .f_to_kind(self.embed_tokens.kind())?
-            .f_to_device(input_ids.device())?)
+    /// `sqrt(hidden_size)` in the activation dtype, on `input_ids`' device, when the embedding is scaled.
+    fn embed_scale(&self, input_ids: &Tensor) -> Result<Option<Tensor>> {
+        if !self.spec.scale_embedding {
+            return Ok(None);
+        }
+        Ok(Some(
+            Tensor::from((self.spec.hidden_size as f64).sqrt() as f32)
+                .f_to_kind(self.embed_tokens.kind())?
+                .f_to_device(input_ids.device())?,
+        ))
     }
 
     /// Backpropagates `grad = dL/d embed(input_ids)` (`[N, T, H]`) into the embedding matrix's `.grad`: row `v`
-    /// gains `scale · Σ grad` over the positions holding token `v`. When the matrix is a leaf whose `.grad`
+    /// gains `scale · Σ grad` (scale 1 when the embedding is not scaled) over the positions holding token `v`. When the matrix is a leaf whose `.grad`
     /// exists in its dtype, the rows are index-added into it in place (no dense `[V, H]` gradient, which
     /// autograd's embedding backward would allocate before adding it); otherwise through autograd.
     pub(super) fn embed_backward(&self, input_ids: &Tensor, grad: &Tensor) -> Result<()> {
@@ -339,10 +321,11 @@ impl Gemma {
         };
         tch::no_grad(|| -> Result<()> {
             let h = weight.size()[1];
-            let rows = grad
-                .f_mul(&self.embed_scale(input_ids)?)?
-                .f_reshape([-1, h])?
-                .f_to_kind(target.f_kind()?)?;
+            let scaled = match self.embed_scale(input_ids)? {
+                Some(scale) => grad.f_mul(&scale)?,
+                None => grad.shallow_clone(),
+            };
+            let rows = scaled.f_reshape([-1, h])?.f_to_kind(target.f_kind()?)?;
             let _ = target.f_index_add_(0, &input_ids.f_reshape([-1])?, &rows)?;
             Ok(())
         })
@@ -360,22 +343,19 @@ impl Gemma {
     ) -> Result<AttentionInputs> {
         let kind = self.embed_tokens.kind();
         // RoPE tables [N or 1, 1, T, head_dim], computed in f32 as transformers does, then cast: one for
-        // the global layers, one for the sliding layers (the same θ except in Gemma 3).
-        let hd = self.config.head_size();
+        // the global layers, one for the sliding layers (the same RoPE except in Gemma 3).
+        let hd = self.spec.head_dim;
         let positions = position_ids.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?;
-        let rope_table = |theta: f64| -> Result<(Tensor, Tensor)> {
-            let exponents =
-                Tensor::f_arange_start_step(0, hd, 2, (Kind::Float, device))?.f_div_scalar(hd as f64)?;
-            let inv_freq = Tensor::f_pow_scalar(theta, &exponents)?.f_reciprocal()?;
-            let freqs = positions.f_mul(&inv_freq)?;
+        let rope_table = |rope: &Rope| -> Result<(Tensor, Tensor)> {
+            let freqs = positions.f_mul(&rope.inv_freq(hd, device)?)?;
             let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?.f_unsqueeze(1)?;
             Ok((emb.f_cos()?.f_to_kind(kind)?, emb.f_sin()?.f_to_kind(kind)?))
         };
-        let global_rope = rope_table(self.rope_thetas.0)?;
-        let local_rope = if self.rope_thetas.1 == self.rope_thetas.0 {
+        let global_rope = rope_table(&self.spec.global_rope)?;
+        let local_rope = if self.spec.local_rope == self.spec.global_rope {
             (global_rope.0.shallow_clone(), global_rope.1.shallow_clone())
         } else {
-            rope_table(self.rope_thetas.1)?
+            rope_table(&self.spec.local_rope)?
         };
 
         // Masks [N, 1, T, P + T]: true where a query (row) may NOT see a key (column).
@@ -388,8 +368,8 @@ impl Gemma {
             .f_unsqueeze(0)?
             .f_logical_and(&keep)?
             .f_logical_not()?;
-        let sliding_blocked = match (self.any_sliding, self.config.sliding_window) {
-            (true, Some(window)) => {
+        let sliding_blocked = match self.spec.sliding_window() {
+            Some(window) => {
                 let near = query.f_sub(&key)?.f_lt(window)?;
                 Some(
                     causal
@@ -400,7 +380,7 @@ impl Gemma {
                         .f_logical_not()?,
                 )
             }
-            _ => None,
+            None => None,
         };
         Ok(AttentionInputs {
             global_rope,
@@ -411,7 +391,7 @@ impl Gemma {
     }
 
     /// The decoder layers.
-    pub(super) fn layers(&self) -> &[Layer] {
+    pub(crate) fn layers(&self) -> &[Layer] {
         &self.layers
     }
 
@@ -420,17 +400,15 @@ impl Gemma {
         &self.norm
     }
 
-    /// Logits `[..., V]` of hidden states `[..., H]` (e.g. from [`Gemma::forward_hidden`]): the head (tied
-    /// embedding), then Gemma 2 / 3's final soft-cap when configured. Errors: [`Error::Torch`] (e.g. a
-    /// last dimension other than H).
+    /// Logits `[..., V]` of hidden states `[..., H]` (e.g. from [`Decoder::forward_hidden`]): the head
+    /// ([`Decoder::head_weight`]), then Gemma 2 / 3's final soft-cap when configured. Errors:
+    /// [`Error::Torch`] (e.g. a last dimension other than H).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        soft_cap(
-            &hidden.f_linear::<&Tensor>(&self.embed_tokens, None)?,
-            self.final_logit_softcap(),
-        )
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        soft_cap(&hidden.f_linear::<&Tensor>(head, None)?, self.final_logit_softcap())
     }
 
-    /// Logits `[N, T, V]` in the activation dtype: [`Gemma::logits`] of [`Gemma::forward_hidden`]. Same
+    /// Logits `[N, T, V]` in the activation dtype: [`Decoder::logits`] of [`Decoder::forward_hidden`]. Same
     /// inputs and errors as `forward_hidden`.
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let hidden = self.forward_hidden(input_ids, attention_mask)?;
@@ -480,8 +458,8 @@ impl AttentionInputs {
     }
 }
 
-/// The keys and values of the positions a [`Gemma`] model has seen, per layer, so that generation feeds
-/// each new token once ([`Gemma::forward_hidden_at`]). Global-attention layers keep every slot; sliding
+/// The keys and values of the positions a model has seen, per layer, so that generation feeds each new
+/// token once ([`Decoder::forward_hidden_at`]). Global-attention layers keep every slot; sliding
 /// layers keep their last `window − 1` slots (all a later query can see). Made for one model and one batch
 /// (its rows and device).
 #[derive(Debug)]
@@ -492,9 +470,9 @@ pub struct KvCache {
 
 impl KvCache {
     /// An empty cache for `model`.
-    pub fn new(model: &Gemma) -> Self {
+    pub fn new(model: &impl CausalLm) -> Self {
         Self {
-            layers: model.layers.iter().map(|_| LayerCache::default()).collect(),
+            layers: model.decoder().layers.iter().map(|_| LayerCache::default()).collect(),
             len: 0,
         }
     }

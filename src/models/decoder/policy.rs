@@ -1,47 +1,48 @@
-//! [`GemmaPolicy`]: a [`Gemma`] model and its variables as the trainer's [`PolicyModel`].
+//! [`DecoderPolicy`]: a model of any family ([`CausalLm`]) and its variables as the trainer's
+//! [`PolicyModel`].
 
-use std::path::Path;
+use tch::{nn, Device, Tensor};
 
-use tch::{nn, Device, Kind, Tensor};
-
-use super::export::{save_gguf, save_pretrained, TokenizerSource};
 use super::load::{LoadOptions, WeightSource};
-use super::model::Gemma;
+use super::CausalLm;
 use crate::error::Result;
 use crate::fused::LinearHead;
-use crate::gguf::GgmlType;
 use crate::train::{
     var_store_parameters, CheckpointedForward, DeferredBackward, HiddenOutput, LossPath, ModelOutput,
     PolicyModel,
 };
 
-/// A Gemma model and the [`nn::VarStore`] holding its variables, as the crate's [`PolicyModel`]:
-/// [`PolicyModel::forward`] returns the logits `[N, T, V]` ([`Gemma::forward`]) and
-/// [`PolicyModel::forward_hidden`] the final hidden states `[N, T, H]` with the tied head weight `[V, H]`
-/// and the final-logit soft-cap, for the fused loss path. With
-/// [`GemmaPolicy::set_gradient_checkpointing`], [`PolicyModel::forward_checkpointed`] trains with
-/// per-layer activation checkpointing ([`Gemma::forward_hidden_checkpointed`]).
-pub struct GemmaPolicy {
+/// A model and the [`nn::VarStore`] holding its variables, as the crate's [`PolicyModel`]:
+/// [`PolicyModel::forward`] returns the logits `[N, T, V]` ([`Decoder::forward`](super::Decoder::forward))
+/// and [`PolicyModel::forward_hidden`] the final hidden states `[N, T, H]` with the head weight `[V, H]`
+/// (tied embedding or `lm_head.weight`) and the final-logit soft-cap, for the fused loss path. With
+/// [`DecoderPolicy::set_gradient_checkpointing`], [`PolicyModel::forward_checkpointed`] trains with
+/// per-layer activation checkpointing
+/// ([`Decoder::forward_hidden_checkpointed`](super::Decoder::forward_hidden_checkpointed)).
+///
+/// Named per family: [`GemmaPolicy`](crate::models::gemma::GemmaPolicy),
+/// [`LlamaPolicy`](crate::models::llama::LlamaPolicy).
+pub struct DecoderPolicy<M> {
     vs: nn::VarStore,
-    model: Gemma,
+    model: M,
     gradient_checkpointing: bool,
 }
 
-impl std::fmt::Debug for GemmaPolicy {
+impl<M: CausalLm> std::fmt::Debug for DecoderPolicy<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GemmaPolicy")
-            .field("arch", &self.model.arch())
+        f.debug_struct("DecoderPolicy")
+            .field("arch", &format_args!("{}", self.model.architecture()))
             .field("device", &self.vs.device())
             .field("gradient_checkpointing", &self.gradient_checkpointing)
             .finish()
     }
 }
 
-impl GemmaPolicy {
-    /// Wraps a model and the store holding its variables (as returned by [`Gemma::load`], or the store
-    /// whose root was given to [`Gemma::random`]). An independent copy of a trained policy:
-    /// [`GemmaPolicy::try_clone`].
-    pub fn new(vs: nn::VarStore, model: Gemma) -> Self {
+impl<M: CausalLm> DecoderPolicy<M> {
+    /// Wraps a model and the store holding its variables (as returned by the family's loader, or the store
+    /// whose root was given to its `random`). An independent copy of a trained policy:
+    /// [`DecoderPolicy::try_clone`].
+    pub fn new(vs: nn::VarStore, model: M) -> Self {
         Self {
             vs,
             model,
@@ -49,20 +50,21 @@ impl GemmaPolicy {
         }
     }
 
-    /// An independent copy of this policy placed as `options` says: [`Gemma::load`] with
-    /// [`WeightSource::Parameters`] of its configuration and [`PolicyModel::named_parameters`], and the
-    /// same gradient-checkpointing setting. Training one leaves the other unchanged (e.g. DPO trained from a
-    /// copy of the SFT model while RPO trains the SFT model itself).
+    /// An independent copy of this policy placed as `options` says: the family's loader
+    /// ([`CausalLm::load_model`]) with [`WeightSource::Parameters`] of its configuration and
+    /// [`PolicyModel::named_parameters`], and the same gradient-checkpointing setting. Training one leaves
+    /// the other unchanged (e.g. DPO trained from a copy of the SFT model while RPO trains the SFT model
+    /// itself).
     ///
     /// # Errors
-    /// Those of [`Gemma::load`].
+    /// Those of the family's loader.
     pub fn try_clone(&self, options: &LoadOptions) -> Result<Self> {
         let parameters = self.named_parameters();
         let source = WeightSource::Parameters {
-            config: self.model.config(),
+            config: self.model.model_config(),
             parameters: &parameters,
         };
-        let (vs, model) = Gemma::load(source, options)?;
+        let (vs, model) = M::load_model(source, options)?;
         Ok(Self {
             vs,
             model,
@@ -86,13 +88,13 @@ impl GemmaPolicy {
         self.gradient_checkpointing = on;
     }
 
-    /// Whether activation checkpointing is on ([`GemmaPolicy::set_gradient_checkpointing`]).
+    /// Whether activation checkpointing is on ([`DecoderPolicy::set_gradient_checkpointing`]).
     pub fn gradient_checkpointing(&self) -> bool {
         self.gradient_checkpointing
     }
 
     /// The model.
-    pub fn model(&self) -> &Gemma {
+    pub fn model(&self) -> &M {
         &self.model
     }
 
@@ -102,69 +104,38 @@ impl GemmaPolicy {
     }
 
     /// The store and the model.
-    pub fn into_parts(self) -> (nn::VarStore, Gemma) {
+    pub fn into_parts(self) -> (nn::VarStore, M) {
         (self.vs, self.model)
     }
 
     /// The hidden-state output of `hidden` `[N, T, H]`: the one place that builds a [`HiddenOutput`].
     fn hidden_output(&self, hidden: Tensor) -> HiddenOutput {
+        let decoder = self.model.decoder();
         HiddenOutput::new(
             hidden,
-            LinearHead::new(&self.model.head_weight())
-                .with_final_logit_softcap(self.model.final_logit_softcap()),
+            LinearHead::new(&decoder.head_weight()).with_final_logit_softcap(decoder.final_logit_softcap()),
         )
     }
 }
 
-impl GemmaPolicy {
-    /// Saves the policy's model as a Hugging Face folder: [`save_pretrained`] with its configuration and
-    /// the variables of its store.
-    ///
-    /// # Errors
-    /// Those of [`save_pretrained`].
-    pub fn save_pretrained(&self, dir: &Path, kind: Kind, tokenizer: TokenizerSource<'_>) -> Result<()> {
-        save_pretrained(
-            dir,
-            self.model().config(),
-            &var_store_parameters(self.var_store()),
-            kind,
-            tokenizer,
-        )
-    }
-
-    /// Saves the policy's model as a GGUF file: [`save_gguf`] with its configuration and the variables of
-    /// its store. Returns the file's size in bytes.
-    ///
-    /// # Errors
-    /// Those of [`save_gguf`].
-    pub fn save_gguf(&self, path: &Path, ty: GgmlType, tokenizer: TokenizerSource<'_>) -> Result<u64> {
-        save_gguf(
-            path,
-            self.model().config(),
-            &var_store_parameters(self.var_store()),
-            ty,
-            tokenizer,
-        )
-    }
-}
-
-impl PolicyModel for GemmaPolicy {
-    /// Logits `[N, T, V]`; see [`Gemma::forward`] for inputs and errors.
+impl<M: CausalLm> PolicyModel for DecoderPolicy<M> {
+    /// Logits `[N, T, V]`; see [`Decoder::forward`](super::Decoder::forward) for inputs and errors.
     fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        self.model.forward(input_ids, attention_mask)
+        self.model.decoder().forward(input_ids, attention_mask)
     }
 
-    /// Always `Some`: hidden states `[N, T, H]` ([`Gemma::forward_hidden`]), the tied head weight
-    /// ([`Gemma::head_weight`]) and the final-logit soft-cap ([`Gemma::final_logit_softcap`]).
+    /// Always `Some`: hidden states `[N, T, H]` ([`Decoder::forward_hidden`](super::Decoder::forward_hidden)),
+    /// the head weight ([`Decoder::head_weight`](super::Decoder::head_weight)) and the final-logit soft-cap.
     fn forward_hidden(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Option<HiddenOutput>> {
-        let hidden = self.model.forward_hidden(input_ids, attention_mask)?;
+        let hidden = self.model.decoder().forward_hidden(input_ids, attention_mask)?;
         Ok(Some(self.hidden_output(hidden)))
     }
 
-    /// With [`GemmaPolicy::set_gradient_checkpointing`] on: [`Gemma::forward_hidden_checkpointed`], then
-    /// the hidden-state output ([`LossPath::Hidden`], [`LossPath::Auto`]) or the logits of the head on
-    /// those states ([`LossPath::Logits`]); the deferred backward is [`super::LayerCheckpoints::backward`].
-    /// Off: `None`.
+    /// With [`DecoderPolicy::set_gradient_checkpointing`] on:
+    /// [`Decoder::forward_hidden_checkpointed`](super::Decoder::forward_hidden_checkpointed), then the
+    /// hidden-state output ([`LossPath::Hidden`], [`LossPath::Auto`]) or the logits of the head on those
+    /// states ([`LossPath::Logits`]); the deferred backward is [`super::LayerCheckpoints::backward`]. Off:
+    /// `None`.
     fn forward_checkpointed(
         &self,
         input_ids: &Tensor,
@@ -174,11 +145,10 @@ impl PolicyModel for GemmaPolicy {
         if !self.gradient_checkpointing {
             return Ok(None);
         }
-        let (hidden, checkpoints) = self
-            .model
-            .forward_hidden_checkpointed(input_ids, attention_mask)?;
+        let decoder = self.model.decoder();
+        let (hidden, checkpoints) = decoder.forward_hidden_checkpointed(input_ids, attention_mask)?;
         let output = match path {
-            LossPath::Logits => ModelOutput::Logits(self.model.logits(&hidden)?),
+            LossPath::Logits => ModelOutput::Logits(decoder.logits(&hidden)?),
             LossPath::Hidden | LossPath::Auto => ModelOutput::Hidden(self.hidden_output(hidden)),
         };
         Ok(Some(CheckpointedForward {
