@@ -78,7 +78,10 @@ fn logits_match_transformers_with_right_padding() {
         assert_eq!(logits.size(), reference.size(), "{name}");
         let diff = max_abs_diff_on(&logits, reference, mask);
         println!("{name}: max |logits - transformers| on real tokens = {diff:.3e}");
-        assert!(diff < F32_TOLERANCE, "{name}: max abs diff {diff:e} >= {F32_TOLERANCE:e}");
+        assert!(
+            diff < F32_TOLERANCE,
+            "{name}: max abs diff {diff:e} >= {F32_TOLERANCE:e}"
+        );
 
         // forward_hidden · head_weightᵀ is forward (no soft-cap in this family).
         let hidden = tch::no_grad(|| model.forward_hidden(ids, mask)).unwrap();

@@ -98,7 +98,9 @@ fn llama_gguf_q_k_rows_are_unpermuted_exactly() {
     assert_eq!(f64::try_from((a - b).abs().max()).unwrap(), 0.0);
 
     // The raw file rows are permuted (else the test above would not test the un-permutation).
-    let raw = file.tensor("blk.0.attn_q.weight", Kind::Float, Device::Cpu).unwrap();
+    let raw = file
+        .tensor("blk.0.attn_q.weight", Kind::Float, Device::Cpu)
+        .unwrap();
     let hf = &parameters
         .iter()
         .find(|(n, _)| n == "model.layers.0.self_attn.q_proj.weight")
@@ -117,7 +119,9 @@ fn unsupported_gguf_architecture_is_named() {
     let file = GgufFile::open(&path).unwrap();
     assert!(LlamaConfig::from_gguf(&file).is_ok());
     let gemma = tch_rpo::models::gemma::GemmaConfig::from_gguf(&file).unwrap_err();
-    assert!(matches!(gemma, Error::Weights(WeightsError::UnsupportedArchitecture { ref found, .. }) if found == "qwen2"));
+    assert!(
+        matches!(gemma, Error::Weights(WeightsError::UnsupportedArchitecture { ref found, .. }) if found == "qwen2")
+    );
     let wrong = to_gguf(&dir, "qwen3_tiny", "phi3");
     let file = GgufFile::open(&wrong).unwrap();
     match LlamaConfig::from_gguf(&file) {

@@ -87,7 +87,11 @@ fn loss_of(output: &ModelOutput, batch: &CollatedBatch) -> Tensor {
 }
 
 /// The trainer's sequence over the micro-batches: losses and accumulated gradients.
-fn accumulate(policy: &LlamaPolicy, batches: &[CollatedBatch], path: LossPath) -> (Vec<f64>, Vec<(String, Tensor)>) {
+fn accumulate(
+    policy: &LlamaPolicy,
+    batches: &[CollatedBatch],
+    path: LossPath,
+) -> (Vec<f64>, Vec<(String, Tensor)>) {
     let mut losses = Vec::new();
     for batch in batches {
         let (ids, mask) = (&batch.input_ids, &batch.attention_mask);
@@ -146,7 +150,11 @@ fn fused_and_logits_paths_give_the_same_loss_and_gradients() {
         let (logit_losses, logit_grads) = accumulate(&a, &batches, LossPath::Logits);
         let (fused_losses, fused_grads) = accumulate(&b, &batches, LossPath::Hidden);
         for (x, y) in logit_losses.iter().zip(&fused_losses) {
-            assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "{}: loss {x} vs {y}", config.model_type);
+            assert!(
+                (x - y).abs() <= 1e-5 * (1.0 + x.abs()),
+                "{}: loss {x} vs {y}",
+                config.model_type
+            );
         }
         let label = format!("{} logits vs fused", config.model_type);
         assert_grads_close(&label, &logit_grads, &fused_grads, 1e-4);

@@ -265,7 +265,11 @@ fn left_padded(rows: &[Vec<i64>], pad: i64, width: usize) -> Vec<i64> {
 /// `max_position_embeddings` and [`GenerationConfig::allow_beyond_max_positions`] is not set; those of
 /// [`Decoder::forward_hidden_at`](super::Decoder::forward_hidden_at) (e.g. [`InputError::TokenOutOfRange`] for a prompt id or `pad_id` outside the
 /// vocabulary).
-pub fn generate(model: &impl CausalLm, prompts: &[Vec<i64>], config: &GenerationConfig) -> Result<Generation> {
+pub fn generate(
+    model: &impl CausalLm,
+    prompts: &[Vec<i64>],
+    config: &GenerationConfig,
+) -> Result<Generation> {
     config.sampling.validate()?;
     let lm = model;
     let model = lm.decoder();

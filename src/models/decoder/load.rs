@@ -58,7 +58,10 @@ impl LoadOptions {
 
     /// Checks `kind`. Errors: [`InputError::DType`] for a dtype that is not floating-point.
     pub(crate) fn check(&self) -> Result<()> {
-        if !matches!(self.kind, Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double) {
+        if !matches!(
+            self.kind,
+            Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double
+        ) {
             return Err(Error::Input(InputError::DType {
                 arg: "options.kind",
                 expected: "Float, BFloat16, Half or Double",

@@ -70,5 +70,8 @@ pub trait CausalLm: Sized + Send {
     ///
     /// # Errors
     /// Those of the family's loader.
-    fn load_model(source: WeightSource<'_, Self::Config>, options: &LoadOptions) -> Result<(nn::VarStore, Self)>;
+    fn load_model(
+        source: WeightSource<'_, Self::Config>,
+        options: &LoadOptions,
+    ) -> Result<(nn::VarStore, Self)>;
 }

@@ -57,7 +57,9 @@ impl Decoder {
         let norm = |p: nn::Path, size: i64| RmsNorm::new(p, size, eps, spec.norm, norm_init);
         let linear = |p: nn::Path, dims: [i64; 2], bias: bool| -> Result<Linear> {
             let mut layer = Linear::new(parameter(&p, "weight", &dims, init)?);
-            layer.bias = bias.then(|| parameter(&p, "bias", &dims[..1], zeros)).transpose()?;
+            layer.bias = bias
+                .then(|| parameter(&p, "bias", &dims[..1], zeros))
+                .transpose()?;
             Ok(layer)
         };
         let model = path / "model";
@@ -105,7 +107,12 @@ impl Decoder {
         let norm = norm(&model / "norm", h)?;
         let lm_head = match spec.tied_head {
             true => None,
-            false => Some(parameter(&(path / "lm_head"), "weight", &[spec.vocab_size, h], init)?),
+            false => Some(parameter(
+                &(path / "lm_head"),
+                "weight",
+                &[spec.vocab_size, h],
+                init,
+            )?),
         };
         Ok(Self {
             spec: spec.clone(),
@@ -405,7 +412,10 @@ impl Decoder {
     /// [`Error::Torch`] (e.g. a last dimension other than H).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        soft_cap(&hidden.f_linear::<&Tensor>(head, None)?, self.final_logit_softcap())
+        soft_cap(
+            &hidden.f_linear::<&Tensor>(head, None)?,
+            self.final_logit_softcap(),
+        )
     }
 
     /// Logits `[N, T, V]` in the activation dtype: [`Decoder::logits`] of [`Decoder::forward_hidden`]. Same
@@ -472,7 +482,12 @@ impl KvCache {
     /// An empty cache for `model`.
     pub fn new(model: &impl CausalLm) -> Self {
         Self {
-            layers: model.decoder().layers.iter().map(|_| LayerCache::default()).collect(),
+            layers: model
+                .decoder()
+                .layers
+                .iter()
+                .map(|_| LayerCache::default())
+                .collect(),
             len: 0,
         }
     }

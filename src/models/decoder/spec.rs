@@ -53,7 +53,8 @@ pub(crate) fn check_sizes(sizes: &DecoderSizes) -> Result<()> {
     // of the sizes above, checked instead of overflowing into a negative shape.
     let (h, hd) = (sizes.hidden_size, sizes.head_dim);
     let per_layer = [
-        sizes.num_attention_heads
+        sizes
+            .num_attention_heads
             .checked_mul(hd)
             .and_then(|q| q.checked_mul(h)),
         sizes.kv_heads.checked_mul(hd).and_then(|kv| kv.checked_mul(h)),
@@ -83,8 +84,7 @@ pub(crate) fn check_sizes(sizes: &DecoderSizes) -> Result<()> {
             "num_attention_heads",
             format!(
                 "{} is not a multiple of num_key_value_heads {}",
-                sizes.num_attention_heads,
-                sizes.kv_heads
+                sizes.num_attention_heads, sizes.kv_heads
             ),
         ));
     }
@@ -168,8 +168,8 @@ impl Rope {
     /// The inverse frequencies `[head_dim / 2]` f32 on `device`, computed with the ops (and in the order)
     /// transformers uses, so the tables are the same floats.
     pub(crate) fn inv_freq(&self, head_dim: i64, device: Device) -> Result<Tensor> {
-        let exponents =
-            Tensor::f_arange_start_step(0, head_dim, 2, (Kind::Float, device))?.f_div_scalar(head_dim as f64)?;
+        let exponents = Tensor::f_arange_start_step(0, head_dim, 2, (Kind::Float, device))?
+            .f_div_scalar(head_dim as f64)?;
         let inv_freq = Tensor::f_pow_scalar(self.theta, &exponents)?.f_reciprocal()?;
         let RopeScaling::Llama3 {
             factor,
@@ -183,7 +183,9 @@ impl Rope {
         let low_freq_wavelen = original / low_freq_factor;
         let high_freq_wavelen = original / high_freq_factor;
         // Python's `scalar / tensor` is `tensor.reciprocal() * scalar`.
-        let wavelen = inv_freq.f_reciprocal()?.f_mul_scalar(2.0 * std::f64::consts::PI)?;
+        let wavelen = inv_freq
+            .f_reciprocal()?
+            .f_mul_scalar(2.0 * std::f64::consts::PI)?;
         let divided = inv_freq.f_div_scalar(factor)?;
         let llama = divided.f_where_self(&wavelen.f_gt(low_freq_wavelen)?, &inv_freq)?;
         let smooth = wavelen

@@ -60,8 +60,8 @@ pub(crate) fn check_gguf(
     let mut by_gguf = HashMap::with_capacity(expected.len());
     let mut gguf_shapes = BTreeMap::new();
     for (name, shape) in expected {
-        let gguf =
-            gguf_name(name).ok_or_else(|| config_error("parameters", format!("{name} has no GGUF counterpart")))?;
+        let gguf = gguf_name(name)
+            .ok_or_else(|| config_error("parameters", format!("{name} has no GGUF counterpart")))?;
         gguf_shapes.insert(gguf.clone(), shape.clone());
         by_gguf.insert(gguf, name.clone());
     }

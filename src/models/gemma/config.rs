@@ -470,5 +470,4 @@ impl GemmaConfig {
     pub fn parameter_shapes(&self) -> Result<BTreeMap<String, Vec<i64>>> {
         Ok(self.decoder_spec()?.parameter_shapes())
     }
-
 }

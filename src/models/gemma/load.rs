@@ -15,8 +15,8 @@ use super::config::GemmaConfig;
 use super::model::Gemma;
 use super::weights_gguf::{check_gguf_tensors, load_gguf_weights};
 use crate::error::Result;
-pub use crate::models::decoder::{LoadOptions, WeightSource};
 use crate::models::decoder::load::{load_model, LoadPlan};
+pub use crate::models::decoder::{LoadOptions, WeightSource};
 
 impl WeightSource<'_, GemmaConfig> {
     /// The configuration the source describes, validated.
@@ -61,7 +61,10 @@ impl Gemma {
     /// [`check_gguf_tensors`]; [`WeightsError::NonFinite`](crate::WeightsError::NonFinite) naming the first GGUF tensor holding NaN or
     /// ±inf; [`GgufError::Invalid`](crate::GgufError::Invalid) for unreadable GGUF data; [`Error::OutOfMemory`](crate::Error::OutOfMemory) for a model too large to
     /// allocate; [`Error::Torch`](crate::Error::Torch).
-    pub fn load(source: WeightSource<'_, GemmaConfig>, options: &LoadOptions) -> Result<(nn::VarStore, Self)> {
+    pub fn load(
+        source: WeightSource<'_, GemmaConfig>,
+        options: &LoadOptions,
+    ) -> Result<(nn::VarStore, Self)> {
         options.check()?;
         let config = source.config()?;
         let plan = LoadPlan {

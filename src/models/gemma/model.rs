@@ -145,7 +145,10 @@ impl CausalLm for Gemma {
         format!("{:?}", self.arch)
     }
 
-    fn load_model(source: WeightSource<'_, GemmaConfig>, options: &LoadOptions) -> Result<(nn::VarStore, Self)> {
+    fn load_model(
+        source: WeightSource<'_, GemmaConfig>,
+        options: &LoadOptions,
+    ) -> Result<(nn::VarStore, Self)> {
         Gemma::load(source, options)
     }
 }

@@ -168,8 +168,13 @@ pub fn check_gguf_tensors(file: &GgufFile, config: &GemmaConfig) -> Result<HashM
 /// [`Error::Internal`] if a parameter is not in `vs` (built for `config`, so a bug).
 pub(super) fn load_gguf_weights(vs: &nn::VarStore, file: &GgufFile, config: &GemmaConfig) -> Result<()> {
     let by_gguf = check_gguf_tensors(file, config)?;
-    load_gguf(vs, file, &by_gguf, &|gguf, value| match gguf.ends_with("norm.weight") {
-        true => Ok(value.f_sub_scalar(1.0)?),
-        false => Ok(value),
-    })
+    load_gguf(
+        vs,
+        file,
+        &by_gguf,
+        &|gguf, value| match gguf.ends_with("norm.weight") {
+            true => Ok(value.f_sub_scalar(1.0)?),
+            false => Ok(value),
+        },
+    )
 }

@@ -254,12 +254,15 @@ impl LlamaConfig {
         let window = match self.arch()? {
             LlamaArch::Llama => return Ok(vec![None; layers]),
             LlamaArch::Mistral => self.sliding_window,
-            LlamaArch::Qwen2 | LlamaArch::Qwen3 => {
-                self.sliding_window.filter(|_| self.use_sliding_window == Some(true))
-            }
+            LlamaArch::Qwen2 | LlamaArch::Qwen3 => self
+                .sliding_window
+                .filter(|_| self.use_sliding_window == Some(true)),
         };
         if let Some(w) = window.filter(|&w| w <= 0) {
-            return Err(config_error("sliding_window", format!("{w} must be a positive integer")));
+            return Err(config_error(
+                "sliding_window",
+                format!("{w} must be a positive integer"),
+            ));
         }
         if self.arch()? == LlamaArch::Mistral {
             return Ok(vec![window; layers]);
@@ -307,7 +310,10 @@ impl LlamaConfig {
         if self.hidden_act != "silu" {
             return Err(config_error(
                 "hidden_act",
-                format!("activation {:?} is not implemented (only \"silu\")", self.hidden_act),
+                format!(
+                    "activation {:?} is not implemented (only \"silu\")",
+                    self.hidden_act
+                ),
             ));
         }
         if !is_positive(self.rms_norm_eps) {

@@ -77,7 +77,10 @@ impl Llama {
     /// [`check_gguf_tensors`](super::check_gguf_tensors);
     /// [`WeightsError::NonFinite`](crate::WeightsError::NonFinite);
     /// [`Error::OutOfMemory`](crate::Error::OutOfMemory); [`Error::Torch`](crate::Error::Torch).
-    pub fn load(source: WeightSource<'_, LlamaConfig>, options: &LoadOptions) -> Result<(nn::VarStore, Self)> {
+    pub fn load(
+        source: WeightSource<'_, LlamaConfig>,
+        options: &LoadOptions,
+    ) -> Result<(nn::VarStore, Self)> {
         options.check()?;
         let config = source.config()?;
         let plan = LoadPlan {
@@ -188,7 +191,10 @@ impl CausalLm for Llama {
         format!("{:?}", self.arch)
     }
 
-    fn load_model(source: WeightSource<'_, LlamaConfig>, options: &LoadOptions) -> Result<(nn::VarStore, Self)> {
+    fn load_model(
+        source: WeightSource<'_, LlamaConfig>,
+        options: &LoadOptions,
+    ) -> Result<(nn::VarStore, Self)> {
         Llama::load(source, options)
     }
 }

@@ -102,7 +102,11 @@ impl LlamaConfig {
             ));
         }
         let scaling_key = format!("{arch}.rope.scaling.type");
-        if let Some(kind) = file.get(&scaling_key).map(|_| file.get_str(&scaling_key)).transpose()? {
+        if let Some(kind) = file
+            .get(&scaling_key)
+            .map(|_| file.get_str(&scaling_key))
+            .transpose()?
+        {
             if kind != "none" {
                 return Err(config_error(
                     "rope.scaling.type",
@@ -112,7 +116,8 @@ impl LlamaConfig {
         }
         let int = |key: &str| -> Result<i64> {
             let v = file.get_u64(&format!("{arch}.{key}"))?;
-            i64::try_from(v).map_err(|_| config_error("gguf metadata", format!("{arch}.{key} = {v} is too large")))
+            i64::try_from(v)
+                .map_err(|_| config_error("gguf metadata", format!("{arch}.{key} = {v} is too large")))
         };
         let optional_int = |key: &str| -> Result<Option<i64>> {
             match file.get(&format!("{arch}.{key}")) {

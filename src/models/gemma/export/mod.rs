@@ -91,7 +91,12 @@ pub(in crate::models::gemma) fn ordered_parameters<'p>(
     what: &str,
 ) -> Result<Vec<(&'p str, &'p Tensor)>> {
     let expected_by = format!("the {} config", config.model_type);
-    crate::models::decoder::load::ordered_parameters(&config.parameter_shapes()?, &expected_by, parameters, what)
+    crate::models::decoder::load::ordered_parameters(
+        &config.parameter_shapes()?,
+        &expected_by,
+        parameters,
+        what,
+    )
 }
 
 /// Refuses parameters that hold NaN or ±inf, in every export format (GGUF F32, F16, BF16, Q8_0; a Hugging
