@@ -12,14 +12,18 @@ way llama.cpp's `convert_hf_to_gguf.py` lays it out, for `tests/llama_gguf.rs`:
   `ffn_up` / `ffn_down`);
 - for ARCH `llama`, the q / k rows permuted per head as `LlamaModel.permute` does (keys with the key /
   value head count): `w.reshape(heads, 2, rows // heads // 2, *rest).swapaxes(1, 2).reshape(w.shape)`.
-Only the `default` RoPE type is written (llama3 scaling would need llama.cpp's `rope_freqs` tensor).
+- RoPE type `llama3`: llama.cpp's `rope_freqs.weight` tensor of per-frequency divisors
+  (`LlamaModel.generate_extra_tensors`: 1 where the wavelength is below original / high_freq_factor, `factor`
+  above original / low_freq_factor, `1 / ((1 - s) / factor + s)` between).
 """
 import json
+import math
 import pathlib
 import sys
 
 import gguf
 import numpy as np
+import torch
 from safetensors.numpy import load_file
 
 NAMES = {
@@ -43,6 +47,24 @@ def permute(weights, n_head):
     )
 
 
+def rope_factors(rope, dim, base):
+    freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    old = rope["original_max_position_embeddings"]
+    low_wavelen, high_wavelen = old / low, old / high
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            factors.append(1)
+        elif wavelen > low_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array([float(f) for f in factors], dtype=np.float32)
+
+
 def gguf_name(name):
     top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
            "lm_head.weight": "output.weight"}
@@ -61,7 +83,7 @@ def main(folder, out, arch):
     kv_heads = config.get("num_key_value_heads") or heads
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
     rope = config.get("rope_parameters") or {}
-    assert rope.get("rope_type", "default") == "default", "only default RoPE"
+    assert rope.get("rope_type", "default") in ("default", "llama3"), "only default and llama3 RoPE"
     theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
     writer = gguf.GGUFWriter(out, arch)
     writer.add_uint32(f"{arch}.context_length", config["max_position_embeddings"])
@@ -75,6 +97,8 @@ def main(folder, out, arch):
     writer.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", config["rms_norm_eps"])
     writer.add_float32(f"{arch}.rope.freq_base", theta)
     writer.add_uint32(f"{arch}.rope.dimension_count", head_dim)
+    if rope.get("rope_type") == "llama3":
+        writer.add_tensor("rope_freqs.weight", rope_factors(rope, head_dim, theta))
     for name in sorted(tensors):
         value = tensors[name].astype(np.float32)
         if arch == "llama" and ".self_attn.q_proj." in name:

@@ -6,6 +6,9 @@
 //! - qwen2 (tied, q / k / v biases) and qwen3 (q / k norms): the configuration read from the metadata and
 //!   the logits equal transformers' reference within the forward tests' bound (1e-4; the GGUF stores ε as
 //!   f32, a relative change of ~1e-8 of ε);
+//! - llama with llama3 RoPE scaling (the `llama_tiny` fixture, stored as llama.cpp's `rope_freqs.weight`
+//!   divisors; q / k rows permuted): logits equal transformers' reference within 1e-4 (the divisors change
+//!   the inverse frequencies by f32 rounding, ~1e-7 relative, so positions ≤ 12 move the angles by ≤ ~1e-6);
 //! - llama: the Mistral fixture's weights (untied; llama.cpp converts Mistral as `llama`, without the
 //!   window): the GGUF-loaded model equals, bit for bit, the same weights loaded from memory under the
 //!   configuration read from the GGUF — so the q / k un-permutation restores every row exactly.
@@ -74,6 +77,29 @@ fn qwen_gguf_files_match_transformers() {
         let diff = max_abs_diff_on(&logits, &exp["logits"], &exp["attention_mask"]);
         println!("{name} (GGUF): max |logits - transformers| = {diff:.3e}");
         assert!(diff < 1e-4, "{name}: {diff:e}");
+    }
+}
+
+#[test]
+fn llama3_gguf_with_rope_factors_matches_transformers() {
+    let dir = TempDir::new("llama3-gguf");
+    let file = GgufFile::open(to_gguf(&dir, "llama_tiny", "llama")).unwrap();
+    let config = LlamaConfig::from_gguf(&file).unwrap();
+    assert_eq!(config.rope_freq_factors.as_ref().map(Vec::len), Some(8));
+    assert!(!config.tie_word_embeddings);
+    let (_vs, model) = Llama::load(WeightSource::Gguf(&file), &LoadOptions::default()).unwrap();
+    let exp = expected("llama_tiny");
+    let logits = tch::no_grad(|| model.forward(&exp["input_ids"], &exp["attention_mask"])).unwrap();
+    let diff = max_abs_diff_on(&logits, &exp["logits"], &exp["attention_mask"]);
+    println!("llama_tiny (GGUF, rope_freqs): max |logits - transformers| = {diff:.3e}");
+    assert!(diff < 1e-4, "llama_tiny: {diff:e}");
+
+    // Factors of the wrong length are refused naming the tensor.
+    let mut bad = config.clone();
+    bad.rope_freq_factors = Some(vec![1.0; 3]);
+    match bad.validate() {
+        Err(Error::Input(tch_rpo::InputError::Config { name, .. })) => assert_eq!(name, "rope_freqs.weight"),
+        other => panic!("expected a config error, got {other:?}"),
     }
 }
 

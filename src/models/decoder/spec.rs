@@ -149,11 +149,14 @@ pub enum RopeScaling {
     },
 }
 
-/// A RoPE table's parameters: base θ and scaling.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// A RoPE table's parameters: base θ, scaling, and llama.cpp's per-frequency divisors.
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Rope {
     pub(crate) theta: f64,
     pub(crate) scaling: RopeScaling,
+    /// GGUF files (`rope_freqs.weight`, `[head_dim / 2]`): each inverse frequency is divided by its
+    /// factor, as llama.cpp does (its form of Llama 3.1+ scaling).
+    pub(crate) freq_factors: Option<Vec<f32>>,
 }
 
 impl Rope {
@@ -162,6 +165,7 @@ impl Rope {
         Self {
             theta,
             scaling: RopeScaling::Default,
+            freq_factors: None,
         }
     }
 
@@ -171,6 +175,9 @@ impl Rope {
         let exponents = Tensor::f_arange_start_step(0, head_dim, 2, (Kind::Float, device))?
             .f_div_scalar(head_dim as f64)?;
         let inv_freq = Tensor::f_pow_scalar(self.theta, &exponents)?.f_reciprocal()?;
+        if let Some(factors) = &self.freq_factors {
+            return Ok(inv_freq.f_div(&Tensor::from_slice(factors).f_to_device(device)?)?);
+        }
         let RopeScaling::Llama3 {
             factor,
             low_freq_factor,

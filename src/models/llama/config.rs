@@ -120,6 +120,10 @@ pub struct LlamaConfig {
     /// End-of-sequence token id(s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eos_token_id: Option<TokenIds>,
+    /// GGUF files only (never in config.json): llama.cpp's RoPE frequency divisors (`rope_freqs.weight`,
+    /// `[head_dim / 2]`, its form of Llama 3.1+ scaling): inverse frequency `i` is divided by factor `i`.
+    #[serde(skip)]
+    pub rope_freq_factors: Option<Vec<f32>>,
 }
 
 /// `x > 0` (false for NaN).
@@ -294,7 +298,8 @@ impl LlamaConfig {
     /// other than those of [`SUPPORTED_MODEL_TYPES`]; [`InputError::Config`](crate::InputError::Config)
     /// naming the field for non-positive sizes, sizes whose parameter count exceeds 2^63, heads not
     /// divisible by key / value heads, an odd head_dim, an activation other than "silu", a non-positive
-    /// `rms_norm_eps` or θ, and those of [`LlamaConfig::rope`] and [`LlamaConfig::layer_windows`].
+    /// `rms_norm_eps` or θ, `rope_freq_factors` that are not `head_dim / 2` finite positive numbers or come
+    /// with a RoPE scaling type, and those of [`LlamaConfig::rope`] and [`LlamaConfig::layer_windows`].
     pub fn validate(&self) -> Result<()> {
         self.arch()?;
         check_sizes(&DecoderSizes {
@@ -322,9 +327,27 @@ impl LlamaConfig {
                 format!("{} must be positive", self.rms_norm_eps),
             ));
         }
-        let (theta, _) = self.rope()?;
+        let (theta, scaling) = self.rope()?;
         if !is_positive(theta) {
             return Err(config_error("rope_theta", format!("{theta} must be positive")));
+        }
+        if let Some(factors) = &self.rope_freq_factors {
+            let half = self.head_size() / 2;
+            if factors.len() as i64 != half || factors.iter().any(|f| !(f.is_finite() && *f > 0.0)) {
+                return Err(config_error(
+                    "rope_freqs.weight",
+                    format!(
+                        "{} factors must be {half} (head_dim / 2), finite and positive",
+                        factors.len()
+                    ),
+                ));
+            }
+            if scaling != RopeScaling::Default {
+                return Err(config_error(
+                    "rope_freqs.weight",
+                    "frequency factors and a rope_scaling type cannot be combined",
+                ));
+            }
         }
         self.layer_windows()?;
         Ok(())
@@ -337,7 +360,11 @@ impl LlamaConfig {
     pub(crate) fn decoder_spec(&self) -> Result<DecoderSpec> {
         let arch = self.arch()?;
         let (theta, scaling) = self.rope()?;
-        let rope = Rope { theta, scaling };
+        let rope = Rope {
+            theta,
+            scaling,
+            freq_factors: self.rope_freq_factors.clone(),
+        };
         let attention_bias = self.attention_bias && matches!(arch, LlamaArch::Llama | LlamaArch::Qwen3);
         Ok(DecoderSpec {
             vocab_size: self.vocab_size,
@@ -360,7 +387,7 @@ impl LlamaConfig {
             o_bias: attention_bias,
             mlp_bias: self.mlp_bias && arch == LlamaArch::Llama,
             tied_head: self.tie_word_embeddings,
-            global_rope: rope,
+            global_rope: rope.clone(),
             local_rope: rope,
             max_position_embeddings: self.max_position_embeddings,
             initializer_range: self.initializer_range,

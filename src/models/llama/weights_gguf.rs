@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use tch::{nn, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 use super::config::{LlamaArch, LlamaConfig};
 use crate::error::{Error, Result, WeightsError};
@@ -17,6 +17,9 @@ use crate::gguf::GgufFile;
 use crate::models::decoder::spec::config_error;
 use crate::models::decoder::weights_gguf::{check_gguf, load_gguf};
 use crate::models::decoder::TokenIds;
+
+/// llama.cpp's RoPE frequency factors (read into [`LlamaConfig::rope_freq_factors`], not a parameter).
+const ROPE_FREQS: &str = "rope_freqs.weight";
 
 /// The GGUF architectures [`LlamaConfig::from_gguf`] accepts, in words.
 pub const SUPPORTED_GGUF_ARCHITECTURES: &str = "llama, qwen2 and qwen3 (GGUF general.architecture)";
@@ -79,13 +82,14 @@ impl LlamaConfig {
     /// | rms_norm_eps, θ, max positions | `A.attention.layer_norm_rms_epsilon`, `A.rope.freq_base` (default 10⁴), `A.context_length` |
     /// | vocab_size | the length of `tokenizer.ggml.tokens` (else the embedding's rows) |
     /// | tied head | no `output.weight` tensor |
+    /// | RoPE frequency divisors | the `rope_freqs.weight` tensor, when present (Llama 3.1+ scaling as llama.cpp stores it) |
     /// | pad / bos / eos | `tokenizer.ggml.padding_token_id` / `bos_token_id` / `eos_token_id` |
     ///
     /// Errors: [`GgufError::Invalid`](crate::GgufError::Invalid) for a missing key or a key of the wrong
     /// type; [`WeightsError::UnsupportedArchitecture`] naming another architecture;
-    /// [`InputError::Config`](crate::InputError::Config) naming `rope_freqs.weight` for a file with RoPE
-    /// frequency factors (llama.cpp's form of Llama 3.1+ RoPE scaling, not implemented for GGUF) or
-    /// `A.rope.scaling.type` for a scaled RoPE; those of [`LlamaConfig::validate`].
+    /// [`InputError::Config`](crate::InputError::Config) naming `rope.scaling.type` for a scaled RoPE
+    /// (other than through `rope_freqs.weight`); those of [`GgufFile::tensor`] for an unreadable
+    /// `rope_freqs.weight`; those of [`LlamaConfig::validate`].
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let arch = file.get_str("general.architecture")?.to_string();
         if !matches!(arch.as_str(), "llama" | "qwen2" | "qwen3") {
@@ -94,13 +98,13 @@ impl LlamaConfig {
                 supported: SUPPORTED_GGUF_ARCHITECTURES,
             }));
         }
-        if file.has_tensor("rope_freqs.weight") {
-            return Err(config_error(
-                "rope_freqs.weight",
-                "RoPE frequency factors (llama.cpp's form of Llama 3.1+ rope scaling) are not implemented for \
-                 GGUF files; load the Hugging Face folder instead",
-            ));
-        }
+        let rope_freq_factors = match file.has_tensor(ROPE_FREQS) {
+            true => {
+                let factors = file.tensor(ROPE_FREQS, Kind::Float, Device::Cpu)?;
+                Some(Vec::<f32>::try_from(factors.f_flatten(0, -1)?)?)
+            }
+            false => None,
+        };
         let scaling_key = format!("{arch}.rope.scaling.type");
         if let Some(kind) = file
             .get(&scaling_key)
@@ -176,6 +180,7 @@ impl LlamaConfig {
             pad_token_id: token_id("padding_token_id")?,
             bos_token_id: token_id("bos_token_id")?,
             eos_token_id: token_id("eos_token_id")?.map(TokenIds::One),
+            rope_freq_factors,
         };
         config.validate()?;
         Ok(config)
@@ -199,7 +204,7 @@ pub fn check_gguf_tensors(file: &GgufFile, config: &LlamaConfig) -> Result<HashM
         &format!("{}.block_count", config.model_type),
         &format!("the {} config", config.model_type),
         &gguf_tensor_name,
-        &|_| false,
+        &|name| name == ROPE_FREQS,
     )
 }
 
