@@ -315,3 +315,33 @@ fn bad_weights_are_typed_errors() {
     );
     assert!(matches!(missing, Err(Error::Io { .. })), "{:?}", missing.err());
 }
+
+#[test]
+fn sharded_folder_with_the_untied_head_in_its_own_shard_loads() {
+    let name = "llama_tiny";
+    let dir = std::env::temp_dir().join(format!("tch-rpo-llama-shards-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixture(name).join("config.json"), dir.join("config.json")).unwrap();
+    let tensors = Tensor::read_safetensors(fixture(name).join("model.safetensors")).unwrap();
+    let (head, body): (Vec<_>, Vec<_>) = tensors.into_iter().partition(|(n, _)| n == "lm_head.weight");
+    let mut weight_map = serde_json::Map::new();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", &body),
+        ("model-00002-of-00002.safetensors", &head),
+    ] {
+        let named: Vec<(&str, &Tensor)> = part.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        Tensor::write_safetensors(&named, dir.join(file)).unwrap();
+        for (n, _) in part {
+            weight_map.insert(n.clone(), file.into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let (_vs, model) = Llama::load(WeightSource::HfDir(&dir), &LoadOptions::default()).unwrap();
+    let exp = expected(name);
+    let logits = tch::no_grad(|| model.forward(&exp["input_ids"], &exp["attention_mask"])).unwrap();
+    let diff = max_abs_diff_on(&logits, &exp["logits"], &exp["attention_mask"]);
+    assert!(diff < F32_TOLERANCE, "sharded: {diff:e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
