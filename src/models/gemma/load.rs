@@ -7,8 +7,6 @@
 //! tensor for NaN / ±inf. Loading is all or nothing: on any error the new store is dropped and nothing is
 //! returned.
 
-use std::path::Path;
-
 use tch::nn;
 
 use super::config::GemmaConfig;
@@ -86,7 +84,7 @@ impl Gemma {
 /// loaded or lacks a special token; [`InputError::Config`](crate::InputError::Config) (naming the feature) when the crate was built
 /// without `hf-tokenizers`.
 #[cfg(feature = "train")]
-pub fn load_tokenizer(dir: &Path) -> Result<Box<dyn crate::data::Tokenizer>> {
+pub fn load_tokenizer(dir: &std::path::Path) -> Result<Box<dyn crate::data::Tokenizer>> {
     let path = crate::models::decoder::tokenizer_path(dir)?;
     #[cfg(feature = "hf-tokenizers")]
     {

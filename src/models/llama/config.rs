@@ -361,9 +361,9 @@ impl LlamaConfig {
         let arch = self.arch()?;
         let (theta, scaling) = self.rope()?;
         let rope = Rope {
-            theta,
             scaling,
             freq_factors: self.rope_freq_factors.clone(),
+            ..Rope::plain(theta)
         };
         let attention_bias = self.attention_bias && matches!(arch, LlamaArch::Llama | LlamaArch::Qwen3);
         Ok(DecoderSpec {
