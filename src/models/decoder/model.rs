@@ -14,8 +14,8 @@ use crate::models::linear::Linear;
 /// RMSNorm → grouped-query attention with RoPE → residual → RMSNorm → gated MLP → residual, a final
 /// RMSNorm and the LM head (the embedding when tied, else `lm_head.weight`). What varies between families
 /// is set by their configuration when it is built ([`Gemma`](crate::models::gemma::Gemma),
-/// `Llama`); each family's model wraps one and hands it out through
-/// [`CausalLm::decoder`](super::CausalLm::decoder).
+/// [`Llama`](crate::models::llama::Llama)); each family's model wraps one and hands it out through
+/// [`CausalLm::decoder`].
 ///
 /// The parameters are variables of an [`nn::VarStore`] under their Hugging Face names; the activation
 /// dtype is the embedding's dtype (f32, bf16, f16: convert with `VarStore::set_kind`).
