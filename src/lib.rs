@@ -68,9 +68,11 @@
 //!   checkable synthetic task ([`data::word_reversal`]).
 //! - [`gguf`] (feature `gguf`, default): GGUF files (llama.cpp's format): metadata, tensor infos, and
 //!   tensors dequantized (F32/F16/BF16, Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q4_K/Q5_K/Q6_K) into tch tensors.
-//! - [`models`] (feature `gemma`, default; needs no `train`): Gemma 1 / 2 / 3 text decoders
-//!   ([`models::gemma`]) loaded from a Hugging Face folder, a GGUF file or parameters in memory, decoding,
-//!   export, the GGUF tokenizer ([`models::tokenizer`]), and with `train` their trainer adapter.
+//! - [`models`] (features `gemma` and `llama`, default; need no `train`): one shared decoder
+//!   ([`models::decoder`]: decoding, checkpointing, loading, and with `train` the trainer adapter) and its
+//!   families — Gemma 1 / 2 / 3 ([`models::gemma`], with export) and Llama 3.x / SmolLM2 / Qwen2 / Qwen3 /
+//!   Mistral ([`models::llama`]) — loaded from a Hugging Face folder, a GGUF file or parameters in memory,
+//!   and the GGUF tokenizer ([`models::tokenizer`]).
 //! - [`autograd`]: autograd helpers shared by the models, the fused losses and the trainer
 //!   ([`autograd::backward_from`], [`autograd::leaf_grad`]; with feature `autograd` the `.grad` setters).
 //! - [`dist`] (feature `dist`, default): data parallelism on libtorch's c10d: process groups from the
@@ -110,7 +112,7 @@ pub mod libtorch;
 pub mod logprobs;
 pub mod loss;
 pub mod memory;
-#[cfg(feature = "gemma")]
+#[cfg(any(feature = "gemma", feature = "llama"))]
 pub mod models;
 #[cfg(feature = "train")]
 pub mod train;

@@ -1,10 +1,12 @@
-//! Models (feature `gemma`, on by default): [`gemma`] (Gemma 1 / 2 / 3 text decoders with Hugging Face
-//! and GGUF loaders and writers, and decoding) and [`tokenizer`] (tokenizers read from model files).
+//! Models (features `gemma` and `llama`, both on by default): [`decoder`] (the decoder every family
+//! shares, with decoding, checkpointing and the trainer adapter), `gemma` (Gemma 1 / 2 / 3 text decoders
+//! with Hugging Face and GGUF loaders and writers), `llama` (Llama 3.x, Qwen2 / 2.5, Qwen3, Mistral,
+//! SmolLM2 from Hugging Face folders) and [`tokenizer`] (tokenizers read from model files).
 //!
 //! The models stand alone: they need neither the trainer nor the data pipeline (`cargo build
-//! --no-default-features --features gemma`). With the `train` feature as well, `gemma::GemmaPolicy` adapts
-//! a model to the trainer and the tokenizers implement `data::Tokenizer`; those are the only parts that
-//! use `train` / `data`.
+//! --no-default-features --features gemma`, or `llama`). With the `train` feature as well,
+//! `decoder::DecoderPolicy` (`gemma::GemmaPolicy`, `llama::LlamaPolicy`) adapts a model to the trainer and
+//! the tokenizers implement `data::Tokenizer`; those are the only parts that use `train` / `data`.
 //!
 //! ```no_run
 //! use tch::{Device, Kind};
@@ -25,6 +27,10 @@
 //! # }
 //! ```
 
+pub mod decoder;
+#[cfg(feature = "gemma")]
 pub mod gemma;
 mod linear;
+#[cfg(feature = "llama")]
+pub mod llama;
 pub mod tokenizer;

@@ -6,15 +6,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{CheckpointError, Error, InputError, Result, WeightsError};
+use crate::error::{CheckpointError, Error, Result, WeightsError};
+use crate::models::decoder::spec::{check_sizes, DecoderSizes, DecoderSpec, NormStyle, Rope};
 
-/// An [`InputError::Config`](crate::InputError::Config) naming a configuration field.
-pub(crate) fn config_error(name: &'static str, requirement: impl Into<String>) -> Error {
-    Error::Input(InputError::Config {
-        name,
-        requirement: requirement.into(),
-    })
-}
+pub(crate) use crate::models::decoder::spec::config_error;
 
 /// The implemented architectures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,24 +29,9 @@ impl GemmaArch {
     }
 }
 
-/// The MLP activation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// GELU, tanh approximation (`gelu_pytorch_tanh`, `gelu_new`; Gemma 1's legacy `gelu` means this too).
-    GeluTanh,
-    /// Exact (erf) GELU (`gelu` in a Gemma 2 config).
-    Gelu,
-}
+pub use crate::models::decoder::Activation;
 
-/// One or several token ids (`eos_token_id` may be a list in config.json).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum TokenIds {
-    /// A single id.
-    One(i64),
-    /// Several ids.
-    Many(Vec<i64>),
-}
+pub use crate::models::decoder::TokenIds;
 
 /// `x > 0` (false for NaN).
 fn is_positive(x: f64) -> bool {
@@ -259,7 +239,7 @@ impl GemmaConfig {
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
-    /// RoPE base θ (of the global layers for Gemma 3). Errors: [`InputError::Config`] for a RoPE type
+    /// RoPE base θ (of the global layers for Gemma 3). Errors: [`InputError::Config`](crate::InputError::Config) for a RoPE type
     /// other than "default".
     pub fn rope_base(&self) -> Result<f64> {
         Ok(self.rope_bases()?.0)
@@ -268,7 +248,7 @@ impl GemmaConfig {
     /// RoPE bases θ `(global layers, sliding layers)`. Gemma 1 / 2: the same θ (default 10⁴) for both.
     /// Gemma 3 (transformers' rules): global `rope_parameters.full_attention.rope_theta`, else
     /// `rope_theta`, else 10⁶; sliding `rope_parameters.sliding_attention.rope_theta`, else
-    /// `rope_local_base_freq`, else 10⁴. Errors: [`InputError::Config`] for a RoPE type other than
+    /// `rope_local_base_freq`, else 10⁴. Errors: [`InputError::Config`](crate::InputError::Config) for a RoPE type other than
     /// "default" (e.g. the linear scaling of the larger Gemma 3 models).
     pub fn rope_bases(&self) -> Result<(f64, f64)> {
         fn theta_of(params: &serde_json::Value) -> Result<Option<f64>> {
@@ -306,7 +286,7 @@ impl GemmaConfig {
         Ok((theta, theta))
     }
 
-    /// The MLP activation. Errors: [`InputError::Config`] for an unimplemented one.
+    /// The MLP activation. Errors: [`InputError::Config`](crate::InputError::Config) for an unimplemented one.
     pub fn activation(&self) -> Result<Activation> {
         let arch = self.arch()?;
         let name = self
@@ -328,7 +308,7 @@ impl GemmaConfig {
 
     /// The sliding window of each layer (`None`: full attention). Gemma 1: none. Default `layer_types`:
     /// Gemma 2 sliding on even layers (0, 2, …), Gemma 3 global on every 6th layer (5, 11, …).
-    /// Errors: [`InputError::Config`] for a bad `layer_types` list or window.
+    /// Errors: [`InputError::Config`](crate::InputError::Config) for a bad `layer_types` list or window.
     pub fn layer_windows(&self) -> Result<Vec<Option<i64>>> {
         let layers = self.num_hidden_layers.max(0) as usize;
         if self.arch()? == GemmaArch::Gemma {
@@ -378,67 +358,22 @@ impl GemmaConfig {
     }
 
     /// Checks the configuration. Errors: [`WeightsError::UnsupportedArchitecture`] for a `model_type` other than
-    /// "gemma" / "gemma2" / "gemma3" / "gemma3_text"; [`InputError::Config`] for non-positive sizes, sizes whose
+    /// "gemma" / "gemma2" / "gemma3" / "gemma3_text"; [`InputError::Config`](crate::InputError::Config) for non-positive sizes, sizes whose
     /// parameter count exceeds 2^63, heads not divisible by key/value
     /// heads, an untied head, biases, an unknown activation / RoPE type / layer type, or Gemma 2 scalars
     /// that are not positive.
     pub fn validate(&self) -> Result<()> {
         let arch = self.arch()?;
-        let sizes = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_key_value_heads", self.kv_heads()),
-            ("head_dim", self.head_size()),
-        ];
-        for (name, value) in sizes {
-            if value <= 0 {
-                return Err(config_error(name, format!("{value} must be positive")));
-            }
-        }
-        // Every parameter's element count (and the whole model's) must be a valid tensor size: products
-        // of the sizes above, checked instead of overflowing into a negative shape.
-        let (h, hd) = (self.hidden_size, self.head_size());
-        let per_layer = [
-            self.num_attention_heads
-                .checked_mul(hd)
-                .and_then(|q| q.checked_mul(h)),
-            self.kv_heads().checked_mul(hd).and_then(|kv| kv.checked_mul(h)),
-            self.intermediate_size.checked_mul(h),
-        ];
-        let total = per_layer
-            .iter()
-            .try_fold(0i64, |acc, n| n.and_then(|n| acc.checked_add(n.checked_mul(3)?)))
-            .and_then(|layer| layer.checked_mul(self.num_hidden_layers))
-            .and_then(|layers| layers.checked_add(self.vocab_size.checked_mul(h)?));
-        if total.is_none() {
-            return Err(config_error(
-                "hidden_size",
-                format!(
-                    "vocab_size {} × hidden_size {h}, heads {} × head_dim {hd}, intermediate_size {} and \
-                     {} layers give more than 2^63 parameters",
-                    self.vocab_size, self.num_attention_heads, self.intermediate_size, self.num_hidden_layers
-                ),
-            ));
-        }
-        if self.num_attention_heads % self.kv_heads() != 0 {
-            return Err(config_error(
-                "num_attention_heads",
-                format!(
-                    "{} is not a multiple of num_key_value_heads {}",
-                    self.num_attention_heads,
-                    self.kv_heads()
-                ),
-            ));
-        }
-        if self.head_size() % 2 != 0 {
-            return Err(config_error(
-                "head_dim",
-                format!("{} must be even for RoPE", self.head_size()),
-            ));
-        }
+        check_sizes(&DecoderSizes {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            kv_heads: self.kv_heads(),
+            head_dim: self.head_size(),
+            untied_head: false,
+        })?;
         if !self.tie_word_embeddings {
             return Err(config_error(
                 "tie_word_embeddings",
@@ -490,52 +425,49 @@ impl GemmaConfig {
         }
     }
 
+    /// The shared decoder's switches for this configuration (Gemma: `(1 + w)` norms, embedding × √H, tied
+    /// head, no biases; Gemma 2 / 3 add the sandwich norms and soft-caps, Gemma 3 the q / k norms and its
+    /// two RoPE bases). Errors: those of [`GemmaConfig::arch`], [`GemmaConfig::rope_bases`],
+    /// [`GemmaConfig::activation`], [`GemmaConfig::layer_windows`].
+    pub(crate) fn decoder_spec(&self) -> Result<DecoderSpec> {
+        let arch = self.arch()?;
+        let (global, local) = self.rope_bases()?;
+        Ok(DecoderSpec {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            heads: self.num_attention_heads,
+            kv_heads: self.kv_heads(),
+            head_dim: self.head_size(),
+            layer_windows: self.layer_windows()?,
+            norm: NormStyle::OnePlusWeight,
+            rms_norm_eps: self.rms_norm_eps,
+            activation: self.activation()?,
+            scale_embedding: true,
+            attention_scale: self.attention_scale(arch),
+            attn_logit_softcap: match arch.has_gemma2_layer() {
+                true => self.attn_logit_softcapping,
+                false => None,
+            },
+            final_logit_softcap: match arch.has_gemma2_layer() {
+                true => self.final_logit_softcapping,
+                false => None,
+            },
+            sandwich_norms: arch.has_gemma2_layer(),
+            qk_norm: arch == GemmaArch::Gemma3,
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
+            tied_head: true,
+            global_rope: Rope::plain(global),
+            local_rope: Rope::plain(local),
+            max_position_embeddings: self.max_position_embeddings,
+            initializer_range: self.initializer_range,
+        })
+    }
+
     /// The expected shape of every parameter, by Hugging Face name.
     pub fn parameter_shapes(&self) -> Result<BTreeMap<String, Vec<i64>>> {
-        let arch = self.arch()?;
-        let (h, hd) = (self.hidden_size, self.head_size());
-        let mut shapes = BTreeMap::new();
-        shapes.insert("model.embed_tokens.weight".to_string(), vec![self.vocab_size, h]);
-        shapes.insert("model.norm.weight".to_string(), vec![h]);
-        let mut norms = vec!["input_layernorm", "post_attention_layernorm"];
-        if arch.has_gemma2_layer() {
-            norms.extend(["pre_feedforward_layernorm", "post_feedforward_layernorm"]);
-        }
-        for i in 0..self.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            for norm in &norms {
-                shapes.insert(format!("{p}.{norm}.weight"), vec![h]);
-            }
-            if arch == GemmaArch::Gemma3 {
-                shapes.insert(format!("{p}.self_attn.q_norm.weight"), vec![hd]);
-                shapes.insert(format!("{p}.self_attn.k_norm.weight"), vec![hd]);
-            }
-            shapes.insert(
-                format!("{p}.self_attn.q_proj.weight"),
-                vec![self.num_attention_heads * hd, h],
-            );
-            shapes.insert(
-                format!("{p}.self_attn.k_proj.weight"),
-                vec![self.kv_heads() * hd, h],
-            );
-            shapes.insert(
-                format!("{p}.self_attn.v_proj.weight"),
-                vec![self.kv_heads() * hd, h],
-            );
-            shapes.insert(
-                format!("{p}.self_attn.o_proj.weight"),
-                vec![h, self.num_attention_heads * hd],
-            );
-            shapes.insert(
-                format!("{p}.mlp.gate_proj.weight"),
-                vec![self.intermediate_size, h],
-            );
-            shapes.insert(format!("{p}.mlp.up_proj.weight"), vec![self.intermediate_size, h]);
-            shapes.insert(
-                format!("{p}.mlp.down_proj.weight"),
-                vec![h, self.intermediate_size],
-            );
-        }
-        Ok(shapes)
+        Ok(self.decoder_spec()?.parameter_shapes())
     }
 }

@@ -35,10 +35,12 @@
 //! greedily or by sampling (temperature, top-k, top-p, seed) with a KV cache, [`greedy_decode`] is its
 //! greedy shorthand.
 //!
-//! Layout: [`config`] (the configuration), [`checkpointing`] (activation checkpointing), `layers` (norm,
-//! attention, MLP; internal), [`model`] (the decoder), [`load`] (the weight sources), `weights_hf` /
-//! `weights_gguf` (reading Hugging Face folders and GGUF files; internal), [`mod@generate`] (decoding),
-//! `policy` (the trainer adapter, feature `train`), [`export`] (writing a model as a Hugging Face folder
+//! Gemma is the shared [`crate::models::decoder`] with Gemma's switches: the layers, the decoder,
+//! checkpointing, decoding, the trainer adapter and the Hugging Face reading live there and are
+//! re-exported here under their old paths ([`mod@generate`], [`checkpointing`], `accuracy`, [`KvCache`],
+//! …). Layout of what is Gemma's own: [`config`] (the configuration and its switches), [`model`]
+//! ([`Gemma`]), [`load`] (the loader), `weights_gguf` (reading `gemma3` GGUF files; internal), `policy`
+//! (`GemmaPolicy` and its writers, feature `train`), [`export`] (writing a model as a Hugging Face folder
 //! or a GGUF file).
 //!
 //! [`Gemma::forward_hidden_checkpointed`] ([`checkpointing`]) is per-layer activation checkpointing, exact
@@ -49,30 +51,26 @@
 //! `model.layers.{i}.self_attn.q_proj.weight`, …), so [`Gemma::load`] copies a folder's tensors by name
 //! and [`export::save_pretrained`] writes a folder that `transformers` loads.
 
-#[cfg(feature = "train")]
-pub mod accuracy;
-pub mod checkpointing;
 pub mod config;
 pub mod export;
-pub mod generate;
-mod layers;
 pub mod load;
 pub mod model;
 #[cfg(feature = "train")]
 pub mod policy;
 mod weights_gguf;
-mod weights_hf;
 
-#[cfg(feature = "train")]
-pub use accuracy::greedy_accuracy;
-pub use checkpointing::LayerCheckpoints;
 pub use config::{Activation, GemmaArch, GemmaConfig, TokenIds, SUPPORTED_MODEL_TYPES};
-pub use generate::{generate, greedy_decode, Generation, GenerationConfig, Sampling};
+#[cfg(feature = "train")]
+pub use load::load_tokenizer;
 pub use load::{LoadOptions, WeightSource};
-pub use model::{Gemma, KvCache};
+pub use model::Gemma;
 #[cfg(feature = "train")]
 pub use policy::GemmaPolicy;
 pub use weights_gguf::{check_gguf_tensors, gguf_tensor_name};
+// The shared pieces, under the paths they had when they were Gemma's (modules and items).
 #[cfg(feature = "train")]
-pub use weights_hf::load_tokenizer;
-pub use weights_hf::{tokenizer_path, NO_WEIGHTS};
+pub use crate::models::decoder::{accuracy, greedy_accuracy};
+pub use crate::models::decoder::{
+    checkpointing, generate, greedy_decode, tokenizer_path, Generation, GenerationConfig, KvCache,
+    LayerCheckpoints, Sampling, NO_WEIGHTS,
+};

@@ -4,12 +4,12 @@
 
 use std::collections::HashMap;
 
-use tch::{nn, Kind};
+use tch::nn;
 
 use super::config::{config_error, GemmaConfig, TokenIds};
-use crate::error::{Error, GgufError, ParameterMismatch, Result, WeightsError};
-use crate::gguf::{GgmlType, GgufFile, MATRIX_TYPES, VECTOR_TYPES};
-use crate::validate::finite_weight;
+use crate::error::{Error, Result, WeightsError};
+use crate::gguf::GgufFile;
+use crate::models::decoder::weights_gguf::{check_gguf, load_gguf};
 
 /// The GGUF name of a Hugging Face parameter name of a Gemma 3 model (llama.cpp's naming), or `None` for a
 /// name that has no GGUF counterpart.
@@ -55,7 +55,7 @@ impl GemmaConfig {
     /// | pad / bos / eos | `tokenizer.ggml.padding_token_id` / `bos_token_id` / `eos_token_id` |
     /// | not in the file | θ of the sliding layers 10⁴, query_pre_attn_scalar 256, gelu tanh, every 6th layer global, tied head |
     ///
-    /// Errors: [`GgufError::Invalid`] for a missing key or a key of the wrong type;
+    /// Errors: [`GgufError::Invalid`](crate::GgufError::Invalid) for a missing key or a key of the wrong type;
     /// [`WeightsError::UnsupportedArchitecture`] for an architecture other than gemma3; those of
     /// [`GemmaConfig::validate`].
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
@@ -134,7 +134,7 @@ impl GemmaConfig {
 /// Checks every tensor of a Gemma 3 GGUF file against `config`, reading no tensor data and allocating
 /// nothing of the model's size: the file's blocks (`blk.N.…`) are exactly `config.num_hidden_layers`;
 /// every parameter the config implies is there ([`gguf_tensor_name`]) with exactly its shape and an allowed
-/// type ([`VECTOR_TYPES`], i.e. F32, for the 1-D norm weights; [`MATRIX_TYPES`] for matrices); the file
+/// type ([`VECTOR_TYPES`](crate::gguf::VECTOR_TYPES), i.e. F32, for the 1-D norm weights; [`MATRIX_TYPES`](crate::gguf::MATRIX_TYPES) for matrices); the file
 /// holds no other tensor. Returns the GGUF name of every parameter with its Hugging Face name.
 ///
 /// The data's extent (inside the file, aligned, back to back as ggml lays tensors out) is checked by
@@ -147,55 +147,15 @@ impl GemmaConfig {
 /// (e.g. an untied `output.weight`) and those of another shape; [`WeightsError::TensorType`](crate::WeightsError::TensorType); [`InputError::Config`](crate::InputError::Config)
 /// if the config is invalid.
 pub fn check_gguf_tensors(file: &GgufFile, config: &GemmaConfig) -> Result<HashMap<String, String>> {
-    let path = file.path().display().to_string();
-    // The block count first: the parameter list below has 13 entries per layer, so a corrupt
-    // `block_count` must not be trusted before it is compared with the file.
-    let layers: std::collections::BTreeSet<i64> = file
-        .tensors()
-        .iter()
-        .filter_map(|t| {
-            t.name
-                .strip_prefix("blk.")?
-                .split_once('.')?
-                .0
-                .parse::<i64>()
-                .ok()
-        })
-        .collect();
-    let blocks = layers.len() as i64;
-    let last = layers.last().map_or(0, |l| l.saturating_add(1));
-    if blocks != config.num_hidden_layers || last != blocks {
-        return Err(Error::Gguf(GgufError::Invalid {
-            path,
-            reason: format!(
-                "gemma3.block_count is {}, but the file's tensors belong to {blocks} blocks numbered up to {}",
-                config.num_hidden_layers,
-                last - 1
-            ),
-        }));
-    }
-    let expected = config.parameter_shapes()?;
-    let mut by_gguf = HashMap::with_capacity(expected.len());
-    let mut gguf_shapes = std::collections::BTreeMap::new();
-    for (name, shape) in &expected {
-        let gguf = gguf_tensor_name(name)
-            .ok_or_else(|| config_error("parameters", format!("{name} has no GGUF counterpart")))?;
-        gguf_shapes.insert(gguf.clone(), shape.clone());
-        by_gguf.insert(gguf, name.clone());
-    }
-    let given = file.tensors().iter().map(|t| (t.name.as_str(), t.shape.clone()));
-    ParameterMismatch::compare(&gguf_shapes, given)
-        .into_result(&path, &format!("the {} config", config.model_type))?;
-    for (gguf, name) in &by_gguf {
-        let shape = expected.get(name).map(Vec::as_slice).unwrap_or_default();
-        let types: &[GgmlType] = if shape.len() == 1 {
-            &VECTOR_TYPES
-        } else {
-            &MATRIX_TYPES
-        };
-        file.expect_tensor(gguf, shape, types)?;
-    }
-    Ok(by_gguf)
+    check_gguf(
+        file,
+        &config.parameter_shapes()?,
+        config.num_hidden_layers,
+        "gemma3.block_count",
+        &format!("the {} config", config.model_type),
+        &gguf_tensor_name,
+        &|_| false,
+    )
 }
 
 /// Copies the tensors of a Gemma 3 GGUF file into the variables of `vs` (built for `config`), under
@@ -208,22 +168,13 @@ pub fn check_gguf_tensors(file: &GgufFile, config: &GemmaConfig) -> Result<HashM
 /// [`Error::Internal`] if a parameter is not in `vs` (built for `config`, so a bug).
 pub(super) fn load_gguf_weights(vs: &nn::VarStore, file: &GgufFile, config: &GemmaConfig) -> Result<()> {
     let by_gguf = check_gguf_tensors(file, config)?;
-    let variables = vs.variables();
-    let path = file.path().display().to_string();
-    for (gguf, name) in &by_gguf {
-        let Some(variable) = variables.get(name) else {
-            return Err(Error::Internal {
-                what: format!("checked parameter `{name}` is not in the model's variable store"),
-            });
-        };
-        let mut value = file.tensor(gguf, Kind::Float, variable.device())?;
-        if gguf.ends_with("norm.weight") {
-            value = value.f_sub_scalar(1.0)?;
-        }
-        let value = value.f_to_kind(variable.kind())?;
-        finite_weight(&value, gguf, &path)?;
-        let mut variable = variable.shallow_clone();
-        tch::no_grad(|| variable.f_copy_(&value))?;
-    }
-    Ok(())
+    load_gguf(
+        vs,
+        file,
+        &by_gguf,
+        &|gguf, value| match gguf.ends_with("norm.weight") {
+            true => Ok(value.f_sub_scalar(1.0)?),
+            false => Ok(value),
+        },
+    )
 }

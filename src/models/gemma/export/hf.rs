@@ -41,6 +41,7 @@ pub fn hf_config_json(config: &GemmaConfig, kind: Kind) -> Result<Value> {
     let activation = match config.activation()? {
         Activation::GeluTanh => "gelu_pytorch_tanh",
         Activation::Gelu => "gelu",
+        Activation::Silu => "silu",
     };
     let eos = match &config.eos_token_id {
         None => Value::Null,

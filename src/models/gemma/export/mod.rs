@@ -46,13 +46,12 @@ pub use gguf::save_gguf;
 pub use hf::{generation_config_json, hf_config_json, save_pretrained};
 pub use tokenizer::hf_tokenizer_files;
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use tch::{Kind, Tensor};
 
 use super::config::GemmaConfig;
-use crate::error::{Error, InputError, ParameterMismatch, Result};
+use crate::error::{Error, InputError, Result};
 use crate::gguf::GgufFile;
 use crate::validate::finite_weight;
 
@@ -91,24 +90,13 @@ pub(in crate::models::gemma) fn ordered_parameters<'p>(
     parameters: &'p [(String, Tensor)],
     what: &str,
 ) -> Result<Vec<(&'p str, &'p Tensor)>> {
-    let expected = config.parameter_shapes()?;
-    let shapes = parameters
-        .iter()
-        .map(|(name, tensor)| (name.as_str(), tensor.size()));
-    ParameterMismatch::compare(&expected, shapes)
-        .into_result(what, &format!("the {} config", config.model_type))?;
-    let given: HashMap<&str, &Tensor> = parameters
-        .iter()
-        .map(|(name, tensor)| (name.as_str(), tensor))
-        .collect();
-    let mut ordered = Vec::with_capacity(expected.len());
-    for name in expected.keys() {
-        if let Some((&name, &tensor)) = given.get_key_value(name.as_str()) {
-            ordered.push((name, tensor));
-        }
-    }
-    ordered.sort_by_key(|(name, _)| file_order(name));
-    Ok(ordered)
+    let expected_by = format!("the {} config", config.model_type);
+    crate::models::decoder::load::ordered_parameters(
+        &config.parameter_shapes()?,
+        &expected_by,
+        parameters,
+        what,
+    )
 }
 
 /// Refuses parameters that hold NaN or ±inf, in every export format (GGUF F32, F16, BF16, Q8_0; a Hugging
@@ -119,21 +107,6 @@ fn check_finite(ordered: &[(&str, &Tensor)]) -> Result<()> {
         finite_weight(tensor, name, "the parameters to save")?;
     }
     Ok(())
-}
-
-/// Sort key: the embedding first, then each layer in numeric order, then the final norm.
-fn file_order(name: &str) -> (u8, usize, &str) {
-    if name == "model.embed_tokens.weight" {
-        return (0, 0, name);
-    }
-    if let Some(rest) = name.strip_prefix("model.layers.") {
-        if let Some((layer, param)) = rest.split_once('.') {
-            if let Ok(layer) = layer.parse() {
-                return (1, layer, param);
-            }
-        }
-    }
-    (2, 0, name)
 }
 
 /// Maps a `kind` to the safetensors / transformers dtype name, for the kinds a folder can be saved in.

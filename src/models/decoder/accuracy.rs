@@ -2,7 +2,7 @@
 //! whose answers a program can check (feature `train`, for the [`Tokenizer`] trait).
 
 use super::generate::{generate, GenerationConfig};
-use super::model::Gemma;
+use super::CausalLm;
 use crate::data::Tokenizer;
 use crate::error::{Error, InputError, Result};
 
@@ -15,7 +15,7 @@ use crate::error::{Error, InputError, Result};
 /// # Errors
 /// [`InputError::InvalidParameter`] for `batch == 0`; those of the tokenizer's `encode` / `decode` and of [`generate`].
 pub fn greedy_accuracy(
-    model: &Gemma,
+    model: &impl CausalLm,
     tokenizer: &dyn Tokenizer,
     prompts: &[String],
     max_new_tokens: usize,

@@ -1,9 +1,10 @@
-//! The building blocks of a Gemma decoder layer: RMSNorm, attention, the GeGLU MLP, and the layer that
-//! combines them (crate-internal; [`Gemma`](super::Gemma) is the public model).
+//! The building blocks of a decoder layer: RMSNorm (Gemma's `(1 + w)` or Llama's `w` scale), attention
+//! (with its core [`attention_core`]), the gated MLP (GeGLU or SwiGLU), and the layer that combines them
+//! (crate-internal; [`Decoder`](super::Decoder) is the public model).
 
 use tch::{nn, Kind, Tensor};
 
-use super::config::Activation;
+use super::spec::{Activation, NormStyle};
 use crate::error::{Error, Result};
 use crate::models::linear::Linear;
 
@@ -23,24 +24,28 @@ pub(crate) fn parameter(path: &nn::Path, name: &str, dims: &[i64], init: nn::Ini
     })
 }
 
-/// RMSNorm with Gemma's `(1 + w)` scale, computed in f32.
+/// RMSNorm over the last dimension: `x̂ = x · rsqrt(mean(x²) + eps)` computed in f32, then scaled as
+/// [`NormStyle`] says (Gemma: `x̂ · (1 + w)` in f32, cast back; Llama: `w · x̂`, `x̂` cast back first).
 pub(crate) struct RmsNorm {
     pub(crate) weight: Tensor,
     pub(crate) eps: f64,
+    pub(crate) style: NormStyle,
 }
 
 impl RmsNorm {
-    pub(crate) fn new(path: nn::Path, size: i64, eps: f64) -> Result<Self> {
+    /// A norm of `size` whose weight starts at `init`.
+    pub(crate) fn new(path: nn::Path, size: i64, eps: f64, style: NormStyle, init: nn::Init) -> Result<Self> {
         Ok(Self {
-            weight: parameter(&path, "weight", &[size], nn::Init::Const(0.0))?,
+            weight: parameter(&path, "weight", &[size], init)?,
             eps,
+            style,
         })
     }
 
     pub(crate) fn shallow_clone(&self) -> Self {
         Self {
             weight: self.weight.shallow_clone(),
-            eps: self.eps,
+            ..*self
         }
     }
 
@@ -48,8 +53,13 @@ impl RmsNorm {
         let x = xs.f_to_kind(Kind::Float)?;
         let mean_square = x.f_square()?.f_mean_dim(-1, true, Kind::Float)?;
         let normed = x.f_mul(&mean_square.f_add_scalar(self.eps)?.f_rsqrt()?)?;
-        let scale = self.weight.f_to_kind(Kind::Float)?.f_add_scalar(1.0)?;
-        Ok(normed.f_mul(&scale)?.f_to_kind(xs.kind())?)
+        match self.style {
+            NormStyle::OnePlusWeight => {
+                let scale = self.weight.f_to_kind(Kind::Float)?.f_add_scalar(1.0)?;
+                Ok(normed.f_mul(&scale)?.f_to_kind(xs.kind())?)
+            }
+            NormStyle::Weight => Ok(self.weight.f_mul(&normed.f_to_kind(xs.kind())?)?),
+        }
     }
 }
 
@@ -111,7 +121,7 @@ pub(crate) struct Attention {
     pub(crate) scale: f64,
     pub(crate) logit_cap: Option<f64>,
     pub(crate) window: Option<i64>,
-    /// Gemma 3: per-head RMSNorm of the queries and keys (before RoPE).
+    /// Gemma 3 / Qwen3: per-head RMSNorm of the queries and keys (before RoPE).
     pub(crate) q_norm: Option<RmsNorm>,
     /// See `q_norm`.
     pub(crate) k_norm: Option<RmsNorm>,
@@ -175,20 +185,36 @@ impl Attention {
                 .f_reshape([n, self.heads, keys, self.head_dim])?)
         };
         let (k, v) = (repeat(k)?, repeat(v)?);
-        let scores = q.f_matmul(&k.f_transpose(2, 3)?)?.f_mul_scalar(self.scale)?;
-        let scores = soft_cap(&scores, self.logit_cap)?;
-        // Softmax in f32, masked with the most negative finite f32 (a fully masked row stays finite).
-        let probs = scores
-            .f_to_kind(Kind::Float)?
-            .f_masked_fill(&blocked, f32::MIN as f64)?
-            .f_softmax(-1, Kind::Float)?
-            .f_to_kind(xs.kind())?;
-        let out = probs
-            .f_matmul(&v)?
+        let out = attention_core(&q, &k, &v, &blocked, self.scale, self.logit_cap)?
             .f_transpose(1, 2)?
             .f_reshape([n, t, self.heads * self.head_dim])?;
         self.o_proj.forward(&out)
     }
+}
+
+/// The attention core every decoder shares: `softmax(cap(scale · q·kᵀ) masked) · v`.
+///
+/// `q` `[N, heads, T, head_dim]`; `k`, `v` `[N, heads, S, head_dim]` (grouped-query heads already
+/// repeated); `blocked` `[N or 1, 1, T, S]` bool (true = the query may not see the key); `logit_cap` the
+/// soft-cap `tanh(s / c) · c` of the scaled scores (Gemma 2), if any. The softmax runs in f32 with blocked
+/// scores set to the most negative finite f32 (a fully blocked row stays finite: uniform weights); the
+/// result `[N, heads, T, head_dim]` is in `q`'s dtype.
+pub(crate) fn attention_core(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    blocked: &Tensor,
+    scale: f64,
+    logit_cap: Option<f64>,
+) -> Result<Tensor> {
+    let scores = q.f_matmul(&k.f_transpose(2, 3)?)?.f_mul_scalar(scale)?;
+    let scores = soft_cap(&scores, logit_cap)?;
+    let probs = scores
+        .f_to_kind(Kind::Float)?
+        .f_masked_fill(blocked, f32::MIN as f64)?
+        .f_softmax(-1, Kind::Float)?
+        .f_to_kind(q.kind())?;
+    Ok(probs.f_matmul(v)?)
 }
 
 pub(crate) struct Mlp {
@@ -209,11 +235,12 @@ impl Mlp {
     }
 
     pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let approximate = match self.activation {
-            Activation::GeluTanh => "tanh",
-            Activation::Gelu => "none",
+        let gate = self.gate_proj.forward(xs)?;
+        let gate = match self.activation {
+            Activation::GeluTanh => gate.f_gelu("tanh")?,
+            Activation::Gelu => gate.f_gelu("none")?,
+            Activation::Silu => gate.f_silu()?,
         };
-        let gate = self.gate_proj.forward(xs)?.f_gelu(approximate)?;
         self.down_proj.forward(&gate.f_mul(&self.up_proj.forward(xs)?)?)
     }
 }
@@ -221,9 +248,9 @@ impl Mlp {
 pub(crate) struct Layer {
     pub(crate) input_layernorm: RmsNorm,
     pub(crate) post_attention_layernorm: RmsNorm,
-    /// Gemma 2 only.
+    /// Gemma 2 / 3 only.
     pub(crate) pre_feedforward_layernorm: Option<RmsNorm>,
-    /// Gemma 2 only.
+    /// Gemma 2 / 3 only.
     pub(crate) post_feedforward_layernorm: Option<RmsNorm>,
     pub(crate) attention: Attention,
     pub(crate) mlp: Mlp,

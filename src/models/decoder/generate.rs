@@ -1,4 +1,4 @@
-//! Text generation with a [`Gemma`] model: greedy or sampled (temperature, top-k, top-p, seeded), a batch
+//! Text generation with any [`CausalLm`] model (Gemma, Llama, …): greedy or sampled (temperature, top-k, top-p, seeded), a batch
 //! of prompts at once with left padding, a [`KvCache`] so that each new token costs one position, stopping
 //! at a stop token or after `max_new_tokens`.
 //!
@@ -21,7 +21,8 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::model::{Gemma, KvCache};
+use super::model::KvCache;
+use super::CausalLm;
 use crate::error::{Error, InputError, ParamValue, Result};
 
 /// How the next token is chosen from the logits of the last position.
@@ -122,7 +123,7 @@ pub struct GenerationConfig {
     /// [`Generation::step_logits`].
     pub keep_logits: bool,
     /// Allow the longest prompt plus `max_new_tokens` to exceed the model's
-    /// [`GemmaConfig::max_position_embeddings`](super::GemmaConfig::max_position_embeddings), the positions
+    /// [`Decoder::max_position_embeddings`](super::Decoder::max_position_embeddings), the positions
     /// it was trained on (RoPE extrapolates, but the outputs there are untested). Default `false`:
     /// [`generate`] refuses such a request.
     pub allow_beyond_max_positions: bool,
@@ -262,10 +263,16 @@ fn left_padded(rows: &[Vec<i64>], pad: i64, width: usize) -> Vec<i64> {
 /// [`InputError::Shape`] for an empty prompt; [`InputError::InvalidParameter`] for bad sampling parameters;
 /// [`InputError::Config`] (`max_new_tokens`) when the longest prompt plus `max_new_tokens` exceeds the model's
 /// `max_position_embeddings` and [`GenerationConfig::allow_beyond_max_positions`] is not set; those of
-/// [`Gemma::forward_hidden_at`] (e.g. [`InputError::TokenOutOfRange`] for a prompt id or `pad_id` outside the
+/// [`Decoder::forward_hidden_at`](super::Decoder::forward_hidden_at) (e.g. [`InputError::TokenOutOfRange`] for a prompt id or `pad_id` outside the
 /// vocabulary).
-pub fn generate(model: &Gemma, prompts: &[Vec<i64>], config: &GenerationConfig) -> Result<Generation> {
+pub fn generate(
+    model: &impl CausalLm,
+    prompts: &[Vec<i64>],
+    config: &GenerationConfig,
+) -> Result<Generation> {
     config.sampling.validate()?;
+    let lm = model;
+    let model = lm.decoder();
     if let Some(i) = prompts.iter().position(Vec::is_empty) {
         return Err(Error::Input(InputError::Shape {
             arg: "prompts",
@@ -274,7 +281,7 @@ pub fn generate(model: &Gemma, prompts: &[Vec<i64>], config: &GenerationConfig) 
         }));
     }
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let max_positions = model.config().max_position_embeddings;
+    let max_positions = model.max_position_embeddings();
     let needed = (longest as u128) + (config.max_new_tokens as u128);
     if !config.allow_beyond_max_positions && !prompts.is_empty() && needed > max_positions.max(0) as u128 {
         return Err(Error::Input(InputError::Config {
@@ -319,7 +326,7 @@ pub fn generate(model: &Gemma, prompts: &[Vec<i64>], config: &GenerationConfig) 
         Ok(mask.f_cumsum(1, Kind::Int64)?.f_sub_scalar(1)?.f_clamp_min(0)?)
     };
     tch::no_grad(|| -> Result<()> {
-        let mut cache = config.use_cache.then(|| KvCache::new(model));
+        let mut cache = config.use_cache.then(|| KvCache::new(lm));
         let mut hidden = model.forward_hidden_at(&ids, &mask, &positions_of(&mask)?, cache.as_mut())?;
         for step in 0..config.max_new_tokens {
             let last = hidden.f_narrow(1, hidden.size()[1] - 1, 1)?.f_squeeze_dim(1)?;
@@ -372,14 +379,14 @@ pub fn generate(model: &Gemma, prompts: &[Vec<i64>], config: &GenerationConfig) 
 /// # Errors
 /// [`InputError::DeviceMismatch`] when `device` is not the model's; those of [`generate`].
 pub fn greedy_decode(
-    model: &Gemma,
+    model: &impl CausalLm,
     prompts: &[Vec<i64>],
     max_new_tokens: usize,
     eos_id: i64,
     pad_id: i64,
     device: Device,
 ) -> Result<Vec<Vec<i64>>> {
-    let model_device = model.head_weight().device();
+    let model_device = model.decoder().head_weight().device();
     if device != model_device {
         return Err(Error::Input(InputError::DeviceMismatch {
             arg: "device",

@@ -1,4 +1,4 @@
-//! Per-layer activation (gradient) checkpointing for [`Gemma`]: [`Gemma::forward_hidden_checkpointed`]
+//! Per-layer activation (gradient) checkpointing for [`Decoder`]: [`Decoder::forward_hidden_checkpointed`]
 //! and [`LayerCheckpoints`].
 //!
 //! libtorch's C++ API has no `torch.utils.checkpoint`, and tch offers no custom autograd function, so the
@@ -24,14 +24,14 @@
 
 use tch::{Kind, Tensor};
 
-use super::model::{AttentionInputs, Gemma};
+use super::model::{AttentionInputs, Decoder};
 use crate::autograd::backward_from;
 use crate::error::Result;
 
-/// What [`Gemma::forward_hidden_checkpointed`] keeps to finish the backward pass: the layer inputs, the
+/// What [`Decoder::forward_hidden_checkpointed`] keeps to finish the backward pass: the layer inputs, the
 /// per-layer attention inputs, the token ids and the checkpoint leaf `h_L`.
 pub struct LayerCheckpoints<'a> {
-    model: &'a Gemma,
+    model: &'a Decoder,
     input_ids: Tensor,
     attention: AttentionInputs,
     /// `h_0 … h_{L−1}`, no grad.
@@ -49,15 +49,15 @@ impl std::fmt::Debug for LayerCheckpoints<'_> {
     }
 }
 
-impl Gemma {
-    /// The final normed hidden states `[N, T, H]`, as [`Gemma::forward_hidden`] computes them, with
+impl Decoder {
+    /// The final normed hidden states `[N, T, H]`, as [`Decoder::forward_hidden`] computes them, with
     /// per-layer activation checkpointing: the layers run without an autograd graph and the returned
     /// tensor is differentiable only down to the last layer's output. After `loss.backward()` on a loss
-    /// of the returned states (and of the head, e.g. through [`Gemma::logits`]), call
+    /// of the returned states (and of the head, e.g. through [`Decoder::logits`]), call
     /// [`LayerCheckpoints::backward`] to carry the gradient through the layers and the embedding: the
-    /// parameters then hold the gradients one `backward` through [`Gemma::forward_hidden`] would give.
+    /// parameters then hold the gradients one `backward` through [`Decoder::forward_hidden`] would give.
     ///
-    /// Same inputs and errors as [`Gemma::forward_hidden`]. Runs with gradients enabled whatever the
+    /// Same inputs and errors as [`Decoder::forward_hidden`]. Runs with gradients enabled whatever the
     /// caller's grad mode.
     pub fn forward_hidden_checkpointed(
         &self,

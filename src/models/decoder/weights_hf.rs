@@ -1,6 +1,5 @@
-//! Hugging Face model folders: reading the weights (single or sharded `model.safetensors`) for
-//! [`Gemma::load`](super::Gemma::load) with [`WeightSource::HfDir`](super::WeightSource::HfDir),
-//! [`tokenizer_path`] and [`load_tokenizer`]. (Writing a folder: [`super::export::save_pretrained`].)
+//! Hugging Face model folders: reading the weights (single or sharded `model.safetensors`) for every
+//! family's loader with [`WeightSource::HfDir`](super::WeightSource::HfDir), and [`tokenizer_path`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -8,7 +7,6 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use tch::{nn, Tensor};
 
-use super::config::GemmaConfig;
 use crate::error::{CheckpointError, Error, ParameterMismatch, Result, ShapeMismatch};
 
 fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
@@ -31,30 +29,34 @@ struct ShardIndex {
     weight_map: BTreeMap<String, String>,
 }
 
-/// Tensors in model folders that are not parameters of the model but harmless: the (tied) LM head and RoPE
-/// buffers saved by old versions of transformers.
-fn is_ignorable(name: &str) -> bool {
-    name == "lm_head.weight" || name.ends_with("rotary_emb.inv_freq")
+/// Tensors in model folders that are not parameters of the model but harmless: the LM head of a tied
+/// model and RoPE buffers saved by old versions of transformers.
+fn is_ignorable(name: &str, expected: &BTreeMap<String, Vec<i64>>) -> bool {
+    !expected.contains_key(name) && (name == "lm_head.weight" || name.ends_with("rotary_emb.inv_freq"))
 }
 
 /// The [`CheckpointError::Invalid`](crate::CheckpointError::Invalid) reason when a directory has no weights file.
 pub const NO_WEIGHTS: &str = "no model.safetensors or model.safetensors.index.json";
 
-/// Copies the weights of the Hugging Face folder `dir` into the model variables of `vs` (built for
-/// `config`), under `no_grad`, converting each tensor to its variable's dtype and device.
+/// Copies the weights of the Hugging Face folder `dir` into the model variables of `vs` (built for the
+/// configuration `expected_by` names, whose parameters and shapes are `expected`), under `no_grad`,
+/// converting each tensor to its variable's dtype and device.
 ///
 /// Reads `dir/model.safetensors.index.json` (sharded: its `weight_map` names each tensor's file) when
-/// present, else `dir/model.safetensors`. One file is in memory at a time. `lm_head.weight` (tied) and old
-/// `rotary_emb.inv_freq` buffers are skipped.
+/// present, else `dir/model.safetensors`. One file is in memory at a time. `lm_head.weight` when it is no
+/// parameter (tied head) and old `rotary_emb.inv_freq` buffers are skipped.
 ///
 /// Errors: [`CheckpointError::Invalid`](crate::CheckpointError::Invalid) with reason [`NO_WEIGHTS`] when neither file exists; [`Error::Io`] /
 /// [`CheckpointError::Invalid`](crate::CheckpointError::Invalid) for unreadable files; [`WeightsError::Parameters`](crate::WeightsError::Parameters) for the shard index or a file,
 /// listing the parameters missing from it (expected there), its tensors that are no parameter of this
 /// config (e.g. a layer beyond `num_hidden_layers`, or Gemma 2 norms in a Gemma 1 config) and those of
 /// another shape (with both shapes).
-pub(super) fn load_hf_weights(vs: &nn::VarStore, dir: &Path, config: &GemmaConfig) -> Result<()> {
-    let expected = config.parameter_shapes()?;
-    let expected_by = format!("the {} config", config.model_type);
+pub(crate) fn load_hf_weights(
+    vs: &nn::VarStore,
+    dir: &Path,
+    expected: &BTreeMap<String, Vec<i64>>,
+    expected_by: &str,
+) -> Result<()> {
     let variables = vs.variables();
     let single = dir.join("model.safetensors");
     let index_path = dir.join("model.safetensors.index.json");
@@ -75,7 +77,7 @@ pub(super) fn load_hf_weights(vs: &nn::VarStore, dir: &Path, config: &GemmaConfi
                 None => unlisted.missing.push(name.clone()),
             }
         }
-        unlisted.into_result(&index_path.display().to_string(), &expected_by)?;
+        unlisted.into_result(&index_path.display().to_string(), expected_by)?;
         for file in index.weight_map.values() {
             plan.entry(dir.join(file)).or_default();
         }
@@ -94,7 +96,7 @@ pub(super) fn load_hf_weights(vs: &nn::VarStore, dir: &Path, config: &GemmaConfi
         // Every mismatch of this file is reported before anything of it is copied.
         let mut mismatch = ParameterMismatch::default();
         for (name, tensor) in &tensors {
-            if is_ignorable(name) || seen.contains(name) {
+            if is_ignorable(name, expected) || seen.contains(name) {
                 continue;
             }
             match expected.get(name) {
@@ -112,9 +114,9 @@ pub(super) fn load_hf_weights(vs: &nn::VarStore, dir: &Path, config: &GemmaConfi
             .filter(|name| !tensors.contains_key(*name))
             .cloned()
             .collect();
-        mismatch.into_result(&file.display().to_string(), &expected_by)?;
+        mismatch.into_result(&file.display().to_string(), expected_by)?;
         for (name, tensor) in &tensors {
-            if is_ignorable(name) || seen.contains(name) {
+            if is_ignorable(name, expected) || seen.contains(name) {
                 continue;
             }
             let Some(variable) = variables.get(name) else {
@@ -144,32 +146,4 @@ pub fn tokenizer_path(dir: &Path) -> Result<PathBuf> {
             std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found"),
         ))
     }
-}
-
-/// The tokenizer of a Hugging Face Gemma model folder (feature `train`, whose [`crate::data::Tokenizer`] it returns): its `tokenizer.json` with Gemma's special
-/// tokens (`<bos>`, `<eos>`, `<pad>`) and chat template (`HfTokenizerConfig::gemma`),
-/// as a `tch_rpo::data::HfTokenizer` (feature `hf-tokenizers`).
-///
-/// Errors: [`Error::Io`] when `dir/tokenizer.json` does not exist; [`DataError::Tokenizer`](crate::DataError::Tokenizer) when it cannot be
-/// loaded or lacks a special token; [`InputError::Config`](crate::InputError::Config) (naming the feature) when the crate was built
-/// without `hf-tokenizers`.
-#[cfg(feature = "train")]
-pub fn load_tokenizer(dir: &Path) -> Result<Box<dyn crate::data::Tokenizer>> {
-    let path = tokenizer_path(dir)?;
-    #[cfg(feature = "hf-tokenizers")]
-    {
-        use crate::data::{HfTokenizer, HfTokenizerConfig};
-        Ok(Box::new(HfTokenizer::from_file(
-            &path,
-            &HfTokenizerConfig::gemma(),
-        )?))
-    }
-    #[cfg(not(feature = "hf-tokenizers"))]
-    Err(Error::Input(crate::error::InputError::Config {
-        name: "hf-tokenizers",
-        requirement: format!(
-            "reading {} needs the crate feature `hf-tokenizers` (e.g. `cargo run --features hf-tokenizers`)",
-            path.display()
-        ),
-    }))
 }

@@ -1,0 +1,115 @@
+//! Reading llama.cpp GGUF files into a decoder's variables, for every family: the tensor check
+//! ([`check_gguf`]) and the copy ([`load_gguf`]); each family supplies its naming and its per-tensor fix-up
+//! (Gemma's `1 + w` norms, Llama's permuted q / k rows).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use tch::{nn, Kind, Tensor};
+
+use super::spec::config_error;
+use crate::error::{Error, GgufError, ParameterMismatch, Result};
+use crate::gguf::{GgmlType, GgufFile, MATRIX_TYPES, VECTOR_TYPES};
+use crate::validate::finite_weight;
+
+/// Checks every tensor of a GGUF file against the parameters `expected` (Hugging Face name → shape),
+/// reading no tensor data and allocating nothing of the model's size: the file's blocks (`blk.N.…`) are
+/// exactly `layers` (`block_count_key` names the metadata key in the error); every expected parameter is
+/// there under its GGUF name (`gguf_name`) with exactly its shape and an allowed type ([`VECTOR_TYPES`]
+/// for 1-D tensors, [`MATRIX_TYPES`] for matrices); the file holds no other tensor except those `ignored`
+/// accepts. Returns the Hugging Face name of every GGUF tensor name.
+///
+/// Errors: [`GgufError::Invalid`] if the blocks do not match `layers`;
+/// [`WeightsError::Parameters`](crate::WeightsError::Parameters) (origin the file, `expected_by`) listing
+/// the missing, unexpected and reshaped tensors; [`WeightsError::TensorType`](crate::WeightsError::TensorType);
+/// [`InputError::Config`](crate::InputError::Config) for a parameter without a GGUF name.
+pub(crate) fn check_gguf(
+    file: &GgufFile,
+    expected: &BTreeMap<String, Vec<i64>>,
+    layers: i64,
+    block_count_key: &str,
+    expected_by: &str,
+    gguf_name: &dyn Fn(&str) -> Option<String>,
+    ignored: &dyn Fn(&str) -> bool,
+) -> Result<HashMap<String, String>> {
+    let path = file.path().display().to_string();
+    // The block count first: the parameter list has an entry per layer, so a corrupt block count must not
+    // be trusted before it is compared with the file.
+    let blocks_seen: BTreeSet<i64> = file
+        .tensors()
+        .iter()
+        .filter_map(|t| {
+            t.name
+                .strip_prefix("blk.")?
+                .split_once('.')?
+                .0
+                .parse::<i64>()
+                .ok()
+        })
+        .collect();
+    let blocks = blocks_seen.len() as i64;
+    let last = blocks_seen.last().map_or(0, |l| l.saturating_add(1));
+    if blocks != layers || last != blocks {
+        return Err(Error::Gguf(GgufError::Invalid {
+            path,
+            reason: format!(
+                "{block_count_key} is {layers}, but the file's tensors belong to {blocks} blocks numbered up to {}",
+                last - 1
+            ),
+        }));
+    }
+    let mut by_gguf = HashMap::with_capacity(expected.len());
+    let mut gguf_shapes = BTreeMap::new();
+    for (name, shape) in expected {
+        let gguf = gguf_name(name)
+            .ok_or_else(|| config_error("parameters", format!("{name} has no GGUF counterpart")))?;
+        gguf_shapes.insert(gguf.clone(), shape.clone());
+        by_gguf.insert(gguf, name.clone());
+    }
+    let given = file
+        .tensors()
+        .iter()
+        .filter(|t| !ignored(&t.name))
+        .map(|t| (t.name.as_str(), t.shape.clone()));
+    ParameterMismatch::compare(&gguf_shapes, given).into_result(&path, expected_by)?;
+    for (gguf, name) in &by_gguf {
+        let shape = expected.get(name).map(Vec::as_slice).unwrap_or_default();
+        let types: &[GgmlType] = if shape.len() == 1 {
+            &VECTOR_TYPES
+        } else {
+            &MATRIX_TYPES
+        };
+        file.expect_tensor(gguf, shape, types)?;
+    }
+    Ok(by_gguf)
+}
+
+/// Copies the checked tensors `by_gguf` (GGUF name → Hugging Face name, from [`check_gguf`]) of `file`
+/// into the variables of `vs`, under `no_grad`: each tensor is dequantized to f32, passed through
+/// `fix(gguf_name, tensor)` (the family's layout change), converted to its variable's dtype and device, and
+/// checked once for NaN / ±inf.
+///
+/// Errors: [`WeightsError::NonFinite`](crate::WeightsError::NonFinite) naming the first tensor that holds
+/// NaN or ±inf once converted (nothing after it is copied); [`GgufError::Invalid`] for unreadable data;
+/// [`Error::Internal`] if a parameter is not in `vs` (a bug); those of `fix`.
+pub(crate) fn load_gguf(
+    vs: &nn::VarStore,
+    file: &GgufFile,
+    by_gguf: &HashMap<String, String>,
+    fix: &dyn Fn(&str, Tensor) -> Result<Tensor>,
+) -> Result<()> {
+    let variables = vs.variables();
+    let path = file.path().display().to_string();
+    for (gguf, name) in by_gguf {
+        let Some(variable) = variables.get(name) else {
+            return Err(Error::Internal {
+                what: format!("checked parameter `{name}` is not in the model's variable store"),
+            });
+        };
+        let value = fix(gguf, file.tensor(gguf, Kind::Float, variable.device())?)?;
+        let value = value.f_to_kind(variable.kind())?;
+        finite_weight(&value, gguf, &path)?;
+        let mut variable = variable.shallow_clone();
+        tch::no_grad(|| variable.f_copy_(&value))?;
+    }
+    Ok(())
+}
