@@ -1,5 +1,6 @@
 //! Models (feature `gemma`, on by default): [`gemma`] (Gemma 1 / 2 / 3 text decoders with Hugging Face
-//! and GGUF loaders and writers, and decoding) and [`tokenizer`] (tokenizers read from model files).
+//! and GGUF loaders and writers, and decoding), [`attention`] (the attention core the decoder layers share:
+//! libtorch's fused kernel or the explicit path) and [`tokenizer`] (tokenizers read from model files).
 //!
 //! The models stand alone: they need neither the trainer nor the data pipeline (`cargo build
 //! --no-default-features --features gemma`). With the `train` feature as well, `gemma::GemmaPolicy` adapts
@@ -25,6 +26,7 @@
 //! # }
 //! ```
 
+pub mod attention;
 pub mod gemma;
 mod linear;
 pub mod tokenizer;

@@ -5,6 +5,8 @@ use tch::{nn, Kind, Tensor};
 
 use super::config::Activation;
 use crate::error::{Error, Result};
+pub(crate) use crate::models::attention::soft_cap;
+use crate::models::attention::attend;
 use crate::models::linear::Linear;
 
 /// A new parameter `path/name` of shape `dims`: libtorch's failure to allocate it (a configuration whose
@@ -50,13 +52,6 @@ impl RmsNorm {
         let normed = x.f_mul(&mean_square.f_add_scalar(self.eps)?.f_rsqrt()?)?;
         let scale = self.weight.f_to_kind(Kind::Float)?.f_add_scalar(1.0)?;
         Ok(normed.f_mul(&scale)?.f_to_kind(xs.kind())?)
-    }
-}
-
-pub(crate) fn soft_cap(xs: &Tensor, cap: Option<f64>) -> Result<Tensor> {
-    match cap {
-        Some(c) => Ok(xs.f_div_scalar(c)?.f_tanh()?.f_mul_scalar(c)?),
-        None => Ok(xs.shallow_clone()),
     }
 }
 
@@ -165,26 +160,7 @@ impl Attention {
         let keys = k.size()[2];
         let slots = blocked.size()[3];
         let blocked = blocked.f_narrow(3, slots - keys, keys)?;
-        let repeat = |x: Tensor| -> Result<Tensor> {
-            let groups = self.heads / self.kv_heads;
-            if groups == 1 {
-                return Ok(x);
-            }
-            Ok(x.f_unsqueeze(2)?
-                .f_expand([n, self.kv_heads, groups, keys, self.head_dim], false)?
-                .f_reshape([n, self.heads, keys, self.head_dim])?)
-        };
-        let (k, v) = (repeat(k)?, repeat(v)?);
-        let scores = q.f_matmul(&k.f_transpose(2, 3)?)?.f_mul_scalar(self.scale)?;
-        let scores = soft_cap(&scores, self.logit_cap)?;
-        // Softmax in f32, masked with the most negative finite f32 (a fully masked row stays finite).
-        let probs = scores
-            .f_to_kind(Kind::Float)?
-            .f_masked_fill(&blocked, f32::MIN as f64)?
-            .f_softmax(-1, Kind::Float)?
-            .f_to_kind(xs.kind())?;
-        let out = probs
-            .f_matmul(&v)?
+        let out = attend(&q, &k, &v, &blocked, self.scale, self.logit_cap)?
             .f_transpose(1, 2)?
             .f_reshape([n, t, self.heads * self.head_dim])?;
         self.o_proj.forward(&out)
