@@ -35,7 +35,8 @@
 //! greedily or by sampling (temperature, top-k, top-p, seed) with a KV cache, [`greedy_decode`] is its
 //! greedy shorthand.
 //!
-//! Layout: [`config`] (the configuration), [`checkpointing`] (activation checkpointing), `layers` (norm,
+//! Layout: [`config`] (the configuration), `flops` (the FLOP count of a pass, as `GemmaConfig` methods),
+//! [`checkpointing`] (activation checkpointing), `layers` (norm,
 //! attention, MLP; internal), [`model`] (the decoder), [`load`] (the weight sources), `weights_hf` /
 //! `weights_gguf` (reading Hugging Face folders and GGUF files; internal), [`mod@generate`] (decoding),
 //! `policy` (the trainer adapter, feature `train`), [`export`] (writing a model as a Hugging Face folder
@@ -54,6 +55,7 @@ pub mod accuracy;
 pub mod checkpointing;
 pub mod config;
 pub mod export;
+mod flops;
 pub mod generate;
 mod layers;
 pub mod load;

@@ -12,7 +12,7 @@ use crate::fused::LinearHead;
 use crate::gguf::GgmlType;
 use crate::train::{
     var_store_parameters, CheckpointedForward, DeferredBackward, HiddenOutput, LossPath, ModelOutput,
-    PolicyModel,
+    PassFlops, PolicyModel,
 };
 
 /// A Gemma model and the [`nn::VarStore`] holding its variables, as the crate's [`PolicyModel`]:
@@ -185,6 +185,19 @@ impl PolicyModel for GemmaPolicy {
             output,
             backward: DeferredBackward::new(move || checkpoints.backward()),
         }))
+    }
+
+    /// [`GemmaConfig::body_forward_flops`](super::GemmaConfig::body_forward_flops) and
+    /// [`GemmaConfig::head_flops_per_position`](super::GemmaConfig::head_flops_per_position) of its
+    /// configuration; one recomputation of the body with gradient checkpointing; hidden states offered.
+    fn pass_flops(&self, rows: usize, positions: usize) -> Option<PassFlops> {
+        let config = self.model.config();
+        Some(PassFlops {
+            body_forward: config.body_forward_flops(rows, positions),
+            head_per_position: config.head_flops_per_position(),
+            body_recomputes: u32::from(self.gradient_checkpointing),
+            offers_hidden: true,
+        })
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
