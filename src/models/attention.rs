@@ -26,7 +26,9 @@
 //!   row is exactly the explicit path's formula, within f32 rounding (`tests/attention.rs` derives the
 //!   bound, forward and gradients).
 //!
-//! The key / value heads are repeated to `heads` (an `expand` and `reshape`) before either path.
+//! Grouped-query heads: the explicit path repeats the key / value heads to `heads` (an `expand` and
+//! `reshape`); the fused one passes them as they are with libtorch's `enable_gqa` on the CPU (its flash
+//! kernel takes them) and repeats them on other devices (CUDA's masked kernel does not take them).
 //!
 //! # Choosing the kernel
 //! [`attend`] uses the kernel of the calling thread ([`attention_kernel`], default
@@ -37,7 +39,7 @@
 
 use std::cell::Cell;
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, InputError, Result};
 
@@ -130,10 +132,14 @@ pub fn attend_with(
             .f_expand([n, kv_heads, groups, keys, head_dim], false)?
             .f_reshape([n, heads, keys, head_dim])?)
     };
-    let (k, v) = (repeat(k)?, repeat(v)?);
     match (kernel, soft_cap) {
-        (AttentionKernel::Fused, None) => fused(q, &k, &v, blocked, scale),
-        _ => explicit(q, &k, &v, blocked, scale, soft_cap),
+        // libtorch's CPU flash kernel takes the grouped heads as they are (`enable_gqa`); on CUDA its
+        // masked (memory-efficient) kernel does not, so the heads are repeated there.
+        (AttentionKernel::Fused, None) if q.device() == Device::Cpu => {
+            fused(q, k, v, blocked, scale, heads != kv_heads)
+        }
+        (AttentionKernel::Fused, None) => fused(q, &repeat(k)?, &repeat(v)?, blocked, scale, false),
+        _ => explicit(q, &repeat(k)?, &repeat(v)?, blocked, scale, soft_cap),
     }
 }
 
@@ -157,9 +163,9 @@ fn explicit(
     Ok(probs.f_matmul(v)?)
 }
 
-/// libtorch's `scaled_dot_product_attention`, heads already repeated; rows that see no key may see every
-/// key (module docs).
-fn fused(q: &Tensor, k: &Tensor, v: &Tensor, blocked: &Tensor, scale: f64) -> Result<Tensor> {
+/// libtorch's `scaled_dot_product_attention` (`gqa`: `k`, `v` have fewer heads than `q`); rows that see no
+/// key may see every key (module docs).
+fn fused(q: &Tensor, k: &Tensor, v: &Tensor, blocked: &Tensor, scale: f64, gqa: bool) -> Result<Tensor> {
     let allowed = blocked.f_logical_not()?;
     let sees_nothing = allowed.f_any_dim(-1, true)?.f_logical_not()?;
     let allowed = allowed.f_logical_or(&sees_nothing)?;
@@ -171,7 +177,7 @@ fn fused(q: &Tensor, k: &Tensor, v: &Tensor, blocked: &Tensor, scale: f64) -> Re
         0.0,
         false,
         Some(scale),
-        false,
+        gqa,
     )?)
 }
 
