@@ -73,14 +73,57 @@ fn shapes(a: &Args) -> Vec<Shape> {
     let (t, h, i) = (a.tokens, a.hidden, a.intermediate);
     let (q, kv) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
     vec![
-        Shape { name: "q_proj", m: t, k: h, n: q },
-        Shape { name: "k/v_proj", m: t, k: h, n: kv },
-        Shape { name: "o_proj", m: t, k: q, n: h },
-        Shape { name: "gate/up_proj", m: t, k: h, n: i },
-        Shape { name: "down_proj", m: t, k: i, n: h },
-        Shape { name: "head chunk", m: a.head_chunk, k: h, n: a.vocab },
-        Shape { name: "head weight grad", m: a.vocab, k: a.head_chunk, n: h },
+        Shape {
+            name: "q_proj",
+            m: t,
+            k: h,
+            n: q,
+        },
+        Shape {
+            name: "k/v_proj",
+            m: t,
+            k: h,
+            n: kv,
+        },
+        Shape {
+            name: "o_proj",
+            m: t,
+            k: q,
+            n: h,
+        },
+        Shape {
+            name: "gate/up_proj",
+            m: t,
+            k: h,
+            n: i,
+        },
+        Shape {
+            name: "down_proj",
+            m: t,
+            k: i,
+            n: h,
+        },
+        Shape {
+            name: "head chunk",
+            m: a.head_chunk,
+            k: h,
+            n: a.vocab,
+        },
+        Shape {
+            name: "head weight grad",
+            m: a.vocab,
+            k: a.head_chunk,
+            n: h,
+        },
     ]
+}
+
+fn name_of(kind: Kind) -> &'static str {
+    match kind {
+        Kind::BFloat16 => "bf16",
+        Kind::Half => "f16",
+        _ => "f32",
+    }
 }
 
 fn kind_of(name: &str) -> Result<Kind, String> {
@@ -135,7 +178,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tch::get_num_threads(),
         args.reps.max(1)
     );
-    println!("{:<6} {:<18} {:>8} {:>8} {:>8} {:>12} {:>10}", "dtype", "product", "m", "k", "n", "ms", "GFLOP/s");
+    println!(
+        "{:<6} {:<18} {:>8} {:>8} {:>8} {:>12} {:>10}",
+        "dtype", "product", "m", "k", "n", "ms", "GFLOP/s"
+    );
     for kind in kinds {
         let mut best = 0.0f64;
         for shape in shapes(&args) {
@@ -145,7 +191,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             best = best.max(gflops);
             println!(
                 "{:<6} {:<18} {:>8} {:>8} {:>8} {:>12.3} {:>10.1}",
-                format!("{kind:?}"),
+                name_of(kind),
                 shape.name,
                 shape.m,
                 shape.k,
@@ -154,7 +200,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 gflops
             );
         }
-        println!("{kind:?}: best {best:.1} GFLOP/s (use e.g. rpo_gemma --peak-gflops {best:.0})");
+        println!(
+            "{}: best {best:.1} GFLOP/s (use e.g. rpo_gemma --peak-gflops {best:.0})",
+            name_of(kind)
+        );
     }
     Ok(())
 }

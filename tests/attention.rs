@@ -75,18 +75,20 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         prop::sample::select(vec![0.5, 0.8, 1.0]),
         0.05f64..1.0,
     )
-        .prop_map(|(seed, rows, kv_heads, groups, t, past, d, window, keep, scale)| Case {
-            seed,
-            rows,
-            kv_heads,
-            groups,
-            t,
-            past,
-            d,
-            window,
-            keep,
-            scale,
-        })
+        .prop_map(
+            |(seed, rows, kv_heads, groups, t, past, d, window, keep, scale)| Case {
+                seed,
+                rows,
+                kv_heads,
+                groups,
+                t,
+                past,
+                d,
+                window,
+                keep,
+                scale,
+            },
+        )
 }
 
 /// The inputs of a case, as f32 values (exact in the tensors) and the blocked mask.
@@ -162,6 +164,8 @@ struct Reference {
     out_visible: Vec<bool>,
 }
 
+// Index loops over several arrays at once read like the formulas.
+#[allow(clippy::needless_range_loop)]
 fn reference(c: &Case, x: &Inputs) -> Reference {
     let (h, kh, s, t, d, groups) = (c.heads(), c.kv_heads, c.s(), c.t, c.d, c.groups);
     let u = U_F32;
@@ -197,12 +201,21 @@ fn reference(c: &Case, x: &Inputs) -> Reference {
                 let visible: Vec<usize> = (0..s).filter(|&j| !c.blocked(&x.blocked, n, i, j)).collect();
                 let scores: Vec<f64> = visible
                     .iter()
-                    .map(|&j| c.scale * (0..d).map(|e| q_at(n, hd, i, e) * k_at(n, kvh, j, e)).sum::<f64>())
+                    .map(|&j| {
+                        c.scale
+                            * (0..d)
+                                .map(|e| q_at(n, hd, i, e) * k_at(n, kvh, j, e))
+                                .sum::<f64>()
+                    })
                     .collect();
                 let score_err: Vec<f64> = visible
                     .iter()
                     .map(|&j| {
-                        gamma(d + 4, u) * c.scale * (0..d).map(|e| (q_at(n, hd, i, e) * k_at(n, kvh, j, e)).abs()).sum::<f64>()
+                        gamma(d + 4, u)
+                            * c.scale
+                            * (0..d)
+                                .map(|e| (q_at(n, hd, i, e) * k_at(n, kvh, j, e)).abs())
+                                .sum::<f64>()
                     })
                     .collect();
                 let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -211,38 +224,68 @@ fn reference(c: &Case, x: &Inputs) -> Reference {
                 let nv = visible.len();
                 let max_e = score_err.iter().copied().fold(0.0, f64::max);
                 let spread = scores.iter().map(|s| (s - m).abs()).fold(0.0, f64::max);
-                let rel = 2.0 * max_e + 2.0 * u * spread + 2.0 * te + 2.0 * s as f64 * (te + 2.0 * u) + gamma(s, u) + 4.0 * u;
+                let rel = 2.0 * max_e
+                    + 2.0 * u * spread
+                    + 2.0 * te
+                    + 2.0 * s as f64 * (te + 2.0 * u)
+                    + gamma(s, u)
+                    + 4.0 * u;
                 let base = ((n * h + hd) * t + i) * d;
                 let mut out_err = vec![0.0; d];
                 for e in 0..d {
-                    let o: f64 = visible.iter().zip(&p).map(|(&j, pj)| pj * v_at(n, kvh, j, e)).sum();
-                    let abs: f64 = visible.iter().zip(&p).map(|(&j, pj)| pj * v_at(n, kvh, j, e).abs()).sum();
+                    let o: f64 = visible
+                        .iter()
+                        .zip(&p)
+                        .map(|(&j, pj)| pj * v_at(n, kvh, j, e))
+                        .sum();
+                    let abs: f64 = visible
+                        .iter()
+                        .zip(&p)
+                        .map(|(&j, pj)| pj * v_at(n, kvh, j, e).abs())
+                        .sum();
                     r.out[base + e] = o;
                     out_err[e] = SECOND_ORDER * (rel + gamma(s, u) + 2.0 * u) * abs;
                     r.out_bound[base + e] = out_err[e];
                     r.out_visible[base + e] = true;
                 }
                 // Backward.
-                let dp: Vec<f64> = visible.iter().map(|&j| (0..d).map(|e| g_at(n, hd, i, e) * v_at(n, kvh, j, e)).sum()).collect();
+                let dp: Vec<f64> = visible
+                    .iter()
+                    .map(|&j| (0..d).map(|e| g_at(n, hd, i, e) * v_at(n, kvh, j, e)).sum())
+                    .collect();
                 let a: Vec<f64> = visible
                     .iter()
-                    .map(|&j| gamma(d, u) * (0..d).map(|e| (g_at(n, hd, i, e) * v_at(n, kvh, j, e)).abs()).sum::<f64>())
+                    .map(|&j| {
+                        gamma(d, u)
+                            * (0..d)
+                                .map(|e| (g_at(n, hd, i, e) * v_at(n, kvh, j, e)).abs())
+                                .sum::<f64>()
+                    })
                     .collect();
                 let ci: f64 = p.iter().zip(&dp).map(|(pj, dpj)| pj * dpj).sum();
                 let big_c: f64 = (0..nv).map(|x| p[x] * (rel * dp[x].abs() + a[x])).sum::<f64>()
                     + gamma(s, u) * (0..nv).map(|x| p[x] * dp[x].abs()).sum::<f64>()
                     + (0..d).map(|e| g_at(n, hd, i, e).abs() * out_err[e]).sum::<f64>()
-                    + gamma(d, u) * (0..d).map(|e| (g_at(n, hd, i, e) * r.out[base + e]).abs()).sum::<f64>();
+                    + gamma(d, u)
+                        * (0..d)
+                            .map(|e| (g_at(n, hd, i, e) * r.out[base + e]).abs())
+                            .sum::<f64>();
                 let ds: Vec<f64> = (0..nv).map(|x| p[x] * (dp[x] - ci)).collect();
                 let bds: Vec<f64> = (0..nv)
                     .map(|x| {
-                        p[x] * (rel * (dp[x].abs() + ci.abs()) + a[x] + big_c + u * (dp[x].abs() + ci.abs())) + u * ds[x].abs()
+                        p[x] * (rel * (dp[x].abs() + ci.abs()) + a[x] + big_c + u * (dp[x].abs() + ci.abs()))
+                            + u * ds[x].abs()
                     })
                     .collect();
                 for e in 0..d {
                     let dq: f64 = (0..nv).map(|x| ds[x] * k_at(n, kvh, visible[x], e)).sum();
-                    let err: f64 = (0..nv).map(|x| bds[x] * k_at(n, kvh, visible[x], e).abs()).sum::<f64>()
-                        + gamma(s + 2, u) * (0..nv).map(|x| (ds[x] * k_at(n, kvh, visible[x], e)).abs()).sum::<f64>();
+                    let err: f64 = (0..nv)
+                        .map(|x| bds[x] * k_at(n, kvh, visible[x], e).abs())
+                        .sum::<f64>()
+                        + gamma(s + 2, u)
+                            * (0..nv)
+                                .map(|x| (ds[x] * k_at(n, kvh, visible[x], e)).abs())
+                                .sum::<f64>();
                     r.dq[base + e] = c.scale * dq;
                     r.dq_bound[base + e] = SECOND_ORDER * c.scale * err;
                 }
@@ -278,7 +321,13 @@ struct Run {
 }
 
 fn run(c: &Case, x: &Inputs, kernel: AttentionKernel) -> Run {
-    let (h, kh, s, t, d) = (c.heads() as i64, c.kv_heads as i64, c.s() as i64, c.t as i64, c.d as i64);
+    let (h, kh, s, t, d) = (
+        c.heads() as i64,
+        c.kv_heads as i64,
+        c.s() as i64,
+        c.t as i64,
+        c.d as i64,
+    );
     let n = c.rows as i64;
     let leaf = |values: &[f32], dims: [i64; 4]| Tensor::from_slice(values).view(dims).set_requires_grad(true);
     let q = leaf(&x.q, [n, h, t, d]);
@@ -297,7 +346,14 @@ fn run(c: &Case, x: &Inputs, kernel: AttentionKernel) -> Run {
     }
 }
 
-fn within(what: &str, got: &[f64], want: &[f64], bound: &[f64], factor: f64, mask: Option<&[bool]>) -> Result<(), TestCaseError> {
+fn within(
+    what: &str,
+    got: &[f64],
+    want: &[f64],
+    bound: &[f64],
+    factor: f64,
+    mask: Option<&[bool]>,
+) -> Result<(), TestCaseError> {
     prop_assert_eq!(got.len(), want.len());
     for i in 0..got.len() {
         if mask.is_some_and(|m| !m[i]) {
@@ -324,20 +380,81 @@ fn check_case(c: &Case) -> Result<(), TestCaseError> {
     let fused = run(c, &x, AttentionKernel::Fused);
     let explicit = run(c, &x, AttentionKernel::Explicit);
     // No NaN anywhere on the fused path, also in the rows that see no key.
-    for (name, values) in [("out", &fused.out), ("dq", &fused.dq), ("dk", &fused.dk), ("dv", &fused.dv)] {
+    for (name, values) in [
+        ("out", &fused.out),
+        ("dq", &fused.dq),
+        ("dk", &fused.dk),
+        ("dv", &fused.dv),
+    ] {
         prop_assert!(values.iter().all(|v| v.is_finite()), "fused {} not finite", name);
     }
     let visible = Some(&want.out_visible[..]);
     for (name, path) in [("fused", &fused), ("explicit", &explicit)] {
-        within(&format!("{name} out"), &path.out, &want.out, &want.out_bound, 1.0, visible)?;
-        within(&format!("{name} dq"), &path.dq, &want.dq, &want.dq_bound, 1.0, None)?;
-        within(&format!("{name} dk"), &path.dk, &want.dk, &want.dk_bound, 1.0, None)?;
-        within(&format!("{name} dv"), &path.dv, &want.dv, &want.dv_bound, 1.0, None)?;
+        within(
+            &format!("{name} out"),
+            &path.out,
+            &want.out,
+            &want.out_bound,
+            1.0,
+            visible,
+        )?;
+        within(
+            &format!("{name} dq"),
+            &path.dq,
+            &want.dq,
+            &want.dq_bound,
+            1.0,
+            None,
+        )?;
+        within(
+            &format!("{name} dk"),
+            &path.dk,
+            &want.dk,
+            &want.dk_bound,
+            1.0,
+            None,
+        )?;
+        within(
+            &format!("{name} dv"),
+            &path.dv,
+            &want.dv,
+            &want.dv_bound,
+            1.0,
+            None,
+        )?;
     }
-    within("fused vs explicit out", &fused.out, &explicit.out, &want.out_bound, 2.0, visible)?;
-    within("fused vs explicit dq", &fused.dq, &explicit.dq, &want.dq_bound, 2.0, None)?;
-    within("fused vs explicit dk", &fused.dk, &explicit.dk, &want.dk_bound, 2.0, None)?;
-    within("fused vs explicit dv", &fused.dv, &explicit.dv, &want.dv_bound, 2.0, None)?;
+    within(
+        "fused vs explicit out",
+        &fused.out,
+        &explicit.out,
+        &want.out_bound,
+        2.0,
+        visible,
+    )?;
+    within(
+        "fused vs explicit dq",
+        &fused.dq,
+        &explicit.dq,
+        &want.dq_bound,
+        2.0,
+        None,
+    )?;
+    within(
+        "fused vs explicit dk",
+        &fused.dk,
+        &explicit.dk,
+        &want.dk_bound,
+        2.0,
+        None,
+    )?;
+    within(
+        "fused vs explicit dv",
+        &fused.dv,
+        &explicit.dv,
+        &want.dv_bound,
+        2.0,
+        None,
+    )?;
     Ok(())
 }
 
@@ -393,7 +510,10 @@ fn thread_kernel_is_scoped() {
     let inner = with_attention_kernel(AttentionKernel::Explicit, attention_kernel);
     assert_eq!(inner, AttentionKernel::Explicit);
     assert_eq!(attention_kernel(), AttentionKernel::Fused);
-    assert_eq!(set_attention_kernel(AttentionKernel::Explicit), AttentionKernel::Fused);
+    assert_eq!(
+        set_attention_kernel(AttentionKernel::Explicit),
+        AttentionKernel::Fused
+    );
     // `attend` follows the thread's kernel: explicit is bitwise the explicit path.
     tch::manual_seed(6);
     let q = Tensor::randn([1, 2, 3, 4], (Kind::Float, CPU));
@@ -418,15 +538,44 @@ fn shape_error_arg(result: tch_rpo::Result<Tensor>) -> &'static str {
 fn bad_inputs_are_errors() {
     let f = |dims: &[i64]| Tensor::zeros(dims, (Kind::Float, CPU));
     let mask = |dims: &[i64]| Tensor::zeros(dims, (Kind::Bool, CPU));
-    let (q, k, v, m) = (f(&[1, 4, 3, 8]), f(&[1, 2, 5, 8]), f(&[1, 2, 5, 8]), mask(&[1, 1, 3, 5]));
+    let (q, k, v, m) = (
+        f(&[1, 4, 3, 8]),
+        f(&[1, 2, 5, 8]),
+        f(&[1, 2, 5, 8]),
+        mask(&[1, 1, 3, 5]),
+    );
     assert!(attend(&q, &k, &v, &m, 1.0, None).is_ok());
-    assert_eq!(shape_error_arg(attend(&f(&[4, 3, 8]), &k, &v, &m, 1.0, None)), "q");
+    assert_eq!(
+        shape_error_arg(attend(&f(&[4, 3, 8]), &k, &v, &m, 1.0, None)),
+        "q"
+    );
     // kv heads not dividing the query heads, head size, batch.
-    assert_eq!(shape_error_arg(attend(&q, &f(&[1, 3, 5, 8]), &f(&[1, 3, 5, 8]), &m, 1.0, None)), "k");
-    assert_eq!(shape_error_arg(attend(&q, &f(&[1, 2, 5, 4]), &f(&[1, 2, 5, 4]), &m, 1.0, None)), "k");
-    assert_eq!(shape_error_arg(attend(&q, &f(&[2, 2, 5, 8]), &f(&[2, 2, 5, 8]), &m, 1.0, None)), "k");
-    assert_eq!(shape_error_arg(attend(&q, &k, &f(&[1, 2, 6, 8]), &m, 1.0, None)), "v");
-    assert_eq!(shape_error_arg(attend(&q, &k, &v, &mask(&[1, 1, 3, 4]), 1.0, None)), "blocked");
-    assert_eq!(shape_error_arg(attend(&q, &k, &v, &mask(&[1, 4, 3, 5]), 1.0, None)), "blocked");
-    assert_eq!(shape_error_arg(attend(&q, &k, &v, &f(&[1, 1, 3, 5]), 1.0, None)), "blocked");
+    assert_eq!(
+        shape_error_arg(attend(&q, &f(&[1, 3, 5, 8]), &f(&[1, 3, 5, 8]), &m, 1.0, None)),
+        "k"
+    );
+    assert_eq!(
+        shape_error_arg(attend(&q, &f(&[1, 2, 5, 4]), &f(&[1, 2, 5, 4]), &m, 1.0, None)),
+        "k"
+    );
+    assert_eq!(
+        shape_error_arg(attend(&q, &f(&[2, 2, 5, 8]), &f(&[2, 2, 5, 8]), &m, 1.0, None)),
+        "k"
+    );
+    assert_eq!(
+        shape_error_arg(attend(&q, &k, &f(&[1, 2, 6, 8]), &m, 1.0, None)),
+        "v"
+    );
+    assert_eq!(
+        shape_error_arg(attend(&q, &k, &v, &mask(&[1, 1, 3, 4]), 1.0, None)),
+        "blocked"
+    );
+    assert_eq!(
+        shape_error_arg(attend(&q, &k, &v, &mask(&[1, 4, 3, 5]), 1.0, None)),
+        "blocked"
+    );
+    assert_eq!(
+        shape_error_arg(attend(&q, &k, &v, &f(&[1, 1, 3, 5]), 1.0, None)),
+        "blocked"
+    );
 }

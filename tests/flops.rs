@@ -146,7 +146,15 @@ fn trainer_reports_flops_and_mfu() {
     assert_eq!(line["flops_per_second"].as_f64(), Some(fps));
     assert_eq!(line["mfu"].as_f64(), Some(fps / peak));
     // The keys that were there before are still there.
-    for key in ["step", "loss", "tokens", "tokens_per_second", "grad_norm", "lr", "skipped_steps"] {
+    for key in [
+        "step",
+        "loss",
+        "tokens",
+        "tokens_per_second",
+        "grad_norm",
+        "lr",
+        "skipped_steps",
+    ] {
         assert!(line.get(key).is_some(), "{key} missing from {line}");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -165,7 +173,10 @@ fn models_without_a_count_report_none() {
         .build()
         .unwrap();
     let metrics = trainer.train_step(&[batch_of(&pairs)]).unwrap();
-    assert_eq!((metrics.flops, metrics.flops_per_second, metrics.mfu), (None, None, None));
+    assert_eq!(
+        (metrics.flops, metrics.flops_per_second, metrics.mfu),
+        (None, None, None)
+    );
     let json = metrics.to_json();
     for key in ["flops", "flops_per_second", "mfu"] {
         assert!(json[key].is_null(), "{key}: {}", json[key]);
@@ -192,7 +203,10 @@ fn bad_peak_is_an_error() {
             .build();
         match result {
             Err(Error::Input(InputError::InvalidParameter { name, .. })) => assert_eq!(name, "peak_flops"),
-            other => panic!("peak {peak}: expected an invalid-parameter error, got {:?}", other.map(|_| ())),
+            other => panic!(
+                "peak {peak}: expected an invalid-parameter error, got {:?}",
+                other.map(|_| ())
+            ),
         }
     }
 }

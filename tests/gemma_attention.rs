@@ -27,8 +27,12 @@ fn model() -> (nn::VarStore, Gemma) {
 /// Rows of 7 positions: full, 4 tokens, 1 token (right padding): the padding queries of the short rows are
 /// more than a window past their last token, so in the sliding layers they see no key.
 fn batch() -> (Tensor, Tensor) {
-    let ids = Tensor::from_slice(&[3i64, 5, 7, 9, 11, 13, 15, 4, 6, 8, 10, 0, 0, 0, 12, 0, 0, 0, 0, 0, 0]).view([3, 7]);
-    let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]).view([3, 7]);
+    let ids = Tensor::from_slice(&[
+        3i64, 5, 7, 9, 11, 13, 15, 4, 6, 8, 10, 0, 0, 0, 12, 0, 0, 0, 0, 0, 0,
+    ])
+    .view([3, 7]);
+    let mask =
+        Tensor::from_slice(&[1i64, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]).view([3, 7]);
     (ids, mask)
 }
 
@@ -61,7 +65,10 @@ fn assert_finite_training(checkpointed: bool) {
     for (name, p) in vs.variables() {
         let grad = p.grad();
         assert!(grad.defined(), "{name}: no gradient");
-        assert!(all_finite(&grad), "{name}: gradient not finite (checkpointed {checkpointed})");
+        assert!(
+            all_finite(&grad),
+            "{name}: gradient not finite (checkpointed {checkpointed})"
+        );
     }
 }
 

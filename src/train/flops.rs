@@ -1,5 +1,5 @@
 //! The floating-point operations of a training step, and the utilization they give: what a model reports
-//! of its passes ([`PassFlops`], through [`PolicyModel::pass_flops`](crate::train::PolicyModel::pass_flops)),
+//! of its passes ([`PassFlops`], through [`PolicyModel::pass_flops`]),
 //! and what a step computes with them ([`training_flops`], [`forward_flops`]).
 //!
 //! Convention (the usual one of MFU reports, counting what the kernels compute):
@@ -23,7 +23,7 @@ use crate::train::reference::ReferenceSource;
 use crate::train::trainer::RpoTrainer;
 
 /// The FLOPs of one model's passes over a padded batch of `rows × positions` token ids, as
-/// [`PolicyModel::pass_flops`](crate::train::PolicyModel::pass_flops) reports them.
+/// [`PolicyModel::pass_flops`] reports them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PassFlops {
     /// One forward pass of the body (every layer's linears and attention products; everything before the

@@ -14,7 +14,11 @@ impl GemmaConfig {
     ///   the masked kernels compute it (causal and sliding-window masks do not shrink the products);
     /// - MLP `3 · 2·T·H·I` (gate, up, down).
     pub fn body_forward_flops(&self, rows: usize, positions: usize) -> f64 {
-        let (t, h, i) = (positions as f64, self.hidden_size as f64, self.intermediate_size as f64);
+        let (t, h, i) = (
+            positions as f64,
+            self.hidden_size as f64,
+            self.intermediate_size as f64,
+        );
         let (a, k, d) = (
             self.num_attention_heads as f64,
             self.kv_heads() as f64,

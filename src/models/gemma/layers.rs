@@ -5,8 +5,8 @@ use tch::{nn, Kind, Tensor};
 
 use super::config::Activation;
 use crate::error::{Error, Result};
-pub(crate) use crate::models::attention::soft_cap;
 use crate::models::attention::attend;
+pub(crate) use crate::models::attention::soft_cap;
 use crate::models::linear::Linear;
 
 /// A new parameter `path/name` of shape `dims`: libtorch's failure to allocate it (a configuration whose
