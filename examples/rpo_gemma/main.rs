@@ -33,6 +33,15 @@ enum LossPathArg {
     Fused,
 }
 
+/// `--attention`: the attention kernel of every layer (`tch_rpo::models::attention::AttentionKernel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AttentionArg {
+    /// libtorch's `scaled_dot_product_attention` (the explicit path for Gemma 2's soft-capped attention).
+    Fused,
+    /// Scores, f32 softmax and matmul written out (for comparison).
+    Explicit,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum DtypeArg {
     F32,
@@ -109,6 +118,14 @@ struct Args {
     /// Alias of `--loss-path fused`.
     #[arg(long, conflicts_with = "loss_path")]
     fused: bool,
+    /// The attention kernel: `fused` (default: libtorch's scaled_dot_product_attention) or `explicit`.
+    #[arg(long, value_enum, default_value_t = AttentionArg::Fused)]
+    attention: AttentionArg,
+    /// The device's peak matmul throughput in GFLOP/s (e.g. the best f32 figure of `cargo run --release
+    /// --example matmul_peak`): the progress line and train_log.jsonl then report each step's model FLOP
+    /// utilization (`mfu`) besides its FLOP/s.
+    #[arg(long, value_name = "GFLOPS")]
+    peak_gflops: Option<f64>,
     /// Per-layer activation (gradient) checkpointing of the policy in DPO / RPO (and SFT): recompute each
     /// layer's activations in the backward pass instead of keeping them. Same results, less memory.
     #[arg(long)]
@@ -210,6 +227,11 @@ fn main_flow(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(threads) = args.threads.or((!pretrained).then_some(1)) {
         tch::set_num_threads(threads);
     }
+    use tch_rpo::models::attention::{set_attention_kernel, AttentionKernel};
+    set_attention_kernel(match args.attention {
+        AttentionArg::Fused => AttentionKernel::Fused,
+        AttentionArg::Explicit => AttentionKernel::Explicit,
+    });
     run::run(args)
 }
 

@@ -158,6 +158,7 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         grad_accum_steps: args.grad_accum,
         log_path: Some(log.clone()),
         progress: true,
+        peak_flops: args.peak_gflops.map(|gflops| gflops * 1e9),
         ..RpoTrainerConfig::paper(rpo, total_steps(epochs))
     };
     let eval_batch = args.eval_batch.max(1);

@@ -1,7 +1,8 @@
 //! Models (features `gemma` and `llama`, both on by default): [`decoder`] (the decoder every family
-//! shares, with decoding, checkpointing and the trainer adapter), `gemma` (Gemma 1 / 2 / 3 text decoders
-//! with Hugging Face and GGUF loaders and writers), `llama` (Llama 3.x, Qwen2 / 2.5, Qwen3, Mistral,
-//! SmolLM2 from Hugging Face folders) and [`tokenizer`] (tokenizers read from model files).
+//! shares, with decoding, checkpointing and the trainer adapter), [`attention`] (the attention core the
+//! decoder layers share: libtorch's fused kernel or the explicit path), `gemma` (Gemma 1 / 2 / 3 text
+//! decoders with Hugging Face and GGUF loaders and writers), `llama` (Llama 3.x, Qwen2 / 2.5, Qwen3,
+//! Mistral, SmolLM2 from Hugging Face folders) and [`tokenizer`] (tokenizers read from model files).
 //!
 //! The models stand alone: they need neither the trainer nor the data pipeline (`cargo build
 //! --no-default-features --features gemma`, or `llama`). With the `train` feature as well,
@@ -27,6 +28,7 @@
 //! # }
 //! ```
 
+pub mod attention;
 pub mod decoder;
 #[cfg(feature = "gemma")]
 pub mod gemma;

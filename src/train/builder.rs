@@ -258,6 +258,13 @@ impl<M: PolicyModel> RpoTrainerBuilder<M> {
         self
     }
 
+    /// The peak FLOP/s of one device, `> 0` ([`RpoTrainerConfig::peak_flops`]): each step then reports its
+    /// model FLOP utilization. Checked by [`RpoTrainerBuilder::build`].
+    pub fn peak_flops(mut self, flops_per_second: f64) -> Self {
+        self.config.peak_flops = Some(flops_per_second);
+        self
+    }
+
     /// Draw the progress line (when stderr is a terminal).
     pub fn progress(mut self, progress: bool) -> Self {
         self.config.progress = progress;

@@ -78,6 +78,10 @@ pub struct RpoTrainerConfig {
     pub log_path: Option<PathBuf>,
     /// Draw a progress line on stderr (only if it is a terminal). Default `true`.
     pub progress: bool,
+    /// The peak FLOP/s of the device one process trains on (e.g. measured by `examples/matmul_peak.rs`),
+    /// `> 0`: each step's model FLOP utilization [`crate::train::StepMetrics::mfu`] is its achieved FLOP/s
+    /// over this. Default `None`: FLOP/s are reported (for models that count them) but no utilization.
+    pub peak_flops: Option<f64>,
 }
 
 impl Default for RpoTrainerConfig {
@@ -105,6 +109,7 @@ impl Default for RpoTrainerConfig {
             save_total_limit: None,
             log_path: None,
             progress: true,
+            peak_flops: None,
         }
     }
 }
@@ -149,7 +154,7 @@ impl RpoTrainerConfig {
     /// # Errors
     /// [`InputError::InvalidParameter`] naming the setting by its [`crate::train::RpoTrainerBuilder`] name
     /// (TRL's): the objective's β, η, weights; `max_steps` equal to 0; `learning_rate` not finite and
-    /// `>= 0`; the warmup; `max_grad_norm` not finite and > 0; `batch_size` (`batch_pairs`),
+    /// `>= 0`; the warmup; `max_grad_norm` or `peak_flops` not finite and > 0; `batch_size` (`batch_pairs`),
     /// `gradient_accumulation_steps` (`grad_accum_steps`), `save_steps` or
     /// `save_total_limit` equal to 0;
     /// AdamW's hyper-parameters. [`InputError::Config`] for `save_steps` or `save_total_limit` without a
@@ -175,6 +180,9 @@ impl RpoTrainerConfig {
         self.optimizer.check()?;
         if let Some(norm) = self.max_grad_norm {
             crate::validate::positive_finite("max_grad_norm", norm)?;
+        }
+        if let Some(peak) = self.peak_flops {
+            crate::validate::positive_finite("peak_flops", peak)?;
         }
         for (name, value) in [
             ("batch_size", self.batch_pairs as u64),

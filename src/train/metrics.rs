@@ -18,8 +18,8 @@ pub(crate) fn metric_index(name: &str) -> Option<usize> {
 ///
 /// JSON names (as written by [`StepMetrics::to_json`]): `step`, `epoch`, the [`METRICS`] names (the token
 /// statistics only when computed, [`crate::LogProbOptions::token_stats`]), `grad_norm`, `lr`, `pairs`,
-/// `tokens`, `tokens_per_second`, `skipped`, `skip_reason`, `skipped_steps`. Non-finite numbers are
-/// written as `null`.
+/// `tokens`, `tokens_per_second`, `skipped`, `skip_reason`, `skipped_steps`, `flops`, `flops_per_second`,
+/// `mfu` (`null` when not known). Non-finite numbers are written as `null`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct StepMetrics {
     /// Optimizer steps taken so far, this one included (for evaluation: the step evaluated after).
@@ -44,6 +44,15 @@ pub struct StepMetrics {
     pub skip_reason: Option<String>,
     /// Skipped steps so far in the run, this one included.
     pub skipped_steps: u64,
+    /// Floating-point operations of the step in this process (the policy's forward and backward passes and
+    /// the reference model's forward passes; [`crate::train::flops`]), when the models count them
+    /// ([`crate::train::PolicyModel::pass_flops`]). `None` for evaluation.
+    pub flops: Option<f64>,
+    /// `flops` / wall-clock seconds of the step.
+    pub flops_per_second: Option<f64>,
+    /// Model FLOP utilization: `flops_per_second` / [`crate::train::RpoTrainerConfig::peak_flops`], when
+    /// both are known.
+    pub mfu: Option<f64>,
 }
 
 fn number(value: f64) -> Value {
@@ -98,6 +107,10 @@ impl StepMetrics {
             self.skip_reason.clone().map_or(Value::Null, Value::from),
         );
         map.insert("skipped_steps".into(), self.skipped_steps.into());
+        let optional = |value: Option<f64>| value.map_or(Value::Null, number);
+        map.insert("flops".into(), optional(self.flops));
+        map.insert("flops_per_second".into(), optional(self.flops_per_second));
+        map.insert("mfu".into(), optional(self.mfu));
         Value::Object(map)
     }
 }
@@ -223,6 +236,12 @@ impl Progress {
             metrics.tokens_per_second,
             format_duration(eta)
         );
+        if let Some(flops_per_second) = metrics.flops_per_second {
+            line.push_str(&format!(" {:.1} GFLOP/s", flops_per_second / 1e9));
+        }
+        if let Some(mfu) = metrics.mfu {
+            line.push_str(&format!(" MFU {:.1}%", 100.0 * mfu));
+        }
         if metrics.skipped_steps > 0 {
             line.push_str(&format!(" skipped {}", metrics.skipped_steps));
         }

@@ -3,7 +3,7 @@
 //! [`RpoTrainerConfig`] ([`config`]) or [`RpoTrainer::builder`] ([`builder`]) with TRL's setting names —
 //! with its own [`AdamW`] ([`optim`]), learning-rate schedule ([`schedule`]), reference log-probs
 //! ([`reference`](mod@reference), [`score_reference`]), the metrics schema and logs ([`metrics`]) and
-//! crash-safe checkpoints ([`checkpoint`]); one process or, with feature `dist`, one rank of a
+//! crash-safe checkpoints ([`checkpoint`]), FLOP counts and utilization ([`flops`]); one process or, with feature `dist`, one rank of a
 //! data-parallel job over a c10d process group ([`collective`], docs/distributed.md). [`stages`]: training
 //! stages with evaluation rows chained on one data set (SFT → DPO / RPO), and the metrics CSV. Design notes:
 //! `docs/design.md`, section "Trainer".
@@ -22,6 +22,7 @@ pub mod builder;
 pub mod checkpoint;
 pub mod collective;
 pub mod config;
+pub mod flops;
 pub mod metrics;
 pub mod model;
 pub mod optim;
@@ -36,6 +37,7 @@ pub mod trainer;
 pub use builder::RpoTrainerBuilder;
 pub use collective::Collective;
 pub use config::{RpoTrainerConfig, Warmup};
+pub use flops::{forward_flops, training_flops, BatchShape, PassFlops};
 pub use metrics::{Average, JsonlLogger, Metric, Progress, StepMetrics, METRICS};
 pub use model::{
     var_store_parameters, CheckpointedForward, DeferredBackward, HiddenOutput, LossPath, ModelOutput,

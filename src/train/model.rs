@@ -4,6 +4,7 @@
 use crate::autograd::backward_from;
 use crate::error::{Error, InputError, Result};
 use crate::fused::LinearHead;
+use crate::train::flops::PassFlops;
 use tch::{nn::VarStore, Device, Tensor};
 
 /// How the policy's (and a reference model's) log-probs are computed.
@@ -247,6 +248,15 @@ pub trait PolicyModel: Send {
         Ok(None)
     }
 
+    /// The FLOPs of this model's passes over a padded batch of `rows × positions` token ids
+    /// ([`PassFlops`]; the counting convention is [`crate::train::flops`]'s), from which the trainer reports
+    /// each step's FLOP/s and model FLOP utilization. `None` (the default): not known, and the trainer
+    /// reports neither (nor does it for a step whose reference model returns `None`).
+    fn pass_flops(&self, rows: usize, positions: usize) -> Option<PassFlops> {
+        let _ = (rows, positions);
+        None
+    }
+
     /// Every parameter with a unique, stable name (shallow clones sharing storage with the model). Those
     /// with `requires_grad` are trained; all are saved in and restored from checkpoints. For a `VarStore`
     /// model this is [`var_store_parameters`].
@@ -278,6 +288,9 @@ impl<M: PolicyModel + ?Sized> PolicyModel for Box<M> {
         path: LossPath,
     ) -> Result<Option<CheckpointedForward<'_>>> {
         (**self).forward_checkpointed(input_ids, attention_mask, path)
+    }
+    fn pass_flops(&self, rows: usize, positions: usize) -> Option<PassFlops> {
+        (**self).pass_flops(rows, positions)
     }
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         (**self).named_parameters()

@@ -1,11 +1,13 @@
 //! The building blocks of a decoder layer: RMSNorm (Gemma's `(1 + w)` or Llama's `w` scale), attention
-//! (with its core [`attention_core`]), the gated MLP (GeGLU or SwiGLU), and the layer that combines them
+//! (its core is [`crate::models::attention::attend`]), the gated MLP (GeGLU or SwiGLU), and the layer that combines them
 //! (crate-internal; [`Decoder`](super::Decoder) is the public model).
 
 use tch::{nn, Kind, Tensor};
 
 use super::spec::{Activation, NormStyle};
 use crate::error::{Error, Result};
+use crate::models::attention::attend;
+pub(crate) use crate::models::attention::soft_cap;
 use crate::models::linear::Linear;
 
 /// A new parameter `path/name` of shape `dims`: libtorch's failure to allocate it (a configuration whose
@@ -60,13 +62,6 @@ impl RmsNorm {
             }
             NormStyle::Weight => Ok(self.weight.f_mul(&normed.f_to_kind(xs.kind())?)?),
         }
-    }
-}
-
-pub(crate) fn soft_cap(xs: &Tensor, cap: Option<f64>) -> Result<Tensor> {
-    match cap {
-        Some(c) => Ok(xs.f_div_scalar(c)?.f_tanh()?.f_mul_scalar(c)?),
-        None => Ok(xs.shallow_clone()),
     }
 }
 
@@ -175,46 +170,11 @@ impl Attention {
         let keys = k.size()[2];
         let slots = blocked.size()[3];
         let blocked = blocked.f_narrow(3, slots - keys, keys)?;
-        let repeat = |x: Tensor| -> Result<Tensor> {
-            let groups = self.heads / self.kv_heads;
-            if groups == 1 {
-                return Ok(x);
-            }
-            Ok(x.f_unsqueeze(2)?
-                .f_expand([n, self.kv_heads, groups, keys, self.head_dim], false)?
-                .f_reshape([n, self.heads, keys, self.head_dim])?)
-        };
-        let (k, v) = (repeat(k)?, repeat(v)?);
-        let out = attention_core(&q, &k, &v, &blocked, self.scale, self.logit_cap)?
+        let out = attend(&q, &k, &v, &blocked, self.scale, self.logit_cap)?
             .f_transpose(1, 2)?
             .f_reshape([n, t, self.heads * self.head_dim])?;
         self.o_proj.forward(&out)
     }
-}
-
-/// The attention core every decoder shares: `softmax(cap(scale · q·kᵀ) masked) · v`.
-///
-/// `q` `[N, heads, T, head_dim]`; `k`, `v` `[N, heads, S, head_dim]` (grouped-query heads already
-/// repeated); `blocked` `[N or 1, 1, T, S]` bool (true = the query may not see the key); `logit_cap` the
-/// soft-cap `tanh(s / c) · c` of the scaled scores (Gemma 2), if any. The softmax runs in f32 with blocked
-/// scores set to the most negative finite f32 (a fully blocked row stays finite: uniform weights); the
-/// result `[N, heads, T, head_dim]` is in `q`'s dtype.
-pub(crate) fn attention_core(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    blocked: &Tensor,
-    scale: f64,
-    logit_cap: Option<f64>,
-) -> Result<Tensor> {
-    let scores = q.f_matmul(&k.f_transpose(2, 3)?)?.f_mul_scalar(scale)?;
-    let scores = soft_cap(&scores, logit_cap)?;
-    let probs = scores
-        .f_to_kind(Kind::Float)?
-        .f_masked_fill(blocked, f32::MIN as f64)?
-        .f_softmax(-1, Kind::Float)?
-        .f_to_kind(q.kind())?;
-    Ok(probs.f_matmul(v)?)
 }
 
 pub(crate) struct Mlp {

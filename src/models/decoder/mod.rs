@@ -19,12 +19,13 @@
 //! | head | tied to the embedding or `lm_head.weight`; Gemma 2's final soft-cap |
 //!
 //! Layout: `spec` (the switches), `layers` (norm, attention and its core, MLP, layer), [`mod@model`]
-//! (the decoder and [`KvCache`]), [`checkpointing`], [`mod@generate`], [`load`] (sources and options),
+//! (the decoder and [`KvCache`]), `flops` (the FLOP count of a pass), [`checkpointing`], [`mod@generate`], [`load`] (sources and options),
 //! `weights_hf` (reading Hugging Face folders), `policy` and `accuracy` (feature `train`).
 
 #[cfg(feature = "train")]
 pub mod accuracy;
 pub mod checkpointing;
+mod flops;
 pub mod generate;
 pub(crate) mod layers;
 pub mod load;

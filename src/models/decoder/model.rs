@@ -29,6 +29,11 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// The switches and sizes the decoder was built from.
+    pub(crate) fn spec(&self) -> &DecoderSpec {
+        &self.spec
+    }
+
     /// Creates the variables of `spec` under `path` (pass `vs.root()`: names are then exactly the Hugging
     /// Face ones), in transformers' order: the embedding, then per layer q / k / v / o, the q / k norms, gate /
     /// up / down and the layer norms, then the final norm and the untied head. `random`: linear and

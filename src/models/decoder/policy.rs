@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::fused::LinearHead;
 use crate::train::{
     var_store_parameters, CheckpointedForward, DeferredBackward, HiddenOutput, LossPath, ModelOutput,
-    PolicyModel,
+    PassFlops, PolicyModel,
 };
 
 /// A model and the [`nn::VarStore`] holding its variables, as the crate's [`PolicyModel`]:
@@ -155,6 +155,19 @@ impl<M: CausalLm> PolicyModel for DecoderPolicy<M> {
             output,
             backward: DeferredBackward::new(move || checkpoints.backward()),
         }))
+    }
+
+    /// [`Decoder::body_forward_flops`](super::Decoder::body_forward_flops) and
+    /// [`Decoder::head_flops_per_position`](super::Decoder::head_flops_per_position) of its decoder; one
+    /// recomputation of the body with gradient checkpointing; hidden states offered.
+    fn pass_flops(&self, rows: usize, positions: usize) -> Option<PassFlops> {
+        let decoder = self.model.decoder();
+        Some(PassFlops {
+            body_forward: decoder.body_forward_flops(rows, positions),
+            head_per_position: decoder.head_flops_per_position(),
+            body_recomputes: u32::from(self.gradient_checkpointing),
+            offers_hidden: true,
+        })
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {

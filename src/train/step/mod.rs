@@ -264,10 +264,17 @@ impl<M: PolicyModel> Trainer for RpoTrainer<M> {
         metrics.lr = Some(lr);
         metrics.pairs = totals.pairs;
         metrics.tokens = totals.tokens;
-        metrics.tokens_per_second = totals.tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        let seconds = start.elapsed().as_secs_f64().max(1e-9);
+        metrics.tokens_per_second = totals.tokens as f64 / seconds;
         metrics.skipped = skip_reason.is_some();
         metrics.skip_reason = skip_reason;
         metrics.skipped_steps = self.skipped_steps;
+        metrics.flops = self.step_flops(micro_batches);
+        metrics.flops_per_second = metrics.flops.map(|flops| flops / seconds);
+        metrics.mfu = metrics
+            .flops_per_second
+            .zip(self.config.peak_flops)
+            .map(|(achieved, peak)| achieved / peak);
         Ok(metrics)
     }
 
