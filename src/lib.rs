@@ -71,6 +71,9 @@
 //! - [`models`] (feature `gemma`, default; needs no `train`): Gemma 1 / 2 / 3 text decoders
 //!   ([`models::gemma`]) loaded from a Hugging Face folder, a GGUF file or parameters in memory, decoding,
 //!   export, the GGUF tokenizer ([`models::tokenizer`]), and with `train` their trainer adapter.
+//! - [`lora`] (feature `lora`, default): LoRA adapters on a model's linear layers (PEFT's init, scaling and
+//!   names), switched off for the reference, merged into the base, exported as a PEFT folder or a
+//!   llama.cpp adapter GGUF; with `train`, [`lora::LoraPolicy`] trains only the adapters.
 //! - [`autograd`]: autograd helpers shared by the models, the fused losses and the trainer
 //!   ([`autograd::backward_from`], [`autograd::leaf_grad`]; with feature `autograd` the `.grad` setters).
 //! - [`dist`] (feature `dist`, default): data parallelism on libtorch's c10d: process groups from the
@@ -108,6 +111,8 @@ pub mod fused;
 pub mod gguf;
 pub mod libtorch;
 pub mod logprobs;
+#[cfg(feature = "lora")]
+pub mod lora;
 pub mod loss;
 pub mod memory;
 #[cfg(feature = "gemma")]
@@ -117,8 +122,8 @@ pub mod train;
 mod validate;
 
 pub use error::{
-    CheckpointError, DataError, Error, GgufError, InputError, ParamValue, ParameterMismatch, Result,
-    ShapeMismatch, WeightsError,
+    CheckpointError, DataError, Error, GgufError, InputError, LoraError, ParamValue, ParameterMismatch,
+    Result, ShapeMismatch, WeightsError,
 };
 #[cfg(feature = "dist")]
 pub use error::{DistError, DistStorePeer};

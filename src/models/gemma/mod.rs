@@ -39,7 +39,7 @@
 //! attention, MLP; internal), [`model`] (the decoder), [`load`] (the weight sources), `weights_hf` /
 //! `weights_gguf` (reading Hugging Face folders and GGUF files; internal), [`mod@generate`] (decoding),
 //! `policy` (the trainer adapter, feature `train`), [`export`] (writing a model as a Hugging Face folder
-//! or a GGUF file).
+//! or a GGUF file), [`mod@lora`] (feature `lora`: the adaptable projections for LoRA adapters).
 //!
 //! [`Gemma::forward_hidden_checkpointed`] ([`checkpointing`]) is per-layer activation checkpointing, exact
 //! (the same gradients, within f32 rounding when it recomputes a layer in several blocks of rows);
@@ -57,6 +57,8 @@ pub mod export;
 pub mod generate;
 mod layers;
 pub mod load;
+#[cfg(feature = "lora")]
+pub mod lora;
 pub mod model;
 #[cfg(feature = "train")]
 pub mod policy;
@@ -69,6 +71,8 @@ pub use checkpointing::LayerCheckpoints;
 pub use config::{Activation, GemmaArch, GemmaConfig, TokenIds, SUPPORTED_MODEL_TYPES};
 pub use generate::{generate, greedy_decode, Generation, GenerationConfig, Sampling};
 pub use load::{LoadOptions, WeightSource};
+#[cfg(feature = "lora")]
+pub use lora::GEMMA_LORA_TARGETS;
 pub use model::{Gemma, KvCache};
 #[cfg(feature = "train")]
 pub use policy::GemmaPolicy;

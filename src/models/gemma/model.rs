@@ -415,6 +415,12 @@ impl Gemma {
         &self.layers
     }
 
+    /// The decoder layers, mutably (attaching adapters to their linear layers).
+    #[cfg(feature = "lora")]
+    pub(super) fn layers_mut(&mut self) -> &mut [Layer] {
+        &mut self.layers
+    }
+
     /// The final norm.
     pub(super) fn final_norm(&self) -> &RmsNorm {
         &self.norm

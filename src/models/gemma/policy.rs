@@ -96,6 +96,12 @@ impl GemmaPolicy {
         &self.model
     }
 
+    /// The model, mutably (attaching adapters).
+    #[cfg(feature = "lora")]
+    pub(super) fn model_mut(&mut self) -> &mut Gemma {
+        &mut self.model
+    }
+
     /// The variable store.
     pub fn var_store(&self) -> &nn::VarStore {
         &self.vs
