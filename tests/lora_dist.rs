@@ -21,7 +21,9 @@ use tch_rpo::dist::{DistOptions, ProcessGroup};
 use tch_rpo::lora::{LoraConfig, LoraPolicy};
 use tch_rpo::models::gemma::GemmaPolicy;
 use tch_rpo::models::tokenizer::CharTokenizer;
-use tch_rpo::train::{PolicyModel, ReferenceSource, RpoTrainer, RpoTrainerConfig, StepMetrics, Warmup};
+use tch_rpo::train::{
+    AdamWConfig, PolicyModel, ReferenceSource, RpoTrainer, RpoTrainerConfig, StepMetrics, Warmup,
+};
 use tch_rpo::RpoConfig;
 
 const WORKER: &str = "TCH_RPO_LORA_DIST_WORKER";
@@ -49,15 +51,24 @@ fn collator() -> Collator {
     Collator::new(CollateConfig::new(tokenizer().pad_id())).unwrap()
 }
 
+/// AdamW's ε is 1e-6 here: Adam divides each update by `√v̂ + ε`, so a gradient entry that is zero up to
+/// rounding (the adapters' `A` get such entries while `B` is still tiny) would turn a rounding difference
+/// between 1 and 2 processes into a step of up to `lr` with the default 1e-8; with 1e-6 a difference `δ` in
+/// a gradient moves an update by at most about `lr·δ/ε`.
 fn config() -> RpoTrainerConfig {
+    let paper = RpoTrainerConfig::paper(RpoConfig::paper(0.1, 0.5), TOTAL);
     RpoTrainerConfig {
+        optimizer: AdamWConfig {
+            eps: 1e-6,
+            ..paper.optimizer
+        },
         learning_rate: 1e-2,
         warmup: Warmup::Ratio(0.0),
         seed: 17,
         batch_pairs: 4,
         grad_accum_steps: 2,
         progress: false,
-        ..RpoTrainerConfig::paper(RpoConfig::paper(0.1, 0.5), TOTAL)
+        ..paper
     }
 }
 

@@ -93,7 +93,7 @@ fn bad_lora_flags_are_errors() {
     let output = temp_dir("rpo_gemma_lora_bad");
     for (extra, needle) in [
         (vec!["--lora-r", "0"], "`r` = 0"),
-        (vec!["--lora-r", "4", "--lora-alpha", "-1"], "lora_alpha"),
+        (vec!["--lora-r", "4", "--lora-alpha=-1"], "lora_alpha"),
         (vec!["--lora-r", "4", "--lora-dropout", "1"], "lora_dropout"),
         (
             vec!["--lora-r", "4", "--lora-targets", "q_proj,lm_head"],
