@@ -1,12 +1,11 @@
 //! Gemma's LoRA support (feature `lora`): [`LoraModel`] for [`Gemma`] (and, with `train`, for
-//! [`super::GemmaPolicy`]), and the llama.cpp adapter export of a [`LoraPolicy`] over a Gemma policy.
+//! [`super::GemmaPolicy`]), and the llama.cpp adapter export of a [`crate::lora::LoraPolicy`] over a Gemma policy.
 //!
 //! The adaptable layers are the seven projections of every decoder layer, by their Hugging Face module
 //! paths: `model.layers.{i}.self_attn.{q,k,v,o}_proj` and `model.layers.{i}.mlp.{gate,up,down}_proj` —
 //! all seven are the default targets ([`GEMMA_LORA_TARGETS`]); the embedding (the tied head) is never
 //! adapted.
 
-use super::config::GemmaArch;
 use super::layers::Layer;
 use super::model::Gemma;
 use crate::error::{Error, InputError, Result};
@@ -96,25 +95,25 @@ impl LoraModel for Gemma {
     }
 }
 
-/// llama.cpp's architecture name of a Gemma generation (`general.architecture`).
-pub(crate) fn llama_cpp_architecture(arch: GemmaArch) -> &'static str {
-    match arch {
-        GemmaArch::Gemma => "gemma",
-        GemmaArch::Gemma2 => "gemma2",
-        GemmaArch::Gemma3 => "gemma3",
-    }
-}
-
 #[cfg(feature = "train")]
 mod policy {
     use std::path::Path;
 
+    use super::super::config::GemmaArch;
     use super::super::policy::GemmaPolicy;
     use super::super::weights_gguf::gguf_tensor_name;
-    use super::llama_cpp_architecture;
     use crate::error::Result;
     use crate::gguf::GgmlType;
     use crate::lora::{AdaptableLinear, LoraAdapter, LoraModel, LoraPolicy};
+
+    /// llama.cpp's architecture name of a Gemma generation (`general.architecture`).
+    fn llama_cpp_architecture(arch: GemmaArch) -> &'static str {
+        match arch {
+            GemmaArch::Gemma => "gemma",
+            GemmaArch::Gemma2 => "gemma2",
+            GemmaArch::Gemma3 => "gemma3",
+        }
+    }
 
     impl LoraModel for GemmaPolicy {
         /// Those of its [`super::Gemma`].
