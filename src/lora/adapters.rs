@@ -53,7 +53,8 @@ impl LoraAdapters {
     /// attaches it: `A` `[r, in]` drawn from `U(−1/√in, 1/√in)` (libtorch's global generator: seed with
     /// `tch::manual_seed`), `B` `[out, r]` zeros, both in the layer weight's dtype and on its device,
     /// requiring grad. The model's outputs are unchanged until `B` moves. Adapters start enabled and in
-    /// training mode.
+    /// training mode. An adapter already attached to a targeted layer is replaced (the set it belonged to
+    /// no longer reaches that layer).
     ///
     /// # Errors
     /// Those of [`LoraConfig::validate`]; [`LoraError::UnknownTarget`] for a target that names no layer
