@@ -51,6 +51,12 @@ pub fn leaf_grad(weight: &Tensor, kind: Kind) -> Result<Option<Tensor>> {
     Ok(usable.then_some(grad))
 }
 
+/// Whether autograd records operations at this point (not inside `no_grad`): a one-element probe.
+pub(crate) fn grad_enabled() -> Result<bool> {
+    let probe = Tensor::f_zeros([1], (Kind::Float, tch::Device::Cpu))?.set_requires_grad(true);
+    Ok(probe.f_mul_scalar(1.0)?.requires_grad())
+}
+
 #[cfg(feature = "autograd")]
 pub use shim::{ensure_grad, release_grad};
 

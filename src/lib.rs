@@ -73,6 +73,9 @@
 //!   families — Gemma 1 / 2 / 3 ([`models::gemma`], with export) and Llama 3.x / SmolLM2 / Qwen2 / Qwen3 /
 //!   Mistral ([`models::llama`]) — loaded from a Hugging Face folder, a GGUF file or parameters in memory,
 //!   and the GGUF tokenizer ([`models::tokenizer`]).
+//! - [`lora`] (feature `lora`, default): LoRA adapters on a model's linear layers (PEFT's init, scaling and
+//!   names), switched off for the reference, merged into the base, exported as a PEFT folder or a
+//!   llama.cpp adapter GGUF; with `train`, [`lora::LoraPolicy`] trains only the adapters.
 //! - [`autograd`]: autograd helpers shared by the models, the fused losses and the trainer
 //!   ([`autograd::backward_from`], [`autograd::leaf_grad`]; with feature `autograd` the `.grad` setters).
 //! - [`dist`] (feature `dist`, default): data parallelism on libtorch's c10d: process groups from the
@@ -110,6 +113,8 @@ pub mod fused;
 pub mod gguf;
 pub mod libtorch;
 pub mod logprobs;
+#[cfg(feature = "lora")]
+pub mod lora;
 pub mod loss;
 pub mod memory;
 #[cfg(any(feature = "gemma", feature = "llama"))]
@@ -119,8 +124,8 @@ pub mod train;
 mod validate;
 
 pub use error::{
-    CheckpointError, DataError, Error, GgufError, InputError, ParamValue, ParameterMismatch, Result,
-    ShapeMismatch, WeightsError,
+    CheckpointError, DataError, Error, GgufError, InputError, LoraError, ParamValue, ParameterMismatch,
+    Result, ShapeMismatch, WeightsError,
 };
 #[cfg(feature = "dist")]
 pub use error::{DistError, DistStorePeer};

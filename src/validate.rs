@@ -152,7 +152,7 @@ pub(crate) fn nonzero_counts(arg: &'static str, counts: &Tensor, reduction: &'st
 ///
 /// One `isfinite().all()` on `weight`'s device (a single host sync); only when it fails are the count,
 /// the first offending flat index and its value computed. Integer tensors always pass.
-#[cfg(any(feature = "gemma", feature = "llama"))]
+#[cfg(any(feature = "gemma", feature = "llama", feature = "lora"))]
 pub(crate) fn finite_weight(weight: &Tensor, tensor: &str, file: &str) -> Result<()> {
     tch::no_grad(|| {
         if weight.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0 {

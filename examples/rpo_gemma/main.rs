@@ -181,6 +181,32 @@ struct Args {
     /// Tensor type of the matrices in --save-gguf: f32, f16, bf16 or q8_0 (norms stay F32).
     #[arg(long, default_value = "q8_0", value_parser = gguf_type)]
     gguf_type: GgmlType,
+    /// LoRA: train rank-R adapters in the DPO / RPO stages instead of every weight (the base frozen, the
+    /// reference = the model with the adapters off). SFT, if any, still trains every weight. --save /
+    /// --save-gguf then write the merged model (W + s·B·A).
+    #[arg(long, value_name = "R")]
+    lora_r: Option<i64>,
+    /// LoRA alpha (scaling alpha / r). Default: 2·r.
+    #[arg(long, value_name = "ALPHA", requires = "lora_r")]
+    lora_alpha: Option<f64>,
+    /// Dropout on the adapters' input, in [0, 1) (not with --gradient-checkpointing).
+    #[arg(long, value_name = "P", default_value_t = 0.0, requires = "lora_r")]
+    lora_dropout: f64,
+    /// The layers to adapt, comma separated (short names like q_proj or full module paths). Default:
+    /// Gemma's seven projections q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',', requires = "lora_r")]
+    lora_targets: Vec<String>,
+    /// rsLoRA scaling alpha / sqrt(r).
+    #[arg(long, requires = "lora_r")]
+    lora_rslora: bool,
+    /// Save the RPO stage's adapters as a PEFT adapter folder (adapter_config.json,
+    /// adapter_model.safetensors) for `peft.PeftModel.from_pretrained`.
+    #[arg(long, value_name = "DIR", requires = "lora_r")]
+    save_adapter: Option<PathBuf>,
+    /// Save the RPO stage's adapters as a llama.cpp LoRA adapter GGUF (F32) for the --gguf base
+    /// (`llama-cli -m BASE.gguf --lora FILE`).
+    #[arg(long, value_name = "FILE", requires = "lora_r")]
+    save_gguf_adapter: Option<PathBuf>,
 }
 
 fn gguf_type(name: &str) -> Result<GgmlType, String> {
@@ -210,6 +236,15 @@ impl Args {
             (false, LossPathArg::Logits) => LossPath::Logits,
             (false, LossPathArg::Auto) => LossPath::Auto,
         }
+    }
+    /// The LoRA settings of --lora-r and its companions (`None`: full training).
+    fn lora(&self) -> Option<tch_rpo::lora::LoraConfig> {
+        let r = self.lora_r?;
+        let mut config = tch_rpo::lora::LoraConfig::new(r, self.lora_alpha.unwrap_or(2.0 * r as f64));
+        config.lora_dropout = self.lora_dropout;
+        config.use_rslora = self.lora_rslora;
+        config.target_modules = (!self.lora_targets.is_empty()).then(|| self.lora_targets.clone());
+        Some(config)
     }
     fn kind(&self) -> Kind {
         match self.dtype {

@@ -17,7 +17,8 @@ use tch_rpo::data::{
     encode_records, CollateConfig, Collator, OnMalformed, PreferenceDataset, Text, Tokenizer,
 };
 use tch_rpo::dist::{Backend, DistOptions, ProcessGroup};
-use tch_rpo::gguf::GgufFile;
+use tch_rpo::gguf::{GgmlType, GgufFile};
+use tch_rpo::lora::LoraPolicy;
 use tch_rpo::memory::MemoryReport;
 use tch_rpo::models::gemma::export::TokenizerSource;
 use tch_rpo::models::gemma::{greedy_accuracy, load_tokenizer, Gemma, GemmaConfig, GemmaPolicy};
@@ -78,6 +79,9 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
     let began = Instant::now();
     if args.batch_size == 0 || args.grad_accum == 0 || args.epochs == 0 || args.evals_per_epoch == 0 {
         return Err("--batch-size, --grad-accum, --epochs and --evals-per-epoch must be > 0".into());
+    }
+    if let Some(lora) = args.lora() {
+        lora.validate()?;
     }
     if matches!(args.device(), Device::Cuda(_)) && !tch::Cuda::is_available() {
         return Err("--device cuda: no CUDA device is available to libtorch".into());
@@ -181,7 +185,7 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
             word_reversal::is_correct,
         )
     };
-    let mut hooks = ConsoleHooks::new(&memory).with_gold(gold);
+    let mut hooks = ConsoleHooks::new(&memory).with_gold(&gold);
 
     // 1. SFT on the chosen responses (reference-free; DPO weight 0): the reference policy. Without SFT the
     //    loaded model itself is the reference (no copy).
@@ -198,26 +202,42 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         }
     };
 
-    // 2. Reference log-probs of the SFT model, once (each rank scores its block, then they are gathered).
-    let scoring = ScoringOptions::new(eval_batch).with_loss_path(args.loss_path());
-    let cache = stages.score_reference(&start, &scoring)?;
-    memory.phase("reference log-probs");
-
-    // 3. DPO and RPO from the same start, same data order and seed: DPO trains a copy of the start, RPO
-    //    the start itself.
-    if !args.rpo_only {
-        let copy = start.try_clone(&LoadOptions::new(args.device(), args.kind()))?;
-        let dpo = config(RpoConfig::paper(args.beta, 0.0), args.lr, args.epochs);
-        stages.train(
-            "dpo",
-            copy,
-            ReferenceSource::Cached(cache.clone()),
-            dpo,
-            &mut hooks,
-        )?;
-    }
-    let rpo = config(RpoConfig::paper(args.beta, args.eta), args.lr, args.epochs);
-    let trained = stages.train("rpo", start, ReferenceSource::Cached(cache), rpo, &mut hooks)?;
+    // With LoRA (--lora-r): DPO and RPO train adapters on (a copy of) the start, whose weights stay
+    // frozen; the reference is the start itself, the adapters switched off. --save / --save-gguf then
+    // write the merged model.
+    let (dpo, rpo) = (
+        config(RpoConfig::paper(args.beta, 0.0), args.lr, args.epochs),
+        config(RpoConfig::paper(args.beta, args.eta), args.lr, args.epochs),
+    );
+    let copy_options = LoadOptions::new(args.device(), args.kind());
+    let trained = if let Some(lora) = args.lora() {
+        let mut lora_hooks =
+            ConsoleHooks::new(&memory).with_gold(|policy: &LoraPolicy<GemmaPolicy>| gold(policy.base()));
+        if !args.rpo_only {
+            let copy = LoraPolicy::new(start.try_clone(&copy_options)?, &lora)?;
+            stages.train("dpo", copy, ReferenceSource::AdaptersOff, dpo, &mut lora_hooks)?;
+        }
+        let policy = LoraPolicy::new(start, &lora)?;
+        let trained = stages.train("rpo", policy, ReferenceSource::AdaptersOff, rpo, &mut lora_hooks)?;
+        if main {
+            save_adapters(args, &trained)?;
+        }
+        trained.merge_and_unload()?
+    } else {
+        // 2. Reference log-probs of the SFT model, once (each rank scores its block, then they are
+        //    gathered).
+        let scoring = ScoringOptions::new(eval_batch).with_loss_path(args.loss_path());
+        let cache = stages.score_reference(&start, &scoring)?;
+        memory.phase("reference log-probs");
+        // 3. DPO and RPO from the same start, same data order and seed: DPO trains a copy of the start,
+        //    RPO the start itself.
+        if !args.rpo_only {
+            let copy = start.try_clone(&copy_options)?;
+            let reference = ReferenceSource::Cached(cache.clone());
+            stages.train("dpo", copy, reference, dpo, &mut hooks)?;
+        }
+        stages.train("rpo", start, ReferenceSource::Cached(cache), rpo, &mut hooks)?
+    };
     if !main {
         return Ok(());
     }
@@ -258,6 +278,23 @@ fn save_trained(args: &Args, policy: &GemmaPolicy) -> Result<(), BoxError> {
         let (bytes, ty) = (policy.save_gguf(path, args.gguf_type, tokenizer)?, args.gguf_type);
         println!(
             "saved the trained policy as {ty} GGUF ({bytes} bytes): {}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// `--save-adapter DIR` / `--save-gguf-adapter FILE`: the RPO stage's LoRA adapters, as a PEFT folder and
+/// as a llama.cpp adapter GGUF.
+fn save_adapters(args: &Args, policy: &LoraPolicy<GemmaPolicy>) -> Result<(), BoxError> {
+    if let Some(dir) = &args.save_adapter {
+        policy.adapters().save_peft(dir, None)?;
+        println!("saved the LoRA adapters as a PEFT folder: {}", dir.display());
+    }
+    if let Some(path) = &args.save_gguf_adapter {
+        let bytes = policy.save_gguf_adapter(path, GgmlType::F32)?;
+        println!(
+            "saved the LoRA adapters as a llama.cpp adapter GGUF ({bytes} bytes): {}",
             path.display()
         );
     }

@@ -11,11 +11,13 @@ use tch::TchError;
 mod dist;
 mod domains;
 mod input;
+mod lora;
 mod values;
 #[cfg(feature = "dist")]
 pub use dist::{DistError, DistStorePeer};
 pub use domains::{CheckpointError, DataError, GgufError, WeightsError};
 pub use input::InputError;
+pub use lora::LoraError;
 pub use values::{ParamValue, ParameterMismatch, ShapeMismatch};
 
 /// Errors returned by `tch-rpo`, by domain: each domain's enum says what went wrong, and `Display` of
@@ -28,6 +30,7 @@ pub use values::{ParamValue, ParameterMismatch, ShapeMismatch};
 /// | [`Error::Checkpoint`] ([`CheckpointError`]) | a trainer checkpoint (or a weights file read like one) is missing, truncated, corrupted, or from another run |
 /// | [`Error::Gguf`] ([`GgufError`]) | a GGUF file is malformed, truncated, or lacks a key |
 /// | [`Error::Weights`] ([`WeightsError`]) | a parameter set does not match the model (missing / unexpected / reshaped), a weight's type or values are refused, an architecture is not implemented |
+/// | [`Error::Lora`] ([`LoraError`]) | LoRA adapters name an unknown layer, have a rank the layer cannot take, or were made on another base model |
 /// | `Error::Dist` (`DistError`, feature `dist` only) | a process group or its launcher environment failed |
 /// | [`Error::Io`] | reading or writing a file failed |
 /// | [`Error::OutOfMemory`] | a host buffer (e.g. a GGUF tensor's bytes) could not be allocated |
@@ -59,6 +62,9 @@ pub enum Error {
     /// A parameter set or a weight does not fit the model.
     #[error(transparent)]
     Weights(#[from] WeightsError),
+    /// LoRA adapters cannot be attached, trained or loaded as asked.
+    #[error(transparent)]
+    Lora(#[from] LoraError),
     /// A process group failed (feature `dist`).
     #[cfg(feature = "dist")]
     #[error(transparent)]

@@ -5,15 +5,10 @@
 use super::engine::{self, Needs, Prepared, NAMES};
 use super::one_pass::{self, Grouping};
 use super::{check_finite, FusedLoss, LinearHead};
+use crate::autograd::grad_enabled;
 use crate::error::{Error, InputError, Result};
 use crate::logprobs::{LogProbOptions, SequenceLogProbs, TokenStats};
 use tch::{Kind, Tensor};
-
-/// Whether autograd records operations at this point (not inside `no_grad`).
-fn grad_enabled() -> Result<bool> {
-    let probe = Tensor::f_zeros([1], (Kind::Float, tch::Device::Cpu))?.set_requires_grad(true);
-    Ok(probe.f_mul_scalar(1.0)?.requires_grad())
-}
 
 /// [`super::fused_loss`]: the two-pass schedule for any loss.
 pub(super) fn two_pass_loss<T>(

@@ -2,37 +2,55 @@
 //!
 //! Every projection of a decoder layer (attention's q / k / v / o, the MLP's gate / up / down) is one,
 //! so that what changes how a projection is applied (adapters, a weight kept in another format) is written
-//! once for every model.
+//! once for every model. With feature `lora`, a layer may hold a LoRA adapter, applied to its output
+//! ([`crate::lora::LoraAdapter::apply`]).
 
 use tch::Tensor;
 
 use crate::error::Result;
+#[cfg(feature = "lora")]
+use crate::lora::LoraAdapter;
 
 /// A linear layer: weight `[out, in]` and an optional bias `[out]`; `forward(x)` = `x·Wᵀ + b` over the
-/// last dimension of `x` `[..., in]` → `[..., out]`.
+/// last dimension of `x` `[..., in]` → `[..., out]` (plus the LoRA update when an adapter is attached).
 pub(crate) struct Linear {
     /// `[out, in]`, a variable of the model's store.
     pub(crate) weight: Tensor,
     /// `[out]`, when the layer has one.
     pub(crate) bias: Option<Tensor>,
+    /// The LoRA adapter attached to this layer, if any.
+    #[cfg(feature = "lora")]
+    pub(crate) lora: Option<LoraAdapter>,
 }
 
 impl Linear {
     /// A layer without bias.
     pub(crate) fn new(weight: Tensor) -> Self {
-        Self { weight, bias: None }
+        Self {
+            weight,
+            bias: None,
+            #[cfg(feature = "lora")]
+            lora: None,
+        }
     }
 
-    /// The same tensors (shallow clones).
+    /// The same tensors (shallow clones; the same adapter).
     pub(crate) fn shallow_clone(&self) -> Self {
         Self {
             weight: self.weight.shallow_clone(),
             bias: self.bias.as_ref().map(Tensor::shallow_clone),
+            #[cfg(feature = "lora")]
+            lora: self.lora.as_ref().map(LoraAdapter::shallow_clone),
         }
     }
 
     /// `xs [..., in]` → `[..., out]`.
     pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        Ok(xs.f_linear(&self.weight, self.bias.as_ref())?)
+        let out = xs.f_linear(&self.weight, self.bias.as_ref())?;
+        #[cfg(feature = "lora")]
+        if let Some(adapter) = &self.lora {
+            return adapter.apply(xs, out);
+        }
+        Ok(out)
     }
 }

@@ -81,7 +81,8 @@ impl<M: PolicyModel> RpoTrainerBuilder<M> {
     }
 
     /// The reference: a frozen model, the initial policy scored once by the first `fit`
-    /// ([`ReferenceSource::InitialPolicy`]), a [`crate::train::ReferenceCache`], or none. Required.
+    /// ([`ReferenceSource::InitialPolicy`]), a [`crate::train::ReferenceCache`], the policy with its
+    /// adapters off ([`ReferenceSource::AdaptersOff`]), or none. Required.
     pub fn reference(mut self, reference: ReferenceSource) -> Self {
         self.reference = Some(reference);
         self
@@ -308,8 +309,8 @@ impl<M: PolicyModel> RpoTrainerBuilder<M> {
         let reference = self.reference.ok_or_else(|| Error::Input(InputError::Config {
             name: "reference",
             requirement: "give one: ref_model(model), reference(ReferenceSource::Model(model)), \
-                          reference(ReferenceSource::InitialPolicy), reference(ReferenceSource::Cached(cache)) \
-                          or reference(ReferenceSource::Free)"
+                          reference(ReferenceSource::InitialPolicy), reference(ReferenceSource::Cached(cache)), \
+                          reference(ReferenceSource::AdaptersOff) or reference(ReferenceSource::Free)"
                 .to_string(),
         }))?;
         if self.resume && self.config.checkpoint_dir.is_none() {

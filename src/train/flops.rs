@@ -86,7 +86,7 @@ pub fn forward_flops(model: &PassFlops, shape: BatchShape, path: LossPath) -> f6
 impl<M: PolicyModel> RpoTrainer<M> {
     /// The FLOPs of a training step over `micro_batches` in this process: for each, the policy's training
     /// pass and, with a [`ReferenceSource::Model`], the reference's forward pass (on the configured loss
-    /// path). `None` when the policy, or a reference model, does not count its FLOPs.
+    /// path; with [`ReferenceSource::AdaptersOff`], the policy's own forward pass). `None` when the policy, or a reference model, does not count its FLOPs.
     pub(crate) fn step_flops(&self, micro_batches: &[CollatedBatch]) -> Option<f64> {
         let path = self.config.loss_path;
         let mut total = 0.0;
@@ -100,6 +100,8 @@ impl<M: PolicyModel> RpoTrainer<M> {
                     let reference = reference.pass_flops(shape.rows, shape.positions)?;
                     total += forward_flops(&reference, shape, path);
                 }
+                // The policy's own forward pass, adapters off.
+                ReferenceSource::AdaptersOff => total += forward_flops(&policy, shape, path),
                 ReferenceSource::Cached(_) | ReferenceSource::InitialPolicy | ReferenceSource::Free => {}
             }
         }

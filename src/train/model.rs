@@ -264,6 +264,31 @@ pub trait PolicyModel: Send {
 
     /// The device the model's parameters live on (inputs are moved there).
     fn device(&self) -> Device;
+
+    /// Switches the model's adapters (e.g. LoRA, [`crate::lora::LoraPolicy`] with feature `lora`) on or
+    /// off without detaching them; returns the previous state. [`ReferenceSource::AdaptersOff`] calls it
+    /// around each reference pass. The default: the model has no adapters, an [`InputError::Config`].
+    ///
+    /// [`ReferenceSource::AdaptersOff`]: crate::train::ReferenceSource::AdaptersOff
+    ///
+    /// # Errors
+    /// [`InputError::Config`] for a model without adapters (the default).
+    fn set_adapters_enabled(&self, enabled: bool) -> Result<bool> {
+        let _ = enabled;
+        Err(Error::Input(InputError::Config {
+            name: "reference",
+            requirement: "ReferenceSource::AdaptersOff needs a model with adapters to switch off (e.g. a \
+                          LoraPolicy); this model has none"
+                .to_string(),
+        }))
+    }
+
+    /// A fingerprint of the frozen weights the trainable parameters were trained on top of (e.g. a LoRA
+    /// base model), or `None` (the default: every weight is in [`PolicyModel::named_parameters`]).
+    /// Checkpoints record it, and resuming a checkpoint with another fingerprint is refused.
+    fn base_fingerprint(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The variables of a `VarStore`, sorted by name (a helper for [`PolicyModel::named_parameters`]).
@@ -297,5 +322,11 @@ impl<M: PolicyModel + ?Sized> PolicyModel for Box<M> {
     }
     fn device(&self) -> Device {
         (**self).device()
+    }
+    fn set_adapters_enabled(&self, enabled: bool) -> Result<bool> {
+        (**self).set_adapters_enabled(enabled)
+    }
+    fn base_fingerprint(&self) -> Option<String> {
+        (**self).base_fingerprint()
     }
 }

@@ -26,6 +26,13 @@ pub enum ReferenceSource {
     /// copy of the model) and continues with that [`ReferenceSource::Cached`]. Checkpoints hold the cache
     /// and loading one restores it.
     InitialPolicy,
+    /// The policy itself with its adapters switched off (TRL's `disable_adapter()` reference of a PEFT
+    /// model): for every batch, the trainer turns the adapters off
+    /// ([`PolicyModel::set_adapters_enabled`]), scores the batch under `no_grad` on the configured loss
+    /// path, and turns them back on. No second copy of the weights; the base model's fused path applies,
+    /// its gradient checkpointing does not (no gradient is taken). Needs a model with adapters, e.g.
+    /// [`crate::lora::LoraPolicy`] (feature `lora`).
+    AdaptersOff,
     /// Reference-free (`log π_ref ≡ 0`).
     Free,
 }
@@ -36,6 +43,7 @@ impl std::fmt::Debug for ReferenceSource {
             ReferenceSource::Model(m) => write!(f, "ReferenceSource::Model(on {:?})", m.device()),
             ReferenceSource::Cached(c) => write!(f, "ReferenceSource::Cached({} pairs)", c.len()),
             ReferenceSource::InitialPolicy => write!(f, "ReferenceSource::InitialPolicy"),
+            ReferenceSource::AdaptersOff => write!(f, "ReferenceSource::AdaptersOff"),
             ReferenceSource::Free => write!(f, "ReferenceSource::Free"),
         }
     }
@@ -281,4 +289,17 @@ pub(crate) fn batch_logprobs(
         let sums = sequence_sums(&output, &batch.labels, &options.logprobs)?;
         Ok(sums.f_detach()?)
     })
+}
+
+/// Summed log-probs `[2B]` of a batch under `model` with its adapters switched off (no grad), for
+/// [`ReferenceSource::AdaptersOff`]; the adapters' earlier state is restored, also when scoring fails.
+pub(crate) fn adapters_off_logprobs(
+    model: &dyn PolicyModel,
+    batch: &CollatedBatch,
+    options: &ScoringOptions,
+) -> Result<Tensor> {
+    let previous = model.set_adapters_enabled(false)?;
+    let scored = batch_logprobs(model, batch, options);
+    model.set_adapters_enabled(previous)?;
+    scored
 }

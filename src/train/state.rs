@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::error::{CheckpointError, Error, ParameterMismatch, Result};
+use crate::error::{CheckpointError, Error, LoraError, ParameterMismatch, Result};
 use crate::train::checkpoint::{self, CheckpointData};
 use crate::train::model::PolicyModel;
 use crate::train::reference::{ReferenceCache, ReferenceSource};
@@ -34,6 +34,10 @@ pub(crate) struct TrainerState {
     /// The objective in words (informative; not checked).
     #[serde(default)]
     pub(crate) objective: String,
+    /// The fingerprint of the frozen base the trained parameters sit on
+    /// ([`PolicyModel::base_fingerprint`]; absent for a model without one). Must match on resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) base_fingerprint: Option<String>,
 }
 
 impl<M: PolicyModel> RpoTrainer<M> {
@@ -52,6 +56,7 @@ impl<M: PolicyModel> RpoTrainer<M> {
             schedule: self.schedule,
             data: self.data,
             objective: self.config.rpo.describe(),
+            base_fingerprint: self.model.base_fingerprint(),
         };
         let state = serde_json::to_value(&state).map_err(|e| {
             Error::Checkpoint(CheckpointError::Invalid {
@@ -82,7 +87,8 @@ impl<M: PolicyModel> RpoTrainer<M> {
     ///
     /// # Errors
     /// [`CheckpointError::Invalid`] for a missing / truncated / corrupted checkpoint or one written with a
-    /// different seed or schedule; [`WeightsError::Parameters`](crate::WeightsError::Parameters) for model parameters or optimizer state that do
+    /// different seed or schedule; [`LoraError::BaseMismatch`] for a checkpoint of a model trained on another
+    /// frozen base ([`PolicyModel::base_fingerprint`]); [`WeightsError::Parameters`](crate::WeightsError::Parameters) for model parameters or optimizer state that do
     /// not match this model (every missing, extra and reshaped one listed).
     pub fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
         let loaded = checkpoint::load(path)?;
@@ -106,6 +112,14 @@ impl<M: PolicyModel> RpoTrainer<M> {
                 "written with schedule {:?}, this trainer has {:?}",
                 state.schedule, self.schedule
             )));
+        }
+        let base = self.model.base_fingerprint();
+        if state.base_fingerprint != base {
+            return Err(Error::Lora(LoraError::BaseMismatch {
+                origin: format!("checkpoint {source}"),
+                expected: state.base_fingerprint.unwrap_or_else(|| "none".into()),
+                found: base.unwrap_or_else(|| "none".into()),
+            }));
         }
         // Model weights: every parameter present with its shape, nothing extra; staged in the parameter's
         // dtype and on its device.

@@ -86,9 +86,15 @@ impl<M: PolicyModel> RpoTrainer<M> {
     ///
     /// # Errors
     /// As [`RpoTrainerConfig::check`]; as [`AdamW::new`] (a model with nothing to train, partially
-    /// overlapping parameters).
+    /// overlapping parameters); [`crate::InputError::Config`] for [`ReferenceSource::AdaptersOff`] with a
+    /// model without adapters ([`PolicyModel::set_adapters_enabled`]).
     pub fn new(model: M, reference: ReferenceSource, config: RpoTrainerConfig) -> Result<Self> {
         config.check()?;
+        if let ReferenceSource::AdaptersOff = reference {
+            // Refuses a model without adapters now rather than at the first step.
+            let enabled = model.set_adapters_enabled(true)?;
+            model.set_adapters_enabled(enabled)?;
+        }
         let schedule = config.schedule()?;
         let optimizer = AdamW::new(config.optimizer, &model.named_parameters())?;
         Ok(Self {

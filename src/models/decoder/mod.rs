@@ -20,7 +20,8 @@
 //!
 //! Layout: `spec` (the switches), `layers` (norm, attention and its core, MLP, layer), [`mod@model`]
 //! (the decoder and [`KvCache`]), `flops` (the FLOP count of a pass), [`checkpointing`], [`mod@generate`], [`load`] (sources and options),
-//! `weights_hf` (reading Hugging Face folders), `policy` and `accuracy` (feature `train`).
+//! `weights_hf` (reading Hugging Face folders), `policy` and `accuracy` (feature `train`), [`mod@lora`]
+//! (feature `lora`: every family's adaptable projections).
 
 #[cfg(feature = "train")]
 pub mod accuracy;
@@ -29,6 +30,8 @@ mod flops;
 pub mod generate;
 pub(crate) mod layers;
 pub mod load;
+#[cfg(feature = "lora")]
+pub mod lora;
 pub mod model;
 #[cfg(feature = "train")]
 pub mod policy;
@@ -59,6 +62,9 @@ pub trait CausalLm: Sized + Send {
 
     /// The decoder.
     fn decoder(&self) -> &Decoder;
+
+    /// The decoder, mutably (attaching LoRA adapters to its projections).
+    fn decoder_mut(&mut self) -> &mut Decoder;
 
     /// The configuration the model was built from.
     fn model_config(&self) -> &Self::Config;

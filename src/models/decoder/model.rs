@@ -407,6 +407,12 @@ impl Decoder {
         &self.layers
     }
 
+    /// The decoder layers, mutably (attaching adapters to their linear layers).
+    #[cfg(feature = "lora")]
+    pub(crate) fn layers_mut(&mut self) -> &mut [Layer] {
+        &mut self.layers
+    }
+
     /// The final norm.
     pub(super) fn final_norm(&self) -> &RmsNorm {
         &self.norm

@@ -98,6 +98,12 @@ impl<M: CausalLm> DecoderPolicy<M> {
         &self.model
     }
 
+    /// The model, mutably (attaching adapters).
+    #[cfg(feature = "lora")]
+    pub(crate) fn model_mut(&mut self) -> &mut M {
+        &mut self.model
+    }
+
     /// The variable store.
     pub fn var_store(&self) -> &nn::VarStore {
         &self.vs

@@ -41,7 +41,7 @@
 //! …). Layout of what is Gemma's own: [`config`] (the configuration and its switches), [`model`]
 //! ([`Gemma`]), [`load`] (the loader), `weights_gguf` (reading `gemma3` GGUF files; internal), `policy`
 //! (`GemmaPolicy` and its writers, feature `train`), [`export`] (writing a model as a Hugging Face folder
-//! or a GGUF file).
+//! or a GGUF file), [`mod@lora`] (feature `lora`: the LoRA targets and the llama.cpp adapter export).
 //!
 //! [`Gemma::forward_hidden_checkpointed`] ([`checkpointing`]) is per-layer activation checkpointing, exact
 //! (the same gradients, within f32 rounding when it recomputes a layer in several blocks of rows);
@@ -54,6 +54,8 @@
 pub mod config;
 pub mod export;
 pub mod load;
+#[cfg(feature = "lora")]
+pub mod lora;
 pub mod model;
 #[cfg(feature = "train")]
 pub mod policy;
@@ -63,6 +65,8 @@ pub use config::{Activation, GemmaArch, GemmaConfig, TokenIds, SUPPORTED_MODEL_T
 #[cfg(feature = "train")]
 pub use load::load_tokenizer;
 pub use load::{LoadOptions, WeightSource};
+#[cfg(feature = "lora")]
+pub use lora::GEMMA_LORA_TARGETS;
 pub use model::Gemma;
 #[cfg(feature = "train")]
 pub use policy::GemmaPolicy;

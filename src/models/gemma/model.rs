@@ -137,6 +137,10 @@ impl CausalLm for Gemma {
         &self.decoder
     }
 
+    fn decoder_mut(&mut self) -> &mut Decoder {
+        &mut self.decoder
+    }
+
     fn model_config(&self) -> &GemmaConfig {
         &self.config
     }

@@ -183,6 +183,10 @@ impl CausalLm for Llama {
         &self.decoder
     }
 
+    fn decoder_mut(&mut self) -> &mut Decoder {
+        &mut self.decoder
+    }
+
     fn model_config(&self) -> &LlamaConfig {
         &self.config
     }

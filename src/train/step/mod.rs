@@ -16,7 +16,7 @@ use crate::loss::rpo::RpoOutput;
 use crate::loss::GlobalBatch;
 use crate::train::metrics::StepMetrics;
 use crate::train::model::{model_output, training_output, DeferredBackward, PolicyModel};
-use crate::train::reference::{batch_logprobs, ReferenceSource, ScoringOptions};
+use crate::train::reference::{adapters_off_logprobs, batch_logprobs, ReferenceSource, ScoringOptions};
 use crate::train::run::initial_policy_not_scored;
 use crate::train::trainer::{RpoTrainer, Trainer};
 use accumulate::{Accumulated, StepTotals};
@@ -45,6 +45,10 @@ impl<M: PolicyModel> RpoTrainer<M> {
         let reference = match &self.reference {
             ReferenceSource::Model(model) => Some(
                 batch_logprobs(model.as_ref(), batch, &ScoringOptions::of_config(&self.config))?
+                    .f_to_device(device)?,
+            ),
+            ReferenceSource::AdaptersOff => Some(
+                adapters_off_logprobs(&self.model, batch, &ScoringOptions::of_config(&self.config))?
                     .f_to_device(device)?,
             ),
             ReferenceSource::Cached(cache) => Some(cache.lookup(&batch.indices, device)?),
