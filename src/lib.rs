@@ -71,6 +71,8 @@
 //! - [`models`] (feature `gemma`, default; needs no `train`): Gemma 1 / 2 / 3 text decoders
 //!   ([`models::gemma`]) loaded from a Hugging Face folder, a GGUF file or parameters in memory, decoding,
 //!   export, the GGUF tokenizer ([`models::tokenizer`]), and with `train` their trainer adapter.
+//! - [`chat`] (feature `chat-template`, default): the Jinja chat template a model ships (GGUF, or
+//!   `tokenizer_config.json`), rendered exactly as transformers' `apply_chat_template` renders it.
 //! - [`autograd`]: autograd helpers shared by the models, the fused losses and the trainer
 //!   ([`autograd::backward_from`], [`autograd::leaf_grad`]; with feature `autograd` the `.grad` setters).
 //! - [`dist`] (feature `dist`, default): data parallelism on libtorch's c10d: process groups from the
@@ -98,6 +100,8 @@
 
 pub mod atomic;
 pub mod autograd;
+#[cfg(feature = "chat-template")]
+pub mod chat;
 #[cfg(feature = "train")]
 pub mod data;
 #[cfg(feature = "dist")]
