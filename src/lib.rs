@@ -76,6 +76,8 @@
 //! - [`lora`] (feature `lora`, default): LoRA adapters on a model's linear layers (PEFT's init, scaling and
 //!   names), switched off for the reference, merged into the base, exported as a PEFT folder or a
 //!   llama.cpp adapter GGUF; with `train`, [`lora::LoraPolicy`] trains only the adapters.
+//! - [`chat`] (feature `chat-template`, default): the Jinja chat template a model ships (GGUF, or
+//!   `tokenizer_config.json`), rendered exactly as transformers' `apply_chat_template` renders it.
 //! - [`autograd`]: autograd helpers shared by the models, the fused losses and the trainer
 //!   ([`autograd::backward_from`], [`autograd::leaf_grad`]; with feature `autograd` the `.grad` setters).
 //! - [`dist`] (feature `dist`, default): data parallelism on libtorch's c10d: process groups from the
@@ -103,6 +105,8 @@
 
 pub mod atomic;
 pub mod autograd;
+#[cfg(feature = "chat-template")]
+pub mod chat;
 #[cfg(feature = "train")]
 pub mod data;
 #[cfg(feature = "dist")]

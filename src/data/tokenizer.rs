@@ -3,7 +3,8 @@
 //!
 //! [`encode_record`] turns a [`PreferenceRecord`] into token ids the way TRL does: the prompt and each
 //! response are tokenized separately (so the prompt/response boundary is exact), the BOS token (if any)
-//! starts the prompt and the EOS token (if any) ends each response. Conversations are first rendered to
+//! starts the prompt — once: not again when the prompt's text already starts with it, as a chat template that
+//! writes `bos_token` makes it — and the EOS token (if any) ends each response. Conversations are first rendered to
 //! text with the tokenizer's [`ChatTemplate`]: the prompt with the generation prompt appended, each
 //! response as the text the full conversation adds after it.
 
@@ -197,8 +198,11 @@ pub fn encode_record(tokenizer: &dyn Tokenizer, record: &PreferenceRecord) -> Re
             )))
         }
     };
-    let mut prompt: Vec<i64> = tokenizer.bos_id().into_iter().collect();
-    prompt.extend(tokenizer.encode(&prompt_text)?);
+    let prompt_ids = tokenizer.encode(&prompt_text)?;
+    // One BOS: a chat template that writes it (Llama 3's `{{ bos_token }}`) already put it there.
+    let bos = tokenizer.bos_id().filter(|bos| prompt_ids.first() != Some(bos));
+    let mut prompt: Vec<i64> = bos.into_iter().collect();
+    prompt.extend(prompt_ids);
     let response = |text: &str, name: &str| -> Result<Vec<i64>> {
         let mut ids = tokenizer.encode(text)?;
         ids.extend(tokenizer.eos_id());

@@ -20,6 +20,28 @@ pub enum DataError {
     /// A tokenizer could not be loaded or failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A model file names a tokenizer (or a part of one) that is not implemented, e.g. a GGUF
+    /// `tokenizer.ggml.pre` pre-tokenizer.
+    #[error("{source_name}: {key} is {found:?}, which is not supported; supported are {supported}")]
+    UnsupportedTokenizer {
+        /// The file (or other source) that names it.
+        source_name: String,
+        /// The setting that names it, e.g. `tokenizer.ggml.pre`.
+        key: &'static str,
+        /// The value that was found.
+        found: String,
+        /// The supported values, in words.
+        supported: &'static str,
+    },
+    /// A chat template cannot be used: it does not compile, rendering failed (an undefined operation, a
+    /// `raise_exception(…)` of the template itself), or there is none.
+    #[error("chat template ({origin}): {message}")]
+    ChatTemplate {
+        /// Where the template came from, e.g. `tokenizer.chat_template of model.gguf`.
+        origin: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// A trainer checkpoint (or a file read as one: a safetensors file, a shard index, a config.json) cannot

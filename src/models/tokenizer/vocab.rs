@@ -20,6 +20,59 @@ pub(crate) fn tokenizer_error(file: &GgufFile, message: impl std::fmt::Display) 
     )))
 }
 
+/// `tokenizer.ggml.{key}`, a token id checked against the vocabulary size `len`; `None` when absent.
+///
+/// # Errors
+/// [`GgufError::Invalid`](crate::GgufError::Invalid) for a mistyped value; [`DataError::Tokenizer`] for an id
+/// outside `[0, len)`.
+pub(crate) fn special_id(file: &GgufFile, key: &str, len: usize) -> Result<Option<usize>> {
+    let key = format!("tokenizer.ggml.{key}");
+    if file.get(&key).is_none() {
+        return Ok(None);
+    }
+    let id = file.get_i64(&key)?;
+    match usize::try_from(id) {
+        Ok(id) if id < len => Ok(Some(id)),
+        _ => Err(tokenizer_error(
+            file,
+            format!("{key} = {id} is outside the vocabulary of {len} tokens"),
+        )),
+    }
+}
+
+/// `tokenizer.ggml.{key}` as a boolean, `default` when absent.
+///
+/// # Errors
+/// [`GgufError::Invalid`](crate::GgufError::Invalid) for a value that is not a boolean.
+pub(crate) fn flag(file: &GgufFile, key: &str, default: bool) -> Result<bool> {
+    let key = format!("tokenizer.ggml.{key}");
+    match file.get(&key) {
+        Some(_) => file.get_bool(&key),
+        None => Ok(default),
+    }
+}
+
+/// `tokenizer.ggml.tokens` and `tokenizer.ggml.token_type`, checked to be of one length.
+///
+/// # Errors
+/// [`GgufError::Invalid`](crate::GgufError::Invalid) for a missing or mistyped key; [`DataError::Tokenizer`]
+/// for token types of another length than the tokens.
+pub(crate) fn tokens_and_types(file: &GgufFile) -> Result<(Vec<String>, Vec<i64>)> {
+    let tokens: Vec<String> = file
+        .get_str_array("tokenizer.ggml.tokens")?
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    let types = file.get_i64_array("tokenizer.ggml.token_type")?;
+    if types.len() != tokens.len() {
+        return Err(tokenizer_error(
+            file,
+            format!("{} token types for {} tokens", types.len(), tokens.len()),
+        ));
+    }
+    Ok((tokens, types))
+}
+
 /// A GGUF file's SentencePiece vocabulary and special tokens, checked.
 pub(crate) struct GgufVocab {
     /// Token strings as the file spells them, by id.
@@ -53,39 +106,9 @@ impl GgufVocab {
                 format!("tokenizer.ggml.model is {model:?}; only SentencePiece (\"llama\") {what_for}"),
             ));
         }
-        let raw: Vec<String> = file
-            .get_str_array("tokenizer.ggml.tokens")?
-            .iter()
-            .map(|t| t.to_string())
-            .collect();
-        let types = file.get_i64_array("tokenizer.ggml.token_type")?;
-        if types.len() != raw.len() {
-            return Err(tokenizer_error(
-                file,
-                format!("{} token types for {} tokens", types.len(), raw.len()),
-            ));
-        }
-        let special = |key: &str| -> Result<Option<usize>> {
-            let key = format!("tokenizer.ggml.{key}");
-            if file.get(&key).is_none() {
-                return Ok(None);
-            }
-            let id = file.get_i64(&key)?;
-            match usize::try_from(id) {
-                Ok(id) if id < raw.len() => Ok(Some(id)),
-                _ => Err(tokenizer_error(
-                    file,
-                    format!("{key} = {id} is outside the vocabulary"),
-                )),
-            }
-        };
-        let flag = |key: &str, default: bool| -> Result<bool> {
-            let key = format!("tokenizer.ggml.{key}");
-            match file.get(&key) {
-                Some(_) => file.get_bool(&key),
-                None => Ok(default),
-            }
-        };
+        let (raw, types) = tokens_and_types(file)?;
+        let special = |key: &str| special_id(file, key, raw.len());
+        let flag = |key: &str, default: bool| flag(file, key, default);
         let (bos, eos, unk, pad) = (
             special("bos_token_id")?,
             special("eos_token_id")?,

@@ -1,0 +1,86 @@
+//! The byte-level BPE fixtures: `scripts/make_bpe_fixture.py` run once per test binary (tokenizers trained
+//! by the Python `tokenizers` package, their GGUF files, and transformers' ids and chat-template renders in
+//! `expected.json`), and GGUF copies with changed tokenizer metadata for the error tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+use tch_rpo::gguf::{GgufFile, GgufValue, GgufValueType, GgufWriter};
+
+/// The fixture folder and its `expected.json`.
+pub struct Fixture {
+    pub dir: PathBuf,
+    pub expected: Value,
+}
+
+impl Fixture {
+    /// `<dir>/<name>`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The GGUF file of a family (`llama-bpe`, `qwen2`, `smollm`, `gpt-2`).
+    pub fn gguf(&self, family: &str) -> GgufFile {
+        GgufFile::open(self.path(&format!("{family}.gguf"))).unwrap()
+    }
+}
+
+/// Runs the script into `CARGO_TARGET_TMPDIR/bpe-fixture-<tag>` once per process (TZ=UTC, so that
+/// `strftime_now` in Python and in Rust read the same date).
+pub fn fixture(tag: &str) -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bpe-fixture-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let python = root.join(".venv/bin/python");
+        assert!(
+            python.exists(),
+            "{} not found: run `bash scripts/setup.sh` (it creates .venv with transformers, tokenizers, gguf)",
+            python.display()
+        );
+        let out = std::process::Command::new(&python)
+            .arg(root.join("scripts/make_bpe_fixture.py"))
+            .arg(&dir)
+            .env("TZ", "UTC")
+            .output()
+            .expect("running scripts/make_bpe_fixture.py");
+        assert!(
+            out.status.success(),
+            "scripts/make_bpe_fixture.py failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let expected = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+        Fixture { dir, expected }
+    })
+}
+
+/// A copy of `file`'s metadata (no tensors) with `changes` applied — `(key, Some(value))` sets or adds
+/// a key, `(key, None)` removes it — written to `path` and opened.
+pub fn mutated(file: &GgufFile, path: &Path, changes: &[(&str, Option<GgufValue>)]) -> GgufFile {
+    let mut writer = GgufWriter::new();
+    for (key, value) in file.metadata() {
+        match changes.iter().find(|(k, _)| k == key) {
+            Some((_, Some(new))) => writer.add_metadata(key.clone(), new.clone()).unwrap(),
+            Some((_, None)) => {}
+            None => writer.add_metadata(key.clone(), value.clone()).unwrap(),
+        }
+    }
+    for (key, value) in changes {
+        if let (None, Some(value)) = (file.get(key), value) {
+            writer.add_metadata(key.to_string(), value.clone()).unwrap();
+        }
+    }
+    writer.write(path).unwrap();
+    GgufFile::open(path).unwrap()
+}
+
+/// A GGUF string array.
+pub fn strings(values: &[String]) -> GgufValue {
+    GgufValue::Array {
+        elem: GgufValueType::String,
+        values: values.iter().map(|s| GgufValue::String(s.clone())).collect(),
+    }
+}
