@@ -227,5 +227,8 @@ fn json_log_floats_read_back_exactly() {
     let value = 33416618.059487686_f64;
     let text = serde_json::to_string(&serde_json::json!({ "flops_per_second": value })).unwrap();
     let back: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(back["flops_per_second"].as_f64().unwrap().to_bits(), value.to_bits());
+    assert_eq!(
+        back["flops_per_second"].as_f64().unwrap().to_bits(),
+        value.to_bits()
+    );
 }

@@ -399,3 +399,49 @@ fn bad_settings_are_typed_errors() {
     assert!(LoraAdapters::attach(&mut policy, &LoraConfig::new(17, 8.0)).is_err());
     assert!(policy.forward(&ids, &mask).unwrap().equal(&before));
 }
+
+/// The Llama family gets LoRA through the shared decoder: on the committed Llama (untied, llama3 RoPE),
+/// Qwen2 (q / k / v biases), Qwen3 (q / k norms) and Mistral (sliding window) fixtures, fresh adapters on the
+/// seven projections of every layer leave the logits bit for bit, nonzero `B` changes them, and switched off
+/// the model is the base again, bit for bit.
+#[test]
+fn llama_family_models_take_adapters_through_the_shared_decoder() {
+    use tch_rpo::models::decoder::{LoadOptions, WeightSource};
+    use tch_rpo::models::llama::{Llama, LlamaPolicy};
+    for label in ["llama_tiny", "qwen2_tiny", "qwen3_tiny", "mistral_tiny"] {
+        let (vs, model) = Llama::load(
+            WeightSource::HfDir(&lora_support::fixture(label)),
+            &LoadOptions::new(Device::Cpu, Kind::Float),
+        )
+        .unwrap();
+        let mut policy = LlamaPolicy::new(vs, model);
+        let config = policy.model().config().clone();
+        let (ids, mask) = inputs(config.vocab_size, 5);
+        let base_logits = policy.forward(&ids, &mask).unwrap();
+        assert_eq!(
+            policy.default_lora_targets(),
+            GEMMA_LORA_TARGETS.map(String::from),
+            "{label}"
+        );
+        let adapters = seeded(11, || LoraAdapters::attach(&mut policy, &LoraConfig::new(4, 8.0))).unwrap();
+        assert_eq!(
+            adapters.paths().len(),
+            7 * config.num_hidden_layers as usize,
+            "{label}"
+        );
+        assert!(
+            policy.forward(&ids, &mask).unwrap().equal(&base_logits),
+            "{label}: B = 0"
+        );
+        randomize_b(&adapters, 12, 0.5);
+        assert!(
+            !policy.forward(&ids, &mask).unwrap().equal(&base_logits),
+            "{label}: B ≠ 0"
+        );
+        assert!(adapters.set_enabled(false));
+        assert!(
+            policy.forward(&ids, &mask).unwrap().equal(&base_logits),
+            "{label}: off"
+        );
+    }
+}
