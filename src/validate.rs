@@ -1,6 +1,8 @@
 //! Input checks shared by the public functions. Each returns a typed [`Error`] naming the argument.
 
-use crate::error::{Error, InputError, Result, WeightsError};
+#[cfg(any(feature = "gemma", feature = "llama", feature = "lora"))]
+use crate::error::WeightsError;
+use crate::error::{Error, InputError, Result};
 use tch::{Kind, Tensor};
 
 /// Whether `kind` is a floating-point dtype this crate computes with.

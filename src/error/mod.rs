@@ -182,6 +182,7 @@ mod tests {
                 Error::Checkpoint(_) => "checkpoint",
                 Error::Gguf(_) => "gguf",
                 Error::Weights(_) => "weights",
+                Error::Lora(_) => "lora",
                 Error::Io { .. } => "io",
                 Error::OutOfMemory { .. } => "out of memory",
                 Error::LibtorchLoad { .. } => "libtorch load",

@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 
 use tch::Tensor;
 
-use crate::error::{DistError, Error, Result};
+#[cfg(feature = "dist")]
+use crate::error::DistError;
+use crate::error::{Error, Result};
 
 #[cfg(feature = "dist")]
 use crate::dist::{
@@ -224,6 +226,7 @@ impl Collective {
     }
 
     /// The error for a collective operation `op` that failed on another rank.
+    #[cfg(feature = "dist")]
     pub(crate) fn peer_failure(&self, op: &'static str, message: String) -> Error {
         Error::Dist(DistError::Failed {
             op,
@@ -231,6 +234,16 @@ impl Collective {
             world_size: self.world_size(),
             message,
         })
+    }
+
+    /// Without `dist` there is no other rank: reaching this is a bug ([`Error::Internal`]).
+    #[cfg(not(feature = "dist"))]
+    pub(crate) fn peer_failure(&self, op: &'static str, message: String) -> Error {
+        Error::Internal {
+            what: format!(
+                "collective `{op}` reported another rank's failure in a one-process run: {message}"
+            ),
+        }
     }
 }
 

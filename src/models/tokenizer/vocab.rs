@@ -87,7 +87,8 @@ pub(crate) struct GgufVocab {
     pub pad: Option<usize>,
     /// `tokenizer.ggml.add_bos_token` (default true).
     pub add_bos: bool,
-    /// `tokenizer.ggml.add_eos_token` (default false).
+    /// `tokenizer.ggml.add_eos_token` (default false; read by Gemma's tokenizer export).
+    #[cfg_attr(not(feature = "gemma"), allow(dead_code))]
     pub add_eos: bool,
 }
 
