@@ -105,6 +105,10 @@ impl ParameterMismatch {
 
     /// Compares `given` (name, shape) pairs with `expected` (name → shape): every expected name present
     /// once with its shape, nothing else; a name given twice is listed in `duplicated` (and compared once).
+    #[cfg_attr(
+        not(any(feature = "train", feature = "gemma", feature = "llama", feature = "lora")),
+        allow(dead_code)
+    )]
     pub(crate) fn compare<'a>(
         expected: &BTreeMap<String, Vec<i64>>,
         given: impl IntoIterator<Item = (&'a str, Vec<i64>)>,
@@ -135,6 +139,10 @@ impl ParameterMismatch {
     }
 
     /// `Ok(())` when nothing differs, else [`WeightsError::Parameters`] for `origin` (lists sorted by name).
+    #[cfg_attr(
+        not(any(feature = "train", feature = "gemma", feature = "llama", feature = "lora")),
+        allow(dead_code)
+    )]
     pub(crate) fn into_result(mut self, origin: &str, expected_by: &str) -> Result<()> {
         if self.is_empty() {
             return Ok(());
