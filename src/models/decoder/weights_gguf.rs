@@ -113,3 +113,53 @@ pub(crate) fn load_gguf(
     }
     Ok(())
 }
+
+/// The metadata of one architecture (`<arch>.<key>`) and the tokenizer (`tokenizer.ggml.<key>`) of a GGUF
+/// file, read as a family's configuration needs them.
+pub(crate) struct GgufMetadata<'a> {
+    pub(crate) file: &'a GgufFile,
+    /// `general.architecture` (the key prefix).
+    pub(crate) arch: &'a str,
+}
+
+impl GgufMetadata<'_> {
+    /// `<arch>.<key>` as an i64. Errors: those of [`GgufFile::get_u64`]; [`config_error`] beyond i64.
+    pub(crate) fn int(&self, key: &str) -> Result<i64> {
+        let arch = self.arch;
+        let v = self.file.get_u64(&format!("{arch}.{key}"))?;
+        i64::try_from(v)
+            .map_err(|_| config_error("gguf metadata", format!("{arch}.{key} = {v} is too large")))
+    }
+
+    /// `<arch>.<key>` as an f64, when present.
+    pub(crate) fn optional_f64(&self, key: &str) -> Result<Option<f64>> {
+        let key = format!("{}.{key}", self.arch);
+        match self.file.get(&key) {
+            Some(_) => Ok(Some(self.file.get_f64(&key)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// `tokenizer.ggml.<key>` as an i64 token id, when present.
+    pub(crate) fn token_id(&self, key: &str) -> Result<Option<i64>> {
+        let key = format!("tokenizer.ggml.{key}");
+        match self.file.get(&key) {
+            Some(_) => Ok(Some(self.file.get_i64(&key)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The vocabulary size: the length of `tokenizer.ggml.tokens`, else the rows of `token_embd.weight`.
+    pub(crate) fn vocab_size(&self) -> Result<i64> {
+        Ok(match self.file.get("tokenizer.ggml.tokens") {
+            Some(_) => self.file.get_array("tokenizer.ggml.tokens")?.len() as i64,
+            None => self
+                .file
+                .tensor_info("token_embd.weight")?
+                .shape
+                .first()
+                .copied()
+                .unwrap_or(0),
+        })
+    }
+}

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 
 use tch::nn;
 
-use super::config::{config_error, GemmaConfig, TokenIds};
+use super::config::{GemmaConfig, TokenIds};
 use crate::error::{Error, Result, WeightsError};
 use crate::gguf::GgufFile;
-use crate::models::decoder::weights_gguf::{check_gguf, load_gguf};
+use crate::models::decoder::weights_gguf::{check_gguf, load_gguf, GgufMetadata};
 
 /// The GGUF name of a Hugging Face parameter name of a Gemma 3 model (llama.cpp's naming), or `None` for a
 /// name that has no GGUF counterpart.
@@ -66,33 +66,11 @@ impl GemmaConfig {
                 supported: "gemma3 (GGUF general.architecture)",
             }));
         }
-        let int = |key: &str| -> Result<i64> {
-            let v = file.get_u64(&format!("gemma3.{key}"))?;
-            i64::try_from(v).map_err(|_| config_error("gemma3.*", format!("gemma3.{key} = {v} is too large")))
-        };
-        let optional_f64 = |key: &str| -> Result<Option<f64>> {
-            let key = format!("gemma3.{key}");
-            match file.get(&key) {
-                Some(_) => Ok(Some(file.get_f64(&key)?)),
-                None => Ok(None),
-            }
-        };
-        let token_id = |key: &str| -> Result<Option<i64>> {
-            let key = format!("tokenizer.ggml.{key}");
-            match file.get(&key) {
-                Some(_) => Ok(Some(file.get_i64(&key)?)),
-                None => Ok(None),
-            }
-        };
-        let vocab_size = match file.get("tokenizer.ggml.tokens") {
-            Some(_) => file.get_array("tokenizer.ggml.tokens")?.len() as i64,
-            None => file
-                .tensor_info("token_embd.weight")?
-                .shape
-                .first()
-                .copied()
-                .unwrap_or(0),
-        };
+        let meta = GgufMetadata { file, arch: "gemma3" };
+        let int = |key: &str| meta.int(key);
+        let optional_f64 = |key: &str| meta.optional_f64(key);
+        let token_id = |key: &str| meta.token_id(key);
+        let vocab_size = meta.vocab_size()?;
         let heads = int("attention.head_count")?;
         let head_dim = match file.get("gemma3.attention.key_length") {
             Some(_) => int("attention.key_length")?,

@@ -15,7 +15,7 @@ use super::config::{LlamaArch, LlamaConfig};
 use crate::error::{Error, Result, WeightsError};
 use crate::gguf::GgufFile;
 use crate::models::decoder::spec::config_error;
-use crate::models::decoder::weights_gguf::{check_gguf, load_gguf};
+use crate::models::decoder::weights_gguf::{check_gguf, load_gguf, GgufMetadata};
 use crate::models::decoder::TokenIds;
 
 /// llama.cpp's RoPE frequency factors (read into [`LlamaConfig::rope_freq_factors`], not a parameter).
@@ -118,40 +118,17 @@ impl LlamaConfig {
                 ));
             }
         }
-        let int = |key: &str| -> Result<i64> {
-            let v = file.get_u64(&format!("{arch}.{key}"))?;
-            i64::try_from(v)
-                .map_err(|_| config_error("gguf metadata", format!("{arch}.{key} = {v} is too large")))
-        };
+        let meta = GgufMetadata { file, arch: &arch };
+        let int = |key: &str| meta.int(key);
         let optional_int = |key: &str| -> Result<Option<i64>> {
             match file.get(&format!("{arch}.{key}")) {
                 Some(_) => Ok(Some(int(key)?)),
                 None => Ok(None),
             }
         };
-        let optional_f64 = |key: &str| -> Result<Option<f64>> {
-            let key = format!("{arch}.{key}");
-            match file.get(&key) {
-                Some(_) => Ok(Some(file.get_f64(&key)?)),
-                None => Ok(None),
-            }
-        };
-        let token_id = |key: &str| -> Result<Option<i64>> {
-            let key = format!("tokenizer.ggml.{key}");
-            match file.get(&key) {
-                Some(_) => Ok(Some(file.get_i64(&key)?)),
-                None => Ok(None),
-            }
-        };
-        let vocab_size = match file.get("tokenizer.ggml.tokens") {
-            Some(_) => file.get_array("tokenizer.ggml.tokens")?.len() as i64,
-            None => file
-                .tensor_info("token_embd.weight")?
-                .shape
-                .first()
-                .copied()
-                .unwrap_or(0),
-        };
+        let optional_f64 = |key: &str| meta.optional_f64(key);
+        let token_id = |key: &str| meta.token_id(key);
+        let vocab_size = meta.vocab_size()?;
         let heads = int("attention.head_count")?;
         let hidden = int("embedding_length")?;
         let config = Self {
