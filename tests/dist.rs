@@ -9,7 +9,7 @@ mod rank_support;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rank_support::{stream, wait_all};
+use rank_support::{free_port, stream, wait_all, worker_command};
 
 use proptest::prelude::*;
 use tch::{Device, Kind, Tensor};
@@ -24,14 +24,6 @@ use tch_rpo::{DistError, InputError};
 // ---------------------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------------------
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn lookup<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
     move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
@@ -647,39 +639,21 @@ fn worker_failure() {
     println!("POISONED");
 }
 
-fn worker_command(role: &str) -> Command {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args([
-        "--exact",
-        "dist_worker_entry",
-        "--nocapture",
-        "--test-threads",
-        "1",
-    ])
-    .env(WORKER, role)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
+fn worker(role: &str) -> Command {
+    let mut c = worker_command("dist_worker_entry");
+    c.env(WORKER, role);
     c
 }
 
-/// Spawns `world` ranks with the launcher variables set by hand.
+/// Spawns `world` ranks of the worker `role` with the launcher variables set by hand.
 fn spawn_ranks(role: &str, world: usize, extra: &[(&str, String)]) -> Vec<Child> {
-    let port = free_port();
-    (0..world)
-        .map(|r| {
-            let mut c = worker_command(role);
-            c.env("RANK", r.to_string())
-                .env("WORLD_SIZE", world.to_string())
-                .env("LOCAL_RANK", r.to_string())
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", port.to_string())
-                .env_remove("TORCHELASTIC_USE_AGENT_STORE");
-            for (k, v) in extra {
-                c.env(k, v);
-            }
-            c.spawn().unwrap()
-        })
-        .collect()
+    rank_support::spawn_ranks(world, || {
+        let mut c = worker(role);
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        c
+    })
 }
 
 #[test]

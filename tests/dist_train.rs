@@ -10,10 +10,10 @@ mod example_support;
 mod rank_support;
 mod train_support;
 
-use rank_support::{stream, wait_all};
+use rank_support::{free_port, run_to_end, stream, wait_all, worker_command};
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use example_support::{read_metrics, run_example_ok};
@@ -289,52 +289,18 @@ fn dist_train_worker_entry() {
 // Parent side
 // ---------------------------------------------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn spawn_ranks(role: &str, dir: &Path) -> Vec<Child> {
-    let port = free_port();
-    (0..2)
-        .map(|r| {
-            Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "dist_train_worker_entry",
-                    "--nocapture",
-                    "--test-threads",
-                    "1",
-                ])
-                .env(WORKER, role)
-                .env(DIR, dir)
-                .env("RANK", r.to_string())
-                .env("WORLD_SIZE", "2")
-                .env("LOCAL_RANK", r.to_string())
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", port.to_string())
-                .env("OMP_NUM_THREADS", "1")
-                .env_remove("TORCHELASTIC_USE_AGENT_STORE")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap()
-        })
-        .collect()
+    rank_support::spawn_ranks(2, || {
+        let mut c = worker_command("dist_train_worker_entry");
+        c.env(WORKER, role).env(DIR, dir).env("OMP_NUM_THREADS", "1");
+        c
+    })
 }
 
 /// Runs `role` on 2 ranks to completion; returns their stdout lines.
 fn run_ranks(role: &str, dir: &Path) -> Vec<(usize, String)> {
     let mut children = spawn_ranks(role, dir);
-    let rx = stream(&mut children);
-    let codes = wait_all(&mut children, Duration::from_secs(240));
-    // the reader threads end with the children's stdout
-    std::thread::sleep(Duration::from_millis(50));
-    let lines: Vec<(usize, String)> = rx.try_iter().collect();
-    assert_eq!(codes, vec![Some(0), Some(0)], "{role}: {lines:?}");
+    let lines = run_to_end(&mut children, Duration::from_secs(240), role);
     for r in 0..2 {
         let done = format!("WORKER_DONE rank={r}");
         assert!(lines.iter().any(|(_, l)| l.ends_with(&done)), "{role}: {lines:?}");

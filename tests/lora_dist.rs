@@ -7,11 +7,10 @@ mod lora_support;
 mod rank_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use lora_support::{gemma3_config, random_policy, seeded};
-use rank_support::{stream, wait_all};
+use rank_support::{run_to_end, worker_command};
 use serde_json::Value;
 use tch::Tensor;
 use tch_rpo::data::{
@@ -113,46 +112,13 @@ fn lora_dist_worker_entry() {
     println!("WORKER_DONE rank={rank}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn run_ranks(dir: &Path) {
-    let port = free_port();
-    let mut children: Vec<_> = (0..2)
-        .map(|r| {
-            Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "lora_dist_worker_entry",
-                    "--nocapture",
-                    "--test-threads",
-                    "1",
-                ])
-                .env(WORKER, "1")
-                .env(DIR, dir)
-                .env("RANK", r.to_string())
-                .env("WORLD_SIZE", "2")
-                .env("LOCAL_RANK", r.to_string())
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", port.to_string())
-                .env("OMP_NUM_THREADS", "1")
-                .env_remove("TORCHELASTIC_USE_AGENT_STORE")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let rx = stream(&mut children);
-    let codes = wait_all(&mut children, Duration::from_secs(240));
-    std::thread::sleep(Duration::from_millis(50));
-    let lines: Vec<(usize, String)> = rx.try_iter().collect();
-    assert_eq!(codes, vec![Some(0), Some(0)], "{lines:?}");
+    let mut children = rank_support::spawn_ranks(2, || {
+        let mut c = worker_command("lora_dist_worker_entry");
+        c.env(WORKER, "1").env(DIR, dir).env("OMP_NUM_THREADS", "1");
+        c
+    });
+    run_to_end(&mut children, Duration::from_secs(240), "lora_dist");
 }
 
 fn read_json(path: &Path) -> Value {
