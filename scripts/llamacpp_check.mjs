@@ -19,11 +19,11 @@
 //                                                           parsing off ("plain") and on ("special")
 //     "generate": [{"tokens": [ids], "top": [[[id, logprob], ...], ...]}]
 //   }
-// Generation is greedy (temperature 0, no repeat penalty, no other sampler) and evaluates the prompt ids as
-// given (no BOS added); `top[s]` lists the `top_k` most likely next tokens at step s with their log-softmax of
-// llama.cpp's raw logits (the probabilities node-llama-cpp returns for the greedy sampler are
-// softmax(logits) over the whole vocabulary, computed in f32). `tokens[s]` is the argmax at step s and is fed
-// back for step s + 1; an end-of-generation token does not stop it.
+// The context keeps keys and values in f32 (not llama.cpp's default f16) and does not use flash attention.
+// Generation is greedy (no repeat penalty) and evaluates the prompt ids as given (no BOS added); `top[s]` lists
+// the `top_k` most likely next tokens at step s, best first, with their log-softmax over those `top_k` raw
+// logits (computed in f32): differences between them are llama.cpp's logit differences. `tokens[s]` is the
+// argmax at step s and is fed back for step s + 1; an end-of-generation token does not stop it.
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -76,12 +76,21 @@ if ((request.generate ?? []).length > 0) {
   const context = await model.createContext({
     contextSize: Math.max(256, longest + 8),
     sequences: 1,
-    threads: 2,
+    threads: 1,
+    // f32 keys and values and no flash attention: the cache adds no f16 rounding of its own.
+    experimentalKvCacheKeyType: "F32",
+    experimentalKvCacheValueType: "F32",
+    flashAttention: false,
+    swaFullCache: true,
     lora: request.lora ? { adapters: [{ filePath: request.lora.path, scale: request.lora.scale ?? 1 }] } : undefined,
   });
   const sequence = context.getSequence();
-  const next = { generateNext: { token: true, probabilities: true, options: { temperature: 0 } } };
   for (const { prompt, n, top_k: topK = 8 } of request.generate) {
+    // Sampler chain: top-k, then temperature 1 (the logits unchanged); no penalty. node-llama-cpp returns
+    // softmax over the kept candidates, so log p_i − log p_j is llama.cpp's logit difference. The token
+    // fed back is the first candidate (the argmax); the sampled one is ignored. (A full-vocabulary
+    // probability list costs ~0.7 s per step for a 262,144-token vocabulary.)
+    const next = { generateNext: { token: true, probabilities: true, options: { temperature: 1, topK, seed: 0 } } };
     if (!Array.isArray(prompt) || prompt.length === 0 || !(n > 0)) {
       fail("each \"generate\" item needs a non-empty \"prompt\" id list and \"n\" > 0");
     }
@@ -100,9 +109,9 @@ if ((request.generate ?? []).length > 0) {
         if (best.length === topK) break;
         best.push([id, Math.log(p)]);
       }
-      tokens.push(result.next.token);
+      tokens.push(best[0][0]);
       top.push(best);
-      input = [[result.next.token, next]];
+      input = [[best[0][0], next]];
     }
     out.generate.push({ tokens, top });
   }
