@@ -6,7 +6,7 @@
 //! | | Hugging Face folder | GGUF file |
 //! |---|---|---|
 //! | architectures | `LlamaForCausalLM`, `Qwen2ForCausalLM`, `Qwen3ForCausalLM`, `MistralForCausalLM` | `general.architecture` `llama` (Llama, SmolLM2, Mistral without a window), `qwen2`, `qwen3` |
-//! | weights | `model.safetensors`, f32 / bf16 / f16, Hugging Face names | F32 / F16 / BF16 / Q8_0 matrices, 1-D tensors (norms, biases, RoPE factors) F32; llama.cpp's names; q / k rows of `llama` files permuted per head ([`permute_rows`](super::permute_rows)) |
+//! | weights | `model.safetensors`, f32 / bf16 / f16, Hugging Face names | F32 / F16 / BF16 / Q8_0 matrices, 1-D tensors (norms, biases, RoPE factors) F32; llama.cpp's names; q / k rows of `llama` files permuted per head ([`permute_rows`]) |
 //! | configuration | `config.json` (every switch written out), `generation_config.json` | `A.*` hyper-parameters; Llama 3 RoPE scaling as `rope_freqs.weight` |
 //! | tokenizer | copied from a folder | the `tokenizer.*` metadata of a GGUF (e.g. a byte-level BPE: `tokenizer.ggml.model` = `gpt2`, `pre`, tokens, types, merges, special ids, chat template) |
 //!
@@ -58,7 +58,7 @@ fn ordered_parameters<'p>(
 /// # Errors
 /// Those of [`LlamaConfig::validate`]; [`InputError::Config`] naming `rope_freqs.weight` for a
 /// configuration read from a GGUF file with llama.cpp's RoPE frequency factors (a `config.json` has no
-/// field for them); [`InputError::DType`](crate::InputError::DType) for a `kind` other than Float,
+/// field for them); [`InputError::DType`] for a `kind` other than Float,
 /// BFloat16, Half.
 pub fn hf_config_json(config: &LlamaConfig, kind: Kind) -> Result<Value> {
     config.validate()?;
@@ -172,7 +172,7 @@ pub fn generation_config_json(config: &LlamaConfig) -> Value {
 /// `parameters` do not match `config`; [`WeightsError::NonFinite`](crate::WeightsError::NonFinite);
 /// [`DataError::Tokenizer`] for a [`TokenizerSource::Gguf`] (building `tokenizer.json` from a GGUF
 /// byte-level BPE vocabulary is not implemented) or a tokenizer folder without tokenizer files;
-/// [`InputError::InvalidPath`](crate::InputError::InvalidPath),
+/// [`InputError::InvalidPath`],
 /// [`CheckpointError::Invalid`](crate::CheckpointError::Invalid), [`Error::Io`], [`Error::Torch`] as
 /// Gemma's. Nothing is written when the arguments are refused.
 pub fn save_pretrained(
@@ -288,15 +288,15 @@ fn check_representable(config: &LlamaConfig) -> Result<()> {
 ///   attention.layer_norm_rms_epsilon, rope.freq_base}`.
 /// - Tensors: `rope_freqs.weight` first when the model has RoPE frequency factors
 ///   ([`rope_freq_factors`]); then every parameter under llama.cpp's name
-///   ([`gguf_tensor_name`](super::gguf_tensor_name)), dimensions fastest-first, matrices as `ty` (a matrix
+///   ([`gguf_tensor_name`]), dimensions fastest-first, matrices as `ty` (a matrix
 ///   whose rows are not a multiple of 32 values is F16 in a Q8_0 file), 1-D tensors (norms, biases, q / k
 ///   norms) F32; for `llama` files the q / k projection rows (and biases) permuted per head
-///   ([`permute_rows`](super::permute_rows), keys with the key / value head count), as the converter does.
+///   ([`permute_rows`], keys with the key / value head count), as the converter does.
 ///
 /// Returns the file's size in bytes; written atomically (see [`crate::atomic`]).
 ///
 /// # Errors
-/// [`InputError::InvalidPath`](crate::InputError::InvalidPath) for `path`;
+/// [`InputError::InvalidPath`] for `path`;
 /// [`GgufError::Invalid`](crate::GgufError::Invalid) for a `ty` other than F32, F16, BF16, Q8_0;
 /// [`InputError::Config`] naming `sliding_window` for a window shorter than the context, `vocab_size`
 /// when the tokenizer's token count differs, a size beyond `u32`, and those of
@@ -319,11 +319,13 @@ pub fn save_gguf(
     let source = match tokenizer {
         TokenizerSource::None => None,
         TokenizerSource::Gguf(file) => Some(file),
-        TokenizerSource::HfDir(dir) => return Err(Error::Data(DataError::Tokenizer(format!(
+        TokenizerSource::HfDir(dir) => {
+            return Err(Error::Data(DataError::Tokenizer(format!(
             "{}: a GGUF export takes its tokenizer from a GGUF file's metadata; converting a Hugging Face \
                  tokenizer folder is not implemented",
             dir.display()
-        )))),
+        ))))
+        }
     };
     if let Some(file) = source {
         let tokens = file.get_array("tokenizer.ggml.tokens")?.len() as i64;

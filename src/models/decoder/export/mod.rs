@@ -1,5 +1,5 @@
 //! What every family's writers share: [`TokenizerSource`], the Hugging Face folder writer
-//! ([`write_hf_folder`]) and the llama.cpp GGUF writer ([`GgufExport`]). The families
+//! (`write_hf_folder`) and the llama.cpp GGUF writer (`GgufExport`). The families
 //! ([`gemma::export`](crate::models::gemma::export), [`llama::export`](crate::models::llama::export)) only
 //! say what is theirs: the `config.json` fields, the GGUF architecture and hyper-parameter keys, the GGUF
 //! tensor names and how a tensor is stored (Gemma's `1 + w` norms, the Llama q / k row permutation).

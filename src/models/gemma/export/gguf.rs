@@ -87,7 +87,7 @@ fn check_representable(config: &GemmaConfig) -> Result<()> {
 ///   converter does), 1-D tensors (the norms) as F32; every RMSNorm weight stored as `1 + w` (computed in
 ///   f32), the GGUF convention for Gemma.
 ///
-/// Returns the file's size in bytes. The file is written atomically (see [`GgufWriter::write`] and
+/// Returns the file's size in bytes. The file is written atomically (see [`GgufWriter::write`](crate::gguf::GgufWriter::write) and
 /// [`crate::atomic`]): under `path` there is only ever a complete GGUF, the earlier one or the new one.
 ///
 /// # Errors

@@ -147,8 +147,8 @@ pub fn generation_config_json(config: &GemmaConfig) -> Value {
 /// (`model.safetensors.index.json`); [`WeightsError::Parameters`](crate::WeightsError::Parameters) when `parameters` do not match `config`
 /// (missing, unexpected, reshaped or given twice);
 /// [`WeightsError::NonFinite`](crate::WeightsError::NonFinite) for a parameter holding NaN or ±inf (nothing is written); those of
-/// [`hf_config_json`] and [`hf_tokenizer_files`]; [`Error::Io`] for a file that cannot be written or copied;
-/// [`Error::Torch`] if libtorch fails (e.g. writing the safetensors file). Nothing is written when the
+/// [`hf_config_json`] and [`hf_tokenizer_files`]; [`Error::Io`](crate::Error::Io) for a file that cannot be written or copied;
+/// [`Error::Torch`](crate::Error::Torch) if libtorch fails (e.g. writing the safetensors file). Nothing is written when the
 /// arguments are refused.
 pub fn save_pretrained(
     dir: &Path,
