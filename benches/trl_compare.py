@@ -20,8 +20,10 @@ Subcommands:
          Step times of an rpo_gemma run, read from the trainer's JSON Lines log.
   rss    JSON KB
          Adds the peak RSS measured by /usr/bin/time -v to a result file.
+  failed --impl NAME --reason TEXT --out JSON
+         Records a run that did not finish (e.g. out of memory) so that the table shows it.
   table  JSON...
-         Prints the comparison table (median s/step, peak RSS, tokens/s, ratios to TRL).
+         Prints the comparison table (median s/step, peak RSS, tokens/s, ratios to TRL; failed runs say why).
 
 Only benches/trl_compare.sh installs TRL / transformers (into the project's venv, when it runs).
 """
@@ -162,6 +164,10 @@ def cmd_ours(args):
     print(json.dumps(result))
 
 
+def cmd_failed(args):
+    json.dump({"impl": args.impl, "failed": args.reason, "step_seconds": []}, open(args.out, "w"))
+
+
 def cmd_rss(args):
     result = json.load(open(args.json))
     result["max_rss_kb"] = args.kb
@@ -169,15 +175,19 @@ def cmd_rss(args):
 
 
 def median_step(r):
-    return statistics.median(r["step_seconds"][1:] or r["step_seconds"])  # the first step warms up
+    seconds = r["step_seconds"][1:] or r["step_seconds"]  # the first step warms up
+    return statistics.median(seconds) if seconds else float("nan")
 
 
 def cmd_table(args):
     rows = [json.load(open(path)) for path in args.results]
-    trl = {r.get("gc", False): r for r in rows if r["impl"].startswith("TRL")}
+    trl = {r.get("gc", False): r for r in rows if r["impl"].startswith("TRL") and not r.get("failed")}
     print("| run | steps | median s/step | peak RSS (GB) | tokens/s | time vs TRL | RSS vs TRL | RSS vs TRL +gc |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        if r.get("failed"):
+            print(f"| {r['impl']} | – | {r['failed']} | – | – | – | – | – |")
+            continue
         med = median_step(r)
         rss = r["max_rss_kb"] / 1e6 if r.get("max_rss_kb") else float("nan")
         tps = f"{r['tokens_per_step'] / med:.0f}" if r.get("tokens_per_step") else "–"
@@ -224,11 +234,15 @@ def main():
     p = sub.add_parser("rss")
     p.add_argument("json")
     p.add_argument("kb", type=int)
+    p = sub.add_parser("failed")
+    p.add_argument("--impl", required=True)
+    p.add_argument("--reason", required=True)
+    p.add_argument("--out", required=True)
     p = sub.add_parser("table")
     p.add_argument("results", nargs="+")
     args = parser.parse_args()
     {"data": cmd_data, "export": cmd_export, "trl": cmd_trl, "ours": cmd_ours, "rss": cmd_rss,
-     "table": cmd_table}[args.command](args)
+     "failed": cmd_failed, "table": cmd_table}[args.command](args)
 
 
 if __name__ == "__main__":

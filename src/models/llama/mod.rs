@@ -20,7 +20,8 @@
 //!
 //! [`Llama::load`] builds the model from a [`WeightSource`]: a Hugging Face folder (`config.json` and
 //! safetensors, single or sharded), a llama.cpp GGUF file (`llama` / `qwen2` / `qwen3`; llama.cpp's names,
-//! q / k rows of `llama` files un-permuted), or parameters in memory. Everything else is shared with
+//! q / k rows of `llama` files un-permuted), or parameters in memory; [`export`] writes it back as a
+//! Hugging Face folder or a GGUF file. Everything else is shared with
 //! Gemma: decoding ([`generate()`](crate::models::decoder::generate())), per-layer checkpointing
 //! ([`Llama::forward_hidden_checkpointed`]), and with `train` the trainer adapter `LlamaPolicy`.
 //!
@@ -41,6 +42,7 @@
 //! [`WeightSource`]: crate::models::decoder::WeightSource
 
 pub mod config;
+pub mod export;
 pub mod model;
 #[cfg(feature = "train")]
 pub mod policy;
@@ -50,4 +52,6 @@ pub use config::{LlamaArch, LlamaConfig, SUPPORTED_MODEL_TYPES};
 pub use model::Llama;
 #[cfg(feature = "train")]
 pub use policy::LlamaPolicy;
-pub use weights_gguf::{check_gguf_tensors, gguf_tensor_name, unpermute_rows, SUPPORTED_GGUF_ARCHITECTURES};
+pub use weights_gguf::{
+    check_gguf_tensors, gguf_tensor_name, permute_rows, unpermute_rows, SUPPORTED_GGUF_ARCHITECTURES,
+};

@@ -57,6 +57,21 @@ pub fn gguf_tensor_name(hf_name: &str) -> Option<String> {
     Some(format!("blk.{layer}.{gguf}.{kind}"))
 }
 
+/// llama.cpp's q / k row permutation (`LlamaModel.permute` of its converter): `rows` `[heads · head_dim,
+/// …]` viewed as `[heads, 2, head_dim / 2, …]` (the rotate-half layout) → `[heads, head_dim / 2, 2, …]`
+/// (interleaved pairs). [`unpermute_rows`] is its inverse. Errors: [`Error::Torch`] if the rows are not a
+/// multiple of `2 · heads`.
+pub fn permute_rows(rows: &Tensor, heads: i64) -> Result<Tensor> {
+    let size = rows.size();
+    let n = size.first().copied().unwrap_or(0);
+    let mut view = vec![heads, 2, n / heads.max(1) / 2];
+    view.extend_from_slice(&size[1..]);
+    Ok(rows
+        .f_reshape(view.as_slice())?
+        .f_transpose(1, 2)?
+        .f_reshape(size.as_slice())?)
+}
+
 /// Undoes llama.cpp's q / k row permutation: `rows` `[heads · head_dim, …]` viewed as `[heads, head_dim /
 /// 2, 2, …]` → `[heads, 2, head_dim / 2, …]` (the inverse of `LlamaModel.permute`). Errors:
 /// [`Error::Torch`] if the rows are not a multiple of `2 · heads`.

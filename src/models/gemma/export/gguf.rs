@@ -4,31 +4,15 @@ use std::path::Path;
 
 use tch::{Kind, Tensor};
 
-use super::{check_finite, ordered_parameters, TokenizerSource, SAVED};
-use crate::error::{DataError, Error, GgufError, InputError, Result, WeightsError};
-use crate::gguf::{GgmlType, GgufValue, GgufWriter};
+use super::{ordered_parameters, TokenizerSource};
+use crate::error::{DataError, Error, InputError, Result, WeightsError};
+use crate::gguf::{GgmlType, GgufValue};
+use crate::models::decoder::export::{check_export_type, check_finite, u32_value, GgufExport, SAVED};
 use crate::models::gemma::config::{Activation, GemmaArch, GemmaConfig};
 use crate::models::gemma::weights_gguf::gguf_tensor_name;
 
-/// llama.cpp's `general.file_type` (`LLAMA_FTYPE_*`) of a file whose matrices are `ty`.
-fn file_type(ty: GgmlType) -> u32 {
-    match ty {
-        GgmlType::F32 => 0,
-        GgmlType::F16 => 1,
-        GgmlType::Q8_0 => 7,
-        GgmlType::BF16 => 32,
-        _ => unreachable!("checked by save_gguf"),
-    }
-}
-
 fn config_error(name: &'static str, requirement: String) -> Error {
     Error::Input(InputError::Config { name, requirement })
-}
-
-fn u32_value(name: &'static str, value: i64) -> Result<GgufValue> {
-    u32::try_from(value)
-        .map(GgufValue::U32)
-        .map_err(|_| config_error(name, format!("{value} does not fit the GGUF u32 field")))
 }
 
 /// Checks that the GGUF readers (llama.cpp, transformers, [`GemmaConfig::from_gguf`]) will rebuild the
@@ -103,7 +87,7 @@ fn check_representable(config: &GemmaConfig) -> Result<()> {
 ///   converter does), 1-D tensors (the norms) as F32; every RMSNorm weight stored as `1 + w` (computed in
 ///   f32), the GGUF convention for Gemma.
 ///
-/// Returns the file's size in bytes. The file is written atomically (see [`GgufWriter::write`] and
+/// Returns the file's size in bytes. The file is written atomically (see [`GgufWriter::write`](crate::gguf::GgufWriter::write) and
 /// [`crate::atomic`]): under `path` there is only ever a complete GGUF, the earlier one or the new one.
 ///
 /// # Errors
@@ -125,15 +109,7 @@ pub fn save_gguf(
     tokenizer: TokenizerSource<'_>,
 ) -> Result<u64> {
     crate::atomic::check_file_target(path, "path")?;
-    if !matches!(
-        ty,
-        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0
-    ) {
-        return Err(Error::Gguf(GgufError::Invalid {
-            path: path.display().to_string(),
-            reason: format!("cannot export matrices as {ty}; choose F32, F16, BF16 or Q8_0"),
-        }));
-    }
+    check_export_type(path, ty)?;
     check_representable(config)?;
     let ordered = ordered_parameters(config, parameters, SAVED)?;
     check_finite(&ordered)?;
@@ -162,18 +138,7 @@ pub fn save_gguf(
         }
     }
 
-    let mut w = GgufWriter::new();
-    w.add_metadata("general.architecture", GgufValue::String("gemma3".into()))?;
-    w.add_metadata("general.type", GgufValue::String("model".into()))?;
-    if let Some(file) = source {
-        for key in ["name", "basename", "size_label", "license", "tags"] {
-            if let Some(value) = file.get(&format!("general.{key}")) {
-                w.add_metadata(format!("general.{key}"), value.clone())?;
-            }
-        }
-    }
-    w.add_metadata("general.file_type", GgufValue::U32(file_type(ty)))?;
-    w.add_metadata("general.quantization_version", GgufValue::U32(2))?;
+    let mut w = GgufExport::new("gemma3", ty, source)?;
     let (global, _) = config.rope_bases()?;
     let hparams: [(&str, GgufValue); 12] = [
         (
@@ -213,15 +178,9 @@ pub fn save_gguf(
         ),
         ("rope.freq_base", GgufValue::F32(global as f32)),
     ];
-    for (key, value) in hparams {
-        w.add_metadata(format!("gemma3.{key}"), value)?;
-    }
+    w.hparams(hparams.into())?;
     if let Some(file) = source {
-        for (key, value) in file.metadata() {
-            if key.starts_with("tokenizer.") {
-                w.add_metadata(key.clone(), value.clone())?;
-            }
-        }
+        w.copy_tokenizer(file)?;
     }
 
     // Norm weights are materialized as 1 + w (small); matrices are read and encoded while writing.
@@ -230,21 +189,10 @@ pub fn save_gguf(
             let gguf = gguf_tensor_name(name).ok_or_else(|| Error::Internal {
                 what: format!("checked Gemma 3 parameter `{name}` has no GGUF name"),
             })?;
-            if tensor.dim() == 1 {
-                let stored = if gguf.ends_with("norm.weight") {
-                    tensor.f_to_kind(Kind::Float)?.f_add_scalar(1.0)?
-                } else {
-                    tensor.f_to_kind(Kind::Float)?
-                };
-                w.add_tensor(gguf.as_str(), &stored, GgmlType::F32)?;
+            if gguf.ends_with("norm.weight") {
+                w.tensor(&gguf, &tensor.f_to_kind(Kind::Float)?.f_add_scalar(1.0)?)?;
             } else {
-                let row = tensor.size().last().copied().unwrap_or(0);
-                let matrix_type = if ty == GgmlType::Q8_0 && row % 32 != 0 {
-                    GgmlType::F16
-                } else {
-                    ty
-                };
-                w.add_tensor(gguf.as_str(), tensor, matrix_type)?;
+                w.tensor(&gguf, tensor)?;
             }
         }
         Ok(())

@@ -3,20 +3,13 @@
 use std::path::Path;
 
 use serde_json::{json, Value};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::tokenizer::hf_tokenizer_files;
-use super::{dtype_name, ordered_parameters, TokenizerSource, HF_TOKENIZER_FILES, SAVED};
-use crate::atomic::ExistingDir;
-use crate::error::{CheckpointError, DataError, Error, Result};
+use super::{ordered_parameters, TokenizerSource};
+use crate::error::Result;
+use crate::models::decoder::export::{check_finite, dtype_name, write_hf_folder, SAVED};
 use crate::models::gemma::config::{Activation, GemmaArch, GemmaConfig, TokenIds};
-
-fn checkpoint_error(path: &Path, reason: impl Into<String>) -> Error {
-    Error::Checkpoint(CheckpointError::Invalid {
-        path: path.display().to_string(),
-        reason: reason.into(),
-    })
-}
 
 /// The `config.json` of `config` for a folder saved in `kind`: every field `transformers` reads for the
 /// architecture, written out explicitly (none left to transformers' defaults), so that transformers and
@@ -124,29 +117,11 @@ pub fn hf_config_json(config: &GemmaConfig, kind: Kind) -> Result<Value> {
 
 /// The `generation_config.json` of `config`: its BOS, EOS and padding ids (those that are set).
 pub fn generation_config_json(config: &GemmaConfig) -> Value {
-    let mut out = serde_json::Map::new();
-    if let Some(id) = config.bos_token_id {
-        out.insert("bos_token_id".into(), json!(id));
-    }
-    match &config.eos_token_id {
-        Some(TokenIds::One(id)) => {
-            out.insert("eos_token_id".into(), json!(id));
-        }
-        Some(TokenIds::Many(ids)) => {
-            out.insert("eos_token_id".into(), json!(ids));
-        }
-        None => {}
-    }
-    if let Some(id) = config.pad_token_id {
-        out.insert("pad_token_id".into(), json!(id));
-    }
-    Value::Object(out)
-}
-
-fn write_json(path: &Path, value: &Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| checkpoint_error(path, format!("cannot serialize: {e}")))?;
-    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+    crate::models::decoder::export::generation_config_json(
+        config.bos_token_id,
+        config.eos_token_id.as_ref(),
+        config.pad_token_id,
+    )
 }
 
 /// Saves a Gemma model as a Hugging Face folder that `transformers` (`AutoModelForCausalLM` /
@@ -172,8 +147,8 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
 /// (`model.safetensors.index.json`); [`WeightsError::Parameters`](crate::WeightsError::Parameters) when `parameters` do not match `config`
 /// (missing, unexpected, reshaped or given twice);
 /// [`WeightsError::NonFinite`](crate::WeightsError::NonFinite) for a parameter holding NaN or ±inf (nothing is written); those of
-/// [`hf_config_json`] and [`hf_tokenizer_files`]; [`Error::Io`] for a file that cannot be written or copied;
-/// [`Error::Torch`] if libtorch fails (e.g. writing the safetensors file). Nothing is written when the
+/// [`hf_config_json`] and [`hf_tokenizer_files`]; [`Error::Io`](crate::Error::Io) for a file that cannot be written or copied;
+/// [`Error::Torch`](crate::Error::Torch) if libtorch fails (e.g. writing the safetensors file). Nothing is written when the
 /// arguments are refused.
 pub fn save_pretrained(
     dir: &Path,
@@ -184,69 +159,14 @@ pub fn save_pretrained(
 ) -> Result<()> {
     let config_json = hf_config_json(config, kind)?;
     let ordered = ordered_parameters(config, parameters, SAVED)?;
-    super::check_finite(&ordered)?;
-    crate::atomic::check_dir_target(dir, "dir", ExistingDir::ReplaceFiles)?;
-    let index = dir.join("model.safetensors.index.json");
-    if index.exists() {
-        return Err(checkpoint_error(
-            dir,
-            "holds a sharded checkpoint (model.safetensors.index.json); save into an empty folder",
-        ));
-    }
-    let tokenizer_files = match tokenizer {
-        TokenizerSource::Gguf(file) => Some(hf_tokenizer_files(file)?),
-        _ => None,
-    };
-    let copies: Vec<&str> = match tokenizer {
-        TokenizerSource::HfDir(source) => {
-            let found: Vec<&str> = HF_TOKENIZER_FILES
-                .into_iter()
-                .filter(|name| source.join(name).is_file())
-                .collect();
-            if found.is_empty() {
-                return Err(Error::Data(DataError::Tokenizer(format!(
-                    "{} holds none of the tokenizer files {HF_TOKENIZER_FILES:?}",
-                    source.display()
-                ))));
-            }
-            found
-        }
-        _ => Vec::new(),
-    };
-    crate::atomic::write_dir(dir, "dir", ExistingDir::ReplaceFiles, |tmp| {
-        write_json(&tmp.join("config.json"), &config_json)?;
-        write_json(
-            &tmp.join("generation_config.json"),
-            &generation_config_json(config),
-        )?;
-        let tensors = tch::no_grad(|| -> Result<Vec<(String, Tensor)>> {
-            ordered
-                .iter()
-                .map(|(name, t)| {
-                    let t = t
-                        .f_detach()?
-                        .f_to_device(Device::Cpu)?
-                        .f_to_kind(kind)?
-                        .f_contiguous()?;
-                    Ok((name.to_string(), t))
-                })
-                .collect()
-        })?;
-        Tensor::write_safetensors(&tensors, tmp.join("model.safetensors"))?;
-        drop(tensors);
-        if let Some((tokenizer_json, tokenizer_config)) = &tokenizer_files {
-            let path = tmp.join("tokenizer.json");
-            let text = serde_json::to_string(tokenizer_json)
-                .map_err(|e| checkpoint_error(&path, format!("cannot serialize: {e}")))?;
-            std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
-            write_json(&tmp.join("tokenizer_config.json"), tokenizer_config)?;
-        }
-        if let TokenizerSource::HfDir(source) = tokenizer {
-            for name in &copies {
-                let from = source.join(name);
-                std::fs::copy(&from, tmp.join(name)).map_err(|e| Error::io(&from, e))?;
-            }
-        }
-        Ok(())
-    })
+    check_finite(&ordered)?;
+    write_hf_folder(
+        dir,
+        &config_json,
+        &generation_config_json(config),
+        &ordered,
+        kind,
+        tokenizer,
+        &hf_tokenizer_files,
+    )
 }

@@ -46,40 +46,11 @@ pub use gguf::save_gguf;
 pub use hf::{generation_config_json, hf_config_json, save_pretrained};
 pub use tokenizer::hf_tokenizer_files;
 
-use std::path::Path;
-
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::config::GemmaConfig;
-use crate::error::{Error, InputError, Result};
-use crate::gguf::GgufFile;
-use crate::validate::finite_weight;
-
-/// Where the saved tokenizer comes from.
-#[derive(Debug, Clone, Copy)]
-pub enum TokenizerSource<'a> {
-    /// No tokenizer: the folder gets no tokenizer files, the GGUF no `tokenizer.*` metadata (llama.cpp then
-    /// cannot run it; transformers' `AutoTokenizer` cannot load it).
-    None,
-    /// The tokenizer metadata of a GGUF file (e.g. the one the model was loaded from): copied into a GGUF
-    /// export; turned into `tokenizer.json` / `tokenizer_config.json` for a folder ([`hf_tokenizer_files`]).
-    Gguf(&'a GgufFile),
-    /// A Hugging Face folder (e.g. the one the model was loaded from): its tokenizer files
-    /// ([`HF_TOKENIZER_FILES`]) are copied into a folder export. Not usable for a GGUF export.
-    HfDir(&'a Path),
-}
-
-/// The files [`TokenizerSource::HfDir`] copies when present.
-pub const HF_TOKENIZER_FILES: [&str; 5] = [
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "chat_template.jinja",
-];
-
-/// How the writers' errors name the parameters they were given.
-const SAVED: &str = "the parameters to save";
+use crate::error::Result;
+pub use crate::models::decoder::export::{TokenizerSource, HF_TOKENIZER_FILES};
 
 /// The parameters in file order (embedding, layers 0, 1, … each in a fixed order, final norm), checked
 /// against `config`: every parameter once with its shape, nothing else. `what` names the parameters in
@@ -97,28 +68,4 @@ pub(in crate::models::gemma) fn ordered_parameters<'p>(
         parameters,
         what,
     )
-}
-
-/// Refuses parameters that hold NaN or ±inf, in every export format (GGUF F32, F16, BF16, Q8_0; a Hugging
-/// Face folder in any dtype): [`WeightsError::NonFinite`](crate::WeightsError::NonFinite) naming the first such parameter, before anything
-/// is written. One `isfinite().all()` per parameter on its device.
-fn check_finite(ordered: &[(&str, &Tensor)]) -> Result<()> {
-    for (name, tensor) in ordered {
-        finite_weight(tensor, name, "the parameters to save")?;
-    }
-    Ok(())
-}
-
-/// Maps a `kind` to the safetensors / transformers dtype name, for the kinds a folder can be saved in.
-fn dtype_name(kind: Kind) -> Result<&'static str> {
-    match kind {
-        Kind::Float => Ok("float32"),
-        Kind::BFloat16 => Ok("bfloat16"),
-        Kind::Half => Ok("float16"),
-        other => Err(Error::Input(InputError::DType {
-            arg: "kind",
-            expected: "Float, BFloat16 or Half",
-            got: other,
-        })),
-    }
 }
