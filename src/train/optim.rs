@@ -269,6 +269,24 @@ impl AdamW {
         })
     }
 
+    /// Takes `originals` (name → the parameter's f32 values from before it was rounded to a low precision)
+    /// as the master copies of the low-precision parameters of those names, so that rounding a model's
+    /// parameters loses nothing from the optimizer's point of view. Names not trained here are ignored.
+    ///
+    /// # Errors
+    /// [`Error::Torch`] if an op fails.
+    pub(crate) fn adopt_masters(&mut self, originals: &[(String, Tensor)]) -> Result<()> {
+        for p in &mut self.params {
+            if p.master.is_none() {
+                continue;
+            }
+            if let Some((_, original)) = originals.iter().find(|(name, _)| *name == p.name) {
+                p.master = Some(tch::no_grad(|| original.f_detach()?.f_to_kind(Kind::Float))?);
+            }
+        }
+        Ok(())
+    }
+
     /// The hyper-parameters.
     pub fn config(&self) -> &AdamWConfig {
         &self.config
