@@ -525,36 +525,29 @@ impl UpdateSlots {
         step_size: f64,
         bias_correction2_sqrt: f64,
     ) -> Result<()> {
+        // PyTorch's single-tensor AdamW, in place: one temporary (the denominator) per block.
         let grad = grad.f_to_kind(Kind::Float)?;
-        let _ = self
-            .m
-            .f_mul_scalar_(c.beta1)?
-            .f_add_(&grad.f_mul_scalar(1.0 - c.beta1)?)?;
+        let _ = self.m.f_lerp_(&grad, 1.0 - c.beta1)?;
         let _ = self
             .v
             .f_mul_scalar_(c.beta2)?
-            .f_add_(&grad.f_square()?.f_mul_scalar(1.0 - c.beta2)?)?;
-        let denom = self
-            .v
-            .f_sqrt()?
-            .f_div_scalar(bias_correction2_sqrt)?
-            .f_add_scalar(c.eps)?;
-        let update = self.m.f_div(&denom)?.f_mul_scalar(step_size)?;
-        match &mut self.master {
-            Some(master) => {
-                if decay != 1.0 {
-                    let _ = master.f_mul_scalar_(decay)?;
-                }
-                let _ = master.f_sub_(&update)?;
-                self.param.f_copy_(master)?;
-            }
-            None => {
-                if decay != 1.0 {
-                    let _ = self.param.f_mul_scalar_(decay)?;
-                }
-                let kind = self.param.f_kind()?;
-                let _ = self.param.f_sub_(&update.f_to_kind(kind)?)?;
-            }
+            .f_addcmul_(&grad, &grad.f_mul_scalar(1.0 - c.beta2)?)?;
+        let mut denom = self.v.f_sqrt()?;
+        let _ = denom.f_div_scalar_(bias_correction2_sqrt)?.f_add_scalar_(c.eps)?;
+        let target = match &mut self.master {
+            Some(master) => master,
+            None => &mut self.param,
+        };
+        if decay != 1.0 {
+            let _ = target.f_mul_scalar_(decay)?;
+        }
+        if step_size != 0.0 {
+            // target − step_size · m / denom, as target + m / (denom · (−1 / step_size)).
+            let _ = denom.f_mul_scalar_(-1.0 / step_size)?;
+            let _ = target.f_addcdiv_(&self.m, &denom)?;
+        }
+        if let Some(master) = &self.master {
+            self.param.f_copy_(master)?;
         }
         Ok(())
     }
