@@ -273,3 +273,32 @@ fn phase_timing_reports_every_phase() {
 fn trainer_without_timing() -> RpoTrainer<GemmaPolicy> {
     trainer(policy(&configs()[1], 5), None).unwrap()
 }
+
+/// The gradient norm of bf16 parameters (computed from f32 copies of row blocks) equals the f64 norm of
+/// the bf16 gradients within f32 summation error: a sum of `n` squares in f32 is within `γ(n)` relative
+/// (`n·u_f32`, any order), and the square root halves it.
+#[test]
+fn bf16_gradient_norm_in_blocks() {
+    let u_f32 = 1.0 / 16_777_216.0;
+    for shape in [vec![3i64, 2_000_000], vec![7, 5], vec![11]] {
+        tch::manual_seed(1);
+        let w = Tensor::randn(&shape[..], (Kind::BFloat16, Device::Cpu)).set_requires_grad(true);
+        let c = Tensor::randn(&shape[..], (Kind::BFloat16, Device::Cpu));
+        let opt =
+            tch_rpo::train::AdamW::new(Default::default(), &[("w".to_string(), w.shallow_clone())]).unwrap();
+        (&w * &c).sum(Kind::BFloat16).backward();
+        let expected = w
+            .grad()
+            .to_kind(Kind::Double)
+            .square()
+            .sum(Kind::Double)
+            .sqrt()
+            .double_value(&[]);
+        let n = w.numel() as f64;
+        let got = opt.grad_norm().unwrap();
+        assert!(
+            (got - expected).abs() <= n * u_f32 * expected,
+            "{shape:?}: {got} vs {expected}"
+        );
+    }
+}

@@ -336,7 +336,22 @@ impl AdamW {
         let mut norms = Vec::with_capacity(self.params.len());
         for p in &self.params {
             if let Some(grad) = p.grad()? {
-                norms.push(grad.f_to_kind(Kind::Float)?.f_norm()?);
+                match grad.f_kind()? {
+                    Kind::Float | Kind::Double => norms.push(grad.f_to_kind(Kind::Float)?.f_norm()?),
+                    // Low precision: the norms of row blocks of at most UPDATE_BLOCK elements, each from
+                    // an f32 copy of its block (no f32 copy of a whole gradient, e.g. a 262,144-row head).
+                    _ => {
+                        let rows = grad.size().first().copied().unwrap_or(1).max(1);
+                        let flat = grad.f_reshape([rows, -1])?;
+                        let block_rows = (UPDATE_BLOCK / flat.size()[1].max(1)).clamp(1, rows);
+                        let mut start = 0;
+                        while start < rows {
+                            let len = block_rows.min(rows - start);
+                            norms.push(flat.f_narrow(0, start, len)?.f_to_kind(Kind::Float)?.f_norm()?);
+                            start += len;
+                        }
+                    }
+                }
             }
         }
         if norms.is_empty() {
