@@ -11,6 +11,7 @@
 #     "ours-bf16": --precision bf16; "trl-bf16": TRL with bf16=True; "ours-phases": `ours` with --phase-timing,
 #     whose phase table is printed after the main table; every `ours*` run but ours-bf16 is --precision f32)
 #   GC ("0 1": without / with per-layer gradient checkpointing)
+#   PHASE_TIMING (0; 1: every `ours*` run with --phase-timing, each one's phase table printed)
 #   PEAK_F32, PEAK_BF16 (GFLOP/s, e.g. from examples/matmul_peak.rs): the table's MFU column
 #   SKIP (names of runs to leave out, e.g. "ours-logits-gc"; a run's name is its RUNS entry, plus "-gc" with checkpointing)
 #   WORK (output/trl_compare: data set, the f32 transformers folder, logs)  PYTHON (.venv/bin/python)
@@ -58,7 +59,8 @@ for gc in $GC; do
       [ "$run" = ours-fused ] && cmd+=(--loss-path fused)
       precision=f32; [ "$run" = ours-bf16 ] && precision=bf16
       cmd+=(--precision "$precision")
-      [ "$run" = ours-phases ] && cmd+=(--phase-timing)
+      phases=0; { [ "$run" = ours-phases ] || [ "${PHASE_TIMING:-0}" = 1 ]; } && phases=1
+      [ "$phases" = 1 ] && cmd+=(--phase-timing)
       [ "$gc" = 1 ] && cmd+=(--gradient-checkpointing)
     fi
     echo "== $name: ${cmd[*]}" >&2
@@ -66,7 +68,7 @@ for gc in $GC; do
     case $run in trl*) ;; *)
       "$PYTHON" benches/trl_compare.py ours --log "$WORK/$name/train_log.jsonl" --impl "rpo_gemma $run$([ "$gc" = 1 ] && echo " +gc" || true)" \
         --out "$out" --precision "$precision" $([ "$gc" = 1 ] && echo --gc) >/dev/null
-      [ "$run" = ours-phases ] && phase_logs+=("$WORK/$name/train_log.jsonl") ;;
+      [ "$phases" = 1 ] && phase_logs+=("$WORK/$name/train_log.jsonl") ;;
     esac
     "$PYTHON" benches/trl_compare.py rss "$out" "$(awk '/Maximum resident/{print $NF}' "$timing")"
     results+=("$out")
