@@ -13,17 +13,22 @@ Subcommands:
          save_pretrained a GGUF-loaded model, so TRL trains this copy of the same weights.
   trl    --model DIR --data FILE --out JSON [--steps 6] [--batch 4] [--max-length 256]
          [--max-prompt-length 128] [--threads 2] [--beta 0.05] [--sft-weight 0.05] [--lr 1e-5]
-         [--gradient-checkpointing]
-         Trains with DPOTrainer, loss_type=["sigmoid","sft"], precompute_ref_log_probs=True, f32 on CPU;
+         [--gradient-checkpointing] [--bf16]
+         Trains with DPOTrainer, loss_type=["sigmoid","sft"], precompute_ref_log_probs=True, f32 on CPU
+         (--bf16: TRL's bf16=True, i.e. f32 weights under torch.autocast(bfloat16));
          writes {"impl", "step_seconds": [...], "tokens_per_step": ...} to JSON.
-  ours   --log train_log.jsonl --impl NAME --out JSON [--gc]
-         Step times of an rpo_gemma run, read from the trainer's JSON Lines log.
+  ours   --log train_log.jsonl --impl NAME --out JSON [--gc] [--precision f32|bf16]
+         Step times (and FLOPs) of an rpo_gemma run, read from the trainer's JSON Lines log.
+  phases --log train_log.jsonl
+         The phase table of an rpo_gemma --phase-timing run: median seconds per phase (without the first
+         step) and its share of the step.
   rss    JSON KB
          Adds the peak RSS measured by /usr/bin/time -v to a result file.
   failed --impl NAME --reason TEXT --out JSON
          Records a run that did not finish (e.g. out of memory) so that the table shows it.
-  table  JSON...
-         Prints the comparison table (median s/step, peak RSS, tokens/s, ratios to TRL; failed runs say why).
+  table  [--peak-f32 GFLOPS] [--peak-bf16 GFLOPS] JSON...
+         Prints the comparison table (median s/step, peak RSS, tokens/s, ratios to TRL's f32 run, and for
+         our runs the MFU against the peak of their precision).
 
 Only benches/trl_compare.sh installs TRL / transformers (into the project's venv, when it runs).
 """
@@ -129,7 +134,7 @@ def cmd_trl(args):
         loss_type=["sigmoid", "sft"], loss_weights=[1.0, args.sft_weight], max_length=args.max_length,
         max_prompt_length=args.max_prompt_length, truncation_mode="keep_end",
         precompute_ref_log_probs=True, precompute_ref_batch_size=args.batch, logging_steps=1,
-        save_strategy="no", report_to="none", use_cpu=True, bf16=False, fp16=False,
+        save_strategy="no", report_to="none", use_cpu=True, bf16=args.bf16, fp16=False,
         gradient_checkpointing=args.gradient_checkpointing, dataloader_num_workers=0, seed=42,
         disable_dropout=True, remove_unused_columns=False,
     )
@@ -143,8 +148,8 @@ def cmd_trl(args):
     tokens = [entry["num_tokens"] for entry in trainer.state.log_history if "num_tokens" in entry]
     # TRL logs the cumulative number of input tokens seen; per step: its increments.
     per_step = [b - a for a, b in zip([0] + tokens[:-1], tokens)] if tokens else []
-    result = {"impl": "TRL DPOTrainer" + (" +gc" if args.gradient_checkpointing else ""),
-              "gc": args.gradient_checkpointing, "step_seconds": timer.seconds,
+    result = {"impl": "TRL DPOTrainer" + (" bf16" if args.bf16 else "") + (" +gc" if args.gradient_checkpointing else ""),
+              "gc": args.gradient_checkpointing, "bf16": args.bf16, "step_seconds": timer.seconds,
               "tokens_per_step": statistics.median(per_step) if per_step else None,
               "dropped_config_fields": dropped, "trl": __import__("trl").__version__,
               "transformers": __import__("transformers").__version__,
@@ -159,13 +164,33 @@ def cmd_ours(args):
     steps = [s for s in steps if s.get("lr") is not None and s.get("tokens_per_second")]
     seconds = [s["tokens"] / s["tokens_per_second"] for s in steps]
     tokens = statistics.median(s["tokens"] for s in steps) if steps else None
-    result = {"impl": args.impl, "gc": args.gc, "step_seconds": seconds, "tokens_per_step": tokens}
+    flops = [s["flops"] for s in steps if s.get("flops")]
+    result = {"impl": args.impl, "gc": args.gc, "step_seconds": seconds, "tokens_per_step": tokens,
+              "precision": args.precision, "flops_per_step": statistics.median(flops) if flops else None}
     json.dump(result, open(args.out, "w"))
     print(json.dumps(result))
 
 
 def cmd_failed(args):
     json.dump({"impl": args.impl, "failed": args.reason, "step_seconds": []}, open(args.out, "w"))
+
+
+PHASES = ["data", "reference", "body_forward", "attention", "head", "loss_backward", "body_backward",
+          "host_sync", "optimizer", "other", "total"]
+
+
+def cmd_phases(args):
+    """Median seconds per phase of an rpo_gemma --phase-timing run (the first step warms up)."""
+    steps = [json.loads(line) for line in open(args.log)]
+    steps = [s["phases"] for s in steps if s.get("lr") is not None and s.get("phases")]
+    steps = steps[1:] or steps
+    total = statistics.median(s["total"] for s in steps)
+    print(f"| phase | median s/step ({len(steps)} steps) | share of the step |")
+    print("|---|---|---|")
+    for name in PHASES:
+        med = statistics.median(s[name] for s in steps)
+        note = " (inside body forward / backward)" if name == "attention" else ""
+        print(f"| {name}{note} | {med:.2f} | {100 * med / total:.1f}% |")
 
 
 def cmd_rss(args):
@@ -181,12 +206,13 @@ def median_step(r):
 
 def cmd_table(args):
     rows = [json.load(open(path)) for path in args.results]
-    trl = {r.get("gc", False): r for r in rows if r["impl"].startswith("TRL") and not r.get("failed")}
-    print("| run | steps | median s/step | peak RSS (GB) | tokens/s | time vs TRL | RSS vs TRL | RSS vs TRL +gc |")
-    print("|---|---|---|---|---|---|---|---|")
+    trl = {r.get("gc", False): r for r in rows if r["impl"].startswith("TRL") and not r.get("bf16") and not r.get("failed")}
+    peaks = {"f32": args.peak_f32, "bf16": args.peak_bf16}
+    print("| run | steps | median s/step | peak RSS (GB) | tokens/s | time vs TRL | RSS vs TRL | RSS vs TRL +gc | MFU |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r.get("failed"):
-            print(f"| {r['impl']} | – | {r['failed']} | – | – | – | – | – |")
+            print(f"| {r['impl']} | – | {r['failed']} | – | – | – | – | – | – |")
             continue
         med = median_step(r)
         rss = r["max_rss_kb"] / 1e6 if r.get("max_rss_kb") else float("nan")
@@ -199,7 +225,10 @@ def cmd_table(args):
                 cells.append(f"{med / median_step(base):.2f}×")
             else:
                 cells.append(f"{rss / (base['max_rss_kb'] / 1e6):.2f}×")
-        print(f"| {r['impl']} | {len(r['step_seconds'])} | {med:.1f} | {rss:.2f} | {tps} | " + " | ".join(cells) + " |")
+        peak = peaks.get(r.get("precision") or "")
+        mfu = f"{r['flops_per_step'] / med / (peak * 1e9):.2f}" if peak and r.get("flops_per_step") else "–"
+        print(f"| {r['impl']} | {len(r['step_seconds'])} | {med:.1f} | {rss:.2f} | {tps} | " + " | ".join(cells)
+              + f" | {mfu} |")
 
 
 def main():
@@ -226,11 +255,15 @@ def main():
     p.add_argument("--sft-weight", type=float, default=0.05)
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--bf16", action="store_true")
     p = sub.add_parser("ours")
     p.add_argument("--log", required=True)
     p.add_argument("--impl", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--gc", action="store_true")
+    p.add_argument("--precision", choices=["f32", "bf16"], default="f32")
+    p = sub.add_parser("phases")
+    p.add_argument("--log", required=True)
     p = sub.add_parser("rss")
     p.add_argument("json")
     p.add_argument("kb", type=int)
@@ -239,10 +272,12 @@ def main():
     p.add_argument("--reason", required=True)
     p.add_argument("--out", required=True)
     p = sub.add_parser("table")
+    p.add_argument("--peak-f32", type=float, default=None)
+    p.add_argument("--peak-bf16", type=float, default=None)
     p.add_argument("results", nargs="+")
     args = parser.parse_args()
     {"data": cmd_data, "export": cmd_export, "trl": cmd_trl, "ours": cmd_ours, "rss": cmd_rss,
-     "failed": cmd_failed, "table": cmd_table}[args.command](args)
+     "failed": cmd_failed, "phases": cmd_phases, "table": cmd_table}[args.command](args)
 
 
 if __name__ == "__main__":

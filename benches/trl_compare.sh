@@ -7,7 +7,12 @@
 #   RUNS="trl ours" GC="0" benches/trl_compare.sh
 #
 # Environment: STEPS (6) BATCH (4 pairs) MAX_LENGTH (256) MAX_PROMPT_LENGTH (128) THREADS (2) PAIRS (32)
-#   RUNS ("trl ours ours-logits"; also "ours-fused": --loss-path fused, which `ours` picks by default)  GC ("0 1": without / with per-layer gradient checkpointing)
+#   RUNS ("trl ours ours-logits"; also "ours-fused": --loss-path fused, which `ours` picks by default;
+#     "ours-bf16": --precision bf16; "trl-bf16": TRL with bf16=True; "ours-phases": `ours` with --phase-timing,
+#     whose phase table is printed after the main table; every `ours*` run but ours-bf16 is --precision f32)
+#   GC ("0 1": without / with per-layer gradient checkpointing)
+#   PHASE_TIMING (0; 1: every `ours*` run with --phase-timing, each one's phase table printed)
+#   PEAK_F32, PEAK_BF16 (GFLOP/s, e.g. from examples/matmul_peak.rs): the table's MFU column
 #   SKIP (names of runs to leave out, e.g. "ours-logits-gc"; a run's name is its RUNS entry, plus "-gc" with checkpointing)
 #   WORK (output/trl_compare: data set, the f32 transformers folder, logs)  PYTHON (.venv/bin/python)
 #   GGUF (default: the file scripts/get_gemma3_gguf.sh installs)
@@ -33,17 +38,18 @@ mkdir -p "$WORK"
 [ -f "$WORK/gemma3-270m-f32/config.json" ] || "$PYTHON" benches/trl_compare.py export --gguf "$GGUF" --out "$WORK/gemma3-270m-f32"
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; load before: $(uptime | sed 's/.*load average: //')" >&2
-results=()
+results=(); phase_logs=()
 for gc in $GC; do
   for run in $RUNS; do
     name=$run$([ "$gc" = 1 ] && echo "-gc" || true)
     case " ${SKIP:-} " in *" $name "*) echo "== $name: skipped (SKIP)" >&2; continue ;; esac
     out="$WORK/$name.json"; timing="$WORK/$name.time"
-    if [ "$run" = trl ]; then
+    if [ "$run" = trl ] || [ "$run" = trl-bf16 ]; then
       cmd=(env OMP_NUM_THREADS="$THREADS" "$PYTHON" benches/trl_compare.py trl --model "$WORK/gemma3-270m-f32"
            --data "$WORK/prefs.jsonl" --out "$out" --steps "$STEPS" --batch "$BATCH" --max-length "$MAX_LENGTH"
            --max-prompt-length "$MAX_PROMPT_LENGTH" --threads "$THREADS" --beta "$BETA" --sft-weight 0.05)
       [ "$gc" = 1 ] && cmd+=(--gradient-checkpointing)
+      [ "$run" = trl-bf16 ] && cmd+=(--bf16)
     else
       rm -rf "${WORK:?}/$name"
       cmd=("$BIN" --gguf "$GGUF" --data "$WORK/prefs.jsonl" --rpo-only --max-steps "$STEPS" --batch-size "$BATCH"
@@ -51,17 +57,25 @@ for gc in $GC; do
            --beta "$BETA" --eta "$ETA" --evals-per-epoch 1 --output "$WORK/$name")
       [ "$run" = ours-logits ] && cmd+=(--loss-path logits)
       [ "$run" = ours-fused ] && cmd+=(--loss-path fused)
+      precision=f32; [ "$run" = ours-bf16 ] && precision=bf16
+      cmd+=(--precision "$precision")
+      phases=0; { [ "$run" = ours-phases ] || [ "${PHASE_TIMING:-0}" = 1 ]; } && phases=1
+      [ "$phases" = 1 ] && cmd+=(--phase-timing)
       [ "$gc" = 1 ] && cmd+=(--gradient-checkpointing)
     fi
     echo "== $name: ${cmd[*]}" >&2
     /usr/bin/time -v "${cmd[@]}" >"$WORK/$name.log" 2>"$timing" || { tail -20 "$timing" >&2; exit 1; }
-    if [ "$run" != trl ]; then
+    case $run in trl*) ;; *)
       "$PYTHON" benches/trl_compare.py ours --log "$WORK/$name/train_log.jsonl" --impl "rpo_gemma $run$([ "$gc" = 1 ] && echo " +gc" || true)" \
-        --out "$out" $([ "$gc" = 1 ] && echo --gc) >/dev/null
-    fi
+        --out "$out" --precision "$precision" $([ "$gc" = 1 ] && echo --gc) >/dev/null
+      [ "$phases" = 1 ] && phase_logs+=("$WORK/$name/train_log.jsonl") ;;
+    esac
     "$PYTHON" benches/trl_compare.py rss "$out" "$(awk '/Maximum resident/{print $NF}' "$timing")"
     results+=("$out")
   done
 done
 echo "load after: $(uptime | sed 's/.*load average: //')" >&2
-"$PYTHON" benches/trl_compare.py table "${results[@]}"
+"$PYTHON" benches/trl_compare.py table ${PEAK_F32:+--peak-f32 "$PEAK_F32"} ${PEAK_BF16:+--peak-bf16 "$PEAK_BF16"} "${results[@]}"
+for log in ${phase_logs[@]+"${phase_logs[@]}"}; do
+  echo; echo "phases of $log:"; "$PYTHON" benches/trl_compare.py phases --log "$log"
+done

@@ -123,6 +123,7 @@ pub mod loss;
 pub mod memory;
 #[cfg(any(feature = "gemma", feature = "llama"))]
 pub mod models;
+pub mod timing;
 #[cfg(feature = "train")]
 pub mod train;
 mod validate;

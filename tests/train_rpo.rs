@@ -1042,3 +1042,20 @@ fn fused_chunk_budget_is_a_trainer_setting() {
         assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{x} vs {y}");
     }
 }
+
+/// A step with learning rate 0 moves nothing (f32 and a bf16 parameter with its f32 master copy), while
+/// the moments still advance.
+#[test]
+fn adamw_with_zero_lr_leaves_the_parameters() {
+    for kind in [Kind::Float, Kind::BFloat16] {
+        let w = Tensor::from_slice(&[0.5f32, -1.0, 2.0])
+            .to_kind(kind)
+            .set_requires_grad(true);
+        let before = w.detach().copy();
+        let mut opt = AdamW::new(AdamWConfig::default(), &[("w".to_string(), w.shallow_clone())]).unwrap();
+        (&w * &w).sum(kind).backward();
+        opt.step(0.0).unwrap();
+        assert!(w.detach().equal(&before), "{kind:?}");
+        assert!(opt.params()[0].m.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    }
+}

@@ -43,7 +43,8 @@ enum AttentionArg {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum DtypeArg {
+enum PrecisionArg {
+    Auto,
     F32,
     Bf16,
 }
@@ -77,9 +78,18 @@ struct Args {
     /// Device.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
-    /// Parameter and activation dtype (bf16 keeps f32 master weights in the optimizer).
-    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
-    dtype: DtypeArg,
+    /// Parameter and activation precision: `f32`, `bf16` (mixed precision: bf16 weights and activations,
+    /// f32 norms, softmax statistics, log-prob sums and optimizer master weights), or `auto` (bf16 on a CPU
+    /// with AVX-512 BF16 or AMX-BF16, f32 otherwise). Default `auto` with --gguf or --model-dir, `f32` for
+    /// the built-in small model. `--dtype` is an alias.
+    #[arg(
+        long,
+        alias = "dtype",
+        value_enum,
+        default_value = "f32",
+        default_value_ifs([("gguf", IsPresent, "auto"), ("model_dir", IsPresent, "auto")])
+    )]
+    precision: PrecisionArg,
     /// Epochs of DPO and of RPO.
     #[arg(long, default_value_t = 8)]
     epochs: usize,
@@ -128,6 +138,10 @@ struct Args {
     /// utilization (`mfu`) besides its FLOP/s.
     #[arg(long, value_name = "GFLOPS")]
     peak_gflops: Option<f64>,
+    /// Time each step's phases (data, reference, body forward / backward, attention, head, host syncs,
+    /// optimizer) and write them to train_log.jsonl (`phases`).
+    #[arg(long)]
+    phase_timing: bool,
     /// Per-layer activation (gradient) checkpointing of the policy in DPO / RPO (and SFT): recompute each
     /// layer's activations in the backward pass instead of keeping them. Same results, less memory.
     #[arg(long)]
@@ -174,7 +188,7 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     write_data: Option<PathBuf>,
     /// Save the policy of the last stage (RPO) as a Hugging Face folder that transformers loads (config,
-    /// weights in --dtype, tokenizer built from the --gguf metadata or copied from --model-dir).
+    /// weights in the --precision's dtype, tokenizer built from the --gguf metadata or copied from --model-dir).
     #[arg(long, value_name = "DIR")]
     save: Option<PathBuf>,
     /// Save the policy of the last stage as a GGUF file (a Gemma 3 or Llama-family model from --gguf,
@@ -250,10 +264,13 @@ impl Args {
         Some(config)
     }
     fn kind(&self) -> Kind {
-        match self.dtype {
-            DtypeArg::F32 => Kind::Float,
-            DtypeArg::Bf16 => Kind::BFloat16,
+        use tch_rpo::train::Precision;
+        match self.precision {
+            PrecisionArg::Auto => Precision::Auto,
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::Bf16 => Precision::Bf16,
         }
+        .resolve(self.device())
     }
 }
 

@@ -166,6 +166,7 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         log_path: Some(log.clone()),
         progress: true,
         peak_flops: args.peak_gflops.map(|gflops| gflops * 1e9),
+        phase_timing: args.phase_timing,
         ..RpoTrainerConfig::paper(rpo, total_steps(epochs))
     };
     let eval_batch = args.eval_batch.max(1);

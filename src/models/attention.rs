@@ -101,7 +101,9 @@ pub fn attend(
     scale: f64,
     soft_cap: Option<f64>,
 ) -> Result<Tensor> {
-    attend_with(attention_kernel(), q, k, v, blocked, scale, soft_cap)
+    crate::timing::timed(crate::timing::Phase::Attention, || {
+        attend_with(attention_kernel(), q, k, v, blocked, scale, soft_cap)
+    })
 }
 
 /// Attention per query head with `kernel`: `softmax(c · tanh(scale · q·kᵀ / c))` (`c` = `soft_cap`, no

@@ -8,6 +8,7 @@ use crate::loss::sft::SftNormalization;
 use crate::train::collective::Collective;
 use crate::train::config::{RpoTrainerConfig, Warmup};
 use crate::train::model::{LossPath, PolicyModel};
+use crate::train::precision::Precision;
 use crate::train::reference::ReferenceSource;
 use crate::train::schedule::Decay;
 use crate::train::trainer::RpoTrainer;
@@ -263,6 +264,19 @@ impl<M: PolicyModel> RpoTrainerBuilder<M> {
     /// model FLOP utilization. Checked by [`RpoTrainerBuilder::build`].
     pub fn peak_flops(mut self, flops_per_second: f64) -> Self {
         self.config.peak_flops = Some(flops_per_second);
+        self
+    }
+
+    /// The precision of the passes ([`RpoTrainerConfig::precision`]): `Precision::Bf16` for bf16 mixed
+    /// precision, `Precision::Auto` for bf16 where the CPU multiplies it natively.
+    pub fn precision(mut self, precision: Precision) -> Self {
+        self.config.precision = Some(precision);
+        self
+    }
+
+    /// Time each step's phases ([`RpoTrainerConfig::phase_timing`]).
+    pub fn phase_timing(mut self, enabled: bool) -> Self {
+        self.config.phase_timing = enabled;
         self
     }
 

@@ -11,6 +11,7 @@ use crate::loss::rpo::{RpoConfig, SftWeight};
 use crate::loss::sft::SftNormalization;
 use crate::train::model::LossPath;
 use crate::train::optim::AdamWConfig;
+use crate::train::precision::Precision;
 use crate::train::schedule::{Decay, LrSchedule};
 use std::path::PathBuf;
 
@@ -82,6 +83,13 @@ pub struct RpoTrainerConfig {
     /// `> 0`: each step's model FLOP utilization [`crate::train::StepMetrics::mfu`] is its achieved FLOP/s
     /// over this. Default `None`: FLOP/s are reported (for models that count them) but no utilization.
     pub peak_flops: Option<f64>,
+    /// The precision of the passes ([`Precision`]): `Some` rounds the policy's parameters (and a reference
+    /// model's) to the dtype it resolves to when the trainer is built, keeping f32 master weights in the
+    /// optimizer. Default `None`: the models train in the dtype they were loaded in.
+    pub precision: Option<Precision>,
+    /// Time each step's phases ([`crate::timing::PhaseTimes`], reported in
+    /// [`crate::train::StepMetrics::phases`] and the JSON log). Default `false`.
+    pub phase_timing: bool,
 }
 
 impl Default for RpoTrainerConfig {
@@ -110,6 +118,8 @@ impl Default for RpoTrainerConfig {
             log_path: None,
             progress: true,
             peak_flops: None,
+            precision: None,
+            phase_timing: false,
         }
     }
 }

@@ -19,7 +19,8 @@ pub(crate) fn metric_index(name: &str) -> Option<usize> {
 /// JSON names (as written by [`StepMetrics::to_json`]): `step`, `epoch`, the [`METRICS`] names (the token
 /// statistics only when computed, [`crate::LogProbOptions::token_stats`]), `grad_norm`, `lr`, `pairs`,
 /// `tokens`, `tokens_per_second`, `skipped`, `skip_reason`, `skipped_steps`, `flops`, `flops_per_second`,
-/// `mfu` (`null` when not known). Non-finite numbers are written as `null`.
+/// `mfu` (`null` when not known), and `phases` (an object of seconds by [`crate::timing::Phase`] name plus
+/// `other` and `total`) only when phase timing is on. Non-finite numbers are written as `null`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct StepMetrics {
     /// Optimizer steps taken so far, this one included (for evaluation: the step evaluated after).
@@ -53,6 +54,9 @@ pub struct StepMetrics {
     /// Model FLOP utilization: `flops_per_second` / [`crate::train::RpoTrainerConfig::peak_flops`], when
     /// both are known.
     pub mfu: Option<f64>,
+    /// Seconds per phase of the step ([`crate::timing`]) when
+    /// [`crate::train::RpoTrainerConfig::phase_timing`] is set; `None` otherwise and for evaluation.
+    pub phases: Option<crate::timing::PhaseTimes>,
 }
 
 fn number(value: f64) -> Value {
@@ -111,6 +115,14 @@ impl StepMetrics {
         map.insert("flops".into(), optional(self.flops));
         map.insert("flops_per_second".into(), optional(self.flops_per_second));
         map.insert("mfu".into(), optional(self.mfu));
+        if let Some(phases) = &self.phases {
+            let seconds: Map<String, Value> = phases
+                .entries()
+                .into_iter()
+                .map(|(name, value)| (name.to_string(), number(value)))
+                .collect();
+            map.insert("phases".into(), Value::Object(seconds));
+        }
         Value::Object(map)
     }
 }

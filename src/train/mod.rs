@@ -26,6 +26,7 @@ pub mod flops;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod precision;
 pub mod reference;
 mod run;
 pub mod schedule;
@@ -44,6 +45,7 @@ pub use model::{
     PolicyModel,
 };
 pub use optim::{default_decay_rule, AdamW, AdamWConfig, DecayRule, ParamState};
+pub use precision::{cpu_has_native_bf16, Precision};
 pub use reference::{score_reference, ReferenceCache, ReferenceSource, ScoringOptions};
 pub use schedule::{Decay, LrSchedule};
 pub use stages::{

@@ -269,6 +269,24 @@ impl AdamW {
         })
     }
 
+    /// Takes `originals` (name → the parameter's f32 values from before it was rounded to a low precision)
+    /// as the master copies of the low-precision parameters of those names, so that rounding a model's
+    /// parameters loses nothing from the optimizer's point of view. Names not trained here are ignored.
+    ///
+    /// # Errors
+    /// [`Error::Torch`] if an op fails.
+    pub(crate) fn adopt_masters(&mut self, originals: &[(String, Tensor)]) -> Result<()> {
+        for p in &mut self.params {
+            if p.master.is_none() {
+                continue;
+            }
+            if let Some((_, original)) = originals.iter().find(|(name, _)| *name == p.name) {
+                p.master = Some(tch::no_grad(|| original.f_detach()?.f_to_kind(Kind::Float))?);
+            }
+        }
+        Ok(())
+    }
+
     /// The hyper-parameters.
     pub fn config(&self) -> &AdamWConfig {
         &self.config
@@ -318,7 +336,22 @@ impl AdamW {
         let mut norms = Vec::with_capacity(self.params.len());
         for p in &self.params {
             if let Some(grad) = p.grad()? {
-                norms.push(grad.f_to_kind(Kind::Float)?.f_norm()?);
+                match grad.f_kind()? {
+                    Kind::Float | Kind::Double => norms.push(grad.f_to_kind(Kind::Float)?.f_norm()?),
+                    // Low precision: the norms of row blocks of at most UPDATE_BLOCK elements, each from
+                    // an f32 copy of its block (no f32 copy of a whole gradient, e.g. a 262,144-row head).
+                    _ => {
+                        let rows = grad.size().first().copied().unwrap_or(1).max(1);
+                        let flat = grad.f_reshape([rows, -1])?;
+                        let block_rows = (UPDATE_BLOCK / flat.size()[1].max(1)).clamp(1, rows);
+                        let mut start = 0;
+                        while start < rows {
+                            let len = block_rows.min(rows - start);
+                            norms.push(flat.f_narrow(0, start, len)?.f_to_kind(Kind::Float)?.f_norm()?);
+                            start += len;
+                        }
+                    }
+                }
             }
         }
         if norms.is_empty() {
@@ -507,36 +540,29 @@ impl UpdateSlots {
         step_size: f64,
         bias_correction2_sqrt: f64,
     ) -> Result<()> {
+        // PyTorch's single-tensor AdamW, in place: one temporary (the denominator) per block.
         let grad = grad.f_to_kind(Kind::Float)?;
-        let _ = self
-            .m
-            .f_mul_scalar_(c.beta1)?
-            .f_add_(&grad.f_mul_scalar(1.0 - c.beta1)?)?;
+        let _ = self.m.f_lerp_(&grad, 1.0 - c.beta1)?;
         let _ = self
             .v
             .f_mul_scalar_(c.beta2)?
-            .f_add_(&grad.f_square()?.f_mul_scalar(1.0 - c.beta2)?)?;
-        let denom = self
-            .v
-            .f_sqrt()?
-            .f_div_scalar(bias_correction2_sqrt)?
-            .f_add_scalar(c.eps)?;
-        let update = self.m.f_div(&denom)?.f_mul_scalar(step_size)?;
-        match &mut self.master {
-            Some(master) => {
-                if decay != 1.0 {
-                    let _ = master.f_mul_scalar_(decay)?;
-                }
-                let _ = master.f_sub_(&update)?;
-                self.param.f_copy_(master)?;
-            }
-            None => {
-                if decay != 1.0 {
-                    let _ = self.param.f_mul_scalar_(decay)?;
-                }
-                let kind = self.param.f_kind()?;
-                let _ = self.param.f_sub_(&update.f_to_kind(kind)?)?;
-            }
+            .f_addcmul_(&grad, &grad.f_mul_scalar(1.0 - c.beta2)?)?;
+        let mut denom = self.v.f_sqrt()?;
+        let _ = denom.f_div_scalar_(bias_correction2_sqrt)?.f_add_scalar_(c.eps)?;
+        let target = match &mut self.master {
+            Some(master) => master,
+            None => &mut self.param,
+        };
+        if decay != 1.0 {
+            let _ = target.f_mul_scalar_(decay)?;
+        }
+        if step_size != 0.0 {
+            // target − step_size · m / denom, as target + m / (denom · (−1 / step_size)).
+            let _ = denom.f_mul_scalar_(-1.0 / step_size)?;
+            let _ = target.f_addcdiv_(&self.m, &denom)?;
+        }
+        if let Some(master) = &self.master {
+            self.param.f_copy_(master)?;
         }
         Ok(())
     }

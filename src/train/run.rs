@@ -260,6 +260,9 @@ impl<M: PolicyModel> RpoTrainer<M> {
         let mut history = Vec::new();
         let mut last_saved = None;
         while self.step < total && steps.map_or(true, |m| (history.len() as u64) < m) {
+            if self.config.phase_timing {
+                crate::timing::begin(); // the step's window, collation included
+            }
             let mut batches = Vec::with_capacity(self.config.grad_accum_steps);
             let mut epoch = 0;
             for _ in 0..self.config.grad_accum_steps {
@@ -272,7 +275,10 @@ impl<M: PolicyModel> RpoTrainer<M> {
                     continue; // this rank's block of a small last batch of an epoch
                 }
                 let chunk: Vec<(usize, &EncodedPair)> = indices.iter().map(|&i| (i, &pairs[i])).collect();
-                batches.push(collator.collate(&chunk, tch::Device::Cpu)?);
+                let batch = crate::timing::timed(crate::timing::Phase::Data, || {
+                    collator.collate(&chunk, tch::Device::Cpu)
+                })?;
+                batches.push(batch);
             }
             let mut metrics = self.train_step(&batches)?;
             metrics.epoch = Some(epoch);

@@ -9,10 +9,12 @@ use crate::train::config::RpoTrainerConfig;
 use crate::train::metrics::StepMetrics;
 use crate::train::model::PolicyModel;
 use crate::train::optim::AdamW;
+use crate::train::precision::round_parameters;
 use crate::train::reference::ReferenceSource;
 use crate::train::run::DataState;
 use crate::train::schedule::LrSchedule;
 use std::time::{Duration, Instant};
+use tch::{Kind, Tensor};
 
 /// A preference trainer: one optimizer step on a batch, or an evaluation without weight change.
 pub trait Trainer {
@@ -96,7 +98,12 @@ impl<M: PolicyModel> RpoTrainer<M> {
             model.set_adapters_enabled(enabled)?;
         }
         let schedule = config.schedule()?;
-        let optimizer = AdamW::new(config.optimizer, &model.named_parameters())?;
+        let originals = match config.precision {
+            Some(precision) => set_precision(&model, &reference, precision.resolve(model.device()))?,
+            None => Vec::new(),
+        };
+        let mut optimizer = AdamW::new(config.optimizer, &model.named_parameters())?;
+        optimizer.adopt_masters(&originals)?;
         Ok(Self {
             model,
             reference,
@@ -305,4 +312,48 @@ impl<M: PolicyModel> RpoTrainer<M> {
     pub fn take_process_group(&mut self) -> Option<crate::dist::ProcessGroup> {
         self.collective.take_group()
     }
+}
+
+/// Rounds the policy's parameters (and a reference model's) to `kind`
+/// ([`crate::train::RpoTrainerConfig::precision`]); returns the trained f32 parameters' values from
+/// before (detached handles of the old storage) for the optimizer's master copies.
+///
+/// # Errors
+/// [`InputError::Config`](crate::InputError::Config) (`precision`) for a model with frozen weights outside
+/// its parameters ([`PolicyModel::base_fingerprint`], e.g. a LoRA base) whose parameters are not already
+/// of `kind`: those weights cannot be rounded from here (load the base in `kind` instead); [`Error::Torch`]
+/// if an op fails.
+fn set_precision<M: PolicyModel>(
+    model: &M,
+    reference: &ReferenceSource,
+    kind: Kind,
+) -> Result<Vec<(String, Tensor)>> {
+    let params = model.named_parameters();
+    let mut originals = Vec::new();
+    for (name, param) in &params {
+        let param_kind = param.f_kind()?;
+        if param_kind == kind {
+            continue;
+        }
+        if model.base_fingerprint().is_some() {
+            return Err(Error::Input(InputError::Config {
+                name: "precision",
+                requirement: format!(
+                    "resolves to {kind:?}, but `{name}` is {param_kind:?} and the model has frozen weights \
+                     outside its parameters (a LoRA base) that the trainer cannot round: load the model in \
+                     {kind:?} instead"
+                ),
+            }));
+        }
+        if param_kind == Kind::Float && param.requires_grad() {
+            originals.push((name.clone(), param.f_detach()?));
+        }
+    }
+    round_parameters(&params, kind)?;
+    if let ReferenceSource::Model(reference) = reference {
+        if reference.base_fingerprint().is_none() {
+            round_parameters(&reference.named_parameters(), kind)?;
+        }
+    }
+    Ok(originals)
 }

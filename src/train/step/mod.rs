@@ -14,6 +14,7 @@ use crate::data::CollatedBatch;
 use crate::error::{Error, InputError, Result};
 use crate::loss::rpo::RpoOutput;
 use crate::loss::GlobalBatch;
+use crate::timing::{self, timed, Phase};
 use crate::train::metrics::StepMetrics;
 use crate::train::model::{model_output, training_output, DeferredBackward, PolicyModel};
 use crate::train::reference::{adapters_off_logprobs, batch_logprobs, ReferenceSource, ScoringOptions};
@@ -42,45 +43,51 @@ impl<M: PolicyModel> RpoTrainer<M> {
         train: bool,
     ) -> Result<(RpoOutput, Option<DeferredBackward<'_>>)> {
         let device = self.model.device();
-        let reference = match &self.reference {
-            ReferenceSource::Model(model) => Some(
-                batch_logprobs(model.as_ref(), batch, &ScoringOptions::of_config(&self.config))?
-                    .f_to_device(device)?,
-            ),
-            ReferenceSource::AdaptersOff => Some(
-                adapters_off_logprobs(&self.model, batch, &ScoringOptions::of_config(&self.config))?
-                    .f_to_device(device)?,
-            ),
-            ReferenceSource::Cached(cache) => Some(cache.lookup(&batch.indices, device)?),
-            ReferenceSource::InitialPolicy => return Err(initial_policy_not_scored()),
-            ReferenceSource::Free => None,
-        };
+        let reference = timed(Phase::Reference, || -> Result<Option<Tensor>> {
+            Ok(match &self.reference {
+                ReferenceSource::Model(model) => Some(
+                    batch_logprobs(model.as_ref(), batch, &ScoringOptions::of_config(&self.config))?
+                        .f_to_device(device)?,
+                ),
+                ReferenceSource::AdaptersOff => Some(
+                    adapters_off_logprobs(&self.model, batch, &ScoringOptions::of_config(&self.config))?
+                        .f_to_device(device)?,
+                ),
+                ReferenceSource::Cached(cache) => Some(cache.lookup(&batch.indices, device)?),
+                ReferenceSource::InitialPolicy => return Err(initial_policy_not_scored()),
+                ReferenceSource::Free => None,
+            })
+        })?;
         let CollatedBatch {
             input_ids,
             attention_mask,
             labels,
             ..
-        } = batch.to_device(device)?;
+        } = timed(Phase::Data, || batch.to_device(device))?;
         let path = self.config.loss_path;
-        let (output, deferred) = match train {
-            true => training_output(&self.model, &input_ids, &attention_mask, path)?,
-            false => (
-                model_output(&self.model, &input_ids, &attention_mask, path)?,
-                None,
-            ),
-        };
+        let (output, deferred) = timed(Phase::BodyForward, || -> Result<_> {
+            Ok(match train {
+                true => training_output(&self.model, &input_ids, &attention_mask, path)?,
+                false => (
+                    model_output(&self.model, &input_ids, &attention_mask, path)?,
+                    None,
+                ),
+            })
+        })?;
         let settings = LossSettings {
             rpo: &self.config.rpo,
             logprobs: self.config.logprobs,
         };
-        let out = micro_batch_loss(
-            settings,
-            &output,
-            &labels,
-            reference.as_ref(),
-            Some(global),
-            train,
-        )?;
+        let out = timed(Phase::Head, || {
+            micro_batch_loss(
+                settings,
+                &output,
+                &labels,
+                reference.as_ref(),
+                Some(global),
+                train,
+            )
+        })?;
         Ok((out, deferred))
     }
 
@@ -135,16 +142,16 @@ impl<M: PolicyModel> RpoTrainer<M> {
                 }
                 Err(e) => return Err(e),
             };
-            let loss = accumulated.add(&out, batch, &totals)?;
+            let loss = timed(Phase::HostSync, || accumulated.add(&out, batch, &totals))?;
             if !loss.is_finite() {
                 return Ok(Gradients {
                     accumulated,
                     skip_reason: Some(format!("non-finite loss {loss}")),
                 });
             }
-            out.loss.f_backward()?;
+            timed(Phase::LossBackward, || out.loss.f_backward())?;
             if let Some(deferred) = deferred {
-                deferred.run()?;
+                timed(Phase::BodyBackward, || deferred.run())?;
             }
         }
         Ok(Gradients {
@@ -244,10 +251,14 @@ impl<M: PolicyModel> RpoTrainer<M> {
 impl<M: PolicyModel> Trainer for RpoTrainer<M> {
     fn train_step(&mut self, micro_batches: &[CollatedBatch]) -> Result<StepMetrics> {
         let start = Instant::now();
+        // A window fit_steps opened before collating stays open (its data time counts).
+        if self.config.phase_timing && !timing::is_open() {
+            timing::begin();
+        }
         let refs: Vec<&CollatedBatch> = micro_batches.iter().collect();
         let totals = self.step_totals(&refs)?;
         let lr = self.schedule.lr_at(self.step);
-        self.optimizer.zero_grad()?;
+        timed(Phase::Optimizer, || self.optimizer.zero_grad())?;
         let gradients = match self.accumulate_gradients(micro_batches, totals) {
             Ok(gradients) => gradients,
             Err(e) => {
@@ -257,11 +268,14 @@ impl<M: PolicyModel> Trainer for RpoTrainer<M> {
             }
         };
         let gradients = self.reduce_gradients(gradients)?;
-        let (grad_norm, skip_reason) = self.apply_update(lr, gradients.skip_reason)?;
+        let (grad_norm, skip_reason) = timed(Phase::Optimizer, || -> Result<_> {
+            let update = self.apply_update(lr, gradients.skip_reason)?;
+            self.optimizer.zero_grad()?;
+            Ok(update)
+        })?;
         if skip_reason.is_some() {
             self.skipped_steps += 1;
         }
-        self.optimizer.zero_grad()?;
         self.step += 1;
         let mut metrics = gradients.accumulated.into_metrics(self.step);
         metrics.grad_norm = grad_norm;
@@ -275,6 +289,11 @@ impl<M: PolicyModel> Trainer for RpoTrainer<M> {
         metrics.skipped_steps = self.skipped_steps;
         metrics.flops = self.step_flops(micro_batches);
         metrics.flops_per_second = metrics.flops.map(|flops| flops / seconds);
+        metrics.phases = if self.config.phase_timing {
+            timing::end()
+        } else {
+            None
+        };
         metrics.mfu = metrics
             .flops_per_second
             .zip(self.config.peak_flops)
