@@ -41,7 +41,7 @@ fn data_dir() -> PathBuf {
 
 /// The policy to train and its tokenizer: a GGUF file, a Hugging Face model folder, or the seeded small Gemma 2.
 fn load(args: &Args) -> Result<(GemmaPolicy, Box<dyn Tokenizer>), BoxError> {
-    let options = LoadOptions::new(args.device(), args.kind());
+    let options = args.load_options();
     if let Some(path) = &args.gguf {
         let file = GgufFile::open(path)?;
         let (vs, model) = Gemma::load(WeightSource::Gguf(&file), &options)?;
@@ -83,6 +83,7 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
     if let Some(lora) = args.lora() {
         lora.validate()?;
     }
+    args.check_base_dtype()?;
     if matches!(args.device(), Device::Cuda(_)) && !tch::Cuda::is_available() {
         return Err("--device cuda: no CUDA device is available to libtorch".into());
     }
@@ -209,12 +210,17 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         config(RpoConfig::paper(args.beta, 0.0), args.lr, args.epochs),
         config(RpoConfig::paper(args.beta, args.eta), args.lr, args.epochs),
     );
-    let copy_options = LoadOptions::new(args.device(), args.kind());
+    let copy_options = args.load_options();
     let trained = if let Some(lora) = args.lora() {
         let mut lora_hooks =
             ConsoleHooks::new(&memory).with_gold(|policy: &LoraPolicy<GemmaPolicy>| gold(policy.base()));
         if !args.rpo_only {
-            let copy = LoraPolicy::new(start.try_clone(&copy_options)?, &lora)?;
+            // A base kept in its GGUF blocks has no dense parameters to copy: load it again.
+            let base = match start.model().decoder().keeps_quantized() {
+                true => load(args)?.0,
+                false => start.try_clone(&copy_options)?,
+            };
+            let copy = LoraPolicy::new(base, &lora)?;
             stages.train("dpo", copy, ReferenceSource::AdaptersOff, dpo, &mut lora_hooks)?;
         }
         let policy = LoraPolicy::new(start, &lora)?;

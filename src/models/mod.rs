@@ -32,6 +32,7 @@ pub mod attention;
 pub mod decoder;
 #[cfg(feature = "gemma")]
 pub mod gemma;
+pub(crate) mod kept;
 mod linear;
 #[cfg(feature = "llama")]
 pub mod llama;

@@ -217,6 +217,22 @@ pub(crate) struct Layer {
 }
 
 impl Layer {
+    /// Whether any projection's weight is kept in its GGUF blocks.
+    pub(crate) fn keeps_quantized(&self) -> bool {
+        let (a, m) = (&self.attention, &self.mlp);
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ]
+        .iter()
+        .any(|l| l.kept.is_some())
+    }
+
     pub(crate) fn shallow_clone(&self) -> Self {
         Self {
             input_layernorm: self.input_layernorm.shallow_clone(),
