@@ -342,3 +342,49 @@ fn keep_refuses_other_sources_and_types_it_cannot_keep() {
         Err(Error::Input(InputError::Shape { .. }))
     ));
 }
+
+/// A kept tied head of 20,000 × 256 weights (two vocabulary blocks of 16,384 and 3,616 rows) in the fused
+/// pass equals the dense head's. Logits: each is the same length-H dot product; were a kernel to reorder
+/// it, `|Δz| ≤ H·u·(|h|·|W|ᵀ)` (u = 2⁻²⁴), so the log-probs differ by at most twice the largest such bound.
+/// The gradient reaching the hidden states `g·W` sums the blocks' products in another association:
+/// `|Δ| ≤ V·u·Σ_v |g_v|·|W_v|`, and for the loss Σ log p, `Σ_v |g_v| ≤ 2` per token, so
+/// `|Δ| ≤ 2·V·u·max|W|` (plus the logit bound carried through, of the same order).
+#[test]
+fn a_kept_head_in_vocabulary_blocks_equals_the_dense_fused_head() {
+    use tch_rpo::fused::{fused_loss, fused_sequence_logprobs};
+    use tch_rpo::LogProbOptions;
+    let dir = TempDir::new("head");
+    let mut config = config();
+    config.vocab_size = 20_000;
+    config.num_hidden_layers = 1;
+    let path = dir.path("head.gguf");
+    random_policy(&config, 44)
+        .save_gguf(&path, GgmlType::Q8_0, TokenizerSource::None)
+        .unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let dense = load(&file, WeightFormat::Dense, Kind::Float);
+    let kept = load(&file, WeightFormat::KeepQuantized, Kind::Float);
+    let ids = seeded(45, || Tensor::randint_low(3, 20_000, [2, 12], (Kind::Int64, Device::Cpu)));
+    let mask = Tensor::ones([2, 12], (Kind::Int64, Device::Cpu));
+    let labels = ids.shallow_clone();
+    let options = LogProbOptions::default();
+    let u = f64::powi(2.0, -24);
+    let out = |p: &GemmaPolicy| tch::no_grad(|| p.forward_hidden(&ids, &mask).unwrap().unwrap());
+    let (d, k) = (out(&dense), out(&kept));
+    assert!(d.hidden.equal(&k.hidden));
+    let w = d.head.weight.detach();
+    let h = d.hidden.detach();
+    let logit_bound = 256.0 * u * h.abs().view([-1, 256]).mm(&w.abs().tr()).max().double_value(&[]);
+    let grad_bound = 2.0 * 20_000.0 * u * w.abs().max().double_value(&[]) + 2.0 * logit_bound;
+    let logps = |head| fused_sequence_logprobs(&h, head, &labels, &options).unwrap().sum;
+    let diff = (logps(&d.head) - logps(&k.head)).abs().max().double_value(&[]);
+    assert!(diff <= 2.0 * logit_bound, "log-probs differ by {diff} > {}", 2.0 * logit_bound);
+    let grad = |head| {
+        let leaf = h.copy().set_requires_grad(true);
+        let loss = fused_loss(&leaf, head, &labels, &options, |lp| Ok((lp.sum.sum(Kind::Float), ()))).unwrap();
+        loss.loss.backward();
+        leaf.grad()
+    };
+    let diff = (grad(&d.head) - grad(&k.head)).abs().max().double_value(&[]);
+    assert!(diff <= grad_bound, "hidden gradients differ by {diff} > {grad_bound}");
+}

@@ -117,9 +117,14 @@ impl<M: CausalLm> DecoderPolicy<M> {
     /// The hidden-state output of `hidden` `[N, T, H]`: the one place that builds a [`HiddenOutput`].
     fn hidden_output(&self, hidden: Tensor) -> Result<HiddenOutput> {
         let decoder = self.model.decoder();
+        let head = match decoder.kept_head() {
+            // Kept in its GGUF blocks: applied a vocabulary block at a time, never dequantized whole.
+            Some(kept) => LinearHead::kept(&kept.placeholder()?, kept.blocks.clone()),
+            None => LinearHead::new(&decoder.head_weight()?),
+        };
         Ok(HiddenOutput::new(
             hidden,
-            LinearHead::new(&decoder.head_weight()?).with_final_logit_softcap(decoder.final_logit_softcap()),
+            head.with_final_logit_softcap(decoder.final_logit_softcap()),
         ))
     }
 
