@@ -364,7 +364,9 @@ fn a_kept_head_in_vocabulary_blocks_equals_the_dense_fused_head() {
     let file = GgufFile::open(&path).unwrap();
     let dense = load(&file, WeightFormat::Dense, Kind::Float);
     let kept = load(&file, WeightFormat::KeepQuantized, Kind::Float);
-    let ids = seeded(45, || Tensor::randint_low(3, 20_000, [2, 12], (Kind::Int64, Device::Cpu)));
+    let ids = seeded(45, || {
+        Tensor::randint_low(3, 20_000, [2, 12], (Kind::Int64, Device::Cpu))
+    });
     let mask = Tensor::ones([2, 12], (Kind::Int64, Device::Cpu));
     let labels = ids.shallow_clone();
     let options = LogProbOptions::default();
@@ -378,13 +380,23 @@ fn a_kept_head_in_vocabulary_blocks_equals_the_dense_fused_head() {
     let grad_bound = 2.0 * 20_000.0 * u * w.abs().max().double_value(&[]) + 2.0 * logit_bound;
     let logps = |head| fused_sequence_logprobs(&h, head, &labels, &options).unwrap().sum;
     let diff = (logps(&d.head) - logps(&k.head)).abs().max().double_value(&[]);
-    assert!(diff <= 2.0 * logit_bound, "log-probs differ by {diff} > {}", 2.0 * logit_bound);
+    assert!(
+        diff <= 2.0 * logit_bound,
+        "log-probs differ by {diff} > {}",
+        2.0 * logit_bound
+    );
     let grad = |head| {
         let leaf = h.copy().set_requires_grad(true);
-        let loss = fused_loss(&leaf, head, &labels, &options, |lp| Ok((lp.sum.sum(Kind::Float), ()))).unwrap();
+        let loss = fused_loss(&leaf, head, &labels, &options, |lp| {
+            Ok((lp.sum.sum(Kind::Float), ()))
+        })
+        .unwrap();
         loss.loss.backward();
         leaf.grad()
     };
     let diff = (grad(&d.head) - grad(&k.head)).abs().max().double_value(&[]);
-    assert!(diff <= grad_bound, "hidden gradients differ by {diff} > {grad_bound}");
+    assert!(
+        diff <= grad_bound,
+        "hidden gradients differ by {diff} > {grad_bound}"
+    );
 }

@@ -21,8 +21,8 @@ use tch_rpo::gguf::{GgmlType, GgufFile};
 use tch_rpo::lora::LoraPolicy;
 use tch_rpo::memory::MemoryReport;
 use tch_rpo::models::gemma::export::TokenizerSource;
-use tch_rpo::models::gemma::{greedy_accuracy, load_tokenizer, Gemma, GemmaConfig, GemmaPolicy};
 use tch_rpo::models::gemma::WeightSource;
+use tch_rpo::models::gemma::{greedy_accuracy, load_tokenizer, Gemma, GemmaConfig, GemmaPolicy};
 use tch_rpo::models::tokenizer::{CharTokenizer, GgufTokenizer};
 use tch_rpo::train::{
     write_metrics_csv, Collective, ConsoleHooks, EvalRow, ReferenceSource, RpoTrainerConfig,

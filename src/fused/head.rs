@@ -107,8 +107,13 @@ impl LinearHead {
             };
             for (start, rows) in ranges {
                 let w = blocks.dequantize_rows(start, rows, h.kind(), h.device())?;
-                let bias = self.bias.as_ref().map(|b| b.f_narrow(0, start, rows)).transpose()?;
-                z.f_narrow(1, start, rows)?.f_copy_(&h.f_linear(&w, bias.as_ref())?)?;
+                let bias = self
+                    .bias
+                    .as_ref()
+                    .map(|b| b.f_narrow(0, start, rows))
+                    .transpose()?;
+                z.f_narrow(1, start, rows)?
+                    .f_copy_(&h.f_linear(&w, bias.as_ref())?)?;
             }
             return Ok(z);
         }
@@ -138,7 +143,10 @@ impl LinearHead {
             }
             return match total {
                 Some(t) => Ok(t),
-                None => Ok(Tensor::f_zeros([g.size()[0], blocks.shape()[1]], (g.kind(), g.device()))?),
+                None => Ok(Tensor::f_zeros(
+                    [g.size()[0], blocks.shape()[1]],
+                    (g.kind(), g.device()),
+                )?),
             };
         }
         Ok(g.f_mm(&self.weight)?)

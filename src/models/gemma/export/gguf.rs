@@ -137,6 +137,49 @@ pub fn save_gguf(
     check_representable(config)?;
     let ordered = ordered_parameters(config, parameters, SAVED)?;
     check_finite(&ordered)?;
+    let mut w = gguf_metadata(config, ty, tokenizer)?;
+
+    // Norm weights are materialized as 1 + w (small); matrices are read and encoded while writing.
+    tch::no_grad(|| -> Result<()> {
+        for (name, tensor) in &ordered {
+            let gguf = gguf_tensor_name(name).ok_or_else(|| Error::Internal {
+                what: format!("checked Gemma 3 parameter `{name}` has no GGUF name"),
+            })?;
+            if tensor.dim() == 1 {
+                let stored = if gguf.ends_with("norm.weight") {
+                    tensor.f_to_kind(Kind::Float)?.f_add_scalar(1.0)?
+                } else {
+                    tensor.f_to_kind(Kind::Float)?
+                };
+                w.add_tensor(gguf.as_str(), &stored, GgmlType::F32)?;
+            } else {
+                let row = tensor.size().last().copied().unwrap_or(0);
+                let matrix_type = if ty == GgmlType::Q8_0 && row % 32 != 0 {
+                    GgmlType::F16
+                } else {
+                    ty
+                };
+                w.add_tensor(gguf.as_str(), tensor, matrix_type)?;
+            }
+        }
+        Ok(())
+    })?;
+    w.write(path)
+}
+
+/// A [`GgufWriter`] holding the metadata [`save_gguf`] writes for `config` with matrices of type `ty` and
+/// the tokenizer of `tokenizer` (the `general.*`, `gemma3.*` and `tokenizer.*` keys), and no tensor yet: for
+/// a program that adds the tensors itself, one at a time (e.g. weights too large to hold as f32 at once), by
+/// their llama.cpp names ([`gguf_tensor_name`](crate::models::gemma::gguf_tensor_name)), norms as `1 + w`.
+///
+/// # Errors
+/// Those of [`save_gguf`] about the configuration, `ty` and the tokenizer.
+pub fn gguf_metadata(
+    config: &GemmaConfig,
+    ty: GgmlType,
+    tokenizer: TokenizerSource<'_>,
+) -> Result<GgufWriter> {
+    check_representable(config)?;
     let source = match tokenizer {
         TokenizerSource::None => None,
         TokenizerSource::Gguf(file) => Some(file),
@@ -223,31 +266,5 @@ pub fn save_gguf(
             }
         }
     }
-
-    // Norm weights are materialized as 1 + w (small); matrices are read and encoded while writing.
-    tch::no_grad(|| -> Result<()> {
-        for (name, tensor) in &ordered {
-            let gguf = gguf_tensor_name(name).ok_or_else(|| Error::Internal {
-                what: format!("checked Gemma 3 parameter `{name}` has no GGUF name"),
-            })?;
-            if tensor.dim() == 1 {
-                let stored = if gguf.ends_with("norm.weight") {
-                    tensor.f_to_kind(Kind::Float)?.f_add_scalar(1.0)?
-                } else {
-                    tensor.f_to_kind(Kind::Float)?
-                };
-                w.add_tensor(gguf.as_str(), &stored, GgmlType::F32)?;
-            } else {
-                let row = tensor.size().last().copied().unwrap_or(0);
-                let matrix_type = if ty == GgmlType::Q8_0 && row % 32 != 0 {
-                    GgmlType::F16
-                } else {
-                    ty
-                };
-                w.add_tensor(gguf.as_str(), tensor, matrix_type)?;
-            }
-        }
-        Ok(())
-    })?;
-    w.write(path)
+    Ok(w)
 }
