@@ -259,6 +259,24 @@ fn lora_on_a_kept_base_trains_the_adapters_only_as_on_the_dense_base() {
     dense.set_gradient_checkpointing(true);
     let (_, dense_losses) = train(dense, 2);
     assert_eq!(losses, dense_losses);
+    // The base fingerprint covers the kept blocks: one matrix changed (the norms equal) changes it.
+    let other = dir.path("other.gguf");
+    rewrite(&file.path().to_path_buf(), &other, |name, elements| {
+        (name == "blk.0.attn_q.weight").then(|| {
+            (
+                GgmlType::Q4_K,
+                random_blocks(GgmlType::Q4_K, (elements / 256) as usize, 99),
+            )
+        })
+    });
+    let other = GgufFile::open(&other).unwrap();
+    let fingerprint = |file: &GgufFile| {
+        let base = load(file, WeightFormat::KeepQuantized, Kind::Float);
+        let policy = seeded(3, || LoraPolicy::new(base, &LoraConfig::new(4, 8.0))).unwrap();
+        policy.fingerprint().to_string()
+    };
+    assert_eq!(fingerprint(&file), trained.fingerprint());
+    assert_ne!(fingerprint(&other), trained.fingerprint());
 }
 
 #[test]
@@ -399,4 +417,38 @@ fn a_kept_head_in_vocabulary_blocks_equals_the_dense_fused_head() {
         diff <= grad_bound,
         "hidden gradients differ by {diff} > {grad_bound}"
     );
+}
+
+/// On CUDA (feature `cuda-tests`, a machine with a CUDA device): the blocks stay in host memory and each
+/// use dequantizes onto the device; the kept model computes the dense CUDA model's logits bit for bit, and a
+/// LoRA step on it trains.
+#[cfg(feature = "cuda-tests")]
+#[test]
+fn a_kept_base_on_cuda_computes_the_dense_logits_and_trains() {
+    assert!(
+        tch::Cuda::is_available(),
+        "the cuda-tests feature needs a CUDA device"
+    );
+    let dir = TempDir::new("cuda");
+    let file = GgufFile::open(fixture(&dir)).unwrap();
+    let (ids, mask) = inputs();
+    let (ids, mask) = (ids.to_device(Device::Cuda(0)), mask.to_device(Device::Cuda(0)));
+    let on_cuda = |weights| {
+        let options = LoadOptions {
+            weights,
+            ..LoadOptions::new(Device::Cuda(0), Kind::Float)
+        };
+        let (vs, model) = Gemma::load(WeightSource::Gguf(&file), &options).unwrap();
+        GemmaPolicy::new(vs, model)
+    };
+    let (dense, kept) = (on_cuda(WeightFormat::Dense), on_cuda(WeightFormat::KeepQuantized));
+    let logits = |p: &GemmaPolicy| tch::no_grad(|| p.forward(&ids, &mask).unwrap());
+    assert!(logits(&kept).equal(&logits(&dense)));
+    let (trained, losses) = train(kept, 1);
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    assert!(trained
+        .adapters()
+        .named_parameters()
+        .iter()
+        .all(|(_, p)| p.device() == Device::Cuda(0)));
 }

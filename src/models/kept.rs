@@ -73,3 +73,21 @@ impl KeptWeights {
         self.by_name.contains_key(name)
     }
 }
+
+/// How `Decoder::build` fills the parameters it creates.
+#[derive(Clone, Copy)]
+pub(crate) enum DecoderInit<'a> {
+    /// Linear and embedding weights ~ N(0, initializer_range²), biases 0, norms as transformers.
+    Random,
+    /// Every parameter 0 (for loading; the random generator is untouched).
+    Zeros,
+    /// As `Zeros`, but the matrices in the set are taken from it, kept in their GGUF blocks (no variable).
+    Kept(&'a KeptWeights),
+}
+
+impl<'a> DecoderInit<'a> {
+    /// `Kept` with a set, else `Zeros`: what a loader builds.
+    pub(crate) fn loading(kept: Option<&'a KeptWeights>) -> Self {
+        kept.map_or(DecoderInit::Zeros, DecoderInit::Kept)
+    }
+}

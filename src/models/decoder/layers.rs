@@ -217,8 +217,8 @@ pub(crate) struct Layer {
 }
 
 impl Layer {
-    /// Whether any projection's weight is kept in its GGUF blocks.
-    pub(crate) fn keeps_quantized(&self) -> bool {
+    /// The seven projections: q, k, v, o, gate, up, down.
+    pub(crate) fn linears(&self) -> [&Linear; 7] {
         let (a, m) = (&self.attention, &self.mlp);
         [
             &a.q_proj,
@@ -229,8 +229,11 @@ impl Layer {
             &m.up_proj,
             &m.down_proj,
         ]
-        .iter()
-        .any(|l| l.kept.is_some())
+    }
+
+    /// Whether any projection's weight is kept in its GGUF blocks.
+    pub(crate) fn keeps_quantized(&self) -> bool {
+        self.linears().iter().any(|l| l.kept.is_some())
     }
 
     pub(crate) fn shallow_clone(&self) -> Self {

@@ -8,26 +8,8 @@ use super::spec::{DecoderSpec, NormStyle, Rope};
 use super::CausalLm;
 use crate::autograd::{backward_from, leaf_grad};
 use crate::error::{Error, InputError, Result};
-use crate::models::kept::{KeptWeight, KeptWeights};
+use crate::models::kept::{DecoderInit, KeptWeight};
 use crate::models::linear::Linear;
-
-/// How [`Decoder::build`] fills the parameters it creates.
-#[derive(Clone, Copy)]
-pub(crate) enum DecoderInit<'a> {
-    /// Linear and embedding weights ~ N(0, initializer_range²), biases 0, norms as transformers.
-    Random,
-    /// Every parameter 0 (for loading; the random generator is untouched).
-    Zeros,
-    /// As `Zeros`, but the matrices in the set are taken from it, kept in their GGUF blocks (no variable).
-    Kept(&'a KeptWeights),
-}
-
-impl<'a> DecoderInit<'a> {
-    /// `Kept` with a set, else `Zeros`: what a loader builds.
-    pub(crate) fn loading(kept: Option<&'a KeptWeights>) -> Self {
-        kept.map_or(DecoderInit::Zeros, DecoderInit::Kept)
-    }
-}
 
 /// A decoder-only causal language model: token embedding (scaled by `sqrt(H)` for Gemma), layers of
 /// RMSNorm → grouped-query attention with RoPE → residual → RMSNorm → gated MLP → residual, a final
@@ -236,6 +218,16 @@ impl Decoder {
             Some(_) => self.head_kept.as_ref(),
             None => self.embed_kept.as_ref(),
         }
+    }
+
+    /// The matrices kept in their GGUF blocks: the embedding, the untied head, then every layer's
+    /// projections (q, k, v, o, gate, up, down).
+    pub(crate) fn kept_blocks(&self) -> Vec<&crate::gguf::BlockMatrix> {
+        let mut all: Vec<&KeptWeight> = self.embed_kept.iter().chain(&self.head_kept).collect();
+        for layer in &self.layers {
+            all.extend(layer.linears().into_iter().filter_map(|l| l.kept.as_ref()));
+        }
+        all.into_iter().map(|k| &k.blocks).collect()
     }
 
     /// Whether any weight matrix is kept in its GGUF blocks

@@ -14,8 +14,8 @@ use super::model::Gemma;
 use super::weights_gguf::{check_gguf_tensors, gguf_fix};
 use crate::error::Result;
 use crate::models::decoder::load::{load_model, LoadPlan};
-use crate::models::decoder::model::DecoderInit;
 pub use crate::models::decoder::{LoadOptions, WeightFormat, WeightSource};
+use crate::models::kept::DecoderInit;
 
 impl WeightSource<'_, GemmaConfig> {
     /// The configuration the source describes, validated.

@@ -5,8 +5,8 @@ use tch::{nn, Tensor};
 use super::config::{GemmaArch, GemmaConfig};
 use super::load::{LoadOptions, WeightSource};
 use crate::error::Result;
-use crate::models::decoder::model::DecoderInit;
 use crate::models::decoder::{CausalLm, Decoder, KvCache, LayerCheckpoints};
+use crate::models::kept::DecoderInit;
 
 /// A Gemma 1 / 2 / 3 causal language model with a tied LM head: the shared [`Decoder`] with Gemma's
 /// switches (`(1 + w)` RMSNorm in f32, embedding × √H, GeGLU, and Gemma 2 / 3's layers).

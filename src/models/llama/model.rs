@@ -5,8 +5,8 @@ use tch::{nn, Tensor};
 use super::config::{LlamaArch, LlamaConfig};
 use crate::error::Result;
 use crate::models::decoder::load::{load_model, LoadPlan};
-use crate::models::decoder::model::DecoderInit;
 use crate::models::decoder::{CausalLm, Decoder, KvCache, LayerCheckpoints, LoadOptions, WeightSource};
+use crate::models::kept::DecoderInit;
 
 /// A Llama-family causal language model (Llama 3.x, SmolLM2, Qwen2 / 2.5, Qwen3, Mistral): the shared
 /// [`Decoder`] with the family's switches ([`LlamaConfig::arch`]; see the [module docs](super)).
