@@ -261,7 +261,7 @@ fn lora_on_a_kept_base_trains_the_adapters_only_as_on_the_dense_base() {
     assert_eq!(losses, dense_losses);
     // The base fingerprint covers the kept blocks: one matrix changed (the norms equal) changes it.
     let other = dir.path("other.gguf");
-    rewrite(&file.path().to_path_buf(), &other, |name, elements| {
+    rewrite(file.path(), &other, |name, elements| {
         (name == "blk.0.attn_q.weight").then(|| {
             (
                 GgmlType::Q4_K,

@@ -75,7 +75,7 @@ impl LinearHead {
 
     /// A frozen head kept in its GGUF blocks: `stand_in` `[V, H]` gives the shape, dtype and device the
     /// blocks are dequantized to (its values are not read).
-    #[cfg(feature = "gguf")]
+    #[cfg(all(feature = "gguf", feature = "train"))]
     pub(crate) fn kept(stand_in: &Tensor, blocks: BlockMatrix) -> Self {
         Self {
             blocks: Some(blocks),

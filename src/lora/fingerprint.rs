@@ -3,6 +3,7 @@
 
 use tch::{Device, Kind, Tensor};
 
+#[cfg(feature = "train")]
 use super::LoraModel;
 use crate::error::Result;
 
@@ -32,6 +33,7 @@ pub fn fingerprint(named: &[(String, Tensor)]) -> Result<String> {
 
 /// [`fingerprint`] of `named`, continued over `(name, bytes)` of every frozen weight `model` holds outside
 /// its parameters ([`LoraModel::visit_frozen_bytes`]); the same as [`fingerprint`] for a model with none.
+#[cfg(feature = "train")]
 pub(crate) fn fingerprint_with_frozen(named: &[(String, Tensor)], model: &dyn LoraModel) -> Result<String> {
     let mut hash = hash_named(named)?;
     model.visit_frozen_bytes(&mut |name, bytes| {

@@ -222,6 +222,7 @@ impl Decoder {
 
     /// The matrices kept in their GGUF blocks: the embedding, the untied head, then every layer's
     /// projections (q, k, v, o, gate, up, down).
+    #[cfg(feature = "lora")]
     pub(crate) fn kept_blocks(&self) -> Vec<&crate::gguf::BlockMatrix> {
         let mut all: Vec<&KeptWeight> = self.embed_kept.iter().chain(&self.head_kept).collect();
         for layer in &self.layers {
