@@ -219,8 +219,8 @@ struct Args {
     #[arg(long, value_name = "FILE", requires = "lora_r")]
     save_gguf_adapter: Option<PathBuf>,
     /// How the frozen base of --lora-r is held: keep (the --gguf file's quantized blocks in memory,
-    /// dequantized layer by layer when used, activations in --dtype; needs --gguf and no SFT stage), or
-    /// dequantized once to bf16 or f32. Default: --dtype.
+    /// dequantized layer by layer when used, activations in --dtype; needs --gguf, no SFT stage and no
+    /// --save / --save-gguf), or dequantized once to bf16 or f32. Default: --dtype.
     #[arg(long, value_enum, value_name = "KIND")]
     base_dtype: Option<BaseDtypeArg>,
 }
@@ -289,6 +289,12 @@ impl Args {
         if base == BaseDtypeArg::Keep {
             if self.gguf.is_none() {
                 return Err("--base-dtype keep keeps a GGUF file's quantized blocks: it needs --gguf".into());
+            }
+            if self.save.is_some() || self.save_gguf.is_some() {
+                return Err("--save / --save-gguf write the merged model, which needs a dense base: use \
+                            --base-dtype f32 or bf16 (with keep, save the adapters: --save-adapter, \
+                            --save-gguf-adapter)"
+                    .into());
             }
             if self.sft_epochs > 0 {
                 return Err(format!(

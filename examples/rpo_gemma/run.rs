@@ -228,7 +228,12 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         if main {
             save_adapters(args, &trained)?;
         }
-        trained.merge_and_unload()?
+        match trained.base().model().decoder().keeps_quantized() {
+            // A base kept in its GGUF blocks takes no merged weights (--save / --save-gguf are refused with
+            // it): the adapters stay attached.
+            true => trained.into_parts().0,
+            false => trained.merge_and_unload()?,
+        }
     } else {
         // 2. Reference log-probs of the SFT model, once (each rank scores its block, then they are
         //    gathered).
