@@ -291,10 +291,12 @@ impl Args {
                 return Err("--base-dtype keep keeps a GGUF file's quantized blocks: it needs --gguf".into());
             }
             if self.save.is_some() || self.save_gguf.is_some() {
-                return Err("--save / --save-gguf write the merged model, which needs a dense base: use \
+                return Err(
+                    "--save / --save-gguf write the merged model, which needs a dense base: use \
                             --base-dtype f32 or bf16 (with keep, save the adapters: --save-adapter, \
                             --save-gguf-adapter)"
-                    .into());
+                        .into(),
+                );
             }
             if self.sft_epochs > 0 {
                 return Err(format!(
