@@ -166,7 +166,7 @@ fn hidden_of(model: &gemma::Gemma, ids: &[i64]) -> Tensor {
 /// those rows only, so the long prompt needs no [T, V] matrix).
 fn logits_at(model: &gemma::Gemma, hidden: &Tensor, positions: &[i64]) -> Tensor {
     let rows = hidden.index_select(0, &Tensor::from_slice(positions));
-    let logits = rows.matmul(&model.head_weight().tr());
+    let logits = rows.matmul(&model.head_weight().expect("head weight").tr());
     assert!(
         model.final_logit_softcap().is_none(),
         "Gemma 3 270M has no final soft-cap"

@@ -62,7 +62,7 @@ fn check_against_reference(name: &str, arch: gemma::GemmaArch) {
     // forward_hidden · head_weightᵀ (+ the final soft-cap) is forward.
     let hidden = tch::no_grad(|| model.forward_hidden(ids, mask)).unwrap();
     assert_eq!(hidden.size(), vec![3, 12, model.config().hidden_size]);
-    let mut manual = hidden.matmul(&model.head_weight().tr());
+    let mut manual = hidden.matmul(&model.head_weight().expect("head weight").tr());
     if let Some(cap) = model.final_logit_softcap() {
         manual = (manual / cap).tanh() * cap;
     }

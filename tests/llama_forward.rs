@@ -85,7 +85,7 @@ fn logits_match_transformers_with_right_padding() {
 
         // forward_hidden · head_weightᵀ is forward (no soft-cap in this family).
         let hidden = tch::no_grad(|| model.forward_hidden(ids, mask)).unwrap();
-        let manual = hidden.matmul(&model.head_weight().tr());
+        let manual = hidden.matmul(&model.head_weight().expect("head weight").tr());
         assert!(max_abs_diff_on(&manual, &logits, mask) < 1e-6, "{name}");
     }
 }
@@ -284,7 +284,10 @@ fn bad_weights_are_typed_errors() {
     }
 
     let mut extra = parameters;
-    extra.push(("lm_head.weight".into(), llama.head_weight().copy()));
+    extra.push((
+        "lm_head.weight".into(),
+        llama.head_weight().expect("head weight").copy(),
+    ));
     extra.push((
         "model.layers.0.self_attn.o_proj.bias".into(),
         Tensor::zeros([64], (Kind::Float, Device::Cpu)),

@@ -100,6 +100,9 @@ fn bad_lora_flags_are_errors() {
             "lm_head",
         ),
         (vec!["--lora-alpha", "8"], "--lora-r"),
+        (vec!["--base-dtype", "keep"], "it needs --lora-r"),
+        (vec!["--base-dtype", "f32"], "it needs --lora-r"),
+        (vec!["--lora-r", "4", "--base-dtype", "keep"], "it needs --gguf"),
     ] {
         let args = tiny(&output, &extra);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

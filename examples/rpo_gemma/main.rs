@@ -49,6 +49,17 @@ enum PrecisionArg {
     Bf16,
 }
 
+/// How the frozen LoRA base is held (--base-dtype).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BaseDtypeArg {
+    /// The --gguf file's (quantized) blocks, dequantized per layer when used.
+    Keep,
+    /// Dequantized to bf16 once at load.
+    Bf16,
+    /// Dequantized to f32 once at load.
+    F32,
+}
+
 /// SFT a Gemma model, then train DPO and RPO from it and compare them (chosen log-prob, reward accuracy,
 /// reward margin, gold accuracy on a checkable task).
 ///
@@ -224,6 +235,11 @@ struct Args {
     /// (`llama-cli -m BASE.gguf --lora FILE`).
     #[arg(long, value_name = "FILE", requires = "lora_r")]
     save_gguf_adapter: Option<PathBuf>,
+    /// How the frozen base of --lora-r is held: keep (the --gguf file's quantized blocks in memory,
+    /// dequantized layer by layer when used, activations in --dtype; needs --gguf, no SFT stage and no
+    /// --save / --save-gguf), or dequantized once to bf16 or f32. Default: --dtype.
+    #[arg(long, value_enum, value_name = "KIND")]
+    base_dtype: Option<BaseDtypeArg>,
 }
 
 fn gguf_type(name: &str) -> Result<GgmlType, String> {
@@ -262,6 +278,52 @@ impl Args {
         config.use_rslora = self.lora_rslora;
         config.target_modules = (!self.lora_targets.is_empty()).then(|| self.lora_targets.clone());
         Some(config)
+    }
+    /// How the model is loaded: --device, and --base-dtype (bf16 / f32 set the dtype, keep keeps the
+    /// GGUF blocks) or --dtype.
+    fn load_options(&self) -> tch_rpo::models::gemma::LoadOptions {
+        use tch_rpo::models::gemma::{LoadOptions, WeightFormat};
+        let mut options = LoadOptions::new(self.device(), self.kind());
+        match self.base_dtype {
+            Some(BaseDtypeArg::Keep) => options.weights = WeightFormat::KeepQuantized,
+            Some(BaseDtypeArg::Bf16) => options.kind = Kind::BFloat16,
+            Some(BaseDtypeArg::F32) => options.kind = Kind::Float,
+            None => {}
+        }
+        options
+    }
+    /// Checks --base-dtype against the flags it needs.
+    fn check_base_dtype(&self) -> Result<(), String> {
+        let Some(base) = self.base_dtype else {
+            return Ok(());
+        };
+        if self.lora_r.is_none() {
+            return Err(format!(
+                "--base-dtype {base:?} sets how the frozen LoRA base is held: it needs --lora-r"
+            )
+            .to_lowercase());
+        }
+        if base == BaseDtypeArg::Keep {
+            if self.gguf.is_none() {
+                return Err("--base-dtype keep keeps a GGUF file's quantized blocks: it needs --gguf".into());
+            }
+            if self.save.is_some() || self.save_gguf.is_some() {
+                return Err(
+                    "--save / --save-gguf write the merged model, which needs a dense base: use \
+                            --base-dtype f32 or bf16 (with keep, save the adapters: --save-adapter, \
+                            --save-gguf-adapter)"
+                        .into(),
+                );
+            }
+            if self.sft_epochs > 0 {
+                return Err(format!(
+                    "--base-dtype keep freezes every weight matrix, so it cannot run the SFT stage \
+                     (--sft-epochs {}): pass --sft-epochs 0",
+                    self.sft_epochs
+                ));
+            }
+        }
+        Ok(())
     }
     fn kind(&self) -> Kind {
         use tch_rpo::train::Precision;

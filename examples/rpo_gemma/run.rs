@@ -23,7 +23,7 @@ use tch_rpo::lora::LoraPolicy;
 use tch_rpo::memory::MemoryReport;
 use tch_rpo::models::auto::{load_tokenizer, AutoModel, AutoPolicy};
 use tch_rpo::models::decoder::export::TokenizerSource;
-use tch_rpo::models::decoder::{greedy_accuracy, CausalLm, LoadOptions, WeightSource};
+use tch_rpo::models::decoder::{greedy_accuracy, CausalLm, WeightSource};
 use tch_rpo::models::gemma::{Gemma, GemmaConfig};
 use tch_rpo::models::tokenizer::CharTokenizer;
 use tch_rpo::train::{
@@ -44,7 +44,7 @@ fn data_dir() -> PathBuf {
 /// The policy to train and its tokenizer: a GGUF file or a Hugging Face model folder of any supported
 /// architecture (detected from the file), or the seeded small Gemma 2.
 fn load(args: &Args) -> Result<(AutoPolicy, Box<dyn Tokenizer>), BoxError> {
-    let options = LoadOptions::new(args.device(), args.kind());
+    let options = args.load_options();
     if let Some(path) = &args.gguf {
         let file = GgufFile::open(path)?;
         let (vs, model) = AutoModel::load(WeightSource::Gguf(&file), &options)?;
@@ -86,6 +86,7 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
     if let Some(lora) = args.lora() {
         lora.validate()?;
     }
+    args.check_base_dtype()?;
     if matches!(args.device(), Device::Cuda(_)) && !tch::Cuda::is_available() {
         return Err("--device cuda: no CUDA device is available to libtorch".into());
     }
@@ -213,12 +214,17 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         config(RpoConfig::paper(args.beta, 0.0), args.lr, args.epochs),
         config(RpoConfig::paper(args.beta, args.eta), args.lr, args.epochs),
     );
-    let copy_options = LoadOptions::new(args.device(), args.kind());
+    let copy_options = args.load_options();
     let trained = if let Some(lora) = args.lora() {
         let mut lora_hooks =
             ConsoleHooks::new(&memory).with_gold(|policy: &LoraPolicy<AutoPolicy>| gold(policy.base()));
         if !args.rpo_only {
-            let copy = LoraPolicy::new(start.try_clone(&copy_options)?, &lora)?;
+            // A base kept in its GGUF blocks has no dense parameters to copy: load it again.
+            let base = match start.model().decoder().keeps_quantized() {
+                true => load(args)?.0,
+                false => start.try_clone(&copy_options)?,
+            };
+            let copy = LoraPolicy::new(base, &lora)?;
             stages.train("dpo", copy, ReferenceSource::AdaptersOff, dpo, &mut lora_hooks)?;
         }
         let policy = LoraPolicy::new(start, &lora)?;
@@ -226,7 +232,12 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         if main {
             save_adapters(args, &trained)?;
         }
-        trained.merge_and_unload()?
+        match trained.base().model().decoder().keeps_quantized() {
+            // A base kept in its GGUF blocks takes no merged weights (--save / --save-gguf are refused with
+            // it): the adapters stay attached.
+            true => trained.into_parts().0,
+            false => trained.merge_and_unload()?,
+        }
     } else {
         // 2. Reference log-probs of the SFT model, once (each rank scores its block, then they are
         //    gathered).

@@ -153,7 +153,7 @@ fn chunk_rows(options: &LogProbOptions, vocab: i64, compute: Kind) -> i64 {
 
 /// `[n, V]` logits of one chunk in the compute dtype: `softcap(scale · (h·Wᵀ + b))`.
 pub(crate) fn chunk_logits(h: &Tensor, head: &LinearHead, compute: Kind) -> Result<Tensor> {
-    let linear = h.f_linear(&head.weight, head.bias.as_ref())?;
+    let linear = head.linear(h, None)?;
     let mut z = if linear.f_kind()? == compute {
         linear
     } else {
@@ -444,7 +444,7 @@ impl Accumulators {
             g.f_to_kind(self.kind)?
         };
         if let Some(gh) = self.hidden.as_mut() {
-            let part = g_low.f_mm(&head.weight)?;
+            let part = head.input_grad(&g_low)?;
             match rows {
                 Rows::Range(start) => {
                     gh.f_narrow(0, start, part.size()[0])?.f_copy_(&part)?;

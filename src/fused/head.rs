@@ -1,8 +1,14 @@
 //! The linear LM head of the fused path.
 
 use crate::error::Result;
+#[cfg(feature = "gguf")]
+use crate::gguf::BlockMatrix;
 use crate::validate;
 use tch::Tensor;
+
+/// Rows of a head kept in its GGUF blocks dequantized at a time (a vocabulary block): about 4 Mi values.
+#[cfg(feature = "gguf")]
+const VOCAB_BLOCK_ELEMENTS: i64 = 1 << 22;
 
 /// A linear LM head: `weight [V, H]`, an optional `bias [V]`, an optional logit scale and an optional
 /// final-logit soft-cap. The logits it produces are
@@ -18,6 +24,12 @@ use tch::Tensor;
 /// The head owns shallow clones of its tensors (handles sharing their storage and autograd identity, no copy),
 /// so it has no lifetime: a model's forward pass can return it ([`crate::train::HiddenOutput`]) and a batch
 /// can hold it. [`Clone`] makes shallow clones too.
+///
+/// A model whose tied head is kept in its GGUF blocks
+/// ([`WeightFormat::KeepQuantized`](crate::models::decoder::WeightFormat)) gives a head whose `weight` is a
+/// stand-in (its shape, dtype and device, no values) over the blocks: every fused pass then computes
+/// `h·Wᵀ` and `g·W` a vocabulary block of about 4 Mi weights at a time, dequantizing only that block, so
+/// the `[V, H]` matrix is never held whole; such a head is frozen (no weight gradient).
 #[derive(Debug)]
 pub struct LinearHead {
     /// `[V, H]` weight (the layout of `nn::Linear` and of an embedding table), the parameter itself (a
@@ -29,6 +41,9 @@ pub struct LinearHead {
     pub logit_scale: f64,
     /// Final-logit soft-cap `c > 0` (Gemma 2 uses 30). Default `None`.
     pub final_logit_softcap: Option<f64>,
+    /// The weight kept in its GGUF blocks (`weight` is then a stand-in).
+    #[cfg(feature = "gguf")]
+    pub(crate) blocks: Option<BlockMatrix>,
 }
 
 impl Clone for LinearHead {
@@ -39,6 +54,8 @@ impl Clone for LinearHead {
             bias: self.bias.as_ref().map(Tensor::shallow_clone),
             logit_scale: self.logit_scale,
             final_logit_softcap: self.final_logit_softcap,
+            #[cfg(feature = "gguf")]
+            blocks: self.blocks.clone(),
         }
     }
 }
@@ -51,7 +68,88 @@ impl LinearHead {
             bias: None,
             logit_scale: 1.0,
             final_logit_softcap: None,
+            #[cfg(feature = "gguf")]
+            blocks: None,
         }
+    }
+
+    /// A frozen head kept in its GGUF blocks: `stand_in` `[V, H]` gives the shape, dtype and device the
+    /// blocks are dequantized to (its values are not read).
+    #[cfg(all(feature = "gguf", feature = "train"))]
+    pub(crate) fn kept(stand_in: &Tensor, blocks: BlockMatrix) -> Self {
+        Self {
+            blocks: Some(blocks),
+            ..Self::new(stand_in)
+        }
+    }
+
+    /// The vocabulary blocks `(start, rows)` of a kept head, `None` for a dense one.
+    #[cfg(feature = "gguf")]
+    fn vocab_blocks(&self) -> Option<(&BlockMatrix, Vec<(i64, i64)>)> {
+        let blocks = self.blocks.as_ref()?;
+        let [vocab, hidden] = blocks.shape();
+        let step = (VOCAB_BLOCK_ELEMENTS / hidden.max(1)).max(1);
+        let ranges = (0..vocab)
+            .step_by(step as usize)
+            .map(|start| (start, step.min(vocab - start)))
+            .collect();
+        Some((blocks, ranges))
+    }
+
+    /// `h·Wᵀ + b` `[n, V]` in `h`'s dtype for `h [n, H]`, into `out` when given (a contiguous `[n, V]`
+    /// buffer of that dtype); a kept head a vocabulary block at a time.
+    pub(crate) fn linear(&self, h: &Tensor, out: Option<&Tensor>) -> Result<Tensor> {
+        #[cfg(feature = "gguf")]
+        if let Some((blocks, ranges)) = self.vocab_blocks() {
+            let z = match out {
+                Some(z) => z.shallow_clone(),
+                None => Tensor::f_empty([h.size()[0], blocks.shape()[0]], (h.kind(), h.device()))?,
+            };
+            for (start, rows) in ranges {
+                let w = blocks.dequantize_rows(start, rows, h.kind(), h.device())?;
+                let bias = self
+                    .bias
+                    .as_ref()
+                    .map(|b| b.f_narrow(0, start, rows))
+                    .transpose()?;
+                z.f_narrow(1, start, rows)?
+                    .f_copy_(&h.f_linear(&w, bias.as_ref())?)?;
+            }
+            return Ok(z);
+        }
+        match (out, &self.bias) {
+            (None, _) => Ok(h.f_linear(&self.weight, self.bias.as_ref())?),
+            (Some(z), Some(b)) => Ok(b.f_addmm_out(z, h, &self.weight.f_tr()?)?),
+            (Some(z), None) => Ok(h.f_mm_out(z, &self.weight.f_tr()?)?),
+        }
+    }
+
+    /// `g·W` `[n, H]` for `g [n, V]` in the weight's dtype: the gradient reaching the hidden states; a kept
+    /// head a vocabulary block at a time (the blocks' products added in vocabulary order).
+    pub(crate) fn input_grad(&self, g: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "gguf")]
+        if let Some((blocks, ranges)) = self.vocab_blocks() {
+            let mut total: Option<Tensor> = None;
+            for (start, rows) in ranges {
+                let w = blocks.dequantize_rows(start, rows, g.kind(), g.device())?;
+                let part = g.f_narrow(1, start, rows)?.f_mm(&w)?;
+                total = Some(match total {
+                    Some(mut t) => {
+                        let _ = t.f_add_(&part)?;
+                        t
+                    }
+                    None => part,
+                });
+            }
+            return match total {
+                Some(t) => Ok(t),
+                None => Ok(Tensor::f_zeros(
+                    [g.size()[0], blocks.shape()[1]],
+                    (g.kind(), g.device()),
+                )?),
+            };
+        }
+        Ok(g.f_mm(&self.weight)?)
     }
     /// Sets the `[V]` bias (a shallow clone).
     pub fn with_bias(mut self, bias: &Tensor) -> Self {

@@ -177,14 +177,7 @@ impl Chunk {
     /// Same-dtype logits without soft-cap or statistics, in `z` (a view of the shared buffer): the softmax
     /// is formed in place, `e = exp(z − m)`, `p = e / Σe`, `lse = m + log Σe`.
     fn simple(mut z: Tensor, hc: &Tensor, head: &LinearHead, targets: &Tensor) -> Result<Self> {
-        match &head.bias {
-            Some(b) => {
-                let _ = b.f_addmm_out(&z, hc, &head.weight.f_tr()?)?;
-            }
-            None => {
-                let _ = hc.f_mm_out(&z, &head.weight.f_tr()?)?;
-            }
-        }
+        let _ = head.linear(hc, Some(&z))?;
         if head.logit_scale != 1.0 {
             let _ = z.f_mul_scalar_(head.logit_scale)?;
         }

@@ -52,6 +52,7 @@
 //! # }
 //! ```
 
+mod blocks;
 mod check;
 mod dequant;
 mod header;
@@ -60,6 +61,7 @@ mod types;
 mod value;
 mod write;
 
+pub use blocks::{BlockMatrix, KEEP_TYPES};
 pub use check::{MATRIX_TYPES, VECTOR_TYPES};
 pub use read::dequantize;
 pub use types::{GgmlType, GgufValueType};

@@ -3,6 +3,8 @@
 
 use tch::{Device, Kind, Tensor};
 
+#[cfg(feature = "train")]
+use super::LoraModel;
 use crate::error::Result;
 
 /// Elements hashed per block (bounds the host copy of a large tensor).
@@ -26,6 +28,21 @@ fn fnv(hash: u64, bytes: &[u8]) -> u64 {
 /// # Errors
 /// [`crate::Error::Torch`] if a tensor cannot be read back.
 pub fn fingerprint(named: &[(String, Tensor)]) -> Result<String> {
+    Ok(format!("fnv1a64:{:016x}", hash_named(named)?))
+}
+
+/// [`fingerprint`] of `named`, continued over `(name, bytes)` of every frozen weight `model` holds outside
+/// its parameters ([`LoraModel::visit_frozen_bytes`]); the same as [`fingerprint`] for a model with none.
+#[cfg(feature = "train")]
+pub(crate) fn fingerprint_with_frozen(named: &[(String, Tensor)], model: &dyn LoraModel) -> Result<String> {
+    let mut hash = hash_named(named)?;
+    model.visit_frozen_bytes(&mut |name, bytes| {
+        hash = fnv(fnv(hash, name.as_bytes()), bytes);
+    });
+    Ok(format!("fnv1a64:{hash:016x}"))
+}
+
+fn hash_named(named: &[(String, Tensor)]) -> Result<u64> {
     let mut order: Vec<&(String, Tensor)> = named.iter().collect();
     order.sort_by(|a, b| a.0.cmp(&b.0));
     let mut hash = FNV_OFFSET;
@@ -49,5 +66,5 @@ pub fn fingerprint(named: &[(String, Tensor)]) -> Result<String> {
             start += len;
         }
     }
-    Ok(format!("fnv1a64:{hash:016x}"))
+    Ok(hash)
 }

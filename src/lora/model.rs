@@ -95,4 +95,11 @@ pub trait LoraModel {
     /// # Errors
     /// An error naming `path` when the model has no such layer.
     fn set_lora_adapter(&mut self, path: &str, adapter: Option<LoraAdapter>) -> Result<()>;
+
+    /// Frozen weights the model holds outside its parameters (e.g. matrices kept in their GGUF blocks),
+    /// given to `visit` as `(name, bytes)` in a fixed order: [`crate::lora::LoraPolicy`] hashes them into
+    /// the base fingerprint after the parameters. Default: none.
+    fn visit_frozen_bytes(&self, visit: &mut dyn FnMut(&str, &[u8])) {
+        let _ = visit;
+    }
 }

@@ -4,7 +4,7 @@ use tch::{Device, Tensor};
 
 use super::adapters::LoraAdapters;
 use super::config::LoraConfig;
-use super::fingerprint::fingerprint;
+use super::fingerprint::fingerprint_with_frozen;
 use super::model::LoraModel;
 use crate::error::{Error, InputError, Result};
 use crate::train::{CheckpointedForward, HiddenOutput, LossPath, PolicyModel};
@@ -37,7 +37,9 @@ impl<M> std::fmt::Debug for LoraPolicy<M> {
 
 impl<M: PolicyModel + LoraModel> LoraPolicy<M> {
     /// Freezes every parameter of `base` (`requires_grad = false`), records the fingerprint of its
-    /// parameters ([`super::fingerprint`]: a pass over their bytes) and attaches adapters as `config` says
+    /// parameters ([`super::fingerprint`]: a pass over their bytes), continued over the frozen weights it
+    /// holds outside them ([`LoraModel::visit_frozen_bytes`]: a base kept in its GGUF blocks), and attaches
+    /// adapters as `config` says
     /// ([`LoraAdapters::attach`]).
     ///
     /// # Errors
@@ -48,7 +50,7 @@ impl<M: PolicyModel + LoraModel> LoraPolicy<M> {
         for (_, parameter) in &parameters {
             let _ = parameter.set_requires_grad(false);
         }
-        let fingerprint = fingerprint(&parameters)?;
+        let fingerprint = fingerprint_with_frozen(&parameters, &base)?;
         drop(parameters);
         let adapters = LoraAdapters::attach(&mut base, config)?;
         Ok(Self {
@@ -148,8 +150,8 @@ impl<M: PolicyModel> PolicyModel for LoraPolicy<M> {
             return Err(Error::Input(InputError::Config {
                 name: "lora_dropout",
                 requirement: format!(
-                    "must be 0 with gradient checkpointing (got {}): a recomputed layer would draw other \
-                     dropout masks than its first pass",
+                    "must be 0 with gradient checkpointing or a base kept in its GGUF blocks, which recompute \
+                     the layers (got {}): a recomputed layer would draw other dropout masks than its first pass",
                     self.adapters.config().lora_dropout
                 ),
             }));

@@ -35,6 +35,7 @@ pub mod auto;
 pub mod decoder;
 #[cfg(feature = "gemma")]
 pub mod gemma;
+pub(crate) mod kept;
 mod linear;
 #[cfg(feature = "llama")]
 pub mod llama;

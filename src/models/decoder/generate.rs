@@ -303,7 +303,7 @@ pub fn generate(
     if rows == 0 || config.max_new_tokens == 0 {
         return Ok(generation);
     }
-    let device = model.head_weight().device();
+    let device = model.device();
     let n = rows as i64;
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let masks: Vec<Vec<i64>> = prompts.iter().map(|p| vec![1; p.len()]).collect();
@@ -386,7 +386,7 @@ pub fn greedy_decode(
     pad_id: i64,
     device: Device,
 ) -> Result<Vec<Vec<i64>>> {
-    let model_device = model.decoder().head_weight().device();
+    let model_device = model.decoder().device();
     if device != model_device {
         return Err(Error::Input(InputError::DeviceMismatch {
             arg: "device",

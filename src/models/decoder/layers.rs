@@ -217,6 +217,25 @@ pub(crate) struct Layer {
 }
 
 impl Layer {
+    /// The seven projections: q, k, v, o, gate, up, down.
+    pub(crate) fn linears(&self) -> [&Linear; 7] {
+        let (a, m) = (&self.attention, &self.mlp);
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ]
+    }
+
+    /// Whether any projection's weight is kept in its GGUF blocks.
+    pub(crate) fn keeps_quantized(&self) -> bool {
+        self.linears().iter().any(|l| l.kept.is_some())
+    }
+
     pub(crate) fn shallow_clone(&self) -> Self {
         Self {
             input_layernorm: self.input_layernorm.shallow_clone(),

@@ -6,8 +6,10 @@ use std::path::Path;
 
 use tch::{nn, Device, Kind, Tensor};
 
+use super::weights_gguf::{load_gguf, read_kept};
 use crate::error::{Error, InputError, ParameterMismatch, Result};
 use crate::gguf::GgufFile;
+use crate::models::kept::KeptWeights;
 
 /// Where a model's configuration and weights come from; `C` is the family's configuration
 /// ([`GemmaConfig`](crate::models::gemma::GemmaConfig), [`LlamaConfig`](crate::models::llama::LlamaConfig)).
@@ -41,19 +43,45 @@ impl<C> Clone for WeightSource<'_, C> {
 
 impl<C> Copy for WeightSource<'_, C> {}
 
-/// How a loader places the model: on `device`, with every parameter in `kind`.
+/// How a loader holds a model's weight matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// Every parameter a variable of the store, in [`LoadOptions::kind`] (the default).
+    #[default]
+    Dense,
+    /// A GGUF source's matrices — the embedding (and tied head), every layer's projections, an untied
+    /// head — stay in the file's blocks in host memory ([`crate::gguf::BlockMatrix`], any type of
+    /// [`crate::gguf::KEEP_TYPES`]), frozen and outside the store, dequantized to [`LoadOptions::kind`] on
+    /// [`LoadOptions::device`] when used: a projection whole for its product, the embedding only at the
+    /// looked-up rows, the tied head whole by [`Decoder::logits`](super::Decoder::logits) /
+    /// [`Decoder::head_weight`](super::Decoder::head_weight). The norms (and biases) are variables. The
+    /// values are those a [`WeightFormat::Dense`] load holds, bit for bit. Meant for LoRA on a frozen base
+    /// (QLoRA): a trained [`DecoderPolicy`](super::DecoderPolicy) runs its layers under per-layer
+    /// recomputation, so one layer's matrices are dequantized at a time. Only for
+    /// [`WeightSource::Gguf`].
+    KeepQuantized,
+}
+
+/// How a loader places the model: on `device`, with every parameter in `kind`, its matrices held as
+/// `weights` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {
     /// The device of the new [`nn::VarStore`] (default CPU).
     pub device: Device,
     /// The parameters' dtype (the activation dtype): `Float` (default), `BFloat16`, `Half` or `Double`.
     pub kind: Kind,
+    /// How the weight matrices are held (default [`WeightFormat::Dense`]).
+    pub weights: WeightFormat,
 }
 
 impl LoadOptions {
-    /// Options for `device` and `kind`.
+    /// Options for `device` and `kind`, dense weights.
     pub fn new(device: Device, kind: Kind) -> Self {
-        Self { device, kind }
+        Self {
+            device,
+            kind,
+            weights: WeightFormat::Dense,
+        }
     }
 
     /// Checks `kind`. Errors: [`InputError::DType`] for a dtype that is not floating-point.
@@ -148,39 +176,60 @@ pub(crate) struct LoadPlan<'a, M> {
     pub(crate) expected: BTreeMap<String, Vec<i64>>,
     /// How errors name the configuration ("the llama config").
     pub(crate) expected_by: String,
-    /// Builds the model's variables (all zero) under a store's root.
-    pub(crate) build: &'a dyn Fn(&nn::Path) -> Result<M>,
-    /// Checks a GGUF file's tensors before anything is allocated.
-    pub(crate) check_gguf: &'a dyn Fn(&GgufFile) -> Result<()>,
-    /// Copies a checked GGUF file's tensors into the store.
-    pub(crate) load_gguf: &'a dyn Fn(&nn::VarStore, &GgufFile) -> Result<()>,
+    /// Builds the model's variables (all zero) under a store's root; the matrices in `kept` are taken from
+    /// it instead of becoming variables.
+    pub(crate) build: &'a dyn Fn(&nn::Path, Option<&KeptWeights>) -> Result<M>,
+    /// Checks a GGUF file's tensors before anything is allocated; returns the Hugging Face name of every
+    /// GGUF tensor name ([`super::weights_gguf::check_gguf`]).
+    pub(crate) check_gguf: &'a dyn Fn(&GgufFile) -> Result<HashMap<String, String>>,
+    /// The family's change of a GGUF tensor (by GGUF name) into its Hugging Face layout
+    /// ([`super::weights_gguf::load_gguf`]); on a matrix it must only reorder rows.
+    pub(crate) gguf_fix: &'a dyn Fn(&str, Tensor) -> Result<Tensor>,
 }
 
 /// The loading every family shares: the checks that need no model (a GGUF file's tensors, the given
-/// parameters), then a new [`nn::VarStore`] on `options.device` holding the model built by `plan.build`,
-/// converted to `options.kind`, then the source's weights copied in (under `no_grad`). All or nothing: on
-/// error the store is dropped.
+/// parameters), with [`WeightFormat::KeepQuantized`] the kept matrices read, then a new [`nn::VarStore`]
+/// on `options.device` holding the model built by `plan.build`, converted to `options.kind`, then the
+/// source's weights copied in (under `no_grad`). All or nothing: on error the store is dropped.
+///
+/// Errors (besides the sources'): [`InputError::Config`] for [`WeightFormat::KeepQuantized`] with a
+/// source other than a GGUF file.
 pub(crate) fn load_model<C, M>(
     source: WeightSource<'_, C>,
     options: &LoadOptions,
     plan: &LoadPlan<'_, M>,
 ) -> Result<(nn::VarStore, M)> {
     let mut checked = Vec::new();
+    let mut by_gguf = HashMap::new();
     match source {
-        WeightSource::Gguf(file) => (plan.check_gguf)(file)?,
+        WeightSource::Gguf(file) => by_gguf = (plan.check_gguf)(file)?,
         WeightSource::Parameters { parameters, .. } => {
             checked = ordered_parameters(&plan.expected, &plan.expected_by, parameters, GIVEN)?;
         }
         WeightSource::HfDir(_) => {}
     }
+    let kept = match (options.weights, source) {
+        (WeightFormat::Dense, _) => None,
+        (WeightFormat::KeepQuantized, WeightSource::Gguf(file)) => {
+            Some(read_kept(file, &by_gguf, &plan.expected, plan.gguf_fix, options)?)
+        }
+        (WeightFormat::KeepQuantized, _) => {
+            return Err(Error::Input(InputError::Config {
+                name: "options.weights",
+                requirement: "WeightFormat::KeepQuantized keeps a GGUF file's blocks: it needs \
+                              WeightSource::Gguf (a Hugging Face folder or parameters in memory load dense)"
+                    .into(),
+            }))
+        }
+    };
     let mut vs = nn::VarStore::new(options.device);
-    let model = (plan.build)(&vs.root())?;
+    let model = (plan.build)(&vs.root(), kept.as_ref())?;
     vs.set_kind(options.kind);
     match source {
         WeightSource::HfDir(dir) => {
             super::weights_hf::load_hf_weights(&vs, dir, &plan.expected, &plan.expected_by)?
         }
-        WeightSource::Gguf(file) => (plan.load_gguf)(&vs, file)?,
+        WeightSource::Gguf(file) => load_gguf(&vs, file, &by_gguf, plan.gguf_fix, kept.as_ref())?,
         WeightSource::Parameters { .. } => copy_parameters(&vs, &checked)?,
     }
     Ok((vs, model))

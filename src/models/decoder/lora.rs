@@ -97,6 +97,14 @@ impl<M: CausalLm> LoraModel for M {
         linear.lora = adapter;
         Ok(())
     }
+
+    /// The matrices kept in their GGUF blocks: the embedding, the untied head, then every layer's
+    /// projections, by GGUF name.
+    fn visit_frozen_bytes(&self, visit: &mut dyn FnMut(&str, &[u8])) {
+        for blocks in self.decoder().kept_blocks() {
+            visit(blocks.name(), blocks.bytes());
+        }
+    }
 }
 
 #[cfg(feature = "train")]
@@ -112,5 +120,9 @@ impl<M: CausalLm> LoraModel for super::DecoderPolicy<M> {
 
     fn set_lora_adapter(&mut self, path: &str, adapter: Option<LoraAdapter>) -> Result<()> {
         self.model_mut().set_lora_adapter(path, adapter)
+    }
+
+    fn visit_frozen_bytes(&self, visit: &mut dyn FnMut(&str, &[u8])) {
+        self.model().visit_frozen_bytes(visit)
     }
 }

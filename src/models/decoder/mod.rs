@@ -46,7 +46,7 @@ use tch::nn;
 pub use accuracy::greedy_accuracy;
 pub use checkpointing::LayerCheckpoints;
 pub use generate::{generate, greedy_decode, Generation, GenerationConfig, Sampling};
-pub use load::{LoadOptions, WeightSource};
+pub use load::{LoadOptions, WeightFormat, WeightSource};
 pub use model::{Decoder, KvCache};
 #[cfg(feature = "train")]
 pub use policy::DecoderPolicy;

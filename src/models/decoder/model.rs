@@ -8,6 +8,7 @@ use super::spec::{DecoderSpec, NormStyle, Rope};
 use super::CausalLm;
 use crate::autograd::{backward_from, leaf_grad};
 use crate::error::{Error, InputError, Result};
+use crate::models::kept::{DecoderInit, KeptWeight};
 use crate::models::linear::Linear;
 
 /// A decoder-only causal language model: token embedding (scaled by `sqrt(H)` for Gemma), layers of
@@ -21,9 +22,12 @@ use crate::models::linear::Linear;
 /// dtype is the embedding's dtype (f32, bf16, f16: convert with `VarStore::set_kind`).
 pub struct Decoder {
     spec: DecoderSpec,
+    /// `[V, H]` (a stand-in when kept in its blocks: `embed_kept`).
     embed_tokens: Tensor,
+    embed_kept: Option<KeptWeight>,
     /// The untied head `[V, H]` (`None`: tied to the embedding).
     lm_head: Option<Tensor>,
+    head_kept: Option<KeptWeight>,
     layers: Vec<Layer>,
     norm: RmsNorm,
 }
@@ -39,8 +43,21 @@ impl Decoder {
     /// up / down and the layer norms, then the final norm and the untied head. `random`: linear and
     /// embedding weights ~ N(0, initializer_range²), biases 0, norm weights 0 (`(1 + w)` style) or 1 (`w`
     /// style), as transformers initializes them; else every parameter 0 (for loading; the random generator
-    /// is untouched).
-    pub(crate) fn build(path: &nn::Path, spec: &DecoderSpec, random: bool) -> Result<Self> {
+    /// is untouched), and with [`DecoderInit::Kept`] the kept matrices taken from the set, not created.
+    pub(crate) fn build(path: &nn::Path, spec: &DecoderSpec, init: DecoderInit<'_>) -> Result<Self> {
+        let random = matches!(init, DecoderInit::Random);
+        let kept_set = match init {
+            DecoderInit::Kept(set) => Some(set),
+            _ => None,
+        };
+        let kept = |p: &nn::Path| kept_set.and_then(|set| set.get(&p.path("weight")));
+        // A matrix: kept (a stand-in tensor and the blocks) or a new variable.
+        let matrix = |p: &nn::Path, dims: [i64; 2], init: nn::Init| -> Result<(Tensor, Option<KeptWeight>)> {
+            match kept(p) {
+                Some(k) => Ok((k.placeholder()?, Some(k))),
+                None => Ok((parameter(p, "weight", &dims, init)?, None)),
+            }
+        };
         let (h, hd, inner, eps) = (
             spec.hidden_size,
             spec.head_dim,
@@ -61,14 +78,16 @@ impl Decoder {
         let zeros = nn::Init::Const(0.0);
         let norm = |p: nn::Path, size: i64| RmsNorm::new(p, size, eps, spec.norm, norm_init);
         let linear = |p: nn::Path, dims: [i64; 2], bias: bool| -> Result<Linear> {
-            let mut layer = Linear::new(parameter(&p, "weight", &dims, init)?);
+            let (weight, kept) = matrix(&p, dims, init)?;
+            let mut layer = Linear::new(weight);
+            layer.kept = kept;
             layer.bias = bias
                 .then(|| parameter(&p, "bias", &dims[..1], zeros))
                 .transpose()?;
             Ok(layer)
         };
         let model = path / "model";
-        let embed_tokens = parameter(&(&model / "embed_tokens"), "weight", &[spec.vocab_size, h], init)?;
+        let (embed_tokens, embed_kept) = matrix(&(&model / "embed_tokens"), [spec.vocab_size, h], init)?;
         let mut layers = Vec::with_capacity(spec.layers());
         for (i, window) in spec.layer_windows.iter().enumerate() {
             let lp = &model / "layers" / i;
@@ -110,19 +129,19 @@ impl Decoder {
             });
         }
         let norm = norm(&model / "norm", h)?;
-        let lm_head = match spec.tied_head {
-            true => None,
-            false => Some(parameter(
-                &(path / "lm_head"),
-                "weight",
-                &[spec.vocab_size, h],
-                init,
-            )?),
+        let (lm_head, head_kept) = match spec.tied_head {
+            true => (None, None),
+            false => {
+                let (weight, kept) = matrix(&(path / "lm_head"), [spec.vocab_size, h], init)?;
+                (Some(weight), kept)
+            }
         };
         Ok(Self {
             spec: spec.clone(),
             embed_tokens,
+            embed_kept,
             lm_head,
+            head_kept,
             layers,
             norm,
         })
@@ -134,10 +153,17 @@ impl Decoder {
         Self {
             spec: self.spec.clone(),
             embed_tokens: self.embed_tokens.shallow_clone(),
+            embed_kept: self.embed_kept.as_ref().map(KeptWeight::shallow_clone),
             lm_head: self.lm_head.as_ref().map(Tensor::shallow_clone),
+            head_kept: self.head_kept.as_ref().map(KeptWeight::shallow_clone),
             layers: self.layers.iter().map(Layer::shallow_clone).collect(),
             norm: self.norm.shallow_clone(),
         }
+    }
+
+    /// The device the model's weights are on.
+    pub fn device(&self) -> tch::Device {
+        self.embed_tokens.device()
     }
 
     /// The vocabulary size V.
@@ -169,12 +195,49 @@ impl Decoder {
     }
 
     /// The LM head weight `[V, H]`: the embedding matrix itself when tied, else `lm_head.weight` (a shallow
-    /// handle that shares storage and gradient).
-    pub fn head_weight(&self) -> Tensor {
-        self.lm_head
-            .as_ref()
-            .unwrap_or(&self.embed_tokens)
-            .shallow_clone()
+    /// handle that shares storage and gradient). A head kept in its GGUF blocks
+    /// ([`WeightFormat::KeepQuantized`](super::WeightFormat)) is dequantized whole into a new tensor
+    /// without gradient.
+    ///
+    /// # Errors
+    /// [`Error::Torch`] (e.g. a kept head that does not fit in memory dequantized).
+    pub fn head_weight(&self) -> Result<Tensor> {
+        match self.kept_head() {
+            Some(kept) => kept.dense(),
+            None => Ok(self
+                .lm_head
+                .as_ref()
+                .unwrap_or(&self.embed_tokens)
+                .shallow_clone()),
+        }
+    }
+
+    /// The head kept in its blocks: the untied head's, else the embedding's when tied.
+    pub(crate) fn kept_head(&self) -> Option<&KeptWeight> {
+        match &self.lm_head {
+            Some(_) => self.head_kept.as_ref(),
+            None => self.embed_kept.as_ref(),
+        }
+    }
+
+    /// The matrices kept in their GGUF blocks: the embedding, the untied head, then every layer's
+    /// projections (q, k, v, o, gate, up, down).
+    #[cfg(feature = "lora")]
+    pub(crate) fn kept_blocks(&self) -> Vec<&crate::gguf::BlockMatrix> {
+        let mut all: Vec<&KeptWeight> = self.embed_kept.iter().chain(&self.head_kept).collect();
+        for layer in &self.layers {
+            all.extend(layer.linears().into_iter().filter_map(|l| l.kept.as_ref()));
+        }
+        all.into_iter().map(|k| &k.blocks).collect()
+    }
+
+    /// Whether any weight matrix is kept in its GGUF blocks
+    /// ([`WeightFormat::KeepQuantized`](super::WeightFormat)): the matrices are then frozen and a
+    /// trained [`DecoderPolicy`](super::DecoderPolicy) recomputes its layers per layer.
+    pub fn keeps_quantized(&self) -> bool {
+        self.embed_kept.is_some()
+            || self.head_kept.is_some()
+            || self.layers.iter().any(Layer::keeps_quantized)
     }
 
     /// Checks `input_ids` `[N, T]` (non-empty, i64, ids in `[0, V)`) and `attention_mask` `[N, width]`.
@@ -300,7 +363,10 @@ impl Decoder {
     /// The token embedding `[N, T, H]` of `input_ids` (the first layer's input): the embedding rows, times
     /// `sqrt(hidden_size)` rounded to the activation dtype when the family scales it (Gemma).
     pub(super) fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
-        let rows = Tensor::f_embedding(&self.embed_tokens, input_ids, -1, false, false)?;
+        let rows = match &self.embed_kept {
+            Some(kept) => kept.rows(input_ids)?,
+            None => Tensor::f_embedding(&self.embed_tokens, input_ids, -1, false, false)?,
+        };
         match self.embed_scale(input_ids)? {
             Some(scale) => Ok(rows.f_mul(&scale)?),
             None => Ok(rows),
@@ -324,7 +390,8 @@ impl Decoder {
     /// exists in its dtype, the rows are index-added into it in place (no dense `[V, H]` gradient, which
     /// autograd's embedding backward would allocate before adding it); otherwise through autograd.
     pub(super) fn embed_backward(&self, input_ids: &Tensor, grad: &Tensor) -> Result<()> {
-        if !grad.defined() {
+        if !grad.defined() || self.embed_kept.is_some() {
+            // A kept embedding is frozen: no gradient to carry.
             return Ok(());
         }
         let weight = &self.embed_tokens;
@@ -422,9 +489,9 @@ impl Decoder {
     /// ([`Decoder::head_weight`]), then Gemma 2 / 3's final soft-cap when configured. Errors:
     /// [`Error::Torch`] (e.g. a last dimension other than H).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let head = self.head_weight()?;
         soft_cap(
-            &hidden.f_linear::<&Tensor>(head, None)?,
+            &hidden.f_linear::<&Tensor>(&head, None)?,
             self.final_logit_softcap(),
         )
     }

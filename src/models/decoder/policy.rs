@@ -115,12 +115,24 @@ impl<M: CausalLm> DecoderPolicy<M> {
     }
 
     /// The hidden-state output of `hidden` `[N, T, H]`: the one place that builds a [`HiddenOutput`].
-    fn hidden_output(&self, hidden: Tensor) -> HiddenOutput {
+    fn hidden_output(&self, hidden: Tensor) -> Result<HiddenOutput> {
         let decoder = self.model.decoder();
-        HiddenOutput::new(
+        let head = match decoder.kept_head() {
+            // Kept in its GGUF blocks: applied a vocabulary block at a time, never dequantized whole.
+            Some(kept) => LinearHead::kept(&kept.placeholder()?, kept.blocks.clone()),
+            None => LinearHead::new(&decoder.head_weight()?),
+        };
+        Ok(HiddenOutput::new(
             hidden,
-            LinearHead::new(&decoder.head_weight()).with_final_logit_softcap(decoder.final_logit_softcap()),
-        )
+            head.with_final_logit_softcap(decoder.final_logit_softcap()),
+        ))
+    }
+
+    /// Whether training passes recompute the layers: checkpointing asked for, or weights kept in their GGUF
+    /// blocks ([`Decoder::keeps_quantized`](super::Decoder::keeps_quantized), where autograd would
+    /// otherwise keep every layer's dequantized matrices alive until the backward pass).
+    fn recomputes_layers(&self) -> bool {
+        self.gradient_checkpointing || self.model.decoder().keeps_quantized()
     }
 }
 
@@ -134,10 +146,11 @@ impl<M: CausalLm> PolicyModel for DecoderPolicy<M> {
     /// the head weight ([`Decoder::head_weight`](super::Decoder::head_weight)) and the final-logit soft-cap.
     fn forward_hidden(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Option<HiddenOutput>> {
         let hidden = self.model.decoder().forward_hidden(input_ids, attention_mask)?;
-        Ok(Some(self.hidden_output(hidden)))
+        Ok(Some(self.hidden_output(hidden)?))
     }
 
-    /// With [`DecoderPolicy::set_gradient_checkpointing`] on:
+    /// With [`DecoderPolicy::set_gradient_checkpointing`] on, or a model whose weights are kept in their
+    /// GGUF blocks ([`Decoder::keeps_quantized`](super::Decoder::keeps_quantized)):
     /// [`Decoder::forward_hidden_checkpointed`](super::Decoder::forward_hidden_checkpointed), then the
     /// hidden-state output ([`LossPath::Hidden`], [`LossPath::Auto`]) or the logits of the head on those
     /// states ([`LossPath::Logits`]); the deferred backward is [`super::LayerCheckpoints::backward`]. Off:
@@ -148,14 +161,14 @@ impl<M: CausalLm> PolicyModel for DecoderPolicy<M> {
         attention_mask: &Tensor,
         path: LossPath,
     ) -> Result<Option<CheckpointedForward<'_>>> {
-        if !self.gradient_checkpointing {
+        if !self.recomputes_layers() {
             return Ok(None);
         }
         let decoder = self.model.decoder();
         let (hidden, checkpoints) = decoder.forward_hidden_checkpointed(input_ids, attention_mask)?;
         let output = match path {
             LossPath::Logits => ModelOutput::Logits(decoder.logits(&hidden)?),
-            LossPath::Hidden | LossPath::Auto => ModelOutput::Hidden(self.hidden_output(hidden)),
+            LossPath::Hidden | LossPath::Auto => ModelOutput::Hidden(self.hidden_output(hidden)?),
         };
         Ok(Some(CheckpointedForward {
             output,
@@ -171,7 +184,7 @@ impl<M: CausalLm> PolicyModel for DecoderPolicy<M> {
         Some(PassFlops {
             body_forward: decoder.body_forward_flops(rows, positions),
             head_per_position: decoder.head_flops_per_position(),
-            body_recomputes: u32::from(self.gradient_checkpointing),
+            body_recomputes: u32::from(self.recomputes_layers()),
             offers_hidden: true,
         })
     }

@@ -4,11 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use tch::{nn, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
+use super::load::LoadOptions;
 use super::spec::config_error;
 use crate::error::{Error, GgufError, ParameterMismatch, Result};
-use crate::gguf::{GgmlType, GgufFile, MATRIX_TYPES, VECTOR_TYPES};
+use crate::gguf::{BlockMatrix, GgmlType, GgufFile, MATRIX_TYPES, VECTOR_TYPES};
+use crate::models::kept::KeptWeights;
 use crate::validate::finite_weight;
 
 /// Checks every tensor of a GGUF file against the parameters `expected` (Hugging Face name → shape),
@@ -86,7 +88,7 @@ pub(crate) fn check_gguf(
 /// Copies the checked tensors `by_gguf` (GGUF name → Hugging Face name, from [`check_gguf`]) of `file`
 /// into the variables of `vs`, under `no_grad`: each tensor is dequantized to f32, passed through
 /// `fix(gguf_name, tensor)` (the family's layout change), converted to its variable's dtype and device, and
-/// checked once for NaN / ±inf.
+/// checked once for NaN / ±inf. The tensors in `kept` ([`read_kept`]) are skipped: the model holds them.
 ///
 /// Errors: [`WeightsError::NonFinite`](crate::WeightsError::NonFinite) naming the first tensor that holds
 /// NaN or ±inf once converted (nothing after it is copied); [`GgufError::Invalid`] for unreadable data;
@@ -96,10 +98,14 @@ pub(crate) fn load_gguf(
     file: &GgufFile,
     by_gguf: &HashMap<String, String>,
     fix: &dyn Fn(&str, Tensor) -> Result<Tensor>,
+    kept: Option<&KeptWeights>,
 ) -> Result<()> {
     let variables = vs.variables();
     let path = file.path().display().to_string();
     for (gguf, name) in by_gguf {
+        if kept.is_some_and(|k| k.contains(name)) {
+            continue;
+        }
         let Some(variable) = variables.get(name) else {
             return Err(Error::Internal {
                 what: format!("checked parameter `{name}` is not in the model's variable store"),
@@ -112,6 +118,65 @@ pub(crate) fn load_gguf(
         tch::no_grad(|| variable.f_copy_(&value))?;
     }
     Ok(())
+}
+
+/// Rows dequantized at a time when a kept matrix is checked for NaN / ±inf (about 4 Mi values).
+const CHECK_ELEMENTS: i64 = 1 << 22;
+
+/// Reads every matrix (2-D parameter of `expected`) of the checked `by_gguf` tensors of `file` in its
+/// blocks ([`BlockMatrix::read`]), for [`WeightFormat::KeepQuantized`](super::load::WeightFormat): rows
+/// reordered as the family's `fix` reorders them (`fix` applied to the row indices `[rows, 1]`: on a
+/// matrix it must only move rows, as Llama's q / k un-permutation does), and checked once for NaN / ±inf
+/// after dequantization to `options.kind` (a few rows at a time).
+///
+/// Errors: [`WeightsError::TensorType`](crate::WeightsError::TensorType) naming a matrix whose type is not
+/// kept ([`crate::gguf::KEEP_TYPES`]); [`WeightsError::NonFinite`](crate::WeightsError::NonFinite);
+/// [`InputError::Config`](crate::InputError::Config) if `fix` changes a matrix other than by moving its
+/// rows; those of [`GgufFile::tensor_bytes`].
+pub(crate) fn read_kept(
+    file: &GgufFile,
+    by_gguf: &HashMap<String, String>,
+    expected: &BTreeMap<String, Vec<i64>>,
+    fix: &dyn Fn(&str, Tensor) -> Result<Tensor>,
+    options: &LoadOptions,
+) -> Result<KeptWeights> {
+    let path = file.path().display().to_string();
+    let mut by_name = HashMap::new();
+    let mut names: Vec<(&String, &String)> = by_gguf.iter().collect();
+    names.sort();
+    for (gguf, name) in names {
+        if expected.get(name).map_or(0, Vec::len) != 2 {
+            continue;
+        }
+        let mut blocks = BlockMatrix::read(file, gguf)?;
+        let [rows, _] = blocks.shape();
+        let identity = Tensor::f_arange(rows, (Kind::Int64, Device::Cpu))?.f_unsqueeze(1)?;
+        let order = fix(gguf, identity.shallow_clone())?;
+        if order.size() != [rows, 1] || order.kind() != Kind::Int64 {
+            return Err(config_error(
+                "gguf_fix",
+                format!("changes matrix `{gguf}` other than by moving rows; it cannot be kept in its blocks"),
+            ));
+        }
+        if !order.f_equal(&identity)? {
+            let order: Vec<i64> = Vec::try_from(&order.f_reshape([-1])?)?;
+            blocks = blocks.permute_rows(&order)?;
+        }
+        let step = (CHECK_ELEMENTS / blocks.shape()[1].max(1)).max(1);
+        let mut start = 0;
+        while start < rows {
+            let len = step.min(rows - start);
+            let values = blocks.dequantize_rows(start, len, options.kind, Device::Cpu)?;
+            finite_weight(&values, gguf, &path)?;
+            start += len;
+        }
+        by_name.insert(name.clone(), blocks);
+    }
+    Ok(KeptWeights {
+        by_name,
+        kind: options.kind,
+        device: options.device,
+    })
 }
 
 /// The metadata of one architecture (`<arch>.<key>`) and the tokenizer (`tokenizer.ggml.<key>`) of a GGUF

@@ -11,10 +11,11 @@ use tch::nn;
 
 use super::config::GemmaConfig;
 use super::model::Gemma;
-use super::weights_gguf::{check_gguf_tensors, load_gguf_weights};
+use super::weights_gguf::{check_gguf_tensors, gguf_fix};
 use crate::error::Result;
 use crate::models::decoder::load::{load_model, LoadPlan};
-pub use crate::models::decoder::{LoadOptions, WeightSource};
+pub use crate::models::decoder::{LoadOptions, WeightFormat, WeightSource};
+use crate::models::kept::DecoderInit;
 
 impl WeightSource<'_, GemmaConfig> {
     /// The configuration the source describes, validated.
@@ -68,9 +69,9 @@ impl Gemma {
         let plan = LoadPlan {
             expected: config.parameter_shapes()?,
             expected_by: format!("the {} config", config.model_type),
-            build: &|root| Self::build(root, &config, false),
-            check_gguf: &|file| check_gguf_tensors(file, &config).map(drop),
-            load_gguf: &|vs, file| load_gguf_weights(vs, file, &config),
+            build: &|root, kept| Self::build(root, &config, DecoderInit::loading(kept)),
+            check_gguf: &|file| check_gguf_tensors(file, &config),
+            gguf_fix: &gguf_fix,
         };
         load_model(source, options, &plan)
     }

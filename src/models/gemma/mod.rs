@@ -64,7 +64,7 @@ mod weights_gguf;
 pub use config::{Activation, GemmaArch, GemmaConfig, TokenIds, SUPPORTED_MODEL_TYPES};
 #[cfg(feature = "train")]
 pub use load::load_tokenizer;
-pub use load::{LoadOptions, WeightSource};
+pub use load::{LoadOptions, WeightFormat, WeightSource};
 #[cfg(feature = "lora")]
 pub use lora::GEMMA_LORA_TARGETS;
 pub use model::Gemma;

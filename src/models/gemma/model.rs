@@ -6,6 +6,7 @@ use super::config::{GemmaArch, GemmaConfig};
 use super::load::{LoadOptions, WeightSource};
 use crate::error::Result;
 use crate::models::decoder::{CausalLm, Decoder, KvCache, LayerCheckpoints};
+use crate::models::kept::DecoderInit;
 
 /// A Gemma 1 / 2 / 3 causal language model with a tied LM head: the shared [`Decoder`] with Gemma's
 /// switches (`(1 + w)` RMSNorm in f32, embedding × √H, GeGLU, and Gemma 2 / 3's layers).
@@ -26,16 +27,16 @@ impl Gemma {
     /// `tch::manual_seed` first for a reproducible init (libtorch's generator is global: other threads
     /// drawing random numbers at the same time change the init). Errors: those of [`GemmaConfig::validate`].
     pub fn random(path: &nn::Path, config: &GemmaConfig) -> Result<Self> {
-        Self::build(path, config, true)
+        Self::build(path, config, DecoderInit::Random)
     }
 
     /// Like [`Gemma::random`] but with all parameters zero and the random generator untouched, for loading.
-    pub(super) fn build(path: &nn::Path, config: &GemmaConfig, random: bool) -> Result<Self> {
+    pub(super) fn build(path: &nn::Path, config: &GemmaConfig, init: DecoderInit<'_>) -> Result<Self> {
         config.validate()?;
         Ok(Self {
             config: config.clone(),
             arch: config.arch()?,
-            decoder: Decoder::build(path, &config.decoder_spec()?, random)?,
+            decoder: Decoder::build(path, &config.decoder_spec()?, init)?,
         })
     }
 
@@ -69,9 +70,11 @@ impl Gemma {
         self.decoder.final_logit_softcap()
     }
 
-    /// The LM head weight `[V, H]`: the embedding matrix itself (tied; a shallow handle that shares storage
-    /// and gradient).
-    pub fn head_weight(&self) -> Tensor {
+    /// The LM head weight `[V, H]`: [`Decoder::head_weight`] (the embedding matrix, tied).
+    ///
+    /// # Errors
+    /// Those of [`Decoder::head_weight`].
+    pub fn head_weight(&self) -> Result<Tensor> {
         self.decoder.head_weight()
     }
 

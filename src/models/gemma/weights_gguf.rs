@@ -4,12 +4,12 @@
 
 use std::collections::HashMap;
 
-use tch::nn;
+use tch::Tensor;
 
 use super::config::{GemmaConfig, TokenIds};
 use crate::error::{Error, Result, WeightsError};
 use crate::gguf::GgufFile;
-use crate::models::decoder::weights_gguf::{check_gguf, load_gguf, GgufMetadata};
+use crate::models::decoder::weights_gguf::{check_gguf, GgufMetadata};
 
 /// The GGUF name of a Hugging Face parameter name of a Gemma 3 model (llama.cpp's naming), or `None` for a
 /// name that has no GGUF counterpart.
@@ -136,23 +136,11 @@ pub fn check_gguf_tensors(file: &GgufFile, config: &GemmaConfig) -> Result<HashM
     )
 }
 
-/// Copies the tensors of a Gemma 3 GGUF file into the variables of `vs` (built for `config`), under
-/// `no_grad`, after [`check_gguf_tensors`]: each tensor is dequantized to f32 ([`GgufFile::tensor`]), 1 is
-/// subtracted from every RMSNorm weight (GGUF stores `1 + w`), then it is converted to its variable's
-/// dtype and device and checked once for NaN / ±inf.
-///
-/// Errors: those of [`check_gguf_tensors`]; [`WeightsError::NonFinite`](crate::WeightsError::NonFinite) naming the first tensor that holds
-/// NaN or ±inf once converted (nothing after it is copied); [`GgufError::Invalid`](crate::GgufError::Invalid) for unreadable data;
-/// [`Error::Internal`] if a parameter is not in `vs` (built for `config`, so a bug).
-pub(super) fn load_gguf_weights(vs: &nn::VarStore, file: &GgufFile, config: &GemmaConfig) -> Result<()> {
-    let by_gguf = check_gguf_tensors(file, config)?;
-    load_gguf(
-        vs,
-        file,
-        &by_gguf,
-        &|gguf, value| match gguf.ends_with("norm.weight") {
-            true => Ok(value.f_sub_scalar(1.0)?),
-            false => Ok(value),
-        },
-    )
+/// Gemma 3's change of a GGUF tensor (dequantized to f32) into its Hugging Face value: 1 is subtracted
+/// from every RMSNorm weight (GGUF stores `1 + w`); the matrices are unchanged.
+pub(super) fn gguf_fix(gguf: &str, value: Tensor) -> Result<Tensor> {
+    match gguf.ends_with("norm.weight") {
+        true => Ok(value.f_sub_scalar(1.0)?),
+        false => Ok(value),
+    }
 }

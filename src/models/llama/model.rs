@@ -6,6 +6,7 @@ use super::config::{LlamaArch, LlamaConfig};
 use crate::error::Result;
 use crate::models::decoder::load::{load_model, LoadPlan};
 use crate::models::decoder::{CausalLm, Decoder, KvCache, LayerCheckpoints, LoadOptions, WeightSource};
+use crate::models::kept::DecoderInit;
 
 /// A Llama-family causal language model (Llama 3.x, SmolLM2, Qwen2 / 2.5, Qwen3, Mistral): the shared
 /// [`Decoder`] with the family's switches ([`LlamaConfig::arch`]; see the [module docs](super)).
@@ -43,15 +44,15 @@ impl Llama {
     /// weights 1. Seed with `tch::manual_seed` first for a reproducible init. Errors: those of
     /// [`LlamaConfig::validate`].
     pub fn random(path: &nn::Path, config: &LlamaConfig) -> Result<Self> {
-        Self::build(path, config, true)
+        Self::build(path, config, DecoderInit::Random)
     }
 
-    fn build(path: &nn::Path, config: &LlamaConfig, random: bool) -> Result<Self> {
+    fn build(path: &nn::Path, config: &LlamaConfig, init: DecoderInit<'_>) -> Result<Self> {
         config.validate()?;
         Ok(Self {
             config: config.clone(),
             arch: config.arch()?,
-            decoder: Decoder::build(path, &config.decoder_spec()?, random)?,
+            decoder: Decoder::build(path, &config.decoder_spec()?, init)?,
         })
     }
 
@@ -86,9 +87,9 @@ impl Llama {
         let plan = LoadPlan {
             expected: config.parameter_shapes()?,
             expected_by: format!("the {} config", config.model_type),
-            build: &|root| Self::build(root, &config, false),
-            check_gguf: &|file| super::weights_gguf::check_gguf_tensors(file, &config).map(drop),
-            load_gguf: &|vs, file| super::weights_gguf::load_gguf_weights(vs, file, &config),
+            build: &|root, kept| Self::build(root, &config, DecoderInit::loading(kept)),
+            check_gguf: &|file| super::weights_gguf::check_gguf_tensors(file, &config),
+            gguf_fix: &|gguf, value| super::weights_gguf::gguf_fix(gguf, value, &config),
         };
         load_model(source, options, &plan)
     }
@@ -117,8 +118,11 @@ impl Llama {
         &self.decoder
     }
 
-    /// The LM head weight `[V, H]`: the embedding when tied, else `lm_head.weight` (a shallow handle).
-    pub fn head_weight(&self) -> Tensor {
+    /// The LM head weight `[V, H]`: [`Decoder::head_weight`].
+    ///
+    /// # Errors
+    /// Those of [`Decoder::head_weight`].
+    pub fn head_weight(&self) -> Result<Tensor> {
         self.decoder.head_weight()
     }
 

@@ -9,13 +9,13 @@
 
 use std::collections::HashMap;
 
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::config::{LlamaArch, LlamaConfig};
 use crate::error::{Error, Result, WeightsError};
 use crate::gguf::GgufFile;
 use crate::models::decoder::spec::config_error;
-use crate::models::decoder::weights_gguf::{check_gguf, load_gguf, GgufMetadata};
+use crate::models::decoder::weights_gguf::{check_gguf, GgufMetadata};
 use crate::models::decoder::TokenIds;
 
 /// llama.cpp's RoPE frequency factors (read into [`LlamaConfig::rope_freq_factors`], not a parameter).
@@ -200,19 +200,16 @@ pub fn check_gguf_tensors(file: &GgufFile, config: &LlamaConfig) -> Result<HashM
     )
 }
 
-/// Copies a checked Llama-family GGUF file into `vs`: dequantized, q / k rows un-permuted for the `llama`
-/// architecture ([`unpermute_rows`]), converted, checked finite.
-pub(super) fn load_gguf_weights(vs: &nn::VarStore, file: &GgufFile, config: &LlamaConfig) -> Result<()> {
-    let by_gguf = check_gguf_tensors(file, config)?;
+/// The Llama family's change of a GGUF tensor into its Hugging Face layout: q / k rows un-permuted for the
+/// `llama` architecture ([`unpermute_rows`]; a reordering of rows only), everything else unchanged.
+pub(super) fn gguf_fix(gguf: &str, value: Tensor, config: &LlamaConfig) -> Result<Tensor> {
     let permuted = config.arch()? == LlamaArch::Llama;
     let (heads, kv_heads) = (config.num_attention_heads, config.kv_heads());
-    load_gguf(vs, file, &by_gguf, &|gguf, value| {
-        let q = gguf.ends_with(".attn_q.weight") || gguf.ends_with(".attn_q.bias");
-        let k = gguf.ends_with(".attn_k.weight") || gguf.ends_with(".attn_k.bias");
-        match (permuted, q, k) {
-            (true, true, _) => unpermute_rows(&value, heads),
-            (true, _, true) => unpermute_rows(&value, kv_heads),
-            _ => Ok(value),
-        }
-    })
+    let q = gguf.ends_with(".attn_q.weight") || gguf.ends_with(".attn_q.bias");
+    let k = gguf.ends_with(".attn_k.weight") || gguf.ends_with(".attn_k.bias");
+    match (permuted, q, k) {
+        (true, true, _) => unpermute_rows(&value, heads),
+        (true, _, true) => unpermute_rows(&value, kv_heads),
+        _ => Ok(value),
+    }
 }

@@ -110,6 +110,11 @@ impl GgufExport {
         self.writer.add_tensor(name, tensor, matrix_type)
     }
 
+    /// The writer, for a caller that adds the tensors itself.
+    pub(crate) fn into_writer(self) -> GgufWriter {
+        self.writer
+    }
+
     /// Writes the file atomically ([`GgufWriter::write`]); returns its size in bytes.
     pub(crate) fn write(self, path: &Path) -> Result<u64> {
         self.writer.write(path)

@@ -6,7 +6,7 @@ use tch::{Kind, Tensor};
 
 use super::{ordered_parameters, TokenizerSource};
 use crate::error::{DataError, Error, InputError, Result, WeightsError};
-use crate::gguf::{GgmlType, GgufValue};
+use crate::gguf::{GgmlType, GgufValue, GgufWriter};
 use crate::models::decoder::export::{check_export_type, check_finite, u32_value, GgufExport, SAVED};
 use crate::models::gemma::config::{Activation, GemmaArch, GemmaConfig};
 use crate::models::gemma::weights_gguf::gguf_tensor_name;
@@ -110,9 +110,45 @@ pub fn save_gguf(
 ) -> Result<u64> {
     crate::atomic::check_file_target(path, "path")?;
     check_export_type(path, ty)?;
-    check_representable(config)?;
     let ordered = ordered_parameters(config, parameters, SAVED)?;
     check_finite(&ordered)?;
+    let mut w = metadata(config, ty, tokenizer)?;
+
+    // Norm weights are materialized as 1 + w (small); matrices are read and encoded while writing.
+    tch::no_grad(|| -> Result<()> {
+        for (name, tensor) in &ordered {
+            let gguf = gguf_tensor_name(name).ok_or_else(|| Error::Internal {
+                what: format!("checked Gemma 3 parameter `{name}` has no GGUF name"),
+            })?;
+            if gguf.ends_with("norm.weight") {
+                w.tensor(&gguf, &tensor.f_to_kind(Kind::Float)?.f_add_scalar(1.0)?)?;
+            } else {
+                w.tensor(&gguf, tensor)?;
+            }
+        }
+        Ok(())
+    })?;
+    w.write(path)
+}
+
+/// A [`GgufWriter`] holding the metadata [`save_gguf`] writes for `config` with matrices of type `ty` and
+/// the tokenizer of `tokenizer` (the `general.*`, `gemma3.*` and `tokenizer.*` keys), and no tensor yet: for
+/// a program that adds the tensors itself, one at a time (e.g. weights too large to hold as f32 at once), by
+/// their llama.cpp names ([`gguf_tensor_name`](crate::models::gemma::gguf_tensor_name)), norms as `1 + w`.
+///
+/// # Errors
+/// Those of [`save_gguf`] about the configuration and the tokenizer.
+pub fn gguf_metadata(
+    config: &GemmaConfig,
+    ty: GgmlType,
+    tokenizer: TokenizerSource<'_>,
+) -> Result<GgufWriter> {
+    Ok(metadata(config, ty, tokenizer)?.into_writer())
+}
+
+/// The checks of the configuration and the tokenizer, and the metadata of a Gemma 3 GGUF.
+fn metadata(config: &GemmaConfig, ty: GgmlType, tokenizer: TokenizerSource<'_>) -> Result<GgufExport> {
+    check_representable(config)?;
     let source = match tokenizer {
         TokenizerSource::None => None,
         TokenizerSource::Gguf(file) => Some(file),
@@ -182,20 +218,5 @@ pub fn save_gguf(
     if let Some(file) = source {
         w.copy_tokenizer(file)?;
     }
-
-    // Norm weights are materialized as 1 + w (small); matrices are read and encoded while writing.
-    tch::no_grad(|| -> Result<()> {
-        for (name, tensor) in &ordered {
-            let gguf = gguf_tensor_name(name).ok_or_else(|| Error::Internal {
-                what: format!("checked Gemma 3 parameter `{name}` has no GGUF name"),
-            })?;
-            if gguf.ends_with("norm.weight") {
-                w.tensor(&gguf, &tensor.f_to_kind(Kind::Float)?.f_add_scalar(1.0)?)?;
-            } else {
-                w.tensor(&gguf, tensor)?;
-            }
-        }
-        Ok(())
-    })?;
-    w.write(path)
+    Ok(w)
 }

@@ -42,7 +42,7 @@ mod gguf;
 mod hf;
 mod tokenizer;
 
-pub use gguf::save_gguf;
+pub use gguf::{gguf_metadata, save_gguf};
 pub use hf::{generation_config_json, hf_config_json, save_pretrained};
 pub use tokenizer::hf_tokenizer_files;
 
