@@ -110,6 +110,8 @@ pub fn save_gguf(
 ) -> Result<u64> {
     crate::atomic::check_file_target(path, "path")?;
     check_export_type(path, ty)?;
+    // The configuration first: a parameter list of another architecture is then named as such.
+    check_representable(config)?;
     let ordered = ordered_parameters(config, parameters, SAVED)?;
     check_finite(&ordered)?;
     let mut w = metadata(config, ty, tokenizer)?;
