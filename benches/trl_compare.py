@@ -14,10 +14,13 @@ Subcommands:
   trl    --model DIR --data FILE --out JSON [--steps 6] [--batch 4] [--max-length 256]
          [--max-prompt-length 128] [--threads 2] [--beta 0.05] [--sft-weight 0.05] [--lr 1e-5]
          [--gradient-checkpointing] [--bf16]
+         [--lora-r R --lora-alpha A --lora-dropout P --lora-targets q_proj,k_proj,...]
          Trains with DPOTrainer, loss_type=["sigmoid","sft"], precompute_ref_log_probs=True, f32 on CPU
          (--bf16: TRL's bf16=True, i.e. f32 weights under torch.autocast(bfloat16));
+         --lora-r: peft LoRA (peft_config=peft.LoraConfig(...)), the reference = the model with its adapters
+         disabled, computed every step (precompute_ref_log_probs=False; see cmd_trl);
          writes {"impl", "step_seconds": [...], "tokens_per_step": ...} to JSON.
-  ours   --log train_log.jsonl --impl NAME --out JSON [--gc] [--precision f32|bf16]
+  ours   --log train_log.jsonl --impl NAME --out JSON [--gc] [--precision f32|bf16] [--lora]
          Step times (and FLOPs) of an rpo_gemma run, read from the trainer's JSON Lines log.
   phases --log train_log.jsonl
          The phase table of an rpo_gemma --phase-timing run: median seconds per phase (without the first
@@ -28,7 +31,8 @@ Subcommands:
          Records a run that did not finish (e.g. out of memory) so that the table shows it.
   table  [--peak-f32 GFLOPS] [--peak-bf16 GFLOPS] JSON...
          Prints the comparison table (median s/step, peak RSS, tokens/s, ratios to TRL's f32 run, and for
-         our runs the MFU against the peak of their precision).
+         our runs the MFU against the peak of their precision). LoRA results get a table of their own, whose
+         ratios are to TRL + peft LoRA's f32 run (trl-lora), not to TRL's full fine-tune.
 
 Only benches/trl_compare.sh installs TRL / transformers (into the project's venv, when it runs).
 """
@@ -127,13 +131,27 @@ def cmd_trl(args):
     records = [json.loads(line) for line in open(args.data)]
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    peft_config = None
+    if args.lora_r is not None:
+        import peft
+
+        peft_config = peft.LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                                      target_modules=args.lora_targets.split(","), task_type="CAUSAL_LM")
+    # The reference. Full fine-tune: precomputed once before training (the `trl` row; rpo_gemma scores its
+    # reference cache once too, before its steps). LoRA: issue 20 asks for the reference "by disabled adapters
+    # on both sides", and rpo_gemma's ReferenceSource::AdaptersOff runs the base with the adapters off under
+    # no_grad in every step; TRL 1.16 does the same with a peft_config, ref_model=None and
+    # precompute_ref_log_probs=False (DPOTrainer._compute_loss: `use_adapter(model, None)`, i.e.
+    # `model.disable_adapter()`, under torch.no_grad). Precomputing would move that forward out of TRL's
+    # timed steps and make the step times incomparable, so the LoRA run does not precompute.
+    precompute = peft_config is None
     wanted = dict(
         output_dir=os.path.join(os.path.dirname(os.path.abspath(args.out)), "trl_output"),
         per_device_train_batch_size=args.batch, gradient_accumulation_steps=1, max_steps=args.steps,
         learning_rate=args.lr, lr_scheduler_type="cosine", warmup_ratio=0.1, beta=args.beta,
         loss_type=["sigmoid", "sft"], loss_weights=[1.0, args.sft_weight], max_length=args.max_length,
         max_prompt_length=args.max_prompt_length, truncation_mode="keep_end",
-        precompute_ref_log_probs=True, precompute_ref_batch_size=args.batch, logging_steps=1,
+        precompute_ref_log_probs=precompute, precompute_ref_batch_size=args.batch, logging_steps=1,
         save_strategy="no", report_to="none", use_cpu=True, bf16=args.bf16, fp16=False,
         gradient_checkpointing=args.gradient_checkpointing, dataloader_num_workers=0, seed=42,
         disable_dropout=True, remove_unused_columns=False,
@@ -143,13 +161,20 @@ def cmd_trl(args):
     config = DPOConfig(**{k: v for k, v in wanted.items() if k in fields})
     timer = StepTimer()
     trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(records),
-                         processing_class=tokenizer, callbacks=[timer.callback])
+                         processing_class=tokenizer, callbacks=[timer.callback],
+                         **({"peft_config": peft_config} if peft_config is not None else {}))
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     trainer.train()
     tokens = [entry["num_tokens"] for entry in trainer.state.log_history if "num_tokens" in entry]
     # TRL logs the cumulative number of input tokens seen; per step: its increments.
     per_step = [b - a for a, b in zip([0] + tokens[:-1], tokens)] if tokens else []
-    result = {"impl": "TRL DPOTrainer" + (" bf16" if args.bf16 else "") + (" +gc" if args.gradient_checkpointing else ""),
-              "gc": args.gradient_checkpointing, "bf16": args.bf16, "step_seconds": timer.seconds,
+    lora = f" + peft LoRA r{args.lora_r}" if peft_config is not None else ""
+    result = {"impl": "TRL DPOTrainer" + lora + (" bf16" if args.bf16 else "")
+              + (" +gc" if args.gradient_checkpointing else ""),
+              "gc": args.gradient_checkpointing, "bf16": args.bf16, "lora": peft_config is not None,
+              "lr": args.lr, "precompute_ref_log_probs": precompute, "trainable_parameters": trainable,
+              "peft": __import__("peft").__version__ if peft_config is not None else None,
+              "step_seconds": timer.seconds,
               "tokens_per_step": statistics.median(per_step) if per_step else None,
               "dropped_config_fields": dropped, "trl": __import__("trl").__version__,
               "transformers": __import__("transformers").__version__,
@@ -166,7 +191,8 @@ def cmd_ours(args):
     tokens = statistics.median(s["tokens"] for s in steps) if steps else None
     flops = [s["flops"] for s in steps if s.get("flops")]
     result = {"impl": args.impl, "gc": args.gc, "step_seconds": seconds, "tokens_per_step": tokens,
-              "precision": args.precision, "flops_per_step": statistics.median(flops) if flops else None}
+              "precision": args.precision, "flops_per_step": statistics.median(flops) if flops else None,
+              "lora": args.lora}
     json.dump(result, open(args.out, "w"))
     print(json.dumps(result))
 
@@ -205,10 +231,26 @@ def median_step(r):
 
 
 def cmd_table(args):
-    rows = [json.load(open(path)) for path in args.results]
+    results = [json.load(open(path)) for path in args.results]
+    # Full fine-tunes against TRL's full f32 run; LoRA runs (issue 20) in a table of their own, against TRL + peft
+    # LoRA's f32 run (same checkpointing column rule).
+    families = [(False, "TRL"), (True, "TRL+peft")]
+    first = True
+    for lora, label in families:
+        rows = [r for r in results if bool(r.get("lora")) == lora]
+        if not rows:
+            continue
+        if not first:
+            print()
+        first = False
+        print_table(rows, label, args)
+
+
+def print_table(rows, label, args):
     trl = {r.get("gc", False): r for r in rows if r["impl"].startswith("TRL") and not r.get("bf16") and not r.get("failed")}
     peaks = {"f32": args.peak_f32, "bf16": args.peak_bf16}
-    print("| run | steps | median s/step | peak RSS (GB) | tokens/s | time vs TRL | RSS vs TRL | RSS vs TRL +gc | MFU |")
+    print(f"| run | steps | median s/step | peak RSS (GB) | tokens/s | time vs {label} | RSS vs {label} "
+          f"| RSS vs {label} +gc | MFU |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r.get("failed"):
@@ -256,12 +298,17 @@ def main():
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--lora-r", type=int, default=None, help="peft LoRA rank (default: full fine-tune)")
+    p.add_argument("--lora-alpha", type=float, default=32.0)
+    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
     p = sub.add_parser("ours")
     p.add_argument("--log", required=True)
     p.add_argument("--impl", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--gc", action="store_true")
     p.add_argument("--precision", choices=["f32", "bf16"], default="f32")
+    p.add_argument("--lora", action="store_true", help="a LoRA run (its own table, ratios to trl-lora)")
     p = sub.add_parser("phases")
     p.add_argument("--log", required=True)
     p = sub.add_parser("rss")
