@@ -12,7 +12,7 @@
 //! `rustc-link-arg` does not propagate to dependent crates: that is what the exported folder is for.
 //!
 //! With the `autograd` feature (implied by `train`) it also compiles the gradient shim `csrc/grad.cpp` (setting
-//! and releasing a `.grad`), and with
+//! and releasing a `.grad`) and the allocator `csrc/block_cache.cpp` (`tch_rpo::memory::BlockCache`), and with
 //! the `dist` feature the c10d shim `csrc/dist.cpp` (see [`dist::build`]), both against libtorch's headers
 //! ([`shim`]).
 use std::path::Path;
@@ -51,9 +51,10 @@ fn main() {
     #[cfg(feature = "autograd")]
     {
         println!("cargo:rerun-if-changed=csrc/grad.cpp");
+        println!("cargo:rerun-if-changed=csrc/block_cache.cpp");
         let torch = shim::Torch::find();
         let mut build = torch.cpp_build();
-        build.file("csrc/grad.cpp");
+        build.file("csrc/grad.cpp").file("csrc/block_cache.cpp");
         build.compile("tch_rpo_grad");
         torch.link_cpu();
     }

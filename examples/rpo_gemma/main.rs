@@ -15,6 +15,7 @@ use clap::builder::ArgPredicate::IsPresent;
 use clap::{Parser, ValueEnum};
 use tch::{Device, Kind};
 use tch_rpo::gguf::GgmlType;
+use tch_rpo::memory::{BlockCache, BlockCacheConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum DeviceArg {
@@ -163,6 +164,10 @@ struct Args {
     /// `/usr/bin/time`'s maximum RSS: take the process peak from the report.
     #[arg(long)]
     report_memory: bool,
+    /// Free large CPU blocks (≥ 1 MiB) kept mapped for reuse, in MiB (`tch_rpo::memory::BlockCache`): a
+    /// step's tensors then cost no fresh pages. 0: libtorch's own allocator.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    block_cache_mib: usize,
     /// Seed of the init and of the data order.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -361,6 +366,16 @@ fn main() {
         args.sft_epochs = args.sft_epochs.min(1);
         args.train_limit.get_or_insert(64);
         args.heldout_limit.get_or_insert(32);
+    }
+    if args.block_cache_mib > 0 {
+        let config = BlockCacheConfig {
+            max_cached_bytes: args.block_cache_mib << 20,
+            ..BlockCacheConfig::default()
+        };
+        if let Err(error) = BlockCache::install(config) {
+            eprintln!("error: {error}");
+            std::process::exit(1);
+        }
     }
     if let Err(error) = main_flow(&args) {
         eprintln!("error: {error}");

@@ -1,7 +1,14 @@
 //! The process's resident memory, for reports of what each phase of a run costs: [`MemoryUsage::read`]
 //! (current and peak RSS from `/proc/self/status`, Linux), [`MemoryReport`] (one line per phase, with the
 //! peak of that phase) and [`limit_heap_fragmentation`] (glibc's mmap threshold, so that freed tensors go
-//! back to the system).
+//! back to the system), and with feature `autograd` [`BlockCache`] (libtorch's CPU allocator replaced by a
+//! cache of large blocks, so that a step's tensors stop costing fresh pages).
+
+#[cfg(feature = "autograd")]
+mod block_cache;
+
+#[cfg(feature = "autograd")]
+pub use block_cache::{BlockCache, BlockCacheConfig, BlockCacheStats};
 
 use std::cell::Cell;
 use std::time::Instant;
@@ -110,7 +117,9 @@ impl MemoryReport {
 /// returns to the system; with libtorch's many short-lived tensors of a few MB, the heap fragments and the
 /// process holds gigabytes it no longer uses (measured on Gemma 3 270M: RSS 9.4 GB after a step whose live
 /// set is ≈ 4.4 GB; docs/benchmarks.md). A fixed 1 MiB threshold maps every larger tensor on its own and
-/// unmaps it when freed. Call it first thing in `main`, before any other thread exists.
+/// unmaps it when freed. Call it first thing in `main`, before any other thread exists. (With
+/// [`BlockCache`] installed as well, libtorch's blocks of 1 MiB and more bypass glibc: the cache maps them
+/// and reuses them without new page faults.)
 pub fn limit_heap_fragmentation() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
