@@ -52,7 +52,16 @@ class BlockCache final : public c10::Allocator {
       min_bytes = min_bytes_;
     }
     if (n < min_bytes) {
-      return fallback->allocate(n);
+      c10::DataPtr small = fallback->allocate(n);
+      // Re-labelled with `release` (which hands pointers that are not ours to the previous allocator's raw
+      // deleter), so that every pointer of this allocator has one deleter: libtorch's raw_allocate /
+      // raw_deallocate (oneDNN's scratch buffers of bf16 products, among others) require it.
+      if (fallback_raw_ != nullptr && small.get() == small.get_context() &&
+          small.get_deleter() == fallback_raw_) {
+        void* ptr = small.release_context();
+        return {ptr, ptr, &release, c10::Device(c10::DeviceType::CPU)};
+      }
+      return small;
     }
     const std::size_t size = (n + kPage - 1) / kPage * kPage;
     {
@@ -94,6 +103,10 @@ class BlockCache final : public c10::Allocator {
     return {ptr, ptr, &release, c10::Device(c10::DeviceType::CPU)};
   }
 
+  c10::DeleterFnPtr raw_deleter() const override {
+    return fallback_raw_ != nullptr ? &release : nullptr;
+  }
+
   bool is_simple_data_ptr(const c10::DataPtr& data_ptr) const override {
     return data_ptr.get() == data_ptr.get_context();
   }
@@ -120,6 +133,7 @@ class BlockCache final : public c10::Allocator {
       max_cached_ = max_cached_bytes;
       if (fallback_ == nullptr) {
         fallback_ = c10::GetAllocator(c10::DeviceType::CPU);
+        fallback_raw_ = fallback_->raw_deleter();
         c10::SetAllocator(c10::DeviceType::CPU, this, /*priority=*/255);
       }
     }
@@ -183,10 +197,15 @@ class BlockCache final : public c10::Allocator {
   }
 
   void give_back(void* ptr) noexcept {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::unique_lock<std::mutex> lock(mutex_);
     auto it = live_.find(ptr);
     if (it == live_.end()) {
-      return;  // Not ours (cannot happen: only this allocator's data pointers carry `release`).
+      // A small block of the previous allocator (re-labelled in `allocate`), or null.
+      lock.unlock();
+      if (ptr != nullptr && fallback_raw_ != nullptr) {
+        fallback_raw_(ptr);
+      }
+      return;
     }
     const std::size_t size = it->second;
     live_.erase(it);
@@ -220,6 +239,8 @@ class BlockCache final : public c10::Allocator {
 
   std::mutex mutex_;
   c10::Allocator* fallback_ = nullptr;
+  // The previous allocator's raw deleter (libtorch's default: non-null), set once with `fallback_`.
+  c10::DeleterFnPtr fallback_raw_ = nullptr;
   std::size_t min_bytes_ = 0;
   std::size_t max_cached_ = 0;
   std::uint64_t next_age_ = 0;

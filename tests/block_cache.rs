@@ -182,6 +182,28 @@ fn products_on_cached_blocks_equal_the_f64_reference() {
     }
 }
 
+/// bf16 products go through oneDNN, whose scratch buffers use libtorch's `raw_allocate` /
+/// `raw_deallocate` on the CPU allocator: these need one deleter for every pointer the cache hands out,
+/// small ones included (the first version aborted the process here). Integer inputs make the product exact
+/// in f32 (sums below 2^24), so the bf16 product is the f32 one rounded once to bf16.
+#[test]
+fn bf16_products_use_the_raw_interface_of_the_cache() {
+    let _guard = installed();
+    for (m, k, n) in [(256i64, 512i64, 256i64), (8, 64, 8), (1024, 640, 512)] {
+        let a = Tensor::arange(m * k, (Kind::Float, tch::Device::Cpu))
+            .remainder(3.0)
+            .reshape([m, k]);
+        let b = Tensor::arange(k * n, (Kind::Float, tch::Device::Cpu))
+            .remainder(5.0)
+            .reshape([k, n]);
+        let exact = a.matmul(&b).to_kind(Kind::BFloat16);
+        let low = a.to_kind(Kind::BFloat16).matmul(&b.to_kind(Kind::BFloat16));
+        assert!(low.equal(&exact), "{m}x{k}x{n}");
+    }
+    let stats = BlockCache::stats();
+    assert!(consistent(&stats), "{stats:?}");
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     /// Allocate `n` f32 (0.1 to 4 MiB).
