@@ -362,7 +362,7 @@ fn keep_refuses_other_sources_and_types_it_cannot_keep() {
 }
 
 /// A kept tied head of 20,000 × 256 weights (two vocabulary blocks of 16,384 and 3,616 rows) in the fused
-/// pass equals the dense head's. Logits: each is the same length-H dot product; were a kernel to reorder
+/// pass, and in the logits path, equals the dense head's. Logits: each is the same length-H dot product; were a kernel to reorder
 /// it, `|Δz| ≤ H·u·(|h|·|W|ᵀ)` (u = 2⁻²⁴), so the log-probs differ by at most twice the largest such bound.
 /// The gradient reaching the hidden states `g·W` sums the blocks' products in another association:
 /// `|Δ| ≤ V·u·Σ_v |g_v|·|W_v|`, and for the loss Σ log p, `Σ_v |g_v| ≤ 2` per token, so
@@ -396,6 +396,12 @@ fn a_kept_head_in_vocabulary_blocks_equals_the_dense_fused_head() {
     let h = d.hidden.detach();
     let logit_bound = 256.0 * u * h.abs().view([-1, 256]).mm(&w.abs().tr()).max().double_value(&[]);
     let grad_bound = 2.0 * 20_000.0 * u * w.abs().max().double_value(&[]) + 2.0 * logit_bound;
+    // The logits path (`Decoder::logits`) applies the kept head a vocabulary block at a time too.
+    let logits = |p: &GemmaPolicy| tch::no_grad(|| p.model().logits(&h).unwrap());
+    let (zd, zk) = (logits(&dense), logits(&kept));
+    assert_eq!(zk.size(), vec![2, 12, 20_000]);
+    let diff = (&zd - &zk).abs().max().double_value(&[]);
+    assert!(diff <= logit_bound, "logits differ by {diff} > {logit_bound}");
     let logps = |head| fused_sequence_logprobs(&h, head, &labels, &options).unwrap().sum;
     let diff = (logps(&d.head) - logps(&k.head)).abs().max().double_value(&[]);
     assert!(

@@ -8,7 +8,7 @@ use tch::Tensor;
 
 /// Rows of a head kept in its GGUF blocks dequantized at a time (a vocabulary block): about 4 Mi values.
 #[cfg(feature = "gguf")]
-const VOCAB_BLOCK_ELEMENTS: i64 = 1 << 22;
+pub(crate) const VOCAB_BLOCK_ELEMENTS: i64 = 1 << 22;
 
 /// A linear LM head: `weight [V, H]`, an optional `bias [V]`, an optional logit scale and an optional
 /// final-logit soft-cap. The logits it produces are
@@ -83,39 +83,12 @@ impl LinearHead {
         }
     }
 
-    /// The vocabulary blocks `(start, rows)` of a kept head, `None` for a dense one.
-    #[cfg(feature = "gguf")]
-    fn vocab_blocks(&self) -> Option<(&BlockMatrix, Vec<(i64, i64)>)> {
-        let blocks = self.blocks.as_ref()?;
-        let [vocab, hidden] = blocks.shape();
-        let step = (VOCAB_BLOCK_ELEMENTS / hidden.max(1)).max(1);
-        let ranges = (0..vocab)
-            .step_by(step as usize)
-            .map(|start| (start, step.min(vocab - start)))
-            .collect();
-        Some((blocks, ranges))
-    }
-
     /// `h·Wᵀ + b` `[n, V]` in `h`'s dtype for `h [n, H]`, into `out` when given (a contiguous `[n, V]`
-    /// buffer of that dtype); a kept head a vocabulary block at a time.
+    /// buffer of that dtype); a kept head a vocabulary block at a time ([`BlockMatrix::linear`]).
     pub(crate) fn linear(&self, h: &Tensor, out: Option<&Tensor>) -> Result<Tensor> {
         #[cfg(feature = "gguf")]
-        if let Some((blocks, ranges)) = self.vocab_blocks() {
-            let z = match out {
-                Some(z) => z.shallow_clone(),
-                None => Tensor::f_empty([h.size()[0], blocks.shape()[0]], (h.kind(), h.device()))?,
-            };
-            for (start, rows) in ranges {
-                let w = blocks.dequantize_rows(start, rows, h.kind(), h.device())?;
-                let bias = self
-                    .bias
-                    .as_ref()
-                    .map(|b| b.f_narrow(0, start, rows))
-                    .transpose()?;
-                z.f_narrow(1, start, rows)?
-                    .f_copy_(&h.f_linear(&w, bias.as_ref())?)?;
-            }
-            return Ok(z);
+        if let Some(blocks) = &self.blocks {
+            return blocks.linear(h, self.bias.as_ref(), out, VOCAB_BLOCK_ELEMENTS);
         }
         match (out, &self.bias) {
             (None, _) => Ok(h.f_linear(&self.weight, self.bias.as_ref())?),
@@ -128,9 +101,9 @@ impl LinearHead {
     /// head a vocabulary block at a time (the blocks' products added in vocabulary order).
     pub(crate) fn input_grad(&self, g: &Tensor) -> Result<Tensor> {
         #[cfg(feature = "gguf")]
-        if let Some((blocks, ranges)) = self.vocab_blocks() {
+        if let Some(blocks) = &self.blocks {
             let mut total: Option<Tensor> = None;
-            for (start, rows) in ranges {
+            for (start, rows) in blocks.row_blocks(VOCAB_BLOCK_ELEMENTS) {
                 let w = blocks.dequantize_rows(start, rows, g.kind(), g.device())?;
                 let part = g.f_narrow(1, start, rows)?.f_mm(&w)?;
                 total = Some(match total {

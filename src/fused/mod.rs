@@ -40,6 +40,8 @@ mod one_pass;
 mod schedule;
 
 pub use head::LinearHead;
+#[cfg(feature = "gguf")]
+pub(crate) use head::VOCAB_BLOCK_ELEMENTS;
 pub(crate) use one_pass::Grouping;
 pub(crate) use schedule::{grouped_loss, WeightGrad};
 

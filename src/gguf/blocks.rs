@@ -212,6 +212,43 @@ impl BlockMatrix {
         self.dequantize_selected(&rows, kind, device)
     }
 
+    /// The row ranges `(start, len)` of blocks of about `block_elements` weights each (whole rows, at least
+    /// one per block), in order.
+    pub fn row_blocks(&self, block_elements: i64) -> Vec<(i64, i64)> {
+        let step = (block_elements / self.cols.max(1)).max(1);
+        (0..self.rows)
+            .step_by(step as usize)
+            .map(|start| (start, step.min(self.rows - start)))
+            .collect()
+    }
+
+    /// `x·Wᵀ + b` `[n, rows]` for `x [n, cols]` (`W` this matrix, `b` an optional `[rows]` bias), computed
+    /// a block of about `block_elements` weights at a time ([`BlockMatrix::row_blocks`]; only that block
+    /// dequantized, to `x`'s dtype on its device), into `out` when given (a contiguous `[n, rows]` tensor of
+    /// `x`'s dtype), else into a new tensor. Under autograd each block's dequantized weights are saved for
+    /// the backward pass (so the whole matrix is, block by block); without it, one block lives at a time.
+    ///
+    /// # Errors
+    /// Those of [`BlockMatrix::dequantize_rows`]; [`Error::Torch`] for shapes that do not fit.
+    pub fn linear(
+        &self,
+        x: &Tensor,
+        bias: Option<&Tensor>,
+        out: Option<&Tensor>,
+        block_elements: i64,
+    ) -> Result<Tensor> {
+        let z = match out {
+            Some(z) => z.shallow_clone(),
+            None => Tensor::f_empty([x.size()[0], self.rows], (x.kind(), x.device()))?,
+        };
+        for (start, len) in self.row_blocks(block_elements) {
+            let w = self.dequantize_rows(start, len, x.kind(), x.device())?;
+            let b = bias.map(|b| b.f_narrow(0, start, len)).transpose()?;
+            z.f_narrow(1, start, len)?.f_copy_(&x.f_linear(&w, b.as_ref())?)?;
+        }
+        Ok(z)
+    }
+
     /// The rows `ids` names (an embedding lookup): `ids` of any shape `[...]`, i64, each in `0..rows`, gives
     /// `[..., cols]` of `kind` on `ids`' device; only those rows' blocks are dequantized.
     ///

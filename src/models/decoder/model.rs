@@ -486,14 +486,28 @@ impl Decoder {
     }
 
     /// Logits `[..., V]` of hidden states `[..., H]` (e.g. from [`Decoder::forward_hidden`]): the head
-    /// ([`Decoder::head_weight`]), then Gemma 2 / 3's final soft-cap when configured. Errors:
-    /// [`Error::Torch`] (e.g. a last dimension other than H).
+    /// ([`Decoder::head_weight`]), then Gemma 2 / 3's final soft-cap when configured. A head kept in its
+    /// GGUF blocks is applied a vocabulary block of about 4 Mi weights at a time
+    /// ([`BlockMatrix::linear`](crate::gguf::BlockMatrix::linear)), never dequantized whole (under autograd
+    /// the blocks are saved for the backward pass). Errors: [`Error::Torch`] (e.g. a last dimension other
+    /// than H).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let head = self.head_weight()?;
-        soft_cap(
-            &hidden.f_linear::<&Tensor>(&head, None)?,
-            self.final_logit_softcap(),
-        )
+        let z = match self.kept_head() {
+            Some(kept) => {
+                let mut shape = hidden.size();
+                let h = shape.last().copied().unwrap_or(0);
+                let flat = hidden.f_reshape([-1, h])?;
+                let z = kept
+                    .blocks
+                    .linear(&flat, None, None, crate::fused::VOCAB_BLOCK_ELEMENTS)?;
+                if let Some(last) = shape.last_mut() {
+                    *last = kept.blocks.shape()[0];
+                }
+                z.f_reshape(shape.as_slice())?
+            }
+            None => hidden.f_linear::<&Tensor>(&self.head_weight()?, None)?,
+        };
+        soft_cap(&z, self.final_logit_softcap())
     }
 
     /// Logits `[N, T, V]` in the activation dtype: [`Decoder::logits`] of [`Decoder::forward_hidden`]. Same
