@@ -18,6 +18,8 @@
 #     learning rate of every LoRA run, ours and TRL's; the full runs keep 1e-5, both sides' default)
 #   GC ("0 1": without / with per-layer gradient checkpointing)
 #   PHASE_TIMING (0; 1: every `ours*` run with --phase-timing, each one's phase table printed)
+#   PROMPT_WORDS (48) RESPONSE_WORDS (150): the generated data's lengths (≈ 1.25 Gemma tokens per word), used
+#     when $WORK/prefs.jsonl does not exist yet (another shape: another WORK)
 #   PEAK_F32, PEAK_BF16 (GFLOP/s, e.g. from examples/matmul_peak.rs): the table's MFU column
 #   SKIP (names of runs to leave out, e.g. "ours-logits-gc"; a run's name is its RUNS entry, plus "-gc" with checkpointing)
 #   WORK (output/trl_compare: data set, the f32 transformers folder, logs)  PYTHON (.venv/bin/python)
@@ -48,7 +50,8 @@ case " $RUNS " in *" ours-lora-keep "*)
     echo "trl_compare: ours-lora-keep needs rpo_gemma --base-dtype keep, which $BIN lacks" >&2; exit 1; } ;;
 esac
 mkdir -p "$WORK"
-[ -f "$WORK/prefs.jsonl" ] || "$PYTHON" benches/trl_compare.py data --out "$WORK/prefs.jsonl" --pairs "$PAIRS"
+[ -f "$WORK/prefs.jsonl" ] || "$PYTHON" benches/trl_compare.py data --out "$WORK/prefs.jsonl" --pairs "$PAIRS" \
+  --prompt-words "${PROMPT_WORDS:-48}" --response-words "${RESPONSE_WORDS:-150}"
 [ -f "$WORK/gemma3-270m-f32/config.json" ] || "$PYTHON" benches/trl_compare.py export --gguf "$GGUF" --out "$WORK/gemma3-270m-f32"
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; load before: $(uptime | sed 's/.*load average: //')" >&2
