@@ -12,7 +12,8 @@
 //! `rustc-link-arg` does not propagate to dependent crates: that is what the exported folder is for.
 //!
 //! With the `autograd` feature (implied by `train`) it also compiles the gradient shim `csrc/grad.cpp` (setting
-//! and releasing a `.grad`) and the allocator `csrc/block_cache.cpp` (`tch_rpo::memory::BlockCache`), and with
+//! and releasing a `.grad`), the allocator `csrc/block_cache.cpp` (`tch_rpo::memory::BlockCache`) and the fused
+//! head's bf16 row kernels `csrc/bf16_head.cpp` (always at `-O3`), and with
 //! the `dist` feature the c10d shim `csrc/dist.cpp` (see [`dist::build`]), both against libtorch's headers
 //! ([`shim`]).
 use std::path::Path;
@@ -52,10 +53,15 @@ fn main() {
     {
         println!("cargo:rerun-if-changed=csrc/grad.cpp");
         println!("cargo:rerun-if-changed=csrc/block_cache.cpp");
+        println!("cargo:rerun-if-changed=csrc/bf16_head.cpp");
         let torch = shim::Torch::find();
         let mut build = torch.cpp_build();
         build.file("csrc/grad.cpp").file("csrc/block_cache.cpp");
         build.compile("tch_rpo_grad");
+        // The fused head's bf16 rows: vectorized loops, optimized in every profile.
+        let mut kernels = torch.cpp_build();
+        kernels.file("csrc/bf16_head.cpp").opt_level(3).flag_if_supported("-Wno-psabi");
+        kernels.compile("tch_rpo_bf16_head");
         torch.link_cpu();
     }
     #[cfg(feature = "dist")]

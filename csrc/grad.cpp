@@ -10,10 +10,12 @@
 
 namespace {
 // Returned when even the message cannot be allocated; never freed.
-char kNoMemory[] = "out of memory while reporting a failed gradient release";
+char kNoMemory[] = "out of memory while reporting an error of a tch-rpo C++ shim";
 }  // namespace
 
 extern "C" {
+
+char* tch_rpo_copy_error(const char* what);
 
 // Makes `grad` (a handle to the same tensor) `tensor`'s gradient, or, when `grad` is null, drops `tensor`'s
 // reference to its gradient (`.grad` becomes undefined; the memory is freed once no other handle holds it).
@@ -32,6 +34,11 @@ char* tch_rpo_grad_set(at::Tensor* tensor, const at::Tensor* grad) {
     what = e.what();
   } catch (...) {
   }
+  return tch_rpo_copy_error(what);
+}
+
+// A `malloc`ed copy of `what` (the shims' error messages), or a static message when none can be allocated.
+char* tch_rpo_copy_error(const char* what) {
   char* out = static_cast<char*>(std::malloc(std::strlen(what) + 1));
   if (out == nullptr) {
     return kNoMemory;

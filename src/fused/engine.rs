@@ -145,6 +145,16 @@ pub(crate) fn prepare(
     })
 }
 
+/// Whether a chunk's logits stay bf16 and go through the row kernels ([`super::bf16`]): bf16 inputs on the
+/// CPU, no soft-cap, no token statistics, no bias gradient.
+#[cfg(feature = "autograd")]
+pub(crate) fn bf16_rows(prep: &Prepared, head: &LinearHead, options: &LogProbOptions, bias_grad: bool) -> bool {
+    head.final_logit_softcap.is_none()
+        && !options.token_stats
+        && !bias_grad
+        && super::bf16::applies(prep.kind, prep.compute, prep.h_valid.device())
+}
+
 /// Rows per chunk: two `[rows, V]` buffers in the compute dtype fit the budget.
 fn chunk_rows(options: &LogProbOptions, vocab: i64, compute: Kind) -> i64 {
     let per_row = 2 * vocab as usize * compute.elt_size_in_bytes();
@@ -189,19 +199,26 @@ pub(crate) fn forward(prep: &Prepared, head: &LinearHead, options: &LogProbOptio
         let mut start = 0;
         while start < prep.tokens {
             let n = rows.min(prep.tokens - start);
-            let z = chunk_logits(&h_valid.f_narrow(0, start, n)?, head, prep.compute)?;
-            let lse = z.f_logsumexp(-1, false)?;
+            let hc = h_valid.f_narrow(0, start, n)?;
             let targets = prep.targets.f_narrow(0, start, n)?;
+            let ids = prep.seq_ids.f_narrow(0, start, n)?;
+            #[cfg(feature = "autograd")]
+            if bf16_rows(prep, head, options, false) {
+                let z = head.linear(&hc, None)?;
+                let (lse, logp) = super::bf16::stats(&z, head.logit_scale, &targets.f_contiguous()?)?;
+                sums.add(&ids, &logp, None)?;
+                lse_all.f_narrow(0, start, n)?.f_copy_(&lse)?;
+                start += n;
+                continue;
+            }
+            let z = chunk_logits(&hc, head, prep.compute)?;
+            let lse = z.f_logsumexp(-1, false)?;
             let target = z.f_gather(1, &targets.f_unsqueeze(1)?, false)?.f_squeeze_dim(1)?;
             let stats = match options.token_stats {
                 true => Some(stats_given_lse(&z, &lse, &targets, prep.compute)?),
                 false => None,
             };
-            sums.add(
-                &prep.seq_ids.f_narrow(0, start, n)?,
-                &target.f_sub(&lse)?,
-                stats.as_ref(),
-            )?;
+            sums.add(&ids, &target.f_sub(&lse)?, stats.as_ref())?;
             lse_all.f_narrow(0, start, n)?.f_copy_(&lse)?;
             start += n;
         }
@@ -312,6 +329,19 @@ pub(crate) fn backward(
         while start < prep.tokens {
             let n = rows.min(prep.tokens - start);
             let hc = h_valid.f_narrow(0, start, n)?;
+            #[cfg(feature = "autograd")]
+            if bf16_rows(prep, head, options, needs.bias) {
+                let g = super::bf16::grad_in_place(
+                    head.linear(&hc, None)?,
+                    head.logit_scale,
+                    &prep.targets.f_narrow(0, start, n)?.f_contiguous()?,
+                    &lse_all.f_narrow(0, start, n)?.f_contiguous()?,
+                    &coef.f_narrow(0, start, n)?.f_to_kind(Kind::Float)?.f_contiguous()?,
+                )?;
+                acc.add_low(&g, &hc, head, Rows::Range(start))?;
+                start += n;
+                continue;
+            }
             let z = chunk_logits(&hc, head, prep.compute)?;
             let g = chunk_grad(
                 z,
@@ -443,8 +473,28 @@ impl Accumulators {
         } else {
             g.f_to_kind(self.kind)?
         };
+        self.add_products(g, &g_low, hc, head, rows)
+    }
+
+    /// [`Accumulators::add`] for a gradient `g_low` already in the inputs' dtype (not the compute dtype),
+    /// without a bias gradient (the caller checked that none is needed).
+    pub(crate) fn add_low(&mut self, g_low: &Tensor, hc: &Tensor, head: &LinearHead, rows: Rows<'_>) -> Result<()> {
+        debug_assert!(self.bias.is_none() && self.kind != self.compute);
+        self.add_products(g_low, g_low, hc, head, rows)
+    }
+
+    /// The products of [`Accumulators::add`]: `g` in the compute dtype when it is the inputs' (else unused),
+    /// `g_low` in the inputs' dtype.
+    fn add_products(
+        &mut self,
+        g: &Tensor,
+        g_low: &Tensor,
+        hc: &Tensor,
+        head: &LinearHead,
+        rows: Rows<'_>,
+    ) -> Result<()> {
         if let Some(gh) = self.hidden.as_mut() {
-            let part = head.input_grad(&g_low)?;
+            let part = head.input_grad(g_low)?;
             match rows {
                 Rows::Range(start) => {
                     gh.f_narrow(0, start, part.size()[0])?.f_copy_(&part)?;

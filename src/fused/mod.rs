@@ -34,6 +34,8 @@
 //! token count back once per scored batch (policy, and a `Hidden` reference); validation
 //! ([`crate::LogProbOptions::validate_inputs`]) reads its checks back.
 
+#[cfg(feature = "autograd")]
+mod bf16;
 pub(crate) mod engine;
 mod head;
 mod one_pass;

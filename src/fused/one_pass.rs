@@ -11,8 +11,10 @@
 //! coefficients), and the gradient is applied to the logits still in memory.
 //!
 //! A chunk holds at least one whole group, so the schedule applies only when every group's scored tokens fit
-//! [`LogProbOptions::fused_chunk_bytes`]: one `[n, V]` buffer in the compute dtype (two with a soft-cap, token
-//! statistics or low-precision inputs). Otherwise the caller uses the two-pass schedule.
+//! [`LogProbOptions::fused_chunk_bytes`]: one `[n, V]` buffer in the compute dtype, or in bf16 for bf16 inputs
+//! on the CPU (the row kernels of [`super::bf16`], feature `autograd`), and two in the compute dtype with a
+//! soft-cap, token statistics, a bias gradient or other low-precision inputs. Otherwise the caller uses the
+//! two-pass schedule.
 
 use super::engine::{
     chunk_grad, chunk_logits, probs_grad, Accumulators, Grads, Needs, Prepared, RowSums, Rows,
@@ -32,14 +34,44 @@ pub(crate) enum Grouping {
     Rows,
 }
 
-/// Whether the chunk needs a second `[n, V]` buffer (soft-cap factor, statistics' softmax, low-precision
-/// logits before the cast).
-fn buffers(prep: &Prepared, head: &LinearHead, options: &LogProbOptions) -> usize {
-    let simple = head.final_logit_softcap.is_none() && !options.token_stats && prep.kind == prep.compute;
-    if simple {
-        1
-    } else {
-        2
+/// How a chunk's logits are held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// In the compute dtype, in one shared `[n, V]` buffer that becomes the softmax, then the gradient.
+    Simple,
+    /// bf16 logits on the CPU in one shared `[n, V]` buffer, reduced in f32 by the row kernels
+    /// ([`super::bf16`]) and overwritten with their bf16 gradient.
+    #[cfg(feature = "autograd")]
+    Bf16Rows,
+    /// Any other case (soft-cap, token statistics, other low-precision inputs, a bias gradient): two
+    /// `[n, V]` buffers in the compute dtype.
+    General,
+}
+
+impl Layout {
+    fn of(prep: &Prepared, head: &LinearHead, options: &LogProbOptions, needs: Needs) -> Self {
+        #[cfg(feature = "autograd")]
+        if super::engine::bf16_rows(prep, head, options, needs.bias) {
+            return Layout::Bf16Rows;
+        }
+        #[cfg(not(feature = "autograd"))]
+        let _ = needs;
+        let plain = head.final_logit_softcap.is_none() && !options.token_stats;
+        match plain && prep.kind == prep.compute {
+            true => Layout::Simple,
+            false => Layout::General,
+        }
+    }
+
+    /// Bytes per scored token of the chunk's buffers.
+    fn bytes_per_token(self, prep: &Prepared) -> usize {
+        let v = prep.vocab as usize;
+        match self {
+            Layout::Simple => v * prep.compute.elt_size_in_bytes(),
+            #[cfg(feature = "autograd")]
+            Layout::Bf16Rows => v * prep.kind.elt_size_in_bytes(),
+            Layout::General => 2 * v * prep.compute.elt_size_in_bytes(),
+        }
     }
 }
 
@@ -103,8 +135,8 @@ pub(crate) fn run(
     weight_into: Option<Tensor>,
     mut coef_of: impl FnMut(&Tensor) -> Result<Option<Tensor>>,
 ) -> Result<Option<OnePass>> {
-    let buffers = buffers(prep, head, options);
-    let per_token = (buffers * prep.vocab as usize * prep.compute.elt_size_in_bytes()) as i64;
+    let layout = Layout::of(prep, head, options, needs);
+    let per_token = layout.bytes_per_token(prep) as i64;
     let max_tokens = (options.fused_chunk_bytes as i64 / per_token.max(1)).max(1);
     let counts = Vec::<i64>::try_from(&prep.counts.f_to_device(Device::Cpu)?)?;
     let Some(chunks) = plan(&counts, grouping, max_tokens) else {
@@ -118,10 +150,14 @@ pub(crate) fn run(
         let mut depends = true;
         let h_valid = prep.h_valid.f_detach()?;
         let largest = chunks.iter().map(Vec::len).max().unwrap_or(0) as i64;
-        // One logits buffer for every chunk of the simple case (no allocation, no page faults per chunk).
-        let buffer = match buffers {
-            1 if largest > 0 => Some(Tensor::f_empty([largest, prep.vocab], (compute, device))?),
-            _ => None,
+        // One logits buffer for every chunk of the one-buffer layouts (no allocation, no page faults per
+        // chunk).
+        let buffer = match layout {
+            Layout::General => None,
+            _ if largest == 0 => None,
+            Layout::Simple => Some(Tensor::f_empty([largest, prep.vocab], (compute, device))?),
+            #[cfg(feature = "autograd")]
+            Layout::Bf16Rows => Some(Tensor::f_empty([largest, prep.vocab], (prep.kind, device))?),
         };
         for positions in &chunks {
             let n = positions.len() as i64;
@@ -129,9 +165,11 @@ pub(crate) fn run(
             let hc = h_valid.f_index_select(0, &index)?;
             let targets = prep.targets.f_index_select(0, &index)?.f_unsqueeze(1)?;
             let ids = prep.seq_ids.f_index_select(0, &index)?;
-            let chunk = match &buffer {
-                Some(buffer) => Chunk::simple(buffer.f_narrow(0, 0, n)?, &hc, head, &targets)?,
-                None => Chunk::general(&hc, head, &targets, compute, options.token_stats)?,
+            let chunk = match (&buffer, layout) {
+                #[cfg(feature = "autograd")]
+                (Some(buffer), Layout::Bf16Rows) => Chunk::bf16_rows(buffer.f_narrow(0, 0, n)?, &hc, head, &targets)?,
+                (Some(buffer), _) => Chunk::simple(buffer.f_narrow(0, 0, n)?, &hc, head, &targets)?,
+                (None, _) => Chunk::general(&hc, head, &targets, compute, options.token_stats)?,
             };
             sums.add(&ids, &chunk.logp, chunk.stats.as_ref())?;
             if !depends {
@@ -145,8 +183,10 @@ pub(crate) fn run(
                 .f_to_kind(compute)?
                 .f_index_select(0, &ids)?
                 .f_unsqueeze(1)?;
-            let g = chunk.grad(&targets, &coef, head)?;
-            acc.add(&g, &hc, head, Rows::Index(&index))?;
+            match chunk.grad(&targets, &coef, head)? {
+                Grad::Compute(g) => acc.add(&g, &hc, head, Rows::Index(&index))?,
+                Grad::Low(g) => acc.add_low(&g, &hc, head, Rows::Index(&index))?,
+            }
         }
         let (sums, stats) = sums.finish(compute)?;
         Ok(Some(OnePass {
@@ -171,6 +211,17 @@ enum State {
     Probs(Tensor),
     /// The logits `[n, V]` and their logsumexp `[n, 1]`.
     Logits(Tensor, Tensor),
+    /// The bf16 logits `[n, V]` in the shared buffer and their f32 logsumexp `[n]`.
+    #[cfg(feature = "autograd")]
+    Bf16Rows(Tensor, Tensor),
+}
+
+/// A chunk's `dL/dz`.
+enum Grad {
+    /// In the compute dtype.
+    Compute(Tensor),
+    /// In the inputs' (low-precision) dtype.
+    Low(Tensor),
 }
 
 impl Chunk {
@@ -191,6 +242,19 @@ impl Chunk {
             logp: target.f_sub(&lse)?.f_squeeze_dim(1)?,
             stats: None,
             state: State::Probs(z),
+        })
+    }
+
+    /// bf16 logits on the CPU in `z` (a view of the shared bf16 buffer), reduced by the row kernels.
+    #[cfg(feature = "autograd")]
+    fn bf16_rows(z: Tensor, hc: &Tensor, head: &LinearHead, targets: &Tensor) -> Result<Self> {
+        let _ = head.linear(hc, Some(&z))?;
+        let targets = targets.f_squeeze_dim(1)?.f_contiguous()?;
+        let (lse, logp) = super::bf16::stats(&z, head.logit_scale, &targets)?;
+        Ok(Self {
+            logp,
+            stats: None,
+            state: State::Bf16Rows(z, lse),
         })
     }
 
@@ -215,11 +279,18 @@ impl Chunk {
         })
     }
 
-    /// `dL/dz` of the chunk given the coefficients `[n, 1]`.
-    fn grad(self, targets: &Tensor, coef: &Tensor, head: &LinearHead) -> Result<Tensor> {
+    /// `dL/dz` of the chunk given the coefficients `[n, 1]` (compute dtype).
+    fn grad(self, targets: &Tensor, coef: &Tensor, head: &LinearHead) -> Result<Grad> {
         match self.state {
-            State::Probs(p) => probs_grad(p, targets, coef, coef, head),
-            State::Logits(z, lse) => chunk_grad(z, &lse, targets, coef, head),
+            State::Probs(p) => Ok(Grad::Compute(probs_grad(p, targets, coef, coef, head)?)),
+            State::Logits(z, lse) => Ok(Grad::Compute(chunk_grad(z, &lse, targets, coef, head)?)),
+            #[cfg(feature = "autograd")]
+            State::Bf16Rows(z, lse) => {
+                let targets = targets.f_squeeze_dim(1)?.f_contiguous()?;
+                let coef = coef.f_squeeze_dim(1)?.f_contiguous()?;
+                let g = super::bf16::grad_in_place(z, head.logit_scale, &targets, &lse, &coef)?;
+                Ok(Grad::Low(g))
+            }
         }
     }
 }
