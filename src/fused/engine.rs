@@ -507,6 +507,10 @@ impl Accumulators {
         if let Some(gw) = self.weight.as_mut() {
             if self.kind == self.compute {
                 let _ = gw.f_addmm_(&g.f_tr()?, hc)?;
+            } else if gw.f_kind()? == self.kind {
+                // The weight's own low-precision `.grad`: accumulated by the product itself (f32 inside the
+                // matmul, one rounding), no `[V, H]` temporary.
+                let _ = gw.f_addmm_(&g_low.f_tr()?, hc)?;
             } else {
                 let vocab = gw.size()[0];
                 let mut v0 = 0;
