@@ -12,7 +12,7 @@
 //! `rustc-link-arg` does not propagate to dependent crates: that is what the exported folder is for.
 //!
 //! With the `autograd` feature (implied by `train`) it also compiles the gradient shim `csrc/grad.cpp` (setting
-//! and releasing a `.grad`), the allocator `csrc/block_cache.cpp` (`tch_rpo::memory::BlockCache`) and the fused
+//! and releasing a `.grad`), RMSNorm's autograd node `csrc/rms_norm.cpp`, the allocator `csrc/block_cache.cpp` (`tch_rpo::memory::BlockCache`) and the fused
 //! head's bf16 row kernels `csrc/bf16_head.cpp` (always at `-O3`), and with
 //! the `dist` feature the c10d shim `csrc/dist.cpp` (see [`dist::build`]), both against libtorch's headers
 //! ([`shim`]).
@@ -54,13 +54,20 @@ fn main() {
         println!("cargo:rerun-if-changed=csrc/grad.cpp");
         println!("cargo:rerun-if-changed=csrc/block_cache.cpp");
         println!("cargo:rerun-if-changed=csrc/bf16_head.cpp");
+        println!("cargo:rerun-if-changed=csrc/rms_norm.cpp");
         let torch = shim::Torch::find();
         let mut build = torch.cpp_build();
-        build.file("csrc/grad.cpp").file("csrc/block_cache.cpp");
+        build
+            .file("csrc/grad.cpp")
+            .file("csrc/block_cache.cpp")
+            .file("csrc/rms_norm.cpp");
         build.compile("tch_rpo_grad");
         // The fused head's bf16 rows: vectorized loops, optimized in every profile.
         let mut kernels = torch.cpp_build();
-        kernels.file("csrc/bf16_head.cpp").opt_level(3).flag_if_supported("-Wno-psabi");
+        kernels
+            .file("csrc/bf16_head.cpp")
+            .opt_level(3)
+            .flag_if_supported("-Wno-psabi");
         kernels.compile("tch_rpo_bf16_head");
         torch.link_cpu();
     }

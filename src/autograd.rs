@@ -6,7 +6,9 @@
 //! - (feature `autograd`, implied by `train`) `release_grad` and `ensure_grad`: setting and releasing a
 //!   tensor's `.grad`, which tch does not expose — what PyTorch's `param.grad = None` and a first
 //!   accumulation into an undefined `.grad` do. They call into `csrc/grad.cpp`, which build.rs compiles
-//!   against libtorch's headers with that feature.
+//!   against libtorch's headers with that feature;
+//! - (feature `autograd`) `rms_norm`: RMSNorm as one autograd node with its own backward (tch cannot define
+//!   one), `csrc/rms_norm.cpp`.
 //!
 //! Every function returns [`Result`]; libtorch failures are [`Error::Torch`](crate::Error::Torch).
 
@@ -58,18 +60,28 @@ pub(crate) fn grad_enabled() -> Result<bool> {
 }
 
 #[cfg(feature = "autograd")]
-pub use shim::{ensure_grad, release_grad};
+pub(crate) use shim::status as shim_status;
+#[cfg(feature = "autograd")]
+pub use shim::{ensure_grad, release_grad, rms_norm};
 
 /// The `.grad` setters over `csrc/grad.cpp` (feature `autograd`).
 #[cfg(feature = "autograd")]
 mod shim {
-    use crate::error::{Error, Result};
-    use std::os::raw::c_char;
+    use crate::error::{Error, InputError, Result};
+    use crate::validate;
+    use std::os::raw::{c_char, c_int};
     use tch::{TchError, Tensor};
     use torch_sys::C_tensor;
 
     extern "C" {
         fn tch_rpo_grad_set(tensor: *mut C_tensor, grad: *const C_tensor) -> *mut c_char;
+        fn tch_rpo_rms_norm(
+            x: *const C_tensor,
+            weight: *const C_tensor,
+            eps: f64,
+            one_plus: c_int,
+            out: *mut *mut C_tensor,
+        ) -> *mut c_char;
         fn tch_rpo_grad_free_error(message: *mut c_char);
     }
 
@@ -80,6 +92,12 @@ mod shim {
         // gradient); the shim catches every C++ exception and returns null or a message that only
         // `tch_rpo_grad_free_error` frees.
         let message = unsafe { tch_rpo_grad_set(tensor.as_ptr() as *mut C_tensor, grad) };
+        status(message, what)
+    }
+
+    /// `Ok` for a null message from one of the crate's C++ shims, else `what: message` as [`Error::Torch`]
+    /// (and frees the message).
+    pub(crate) fn status(message: *mut c_char, what: &str) -> Result<()> {
         if message.is_null() {
             return Ok(());
         }
@@ -100,6 +118,58 @@ mod shim {
     /// [`Error::Torch`] with libtorch's message if it fails.
     pub fn release_grad(tensor: &Tensor) -> Result<()> {
         set(tensor, None, "releasing a gradient")
+    }
+
+    /// RMSNorm over the last dimension as one autograd node. With `x̂ = f32(x) · r`,
+    /// `r = (mean(f32(x)²) + eps)^(−1/2)` (f32, over the last dimension):
+    ///
+    /// ```text
+    /// one_plus (Gemma):   y = dtype(x̂ · (f32(w) + 1))
+    /// otherwise (Llama):  y = w · dtype(x̂)
+    /// ```
+    ///
+    /// for `x [..., H]` and `weight [H]` (dtype = `x`'s; f32, bf16, f16 or f64 — f64 inputs are computed in
+    /// f32 as well, the composite form's rule). The forward runs the same libtorch ops as writing these
+    /// formulas with tensors, so the values are the same; the difference is the autograd graph: the node
+    /// saves only `x`, `weight` and `r` (`[..., 1]`), where the composite form keeps `f32(x)` and `x̂`
+    /// (8 bytes per element more for bf16 inputs), and its backward recomputes `x̂`:
+    /// `dx = r · (g − x̂ · mean(g · x̂))` with `g` the gradient reaching `x̂`, and `dw` summed in f32 over every
+    /// dimension but the last, rounded to `weight`'s dtype once. Gradients are computed only for the inputs
+    /// that require them; under `no_grad` nothing is saved.
+    ///
+    /// # Errors
+    /// [`InputError::Shape`] (`weight`) unless `weight` is `[H]` with `H` = `x`'s last dimension (`x` of rank
+    /// ≥ 1); [`InputError::DeviceMismatch`](crate::InputError::DeviceMismatch) when they are on different
+    /// devices; [`InputError::DType`] (`x`, `weight`) for non-float tensors;
+    /// [`InputError::InvalidParameter`] (`eps`) unless finite and ≥ 0; [`Error::Torch`] if libtorch fails.
+    pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, one_plus: bool) -> Result<Tensor> {
+        validate::float_tensor("x", x)?;
+        validate::float_tensor("weight", weight)?;
+        let h = x.size().last().copied();
+        if h.is_none() || weight.size() != [h.unwrap_or(0)] {
+            return Err(Error::Input(InputError::Shape {
+                arg: "weight",
+                expected: format!("[H] with H the last dimension of x {:?}", x.size()),
+                got: weight.size(),
+            }));
+        }
+        validate::same_device("weight", weight, "x", x)?;
+        if !(eps.is_finite() && eps >= 0.0) {
+            return Err(Error::Input(InputError::InvalidParameter {
+                name: "eps",
+                value: eps.into(),
+                requirement: "must be finite and >= 0",
+            }));
+        }
+        let mut out: *mut C_tensor = std::ptr::null_mut();
+        // SAFETY: both pointers are tch's live `at::Tensor*` for the call; on success the shim stores a
+        // `new at::Tensor` in `out`, which `Tensor::from_ptr` owns from here; on failure it leaves `out`
+        // null and returns a message (freed by `status`).
+        let message =
+            unsafe { tch_rpo_rms_norm(x.as_ptr(), weight.as_ptr(), eps, c_int::from(one_plus), &mut out) };
+        status(message, "rms_norm")?;
+        // SAFETY: a non-null tensor the shim allocated for us (checked by the successful status).
+        Ok(unsafe { Tensor::from_ptr(out) })
     }
 
     /// Gives a leaf that requires grad a zero `.grad` of its own shape, dtype and device when it has none —

@@ -37,7 +37,6 @@ extern "C" {
         lse: *const f32,
         coef: *const f32,
     ) -> *mut c_char;
-    fn tch_rpo_grad_free_error(message: *mut c_char);
 }
 
 /// Whether the kernels apply: bf16 logits on the CPU reduced in f32.
@@ -47,10 +46,8 @@ pub(crate) fn applies(kind: Kind, compute: Kind, device: Device) -> bool {
 
 /// Checks that `t` is a contiguous CPU tensor of `kind` with `numel` elements.
 fn check(what: &str, t: &Tensor, kind: Kind, numel: i64) -> Result<()> {
-    let ok = t.f_kind()? == kind
-        && t.device() == Device::Cpu
-        && t.is_contiguous()
-        && t.numel() as i64 == numel;
+    let ok =
+        t.f_kind()? == kind && t.device() == Device::Cpu && t.is_contiguous() && t.numel() as i64 == numel;
     if ok {
         Ok(())
     } else {
@@ -80,20 +77,6 @@ fn rows(z: &Tensor, targets: &Tensor) -> Result<(i64, i64)> {
     Ok((n, v))
 }
 
-/// Turns a kernel's returned message into an error (and frees it).
-fn status(message: *mut c_char) -> Result<()> {
-    if message.is_null() {
-        return Ok(());
-    }
-    // SAFETY: a NUL-terminated message returned by the shim, freed exactly once below.
-    let text = unsafe { std::ffi::CStr::from_ptr(message) }
-        .to_string_lossy()
-        .into_owned();
-    // SAFETY: as above.
-    unsafe { tch_rpo_grad_free_error(message) };
-    Err(Error::Torch(TchError::Torch(format!("bf16 head kernel: {text}"))))
-}
-
 /// `(lse, logp)`, each `[n]` f32, of the `[n, V]` bf16 logits `z` scaled by `scale`, for the `[n]` i64
 /// `targets`.
 pub(crate) fn stats(z: &Tensor, scale: f64, targets: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -113,7 +96,7 @@ pub(crate) fn stats(z: &Tensor, scale: f64, targets: &Tensor) -> Result<(Tensor,
             logp.data_ptr() as *mut f32,
         )
     };
-    status(message)?;
+    crate::autograd::shim_status(message, "bf16 head kernel")?;
     Ok((lse, logp))
 }
 
@@ -141,7 +124,7 @@ pub(crate) fn grad_in_place(
             coef.data_ptr() as *const f32,
         )
     };
-    status(message)?;
+    crate::autograd::shim_status(message, "bf16 head kernel")?;
     Ok(z)
 }
 
@@ -198,13 +181,23 @@ mod tests {
             let u = 2f64.powi(-24);
             for r in 0..n as usize {
                 let bound = 4.0 * u * max_x + 4.0 * u;
-                assert!((lse[r] - lse_ref[r]).abs() <= bound + u * lse_ref[r].abs(), "lse[{r}]");
-                assert!((logp[r] - logp_ref[r]).abs() <= bound + u * logp_ref[r].abs(), "logp[{r}]");
+                assert!(
+                    (lse[r] - lse_ref[r]).abs() <= bound + u * lse_ref[r].abs(),
+                    "lse[{r}]"
+                );
+                assert!(
+                    (logp[r] - logp_ref[r]).abs() <= bound + u * logp_ref[r].abs(),
+                    "logp[{r}]"
+                );
             }
 
             let lse_t = Tensor::from_slice(&lse).to_kind(Kind::Float);
             let g = grad_in_place(z.shallow_clone(), s, &targets, &lse_t, &coef).unwrap();
-            assert_eq!(g.data_ptr(), z.data_ptr(), "the gradient is written over the logits");
+            assert_eq!(
+                g.data_ptr(),
+                z.data_ptr(),
+                "the gradient is written over the logits"
+            );
             let g: Vec<f64> = Vec::try_from(g.to_kind(Kind::Double).reshape([-1])).unwrap();
             // p_j = exp(x_j − lse) with x_j − lse carrying the rounding of x_j (u·max|x|), of the
             // subtraction (u·(max|x| + |lse|)) and the lse's own error, all absolute, hence a relative
@@ -238,7 +231,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("logits") && err.contains("BFloat16"), "{err}");
-        let err = stats(&z, 1.0, &Tensor::from_slice(&[0i64])).unwrap_err().to_string();
+        let err = stats(&z, 1.0, &Tensor::from_slice(&[0i64]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("targets"), "{err}");
         let lse = Tensor::zeros([2], (Kind::Float, Device::Cpu));
         let coef = Tensor::zeros([3], (Kind::Float, Device::Cpu));

@@ -148,7 +148,12 @@ pub(crate) fn prepare(
 /// Whether a chunk's logits stay bf16 and go through the row kernels ([`super::bf16`]): bf16 inputs on the
 /// CPU, no soft-cap, no token statistics, no bias gradient.
 #[cfg(feature = "autograd")]
-pub(crate) fn bf16_rows(prep: &Prepared, head: &LinearHead, options: &LogProbOptions, bias_grad: bool) -> bool {
+pub(crate) fn bf16_rows(
+    prep: &Prepared,
+    head: &LinearHead,
+    options: &LogProbOptions,
+    bias_grad: bool,
+) -> bool {
     head.final_logit_softcap.is_none()
         && !options.token_stats
         && !bias_grad
@@ -336,7 +341,10 @@ pub(crate) fn backward(
                     head.logit_scale,
                     &prep.targets.f_narrow(0, start, n)?.f_contiguous()?,
                     &lse_all.f_narrow(0, start, n)?.f_contiguous()?,
-                    &coef.f_narrow(0, start, n)?.f_to_kind(Kind::Float)?.f_contiguous()?,
+                    &coef
+                        .f_narrow(0, start, n)?
+                        .f_to_kind(Kind::Float)?
+                        .f_contiguous()?,
                 )?;
                 acc.add_low(&g, &hc, head, Rows::Range(start))?;
                 start += n;
@@ -478,7 +486,13 @@ impl Accumulators {
 
     /// [`Accumulators::add`] for a gradient `g_low` already in the inputs' dtype (not the compute dtype),
     /// without a bias gradient (the caller checked that none is needed).
-    pub(crate) fn add_low(&mut self, g_low: &Tensor, hc: &Tensor, head: &LinearHead, rows: Rows<'_>) -> Result<()> {
+    pub(crate) fn add_low(
+        &mut self,
+        g_low: &Tensor,
+        hc: &Tensor,
+        head: &LinearHead,
+        rows: Rows<'_>,
+    ) -> Result<()> {
         debug_assert!(self.bias.is_none() && self.kind != self.compute);
         self.add_products(g_low, g_low, hc, head, rows)
     }

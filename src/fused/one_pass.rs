@@ -167,7 +167,9 @@ pub(crate) fn run(
             let ids = prep.seq_ids.f_index_select(0, &index)?;
             let chunk = match (&buffer, layout) {
                 #[cfg(feature = "autograd")]
-                (Some(buffer), Layout::Bf16Rows) => Chunk::bf16_rows(buffer.f_narrow(0, 0, n)?, &hc, head, &targets)?,
+                (Some(buffer), Layout::Bf16Rows) => {
+                    Chunk::bf16_rows(buffer.f_narrow(0, 0, n)?, &hc, head, &targets)?
+                }
                 (Some(buffer), _) => Chunk::simple(buffer.f_narrow(0, 0, n)?, &hc, head, &targets)?,
                 (None, _) => Chunk::general(&hc, head, &targets, compute, options.token_stats)?,
             };

@@ -51,7 +51,22 @@ impl RmsNorm {
         }
     }
 
+    /// `RMSNorm(xs)` as the struct's docs say. With the `autograd` feature it is one autograd node
+    /// (`csrc/rms_norm.cpp`: the same forward ops, a backward that saves only `xs`, the weight and the
+    /// `[..., 1]` reciprocal RMS), else the composite form ([`RmsNorm::forward_composite`]).
     pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "autograd")]
+        {
+            let one_plus = matches!(self.style, NormStyle::OnePlusWeight);
+            crate::autograd::rms_norm(xs, &self.weight, self.eps, one_plus)
+        }
+        #[cfg(not(feature = "autograd"))]
+        self.forward_composite(xs)
+    }
+
+    /// The composite form of [`RmsNorm::forward`] (libtorch's autograd records every op).
+    #[cfg(not(feature = "autograd"))]
+    fn forward_composite(&self, xs: &Tensor) -> Result<Tensor> {
         let x = xs.f_to_kind(Kind::Float)?;
         let mean_square = x.f_square()?.f_mean_dim(-1, true, Kind::Float)?;
         let normed = x.f_mul(&mean_square.f_add_scalar(self.eps)?.f_rsqrt()?)?;
