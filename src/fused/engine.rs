@@ -486,6 +486,7 @@ impl Accumulators {
 
     /// [`Accumulators::add`] for a gradient `g_low` already in the inputs' dtype (not the compute dtype),
     /// without a bias gradient (the caller checked that none is needed).
+    #[cfg(feature = "autograd")]
     pub(crate) fn add_low(
         &mut self,
         g_low: &Tensor,

@@ -187,6 +187,7 @@ pub(crate) fn run(
                 .f_unsqueeze(1)?;
             match chunk.grad(&targets, &coef, head)? {
                 Grad::Compute(g) => acc.add(&g, &hc, head, Rows::Index(&index))?,
+                #[cfg(feature = "autograd")]
                 Grad::Low(g) => acc.add_low(&g, &hc, head, Rows::Index(&index))?,
             }
         }
@@ -223,6 +224,7 @@ enum Grad {
     /// In the compute dtype.
     Compute(Tensor),
     /// In the inputs' (low-precision) dtype.
+    #[cfg(feature = "autograd")]
     Low(Tensor),
 }
 

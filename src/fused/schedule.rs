@@ -8,7 +8,7 @@ use super::{check_finite, FusedLoss, LinearHead};
 use crate::autograd::grad_enabled;
 use crate::error::{Error, InputError, Result};
 use crate::logprobs::{LogProbOptions, SequenceLogProbs, TokenStats};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// [`super::fused_loss`]: the two-pass schedule for any loss.
 pub(super) fn two_pass_loss<T>(
@@ -29,18 +29,20 @@ pub(crate) enum WeightGrad {
     /// Through the returned loss, like every other gradient (the public functions).
     Surrogate,
     /// Straight into the weight's `.grad` while the loss is computed, when the weight is a leaf whose `.grad`
-    /// is defined in the compute dtype (else as `Surrogate`). For a caller that runs `loss.backward()`
+    /// is defined in the weight's own dtype (else as `Surrogate`). For a caller that runs `loss.backward()`
     /// exactly once, unscaled, and clears `.grad` when it does not (the trainer): the same gradients without
     /// the separate `[V, H]` accumulator and autograd's `[V, H]` product of it.
     #[cfg_attr(not(feature = "train"), allow(dead_code))]
     IntoGrad,
 }
 
-/// The head weight's `.grad`, when [`WeightGrad::IntoGrad`] may add to it directly.
-fn weight_grad_target(weight: &Tensor, compute: Kind, mode: WeightGrad) -> Result<Option<Tensor>> {
+/// The head weight's `.grad`, when [`WeightGrad::IntoGrad`] may add to it directly: a `.grad` in the weight's
+/// own dtype (a bf16 weight's bf16 `.grad` takes each chunk's product through `addmm_`, which accumulates in
+/// f32 and rounds once per chunk).
+fn weight_grad_target(weight: &Tensor, mode: WeightGrad) -> Result<Option<Tensor>> {
     match mode {
         WeightGrad::Surrogate => Ok(None),
-        WeightGrad::IntoGrad => crate::autograd::leaf_grad(weight, compute),
+        WeightGrad::IntoGrad => crate::autograd::leaf_grad(weight, weight.f_kind()?),
     }
 }
 
@@ -199,7 +201,7 @@ pub(crate) fn grouped_loss<T>(
     if !any_grad {
         return two_pass(&prep, head, options, needs, any_grad, None, check, &loss_fn);
     }
-    let weight_into = weight_grad_target(&head.weight, prep.compute, weight_grad)?;
+    let weight_into = weight_grad_target(&head.weight, weight_grad)?;
     let coef_of = |sums: &Tensor| -> Result<Option<Tensor>> {
         Ok(loss_and_coef(sums, &prep.counts, &None, &loss_fn)?.2)
     };

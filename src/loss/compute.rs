@@ -183,3 +183,61 @@ fn fused_level<O: Objective>(
     )?;
     O::with_fused_loss(fused.value, fused.loss)
 }
+
+#[cfg(all(test, feature = "autograd"))]
+mod tests {
+    use super::{compute_loss_with, WeightGrad};
+    use crate::{LinearHead, LogProbOptions, LossBatch, Reference, RpoConfig};
+    use tch::{Device, Kind, Tensor};
+
+    /// A bf16 head weight with a bf16 `.grad` takes [`WeightGrad::IntoGrad`] (its gradient is there as soon
+    /// as the loss is computed, not through a surrogate's f32 `[V, H]` accumulator and product): it once
+    /// fell back to the surrogate because the `.grad` was not in the compute dtype (f32). The gradients
+    /// equal the surrogate path's within bf16 rounding.
+    #[test]
+    fn bf16_head_gradient_goes_into_its_grad() {
+        tch::manual_seed(5);
+        let (rows, t, h, v) = (4, 6, 8, 40);
+        let hidden = Tensor::randn([rows, t, h], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+        let weight = (Tensor::randn([v, h], (Kind::Float, Device::Cpu)) * 0.3).to_kind(Kind::BFloat16);
+        let labels = Tensor::randint(v, [rows, t], (Kind::Int64, Device::Cpu));
+        let reference = Tensor::zeros([rows], (Kind::Float, Device::Cpu)) - 20.0;
+        let run = |mode: WeightGrad| -> (Tensor, Tensor, bool) {
+            let w = weight.detach().set_requires_grad(true);
+            let x = hidden.detach().set_requires_grad(true);
+            crate::autograd::ensure_grad(&w).unwrap();
+            let batch = LossBatch::hidden(&x, LinearHead::new(&w), &labels)
+                .with_reference(Reference::LogProbs(&reference))
+                .with_options(LogProbOptions::causal());
+            let out = compute_loss_with(&RpoConfig::default(), &batch, mode).unwrap();
+            let early = w.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0;
+            out.loss.backward();
+            (
+                w.grad().to_kind(Kind::Double),
+                x.grad().to_kind(Kind::Double),
+                early,
+            )
+        };
+        let (w_into, x_into, early_into) = run(WeightGrad::IntoGrad);
+        let (w_sur, x_sur, early_sur) = run(WeightGrad::Surrogate);
+        assert!(
+            early_into,
+            "IntoGrad: the bf16 .grad holds the gradient once the loss is computed"
+        );
+        assert!(!early_sur, "Surrogate: nothing before backward");
+        assert!(
+            x_into.equal(&x_sur),
+            "the hidden states' gradient does not depend on the weight's route"
+        );
+        // IntoGrad rounds each chunk's product into bf16 (one chunk here); the surrogate accumulates in f32
+        // and autograd rounds the sum to bf16 once: each element within one bf16 rounding of the other
+        // (2⁻⁸ relative, plus the f32 accumulation's rows·2⁻²⁴ of the terms, far below it).
+        let diff = (&w_into - &w_sur).abs();
+        let bound = w_sur.abs() * (2.0 / 256.0) + 1e-30;
+        assert!(
+            diff.le_tensor(&bound).all().int64_value(&[]) == 1,
+            "max diff {}",
+            diff.max().double_value(&[])
+        );
+    }
+}

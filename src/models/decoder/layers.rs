@@ -2,7 +2,7 @@
 //! (its core is [`crate::models::attention::attend`]), the gated MLP (GeGLU or SwiGLU), and the layer that combines them
 //! (crate-internal; [`Decoder`](super::Decoder) is the public model).
 
-use tch::{nn, Kind, Tensor};
+use tch::{nn, Tensor};
 
 use super::spec::{Activation, NormStyle};
 use crate::error::{Error, Result};
@@ -67,12 +67,12 @@ impl RmsNorm {
     /// The composite form of [`RmsNorm::forward`] (libtorch's autograd records every op).
     #[cfg(not(feature = "autograd"))]
     fn forward_composite(&self, xs: &Tensor) -> Result<Tensor> {
-        let x = xs.f_to_kind(Kind::Float)?;
-        let mean_square = x.f_square()?.f_mean_dim(-1, true, Kind::Float)?;
+        let x = xs.f_to_kind(tch::Kind::Float)?;
+        let mean_square = x.f_square()?.f_mean_dim(-1, true, tch::Kind::Float)?;
         let normed = x.f_mul(&mean_square.f_add_scalar(self.eps)?.f_rsqrt()?)?;
         match self.style {
             NormStyle::OnePlusWeight => {
-                let scale = self.weight.f_to_kind(Kind::Float)?.f_add_scalar(1.0)?;
+                let scale = self.weight.f_to_kind(tch::Kind::Float)?.f_add_scalar(1.0)?;
                 Ok(normed.f_mul(&scale)?.f_to_kind(xs.kind())?)
             }
             NormStyle::Weight => Ok(self.weight.f_mul(&normed.f_to_kind(xs.kind())?)?),
