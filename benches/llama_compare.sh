@@ -10,7 +10,8 @@
 #   benches/llama_compare.sh
 #   TINY=1 benches/llama_compare.sh           # smoke test: tiny models of the same families
 #
-# Environment: SHAPES ("qwen2.5-0.5b llama-3.2-1b") RUNS ("trl ours") STEPS (3) BATCH (2 pairs) PAIRS (8)
+# Environment: SHAPES ("qwen2.5-0.5b llama-3.2-1b") RUNS ("trl ours"; also "ours-bf16": --precision bf16, which
+#   `--precision auto`, rpo_gemma's default with --model-dir, picks on a CPU with AVX-512 BF16 / AMX) STEPS (3) BATCH (2 pairs) PAIRS (8)
 #   MAX_LENGTH (256) MAX_PROMPT_LENGTH (128) THREADS (2) TINY (0) WORK (output/llama_compare) PYTHON (.venv/bin/python)
 #   DEADLINE (unix time; runs not started before it are recorded "not run", a run still going then is stopped)
 # TRL runs as benches/trl_compare.sh runs it: f32, precompute_ref_log_probs, loss_type sigmoid + sft (weight 0.05),
@@ -42,7 +43,7 @@ for shape in $SHAPES; do
   results=()
   for run in $RUNS; do
     name=$shape-$run; out="$WORK/$name.json"; timing="$WORK/$name.time"
-    impl=$([ "$run" = trl ] && echo "TRL DPOTrainer" || echo "rpo_gemma")
+    impl=$([ "$run" = trl ] && echo "TRL DPOTrainer" || echo "rpo_gemma $run")
     now=$(date +%s)
     if [ "$DEADLINE" != 0 ] && [ "$now" -ge "$DEADLINE" ]; then
       "$PYTHON" benches/trl_compare.py failed --impl "$impl" --reason "not run (time window over)" --out "$out"
@@ -58,7 +59,7 @@ for shape in $SHAPES; do
       cmd=("$BIN" --model-dir "$WORK/$shape" --data "$WORK/prefs.jsonl" --rpo-only --sft-epochs 0 --lr 1e-5
            --max-steps "$STEPS" --batch-size "$BATCH" --eval-batch "$BATCH" --max-length "$MAX_LENGTH"
            --max-prompt-length "$MAX_PROMPT_LENGTH" --threads "$THREADS" --beta "$BETA" --eta "$ETA"
-           --evals-per-epoch 1 --precision f32 --output "$WORK/$name")
+           --evals-per-epoch 1 --precision "$([ "$run" = ours-bf16 ] && echo bf16 || echo f32)" --output "$WORK/$name")
     fi
     echo "== $name: ${cmd[*]}" >&2
     status=0

@@ -8,6 +8,9 @@
 //! - The Llama family's byte-level BPE tokenizers (`scripts/make_bpe_fixture.py`): llama.cpp's ids equal
 //!   ours. (The fixture files hold a tokenizer and no weights; llama.cpp loads them vocabulary-only once
 //!   the hyper-parameters it reads first are added.)
+//! - Random Llama 3 (`llama`: permuted q / k rows), Qwen2 and Qwen3 models exported as F32 GGUF: llama.cpp
+//!   tokenizes as we do and gives our log-probs, and a LoRA adapter GGUF of theirs (the `llama` file's q / k
+//!   `lora_b` rows permuted the same way) applied by llama.cpp gives our adapted model's log-probs.
 //!
 //! Comparisons are teacher-forced on llama.cpp's greedy tokens: at each of 16 steps, the logit gaps
 //! `logit(t) − logit(top)` of llama.cpp's 8 most likely tokens against ours, and where the two argmaxes
@@ -319,7 +322,7 @@ const LLAMA_INIT: f64 = 0.2;
 fn llama_family_exports_run_in_llama_cpp() {
     use tch_rpo::models::decoder::{LoadOptions as DecoderLoad, WeightSource as Source};
     use tch_rpo::models::llama::export::save_gguf as save_llama_gguf;
-    use tch_rpo::models::llama::{Llama, LlamaConfig};
+    use tch_rpo::models::llama::{Llama, LlamaConfig, LlamaPolicy};
 
     let fx = bpe_support::fixture("llamacpp");
     let dir = TempDir::new("llamacpp-llama");
@@ -383,6 +386,45 @@ fn llama_family_exports_run_in_llama_cpp() {
                 &format!("{family} F32 export, prompt {i}"),
                 &compare(&forward, prompt, steps),
                 F32_TOLERANCE,
+            );
+        }
+
+        // A LoRA adapter GGUF (random nonzero B) on the F32 export: llama.cpp applies it as our adapted
+        // model gives (for `llama` files the q / k `lora_b` rows are permuted per head like the base rows).
+        let (vs, model) = Llama::load(Source::Gguf(&file), &DecoderLoad::default()).expect("load export");
+        let policy = lora_support::seeded(42, || {
+            LoraPolicy::new(LlamaPolicy::new(vs, model), &LoraConfig::new(8, 16.0))
+        })
+        .expect("adapters");
+        lora_support::randomize_b(policy.adapters(), 43, LORA_B_SCALE);
+        let adapter = dir.path(&format!("{family}-adapter.gguf"));
+        policy
+            .save_gguf_adapter(&adapter, GgmlType::F32)
+            .expect("adapter GGUF");
+        let adapted = |ids: &Tensor, mask: &Tensor| policy.forward(ids, mask).expect("forward");
+        let label = format!("{family}-lora");
+        let steps = generate(
+            dir.path("").as_path(),
+            &label,
+            &path,
+            Some((&adapter, 1.0)),
+            &prompts,
+            STEPS,
+        );
+        for (i, (prompt, steps)) in prompts.iter().zip(&steps).enumerate() {
+            assert_within(
+                &format!("{family} LoRA adapter GGUF, prompt {i}"),
+                &compare(&adapted, prompt, steps),
+                F32_TOLERANCE,
+            );
+            policy.adapters().set_enabled(false);
+            let off = compare(&adapted, prompt, steps);
+            policy.adapters().set_enabled(true);
+            eprintln!("{family}, prompt {i}: llama.cpp with the adapter vs our base: {off:?}");
+            assert!(
+                off.max_gap_diff > 10.0 * F32_TOLERANCE,
+                "{family}, prompt {i}: llama.cpp with the adapter is within {:e} of our base without it",
+                off.max_gap_diff
             );
         }
     }

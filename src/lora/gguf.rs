@@ -6,6 +6,7 @@ use super::adapters::LoraAdapters;
 use crate::error::{Error, GgufError, Result};
 use crate::gguf::{GgmlType, GgufValue, GgufWriter};
 use crate::validate::finite_weight;
+use tch::Tensor;
 
 impl LoraAdapters {
     /// Writes the adapters as a llama.cpp LoRA adapter GGUF (what `convert_lora_to_gguf.py` writes and
@@ -26,6 +27,25 @@ impl LoraAdapters {
         path: &Path,
         architecture: &str,
         tensor_name: impl Fn(&str) -> Option<String>,
+        ty: GgmlType,
+    ) -> Result<u64> {
+        self.save_gguf_adapter_with(path, architecture, tensor_name, |_, b| Ok(b), ty)
+    }
+
+    /// [`LoraAdapters::save_gguf_adapter`] for a base file whose matrices are stored with their rows
+    /// reordered: `lora_b_rows(weight name, lora_b)` gives the `[out, r]` `lora_B` in the file's row order
+    /// (`W + s·B·A` with its rows permuted is `W' + s·(P·B)·A`, so only `B`'s rows move). Llama-family files
+    /// of architecture `llama` permute the q / k projections' rows per head
+    /// ([`crate::models::llama::save_gguf_adapter`]).
+    ///
+    /// # Errors
+    /// Those of [`LoraAdapters::save_gguf_adapter`], and `lora_b_rows`'s.
+    pub fn save_gguf_adapter_with(
+        &self,
+        path: &Path,
+        architecture: &str,
+        tensor_name: impl Fn(&str) -> Option<String>,
+        lora_b_rows: impl Fn(&str, Tensor) -> Result<Tensor>,
         ty: GgmlType,
     ) -> Result<u64> {
         crate::atomic::check_file_target(path, "path")?;
@@ -62,7 +82,8 @@ impl LoraAdapters {
             finite_weight(&a, &format!("{weight_name} lora_A"), "the adapters to save")?;
             finite_weight(&b, &format!("{weight_name} lora_B"), "the adapters to save")?;
             writer.add_tensor(format!("{base}.lora_a"), &a.f_detach()?, ty)?;
-            writer.add_tensor(format!("{base}.lora_b"), &b.f_detach()?, ty)?;
+            let b = lora_b_rows(&weight_name, b.f_detach()?)?;
+            writer.add_tensor(format!("{base}.lora_b"), &b, ty)?;
         }
         writer.write(path)
     }

@@ -9,7 +9,8 @@
 //! | RMSNorm statistics (mean square, reciprocal square root) and rotary tables | f32, rounded to bf16 after |
 //! | attention softmax (explicit path: `softmax(…, Float)`; SDPA: its kernels accumulate in f32) | f32 |
 //! | the LM head's product (`hidden · Wᵀ`) | bf16 |
-//! | log-softmax statistics, per-token log-probs and their per-row sums (both loss paths) | f32 (sums f64) |
+//! | log-softmax statistics, per-token log-probs and their per-row sums (both loss paths; the fused path's bf16 row kernels read the bf16 logits) | f32 (sums f64) |
+//! | the head weight's gradient (fused path): its bf16 `.grad`, each chunk's product accumulated in f32 and rounded once | bf16 |
 //! | the loss, the metrics | f32 |
 //! | AdamW's moments and master weights ([`crate::train::ParamState::master`]) | f32 |
 //!

@@ -152,13 +152,14 @@ fn llama_folder_tokenizer(dir: &Path) -> Result<Box<dyn Tokenizer>> {
 
 #[cfg(feature = "lora")]
 impl crate::lora::LoraPolicy<AutoPolicy> {
-    /// Writes the adapters as a llama.cpp LoRA adapter GGUF for the base model's GGUF (as
-    /// `LoraPolicy<GemmaPolicy>::save_gguf_adapter` does) — for a Gemma model. Returns the file's size.
+    /// Writes the adapters as a llama.cpp LoRA adapter GGUF for the base model's GGUF, as
+    /// `LoraPolicy<GemmaPolicy>::save_gguf_adapter` (Gemma) or [`crate::models::llama::save_gguf_adapter`]
+    /// (the Llama family: its tensor names, and the q / k `lora_B` rows permuted for `llama` files) do.
+    /// Returns the file's size.
     ///
     /// # Errors
-    /// [`InputError::Config`](crate::InputError::Config) naming `adapter` for a Llama-family model (its
-    /// llama.cpp adapter needs the `llama` q / k row permutation of `lora_b`: not implemented); those of
-    /// [`crate::lora::LoraAdapters::save_gguf_adapter`].
+    /// Those of [`crate::lora::LoraAdapters::save_gguf_adapter`] and
+    /// [`crate::models::llama::save_gguf_adapter`].
     pub fn save_gguf_adapter(&self, path: &Path, ty: GgmlType) -> Result<u64> {
         match self.base().model().family() {
             FamilyModel::Gemma(m) => {
@@ -166,13 +167,9 @@ impl crate::lora::LoraPolicy<AutoPolicy> {
                 self.adapters()
                     .save_gguf_adapter(path, arch, crate::models::gemma::gguf_tensor_name, ty)
             }
-            FamilyModel::Llama(m) => Err(Error::Input(crate::InputError::Config {
-                name: "adapter",
-                requirement: format!(
-                    "a llama.cpp adapter GGUF of a {:?} model is not implemented (save a PEFT folder, or the merged model)",
-                    m.arch()
-                ),
-            })),
+            FamilyModel::Llama(m) => {
+                crate::models::llama::save_gguf_adapter(self.adapters(), m.config(), path, ty)
+            }
         }
     }
 }

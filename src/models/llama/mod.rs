@@ -43,12 +43,16 @@
 
 pub mod config;
 pub mod export;
+#[cfg(feature = "lora")]
+mod lora;
 pub mod model;
 #[cfg(feature = "train")]
 pub mod policy;
 mod weights_gguf;
 
 pub use config::{LlamaArch, LlamaConfig, SUPPORTED_MODEL_TYPES};
+#[cfg(feature = "lora")]
+pub use lora::save_gguf_adapter;
 pub use model::Llama;
 #[cfg(feature = "train")]
 pub use policy::LlamaPolicy;
