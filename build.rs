@@ -55,6 +55,7 @@ fn main() {
         println!("cargo:rerun-if-changed=csrc/block_cache.cpp");
         println!("cargo:rerun-if-changed=csrc/bf16_head.cpp");
         println!("cargo:rerun-if-changed=csrc/rms_norm.cpp");
+        println!("cargo:rerun-if-changed=csrc/shim_error.h");
         let torch = shim::Torch::find();
         let mut build = torch.cpp_build();
         build

@@ -15,14 +15,12 @@
 // Errors: a target outside [0, V) is reported (nothing is read out of bounds); no C++ exception crosses.
 #include <ATen/Parallel.h>
 
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <exception>
 #include <limits>
 
-extern "C" char* tch_rpo_copy_error(const char* what);
+#include "shim_error.h"
 
 namespace {
 
@@ -187,8 +185,7 @@ void row_grad(uint16_t* z, int64_t v, float s, int64_t t, float lse, float c) {
 // message from `tch_rpo_copy_error`.
 template <typename Body>
 char* for_rows(int64_t n, int64_t v, const int64_t* targets, Body body) {
-  const char* what = "unknown C++ exception";
-  try {
+  return tch_rpo_guard([&]() -> char* {
     for (int64_t r = 0; r < n; ++r) {
       if (targets[r] < 0 || targets[r] >= v) {
         return tch_rpo_copy_error("a target id is outside [0, V)");
@@ -200,11 +197,7 @@ char* for_rows(int64_t n, int64_t v, const int64_t* targets, Body body) {
       }
     });
     return nullptr;
-  } catch (const std::exception& e) {
-    what = e.what();
-  } catch (...) {
-  }
-  return tch_rpo_copy_error(what);
+  });
 }
 
 }  // namespace

@@ -6,7 +6,8 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <exception>
+
+#include "shim_error.h"
 
 namespace {
 // Returned when even the message cannot be allocated; never freed.
@@ -15,26 +16,19 @@ char kNoMemory[] = "out of memory while reporting an error of a tch-rpo C++ shim
 
 extern "C" {
 
-char* tch_rpo_copy_error(const char* what);
-
 // Makes `grad` (a handle to the same tensor) `tensor`'s gradient, or, when `grad` is null, drops `tensor`'s
 // reference to its gradient (`.grad` becomes undefined; the memory is freed once no other handle holds it).
 // The caller checks shapes, dtypes and devices. Returns nullptr, or a `malloc`ed message (free it with
 // `tch_rpo_grad_free_error`).
 char* tch_rpo_grad_set(at::Tensor* tensor, const at::Tensor* grad) {
-  const char* what = "unknown C++ exception";
-  try {
+  return tch_rpo_guard([&]() -> char* {
     if (grad != nullptr) {
       tensor->mutable_grad() = *grad;
     } else if (tensor->grad().defined()) {
       tensor->mutable_grad().reset();
     }
     return nullptr;
-  } catch (const std::exception& e) {
-    what = e.what();
-  } catch (...) {
-  }
-  return tch_rpo_copy_error(what);
+  });
 }
 
 // A `malloc`ed copy of `what` (the shims' error messages), or a static message when none can be allocated.

@@ -15,9 +15,7 @@
 
 #include <ATen/ATen.h>
 
-#include <exception>
-
-extern "C" char* tch_rpo_copy_error(const char* what);
+#include "shim_error.h"
 
 namespace {
 
@@ -82,15 +80,10 @@ extern "C" {
 // checks that w is `[x.size(-1)]` on x's device. Returns nullptr, or a message to free with
 // `tch_rpo_grad_free_error`.
 char* tch_rpo_rms_norm(const at::Tensor* x, const at::Tensor* w, double eps, int one_plus, at::Tensor** out) {
-  const char* what = "unknown C++ exception";
-  try {
+  return tch_rpo_guard([&]() -> char* {
     *out = new at::Tensor(RmsNormFn::apply(*x, *w, eps, one_plus != 0));
     return nullptr;
-  } catch (const std::exception& e) {
-    what = e.what();
-  } catch (...) {
-  }
-  return tch_rpo_copy_error(what);
+  });
 }
 
 }  // extern "C"

@@ -22,11 +22,11 @@ mod llamacpp_support;
 mod lora_support;
 
 use export_support::{gemma3_gguf_path, TempDir};
-use llamacpp_support::{assert_tokenizes_as_llama_cpp, assert_within, compare, generate, Comparison};
+use llamacpp_support::{assert_tokenizes_as_llama_cpp, assert_within, compare, generate, Comparison, Step};
 use tch::Tensor;
 use tch_rpo::data::Tokenizer;
 use tch_rpo::gguf::{GgmlType, GgufFile, GgufValue};
-use tch_rpo::lora::{LoraConfig, LoraPolicy};
+use tch_rpo::lora::{LoraAdapters, LoraConfig, LoraPolicy};
 use tch_rpo::models::gemma::export::{save_gguf, TokenizerSource};
 use tch_rpo::models::gemma::{Gemma, GemmaPolicy, LoadOptions, WeightSource};
 use tch_rpo::models::tokenizer::{BpeTokenizer, GgufTokenizer};
@@ -107,6 +107,35 @@ fn run_and_compare(
         .zip(&steps)
         .map(|(prompt, steps)| compare(forward, prompt, steps))
         .collect()
+}
+
+/// llama.cpp's generations with a LoRA adapter (`steps`, one per prompt) give our adapted model's log-probs
+/// (`adapted`, with `adapters` on), and the adapter changes the model: with the adapters off ours is far
+/// from llama.cpp's.
+fn assert_adapter_applied(
+    label: &str,
+    prompts: &[Vec<i64>],
+    steps: &[Vec<Step>],
+    adapters: &LoraAdapters,
+    adapted: &dyn Fn(&Tensor, &Tensor) -> Tensor,
+) {
+    for (i, (prompt, steps)) in prompts.iter().zip(steps).enumerate() {
+        assert_within(
+            &format!("{label}, prompt {i}"),
+            &compare(adapted, prompt, steps),
+            F32_TOLERANCE,
+        );
+        adapters.set_enabled(false);
+        let off = compare(adapted, prompt, steps);
+        adapters.set_enabled(true);
+        eprintln!("{label}, prompt {i}: llama.cpp with the adapter vs our base: {off:?}");
+        assert!(
+            off.max_gap_diff > 10.0 * F32_TOLERANCE,
+            "{label}, prompt {i}: llama.cpp with the adapter is within {:e} of our base without it: the \
+             adapter had no effect",
+            off.max_gap_diff
+        );
+    }
 }
 
 fn check_all(label: &str, comparisons: &[Comparison], tolerance: f64) {
@@ -204,24 +233,7 @@ fn gemma3_generates_as_llama_cpp() {
         &prompts,
         STEPS,
     );
-    for (i, (prompt, steps)) in prompts.iter().zip(&steps).enumerate() {
-        assert_within(
-            &format!("LoRA adapter GGUF, prompt {i}"),
-            &compare(&adapted, prompt, steps),
-            F32_TOLERANCE,
-        );
-        // The adapter changes the model: llama.cpp with it is far from our model with the adapters off.
-        policy.adapters().set_enabled(false);
-        let off = compare(&adapted, prompt, steps);
-        policy.adapters().set_enabled(true);
-        eprintln!("prompt {i}: llama.cpp with the adapter vs our base: {off:?}");
-        assert!(
-            off.max_gap_diff > 10.0 * F32_TOLERANCE,
-            "prompt {i}: llama.cpp with the adapter is within {:e} of our base without it: the adapter had no \
-             effect",
-            off.max_gap_diff
-        );
-    }
+    assert_adapter_applied("LoRA adapter GGUF", &prompts, &steps, policy.adapters(), &adapted);
     std::fs::remove_file(&f32_gguf).expect("remove");
     eprintln!("[{:.1}s] LoRA adapter", secs(start));
 
@@ -411,21 +423,7 @@ fn llama_family_exports_run_in_llama_cpp() {
             &prompts,
             STEPS,
         );
-        for (i, (prompt, steps)) in prompts.iter().zip(&steps).enumerate() {
-            assert_within(
-                &format!("{family} LoRA adapter GGUF, prompt {i}"),
-                &compare(&adapted, prompt, steps),
-                F32_TOLERANCE,
-            );
-            policy.adapters().set_enabled(false);
-            let off = compare(&adapted, prompt, steps);
-            policy.adapters().set_enabled(true);
-            eprintln!("{family}, prompt {i}: llama.cpp with the adapter vs our base: {off:?}");
-            assert!(
-                off.max_gap_diff > 10.0 * F32_TOLERANCE,
-                "{family}, prompt {i}: llama.cpp with the adapter is within {:e} of our base without it",
-                off.max_gap_diff
-            );
-        }
+        let label = format!("{family} LoRA adapter GGUF");
+        assert_adapter_applied(&label, &prompts, &steps, policy.adapters(), &adapted);
     }
 }

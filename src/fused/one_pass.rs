@@ -214,9 +214,9 @@ enum State {
     Probs(Tensor),
     /// The logits `[n, V]` and their logsumexp `[n, 1]`.
     Logits(Tensor, Tensor),
-    /// The bf16 logits `[n, V]` in the shared buffer and their f32 logsumexp `[n]`.
+    /// The bf16 logits `[n, V]` in the shared buffer, their f32 logsumexp `[n]` and the `[n]` targets.
     #[cfg(feature = "autograd")]
-    Bf16Rows(Tensor, Tensor),
+    Bf16Rows(Tensor, Tensor, Tensor),
 }
 
 /// A chunk's `dL/dz`.
@@ -258,7 +258,7 @@ impl Chunk {
         Ok(Self {
             logp,
             stats: None,
-            state: State::Bf16Rows(z, lse),
+            state: State::Bf16Rows(z, lse, targets),
         })
     }
 
@@ -289,8 +289,7 @@ impl Chunk {
             State::Probs(p) => Ok(Grad::Compute(probs_grad(p, targets, coef, coef, head)?)),
             State::Logits(z, lse) => Ok(Grad::Compute(chunk_grad(z, &lse, targets, coef, head)?)),
             #[cfg(feature = "autograd")]
-            State::Bf16Rows(z, lse) => {
-                let targets = targets.f_squeeze_dim(1)?.f_contiguous()?;
+            State::Bf16Rows(z, lse, targets) => {
                 let coef = coef.f_squeeze_dim(1)?.f_contiguous()?;
                 let g = super::bf16::grad_in_place(z, head.logit_scale, &targets, &lse, &coef)?;
                 Ok(Grad::Low(g))
