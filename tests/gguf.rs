@@ -803,3 +803,23 @@ fn error_message_names_the_file() {
     );
     std::fs::remove_file(path).unwrap();
 }
+
+#[test]
+fn ggml_types_parse_from_their_names_in_any_case() {
+    assert_eq!("q8_0".parse::<GgmlType>().unwrap(), GgmlType::Q8_0);
+    assert_eq!("Q4_K".parse::<GgmlType>().unwrap(), GgmlType::Q4_K);
+    assert_eq!("bf16".parse::<GgmlType>().unwrap(), GgmlType::BF16);
+    // ALL lists each id ggml defines once, and each name parses back to its type.
+    let defined: Vec<GgmlType> = (0..256).filter_map(GgmlType::from_id).collect();
+    assert_eq!(GgmlType::ALL, defined.as_slice());
+    for &ty in GgmlType::ALL {
+        assert_eq!(ty.name().to_lowercase().parse::<GgmlType>().unwrap(), ty);
+    }
+    for bad in ["q9_0", "", "f32 "] {
+        let err = bad.parse::<GgmlType>().unwrap_err().to_string();
+        assert!(
+            err.contains("ggml type") && err.contains(&format!("{bad:?}")),
+            "{err}"
+        );
+    }
+}

@@ -164,10 +164,11 @@ struct Args {
     /// `/usr/bin/time`'s maximum RSS: take the process peak from the report.
     #[arg(long)]
     report_memory: bool,
-    /// Free large CPU blocks (≥ 1 MiB) kept mapped for reuse, in MiB (`tch_rpo::memory::BlockCache`): a
-    /// step's tensors then cost no fresh pages. 0: libtorch's own allocator.
-    #[arg(long, value_name = "MIB", default_value_t = 1024)]
-    block_cache_mib: usize,
+    /// The most free large CPU blocks (≥ 1 MiB) kept mapped for reuse, in MiB
+    /// (`tch_rpo::memory::BlockCache`): a step's tensors then cost no fresh pages. Default: no limit (the
+    /// blocks one step frees serve the next). 0: libtorch's own allocator.
+    #[arg(long, value_name = "MIB")]
+    block_cache_mib: Option<usize>,
     /// Seed of the init and of the data order.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -248,10 +249,10 @@ struct Args {
 }
 
 fn gguf_type(name: &str) -> Result<GgmlType, String> {
-    tch_rpo::gguf::WRITABLE_TYPES
-        .into_iter()
-        .find(|t| t.name().eq_ignore_ascii_case(name))
-        .ok_or_else(|| format!("{name:?}: expected f32, f16, bf16 or q8_0"))
+    match name.parse::<GgmlType>() {
+        Ok(ty) if tch_rpo::gguf::WRITABLE_TYPES.contains(&ty) => Ok(ty),
+        _ => Err(format!("{name:?}: expected f32, f16, bf16 or q8_0")),
+    }
 }
 
 impl Args {
@@ -367,9 +368,11 @@ fn main() {
         args.train_limit.get_or_insert(64);
         args.heldout_limit.get_or_insert(32);
     }
-    if args.block_cache_mib > 0 {
+    if args.block_cache_mib != Some(0) {
         let config = BlockCacheConfig {
-            max_cached_bytes: args.block_cache_mib << 20,
+            max_cached_bytes: args
+                .block_cache_mib
+                .map_or(usize::MAX, |mib| mib.saturating_mul(1 << 20)),
             ..BlockCacheConfig::default()
         };
         if let Err(error) = BlockCache::install(config) {

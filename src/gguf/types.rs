@@ -18,6 +18,9 @@ macro_rules! ggml_types {
         }
 
         impl GgmlType {
+            /// Every type, in the order of their ids.
+            pub const ALL: &'static [GgmlType] = &[$( GgmlType::$variant, )*];
+
             /// The type for an on-disk id, or `None` for an id ggml does not (or no longer) define.
             pub fn from_id(id: u32) -> Option<Self> {
                 match id {
@@ -145,6 +148,28 @@ impl GgmlType {
 impl fmt::Display for GgmlType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// ggml's name of a type ([`GgmlType::name`]), in any letter case: `"q8_0"` → [`GgmlType::Q8_0`].
+impl std::str::FromStr for GgmlType {
+    type Err = crate::Error;
+
+    /// # Errors
+    /// [`InputError::InvalidParameter`](crate::InputError::InvalidParameter) (`ggml type`) naming the text,
+    /// for a name ggml does not define.
+    fn from_str(name: &str) -> crate::Result<Self> {
+        GgmlType::ALL
+            .iter()
+            .copied()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                crate::Error::Input(crate::InputError::InvalidParameter {
+                    name: "ggml type",
+                    value: crate::ParamValue::Text(format!("{name:?}")),
+                    requirement: "must be a ggml type name (F32, F16, BF16, Q8_0, Q4_K, …)",
+                })
+            })
     }
 }
 

@@ -15,7 +15,9 @@ pub struct BlockCacheConfig {
     /// Requests of at least this many bytes go through the cache (≥ 4096, one page). Default 1 MiB
     /// (glibc's heap serves smaller ones well).
     pub min_bytes: usize,
-    /// The most bytes of free blocks the cache keeps mapped. Default 1 GiB.
+    /// The most bytes of free blocks the cache keeps mapped. Default `usize::MAX`: no limit — every
+    /// freed block stays mapped for reuse, as PyTorch's CUDA caching allocator keeps its blocks, so the
+    /// mapped bytes stay at the high-water mark of the live tensors (plus the reuse slack below).
     pub max_cached_bytes: usize,
 }
 
@@ -23,7 +25,7 @@ impl Default for BlockCacheConfig {
     fn default() -> Self {
         Self {
             min_bytes: 1 << 20,
-            max_cached_bytes: 1 << 30,
+            max_cached_bytes: usize::MAX,
         }
     }
 }
