@@ -12,7 +12,7 @@
 //! `rustc-link-arg` does not propagate to dependent crates: that is what the exported folder is for.
 //!
 //! With the `autograd` feature (implied by `train`) it also compiles the gradient shim `csrc/grad.cpp` (setting
-//! and releasing a `.grad`), RMSNorm's autograd node `csrc/rms_norm.cpp`, the allocator `csrc/block_cache.cpp` (`tch_rpo::memory::BlockCache`) and the fused
+//! and releasing a `.grad`), RMSNorm's and the embedding's autograd nodes `csrc/rms_norm.cpp`, `csrc/embedding.cpp`, the allocator `csrc/block_cache.cpp` (`tch_rpo::memory::BlockCache`) and the fused
 //! head's bf16 row kernels `csrc/bf16_head.cpp` (always at `-O3`), and with
 //! the `dist` feature the c10d shim `csrc/dist.cpp` (see [`dist::build`]), both against libtorch's headers
 //! ([`shim`]).
@@ -55,13 +55,15 @@ fn main() {
         println!("cargo:rerun-if-changed=csrc/block_cache.cpp");
         println!("cargo:rerun-if-changed=csrc/bf16_head.cpp");
         println!("cargo:rerun-if-changed=csrc/rms_norm.cpp");
+        println!("cargo:rerun-if-changed=csrc/embedding.cpp");
         println!("cargo:rerun-if-changed=csrc/shim_error.h");
         let torch = shim::Torch::find();
         let mut build = torch.cpp_build();
         build
             .file("csrc/grad.cpp")
             .file("csrc/block_cache.cpp")
-            .file("csrc/rms_norm.cpp");
+            .file("csrc/rms_norm.cpp")
+            .file("csrc/embedding.cpp");
         build.compile("tch_rpo_grad");
         // The fused head's bf16 rows: vectorized loops, optimized in every profile.
         let mut kernels = torch.cpp_build();

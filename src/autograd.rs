@@ -8,7 +8,9 @@
 //!   accumulation into an undefined `.grad` do. They call into `csrc/grad.cpp`, which build.rs compiles
 //!   against libtorch's headers with that feature;
 //! - (feature `autograd`) `rms_norm`: RMSNorm as one autograd node with its own backward (tch cannot define
-//!   one), `csrc/rms_norm.cpp`.
+//!   one), `csrc/rms_norm.cpp`;
+//! - (feature `autograd`) `embedding`: the token embedding as one autograd node whose backward adds into the
+//!   weight's existing `.grad` in place, `csrc/embedding.cpp`.
 //!
 //! Every function returns [`Result`]; libtorch failures are [`Error::Torch`](crate::Error::Torch).
 
@@ -62,7 +64,7 @@ pub(crate) fn grad_enabled() -> Result<bool> {
 #[cfg(feature = "autograd")]
 pub(crate) use shim::status as shim_status;
 #[cfg(feature = "autograd")]
-pub use shim::{ensure_grad, release_grad, rms_norm};
+pub use shim::{embedding, ensure_grad, release_grad, rms_norm};
 
 /// The `.grad` setters over `csrc/grad.cpp` (feature `autograd`).
 #[cfg(feature = "autograd")]
@@ -80,6 +82,11 @@ mod shim {
             weight: *const C_tensor,
             eps: f64,
             one_plus: c_int,
+            out: *mut *mut C_tensor,
+        ) -> *mut c_char;
+        fn tch_rpo_embedding(
+            weight: *const C_tensor,
+            ids: *const C_tensor,
             out: *mut *mut C_tensor,
         ) -> *mut c_char;
         fn tch_rpo_grad_free_error(message: *mut c_char);
@@ -168,6 +175,52 @@ mod shim {
         let message =
             unsafe { tch_rpo_rms_norm(x.as_ptr(), weight.as_ptr(), eps, c_int::from(one_plus), &mut out) };
         status(message, "rms_norm")?;
+        // SAFETY: a non-null tensor the shim allocated for us (checked by the successful status).
+        Ok(unsafe { Tensor::from_ptr(out) })
+    }
+
+    /// The rows of `weight` (`[V, H]`, float) at `ids` (any shape of i64 token ids in `[0, V)`):
+    /// `out[..., :] = weight[ids[...], :]`, shape `ids.shape + [H]` — `Tensor::embedding`'s values, as one
+    /// autograd node whose backward gives row `v` of the weight's gradient `Σ dL/d out[p]` over the
+    /// positions `p` with `ids[p] = v`. When `weight` is a leaf whose `.grad` is already defined (dense, in the
+    /// gradient's dtype, shape and device — e.g. a tied LM head's gradient, written before the embedding's
+    /// arrives) those rows are index-added into that `.grad` in place and nothing is handed to autograd's
+    /// accumulation; otherwise the dense `[V, H]` gradient goes to autograd as `Tensor::embedding`'s
+    /// backward gives it. The in-place path saves the second `[V, H]` tensor (the dense gradient beside
+    /// `.grad`) at the end of the backward pass; it skips `weight`'s gradient hooks, which are not run.
+    ///
+    /// # Errors
+    /// [`InputError::Shape`] (`weight`) unless `weight` is 2-D; [`InputError::DType`] for a non-float
+    /// `weight` or non-i64 `ids`; [`InputError::DeviceMismatch`](crate::InputError::DeviceMismatch) when
+    /// they are on different devices; [`InputError::TokenOutOfRange`](crate::InputError::TokenOutOfRange)
+    /// (`ids`) for an id outside `[0, V)`; [`Error::Torch`] if libtorch fails.
+    pub fn embedding(weight: &Tensor, ids: &Tensor) -> Result<Tensor> {
+        validate::float_tensor("weight", weight)?;
+        if weight.dim() != 2 {
+            return Err(Error::Input(InputError::Shape {
+                arg: "weight",
+                expected: "[V, H]".to_string(),
+                got: weight.size(),
+            }));
+        }
+        validate::int64_labels("ids", ids)?;
+        validate::same_device("ids", ids, "weight", weight)?;
+        let vocab = weight.size()[0];
+        if ids.numel() > 0 {
+            let (min, max) = (ids.f_min()?.f_int64_value(&[])?, ids.f_max()?.f_int64_value(&[])?);
+            if min < 0 || max >= vocab {
+                return Err(Error::Input(InputError::TokenOutOfRange {
+                    arg: "ids",
+                    min,
+                    max,
+                    vocab,
+                }));
+            }
+        }
+        let mut out: *mut C_tensor = std::ptr::null_mut();
+        // SAFETY: as in `rms_norm`: live `at::Tensor*` in, a `new at::Tensor` out on success.
+        let message = unsafe { tch_rpo_embedding(weight.as_ptr(), ids.as_ptr(), &mut out) };
+        status(message, "embedding")?;
         // SAFETY: a non-null tensor the shim allocated for us (checked by the successful status).
         Ok(unsafe { Tensor::from_ptr(out) })
     }
