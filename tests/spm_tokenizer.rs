@@ -243,6 +243,7 @@ fn special_ids_and_chat_template_come_from_the_file() {
     let inst = tokenizer.encode_text("[INST] Hi [/INST]");
     assert_eq!(inst[0], 3);
     assert_eq!(*inst.last().unwrap(), 4);
+    assert!(tokenizer.file_chat_template().is_some());
     for chat in fx.expected["chat"].as_array().unwrap() {
         let messages: Vec<Message> = chat["messages"]
             .as_array()
@@ -286,7 +287,7 @@ fn gemma_files_keep_the_gemma_style() {
         let tokenizer = GgufTokenizer::from_gguf(&file).expect("tokenizer");
         assert_eq!(tokenizer.style(), SpmStyle::Gemma, "{name}");
         assert!(!tokenizer.add_space_prefix());
-        assert!(tokenizer.chat_template().is_none());
+        assert!(tokenizer.file_chat_template().is_none());
         assert_eq!(
             Tokenizer::chat_template(&tokenizer),
             tch_rpo::data::ChatTemplate::Gemma

@@ -271,9 +271,10 @@ impl GgufTokenizer {
         self.add_space_prefix
     }
 
-    /// The chat template of the file (`tokenizer.chat_template`; Llama style only), if it has one.
+    /// The chat template of the file (`tokenizer.chat_template`; Llama style only), if it has one. (Not
+    /// named `chat_template`, which is `data::Tokenizer`'s.)
     #[cfg(feature = "chat-template")]
-    pub fn chat_template(&self) -> Option<&JinjaTemplate> {
+    pub fn file_chat_template(&self) -> Option<&JinjaTemplate> {
         self.chat_template.as_ref()
     }
 
