@@ -120,7 +120,7 @@ fn tokenizes_as_llama_cpp() {
     );
     let tokenizer = GgufTokenizer::from_gguf(&no_prefix).expect("tokenizer");
     assert!(!tokenizer.add_space_prefix());
-    let n = llamacpp_support::assert_tokenizes_as_llama_cpp(
+    let n_no_prefix = llamacpp_support::assert_tokenizes_as_llama_cpp(
         &dir,
         "spm-no-prefix",
         &no_prefix_path,
@@ -175,6 +175,7 @@ fn tokenizes_as_llama_cpp() {
         &texts,
         &|t| t.to_string(),
     );
+    assert_eq!((n_no_prefix, n), (texts.len(), texts.len()));
     eprintln!("llama.cpp: {n} texts with add_space_prefix true and false, and with the tokens reordered");
 }
 
