@@ -216,7 +216,8 @@ fn tokenizes_and_decodes_as_sentencepiece() {
         if !text.is_empty() {
             assert_eq!(
                 tokenizer.decode_text(&with_bos, false),
-                format!("<s>{}", tokenizer.decode_text(&ours, false).replacen("", " ", 1)),
+                // Kept, `<s>` comes first: the space after it is not the first piece's, so it stays.
+                format!("<s> {}", tokenizer.decode_text(&ours, false)),
                 "{text:?}"
             );
         }

@@ -22,8 +22,8 @@
 //! - **chat template**: `data::Tokenizer`'s built-in Gemma turns.
 //!
 //! **Llama** (any other architecture: Llama 2, Mistral 7B, TinyLlama, …): exactly llama.cpp's SPM
-//! tokenizer (checked against llama.cpp and sentencepiece by `tests/spm_tokenizer.rs`; see
-//! [`spm`](super::spm)):
+//! tokenizer (written from llama.cpp's `src/llama-vocab.cpp`; checked against llama.cpp and sentencepiece by
+//! `tests/spm_tokenizer.rs`):
 //! - **vocabulary** and **scores**: `tokenizer.ggml.tokens` as spelled, `tokenizer.ggml.scores`;
 //! - **special tokens** (control, user-defined and unknown types) cut out of the raw text first, longest
 //!   first;
