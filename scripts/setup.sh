@@ -97,8 +97,9 @@ fi
 
 # Export checks (tests/export_*.rs run scripts/check_export.py): transformers, gguf and safetensors read what
 # tch-rpo saves; accelerate is what transformers' GGUF loading wants; peft loads the LoRA adapter folders
-# (tests/lora_export.rs runs scripts/check_peft.py). Pinned; skipped when already installed.
-"$venv/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(any(m.version(p) != v for p, v in [("transformers", "5.24.0"), ("gguf", "0.19.0"), ("safetensors", "0.8.0"), ("accelerate", "1.15.0"), ("peft", "0.21.2")]))' 2>/dev/null || "$venv/bin/python" -m pip install --quiet --disable-pip-version-check transformers==5.24.0 gguf==0.19.0 safetensors==0.8.0 accelerate==1.15.0 peft==0.21.2
+# (tests/lora_export.rs runs scripts/check_peft.py); sentencepiece is the reference of tests/spm_tokenizer.rs.
+# Pinned; skipped when already installed.
+"$venv/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(any(m.version(p) != v for p, v in [("transformers", "5.24.0"), ("gguf", "0.19.0"), ("safetensors", "0.8.0"), ("accelerate", "1.15.0"), ("peft", "0.21.2"), ("sentencepiece", "0.2.3")]))' 2>/dev/null || "$venv/bin/python" -m pip install --quiet --disable-pip-version-check transformers==5.24.0 gguf==0.19.0 safetensors==0.8.0 accelerate==1.15.0 peft==0.21.2 sentencepiece==0.2.3
 
 # The torch folder as a real path (no symbolic link in it), and its version.
 found=$("$venv/bin/python" -c '

@@ -55,7 +55,8 @@ impl DecoderPolicy<super::AutoModel> {
 }
 
 /// The tokenizer of a model source:
-/// - a GGUF file: `tokenizer.ggml.model` `"llama"` (SentencePiece, Gemma) →
+/// - a GGUF file: `tokenizer.ggml.model` `"llama"` (SentencePiece: Gemma's, or llama.cpp's for Llama 2 /
+///   Mistral / TinyLlama files, by `general.architecture`) →
 ///   [`GgufTokenizer`](crate::models::tokenizer::GgufTokenizer); `"gpt2"` (byte-level BPE, the Llama
 ///   family) → [`BpeTokenizer`](crate::models::tokenizer::BpeTokenizer) (feature `bpe-tokenizer`) with the
 ///   file's chat template;

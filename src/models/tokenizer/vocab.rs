@@ -10,8 +10,11 @@ use crate::error::{DataError, Error, Result};
 use crate::gguf::GgufFile;
 
 /// SentencePiece token types (llama.cpp's numbering).
+pub(crate) const TYPE_NORMAL: i64 = 1;
+pub(crate) const TYPE_UNKNOWN: i64 = 2;
 pub(crate) const TYPE_CONTROL: i64 = 3;
 pub(crate) const TYPE_USER_DEFINED: i64 = 4;
+pub(crate) const TYPE_BYTE: i64 = 6;
 
 pub(crate) fn tokenizer_error(file: &GgufFile, message: impl std::fmt::Display) -> Error {
     Error::Data(DataError::Tokenizer(format!(
