@@ -243,7 +243,12 @@ fn llama_cpp_input(family: &str, text: &str) -> String {
 fn a_gguf_saved_from_a_folder_tokenizes_in_llama_cpp_as_transformers() {
     let fx = bpe_support::fixture("convert-llamacpp");
     let dir = TempDir::new("convert-llamacpp");
-    for (family, arch) in [("llama-bpe", "llama"), ("qwen2", "qwen2")] {
+    for (family, arch) in [
+        ("llama-bpe", "llama"),
+        ("qwen2", "qwen2"),
+        ("smollm", "llama"),
+        ("gpt-2", "llama"),
+    ] {
         let folder = hf_folder(fx, family, &dir.path(""));
         let vocab_size = fx.gguf(family).get_array("tokenizer.ggml.tokens").unwrap().len() as i64;
         let (config, parameters) = random_model(arch, vocab_size);
