@@ -12,6 +12,8 @@
 //!
 //! Both need the crate feature `bpe-tokenizer` (on by default); without it they return
 //! [`InputError::Config`](crate::InputError::Config) naming the feature.
+// Without `bpe-tokenizer` only the refusing stubs below are used.
+#![cfg_attr(not(feature = "bpe-tokenizer"), allow(dead_code, unused_imports))]
 
 use std::path::Path;
 
@@ -345,7 +347,7 @@ fn set_add(add: &mut Vec<(&'static str, bool)>, kind: &'static str, value: bool)
 /// CLS) token adds BOS, a trailing one that is the EOS token adds EOS, a separator between `A` and `B` in
 /// the pair template that is the SEP or EOS token adds SEP (and names the SEP token when none is).
 /// Special tokens of `tokenizer_config.json` count only written as strings, as there.
-fn template_flags(processor: &Value, mut config: Option<&mut Value>, add: &mut Vec<(&'static str, bool)>) {
+fn template_flags(processor: &Value, config: Option<&mut Value>, add: &mut Vec<(&'static str, bool)>) {
     let single = processor["single"]
         .as_array()
         .map(Vec::as_slice)
@@ -409,7 +411,7 @@ fn template_flags(processor: &Value, mut config: Option<&mut Value>, add: &mut V
     }
     set_add(add, "sep", add_sep);
     if add_sep && sep.is_none() {
-        if let (Some(config), Some(eos)) = (config.as_deref_mut(), eos) {
+        if let (Some(config), Some(eos)) = (config, eos) {
             config["sep_token"] = json!(eos);
         }
     }
