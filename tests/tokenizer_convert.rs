@@ -123,6 +123,35 @@ fn hf_folder(fx: &bpe_support::Fixture, family: &str, dir: &Path) -> PathBuf {
     folder
 }
 
+/// A second spelling of `family`'s folder, for the parts of gguf-py's `SpecialVocab` the first does not
+/// reach: the EOS token written as an `AddedToken` object (`{"__type": "AddedToken", "content": …}`), no `pad_token` (its id from `config.json`'s
+/// `pad_token_id`), the chat template in `chat_template.jinja`, `add_bos_token` absent.
+fn respelled_folder(fx: &bpe_support::Fixture, family: &str, dir: &Path) -> PathBuf {
+    let folder = hf_folder(fx, family, &dir.join("respelled"));
+    let path = folder.join("tokenizer_config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let map = config.as_object_mut().unwrap();
+    let eos = map["eos_token"].clone();
+    map.insert(
+        "eos_token".into(),
+        json!({"__type": "AddedToken", "content": eos, "lstrip": false, "normalized": false, "rstrip": false, "single_word": false, "special": true}),
+    );
+    map.remove("pad_token");
+    map.remove("add_bos_token");
+    if let Some(Value::String(template)) = map.remove("chat_template") {
+        std::fs::write(folder.join("chat_template.jinja"), template).unwrap();
+    }
+    std::fs::write(&path, config.to_string()).unwrap();
+    let gguf = fx.gguf(family);
+    let pad = gguf.get_i64("tokenizer.ggml.padding_token_id").unwrap();
+    std::fs::write(
+        folder.join("config.json"),
+        json!({"model_type": "llama", "pad_token_id": pad, "eos_token_id": [pad, 0]}).to_string(),
+    )
+    .unwrap();
+    folder
+}
+
 /// `entries` written as a tokenizer-only GGUF and opened.
 fn tokenizer_gguf(entries: Vec<(String, GgufValue)>, path: &Path) -> GgufFile {
     let mut writer = GgufWriter::new();
@@ -165,17 +194,25 @@ fn random_model(arch_fixture: &str, vocab_size: i64) -> (LlamaConfig, Vec<(Strin
 fn a_folder_tokenizer_converts_to_the_gguf_metadata_of_llama_cpp() {
     let fx = bpe_support::fixture("convert-to-gguf");
     let dir = TempDir::new("convert-to-gguf");
-    for family in FAMILIES {
-        let folder = hf_folder(fx, family, &dir.path(""));
+    let mut folders: Vec<(&str, String, PathBuf)> = FAMILIES
+        .iter()
+        .map(|&family| (family, family.to_string(), hf_folder(fx, family, &dir.path(""))))
+        .collect();
+    for family in ["qwen2", "smollm"] {
+        let folder = respelled_folder(fx, family, &dir.path(""));
+        folders.push((family, format!("{family} (respelled)"), folder));
+    }
+    for (family, label, folder) in folders {
+        let label = label.as_str();
         let source = fx.gguf(family);
         let vocab_size = source.get_array("tokenizer.ggml.tokens").unwrap().len() as i64;
         // Three ids past the tokenizer: the converter's [PAD{id}] fillers.
         let padded = vocab_size + 3;
         let entries = hf_bpe_to_gguf(&folder, padded).unwrap();
-        let ours = tokenizer_gguf(entries, &dir.path(&format!("{family}-ours.gguf")));
+        let ours = tokenizer_gguf(entries, &dir.path(&format!("{label}-ours.gguf")));
 
         // llama.cpp's converter on the same folder.
-        let reference_path = dir.path(&format!("{family}-reference.gguf"));
+        let reference_path = dir.path(&format!("{label}-reference.gguf"));
         run_python(&[
             "reference".as_ref(),
             folder.as_os_str(),
@@ -191,15 +228,15 @@ fn a_folder_tokenizer_converts_to_the_gguf_metadata_of_llama_cpp() {
                 .cloned()
                 .collect()
         };
-        assert_eq!(keys(&ours), keys(&reference), "{family}: the tokenizer keys");
+        assert_eq!(keys(&ours), keys(&reference), "{label}: the tokenizer keys");
         for key in keys(&reference) {
-            assert_eq!(ours.get(&key), reference.get(&key), "{family}: {key}");
+            assert_eq!(ours.get(&key), reference.get(&key), "{label}: {key}");
         }
         let tokens = ours.get_str_array("tokenizer.ggml.tokens").unwrap();
         assert_eq!(tokens[padded as usize - 1], format!("[PAD{}]", padded - 1));
         // The fixture GGUF (written as the converter writes it) has the same tokens, types and merges.
         for key in ["tokenizer.ggml.merges", "tokenizer.ggml.pre"] {
-            assert_eq!(ours.get(key), source.get(key), "{family}: {key}");
+            assert_eq!(ours.get(key), source.get(key), "{label}: {key}");
         }
         assert_eq!(
             &tokens[..vocab_size as usize],
@@ -222,7 +259,7 @@ fn a_folder_tokenizer_converts_to_the_gguf_metadata_of_llama_cpp() {
             "{family}"
         );
         eprintln!(
-            "{family}: {} strings, {} tokenizer keys equal",
+            "{label}: {} strings, {} tokenizer keys equal",
             cases.len(),
             keys(&reference).len()
         );
