@@ -397,7 +397,7 @@ fn export_errors_name_what_is_wrong() {
     // A matrix type that cannot be written.
     let err = save_gguf(&path, &no_window, &params, GgmlType::Q4_K, TokenizerSource::None).unwrap_err();
     assert!(matches!(err, Error::Gguf(GgufError::Invalid { .. })), "{err:?}");
-    // A folder's tokenizer for a GGUF.
+    // A folder without tokenizer.json for a GGUF.
     let err = save_gguf(
         &path,
         &no_window,

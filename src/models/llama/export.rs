@@ -8,7 +8,7 @@
 //! | architectures | `LlamaForCausalLM`, `Qwen2ForCausalLM`, `Qwen3ForCausalLM`, `MistralForCausalLM` | `general.architecture` `llama` (Llama, SmolLM2, Mistral without a window), `qwen2`, `qwen3` |
 //! | weights | `model.safetensors`, f32 / bf16 / f16, Hugging Face names | F32 / F16 / BF16 / Q8_0 matrices, 1-D tensors (norms, biases, RoPE factors) F32; llama.cpp's names; q / k rows of `llama` files permuted per head ([`permute_rows`]) |
 //! | configuration | `config.json` (every switch written out), `generation_config.json` | `A.*` hyper-parameters; Llama 3 RoPE scaling as `rope_freqs.weight` |
-//! | tokenizer | copied from a folder | the `tokenizer.*` metadata of a GGUF (e.g. a byte-level BPE: `tokenizer.ggml.model` = `gpt2`, `pre`, tokens, types, merges, special ids, chat template) |
+//! | tokenizer | copied from a folder, or made from a GGUF's byte-level BPE ([`gguf_bpe_to_hf`]) | the `tokenizer.*` metadata of a GGUF (e.g. a byte-level BPE: `tokenizer.ggml.model` = `gpt2`, `pre`, tokens, types, merges, special ids, chat template), copied, or converted from a folder's byte-level BPE `tokenizer.json` ([`hf_bpe_to_gguf`]) |
 //!
 //! Both refuse parameters holding NaN or ±inf before writing anything. Checked by
 //! `tests/export_llama.rs` (transformers loads the folder, our loader and gguf-py read the GGUF).
@@ -20,11 +20,11 @@ use tch::{Kind, Tensor};
 
 use super::config::{LlamaArch, LlamaConfig};
 use super::weights_gguf::{gguf_tensor_name, permute_rows};
-use crate::error::{DataError, Error, InputError, Result};
+use crate::error::{Error, InputError, Result};
 use crate::gguf::{GgmlType, GgufValue};
 use crate::models::decoder::export::{
-    check_export_type, check_finite, dtype_name, generation_config_json as generation_json, u32_value,
-    write_hf_folder, GgufExport, TokenizerSource, SAVED,
+    check_export_type, check_finite, dtype_name, generation_config_json as generation_json, gguf_bpe_to_hf,
+    hf_bpe_to_gguf, u32_value, write_hf_folder, GgufExport, TokenizerSource, SAVED,
 };
 use crate::models::decoder::{RopeScaling, TokenIds};
 
@@ -163,15 +163,18 @@ pub fn generation_config_json(config: &LlamaConfig) -> Value {
 /// Saves a Llama-family model as a Hugging Face folder that `transformers` (`AutoModelForCausalLM`) and
 /// [`Llama::load`](super::Llama::load) (`WeightSource::HfDir`) load: `config.json`
 /// ([`hf_config_json`]), `generation_config.json`, `model.safetensors` (every parameter under its Hugging
-/// Face name, in `kind`, on the CPU; `lm_head.weight` only when untied) and the tokenizer files of a
-/// [`TokenizerSource::HfDir`] folder, copied. Written atomically, as Gemma's
+/// Face name, in `kind`, on the CPU; `lm_head.weight` only when untied) and the tokenizer: the tokenizer
+/// files of a [`TokenizerSource::HfDir`] folder, copied, or the `tokenizer.json` and
+/// `tokenizer_config.json` made from a [`TokenizerSource::Gguf`] file's byte-level BPE ([`gguf_bpe_to_hf`]). Written atomically, as Gemma's
 /// [`save_pretrained`](crate::models::gemma::export::save_pretrained) (same folder rules).
 ///
 /// # Errors
 /// Those of [`hf_config_json`]; [`WeightsError::Parameters`](crate::WeightsError::Parameters) when
 /// `parameters` do not match `config`; [`WeightsError::NonFinite`](crate::WeightsError::NonFinite);
-/// [`DataError::Tokenizer`] for a [`TokenizerSource::Gguf`] (building `tokenizer.json` from a GGUF
-/// byte-level BPE vocabulary is not implemented) or a tokenizer folder without tokenizer files;
+/// those of [`gguf_bpe_to_hf`] for a [`TokenizerSource::Gguf`] (e.g.
+/// [`DataError::UnsupportedTokenizer`](crate::DataError::UnsupportedTokenizer) for a tokenizer that is not a
+/// `gpt2` byte-level BPE); [`DataError::Tokenizer`](crate::DataError::Tokenizer) for a tokenizer folder
+/// without tokenizer files;
 /// [`InputError::InvalidPath`],
 /// [`CheckpointError::Invalid`](crate::CheckpointError::Invalid), [`Error::Io`], [`Error::Torch`] as
 /// Gemma's. Nothing is written when the arguments are refused.
@@ -192,13 +195,7 @@ pub fn save_pretrained(
         &ordered,
         kind,
         tokenizer,
-        &|file| {
-            Err(Error::Data(DataError::Tokenizer(format!(
-                "{}: writing tokenizer.json from a GGUF byte-level BPE vocabulary is not implemented; \
-                 pass TokenizerSource::HfDir or None",
-                file.path().display()
-            ))))
-        },
+        &gguf_bpe_to_hf,
     )
 }
 
@@ -282,7 +279,9 @@ fn check_representable(config: &LlamaConfig) -> Result<()> {
 ///
 /// - Metadata: `general.architecture` ([`gguf_architecture`]), `general.type`, `general.file_type`,
 ///   `general.quantization_version` = 2, the `general.name` / `basename` / `size_label` / `license` /
-///   `tags` of a [`TokenizerSource::Gguf`] file and all its `tokenizer.*` keys (copied); `A.{vocab_size,
+///   `tags` of a [`TokenizerSource::Gguf`] file and all its `tokenizer.*` keys (copied), or the `tokenizer.*`
+///   keys converted from a [`TokenizerSource::HfDir`] folder's byte-level BPE ([`hf_bpe_to_gguf`], with
+///   `vocab_size` tokens, as llama.cpp's converter writes them); `A.{vocab_size,
 ///   context_length, embedding_length, block_count, feed_forward_length, rope.dimension_count,
 ///   attention.head_count, attention.head_count_kv, attention.key_length, attention.value_length,
 ///   attention.layer_norm_rms_epsilon, rope.freq_base}`.
@@ -300,8 +299,9 @@ fn check_representable(config: &LlamaConfig) -> Result<()> {
 /// [`GgufError::Invalid`](crate::GgufError::Invalid) for a `ty` other than F32, F16, BF16, Q8_0;
 /// [`InputError::Config`] naming `sliding_window` for a window shorter than the context, `vocab_size`
 /// when the tokenizer's token count differs, a size beyond `u32`, and those of
-/// [`LlamaConfig::validate`]; [`DataError::Tokenizer`] for [`TokenizerSource::HfDir`] (converting
-/// `tokenizer.json` is not implemented); [`WeightsError::Parameters`](crate::WeightsError::Parameters);
+/// [`LlamaConfig::validate`]; those of [`hf_bpe_to_gguf`] for [`TokenizerSource::HfDir`] (a missing
+/// `tokenizer.json`, a model other than a byte-level BPE, an unknown pre-tokenizer);
+/// [`WeightsError::Parameters`](crate::WeightsError::Parameters);
 /// [`WeightsError::NonFinite`](crate::WeightsError::NonFinite) (nothing is written); [`Error::Io`],
 /// [`Error::Torch`].
 pub fn save_gguf(
@@ -316,16 +316,10 @@ pub fn save_gguf(
     check_representable(config)?;
     let ordered = ordered_parameters(config, parameters)?;
     check_finite(&ordered)?;
-    let source = match tokenizer {
-        TokenizerSource::None => None,
-        TokenizerSource::Gguf(file) => Some(file),
-        TokenizerSource::HfDir(dir) => {
-            return Err(Error::Data(DataError::Tokenizer(format!(
-            "{}: a GGUF export takes its tokenizer from a GGUF file's metadata; converting a Hugging Face \
-                 tokenizer folder is not implemented",
-            dir.display()
-        ))))
-        }
+    let (source, converted) = match tokenizer {
+        TokenizerSource::None => (None, None),
+        TokenizerSource::Gguf(file) => (Some(file), None),
+        TokenizerSource::HfDir(dir) => (None, Some(hf_bpe_to_gguf(dir, config.vocab_size)?)),
     };
     if let Some(file) = source {
         let tokens = file.get_array("tokenizer.ggml.tokens")?.len() as i64;
@@ -378,6 +372,9 @@ pub fn save_gguf(
     ])?;
     if let Some(file) = source {
         w.copy_tokenizer(file)?;
+    }
+    if let Some(entries) = converted {
+        w.add_tokenizer(entries)?;
     }
     let permuted = arch == "llama";
     let (heads, kv_heads) = (config.num_attention_heads, config.kv_heads());

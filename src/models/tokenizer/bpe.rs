@@ -177,6 +177,13 @@ impl BpeTokenizer {
         })
     }
 
+    /// The `tokenizers` pipeline as a `tokenizer.json` document (no post-processor).
+    pub(crate) fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| Error::Data(DataError::Tokenizer(format!("serializing the tokenizer: {e}"))))
+    }
+
     /// The vocabulary size `V` (every id is in `[0, V)`).
     pub fn vocab_size(&self) -> i64 {
         self.tokens.len() as i64

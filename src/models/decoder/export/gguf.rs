@@ -93,6 +93,14 @@ impl GgufExport {
         Ok(())
     }
 
+    /// Adds converted tokenizer metadata (e.g. [`hf_bpe_to_gguf`](super::hf_bpe_to_gguf)'s keys).
+    pub(crate) fn add_tokenizer(&mut self, entries: Vec<(String, GgufValue)>) -> Result<()> {
+        for (key, value) in entries {
+            self.writer.add_metadata(key, value)?;
+        }
+        Ok(())
+    }
+
     /// Adds a tensor as llama.cpp's converter stores it: 1-D tensors (norms, biases, RoPE factors) as F32;
     /// matrices as the file's type, except that a matrix whose rows are not a multiple of 32 values is
     /// written as F16 in a Q8_0 file.

@@ -1,11 +1,15 @@
 //! What every family's writers share: [`TokenizerSource`], the Hugging Face folder writer
-//! (`write_hf_folder`) and the llama.cpp GGUF writer (`GgufExport`). The families
+//! (`write_hf_folder`), the llama.cpp GGUF writer (`GgufExport`) and the conversion of a byte-level BPE
+//! tokenizer between the two ([`hf_bpe_to_gguf`], [`gguf_bpe_to_hf`]). The families
 //! ([`gemma::export`](crate::models::gemma::export), [`llama::export`](crate::models::llama::export)) only
 //! say what is theirs: the `config.json` fields, the GGUF architecture and hyper-parameter keys, the GGUF
 //! tensor names and how a tensor is stored (Gemma's `1 + w` norms, the Llama q / k row permutation).
 
+mod bpe;
 mod gguf;
 mod hf;
+
+pub use bpe::{gguf_bpe_to_hf, hf_bpe_to_gguf};
 
 pub(crate) use gguf::{check_export_type, u32_value, GgufExport};
 pub(crate) use hf::{generation_config_json, write_hf_folder};
@@ -25,12 +29,12 @@ pub enum TokenizerSource<'a> {
     /// cannot run it; transformers' `AutoTokenizer` cannot load it).
     None,
     /// The tokenizer metadata of a GGUF file (e.g. the one the model was loaded from): copied into a GGUF
-    /// export; for a folder, turned into `tokenizer.json` / `tokenizer_config.json` where the family's
-    /// writer can (Gemma's SentencePiece vocabularies).
+    /// export; for a folder, turned into `tokenizer.json` / `tokenizer_config.json` (Gemma's SentencePiece
+    /// vocabularies; the Llama family's byte-level BPE, [`gguf_bpe_to_hf`]).
     Gguf(&'a GgufFile),
     /// A Hugging Face folder (e.g. the one the model was loaded from): its tokenizer files
-    /// ([`HF_TOKENIZER_FILES`]) are copied into a folder export; a GGUF export converts its byte-level BPE
-    /// `tokenizer.json` where the family's writer can (the Llama family).
+    /// ([`HF_TOKENIZER_FILES`]) are copied into a folder export; a GGUF export of the Llama family converts
+    /// its byte-level BPE `tokenizer.json` ([`hf_bpe_to_gguf`]; Gemma's writers refuse it).
     HfDir(&'a Path),
 }
 
