@@ -82,12 +82,18 @@ fn a_freed_block_serves_the_next_request_of_its_size() {
     drop(first);
     let freed = BlockCache::stats();
     assert_eq!(freed.cached_bytes, pages(n as u64 * 4), "{freed:?}");
-    // A request up to 1/8 smaller takes the same block.
+    // A request up to 1/8 smaller takes the same block, shrunk to the request's pages.
     let second = filled(n - n / 10, 2.0);
     let after = BlockCache::stats();
     assert_eq!(after.hits, before.hits + 1, "{after:?}");
     assert_eq!(after.misses, before.misses, "{after:?}");
     assert_eq!(second.data_ptr(), ptr);
+    assert_eq!(after.live_bytes, pages((n - n / 10) as u64 * 4), "{after:?}");
+    assert_eq!(
+        after.mapped_bytes,
+        after.live_bytes + after.cached_bytes,
+        "{after:?}"
+    );
     assert!(holds(&second, 2.0));
     assert!(consistent(&after), "{after:?}");
 }
@@ -223,9 +229,8 @@ proptest! {
     #![proptest_config(common::proptest_config(32))]
 
     /// Any sequence of allocations and frees: every live tensor keeps its own values (no block handed out
-    /// twice), the live bytes are between the page-rounded sizes of the live tensors the cache serves and
-    /// 9/8 of them (a reused block may be up to 1/8 larger than its request), and the counters stay
-    /// consistent and within the cap.
+    /// twice), the live bytes are exactly the page-rounded sizes of the live tensors the cache serves (a
+    /// reused block is shrunk to its request), and the counters stay consistent and within the cap.
     #[test]
     fn live_tensors_keep_their_values(ops in proptest::collection::vec(op(), 1..60)) {
         let _guard = installed();
@@ -249,7 +254,7 @@ proptest! {
                 .map(pages)
                 .sum();
             let held = stats.live_bytes - base;
-            prop_assert!(served <= held && held <= served + served / 8, "{} vs {}", held, served);
+            prop_assert_eq!(held, served);
         }
         for (t, value) in &live {
             prop_assert!(holds(t, *value));

@@ -25,9 +25,30 @@ fn unit(kind: Kind) -> f64 {
     }
 }
 
-/// One case: `ids [n, t]` into a `[v, h]` weight, the gradient reaching the rows `gy [n, t, h]`, and an
-/// optional `.grad` present before the backward.
-fn check(v: i64, h: i64, ids: &[i64], n: i64, kind: Kind, prefill: bool, leaf: bool, seed: i64) {
+/// One case: `ids [n, t]` into a `[v, h]` weight of `kind` (a leaf, or the leaf times 3), the gradient
+/// reaching the rows `gy [n, t, h]` (random from `seed`), and an optional `.grad` present before the
+/// backward.
+#[derive(Clone, Copy)]
+struct Case {
+    v: i64,
+    h: i64,
+    n: i64,
+    kind: Kind,
+    prefill: bool,
+    leaf: bool,
+    seed: i64,
+}
+
+fn check(case: Case, ids: &[i64]) {
+    let Case {
+        v,
+        h,
+        n,
+        kind,
+        prefill,
+        leaf,
+        seed,
+    } = case;
     tch::manual_seed(seed);
     let base = Tensor::randn([v, h], (Kind::Float, CPU))
         .to_kind(kind)
@@ -92,7 +113,16 @@ fn gradient_is_the_row_sum_per_token_with_and_without_a_grad_there() {
     for kind in [Kind::Float, Kind::BFloat16, Kind::Double] {
         for prefill in [false, true] {
             for leaf in [true, false] {
-                check(9, 5, &ids, 2, kind, prefill, leaf, 7);
+                let case = Case {
+                    v: 9,
+                    h: 5,
+                    n: 2,
+                    kind,
+                    prefill,
+                    leaf,
+                    seed: 7,
+                };
+                check(case, &ids);
             }
         }
     }
@@ -186,7 +216,7 @@ proptest! {
         raw in proptest::collection::vec(0u32..1000, 32),
     ) {
         let ids: Vec<i64> = (0..(n * t) as usize).map(|i| i64::from(raw[i % 32]) % v).collect();
-        check(v, h, &ids, n, kind, prefill, leaf, seed);
+        check(Case { v, h, n, kind, prefill, leaf, seed }, &ids);
     }
 }
 

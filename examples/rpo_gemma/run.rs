@@ -20,7 +20,7 @@ use tch_rpo::data::{
 use tch_rpo::dist::{Backend, DistOptions, ProcessGroup};
 use tch_rpo::gguf::{GgmlType, GgufFile};
 use tch_rpo::lora::LoraPolicy;
-use tch_rpo::memory::MemoryReport;
+use tch_rpo::memory::{BlockCache, MemoryReport};
 use tch_rpo::models::auto::{load_tokenizer, AutoModel, AutoPolicy};
 use tch_rpo::models::decoder::export::TokenizerSource;
 use tch_rpo::models::decoder::{greedy_accuracy, CausalLm, WeightSource};
@@ -123,6 +123,8 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
     }
     let memory = MemoryReport::new(args.report_memory);
     let (mut sft_policy, tokenizer) = load(args)?;
+    // The blocks freed while loading (file reads, conversions) fit no later tensor: unmap them.
+    BlockCache::release();
     memory.phase("load");
     let pairs = encode_records(tokenizer.as_ref(), &records)?;
     let heldout = match args.data.is_none() && args.gguf.is_none() {
