@@ -11,7 +11,8 @@
 #   TINY=1 benches/llama_compare.sh           # smoke test: tiny models of the same families
 #
 # Environment: SHAPES ("qwen2.5-0.5b llama-3.2-1b") RUNS ("trl ours"; also "ours-bf16": --precision bf16, which
-#   `--precision auto`, rpo_gemma's default with --model-dir, picks on a CPU with AVX-512 BF16 / AMX) STEPS (3) BATCH (2 pairs) PAIRS (8)
+#   `--precision auto`, rpo_gemma's default with --model-dir, picks on a CPU with AVX-512 BF16 / AMX; and
+#   "trl-bf16": TRL's bf16=True, its own default since TRL 1.x, f32 weights under torch.autocast(bfloat16)) STEPS (3) BATCH (2 pairs) PAIRS (8)
 #   MAX_LENGTH (256) MAX_PROMPT_LENGTH (128) THREADS (2) TINY (0) WORK (output/llama_compare) PYTHON (.venv/bin/python)
 #   DEADLINE (unix time; runs not started before it are recorded "not run", a run still going then is stopped)
 # TRL runs as benches/trl_compare.sh runs it: f32, precompute_ref_log_probs, loss_type sigmoid + sft (weight 0.05),
@@ -43,17 +44,18 @@ for shape in $SHAPES; do
   results=()
   for run in $RUNS; do
     name=$shape-$run; out="$WORK/$name.json"; timing="$WORK/$name.time"
-    impl=$([ "$run" = trl ] && echo "TRL DPOTrainer" || echo "rpo_gemma $run")
+    case $run in trl) impl="TRL DPOTrainer";; trl-bf16) impl="TRL DPOTrainer bf16";; *) impl="rpo_gemma $run";; esac
     now=$(date +%s)
     if [ "$DEADLINE" != 0 ] && [ "$now" -ge "$DEADLINE" ]; then
       "$PYTHON" benches/trl_compare.py failed --impl "$impl" --reason "not run (time window over)" --out "$out"
       results+=("$out"); continue
     fi
     limit=$([ "$DEADLINE" != 0 ] && echo $((DEADLINE - now)) || echo 86400)
-    if [ "$run" = trl ]; then
+    if [ "$run" = trl ] || [ "$run" = trl-bf16 ]; then
       cmd=(env OMP_NUM_THREADS="$THREADS" "$PYTHON" benches/trl_compare.py trl --model "$WORK/$shape"
            --data "$WORK/prefs.jsonl" --out "$out" --steps "$STEPS" --batch "$BATCH" --max-length "$MAX_LENGTH"
-           --max-prompt-length "$MAX_PROMPT_LENGTH" --threads "$THREADS" --beta "$BETA" --sft-weight 0.05)
+           --max-prompt-length "$MAX_PROMPT_LENGTH" --threads "$THREADS" --beta "$BETA" --sft-weight 0.05
+           $([ "$run" = trl-bf16 ] && echo --bf16 || true))
     else
       rm -rf "${WORK:?}/$name"
       cmd=("$BIN" --model-dir "$WORK/$shape" --data "$WORK/prefs.jsonl" --rpo-only --sft-epochs 0 --lr 1e-5
@@ -74,7 +76,7 @@ for shape in $SHAPES; do
       "$PYTHON" benches/trl_compare.py failed --impl "$impl" --reason "$reason${peak:+, peak RSS $((peak / 1000000)) GB}" --out "$out"
       results+=("$out"); continue
     fi
-    if [ "$run" != trl ]; then
+    if [ "$run" != trl ] && [ "$run" != trl-bf16 ]; then
       "$PYTHON" benches/trl_compare.py ours --log "$WORK/$name/train_log.jsonl" --impl "$impl" --out "$out" >/dev/null
     fi
     "$PYTHON" benches/trl_compare.py rss "$out" "$(awk '/Maximum resident/{print $NF}' "$timing")"

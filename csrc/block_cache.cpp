@@ -4,8 +4,8 @@
 // stop costing fresh pages — a page fault and the kernel zeroing each 4 KiB page — on every allocation.
 //
 // Requests of at least `min_bytes` are served from the cache (a free block at least as large and at most
-// `request + request / 8` bytes, the smallest such, shrunk in place to the request), else by resizing the cached block closest in size
-// (mremap), else by a new anonymous mapping; freed blocks join the cache, and while the cache holds more
+// `request + request / 8` bytes, the smallest such, shrunk in place to the request), else by resizing a
+// cached block (mremap: the smallest larger one, else the largest), else by a new anonymous mapping; freed blocks join the cache, and while the cache holds more
 // than `max_cached_bytes` its least recently freed blocks are unmapped.
 // Smaller requests go to the allocator that was installed before (libtorch's default). No C++ exception
 // crosses this boundary; allocation failure inside libtorch raises c10::OutOfMemoryError, which tch turns
@@ -166,19 +166,20 @@ class BlockCache final : public c10::Allocator {
     std::multimap<std::size_t, std::uint64_t>::iterator by_size;
   };
 
-  // No cached block fits: resizes the cached block closest in size to `size` bytes (mremap: a larger one
-  // gives back its tail, a smaller one keeps its resident pages and grows), so that a new mapping is made
-  // only when the cache is empty and the process never holds cached blocks beside fresh ones. The block
-  // leaves the cache (its bytes are counted again by the caller as mapped). nullptr when the cache is empty
-  // or mremap fails (the block is then unmapped).
+  // No cached block fits within the slack: resizes a cached block to `size` bytes (mremap) — the smallest
+  // larger one, which gives back its tail (no new pages), else the largest, which keeps its resident pages
+  // and grows — so that a new mapping is made only when the cache is empty, and pages are added to a block
+  // only when no cached block could give them (growing a smaller block beside an unused larger one would
+  // hold both: measured +1.5 GB peak RSS on a 1.2B-parameter step). The block leaves the cache (its bytes
+  // are counted again by the caller as mapped). nullptr when the cache is empty or mremap fails (the block
+  // is then unmapped).
   void* remap_cached(std::size_t size) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (by_size_.empty()) {
       return nullptr;
     }
     auto it = by_size_.lower_bound(size);
-    if (it == by_size_.end() ||
-        (it != by_size_.begin() && it->first - size > size - std::prev(it)->first)) {
+    if (it == by_size_.end()) {
       it = std::prev(it);
     }
     auto free = by_age_.find(it->second);

@@ -99,6 +99,25 @@ fn a_freed_block_serves_the_next_request_of_its_size() {
 }
 
 #[test]
+fn a_larger_cached_block_is_shrunk_before_a_smaller_one_is_grown() {
+    let _guard = installed();
+    // Free blocks of 2 MiB and 12 MiB; a 4 MiB request fits neither within 1/8. Growing the 2 MiB block
+    // (the closer size) would add pages while the 12 MiB block stays cached; shrinking the 12 MiB block adds
+    // none.
+    let (a, b) = (filled(MIB as i64 / 2, 1.0), filled(3 * MIB as i64, 1.0));
+    drop(a);
+    drop(b);
+    let before = BlockCache::stats();
+    assert_eq!(before.cached_bytes, 14 * MIB as u64, "{before:?}");
+    let c = filled(MIB as i64, 5.0); // 4 MiB
+    let after = BlockCache::stats();
+    assert_eq!(after.remaps, before.remaps + 1, "{after:?}");
+    assert_eq!(after.cached_bytes, 2 * MIB as u64, "{after:?}");
+    assert_eq!(after.mapped_bytes, 6 * MIB as u64, "{after:?}");
+    assert!(holds(&c, 5.0));
+}
+
+#[test]
 fn a_block_of_another_size_is_resized_instead_of_mapping_anew() {
     let _guard = installed();
     let big = filled(2 * MIB as i64, 1.0); // 8 MiB

@@ -67,9 +67,9 @@ pub struct BlockCacheStats {
 /// # What it does
 /// Requests of at least [`BlockCacheConfig::min_bytes`] are served from the cache — the smallest free block
 /// of at least the request's size (rounded up to 4 KiB pages) and at most `size + size / 8`, its tail
-/// unmapped so that it holds exactly the request's pages — else by
-/// resizing the cached block closest in size (`mremap`: a larger one gives its tail back, a smaller one
-/// keeps its resident pages and grows), and only when the cache is empty by a new anonymous mapping. A
+/// unmapped so that it holds exactly the request's pages — else by resizing a cached block (`mremap`): the
+/// smallest larger one, which gives its tail back, else the largest, which keeps its resident pages and
+/// grows; only when the cache is empty by a new anonymous mapping. A
 /// freed block joins the cache; while the cache holds more than [`BlockCacheConfig::max_cached_bytes`], its
 /// least recently freed blocks are unmapped. So new memory is mapped only when no free block is left, and
 /// the process holds at most `max_cached_bytes` of free blocks beyond its live tensors. Smaller requests go to the allocator that was installed before (libtorch's
