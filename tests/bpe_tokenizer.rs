@@ -5,7 +5,7 @@
 
 mod bpe_support;
 
-use bpe_support::{fixture, mutated, strings};
+use bpe_support::{fixture, ids, mutated, strings};
 use serde_json::Value;
 use tch_rpo::data::Tokenizer;
 use tch_rpo::gguf::{GgufValue, GgufValueType};
@@ -18,15 +18,6 @@ const FAMILIES: [(&str, BpePreTokenizer); 4] = [
     ("smollm", BpePreTokenizer::SmolLm),
     ("gpt-2", BpePreTokenizer::Gpt2),
 ];
-
-fn ids(value: &Value) -> Vec<i64> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect()
-}
 
 fn opt_id(value: &Value) -> Option<i64> {
     value.as_i64()

@@ -6,7 +6,7 @@
 
 mod bpe_support;
 
-use bpe_support::fixture;
+use bpe_support::{fixture, ids};
 use serde_json::Value;
 use tch_rpo::chat::{JinjaTemplate, SpecialTokens};
 use tch_rpo::data::{encode_record, Message, PreferenceRecord, Text};
@@ -24,15 +24,6 @@ fn messages(value: &Value) -> Vec<(String, String)> {
                 m[1].as_str().unwrap().to_string(),
             )
         })
-        .collect()
-}
-
-fn ids(value: &Value) -> Vec<i64> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
         .collect()
 }
 

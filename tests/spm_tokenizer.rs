@@ -17,7 +17,7 @@ mod llamacpp_support;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use bpe_support::mutated;
+use bpe_support::{ids, mutated};
 use serde_json::Value;
 use tch_rpo::data::{Message, Tokenizer};
 use tch_rpo::gguf::{GgufFile, GgufValue, GgufValueType};
@@ -83,15 +83,6 @@ impl Fixture {
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
-}
-
-fn ids(value: &Value) -> Vec<i64> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect()
 }
 
 #[test]

@@ -84,3 +84,13 @@ pub fn strings(values: &[String]) -> GgufValue {
         values: values.iter().map(|s| GgufValue::String(s.clone())).collect(),
     }
 }
+
+/// A JSON array of token ids (as the fixture scripts write them).
+pub fn ids(value: &Value) -> Vec<i64> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect()
+}
