@@ -14,56 +14,25 @@
 mod bpe_support;
 mod llamacpp_support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use bpe_support::{ids, mutated};
+use bpe_support::{ids, mutated, Fixture};
 use serde_json::Value;
 use tch_rpo::data::{Message, Tokenizer};
-use tch_rpo::gguf::{GgufFile, GgufValue, GgufValueType};
+use tch_rpo::gguf::{GgufValue, GgufValueType};
 use tch_rpo::models::tokenizer::{GgufTokenizer, SpmStyle};
 use tch_rpo::{DataError, Error, GgufError};
 
-/// The fixture folder (`spm.gguf`, `expected.json`), made once per process.
-struct Fixture {
-    dir: PathBuf,
-    expected: Value,
-}
-
+/// `scripts/make_spm_fixture.py`'s folder (`spm.gguf`, `expected.json`), made once per process.
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-    FIXTURE.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("spm-fixture");
-        let _ = std::fs::remove_dir_all(&dir);
-        let python = root.join(".venv/bin/python");
-        assert!(
-            python.exists(),
-            "{} not found: run `bash scripts/setup.sh` (it creates .venv with sentencepiece, gguf, transformers)",
-            python.display()
-        );
-        let out = std::process::Command::new(&python)
-            .arg(root.join("scripts/make_spm_fixture.py"))
-            .arg(&dir)
-            .output()
-            .expect("running scripts/make_spm_fixture.py");
-        assert!(
-            out.status.success(),
-            "scripts/make_spm_fixture.py failed (run `bash scripts/setup.sh` if sentencepiece is missing):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let expected = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-        Fixture { dir, expected }
-    })
+    FIXTURE.get_or_init(|| bpe_support::make_fixture("make_spm_fixture.py", "spm-fixture"))
 }
 
 impl Fixture {
-    fn gguf(&self) -> GgufFile {
-        GgufFile::open(self.dir.join("spm.gguf")).unwrap()
-    }
-
     fn tokenizer(&self) -> GgufTokenizer {
-        GgufTokenizer::from_gguf(&self.gguf()).expect("tokenizer")
+        GgufTokenizer::from_gguf(&self.gguf("spm")).expect("tokenizer")
     }
 
     fn cases(&self) -> &[Value] {
@@ -105,7 +74,7 @@ fn tokenizes_as_llama_cpp() {
     // add_space_prefix = false, as a file may say.
     let no_prefix_path = dir.join("no-prefix.gguf");
     let no_prefix = mutated(
-        &fx.gguf(),
+        &fx.gguf("spm"),
         &no_prefix_path,
         &[("tokenizer.ggml.add_space_prefix", Some(GgufValue::Bool(false)))],
     );
@@ -122,7 +91,7 @@ fn tokenizes_as_llama_cpp() {
 
     // The normal tokens in reverse order (ids no longer follow the scores, as in Gemma's files): merges
     // must go by score, not by position.
-    let file = fx.gguf();
+    let file = fx.gguf("spm");
     let tokens = file.get_array("tokenizer.ggml.tokens").unwrap().to_vec();
     let scores = file.get_array("tokenizer.ggml.scores").unwrap().to_vec();
     let types = file.get_array("tokenizer.ggml.token_type").unwrap().to_vec();
@@ -253,7 +222,7 @@ fn special_ids_and_chat_template_come_from_the_file() {
         );
     }
     // Through the model-independent loader too.
-    let file = fx.gguf();
+    let file = fx.gguf("spm");
     let boxed = tch_rpo::models::auto::load_tokenizer(tch_rpo::models::decoder::WeightSource::Gguf(&file))
         .expect("load_tokenizer");
     assert_eq!(
@@ -273,7 +242,7 @@ fn gemma_files_keep_the_gemma_style() {
     ] {
         let value = arch.map(|a| GgufValue::String(a.into()));
         let file = mutated(
-            &fx.gguf(),
+            &fx.gguf("spm"),
             &dir.join(format!("{name}.gguf")),
             &[("general.architecture", value)],
         );
@@ -288,7 +257,7 @@ fn gemma_files_keep_the_gemma_style() {
     }
     assert_eq!(
         SpmStyle::of(&mutated(
-            &fx.gguf(),
+            &fx.gguf("spm"),
             &dir.join("mistral.gguf"),
             &[("general.architecture", Some(GgufValue::String("mistral".into())))]
         ))
@@ -300,7 +269,7 @@ fn gemma_files_keep_the_gemma_style() {
 #[test]
 fn bad_metadata_is_a_typed_error() {
     let fx = fixture();
-    let file = fx.gguf();
+    let file = fx.gguf("spm");
     let dir = fx.scratch("errors");
     let n = fx.expected["vocab_size"].as_u64().unwrap() as usize;
     let load = |name: &str, changes: &[(&str, Option<GgufValue>)]| {

@@ -18,7 +18,7 @@ mod llamacpp_support;
 
 use std::path::{Path, PathBuf};
 
-use export_support::{python, TempDir};
+use export_support::TempDir;
 use serde_json::{json, Value};
 use tch::{nn, Device, Kind, Tensor};
 use tch_rpo::gguf::{GgmlType, GgufFile, GgufValue, GgufWriter};
@@ -165,20 +165,6 @@ fn tokenizer_gguf(entries: Vec<(String, GgufValue)>, path: &Path) -> GgufFile {
     GgufFile::open(path).unwrap()
 }
 
-fn run_python(args: &[&std::ffi::OsStr]) {
-    let out = std::process::Command::new(python())
-        .arg(root().join("scripts/bpe_convert_check.py"))
-        .args(args)
-        .env("TZ", "UTC")
-        .output()
-        .expect("running scripts/bpe_convert_check.py");
-    assert!(
-        out.status.success(),
-        "scripts/bpe_convert_check.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn random_model(arch_fixture: &str, vocab_size: i64) -> (LlamaConfig, Vec<(String, Tensor)>) {
     let path = root().join(format!("tests/fixtures/{arch_fixture}_tiny/config.json"));
     let mut config = LlamaConfig::from_file(&path).unwrap();
@@ -213,13 +199,16 @@ fn a_folder_tokenizer_converts_to_the_gguf_metadata_of_llama_cpp() {
 
         // llama.cpp's converter on the same folder.
         let reference_path = dir.path(&format!("{label}-reference.gguf"));
-        run_python(&[
-            "reference".as_ref(),
-            folder.as_os_str(),
-            family.as_ref(),
-            padded.to_string().as_ref(),
-            reference_path.as_os_str(),
-        ]);
+        bpe_support::run_script(
+            "bpe_convert_check.py",
+            &[
+                "reference".as_ref(),
+                folder.as_os_str(),
+                family.as_ref(),
+                padded.to_string().as_ref(),
+                reference_path.as_os_str(),
+            ],
+        );
         let reference = GgufFile::open(&reference_path).unwrap();
         let keys = |file: &GgufFile| -> Vec<String> {
             file.metadata()
@@ -348,12 +337,15 @@ fn a_folder_saved_from_a_gguf_tokenizes_in_transformers_as_we_do() {
         )
         .unwrap();
         let result_path = dir.path(&format!("{family}-result.json"));
-        run_python(&[
-            "hf".as_ref(),
-            folder.as_os_str(),
-            request.as_os_str(),
-            result_path.as_os_str(),
-        ]);
+        bpe_support::run_script(
+            "bpe_convert_check.py",
+            &[
+                "hf".as_ref(),
+                folder.as_os_str(),
+                request.as_os_str(),
+                result_path.as_os_str(),
+            ],
+        );
         let result: Value = serde_json::from_str(&std::fs::read_to_string(&result_path).unwrap()).unwrap();
         for (i, text) in strings.iter().enumerate() {
             let theirs: Vec<i64> = serde_json::from_value(result["ids"][i].clone()).unwrap();

@@ -1,6 +1,8 @@
-//! The byte-level BPE fixtures: `scripts/make_bpe_fixture.py` run once per test binary (tokenizers trained
-//! by the Python `tokenizers` package, their GGUF files, and transformers' ids and chat-template renders in
-//! `expected.json`), and GGUF copies with changed tokenizer metadata for the error tests.
+//! The tokenizer fixtures: a fixture script run once per test binary ([`make_fixture`]) —
+//! `scripts/make_bpe_fixture.py` ([`fixture`]: byte-level BPE tokenizers trained by the Python `tokenizers`
+//! package, their GGUF files, and transformers' ids and chat-template renders in `expected.json`) or another —,
+//! the project's Python scripts run with [`run_script`], and GGUF copies with changed tokenizer metadata for
+//! the error tests.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -27,34 +29,46 @@ impl Fixture {
     }
 }
 
-/// Runs the script into `CARGO_TARGET_TMPDIR/bpe-fixture-<tag>` once per process (TZ=UTC, so that
-/// `strftime_now` in Python and in Rust read the same date).
+/// Runs `scripts/<script> ARGS` in the project's Python (`.venv/bin/python`) with TZ=UTC (so that
+/// `strftime_now` in Python and in Rust read the same date); panics with its stderr if it fails, and with what
+/// to run when the environment is missing.
+pub fn run_script<S: AsRef<std::ffi::OsStr>>(script: &str, args: &[S]) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} not found: run `bash scripts/setup.sh` (it creates .venv with transformers, tokenizers, \
+         sentencepiece, gguf)",
+        python.display()
+    );
+    let out = std::process::Command::new(&python)
+        .arg(root.join("scripts").join(script))
+        .args(args)
+        .env("TZ", "UTC")
+        .output()
+        .unwrap_or_else(|e| panic!("running scripts/{script}: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/{script} failed (`bash scripts/setup.sh` installs what it needs):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A fixture folder `CARGO_TARGET_TMPDIR/<name>`, made afresh by `scripts/<script> <dir>`, with its
+/// `expected.json`.
+pub fn make_fixture(script: &str, name: &str) -> Fixture {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    run_script(script, &[&dir]);
+    let expected =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    Fixture { dir, expected }
+}
+
+/// `scripts/make_bpe_fixture.py` run into `CARGO_TARGET_TMPDIR/bpe-fixture-<tag>` once per process.
 pub fn fixture(tag: &str) -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-    FIXTURE.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bpe-fixture-{tag}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        let python = root.join(".venv/bin/python");
-        assert!(
-            python.exists(),
-            "{} not found: run `bash scripts/setup.sh` (it creates .venv with transformers, tokenizers, gguf)",
-            python.display()
-        );
-        let out = std::process::Command::new(&python)
-            .arg(root.join("scripts/make_bpe_fixture.py"))
-            .arg(&dir)
-            .env("TZ", "UTC")
-            .output()
-            .expect("running scripts/make_bpe_fixture.py");
-        assert!(
-            out.status.success(),
-            "scripts/make_bpe_fixture.py failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let expected = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-        Fixture { dir, expected }
-    })
+    FIXTURE.get_or_init(|| make_fixture("make_bpe_fixture.py", &format!("bpe-fixture-{tag}")))
 }
 
 /// A copy of `file`'s metadata (no tensors) with `changes` applied — `(key, Some(value))` sets or adds
