@@ -62,6 +62,8 @@ pub(crate) fn grad_enabled() -> Result<bool> {
 }
 
 #[cfg(feature = "autograd")]
+pub(crate) use shim::embedding_unchecked;
+#[cfg(feature = "autograd")]
 pub(crate) use shim::status as shim_status;
 #[cfg(feature = "autograd")]
 pub use shim::{embedding, ensure_grad, release_grad, rms_norm};
@@ -217,6 +219,13 @@ mod shim {
                 }));
             }
         }
+        embedding_unchecked(weight, ids)
+    }
+
+    /// [`embedding`] without its input checks (the range check reads the ids back: a device sync), for a
+    /// caller that has checked them — the decoders, whose forward checks `input_ids` first. libtorch's own
+    /// errors still come back as [`Error::Torch`].
+    pub(crate) fn embedding_unchecked(weight: &Tensor, ids: &Tensor) -> Result<Tensor> {
         let mut out: *mut C_tensor = std::ptr::null_mut();
         // SAFETY: as in `rms_norm`: live `at::Tensor*` in, a `new at::Tensor` out on success.
         let message = unsafe { tch_rpo_embedding(weight.as_ptr(), ids.as_ptr(), &mut out) };

@@ -362,13 +362,15 @@ impl Decoder {
 
     /// The token embedding `[N, T, H]` of `input_ids` (the first layer's input): the embedding rows, times
     /// `sqrt(hidden_size)` rounded to the activation dtype when the family scales it (Gemma). With the
-    /// `autograd` feature the rows come from [`crate::autograd::embedding`], whose backward adds into an
-    /// existing `.grad` (a tied head's) in place.
+    /// `autograd` feature the rows come from [`crate::autograd::embedding`]'s node (its checks skipped: the
+    /// forward's input checks made them), whose backward adds into an existing `.grad` (a tied head's) in
+    /// place.
     pub(super) fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
         let rows = match &self.embed_kept {
             Some(kept) => kept.rows(input_ids)?,
             #[cfg(feature = "autograd")]
-            None => crate::autograd::embedding(&self.embed_tokens, input_ids)?,
+            // `check_inputs` has checked the ids' range.
+            None => crate::autograd::embedding_unchecked(&self.embed_tokens, input_ids)?,
             #[cfg(not(feature = "autograd"))]
             None => Tensor::f_embedding(&self.embed_tokens, input_ids, -1, false, false)?,
         };

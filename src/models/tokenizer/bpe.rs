@@ -22,7 +22,7 @@ use tokenizers::AddedToken;
 
 use super::pre::BpePreTokenizer;
 use super::vocab::{flag, special_id, tokenizer_error, tokens_and_types, TYPE_CONTROL, TYPE_USER_DEFINED};
-use crate::chat::{JinjaTemplate, SpecialTokens};
+use crate::chat::JinjaTemplate;
 use crate::error::{DataError, Error, Result};
 use crate::gguf::GgufFile;
 
@@ -146,23 +146,12 @@ impl BpeTokenizer {
             special("unknown_token_id")?,
         );
         let add_bos = flag(file, "add_bos_token", pre.default_add_bos())?;
-        let chat_template = match file.get("tokenizer.chat_template") {
-            None => None,
-            Some(_) => {
-                let text = |id: Option<i64>| id.map(|id| tokens[id as usize].clone());
-                let special_tokens = SpecialTokens {
-                    bos: text(bos_id),
-                    eos: text(eos_id),
-                    unk: text(unk_id),
-                    pad: text(pad_id),
-                };
-                Some(JinjaTemplate::new(
-                    file.get_str("tokenizer.chat_template")?,
-                    format!("tokenizer.chat_template of {}", file.path().display()),
-                    special_tokens,
-                )?)
-            }
-        };
+        let index = |id: Option<i64>| id.map(|id| id as usize);
+        let chat_template = super::vocab::chat_template(
+            file,
+            &tokens,
+            [index(bos_id), index(eos_id), index(unk_id), index(pad_id)],
+        )?;
         Ok(Self {
             inner,
             tokens,

@@ -50,7 +50,7 @@ use super::vocab::{
     tokenizer_error, GgufVocab, TYPE_BYTE, TYPE_CONTROL, TYPE_NORMAL, TYPE_UNKNOWN, TYPE_USER_DEFINED,
 };
 #[cfg(feature = "chat-template")]
-use crate::chat::{JinjaTemplate, SpecialTokens};
+use crate::chat::JinjaTemplate;
 #[cfg(feature = "train")]
 use crate::data::{ChatTemplate, Tokenizer};
 use crate::error::Result;
@@ -222,23 +222,7 @@ impl GgufTokenizer {
         let (bos, eos, unk) = (v.bos.or(default(1)), v.eos.or(default(2)), v.unk.or(default(0)));
         let add_space_prefix = super::vocab::flag(file, "add_space_prefix", true)?;
         #[cfg(feature = "chat-template")]
-        let chat_template = match file.get("tokenizer.chat_template") {
-            None => None,
-            Some(_) => {
-                let text = |id: Option<usize>| id.map(|id| v.raw[id].clone());
-                let special = SpecialTokens {
-                    bos: text(bos),
-                    eos: text(eos),
-                    unk: text(unk),
-                    pad: text(v.pad),
-                };
-                Some(JinjaTemplate::new(
-                    file.get_str("tokenizer.chat_template")?,
-                    format!("tokenizer.chat_template of {}", file.path().display()),
-                    special,
-                )?)
-            }
-        };
+        let chat_template = super::vocab::chat_template(file, &v.raw, [bos, eos, unk, v.pad])?;
         Ok(Self {
             style: SpmStyle::Llama,
             vocab,

@@ -180,3 +180,31 @@ impl GgufVocab {
         }
     }
 }
+
+/// The file's chat template (`tokenizer.chat_template`), or `None` when the key is absent, with the texts of
+/// the special tokens `[bos, eos, unk, pad]` (ids into `tokens`) for its `bos_token` / `eos_token` / … variables.
+///
+/// Errors: [`GgufError::Invalid`](crate::GgufError::Invalid) for a template that is not a string; those of
+/// [`JinjaTemplate::new`](crate::chat::JinjaTemplate::new) for one that does not compile.
+#[cfg(feature = "chat-template")]
+pub(crate) fn chat_template(
+    file: &GgufFile,
+    tokens: &[String],
+    [bos, eos, unk, pad]: [Option<usize>; 4],
+) -> Result<Option<crate::chat::JinjaTemplate>> {
+    if file.get("tokenizer.chat_template").is_none() {
+        return Ok(None);
+    }
+    let text = |id: Option<usize>| id.and_then(|id| tokens.get(id).cloned());
+    let special = crate::chat::SpecialTokens {
+        bos: text(bos),
+        eos: text(eos),
+        unk: text(unk),
+        pad: text(pad),
+    };
+    Ok(Some(crate::chat::JinjaTemplate::new(
+        file.get_str("tokenizer.chat_template")?,
+        format!("tokenizer.chat_template of {}", file.path().display()),
+        special,
+    )?))
+}

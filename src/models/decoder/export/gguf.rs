@@ -94,6 +94,7 @@ impl GgufExport {
     }
 
     /// Adds converted tokenizer metadata (e.g. [`hf_bpe_to_gguf`](super::hf_bpe_to_gguf)'s keys).
+    #[cfg(feature = "llama")]
     pub(crate) fn add_tokenizer(&mut self, entries: Vec<(String, GgufValue)>) -> Result<()> {
         for (key, value) in entries {
             self.writer.add_metadata(key, value)?;
@@ -118,7 +119,8 @@ impl GgufExport {
         self.writer.add_tensor(name, tensor, matrix_type)
     }
 
-    /// The writer, for a caller that adds the tensors itself.
+    /// The writer, for a caller that adds the tensors itself (Gemma's export).
+    #[cfg(feature = "gemma")]
     pub(crate) fn into_writer(self) -> GgufWriter {
         self.writer
     }
